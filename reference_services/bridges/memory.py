@@ -1,0 +1,248 @@
+"""DefaultEventBridge: the in-memory event bridge, and the reference model.
+
+Several bridges may share one :class:`MemoryHub` to act as several instances
+of a deployment (the hub plays the broker). Every message crosses the hub
+encoded, exactly as it would cross a wire, so handlers never share objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import defaultdict, deque
+from typing import Any
+
+from ..runtime.bridge_base import (
+    DeliveryOutcome,
+    Disposition,
+    EventBridgeBase,
+    RegisteredCommand,
+    RegisteredSubscription,
+)
+from ..runtime.capabilities import EventBridgeCapabilities, unsupported
+from ..runtime.codec import MessageDecodeError, decode, encode
+from ..runtime.errors import StatusCode
+from ..runtime.messages import AnyMessage, Command, CommandResponse, error_response
+
+log = logging.getLogger("reference_services.bridge.memory")
+
+_GroupKey = tuple[str, str, str]
+
+
+class MemoryHub:
+    """The in-process 'broker' shared by bridges that model instances."""
+
+    def __init__(self) -> None:
+        self.bridges: dict[str, DefaultEventBridge] = {}
+        self._round_robin: dict[Any, itertools.count[int]] = defaultdict(itertools.count)
+        # durable shared groups seen so far, and messages waiting for an instance
+        self._durable_groups: set[_GroupKey] = set()
+        self._backlog: dict[_GroupKey, deque[tuple[bytes, int]]] = defaultdict(deque)
+        self._durable_templates: dict[_GroupKey, RegisteredSubscription] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.rejected_messages = 0
+
+    # ---- membership
+    def attach(self, bridge: DefaultEventBridge) -> None:
+        self.bridges[bridge.instance_id] = bridge
+
+    def detach(self, bridge: DefaultEventBridge) -> None:
+        self.bridges.pop(bridge.instance_id, None)
+
+    def _live(self) -> list[DefaultEventBridge]:
+        return [b for b in self.bridges.values() if b.accepting]
+
+    def _pick(self, key: Any, candidates: list[Any]) -> Any:
+        return candidates[next(self._round_robin[key]) % len(candidates)]
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- events
+    def publish_raw(self, raw: bytes, source: str = "hub") -> bool:
+        """Route wire bytes to matching subscriptions; malformed input is logged and dropped."""
+        try:
+            message = decode(raw)
+        except MessageDecodeError as exc:
+            self.rejected_messages += 1
+            log.warning("rejected malformed message from %s: %s", source, exc)
+            return False
+        targets: dict[_GroupKey, list[tuple[DefaultEventBridge, RegisteredSubscription]]] = defaultdict(list)
+        every: list[tuple[DefaultEventBridge, RegisteredSubscription]] = []
+        for bridge in self._live():
+            for reg in bridge.matching_subscriptions(message):
+                if reg.subscription.shared:
+                    targets[reg.subscription.key].append((bridge, reg))
+                else:
+                    every.append((bridge, reg))
+        for group in self._durable_groups:
+            if group not in targets and self._matches_durable_group(group, message):
+                self._backlog[group].append((raw, 1))
+        for key, members in targets.items():
+            bridge, reg = self._pick(("sub", key), members)
+            self._spawn(bridge.deliver(reg, raw, 1))
+        for bridge, reg in every:
+            self._spawn(bridge.deliver(reg, raw, 1))
+        return True
+
+    def _matches_durable_group(self, group: _GroupKey, message: AnyMessage) -> bool:
+        template = self._durable_templates.get(group)
+        return template is not None and template.matches(message)
+
+    def remember_durable(self, reg: RegisteredSubscription) -> None:
+        """A durable shared group keeps receiving into a backlog while no instance runs."""
+        sub = reg.subscription
+        if sub.durable and sub.shared:
+            self._durable_groups.add(sub.key)
+            self._durable_templates[sub.key] = reg
+            backlog = self._backlog.pop(sub.key, None)
+            while backlog:
+                raw, attempt = backlog.popleft()
+                self.redeliver(sub.key, raw, attempt)
+
+    def redeliver(self, key: _GroupKey, raw: bytes, attempt: int) -> None:
+        """Deliver to one live member of a shared group, or back it up if durable."""
+        members = [
+            (b, b._subscriptions[key]) for b in self._live() if key in b._subscriptions
+        ]
+        if members:
+            bridge, reg = self._pick(("sub", key), members)
+            self._spawn(bridge.deliver(reg, raw, attempt))
+        elif key in self._durable_groups:
+            self._backlog[key].append((raw, attempt))
+        else:
+            log.warning("no instance left for shared subscription %s; message dropped", key)
+
+    def forget_durable(self, key: _GroupKey) -> None:
+        """Drop a durable group and its backlog (an explicit unsubscribe)."""
+        self._durable_groups.discard(key)
+        self._durable_templates.pop(key, None)
+        self._backlog.pop(key, None)
+
+    # ---- commands
+    def send_command(self, raw: bytes) -> None:
+        """Route an encoded command to one serving instance, or answer 404 at once."""
+        command = decode(raw)
+        assert isinstance(command, Command)
+        key = command.receiver.key
+        candidates = [b for b in self._live() if key in b._commands]
+        pinned = command.receiver.instance_id
+        if pinned:
+            candidates = [b for b in candidates if b.instance_id == pinned]
+        if not candidates:
+            reply = error_response(
+                command,
+                StatusCode.NOT_FOUND,
+                f"no instance serves command {command.receiver}",
+                responder_instance_id="",
+            )
+            self.route_response(encode(reply))
+            return
+        bridge = self._pick(("cmd", key), candidates)
+        self._spawn(bridge.serve_command(raw))
+
+    def route_response(self, raw: bytes) -> None:
+        """Deliver an encoded response to the instance that invoked."""
+        response = decode(raw)
+        target = self.bridges.get(response.receiver.instance_id)  # type: ignore[union-attr]
+        if target is None:
+            log.debug("response %s for a departed instance dropped", response.id)
+            return
+        target.resolve_response(response)  # type: ignore[arg-type]
+
+
+class DefaultEventBridge(EventBridgeBase):
+    """The in-memory event bridge (monolith, serverless, tests).
+
+    Shared subscriptions and commands reach one instance per group among the
+    bridges of a hub; every-instance subscriptions reach all; durable shared
+    subscriptions buffer while no instance runs; failed deliveries are retried
+    per the subscription's policy, then dead-lettered.
+    """
+
+    name = "memory"
+    capabilities = EventBridgeCapabilities(
+        delivery="at_least_once",
+        survives_broker_restart=unsupported("the hub lives in the process: a restart loses it"),
+        durable_commands=unsupported("commands are not persisted in memory"),
+        native_dead_lettering=unsupported("dead letters are emitted as events; nothing keeps them"),
+        reconnect=unsupported("in-process: there is no connection to lose"),
+    )
+
+    def __init__(self, hub: MemoryHub | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hub = hub or MemoryHub()
+
+    # ---- transport hooks
+    async def _connect(self) -> None:
+        self.hub.attach(self)
+
+    async def _close(self) -> None:
+        self.hub.detach(self)
+
+    async def _is_connected(self) -> bool:
+        return self.instance_id in self.hub.bridges
+
+    async def _publish(self, message: AnyMessage) -> None:
+        self.hub.publish_raw(self.encode(message), source=self.instance_id)
+
+    async def _send_command(self, command: Command) -> None:
+        self.hub.send_command(self.encode(command))
+
+    async def _bind_command(self, reg: RegisteredCommand) -> None:
+        return None
+
+    async def _unbind_command(self, reg: RegisteredCommand) -> None:
+        return None
+
+    async def _bind_subscription(self, reg: RegisteredSubscription) -> None:
+        self.hub.remember_durable(reg)
+
+    async def _unbind_subscription(self, reg: RegisteredSubscription) -> None:
+        if not any(
+            reg.subscription.key in b._subscriptions for b in self.hub._live() if b is not self
+        ):
+            self.hub.forget_durable(reg.subscription.key)
+
+    async def _stop_intake(self) -> None:
+        # Leave the hub's routing (accepting is already False) but stay attached
+        # so responses to our own pending invocations still arrive while draining.
+        return None
+
+    # ---- delivery, called by the hub
+    def receive_raw(self, raw: bytes) -> bool:
+        """Hand wire bytes to this bridge as if they came off the broker."""
+        return self.hub.publish_raw(raw, source=f"raw input to {self.instance_id}")
+
+    async def deliver(self, reg: RegisteredSubscription, raw: bytes, attempt: int) -> None:
+        message = self.decode_or_reject(raw, "hub")
+        if message is None:
+            return
+        if not self.accepting or reg.subscription.key not in self._subscriptions:
+            self._hand_back(reg, raw, attempt)
+            return
+        outcome: DeliveryOutcome = await self.handle_subscription(reg, message, attempt)
+        if outcome.disposition is Disposition.RETRY:
+            loop = asyncio.get_running_loop()
+            loop.call_later(outcome.delay_s, self._retry, reg, raw, attempt + 1)
+
+    def _retry(self, reg: RegisteredSubscription, raw: bytes, attempt: int) -> None:
+        if reg.subscription.shared:
+            self.hub.redeliver(reg.subscription.key, raw, attempt)
+        elif self.accepting and reg.subscription.key in self._subscriptions:
+            self.hub._spawn(self.deliver(reg, raw, attempt))
+
+    def _hand_back(self, reg: RegisteredSubscription, raw: bytes, attempt: int) -> None:
+        if reg.subscription.shared:
+            self.hub.redeliver(reg.subscription.key, raw, attempt)
+
+    async def serve_command(self, raw: bytes) -> None:
+        command = self.decode_or_reject(raw, "hub")
+        if not isinstance(command, Command):
+            return
+        response: CommandResponse = await self.handle_command(command)
+        self.hub.route_response(self.encode(response))
+        await self.after_response(response)

@@ -1,0 +1,344 @@
+"""DefaultQueueBridge: the in-memory queue bridge and reference model of the queue contract."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Literal
+
+from ..runtime.capabilities import QueueBridgeCapabilities, unsupported
+from ..runtime.ids import new_id, now_ms
+from ..runtime.queue import (
+    DEFAULT_LEASE_TTL_MS,
+    DEFAULT_MAX_ATTEMPTS,
+    DeadLetterJob,
+    Job,
+    LeaseExpiredError,
+    LeaseInfo,
+    NackOutcome,
+    QueueInputError,
+    QueueMetrics,
+    validate_enqueue,
+)
+
+
+def _json_copy(value: Any, what: str) -> Any:
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise QueueInputError(f"{what} is not JSON: {exc}") from None
+
+
+@dataclass
+class _Record:
+    id: str
+    queue: str
+    payload: Any
+    parameter: Any
+    headers: dict[str, str]
+    max_attempts: int
+    priority: int
+    lease_ttl_ms: int
+    enqueued_at_ms: int
+    available_at_ms: int
+    seq: int
+    idempotency_key: str | None = None
+    deliveries: int = 0
+    lease_id: str | None = None
+    worker_id: str | None = None
+    leased_at_ms: int = 0
+    lease_expires_at_ms: int = 0
+    last_error: str | None = None
+
+
+@dataclass
+class _Queue:
+    jobs: dict[str, _Record] = field(default_factory=dict)
+    dead: dict[str, tuple[_Record, str, int]] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)
+    retries: int = 0
+
+
+class MemoryQueueStore:
+    """Queue state shared by the in-memory queue bridges that model workers."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, _Queue] = defaultdict(_Queue)
+        self.seq = itertools.count()
+        self.changed = asyncio.Condition()
+
+
+class DefaultQueueBridge:
+    """In-memory queue bridge: the whole queue contract, in one process."""
+
+    kind: ClassVar[Literal["queue_bridge"]] = "queue_bridge"
+    name: ClassVar[str] = "memory"
+    capabilities: ClassVar[QueueBridgeCapabilities] = QueueBridgeCapabilities(
+        durable=unsupported("jobs live in process memory"),
+        reconnect=unsupported("in-process: there is no connection to lose"),
+    )
+
+    def __init__(
+        self,
+        store: MemoryQueueStore | None = None,
+        *,
+        default_max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        default_lease_ttl_ms: int = DEFAULT_LEASE_TTL_MS,
+    ) -> None:
+        self.store = store or MemoryQueueStore()
+        self.default_max_attempts = default_max_attempts
+        self.default_lease_ttl_ms = default_lease_ttl_ms
+        self._started = False
+
+    async def start(self) -> None:
+        self._started = True
+
+    async def destroy(self) -> None:
+        self._started = False
+
+    async def is_ready(self) -> bool:
+        return self._started
+
+    async def is_healthy(self) -> bool:
+        return self._started
+
+    async def _notify(self) -> None:
+        async with self.store.changed:
+            self.store.changed.notify_all()
+
+    async def enqueue(
+        self,
+        queue: str,
+        payload: Any,
+        parameter: Any = None,
+        *,
+        delay_ms: int = 0,
+        idempotency_key: str | None = None,
+        headers: dict[str, str] | None = None,
+        max_attempts: int | None = None,
+        priority: int = 0,
+        lease_ttl_ms: int | None = None,
+    ) -> str:
+        """Add a job; a known idempotency key returns the original job id."""
+        validate_enqueue(queue, delay_ms, max_attempts, priority, lease_ttl_ms)
+        q = self.store.queues[queue]
+        if idempotency_key is not None:
+            existing = q.keys.get(idempotency_key)
+            if existing is not None:
+                return existing
+        now = now_ms()
+        record = _Record(
+            id=new_id(),
+            queue=queue,
+            payload=_json_copy(payload, "payload"),
+            parameter=_json_copy(parameter, "parameter"),
+            headers=dict(headers or {}),
+            max_attempts=max_attempts or self.default_max_attempts,
+            priority=priority,
+            lease_ttl_ms=lease_ttl_ms or self.default_lease_ttl_ms,
+            enqueued_at_ms=now,
+            available_at_ms=now + delay_ms,
+            seq=next(self.store.seq),
+            idempotency_key=idempotency_key,
+        )
+        q.jobs[record.id] = record
+        if idempotency_key is not None:
+            q.keys[idempotency_key] = record.id
+        await self._notify()
+        return record.id
+
+    def _recover_expired(self, q: _Queue, now: int) -> None:
+        for record in list(q.jobs.values()):
+            if record.lease_id is not None and record.lease_expires_at_ms <= now:
+                record.lease_id = None
+                record.worker_id = None
+                record.last_error = f"lease expired at attempt {record.deliveries}"
+                if record.deliveries >= record.max_attempts:
+                    self._to_dead(q, record, record.last_error, now)
+                else:
+                    q.retries += 1
+
+    def _to_dead(self, q: _Queue, record: _Record, reason: str, now: int) -> None:
+        q.jobs.pop(record.id, None)
+        record.lease_id = None
+        q.dead[record.id] = (record, reason, now)
+
+    @staticmethod
+    def _job(record: _Record) -> Job:
+        return Job(
+            id=record.id,
+            queue=record.queue,
+            payload=_json_copy(record.payload, "payload"),
+            parameter=_json_copy(record.parameter, "parameter"),
+            headers=dict(record.headers),
+            attempt=record.deliveries,
+            max_attempts=record.max_attempts,
+            priority=record.priority,
+            enqueued_at_ms=record.enqueued_at_ms,
+            idempotency_key=record.idempotency_key,
+            lease_id=record.lease_id or "",
+            lease_expires_at_ms=record.lease_expires_at_ms,
+            last_error=record.last_error,
+        )
+
+    def _take(self, queue: str, batch: int, worker_id: str | None) -> tuple[list[Job], int | None]:
+        q = self.store.queues[queue]
+        now = now_ms()
+        self._recover_expired(q, now)
+        ready = [r for r in q.jobs.values() if r.lease_id is None and r.available_at_ms <= now]
+        ready.sort(key=lambda r: (-r.priority, r.available_at_ms, r.seq))
+        out = []
+        for record in ready[:batch]:
+            record.deliveries += 1
+            record.lease_id = new_id()
+            record.worker_id = worker_id
+            record.leased_at_ms = now
+            record.lease_expires_at_ms = now + record.lease_ttl_ms
+            out.append(self._job(record))
+        # when should a waiter look again? the next delayed job or lease expiry
+        upcoming = [
+            r.available_at_ms if r.lease_id is None else r.lease_expires_at_ms
+            for r in q.jobs.values()
+        ]
+        return out, (min(upcoming) if upcoming else None)
+
+    async def lease_next(
+        self, queue: str, batch: int = 1, wait_ms: int = 0, *, worker_id: str | None = None
+    ) -> list[Job]:
+        """Lease up to ``batch`` ready jobs, waiting up to ``wait_ms`` for one."""
+        if not isinstance(batch, int) or batch < 1:
+            raise QueueInputError(f"batch must be an int >= 1, got {batch!r}")
+        if not isinstance(queue, str) or not queue:
+            raise QueueInputError(f"queue must be a non-empty string, got {queue!r}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(wait_ms, 0) / 1000
+        while True:
+            jobs, upcoming = self._take(queue, batch, worker_id)
+            remaining = deadline - loop.time()
+            if jobs or remaining <= 0:
+                return jobs
+            timeout = remaining
+            if upcoming is not None:
+                timeout = min(timeout, max((upcoming - now_ms()) / 1000, 0.001))
+            async with self.store.changed:
+                try:
+                    await asyncio.wait_for(self.store.changed.wait(), timeout)
+                except TimeoutError:
+                    pass
+
+    def _held(self, job: Job) -> tuple[_Queue, _Record]:
+        q = self.store.queues[job.queue]
+        record = q.jobs.get(job.id)
+        now = now_ms()
+        if record is None or record.lease_id != job.lease_id or not job.lease_id:
+            raise LeaseExpiredError(f"job {job.id} is not leased under lease {job.lease_id!r}")
+        if record.lease_expires_at_ms <= now:
+            self._recover_expired(q, now)
+            raise LeaseExpiredError(f"lease {job.lease_id} on job {job.id} expired")
+        return q, record
+
+    async def extend_lease(self, job: Job, lease_ttl_ms: int | None = None) -> Job:
+        """Push the lease's expiry out by ``lease_ttl_ms`` from now."""
+        _, record = self._held(job)
+        record.lease_expires_at_ms = now_ms() + (lease_ttl_ms or record.lease_ttl_ms)
+        return replace(job, lease_expires_at_ms=record.lease_expires_at_ms)
+
+    async def ack(self, job: Job) -> None:
+        """Finish a job; a stale lease raises :class:`LeaseExpiredError`."""
+        q, record = self._held(job)
+        del q.jobs[record.id]
+        await self._notify()
+
+    async def nack(self, job: Job, reason: str | None = None, delay_ms: int | None = None) -> NackOutcome:
+        """Give a job back: retried after ``delay_ms``, or dead-lettered at max attempts."""
+        q, record = self._held(job)
+        now = now_ms()
+        record.last_error = reason
+        if record.deliveries >= record.max_attempts:
+            self._to_dead(q, record, reason or f"failed {record.deliveries} time(s)", now)
+            await self._notify()
+            return "dead_letter"
+        record.lease_id = None
+        record.worker_id = None
+        record.available_at_ms = now + max(delay_ms or 0, 0)
+        q.retries += 1
+        await self._notify()
+        return "retry"
+
+    async def move_to_dead_letter(self, job: Job, reason: str) -> None:
+        """Dead-letter a leased job now, whatever its attempt count."""
+        q, record = self._held(job)
+        self._to_dead(q, record, reason, now_ms())
+        await self._notify()
+
+    async def peek_dead_letter(self, queue: str, limit: int = 100) -> list[DeadLetterJob]:
+        """Dead letters in the order they arrived, oldest first."""
+        q = self.store.queues[queue]
+        out = []
+        for record, reason, at in list(q.dead.values())[:limit]:
+            out.append(
+                DeadLetterJob(
+                    id=record.id,
+                    queue=queue,
+                    payload=_json_copy(record.payload, "payload"),
+                    parameter=_json_copy(record.parameter, "parameter"),
+                    headers=dict(record.headers),
+                    attempts=record.deliveries,
+                    reason=reason,
+                    dead_lettered_at_ms=at,
+                    idempotency_key=record.idempotency_key,
+                )
+            )
+        return out
+
+    async def redrive_dead_letter(self, queue: str, job_ids: list[str] | None = None) -> int:
+        """Move dead letters (all, or ``job_ids``) back to the queue with fresh attempts."""
+        q = self.store.queues[queue]
+        ids = list(q.dead) if job_ids is None else [i for i in job_ids if i in q.dead]
+        now = now_ms()
+        for job_id in ids:
+            record, _reason, _at = q.dead.pop(job_id)
+            record.deliveries = 0
+            record.available_at_ms = now
+            record.seq = next(self.store.seq)
+            q.jobs[job_id] = record
+        if ids:
+            await self._notify()
+        return len(ids)
+
+    async def purge_dead_letter(self, queue: str) -> int:
+        """Delete every dead letter of ``queue``; returns how many."""
+        q = self.store.queues[queue]
+        count = len(q.dead)
+        q.dead.clear()
+        return count
+
+    async def inspect_leases(self, queue: str) -> list[LeaseInfo]:
+        """Active (unexpired) leases of ``queue``."""
+        q = self.store.queues[queue]
+        now = now_ms()
+        self._recover_expired(q, now)
+        return [
+            LeaseInfo(r.id, r.lease_id, r.deliveries, r.worker_id, r.leased_at_ms, r.lease_expires_at_ms)
+            for r in q.jobs.values()
+            if r.lease_id is not None
+        ]
+
+    async def metrics(self, queue: str) -> QueueMetrics:
+        """Depth figures of ``queue``."""
+        q = self.store.queues[queue]
+        now = now_ms()
+        self._recover_expired(q, now)
+        pending = [r for r in q.jobs.values() if r.lease_id is None]
+        inflight = len(q.jobs) - len(pending)
+        oldest = min((r.enqueued_at_ms for r in pending), default=now)
+        return QueueMetrics(
+            pending=len(pending),
+            inflight=inflight,
+            dead_letter=len(q.dead),
+            retries=q.retries,
+            oldest_age_ms=now - oldest,
+        )

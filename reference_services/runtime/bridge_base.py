@@ -1,0 +1,557 @@
+"""The machinery every event bridge reuses.
+
+A transport subclasses :class:`EventBridgeBase` and implements the ``_``
+hooks (connect, publish, bind/unbind, send command/response). The base owns
+what must behave the same everywhere: the pending-invocation registry,
+command execution and its safety net, subscription outcomes (ack, retry,
+dead letter), emitEventName chaining, drain on destroy, info messages,
+malformed-message rejection and telemetry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, ClassVar, Literal
+
+from opentelemetry.trace import SpanKind
+
+from . import telemetry
+from .capabilities import EventBridgeCapabilities
+from .codec import DEFAULT_MAX_MESSAGE_BYTES, MessageDecodeError, decode, encode, to_wire
+from .definitions import CommandConfig, CommandHandler, Subscription, SubscriptionHandler
+from .errors import (
+    PuristaError,
+    StatusCode,
+    UnhandledError,
+    as_purista_error,
+    error_from_response,
+)
+from .ids import new_id
+from .inflight import InflightTracker
+from .matcher import matches
+from .messages import (
+    Address,
+    AnyMessage,
+    Command,
+    CommandErrorResponse,
+    CommandResponse,
+    CommandSuccessResponse,
+    CustomMessage,
+    InfoMessage,
+    MessageType,
+    SenderAddress,
+    error_response,
+)
+from .pending import PendingInvocations
+
+DEAD_LETTER_REASON_HEADER = "x-purista-dead-letter-reason"
+RETRY_ATTEMPT_HEADER = "x-purista-retry-attempt"
+
+
+class Disposition(StrEnum):
+    """What the transport must do with a delivered message."""
+
+    ACK = "ack"
+    RETRY = "retry"
+    DEAD_LETTER = "dead_letter"
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """The verdict on one delivery: ack, retry after ``delay_s``, or dead-lettered."""
+
+    disposition: Disposition
+    delay_s: float = 0.0
+    reason: str = ""
+
+
+@dataclass
+class RegisteredCommand:
+    """A command registered on this bridge."""
+
+    address: Address
+    handler: CommandHandler
+    config: CommandConfig
+
+
+@dataclass
+class RegisteredSubscription:
+    """A subscription registered on this bridge."""
+
+    subscription: Subscription
+    handler: SubscriptionHandler
+
+    def matches(self, message: AnyMessage) -> bool:
+        """Whether ``message`` is for this subscription."""
+        return matches(self.subscription, message)
+
+
+class BridgeNotRunningError(UnhandledError):
+    """The bridge is not started, or is shutting down (503)."""
+
+    default_status = StatusCode.SERVICE_UNAVAILABLE
+
+
+class EventBridgeBase(ABC):
+    """Base class for event bridges; see the module docstring."""
+
+    kind: ClassVar[Literal["event_bridge"]] = "event_bridge"
+    name: ClassVar[str] = "base"
+    capabilities: ClassVar[EventBridgeCapabilities] = EventBridgeCapabilities()
+
+    def __init__(
+        self,
+        *,
+        instance_id: str | None = None,
+        default_command_ttl_s: float = 30.0,
+        drain_timeout_s: float = 10.0,
+        max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.instance_id = instance_id or new_id()
+        self.default_command_ttl_s = default_command_ttl_s
+        self.drain_timeout_s = drain_timeout_s
+        self.max_message_bytes = max_message_bytes
+        self.log = logger or logging.getLogger(f"reference_services.bridge.{self.name}")
+        self._pending = PendingInvocations(on_timeout=self._invoke_timed_out)
+        self._inflight = InflightTracker()
+        self._commands: dict[tuple[str, str, str], RegisteredCommand] = {}
+        self._subscriptions: dict[tuple[str, str, str], RegisteredSubscription] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._started = False
+        self._accepting = False
+        self._destroyed = False
+        self.rejected_messages = 0
+        self.drain_timed_out = False
+
+    # ----------------------------------------------------------------- public
+    @property
+    def pending_invocations(self) -> int:
+        """Invocations waiting for a response (0 when nothing is in flight)."""
+        return len(self._pending)
+
+    @property
+    def inflight(self) -> int:
+        """Handlers running now."""
+        return self._inflight.count
+
+    async def start(self) -> None:
+        """Connect and start accepting work. Idempotent."""
+        if self._started:
+            return
+        if self._destroyed:
+            raise BridgeNotRunningError(f"{self.name} bridge was destroyed; create a new one")
+        await self._connect()
+        self._started = True
+        self._accepting = True
+
+    async def destroy(self) -> None:
+        """Stop intake, let in-flight handlers finish (up to ``drain_timeout_s``),
+        reject pending invocations with 503 and close. Idempotent."""
+        if self._destroyed:
+            return
+        self._destroyed = True
+        self._accepting = False
+        if self._started:
+            try:
+                await self._stop_intake()
+            except Exception:
+                self.log.exception("stopping intake failed")
+            if not await self._inflight.wait_idle(self.drain_timeout_s):
+                self.drain_timed_out = True
+                self.log.warning(
+                    "%d handler(s) still running after the %.1fs drain timeout",
+                    self._inflight.count,
+                    self.drain_timeout_s,
+                )
+        self._pending.reject_all(
+            BridgeNotRunningError(f"{self.name} bridge is shutting down", StatusCode.SERVICE_UNAVAILABLE)
+        )
+        for task in list(self._background):
+            task.cancel()
+        if self._started:
+            try:
+                await self._close()
+            finally:
+                self._started = False
+
+    async def is_ready(self) -> bool:
+        """Started, accepting work and connected."""
+        return self._started and self._accepting and await self._is_connected()
+
+    async def is_healthy(self) -> bool:
+        """Started and connected to the transport."""
+        return self._started and await self._is_connected()
+
+    async def emit_message(self, message: AnyMessage) -> None:
+        """Publish a message to every matching subscription."""
+        self._require_running()
+        self._check_encodable(message)
+        await self._publish(message)
+
+    async def invoke(self, command: Command, ttl_s: float | None = None) -> Any:
+        """Send ``command`` and return the result payload, or raise the error the
+        response carries; 504 when no response arrives within ``ttl_s``."""
+        self._require_running()
+        ttl = self.default_command_ttl_s if ttl_s is None else ttl_s
+        update: dict[str, Any] = {}
+        if command.sender.instance_id != self.instance_id:
+            update["sender"] = command.sender.model_copy(update={"instance_id": self.instance_id})
+        with telemetry.span(
+            f"invoke {command.receiver}",
+            SpanKind.CLIENT,
+            attributes={"purista.correlation_id": command.correlation_id},
+        ):
+            if command.otp is None:
+                update["otp"] = telemetry.inject_otp()
+            if update:
+                command = command.model_copy(update=update)
+            self._check_encodable(command)
+            future = self._pending.add(command.correlation_id, ttl, str(command.receiver))
+            try:
+                await asyncio.wait_for(self._send_command(command), ttl)
+            except TimeoutError:
+                future.cancel()
+                raise UnhandledError(
+                    f"could not send command to {command.receiver} within {ttl:.3f}s",
+                    StatusCode.GATEWAY_TIMEOUT,
+                ) from None
+            except PuristaError:
+                future.cancel()
+                raise
+            except Exception as exc:
+                future.cancel()
+                raise UnhandledError(
+                    f"could not send command to {command.receiver}: {type(exc).__name__}: {exc}",
+                    StatusCode.SERVICE_UNAVAILABLE,
+                ) from exc
+            response = await future
+        if isinstance(response, CommandErrorResponse):
+            raise error_from_response(response)
+        return response.payload
+
+    async def register_command(
+        self, address: Address, handler: CommandHandler, config: CommandConfig | None = None
+    ) -> None:
+        """Serve ``address`` with ``handler`` on this instance."""
+        self._require_running()
+        reg = RegisteredCommand(self._own(address), handler, config or CommandConfig())
+        self._commands[address.key] = reg
+        await self._bind_command(reg)
+
+    async def unregister_command(self, address: Address) -> None:
+        """Stop serving ``address``."""
+        reg = self._commands.pop(address.key, None)
+        if reg is not None and self._started:
+            await self._unbind_command(reg)
+
+    async def register_subscription(
+        self, subscription: Subscription, handler: SubscriptionHandler
+    ) -> None:
+        """Deliver matching messages to ``handler`` per the subscription's hints."""
+        self._require_running()
+        if subscription.subscriber.instance_id != self.instance_id:
+            from dataclasses import replace
+
+            subscription = replace(subscription, subscriber=self._own(subscription.subscriber))
+        reg = RegisteredSubscription(subscription, handler)
+        self._subscriptions[subscription.key] = reg
+        await self._bind_subscription(reg)
+
+    async def unregister_subscription(self, address: Address) -> None:
+        """Stop delivering to the subscription at ``address``."""
+        reg = self._subscriptions.pop(address.key, None)
+        if reg is not None and self._started:
+            await self._unbind_subscription(reg)
+
+    # ------------------------------------------------- for transports to call
+    def decode_or_reject(self, raw: bytes | bytearray | memoryview | str, source: str) -> AnyMessage | None:
+        """Decode wire bytes; log and count a malformed message and return None."""
+        try:
+            return decode(raw, max_bytes=self.max_message_bytes)
+        except MessageDecodeError as exc:
+            self.rejected_messages += 1
+            self.log.warning("rejected malformed message from %s: %s", source, exc)
+            return None
+
+    async def handle_command(self, command: Command) -> CommandResponse:
+        """Run the registered handler for ``command`` and return its response.
+
+        Never raises: a missing handler is a 404, shutting down a 503 and any
+        exception a 500 (or the status a PuristaError carries).
+        """
+        reg = self._commands.get(command.receiver.key)
+        if reg is None:
+            return error_response(
+                command,
+                StatusCode.NOT_FOUND,
+                f"no handler for command {command.receiver} on instance {self.instance_id}",
+                responder_instance_id=self.instance_id,
+            )
+        if not self._accepting:
+            return error_response(
+                command,
+                StatusCode.SERVICE_UNAVAILABLE,
+                f"instance {self.instance_id} is shutting down",
+                responder_instance_id=self.instance_id,
+            )
+        with self._inflight.track():
+            with telemetry.span(
+                f"command {command.receiver}",
+                SpanKind.SERVER,
+                otp=command.otp,
+                attributes={"purista.correlation_id": command.correlation_id},
+            ):
+                try:
+                    response = await reg.handler(command)
+                except Exception as exc:
+                    err = as_purista_error(exc)
+                    if not err.is_handled:
+                        self.log.exception("command %s failed", command.receiver)
+                    response = err.to_response(command, self.instance_id)
+        if response.sender.instance_id != self.instance_id:
+            response = response.model_copy(
+                update={"sender": response.sender.model_copy(update={"instance_id": self.instance_id})}
+            )
+        return response
+
+    async def after_response(self, response: CommandResponse) -> None:
+        """Broadcast a success response that carries an event name to subscribers."""
+        if isinstance(response, CommandSuccessResponse) and response.event_name:
+            try:
+                await self._publish(response)
+            except Exception:
+                self.log.exception("could not emit success event %s", response.event_name)
+
+    def resolve_response(self, response: CommandResponse) -> bool:
+        """Hand an arriving response to its waiting invocation (False if late)."""
+        return self._pending.resolve(response)
+
+    async def handle_subscription(
+        self, reg: RegisteredSubscription, message: AnyMessage, attempt: int = 1
+    ) -> DeliveryOutcome:
+        """Run a subscription handler for one delivery and say what to do next.
+
+        Handled errors ack (no redelivery); other errors retry per the failure
+        policy and, once attempts are exhausted, the message is dead-lettered
+        with its reason (emitted to ``dead_letter_target`` if one is set).
+        """
+        sub = reg.subscription
+        with self._inflight.track():
+            with telemetry.span(
+                f"subscription {sub.subscriber}",
+                SpanKind.CONSUMER,
+                otp=message.otp,
+                attributes={"purista.message_id": message.id, "purista.attempt": attempt},
+            ):
+                try:
+                    result = await reg.handler(message)
+                    if result is not None and sub.emit_event_name:
+                        await self._publish(self._chained_event(sub, message, result))
+                except Exception as exc:
+                    err = as_purista_error(exc)
+                    if err.is_handled:
+                        self.log.info("subscription %s: handled error, not retried: %s", sub.subscriber, err)
+                        self._emit_info_soon(
+                            MessageType.INFO_SUBSCRIPTION_ERROR,
+                            {"subscription": str(sub.subscriber), "messageId": message.id,
+                             "status": err.status, "message": err.message, "handled": True},
+                        )
+                        return DeliveryOutcome(Disposition.ACK, reason=err.message)
+                    reason = f"{type(exc).__name__}: {exc}"
+                    if sub.failure.should_retry(attempt):
+                        delay = sub.failure.delay_ms(attempt) / 1000
+                        self.log.info(
+                            "subscription %s: attempt %d of %d failed (%s), retry in %.3fs",
+                            sub.subscriber, attempt, sub.failure.max_attempts, reason, delay,
+                        )
+                        return DeliveryOutcome(Disposition.RETRY, delay, reason)
+                    await self.dead_letter(reg, message, attempt, reason)
+                    return DeliveryOutcome(Disposition.DEAD_LETTER, reason=reason)
+        return DeliveryOutcome(Disposition.ACK)
+
+    async def dead_letter(
+        self, reg: RegisteredSubscription, message: AnyMessage, attempts: int, reason: str
+    ) -> None:
+        """Emit the dead letter (if a target is set) and an infoSubscriptionError."""
+        sub = reg.subscription
+        self.log.warning(
+            "subscription %s: message %s dead-lettered after %d attempt(s): %s",
+            sub.subscriber, message.id, attempts, reason,
+        )
+        if sub.failure.dead_letter_target:
+            letter = CustomMessage(
+                sender=self._sender(sub.subscriber),
+                event_name=sub.failure.dead_letter_target,
+                trace_id=message.trace_id,
+                principal_id=message.principal_id,
+                tenant_id=message.tenant_id,
+                correlation_id=message.id,
+                payload={"reason": reason, "attempts": attempts, "message": to_wire(message)},
+            )
+            try:
+                await self._publish(letter)
+            except Exception:
+                self.log.exception("could not emit dead letter for %s", message.id)
+        self._emit_info_soon(
+            MessageType.INFO_SUBSCRIPTION_ERROR,
+            {"subscription": str(sub.subscriber), "messageId": message.id, "reason": reason,
+             "attempts": attempts, "handled": False, "deadLettered": True},
+        )
+
+    def matching_subscriptions(self, message: AnyMessage) -> list[RegisteredSubscription]:
+        """Registered subscriptions that ``message`` matches."""
+        return [reg for reg in self._subscriptions.values() if reg.matches(message)]
+
+    def spawn(self, coro: Any, name: str | None = None) -> asyncio.Task[Any]:
+        """Run ``coro`` in the background, keeping a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def encode(self, message: AnyMessage) -> bytes:
+        """Encode with this bridge's size limit."""
+        return encode(message, max_bytes=self.max_message_bytes)
+
+    @property
+    def accepting(self) -> bool:
+        """Whether new work is taken (False once destroy began)."""
+        return self._accepting
+
+    @property
+    def registered_commands(self) -> list[RegisteredCommand]:
+        """Commands registered here (re-bound after a reconnect)."""
+        return list(self._commands.values())
+
+    @property
+    def registered_subscriptions(self) -> list[RegisteredSubscription]:
+        """Subscriptions registered here (re-bound after a reconnect)."""
+        return list(self._subscriptions.values())
+
+    async def rebind_all(self) -> None:
+        """Bind every registered command and subscription again (after a reconnect)."""
+        for cmd in self.registered_commands:
+            await self._bind_command(cmd)
+        for reg in self.registered_subscriptions:
+            await self._bind_subscription(reg)
+
+    # ---------------------------------------------------------------- helpers
+    def _own(self, address: Address) -> Address:
+        return address.model_copy(update={"instance_id": self.instance_id})
+
+    def _sender(self, address: Address) -> SenderAddress:
+        return SenderAddress(
+            service_name=address.service_name,
+            service_version=address.service_version,
+            service_target=address.service_target,
+            instance_id=self.instance_id,
+        )
+
+    def _chained_event(self, sub: Subscription, source: AnyMessage, result: Any) -> CustomMessage:
+        return CustomMessage(
+            sender=self._sender(sub.subscriber),
+            event_name=sub.emit_event_name or "",
+            trace_id=source.trace_id,
+            correlation_id=source.correlation_id,
+            principal_id=source.principal_id,
+            tenant_id=source.tenant_id,
+            otp=source.otp,
+            payload=result,
+        )
+
+    def _require_running(self) -> None:
+        if not self._started:
+            raise BridgeNotRunningError(f"{self.name} bridge is not started")
+        if not self._accepting:
+            raise BridgeNotRunningError(f"{self.name} bridge is shutting down")
+
+    def _check_encodable(self, message: AnyMessage) -> None:
+        from .codec import MessageEncodeError
+
+        try:
+            self.encode(message)
+        except MessageEncodeError as exc:
+            from .errors import HandledError
+
+            raise HandledError(str(exc), StatusCode.BAD_REQUEST) from exc
+
+    def _invoke_timed_out(self, correlation_id: str, description: str) -> None:
+        self._emit_info_soon(
+            MessageType.INFO_INVOKE_TIMEOUT,
+            {"correlationId": correlation_id, "receiver": description},
+        )
+
+    def _emit_info_soon(self, message_type: MessageType, payload: dict[str, Any]) -> None:
+        if not self._started or self._destroyed:
+            return
+        info = InfoMessage(
+            message_type=message_type,
+            sender=SenderAddress(
+                service_name="eventBridge",
+                service_version="1",
+                service_target=self.name,
+                instance_id=self.instance_id,
+            ),
+            payload=payload,
+        )
+
+        async def _emit() -> None:
+            try:
+                await self._publish(info)
+            except Exception as exc:
+                self.log.debug("could not emit %s: %s", message_type, exc)
+
+        try:
+            self.spawn(_emit(), name=f"info-{message_type}")
+        except RuntimeError:
+            pass
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    # -------------------------------------------------------- transport hooks
+    @abstractmethod
+    async def _connect(self) -> None:
+        """Open the connection (called once by ``start``)."""
+
+    @abstractmethod
+    async def _close(self) -> None:
+        """Close the connection (called last by ``destroy``)."""
+
+    @abstractmethod
+    async def _is_connected(self) -> bool:
+        """Whether the transport is connected now."""
+
+    @abstractmethod
+    async def _publish(self, message: AnyMessage) -> None:
+        """Publish an event-like message (custom, info, success-with-event)."""
+
+    @abstractmethod
+    async def _send_command(self, command: Command) -> None:
+        """Send a command; its response must reach :meth:`resolve_response`."""
+
+    @abstractmethod
+    async def _bind_command(self, reg: RegisteredCommand) -> None:
+        """Start consuming a command; call :meth:`handle_command`, send the
+        response, then :meth:`after_response`."""
+
+    @abstractmethod
+    async def _unbind_command(self, reg: RegisteredCommand) -> None: ...
+
+    @abstractmethod
+    async def _bind_subscription(self, reg: RegisteredSubscription) -> None:
+        """Start consuming for a subscription; call :meth:`handle_subscription`
+        and act on its outcome (ack, redeliver after delay, dead letter)."""
+
+    @abstractmethod
+    async def _unbind_subscription(self, reg: RegisteredSubscription) -> None: ...
+
+    async def _stop_intake(self) -> None:
+        """Stop taking new commands and messages (first step of destroy)."""

@@ -1,0 +1,130 @@
+"""What an adapter guarantees, declared so that it can be checked both ways.
+
+Each capability is a :class:`Support`: supported, or unsupported with a reason.
+The conformance suite runs a capability's checks when it is declared and, when
+it is declared unsupported, records whether the adapter does better than declared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class Support:
+    """A declared capability: ``supported`` or not, and why not."""
+
+    supported: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.supported
+
+
+YES = Support(True)
+
+
+def unsupported(reason: str) -> Support:
+    """Declare a capability unsupported; the reason is mandatory."""
+    if not reason:
+        raise ValueError("an unsupported capability needs a reason")
+    return Support(False, reason)
+
+
+Delivery = Literal["at_most_once", "at_least_once"]
+
+
+@dataclass(frozen=True)
+class _Capabilities:
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-friendly view for reports."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = asdict(value) if isinstance(value, Support) else value
+        return out
+
+    def supports(self, name: str) -> bool:
+        """Whether the named capability is declared supported."""
+        value = getattr(self, name)
+        return bool(value)
+
+
+@dataclass(frozen=True)
+class EventBridgeCapabilities(_Capabilities):
+    """Capabilities of an event bridge.
+
+    - ``delivery``: what a delivered subscription message is promised.
+    - ``durable_subscriptions``: messages for a durable subscription survive
+      subscriber restarts (nothing lost while no instance runs).
+    - ``survives_broker_restart``: durable subscriptions lose nothing when the
+      broker process is killed and restarted.
+    - ``durable_commands``: commands survive a broker restart.
+    - ``manual_ack``: a message is acknowledged only after its handler finished.
+    - ``shared_subscriptions``: one instance per group receives each message.
+    - ``shared_commands``: exactly one instance executes a command.
+    - ``bounded_retry`` / ``delayed_retry``: failed handlers are redelivered
+      up to ``max_attempts`` times, with a delay between attempts.
+    - ``dead_letter``: exhausted messages go to the dead letter target with a reason.
+    - ``native_dead_lettering``: the broker itself keeps dead letters.
+    - ``unknown_command_fails_fast``: invoking an unregistered command fails
+      before the ttl instead of timing out.
+    - ``graceful_drain``: ``destroy`` lets in-flight handlers finish.
+    - ``reconnect``: the bridge reconnects and re-registers after a broker outage.
+    - ``publisher_confirms``: ``emit_message`` returns only once the broker has the message.
+    """
+
+    delivery: Delivery = "at_least_once"
+    durable_subscriptions: Support = YES
+    survives_broker_restart: Support = YES
+    durable_commands: Support = field(default_factory=lambda: unsupported("not declared"))
+    manual_ack: Support = YES
+    shared_subscriptions: Support = YES
+    shared_commands: Support = YES
+    bounded_retry: Support = YES
+    delayed_retry: Support = YES
+    dead_letter: Support = YES
+    native_dead_lettering: Support = field(default_factory=lambda: unsupported("not declared"))
+    unknown_command_fails_fast: Support = YES
+    graceful_drain: Support = YES
+    reconnect: Support = YES
+    publisher_confirms: Support = YES
+    max_message_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class QueueBridgeCapabilities(_Capabilities):
+    """Capabilities of a queue bridge.
+
+    - ``durable``: jobs survive a restart of the backing service.
+    - ``delayed_jobs``: ``delay_ms`` holds a job back.
+    - ``priorities``: higher ``priority`` jobs are leased first.
+    - ``idempotency_keys``: a duplicate key returns the original job id.
+    - ``lease_recovery``: an expired lease makes the job leasable again.
+    - ``blocking_lease``: ``lease_next(wait_ms=...)`` waits for work.
+    """
+
+    durable: Support = YES
+    delayed_jobs: Support = YES
+    priorities: Support = YES
+    idempotency_keys: Support = YES
+    lease_recovery: Support = YES
+    blocking_lease: Support = YES
+    reconnect: Support = YES
+
+
+@dataclass(frozen=True)
+class StoreCapabilities(_Capabilities):
+    """Capabilities of a state, config or secret store.
+
+    - ``durable``: values survive a restart of the backing service.
+    - ``set_if_absent``: an atomic create used by the idempotency helper.
+    - ``ttl``: values written with a ttl disappear after it.
+    - ``cache``: reads may be served from a cache (secret stores).
+    """
+
+    durable: Support = YES
+    set_if_absent: Support = YES
+    ttl: Support = YES
+    cache: Support = field(default_factory=lambda: unsupported("no cache"))

@@ -1,0 +1,124 @@
+"""Wire codec: messages to and from camelCase JSON bytes.
+
+``decode`` never lets anything but :class:`MessageDecodeError` escape, so a
+bridge can reject a bad message, log the reason and keep serving.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from .messages import AnyMessage, Message, MessageType
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+_ADAPTER: TypeAdapter[AnyMessage] = TypeAdapter(Message)
+_OPTIONAL_ENVELOPE = (
+    "traceId",
+    "correlationId",
+    "principalId",
+    "tenantId",
+    "eventName",
+    "otp",
+    "receiver",
+)
+_KNOWN_TYPES = ", ".join(t.value for t in MessageType)
+
+
+class MessageDecodeError(ValueError):
+    """A message could not be decoded; ``field`` and ``problem`` say why."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class MessageEncodeError(ValueError):
+    """A message could not be encoded (e.g. a payload that is not JSON)."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def to_wire(message: AnyMessage) -> dict[str, Any]:
+    """The message as the camelCase dict that goes on the wire."""
+    data = _ADAPTER.dump_python(message, by_alias=True, mode="python")
+    for key in _OPTIONAL_ENVELOPE:
+        if data.get(key, 0) is None:
+            del data[key]
+    for key in ("sender", "receiver"):
+        address = data.get(key)
+        if isinstance(address, dict) and address.get("instanceId", 0) is None:
+            del address["instanceId"]
+    payload = data.get("payload")
+    if isinstance(payload, dict) and data["messageType"] == MessageType.COMMAND_ERROR_RESPONSE:
+        if payload.get("traceId", 0) is None:
+            del payload["traceId"]
+    data["messageType"] = str(data["messageType"])
+    return data
+
+
+def from_wire(data: Any) -> AnyMessage:
+    """Validate a decoded JSON value as a message."""
+    if not isinstance(data, dict):
+        raise MessageDecodeError("<root>", f"expected a JSON object, got {type(data).__name__}")
+    message_type = data.get("messageType")
+    if message_type is None:
+        raise MessageDecodeError("messageType", "missing")
+    if not isinstance(message_type, str) or message_type not in MessageType._value2member_map_:
+        raise MessageDecodeError(
+            "messageType", f"unknown value {message_type!r} (expected one of {_KNOWN_TYPES})"
+        )
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        loc = [str(part) for part in first["loc"]]
+        if loc and loc[0] in MessageType._value2member_map_:
+            loc = loc[1:]
+        field = ".".join(loc) or "<root>"
+        problem = "missing" if first["type"] == "missing" else first["msg"]
+        raise MessageDecodeError(field, problem) from None
+
+
+def encode(message: AnyMessage, *, max_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES) -> bytes:
+    """Encode ``message`` to UTF-8 JSON bytes."""
+    try:
+        raw = json.dumps(
+            to_wire(message), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+        ).encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        raise MessageEncodeError(f"message {message.id} is not encodable as JSON: {exc}") from exc
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise MessageEncodeError(
+            f"message {message.id} is {len(raw)} bytes, over the limit of {max_bytes}"
+        )
+    return raw
+
+
+def decode(raw: bytes | bytearray | memoryview | str, *, max_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES) -> AnyMessage:
+    """Decode wire bytes into a message or raise :class:`MessageDecodeError`."""
+    try:
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogatepass")
+        raw = bytes(raw)
+        if max_bytes is not None and len(raw) > max_bytes:
+            raise MessageDecodeError("<root>", f"{len(raw)} bytes is over the limit of {max_bytes}")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MessageDecodeError("<root>", f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+        try:
+            data = json.loads(text, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:
+            raise MessageDecodeError("<root>", f"not JSON: {exc}") from None
+        return from_wire(data)
+    except MessageDecodeError:
+        raise
+    except Exception as exc:
+        raise MessageDecodeError("<root>", f"undecodable: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,38 @@
+"""Does a message match a subscription? One function every bridge reuses."""
+
+from __future__ import annotations
+
+from .definitions import AddressFilter, Subscription
+from .messages import Address, AnyMessage
+
+
+def _address_matches(flt: AddressFilter | None, address: Address | None) -> bool:
+    if flt is None:
+        return True
+    if address is None:
+        return False
+    return all(
+        want is None or want == got
+        for want, got in (
+            (flt.service_name, address.service_name),
+            (flt.service_version, address.service_version),
+            (flt.service_target, address.service_target),
+            (flt.instance_id, address.instance_id),
+        )
+    )
+
+
+def matches(subscription: Subscription, message: AnyMessage) -> bool:
+    """True when every filter the subscription sets equals the message's value."""
+    s = subscription
+    if s.message_type is not None and message.message_type != s.message_type:
+        return False
+    if s.event_name is not None and message.event_name != s.event_name:
+        return False
+    if s.principal_id is not None and message.principal_id != s.principal_id:
+        return False
+    if s.tenant_id is not None and message.tenant_id != s.tenant_id:
+        return False
+    if not _address_matches(s.sender, message.sender):
+        return False
+    return _address_matches(s.receiver, getattr(message, "receiver", None))

@@ -1,0 +1,87 @@
+"""The pending-invocation registry: one future per correlation id, nothing leaks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import PuristaError, StatusCode, UnhandledError
+from .messages import CommandResponse
+
+
+@dataclass
+class _Pending:
+    future: asyncio.Future[CommandResponse]
+    timer: asyncio.TimerHandle
+    description: str
+
+
+class PendingInvocations:
+    """Tracks invocations waiting for a response.
+
+    A response resolves its entry once; a timeout fails it with 504; a late
+    or unknown response is ignored (and counted). Entries are removed on every
+    path, so the registry is empty when nothing is in flight.
+    """
+
+    def __init__(self, on_timeout: Callable[[str, str], None] | None = None) -> None:
+        self._entries: dict[str, _Pending] = {}
+        self._on_timeout = on_timeout
+        self.late_responses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, correlation_id: object) -> bool:
+        return correlation_id in self._entries
+
+    def add(self, correlation_id: str, ttl_s: float, description: str = "") -> asyncio.Future[CommandResponse]:
+        """Register a waiter that fails with a 504 error after ``ttl_s`` seconds."""
+        if correlation_id in self._entries:
+            raise ValueError(f"correlation id {correlation_id} is already pending")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[CommandResponse] = loop.create_future()
+        timer = loop.call_later(ttl_s, self._expire, correlation_id, ttl_s)
+        self._entries[correlation_id] = _Pending(future, timer, description)
+        future.add_done_callback(lambda _f: self._discard(correlation_id, _f))
+        return future
+
+    def resolve(self, response: CommandResponse) -> bool:
+        """Hand a response to its waiter; False if none waits (late or unknown)."""
+        entry = self._entries.pop(response.correlation_id, None)
+        if entry is None or entry.future.done():
+            self.late_responses += 1
+            return False
+        entry.timer.cancel()
+        entry.future.set_result(response)
+        return True
+
+    def reject_all(self, error: PuristaError) -> int:
+        """Fail every waiter with ``error`` (used by destroy: 503)."""
+        entries = list(self._entries.values())
+        self._entries.clear()
+        for entry in entries:
+            entry.timer.cancel()
+            if not entry.future.done():
+                entry.future.set_exception(error)
+        return len(entries)
+
+    def _expire(self, correlation_id: str, ttl_s: float) -> None:
+        entry = self._entries.pop(correlation_id, None)
+        if entry is None or entry.future.done():
+            return
+        entry.future.set_exception(
+            UnhandledError(
+                f"invocation {entry.description or correlation_id} timed out after {ttl_s:.3f}s",
+                StatusCode.GATEWAY_TIMEOUT,
+            )
+        )
+        if self._on_timeout is not None:
+            self._on_timeout(correlation_id, entry.description)
+
+    def _discard(self, correlation_id: str, future: asyncio.Future[CommandResponse]) -> None:
+        entry = self._entries.get(correlation_id)
+        if entry is not None and entry.future is future:
+            entry.timer.cancel()
+            del self._entries[correlation_id]
