@@ -70,7 +70,9 @@ class MemoryHub:
             self.rejected_messages += 1
             log.warning("rejected malformed message from %s: %s", source, exc)
             return False
-        targets: dict[_GroupKey, list[tuple[DefaultEventBridge, RegisteredSubscription]]] = defaultdict(list)
+        targets: dict[_GroupKey, list[tuple[DefaultEventBridge, RegisteredSubscription]]] = (
+            defaultdict(list)
+        )
         every: list[tuple[DefaultEventBridge, RegisteredSubscription]] = []
         for bridge in self._live():
             for reg in bridge.matching_subscriptions(message):
@@ -105,9 +107,7 @@ class MemoryHub:
 
     def redeliver(self, key: _GroupKey, raw: bytes, attempt: int) -> None:
         """Deliver to one live member of a shared group, or back it up if durable."""
-        members = [
-            (b, b._subscriptions[key]) for b in self._live() if key in b._subscriptions
-        ]
+        members = [(b, b._subscriptions[key]) for b in self._live() if key in b._subscriptions]
         if members:
             bridge, reg = self._pick(("sub", key), members)
             self._spawn(bridge.deliver(reg, raw, attempt))

@@ -252,7 +252,9 @@ class DefaultQueueBridge:
         del q.jobs[record.id]
         await self._notify()
 
-    async def nack(self, job: Job, reason: str | None = None, delay_ms: int | None = None) -> NackOutcome:
+    async def nack(
+        self, job: Job, reason: str | None = None, delay_ms: int | None = None
+    ) -> NackOutcome:
         """Give a job back: retried after ``delay_ms``, or dead-lettered at max attempts."""
         q, record = self._held(job)
         now = now_ms()
@@ -322,7 +324,9 @@ class DefaultQueueBridge:
         now = now_ms()
         self._recover_expired(q, now)
         return [
-            LeaseInfo(r.id, r.lease_id, r.deliveries, r.worker_id, r.leased_at_ms, r.lease_expires_at_ms)
+            LeaseInfo(
+                r.id, r.lease_id, r.deliveries, r.worker_id, r.leased_at_ms, r.lease_expires_at_ms
+            )
             for r in q.jobs.values()
             if r.lease_id is not None
         ]

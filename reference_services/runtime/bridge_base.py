@@ -169,7 +169,9 @@ class EventBridgeBase(ABC):
                     self.drain_timeout_s,
                 )
         self._pending.reject_all(
-            BridgeNotRunningError(f"{self.name} bridge is shutting down", StatusCode.SERVICE_UNAVAILABLE)
+            BridgeNotRunningError(
+                f"{self.name} bridge is shutting down", StatusCode.SERVICE_UNAVAILABLE
+            )
         )
         for task in list(self._background):
             task.cancel()
@@ -269,7 +271,9 @@ class EventBridgeBase(ABC):
             await self._unbind_subscription(reg)
 
     # ------------------------------------------------- for transports to call
-    def decode_or_reject(self, raw: bytes | bytearray | memoryview | str, source: str) -> AnyMessage | None:
+    def decode_or_reject(
+        self, raw: bytes | bytearray | memoryview | str, source: str
+    ) -> AnyMessage | None:
         """Decode wire bytes; log and count a malformed message and return None."""
         try:
             return decode(raw, max_bytes=self.max_message_bytes)
@@ -315,7 +319,9 @@ class EventBridgeBase(ABC):
                     response = err.to_response(command, self.instance_id)
         if response.sender.instance_id != self.instance_id:
             response = response.model_copy(
-                update={"sender": response.sender.model_copy(update={"instance_id": self.instance_id})}
+                update={
+                    "sender": response.sender.model_copy(update={"instance_id": self.instance_id})
+                }
             )
         return response
 
@@ -355,11 +361,18 @@ class EventBridgeBase(ABC):
                 except Exception as exc:
                     err = as_purista_error(exc)
                     if err.is_handled:
-                        self.log.info("subscription %s: handled error, not retried: %s", sub.subscriber, err)
+                        self.log.info(
+                            "subscription %s: handled error, not retried: %s", sub.subscriber, err
+                        )
                         self._emit_info_soon(
                             MessageType.INFO_SUBSCRIPTION_ERROR,
-                            {"subscription": str(sub.subscriber), "messageId": message.id,
-                             "status": err.status, "message": err.message, "handled": True},
+                            {
+                                "subscription": str(sub.subscriber),
+                                "messageId": message.id,
+                                "status": err.status,
+                                "message": err.message,
+                                "handled": True,
+                            },
                         )
                         return DeliveryOutcome(Disposition.ACK, reason=err.message)
                     reason = f"{type(exc).__name__}: {exc}"
@@ -367,7 +380,11 @@ class EventBridgeBase(ABC):
                         delay = sub.failure.delay_ms(attempt) / 1000
                         self.log.info(
                             "subscription %s: attempt %d of %d failed (%s), retry in %.3fs",
-                            sub.subscriber, attempt, sub.failure.max_attempts, reason, delay,
+                            sub.subscriber,
+                            attempt,
+                            sub.failure.max_attempts,
+                            reason,
+                            delay,
                         )
                         return DeliveryOutcome(Disposition.RETRY, delay, reason)
                     await self.dead_letter(reg, message, attempt, reason)
@@ -381,7 +398,10 @@ class EventBridgeBase(ABC):
         sub = reg.subscription
         self.log.warning(
             "subscription %s: message %s dead-lettered after %d attempt(s): %s",
-            sub.subscriber, message.id, attempts, reason,
+            sub.subscriber,
+            message.id,
+            attempts,
+            reason,
         )
         if sub.failure.dead_letter_target:
             letter = CustomMessage(
@@ -399,8 +419,14 @@ class EventBridgeBase(ABC):
                 self.log.exception("could not emit dead letter for %s", message.id)
         self._emit_info_soon(
             MessageType.INFO_SUBSCRIPTION_ERROR,
-            {"subscription": str(sub.subscriber), "messageId": message.id, "reason": reason,
-             "attempts": attempts, "handled": False, "deadLettered": True},
+            {
+                "subscription": str(sub.subscriber),
+                "messageId": message.id,
+                "reason": reason,
+                "attempts": attempts,
+                "handled": False,
+                "deadLettered": True,
+            },
         )
 
     def matching_subscriptions(self, message: AnyMessage) -> list[RegisteredSubscription]:
@@ -553,5 +579,5 @@ class EventBridgeBase(ABC):
     @abstractmethod
     async def _unbind_subscription(self, reg: RegisteredSubscription) -> None: ...
 
-    async def _stop_intake(self) -> None:
+    async def _stop_intake(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Stop taking new commands and messages (first step of destroy)."""

@@ -101,7 +101,9 @@ def encode(message: AnyMessage, *, max_bytes: int | None = DEFAULT_MAX_MESSAGE_B
     return raw
 
 
-def decode(raw: bytes | bytearray | memoryview | str, *, max_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES) -> AnyMessage:
+def decode(
+    raw: bytes | bytearray | memoryview | str, *, max_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES
+) -> AnyMessage:
     """Decode wire bytes into a message or raise :class:`MessageDecodeError`."""
     try:
         if isinstance(raw, str):
@@ -112,7 +114,9 @@ def decode(raw: bytes | bytearray | memoryview | str, *, max_bytes: int | None =
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise MessageDecodeError("<root>", f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+            raise MessageDecodeError(
+                "<root>", f"not UTF-8: {exc.reason} at byte {exc.start}"
+            ) from None
         try:
             data = json.loads(text, parse_constant=_reject_constant)
         except (ValueError, RecursionError) as exc:

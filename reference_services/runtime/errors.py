@@ -49,7 +49,9 @@ class PuristaError(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(status={self.status}, message={self.message!r})"
 
-    def to_response(self, command: Command, responder_instance_id: str | None = None) -> CommandErrorResponse:
+    def to_response(
+        self, command: Command, responder_instance_id: str | None = None
+    ) -> CommandErrorResponse:
         """The error response this error becomes when it answers ``command``."""
         return error_response(
             command,
@@ -79,7 +81,9 @@ def error_from_response(response: CommandErrorResponse) -> PuristaError:
     """Rebuild the error an error response carries, losing nothing."""
     cls = HandledError if response.is_handled_error else UnhandledError
     body = response.payload
-    return cls(body.message, body.status, data=body.data, trace_id=body.trace_id or response.trace_id)
+    return cls(
+        body.message, body.status, data=body.data, trace_id=body.trace_id or response.trace_id
+    )
 
 
 def as_purista_error(exc: BaseException) -> PuristaError:

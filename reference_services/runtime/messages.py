@@ -167,8 +167,10 @@ Message = Annotated[
 AnyMessage = Command | CommandSuccessResponse | CommandErrorResponse | CustomMessage | InfoMessage
 
 
-def success_response(command: Command, payload: Any, *, event_name: str | None = None) -> CommandSuccessResponse:
-    """Build the success response to ``command``: same id and correlationId, sender and receiver swapped."""
+def success_response(
+    command: Command, payload: Any, *, event_name: str | None = None
+) -> CommandSuccessResponse:
+    """The success response to ``command``: same id and correlationId, sender/receiver swapped."""
     return CommandSuccessResponse(
         id=command.id,
         correlation_id=command.correlation_id,

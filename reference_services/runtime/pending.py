@@ -36,7 +36,9 @@ class PendingInvocations:
     def __contains__(self, correlation_id: object) -> bool:
         return correlation_id in self._entries
 
-    def add(self, correlation_id: str, ttl_s: float, description: str = "") -> asyncio.Future[CommandResponse]:
+    def add(
+        self, correlation_id: str, ttl_s: float, description: str = ""
+    ) -> asyncio.Future[CommandResponse]:
         """Register a waiter that fails with a 504 error after ``ttl_s`` seconds."""
         if correlation_id in self._entries:
             raise ValueError(f"correlation id {correlation_id} is already pending")

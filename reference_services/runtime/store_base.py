@@ -48,7 +48,7 @@ def load_value(raw: str | bytes | None) -> Any:
 
 
 class StoreBase(ABC):
-    """Base for stores: checks switches, validates names and values, then calls ``_get``/``_set``/``_remove``."""
+    """Base for stores: checks switches, names and values, then calls the ``_`` hooks."""
 
     kind: ClassVar[StoreKind] = "state_store"
     name: str = "base"

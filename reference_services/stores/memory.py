@@ -33,7 +33,9 @@ class _MemoryStore(StoreBase):
     name = "memory"
     capabilities = _MEMORY_CAPS
 
-    def __init__(self, kv: MemoryKV | None = None, *, initial: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, kv: MemoryKV | None = None, *, initial: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.kv = kv or MemoryKV()
         for key, value in (initial or {}).items():

@@ -1,0 +1,150 @@
+"""PURISTA's MQTT topic layout: 13 levels, empty parts as ``__empty__``.
+
+``<prefix>/<messageType>/<principalId>/<tenantId>/<senderInstanceId>/<senderName>/
+<senderVersion>/<senderTarget>/<eventName>/<receiverInstanceId>/<receiverName>/
+<receiverVersion>/<receiverTarget>``
+
+Characters that MQTT forbids or gives a meaning in a topic level (``/ + # NUL``)
+and ``%`` itself are percent-encoded, so any value round-trips to one level.
+Subscription filters put ``+`` where the subscription does not filter.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from ..runtime.definitions import AddressFilter, Subscription
+from ..runtime.messages import Address, AnyMessage
+
+EMPTY = "__empty__"
+ANY = "+"
+_ESCAPES = {"%": "%25", "/": "%2F", "+": "%2B", "#": "%23", "\x00": "%00"}
+MAX_SUBSCRIPTION_ID = 268_435_455
+
+
+def escape_level(value: str | None) -> str:
+    """One topic level for ``value``: escaped, or ``__empty__`` when empty."""
+    if not value:
+        return EMPTY
+    out = "".join(_ESCAPES.get(ch, ch) for ch in value)
+    if out == EMPTY:
+        return "%5F" + out[1:]
+    return out
+
+
+def unescape_level(level: str) -> str:
+    """The value a topic level encodes (``""`` for ``__empty__``)."""
+    if level == EMPTY:
+        return ""
+    if "%" not in level:
+        return level
+    out: list[str] = []
+    i = 0
+    while i < len(level):
+        if level[i] == "%" and i + 3 <= len(level):
+            try:
+                out.append(chr(int(level[i + 1 : i + 3], 16)))
+                i += 3
+                continue
+            except ValueError:
+                pass
+        out.append(level[i])
+        i += 1
+    return "".join(out)
+
+
+def validate_prefix(prefix: str) -> str:
+    """A prefix is one or more plain topic levels (no wildcards, no leading ``$``)."""
+    if not prefix or prefix.startswith("$") or any(c in prefix for c in "+#\x00"):
+        raise ValueError(f"invalid MQTT topic prefix {prefix!r}")
+    if any(not part for part in prefix.split("/")):
+        raise ValueError(f"MQTT topic prefix {prefix!r} has an empty level")
+    return prefix
+
+
+def _address_levels(address: Address | None) -> list[str]:
+    if address is None:
+        return [EMPTY] * 4
+    return [
+        escape_level(address.instance_id),
+        escape_level(address.service_name),
+        escape_level(address.service_version),
+        escape_level(address.service_target),
+    ]
+
+
+def message_topic(prefix: str, message: AnyMessage) -> str:
+    """The topic ``message`` is published on."""
+    sender = message.sender
+    levels = [
+        escape_level(str(message.message_type)),
+        escape_level(message.principal_id),
+        escape_level(message.tenant_id),
+        escape_level(sender.instance_id),
+        escape_level(sender.service_name),
+        escape_level(sender.service_version),
+        escape_level(sender.service_target),
+        escape_level(message.event_name),
+        *_address_levels(getattr(message, "receiver", None)),
+    ]
+    return "/".join([prefix, *levels])
+
+
+def _filter_level(value: str | None) -> str:
+    return ANY if value is None else escape_level(value)
+
+
+def _filter_address(flt: AddressFilter | None) -> list[str]:
+    if flt is None:
+        return [ANY] * 4
+    return [
+        _filter_level(flt.instance_id),
+        _filter_level(flt.service_name),
+        _filter_level(flt.service_version),
+        _filter_level(flt.service_target),
+    ]
+
+
+def subscription_filter(prefix: str, sub: Subscription) -> str:
+    """The topic filter for a subscription (the broker-side part of its matching)."""
+    sender = sub.sender
+    levels = [
+        _filter_level(str(sub.message_type) if sub.message_type else None),
+        _filter_level(sub.principal_id),
+        _filter_level(sub.tenant_id),
+        *_filter_address(sender),
+        _filter_level(sub.event_name),
+        *_filter_address(sub.receiver),
+    ]
+    return "/".join([prefix, *levels])
+
+
+def command_filter(prefix: str, address: Address, instance_id: str | None) -> str:
+    """Commands for ``address``; ``instance_id`` None means commands not pinned to one."""
+    levels = ["command", *[ANY] * 7, escape_level(instance_id)]
+    levels += [
+        escape_level(address.service_name),
+        escape_level(address.service_version),
+        escape_level(address.service_target),
+    ]
+    return "/".join([prefix, *levels])
+
+
+def share_group(*parts: str) -> str:
+    """A shared-subscription group name (no ``/ + #`` allowed in it)."""
+    return ".".join(escape_level(p).replace("%", "~") for p in parts)
+
+
+def shared(group: str, topic_filter: str) -> str:
+    """``$share/<group>/<filter>``."""
+    return f"$share/{group}/{topic_filter}"
+
+
+def response_topic(prefix: str, instance_id: str) -> str:
+    """The per-instance topic responses to this instance's commands go to."""
+    return f"{prefix}/response/{escape_level(instance_id)}"
+
+
+def subscription_id(topic_filter: str) -> int:
+    """A stable MQTT 5 subscription identifier for a filter (same across restarts)."""
+    return (zlib.crc32(topic_filter.encode("utf-8")) % MAX_SUBSCRIPTION_ID) + 1

@@ -1,0 +1,143 @@
+"""PURISTA's NATS subject layout, and the names of streams and consumers.
+
+A message travels on the 13-token subject::
+
+    <prefix>.<messageType>.<principalId>.<tenantId>.<senderInstanceId>.<senderName>
+    .<senderVersion>.<senderTarget>.<eventName>.<receiverInstanceId>.<receiverName>
+    .<receiverVersion>.<receiverTarget>
+
+Empty parts are ``__empty__``; a subscription filter puts ``*`` where it does not
+care. Characters a subject token cannot hold (``.``, ``*``, ``>``, whitespace and
+anything outside ``[A-Za-z0-9_-]``) are written as ``%HH`` per UTF-8 byte, so
+``1.0.0`` becomes ``1%2E0%2E0`` and a value can never break the layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import string
+
+from ..runtime.definitions import AddressFilter, Subscription
+from ..runtime.messages import Address, AnyMessage, MessageType
+
+EMPTY = "__empty__"
+ANY = "*"
+_SAFE = frozenset(string.ascii_letters + string.digits + "_-")
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+EVENT_TYPES: tuple[MessageType, ...] = tuple(t for t in MessageType if t is not MessageType.COMMAND)
+"""Message types kept by the JetStream stream (everything but commands)."""
+
+
+def token(value: str | None) -> str:
+    """One subject token for ``value``: ``__empty__`` when empty, escaped otherwise."""
+    if not value:
+        return EMPTY
+    if all(c in _SAFE for c in value):
+        return value
+    out: list[str] = []
+    for char in value:
+        if char in _SAFE:
+            out.append(char)
+        else:
+            out.extend(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+    return "".join(out)
+
+
+def _filter_token(value: str | None) -> str:
+    return ANY if value is None else token(value)
+
+
+def _address_tokens(address: Address | None) -> list[str]:
+    if address is None:
+        return [EMPTY] * 4
+    return [
+        token(address.instance_id),
+        token(address.service_name),
+        token(address.service_version),
+        token(address.service_target),
+    ]
+
+
+def _filter_tokens(flt: AddressFilter | None) -> list[str]:
+    if flt is None:
+        return [ANY] * 4
+    return [
+        _filter_token(flt.instance_id),
+        _filter_token(flt.service_name),
+        _filter_token(flt.service_version),
+        _filter_token(flt.service_target),
+    ]
+
+
+def message_subject(prefix: str, message: AnyMessage) -> str:
+    """The subject ``message`` is published on."""
+    parts = [
+        prefix,
+        str(message.message_type),
+        token(message.principal_id),
+        token(message.tenant_id),
+        *_address_tokens(message.sender),
+        token(message.event_name),
+        *_address_tokens(getattr(message, "receiver", None)),
+    ]
+    return ".".join(parts)
+
+
+def subscription_filter(prefix: str, sub: Subscription) -> str:
+    """The subject filter that selects exactly what ``sub`` matches."""
+    parts = [
+        prefix,
+        _filter_token(str(sub.message_type) if sub.message_type else None),
+        _filter_token(sub.principal_id),
+        _filter_token(sub.tenant_id),
+        *_filter_tokens(sub.sender),
+        _filter_token(sub.event_name),
+        *_filter_tokens(sub.receiver),
+    ]
+    return ".".join(parts)
+
+
+def command_filter(prefix: str, address: Address, instance_id: str | None) -> str:
+    """Commands for ``address``: unpinned (``instance_id`` None) or pinned to one instance."""
+    head = [prefix, str(MessageType.COMMAND)] + [ANY] * 7
+    receiver = [
+        token(instance_id),
+        token(address.service_name),
+        token(address.service_version),
+        token(address.service_target),
+    ]
+    return ".".join(head + receiver)
+
+
+def stream_subjects(prefix: str) -> list[str]:
+    """The subjects the event stream captures: every message type but commands."""
+    return [f"{prefix}.{t}.>" for t in EVENT_TYPES]
+
+
+def reply_subject(prefix: str, instance_id: str) -> str:
+    """The per-instance subject prefix where command responses arrive."""
+    return f"{prefix}._reply.{token(instance_id)}"
+
+
+def dead_letter_subject(prefix: str, consumer: str) -> str:
+    """Where a subscription's native dead letters are kept."""
+    return f"{prefix}._dlq.{consumer}"
+
+
+def safe_name(*parts: str, limit: int = 64) -> str:
+    """A stream/consumer name: readable, only ``[A-Za-z0-9_-]``, unique per ``parts``."""
+    digest = hashlib.sha1("\x1f".join(parts).encode("utf-8")).hexdigest()[:10]
+    readable = "_".join(_NAME_UNSAFE.sub("-", p).strip("-") or "x" for p in parts)
+    return f"{readable[: limit - len(digest) - 1]}_{digest}"
+
+
+def stream_name(prefix: str) -> str:
+    """The event stream of ``prefix``."""
+    return safe_name("purista", prefix)
+
+
+def dead_letter_stream_name(prefix: str) -> str:
+    """The stream keeping native dead letters of ``prefix``."""
+    return safe_name("purista-dlq", prefix)

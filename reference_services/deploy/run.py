@@ -1,0 +1,100 @@
+"""Run services as a long-lived process: monolith, microservice or edge."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+from ..runtime.health import HealthServer
+from ..runtime.service import ServiceInstance
+from ..runtime.shutdown import graceful_shutdown
+from ..services import ALL_SERVICES
+from .config import DeploymentConfig
+from .factory import make_event_bridge, make_queue_bridge, make_stores
+
+log = logging.getLogger("reference_services.deploy")
+
+
+def _service_config(cfg: DeploymentConfig) -> dict[str, Any]:
+    out: dict[str, Any] = dict(cfg.service_config)
+    blocked = out.get("gateway_blocked_customers")
+    if isinstance(blocked, str):
+        out["gateway_blocked_customers"] = tuple(x for x in blocked.split(",") if x)
+    if "threshold" in out:
+        out["threshold"] = float(out["threshold"])
+    return out
+
+
+async def run(cfg: DeploymentConfig, services: tuple[str, ...], *, ready_line: bool = True) -> int:
+    """Start ``services`` on the configured adapters, serve until a signal, then shut down."""
+    unknown = [s for s in services if s not in ALL_SERVICES]
+    if unknown:
+        raise ValueError(f"unknown service(s) {unknown}; known: {sorted(ALL_SERVICES)}")
+    bridge = make_event_bridge(cfg)
+    queue = make_queue_bridge(cfg)
+    stores = make_stores(cfg)
+    started: list[Any] = []
+    for part in (bridge, queue, stores.state, stores.config, stores.secret):
+        await part.start()
+        started.append(part)
+    instances: list[ServiceInstance] = []
+    for name in services:
+        instance = ALL_SERVICES[name].get_instance(
+            bridge,
+            state_store=stores.state,
+            config_store=stores.config,
+            secret_store=stores.secret,
+            queue_bridge=queue,
+            config=_service_config(cfg),
+        )
+        await instance.start()
+        instances.append(instance)
+    health = None
+    if cfg.health_port is not None:
+        health = HealthServer([bridge, queue, *instances], port=cfg.health_port)
+        await health.start()
+    if ready_line:
+        print(f"READY {' '.join(services)} instance={bridge.instance_id}", flush=True)
+    # services first (stop intake, drain), then the bridge (drain, reject pending), then the rest
+    order: list[Any] = [
+        *reversed(instances),
+        bridge,
+        queue,
+        stores.state,
+        stores.config,
+        stores.secret,
+    ]
+    if health is not None:
+        order.append(health)
+    code = await graceful_shutdown(order, timeout_s=cfg.shutdown_timeout_s, logger=log)
+    print(f"STOPPED code={code}", flush=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m reference_services.deploy monolith|microservice|edge [--service NAME]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m reference_services.deploy")
+    parser.add_argument("pattern", choices=["monolith", "microservice", "edge"])
+    parser.add_argument("--service", action="append", help="service to run (repeatable)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    cfg = DeploymentConfig.from_env()
+    if args.pattern == "edge":
+        services = tuple(args.service or ["sensor"])
+    elif args.pattern == "microservice":
+        if not args.service or len(args.service) != 1:
+            parser.error("microservice runs exactly one --service")
+        services = tuple(args.service)
+    else:
+        services = tuple(args.service or cfg.services)
+    return asyncio.run(run(cfg, services))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""``billing`` v1: invoice jobs from a queue, with retries and a dead letter."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from ..runtime.context import Context
+from ..runtime.errors import HandledError, StatusCode, UnhandledError
+from ..runtime.queue import Job
+from ..runtime.retry import RetryPolicy
+from ..runtime.service import ServiceBuilder
+
+billing_v1 = ServiceBuilder("billing", "1", "Issues invoices from a job queue")
+
+INVOICE_QUEUE = "invoices"
+MAX_ATTEMPTS = 3
+
+
+class InvoiceRequest(BaseModel):
+    """Input of ``requestInvoice`` and the job payload."""
+
+    invoice_id: str = Field(min_length=1)
+    customer: str = Field(min_length=1)
+    amount_cents: int
+
+
+class PaymentGatewayDown(UnhandledError):
+    """The payment gateway refused: transient, so retried."""
+
+    default_status = StatusCode.BAD_GATEWAY
+
+
+@billing_v1.command("requestInvoice", payload=InvoiceRequest)
+async def request_invoice(
+    ctx: Context, payload: InvoiceRequest, parameter: object
+) -> dict[str, str]:
+    """Enqueue an invoice job once per invoice id (idempotency key)."""
+    if ctx.queue is None:
+        raise HandledError("billing needs a queue bridge", StatusCode.SERVICE_UNAVAILABLE)
+    job_id = await ctx.queue.enqueue(
+        INVOICE_QUEUE,
+        payload.model_dump(),
+        idempotency_key=f"invoice:{payload.invoice_id}",
+        max_attempts=MAX_ATTEMPTS,
+    )
+    return {"job_id": job_id}
+
+
+@billing_v1.queue_worker(
+    INVOICE_QUEUE, retry=RetryPolicy(max_attempts=MAX_ATTEMPTS, retry_delay_ms=20)
+)
+async def issue_invoice(ctx: Context, job: Job) -> None:
+    """Issue the invoice into the state store; the gateway for blocked customers always fails."""
+    request = InvoiceRequest.model_validate(job.payload)
+    if request.amount_cents <= 0:
+        raise HandledError(
+            f"invoice {request.invoice_id}: amount must be positive", StatusCode.BAD_REQUEST
+        )
+    blocked = ctx.config.get("gateway_blocked_customers", ())
+    if request.customer in blocked:
+        raise PaymentGatewayDown(f"payment gateway refused customer {request.customer}")
+    if ctx.stores.state is None:
+        raise HandledError("billing needs a state store", StatusCode.SERVICE_UNAVAILABLE)
+    await ctx.stores.state.set(
+        f"invoice:{request.invoice_id}",
+        {**request.model_dump(), "status": "issued", "attempt": job.attempt},
+    )
