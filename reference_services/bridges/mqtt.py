@@ -1,0 +1,522 @@
+"""MqttBridge: the PURISTA event bridge over MQTT 5 (paho-mqtt 2, QoS 1).
+
+Two connections per bridge instance:
+
+- the *event session* (client id ``<prefix>-<instance>``, ``clean_start=False``
+  and a session expiry): durable subscriptions live here, so QoS 1 messages
+  for them queue in the broker while this instance is offline and arrive when
+  a bridge with the same client id connects again;
+- the *rpc session* (``<prefix>-<instance>-rpc``, clean, no expiry): commands,
+  responses and non-durable subscriptions. An instance that goes away leaves
+  its shared command groups at once, so no command waits in a dead session.
+
+Topics follow PURISTA's 13-level layout (see :mod:`mqtt_topics`); shared
+subscriptions and commands use ``$share/<group>/<filter>``; responses go to
+the invoker's ``<prefix>/response/<instance>`` named by the command's MQTT 5
+``responseTopic``, with its ``correlationData``. Every subscription carries a
+stable subscription identifier so that a delivery reaches exactly the
+subscription it was made for, even when queued before a restart.
+
+Acknowledgement is manual: the PUBACK goes out only once a message reached its
+final outcome (handled, handled error, or dead-lettered). MQTT has no nack, so
+retries are redelivered in-process after ``outcome.delay_s`` while the PUBACK
+is held: if the process dies mid-retry the broker redelivers the message to
+the same session when it reconnects (the attempt count then restarts at 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import unquote, urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ..runtime.bridge_base import (
+    DEAD_LETTER_REASON_HEADER,
+    Disposition,
+    EventBridgeBase,
+    RegisteredCommand,
+    RegisteredSubscription,
+)
+from ..runtime.capabilities import YES, EventBridgeCapabilities, unsupported
+from ..runtime.messages import (
+    AnyMessage,
+    Command,
+    CommandErrorResponse,
+    CommandSuccessResponse,
+)
+from . import mqtt_topics as topics
+from .mqtt_connection import MqttConnection, MqttSettings, MqttUnavailableError
+
+DEFAULT_URL = "mqtt://127.0.0.1:1883"
+_dead_letter_reason: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "mqtt_dead_letter_reason", default=None
+)
+
+RouteKind = Literal["sub", "cmd", "reply"]
+
+
+@dataclass
+class _Route:
+    """One MQTT subscription (a topic filter) and what it feeds."""
+
+    topic_filter: str
+    sid: int
+    kind: RouteKind
+    durable: bool
+    subs: dict[tuple[str, str, str], RegisteredSubscription] = field(default_factory=dict)
+    commands: set[tuple[str, str, str]] = field(default_factory=set)
+
+
+@dataclass
+class _Delivery:
+    """A message being processed; a broker resend updates where to ack it."""
+
+    mid: int
+    generation: int
+
+
+def parse_url(url: str) -> dict[str, Any]:
+    """``mqtt://user:pass@host:port`` (also ``tcp://``, ``mqtts://``, ``ssl://``) as settings."""
+    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
+    tls = parsed.scheme in ("mqtts", "ssl", "tls")
+    return {
+        "host": parsed.hostname or "127.0.0.1",
+        "port": parsed.port or (8883 if tls else 1883),
+        "username": unquote(parsed.username) if parsed.username else None,
+        "password": unquote(parsed.password) if parsed.password else None,
+        "tls": tls,
+    }
+
+
+class MqttBridge(EventBridgeBase):
+    """PURISTA event bridge over MQTT 5; see the module docstring."""
+
+    name = "mqtt"
+    capabilities = EventBridgeCapabilities(
+        delivery="at_least_once",
+        durable_subscriptions=YES,
+        survives_broker_restart=YES,
+        durable_commands=unsupported(
+            "commands use a clean session so that an offline instance does not hold commands "
+            "for its group; a command nobody serves times out"
+        ),
+        manual_ack=YES,
+        shared_subscriptions=YES,
+        shared_commands=YES,
+        bounded_retry=YES,
+        delayed_retry=YES,
+        dead_letter=YES,
+        native_dead_lettering=unsupported(
+            "MQTT brokers keep no dead letters: the dead letter is emitted as the "
+            "dead_letter_target event (with the x-purista-dead-letter-reason user property)"
+        ),
+        unknown_command_fails_fast=unsupported(
+            "MQTT has no no-responders signal: a command nobody serves times out with 504"
+        ),
+        graceful_drain=YES,
+        reconnect=YES,
+        publisher_confirms=YES,
+    )
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        prefix: str = "purista",
+        instance_id: str | None = None,
+        client_id: str | None = None,
+        keepalive_s: int = 10,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 5.0,
+        connect_timeout_s: float = 10.0,
+        op_timeout_s: float = 10.0,
+        publish_timeout_s: float = 10.0,
+        session_expiry_s: int = 3600,
+        keep_session_on_destroy: bool = True,
+        receive_maximum: int = 100,
+        **kwargs: Any,
+    ) -> None:
+        """Args:
+        url: ``mqtt://[user:pass@]host:port``; default ``$MQTT_URL`` or localhost:1883.
+        prefix: the root topic level(s); every topic and share group lives under it.
+        client_id: base of the two MQTT client ids (default ``<prefix>-<instance_id>``);
+            a restarted instance must reuse it to get its durable messages.
+        keepalive_s: MQTT keepalive; a dead broker is noticed within ~1.5x this.
+        reconnect_min_s / reconnect_max_s: reconnect backoff bounds.
+        session_expiry_s: how long the broker keeps the event session while offline.
+        keep_session_on_destroy: keep durable subscriptions in the session on destroy
+            (False: leave every group and end the session, for instances that never return).
+        receive_maximum: unacknowledged deliveries the broker may have outstanding.
+        """
+        super().__init__(instance_id=instance_id, **kwargs)
+        self.url = url or os.environ.get("MQTT_URL") or DEFAULT_URL
+        self.prefix = topics.validate_prefix(prefix)
+        self.client_id = client_id or f"{prefix}-{self.instance_id}"
+        self.settings = MqttSettings(
+            **parse_url(self.url),
+            keepalive_s=keepalive_s,
+            reconnect_min_s=reconnect_min_s,
+            reconnect_max_s=reconnect_max_s,
+            receive_maximum=receive_maximum,
+        )
+        self.connect_timeout_s = connect_timeout_s
+        self.op_timeout_s = op_timeout_s
+        self.publish_timeout_s = publish_timeout_s
+        self.session_expiry_s = session_expiry_s
+        self.keep_session_on_destroy = keep_session_on_destroy
+        self.reply_topic = topics.response_topic(self.prefix, self.instance_id)
+        self._events = self._make_connection(self.client_id, session_expiry_s)
+        self._rpc = self._make_connection(f"{self.client_id}-rpc", 0)
+        self._routes: dict[tuple[str, bool], _Route] = {}
+        self._by_sid: dict[int, _Route] = {}
+        self._restored: dict[int, int] = {}
+        self._active: dict[tuple[int, str], _Delivery] = {}
+        self._done_unacked: OrderedDict[tuple[int, str], None] = OrderedDict()
+        self._parked: dict[int, list[tuple[mqtt.MQTTMessage, int]]] = {}
+        self._parked_count = 0
+        self.parked_limit = 10_000
+        self.redelivered_duplicates = 0
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> MqttBridge:
+        """Build from ``MQTT_URL`` and ``MQTT_PREFIX`` (keyword arguments win)."""
+        kwargs.setdefault("url", os.environ.get("MQTT_URL"))
+        kwargs.setdefault("prefix", os.environ.get("MQTT_PREFIX", "purista"))
+        return cls(**kwargs)
+
+    def _make_connection(self, client_id: str, expiry: int) -> MqttConnection:
+        holder: list[MqttConnection] = []
+
+        def on_message(message: mqtt.MQTTMessage, generation: int) -> None:
+            self._on_message(holder[0], message, generation)
+
+        def on_up(generation: int, session_present: bool) -> None:
+            self._on_up(holder[0], generation, session_present)
+
+        conn = MqttConnection(
+            self.settings,
+            client_id,
+            session_expiry_s=expiry,
+            on_message=on_message,
+            on_up=on_up,
+            on_down=lambda: None,
+            log=self.log,
+        )
+        holder.append(conn)
+        return conn
+
+    # ------------------------------------------------------- transport hooks
+    async def _connect(self) -> None:
+        try:
+            await self._rpc.start(self.connect_timeout_s)
+            await self._events.start(self.connect_timeout_s)
+            await self._wait_restored(self.connect_timeout_s)
+        except BaseException:
+            await self._rpc.close()
+            await self._events.close()
+            raise
+
+    async def _close(self) -> None:
+        expiry = self.session_expiry_s if self.keep_session_on_destroy else 0
+        await self._rpc.close()
+        await self._events.close(session_expiry_s=expiry)
+
+    async def _is_connected(self) -> bool:
+        return all(
+            conn.connected and self._restored.get(id(conn)) == conn.generation
+            for conn in (self._rpc, self._events)
+        )
+
+    async def _publish(self, message: AnyMessage) -> None:
+        props = Properties(PacketTypes.PUBLISH)
+        props.ContentType = message.content_type
+        reason = _dead_letter_reason.get()
+        if reason is not None:
+            props.UserProperty = [(DEAD_LETTER_REASON_HEADER, reason[:1024])]
+        await self._rpc.publish(
+            topics.message_topic(self.prefix, message),
+            self.encode(message),
+            props,
+            self.publish_timeout_s,
+        )
+
+    async def _send_command(self, command: Command) -> None:
+        props = Properties(PacketTypes.PUBLISH)
+        props.ContentType = command.content_type
+        props.ResponseTopic = self.reply_topic
+        props.CorrelationData = command.correlation_id.encode("utf-8")
+        await self._rpc.publish(
+            topics.message_topic(self.prefix, command),
+            self.encode(command),
+            props,
+            self.publish_timeout_s,
+        )
+
+    async def _bind_command(self, reg: RegisteredCommand) -> None:
+        key = reg.address.key
+        base = topics.command_filter(self.prefix, reg.address, None)
+        if reg.config.shared:
+            group = topics.share_group(self.prefix, "cmd", *key)
+            base = topics.shared(group, base)
+        direct = topics.command_filter(self.prefix, reg.address, self.instance_id)
+        for flt in (base, direct):
+            route = self._route(flt, "cmd", durable=False)
+            route.commands.add(key)
+            await self._ensure_subscribed(route)
+
+    async def _unbind_command(self, reg: RegisteredCommand) -> None:
+        for route in [r for r in self._routes.values() if reg.address.key in r.commands]:
+            route.commands.discard(reg.address.key)
+            await self._drop_route_if_empty(route)
+
+    async def _bind_subscription(self, reg: RegisteredSubscription) -> None:
+        sub = reg.subscription
+        flt = topics.subscription_filter(self.prefix, sub)
+        if sub.shared:
+            flt = topics.shared(topics.share_group(self.prefix, "sub", *sub.key), flt)
+        route = self._route(flt, "sub", durable=sub.durable)
+        route.subs[sub.key] = reg
+        await self._ensure_subscribed(route)
+        self._unpark(route)
+
+    async def _unbind_subscription(self, reg: RegisteredSubscription) -> None:
+        key = reg.subscription.key
+        for route in [r for r in self._routes.values() if key in r.subs]:
+            del route.subs[key]
+            await self._drop_route_if_empty(route)
+
+    async def _stop_intake(self) -> None:
+        """Leave command groups and non-durable subscriptions; durable ones stay in
+        the session unless ``keep_session_on_destroy`` is False. The reply route stays."""
+        for route in list(self._routes.values()):
+            if route.kind == "reply":
+                continue
+            if self._kept_on_destroy(route):
+                continue
+            try:
+                await self._unsubscribe(route)
+            except MqttUnavailableError as exc:
+                self.log.info("unsubscribe %s during destroy failed: %s", route.topic_filter, exc)
+
+    def _kept_on_destroy(self, route: _Route) -> bool:
+        return route.kind == "sub" and route.durable and self.keep_session_on_destroy
+
+    # ---------------------------------------------------- dead-letter header
+    async def dead_letter(
+        self, reg: RegisteredSubscription, message: AnyMessage, attempts: int, reason: str
+    ) -> None:
+        """Emit the dead letter with the ``x-purista-dead-letter-reason`` user property."""
+        token = _dead_letter_reason.set(reason)
+        try:
+            await super().dead_letter(reg, message, attempts, reason)
+        finally:
+            _dead_letter_reason.reset(token)
+
+    # ------------------------------------------------------------- routing
+    def _conn_for(self, route: _Route) -> MqttConnection:
+        return self._events if route.kind == "sub" and route.durable else self._rpc
+
+    def _route(self, topic_filter: str, kind: RouteKind, durable: bool) -> _Route:
+        route = self._routes.get((topic_filter, durable))
+        if route is not None:
+            return route
+        sid = topics.subscription_id(("durable:" if durable else "") + topic_filter)
+        while sid in self._by_sid:
+            sid = sid % topics.MAX_SUBSCRIPTION_ID + 1
+        route = _Route(topic_filter, sid, kind, durable)
+        self._routes[(topic_filter, durable)] = route
+        self._by_sid[sid] = route
+        return route
+
+    async def _ensure_subscribed(self, route: _Route) -> None:
+        conn = self._conn_for(route)
+        if not conn.connected:
+            self.log.info("not connected: %s is subscribed on reconnect", route.topic_filter)
+            return
+        await conn.subscribe(route.topic_filter, route.sid, self.op_timeout_s)
+
+    async def _unsubscribe(self, route: _Route) -> None:
+        conn = self._conn_for(route)
+        if conn.connected:
+            await conn.unsubscribe(route.topic_filter, self.op_timeout_s)
+
+    async def _drop_route_if_empty(self, route: _Route) -> None:
+        if route.subs or route.commands or route.kind == "reply":
+            return
+        self._routes.pop((route.topic_filter, route.durable), None)
+        self._by_sid.pop(route.sid, None)
+        await self._unsubscribe(route)
+
+    # -------------------------------------------------------- (re)connecting
+    def _on_up(self, conn: MqttConnection, generation: int, session_present: bool) -> None:
+        self.log.info(
+            "%s connected (generation %d, session present: %s)",
+            conn.client_id, generation, session_present,
+        )
+        self.spawn(self._restore(conn, generation), name=f"mqtt-restore-{conn.client_id}")
+
+    async def _restore(self, conn: MqttConnection, generation: int) -> None:
+        """Subscribe everything this connection carries, then declare it ready."""
+        delay = self.settings.reconnect_min_s
+        while conn.generation == generation and conn.connected and not self._destroyed:
+            try:
+                if conn is self._rpc:
+                    reply = self._route(self.reply_topic, "reply", durable=False)
+                    await conn.subscribe(reply.topic_filter, reply.sid, self.op_timeout_s)
+                for route in list(self._routes.values()):
+                    if route.kind != "reply" and self._conn_for(route) is conn:
+                        if not self.accepting and not self._kept_on_destroy(route):
+                            continue
+                        await conn.subscribe(route.topic_filter, route.sid, self.op_timeout_s)
+                self._restored[id(conn)] = generation
+                return
+            except MqttUnavailableError as exc:
+                self.log.warning("re-subscribing on %s failed: %s", conn.client_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.reconnect_max_s)
+
+    async def _wait_restored(self, timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not await self._is_connected():
+            if loop.time() > deadline:
+                raise MqttUnavailableError(f"MQTT subscriptions not restored within {timeout_s}s")
+            await asyncio.sleep(0.01)
+
+    # ------------------------------------------------------------ delivery
+    def _on_message(self, conn: MqttConnection, msg: mqtt.MQTTMessage, generation: int) -> None:
+        props = msg.properties
+        sids = list(getattr(props, "SubscriptionIdentifier", []) or []) if props else []
+        routes = [self._by_sid[s] for s in sids if s in self._by_sid]
+        if not routes:
+            if self._destroyed:
+                return  # left unacked: the broker keeps it for this session
+            if conn is self._events and sids:
+                # queued for a subscription of this session that is not registered yet
+                if self._parked_count < self.parked_limit:
+                    self._parked.setdefault(sids[0], []).append((msg, generation))
+                    self._parked_count += 1
+                return
+            self.log.warning("message on %s matches no subscription: dropped", msg.topic)
+            conn.ack(msg.mid, generation)
+            return
+        if routes[0].kind == "reply":
+            self._on_reply(conn, msg, generation)
+            return
+        try:
+            self.spawn(self._process(conn, msg, generation, routes), name=f"mqtt-{msg.topic}")
+        except RuntimeError:
+            pass
+
+    def _unpark(self, route: _Route) -> None:
+        parked = self._parked.pop(route.sid, [])
+        self._parked_count -= len(parked)
+        for msg, generation in parked:
+            self._on_message(self._events, msg, generation)
+
+    def _on_reply(self, conn: MqttConnection, msg: mqtt.MQTTMessage, generation: int) -> None:
+        response = self.decode_or_reject(msg.payload, msg.topic)
+        if isinstance(response, CommandSuccessResponse | CommandErrorResponse):
+            self.resolve_response(response)
+        elif response is not None:
+            self.log.warning("a %s arrived on the response topic: dropped", response.message_type)
+        conn.ack(msg.mid, generation)
+
+    async def _process(
+        self, conn: MqttConnection, msg: mqtt.MQTTMessage, generation: int, routes: list[_Route]
+    ) -> None:
+        message = self.decode_or_reject(msg.payload, msg.topic)
+        if message is None:
+            conn.ack(msg.mid, generation)
+            return
+        acks = []
+        for route in routes:
+            if route.kind == "cmd":
+                acks.append(await self._serve_command(conn, msg, message))
+            else:
+                acks.append(await self._serve_subscription(conn, msg, generation, route, message))
+        if all(acks):
+            conn.ack(msg.mid, generation)
+
+    async def _serve_command(
+        self, conn: MqttConnection, msg: mqtt.MQTTMessage, message: AnyMessage
+    ) -> bool:
+        if not isinstance(message, Command):
+            self.log.warning("a %s arrived on a command topic: dropped", message.message_type)
+            return True
+        response = await self.handle_command(message)
+        props = Properties(PacketTypes.PUBLISH)
+        props.ContentType = response.content_type
+        props.CorrelationData = message.correlation_id.encode("utf-8")
+        reply_to = getattr(msg.properties, "ResponseTopic", None) or topics.response_topic(
+            self.prefix, message.sender.instance_id
+        )
+        try:
+            await self._rpc.publish(reply_to, self.encode(response), props, self.publish_timeout_s)
+        except MqttUnavailableError as exc:
+            self.log.warning("response to %s not confirmed: %s", message.correlation_id, exc)
+        await self.after_response(response)
+        return True
+
+    async def _serve_subscription(
+        self,
+        conn: MqttConnection,
+        msg: mqtt.MQTTMessage,
+        generation: int,
+        route: _Route,
+        message: AnyMessage,
+    ) -> bool:
+        """Run every subscription of ``route``; True when the message may be acked."""
+        key = (route.sid, message.id)
+        active = self._active.get(key)
+        if active is not None:
+            # the broker resent a message we are still working on: ack the resend later
+            active.mid, active.generation = msg.mid, generation
+            self.redelivered_duplicates += 1
+            return False
+        if key in self._done_unacked:
+            del self._done_unacked[key]
+            self.redelivered_duplicates += 1
+            return True
+        delivery = _Delivery(msg.mid, generation)
+        self._active[key] = delivery
+        try:
+            regs = [r for r in route.subs.values() if r.matches(message)]
+            if isinstance(message, Command):
+                regs = []
+            results = await asyncio.gather(*(self._run(reg, message) for reg in regs))
+        finally:
+            self._active.pop(key, None)
+        if not all(results):
+            return False
+        if (delivery.mid, delivery.generation) != (msg.mid, generation):
+            # a resend arrived meanwhile: ack that one instead
+            conn.ack(delivery.mid, delivery.generation)
+            return False
+        if delivery.generation != conn.generation:
+            self._done_unacked[key] = None
+            while len(self._done_unacked) > 10_000:
+                self._done_unacked.popitem(last=False)
+        return True
+
+    async def _run(self, reg: RegisteredSubscription, message: AnyMessage) -> bool:
+        """Deliver to one subscription with in-process retries; False if left unacked."""
+        attempt = 1
+        while True:
+            if not self.accepting:
+                return False  # destroying: the broker redelivers it to this session later
+            if reg.subscription.key not in self._subscriptions:
+                return True  # unsubscribed meanwhile: nobody here wants it
+            outcome = await self.handle_subscription(reg, message, attempt)
+            if outcome.disposition is not Disposition.RETRY:
+                return True
+            await asyncio.sleep(outcome.delay_s)
+            attempt += 1

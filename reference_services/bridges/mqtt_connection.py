@@ -1,0 +1,267 @@
+"""One paho-mqtt 2.x (MQTT 5) connection bridged into asyncio.
+
+paho runs its network loop in a thread; every callback is handed to the event
+loop with ``call_soon_threadsafe`` and never touches asyncio state itself.
+Publishes wait for their PUBACK and subscribes for their SUBACK (bounded by a
+timeout). Messages are acknowledged manually (``manual_ack=True``) and only on
+the connection they arrived on: every (re)connect bumps ``generation``, and an
+ack for an older generation is skipped because the broker resends the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from ..runtime.errors import StatusCode, UnhandledError
+
+MessageCallback = Callable[[mqtt.MQTTMessage, int], None]
+StateCallback = Callable[[int, bool], None]
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """Where and how to connect."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    keepalive_s: int = 10
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 5.0
+    receive_maximum: int = 100
+
+
+class MqttUnavailableError(UnhandledError):
+    """The broker is not reachable or did not confirm in time (503)."""
+
+    default_status = StatusCode.SERVICE_UNAVAILABLE
+
+
+def _failed(code: Any) -> bool:
+    if isinstance(code, ReasonCode):
+        return code.is_failure
+    return isinstance(code, int) and code >= 0x80
+
+
+class MqttConnection:
+    """A paho client with confirmations as awaitables; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        *,
+        session_expiry_s: int,
+        on_message: MessageCallback,
+        on_up: StateCallback,
+        on_down: Callable[[], None],
+        log: logging.Logger,
+    ) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self.session_expiry_s = session_expiry_s
+        self.log = log
+        self.generation = 0
+        self._on_message_cb = on_message
+        self._on_up_cb = on_up
+        self._on_down_cb = on_down
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._acks: dict[int, asyncio.Future[Any]] = {}
+        self._subacks: dict[int, asyncio.Future[Any]] = {}
+        self._first: asyncio.Future[bool] | None = None
+        self._down = threading.Event()
+        self._net_lock = threading.Lock()
+        self._closing = False
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        if settings.username is not None:
+            client.username_pw_set(settings.username, settings.password)
+        if settings.tls:
+            client.tls_set()
+        client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)  # type: ignore[arg-type]
+        client.max_inflight_messages_set(100)
+        client.on_connect = self._net_connect
+        client.on_disconnect = self._net_disconnect
+        client.on_message = self._net_message
+        client.on_publish = self._net_publish
+        client.on_subscribe = self._net_subscribe
+        client.on_unsubscribe = self._net_subscribe
+        self.client = client
+
+    # ------------------------------------------------------------ lifecycle
+    @property
+    def connected(self) -> bool:
+        """Whether the MQTT session is up now."""
+        return self.client.is_connected()
+
+    async def start(self, timeout_s: float) -> bool:
+        """Connect and start the network thread; returns whether a session was present."""
+        self._loop = asyncio.get_running_loop()
+        self._first = self._loop.create_future()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.session_expiry_s
+        props.ReceiveMaximum = self.settings.receive_maximum
+        self.client.connect_async(
+            self.settings.host,
+            self.settings.port,
+            keepalive=self.settings.keepalive_s,
+            clean_start=self.session_expiry_s == 0,
+            properties=props,
+        )
+        self.client.loop_start()
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._first), timeout_s)
+        except TimeoutError:
+            await self._stop_thread()
+            raise MqttUnavailableError(
+                f"could not connect to mqtt://{self.settings.host}:{self.settings.port} "
+                f"within {timeout_s:.1f}s"
+            ) from None
+
+    async def close(self, session_expiry_s: int | None = None, timeout_s: float = 5.0) -> None:
+        """Disconnect (optionally changing the session expiry) and stop the thread."""
+        self._closing = True
+        if self.client.is_connected():
+            props = None
+            if session_expiry_s is not None and self.session_expiry_s:
+                props = Properties(PacketTypes.DISCONNECT)
+                props.SessionExpiryInterval = session_expiry_s
+            self.client.disconnect(properties=props)
+            await asyncio.to_thread(self._down.wait, timeout_s)
+        await self._stop_thread()
+        for fut in [*self._acks.values(), *self._subacks.values()]:
+            if not fut.done():
+                fut.set_exception(MqttUnavailableError("connection closed"))
+
+    async def _stop_thread(self) -> None:
+        self._closing = True
+        await asyncio.to_thread(self.client.loop_stop)
+
+    # ---------------------------------------------------------- operations
+    async def publish(
+        self, topic: str, payload: bytes, properties: Properties | None, timeout_s: float
+    ) -> None:
+        """Publish at QoS 1 and wait for the broker's PUBACK (a publisher confirm)."""
+        if not self.client.is_connected():
+            raise MqttUnavailableError(f"not connected to the MQTT broker ({self.client_id})")
+        loop = asyncio.get_running_loop()
+        info = self.client.publish(topic, payload, qos=1, properties=properties)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise MqttUnavailableError(f"publish failed: {mqtt.error_string(info.rc)}")
+        # The PUBACK callback is queued onto this loop, so it runs after this line.
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._acks[info.mid] = fut
+        try:
+            code = await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            raise MqttUnavailableError(
+                f"no PUBACK for {topic} within {timeout_s:.1f}s (it may still be delivered)"
+            ) from None
+        finally:
+            if self._acks.get(info.mid) is fut:
+                del self._acks[info.mid]
+        if _failed(code):
+            raise MqttUnavailableError(f"broker refused publish to {topic}: {code}")
+
+    async def subscribe(self, topic_filter: str, subscription_id: int, timeout_s: float) -> None:
+        """Subscribe at QoS 1 with a subscription identifier and wait for the SUBACK."""
+        props = Properties(PacketTypes.SUBSCRIBE)
+        props.SubscriptionIdentifier = subscription_id
+        rc, mid = self.client.subscribe(
+            topic_filter, options=SubscribeOptions(qos=1), properties=props
+        )
+        codes = await self._await_ack(rc, mid, f"subscribe {topic_filter}", timeout_s)
+        if any(_failed(c) for c in codes):
+            raise MqttUnavailableError(f"broker refused subscription {topic_filter}: {codes}")
+
+    async def unsubscribe(self, topic_filter: str, timeout_s: float) -> None:
+        """Unsubscribe and wait for the UNSUBACK."""
+        rc, mid = self.client.unsubscribe(topic_filter)
+        await self._await_ack(rc, mid, f"unsubscribe {topic_filter}", timeout_s)
+
+    def ack(self, mid: int, generation: int) -> bool:
+        """Send the PUBACK for ``mid`` if it arrived on the current connection."""
+        if generation != self.generation or not self.client.is_connected():
+            return False
+        rc = self.client.ack(mid, 1)
+        return rc == mqtt.MQTT_ERR_SUCCESS
+
+    async def _await_ack(self, rc: int, mid: int | None, what: str, timeout_s: float) -> list[Any]:
+        if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
+            raise MqttUnavailableError(f"{what} failed: {mqtt.error_string(rc)}")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._subacks[mid] = fut
+        try:
+            codes = await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            raise MqttUnavailableError(f"{what}: no answer within {timeout_s:.1f}s") from None
+        finally:
+            if self._subacks.get(mid) is fut:
+                del self._subacks[mid]
+        return list(codes) if isinstance(codes, list | tuple) else [codes]
+
+    # ------------------------------------------ paho callbacks (net thread)
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            pass
+
+    def _net_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if _failed(reason):
+            self.log.warning("%s: connection refused: %s", self.client_id, reason)
+            return
+        self._down.clear()
+        with self._net_lock:
+            self.generation += 1
+            generation = self.generation
+        self._call(self._up, generation, bool(getattr(flags, "session_present", False)))
+
+    def _net_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        self._down.set()
+        self._call(self._on_down_cb)
+        if not self._closing:
+            self.log.warning("%s: disconnected (%s); reconnecting", self.client_id, reason)
+
+    def _net_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self._call(self._on_message_cb, message, self.generation)
+
+    def _net_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        self._call(self._resolve, self._acks, mid, reason)
+
+    def _net_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        self._call(self._resolve, self._subacks, mid, codes)
+
+    # --------------------------------------------------- loop-side handlers
+    def _up(self, generation: int, session_present: bool) -> None:
+        if self._first is not None and not self._first.done():
+            self._first.set_result(session_present)
+        self._on_up_cb(generation, session_present)
+
+    @staticmethod
+    def _resolve(table: dict[int, asyncio.Future[Any]], mid: int, value: Any) -> None:
+        fut = table.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(value)
