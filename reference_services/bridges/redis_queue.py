@@ -1,0 +1,466 @@
+"""RedisQueueBridge: the queue contract of :class:`DefaultQueueBridge`, on Redis.
+
+Why sorted sets + hashes + Lua rather than Streams with consumer groups:
+the contract needs priorities, delayed jobs, per-job ``max_attempts``,
+lease ids that make a stale ack fail, ``extend_lease``, a dead letter with
+redrive, and expired-lease recovery that counts the attempt and dead-letters
+at the limit. Streams give XAUTOCLAIM and a delivery counter, but no priorities
+or delays, and claim/ack are separate commands with no lease identity, so an
+ack from a worker whose lease was reclaimed would still succeed. With one Lua
+script per operation every transition (lease + expiry + attempt count, nack +
+reschedule or dead letter, recovery) is a single atomic step on the server,
+so N workers (bridge objects) can never lease the same job twice, and the
+semantics are exactly those of the in-memory reference model.
+
+Robustness: the redis client reconnects per command with bounded, backed-off
+retries; a retried script after a lost reply returns its first answer
+(client-generated job ids, lease request ids and settle markers), so a
+retry neither enqueues twice nor reports a stale lease. A job whose stored
+data cannot be decoded is dead-lettered with a log line, never returned.
+Blocking ``lease_next(wait_ms=...)`` waits on a pub/sub wake-up (published by
+the scripts) bounded by the next delayed job or lease expiry and by a poll
+interval, so a lost notification costs latency, not correctness.
+
+Durability holds when Redis runs with ``appendonly yes`` and ``appendfsync
+always``; ``start()`` reads the server's settings and declares ``durable``
+unsupported (with the reason) otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import replace
+from typing import Any, ClassVar, Literal
+
+from redis.commands.core import AsyncScript
+
+from ..runtime.capabilities import QueueBridgeCapabilities
+from ..runtime.errors import UnhandledError
+from ..runtime.ids import new_id
+from ..runtime.queue import (
+    DEFAULT_LEASE_TTL_MS,
+    DEFAULT_MAX_ATTEMPTS,
+    DeadLetterJob,
+    Job,
+    LeaseExpiredError,
+    LeaseInfo,
+    NackOutcome,
+    QueueInputError,
+    QueueMetrics,
+    validate_enqueue,
+)
+from .redis_client import RedisSettings, RedisUnavailableError, durability, guarded, ping
+from .redis_queue_lua import SCRIPTS, script_source
+
+__all__ = ["RedisQueueBridge", "RedisUnavailableError"]
+
+log = logging.getLogger("reference_services.bridge.redis_queue")
+
+
+def _dumps(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise QueueInputError(f"{what} is not JSON: {exc}") from None
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    return {str(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _loads_lenient(raw: str | None) -> Any:
+    """Decode stored JSON for inspection (dead letters); undecodable text is returned as is."""
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _job(queue: str, h: dict[str, str]) -> Job:
+    """A :class:`Job` from its hash; raises ValueError/KeyError on malformed data."""
+    headers = json.loads(h.get("headers") or "{}")
+    if not isinstance(headers, dict):
+        raise ValueError("headers are not an object")
+    return Job(
+        id=h["id"],
+        queue=queue,
+        payload=json.loads(h["payload"]),
+        parameter=json.loads(h.get("parameter") or "null"),
+        headers={str(k): str(v) for k, v in headers.items()},
+        attempt=int(h["deliveries"]),
+        max_attempts=int(h["max_attempts"]),
+        priority=int(h["priority"]),
+        enqueued_at_ms=int(h["enqueued_at"]),
+        idempotency_key=h.get("idem"),
+        lease_id=h.get("lease_id", ""),
+        lease_expires_at_ms=int(h.get("lease_expires_at", 0)),
+        last_error=h.get("last_error"),
+    )
+
+
+class RedisQueueBridge:
+    """Queue bridge on Redis; several objects with the same url+prefix are competing workers."""
+
+    kind: ClassVar[Literal["queue_bridge"]] = "queue_bridge"
+    name: ClassVar[str] = "redis"
+    capabilities: QueueBridgeCapabilities = QueueBridgeCapabilities()
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        prefix: str = "purista",
+        default_max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        default_lease_ttl_ms: int = DEFAULT_LEASE_TTL_MS,
+        idempotency_ttl_ms: int | None = None,
+        poll_interval_ms: int = 1000,
+        socket_timeout_s: float | None = 5.0,
+        connect_timeout_s: float = 2.0,
+        retry_attempts: int = 3,
+        retry_backoff_base_s: float = 0.05,
+        retry_backoff_cap_s: float = 1.0,
+        health_timeout_s: float = 1.0,
+        drain_timeout_s: float = 10.0,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.settings = RedisSettings.resolve(
+            url,
+            socket_timeout_s=socket_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            retry_attempts=retry_attempts,
+            retry_backoff_base_s=retry_backoff_base_s,
+            retry_backoff_cap_s=retry_backoff_cap_s,
+            health_timeout_s=health_timeout_s,
+        )
+        self.prefix = prefix
+        self.default_max_attempts = default_max_attempts
+        self.default_lease_ttl_ms = default_lease_ttl_ms
+        self.idempotency_ttl_ms = idempotency_ttl_ms
+        self.poll_interval_ms = poll_interval_ms
+        self.drain_timeout_s = drain_timeout_s
+        self.log = logger or log
+        self.channel = f"{prefix}:q:notify"
+        self._client = self.settings.client()
+        self._scripts: dict[str, AsyncScript] = {
+            name: self._client.register_script(script_source(name)) for name in SCRIPTS
+        }
+        self._wakers: dict[str, asyncio.Event] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._started = False
+        self._closed = False
+        self._ops = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> RedisQueueBridge:
+        """A bridge configured from ``REDIS_URL`` (and ``PURISTA_PREFIX`` if set)."""
+        import os
+
+        kwargs.setdefault("prefix", os.environ.get("PURISTA_PREFIX", "purista"))
+        return cls(None, **kwargs)
+
+    # life cycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check Redis answers, read its persistence settings, start the wake-up listener."""
+        self._closed = False
+        await guarded(self._client.ping(), "start")
+        durable = await durability(self._client)
+        if not durable:
+            self.log.warning("redis queue bridge: durable unsupported: %s", durable.reason)
+        self.capabilities = replace(type(self).capabilities, durable=durable)
+        self._ensure_listener()
+        self._started = True
+
+    async def destroy(self) -> None:
+        """Let running operations finish (bounded), wake waiters, close connections."""
+        self._started = False
+        self._closed = True
+        for event in self._wakers.values():
+            event.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.drain_timeout_s)
+        except TimeoutError:
+            self.log.warning("redis queue bridge: %d operation(s) still running", self._ops)
+        if self._listener is not None:
+            self._listener.cancel()
+            try:
+                await self._listener
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._listener = None
+        await self._client.aclose()
+
+    async def is_ready(self) -> bool:
+        return self._started and await ping(self._client, self.settings.health_timeout_s)
+
+    async def is_healthy(self) -> bool:
+        return not self._closed and await ping(self._client, self.settings.health_timeout_s)
+
+    # plumbing -------------------------------------------------------------------------------
+
+    def _base(self, queue: str) -> str:
+        return f"{self.prefix}:q:{{{queue}}}"
+
+    async def _run(self, script: str, queue: str, *args: Any) -> Any:
+        if self._closed:
+            raise RedisUnavailableError("redis queue bridge is destroyed")
+        self._ops += 1
+        self._idle.clear()
+        try:
+            call = self._scripts[script](keys=[self._base(queue)], args=list(args))
+            return await guarded(call, f"{script} on queue {queue!r}")
+        finally:
+            self._ops -= 1
+            if self._ops == 0:
+                self._idle.set()
+
+    def _ensure_listener(self) -> None:
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def _listen(self) -> None:
+        """Turn pub/sub notifications into wake-ups; resubscribe after any failure."""
+        delay = 0.05
+        while not self._closed:
+            pubsub = self._client.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                self._wake_all()  # anything published while we were not listening
+                delay = 0.05
+                while not self._closed:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is not None:
+                        self._wake(str(msg.get("data")))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.debug("redis queue bridge: wake-up listener lost: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except Exception:
+                    pass
+
+    def _wake(self, queue: str) -> None:
+        event = self._wakers.pop(queue, None)
+        if event is not None:
+            event.set()
+
+    def _wake_all(self) -> None:
+        for queue in list(self._wakers):
+            self._wake(queue)
+
+    @staticmethod
+    def _check_lease_result(result: Any, job: Job) -> None:
+        if result == "stale":
+            raise LeaseExpiredError(f"job {job.id} is not leased under lease {job.lease_id!r}")
+        if result == "expired":
+            raise LeaseExpiredError(f"lease {job.lease_id} on job {job.id} expired")
+
+    # the queue contract ---------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        queue: str,
+        payload: Any,
+        parameter: Any = None,
+        *,
+        delay_ms: int = 0,
+        idempotency_key: str | None = None,
+        headers: dict[str, str] | None = None,
+        max_attempts: int | None = None,
+        priority: int = 0,
+        lease_ttl_ms: int | None = None,
+    ) -> str:
+        """Add a job; a known idempotency key returns the original job id."""
+        validate_enqueue(queue, delay_ms, max_attempts, priority, lease_ttl_ms)
+        result = await self._run(
+            "enqueue",
+            queue,
+            new_id(),
+            "1" if idempotency_key is not None else "0",
+            idempotency_key or "",
+            self.idempotency_ttl_ms or 0,
+            _dumps(payload, "payload"),
+            _dumps(parameter, "parameter"),
+            _dumps(dict(headers or {}), "headers"),
+            max_attempts or self.default_max_attempts,
+            priority,
+            lease_ttl_ms or self.default_lease_ttl_ms,
+            delay_ms,
+            self.channel,
+            queue,
+        )
+        return str(result)
+
+    async def _take(
+        self, queue: str, batch: int, worker_id: str | None
+    ) -> tuple[list[Job], int | None]:
+        raw = await self._run(
+            "lease",
+            queue,
+            batch,
+            "1" if worker_id is not None else "0",
+            worker_id or "",
+            new_id(),
+            *[new_id() for _ in range(batch)],
+        )
+        data = json.loads(raw)
+        jobs: list[Job] = []
+        for flat in data.get("jobs") or []:
+            h = _pairs(flat)
+            try:
+                jobs.append(_job(queue, h))
+            except (KeyError, TypeError, ValueError) as exc:
+                await self._reject_malformed(queue, h, exc)
+        upcoming = int(data.get("upcoming", -1))
+        return jobs, (upcoming if upcoming >= 0 else None)
+
+    async def _reject_malformed(self, queue: str, h: dict[str, str], exc: Exception) -> None:
+        job_id, lease_id = h.get("id", ""), h.get("lease_id", "")
+        reason = f"malformed job data: {type(exc).__name__}: {exc}"
+        self.log.warning("redis queue %r: dead-lettering job %s: %s", queue, job_id, reason)
+        if job_id and lease_id:
+            await self._run("move_to_dead", queue, job_id, lease_id, new_id(), reason)
+
+    async def lease_next(
+        self, queue: str, batch: int = 1, wait_ms: int = 0, *, worker_id: str | None = None
+    ) -> list[Job]:
+        """Lease up to ``batch`` ready jobs, waiting up to ``wait_ms`` for one."""
+        if not isinstance(batch, int) or batch < 1:
+            raise QueueInputError(f"batch must be an int >= 1, got {batch!r}")
+        if not isinstance(queue, str) or not queue:
+            raise QueueInputError(f"queue must be a non-empty string, got {queue!r}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(wait_ms, 0) / 1000
+        if wait_ms > 0:
+            self._ensure_listener()
+        while True:
+            waker = self._wakers.setdefault(queue, asyncio.Event())
+            jobs, upcoming = await self._take(queue, batch, worker_id)
+            remaining = deadline - loop.time()
+            if jobs or remaining <= 0 or self._closed:
+                return jobs
+            timeout = min(remaining, self.poll_interval_ms / 1000)
+            if upcoming is not None:
+                timeout = min(timeout, max(upcoming / 1000, 0.001))
+            try:
+                await asyncio.wait_for(waker.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def extend_lease(self, job: Job, lease_ttl_ms: int | None = None) -> Job:
+        """Push the lease's expiry out by ``lease_ttl_ms`` (default: the job's ttl) from now."""
+        result = await self._run("extend", job.queue, job.id, job.lease_id, lease_ttl_ms or 0)
+        self._check_lease_result(result, job)
+        return replace(job, lease_expires_at_ms=int(result))
+
+    async def ack(self, job: Job) -> None:
+        """Finish a job; a stale lease raises :class:`LeaseExpiredError`."""
+        result = await self._run("ack", job.queue, job.id, job.lease_id, new_id())
+        self._check_lease_result(result, job)
+
+    async def nack(
+        self, job: Job, reason: str | None = None, delay_ms: int | None = None
+    ) -> NackOutcome:
+        """Give a job back: retried after ``delay_ms``, or dead-lettered at max attempts."""
+        result = await self._run(
+            "nack",
+            job.queue,
+            job.id,
+            job.lease_id,
+            new_id(),
+            "1" if reason is not None else "0",
+            reason or "",
+            max(delay_ms or 0, 0),
+            self.channel,
+            job.queue,
+        )
+        self._check_lease_result(result, job)
+        if result not in ("retry", "dead_letter"):
+            raise UnhandledError(f"unexpected nack result {result!r}")
+        return result  # type: ignore[no-any-return]
+
+    async def move_to_dead_letter(self, job: Job, reason: str) -> None:
+        """Dead-letter a leased job now, whatever its attempt count."""
+        result = await self._run(
+            "move_to_dead", job.queue, job.id, job.lease_id, new_id(), reason
+        )
+        self._check_lease_result(result, job)
+
+    async def peek_dead_letter(self, queue: str, limit: int = 100) -> list[DeadLetterJob]:
+        """Dead letters in the order they arrived, oldest first."""
+        if limit <= 0:
+            return []
+        rows = await self._run("peek_dead", queue, limit)
+        out = []
+        for flat in rows:
+            h = _pairs(flat)
+            headers = _loads_lenient(h.get("headers"))
+            out.append(
+                DeadLetterJob(
+                    id=h.get("id", ""),
+                    queue=queue,
+                    payload=_loads_lenient(h.get("payload")),
+                    parameter=_loads_lenient(h.get("parameter")),
+                    headers=headers if isinstance(headers, dict) else {},
+                    attempts=_int(h.get("deliveries")),
+                    reason=h.get("dead_reason", ""),
+                    dead_lettered_at_ms=_int(h.get("dead_at")),
+                    idempotency_key=h.get("idem"),
+                )
+            )
+        return out
+
+    async def redrive_dead_letter(self, queue: str, job_ids: list[str] | None = None) -> int:
+        """Move dead letters (all, or ``job_ids``) back to the queue with fresh attempts."""
+        ids = [] if job_ids is None else [str(i) for i in job_ids]
+        if job_ids is not None and not ids:
+            return 0
+        everything = "1" if job_ids is None else "0"
+        return int(await self._run("redrive", queue, self.channel, queue, everything, *ids))
+
+    async def purge_dead_letter(self, queue: str) -> int:
+        """Delete every dead letter of ``queue``; returns how many."""
+        return int(await self._run("purge_dead", queue))
+
+    async def inspect_leases(self, queue: str) -> list[LeaseInfo]:
+        """Active (unexpired) leases of ``queue``."""
+        rows = await self._run("inspect", queue)
+        return [
+            LeaseInfo(
+                job_id=r[0],
+                lease_id=r[1] or "",
+                attempt=_int(r[2]),
+                worker_id=r[3] if r[6] == "1" else None,
+                leased_at_ms=_int(r[4]),
+                expires_at_ms=_int(r[5]),
+            )
+            for r in rows
+        ]
+
+    async def metrics(self, queue: str) -> QueueMetrics:
+        """Depth figures of ``queue``."""
+        pending, inflight, dead, retries, age = await self._run("metrics", queue)
+        return QueueMetrics(
+            pending=int(pending),
+            inflight=int(inflight),
+            dead_letter=int(dead),
+            retries=int(retries),
+            oldest_age_ms=int(age),
+        )

@@ -1,0 +1,347 @@
+"""Lua scripts of the Redis queue bridge: every state change is one atomic script.
+
+Keys of one queue share the prefix ``KEYS[1] = <prefix>:q:{<queue>}`` (one hash
+slot). Per queue:
+
+- ``:job:<id>``   hash of the job (payload, attempt count, lease, dead-letter reason)
+- ``:ready``      zset of leasable jobs: score ``-priority``, member
+                  ``<available_at:015>:<seq:015>:<id>`` (ties sort by availability, then age)
+- ``:delayed``    zset of jobs not yet available, score = available-at ms
+- ``:leased``     zset of leased jobs, score = lease expiry ms
+- ``:dead``       zset of dead letters in arrival order
+- ``:age``        zset of pending jobs by enqueue time (``oldest_age_ms``)
+- ``:idem:<key>`` idempotency key -> job id
+- ``:enq:<id>``, ``:lreq:<id>``, ``:settled:<lease>``: short-lived markers that
+  make a retried script (after a lost reply) return the first answer instead
+  of enqueuing twice, leasing twice or reporting a stale lease.
+
+Time is the Redis server's (``TIME``), so workers on several hosts agree on it.
+"""
+
+from __future__ import annotations
+
+MARKER_TTL_MS = 120_000
+
+PREAMBLE = """
+local base = KEYS[1]
+local READY = base .. ':ready'
+local DELAYED = base .. ':delayed'
+local LEASED = base .. ':leased'
+local DEAD = base .. ':dead'
+local AGE = base .. ':age'
+local RETRIES = base .. ':retries'
+local SEQ = base .. ':seq'
+local MARKER_TTL = '@MARKER_TTL@'
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function int(x) return string.format('%d', x) end
+local function jkey(id) return base .. ':job:' .. id end
+local function member_of(avail, seq, id)
+  return string.format('%015d:%015d:%s', avail, seq, id)
+end
+
+local function make_pending(id, avail, now)
+  local k = jkey(id)
+  local f = redis.call('HMGET', k, 'seq', 'priority', 'enqueued_at')
+  if avail > now then
+    redis.call('ZADD', DELAYED, int(avail), id)
+    redis.call('HDEL', k, 'member')
+  else
+    local m = member_of(avail, tonumber(f[1]), id)
+    redis.call('ZADD', READY, int(-tonumber(f[2])), m)
+    redis.call('HSET', k, 'member', m)
+  end
+  redis.call('ZADD', AGE, f[3], id)
+  redis.call('HSET', k, 'state', 'pending', 'avail', int(avail), 'lease_id', '')
+  redis.call('HDEL', k, 'worker_id')
+end
+
+local function promote(now)
+  local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', int(now), 'LIMIT', 0, 1000)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', DELAYED, id)
+    make_pending(id, tonumber(redis.call('HGET', jkey(id), 'avail')), now)
+  end
+end
+
+local function to_dead(id, reason, now)
+  local k = jkey(id)
+  local m = redis.call('HGET', k, 'member')
+  if m then redis.call('ZREM', READY, m) end
+  redis.call('ZREM', DELAYED, id)
+  redis.call('ZREM', LEASED, id)
+  redis.call('ZREM', AGE, id)
+  redis.call('HSET', k, 'state', 'dead', 'lease_id', '', 'dead_reason', reason, 'dead_at', int(now))
+  redis.call('HDEL', k, 'member')
+  redis.call('ZADD', DEAD, redis.call('INCR', base .. ':deadseq'), id)
+end
+
+local function recover(now)
+  local expired = redis.call('ZRANGEBYSCORE', LEASED, '-inf', int(now), 'LIMIT', 0, 1000)
+  for _, id in ipairs(expired) do
+    local k = jkey(id)
+    redis.call('ZREM', LEASED, id)
+    local f = redis.call('HMGET', k, 'deliveries', 'max_attempts', 'avail')
+    local reason = 'lease expired at attempt ' .. f[1]
+    redis.call('HSET', k, 'lease_id', '', 'last_error', reason)
+    redis.call('HDEL', k, 'worker_id')
+    if tonumber(f[1]) >= tonumber(f[2]) then
+      to_dead(id, reason, now)
+    else
+      redis.call('INCR', RETRIES)
+      make_pending(id, tonumber(f[3]), now)
+    end
+  end
+end
+
+-- A settled lease answers a retry of the same call (same request id) with its first
+-- result, and any other call with 'stale'. Returns nil when the lease is not settled.
+local function settled(lease_id, req)
+  if lease_id == '' then return nil end
+  local s = redis.call('GET', base .. ':settled:' .. lease_id)
+  if not s then return nil end
+  local prefix = req .. '|'
+  if string.sub(s, 1, #prefix) == prefix then return string.sub(s, #prefix + 1) end
+  return 'stale'
+end
+
+local function mark_settled(lease_id, req, result)
+  redis.call('SET', base .. ':settled:' .. lease_id, req .. '|' .. result, 'PX', MARKER_TTL)
+end
+
+-- 'ok', 'stale' (not held under this lease) or 'expired' (recovered now)
+local function held(id, lease_id, now)
+  if lease_id == '' then return 'stale' end
+  local f = redis.call('HMGET', jkey(id), 'lease_id', 'lease_expires_at')
+  if (not f[1]) or f[1] ~= lease_id then return 'stale' end
+  if tonumber(f[2]) <= now then
+    recover(now)
+    return 'expired'
+  end
+  return 'ok'
+end
+""".replace("@MARKER_TTL@", str(MARKER_TTL_MS))
+
+# ARGV: id, has_key, key, key_ttl_ms (0 = forever), payload, parameter, headers,
+#       max_attempts, priority, lease_ttl_ms, delay_ms, channel, queue
+ENQUEUE = """
+local id = ARGV[1]
+if ARGV[2] == '1' then
+  local existing = redis.call('GET', base .. ':idem:' .. ARGV[3])
+  if existing then return existing end
+end
+if not redis.call('SET', base .. ':enq:' .. id, '1', 'NX', 'PX', MARKER_TTL) then return id end
+local now = now_ms()
+local seq = redis.call('INCR', SEQ)
+local k = jkey(id)
+redis.call('HSET', k, 'id', id, 'payload', ARGV[5], 'parameter', ARGV[6], 'headers', ARGV[7],
+  'max_attempts', ARGV[8], 'priority', ARGV[9], 'lease_ttl', ARGV[10],
+  'enqueued_at', int(now), 'seq', int(seq), 'deliveries', '0')
+if ARGV[2] == '1' then
+  redis.call('HSET', k, 'idem', ARGV[3])
+  if tonumber(ARGV[4]) > 0 then
+    redis.call('SET', base .. ':idem:' .. ARGV[3], id, 'PX', ARGV[4])
+  else
+    redis.call('SET', base .. ':idem:' .. ARGV[3], id)
+  end
+end
+make_pending(id, now + tonumber(ARGV[11]), now)
+redis.call('PUBLISH', ARGV[12], ARGV[13])
+return id
+"""
+
+# ARGV: batch, has_worker, worker, request_id, lease ids (batch of them)
+# -> JSON {jobs: [[field, value, ...], ...], upcoming: ms until something may change or -1}
+LEASE = """
+local rkey = base .. ':lreq:' .. ARGV[4]
+local cached = redis.call('GET', rkey)
+if cached then return cached end
+local now = now_ms()
+recover(now)
+promote(now)
+local batch = tonumber(ARGV[1])
+local picked = redis.call('ZRANGE', READY, 0, batch - 1)
+local jobs = {}
+for i, m in ipairs(picked) do
+  local id = string.match(m, '^%d+:%d+:(.+)$')
+  local k = jkey(id)
+  redis.call('ZREM', READY, m)
+  redis.call('ZREM', AGE, id)
+  local expires = now + tonumber(redis.call('HGET', k, 'lease_ttl'))
+  redis.call('HINCRBY', k, 'deliveries', 1)
+  redis.call('HSET', k, 'state', 'leased', 'lease_id', ARGV[4 + i], 'leased_at', int(now),
+    'lease_expires_at', int(expires))
+  redis.call('HDEL', k, 'member')
+  if ARGV[2] == '1' then redis.call('HSET', k, 'worker_id', ARGV[3]) end
+  redis.call('ZADD', LEASED, int(expires), id)
+  jobs[#jobs + 1] = redis.call('HGETALL', k)
+end
+local upcoming = -1
+local d = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
+if d[2] then upcoming = tonumber(d[2]) end
+local l = redis.call('ZRANGE', LEASED, 0, 0, 'WITHSCORES')
+if l[2] and (upcoming < 0 or tonumber(l[2]) < upcoming) then upcoming = tonumber(l[2]) end
+if upcoming >= 0 then upcoming = math.max(upcoming - now, 0) end
+local out = cjson.encode({jobs = jobs, upcoming = upcoming})
+if #jobs > 0 then redis.call('SET', rkey, out, 'PX', MARKER_TTL) end
+return out
+"""
+
+# ARGV: id, lease_id, request_id -> 'ok' | 'stale' | 'expired'
+ACK = """
+local id, lease_id, req = ARGV[1], ARGV[2], ARGV[3]
+local s = settled(lease_id, req)
+if s then return s end
+local h = held(id, lease_id, now_ms())
+if h ~= 'ok' then return h end
+redis.call('ZREM', LEASED, id)
+redis.call('DEL', jkey(id))
+mark_settled(lease_id, req, 'ok')
+return 'ok'
+"""
+
+# ARGV: id, lease_id, request_id, has_reason, reason, delay_ms, channel, queue
+# -> 'retry' | 'dead_letter' | 'stale' | 'expired'
+NACK = """
+local id, lease_id, req = ARGV[1], ARGV[2], ARGV[3]
+local s = settled(lease_id, req)
+if s then return s end
+local now = now_ms()
+local h = held(id, lease_id, now)
+if h ~= 'ok' then return h end
+local k = jkey(id)
+local f = redis.call('HMGET', k, 'deliveries', 'max_attempts')
+if ARGV[4] == '1' then
+  redis.call('HSET', k, 'last_error', ARGV[5])
+else
+  redis.call('HDEL', k, 'last_error')
+end
+if tonumber(f[1]) >= tonumber(f[2]) then
+  local reason = ARGV[5]
+  if ARGV[4] ~= '1' or reason == '' then reason = 'failed ' .. f[1] .. ' time(s)' end
+  to_dead(id, reason, now)
+  mark_settled(lease_id, req, 'dead_letter')
+  return 'dead_letter'
+end
+redis.call('ZREM', LEASED, id)
+redis.call('INCR', RETRIES)
+make_pending(id, now + math.max(tonumber(ARGV[6]), 0), now)
+mark_settled(lease_id, req, 'retry')
+redis.call('PUBLISH', ARGV[7], ARGV[8])
+return 'retry'
+"""
+
+# ARGV: id, lease_id, request_id, reason -> 'ok' | 'stale' | 'expired'
+MOVE_TO_DEAD = """
+local id, lease_id, req = ARGV[1], ARGV[2], ARGV[3]
+local s = settled(lease_id, req)
+if s then return s end
+local now = now_ms()
+local h = held(id, lease_id, now)
+if h ~= 'ok' then return h end
+to_dead(id, ARGV[4], now)
+mark_settled(lease_id, req, 'ok')
+return 'ok'
+"""
+
+# ARGV: id, lease_id, ttl_ms (0 = the job's own lease ttl) -> new expiry ms | 'stale' | 'expired'
+EXTEND = """
+local id, lease_id = ARGV[1], ARGV[2]
+local now = now_ms()
+local h = held(id, lease_id, now)
+if h ~= 'ok' then return h end
+local k = jkey(id)
+local ttl = tonumber(ARGV[3])
+if ttl <= 0 then ttl = tonumber(redis.call('HGET', k, 'lease_ttl')) end
+local expires = now + ttl
+redis.call('HSET', k, 'lease_expires_at', int(expires))
+redis.call('ZADD', LEASED, int(expires), id)
+return expires
+"""
+
+# ARGV: limit -> [[field, value, ...], ...] oldest dead letter first
+PEEK_DEAD = """
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', DEAD, 0, tonumber(ARGV[1]) - 1)) do
+  out[#out + 1] = redis.call('HGETALL', jkey(id))
+end
+return out
+"""
+
+# ARGV: channel, queue, all ('1'|'0'), ids... -> count
+REDRIVE = """
+local ids = {}
+if ARGV[3] == '1' then
+  ids = redis.call('ZRANGE', DEAD, 0, -1)
+else
+  for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
+end
+local now = now_ms()
+local count = 0
+for _, id in ipairs(ids) do
+  if redis.call('ZREM', DEAD, id) == 1 then
+    local k = jkey(id)
+    redis.call('HSET', k, 'deliveries', '0', 'seq', int(redis.call('INCR', SEQ)))
+    redis.call('HDEL', k, 'dead_reason', 'dead_at')
+    make_pending(id, now, now)
+    count = count + 1
+  end
+end
+if count > 0 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+return count
+"""
+
+# -> count of dead letters deleted
+PURGE_DEAD = """
+local ids = redis.call('ZRANGE', DEAD, 0, -1)
+for _, id in ipairs(ids) do redis.call('DEL', jkey(id)) end
+redis.call('DEL', DEAD)
+return #ids
+"""
+
+# -> [[job_id, lease_id, attempt, worker_id|nil, leased_at, expires_at], ...]
+INSPECT = """
+local now = now_ms()
+recover(now)
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', LEASED, 0, -1)) do
+  local f = redis.call('HMGET', jkey(id), 'lease_id', 'deliveries', 'worker_id', 'leased_at',
+    'lease_expires_at')
+  out[#out + 1] = {id, f[1], f[2], f[3] or '', f[4], f[5], f[3] and '1' or '0'}
+end
+return out
+"""
+
+# -> [pending, inflight, dead_letter, retries, oldest_age_ms]
+METRICS = """
+local now = now_ms()
+recover(now)
+local pending = redis.call('ZCARD', READY) + redis.call('ZCARD', DELAYED)
+local oldest = redis.call('ZRANGE', AGE, 0, 0, 'WITHSCORES')
+local age = 0
+if oldest[2] then age = math.max(now - tonumber(oldest[2]), 0) end
+return {pending, redis.call('ZCARD', LEASED), redis.call('ZCARD', DEAD),
+  tonumber(redis.call('GET', RETRIES) or '0'), age}
+"""
+
+SCRIPTS = {
+    "enqueue": ENQUEUE,
+    "lease": LEASE,
+    "ack": ACK,
+    "nack": NACK,
+    "move_to_dead": MOVE_TO_DEAD,
+    "extend": EXTEND,
+    "peek_dead": PEEK_DEAD,
+    "redrive": REDRIVE,
+    "purge_dead": PURGE_DEAD,
+    "inspect": INSPECT,
+    "metrics": METRICS,
+}
+
+
+def script_source(name: str) -> str:
+    """The full Lua source of script ``name`` (shared helpers + body)."""
+    return PREAMBLE + SCRIPTS[name]
