@@ -1,0 +1,733 @@
+"""NatsBridge: the PURISTA event bridge over NATS (core request/reply + JetStream).
+
+- Commands: core NATS request/reply. Every instance serving a command joins a
+  queue group on the command's subject, so exactly one instance runs it; a
+  command pinned to an instance goes to that instance's own subscription.
+  Responses come back on a per-instance reply subject; when nobody serves the
+  subject the server answers "no responders" and the invocation fails at once
+  with 404.
+- Events: published with JetStream (the publish ack is the publisher confirm,
+  ``Nats-Msg-Id`` = message id deduplicates retried publishes) into one
+  interest-retention stream per prefix that captures every message type but
+  commands. A subscription that is durable or acknowledges manually reads
+  through a JetStream pull consumer (shared: one durable consumer per
+  subscriber group; not shared: one per instance), acks after its handler,
+  retries with ``nak(delay)``, counts attempts with ``num_delivered`` and, once
+  dead-lettered, keeps a copy in a dead-letter stream and ``term``s the original.
+  A non-durable auto-acknowledging subscription uses core NATS (at most once).
+- Faults: nats-py reconnects by itself (forever once the first connect
+  succeeded); afterwards the stream and every consumer are ensured again and
+  every command and subscription re-bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as CoreSubscription
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from ..runtime.bridge_base import (
+    DEAD_LETTER_REASON_HEADER,
+    DeliveryOutcome,
+    Disposition,
+    EventBridgeBase,
+    RegisteredCommand,
+    RegisteredSubscription,
+)
+from ..runtime.capabilities import YES, EventBridgeCapabilities, unsupported
+from ..runtime.codec import MessageEncodeError
+from ..runtime.errors import StatusCode, UnhandledError
+from ..runtime.ids import new_id
+from ..runtime.messages import (
+    AnyMessage,
+    Command,
+    CommandErrorResponse,
+    CommandResponse,
+    CommandSuccessResponse,
+    MessageType,
+    error_response,
+)
+from . import nats_subjects as subjects
+
+_NO_RESPONDERS = "503"
+_MAX_DELIVER_MARGIN = 3
+
+
+@dataclass
+class _Consumer:
+    """A JetStream pull consumer fed to one subscription of this bridge."""
+
+    key: tuple[str, str, str]
+    name: str
+    filter_subject: str
+    per_instance: bool
+    durable: bool
+    slots: asyncio.Semaphore
+    psub: JetStreamContext.PullSubscription | None = None
+    task: asyncio.Task[None] | None = None
+    active: bool = True
+
+
+@dataclass
+class _SentCommand:
+    command: Command
+    expires_at: float
+
+
+@dataclass
+class _CommandSubs:
+    subs: list[CoreSubscription] = field(default_factory=list)
+
+
+class NatsBridge(EventBridgeBase):
+    """PURISTA event bridge over NATS; see the module docstring.
+
+    Several bridges with the same ``url`` and ``prefix`` are several instances
+    of one deployment.
+    """
+
+    name = "nats"
+    capabilities = EventBridgeCapabilities(
+        delivery="at_least_once",
+        durable_commands=unsupported(
+            "commands use core NATS request/reply: a command in flight when the broker or the "
+            "serving instance dies is lost and the caller gets 504 (or 503)"
+        ),
+        native_dead_lettering=YES,
+        max_message_bytes=1024 * 1024,
+    )
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        prefix: str = "purista",
+        instance_id: str | None = None,
+        connect_timeout_s: float = 2.0,
+        connect_attempts: int = 3,
+        max_reconnect_attempts: int = -1,
+        reconnect_time_wait_s: float = 0.5,
+        ping_interval_s: float = 10.0,
+        max_outstanding_pings: int = 2,
+        js_api_timeout_s: float = 5.0,
+        publish_timeout_s: float = 2.0,
+        publish_deadline_s: float = 10.0,
+        command_connect_wait_s: float = 2.0,
+        ack_wait_s: float = 30.0,
+        fetch_timeout_s: float = 2.0,
+        max_inflight_per_subscription: int = 32,
+        stream_max_age_s: float = 7 * 24 * 3600.0,
+        dead_letter_max_age_s: float = 14 * 24 * 3600.0,
+        duplicate_window_s: float = 120.0,
+        instance_consumer_ttl_s: float = 3600.0,
+        ephemeral_consumer_ttl_s: float = 60.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(instance_id=instance_id, **kwargs)
+        self.url = url or os.environ.get("NATS_URL") or "nats://127.0.0.1:4222"
+        self.prefix = prefix
+        self.connect_timeout_s = connect_timeout_s
+        self.connect_attempts = connect_attempts
+        self.max_reconnect_attempts = max_reconnect_attempts
+        self.reconnect_time_wait_s = reconnect_time_wait_s
+        self.ping_interval_s = ping_interval_s
+        self.max_outstanding_pings = max_outstanding_pings
+        self.js_api_timeout_s = js_api_timeout_s
+        self.publish_timeout_s = publish_timeout_s
+        self.publish_deadline_s = publish_deadline_s
+        self.command_connect_wait_s = command_connect_wait_s
+        self.ack_wait_s = ack_wait_s
+        self.fetch_timeout_s = fetch_timeout_s
+        self.max_inflight_per_subscription = max_inflight_per_subscription
+        self.stream_max_age_s = stream_max_age_s
+        self.dead_letter_max_age_s = dead_letter_max_age_s
+        self.duplicate_window_s = duplicate_window_s
+        self.instance_consumer_ttl_s = instance_consumer_ttl_s
+        self.ephemeral_consumer_ttl_s = ephemeral_consumer_ttl_s
+        self.stream = subjects.stream_name(prefix)
+        self.dead_letter_stream = subjects.dead_letter_stream_name(prefix)
+        self._reply_prefix = subjects.reply_subject(prefix, self.instance_id)
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._reply_sub: CoreSubscription | None = None
+        self._command_subs: dict[tuple[str, str, str], _CommandSubs] = {}
+        self._core_subs: dict[tuple[str, str, str], CoreSubscription] = {}
+        self._consumers: dict[tuple[str, str, str], _Consumer] = {}
+        self._sent: dict[str, _SentCommand] = {}
+        self._synced = asyncio.Event()
+        self._resync_task: asyncio.Task[None] | None = None
+        self.reconnects = 0
+        self.native_dead_letters = 0
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> NatsBridge:
+        """Build from ``NATS_URL`` and ``NATS_PREFIX`` (overrides win)."""
+        options: dict[str, Any] = {"url": os.environ.get("NATS_URL")}
+        if os.environ.get("NATS_PREFIX"):
+            options["prefix"] = os.environ["NATS_PREFIX"]
+        options.update(overrides)
+        return cls(**options)
+
+    # ------------------------------------------------------------ connection
+    async def _connect(self) -> None:
+        nc = await nats.connect(
+            servers=[self.url],
+            name=f"purista-{self.prefix}-{self.instance_id}",
+            connect_timeout=self.connect_timeout_s,
+            allow_reconnect=True,
+            # pitfall: -1 would make this first connect loop forever
+            max_reconnect_attempts=max(self.connect_attempts - 1, 0),
+            reconnect_time_wait=self.reconnect_time_wait_s,
+            ping_interval=self.ping_interval_s,
+            max_outstanding_pings=self.max_outstanding_pings,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            error_cb=self._on_error,
+        )
+        nc.options["max_reconnect_attempts"] = self.max_reconnect_attempts
+        self._nc = nc
+        self._js = nc.jetstream(timeout=self.js_api_timeout_s)
+        limit = self.max_message_bytes
+        if nc.max_payload and (limit is None or limit > nc.max_payload):
+            self.max_message_bytes = nc.max_payload
+        try:
+            await self._ensure_streams()
+            self._reply_sub = await nc.subscribe(f"{self._reply_prefix}.*", cb=self._on_reply)
+        except BaseException:
+            await nc.close()
+            raise
+        self._synced.set()
+
+    async def _close(self) -> None:
+        if self._resync_task is not None:
+            self._resync_task.cancel()
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            return
+        with contextlib.suppress(Exception):
+            await nc.flush(timeout=2)
+        await nc.close()
+
+    async def _is_connected(self) -> bool:
+        nc = self._nc
+        return nc is not None and nc.is_connected and self._synced.is_set()
+
+    async def _on_disconnected(self) -> None:
+        self._synced.clear()
+        if not self._destroyed:
+            self.log.warning("disconnected from %s", self.url)
+
+    async def _on_reconnected(self) -> None:
+        self.reconnects += 1
+        self.log.warning("reconnected to %s; re-registering", self.url)
+        if self._resync_task is None or self._resync_task.done():
+            self._resync_task = self.spawn(self._resync(), name="nats-resync")
+
+    async def _on_error(self, exc: Exception) -> None:
+        self.log.debug("nats client error: %s: %s", type(exc).__name__, exc)
+
+    async def _resync(self) -> None:
+        """Ensure the streams and every registration again after a reconnect."""
+        delay = 0.1
+        while self._started and not self._destroyed and self._nc and not self._nc.is_closed:
+            try:
+                await self._ensure_streams()
+                await self.rebind_all()
+                if self._nc.is_connected:
+                    self._synced.set()
+                    return
+            except Exception as exc:
+                self.log.warning("re-registering after reconnect failed (%s); retrying", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _ensure_streams(self) -> None:
+        js = self._jsc()
+        await self._ensure_stream(
+            js,
+            StreamConfig(
+                name=self.stream,
+                description=f"PURISTA events of prefix {self.prefix}",
+                subjects=subjects.stream_subjects(self.prefix),
+                retention=RetentionPolicy.INTEREST,
+                storage=StorageType.FILE,
+                max_age=self.stream_max_age_s,
+                duplicate_window=self.duplicate_window_s,
+            ),
+        )
+        await self._ensure_stream(
+            js,
+            StreamConfig(
+                name=self.dead_letter_stream,
+                description=f"PURISTA dead letters of prefix {self.prefix}",
+                subjects=[subjects.dead_letter_subject(self.prefix, ">")],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                max_age=self.dead_letter_max_age_s,
+            ),
+        )
+
+    async def _ensure_stream(self, js: JetStreamContext, config: StreamConfig) -> None:
+        try:
+            await js.stream_info(config.name or "")
+        except nats.js.errors.NotFoundError:
+            try:
+                await js.add_stream(config)
+            except nats.js.errors.BadRequestError as exc:
+                # created concurrently by another instance with another config: use it
+                self.log.info("stream %s exists already (%s)", config.name, exc)
+
+    def _jsc(self) -> JetStreamContext:
+        if self._js is None:
+            raise UnhandledError("nats bridge is not connected", StatusCode.SERVICE_UNAVAILABLE)
+        return self._js
+
+    def _client(self) -> Client:
+        if self._nc is None or self._nc.is_closed:
+            raise UnhandledError("nats connection is closed", StatusCode.SERVICE_UNAVAILABLE)
+        return self._nc
+
+    # ------------------------------------------------------------- publishing
+    async def _publish(self, message: AnyMessage) -> None:
+        data = self.encode(message)
+        subject = subjects.message_subject(self.prefix, message)
+        if message.message_type is MessageType.COMMAND:
+            await self._client().publish(subject, data)
+            return
+        await self._js_publish(subject, data, {"Nats-Msg-Id": message.id}, self.stream)
+
+    async def _js_publish(
+        self, subject: str, data: bytes, headers: dict[str, str], stream: str
+    ) -> None:
+        """Publish until the stream confirms, retrying (deduplicated) up to the deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_deadline_s
+        delay = 0.05
+        while True:
+            nc = self._client()
+            try:
+                if not nc.is_connected:
+                    raise nats.errors.ConnectionReconnectingError()
+                await self._jsc().publish(
+                    subject, data, self.publish_timeout_s, stream, dict(headers)
+                )
+                return
+            except (nats.js.errors.NoStreamResponseError, nats.js.errors.NotFoundError):
+                with contextlib.suppress(Exception):
+                    await self._ensure_streams()
+                error: Exception = UnhandledError(f"no stream answers for {subject}")
+            except (TimeoutError, nats.errors.Error, OSError) as exc:
+                if isinstance(exc, nats.errors.ConnectionClosedError):
+                    raise
+                error = exc
+            if loop.time() + delay > deadline:
+                raise UnhandledError(
+                    f"publish to {subject} not confirmed within {self.publish_deadline_s:.1f}s: "
+                    f"{type(error).__name__}: {error}",
+                    StatusCode.SERVICE_UNAVAILABLE,
+                ) from error
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    # --------------------------------------------------------------- commands
+    async def _send_command(self, command: Command) -> None:
+        nc = self._client()
+        if not nc.is_connected:
+            try:
+                await asyncio.wait_for(self._synced.wait(), self.command_connect_wait_s)
+            except TimeoutError:
+                raise UnhandledError(
+                    f"nats is disconnected; cannot send command to {command.receiver}",
+                    StatusCode.SERVICE_UNAVAILABLE,
+                ) from None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for tok in [t for t, s in self._sent.items() if s.expires_at < now]:
+            del self._sent[tok]
+        tok = subjects.token(command.correlation_id)
+        self._sent[tok] = _SentCommand(command, now + max(self.default_command_ttl_s, 60.0) * 2)
+        subject = subjects.message_subject(self.prefix, command)
+        try:
+            await nc.publish(subject, self.encode(command), reply=f"{self._reply_prefix}.{tok}")
+        except Exception:
+            self._sent.pop(tok, None)
+            raise
+
+    async def _on_reply(self, msg: Msg) -> None:
+        tok = msg.subject.rsplit(".", 1)[-1]
+        if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS and not msg.data:
+            sent = self._sent.pop(tok, None)
+            if sent is not None:
+                self.resolve_response(
+                    error_response(
+                        sent.command,
+                        StatusCode.NOT_FOUND,
+                        f"no instance serves command {sent.command.receiver}",
+                        responder_instance_id="",
+                    )
+                )
+            return
+        response = self.decode_or_reject(msg.data, msg.subject)
+        if isinstance(response, CommandSuccessResponse | CommandErrorResponse):
+            self._sent.pop(tok, None)
+            self.resolve_response(response)
+        elif response is not None:
+            self.log.warning("ignored a %s on the reply subject", response.message_type)
+
+    async def _bind_command(self, reg: RegisteredCommand) -> None:
+        key = reg.address.key
+        if key in self._command_subs:
+            return  # nats-py replays core subscriptions after a reconnect
+        nc = self._client()
+        group = subjects.safe_name("cmd", *key)
+        entry = _CommandSubs()
+        entry.subs.append(
+            await nc.subscribe(
+                subjects.command_filter(self.prefix, reg.address, None),
+                queue=group if reg.config.shared else "",
+                cb=self._on_command,
+            )
+        )
+        entry.subs.append(
+            await nc.subscribe(
+                subjects.command_filter(self.prefix, reg.address, self.instance_id),
+                cb=self._on_command,
+            )
+        )
+        self._command_subs[key] = entry
+        with contextlib.suppress(Exception):
+            await nc.flush(timeout=self.js_api_timeout_s)
+
+    async def _unbind_command(self, reg: RegisteredCommand) -> None:
+        entry = self._command_subs.pop(reg.address.key, None)
+        if entry is None:
+            return
+        for sub in entry.subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _on_command(self, msg: Msg) -> None:
+        if not self.accepting:
+            return
+        self._spawn_tracked(self._serve_command(msg), "nats-command")
+
+    async def _serve_command(self, msg: Msg) -> None:
+        command = self.decode_or_reject(msg.data, msg.subject)
+        if not isinstance(command, Command):
+            if command is not None:
+                self.log.warning("ignored a %s on a command subject", command.message_type)
+            return
+        response: CommandResponse = await self.handle_command(command)
+        if msg.reply:
+            try:
+                data = self.encode(response)
+            except MessageEncodeError as exc:
+                data = self.encode(
+                    error_response(
+                        command,
+                        StatusCode.INTERNAL_SERVER_ERROR,
+                        f"response not encodable: {exc}",
+                        responder_instance_id=self.instance_id,
+                    )
+                )
+            try:
+                await self._client().publish(msg.reply, data)
+            except Exception as exc:
+                self.log.warning("could not send the response to %s: %s", command.receiver, exc)
+        await self.after_response(response)
+
+    # ---------------------------------------------------------- subscriptions
+    @staticmethod
+    def uses_jetstream(reg: RegisteredSubscription) -> bool:
+        """Durable or manually acknowledged subscriptions read through JetStream."""
+        return reg.subscription.durable or not reg.subscription.autoacknowledge
+
+    async def _bind_subscription(self, reg: RegisteredSubscription) -> None:
+        if self.uses_jetstream(reg):
+            await self._bind_consumer(reg)
+        else:
+            await self._bind_core(reg)
+
+    async def _unbind_subscription(self, reg: RegisteredSubscription) -> None:
+        key = reg.subscription.key
+        sub = self._core_subs.pop(key, None)
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        consumer = self._consumers.pop(key, None)
+        if consumer is not None:
+            await self._stop_consumer(consumer)
+            if consumer.per_instance or not consumer.durable:
+                with contextlib.suppress(Exception):
+                    await self._jsc().delete_consumer(self.stream, consumer.name)
+
+    async def _stop_intake(self) -> None:
+        for entry in list(self._command_subs.values()):
+            for sub in entry.subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+        self._command_subs.clear()
+        for sub in list(self._core_subs.values()):
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._core_subs.clear()
+        for consumer in list(self._consumers.values()):
+            await self._stop_consumer(consumer)
+
+    # ---- core NATS (non-durable, auto-acknowledged: at most once)
+    async def _bind_core(self, reg: RegisteredSubscription) -> None:
+        key = reg.subscription.key
+        if key in self._core_subs:
+            return
+        sub = reg.subscription
+        group = subjects.safe_name("sub", *key) if sub.shared else ""
+
+        async def on_message(msg: Msg) -> None:
+            current = self._subscriptions.get(key)
+            if current is not None and self.accepting:
+                self._spawn_tracked(self._deliver_core(current, msg), "nats-event")
+
+        nc = self._client()
+        self._core_subs[key] = await nc.subscribe(
+            subjects.subscription_filter(self.prefix, sub), queue=group, cb=on_message
+        )
+        with contextlib.suppress(Exception):
+            await nc.flush(timeout=self.js_api_timeout_s)
+
+    async def _deliver_core(self, reg: RegisteredSubscription, msg: Msg) -> None:
+        message = self.decode_or_reject(msg.data, msg.subject)
+        if message is None or not reg.matches(message):
+            return
+        await self._run_locally(reg, message, 1)
+
+    async def _run_locally(
+        self, reg: RegisteredSubscription, message: AnyMessage, attempt: int
+    ) -> None:
+        """Auto-acknowledged delivery: retries happen in this process (lost if it dies)."""
+        while True:
+            outcome = await self.handle_subscription(reg, message, attempt)
+            if outcome.disposition is not Disposition.RETRY or not self.accepting:
+                return
+            await asyncio.sleep(outcome.delay_s)
+            if not self.accepting:
+                return
+            attempt += 1
+
+    # ---- JetStream pull consumers
+    def _consumer_config(self, reg: RegisteredSubscription, name: str, filter_subject: str,
+                         per_instance: bool) -> ConsumerConfig:
+        sub = reg.subscription
+        # nats-server 2.9 has one filter per consumer and it must lie inside one stream
+        # subject: without a message type the consumer reads the whole stream and
+        # the bridge acks what does not match.
+        config = ConsumerConfig(
+            name=name,
+            durable_name=name,
+            description=f"PURISTA subscription {sub.subscriber}",
+            deliver_policy=DeliverPolicy.NEW,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait_s,
+            max_deliver=sub.failure.max_attempts + _MAX_DELIVER_MARGIN,
+            filter_subject=filter_subject if sub.message_type is not None else None,
+            max_ack_pending=max(1000, self.max_inflight_per_subscription * 4),
+        )
+        if not sub.durable:
+            config.inactive_threshold = self.ephemeral_consumer_ttl_s
+        elif per_instance:
+            config.inactive_threshold = self.instance_consumer_ttl_s
+        return config
+
+    async def _bind_consumer(self, reg: RegisteredSubscription) -> None:
+        sub = reg.subscription
+        key = sub.key
+        filter_subject = subjects.subscription_filter(self.prefix, sub)
+        per_instance = not sub.shared
+        name_parts = ["sub", *key, filter_subject, "durable" if sub.durable else "transient"]
+        if per_instance:
+            name_parts.append(self.instance_id)
+        name = subjects.safe_name(*name_parts)
+        config = self._consumer_config(reg, name, filter_subject, per_instance)
+        js = self._jsc()
+        try:
+            await js.add_consumer(self.stream, config)
+        except nats.js.errors.BadRequestError as exc:
+            # an existing durable consumer with another config: keep using it
+            self.log.warning("consumer %s exists with another configuration: %s", name, exc)
+        consumer = self._consumers.get(key)
+        if consumer is not None and consumer.name == name and consumer.active:
+            return
+        if consumer is not None:
+            await self._stop_consumer(consumer)
+        consumer = _Consumer(
+            key=key,
+            name=name,
+            filter_subject=filter_subject,
+            per_instance=per_instance,
+            durable=sub.durable,
+            slots=asyncio.Semaphore(self.max_inflight_per_subscription),
+        )
+        consumer.psub = await js.pull_subscribe_bind(name, stream=self.stream)
+        consumer.task = self.spawn(self._fetch_loop(consumer), name=f"nats-fetch-{name}")
+        self._consumers[key] = consumer
+
+    async def _stop_consumer(self, consumer: _Consumer) -> None:
+        consumer.active = False
+        if consumer.task is not None:
+            consumer.task.cancel()
+            with contextlib.suppress(BaseException):
+                await consumer.task
+        psub = consumer.psub
+        if psub is None:
+            return
+        with contextlib.suppress(Exception):
+            await psub.unsubscribe()
+        # hand fetched-but-unstarted messages back at once instead of after ack_wait
+        queue: asyncio.Queue[Msg] = psub._sub._pending_queue  # type: ignore[union-attr]
+        while not queue.empty():
+            msg = queue.get_nowait()
+            if msg.reply and not JetStreamContext.is_status_msg(msg):
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+
+    async def _fetch_loop(self, consumer: _Consumer) -> None:
+        backoff = 0.05
+        while consumer.active and self.accepting:
+            await consumer.slots.acquire()
+            batch = 1
+            while batch < 16 and not consumer.slots.locked():
+                await consumer.slots.acquire()
+                batch += 1
+            msgs: list[Msg] = []
+            try:
+                nc = self._nc
+                if nc is None or nc.is_closed:
+                    return
+                if not nc.is_connected:
+                    await asyncio.sleep(min(self.reconnect_time_wait_s, 0.5))
+                    continue
+                assert consumer.psub is not None
+                msgs = await consumer.psub.fetch(batch, timeout=self.fetch_timeout_s)
+                backoff = 0.05
+            except TimeoutError:
+                pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.debug("fetch from %s failed: %r", consumer.name, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                for _ in range(batch - len(msgs)):
+                    consumer.slots.release()
+            for msg in msgs:
+                task = self._spawn_tracked(self._deliver_js(consumer, msg), "nats-delivery")
+                task.add_done_callback(lambda _t, c=consumer: c.slots.release())
+
+    async def _deliver_js(self, consumer: _Consumer, msg: Msg) -> None:
+        reg = self._subscriptions.get(consumer.key)
+        try:
+            if reg is None or not consumer.active:
+                await msg.nak()
+                return
+            message = self.decode_or_reject(msg.data, msg.subject)
+            if message is None:
+                await self._keep_dead_letter(consumer, msg, "malformed message", 1)
+                await msg.term()
+                return
+            if not reg.matches(message):
+                await msg.ack()
+                return
+            if reg.subscription.autoacknowledge:
+                await msg.ack()
+                await self._run_locally(reg, message, 1)
+                return
+            attempt = msg.metadata.num_delivered
+            keepalive = self.spawn(self._keep_alive(msg), name="nats-in-progress")
+            try:
+                outcome: DeliveryOutcome = await self.handle_subscription(reg, message, attempt)
+            finally:
+                keepalive.cancel()
+            if outcome.disposition is Disposition.ACK:
+                await msg.ack()
+            elif outcome.disposition is Disposition.RETRY:
+                await msg.nak(delay=outcome.delay_s)
+            else:
+                await self._keep_dead_letter(consumer, msg, outcome.reason, attempt)
+                await msg.term()
+        except Exception as exc:
+            # the broker redelivers after ack_wait: nothing is lost
+            self.log.warning("delivery on %s not settled: %r", consumer.name, exc)
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(max(self.ack_wait_s / 3, 0.05))
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    async def _keep_dead_letter(
+        self, consumer: _Consumer, msg: Msg, reason: str, attempts: int
+    ) -> None:
+        """Keep the dead message in the dead-letter stream, reason in a header."""
+        headers = {
+            DEAD_LETTER_REASON_HEADER: " ".join(reason.split())[:1000] or "unknown",
+            "x-purista-original-subject": msg.subject,
+            "x-purista-attempts": str(attempts),
+            "x-purista-consumer": consumer.name,
+        }
+        seq: int | None = None
+        with contextlib.suppress(Exception):
+            seq = msg.metadata.sequence.stream
+        headers["Nats-Msg-Id"] = f"{consumer.name}:{seq}" if seq is not None else new_id()
+        try:
+            await self._js_publish(
+                subjects.dead_letter_subject(self.prefix, consumer.name),
+                msg.data,
+                headers,
+                self.dead_letter_stream,
+            )
+            self.native_dead_letters += 1
+        except Exception as exc:
+            self.log.error("could not keep the dead letter of %s: %s", msg.subject, exc)
+
+    # ---------------------------------------------------------------- helpers
+    def _spawn_tracked(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """Spawn a handler counted as in flight from now (destroy waits for it)."""
+        tracker = self._inflight.track()
+        tracker.__enter__()
+        task = self.spawn(coro, name=name)
+        task.add_done_callback(lambda _t: tracker.__exit__(None, None, None))
+        return task
+
+    async def dead_letters(self, limit: int = 100) -> list[tuple[dict[str, str], bytes]]:
+        """Peek at the native dead letters of this prefix: ``(headers, data)`` pairs."""
+        js = self._jsc()
+        out: list[tuple[dict[str, str], bytes]] = []
+        info = await js.stream_info(self.dead_letter_stream)
+        first, last = info.state.first_seq, info.state.last_seq
+        for seq in range(max(first, 1), last + 1):
+            if len(out) >= limit:
+                break
+            try:
+                raw = await js.get_msg(self.dead_letter_stream, seq)
+            except nats.js.errors.NotFoundError:
+                continue
+            out.append((dict(raw.headers or {}), raw.data or b""))
+        return out
