@@ -1,0 +1,691 @@
+"""AmqpBridge: the PURISTA event bridge over RabbitMQ (AMQP 0-9-1, aio-pika).
+
+Topology (all names under ``prefix``, see :mod:`.amqp_topology`):
+
+- one durable headers exchange ``<prefix>``; persistent messages carrying
+  routing headers and W3C trace context; publisher confirms on every publish;
+- commands: queue ``<prefix>.cmd.<service>.<version>.<target>`` bound on
+  ``messageType=command`` + receiver headers, competing consumers; published
+  ``mandatory`` so an unknown command comes back at once (404); responses go
+  to the invoker's exclusive queue ``<prefix>.reply.<instanceId>`` (``replyTo``
+  + ``correlationId``), which also takes commands pinned to that instance;
+- subscriptions: shared = durable queue ``<prefix>.sub.<service>.<version>.<target>``
+  (competing consumers), non-shared = exclusive auto-delete queue per instance;
+  filters become headers bindings and the matcher double-checks on receipt;
+- retries: a copy with ``x-purista-retry-attempt`` goes to a TTL queue
+  ``<source>.retry.<ms>`` that dead-letters it back to the source queue;
+- dead letters: the base emits the dead letter event, and a copy with
+  ``x-purista-dead-letter-reason`` is kept in ``<prefix>.sub.<...>.dlq``.
+
+Reconnects: aio-pika's robust connection reopens the connection and the
+channels (with backoff, see :mod:`.amqp_connection`); the bridge itself then
+re-declares the topology and re-registers every command and subscription
+(queues are declared ``robust=False`` so nothing is restored twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    ExchangeType,
+)
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, PublishError
+
+from ..runtime.bridge_base import (
+    DEAD_LETTER_REASON_HEADER,
+    RETRY_ATTEMPT_HEADER,
+    Disposition,
+    EventBridgeBase,
+    RegisteredCommand,
+    RegisteredSubscription,
+)
+from ..runtime.capabilities import YES, EventBridgeCapabilities, unsupported
+from ..runtime.codec import MessageDecodeError, decode
+from ..runtime.errors import StatusCode, UnhandledError
+from ..runtime.messages import AnyMessage, Command, CommandResponse, MessageType
+from . import amqp_topology as topo
+from .amqp_connection import BackoffRobustConnection, wait_connected
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+_COMMAND_TTL: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "purista_amqp_command_ttl", default=None
+)
+_MAX_REASON = 1000
+
+
+class _Unroutable(Exception):
+    """The broker returned a mandatory message: no queue is bound for it."""
+
+
+@dataclass
+class _Consumer:
+    """One queue this bridge consumes, on its own channel."""
+
+    queue: str
+    channel: AbstractRobustChannel | None = None
+    tag: str | None = None
+    epoch: int = -1
+
+
+class AmqpBridge(EventBridgeBase):
+    """Event bridge over RabbitMQ following PURISTA's AMQP conventions.
+
+    Several bridges with the same ``url`` and ``prefix`` act as several
+    instances of one deployment.
+    """
+
+    name = "amqp"
+    capabilities = EventBridgeCapabilities(
+        delivery="at_least_once",
+        durable_subscriptions=YES,
+        survives_broker_restart=YES,
+        durable_commands=YES,
+        manual_ack=YES,
+        shared_subscriptions=YES,
+        shared_commands=YES,
+        bounded_retry=YES,
+        delayed_retry=YES,
+        dead_letter=YES,
+        native_dead_lettering=YES,
+        unknown_command_fails_fast=YES,
+        graceful_drain=YES,
+        reconnect=YES,
+        publisher_confirms=YES,
+    )
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        prefix: str = "purista",
+        instance_id: str | None = None,
+        heartbeat_s: int = 5,
+        connect_timeout_s: float = 5.0,
+        reconnect_interval_s: float = 0.5,
+        max_reconnect_interval_s: float = 5.0,
+        publish_timeout_s: float = 10.0,
+        prefetch: int = 16,
+        native_dead_letter: bool = True,
+        retry_queue_expiry_s: float = 600.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(instance_id=instance_id, **kwargs)
+        self.url = url or os.environ.get("AMQP_URL") or DEFAULT_URL
+        self.prefix = prefix
+        self.heartbeat_s = heartbeat_s
+        self.connect_timeout_s = connect_timeout_s
+        self.reconnect_interval_s = reconnect_interval_s
+        self.max_reconnect_interval_s = max_reconnect_interval_s
+        self.publish_timeout_s = publish_timeout_s
+        self.prefetch = prefetch
+        self.native_dead_letter = native_dead_letter
+        self.retry_queue_expiry_s = retry_queue_expiry_s
+        caps = dataclasses.replace(
+            type(self).capabilities, max_message_bytes=self.max_message_bytes
+        )
+        if not native_dead_letter:
+            caps = dataclasses.replace(
+                caps, native_dead_lettering=unsupported("disabled by native_dead_letter=False")
+            )
+        self.capabilities = caps
+        self.reply_queue = topo.reply_queue(prefix, self.instance_id)
+        self._conn: BackoffRobustConnection | None = None
+        self._pub: AbstractRobustChannel | None = None
+        self._admin: AbstractRobustChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._reply_consumer = _Consumer(self.reply_queue)
+        self._cmd_consumers: dict[tuple[str, str, str], _Consumer] = {}
+        self._sub_consumers: dict[tuple[str, str, str], _Consumer] = {}
+        self._epoch = 0
+        self._link_up = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._restore_task: asyncio.Task[None] | None = None
+        self.reconnects = 0
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> AmqpBridge:
+        """Build from ``AMQP_URL``, ``AMQP_PREFIX`` and ``AMQP_HEARTBEAT_S``."""
+        kwargs: dict[str, Any] = {
+            "url": os.environ.get("AMQP_URL"),
+            "prefix": os.environ.get("AMQP_PREFIX", "purista"),
+        }
+        if "AMQP_HEARTBEAT_S" in os.environ:
+            kwargs["heartbeat_s"] = int(os.environ["AMQP_HEARTBEAT_S"])
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    # ---------------------------------------------------------------- connect
+    async def _connect(self) -> None:
+        try:
+            conn = await aio_pika.connect_robust(
+                self.url,
+                heartbeat=self.heartbeat_s,
+                timeout=self.connect_timeout_s,
+                reconnect_interval=self.reconnect_interval_s,
+                max_reconnect_interval=self.max_reconnect_interval_s,
+                connection_class=BackoffRobustConnection,
+                client_properties={"connection_name": f"purista-{self.instance_id}"},
+            )
+        except CONNECTION_EXCEPTIONS as exc:
+            raise UnhandledError(
+                f"cannot connect to AMQP broker: {type(exc).__name__}: {exc}",
+                StatusCode.SERVICE_UNAVAILABLE,
+            ) from exc
+        assert isinstance(conn, BackoffRobustConnection)
+        self._conn = conn
+        try:
+            self._pub = await conn.channel(publisher_confirms=True, on_return_raises=True)
+            self._admin = await conn.channel(publisher_confirms=False)
+            await self._setup_link()
+        except BaseException:
+            await conn.close()
+            raise
+        conn.close_callbacks.add(self._on_connection_lost)
+        conn.reconnect_callbacks.add(self._on_reconnected)
+        self._link_up.set()
+
+    async def _setup_link(self) -> None:
+        """Declare the exchange and the reply queue, and consume replies."""
+        assert self._pub is not None and self._admin is not None
+        await self._admin.declare_exchange(
+            self.prefix, ExchangeType.HEADERS, durable=True, robust=False
+        )
+        self._exchange = await self._pub.get_exchange(self.prefix, ensure=False)
+        await self._consume(
+            self._reply_consumer,
+            lambda ch: ch.declare_queue(
+                self.reply_queue, exclusive=True, auto_delete=True, robust=False
+            ),
+            self._on_reply_delivery,
+            no_ack=True,
+        )
+
+    def _on_connection_lost(self, _sender: Any, exc: BaseException | None = None) -> None:
+        if self._conn is None or self._conn.close_called:
+            return
+        self._epoch += 1
+        self._link_up.clear()
+        if self._restore_task is not None:
+            self._restore_task.cancel()
+        self.log.warning("AMQP connection lost (%s); reconnecting", exc)
+
+    def _on_reconnected(self, _sender: Any) -> None:
+        if self._destroyed:
+            return
+        self.reconnects += 1
+        if self._restore_task is not None:
+            self._restore_task.cancel()
+        self._restore_task = self.spawn(self._restore(), name="amqp-restore")
+
+    async def _restore(self) -> None:
+        """Re-declare everything and re-register every command and subscription."""
+        delay = self.reconnect_interval_s
+        while not self._destroyed:
+            epoch = self._epoch
+            try:
+                async with self._lock:
+                    await self._setup_link()
+                    for reg in self.registered_commands:
+                        await self._bind_command_locked(reg)
+                    for sub in self.registered_subscriptions:
+                        await self._bind_subscription_locked(sub)
+            except Exception as exc:
+                if self._conn is None or self._conn.down or epoch != self._epoch:
+                    return  # the next reconnect starts a new restore
+                self.log.warning("re-registering after reconnect failed (%s); retry in %.1fs",
+                                 exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_reconnect_interval_s)
+                continue
+            if epoch == self._epoch:
+                self._link_up.set()
+                self.log.info(
+                    "AMQP reconnected: %d command(s), %d subscription(s) re-registered",
+                    len(self._commands), len(self._subscriptions),
+                )
+            return
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        self._link_up.clear()
+        if self._restore_task is not None:
+            self._restore_task.cancel()
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def _is_connected(self) -> bool:
+        conn = self._conn
+        return (
+            conn is not None and not conn.is_closed and not conn.down and self._link_up.is_set()
+        )
+
+    # ------------------------------------------------------------- consuming
+    async def _consume(
+        self,
+        consumer: _Consumer,
+        declare: Callable[[AbstractRobustChannel], Awaitable[AbstractQueue]],
+        on_message: Callable[[_Consumer, AbstractIncomingMessage], Awaitable[None]],
+        *,
+        no_ack: bool = False,
+        bindings: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Declare, bind and consume ``consumer.queue`` on its own channel (idempotent per
+        connection epoch)."""
+        assert self._conn is not None
+        if consumer.epoch == self._epoch and consumer.tag is not None:
+            return
+        if consumer.channel is None or consumer.channel.is_closed:
+            consumer.channel = await self._conn.channel(publisher_confirms=False)
+            await consumer.channel.set_qos(prefetch_count=self.prefetch)
+        channel = consumer.channel
+        queue = await declare(channel)
+        for args in bindings or []:
+            await queue.bind(self.prefix, routing_key="", arguments=args, robust=False)
+
+        async def callback(message: AbstractIncomingMessage) -> None:
+            await on_message(consumer, message)
+
+        consumer.tag = await queue.consume(callback, no_ack=no_ack, robust=False)
+        consumer.epoch = self._epoch
+
+    async def _cancel(self, consumer: _Consumer, delete_if_unused: bool = False) -> None:
+        """Stop consuming; optionally delete the queue when no one else consumes it."""
+        channel, tag = consumer.channel, consumer.tag
+        consumer.tag = None
+        consumer.channel = None
+        if channel is None:
+            return
+        try:
+            if tag is not None and not channel.is_closed:
+                underlay = await asyncio.wait_for(channel.get_underlay_channel(), 2)
+                await asyncio.wait_for(underlay.basic_cancel(tag), 5)
+        except Exception as exc:
+            self.log.debug("cancelling consumer on %s failed: %s", consumer.queue, exc)
+        if delete_if_unused:
+            await self._delete_queue_if_unused(consumer.queue)
+        self.spawn(self._close_channel_later(channel), name=f"close-{consumer.queue}")
+
+    async def _close_channel_later(self, channel: AbstractRobustChannel) -> None:
+        # Let handlers still running on this channel ack first (drain), then close.
+        await self._inflight.wait_idle(self.drain_timeout_s)
+        with contextlib.suppress(Exception):
+            await channel.close()
+
+    async def _delete_queue_if_unused(self, queue: str) -> None:
+        if self._conn is None or self._conn.down:
+            return
+        try:
+            channel = await self._conn.channel(publisher_confirms=False)
+        except Exception:
+            return
+        try:
+            await asyncio.wait_for(channel.queue_delete(queue, if_unused=True), 5)
+        except Exception as exc:  # in use by another instance: keep it
+            self.log.debug("queue %s kept: %s", queue, exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    @staticmethod
+    async def _settle(message: AbstractIncomingMessage, *, ack: bool, requeue: bool = True) -> None:
+        """Ack or nack, ignoring a channel that died meanwhile (the broker redelivers)."""
+        try:
+            if ack:
+                await message.ack()
+            else:
+                await message.nack(requeue=requeue)
+        except Exception:
+            logging.getLogger("reference_services.bridge.amqp").debug(
+                "could not settle delivery %s (channel gone; the broker redelivers)",
+                message.delivery_tag,
+            )
+
+    # -------------------------------------------------------------- publishing
+    async def _publish_amqp(
+        self,
+        message: aio_pika.Message,
+        *,
+        routing_key: str = "",
+        default_exchange: bool = False,
+        mandatory: bool = False,
+        timeout_s: float | None = None,
+    ) -> None:
+        """Publish with confirms, retrying through an outage until ``timeout_s``.
+
+        Raises :class:`_Unroutable` when the broker returns a mandatory message
+        and a 503 :class:`UnhandledError` when the broker stays unreachable.
+        """
+        deadline = time.monotonic() + (self.publish_timeout_s if timeout_s is None else timeout_s)
+        last: BaseException | None = None
+        pause = 0.05
+        while True:
+            remaining = deadline - time.monotonic()
+            conn, pub = self._conn, self._pub
+            if remaining <= 0 or conn is None or pub is None:
+                raise UnhandledError(
+                    f"AMQP broker unavailable, message not published: {last or 'timeout'}",
+                    StatusCode.SERVICE_UNAVAILABLE,
+                )
+            if not await wait_connected(conn, remaining):
+                continue
+            try:
+                exchange = pub.default_exchange if default_exchange else self._exchange
+                assert exchange is not None
+                await exchange.publish(
+                    message, routing_key, mandatory=mandatory, timeout=max(remaining, 0.01)
+                )
+                return
+            except PublishError as exc:
+                raise _Unroutable(str(exc)) from exc
+            except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
+                last = exc
+                await asyncio.sleep(min(pause, max(deadline - time.monotonic(), 0)))
+                pause = min(pause * 2, 1.0)
+
+    def _amqp_message(
+        self, message: AnyMessage, *, reply_to: str | None = None, expiration_s: float | None = None
+    ) -> aio_pika.Message:
+        return aio_pika.Message(
+            self.encode(message),
+            headers=topo.message_headers(message),
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message.id,
+            correlation_id=message.correlation_id,
+            timestamp=message.timestamp / 1000,
+            type=str(message.message_type),
+            reply_to=reply_to,
+            expiration=expiration_s,
+        )
+
+    async def _publish(self, message: AnyMessage) -> None:
+        await self._publish_amqp(self._amqp_message(message))
+
+    async def _send_command(self, command: Command) -> None:
+        ttl = _COMMAND_TTL.get() or self.default_command_ttl_s
+        msg = self._amqp_message(command, reply_to=self.reply_queue, expiration_s=ttl)
+        pinned = command.receiver.instance_id
+        try:
+            if pinned:
+                await self._publish_amqp(
+                    msg, routing_key=topo.reply_queue(self.prefix, pinned),
+                    default_exchange=True, mandatory=True, timeout_s=ttl,
+                )
+            else:
+                await self._publish_amqp(msg, mandatory=True, timeout_s=ttl)
+        except _Unroutable:
+            raise UnhandledError(
+                f"no instance serves command {command.receiver}", StatusCode.NOT_FOUND
+            ) from None
+
+    async def invoke(self, command: Command, ttl_s: float | None = None) -> Any:
+        """See :meth:`EventBridgeBase.invoke`; the ttl also expires the queued command."""
+        token = _COMMAND_TTL.set(self.default_command_ttl_s if ttl_s is None else ttl_s)
+        try:
+            return await super().invoke(command, ttl_s)
+        finally:
+            _COMMAND_TTL.reset(token)
+
+    async def _reply(self, incoming: AbstractIncomingMessage, response: CommandResponse) -> bool:
+        if not incoming.reply_to:
+            self.log.warning("command %s has no replyTo; response dropped", response.id)
+            return True
+        try:
+            await self._publish_amqp(
+                self._amqp_message(response), routing_key=incoming.reply_to, default_exchange=True
+            )
+        except Exception as exc:
+            self.log.warning("could not send response %s: %s", response.correlation_id, exc)
+            return False
+        return True
+
+    # ---------------------------------------------------------------- commands
+    async def _bind_command(self, reg: RegisteredCommand) -> None:
+        if not self._link_up.is_set():
+            self.log.info("broker down: command %s binds on reconnect", reg.address)
+            return
+        async with self._lock:
+            await self._bind_command_locked(reg)
+
+    async def _bind_command_locked(self, reg: RegisteredCommand) -> None:
+        key = reg.address.key
+        consumer = self._cmd_consumers.setdefault(
+            key, _Consumer(topo.command_queue(self.prefix, reg.address))
+        )
+        durable = reg.config.durable
+
+        def declare(ch: AbstractRobustChannel) -> Awaitable[AbstractQueue]:
+            return ch.declare_queue(
+                consumer.queue, durable=durable, auto_delete=not durable, robust=False
+            )
+
+        await self._consume(
+            consumer, declare, self._on_command_delivery,
+            bindings=[topo.command_binding(reg.address)],
+        )
+
+    async def _unbind_command(self, reg: RegisteredCommand) -> None:
+        consumer = self._cmd_consumers.pop(reg.address.key, None)
+        if consumer is not None:
+            await self._cancel(consumer, delete_if_unused=reg.config.durable)
+
+    async def _on_command_delivery(
+        self, consumer: _Consumer, incoming: AbstractIncomingMessage
+    ) -> None:
+        self.spawn(self._serve_command(incoming, no_ack=False), name=f"cmd-{consumer.queue}")
+
+    async def _serve_command(self, incoming: AbstractIncomingMessage, *, no_ack: bool) -> None:
+        with self._inflight.track():
+            command = self.decode_or_reject(incoming.body, f"AMQP delivery {incoming.message_id}")
+            if not isinstance(command, Command):
+                if command is not None:
+                    self.log.warning("non-command %s on a command queue dropped", command.id)
+                if not no_ack:
+                    await self._settle(incoming, ack=True)
+                return
+            reg = self._commands.get(command.receiver.key)
+            if not no_ack and (not self.accepting or reg is None):
+                await self._settle(incoming, ack=False, requeue=True)  # for another instance
+                return
+            acked = no_ack
+            if reg is not None and reg.config.autoacknowledge and not acked:
+                await self._settle(incoming, ack=True)
+                acked = True
+            response = await self.handle_command(command)
+            sent = await self._reply(incoming, response)
+            if not acked:
+                await self._settle(incoming, ack=sent, requeue=True)
+            if sent:
+                await self.after_response(response)
+
+    # ------------------------------------------------------------------ replies
+    async def _on_reply_delivery(
+        self, _consumer: _Consumer, incoming: AbstractIncomingMessage
+    ) -> None:
+        message = self.decode_or_reject(incoming.body, f"reply queue {self.reply_queue}")
+        if message is None:
+            return
+        if isinstance(message, Command):  # pinned to this instance
+            self.spawn(self._serve_command(incoming, no_ack=True), name="cmd-pinned")
+        elif message.message_type in (
+            MessageType.COMMAND_SUCCESS_RESPONSE, MessageType.COMMAND_ERROR_RESPONSE
+        ):
+            if not self.resolve_response(message):  # type: ignore[arg-type]
+                self.log.debug("late response %s ignored", message.correlation_id)
+        else:
+            self.log.warning("unexpected %s on the reply queue dropped", message.message_type)
+
+    # ----------------------------------------------------------- subscriptions
+    async def _bind_subscription(self, reg: RegisteredSubscription) -> None:
+        if not self._link_up.is_set():
+            self.log.info("broker down: subscription %s binds on reconnect",
+                          reg.subscription.subscriber)
+            return
+        async with self._lock:
+            await self._bind_subscription_locked(reg)
+
+    async def _bind_subscription_locked(self, reg: RegisteredSubscription) -> None:
+        sub = reg.subscription
+        queue = topo.subscription_queue(self.prefix, sub, self.instance_id)
+        consumer = self._sub_consumers.get(sub.key)
+        if consumer is None or consumer.queue != queue:
+            consumer = self._sub_consumers[sub.key] = _Consumer(queue)
+        durable = sub.durable and sub.shared
+
+        def declare(ch: AbstractRobustChannel) -> Awaitable[AbstractQueue]:
+            if sub.shared:
+                return ch.declare_queue(queue, durable=durable, auto_delete=not durable,
+                                        robust=False)
+            return ch.declare_queue(queue, exclusive=True, auto_delete=True, robust=False)
+
+        if self.native_dead_letter and consumer.epoch != self._epoch:
+            assert self._admin is not None
+            await self._admin.declare_queue(
+                topo.dead_letter_queue(self.prefix, sub), durable=True, robust=False
+            )
+        await self._consume(
+            consumer, declare, self._on_subscription_delivery,
+            bindings=topo.subscription_bindings(sub),
+        )
+
+    async def _unbind_subscription(self, reg: RegisteredSubscription) -> None:
+        consumer = self._sub_consumers.pop(reg.subscription.key, None)
+        if consumer is not None:
+            await self._cancel(consumer, delete_if_unused=True)
+
+    async def _on_subscription_delivery(
+        self, consumer: _Consumer, incoming: AbstractIncomingMessage
+    ) -> None:
+        self.spawn(self._serve_subscription(consumer, incoming), name=f"sub-{consumer.queue}")
+
+    def _subscription_for(self, consumer: _Consumer) -> RegisteredSubscription | None:
+        for key, known in self._sub_consumers.items():
+            if known is consumer:
+                return self._subscriptions.get(key)
+        return None
+
+    async def _serve_subscription(
+        self, consumer: _Consumer, incoming: AbstractIncomingMessage
+    ) -> None:
+        with self._inflight.track():
+            reg = self._subscription_for(consumer)
+            if reg is None or not self.accepting:
+                await self._settle(incoming, ack=False, requeue=True)
+                return
+            sub = reg.subscription
+            message = self.decode_or_reject(incoming.body, f"queue {consumer.queue}")
+            if message is None:
+                await self._dead_letter_native(reg, incoming, self._malformed_reason(incoming), 1)
+                await self._settle(incoming, ack=True)
+                return
+            commands_ok = sub.message_type is MessageType.COMMAND
+            if not reg.matches(message) or (
+                message.message_type is MessageType.COMMAND and not commands_ok
+            ):
+                await self._settle(incoming, ack=True)
+                return
+            attempt = topo.attempt_of(incoming.headers, RETRY_ATTEMPT_HEADER)
+            acked = False
+            if sub.autoacknowledge:
+                await self._settle(incoming, ack=True)
+                acked = True
+            outcome = await self.handle_subscription(reg, message, attempt)
+            ok = True
+            if outcome.disposition is Disposition.RETRY:
+                ok = await self._schedule_retry(consumer.queue, sub.durable and sub.shared,
+                                                incoming, attempt + 1, outcome.delay_s)
+            elif outcome.disposition is Disposition.DEAD_LETTER:
+                ok = await self._dead_letter_native(reg, incoming, outcome.reason, attempt)
+            if not acked:
+                await self._settle(incoming, ack=ok, requeue=True)
+
+    def _malformed_reason(self, incoming: AbstractIncomingMessage) -> str:
+        try:
+            decode(incoming.body, max_bytes=self.max_message_bytes)
+        except MessageDecodeError as exc:
+            return f"malformed message: {exc}"
+        return "malformed message"
+
+    def _copy(self, incoming: AbstractIncomingMessage, **headers: Any) -> aio_pika.Message:
+        return aio_pika.Message(
+            incoming.body,
+            headers=topo.republish_headers(incoming.headers, **headers),
+            content_type=incoming.content_type,
+            content_encoding=incoming.content_encoding,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=incoming.message_id,
+            correlation_id=incoming.correlation_id,
+            timestamp=incoming.timestamp,
+            type=incoming.type,
+        )
+
+    async def _schedule_retry(
+        self, source: str, durable: bool, incoming: AbstractIncomingMessage,
+        next_attempt: int, delay_s: float,
+    ) -> bool:
+        """Send a copy back to ``source`` after ``delay_s`` via a TTL queue."""
+        copy = self._copy(incoming, **{RETRY_ATTEMPT_HEADER: next_attempt})
+        delay_ms = max(round(delay_s * 1000), 0)
+        try:
+            target = source
+            if delay_ms > 0:
+                target = topo.retry_queue(source, delay_ms)
+                assert self._admin is not None
+                await asyncio.wait_for(self._admin.declare_queue(
+                    target, durable=durable, robust=False,
+                    arguments={
+                        "x-message-ttl": delay_ms,
+                        "x-dead-letter-exchange": "",
+                        "x-dead-letter-routing-key": source,
+                        "x-expires": delay_ms + round(self.retry_queue_expiry_s * 1000),
+                    },
+                ), self.publish_timeout_s)
+            await self._publish_amqp(copy, routing_key=target, default_exchange=True,
+                                     mandatory=True)
+        except Exception as exc:
+            self.log.warning("could not schedule retry on %s (%s); message requeued", source, exc)
+            return False
+        return True
+
+    async def _dead_letter_native(
+        self, reg: RegisteredSubscription, incoming: AbstractIncomingMessage,
+        reason: str, attempts: int,
+    ) -> bool:
+        """Keep a copy in the subscription's dead letter queue, with the reason."""
+        if not self.native_dead_letter:
+            return True
+        copy = self._copy(incoming, **{
+            DEAD_LETTER_REASON_HEADER: reason[:_MAX_REASON],
+            RETRY_ATTEMPT_HEADER: attempts,
+        })
+        try:
+            await self._publish_amqp(
+                copy, routing_key=topo.dead_letter_queue(self.prefix, reg.subscription),
+                default_exchange=True, mandatory=True,
+            )
+        except Exception as exc:
+            self.log.warning("could not keep dead letter for %s: %s", incoming.message_id, exc)
+            return False
+        return True
+
+    # ------------------------------------------------------------------ intake
+    async def _stop_intake(self) -> None:
+        for consumer in [*self._cmd_consumers.values(), *self._sub_consumers.values()]:
+            await self._cancel(consumer)

@@ -1,0 +1,164 @@
+"""Names, headers and bindings of the AMQP bridge (pure functions, no I/O).
+
+PURISTA's conventions: one headers exchange named after the prefix; every
+message carries its routing facts as string headers (``messageType``,
+``sender*``, ``receiver*``, ``eventName``, ``principalId``, ``tenantId``);
+commands queue on ``<prefix>.cmd.<service>.<version>.<target>``, shared
+subscriptions on ``<prefix>.sub.<service>.<version>.<target>``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..runtime import telemetry
+from ..runtime.definitions import AddressFilter, Subscription
+from ..runtime.messages import Address, AnyMessage, MessageType
+
+DEAD_LETTER_SUFFIX = "dlq"
+RETRY_SUFFIX = "retry"
+# Headers RabbitMQ adds when it dead-letters a message; dropped when we republish.
+BROKER_DEATH_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue",
+                        "x-first-death-reason", "x-last-death-exchange",
+                        "x-last-death-queue", "x-last-death-reason")
+
+
+def _address_part(address: Address) -> str:
+    return f"{address.service_name}.{address.service_version}.{address.service_target}"
+
+
+def command_queue(prefix: str, address: Address) -> str:
+    """The shared queue of a command: ``<prefix>.cmd.<service>.<version>.<target>``."""
+    return f"{prefix}.cmd.{_address_part(address)}"
+
+
+def subscription_queue(prefix: str, sub: Subscription, instance_id: str) -> str:
+    """The queue of a subscription: shared per group, or one per instance."""
+    base = f"{prefix}.sub.{_address_part(sub.subscriber)}"
+    return base if sub.shared else f"{base}.{instance_id}"
+
+
+def dead_letter_queue(prefix: str, sub: Subscription) -> str:
+    """The native dead letter queue of a subscription group."""
+    return f"{prefix}.sub.{_address_part(sub.subscriber)}.{DEAD_LETTER_SUFFIX}"
+
+
+def retry_queue(source_queue: str, delay_ms: int) -> str:
+    """The TTL queue that holds a retry for ``delay_ms`` then dead-letters it back."""
+    return f"{source_queue}.{RETRY_SUFFIX}.{delay_ms}"
+
+
+def reply_queue(prefix: str, instance_id: str) -> str:
+    """The exclusive per-instance queue for responses and instance-pinned commands."""
+    return f"{prefix}.reply.{instance_id}"
+
+
+def _put_address(headers: dict[str, Any], side: str, address: Address | None) -> None:
+    if address is None:
+        return
+    headers[f"{side}ServiceName"] = address.service_name
+    headers[f"{side}ServiceVersion"] = address.service_version
+    headers[f"{side}ServiceTarget"] = address.service_target
+    if address.instance_id:
+        headers[f"{side}InstanceId"] = address.instance_id
+
+
+def message_headers(message: AnyMessage) -> dict[str, Any]:
+    """The routing headers of a message, plus W3C trace context."""
+    headers: dict[str, Any] = {"messageType": str(message.message_type)}
+    _put_address(headers, "sender", message.sender)
+    _put_address(headers, "receiver", getattr(message, "receiver", None))
+    for key, value in (
+        ("eventName", message.event_name),
+        ("principalId", message.principal_id),
+        ("tenantId", message.tenant_id),
+    ):
+        if value:
+            headers[key] = value
+    carrier: dict[str, str] = telemetry.inject_headers({})
+    if not carrier and message.otp:
+        carrier = _otp_carrier(message.otp)
+    headers.update(carrier)
+    return headers
+
+
+def _otp_carrier(otp: str) -> dict[str, str]:
+    try:
+        data = json.loads(otp)
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    keys = ("traceparent", "tracestate")
+    return {k: v for k, v in data.items() if k in keys and isinstance(v, str)}
+
+
+def command_binding(address: Address) -> dict[str, Any]:
+    """Binding arguments of a command queue on the headers exchange."""
+    return {
+        "x-match": "all",
+        "messageType": str(MessageType.COMMAND),
+        "receiverServiceName": address.service_name,
+        "receiverServiceVersion": address.service_version,
+        "receiverServiceTarget": address.service_target,
+    }
+
+
+def _filter_headers(side: str, flt: AddressFilter | None) -> dict[str, Any]:
+    if flt is None:
+        return {}
+    out: dict[str, Any] = {}
+    for part, value in (
+        ("ServiceName", flt.service_name),
+        ("ServiceVersion", flt.service_version),
+        ("ServiceTarget", flt.service_target),
+        ("InstanceId", flt.instance_id),
+    ):
+        if value is not None:
+            out[f"{side}{part}"] = value
+    return out
+
+
+# Everything a subscription can receive when it names no messageType: commands
+# are left out on purpose (as with the in-memory bridge), so that a catch-all
+# subscription does not make every command routable and hide an unknown
+# command's fast 404.
+_EVENT_TYPES = tuple(t for t in MessageType if t is not MessageType.COMMAND
+                     and t is not MessageType.COMMAND_ERROR_RESPONSE)
+
+
+def subscription_bindings(sub: Subscription) -> list[dict[str, Any]]:
+    """Binding arguments (x-match=all) expressing a subscription's filters.
+
+    One binding when the subscription names a message type, else one per
+    event-like message type. The bridge double-checks with the matcher.
+    """
+    common: dict[str, Any] = {"x-match": "all"}
+    if sub.event_name is not None:
+        common["eventName"] = sub.event_name
+    if sub.principal_id is not None:
+        common["principalId"] = sub.principal_id
+    if sub.tenant_id is not None:
+        common["tenantId"] = sub.tenant_id
+    common.update(_filter_headers("sender", sub.sender))
+    common.update(_filter_headers("receiver", sub.receiver))
+    types = (sub.message_type,) if sub.message_type is not None else _EVENT_TYPES
+    return [{**common, "messageType": str(t)} for t in types]
+
+
+def attempt_of(headers: dict[str, Any] | None, header: str) -> int:
+    """The delivery attempt recorded in ``header`` (1 when absent or invalid)."""
+    raw = (headers or {}).get(header)
+    try:
+        value = int(raw.decode() if isinstance(raw, bytes) else raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 1
+    return max(value, 1)
+
+
+def republish_headers(headers: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+    """Copy delivery headers for a republish, without the broker's x-death bookkeeping."""
+    out = {k: v for k, v in (headers or {}).items() if k not in BROKER_DEATH_HEADERS}
+    out.update(extra)
+    return out
