@@ -26,6 +26,13 @@ _OPTIONAL_ENVELOPE = (
     "receiver",
 )
 _KNOWN_TYPES = ", ".join(t.value for t in MessageType)
+# Fields with a construction-time default that must nevertheless be on the wire.
+_REQUIRED_ON_WIRE: dict[str, tuple[str, ...]] = {
+    MessageType.COMMAND: ("id", "timestamp", "correlationId", "receiver"),
+    MessageType.COMMAND_SUCCESS_RESPONSE: ("id", "timestamp", "correlationId", "receiver"),
+    MessageType.COMMAND_ERROR_RESPONSE: ("id", "timestamp", "correlationId", "receiver"),
+}
+_REQUIRED_DEFAULT = ("id", "timestamp")
 
 
 class MessageDecodeError(ValueError):
@@ -74,6 +81,9 @@ def from_wire(data: Any) -> AnyMessage:
         raise MessageDecodeError(
             "messageType", f"unknown value {message_type!r} (expected one of {_KNOWN_TYPES})"
         )
+    for key in _REQUIRED_ON_WIRE.get(message_type, _REQUIRED_DEFAULT):
+        if key not in data:
+            raise MessageDecodeError(key, "missing")
     try:
         return _ADAPTER.validate_python(data)
     except ValidationError as exc:

@@ -1,0 +1,31 @@
+"""Small helpers for runtime tests: waiting on conditions with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from reference_services.runtime.messages import Address, Command, CommandPayload, SenderAddress
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll ``condition`` until true; fail with ``what`` after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+CALLER = SenderAddress(service_name="caller", service_version="1", service_target="t", instance_id="c" * 32)
+
+
+def command(service: str, target: str, payload: object = None, **kw: object) -> Command:
+    """A command from a test caller."""
+    return Command(
+        sender=CALLER,
+        receiver=Address(service_name=service, service_version="1", service_target=target),
+        payload=CommandPayload(payload=payload),
+        **kw,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,190 @@
+"""The codec: round trips, and nothing but MessageDecodeError escapes decode."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reference_services.runtime.codec import MessageDecodeError, decode, encode, to_wire
+from reference_services.runtime.messages import (
+    Address,
+    Command,
+    CommandPayload,
+    CustomMessage,
+    InfoMessage,
+    MessageType,
+    SenderAddress,
+    error_response,
+    success_response,
+)
+
+text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | text,
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(text, children, max_size=5),
+    max_leaves=30,
+)
+ids = st.text("0123456789abcdef", min_size=32, max_size=32)
+names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=12)
+senders = st.builds(
+    SenderAddress, service_name=names, service_version=names, service_target=names, instance_id=ids
+)
+addresses = st.builds(
+    Address,
+    service_name=names,
+    service_version=names,
+    service_target=names,
+    instance_id=st.none() | ids,
+)
+optional = st.none() | text
+envelope = {
+    "id": ids,
+    "timestamp": st.integers(min_value=0, max_value=2**53),
+    "sender": senders,
+    "trace_id": st.none() | ids,
+    "principal_id": optional,
+    "tenant_id": optional,
+    "otp": optional,
+}
+commands = st.builds(
+    Command,
+    correlation_id=ids,
+    receiver=addresses,
+    payload=st.builds(CommandPayload, payload=json_values, parameter=json_values),
+    event_name=optional,
+    **envelope,
+)
+customs = st.builds(
+    CustomMessage,
+    event_name=text.filter(bool),
+    receiver=st.none() | addresses,
+    payload=json_values,
+    correlation_id=st.none() | ids,
+    **envelope,
+)
+infos = st.builds(
+    InfoMessage,
+    message_type=st.sampled_from([t for t in MessageType if t.value.startswith("info")]),
+    payload=json_values,
+    **envelope,
+)
+
+
+@st.composite
+def responses(draw: st.DrawFn) -> object:
+    command = draw(commands)
+    if draw(st.booleans()):
+        return success_response(command, draw(json_values), event_name=draw(optional))
+    return error_response(
+        command,
+        draw(st.integers(400, 599)),
+        draw(text),
+        data=draw(json_values),
+        is_handled_error=draw(st.booleans()),
+    )
+
+
+any_message = st.one_of(commands, customs, infos, responses())
+
+
+@given(any_message)
+def test_every_valid_envelope_round_trips(message: object) -> None:
+    assert decode(encode(message)) == message  # type: ignore[arg-type]
+
+
+@given(json_values)
+def test_any_json_payload_round_trips(payload: object) -> None:
+    sender = SenderAddress(service_name="a", service_version="1", service_target="t", instance_id="i")
+    message = CustomMessage(sender=sender, event_name="e", payload=payload)
+    assert decode(encode(message)).payload == payload
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=300))
+def test_random_bytes_only_ever_raise_decode_error(raw: bytes) -> None:
+    try:
+        decode(raw)
+    except MessageDecodeError:
+        pass
+
+
+@given(st.dictionaries(text, json_values, max_size=8))
+def test_random_json_objects_only_ever_raise_decode_error(obj: dict[str, object]) -> None:
+    try:
+        decode(json.dumps(obj).encode())
+    except MessageDecodeError:
+        pass
+
+
+def _valid_wire() -> dict[str, object]:
+    sender = SenderAddress(service_name="a", service_version="1", service_target="t", instance_id="i")
+    command = Command(
+        sender=sender,
+        receiver=Address(service_name="b", service_version="1", service_target="c"),
+        payload=CommandPayload(payload={"x": 1}),
+    )
+    return to_wire(command)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "problem"),
+    [
+        (lambda d: d.pop("messageType"), "messageType", "missing"),
+        (lambda d: d.update(messageType="bogus"), "messageType", "unknown value 'bogus'"),
+        (lambda d: d.update(timestamp="soon"), "timestamp", "valid integer"),
+        (lambda d: d.pop("correlationId"), "correlationId", "missing"),
+        (lambda d: d["sender"].pop("instanceId"), "sender.instanceId", "missing"),
+        (lambda d: d["receiver"].update(serviceName=5), "receiver.serviceName", "valid string"),
+    ],
+)
+def test_decode_error_names_the_field(mutate: object, field: str, problem: str) -> None:
+    data = _valid_wire()
+    mutate(data)  # type: ignore[operator]
+    with pytest.raises(MessageDecodeError) as info:
+        decode(json.dumps(data).encode())
+    assert info.value.field == field
+    assert problem in info.value.problem
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (b"not json", "not JSON"),
+        (b"\xff\xfe", "not UTF-8"),
+        (b"[1,2]", "expected a JSON object"),
+        (b'{"messageType": NaN}', "not JSON"),
+    ],
+)
+def test_decode_rejects_non_messages(raw: bytes, problem: str) -> None:
+    with pytest.raises(MessageDecodeError) as info:
+        decode(raw)
+    assert problem in str(info.value)
+
+
+def test_oversize_payload_is_rejected_with_the_limit() -> None:
+    raw = json.dumps(_valid_wire()).encode()
+    with pytest.raises(MessageDecodeError) as info:
+        decode(raw, max_bytes=len(raw) - 1)
+    assert f"over the limit of {len(raw) - 1}" in info.value.problem
+
+
+def test_response_swaps_sender_and_receiver_and_keeps_ids() -> None:
+    sender = SenderAddress(service_name="a", service_version="1", service_target="t", instance_id="i1")
+    command = Command(
+        sender=sender,
+        receiver=Address(service_name="b", service_version="2", service_target="c", instance_id="i2"),
+    )
+    response = success_response(command, {"ok": True}, event_name="done")
+    assert response.id == command.id
+    assert response.correlation_id == command.correlation_id
+    assert response.receiver == sender
+    assert (response.sender.service_name, response.sender.instance_id) == ("b", "i2")
+    assert response.event_name == "done"
+    assert to_wire(response)["messageType"] == "commandSuccessResponse"
