@@ -1,0 +1,962 @@
+"""NatsQueueBridge: the queue contract of DefaultQueueBridge on NATS JetStream.
+
+Design (names use ``p`` = the encoded prefix, ``q`` = the encoded queue name):
+
+* **Jobs** live in the stream ``<p>_QJOBS`` (work-queue retention, file
+  storage), subject ``<p>_q.job.<q>``; ``enqueue`` returns once JetStream
+  confirmed the publish. One durable pull consumer per queue (explicit ack,
+  unlimited deliveries) hands each message to one fetcher at a time; a job
+  leaves the stream only when it is acked (done or dead-lettered).
+* **Leases** are recorded in the KV bucket ``<p>_qledger`` (key
+  ``L.<q>.<job id>``): attempt count, lease id, worker, expiry, last error and
+  the message's ack subject. Every transition (lease, extend, ack, nack, dead
+  letter, expiry recovery) is a revision-checked update, so exactly one party
+  wins: a stale lease id cannot ack (:class:`LeaseExpiredError`), two workers
+  never hold one job (a redelivered message whose ledger shows a live lease is
+  nak'ed until that lease ends), and ``attempt`` counts real leases (not
+  JetStream's ``num_delivered``, which also counts early deliveries of delayed
+  jobs and redeliveries after a broker restart). Because JetStream acks
+  address the stream sequence, any bridge object can settle any lease.
+* **Lease expiry**: the holding bridge keeps JetStream's ack timer alive with
+  ``in_progress`` while the lease lives and, at expiry, recovers it (attempt
+  + 1 on the next lease, or dead letter at ``max_attempts``) and naks it so it
+  is redelivered at once; lease_next/metrics/inspect_leases recover expired
+  leases they see, as the reference does. If the holding *process* dies,
+  JetStream redelivers after the consumer's ``ack_wait_s`` (the crash-recovery
+  bound, default 30 s); ``destroy`` naks held messages with the remaining lease
+  time, so a closed bridge's leases come back exactly at their expiry.
+* **Delays**: a job fetched before ``available_at`` is nak'ed with the
+  remaining delay (not counted as an attempt); ``nack(delay_ms)`` naks with it.
+* **Dead letters** go to ``<p>_QDEAD`` subject ``<p>_q.dlq.<q>`` with the header
+  ``x-purista-dead-letter-reason``; redrive republishes them as fresh jobs with
+  the same id; retries are counted by tiny messages on ``<p>_q.retry.<q>``.
+* **Idempotency keys**: KV bucket ``<p>_qkeys`` maps key -> job id (atomic
+  ``create``); the job is published first with ``Nats-Msg-Id`` = the key, so a
+  crash between the two can duplicate a job but never lose one.
+* **Priorities** are stored and returned but do not reorder leasing (declared
+  unsupported): a consumer delivers in stream order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Literal
+
+from ..runtime.capabilities import YES, QueueBridgeCapabilities, unsupported
+from ..runtime.errors import PuristaError
+from ..runtime.ids import new_id, now_ms
+from ..runtime.inflight import InflightTracker
+from ..runtime.queue import (
+    DEFAULT_LEASE_TTL_MS,
+    DEFAULT_MAX_ATTEMPTS,
+    DeadLetterJob,
+    Job,
+    LeaseExpiredError,
+    LeaseInfo,
+    NackOutcome,
+    QueueInputError,
+    QueueMetrics,
+    validate_enqueue,
+)
+from .nats_queue_conn import NatsTimings, NatsUnavailableError, connect_nats, resolve_url, token
+from .nats_queue_ledger import LeaseRecord, ledger_key
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTER_REASON_HEADER = "x-purista-dead-letter-reason"
+_JOB_FIELDS = (
+    "id",
+    "queue",
+    "payload",
+    "parameter",
+    "headers",
+    "max_attempts",
+    "priority",
+    "lease_ttl_ms",
+    "enqueued_at_ms",
+    "available_at_ms",
+    "idempotency_key",
+)
+
+
+def _json_copy(value: Any, what: str) -> Any:
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise QueueInputError(f"{what} is not JSON: {exc}") from None
+
+
+def _parse_job(raw: bytes | None) -> dict[str, Any] | None:
+    """A job body from the wire, or ``None`` when it is malformed."""
+    try:
+        body = json.loads(raw or b"")
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or any(f not in body for f in _JOB_FIELDS):
+        return None
+    ints = ("max_attempts", "lease_ttl_ms", "enqueued_at_ms", "available_at_ms")
+    if not isinstance(body["id"], str) or not all(isinstance(body[k], int) for k in ints):
+        return None
+    return body
+
+
+def _header_safe(text: str) -> str:
+    return " ".join(text.split())[:1000] or "-"
+
+
+@dataclass
+class _Held:
+    key: str
+    reply: str
+    expires_ms: int
+    task: asyncio.Task[None] | None = None
+
+
+class NatsQueueBridge:
+    """Queue bridge on NATS JetStream (see the module docstring for the design)."""
+
+    kind: ClassVar[Literal["queue_bridge"]] = "queue_bridge"
+    name: ClassVar[str] = "nats"
+    capabilities: ClassVar[QueueBridgeCapabilities] = QueueBridgeCapabilities(
+        durable=YES,
+        delayed_jobs=YES,
+        priorities=unsupported(
+            "a JetStream consumer delivers in stream order; priority is stored and "
+            "returned but does not reorder leasing"
+        ),
+        idempotency_keys=YES,
+        lease_recovery=YES,
+        blocking_lease=YES,
+        reconnect=YES,
+    )
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        prefix: str = "purista",
+        default_max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        default_lease_ttl_ms: int = DEFAULT_LEASE_TTL_MS,
+        ack_wait_s: float = 30.0,
+        max_ack_pending: int = 100_000,
+        timings: NatsTimings | None = None,
+        drain_timeout_s: float = 10.0,
+        client_name: str = "purista-queue",
+    ) -> None:
+        self.url = resolve_url(url)
+        self.prefix = prefix
+        self.default_max_attempts = default_max_attempts
+        self.default_lease_ttl_ms = default_lease_ttl_ms
+        self.ack_wait_s = ack_wait_s
+        self.max_ack_pending = max_ack_pending
+        self.timings = timings or NatsTimings()
+        self.drain_timeout_s = drain_timeout_s
+        self.client_name = client_name
+        self.malformed_count = 0
+        p = token(prefix)
+        self._root = f"{p}_q"
+        self._jobs_stream = f"{p}_QJOBS"
+        self._dead_stream = f"{p}_QDEAD"
+        self._ledger_bucket = f"{p}_qledger"
+        self._keys_bucket = f"{p}_qkeys"
+        self._nc: Any = None
+        self._js: Any = None
+        self._ledger: Any = None
+        self._keys: Any = None
+        self._subs: dict[str, tuple[Any, float]] = {}
+        self._setup_lock = asyncio.Lock()
+        self._needs_setup = True
+        self._held: dict[str, _Held] = {}
+        self._inflight = InflightTracker()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> NatsQueueBridge:
+        """A bridge for ``NATS_URL`` (and ``PURISTA_PREFIX`` when set)."""
+        import os
+
+        kwargs.setdefault("prefix", os.environ.get("PURISTA_PREFIX", "purista"))
+        return cls(None, **kwargs)
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and declare streams, buckets and consumers."""
+        self._closing = False
+        self._nc = await connect_nats(
+            self.url,
+            self.client_name,
+            self.timings,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
+        self._js = self._nc.jetstream(timeout=self.timings.op_timeout_s)
+        async with self._op():
+            await self._ensure_setup()
+
+    async def destroy(self) -> None:
+        """Wait for running operations, hand held leases back at their expiry, close."""
+        self._closing = True
+        if not await self._inflight.wait_idle(self.drain_timeout_s):
+            log.warning("nats queue: %d operation(s) running at destroy", self._inflight.count)
+        now = now_ms()
+        for held in list(self._held.values()):
+            if held.task is not None:
+                held.task.cancel()
+            with contextlib.suppress(Exception):
+                await self._nak_reply(held.reply, max(held.expires_ms - now, 1))
+        self._held.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._nc.flush(), self.timings.op_timeout_s)
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+        self._nc = None
+        self._subs.clear()
+
+    async def is_ready(self) -> bool:
+        return self._nc is not None and self._nc.is_connected and not self._closing
+
+    async def is_healthy(self) -> bool:
+        return await self.is_ready()
+
+    async def _on_disconnected(self) -> None:
+        log.warning("nats queue %s: disconnected from %s", self.prefix, self.url)
+
+    async def _on_reconnected(self) -> None:
+        log.info("nats queue %s: reconnected, re-declaring streams and consumers", self.prefix)
+        self._needs_setup = True
+        self._spawn(self._resetup())
+
+    async def _resetup(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._ensure_setup()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    @contextlib.asynccontextmanager
+    async def _op(self) -> AsyncIterator[None]:
+        """Track one public operation; broker failures become a 503."""
+        import nats.errors
+
+        if self._nc is None or self._closing:
+            raise NatsUnavailableError("the NATS queue bridge is not started")
+        with self._inflight.track():
+            try:
+                yield
+            except PuristaError:
+                raise
+            except (nats.errors.Error, TimeoutError, OSError) as exc:
+                self._needs_setup = True
+                raise NatsUnavailableError(f"NATS queue operation failed: {exc!r}") from exc
+
+    async def _ensure_setup(self) -> None:
+        if not self._needs_setup:
+            return
+        async with self._setup_lock:
+            if not self._needs_setup:
+                return
+            from nats.js.api import (
+                DiscardPolicy,
+                KeyValueConfig,
+                RetentionPolicy,
+                StorageType,
+                StreamConfig,
+            )
+
+            js = self._js
+            await self._add_stream(
+                StreamConfig(
+                    name=self._jobs_stream,
+                    subjects=[f"{self._root}.job.*"],
+                    retention=RetentionPolicy.WORK_QUEUE,
+                    storage=StorageType.FILE,
+                )
+            )
+            await self._add_stream(
+                StreamConfig(
+                    name=self._dead_stream,
+                    subjects=[f"{self._root}.dlq.*", f"{self._root}.retry.*"],
+                    storage=StorageType.FILE,
+                )
+            )
+            # the ledger is a KV bucket whose settled records are deleted outright
+            # (no tombstones), so it is declared by hand with deletes allowed
+            await self._add_stream(
+                StreamConfig(
+                    name=f"KV_{self._ledger_bucket}",
+                    subjects=[f"$KV.{self._ledger_bucket}.>"],
+                    max_msgs_per_subject=1,
+                    storage=StorageType.FILE,
+                    discard=DiscardPolicy.NEW,
+                    allow_rollup_hdrs=True,
+                    deny_delete=False,
+                )
+            )
+            await js.create_key_value(
+                KeyValueConfig(bucket=self._keys_bucket, history=1, storage=StorageType.FILE)
+            )
+            self._ledger = await js.key_value(self._ledger_bucket)
+            self._keys = await js.key_value(self._keys_bucket)
+            for qtok in list(self._subs):
+                await self._add_consumer(qtok)
+            self._needs_setup = False
+
+    async def _add_stream(self, config: Any) -> None:
+        import nats.js.errors
+
+        try:
+            await self._js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await self._js.stream_info(config.name)  # exists with another config: use it
+
+    async def _add_consumer(self, qtok: str) -> float:
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        durable = f"q-{qtok}"
+        await self._js.add_consumer(
+            self._jobs_stream,
+            ConsumerConfig(
+                durable_name=durable,
+                filter_subject=f"{self._root}.job.{qtok}",
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=self.ack_wait_s,
+                max_deliver=-1,
+                max_ack_pending=self.max_ack_pending,
+            ),
+        )
+        info = await self._js.consumer_info(self._jobs_stream, durable)
+        actual = float(info.config.ack_wait or self.ack_wait_s)
+        if abs(actual - self.ack_wait_s) > 0.01:
+            log.warning(
+                "nats queue: consumer %s keeps ack_wait=%ss (asked %ss): an existing "
+                "durable consumer's config is not changed",
+                durable,
+                actual,
+                self.ack_wait_s,
+            )
+        return actual
+
+    async def _consumer(self, qtok: str) -> tuple[Any, float]:
+        await self._ensure_setup()
+        hit = self._subs.get(qtok)
+        if hit is None:
+            ack_wait = await self._add_consumer(qtok)
+            sub = await self._js.pull_subscribe_bind(f"q-{qtok}", stream=self._jobs_stream)
+            hit = self._subs[qtok] = (sub, ack_wait)
+        return hit
+
+    # ---- small broker helpers ----------------------------------------------------------
+
+    async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> Any:
+        return await self._js.publish(
+            subject, data, headers=headers, timeout=self.timings.op_timeout_s
+        )
+
+    async def _ack_reply(self, reply: str) -> None:
+        """Ack (remove) a job message by its ack subject, waiting for the server."""
+        import nats.errors
+
+        if not reply:
+            return
+        try:
+            await self._nc.request(reply, b"+ACK", timeout=self.timings.op_timeout_s)
+        except nats.errors.NoRespondersError:
+            pass
+
+    async def _nak_reply(self, reply: str, delay_ms: int | None) -> None:
+        payload = b"-NAK"
+        if delay_ms:
+            payload += b" " + json.dumps({"delay": int(delay_ms) * 1_000_000}).encode()
+        await self._nc.publish(reply, payload)
+
+    async def _progress_reply(self, reply: str) -> None:
+        await self._nc.publish(reply, b"+WPI")
+
+    async def _lget(self, key: str) -> tuple[LeaseRecord | None, int]:
+        import nats.js.errors
+
+        try:
+            entry = await self._ledger.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None, 0
+        return LeaseRecord.loads(entry.value), entry.revision
+
+    async def _lput(self, key: str, record: LeaseRecord, rev: int) -> int:
+        """Write ``record`` if the key is still at ``rev`` (0 = absent); raises on conflict."""
+        if rev:
+            return int(await self._ledger.update(key, record.dumps(), last=rev))
+        return int(await self._ledger.create(key, record.dumps()))
+
+    async def _ldel(self, rev: int) -> None:
+        """Remove a settled ledger record (no tombstone: the ledger stays small)."""
+        import nats.js.errors
+
+        with contextlib.suppress(nats.js.errors.NotFoundError, nats.js.errors.BadRequestError):
+            await self._js.delete_msg(f"KV_{self._ledger_bucket}", rev)
+
+    async def _count_retry(self, qtok: str, job_id: str, seq: int, attempt: int) -> None:
+        await self._publish(
+            f"{self._root}.retry.{qtok}", b"", {"Nats-Msg-Id": f"retry.{job_id}.{seq}.{attempt}"}
+        )
+
+    async def _job_body(self, seq: int) -> dict[str, Any] | None:
+        import nats.js.errors
+
+        try:
+            raw = await self._js.get_msg(self._jobs_stream, seq=seq)
+        except nats.js.errors.NotFoundError:
+            return None
+        return _parse_job(raw.data)
+
+    async def _subject_counts(self, stream: str, subject_filter: str) -> dict[str, int]:
+        info = await self._js.stream_info(stream, subjects_filter=subject_filter)
+        return dict(info.state.subjects or {})
+
+    async def _scan(self, qtok: str) -> list[tuple[str, LeaseRecord, int]]:
+        """Every ledger record of a queue, with key and revision."""
+        watcher = await self._ledger.watch(f"L.{qtok}.*", ignore_deletes=True)
+        out = []
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                record = LeaseRecord.loads(entry.value)
+                if record is not None:
+                    out.append((entry.key, record, entry.revision))
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+        return out
+
+    # ---- enqueue -------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        queue: str,
+        payload: Any,
+        parameter: Any = None,
+        *,
+        delay_ms: int = 0,
+        idempotency_key: str | None = None,
+        headers: dict[str, str] | None = None,
+        max_attempts: int | None = None,
+        priority: int = 0,
+        lease_ttl_ms: int | None = None,
+    ) -> str:
+        """Add a job (confirmed by JetStream); a known idempotency key returns the original id."""
+        validate_enqueue(queue, delay_ms, max_attempts, priority, lease_ttl_ms)
+        key = idempotency_key
+        if key is not None and (not isinstance(key, str) or not key):
+            raise QueueInputError(f"idempotency_key must be a non-empty string, got {key!r}")
+        now = now_ms()
+        body = {
+            "id": new_id(),
+            "queue": queue,
+            "payload": _json_copy(payload, "payload"),
+            "parameter": _json_copy(parameter, "parameter"),
+            "headers": {str(k): str(v) for k, v in (headers or {}).items()},
+            "max_attempts": max_attempts or self.default_max_attempts,
+            "priority": priority,
+            "lease_ttl_ms": lease_ttl_ms or self.default_lease_ttl_ms,
+            "enqueued_at_ms": now,
+            "available_at_ms": now + delay_ms,
+            "idempotency_key": idempotency_key,
+        }
+        qtok = token(queue)
+        async with self._op():
+            await self._ensure_setup()
+            if idempotency_key is None:
+                await self._publish_job(qtok, body, body["id"])
+                return str(body["id"])
+            return await self._enqueue_keyed(qtok, body, idempotency_key)
+
+    async def _publish_job(self, qtok: str, body: dict[str, Any], msg_id: str) -> Any:
+        data = json.dumps(body, separators=(",", ":")).encode()
+        return await self._publish(f"{self._root}.job.{qtok}", data, {"Nats-Msg-Id": msg_id})
+
+    async def _enqueue_keyed(self, qtok: str, body: dict[str, Any], key: str) -> str:
+        import nats.js.errors
+
+        kv_key = f"{qtok}.{token(key)}"
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+            return (await self._keys.get(kv_key)).value.decode()
+        ack = await self._publish_job(qtok, body, f"idem.{qtok}.{token(key)}")
+        job_id = str(body["id"])
+        if ack.duplicate:  # a concurrent enqueue with this key won the dedup window
+            original = await self._job_body(ack.seq)
+            if original is not None:
+                job_id = str(original["id"])
+        try:
+            await self._keys.create(kv_key, job_id.encode())
+        except nats.js.errors.KeyWrongLastSequenceError:
+            existing = (await self._keys.get(kv_key)).value.decode()
+            if existing != job_id and not ack.duplicate:
+                with contextlib.suppress(nats.js.errors.Error):
+                    await self._js.delete_msg(self._jobs_stream, ack.seq)
+            return existing
+        return job_id
+
+    # ---- leasing -------------------------------------------------------------------------
+
+    async def lease_next(
+        self, queue: str, batch: int = 1, wait_ms: int = 0, *, worker_id: str | None = None
+    ) -> list[Job]:
+        """Lease up to ``batch`` ready jobs, waiting up to ``wait_ms`` for one."""
+        if not isinstance(batch, int) or batch < 1:
+            raise QueueInputError(f"batch must be an int >= 1, got {batch!r}")
+        if not isinstance(queue, str) or not queue:
+            raise QueueInputError(f"queue must be a non-empty string, got {queue!r}")
+        import nats.js.errors
+
+        qtok = token(queue)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(wait_ms, 0) / 1000
+        out: list[Job] = []
+        async with self._op():
+            while True:
+                sub, ack_wait = await self._consumer(qtok)
+                timeout = max(deadline - loop.time(), 0.05)
+                try:
+                    msgs = await sub.fetch(batch - len(out), timeout=timeout)
+                except TimeoutError:
+                    msgs = []
+                except nats.js.errors.NotFoundError:  # the server lost the consumer: re-declare
+                    self._needs_setup = True
+                    self._subs.pop(qtok, None)
+                    msgs = []
+                for msg in msgs:
+                    job = await self._claim(queue, qtok, msg, worker_id, ack_wait)
+                    if job is not None:
+                        out.append(job)
+                if out or loop.time() >= deadline:
+                    return out
+
+    async def _claim(
+        self, queue: str, qtok: str, msg: Any, worker_id: str | None, ack_wait: float
+    ) -> Job | None:
+        """Turn a fetched message into a lease, or put it back (delayed, held, settled)."""
+        import nats.js.errors
+
+        body = _parse_job(msg.data)
+        if body is None:
+            self.malformed_count += 1
+            log.warning("nats queue %s: dropping a malformed job: %r", queue, msg.data[:200])
+            await msg.term()
+            return None
+        seq = msg.metadata.sequence.stream
+        key = ledger_key(qtok, body["id"])
+        for _ in range(8):
+            now = now_ms()
+            if body["available_at_ms"] > now:
+                await self._nak_reply(msg.reply, body["available_at_ms"] - now)
+                return None
+            record, rev = await self._lget(key)
+            if record is not None and record.seq != seq:
+                record = None  # left over from an earlier life of this job id (redrive)
+            if record is not None and record.state == "done":
+                await self._ack_reply(msg.reply)
+                await self._ldel(rev)
+                return None
+            if record is not None and record.state == "dead":
+                await self._finish_dead(qtok, record, rev, body, msg.reply)
+                return None
+            if record is not None and record.live(now):
+                await self._nak_reply(msg.reply, record.expires_at_ms - now)
+                return None
+            last_error = record.last_error if record is not None else None
+            retried = False
+            if record is not None and record.expired(now):
+                last_error = f"lease expired at attempt {record.deliveries}"
+                if record.deliveries >= record.max_attempts:
+                    try:
+                        await self._dead_letter(qtok, key, record, rev, last_error, msg.reply, body)
+                    except nats.js.errors.KeyWrongLastSequenceError:
+                        continue
+                    return None
+                retried = True
+            deliveries = (record.deliveries if record is not None else 0) + 1
+            lease_id = f"{seq}.{deliveries}.{new_id()[:12]}"
+            new = LeaseRecord(
+                seq=seq,
+                deliveries=deliveries,
+                max_attempts=body["max_attempts"],
+                lease_ttl_ms=body["lease_ttl_ms"],
+                state="leased",
+                lease_id=lease_id,
+                worker_id=worker_id,
+                leased_at_ms=now,
+                expires_at_ms=now + body["lease_ttl_ms"],
+                reply=msg.reply,
+                last_error=last_error,
+            )
+            try:
+                await self._lput(key, new, rev)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+            if retried and record is not None:
+                await self._count_retry(qtok, body["id"], seq, record.deliveries)
+            self._hold(lease_id, key, msg.reply, new.expires_at_ms, ack_wait)
+            return Job(
+                id=body["id"],
+                queue=queue,
+                payload=body["payload"],
+                parameter=body["parameter"],
+                headers=dict(body["headers"]),
+                attempt=deliveries,
+                max_attempts=body["max_attempts"],
+                priority=body["priority"],
+                enqueued_at_ms=body["enqueued_at_ms"],
+                idempotency_key=body["idempotency_key"],
+                lease_id=lease_id,
+                lease_expires_at_ms=new.expires_at_ms,
+                last_error=last_error,
+            )
+        await self._nak_reply(msg.reply, 50)
+        return None
+
+    def _hold(self, lease_id: str, key: str, reply: str, expires_ms: int, ack_wait: float) -> None:
+        held = _Held(key, reply, expires_ms)
+        self._held[lease_id] = held
+        held.task = self._spawn(self._keep(lease_id, held, ack_wait))
+
+    def _release(self, lease_id: str | None) -> None:
+        held = self._held.pop(lease_id or "", None)
+        if held is not None and held.task is not None and held.task is not asyncio.current_task():
+            held.task.cancel()
+
+    async def _keep(self, lease_id: str, held: _Held, ack_wait: float) -> None:
+        """Keep JetStream's ack timer alive while the lease lives; recover it at expiry."""
+        progress_s = max(min(ack_wait / 3, 10.0), 0.2)
+        while self._held.get(lease_id) is held:
+            remaining = (held.expires_ms - now_ms()) / 1000
+            try:
+                if remaining > 0:
+                    await asyncio.sleep(min(remaining, progress_s))
+                    if held.expires_ms > now_ms():
+                        await self._progress_reply(held.reply)
+                    continue
+                record, rev = await self._lget(held.key)
+                if record is None or record.lease_id != lease_id or record.state != "leased":
+                    break
+                if record.expires_at_ms > now_ms():  # extended through another bridge
+                    held.expires_ms = record.expires_at_ms
+                    continue
+                await self._recover(held.key.split(".")[1], held.key, record, rev)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("nats queue: lease keeper for %s: %r", lease_id, exc)
+                await asyncio.sleep(0.5)
+        if self._held.get(lease_id) is held:
+            self._held.pop(lease_id, None)
+
+    async def _recover(self, qtok: str, key: str, record: LeaseRecord, rev: int) -> None:
+        """An expired lease: back to the queue with attempt+1 next, or dead letter at max."""
+        import nats.js.errors
+
+        reason = f"lease expired at attempt {record.deliveries}"
+        try:
+            if record.deliveries >= record.max_attempts:
+                await self._dead_letter(qtok, key, record, rev, reason, record.reply)
+            else:
+                idle = replace(
+                    record, state="idle", lease_id=None, worker_id=None, last_error=reason
+                )
+                await self._lput(key, idle, rev)
+                await self._count_retry(qtok, key.split(".", 2)[2], record.seq, record.deliveries)
+                await self._nak_reply(record.reply, None)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            pass  # someone else settled or recovered it first
+        self._release(record.lease_id)
+
+    async def _dead_letter(
+        self,
+        qtok: str,
+        key: str,
+        record: LeaseRecord,
+        rev: int,
+        reason: str,
+        reply: str,
+        body: dict[str, Any] | None = None,
+    ) -> None:
+        dead = replace(
+            record,
+            state="dead",
+            lease_id=None,
+            last_error=reason,
+            reply=reply or record.reply,
+            dead_lettered_at_ms=now_ms(),
+        )
+        new_rev = await self._lput(key, dead, rev)
+        self._release(record.lease_id)
+        await self._finish_dead(qtok, dead, new_rev, body, dead.reply)
+
+    async def _finish_dead(
+        self, qtok: str, record: LeaseRecord, rev: int, body: dict[str, Any] | None, reply: str
+    ) -> None:
+        """Publish the dead letter (deduplicated), remove the job, drop the ledger record."""
+        if body is None:
+            body = await self._job_body(record.seq)
+        if body is not None:
+            reason = record.last_error or "dead-lettered"
+            letter = {
+                **body,
+                "attempts": record.deliveries,
+                "reason": reason,
+                "dead_lettered_at_ms": record.dead_lettered_at_ms or now_ms(),
+            }
+            await self._publish(
+                f"{self._root}.dlq.{qtok}",
+                json.dumps(letter, separators=(",", ":")).encode(),
+                {
+                    "Nats-Msg-Id": f"dlq.{body['id']}.{record.seq}",
+                    DEAD_LETTER_REASON_HEADER: _header_safe(reason),
+                },
+            )
+        await self._ack_reply(reply)
+        await self._ldel(rev)
+
+    async def _verify(self, job: Job) -> tuple[str, str, LeaseRecord, int]:
+        """The ledger record of a lease still held under ``job.lease_id``, or LeaseExpiredError."""
+        qtok = token(job.queue)
+        key = ledger_key(qtok, job.id)
+        record, rev = await self._lget(key)
+        if (
+            not job.lease_id
+            or record is None
+            or record.state != "leased"
+            or record.lease_id != job.lease_id
+        ):
+            self._release(job.lease_id)
+            raise LeaseExpiredError(f"job {job.id} is not leased under lease {job.lease_id!r}")
+        if record.expires_at_ms <= now_ms():
+            await self._recover(qtok, key, record, rev)
+            raise LeaseExpiredError(f"lease {job.lease_id} on job {job.id} expired")
+        return qtok, key, record, rev
+
+    async def _settle(self, key: str, record: LeaseRecord, rev: int, new: LeaseRecord) -> int:
+        import nats.js.errors
+
+        try:
+            return await self._lput(key, new, rev)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise LeaseExpiredError(
+                f"lease {record.lease_id} changed while settling (expired or settled)"
+            ) from None
+
+    async def extend_lease(self, job: Job, lease_ttl_ms: int | None = None) -> Job:
+        """Push the lease's expiry out by ``lease_ttl_ms`` from now."""
+        async with self._op():
+            _, key, record, rev = await self._verify(job)
+            expires = now_ms() + (lease_ttl_ms or record.lease_ttl_ms)
+            await self._settle(key, record, rev, replace(record, expires_at_ms=expires))
+            held = self._held.get(job.lease_id)
+            if held is not None:
+                held.expires_ms = expires
+            await self._progress_reply(record.reply)
+            return replace(job, lease_expires_at_ms=expires)
+
+    async def ack(self, job: Job) -> None:
+        """Finish a job; a stale lease raises :class:`LeaseExpiredError`."""
+        async with self._op():
+            _, key, record, rev = await self._verify(job)
+            done_rev = await self._settle(key, record, rev, replace(record, state="done"))
+            self._release(job.lease_id)
+            await self._ack_reply(record.reply)
+            await self._ldel(done_rev)
+
+    async def nack(
+        self, job: Job, reason: str | None = None, delay_ms: int | None = None
+    ) -> NackOutcome:
+        """Give a job back: retried after ``delay_ms``, or dead-lettered at max attempts."""
+        import nats.js.errors
+
+        async with self._op():
+            qtok, key, record, rev = await self._verify(job)
+            if record.deliveries >= record.max_attempts:
+                why = reason or f"failed {record.deliveries} time(s)"
+                try:
+                    await self._dead_letter(qtok, key, record, rev, why, record.reply)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    raise LeaseExpiredError(f"lease {job.lease_id} changed while nacking") from None
+                return "dead_letter"
+            idle = replace(record, state="idle", lease_id=None, worker_id=None, last_error=reason)
+            await self._settle(key, record, rev, idle)
+            self._release(job.lease_id)
+            await self._count_retry(qtok, job.id, record.seq, record.deliveries)
+            await self._nak_reply(record.reply, max(delay_ms or 0, 0))
+            return "retry"
+
+    async def move_to_dead_letter(self, job: Job, reason: str) -> None:
+        """Dead-letter a leased job now, whatever its attempt count."""
+        import nats.js.errors
+
+        async with self._op():
+            qtok, key, record, rev = await self._verify(job)
+            try:
+                await self._dead_letter(qtok, key, record, rev, reason, record.reply)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                raise LeaseExpiredError(f"lease {job.lease_id} changed") from None
+
+    # ---- dead letters ----------------------------------------------------------------------
+
+    async def _dead_letters(self, qtok: str, limit: int | None) -> list[tuple[int, dict[str, Any]]]:
+        import nats.js.errors
+
+        subject = f"{self._root}.dlq.{qtok}"
+        out: list[tuple[int, dict[str, Any]]] = []
+        seq = 1
+        while limit is None or len(out) < limit:
+            try:
+                raw = await self._js.get_msg(self._dead_stream, seq=seq, subject=subject, next=True)
+            except nats.js.errors.NotFoundError:
+                break
+            seq = raw.seq + 1
+            letter = _parse_job(raw.data)
+            if letter is None or "reason" not in letter:
+                log.warning("nats queue: skipping a malformed dead letter at seq %s", raw.seq)
+                continue
+            out.append((raw.seq, letter))
+        return out
+
+    async def peek_dead_letter(self, queue: str, limit: int = 100) -> list[DeadLetterJob]:
+        """Dead letters in the order they arrived, oldest first."""
+        async with self._op():
+            await self._ensure_setup()
+            letters = await self._dead_letters(token(queue), limit)
+        return [
+            DeadLetterJob(
+                id=d["id"],
+                queue=queue,
+                payload=d["payload"],
+                parameter=d["parameter"],
+                headers=dict(d["headers"]),
+                attempts=int(d.get("attempts", 0)),
+                reason=str(d["reason"]),
+                dead_lettered_at_ms=int(d.get("dead_lettered_at_ms", 0)),
+                idempotency_key=d.get("idempotency_key"),
+            )
+            for _, d in letters
+        ]
+
+    async def redrive_dead_letter(self, queue: str, job_ids: list[str] | None = None) -> int:
+        """Move dead letters (all, or ``job_ids``) back to the queue with fresh attempts."""
+        import nats.js.errors
+
+        qtok = token(queue)
+        wanted = None if job_ids is None else set(job_ids)
+        count = 0
+        async with self._op():
+            await self._ensure_setup()
+            for dseq, letter in await self._dead_letters(qtok, None):
+                if wanted is not None and letter["id"] not in wanted:
+                    continue
+                body = {f: letter[f] for f in _JOB_FIELDS}
+                body["available_at_ms"] = now_ms()
+                await self._publish_job(qtok, body, f"redrive.{letter['id']}.{dseq}")
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await self._js.delete_msg(self._dead_stream, dseq)
+                count += 1
+        return count
+
+    async def purge_dead_letter(self, queue: str) -> int:
+        """Delete every dead letter of ``queue``; returns how many."""
+        async with self._op():
+            await self._ensure_setup()
+            subject = f"{self._root}.dlq.{token(queue)}"
+            resp = await self._nc.request(
+                f"$JS.API.STREAM.PURGE.{self._dead_stream}",
+                json.dumps({"filter": subject}).encode(),
+                timeout=self.timings.op_timeout_s,
+            )
+            data = json.loads(resp.data)
+            if "error" in data:
+                raise NatsUnavailableError(f"purge failed: {data['error']}")
+            return int(data.get("purged", 0))
+
+    # ---- inspection ------------------------------------------------------------------------
+
+    async def _live_records(self, qtok: str) -> tuple[list[tuple[str, LeaseRecord]], int]:
+        """Live leases (recovering expired ones on the way) and the count of settling records."""
+        live = []
+        settling = 0
+        for key, record, rev in await self._scan(qtok):
+            now = now_ms()
+            if record.expired(now):
+                await self._recover(qtok, key, record, rev)
+            elif record.live(now):
+                live.append((key, record))
+            elif record.state in ("done", "dead"):
+                settling += 1
+        return live, settling
+
+    async def inspect_leases(self, queue: str) -> list[LeaseInfo]:
+        """Active (unexpired) leases of ``queue``."""
+        async with self._op():
+            await self._ensure_setup()
+            live, _ = await self._live_records(token(queue))
+        return [
+            LeaseInfo(
+                job_id=key.split(".", 2)[2],
+                lease_id=r.lease_id or "",
+                attempt=r.deliveries,
+                worker_id=r.worker_id,
+                leased_at_ms=r.leased_at_ms,
+                expires_at_ms=r.expires_at_ms,
+            )
+            for key, r in live
+        ]
+
+    async def metrics(self, queue: str) -> QueueMetrics:
+        """Depth figures of ``queue`` (pending counts delayed and waiting-to-retry jobs)."""
+        qtok = token(queue)
+        async with self._op():
+            await self._ensure_setup()
+            live, settling = await self._live_records(qtok)
+            job_subject = f"{self._root}.job.{qtok}"
+            total = (await self._subject_counts(self._jobs_stream, job_subject)).get(job_subject, 0)
+            extra = await self._subject_counts(self._dead_stream, f"{self._root}.*.{qtok}")
+            dead = extra.get(f"{self._root}.dlq.{qtok}", 0)
+            retries = extra.get(f"{self._root}.retry.{qtok}", 0)
+            pending = max(total - len(live) - settling, 0)
+            now = now_ms()
+            oldest = now
+            if pending:
+                oldest = await self._oldest_pending(job_subject, {r.seq for _, r in live}, now)
+        return QueueMetrics(
+            pending=pending,
+            inflight=len(live),
+            dead_letter=dead,
+            retries=retries,
+            oldest_age_ms=max(now - oldest, 0),
+        )
+
+    async def _oldest_pending(self, subject: str, leased: set[int], now: int) -> int:
+        import nats.js.errors
+
+        seq = 1
+        for _ in range(len(leased) + 1):
+            try:
+                raw = await self._js.get_msg(self._jobs_stream, seq=seq, subject=subject, next=True)
+            except nats.js.errors.NotFoundError:
+                return now
+            if raw.seq not in leased:
+                body = _parse_job(raw.data)
+                return body["enqueued_at_ms"] if body is not None else now
+            seq = raw.seq + 1
+        return now
