@@ -61,12 +61,26 @@ class RedisSettings:
         return aioredis.Redis.from_url(
             self.url,
             decode_responses=True,
+            # bytes written by someone else may not be UTF-8: keep them decodable so that
+            # one bad value is rejected on its own (see strict_text) instead of failing a batch
+            encoding_errors="surrogateescape",
             socket_timeout=self.socket_timeout_s,
             socket_connect_timeout=self.connect_timeout_s,
             retry=retry,
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
             health_check_interval=0,
         )
+
+
+def strict_text(value: str) -> str:
+    """``value`` if it is valid UTF-8 text, else ValueError (undecodable bytes from Redis)."""
+    value.encode("utf-8")  # UnicodeEncodeError (a ValueError) on escaped surrogates
+    return value
+
+
+def lenient_text(value: str) -> str:
+    """``value`` with undecodable bytes replaced, for inspection and reports."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 async def guarded(awaitable: Awaitable[T], what: str) -> T:

@@ -51,7 +51,15 @@ from ..runtime.queue import (
     QueueMetrics,
     validate_enqueue,
 )
-from .redis_client import RedisSettings, RedisUnavailableError, durability, guarded, ping
+from .redis_client import (
+    RedisSettings,
+    RedisUnavailableError,
+    durability,
+    guarded,
+    lenient_text,
+    ping,
+    strict_text,
+)
 from .redis_queue_lua import SCRIPTS, script_source
 
 __all__ = ["RedisQueueBridge", "RedisUnavailableError"]
@@ -81,6 +89,7 @@ def _loads_lenient(raw: str | None) -> Any:
     """Decode stored JSON for inspection (dead letters); undecodable text is returned as is."""
     if raw is None:
         return None
+    raw = lenient_text(raw)
     try:
         return json.loads(raw)
     except ValueError:
@@ -89,6 +98,8 @@ def _loads_lenient(raw: str | None) -> Any:
 
 def _job(queue: str, h: dict[str, str]) -> Job:
     """A :class:`Job` from its hash; raises ValueError/KeyError on malformed data."""
+    for value in h.values():
+        strict_text(value)
     headers = json.loads(h.get("headers") or "{}")
     if not isinstance(headers, dict):
         raise ValueError("headers are not an object")
@@ -420,7 +431,7 @@ class RedisQueueBridge:
                     parameter=_loads_lenient(h.get("parameter")),
                     headers=headers if isinstance(headers, dict) else {},
                     attempts=_int(h.get("deliveries")),
-                    reason=h.get("dead_reason", ""),
+                    reason=lenient_text(h.get("dead_reason", "")),
                     dead_lettered_at_ms=_int(h.get("dead_at")),
                     idempotency_key=h.get("idem"),
                 )

@@ -9,7 +9,6 @@ settings at ``start()`` (AOF with ``appendfsync always``), never assumed.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -20,6 +19,7 @@ from ..bridges.redis_client import (
     durability,
     guarded,
     ping,
+    strict_text,
 )
 from ..runtime.capabilities import YES, StoreCapabilities
 from ..runtime.errors import UnhandledError
@@ -111,8 +111,8 @@ class _RedisStore(StoreBase):
         out: dict[str, Any] = {}
         for name, raw in zip(names, raws, strict=True):
             try:
-                out[name] = load_value(raw)
-            except json.JSONDecodeError as exc:
+                out[name] = load_value(None if raw is None else strict_text(raw))
+            except ValueError as exc:
                 raise UnhandledError(f"{self.kind} value {name!r} is not JSON: {exc}") from None
         return out
 

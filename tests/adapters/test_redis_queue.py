@@ -1,0 +1,496 @@
+"""Integration tests of RedisQueueBridge against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import port_for
+import pytest
+import redis.asyncio as aioredis
+
+from reference_services.bridges.redis_queue import RedisQueueBridge, RedisUnavailableError
+from reference_services.runtime.queue import Job, LeaseExpiredError, QueueInputError
+
+# --- brokers: the harness fixtures when present, else a local redis-server -----------------
+
+
+class LocalRedis:
+    """A redis-server process with AOF ``appendfsync always`` (fallback when no harness)."""
+
+    def __init__(self) -> None:
+        self.port = port_for.select_random()
+        self.host = "127.0.0.1"
+        self.url = f"redis://{self.host}:{self.port}/0"
+        self.dir = tempfile.mkdtemp(prefix="redis-test-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(os.path.join(self.dir, "redis.log"), "ab")
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            out = subprocess.run(["redis-cli", "-p", str(self.port), "ping"],
+                                 capture_output=True, text=True, check=False)
+            if out.stdout.strip() == "PONG":
+                return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
+
+    def restart(self, kill: bool = True) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _harness(request: pytest.FixtureRequest, name: str) -> Any:
+    try:
+        return request.getfixturevalue(name)
+    except pytest.FixtureLookupError:
+        return None
+
+
+@pytest.fixture(scope="session")
+def redis_server(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The session's Redis (harness fixture ``redis`` or a local one)."""
+    handle = _harness(request, "redis")
+    if handle is not None:
+        yield handle
+        return
+    local = LocalRedis()
+    local.start()
+    yield local
+    local.stop()
+
+
+@pytest.fixture
+def fresh_redis(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A dedicated AOF Redis for tests that kill it."""
+    services = _harness(request, "harness_services")
+    if services is not None:
+        yield services.fresh("redis")
+        return
+    local = LocalRedis()
+    local.start()
+    yield local
+    local.stop()
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    ns = _harness(request, "namespace")
+    return str(ns) if ns is not None else f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def make_bridge(
+    redis_server: Any, prefix: str
+) -> AsyncIterator[Callable[..., Awaitable[RedisQueueBridge]]]:
+    made: list[RedisQueueBridge] = []
+
+    async def make(url: str | None = None, **kwargs: Any) -> RedisQueueBridge:
+        kwargs.setdefault("prefix", prefix)
+        bridge = RedisQueueBridge(url or redis_server.url, **kwargs)
+        await bridge.start()
+        made.append(bridge)
+        return bridge
+
+    yield make
+    for bridge in made:
+        with contextlib.suppress(Exception):
+            await bridge.destroy()
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0, what: str = "condition"
+) -> None:
+    """Wait until ``check()`` is true or fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# --- the queue contract on Redis ----------------------------------------------------------
+
+
+async def test_round_trip_keeps_payload_and_empties_metrics(make_bridge: Any) -> None:
+    bridge = await make_bridge()
+    payload = {"text": "grüße ✓ 中文", "nested": {"a": [1, 2.5, None, True]}, "big": "x" * 200_000}
+    job_id = await bridge.enqueue("work", payload, {"p": 1}, headers={"h": "v"})
+    jobs = await bridge.lease_next("work", worker_id="w1")
+    assert [j.id for j in jobs] == [job_id]
+    job = jobs[0]
+    assert (job.payload, job.parameter, job.headers) == (payload, {"p": 1}, {"h": "v"})
+    assert job.attempt == 1
+    assert job.lease_id and job.lease_expires_at_ms > job.enqueued_at_ms
+    m = await bridge.metrics("work")
+    assert (m.pending, m.inflight) == (0, 1)
+    await bridge.ack(job)
+    m = await bridge.metrics("work")
+    assert (m.pending, m.inflight, m.dead_letter, m.retries) == (0, 0, 0, 0)
+    assert await bridge.lease_next("work") == []
+
+
+async def test_bad_arguments_are_rejected(make_bridge: Any) -> None:
+    bridge = await make_bridge()
+    with pytest.raises(QueueInputError):
+        await bridge.enqueue("", 1)
+    with pytest.raises(QueueInputError):
+        await bridge.enqueue("q", float("nan"))
+    with pytest.raises(QueueInputError):
+        await bridge.lease_next("q", batch=0)
+
+
+async def test_priority_order_then_fifo(make_bridge: Any) -> None:
+    bridge = await make_bridge()
+    low1 = await bridge.enqueue("q", "low1")
+    high = await bridge.enqueue("q", "high", priority=10)
+    low2 = await bridge.enqueue("q", "low2")
+    mid = await bridge.enqueue("q", "mid", priority=5)
+    jobs = await bridge.lease_next("q", batch=10)
+    assert [j.id for j in jobs] == [high, mid, low1, low2]
+
+
+async def test_delayed_job_is_not_leasable_early(make_bridge: Any) -> None:
+    bridge = await make_bridge()
+    job_id = await bridge.enqueue("q", "later", delay_ms=400)
+    started = time.monotonic()
+    assert await bridge.lease_next("q") == []
+    assert (await bridge.metrics("q")).pending == 1
+    jobs = await bridge.lease_next("q", wait_ms=3000)
+    waited = time.monotonic() - started
+    assert [j.id for j in jobs] == [job_id]
+    assert 0.35 <= waited < 2.0
+
+
+async def test_idempotency_key_returns_original_id(make_bridge: Any) -> None:
+    bridge = await make_bridge()
+    other = await make_bridge()
+    first = await bridge.enqueue("q", {"n": 1}, idempotency_key="order-7")
+    again = await other.enqueue("q", {"n": 2}, idempotency_key="order-7")
+    assert again == first
+    jobs = await bridge.lease_next("q", batch=5)
+    assert [(j.id, j.payload, j.idempotency_key) for j in jobs] == [(first, {"n": 1}, "order-7")]
+    await bridge.ack(jobs[0])
+    # like the reference model, the key is remembered after the job is done
+    assert await bridge.enqueue("q", {"n": 3}, idempotency_key="order-7") == first
+
+
+async def test_nack_retries_then_dead_letters_with_reason(make_bridge: Any) -> None:
+    bridge = await make_bridge()
+    job_id = await bridge.enqueue("q", "flaky", max_attempts=3)
+    outcomes = []
+    for attempt in (1, 2, 3):
+        (job,) = await bridge.lease_next("q", wait_ms=2000)
+        assert (job.id, job.attempt) == (job_id, attempt)
+        outcomes.append(await bridge.nack(job, f"boom {attempt}", delay_ms=50))
+    assert outcomes == ["retry", "retry", "dead_letter"]
+    (dead,) = await bridge.peek_dead_letter("q")
+    assert (dead.id, dead.attempts, dead.reason, dead.payload) == (job_id, 3, "boom 3", "flaky")
+    m = await bridge.metrics("q")
+    assert (m.pending, m.inflight, m.dead_letter, m.retries) == (0, 0, 1, 2)
+
+
+async def test_explicit_dead_letter_peek_redrive_purge(make_bridge: Any) -> None:
+    bridge = await make_bridge()
+    ids = [await bridge.enqueue("q", i) for i in range(3)]
+    jobs = await bridge.lease_next("q", batch=3)
+    for job in jobs:
+        await bridge.move_to_dead_letter(job, f"bad {job.payload}")
+    dead = await bridge.peek_dead_letter("q")
+    assert [(d.id, d.reason) for d in dead] == [(i, f"bad {n}") for n, i in enumerate(ids)]
+    assert [d.id for d in await bridge.peek_dead_letter("q", limit=2)] == ids[:2]
+    assert await bridge.redrive_dead_letter("q", [ids[1], "unknown"]) == 1
+    (again,) = await bridge.lease_next("q")
+    assert (again.id, again.attempt) == (ids[1], 1)
+    await bridge.ack(again)
+    assert await bridge.purge_dead_letter("q") == 2
+    assert await bridge.peek_dead_letter("q") == []
+    assert (await bridge.metrics("q")).dead_letter == 0
+
+
+async def test_expired_lease_is_recovered_then_dead_lettered(make_bridge: Any) -> None:
+    bridge = await make_bridge()
+    job_id = await bridge.enqueue("q", "slow", max_attempts=2, lease_ttl_ms=200)
+    (first,) = await bridge.lease_next("q", worker_id="crashed")
+    (second,) = await bridge.lease_next("q", wait_ms=3000, worker_id="w2")
+    assert (second.id, second.attempt) == (job_id, 2)
+    assert second.last_error == "lease expired at attempt 1"
+    with pytest.raises(LeaseExpiredError):
+        await bridge.ack(first)
+    await eventually(
+        lambda: _dead_count(bridge, "q", 1), timeout_s=3, what="dead letter after expiry"
+    )
+    (dead,) = await bridge.peek_dead_letter("q")
+    assert (dead.attempts, dead.reason) == (2, "lease expired at attempt 2")
+    with pytest.raises(LeaseExpiredError):
+        await bridge.ack(second)
+
+
+async def _dead_count(bridge: RedisQueueBridge, queue: str, n: int) -> bool:
+    return (await bridge.metrics(queue)).dead_letter == n
+
+
+async def test_stale_and_double_settle_raise(make_bridge: Any) -> None:
+    bridge = await make_bridge()
+    await bridge.enqueue("q", 1)
+    (job,) = await bridge.lease_next("q")
+    await bridge.ack(job)
+    with pytest.raises(LeaseExpiredError):
+        await bridge.ack(job)
+    with pytest.raises(LeaseExpiredError):
+        await bridge.nack(job)
+    with pytest.raises(LeaseExpiredError):
+        await bridge.extend_lease(job)
+
+
+async def test_extend_lease_and_inspect(make_bridge: Any) -> None:
+    bridge = await make_bridge()
+    job_id = await bridge.enqueue("q", 1, lease_ttl_ms=300)
+    (job,) = await bridge.lease_next("q", worker_id="w7")
+    extended = await bridge.extend_lease(job, 5_000)
+    assert extended.lease_expires_at_ms >= job.lease_expires_at_ms + 4_000
+    await asyncio.sleep(0.4)  # past the original ttl: the lease must still hold
+    (info,) = await bridge.inspect_leases("q")
+    assert (info.job_id, info.lease_id, info.attempt, info.worker_id) == (
+        job_id, job.lease_id, 1, "w7")
+    assert info.expires_at_ms == extended.lease_expires_at_ms
+    await bridge.ack(extended)
+    assert await bridge.inspect_leases("q") == []
+
+
+async def test_retried_calls_after_lost_reply_are_idempotent(make_bridge: Any) -> None:
+    """What the client's automatic retry resends (same ids) must not act twice."""
+    bridge = await make_bridge()
+    base = bridge._base("q")
+    args = ["f" * 32, "0", "", 0, "1", "null", "{}", 3, 0, 30_000, 0, bridge.channel, "q"]
+    for _ in range(3):
+        assert await bridge._scripts["enqueue"](keys=[base], args=args) == "f" * 32
+    assert (await bridge.metrics("q")).pending == 1
+    lease_args = [1, "0", "", "r" * 32, "l" * 32]
+    first = await bridge._scripts["lease"](keys=[base], args=lease_args)
+    assert await bridge._scripts["lease"](keys=[base], args=lease_args) == first
+    assert (await bridge.metrics("q")).inflight == 1
+    ack_args = ["f" * 32, "l" * 32, "a" * 32]
+    assert await bridge._scripts["ack"](keys=[base], args=ack_args) == "ok"
+    assert await bridge._scripts["ack"](keys=[base], args=ack_args) == "ok"
+    ack_args[2] = "b" * 32  # a new ack call, not a retry: the lease is gone
+    assert await bridge._scripts["ack"](keys=[base], args=ack_args) == "stale"
+
+
+async def test_workers_never_double_lease(make_bridge: Any) -> None:
+    workers = [await make_bridge() for _ in range(4)]
+    ids = {await workers[0].enqueue("q", n) for n in range(300)}
+    leased: Counter[str] = Counter()
+
+    async def work(bridge: RedisQueueBridge, name: str) -> None:
+        while True:
+            jobs = await bridge.lease_next("q", batch=3, wait_ms=200, worker_id=name)
+            if not jobs:
+                return
+            for job in jobs:
+                leased[job.id] += 1
+                await bridge.ack(job)
+
+    await asyncio.gather(*(work(b, f"w{i}") for i, b in enumerate(workers)))
+    assert set(leased) == ids
+    assert max(leased.values()) == 1
+    m = await workers[0].metrics("q")
+    assert (m.pending, m.inflight, m.retries) == (0, 0, 0)
+
+
+async def test_blocking_lease_wakes_on_enqueue_from_another_bridge(make_bridge: Any) -> None:
+    waiter = await make_bridge(poll_interval_ms=10_000)
+    producer = await make_bridge()
+    started = time.monotonic()
+    assert await waiter.lease_next("q", wait_ms=300) == []
+    assert 0.25 <= time.monotonic() - started < 1.5
+    task = asyncio.create_task(waiter.lease_next("q", wait_ms=8_000))
+    await asyncio.sleep(0.2)
+    job_id = await producer.enqueue("q", "wake")
+    jobs = await asyncio.wait_for(task, 3)
+    assert [j.id for j in jobs] == [job_id]
+    assert time.monotonic() - started < 3
+
+
+async def test_malformed_job_is_dead_lettered_and_next_served(
+    make_bridge: Any, redis_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    bridge = await make_bridge()
+    bad = await bridge.enqueue("q", "will be corrupted")
+    good = await bridge.enqueue("q", {"ok": True})
+    raw = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await raw.hset(f"{bridge._base('q')}:job:{bad}", "payload", b"\xff{not json")
+    finally:
+        await raw.aclose()
+    with caplog.at_level(logging.WARNING):
+        jobs = await bridge.lease_next("q", batch=2)
+    assert [j.id for j in jobs] == [good]
+    (dead,) = await bridge.peek_dead_letter("q")
+    assert dead.id == bad and dead.reason.startswith("malformed job data")
+    assert any(bad in r.getMessage() for r in caplog.records)
+    await bridge.ack(jobs[0])
+    assert (await bridge.enqueue("q", 2)) and len(await bridge.lease_next("q")) == 1
+
+
+async def test_destroy_lets_running_operations_finish(make_bridge: Any) -> None:
+    bridge = await make_bridge()
+    observer = await make_bridge()
+    waiter = asyncio.create_task(bridge.lease_next("idle", wait_ms=10_000))
+    writes = [asyncio.create_task(bridge.enqueue("q", n)) for n in range(50)]
+    await asyncio.sleep(0)  # every write has started
+    started = time.monotonic()
+    await bridge.destroy()
+    assert time.monotonic() - started < 3
+    assert all(t.done() for t in writes)
+    ids = {t.result() for t in writes}
+    assert len(ids) == 50
+    assert await asyncio.wait_for(waiter, 2) == []
+    assert (await observer.metrics("q")).pending == 50
+    with pytest.raises(RedisUnavailableError):
+        await bridge.enqueue("q", "after destroy")
+
+
+# --- faults: Redis restarts ---------------------------------------------------------------
+
+
+async def test_health_follows_redis_and_work_resumes_after_restart(
+    fresh_redis: Any, prefix: str
+) -> None:
+    bridge = RedisQueueBridge(fresh_redis.url, prefix=prefix, retry_attempts=2,
+                              retry_backoff_cap_s=0.2, poll_interval_ms=500)
+    await bridge.start()
+    try:
+        kept = await bridge.enqueue("q", "survives")
+        waiter = asyncio.create_task(_lease_ignoring_outage(bridge, "late", 20_000))
+        fresh_redis.kill()
+        await eventually(lambda: _not(bridge.is_healthy()), 5, "unhealthy")
+        assert not await bridge.is_ready()
+        started = time.monotonic()
+        with pytest.raises(RedisUnavailableError) as err:
+            await bridge.enqueue("q", "while down")
+        assert err.value.status == 503 and time.monotonic() - started < 5
+        fresh_redis.start()
+        await eventually(bridge.is_healthy, 10, "healthy again")
+        assert await bridge.is_ready()
+        (job,) = await bridge.lease_next("q", wait_ms=2000)
+        assert job.id == kept
+        await bridge.ack(job)
+        late = await bridge.enqueue("late", "after restart")
+        jobs = await asyncio.wait_for(waiter, 10)
+        assert [j.id for j in jobs] == [late]
+    finally:
+        await bridge.destroy()
+
+
+async def _not(value: Awaitable[bool]) -> bool:
+    return not await value
+
+
+async def _lease_ignoring_outage(bridge: RedisQueueBridge, queue: str, wait_ms: int) -> list[Job]:
+    deadline = time.monotonic() + wait_ms / 1000
+    while time.monotonic() < deadline:
+        try:
+            jobs = await bridge.lease_next(queue, wait_ms=500)
+        except RedisUnavailableError:
+            await asyncio.sleep(0.1)
+            continue
+        if jobs:
+            return jobs
+    return []
+
+
+@pytest.mark.slow
+async def test_sigkill_mid_1000_jobs_loses_none(fresh_redis: Any, prefix: str) -> None:
+    total = 1000
+    opts = dict(prefix=prefix, retry_attempts=2, retry_backoff_cap_s=0.2, poll_interval_ms=200)
+    producer = RedisQueueBridge(fresh_redis.url, **opts)
+    workers = [RedisQueueBridge(fresh_redis.url, **opts) for _ in range(3)]
+    for b in (producer, *workers):
+        await b.start()
+    enqueued: dict[str, str] = {}
+    processed: Counter[str] = Counter()
+    outage_errors = Counter[str]()
+    at_kill: dict[str, int] = {}
+
+    async def produce() -> None:
+        for n in range(total):
+            while True:
+                try:
+                    job_id = await producer.enqueue("jobs", {"n": n}, idempotency_key=f"k{n}")
+                    enqueued[job_id] = f"k{n}"
+                    await asyncio.sleep(0.003)  # a steady stream, so the kill lands mid-way
+                    break
+                except RedisUnavailableError:
+                    outage_errors["enqueue"] += 1
+                    await asyncio.sleep(0.05)
+
+    async def work(bridge: RedisQueueBridge) -> None:
+        while len(set(processed)) < total:
+            try:
+                jobs = await bridge.lease_next("jobs", batch=10, wait_ms=200)
+                for job in jobs:
+                    processed[job.id] += 1
+                    await bridge.ack(job)
+            except RedisUnavailableError:
+                outage_errors["worker"] += 1
+                await asyncio.sleep(0.05)
+            except LeaseExpiredError:
+                outage_errors["stale"] += 1
+
+    async def crash() -> None:
+        await eventually(lambda: _truthy(len(processed) >= 300), 30, "300 jobs processed")
+        at_kill.update(enqueued=len(enqueued), processed=len(processed))
+        await asyncio.to_thread(fresh_redis.kill)
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(fresh_redis.start)
+
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(produce(), crash(), *(work(b) for b in workers)), 90
+        )
+        assert len(enqueued) == total
+        assert at_kill["enqueued"] < total and at_kill["processed"] < total, at_kill
+        assert outage_errors["enqueue"] > 0, "the outage was not observed"
+        lost = set(enqueued) - set(processed)
+        assert not lost, f"{len(lost)} jobs lost"
+        duplicates = sum(c - 1 for c in processed.values())
+        m = await producer.metrics("jobs")
+        assert (m.pending, m.inflight, m.dead_letter) == (0, 0, 0)
+        print(f"\nredis SIGKILL mid 1000 jobs at {at_kill}: lost=0 duplicates={duplicates} "
+              f"outage_errors={dict(outage_errors)}")
+    finally:
+        for b in (producer, *workers):
+            await b.destroy()
+
+
+async def _truthy(value: bool) -> bool:
+    return value
