@@ -8,7 +8,9 @@ from collections.abc import Callable
 from reference_services.runtime.messages import Address, Command, CommandPayload, SenderAddress
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+async def wait_for(
+    condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition"
+) -> None:
     """Poll ``condition`` until true; fail with ``what`` after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -18,14 +20,18 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 5.0, what: st
         await asyncio.sleep(0.005)
 
 
-CALLER = SenderAddress(service_name="caller", service_version="1", service_target="t", instance_id="c" * 32)
+CALLER = SenderAddress(
+    service_name="caller", service_version="1", service_target="t", instance_id="c" * 32
+)
 
 
-def command(service: str, target: str, payload: object = None, **kw: object) -> Command:
+def command(
+    service: str, target: str, payload: object = None, parameter: object = None, **kw: object
+) -> Command:
     """A command from a test caller."""
     return Command(
         sender=CALLER,
         receiver=Address(service_name=service, service_version="1", service_target=target),
-        payload=CommandPayload(payload=payload),
+        payload=CommandPayload(payload=payload, parameter=parameter),
         **kw,  # type: ignore[arg-type]
     )

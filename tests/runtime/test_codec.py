@@ -101,7 +101,9 @@ def test_every_valid_envelope_round_trips(message: object) -> None:
 
 @given(json_values)
 def test_any_json_payload_round_trips(payload: object) -> None:
-    sender = SenderAddress(service_name="a", service_version="1", service_target="t", instance_id="i")
+    sender = SenderAddress(
+        service_name="a", service_version="1", service_target="t", instance_id="i"
+    )
     message = CustomMessage(sender=sender, event_name="e", payload=payload)
     assert decode(encode(message)).payload == payload
 
@@ -124,7 +126,9 @@ def test_random_json_objects_only_ever_raise_decode_error(obj: dict[str, object]
 
 
 def _valid_wire() -> dict[str, object]:
-    sender = SenderAddress(service_name="a", service_version="1", service_target="t", instance_id="i")
+    sender = SenderAddress(
+        service_name="a", service_version="1", service_target="t", instance_id="i"
+    )
     command = Command(
         sender=sender,
         receiver=Address(service_name="b", service_version="1", service_target="c"),
@@ -176,10 +180,14 @@ def test_oversize_payload_is_rejected_with_the_limit() -> None:
 
 
 def test_response_swaps_sender_and_receiver_and_keeps_ids() -> None:
-    sender = SenderAddress(service_name="a", service_version="1", service_target="t", instance_id="i1")
+    sender = SenderAddress(
+        service_name="a", service_version="1", service_target="t", instance_id="i1"
+    )
     command = Command(
         sender=sender,
-        receiver=Address(service_name="b", service_version="2", service_target="c", instance_id="i2"),
+        receiver=Address(
+            service_name="b", service_version="2", service_target="c", instance_id="i2"
+        ),
     )
     response = success_response(command, {"ok": True}, event_name="done")
     assert response.id == command.id

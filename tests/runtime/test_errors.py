@@ -16,7 +16,9 @@ from reference_services.runtime.messages import Address, Command, SenderAddress
 
 def _command() -> Command:
     return Command(
-        sender=SenderAddress(service_name="a", service_version="1", service_target="t", instance_id="i"),
+        sender=SenderAddress(
+            service_name="a", service_version="1", service_target="t", instance_id="i"
+        ),
         receiver=Address(service_name="b", service_version="1", service_target="c"),
         trace_id="f" * 32,
     )

@@ -66,7 +66,9 @@ async def test_malformed_message_is_logged_and_dropped_and_bridge_keeps_serving(
     await wait_for(lambda: got == [{"n": 1}], what="the valid message")
 
 
-async def test_shared_subscription_reaches_one_instance_and_non_shared_reach_all(hub_bridges) -> None:
+async def test_shared_subscription_reaches_one_instance_and_non_shared_reach_all(
+    hub_bridges,
+) -> None:
     _hub, bridges = hub_bridges
     shared: Counter[int] = Counter()
     every: Counter[int] = Counter()
@@ -79,7 +81,9 @@ async def test_shared_subscription_reaches_one_instance_and_non_shared_reach_all
             every[(index, msg.payload)] += 1
 
         await bridge.register_subscription(_sub("a", "shared", event_name="e"), on_shared)
-        await bridge.register_subscription(_sub("b", "every", event_name="e", shared=False), on_every)
+        await bridge.register_subscription(
+            _sub("b", "every", event_name="e", shared=False), on_every
+        )
     for n in range(60):
         await bridges[n % 3].emit_message(_event("e", n))
     await wait_for(lambda: sum(shared.values()) == 60 and sum(every.values()) == 180)
@@ -97,16 +101,25 @@ async def test_filters_on_sender_principal_and_tenant(hub_bridges) -> None:
     from reference_services.runtime.definitions import AddressFilter
 
     await bridge.register_subscription(
-        _sub("f", "t", event_name="e", principal_id="p1", tenant_id="t1",
-             sender=AddressFilter(service_name="caller")),
+        _sub(
+            "f",
+            "t",
+            event_name="e",
+            principal_id="p1",
+            tenant_id="t1",
+            sender=AddressFilter(service_name="caller"),
+        ),
         handler,
     )
-    other = SenderAddress(service_name="other", service_version="1", service_target="x", instance_id="o")
+    other = SenderAddress(
+        service_name="other", service_version="1", service_target="x", instance_id="o"
+    )
     await bridge.emit_message(_event("e", 1, principal_id="p1", tenant_id="t1"))
     await bridge.emit_message(_event("e", 2, principal_id="p2", tenant_id="t1"))
     await bridge.emit_message(_event("e", 3, principal_id="p1", tenant_id="t2"))
-    await bridge.emit_message(CustomMessage(sender=other, event_name="e", payload=4, principal_id="p1",
-                                            tenant_id="t1"))
+    await bridge.emit_message(
+        CustomMessage(sender=other, event_name="e", payload=4, principal_id="p1", tenant_id="t1")
+    )
     await bridge.emit_message(_event("x", 5, principal_id="p1", tenant_id="t1"))
     await bridge.emit_message(_event("e", 6, principal_id="p1", tenant_id="t1"))
     await wait_for(lambda: len(got) >= 2)
@@ -134,7 +147,9 @@ async def test_shared_command_runs_on_exactly_one_instance(hub_bridges) -> None:
             return success_response(cmd, {"by": bridge.instance_id})
 
         await bridge.register_command(ECHO, echo)
-    results = await asyncio.gather(*(bridges[0].invoke(command("svc", "echo", n)) for n in range(100)))
+    results = await asyncio.gather(
+        *(bridges[0].invoke(command("svc", "echo", n)) for n in range(100))
+    )
     assert len(executed) == 100 and set(executed.values()) == {1}
     assert {r["by"] for r in results} == {bridges[1].instance_id, bridges[2].instance_id}
 
@@ -171,7 +186,8 @@ async def test_handled_error_is_not_redelivered(hub_bridges) -> None:
         raise HandledError("no thanks")
 
     await bridge.register_subscription(
-        _sub("h", "t", event_name="e", failure=FailureHandling(max_attempts=5, retry_delay_ms=1)), handler
+        _sub("h", "t", event_name="e", failure=FailureHandling(max_attempts=5, retry_delay_ms=1)),
+        handler,
     )
     await bridge.emit_message(_event("e", 1))
     await bridge.emit_message(_event("e", 2))
