@@ -284,8 +284,8 @@ class MqttBridge(EventBridgeBase):
             flt = topics.shared(topics.share_group(self.prefix, "sub", *sub.key), flt)
         route = self._route(flt, "sub", durable=sub.durable)
         route.subs[sub.key] = reg
+        self._unpark(route)  # before any await: keeps the broker's order
         await self._ensure_subscribed(route)
-        self._unpark(route)
 
     async def _unbind_subscription(self, reg: RegisteredSubscription) -> None:
         key = reg.subscription.key

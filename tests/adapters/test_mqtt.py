@@ -1,0 +1,691 @@
+"""Integration tests of MqttBridge against a real Mosquitto 2.0 broker.
+
+The session broker and per-test prefixes come from the harness plugin when it
+provides them (``mosquitto``, ``namespace``, ``harness_services``); otherwise a
+local mosquitto is started on a free port. Tests that kill the broker get a
+broker of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import port_for
+import pytest
+
+from reference_services.bridges.mqtt import MqttBridge
+from reference_services.runtime.bridge_base import DEAD_LETTER_REASON_HEADER
+from reference_services.runtime.definitions import FailureHandling, Subscription
+from reference_services.runtime.errors import HandledError, PuristaError
+from reference_services.runtime.messages import (
+    Address,
+    AnyMessage,
+    Command,
+    CommandPayload,
+    CustomMessage,
+    SenderAddress,
+    success_response,
+)
+
+pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None and not os.environ.get(
+    "MQTT_URL"), reason="needs mosquitto or MQTT_URL")
+
+FAST = {"keepalive_s": 2, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0,
+        "connect_timeout_s": 5.0, "op_timeout_s": 5.0, "publish_timeout_s": 5.0,
+        "drain_timeout_s": 5.0}
+
+
+# ------------------------------------------------------------------ brokers
+class LocalMosquitto:
+    """A mosquitto process on a free port with persistence saved on every change."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.host = "127.0.0.1"
+        self.port = port_for.select_random()
+        self.url = f"mqtt://{self.host}:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser root\n"
+            f"persistence true\npersistence_location {workdir}/\n"
+            "autosave_interval 1\nautosave_on_changes true\n"
+            "max_queued_messages 0\nmax_inflight_messages 0\n"
+            f"log_dest file {workdir}/mosquitto.log\n"
+        )
+        self.conf = conf
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["mosquitto", "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((self.host, self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            self.proc.wait(10)
+        self.proc = None
+
+    def wipe(self) -> None:
+        for db in self.workdir.glob("*.db"):
+            db.unlink()
+
+    def restart(self, kill: bool = True) -> None:
+        self.stop(kill=kill)
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def _local_broker() -> Iterator[LocalMosquitto]:
+    with tempfile.TemporaryDirectory(prefix="mqtt-test-") as tmp:
+        broker = LocalMosquitto(Path(tmp))
+        broker.start()
+        yield broker
+        broker.stop()
+
+
+@pytest.fixture
+def broker(request: pytest.FixtureRequest) -> Any:
+    """The session broker (harness ``mosquitto`` when the plugin provides it)."""
+    try:
+        return request.getfixturevalue("mosquitto")
+    except pytest.FixtureLookupError:
+        return request.getfixturevalue("_local_broker")
+
+
+@pytest.fixture
+def own_broker(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A broker only this test uses (it gets killed)."""
+    try:
+        services = request.getfixturevalue("harness_services")
+    except pytest.FixtureLookupError:
+        services = None
+    if services is not None:
+        yield services.fresh("mosquitto")
+        return
+    with tempfile.TemporaryDirectory(prefix="mqtt-own-") as tmp:
+        b = LocalMosquitto(Path(tmp))
+        b.start()
+        yield b
+        b.stop(kill=True)
+
+
+@pytest.fixture
+def local_broker() -> Iterator[LocalMosquitto]:
+    """A local mosquitto process of this test's own (whatever the harness offers)."""
+    if shutil.which("mosquitto") is None:
+        pytest.skip("needs the mosquitto binary")
+    with tempfile.TemporaryDirectory(prefix="mqtt-local-") as tmp:
+        b = LocalMosquitto(Path(tmp))
+        b.start()
+        yield b
+        b.stop(kill=True)
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    try:
+        return str(request.getfixturevalue("namespace"))
+    except pytest.FixtureLookupError:
+        return f"t{uuid.uuid4().hex[:12]}"
+
+
+BridgeFactory = Callable[..., Awaitable[MqttBridge]]
+
+
+@pytest.fixture
+async def make_bridge(prefix: str) -> AsyncIterator[Callable[..., Awaitable[MqttBridge]]]:
+    made: list[MqttBridge] = []
+
+    async def make(url: str, start: bool = True, **kwargs: Any) -> MqttBridge:
+        bridge = MqttBridge(url, prefix=prefix, **{**FAST, **kwargs})
+        made.append(bridge)
+        if start:
+            await bridge.start()
+        return bridge
+
+    yield make
+    for bridge in made:
+        await bridge.destroy()
+
+
+# ------------------------------------------------------------------ helpers
+async def eventually(cond: Callable[[], Any], within: float = 10.0, what: str = "") -> None:
+    """Wait until ``cond()`` (sync or async) is truthy, failing after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        value = cond()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s: {what}")
+        await asyncio.sleep(0.02)
+
+
+def addr(name: str, target: str = "run") -> Address:
+    return Address(service_name=name, service_version="1", service_target=target)
+
+
+def sender(bridge: MqttBridge, name: str = "client") -> SenderAddress:
+    return SenderAddress(service_name=name, service_version="1", service_target="x",
+                         instance_id=bridge.instance_id)
+
+
+def event(bridge: MqttBridge, name: str, payload: Any) -> CustomMessage:
+    return CustomMessage(sender=sender(bridge, "producer"), event_name=name, payload=payload)
+
+
+def echo_handler(calls: list[str] | None = None) -> Callable[[Command], Awaitable[Any]]:
+    async def handler(cmd: Command) -> Any:
+        if calls is not None:
+            calls.append(cmd.id)
+        if cmd.payload.payload == "refuse":
+            raise HandledError("refused", 409, data={"why": "test"})
+        return success_response(cmd, {"echo": cmd.payload.payload})
+
+    return handler
+
+
+class RawClient:
+    """A plain paho client to put arbitrary bytes on the wire and to observe it."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.split("://")[1].rsplit(":", 1)
+        self.messages: list[mqtt.MQTTMessage] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_message = lambda c, u, m: self.messages.append(m)
+        self.client.connect(host, int(port))
+        self.client.loop_start()
+
+    def subscribe(self, topic: str) -> None:
+        self.client.subscribe(topic, qos=1)
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def sub_topic(prefix: str, event_name: str) -> str:
+    """A topic a subscription on ``event_name`` matches (customMessage layout)."""
+    levels = ["customMessage", "__empty__", "__empty__", "i", "producer", "1", "x", event_name]
+    return "/".join([prefix, *levels, *["__empty__"] * 4])
+
+
+# --------------------------------------------------------------- commands
+async def test_command_round_trip_and_handled_error(
+    broker: Any, make_bridge: BridgeFactory
+) -> None:
+    server = await make_bridge(broker.url)
+    client = await make_bridge(broker.url)
+    await server.register_command(addr("user"), echo_handler())
+    payload = {"name": "Zoë", "nested": {"list": [1, 2.5, None, "✓"]}}
+    cmd = Command(sender=sender(client), receiver=addr("user"), tenant_id="t1",
+                  principal_id="p1", payload=CommandPayload(payload=payload, parameter={"a": 1}))
+    assert await client.invoke(cmd, ttl_s=5) == {"echo": payload}
+    refused = Command(sender=sender(client), receiver=addr("user"),
+                      payload=CommandPayload(payload="refuse"))
+    with pytest.raises(HandledError) as err:
+        await client.invoke(refused, ttl_s=5)
+    assert err.value.status == 409 and err.value.data == {"why": "test"}
+    assert client.pending_invocations == 0
+
+
+async def test_shared_command_runs_on_exactly_one_instance(
+    broker: Any, make_bridge: BridgeFactory
+) -> None:
+    calls_a: list[str] = []
+    calls_b: list[str] = []
+    a = await make_bridge(broker.url)
+    b = await make_bridge(broker.url)
+    client = await make_bridge(broker.url)
+    await a.register_command(addr("user"), echo_handler(calls_a))
+    await b.register_command(addr("user"), echo_handler(calls_b))
+    cmds = [Command(sender=sender(client), receiver=addr("user"),
+                    payload=CommandPayload(payload=i)) for i in range(40)]
+    results = await asyncio.gather(*(client.invoke(c, ttl_s=5) for c in cmds))
+    assert results == [{"echo": i} for i in range(40)]
+    executed = Counter(calls_a + calls_b)
+    assert set(executed) == {c.id for c in cmds} and set(executed.values()) == {1}
+    assert calls_a and calls_b, "the broker balances the shared group"
+
+
+async def test_command_pinned_to_an_instance(broker: Any, make_bridge: BridgeFactory) -> None:
+    calls_a: list[str] = []
+    calls_b: list[str] = []
+    a = await make_bridge(broker.url)
+    b = await make_bridge(broker.url)
+    client = await make_bridge(broker.url)
+    await a.register_command(addr("user"), echo_handler(calls_a))
+    await b.register_command(addr("user"), echo_handler(calls_b))
+    pinned = addr("user").model_copy(update={"instance_id": b.instance_id})
+    for i in range(6):
+        await client.invoke(Command(sender=sender(client), receiver=pinned,
+                                    payload=CommandPayload(payload=i)), ttl_s=5)
+    assert len(calls_b) == 6 and not calls_a
+
+
+async def test_unknown_command_times_out_with_504(broker: Any, make_bridge: BridgeFactory) -> None:
+    assert not MqttBridge.capabilities.unknown_command_fails_fast
+    client = await make_bridge(broker.url)
+    start = time.monotonic()
+    with pytest.raises(PuristaError) as err:
+        await client.invoke(Command(sender=sender(client), receiver=addr("nobody")), ttl_s=0.5)
+    assert err.value.status == 504
+    assert time.monotonic() - start < 1.5
+    assert client.pending_invocations == 0
+
+
+async def test_unregister_command_stops_serving(broker: Any, make_bridge: BridgeFactory) -> None:
+    server = await make_bridge(broker.url)
+    client = await make_bridge(broker.url)
+    await server.register_command(addr("user"), echo_handler())
+    await client.invoke(Command(sender=sender(client), receiver=addr("user")), ttl_s=5)
+    await server.unregister_command(addr("user"))
+    with pytest.raises(PuristaError) as err:
+        await client.invoke(Command(sender=sender(client), receiver=addr("user")), ttl_s=0.5)
+    assert err.value.status == 504
+
+
+# ---------------------------------------------------------- subscriptions
+async def test_shared_and_every_instance_subscriptions(
+    broker: Any, make_bridge: BridgeFactory
+) -> None:
+    a = await make_bridge(broker.url)
+    b = await make_bridge(broker.url)
+    producer = await make_bridge(broker.url)
+    shared: dict[str, list[Any]] = {"a": [], "b": []}
+    every: dict[str, list[Any]] = {"a": [], "b": []}
+    for name, bridge in (("a", a), ("b", b)):
+        async def on_shared(m: AnyMessage, n: str = name) -> None:
+            shared[n].append(m.payload)
+
+        async def on_every(m: AnyMessage, n: str = name) -> None:
+            every[n].append(m.payload)
+
+        await bridge.register_subscription(
+            Subscription(subscriber=addr("mailer"), event_name="userAdded"), on_shared)
+        await bridge.register_subscription(
+            Subscription(subscriber=addr("audit"), event_name="userAdded", shared=False),
+            on_every)
+    await producer.emit_message(event(producer, "somethingElse", -1))
+    for i in range(30):
+        await producer.emit_message(event(producer, "userAdded", i))
+    await eventually(lambda: len(shared["a"]) + len(shared["b"]) == 30
+                     and len(every["a"]) == 30 and len(every["b"]) == 30, what="all delivered")
+    assert sorted(shared["a"] + shared["b"]) == list(range(30))
+    assert shared["a"] and shared["b"]
+    assert every["a"] == list(range(30)) and every["b"] == list(range(30))
+
+
+async def test_filters_principal_tenant_sender_and_fidelity(
+    broker: Any, make_bridge: BridgeFactory
+) -> None:
+    sub_bridge = await make_bridge(broker.url)
+    producer = await make_bridge(broker.url)
+    got: list[AnyMessage] = []
+
+    async def on(m: AnyMessage) -> None:
+        got.append(m)
+
+    await sub_bridge.register_subscription(
+        Subscription(subscriber=addr("s"), event_name="e/v+#", tenant_id="ten/1",
+                     principal_id="p+1"), on)
+    odd = {"unicode": "ä/+#\u0000☃", "big": "x" * 200_000, "n": [1, {"a": None}]}
+    base = event(producer, "e/v+#", odd)
+    await producer.emit_message(base.model_copy(update={"tenant_id": "ten/2"}))
+    await producer.emit_message(base.model_copy(update={"principal_id": "p"}))
+    wanted = base.model_copy(update={"tenant_id": "ten/1", "principal_id": "p+1",
+                                     "trace_id": "a" * 32, "otp": '{"traceparent":"x"}'})
+    await producer.emit_message(wanted)
+    await eventually(lambda: got, what="filtered delivery")
+    assert got[0] == wanted
+    marker = wanted.model_copy(update={"id": "b" * 32})
+    await producer.emit_message(marker)
+    await eventually(lambda: len(got) == 2)
+    assert [m.id for m in got] == [wanted.id, marker.id]
+
+
+async def test_malformed_message_is_dropped_and_next_served(
+    broker: Any, make_bridge: BridgeFactory, prefix: str
+) -> None:
+    bridge = await make_bridge(broker.url)
+    got: list[Any] = []
+
+    async def on(m: AnyMessage) -> None:
+        got.append(m.payload)
+
+    await bridge.register_subscription(Subscription(subscriber=addr("s"), event_name="ev"), on)
+    raw = RawClient(broker.url)
+    try:
+        raw.publish(sub_topic(prefix, "ev"), b"\xff not json")
+        raw.publish(sub_topic(prefix, "ev"), b'{"messageType":"customMessage","id":"x"}')
+        await eventually(lambda: bridge.rejected_messages == 2, what="both rejected")
+        await bridge.emit_message(event(bridge, "ev", "valid"))
+        await eventually(lambda: got == ["valid"], what="valid one served")
+    finally:
+        raw.close()
+    assert await bridge.is_healthy()
+
+
+async def test_retries_then_dead_letter_with_reason(
+    broker: Any, make_bridge: BridgeFactory, prefix: str
+) -> None:
+    bridge = await make_bridge(broker.url)
+    attempts: list[float] = []
+    letters: list[AnyMessage] = []
+
+    async def failing(m: AnyMessage) -> None:
+        attempts.append(time.monotonic())
+        raise RuntimeError("boom")
+
+    async def on_letter(m: AnyMessage) -> None:
+        letters.append(m)
+
+    policy = FailureHandling(max_attempts=3, retry_delay_ms=100, backoff=2.0,
+                             dead_letter_target="mailer.dead")
+    await bridge.register_subscription(
+        Subscription(subscriber=addr("mailer"), event_name="ev", failure=policy), failing)
+    await bridge.register_subscription(
+        Subscription(subscriber=addr("dlq"), event_name="mailer.dead"), on_letter)
+    raw = RawClient(broker.url)
+    raw.subscribe(f"{prefix}/customMessage/+/+/+/+/+/+/mailer.dead/#")
+    await asyncio.sleep(0.2)  # SUBACK of the raw observer (plain paho has no awaitable)
+    try:
+        original = event(bridge, "ev", {"n": 1})
+        await bridge.emit_message(original)
+        await eventually(lambda: letters and raw.messages, what="dead letter")
+        assert len(attempts) == 3
+        assert attempts[1] - attempts[0] >= 0.09 and attempts[2] - attempts[1] >= 0.19
+        letter = letters[0]
+        assert letter.payload["attempts"] == 3
+        assert "boom" in letter.payload["reason"]
+        assert letter.payload["message"]["id"] == original.id
+        props = dict(raw.messages[0].properties.UserProperty)
+        assert "boom" in props[DEAD_LETTER_REASON_HEADER]
+    finally:
+        raw.close()
+    # acked after the dead letter: a marker arrives and the failed one is not retried
+    ok: list[Any] = []
+
+    async def on_ok(m: AnyMessage) -> None:
+        ok.append(m.payload)
+
+    await bridge.register_subscription(Subscription(subscriber=addr("ok"), event_name="ev"), on_ok)
+    await bridge.emit_message(event(bridge, "ev", "marker"))
+    await eventually(lambda: ok == ["marker"])
+    assert len(attempts) == 4  # the marker's first attempt only
+
+
+async def test_handled_error_is_not_redelivered(broker: Any, make_bridge: BridgeFactory) -> None:
+    bridge = await make_bridge(broker.url)
+    seen: list[Any] = []
+
+    async def on(m: AnyMessage) -> None:
+        seen.append(m.payload)
+        if m.payload == "bad":
+            raise HandledError("bad input")
+
+    await bridge.register_subscription(Subscription(subscriber=addr("s"), event_name="ev"), on)
+    await bridge.emit_message(event(bridge, "ev", "bad"))
+    await bridge.emit_message(event(bridge, "ev", "good"))
+    await eventually(lambda: "good" in seen)
+    assert seen == ["bad", "good"]
+
+
+async def test_emit_event_name_chaining(broker: Any, make_bridge: BridgeFactory) -> None:
+    bridge = await make_bridge(broker.url)
+    chained: list[Any] = []
+
+    async def first(m: AnyMessage) -> Any:
+        return {"from": m.payload}
+
+    async def second(m: AnyMessage) -> None:
+        chained.append(m.payload)
+
+    await bridge.register_subscription(
+        Subscription(subscriber=addr("a"), event_name="one", emit_event_name="two"), first)
+    await bridge.register_subscription(Subscription(subscriber=addr("b"), event_name="two"), second)
+    await bridge.emit_message(event(bridge, "one", 7))
+    await eventually(lambda: chained == [{"from": 7}])
+
+
+async def test_unregister_subscription_stops_delivery(
+    broker: Any, make_bridge: BridgeFactory
+) -> None:
+    bridge = await make_bridge(broker.url)
+    a: list[Any] = []
+    b: list[Any] = []
+
+    async def on_a(m: AnyMessage) -> None:
+        a.append(m.payload)
+
+    async def on_b(m: AnyMessage) -> None:
+        b.append(m.payload)
+
+    await bridge.register_subscription(Subscription(subscriber=addr("a"), event_name="ev"), on_a)
+    await bridge.register_subscription(Subscription(subscriber=addr("b"), event_name="ev"), on_b)
+    await bridge.emit_message(event(bridge, "ev", 1))
+    await eventually(lambda: a == [1] and b == [1])
+    await bridge.unregister_subscription(addr("a"))
+    await bridge.emit_message(event(bridge, "ev", 2))
+    await eventually(lambda: b == [1, 2])
+    assert a == [1]
+
+
+# -------------------------------------------------------------- lifecycle
+async def test_destroy_drains_inflight_and_acks_it(broker: Any, make_bridge: BridgeFactory) -> None:
+    instance = uuid.uuid4().hex
+    bridge = await make_bridge(broker.url, instance_id=instance)
+    producer = await make_bridge(broker.url)
+    started = asyncio.Event()
+    done: list[Any] = []
+
+    async def slow(m: AnyMessage) -> None:
+        started.set()
+        await asyncio.sleep(0.5)
+        done.append(m.payload)
+
+    sub = Subscription(subscriber=addr("slow"), event_name="ev")
+    await bridge.register_subscription(sub, slow)
+    await producer.emit_message(event(producer, "ev", "first"))
+    await asyncio.wait_for(started.wait(), 5)
+    await bridge.destroy()
+    assert done == ["first"] and not bridge.drain_timed_out
+    # the same instance comes back: the drained message was acked, only the new one arrives
+    await producer.emit_message(event(producer, "ev", "second"))
+    again: list[Any] = []
+
+    async def record(m: AnyMessage) -> None:
+        again.append(m.payload)
+
+    back = await make_bridge(broker.url, instance_id=instance)
+    await back.register_subscription(sub, record)
+    await eventually(lambda: again == ["second"], what="queued message after restart")
+
+
+async def test_destroy_rejects_pending_invocations_with_503(
+    broker: Any, make_bridge: BridgeFactory
+) -> None:
+    server = await make_bridge(broker.url)
+    client = await make_bridge(broker.url)
+    gate = asyncio.Event()
+
+    async def hang(cmd: Command) -> Any:
+        await gate.wait()
+        return success_response(cmd, 1)
+
+    await server.register_command(addr("user"), hang)
+    task = asyncio.create_task(
+        client.invoke(Command(sender=sender(client), receiver=addr("user")), ttl_s=10))
+    await eventually(lambda: server.inflight == 1)
+    await client.destroy()
+    with pytest.raises(PuristaError) as err:
+        await task
+    assert err.value.status == 503
+    gate.set()
+
+
+async def test_durable_subscription_survives_subscriber_restart(
+    broker: Any, make_bridge: BridgeFactory
+) -> None:
+    instance = uuid.uuid4().hex
+    sub = Subscription(subscriber=addr("durable"), event_name="ev")
+    got: list[Any] = []
+
+    async def on(m: AnyMessage) -> None:
+        got.append(m.payload)
+
+    first = await make_bridge(broker.url, instance_id=instance)
+    await first.register_subscription(sub, on)
+    await first.destroy()
+    producer = await make_bridge(broker.url)
+    for i in range(20):
+        await producer.emit_message(event(producer, "ev", i))
+    second = await make_bridge(broker.url, instance_id=instance)
+    await second.register_subscription(sub, on)
+    await eventually(lambda: len(got) == 20, what="20 queued messages")
+    assert got == list(range(20)), got
+
+
+async def _reconnect_scenario(
+    make_bridge: BridgeFactory, url: str, outage: Callable[[], Awaitable[None]]
+) -> None:
+    server = await make_bridge(url)
+    client = await make_bridge(url)
+    got: list[Any] = []
+
+    async def on(m: AnyMessage) -> None:
+        got.append(m.payload)
+
+    await server.register_command(addr("user"), echo_handler())
+    await server.register_subscription(
+        Subscription(subscriber=addr("s"), event_name="ev", durable=False), on)
+    await server.register_subscription(Subscription(subscriber=addr("d"), event_name="ev"), on)
+    await outage()
+    await eventually(server.is_ready, 15, "ready after restart")
+    await eventually(client.is_ready, 15, "client ready after restart")
+    assert await client.invoke(
+        Command(sender=sender(client), receiver=addr("user"), payload=CommandPayload(payload=5)),
+        ttl_s=5) == {"echo": 5}
+    await client.emit_message(event(client, "ev", "after"))
+    await eventually(lambda: got == ["after", "after"], what="both subscriptions re-bound")
+
+
+async def test_reconnect_re_registers_after_broker_restart(
+    own_broker: Any, make_bridge: BridgeFactory
+) -> None:
+    async def outage() -> None:
+        await asyncio.to_thread(own_broker.restart, kill=True)
+
+    await _reconnect_scenario(make_bridge, own_broker.url, outage)
+
+
+async def test_reconnect_re_subscribes_when_the_broker_lost_its_state(
+    local_broker: LocalMosquitto, make_bridge: BridgeFactory
+) -> None:
+    """Persistence wiped while down: nothing is left broker-side, the bridge must
+    subscribe everything again (and is not ready while the broker is down)."""
+    bridges: list[MqttBridge] = []
+
+    async def outage() -> None:
+        local_broker.stop(kill=True)
+        probe = bridges[0]
+        await eventually(lambda: _not(probe.is_ready()), what="not ready while down")
+        assert not await probe.is_healthy()
+        local_broker.wipe()
+        await asyncio.to_thread(local_broker.start)
+
+    async def make(url: str, **kwargs: Any) -> MqttBridge:
+        bridge = await make_bridge(url, **kwargs)
+        bridges.append(bridge)
+        return bridge
+
+    await _reconnect_scenario(make, local_broker.url, outage)
+
+
+async def _not(value: Awaitable[bool]) -> bool:
+    return not await value
+
+
+async def test_invoke_while_broker_down_fails_within_ttl(
+    own_broker: Any, make_bridge: BridgeFactory
+) -> None:
+    server = await make_bridge(own_broker.url)
+    client = await make_bridge(own_broker.url)
+    await server.register_command(addr("user"), echo_handler())
+    own_broker.stop(kill=True)
+    await eventually(lambda: _not(client.is_ready()), what="client notices the outage")
+    start = time.monotonic()
+    with pytest.raises(PuristaError) as err:
+        await client.invoke(Command(sender=sender(client), receiver=addr("user")), ttl_s=2)
+    assert err.value.status in (503, 504)
+    assert time.monotonic() - start < 2.5
+    with pytest.raises(PuristaError) as err:
+        await client.emit_message(event(client, "ev", 1))
+    assert err.value.status == 503
+    await eventually(lambda: client.pending_invocations == 0, 1, "no pending leak")
+
+
+# ----------------------------------------------------------------- faults
+async def test_broker_sigkill_mid_1000_events_loses_none(
+    own_broker: Any, make_bridge: BridgeFactory
+) -> None:
+    """1,000 events to a durable shared subscription, broker SIGKILLed and restarted
+    after 300 confirmed: every confirmed event is delivered (duplicates allowed)."""
+    consumer = await make_bridge(own_broker.url)
+    producer = await make_bridge(own_broker.url)
+    received: Counter[int] = Counter()
+
+    async def on(m: AnyMessage) -> None:
+        received[m.payload["n"]] += 1
+
+    await consumer.register_subscription(Subscription(subscriber=addr("sink"), event_name="ev"), on)
+    confirmed: set[int] = set()
+    failed_attempts = 0
+    killed = False
+    for n in range(1000):
+        if n == 300:
+            own_broker.restart(kill=True)
+            killed = True
+        while True:
+            try:
+                await producer.emit_message(event(producer, "ev", {"n": n}))
+                confirmed.add(n)
+                break
+            except PuristaError:
+                failed_attempts += 1
+                await eventually(producer.is_ready, 20, "producer reconnects")
+    assert killed and len(confirmed) == 1000
+    await eventually(lambda: confirmed <= set(received), 30, "every confirmed event delivered")
+    lost = confirmed - set(received)
+    duplicates = sum(c - 1 for c in received.values())
+    print(f"\nmqtt broker kill: confirmed={len(confirmed)} lost={len(lost)} "
+          f"duplicates={duplicates} publish retries={failed_attempts}")
+    assert not lost
