@@ -1,0 +1,292 @@
+"""Integration tests of the Redis state, config and secret stores against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import port_for
+import pytest
+import redis.asyncio as aioredis
+
+from reference_services.runtime.errors import PuristaError
+from reference_services.runtime.idempotency import Idempotency
+from reference_services.runtime.store_base import StoreOperationDisabled, StoreValueError
+from reference_services.stores.redis import (
+    RedisConfigStore,
+    RedisSecretStore,
+    RedisStateStore,
+    RedisUnavailableError,
+)
+
+# --- brokers: the harness fixtures when present, else a local redis-server -----------------
+
+
+class LocalRedis:
+    """A redis-server process with AOF ``appendfsync always`` (fallback when no harness)."""
+
+    def __init__(self) -> None:
+        self.port = port_for.select_random()
+        self.host = "127.0.0.1"
+        self.url = f"redis://{self.host}:{self.port}/0"
+        self.dir = tempfile.mkdtemp(prefix="redis-test-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(os.path.join(self.dir, "redis.log"), "ab")
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            out = subprocess.run(["redis-cli", "-p", str(self.port), "ping"],
+                                 capture_output=True, text=True, check=False)
+            if out.stdout.strip() == "PONG":
+                return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
+
+    def restart(self, kill: bool = True) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _harness(request: pytest.FixtureRequest, name: str) -> Any:
+    try:
+        return request.getfixturevalue(name)
+    except pytest.FixtureLookupError:
+        return None
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0, what: str = "condition"
+) -> None:
+    """Wait until ``check()`` is true or fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+StoreT = RedisStateStore | RedisConfigStore | RedisSecretStore
+
+
+@pytest.fixture(scope="session")
+def redis_server(request: pytest.FixtureRequest) -> Iterator[Any]:
+    handle = _harness(request, "redis")
+    if handle is not None:
+        yield handle
+        return
+    local = LocalRedis()
+    local.start()
+    yield local
+    local.stop()
+
+
+@pytest.fixture
+def fresh_redis(request: pytest.FixtureRequest) -> Iterator[Any]:
+    services = _harness(request, "harness_services")
+    if services is not None:
+        yield services.fresh("redis")
+        return
+    local = LocalRedis()
+    local.start()
+    yield local
+    local.stop()
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    ns = _harness(request, "namespace")
+    return str(ns) if ns is not None else f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def make_store(
+    redis_server: Any, prefix: str
+) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    made: list[StoreT] = []
+
+    async def make(cls: type[StoreT] = RedisStateStore, url: str | None = None, **kw: Any) -> Any:
+        kw.setdefault("prefix", prefix)
+        store = cls(url or redis_server.url, **kw)
+        await store.start()
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        with contextlib.suppress(Exception):
+            await store.destroy()
+
+
+@pytest.fixture
+async def raw(redis_server: Any) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+async def test_get_set_remove_and_key_layout(make_store: Any, raw: aioredis.Redis) -> None:
+    store = await make_store()
+    value = {"text": "grüße ✓ 中文", "list": [1, 2.5, None, True], "deep": {"a": {"b": []}}}
+    await store.set("user:1", value)
+    await store.set("n", 0)
+    assert await store.get("user:1", "n", "missing") == {"user:1": value, "n": 0, "missing": None}
+    assert await raw.exists(f"{store.prefix}:state_store:user:1") == 1
+    await store.remove("user:1")
+    await store.remove("never-there")
+    assert await store.get("user:1") == {"user:1": None}
+    big = "x" * 1_000_000
+    await store.set("big", big)
+    assert (await store.get("big"))["big"] == big
+
+
+async def test_kinds_share_nothing(make_store: Any) -> None:
+    state = await make_store(RedisStateStore)
+    config = await make_store(RedisConfigStore, enable_set=True)
+    await state.set("k", "state")
+    await config.set("k", "config")
+    assert (await state.get("k"))["k"] == "state"
+    assert (await config.get("k"))["k"] == "config"
+
+
+async def test_default_switches_and_disabled_operations(make_store: Any) -> None:
+    config = await make_store(RedisConfigStore, initial={"feature": {"on": True}})
+    secret = await make_store(RedisSecretStore, initial={"api": "s3cret"})
+    assert await config.get("feature") == {"feature": {"on": True}}
+    assert await secret.get("api") == {"api": "s3cret"}
+    for store in (config, secret):
+        with pytest.raises(StoreOperationDisabled) as err:
+            await store.set("x", 1)
+        assert err.value.status == 401
+        with pytest.raises(StoreOperationDisabled):
+            await store.remove("x")
+    state = await make_store(RedisStateStore, enable_get=False)
+    with pytest.raises(StoreOperationDisabled):
+        await state.get("x")
+    # initial values do not overwrite what is already there
+    again = await make_store(RedisConfigStore, initial={"feature": "other"})
+    assert await again.get("feature") == {"feature": {"on": True}}
+
+
+async def test_bad_values_and_names(make_store: Any, raw: aioredis.Redis) -> None:
+    store = await make_store()
+    with pytest.raises(StoreValueError):
+        await store.set("k", {1, 2})
+    with pytest.raises(StoreValueError):
+        await store.set("", 1)
+    await raw.set(store.key("garbage"), b"\xff not json")
+    with pytest.raises(PuristaError) as err:
+        await store.get("garbage")
+    assert err.value.status == 500
+    await store.set("fine", 1)
+    assert await store.get("fine") == {"fine": 1}
+
+
+async def test_set_if_absent_is_atomic_and_expires(make_store: Any) -> None:
+    stores = [await make_store() for _ in range(4)]
+    results = await asyncio.gather(
+        *(s.set_if_absent("claim", {"by": i}, ttl_s=0.5) for i, s in enumerate(stores * 5))
+    )
+    assert results.count(True) == 1
+    winner = results.index(True) % 4
+    assert await stores[1].get("claim") == {"claim": {"by": winner}}
+    await eventually(lambda: stores[0].set_if_absent("claim", "again", ttl_s=10), 3, "expiry")
+    assert await stores[2].get("claim") == {"claim": "again"}
+    assert await stores[0].set_if_absent("forever", 1) is True
+    assert await stores[0].set_if_absent("forever", 2) is False
+
+
+async def test_idempotency_helper_runs_once_across_instances(make_store: Any) -> None:
+    runs = 0
+
+    async def effect() -> str:
+        nonlocal runs
+        runs += 1
+        await asyncio.sleep(0.1)
+        return "sent"
+
+    helpers = [Idempotency(await make_store(), poll_s=0.01) for _ in range(3)]
+    results = await asyncio.gather(*(h.run_once("mail-42", effect) for h in helpers * 2))
+    assert results == ["sent"] * 6 and runs == 1
+    assert await helpers[2].was_done("mail-42")
+
+
+async def test_secret_cache_ttl(make_store: Any, raw: aioredis.Redis) -> None:
+    secret = await make_store(RedisSecretStore, initial={"token": "v1"}, cache_ttl_s=0.4)
+    assert secret.capabilities.cache.supported
+    assert await secret.get("token") == {"token": "v1"}
+    await raw.set(secret.key("token"), '"v2"')
+    assert await secret.get("token") == {"token": "v1"}  # served from the cache
+    started = time.monotonic()
+    await eventually(lambda: _equals(secret.get("token"), {"token": "v2"}), 3, "cache expiry")
+    assert time.monotonic() - started < 1.0
+    uncached = await make_store(RedisSecretStore)
+    assert await uncached.get("token") == {"token": "v2"}
+
+
+async def _equals(value: Awaitable[Any], expected: Any) -> bool:
+    return await value == expected
+
+
+async def test_durability_is_declared_from_server_settings(fresh_redis: Any, prefix: str) -> None:
+    store = RedisStateStore(fresh_redis.url, prefix=prefix)
+    await store.start()
+    assert store.capabilities.durable.supported  # fresh Redis runs with appendfsync always
+    client = aioredis.Redis.from_url(fresh_redis.url)
+    try:
+        await client.config_set("appendfsync", "everysec")
+        relaxed = RedisStateStore(fresh_redis.url, prefix=prefix)
+        await relaxed.start()
+        assert not relaxed.capabilities.durable.supported
+        assert "everysec" in relaxed.capabilities.durable.reason
+        await relaxed.destroy()
+    finally:
+        await client.aclose()
+        await store.destroy()
+
+
+async def test_values_survive_sigkill_and_health_follows(fresh_redis: Any, prefix: str) -> None:
+    store = RedisStateStore(fresh_redis.url, prefix=prefix, retry_attempts=1,
+                            retry_backoff_cap_s=0.1)
+    await store.start()
+    try:
+        for n in range(100):
+            await store.set(f"k{n}", {"n": n})
+        await asyncio.to_thread(fresh_redis.kill)
+        await eventually(lambda: _equals(store.is_healthy(), False), 5, "unhealthy")
+        assert not await store.is_ready()
+        started = time.monotonic()
+        with pytest.raises(RedisUnavailableError) as err:
+            await store.get("k1")
+        assert err.value.status == 503 and time.monotonic() - started < 5
+        await asyncio.to_thread(fresh_redis.start)
+        await eventually(store.is_healthy, 10, "healthy again")
+        values = await store.get(*(f"k{n}" for n in range(100)))
+        assert values == {f"k{n}": {"n": n} for n in range(100)}
+    finally:
+        await store.destroy()
