@@ -1,0 +1,1 @@
+"""Conformance checks, one package per suite and adapter kind."""

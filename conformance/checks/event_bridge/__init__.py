@@ -1,0 +1,1 @@
+"""Checks: event_bridge."""

@@ -1,0 +1,222 @@
+"""Commands: request/response over the event bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from collections import Counter
+from typing import Any
+
+from reference_services.runtime.errors import HandledError, PuristaError, UnhandledError
+
+from conformance.kit import Gate, addr, command, invoke_status, responder
+from conformance.ledger import Ledger, expect_exactly_once
+from conformance.marks import check
+from conformance.under_test import AdapterUnderTest
+from conformance.waits import wait_quiet
+
+EB = ("event_bridge",)
+TIMEOUT_MARGIN_S = 0.5
+
+
+async def _echo_server(aut: AdapterUnderTest, target: str, executions: Ledger | None = None,
+                       label: str = "server") -> Any:
+    bridge = await aut.new()
+
+    async def echo(cmd: Any) -> Any:
+        if executions is not None:
+            executions.delivered(cmd.correlation_id, by=label)
+        return {"echo": cmd.payload.payload, "parameter": cmd.payload.parameter,
+                "correlationId": cmd.correlation_id}
+
+    await bridge.register_command(addr(target), responder(echo))
+    return bridge
+
+
+async def _invoke_many(clients: list[Any], target: str, senders: int, per_sender: int,
+                       answers: Ledger) -> list[float]:
+    latencies: list[float] = []
+
+    async def sender(index: int) -> None:
+        client = clients[index % len(clients)]
+        for i in range(per_sender):
+            cmd = command(client, addr(target), {"sender": index, "i": i, "text": "ünï ✓"},
+                          {"n": i})
+            answers.sent(cmd.correlation_id)
+            status, result, took = await invoke_status(client, cmd, 10)
+            latencies.append(took)
+            if status != "ok":
+                raise AssertionError(f"invocation {cmd.correlation_id} failed: {result!r}")
+            ok = (result.get("echo") == {"sender": index, "i": i, "text": "ünï ✓"}
+                  and result.get("parameter") == {"n": i})
+            # record under the id the answer carries: a wrong answer shows up as unexpected
+            answers.delivered(str(result.get("correlationId")) if ok else f"wrong:{result}")
+
+    await asyncio.gather(*(sender(s) for s in range(senders)))
+    return latencies
+
+
+def _latency_metrics(aut: AdapterUnderTest, latencies: list[float]) -> None:
+    if latencies:
+        ordered = sorted(latencies)
+        aut.metric("latency_p50_ms", round(statistics.median(ordered) * 1000, 2))
+        aut.metric("latency_p95_ms", round(ordered[int(len(ordered) * 0.95) - 1] * 1000, 2))
+
+
+@check("event_bridge.commands.round_trip", kinds=EB)
+async def test_round_trip(aut: AdapterUnderTest) -> None:
+    """Many concurrent invocations from two client instances each get their own result, once."""
+    target = "calc"
+    executions = Ledger("executions")
+    await _echo_server(aut, target, executions)
+    clients = [await aut.new(), await aut.new()]
+    answers = Ledger("answers")
+    senders, per = 5, aut.n(100)
+    latencies = await _invoke_many(clients, target, senders, per, answers)
+    for mid in answers.sent_ids():
+        executions.sent(mid)
+    expect_exactly_once(answers, executions)
+    aut.metric("invocations", senders * per)
+    _latency_metrics(aut, latencies)
+
+
+@check("event_bridge.commands.handled_error", kinds=EB)
+async def test_handled_error(aut: AdapterUnderTest) -> None:
+    """A handled error reaches the caller with its status, message and data intact."""
+    server = await aut.new()
+    client = await aut.new()
+
+    async def refuse(cmd: Any) -> Any:
+        p = cmd.payload.payload
+        raise HandledError(p["message"], p["status"], data=p["data"])
+
+    await server.register_command(addr("strict"), responder(refuse))
+    cases = [(400, "bad input", {"field": "name", "ünï": [1, 2.5, None]}),
+             (401, "not allowed", None), (403, "forbidden ✋", {"why": "policy"}),
+             (404, "no such user", {"id": "u-1"}), (409, "conflict", [1, "two"]),
+             (422, "unprocessable", {"nested": {"deep": [True, False]}})]
+    outcomes = await asyncio.gather(*(
+        invoke_status(client, command(client, addr("strict"),
+                                      {"status": s, "message": m, "data": d}), 10)
+        for s, m, d in cases))
+    problems = []
+    for (status, message, data), (kind, err, _) in zip(cases, outcomes, strict=True):
+        if kind != "error" or not isinstance(err, PuristaError):
+            problems.append(f"{status}: expected an error, got {err!r}")
+        elif (err.status, err.message, err.data, err.is_handled) != (status, message, data, True):
+            problems.append(f"{status}: got status={err.status} message={err.message!r} "
+                            f"data={err.data!r} handled={err.is_handled}")
+    assert not problems, "; ".join(problems)
+
+
+@check("event_bridge.commands.unhandled_error", kinds=EB)
+async def test_unhandled_error(aut: AdapterUnderTest) -> None:
+    """An exception in a handler becomes a 500 unhandled error; an explicit status is kept."""
+    server = await aut.new()
+    client = await aut.new()
+
+    async def crash(cmd: Any) -> Any:
+        if cmd.payload.payload == "503":
+            raise UnhandledError("downstream unavailable", 503)
+        raise RuntimeError("boom ünï")
+
+    await server.register_command(addr("fragile"), responder(crash))
+    k1, e1, _ = await invoke_status(client, command(client, addr("fragile"), "x"), 10)
+    k2, e2, _ = await invoke_status(client, command(client, addr("fragile"), "503"), 10)
+    assert k1 == "error" and e1.status == 500 and not e1.is_handled, f"got {e1!r}"
+    assert "boom ünï" in e1.message, f"error message lost: {e1.message!r}"
+    assert k2 == "error" and e2.status == 503 and not e2.is_handled, f"got {e2!r}"
+    assert e2.message == "downstream unavailable", f"message changed: {e2.message!r}"
+    # the server survives handler crashes
+    assert await server.is_healthy(), "server unhealthy after handler errors"
+
+
+@check("event_bridge.commands.unknown_fails_fast", kinds=EB, needs=("unknown_command_fails_fast",))
+async def test_unknown_fails_fast(aut: AdapterUnderTest) -> None:
+    """Invoking a command nobody serves fails with 404/502/503 well before the ttl."""
+    client = await aut.new()
+    await _echo_server(aut, "known")
+    ttl = 2.0
+    outcomes = await asyncio.gather(*(
+        invoke_status(client, command(client, addr(f"nobody-{i}")), ttl) for i in range(5)))
+    slow = [(round(took, 3), getattr(err, "status", err)) for _, err, took in outcomes
+            if took >= 1.0]
+    wrong = [(kind, getattr(err, "status", err)) for kind, err, _ in outcomes
+             if kind != "error" or err.status not in (404, 502, 503)]
+    assert not wrong, f"expected 404/502/503, got {wrong}"
+    assert not slow, f"unknown command took >= 1s to fail (ttl {ttl}s): {slow}"
+    aut.metric("fail_ms", [round(took * 1000, 1) for _, _, took in outcomes])
+
+
+@check("event_bridge.commands.timeout", kinds=EB)
+async def test_timeout(aut: AdapterUnderTest) -> None:
+    """A handler slower than the ttl gives 504 within ttl + 0.5 s, for every concurrent caller."""
+    gate = Gate()
+    server = await aut.new()
+
+    async def stall(cmd: Any) -> Any:
+        await gate.wait()
+        return "too late"
+
+    await server.register_command(addr("slow"), responder(stall))
+    client = await aut.new()
+    ttl = 0.3
+    try:
+        outcomes = await asyncio.wait_for(asyncio.gather(*(
+            invoke_status(client, command(client, addr("slow"), i), ttl) for i in range(10))),
+            ttl + TIMEOUT_MARGIN_S + 2)
+    except TimeoutError:
+        raise AssertionError(f"no 504 within {ttl + TIMEOUT_MARGIN_S + 2:.1f}s for ttl {ttl}s: "
+                             "the ttl is ignored") from None
+    finally:
+        gate.open()
+    bad = [(kind, getattr(err, "status", err), round(took, 3)) for kind, err, took in outcomes
+           if kind != "error" or err.status != 504 or not ttl * 0.95 <= took <= ttl + TIMEOUT_MARGIN_S]
+    assert not bad, f"expected 504 after {ttl}s (+{TIMEOUT_MARGIN_S}s), got {bad}"
+    aut.metric("timeout_s", sorted(round(t, 3) for _, _, t in outcomes))
+    pending = getattr(client, "pending_invocations", 0)
+    assert pending == 0, f"{pending} pending invocation(s) leaked after timeouts"
+
+
+@check("event_bridge.commands.late_response_ignored", kinds=EB)
+async def test_late_response_ignored(aut: AdapterUnderTest) -> None:
+    """A response arriving after the timeout is dropped; later invocations get their own answers."""
+    server = await aut.new()
+    done = asyncio.Event()
+
+    async def handler(cmd: Any) -> Any:
+        if cmd.payload.payload == "slow":
+            await asyncio.sleep(0.4)
+            done.set()
+            return "late answer"
+        return {"fresh": cmd.payload.payload}
+
+    await server.register_command(addr("sometimes-slow"), responder(handler))
+    client = await aut.new()
+    kind, err, _ = await invoke_status(client, command(client, addr("sometimes-slow"), "slow"), 0.15)
+    assert kind == "error" and err.status == 504, f"expected 504, got {err!r}"
+    await asyncio.wait_for(done.wait(), 5)
+    await wait_quiet(lambda: getattr(client, "pending_invocations", 0), quiet_s=0.2)
+    results = await asyncio.gather(*(
+        invoke_status(client, command(client, addr("sometimes-slow"), i), 5) for i in range(5)))
+    wrong = [(i, r) for i, (k, r, _) in enumerate(results) if k != "ok" or r != {"fresh": i}]
+    assert not wrong, f"answers after a late response are wrong: {wrong}"
+    assert await client.is_healthy(), "client unhealthy after a late response"
+    assert getattr(client, "pending_invocations", 0) == 0, "pending invocations leaked"
+
+
+@check("event_bridge.commands.shared_exactly_once", kinds=EB, needs=("shared_commands",))
+async def test_shared_exactly_once(aut: AdapterUnderTest) -> None:
+    """With three instances serving one command, each invocation runs on exactly one of them."""
+    executions = Ledger("executions")
+    for i in range(3):
+        await _echo_server(aut, "shared", executions, label=f"server{i}")
+    clients = [await aut.new(), await aut.new()]
+    answers = Ledger("answers")
+    await _invoke_many(clients, "shared", 5, aut.n(40), answers)
+    await wait_quiet(lambda: executions.total_delivered, quiet_s=0.2)
+    for mid in answers.sent_ids():
+        executions.sent(mid)
+    expect_exactly_once(answers, executions)
+    spread = Counter(executions.receivers())
+    aut.metric("executions_per_instance", dict(sorted(spread.items())))

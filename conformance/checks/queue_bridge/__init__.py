@@ -1,0 +1,1 @@
+"""Checks: queue_bridge."""

@@ -1,0 +1,177 @@
+"""report.html: one self-contained page (no scripts, no external assets)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from html import escape
+from typing import Any
+
+from .adapters import KINDS
+from .report import GLYPH, STATUSES, matrix
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d232a}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd}
+h3{font-size:15px;margin:18px 0 6px}
+.meta{color:#555} .pill{display:inline-block;padding:2px 10px;border-radius:10px;margin-right:6px;
+font-weight:600} table{border-collapse:collapse;margin:6px 0 12px}
+th,td{border:1px solid #d6d9dc;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f3f5f7;position:sticky;top:0} td.c{text-align:center;white-space:nowrap}
+.passed{background:#e3f6e8;color:#17692f} .failed{background:#fde2e1;color:#a11c15;font-weight:700}
+.unsupported{background:#fff4d6;color:#7a5600} .skipped{background:#f1f1f1;color:#888}
+td.id{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:nowrap}
+pre{white-space:pre-wrap;word-break:break-word;background:#f7f7f9;border:1px solid #e3e3e8;
+padding:8px;margin:4px 0;font-size:12px;max-height:360px;overflow:auto}
+.small{font-size:12px;color:#666} code{font-size:12px}
+"""
+
+
+def _cell(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return '<td class="c"></td>'
+    st = row["status"]
+    title = escape(row.get("message") or st, quote=True)
+    dur = f" {row['duration_s']:.2f}s" if st != "skipped" else ""
+    return f'<td class="c {st}" title="{title}">{GLYPH[st]}{dur}</td>'
+
+
+def _summary(doc: dict[str, Any]) -> str:
+    counts = Counter(r["status"] for r in doc["results"])
+    pills = "".join(f'<span class="pill {st}">{st} {counts.get(st, 0)}</span>' for st in STATUSES)
+    return (f'<p class="meta">suite <b>{escape(doc["suite"])}</b> · provider '
+            f'<b>{escape(doc["provider"])}</b> · {doc["duration_s"]:.1f}s wall · '
+            f'{"quick counts · " if doc.get("quick") else ""}{escape(doc["created"])}</p>'
+            f"<p>{pills}</p>")
+
+
+def _matrix(doc: dict[str, Any]) -> str:
+    grid = matrix(doc["results"])
+    out = ['<h2>Matrix</h2><p class="small">Hover a cell for its message. '
+           "✔ passed · ✘ failed · ~ unsupported (declared; 'better than declared' if it passed) "
+           "· – skipped</p>"]
+    for kind in KINDS:
+        if kind not in grid:
+            continue
+        adapters = sorted({a for checks in grid[kind].values() for a in checks})
+        out.append(f"<h3>{kind}</h3><table><tr><th>check</th>"
+                   + "".join(f"<th>{escape(a)}</th>" for a in adapters) + "</tr>")
+        for check_id in sorted(grid[kind]):
+            cells = "".join(_cell(grid[kind][check_id].get(a)) for a in adapters)
+            out.append(f'<tr><td class="id">{escape(check_id)}</td>{cells}</tr>')
+        out.append("</table>")
+    return "".join(out)
+
+
+def _rows_with(doc: dict[str, Any], status: str) -> list[dict[str, Any]]:
+    return [r for r in doc["results"] if r["status"] == status]
+
+
+def _details(doc: dict[str, Any]) -> str:
+    out = ["<h2>Failures</h2>"]
+    failed = _rows_with(doc, "failed")
+    if not failed:
+        out.append("<p>None.</p>")
+    for r in failed:
+        metrics = {k: v for k, v in r.get("metrics", {}).items()}
+        out.append(
+            f'<h3 class="failed">✘ {escape(r["kind"])}:{escape(r["adapter"])} · '
+            f'<code>{escape(r["check"])}</code></h3><pre>{escape(r["message"])}</pre>'
+            + (f"<pre>{escape(json.dumps(metrics, indent=1, default=str))}</pre>" if metrics
+               else "")
+        )
+    unsupported = _rows_with(doc, "unsupported")
+    out.append("<h2>Unsupported (declared by the adapter)</h2>")
+    if not unsupported:
+        out.append("<p>None.</p>")
+    else:
+        out.append("<table><tr><th>adapter</th><th>check</th><th>outcome</th></tr>")
+        for r in unsupported:
+            out.append(f'<tr><td>{escape(r["kind"])}:{escape(r["adapter"])}</td>'
+                       f'<td class="id">{escape(r["check"])}</td>'
+                       f'<td>{escape(r["message"])}</td></tr>')
+        out.append("</table>")
+    skipped = _rows_with(doc, "skipped")
+    if skipped:
+        reasons = Counter((f'{r["kind"]}:{r["adapter"]}', r["message"]) for r in skipped)
+        out.append("<h2>Skipped</h2><table><tr><th>adapter</th><th>checks</th><th>reason</th></tr>")
+        for (label, msg), n in sorted(reasons.items()):
+            out.append(f"<tr><td>{escape(label)}</td><td>{n}</td><td>{escape(msg)}</td></tr>")
+        out.append("</table>")
+    return "".join(out)
+
+
+def _observations(doc: dict[str, Any]) -> str:
+    out = ["<h2>Open behaviours (observed, not judged)</h2>"]
+    obs = doc.get("observations", [])
+    if not obs:
+        return out[0] + "<p>None recorded.</p>"
+    out.append("<table><tr><th>adapter</th><th>check</th><th>observed</th></tr>")
+    for o in obs:
+        items = "<br>".join(f"<b>{escape(str(k))}</b>: {escape(json.dumps(v, default=str))}"
+                            for k, v in o["observations"].items())
+        out.append(f'<tr><td>{escape(o["kind"])}:{escape(o["adapter"])}</td>'
+                   f'<td class="id">{escape(o["check"])}</td><td>{items}</td></tr>')
+    out.append("</table>")
+    return "".join(out)
+
+
+def _timings(doc: dict[str, Any]) -> str:
+    per: Counter[str] = Counter()
+    for r in doc["results"]:
+        per[f'{r["kind"]}:{r["adapter"]}'] += r["duration_s"]
+    slow = sorted(doc["results"], key=lambda r: -r["duration_s"])[:15]
+    out = ["<h2>Timings</h2><table><tr><th>adapter</th><th>total</th></tr>"]
+    out += [f"<tr><td>{escape(k)}</td><td>{v:.2f}s</td></tr>" for k, v in sorted(per.items())]
+    out.append("</table><h3>Slowest checks</h3><table><tr><th>adapter</th><th>check</th>"
+               "<th>duration</th></tr>")
+    out += [f'<tr><td>{escape(r["kind"])}:{escape(r["adapter"])}</td>'
+            f'<td class="id">{escape(r["check"])}</td><td>{r["duration_s"]:.2f}s</td></tr>'
+            for r in slow]
+    out.append("</table>")
+    return "".join(out)
+
+
+def _capabilities(doc: dict[str, Any]) -> str:
+    out = ["<h2>Declared capabilities</h2>"]
+    for kind in KINDS:
+        adapters = [a for a in doc["adapters"] if a["kind"] == kind]
+        if not adapters:
+            continue
+        names = sorted({k for a in adapters for k in a["capabilities"]})
+        out.append(f"<h3>{kind}</h3><table><tr><th>capability</th>"
+                   + "".join(f'<th>{escape(a["adapter"])}</th>' for a in adapters) + "</tr>")
+        for name in names:
+            cells = []
+            for a in adapters:
+                v = a["capabilities"].get(name)
+                if isinstance(v, dict):
+                    ok = v.get("supported")
+                    cls = "passed" if ok else "unsupported"
+                    tip = escape(v.get("reason", ""), quote=True)
+                    cells.append(f'<td class="c {cls}" title="{tip}">{"yes" if ok else "no"}</td>')
+                else:
+                    cells.append(f'<td class="c">{escape(str(v))}</td>')
+            out.append(f'<tr><td class="id">{escape(name)}</td>{"".join(cells)}</tr>')
+        out.append("</table>")
+    missing = [a for a in doc["adapters"] if a["unavailable"]]
+    if missing:
+        out.append("<h3>Not available in this run</h3><ul>")
+        out += [f'<li>{escape(a["kind"])}:{escape(a["adapter"])}: {escape(a["unavailable"])}</li>'
+                for a in missing]
+        out.append("</ul>")
+    return "".join(out)
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The whole page."""
+    body = (
+        "<h1>PURISTA adapter conformance</h1>"
+        + _summary(doc) + _matrix(doc) + _details(doc) + _observations(doc)
+        + _timings(doc) + _capabilities(doc)
+    )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>Conformance report</title><style>{_CSS}</style></head><body>{body}</body></html>\n"
+    )

@@ -1,0 +1,88 @@
+"""The ``@check`` decorator: a stable id, the adapter kinds, the capabilities needed."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pytest
+
+SUITES = ("contract", "faults", "deployment")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class CheckInfo:
+    """What ``conformance list`` and the report know about a check."""
+
+    id: str
+    kinds: tuple[str, ...]
+    needs: tuple[str, ...]
+    suite: str
+    doc: str
+    open_behaviour: bool
+
+    @property
+    def summary(self) -> str:
+        """The first line of the docstring."""
+        return self.doc.strip().splitlines()[0] if self.doc.strip() else ""
+
+
+def _suite_of(module: str) -> str:
+    parts = module.split(".")
+    for suite in SUITES[1:]:
+        if suite in parts:
+            return suite
+    return "contract"
+
+
+def check(
+    check_id: str,
+    *,
+    kinds: tuple[str, ...] | list[str],
+    needs: tuple[str, ...] | list[str] = (),
+    suite: str | None = None,
+    open_behaviour: bool = False,
+) -> Callable[[F], F]:
+    """Declare a conformance check.
+
+    ``needs`` names capabilities (attributes of the adapter's ``capabilities``).
+    An adapter that declares one of them unsupported still runs the check, in
+    "expected to fail" mode. ``open_behaviour`` checks record what the adapter
+    does where the contract leaves it open; they pass unless the run breaks.
+    """
+
+    def deco(fn: F) -> F:
+        info = CheckInfo(
+            id=check_id,
+            kinds=tuple(kinds),
+            needs=tuple(needs),
+            suite=suite or _suite_of(fn.__module__),
+            doc=inspect.getdoc(fn) or "",
+            open_behaviour=open_behaviour,
+        )
+        marked = pytest.mark.conformance_check(info)(fn)
+        marked.__conformance__ = info  # type: ignore[attr-defined]
+        return marked
+
+    return deco
+
+
+def all_checks(suite: str = "all") -> list[CheckInfo]:
+    """Import every check module and list the checks (for ``conformance list``)."""
+    import conformance.checks as root
+
+    found: dict[str, CheckInfo] = {}
+    for mod in pkgutil.walk_packages(root.__path__, root.__name__ + "."):
+        if not mod.name.rpartition(".")[2].startswith("test_"):
+            continue
+        module = importlib.import_module(mod.name)
+        for obj in vars(module).values():
+            info = getattr(obj, "__conformance__", None)
+            if isinstance(info, CheckInfo) and (suite == "all" or info.suite == suite):
+                found[info.id] = info
+    return sorted(found.values(), key=lambda c: c.id)

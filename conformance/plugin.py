@@ -1,0 +1,317 @@
+"""The pytest plugin behind ``conformance run`` (load it with ``-p conformance.plugin``).
+
+It parametrizes every ``@check`` over the adapters of the matching kind,
+turns a declared-unsupported capability into an expected failure, records one
+result row per (adapter, check) and writes the reports at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import report as report_mod
+from .adapters import AdapterContext, AdapterSpec, ServiceUnavailable, UsageError, resolve
+from .marks import CheckInfo
+from .under_test import AdapterUnderTest
+
+PROPERTY = "conformance"
+_AUT_KEY = pytest.StashKey[AdapterUnderTest]()
+
+
+@dataclass
+class RunState:
+    """Per-session state of the plugin."""
+
+    specs: list[AdapterSpec]
+    suite: str
+    quick: bool
+    report_dir: Path | None
+    started: float = field(default_factory=time.time)
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    durations: dict[str, float] = field(default_factory=dict)
+    provider: str = "none"
+
+
+_STATE = pytest.StashKey[RunState]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("conformance", "PURISTA adapter conformance")
+    group.addoption("--cf-adapter", action="append", default=[], metavar="SELECTOR",
+                    help="adapter to check: name, kind:name, module:factory or name=module:factory")
+    group.addoption("--cf-suite", default="all", choices=["contract", "faults", "deployment", "all"],
+                    help="which suite's checks to run")
+    group.addoption("--cf-quick", action="store_true", help="scale message counts down")
+    group.addoption("--cf-report-dir", default=None, help="write report.json and report.html here")
+    group.addoption("--cf-no-matrix", action="store_true", help="no matrix in the terminal")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "conformance_check(info): a conformance check (set by @conformance.marks.check)"
+    )
+    try:
+        specs = resolve(list(config.getoption("cf_adapter")))
+    except UsageError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    report_dir = config.getoption("cf_report_dir")
+    config.stash[_STATE] = RunState(
+        specs=specs,
+        suite=config.getoption("cf_suite"),
+        quick=bool(config.getoption("cf_quick")),
+        report_dir=Path(report_dir) if report_dir else None,
+    )
+
+
+def _info(item: pytest.Item | Any) -> CheckInfo | None:
+    marker = item.get_closest_marker("conformance_check")
+    return marker.args[0] if marker else None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "cf_spec" not in metafunc.fixturenames:
+        return
+    info = _info(metafunc.definition)
+    if info is None:
+        return
+    state = metafunc.config.stash[_STATE]
+    specs = [s for s in state.specs if s.kind in info.kinds]
+    metafunc.parametrize("cf_spec", specs, ids=[s.label for s in specs])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    state = config.stash[_STATE]
+    keep, drop = [], []
+    for item in items:
+        info = _info(item)
+        if info is None:
+            keep.append(item)
+            continue
+        spec = getattr(item, "callspec", None) and item.callspec.params.get("cf_spec")
+        if not isinstance(spec, AdapterSpec) or (state.suite != "all" and info.suite != state.suite):
+            drop.append(item)
+            continue
+        item.extra_keyword_matches.add(info.id)
+        missing = [(cap, spec.support(cap)[1]) for cap in info.needs if not spec.support(cap)[0]]
+        if missing and not spec.unavailable:
+            reason = "; ".join(f"{cap}: {why}" for cap, why in missing)
+            item.add_marker(pytest.mark.xfail(reason=f"declared unsupported: {reason}", strict=False))
+        keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+# ------------------------------------------------------------------ fixtures
+def _service_lookup(request: pytest.FixtureRequest) -> Any:
+    cache: dict[str, str] = {}
+
+    def lookup(service: str) -> str:
+        if service in cache:
+            return cache[service]
+        try:
+            handle = request.getfixturevalue(service)
+            url = str(handle.url)
+        except pytest.FixtureLookupError:
+            env = os.environ.get(f"{service.upper()}_URL")
+            if not env:
+                raise ServiceUnavailable(
+                    f"no harness fixture and no {service.upper()}_URL for {service!r}"
+                ) from None
+            url = env
+        cache[service] = url
+        return url
+
+    return lookup
+
+
+@pytest.fixture
+def cf_aut(cf_spec: AdapterSpec, request: pytest.FixtureRequest) -> AdapterUnderTest:
+    """The adapter under test for this check (instances are built by the check)."""
+    if cf_spec.unavailable:
+        pytest.skip(cf_spec.unavailable)
+    state = request.config.stash[_STATE]
+    lookup = _service_lookup(request)
+    for service in cf_spec.services:
+        try:
+            lookup(service)
+        except ServiceUnavailable as exc:
+            pytest.skip(f"{service} unavailable: {exc}")
+    ctx = AdapterContext(
+        adapter=cf_spec.name,
+        kind=cf_spec.kind,
+        prefix=f"cf{uuid.uuid4().hex[:10]}",
+        provider=state.provider,
+        url_lookup=lookup,
+    )
+    aut = AdapterUnderTest(cf_spec, ctx, quick=state.quick)
+    request.node.stash[_AUT_KEY] = aut
+    return aut
+
+
+@pytest.fixture
+async def aut(cf_aut: AdapterUnderTest) -> AsyncIterator[AdapterUnderTest]:
+    """``cf_aut`` for async checks: instances are destroyed after the check."""
+    try:
+        yield cf_aut
+    finally:
+        await cf_aut.close()
+
+
+# ------------------------------------------------------------------- results
+def _message(call: pytest.CallInfo[Any]) -> str:
+    if call.excinfo is None:
+        return ""
+    exc = call.excinfo.value
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, AssertionError) or not hasattr(exc, "msg"):
+        text = f"{type(exc).__name__}: {text}" if not isinstance(exc, AssertionError) else text
+    notes = getattr(exc, "__notes__", None)
+    if notes:
+        text += "\n" + "\n".join(str(n) for n in notes)
+    return text[:4000]
+
+
+def _row(item: pytest.Item, rep: pytest.TestReport, call: pytest.CallInfo[Any]) -> dict[str, Any]:
+    info = _info(item)
+    spec = item.callspec.params["cf_spec"]  # type: ignore[attr-defined]
+    aut = item.stash.get(_AUT_KEY, None)
+    wasxfail = getattr(rep, "wasxfail", None)
+    if wasxfail is not None and rep.passed:
+        status, message = "unsupported", f"better than declared ({wasxfail})"
+    elif wasxfail is not None:
+        first = _message(call).splitlines()[0] if call.excinfo else ""
+        status, message = "unsupported", f"{wasxfail}; failed as declared: {first}"
+    elif rep.skipped:
+        status = "skipped"
+        longrepr = rep.longrepr
+        message = str(longrepr[2]) if isinstance(longrepr, tuple) else str(longrepr)
+        message = message.removeprefix("Skipped: ")
+    elif rep.failed:
+        status = "failed"
+        message = _message(call)
+        if rep.when != "call":
+            message = f"{rep.when} failed: {message}"
+    else:
+        status, message = "passed", ""
+    return {
+        "adapter": spec.name,
+        "kind": spec.kind,
+        "check": info.id if info else item.name,
+        "suite": info.suite if info else "contract",
+        "status": status,
+        "duration_s": 0.0,
+        "message": message,
+        "metrics": dict(aut.metrics) if aut else {},
+        "observations": dict(aut.observations) if aut else {},
+        "nodeid": item.nodeid,
+        "when": rep.when,
+    }
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
+    outcome = yield
+    rep: pytest.TestReport = outcome.get_result()
+    if _info(item) is None or "cf_spec" not in getattr(item, "callspec", _NoCallspec).params:
+        return
+    if rep.when == "call" or not rep.passed:
+        row = _row(item, rep, call)
+        rep.user_properties.append((PROPERTY, json.dumps(row, default=str)))
+    rep.user_properties.append((f"{PROPERTY}-duration-{rep.when}", f"{rep.duration:.6f}"))
+
+
+class _NoCallspec:
+    params: dict[str, Any] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    config = _CONFIG.get("config")
+    if config is None:
+        return
+    state = config.stash[_STATE]
+    existing = state.results.get(report.nodeid)
+    for key, value in report.user_properties:
+        if key == PROPERTY:
+            row = json.loads(value)
+            if existing is None:
+                existing = row
+            elif row["status"] == "failed" and existing["status"] != "failed":
+                existing.update(status="failed", message=row["message"])
+        elif key == f"{PROPERTY}-duration-{report.when}":
+            state.durations[report.nodeid] = state.durations.get(report.nodeid, 0.0) + float(value)
+    if existing is not None:
+        state.results[report.nodeid] = existing
+
+
+_CONFIG: dict[str, pytest.Config] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _CONFIG["config"] = session.config
+    session.config.stash[_STATE].started = time.time()
+
+
+def _provider(config: pytest.Config, ran_brokers: bool) -> str:
+    opt = None
+    try:
+        opt = config.getoption("provider")
+    except ValueError:
+        pass
+    if not ran_brokers:
+        return str(opt or "none")
+    try:
+        from harness.services import select_provider
+
+        return str(select_provider(opt or "auto").name)
+    except Exception:
+        return str(opt or "auto")
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if _is_worker(config) or config.getoption("cf_no_matrix"):
+        return
+    state = config.stash[_STATE]
+    if not state.results:
+        return
+    report_mod.print_matrix(list(state.results.values()), terminalreporter)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if _is_worker(config):
+        return
+    state = config.stash[_STATE]
+    for nodeid, row in state.results.items():
+        row["duration_s"] = round(state.durations.get(nodeid, 0.0), 4)
+    results = sorted(state.results.values(), key=lambda r: (r["kind"], r["adapter"], r["check"]))
+    ran_brokers = any(s.services for s in state.specs if any(
+        r["adapter"] == s.name and r["kind"] == s.kind and r["status"] != "skipped"
+        for r in results))
+    state.provider = _provider(config, ran_brokers)
+    if state.report_dir is None:
+        return
+    doc = report_mod.build(
+        results=results,
+        specs=state.specs,
+        provider=state.provider,
+        duration_s=time.time() - state.started,
+        suite=state.suite,
+        quick=state.quick,
+    )
+    report_mod.write(doc, state.report_dir)

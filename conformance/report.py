@@ -1,0 +1,137 @@
+"""report.json (stable, schema 1), report.html (self-contained) and the terminal matrix."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from .adapters import KINDS, AdapterSpec
+
+SCHEMA = 1
+STATUSES = ("passed", "failed", "unsupported", "skipped")
+GLYPH = {"passed": "✔", "failed": "✘", "unsupported": "~", "skipped": "–"}
+STYLE = {"passed": "green", "failed": "bold red", "unsupported": "yellow", "skipped": "dim"}
+
+
+def build(
+    *,
+    results: list[dict[str, Any]],
+    specs: list[AdapterSpec],
+    provider: str,
+    duration_s: float,
+    suite: str,
+    quick: bool,
+) -> dict[str, Any]:
+    """The report document (what report.json holds)."""
+    per_adapter: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in results:
+        per_adapter[f"{r['kind']}:{r['adapter']}"][r["status"]] += 1
+    return {
+        "schema": SCHEMA,
+        "tool": "purista-conformance",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "provider": provider,
+        "suite": suite,
+        "quick": quick,
+        "duration_s": round(duration_s, 3),
+        "summary": dict(Counter(r["status"] for r in results)),
+        "adapters": [
+            {
+                "adapter": s.name,
+                "kind": s.kind,
+                "source": s.source,
+                "reference": s.reference,
+                "unavailable": s.unavailable,
+                "capabilities": s.capabilities_dict(),
+                "summary": dict(per_adapter.get(s.label, Counter())),
+            }
+            for s in specs
+        ],
+        "results": [
+            {k: r[k] for k in ("adapter", "kind", "check", "suite", "status", "duration_s",
+                               "message", "metrics", "observations", "nodeid") if k in r}
+            for r in results
+        ],
+        "observations": [
+            {"adapter": r["adapter"], "kind": r["kind"], "check": r["check"],
+             "observations": r["observations"]}
+            for r in results if r.get("observations")
+        ],
+    }
+
+
+def write(doc: dict[str, Any], report_dir: Path) -> None:
+    """Write report.json and report.html into ``report_dir``."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "report.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    from .html import render
+
+    (report_dir / "report.html").write_text(render(doc), encoding="utf-8")
+
+
+def _columns(results: list[dict[str, Any]], kind: str) -> list[str]:
+    return sorted({r["adapter"] for r in results if r["kind"] == kind})
+
+
+def matrix(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """``{kind: {check: {adapter: row}}}``."""
+    out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+    for r in results:
+        out.setdefault(r["kind"], {}).setdefault(r["check"], {})[r["adapter"]] = r
+    return out
+
+
+def print_matrix(results: list[dict[str, Any]], terminalreporter: Any) -> None:
+    """Print the adapters x checks matrix with rich, then per-adapter counts."""
+    from rich.console import Console
+    from rich.table import Table
+
+    markup = bool(getattr(getattr(terminalreporter, "_tw", None), "hasmarkup", False))
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=markup, width=max(100, _width(terminalreporter)),
+                      color_system="standard" if markup else None)
+    grid = matrix(results)
+    for kind in KINDS:
+        if kind not in grid:
+            continue
+        adapters = _columns(results, kind)
+        table = Table(title=f"{kind}", title_justify="left", show_lines=False)
+        table.add_column("check", no_wrap=True)
+        for a in adapters:
+            table.add_column(a, justify="center", no_wrap=True)
+        for check_id in sorted(grid[kind]):
+            cells = []
+            for a in adapters:
+                row = grid[kind][check_id].get(a)
+                if row is None:
+                    cells.append("")
+                    continue
+                st = row["status"]
+                cells.append(f"[{STYLE[st]}]{GLYPH[st]} {row['duration_s']:.2f}s[/]"
+                             if st != "skipped" else f"[{STYLE[st]}]{GLYPH[st]}[/]")
+            table.add_row(check_id, *cells)
+        console.print(table)
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in results:
+        counts[f"{r['kind']}:{r['adapter']}"][r["status"]] += 1
+    summary = Table(title="per adapter", title_justify="left")
+    summary.add_column("adapter")
+    for st in STATUSES:
+        summary.add_column(st, justify="right")
+    for label in sorted(counts):
+        summary.add_row(label, *[f"[{STYLE[st]}]{counts[label][st]}[/]" if counts[label][st]
+                                 else "0" for st in STATUSES])
+    console.print(summary)
+    console.print(f"legend: {GLYPH['passed']} passed  {GLYPH['failed']} failed  "
+                  f"{GLYPH['unsupported']} unsupported (declared)  {GLYPH['skipped']} skipped")
+    terminalreporter.write_sep("=", "conformance matrix")
+    terminalreporter.write(buf.getvalue())
+
+
+def _width(terminalreporter: Any) -> int:
+    tw = getattr(terminalreporter, "_tw", None)
+    return int(getattr(tw, "fullwidth", 120) or 120)
