@@ -9,14 +9,14 @@ from reference_services.runtime.messages import Address, Command, CommandPayload
 
 
 async def wait_for(
-    condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition"
+    condition: Callable[[], bool], within: float = 5.0, what: str = "condition"
 ) -> None:
-    """Poll ``condition`` until true; fail with ``what`` after ``timeout`` seconds."""
+    """Poll ``condition`` until true; fail with ``what`` after ``within`` seconds."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while not condition():
         if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.005)
 
 

@@ -36,6 +36,8 @@ async def main() -> int:
         service_name="load", service_version="1", service_target="x", instance_id="l"
     )
 
+    calls: set[asyncio.Future[None]] = set()
+
     async def load() -> None:
         n = 0
         while True:
@@ -43,7 +45,8 @@ async def main() -> int:
             cmd = Command(
                 sender=sender, receiver=worker.address("work"), payload=CommandPayload(payload=n)
             )
-            asyncio.ensure_future(_call(cmd))
+            calls.add(task := asyncio.ensure_future(_call(cmd)))
+            task.add_done_callback(calls.discard)
             await asyncio.sleep(0.02)
 
     async def _call(cmd: Command) -> None:

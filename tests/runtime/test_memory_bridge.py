@@ -294,7 +294,7 @@ async def test_ten_thousand_mixed_invocations_leave_no_pending_entry() -> None:
     await asyncio.gather(*(one(n) for n in range(10_000)))
     release.set()
     assert outcomes == {"ok": 3334, 422: 3333, 504: 3333}
-    await wait_for(lambda: server.inflight == 0, timeout=10)
+    await wait_for(lambda: server.inflight == 0, within=10)
     assert caller.pending_invocations == 0
     assert caller._pending.late_responses == 3333
     await caller.destroy()
