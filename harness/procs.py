@@ -1,0 +1,56 @@
+"""Linux /proc helpers: which processes belong to a group or carry an env marker."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name may contain spaces and parentheses: split after the last ')'
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def is_alive(pid: int) -> bool:
+    """True when pid exists and is not a zombie."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def process_state(pid: int) -> str | None:
+    """One-letter state from /proc (R, S, T for stopped, Z, ...) or None if gone."""
+    fields = _stat_fields(pid)
+    return fields[0] if fields else None
+
+
+def all_pids() -> list[int]:
+    """Every pid visible in /proc."""
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def pids_in_group(pgid: int) -> set[int]:
+    """Live processes whose process group is pgid."""
+    found = set()
+    for pid in all_pids():
+        fields = _stat_fields(pid)
+        if fields and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            found.add(pid)
+    return found
+
+
+def pids_with_env(name: str, value: str) -> set[int]:
+    """Live processes whose environment has name=value (readable ones only)."""
+    needle = f"{name}={value}".encode()
+    found = set()
+    for pid in all_pids():
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if needle in env.split(b"\0") and is_alive(pid):
+            found.add(pid)
+    return found

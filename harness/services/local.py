@@ -1,0 +1,291 @@
+"""Local provider: real broker processes started with mirakuru on free ports."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import random
+import shutil
+import signal
+import string
+import subprocess
+import tempfile
+import threading
+import weakref
+from pathlib import Path
+from typing import IO, Any
+
+import port_for
+from mirakuru import TCPExecutor
+from mirakuru.base import ENV_UUID
+from mirakuru.exceptions import AlreadyRunning, ExecutorError
+
+from harness import procs
+from harness.errors import ServiceStartError, ServiceUnavailable
+from harness.services.base import Provider, ServiceHandle, tcp_open
+from harness.services.local_recipes import RECIPES, Recipe, epmd, local_version, which
+from harness.services.spec import ServiceSpec, get_spec
+
+START_TIMEOUT = {"rabbitmq": 120.0}
+DEFAULT_START_TIMEOUT = 45.0
+STOP_TIMEOUT = 30.0
+
+_ports_lock = threading.Lock()
+_ports_given: set[int] = set()
+_live_handles: weakref.WeakSet[LocalHandle] = weakref.WeakSet()
+
+
+def free_port() -> int:
+    """A free TCP port never handed out before by this process."""
+    with _ports_lock:
+        for _ in range(200):
+            port = port_for.select_random()
+            if port not in _ports_given and not tcp_open("127.0.0.1", port, 0.2):
+                _ports_given.add(port)
+                return port
+    raise RuntimeError("no free port found")
+
+
+def _marker() -> str:
+    # letters only: mirakuru's atexit kills processes whose marker contains our pid
+    return "harness-" + "".join(random.choices(string.ascii_lowercase, k=20))
+
+
+class _Executor(TCPExecutor):
+    """TCPExecutor whose readiness also needs a predicate and a log marker."""
+
+    def __init__(self, recipe: Recipe, port: int, log_path: Path, marker: str,
+                 timeout: float) -> None:
+        super().__init__(recipe.command, host="127.0.0.1", port=port, envvars=recipe.env,
+                         timeout=timeout, sleep=0.05, stdin=subprocess.DEVNULL)
+        self._uuid = marker
+        self._recipe = recipe
+        self._log_path = log_path
+        self._log: IO[Any] | None = None
+        self._offset = 0
+
+    def start(self) -> _Executor:
+        self._log = open(self._log_path, "a")
+        self._offset = self._log.tell()
+        self._stdout = self._log
+        self._stderr = subprocess.STDOUT
+        try:
+            super().start()
+        except BaseException:
+            self._close_log()
+            raise
+        return self
+
+    def after_start_check(self) -> bool:
+        if not super().after_start_check():
+            return False
+        marker = self._recipe.ready_marker
+        if marker:
+            with open(self._log_path, errors="replace") as fh:
+                fh.seek(self._offset)
+                if marker not in fh.read():
+                    return False
+        return self._recipe.ready()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _clear_process(self) -> None:
+        super()._clear_process()
+        self._close_log()
+
+    @property
+    def pgid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+
+class LocalHandle(ServiceHandle):
+    """A service running as local processes in their own process group."""
+
+    def __init__(self, spec: ServiceSpec, data_dir: Path) -> None:
+        super().__init__(spec, "127.0.0.1", 0, local_version(spec.name), "local",
+                         data_dir / f"{spec.name}.log")
+        self.data_dir = data_dir
+        self.ports: dict[str, int] = {}
+        self.keep = False
+        self._marker = _marker()
+        self._main: _Executor | None = None
+        self._epmd: _Executor | None = None
+        self._paused = False
+        self._lock = threading.RLock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _build(self) -> None:
+        port = free_port()
+        recipe = RECIPES[self.name](self.data_dir, port, free_port)
+        timeout = START_TIMEOUT.get(self.name, DEFAULT_START_TIMEOUT)
+        if self.name == "rabbitmq":
+            ep = epmd(free_port())
+            recipe.env["ERL_EPMD_PORT"] = str(ep.ports["epmd"])
+            self._epmd = _Executor(ep, ep.ports["epmd"], self.data_dir / "epmd.log",
+                                   self._marker + "epmd", 15.0)
+            recipe.ports["epmd"] = ep.ports["epmd"]
+        self.port = port
+        self.ports = dict(recipe.ports)
+        self._main = _Executor(recipe, port, self.log_path or Path(os.devnull), self._marker,
+                               timeout)
+
+    def _start_processes(self) -> None:
+        assert self._main is not None
+        try:
+            if self._epmd is not None and not self._epmd.running():
+                self._epmd.start()
+            self._main.start()
+        except (ExecutorError, OSError) as exc:
+            raise ServiceStartError(self.name, f"{type(exc).__name__}: {exc}",
+                                    str(self.log_path)) from exc
+
+    def start(self) -> None:
+        """Start (first time on fresh ports, later on the same ports and data)."""
+        with self._lock:
+            if self._main is None:
+                for attempt in range(3):
+                    self._build()
+                    try:
+                        self._start_processes()
+                        break
+                    except ServiceStartError as exc:
+                        if attempt == 2 or not isinstance(exc.__cause__, AlreadyRunning):
+                            self._halt(signal.SIGKILL)
+                            raise
+                        self._halt(signal.SIGKILL)
+                        self._main = None
+            else:
+                self._start_processes()
+            _live_handles.add(self)
+
+    def _halt(self, sig: int | None) -> None:
+        """Stop the main process (SIGKILL when sig is SIGKILL, else graceful)."""
+        ex = self._main
+        if ex is None:
+            return
+        self._resume_group()
+        if sig == signal.SIGKILL:
+            ex.kill()
+        else:
+            with contextlib.suppress(ExecutorError, OSError):
+                ex.stop()
+        with contextlib.suppress(OSError):
+            for pid in procs.pids_with_env(ENV_UUID, self._marker):
+                os.kill(pid, signal.SIGKILL)
+
+    def restart(self, kill: bool = True) -> None:
+        with self._lock:
+            self._halt(signal.SIGKILL if kill else signal.SIGTERM)
+            self._start_processes()
+
+    def kill(self) -> None:
+        with self._lock:
+            self._halt(signal.SIGKILL)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._halt(signal.SIGTERM)
+            if self._epmd is not None:
+                with contextlib.suppress(ExecutorError, OSError):
+                    self._epmd.kill()
+            _live_handles.discard(self)
+            if not os.environ.get("HARNESS_KEEP_DIRS"):
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def detach(self) -> None:
+        """Forget the processes so that they outlive this Python process (--keep-services)."""
+        with self._lock:
+            self.keep = True
+            for ex in (self._main, self._epmd):
+                if ex is not None:
+                    ex._close_log()
+                    ex.process = None
+            _live_handles.discard(self)
+
+    # -- pause ----------------------------------------------------------------------------
+    def _signal_group(self, sig: int) -> None:
+        pgid = self._main.pgid if self._main else None
+        if pgid is None:
+            raise ServiceStartError(self.name, "not running")
+        os.killpg(pgid, sig)
+
+    def _resume_group(self) -> None:
+        if self._paused:
+            with contextlib.suppress(OSError, ServiceStartError):
+                self._signal_group(signal.SIGCONT)
+            self._paused = False
+
+    def pause(self) -> None:
+        with self._lock:
+            self._signal_group(signal.SIGSTOP)
+            self._paused = True
+
+    def resume(self) -> None:
+        with self._lock:
+            self._signal_group(signal.SIGCONT)
+            self._paused = False
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    # -- inspection ------------------------------------------------------------------------
+    def is_running(self) -> bool:
+        return self._main is not None and self._main.running() and tcp_open(self.host, self.port)
+
+    @property
+    def pid(self) -> int | None:
+        """Pid (= process group id) of the main process."""
+        return self._main.pgid if self._main else None
+
+    def process_ids(self) -> set[int]:
+        """Every live process of this service (its groups and env-marked descendants)."""
+        found = procs.pids_with_env(ENV_UUID, self._marker)
+        found |= procs.pids_with_env(ENV_UUID, self._marker + "epmd")
+        for ex in (self._main, self._epmd):
+            if ex is not None and ex.pgid is not None:
+                found |= procs.pids_in_group(ex.pgid)
+        return found
+
+
+class LocalProvider(Provider):
+    """Starts services as local processes (binaries from the Debian packages)."""
+
+    name = "local"
+
+    def __init__(self, reason: str = "", base_dir: str | None = None) -> None:
+        super().__init__(reason)
+        self.base_dir = base_dir or os.environ.get("HARNESS_TMPDIR") or tempfile.gettempdir()
+
+    def unavailable_reason(self, service_name: str) -> str | None:
+        spec = get_spec(service_name)
+        missing = [b for b in self._binaries(spec) if which(b) is None]
+        if missing:
+            return f"{', '.join(missing)} not found"
+        return None
+
+    @staticmethod
+    def _binaries(spec: ServiceSpec) -> list[str]:
+        return [spec.binary, "epmd"] if spec.name == "rabbitmq" else [spec.binary]
+
+    def start(self, service_name: str) -> LocalHandle:
+        spec = get_spec(service_name)
+        reason = self.unavailable_reason(service_name)
+        if reason:
+            raise ServiceUnavailable(service_name, f"local provider: {reason}")
+        data_dir = Path(tempfile.mkdtemp(prefix=f"harness-{service_name}-", dir=self.base_dir))
+        handle = LocalHandle(spec, data_dir)
+        handle.start()
+        return handle
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for handle in list(_live_handles):
+        if not handle.keep:
+            with contextlib.suppress(Exception):
+                handle.stop()

@@ -1,0 +1,87 @@
+"""Static descriptions of the services the harness can provide."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SERVICE_NAMES: tuple[str, ...] = ("rabbitmq", "nats", "redis", "mosquitto", "toxiproxy")
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What a service is called, how it is reached and where it comes from."""
+
+    name: str
+    scheme: str
+    url_template: str
+    binary: str
+    env_vars: tuple[str, ...]
+    image: str
+    container_port: int
+    debian_package: str | None
+
+    def url_for(self, host: str, port: int) -> str:
+        """The client URL of this service at host:port."""
+        return self.url_template.format(host=host, port=port)
+
+
+SPECS: dict[str, ServiceSpec] = {
+    "rabbitmq": ServiceSpec(
+        name="rabbitmq",
+        scheme="amqp",
+        url_template="amqp://guest:guest@{host}:{port}/",
+        binary="/usr/lib/rabbitmq/bin/rabbitmq-server",
+        env_vars=("RABBITMQ_URL", "AMQP_URL"),
+        image="rabbitmq:3.10.8",
+        container_port=5672,
+        debian_package="rabbitmq-server",
+    ),
+    "nats": ServiceSpec(
+        name="nats",
+        scheme="nats",
+        url_template="nats://{host}:{port}",
+        binary="nats-server",
+        env_vars=("NATS_URL",),
+        image="nats:2.9.10",
+        container_port=4222,
+        debian_package="nats-server",
+    ),
+    "redis": ServiceSpec(
+        name="redis",
+        scheme="redis",
+        url_template="redis://{host}:{port}/0",
+        binary="redis-server",
+        env_vars=("REDIS_URL",),
+        image="redis:7.0.15",
+        container_port=6379,
+        debian_package="redis-server",
+    ),
+    "mosquitto": ServiceSpec(
+        name="mosquitto",
+        scheme="mqtt",
+        url_template="mqtt://{host}:{port}",
+        binary="mosquitto",
+        env_vars=("MQTT_URL",),
+        image="eclipse-mosquitto:2.0.11",
+        container_port=1883,
+        debian_package="mosquitto",
+    ),
+    "toxiproxy": ServiceSpec(
+        name="toxiproxy",
+        scheme="http",
+        url_template="http://{host}:{port}",
+        binary="toxiproxy-server",
+        env_vars=("TOXIPROXY_URL",),
+        image="ghcr.io/shopify/toxiproxy:2.12.0",
+        container_port=8474,
+        debian_package=None,
+    ),
+}
+
+
+def get_spec(name: str) -> ServiceSpec:
+    """The spec of a service by name; ValueError for unknown names."""
+    try:
+        return SPECS[name]
+    except KeyError:
+        raise ValueError(f"unknown service {name!r}; known: {', '.join(SERVICE_NAMES)}") from None
