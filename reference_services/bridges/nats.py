@@ -56,6 +56,7 @@ from ..runtime.capabilities import YES, EventBridgeCapabilities, unsupported
 from ..runtime.codec import MessageEncodeError
 from ..runtime.errors import StatusCode, UnhandledError
 from ..runtime.ids import new_id
+from ..runtime.inflight import InflightTracker
 from ..runtime.messages import (
     AnyMessage,
     Command,
@@ -173,6 +174,7 @@ class NatsBridge(EventBridgeBase):
         self._consumers: dict[tuple[str, str, str], _Consumer] = {}
         self._sent: dict[str, _SentCommand] = {}
         self._synced = asyncio.Event()
+        self._dispatch = InflightTracker()
         self._resync_task: asyncio.Task[None] | None = None
         self.reconnects = 0
         self.native_dead_letters = 0
@@ -224,7 +226,10 @@ class NatsBridge(EventBridgeBase):
             return
         with contextlib.suppress(Exception):
             await nc.flush(timeout=2)
-        await nc.close()
+        try:
+            await nc.close()
+        except Exception as exc:  # the broker may be gone already: closing must not fail
+            self.log.debug("closing the connection failed: %r", exc)
 
     async def _is_connected(self) -> bool:
         nc = self._nc
@@ -425,8 +430,7 @@ class NatsBridge(EventBridgeBase):
                 await sub.unsubscribe()
 
     async def _on_command(self, msg: Msg) -> None:
-        if not self.accepting:
-            return
+        # also while draining: handle_command answers 503 once destroy began
         self._spawn_tracked(self._serve_command(msg), "nats-command")
 
     async def _serve_command(self, msg: Msg) -> None:
@@ -480,17 +484,25 @@ class NatsBridge(EventBridgeBase):
                     await self._jsc().delete_consumer(self.stream, consumer.name)
 
     async def _stop_intake(self) -> None:
-        for entry in list(self._command_subs.values()):
-            for sub in entry.subs:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+        """Stop consuming (keeping the reply subject), hand back unstarted JetStream
+        messages, and wait for every dispatched delivery to settle (ack/response)."""
+        subs = [sub for entry in self._command_subs.values() for sub in entry.subs]
+        subs.extend(self._core_subs.values())
         self._command_subs.clear()
-        for sub in list(self._core_subs.values()):
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
         self._core_subs.clear()
+        await asyncio.gather(*(self._drain_sub(sub) for sub in subs))
         for consumer in list(self._consumers.values()):
             await self._stop_consumer(consumer)
+        if not await self._dispatch.wait_idle(self.drain_timeout_s):
+            self.drain_timed_out = True
+
+    async def _drain_sub(self, sub: CoreSubscription) -> None:
+        """Unsubscribe, but still dispatch what the server already sent us."""
+        try:
+            await asyncio.wait_for(sub.drain(), min(self.drain_timeout_s, 2.0))
+        except Exception:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     # ---- core NATS (non-durable, auto-acknowledged: at most once)
     async def _bind_core(self, reg: RegisteredSubscription) -> None:
@@ -502,7 +514,7 @@ class NatsBridge(EventBridgeBase):
 
         async def on_message(msg: Msg) -> None:
             current = self._subscriptions.get(key)
-            if current is not None and self.accepting:
+            if current is not None:
                 self._spawn_tracked(self._deliver_core(current, msg), "nats-event")
 
         nc = self._client()
@@ -709,8 +721,8 @@ class NatsBridge(EventBridgeBase):
 
     # ---------------------------------------------------------------- helpers
     def _spawn_tracked(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        """Spawn a handler counted as in flight from now (destroy waits for it)."""
-        tracker = self._inflight.track()
+        """Spawn a delivery counted from now on; destroy waits for it to settle."""
+        tracker = self._dispatch.track()
         tracker.__enter__()
         task = self.spawn(coro, name=name)
         task.add_done_callback(lambda _t: tracker.__exit__(None, None, None))

@@ -1,0 +1,686 @@
+"""Integration tests of NatsBridge against a real nats-server with JetStream.
+
+Broker fixtures come from the harness plugin (``nats``, ``namespace``,
+``harness_services``); when the plugin is not installed, a local nats-server is
+started on free ports by the fallback fixtures at the end of this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import nats as nats_client
+import pytest
+
+from reference_services.bridges import nats_subjects as subjects
+from reference_services.bridges.nats import NatsBridge
+from reference_services.runtime.bridge_base import DEAD_LETTER_REASON_HEADER
+from reference_services.runtime.definitions import (
+    AddressFilter,
+    CommandConfig,
+    FailureHandling,
+    Subscription,
+)
+from reference_services.runtime.errors import HandledError, PuristaError
+from reference_services.runtime.messages import (
+    Address,
+    AnyMessage,
+    Command,
+    CommandPayload,
+    CustomMessage,
+    MessageType,
+    SenderAddress,
+    success_response,
+)
+
+FAST = {
+    "ping_interval_s": 1.0,
+    "max_outstanding_pings": 2,
+    "reconnect_time_wait_s": 0.2,
+    "fetch_timeout_s": 1.0,
+    "ack_wait_s": 5.0,
+    "publish_timeout_s": 1.0,
+    "publish_deadline_s": 20.0,
+    "command_connect_wait_s": 0.5,
+    "drain_timeout_s": 10.0,
+}
+
+CALLER = SenderAddress(
+    service_name="caller", service_version="1", service_target="t", instance_id="c" * 32
+)
+USER = Address(service_name="user", service_version="1.0.0", service_target="get.user")
+
+
+async def wait_for(condition: Callable[[], bool], within: float = 10.0, what: str = "it") -> None:
+    """Poll ``condition`` until it holds; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def wait_async(condition: Callable[[], Awaitable[bool]], within: float = 10.0,
+                     what: str = "it") -> None:
+    """Like :func:`wait_for` for an async condition."""
+    deadline = time.monotonic() + within
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def event(name: str, payload: Any = None, **kw: Any) -> CustomMessage:
+    """A custom message from the test caller."""
+    return CustomMessage(sender=CALLER, event_name=name, payload=payload, **kw)
+
+
+def subscription(service: str, event_name: str | None = None, **kw: Any) -> Subscription:
+    """A subscription of ``service`` (PURISTA defaults: durable, shared, manual ack)."""
+    return Subscription(
+        subscriber=Address(service_name=service, service_version="1", service_target="on"),
+        event_name=event_name,
+        **kw,
+    )
+
+
+def echo_handler(served: list[tuple[str, Command]], bridge: NatsBridge) -> Any:
+    async def handler(command: Command) -> Any:
+        served.append((bridge.instance_id, command))
+        return success_response(command, {"echo": command.payload.payload})
+
+    return handler
+
+
+@pytest.fixture
+async def make_bridge(
+    nats: Any, namespace: str
+) -> AsyncIterator[Callable[..., Awaitable[NatsBridge]]]:
+    """Start bridges on the session broker under this test's prefix; destroyed after."""
+    made: list[NatsBridge] = []
+
+    async def make(url: str | None = None, **kw: Any) -> NatsBridge:
+        options = {**FAST, "prefix": namespace, **kw}
+        bridge = NatsBridge(url or nats.url, **options)
+        await bridge.start()
+        made.append(bridge)
+        return bridge
+
+    yield make
+    for bridge in made:
+        await bridge.destroy()
+
+
+# ------------------------------------------------------------------ subjects
+def test_subject_layout_and_escaping() -> None:
+    msg = event("user.created", principal_id="p 1", tenant_id="t*>", receiver=USER)
+    subject = subjects.message_subject("pre", msg)
+    tokens = subject.split(".")
+    assert len(tokens) == 13
+    assert tokens[:4] == ["pre", "customMessage", "p%201", "t%2A%3E"]
+    assert tokens[8] == "user%2Ecreated"
+    assert tokens[9:] == ["__empty__", "user", "1%2E0%2E0", "get%2Euser"]
+    sub = subscription("s", "user.created", sender=AddressFilter(service_name="caller"))
+    flt = subjects.subscription_filter("pre", sub).split(".")
+    assert flt == ["pre", "*", "*", "*", "*", "caller", "*", "*", "user%2Ecreated",
+                   "*", "*", "*", "*"]
+    assert subjects.token("ü") == "%C3%BC"
+    assert subjects.token("") == subjects.token(None) == "__empty__"
+
+
+# ------------------------------------------------------------------ commands
+async def test_command_round_trip_keeps_every_field(make_bridge: Any) -> None:
+    caller, server = await make_bridge(), await make_bridge()
+    served: list[tuple[str, Command]] = []
+    await server.register_command(USER, echo_handler(served, server))
+    payload = {"name": "Zoë ✓", "nested": {"list": [1, 2.5, None, True]}, "big": "x" * 200_000}
+    command = Command(
+        sender=CALLER, receiver=USER, payload=CommandPayload(payload=payload, parameter={"a": 1}),
+        principal_id="principal.1", tenant_id="tenant 7", trace_id="f" * 32, otp='{"t":1}',
+    )
+    result = await caller.invoke(command, 5)
+    assert result == {"echo": payload}
+    assert len(served) == 1
+    got = served[0][1]
+    assert got.payload.parameter == {"a": 1}
+    assert (got.principal_id, got.tenant_id, got.trace_id, got.otp) == (
+        "principal.1", "tenant 7", "f" * 32, '{"t":1}')
+    assert got.sender.instance_id == caller.instance_id
+
+
+async def test_unknown_command_fails_fast_with_404(make_bridge: Any) -> None:
+    caller = await make_bridge()
+    started = time.monotonic()
+    with pytest.raises(PuristaError) as info:
+        await caller.invoke(Command(sender=CALLER, receiver=USER), 10)
+    assert info.value.status == 404
+    assert time.monotonic() - started < 1.0
+
+
+async def test_handled_error_keeps_its_status(make_bridge: Any) -> None:
+    caller, server = await make_bridge(), await make_bridge()
+
+    async def handler(command: Command) -> Any:
+        raise HandledError("no such user", 404, data={"id": 7})
+
+    await server.register_command(USER, handler)
+    with pytest.raises(HandledError) as info:
+        await caller.invoke(Command(sender=CALLER, receiver=USER), 5)
+    assert (info.value.status, info.value.message, info.value.data) == (404, "no such user",
+                                                                       {"id": 7})
+
+
+async def test_shared_command_runs_on_exactly_one_instance(make_bridge: Any) -> None:
+    caller = await make_bridge()
+    servers = [await make_bridge() for _ in range(3)]
+    served: list[tuple[str, Command]] = []
+    for server in servers:
+        await server.register_command(USER, echo_handler(served, server))
+    commands = [Command(sender=CALLER, receiver=USER, payload=CommandPayload(payload=i))
+                for i in range(60)]
+    results = await asyncio.gather(*(caller.invoke(c, 5) for c in commands))
+    assert results == [{"echo": i} for i in range(60)]
+    per_command = Counter(cmd.id for _, cmd in served)
+    assert len(per_command) == 60 and set(per_command.values()) == {1}
+    assert len({instance for instance, _ in served}) > 1, "the queue group balances"
+
+
+async def test_pinned_command_reaches_that_instance(make_bridge: Any) -> None:
+    caller = await make_bridge()
+    servers = [await make_bridge() for _ in range(3)]
+    served: list[tuple[str, Command]] = []
+    for server in servers:
+        await server.register_command(USER, echo_handler(served, server))
+    target = servers[1].instance_id
+    pinned = USER.model_copy(update={"instance_id": target})
+    for i in range(10):
+        await caller.invoke(Command(sender=CALLER, receiver=pinned, payload=CommandPayload(
+            payload=i)), 5)
+    assert {instance for instance, _ in served} == {target}
+    gone = USER.model_copy(update={"instance_id": "0" * 32})
+    with pytest.raises(PuristaError) as info:
+        await caller.invoke(Command(sender=CALLER, receiver=gone), 5)
+    assert info.value.status == 404
+
+
+async def test_unregistered_command_is_not_served(make_bridge: Any) -> None:
+    caller, server = await make_bridge(), await make_bridge()
+    await server.register_command(USER, echo_handler([], server))
+    await caller.invoke(Command(sender=CALLER, receiver=USER), 5)
+    await server.unregister_command(USER)
+    with pytest.raises(PuristaError) as info:
+        await caller.invoke(Command(sender=CALLER, receiver=USER), 5)
+    assert info.value.status == 404
+
+
+async def test_success_event_reaches_subscribers(make_bridge: Any) -> None:
+    caller, server, listener = await make_bridge(), await make_bridge(), await make_bridge()
+    await server.register_command(USER, echo_handler([], server),
+                                  CommandConfig(success_event_name="userFetched"))
+
+    async def with_event(command: Command) -> Any:
+        return success_response(command, "ok", event_name="userFetched")
+
+    await server.register_command(USER, with_event)
+    seen: list[AnyMessage] = []
+
+    async def on_event(message: AnyMessage) -> None:
+        seen.append(message)
+
+    await listener.register_subscription(subscription("audit", "userFetched"), on_event)
+    assert await caller.invoke(Command(sender=CALLER, receiver=USER), 5) == "ok"
+    await wait_for(lambda: len(seen) == 1, what="the success event")
+    assert seen[0].message_type is MessageType.COMMAND_SUCCESS_RESPONSE
+
+
+# ------------------------------------------------------------- subscriptions
+async def test_shared_and_every_instance_subscriptions(make_bridge: Any) -> None:
+    producer = await make_bridge()
+    instances = [await make_bridge() for _ in range(2)]
+    shared: list[tuple[str, str]] = []
+    every: list[tuple[str, str]] = []
+    for bridge in instances:
+        def record(into: list[tuple[str, str]], b: NatsBridge = bridge) -> Any:
+            async def handler(message: AnyMessage) -> None:
+                into.append((b.instance_id, message.id))
+            return handler
+        await bridge.register_subscription(subscription("mail", "signup"), record(shared))
+        await bridge.register_subscription(subscription("cache", "signup", shared=False),
+                                           record(every))
+    ids = []
+    for i in range(40):
+        message = event("signup", i)
+        ids.append(message.id)
+        await producer.emit_message(message)
+    await producer.emit_message(event("other", "ignored"))
+    await wait_for(lambda: len(shared) >= 40 and len(every) >= 80, what="all deliveries")
+    await asyncio.sleep(0.3)
+    assert sorted(mid for _, mid in shared) == sorted(ids), "each event once per shared group"
+    for bridge in instances:
+        assert sorted(m for i, m in every if i == bridge.instance_id) == sorted(ids)
+
+
+async def test_filters_on_sender_principal_and_tenant(make_bridge: Any) -> None:
+    producer, consumer = await make_bridge(), await make_bridge()
+    seen: list[Any] = []
+
+    async def handler(message: AnyMessage) -> None:
+        seen.append(message.payload)
+
+    await consumer.register_subscription(
+        subscription("f", "ev", sender=AddressFilter(service_name="caller"),
+                     principal_id="alice", tenant_id="acme.eu"),
+        handler,
+    )
+    await producer.emit_message(event("ev", "bob", principal_id="bob", tenant_id="acme.eu"))
+    await producer.emit_message(event("ev", "other-tenant", principal_id="alice", tenant_id="x"))
+    await producer.emit_message(event("ev", "match", principal_id="alice", tenant_id="acme.eu"))
+    await wait_for(lambda: "match" in seen, what="the matching event")
+    await asyncio.sleep(0.3)
+    assert seen == ["match"]
+
+
+async def test_subscription_without_message_type_filter_sees_every_type(make_bridge: Any) -> None:
+    producer, consumer = await make_bridge(), await make_bridge()
+    seen: list[str] = []
+
+    async def handler(message: AnyMessage) -> None:
+        seen.append(str(message.message_type))
+
+    await consumer.register_subscription(
+        Subscription(subscriber=Address(service_name="all", service_version="1",
+                                        service_target="t"),
+                     sender=AddressFilter(service_name="caller")),
+        handler,
+    )
+    await producer.emit_message(event("a"))
+    await wait_for(lambda: seen == ["customMessage"], what="the event")
+
+
+async def test_non_durable_auto_ack_subscription_uses_core_nats(make_bridge: Any) -> None:
+    producer, consumer = await make_bridge(), await make_bridge()
+    seen: list[Any] = []
+
+    async def handler(message: AnyMessage) -> None:
+        seen.append(message.payload)
+
+    sub = subscription("live", "tick", durable=False, autoacknowledge=True)
+    await consumer.register_subscription(sub, handler)
+    for i in range(5):
+        await producer.emit_message(event("tick", i))
+    await wait_for(lambda: len(seen) == 5, what="5 ticks")
+    assert sorted(seen) == list(range(5))
+    assert consumer._consumers == {} and len(consumer._core_subs) == 1
+
+
+async def test_durable_subscription_survives_subscriber_restart(make_bridge: Any) -> None:
+    producer = await make_bridge()
+    first = await make_bridge()
+    seen: list[Any] = []
+
+    async def handler(message: AnyMessage) -> None:
+        seen.append(message.payload)
+
+    sub = subscription("mail", "signup")
+    await first.register_subscription(sub, handler)
+    await first.destroy()
+    for i in range(10):
+        await producer.emit_message(event("signup", i))
+    second = await make_bridge()  # another instance id: same shared durable consumer
+    await second.register_subscription(sub, handler)
+    await wait_for(lambda: len(seen) == 10, what="the backlog")
+    assert sorted(seen) == list(range(10))
+
+
+async def test_emit_event_name_chains(make_bridge: Any) -> None:
+    producer, worker, listener = await make_bridge(), await make_bridge(), await make_bridge()
+
+    async def double(message: AnyMessage) -> Any:
+        return {"doubled": message.payload * 2}
+
+    seen: list[Any] = []
+
+    async def collect(message: AnyMessage) -> None:
+        seen.append(message.payload)
+
+    await worker.register_subscription(subscription("w", "in", emit_event_name="out"), double)
+    await listener.register_subscription(subscription("l", "out"), collect)
+    await producer.emit_message(event("in", 21))
+    await wait_for(lambda: seen == [{"doubled": 42}], what="the chained event")
+
+
+async def test_retries_then_dead_letter_with_reason(make_bridge: Any) -> None:
+    producer, consumer, watcher = await make_bridge(), await make_bridge(), await make_bridge()
+    attempts: list[float] = []
+
+    async def failing(message: AnyMessage) -> None:
+        attempts.append(time.monotonic())
+        raise RuntimeError("database unreachable")
+
+    letters: list[Any] = []
+
+    async def on_letter(message: AnyMessage) -> None:
+        letters.append(message.payload)
+
+    failure = FailureHandling(max_attempts=3, retry_delay_ms=200, backoff=2.0,
+                              dead_letter_target="mailDeadLetter")
+    await watcher.register_subscription(subscription("ops", "mailDeadLetter"), on_letter)
+    await consumer.register_subscription(subscription("mail", "signup", failure=failure), failing)
+    original = event("signup", {"user": 1})
+    await producer.emit_message(original)
+    await wait_for(lambda: len(letters) == 1, what="the dead letter")
+    assert len(attempts) == 3
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert gaps[0] >= 0.18 and gaps[1] >= 0.38, gaps
+    letter = letters[0]
+    assert letter["attempts"] == 3 and "database unreachable" in letter["reason"]
+    assert letter["message"]["id"] == original.id
+    kept = await consumer.dead_letters()
+    assert len(kept) == 1
+    headers, data = kept[0]
+    assert "database unreachable" in headers[DEAD_LETTER_REASON_HEADER]
+    assert json.loads(data)["id"] == original.id
+    await asyncio.sleep(0.5)
+    assert len(attempts) == 3, "terminated: no further redelivery"
+
+
+async def test_handled_error_is_not_redelivered(make_bridge: Any) -> None:
+    producer, consumer = await make_bridge(), await make_bridge()
+    calls: list[Any] = []
+
+    async def handler(message: AnyMessage) -> None:
+        calls.append(message.payload)
+        raise HandledError("bad input")
+
+    await consumer.register_subscription(
+        subscription("s", "e", failure=FailureHandling(max_attempts=3, retry_delay_ms=50)), handler)
+    await producer.emit_message(event("e", 1))
+    await wait_for(lambda: calls == [1], what="one call")
+    await asyncio.sleep(0.6)
+    assert calls == [1]
+
+
+async def test_malformed_messages_are_dropped_and_the_next_is_served(
+    make_bridge: Any, nats: Any, namespace: str
+) -> None:
+    consumer = await make_bridge()
+    seen: list[Any] = []
+
+    async def handler(message: AnyMessage) -> None:
+        seen.append(message.payload)
+
+    served: list[tuple[str, Command]] = []
+    await consumer.register_subscription(subscription("s", "e"), handler)
+    await consumer.register_command(USER, echo_handler(served, consumer))
+    valid = event("e", "valid")
+    subject = subjects.message_subject(namespace, valid)
+    raw = await nats_client.connect(nats.url)
+    try:
+        js = raw.jetstream()
+        await js.publish(subject, b"\xff not json")
+        await js.publish(subject, b'{"messageType":"customMessage"}')
+        await raw.publish(subjects.message_subject(namespace, Command(sender=CALLER,
+                                                                      receiver=USER)), b"[1,2")
+        await raw.flush()
+        await js.publish(subject, consumer.encode(valid))
+    finally:
+        await raw.close()
+    await wait_for(lambda: seen == ["valid"], what="the valid event")
+    await wait_for(lambda: consumer.rejected_messages >= 3, what="three rejections")
+    kept = await consumer.dead_letters()
+    assert [h[DEAD_LETTER_REASON_HEADER] for h, _ in kept] == ["malformed message"] * 2
+    caller = await make_bridge()
+    assert await caller.invoke(Command(sender=CALLER, receiver=USER, payload=CommandPayload(
+        payload=1)), 5) == {"echo": 1}
+
+
+async def test_destroy_drains_in_flight_handlers(make_bridge: Any) -> None:
+    producer, consumer, caller = await make_bridge(), await make_bridge(), await make_bridge()
+    started, finished = asyncio.Event(), []
+
+    async def slow(message: AnyMessage) -> None:
+        started.set()
+        await asyncio.sleep(1.0)
+        finished.append(message.id)
+
+    async def slow_command(command: Command) -> Any:
+        await asyncio.sleep(1.0)
+        return success_response(command, "done")
+
+    await consumer.register_subscription(subscription("slow", "job"), slow)
+    await consumer.register_command(USER, slow_command)
+    message = event("job", 1)
+    await producer.emit_message(message)
+    await asyncio.wait_for(started.wait(), 5)
+    invocation = asyncio.create_task(caller.invoke(Command(sender=CALLER, receiver=USER), 5))
+    await wait_for(lambda: consumer.inflight == 2, what="two handlers in flight")
+    await consumer.destroy()
+    assert finished == [message.id]
+    assert not consumer.drain_timed_out
+    assert await invocation == "done"
+    # acked before the connection closed: a new instance of the group gets nothing
+    again: list[Any] = []
+
+    async def record(m: AnyMessage) -> None:
+        again.append(m.id)
+
+    successor = await make_bridge()
+    await successor.register_subscription(subscription("slow", "job"), record)
+    await producer.emit_message(event("job", 2))
+    await wait_for(lambda: len(again) == 1, what="the next event")
+    assert message.id not in again
+
+
+async def test_oversized_message_is_refused_before_sending(make_bridge: Any) -> None:
+    producer = await make_bridge()
+    assert producer.max_message_bytes is not None
+    with pytest.raises(HandledError) as info:
+        await producer.emit_message(event("e", "x" * (producer.max_message_bytes + 1)))
+    assert info.value.status == 400
+
+
+# ------------------------------------------------------------ broker faults
+@pytest.fixture
+async def own_nats(fresh_nats: Any) -> Any:
+    return fresh_nats
+
+
+async def test_reconnect_reregisters_everything_after_broker_restart(
+    make_bridge: Any, own_nats: Any
+) -> None:
+    caller = await make_bridge(own_nats.url)
+    server = await make_bridge(own_nats.url)
+    consumer = await make_bridge(own_nats.url)
+    served: list[tuple[str, Command]] = []
+    await server.register_command(USER, echo_handler(served, server))
+    seen: list[Any] = []
+
+    async def handler(message: AnyMessage) -> None:
+        seen.append(message.payload)
+
+    await consumer.register_subscription(subscription("s", "e"), handler)
+    await consumer.register_subscription(
+        subscription("core", "e", durable=False, autoacknowledge=True), handler)
+    assert await caller.invoke(Command(sender=CALLER, receiver=USER), 5) == {"echo": None}
+
+    await asyncio.to_thread(own_nats.kill)
+    await wait_async(lambda: _not(consumer.is_ready()), 10, "is_ready false while down")
+    assert not await consumer.is_healthy()
+    await asyncio.to_thread(own_nats.start)
+    for bridge in (caller, server, consumer):
+        await wait_async(bridge.is_ready, 20, "is_ready true after the restart")
+    assert consumer.reconnects >= 1
+    assert await caller.invoke(Command(sender=CALLER, receiver=USER, payload=CommandPayload(
+        payload=2)), 5) == {"echo": 2}
+    await caller.emit_message(event("e", "after"))
+    await wait_for(lambda: seen.count("after") == 2, what="both subscriptions served")
+
+
+async def _not(value: Awaitable[bool]) -> bool:
+    return not await value
+
+
+async def test_invoke_while_broker_down_fails_within_ttl(make_bridge: Any, own_nats: Any) -> None:
+    caller = await make_bridge(own_nats.url, publish_deadline_s=1.0)
+    await asyncio.to_thread(own_nats.kill)
+    await wait_async(lambda: _not(caller.is_ready()), 10, "disconnected")
+    for ttl in (0.3, 2.0):
+        started = time.monotonic()
+        with pytest.raises(PuristaError) as info:
+            await caller.invoke(Command(sender=CALLER, receiver=USER), ttl)
+        assert info.value.status in (503, 504)
+        assert time.monotonic() - started <= ttl + 0.25
+    started = time.monotonic()
+    with pytest.raises(PuristaError) as emitted:
+        await caller.emit_message(event("e"))
+    assert emitted.value.status == 503, "no publisher confirm: the emit fails"
+    assert time.monotonic() - started <= 1.5
+    await asyncio.to_thread(own_nats.start)
+    await wait_async(caller.is_ready, 20, "reconnected")
+    await caller.emit_message(event("e"))
+
+
+async def test_stale_connection_detected_by_pings(make_bridge: Any, own_nats: Any) -> None:
+    bridge = await make_bridge(own_nats.url)
+    await asyncio.to_thread(own_nats.pause)
+    try:
+        started = time.monotonic()
+        await wait_async(lambda: _not(bridge.is_ready()), 15, "stale connection detected")
+        assert time.monotonic() - started < 8
+    finally:
+        await asyncio.to_thread(own_nats.resume)
+    await wait_async(bridge.is_ready, 20, "ready after resume")
+
+
+@pytest.mark.slow
+async def test_broker_kill_mid_stream_loses_no_durable_events(
+    make_bridge: Any, own_nats: Any
+) -> None:
+    producer = await make_bridge(own_nats.url)
+    consumers = [await make_bridge(own_nats.url) for _ in range(2)]
+    delivered: Counter[str] = Counter()
+
+    async def handler(message: AnyMessage) -> None:
+        delivered[message.id] += 1
+
+    for bridge in consumers:
+        await bridge.register_subscription(subscription("ledger", "entry"), handler)
+    confirmed: list[str] = []
+    failed: list[str] = []
+    total, kill_at = 1000, 400
+    for i in range(total):
+        if i == kill_at:
+            await asyncio.to_thread(own_nats.kill)
+            await asyncio.to_thread(own_nats.start)
+        message = event("entry", i)
+        try:
+            await producer.emit_message(message)
+            confirmed.append(message.id)
+        except PuristaError:
+            failed.append(message.id)
+    await wait_for(lambda: all(m in delivered for m in confirmed), 60,
+                   f"{total} confirmed events delivered")
+    lost = [m for m in confirmed if m not in delivered]
+    duplicates = sum(n - 1 for n in delivered.values())
+    print(f"confirmed={len(confirmed)} failed={len(failed)} lost={len(lost)} "
+          f"duplicates={duplicates}")
+    assert not lost
+    assert len(confirmed) == total
+
+
+# ------------------------------------------- fallback broker (no harness plugin)
+class LocalNats:
+    """A nats-server with JetStream on fixed free ports, restartable on the same store."""
+
+    def __init__(self, workdir: Any) -> None:
+        import port_for
+
+        self.workdir = workdir
+        self.port = port_for.select_random()
+        self.monitor_port = port_for.select_random()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.host, self.proc = "127.0.0.1", None
+
+    def start(self) -> None:
+        import subprocess
+        import urllib.request
+
+        log = open(self.workdir / "nats.log", "ab")
+        self.proc = subprocess.Popen(
+            ["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor_port),
+             "-js", "-sd", str(self.workdir / "store")],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
+                with urllib.request.urlopen(url, timeout=1) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("nats-server did not start")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        import signal
+
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait()
+
+    def pause(self) -> None:
+        import signal
+
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        import signal
+
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+
+try:  # the harness plugin provides nats / namespace / fresh services
+    import harness.pytest_plugin  # noqa: F401
+
+    HAVE_HARNESS = True
+except ImportError:
+    HAVE_HARNESS = False
+
+if not HAVE_HARNESS:
+
+    @pytest.fixture(scope="session")
+    def nats(tmp_path_factory: pytest.TempPathFactory) -> Any:
+        server = LocalNats(tmp_path_factory.mktemp("nats"))
+        server.start()
+        yield server
+        server.stop()
+
+    @pytest.fixture
+    def namespace() -> str:
+        import uuid
+
+        return "t" + uuid.uuid4().hex[:12]
+
+    @pytest.fixture
+    def fresh_nats(tmp_path: Any) -> Any:
+        server = LocalNats(tmp_path)
+        server.start()
+        yield server
+        server.resume()
+        server.stop()
