@@ -218,11 +218,13 @@ class AmqpBridge(EventBridgeBase):
     def _on_connection_lost(self, _sender: Any, exc: BaseException | None = None) -> None:
         if self._conn is None or self._conn.close_called:
             return
+        was_up = self._link_up.is_set()
         self._epoch += 1
         self._link_up.clear()
         if self._restore_task is not None:
             self._restore_task.cancel()
-        self.log.warning("AMQP connection lost (%s); reconnecting", exc)
+        if was_up:
+            self.log.warning("AMQP connection lost (%s); reconnecting", exc)
 
     def _on_reconnected(self, _sender: Any) -> None:
         if self._destroyed:
