@@ -13,9 +13,11 @@ so N workers (bridge objects) can never lease the same job twice, and the
 semantics are exactly those of the in-memory reference model.
 
 Robustness: the redis client reconnects per command with bounded, backed-off
-retries; a retried script after a lost reply returns its first answer
-(client-generated job ids, lease request ids and settle markers), so a
-retry neither enqueues twice nor reports a stale lease. A job whose stored
+retries, and each operation is retried with the same arguments for up to
+``outage_retry_s`` before it fails with a 503 (:class:`RedisUnavailableError`).
+A retried script after a lost reply returns its first answer (client-generated
+job ids, lease request ids and settle markers), so a retry neither enqueues
+twice, nor leases twice, nor reports a stale lease for an ack that went through. A job whose stored
 data cannot be decoded is dead-lettered with a log line, never returned.
 Blocking ``lease_next(wait_ms=...)`` waits on a pub/sub wake-up (published by
 the scripts) bounded by the next delayed job or lease expiry and by a poll
@@ -121,7 +123,16 @@ def _job(queue: str, h: dict[str, str]) -> Job:
 
 
 class RedisQueueBridge:
-    """Queue bridge on Redis; several objects with the same url+prefix are competing workers."""
+    """Queue bridge on Redis; several objects with the same url+prefix are competing workers.
+
+    ``url`` defaults to ``REDIS_URL``; every key lives under ``<prefix>:q:{<queue>}``.
+    Timings: ``socket_timeout_s``/``connect_timeout_s`` per command, ``retry_attempts``
+    with backoff inside the client, ``outage_retry_s`` across a Redis outage,
+    ``health_timeout_s`` for the PING behind ``is_ready``/``is_healthy``,
+    ``poll_interval_ms`` as the longest a blocking lease sleeps without a wake-up,
+    ``drain_timeout_s`` for ``destroy``. ``idempotency_ttl_ms`` (None = forever, as
+    the reference model) bounds how long an idempotency key is remembered.
+    """
 
     kind: ClassVar[Literal["queue_bridge"]] = "queue_bridge"
     name: ClassVar[str] = "redis"
@@ -142,6 +153,7 @@ class RedisQueueBridge:
         retry_backoff_base_s: float = 0.05,
         retry_backoff_cap_s: float = 1.0,
         health_timeout_s: float = 1.0,
+        outage_retry_s: float = 5.0,
         drain_timeout_s: float = 10.0,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -159,6 +171,7 @@ class RedisQueueBridge:
         self.default_lease_ttl_ms = default_lease_ttl_ms
         self.idempotency_ttl_ms = idempotency_ttl_ms
         self.poll_interval_ms = poll_interval_ms
+        self.outage_retry_s = outage_retry_s
         self.drain_timeout_s = drain_timeout_s
         self.log = logger or log
         self.channel = f"{prefix}:q:notify"
@@ -230,9 +243,20 @@ class RedisQueueBridge:
             raise RedisUnavailableError("redis queue bridge is destroyed")
         self._ops += 1
         self._idle.clear()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.outage_retry_s
+        delay = 0.05
         try:
-            call = self._scripts[script](keys=[self._base(queue)], args=list(args))
-            return await guarded(call, f"{script} on queue {queue!r}")
+            while True:
+                call = self._scripts[script](keys=[self._base(queue)], args=list(args))
+                try:
+                    return await guarded(call, f"{script} on queue {queue!r}")
+                except RedisUnavailableError:
+                    # same arguments = same ids: a retry never acts twice (see the Lua markers)
+                    if self._closed or loop.time() + delay > deadline:
+                        raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
         finally:
             self._ops -= 1
             if self._ops == 0:
@@ -352,7 +376,11 @@ class RedisQueueBridge:
     async def lease_next(
         self, queue: str, batch: int = 1, wait_ms: int = 0, *, worker_id: str | None = None
     ) -> list[Job]:
-        """Lease up to ``batch`` ready jobs, waiting up to ``wait_ms`` for one."""
+        """Lease up to ``batch`` ready jobs, waiting up to ``wait_ms`` for one.
+
+        Raises :class:`RedisUnavailableError` (503) when Redis cannot be reached; a wait
+        cut short by ``destroy()`` returns ``[]``.
+        """
         if not isinstance(batch, int) or batch < 1:
             raise QueueInputError(f"batch must be an int >= 1, got {batch!r}")
         if not isinstance(queue, str) or not queue:
@@ -374,6 +402,8 @@ class RedisQueueBridge:
                 await asyncio.wait_for(waker.wait(), timeout)
             except TimeoutError:
                 pass
+            if self._closed:  # destroy() woke us: give the caller nothing rather than a 503
+                return []
 
     async def extend_lease(self, job: Job, lease_ttl_ms: int | None = None) -> Job:
         """Push the lease's expiry out by ``lease_ttl_ms`` (default: the job's ttl) from now."""
