@@ -728,6 +728,30 @@ class NatsBridge(EventBridgeBase):
         task.add_done_callback(lambda _t: tracker.__exit__(None, None, None))
         return task
 
+    async def publish_raw(self, raw: bytes, subject: str | None = None) -> None:
+        """Put raw bytes on the wire (tests of malformed input): on ``subject``, or on a
+        subject that each subscription registered here listens to."""
+        nc = self._client()
+        if subject is not None:
+            targets = [subject]
+        else:
+            targets = []
+            for reg in self.registered_subscriptions:
+                sub = reg.subscription
+                tail = subjects.subscription_filter(self.prefix, sub)[len(self.prefix) + 1:]
+                parts = tail.split(".")
+                if sub.message_type is None:
+                    parts[0] = str(MessageType.CUSTOM_MESSAGE)
+                parts = [subjects.EMPTY if t == subjects.ANY else t for t in parts]
+                targets.append(".".join([self.prefix, *parts]))
+            targets = targets or [f"{self.prefix}.{MessageType.CUSTOM_MESSAGE}" + ".__empty__" * 11]
+        for target in dict.fromkeys(targets):
+            if target.startswith(f"{self.prefix}.{MessageType.COMMAND}."):
+                await nc.publish(target, raw)
+            else:
+                await self._jsc().publish(target, raw, self.publish_timeout_s)
+        await nc.flush(timeout=self.js_api_timeout_s)
+
     async def dead_letters(self, limit: int = 100) -> list[tuple[dict[str, str], bytes]]:
         """Peek at the native dead letters of this prefix: ``(headers, data)`` pairs."""
         js = self._jsc()

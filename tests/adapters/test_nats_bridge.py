@@ -438,6 +438,10 @@ async def test_malformed_messages_are_dropped_and_the_next_is_served(
     caller = await make_bridge()
     assert await caller.invoke(Command(sender=CALLER, receiver=USER, payload=CommandPayload(
         payload=1)), 5) == {"echo": 1}
+    await consumer.publish_raw(b'{"not": "a message"}')  # onto the subscription's subject
+    await wait_for(lambda: consumer.rejected_messages >= 4, what="the fourth rejection")
+    await caller.emit_message(event("e", "still served"))
+    await wait_for(lambda: seen == ["valid", "still served"], what="the next valid event")
 
 
 async def test_destroy_drains_in_flight_handlers(make_bridge: Any) -> None:
@@ -562,36 +566,54 @@ async def test_stale_connection_detected_by_pings(make_bridge: Any, own_nats: An
 async def test_broker_kill_mid_stream_loses_no_durable_events(
     make_bridge: Any, own_nats: Any
 ) -> None:
+    """SIGKILL + restart of the broker while 1,000 events flow: every confirmed event
+    reaches the durable shared subscription (duplicates allowed, none lost)."""
     producer = await make_bridge(own_nats.url)
     consumers = [await make_bridge(own_nats.url) for _ in range(2)]
     delivered: Counter[str] = Counter()
 
     async def handler(message: AnyMessage) -> None:
+        await asyncio.sleep(0.002)  # keep deliveries in flight when the broker dies
         delivered[message.id] += 1
 
     for bridge in consumers:
         await bridge.register_subscription(subscription("ledger", "entry"), handler)
+    total = 1000
     confirmed: list[str] = []
     failed: list[str] = []
-    total, kill_at = 1000, 400
-    for i in range(total):
-        if i == kill_at:
-            await asyncio.to_thread(own_nats.kill)
-            await asyncio.to_thread(own_nats.start)
-        message = event("entry", i)
-        try:
-            await producer.emit_message(message)
-            confirmed.append(message.id)
-        except PuristaError:
-            failed.append(message.id)
+    gate = asyncio.Semaphore(16)
+
+    async def emit(i: int) -> None:
+        async with gate:
+            message = event("entry", i)
+            try:
+                await producer.emit_message(message)
+                confirmed.append(message.id)
+            except PuristaError:
+                failed.append(message.id)
+
+    async def chaos() -> float:
+        await wait_for(lambda: len(delivered) >= 300, 30, "300 deliveries before the kill")
+        await asyncio.to_thread(own_nats.kill)
+        killed = time.monotonic()
+        await wait_async(lambda: _not(consumers[0].is_ready()), 10, "consumers see the outage")
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(own_nats.start)
+        return time.monotonic() - killed
+
+    chaos_task = asyncio.create_task(chaos())
+    await asyncio.gather(*(emit(i) for i in range(total)))
+    downtime = await chaos_task
     await wait_for(lambda: all(m in delivered for m in confirmed), 60,
-                   f"{total} confirmed events delivered")
+                   "every confirmed event delivered")
     lost = [m for m in confirmed if m not in delivered]
     duplicates = sum(n - 1 for n in delivered.values())
-    print(f"confirmed={len(confirmed)} failed={len(failed)} lost={len(lost)} "
-          f"duplicates={duplicates}")
+    print(f"downtime={downtime:.2f}s confirmed={len(confirmed)} failed={len(failed)} "
+          f"lost={len(lost)} duplicates={duplicates} reconnects="
+          f"{[b.reconnects for b in (producer, *consumers)]}")
     assert not lost
-    assert len(confirmed) == total
+    assert len(confirmed) == total, "emits retry until the restarted broker confirms"
+    assert all(b.reconnects >= 1 for b in (producer, *consumers))
 
 
 # ------------------------------------------- fallback broker (no harness plugin)
