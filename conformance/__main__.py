@@ -45,19 +45,29 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="conformance", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run checks against adapters")
-    run.add_argument("--adapter", action="append", default=[], metavar="SELECTOR",
-                     help="built-in name (memory, amqp, redis, nats-kv...), kind:name, "
-                          "module:factory or name=module:factory; repeatable; default: all")
+    run.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="SELECTOR",
+        help="built-in name (memory, amqp, redis, nats-kv...), kind:name, "
+        "module:factory or name=module:factory; repeatable; default: all",
+    )
     run.add_argument("--suite", default="all", choices=sorted(SUITE_DIRS))
     run.add_argument("--provider", default=None, help="harness service provider (default: auto)")
-    run.add_argument("--report-dir", default=None, type=Path,
-                     help="write junit.xml, report.json and report.html here")
+    run.add_argument(
+        "--report-dir",
+        default=None,
+        type=Path,
+        help="write junit.xml, report.json and report.html here",
+    )
     run.add_argument("-k", dest="keyword", default=None, help="pytest -k expression")
     run.add_argument("--quick", action="store_true", help="scale message counts down")
     run.add_argument("-n", dest="workers", default=None, help="parallel workers (pytest-xdist)")
     run.add_argument("-v", "--verbose", action="count", default=0)
-    run.add_argument("pytest_args", nargs=argparse.REMAINDER,
-                     help="after --: more pytest arguments")
+    run.add_argument(
+        "pytest_args", nargs=argparse.REMAINDER, help="after --: more pytest arguments"
+    )
     lst = sub.add_parser("list", help="list adapters and checks")
     lst.add_argument("--adapter", action="append", default=[], metavar="SELECTOR")
     lst.add_argument("--suite", default="all", choices=sorted(SUITE_DIRS))
@@ -76,8 +86,18 @@ def pytest_args(args: argparse.Namespace, ini: Path) -> list[str]:
     """The pytest command line for ``conformance run``."""
     pkg = Path(conformance.__file__).resolve().parent
     checks = pkg / "checks"
-    out = ["-p", "conformance.plugin", "-p", "no:cacheprovider", "-c", str(ini),
-           "--rootdir", str(pkg.parent), "--cf-suite", args.suite]
+    out = [
+        "-p",
+        "conformance.plugin",
+        "-p",
+        "no:cacheprovider",
+        "-c",
+        str(ini),
+        "--rootdir",
+        str(pkg.parent),
+        "--cf-suite",
+        args.suite,
+    ]
     for sel in args.adapter:
         out += ["--cf-adapter", sel]
     if args.quick:
@@ -93,13 +113,19 @@ def pytest_args(args: argparse.Namespace, ini: Path) -> list[str]:
         out += ["-p", "no:purista_harness"]
     if args.provider:
         if not harness:
-            print("conformance: --provider ignored: the harness plugin is not installed",
-                  file=sys.stderr)
+            print(
+                "conformance: --provider ignored: the harness plugin is not installed",
+                file=sys.stderr,
+            )
         else:
             out += ["--provider", args.provider]
     if args.report_dir:
-        out += ["--cf-report-dir", str(args.report_dir),
-                "--junitxml", str(args.report_dir / "junit.xml")]
+        out += [
+            "--cf-report-dir",
+            str(args.report_dir),
+            "--junitxml",
+            str(args.report_dir / "junit.xml"),
+        ]
     extra = [a for a in args.pytest_args if a != "--"]
     out += extra
     out += [str(checks / d) for d in SUITE_DIRS[args.suite] if (checks / d).is_dir()]
@@ -138,13 +164,35 @@ def list_cmd(args: argparse.Namespace) -> int:
         return 2
     checks = all_checks(args.suite)
     if args.json:
-        print(json.dumps({
-            "adapters": [{"adapter": s.name, "kind": s.kind, "source": s.source,
-                          "reference": s.reference, "unavailable": s.unavailable,
-                          "capabilities": s.capabilities_dict()} for s in specs],
-            "checks": [{"check": c.id, "suite": c.suite, "kinds": list(c.kinds),
-                        "needs": list(c.needs), "summary": c.summary} for c in checks],
-        }, indent=2, default=str))
+        print(
+            json.dumps(
+                {
+                    "adapters": [
+                        {
+                            "adapter": s.name,
+                            "kind": s.kind,
+                            "source": s.source,
+                            "reference": s.reference,
+                            "unavailable": s.unavailable,
+                            "capabilities": s.capabilities_dict(),
+                        }
+                        for s in specs
+                    ],
+                    "checks": [
+                        {
+                            "check": c.id,
+                            "suite": c.suite,
+                            "kinds": list(c.kinds),
+                            "needs": list(c.needs),
+                            "summary": c.summary,
+                        }
+                        for c in checks
+                    ],
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -154,8 +202,12 @@ def list_cmd(args: argparse.Namespace) -> int:
     for col in ("adapter", "source", "reference", "status"):
         t.add_column(col)
     for s in specs:
-        t.add_row(s.label, s.source, s.reference,
-                  f"[yellow]{s.unavailable}[/]" if s.unavailable else "[green]available[/]")
+        t.add_row(
+            s.label,
+            s.source,
+            s.reference,
+            f"[yellow]{s.unavailable}[/]" if s.unavailable else "[green]available[/]",
+        )
     console.print(t)
     t = Table(title=f"checks ({len(checks)})", title_justify="left")
     for col in ("check", "suite", "kinds", "needs", "what it proves"):

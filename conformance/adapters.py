@@ -170,30 +170,72 @@ class _Builtin:
 
 _MEM = "reference_services.bridges.memory"
 _BUILTINS: tuple[_Builtin, ...] = (
-    _Builtin("memory", "event_bridge", f"{_MEM}:DefaultEventBridge", _memory_event_bridge,
-             inject_raw=_memory_inject_raw),
-    _Builtin("amqp", "event_bridge", "reference_services.bridges.amqp:AmqpBridge",
-             _broker("reference_services.bridges.amqp:AmqpBridge", "rabbitmq"), ("rabbitmq",)),
-    _Builtin("nats", "event_bridge", "reference_services.bridges.nats:NatsBridge",
-             _broker("reference_services.bridges.nats:NatsBridge", "nats"), ("nats",)),
-    _Builtin("mqtt", "event_bridge", "reference_services.bridges.mqtt:MqttBridge",
-             _broker("reference_services.bridges.mqtt:MqttBridge", "mosquitto"), ("mosquitto",)),
-    _Builtin("memory", "queue_bridge", "reference_services.bridges.memory_queue:DefaultQueueBridge",
-             _memory_queue_bridge),
-    _Builtin("redis", "queue_bridge", "reference_services.bridges.redis_queue:RedisQueueBridge",
-             _broker("reference_services.bridges.redis_queue:RedisQueueBridge", "redis"),
-             ("redis",)),
-    _Builtin("nats", "queue_bridge", "reference_services.bridges.nats_queue:NatsQueueBridge",
-             _broker("reference_services.bridges.nats_queue:NatsQueueBridge", "nats"), ("nats",)),
+    _Builtin(
+        "memory",
+        "event_bridge",
+        f"{_MEM}:DefaultEventBridge",
+        _memory_event_bridge,
+        inject_raw=_memory_inject_raw,
+    ),
+    _Builtin(
+        "amqp",
+        "event_bridge",
+        "reference_services.bridges.amqp:AmqpBridge",
+        _broker("reference_services.bridges.amqp:AmqpBridge", "rabbitmq"),
+        ("rabbitmq",),
+    ),
+    _Builtin(
+        "nats",
+        "event_bridge",
+        "reference_services.bridges.nats:NatsBridge",
+        _broker("reference_services.bridges.nats:NatsBridge", "nats"),
+        ("nats",),
+    ),
+    _Builtin(
+        "mqtt",
+        "event_bridge",
+        "reference_services.bridges.mqtt:MqttBridge",
+        _broker("reference_services.bridges.mqtt:MqttBridge", "mosquitto"),
+        ("mosquitto",),
+    ),
+    _Builtin(
+        "memory",
+        "queue_bridge",
+        "reference_services.bridges.memory_queue:DefaultQueueBridge",
+        _memory_queue_bridge,
+    ),
+    _Builtin(
+        "redis",
+        "queue_bridge",
+        "reference_services.bridges.redis_queue:RedisQueueBridge",
+        _broker("reference_services.bridges.redis_queue:RedisQueueBridge", "redis"),
+        ("redis",),
+    ),
+    _Builtin(
+        "nats",
+        "queue_bridge",
+        "reference_services.bridges.nats_queue:NatsQueueBridge",
+        _broker("reference_services.bridges.nats_queue:NatsQueueBridge", "nats"),
+        ("nats",),
+    ),
 )
 
 
 def _store_builtins() -> tuple[_Builtin, ...]:
     out = []
-    for kind, suffix in (("state_store", "State"), ("config_store", "Config"),
-                         ("secret_store", "Secret")):
-        out.append(_Builtin("memory", kind, f"reference_services.stores.memory:Default{suffix}Store",
-                            _memory_store(f"Default{suffix}Store")))
+    for kind, suffix in (
+        ("state_store", "State"),
+        ("config_store", "Config"),
+        ("secret_store", "Secret"),
+    ):
+        out.append(
+            _Builtin(
+                "memory",
+                kind,
+                f"reference_services.stores.memory:Default{suffix}Store",
+                _memory_store(f"Default{suffix}Store"),
+            )
+        )
         ref = f"reference_services.stores.redis:Redis{suffix}Store"
         out.append(_Builtin("redis", kind, ref, _broker(ref, "redis"), ("redis",)))
         ref = f"reference_services.stores.nats_kv:NatsKV{suffix}Store"
@@ -205,8 +247,15 @@ BUILTINS: tuple[_Builtin, ...] = _BUILTINS + _store_builtins()
 
 
 def _builtin_spec(b: _Builtin) -> AdapterSpec:
-    spec = AdapterSpec(b.name, b.kind, b.factory, "builtin", b.reference,
-                       services=b.services, inject_raw=b.inject_raw)
+    spec = AdapterSpec(
+        b.name,
+        b.kind,
+        b.factory,
+        "builtin",
+        b.reference,
+        services=b.services,
+        inject_raw=b.inject_raw,
+    )
     try:
         cls = load_reference(b.reference)
     except ImportError as exc:
@@ -225,10 +274,12 @@ def _raw_hook_of(obj: Any) -> Callable[[Any, bytes], Any] | None:
     """An adapter may offer ``publish_raw(raw: bytes)`` to inject wire bytes (tests only)."""
     for attr in ("conformance_inject_raw", "publish_raw", "receive_raw"):
         if callable(getattr(obj, attr, None)):
+
             async def hook(bridge: Any, raw: bytes, _attr: str = attr) -> None:
                 result = getattr(bridge, _attr)(raw)
                 if inspect.isawaitable(result):
                     await result
+
             return hook
     return None
 
@@ -244,13 +295,19 @@ def probe(name: str | None, factory: Factory, source: str, reference: str) -> Ad
     caps = getattr(factory, "capabilities", None)
     obj = None
     if kind is None or caps is None:
-        ctx = AdapterContext(adapter=name or "probe", kind=kind or "unknown", prefix="cfprobe",
-                             url_lookup=lambda service: f"probe://{service}")
+        ctx = AdapterContext(
+            adapter=name or "probe",
+            kind=kind or "unknown",
+            prefix="cfprobe",
+            url_lookup=lambda service: f"probe://{service}",
+        )
         try:
             obj = factory(ctx)
         except Exception as exc:
-            raise UsageError(f"adapter {reference}: the factory failed on a probe call: "
-                             f"{type(exc).__name__}: {exc}") from exc
+            raise UsageError(
+                f"adapter {reference}: the factory failed on a probe call: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         kind = kind or getattr(obj, "kind", None)
         caps = caps or getattr(obj, "capabilities", None)
     if kind not in KINDS:
@@ -309,16 +366,19 @@ def resolve(selectors: list[str]) -> list[AdapterSpec]:
         kind, colon, short = sel.rpartition(":")
         if installed is None:
             installed = entry_point_specs()
-        found = [s for s in builtins + installed
-                 if s.name == short and (not colon or s.kind == kind)]
+        found = [
+            s for s in builtins + installed if s.name == short and (not colon or s.kind == kind)
+        ]
         if not found:
             known = sorted({s.label for s in builtins + installed})
-            raise UsageError(f"unknown adapter {sel!r}; known: {', '.join(known)} "
-                             "(or give module:factory)")
+            raise UsageError(
+                f"unknown adapter {sel!r}; known: {', '.join(known)} (or give module:factory)"
+            )
         out.extend(s for s in found if s.label not in {o.label for o in out})
     labels = [s.label for s in out]
     dupes = {x for x in labels if labels.count(x) > 1}
     if dupes:
-        raise UsageError(f"two adapters are named {', '.join(sorted(dupes))}; "
-                         "name them with name=module:factory")
+        raise UsageError(
+            f"two adapters are named {', '.join(sorted(dupes))}; name them with name=module:factory"
+        )
     return out

@@ -39,23 +39,30 @@ def _cell(row: dict[str, Any] | None) -> str:
 def _summary(doc: dict[str, Any]) -> str:
     counts = Counter(r["status"] for r in doc["results"])
     pills = "".join(f'<span class="pill {st}">{st} {counts.get(st, 0)}</span>' for st in STATUSES)
-    return (f'<p class="meta">suite <b>{escape(doc["suite"])}</b> · provider '
-            f'<b>{escape(doc["provider"])}</b> · {doc["duration_s"]:.1f}s wall · '
-            f'{"quick counts · " if doc.get("quick") else ""}{escape(doc["created"])}</p>'
-            f"<p>{pills}</p>")
+    return (
+        f'<p class="meta">suite <b>{escape(doc["suite"])}</b> · provider '
+        f"<b>{escape(doc['provider'])}</b> · {doc['duration_s']:.1f}s wall · "
+        f"{'quick counts · ' if doc.get('quick') else ''}{escape(doc['created'])}</p>"
+        f"<p>{pills}</p>"
+    )
 
 
 def _matrix(doc: dict[str, Any]) -> str:
     grid = matrix(doc["results"])
-    out = ['<h2>Matrix</h2><p class="small">Hover a cell for its message. '
-           "✔ passed · ✘ failed · ~ unsupported (declared; 'better than declared' if it passed) "
-           "· – skipped</p>"]
+    out = [
+        '<h2>Matrix</h2><p class="small">Hover a cell for its message. '
+        "✔ passed · ✘ failed · ~ unsupported (declared; 'better than declared' if it passed) "
+        "· - skipped</p>"
+    ]
     for kind in KINDS:
         if kind not in grid:
             continue
         adapters = sorted({a for checks in grid[kind].values() for a in checks})
-        out.append(f"<h3>{kind}</h3><table><tr><th>check</th>"
-                   + "".join(f"<th>{escape(a)}</th>" for a in adapters) + "</tr>")
+        out.append(
+            f"<h3>{kind}</h3><table><tr><th>check</th>"
+            + "".join(f"<th>{escape(a)}</th>" for a in adapters)
+            + "</tr>"
+        )
         for check_id in sorted(grid[kind]):
             cells = "".join(_cell(grid[kind][check_id].get(a)) for a in adapters)
             out.append(f'<tr><td class="id">{escape(check_id)}</td>{cells}</tr>')
@@ -76,9 +83,12 @@ def _details(doc: dict[str, Any]) -> str:
         metrics = {k: v for k, v in r.get("metrics", {}).items()}
         out.append(
             f'<h3 class="failed">✘ {escape(r["kind"])}:{escape(r["adapter"])} · '
-            f'<code>{escape(r["check"])}</code></h3><pre>{escape(r["message"])}</pre>'
-            + (f"<pre>{escape(json.dumps(metrics, indent=1, default=str))}</pre>" if metrics
-               else "")
+            f"<code>{escape(r['check'])}</code></h3><pre>{escape(r['message'])}</pre>"
+            + (
+                f"<pre>{escape(json.dumps(metrics, indent=1, default=str))}</pre>"
+                if metrics
+                else ""
+            )
         )
     unsupported = _rows_with(doc, "unsupported")
     out.append("<h2>Unsupported (declared by the adapter)</h2>")
@@ -87,13 +97,15 @@ def _details(doc: dict[str, Any]) -> str:
     else:
         out.append("<table><tr><th>adapter</th><th>check</th><th>outcome</th></tr>")
         for r in unsupported:
-            out.append(f'<tr><td>{escape(r["kind"])}:{escape(r["adapter"])}</td>'
-                       f'<td class="id">{escape(r["check"])}</td>'
-                       f'<td>{escape(r["message"])}</td></tr>')
+            out.append(
+                f"<tr><td>{escape(r['kind'])}:{escape(r['adapter'])}</td>"
+                f'<td class="id">{escape(r["check"])}</td>'
+                f"<td>{escape(r['message'])}</td></tr>"
+            )
         out.append("</table>")
     skipped = _rows_with(doc, "skipped")
     if skipped:
-        reasons = Counter((f'{r["kind"]}:{r["adapter"]}', r["message"]) for r in skipped)
+        reasons = Counter((f"{r['kind']}:{r['adapter']}", r["message"]) for r in skipped)
         out.append("<h2>Skipped</h2><table><tr><th>adapter</th><th>checks</th><th>reason</th></tr>")
         for (label, msg), n in sorted(reasons.items()):
             out.append(f"<tr><td>{escape(label)}</td><td>{n}</td><td>{escape(msg)}</td></tr>")
@@ -108,10 +120,14 @@ def _observations(doc: dict[str, Any]) -> str:
         return out[0] + "<p>None recorded.</p>"
     out.append("<table><tr><th>adapter</th><th>check</th><th>observed</th></tr>")
     for o in obs:
-        items = "<br>".join(f"<b>{escape(str(k))}</b>: {escape(json.dumps(v, default=str))}"
-                            for k, v in o["observations"].items())
-        out.append(f'<tr><td>{escape(o["kind"])}:{escape(o["adapter"])}</td>'
-                   f'<td class="id">{escape(o["check"])}</td><td>{items}</td></tr>')
+        items = "<br>".join(
+            f"<b>{escape(str(k))}</b>: {escape(json.dumps(v, default=str))}"
+            for k, v in o["observations"].items()
+        )
+        out.append(
+            f"<tr><td>{escape(o['kind'])}:{escape(o['adapter'])}</td>"
+            f'<td class="id">{escape(o["check"])}</td><td>{items}</td></tr>'
+        )
     out.append("</table>")
     return "".join(out)
 
@@ -119,15 +135,19 @@ def _observations(doc: dict[str, Any]) -> str:
 def _timings(doc: dict[str, Any]) -> str:
     per: Counter[str] = Counter()
     for r in doc["results"]:
-        per[f'{r["kind"]}:{r["adapter"]}'] += r["duration_s"]
+        per[f"{r['kind']}:{r['adapter']}"] += r["duration_s"]
     slow = sorted(doc["results"], key=lambda r: -r["duration_s"])[:15]
     out = ["<h2>Timings</h2><table><tr><th>adapter</th><th>total</th></tr>"]
     out += [f"<tr><td>{escape(k)}</td><td>{v:.2f}s</td></tr>" for k, v in sorted(per.items())]
-    out.append("</table><h3>Slowest checks</h3><table><tr><th>adapter</th><th>check</th>"
-               "<th>duration</th></tr>")
-    out += [f'<tr><td>{escape(r["kind"])}:{escape(r["adapter"])}</td>'
-            f'<td class="id">{escape(r["check"])}</td><td>{r["duration_s"]:.2f}s</td></tr>'
-            for r in slow]
+    out.append(
+        "</table><h3>Slowest checks</h3><table><tr><th>adapter</th><th>check</th>"
+        "<th>duration</th></tr>"
+    )
+    out += [
+        f"<tr><td>{escape(r['kind'])}:{escape(r['adapter'])}</td>"
+        f'<td class="id">{escape(r["check"])}</td><td>{r["duration_s"]:.2f}s</td></tr>'
+        for r in slow
+    ]
     out.append("</table>")
     return "".join(out)
 
@@ -139,8 +159,11 @@ def _capabilities(doc: dict[str, Any]) -> str:
         if not adapters:
             continue
         names = sorted({k for a in adapters for k in a["capabilities"]})
-        out.append(f"<h3>{kind}</h3><table><tr><th>capability</th>"
-                   + "".join(f'<th>{escape(a["adapter"])}</th>' for a in adapters) + "</tr>")
+        out.append(
+            f"<h3>{kind}</h3><table><tr><th>capability</th>"
+            + "".join(f"<th>{escape(a['adapter'])}</th>" for a in adapters)
+            + "</tr>"
+        )
         for name in names:
             cells = []
             for a in adapters:
@@ -157,8 +180,10 @@ def _capabilities(doc: dict[str, Any]) -> str:
     missing = [a for a in doc["adapters"] if a["unavailable"]]
     if missing:
         out.append("<h3>Not available in this run</h3><ul>")
-        out += [f'<li>{escape(a["kind"])}:{escape(a["adapter"])}: {escape(a["unavailable"])}</li>'
-                for a in missing]
+        out += [
+            f"<li>{escape(a['kind'])}:{escape(a['adapter'])}: {escape(a['unavailable'])}</li>"
+            for a in missing
+        ]
         out.append("</ul>")
     return "".join(out)
 
@@ -167,8 +192,12 @@ def render(doc: dict[str, Any]) -> str:
     """The whole page."""
     body = (
         "<h1>PURISTA adapter conformance</h1>"
-        + _summary(doc) + _matrix(doc) + _details(doc) + _observations(doc)
-        + _timings(doc) + _capabilities(doc)
+        + _summary(doc)
+        + _matrix(doc)
+        + _details(doc)
+        + _observations(doc)
+        + _timings(doc)
+        + _capabilities(doc)
     )
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'

@@ -49,8 +49,9 @@ def addr(service: str, version: str = "1", target: str = "fn") -> Address:
 
 
 def _sender(service: str, instance_id: str) -> SenderAddress:
-    return SenderAddress(service_name=service, service_version="1", service_target="emit",
-                         instance_id=instance_id)
+    return SenderAddress(
+        service_name=service, service_version="1", service_target="emit", instance_id=instance_id
+    )
 
 
 def event(
@@ -128,7 +129,9 @@ def subscription(
     )
 
 
-def responder(fn: Callable[[Command], Awaitable[Any]]) -> Callable[[Command], Awaitable[CommandResponse]]:
+def responder(
+    fn: Callable[[Command], Awaitable[Any]],
+) -> Callable[[Command], Awaitable[CommandResponse]]:
     """Turn ``fn(command) -> result`` into a command handler that builds the response."""
 
     async def handler(cmd: Command) -> CommandResponse:
@@ -153,8 +156,11 @@ class Recorder:
     def __init__(self, ledger: Ledger, label: str, key: Callable[[AnyMessage], str] | None = None):
         self.ledger = ledger
         self.label = label
-        self.key = key or (lambda m: str(m.payload["id"]) if isinstance(m.payload, dict)
-                           and "id" in m.payload else m.id)
+        self.key = key or (
+            lambda m: (
+                str(m.payload["id"]) if isinstance(m.payload, dict) and "id" in m.payload else m.id
+            )
+        )
         self.messages: list[AnyMessage] = []
 
     async def __call__(self, message: AnyMessage) -> None:

@@ -46,10 +46,19 @@ _STATE = pytest.StashKey[RunState]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("conformance", "PURISTA adapter conformance")
-    group.addoption("--cf-adapter", action="append", default=[], metavar="SELECTOR",
-                    help="adapter to check: name, kind:name, module:factory or name=module:factory")
-    group.addoption("--cf-suite", default="all", choices=["contract", "faults", "deployment", "all"],
-                    help="which suite's checks to run")
+    group.addoption(
+        "--cf-adapter",
+        action="append",
+        default=[],
+        metavar="SELECTOR",
+        help="adapter to check: name, kind:name, module:factory or name=module:factory",
+    )
+    group.addoption(
+        "--cf-suite",
+        default="all",
+        choices=["contract", "faults", "deployment", "all"],
+        help="which suite's checks to run",
+    )
     group.addoption("--cf-quick", action="store_true", help="scale message counts down")
     group.addoption("--cf-report-dir", default=None, help="write report.json and report.html here")
     group.addoption("--cf-no-matrix", action="store_true", help="no matrix in the terminal")
@@ -98,14 +107,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             keep.append(item)
             continue
         spec = getattr(item, "callspec", None) and item.callspec.params.get("cf_spec")
-        if not isinstance(spec, AdapterSpec) or (state.suite != "all" and info.suite != state.suite):
+        if not isinstance(spec, AdapterSpec) or (
+            state.suite != "all" and info.suite != state.suite
+        ):
             drop.append(item)
             continue
         item.extra_keyword_matches.add(info.id)
         missing = [(cap, spec.support(cap)[1]) for cap in info.needs if not spec.support(cap)[0]]
         if missing and not spec.unavailable:
             reason = "; ".join(f"{cap}: {why}" for cap, why in missing)
-            item.add_marker(pytest.mark.xfail(reason=f"declared unsupported: {reason}", strict=False))
+            item.add_marker(
+                pytest.mark.xfail(reason=f"declared unsupported: {reason}", strict=False)
+            )
         keep.append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
@@ -300,9 +313,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for nodeid, row in state.results.items():
         row["duration_s"] = round(state.durations.get(nodeid, 0.0), 4)
     results = sorted(state.results.values(), key=lambda r: (r["kind"], r["adapter"], r["check"]))
-    ran_brokers = any(s.services for s in state.specs if any(
-        r["adapter"] == s.name and r["kind"] == s.kind and r["status"] != "skipped"
-        for r in results))
+    ran_brokers = any(
+        s.services
+        for s in state.specs
+        if any(
+            r["adapter"] == s.name and r["kind"] == s.kind and r["status"] != "skipped"
+            for r in results
+        )
+    )
     state.provider = _provider(config, ran_brokers)
     if state.report_dir is None:
         return

@@ -13,7 +13,7 @@ from .adapters import KINDS, AdapterSpec
 
 SCHEMA = 1
 STATUSES = ("passed", "failed", "unsupported", "skipped")
-GLYPH = {"passed": "✔", "failed": "✘", "unsupported": "~", "skipped": "–"}
+GLYPH = {"passed": "✔", "failed": "✘", "unsupported": "~", "skipped": "-"}
 STYLE = {"passed": "green", "failed": "bold red", "unsupported": "yellow", "skipped": "dim"}
 
 
@@ -52,14 +52,33 @@ def build(
             for s in specs
         ],
         "results": [
-            {k: r[k] for k in ("adapter", "kind", "check", "suite", "status", "duration_s",
-                               "message", "metrics", "observations", "nodeid") if k in r}
+            {
+                k: r[k]
+                for k in (
+                    "adapter",
+                    "kind",
+                    "check",
+                    "suite",
+                    "status",
+                    "duration_s",
+                    "message",
+                    "metrics",
+                    "observations",
+                    "nodeid",
+                )
+                if k in r
+            }
             for r in results
         ],
         "observations": [
-            {"adapter": r["adapter"], "kind": r["kind"], "check": r["check"],
-             "observations": r["observations"]}
-            for r in results if r.get("observations")
+            {
+                "adapter": r["adapter"],
+                "kind": r["kind"],
+                "check": r["check"],
+                "observations": r["observations"],
+            }
+            for r in results
+            if r.get("observations")
         ],
     }
 
@@ -92,8 +111,12 @@ def print_matrix(results: list[dict[str, Any]], terminalreporter: Any) -> None:
 
     markup = bool(getattr(getattr(terminalreporter, "_tw", None), "hasmarkup", False))
     buf = io.StringIO()
-    console = Console(file=buf, force_terminal=markup, width=max(100, _width(terminalreporter)),
-                      color_system="standard" if markup else None)
+    console = Console(
+        file=buf,
+        force_terminal=markup,
+        width=max(100, _width(terminalreporter)),
+        color_system="standard" if markup else None,
+    )
     grid = matrix(results)
     for kind in KINDS:
         if kind not in grid:
@@ -111,8 +134,11 @@ def print_matrix(results: list[dict[str, Any]], terminalreporter: Any) -> None:
                     cells.append("")
                     continue
                 st = row["status"]
-                cells.append(f"[{STYLE[st]}]{GLYPH[st]} {row['duration_s']:.2f}s[/]"
-                             if st != "skipped" else f"[{STYLE[st]}]{GLYPH[st]}[/]")
+                cells.append(
+                    f"[{STYLE[st]}]{GLYPH[st]} {row['duration_s']:.2f}s[/]"
+                    if st != "skipped"
+                    else f"[{STYLE[st]}]{GLYPH[st]}[/]"
+                )
             table.add_row(check_id, *cells)
         console.print(table)
     counts: dict[str, Counter[str]] = defaultdict(Counter)
@@ -123,11 +149,18 @@ def print_matrix(results: list[dict[str, Any]], terminalreporter: Any) -> None:
     for st in STATUSES:
         summary.add_column(st, justify="right")
     for label in sorted(counts):
-        summary.add_row(label, *[f"[{STYLE[st]}]{counts[label][st]}[/]" if counts[label][st]
-                                 else "0" for st in STATUSES])
+        summary.add_row(
+            label,
+            *[
+                f"[{STYLE[st]}]{counts[label][st]}[/]" if counts[label][st] else "0"
+                for st in STATUSES
+            ],
+        )
     console.print(summary)
-    console.print(f"legend: {GLYPH['passed']} passed  {GLYPH['failed']} failed  "
-                  f"{GLYPH['unsupported']} unsupported (declared)  {GLYPH['skipped']} skipped")
+    console.print(
+        f"legend: {GLYPH['passed']} passed  {GLYPH['failed']} failed  "
+        f"{GLYPH['unsupported']} unsupported (declared)  {GLYPH['skipped']} skipped"
+    )
     terminalreporter.write_sep("=", "conformance matrix")
     terminalreporter.write(buf.getvalue())
 

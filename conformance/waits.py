@@ -7,7 +7,9 @@ import time
 from collections.abc import Callable
 
 
-async def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.005) -> bool:
+async def wait_for(
+    predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.005
+) -> bool:
     """Poll ``predicate`` until it holds or ``timeout_s`` passes; return whether it held."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -18,7 +20,9 @@ async def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: 
         await asyncio.sleep(interval_s)
 
 
-async def wait_quiet(value: Callable[[], object], quiet_s: float = 0.3, timeout_s: float = 3.0) -> bool:
+async def wait_quiet(
+    value: Callable[[], object], quiet_s: float = 0.3, timeout_s: float = 3.0
+) -> bool:
     """Wait until ``value()`` stays unchanged for ``quiet_s`` (proves nothing more arrives).
 
     Returns False if it kept changing for ``timeout_s``.

@@ -7,48 +7,54 @@ import statistics
 from collections import Counter
 from typing import Any
 
-from reference_services.runtime.errors import HandledError, PuristaError, UnhandledError
-
 from conformance.kit import Gate, addr, command, invoke_status, responder
 from conformance.ledger import Ledger, expect_exactly_once
 from conformance.marks import check
 from conformance.under_test import AdapterUnderTest
 from conformance.waits import wait_quiet
+from reference_services.runtime.errors import HandledError, PuristaError, UnhandledError
 
 EB = ("event_bridge",)
 TIMEOUT_MARGIN_S = 0.5
 
 
-async def _echo_server(aut: AdapterUnderTest, target: str, executions: Ledger | None = None,
-                       label: str = "server") -> Any:
+async def _echo_server(
+    aut: AdapterUnderTest, target: str, executions: Ledger | None = None, label: str = "server"
+) -> Any:
     bridge = await aut.new()
 
     async def echo(cmd: Any) -> Any:
         if executions is not None:
             executions.delivered(cmd.correlation_id, by=label)
-        return {"echo": cmd.payload.payload, "parameter": cmd.payload.parameter,
-                "correlationId": cmd.correlation_id}
+        return {
+            "echo": cmd.payload.payload,
+            "parameter": cmd.payload.parameter,
+            "correlationId": cmd.correlation_id,
+        }
 
     await bridge.register_command(addr(target), responder(echo))
     return bridge
 
 
-async def _invoke_many(clients: list[Any], target: str, senders: int, per_sender: int,
-                       answers: Ledger) -> list[float]:
+async def _invoke_many(
+    clients: list[Any], target: str, senders: int, per_sender: int, answers: Ledger
+) -> list[float]:
     latencies: list[float] = []
 
     async def sender(index: int) -> None:
         client = clients[index % len(clients)]
         for i in range(per_sender):
-            cmd = command(client, addr(target), {"sender": index, "i": i, "text": "ünï ✓"},
-                          {"n": i})
+            cmd = command(
+                client, addr(target), {"sender": index, "i": i, "text": "ünï ✓"}, {"n": i}
+            )
             answers.sent(cmd.correlation_id)
             status, result, took = await invoke_status(client, cmd, 10)
             latencies.append(took)
             if status != "ok":
                 raise AssertionError(f"invocation {cmd.correlation_id} failed: {result!r}")
-            ok = (result.get("echo") == {"sender": index, "i": i, "text": "ünï ✓"}
-                  and result.get("parameter") == {"n": i})
+            ok = result.get("echo") == {"sender": index, "i": i, "text": "ünï ✓"} and result.get(
+                "parameter"
+            ) == {"n": i}
             # record under the id the answer carries: a wrong answer shows up as unexpected
             answers.delivered(str(result.get("correlationId")) if ok else f"wrong:{result}")
 
@@ -91,21 +97,31 @@ async def test_handled_error(aut: AdapterUnderTest) -> None:
         raise HandledError(p["message"], p["status"], data=p["data"])
 
     await server.register_command(addr("strict"), responder(refuse))
-    cases = [(400, "bad input", {"field": "name", "ünï": [1, 2.5, None]}),
-             (401, "not allowed", None), (403, "forbidden ✋", {"why": "policy"}),
-             (404, "no such user", {"id": "u-1"}), (409, "conflict", [1, "two"]),
-             (422, "unprocessable", {"nested": {"deep": [True, False]}})]
-    outcomes = await asyncio.gather(*(
-        invoke_status(client, command(client, addr("strict"),
-                                      {"status": s, "message": m, "data": d}), 10)
-        for s, m, d in cases))
+    cases = [
+        (400, "bad input", {"field": "name", "ünï": [1, 2.5, None]}),
+        (401, "not allowed", None),
+        (403, "forbidden ✋", {"why": "policy"}),
+        (404, "no such user", {"id": "u-1"}),
+        (409, "conflict", [1, "two"]),
+        (422, "unprocessable", {"nested": {"deep": [True, False]}}),
+    ]
+    outcomes = await asyncio.gather(
+        *(
+            invoke_status(
+                client, command(client, addr("strict"), {"status": s, "message": m, "data": d}), 10
+            )
+            for s, m, d in cases
+        )
+    )
     problems = []
     for (status, message, data), (kind, err, _) in zip(cases, outcomes, strict=True):
         if kind != "error" or not isinstance(err, PuristaError):
             problems.append(f"{status}: expected an error, got {err!r}")
         elif (err.status, err.message, err.data, err.is_handled) != (status, message, data, True):
-            problems.append(f"{status}: got status={err.status} message={err.message!r} "
-                            f"data={err.data!r} handled={err.is_handled}")
+            problems.append(
+                f"{status}: got status={err.status} message={err.message!r} "
+                f"data={err.data!r} handled={err.is_handled}"
+            )
     assert not problems, "; ".join(problems)
 
 
@@ -137,12 +153,17 @@ async def test_unknown_fails_fast(aut: AdapterUnderTest) -> None:
     client = await aut.new()
     await _echo_server(aut, "known")
     ttl = 2.0
-    outcomes = await asyncio.gather(*(
-        invoke_status(client, command(client, addr(f"nobody-{i}")), ttl) for i in range(5)))
-    slow = [(round(took, 3), getattr(err, "status", err)) for _, err, took in outcomes
-            if took >= 1.0]
-    wrong = [(kind, getattr(err, "status", err)) for kind, err, _ in outcomes
-             if kind != "error" or err.status not in (404, 502, 503)]
+    outcomes = await asyncio.gather(
+        *(invoke_status(client, command(client, addr(f"nobody-{i}")), ttl) for i in range(5))
+    )
+    slow = [
+        (round(took, 3), getattr(err, "status", err)) for _, err, took in outcomes if took >= 1.0
+    ]
+    wrong = [
+        (kind, getattr(err, "status", err))
+        for kind, err, _ in outcomes
+        if kind != "error" or err.status not in (404, 502, 503)
+    ]
     assert not wrong, f"expected 404/502/503, got {wrong}"
     assert not slow, f"unknown command took >= 1s to fail (ttl {ttl}s): {slow}"
     aut.metric("fail_ms", [round(took * 1000, 1) for _, _, took in outcomes])
@@ -162,16 +183,23 @@ async def test_timeout(aut: AdapterUnderTest) -> None:
     client = await aut.new()
     ttl = 0.3
     try:
-        outcomes = await asyncio.wait_for(asyncio.gather(*(
-            invoke_status(client, command(client, addr("slow"), i), ttl) for i in range(10))),
-            ttl + TIMEOUT_MARGIN_S + 2)
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(
+                *(invoke_status(client, command(client, addr("slow"), i), ttl) for i in range(10))
+            ),
+            ttl + TIMEOUT_MARGIN_S + 2,
+        )
     except TimeoutError:
-        raise AssertionError(f"no 504 within {ttl + TIMEOUT_MARGIN_S + 2:.1f}s for ttl {ttl}s: "
-                             "the ttl is ignored") from None
+        raise AssertionError(
+            f"no 504 within {ttl + TIMEOUT_MARGIN_S + 2:.1f}s for ttl {ttl}s: the ttl is ignored"
+        ) from None
     finally:
         gate.open()
-    bad = [(kind, getattr(err, "status", err), round(took, 3)) for kind, err, took in outcomes
-           if kind != "error" or err.status != 504 or not ttl * 0.95 <= took <= ttl + TIMEOUT_MARGIN_S]
+    bad = [
+        (kind, getattr(err, "status", err), round(took, 3))
+        for kind, err, took in outcomes
+        if kind != "error" or err.status != 504 or not ttl * 0.95 <= took <= ttl + TIMEOUT_MARGIN_S
+    ]
     assert not bad, f"expected 504 after {ttl}s (+{TIMEOUT_MARGIN_S}s), got {bad}"
     aut.metric("timeout_s", sorted(round(t, 3) for _, _, t in outcomes))
     pending = getattr(client, "pending_invocations", 0)
@@ -193,12 +221,15 @@ async def test_late_response_ignored(aut: AdapterUnderTest) -> None:
 
     await server.register_command(addr("sometimes-slow"), responder(handler))
     client = await aut.new()
-    kind, err, _ = await invoke_status(client, command(client, addr("sometimes-slow"), "slow"), 0.15)
+    kind, err, _ = await invoke_status(
+        client, command(client, addr("sometimes-slow"), "slow"), 0.15
+    )
     assert kind == "error" and err.status == 504, f"expected 504, got {err!r}"
     await asyncio.wait_for(done.wait(), 5)
     await wait_quiet(lambda: getattr(client, "pending_invocations", 0), quiet_s=0.2)
-    results = await asyncio.gather(*(
-        invoke_status(client, command(client, addr("sometimes-slow"), i), 5) for i in range(5)))
+    results = await asyncio.gather(
+        *(invoke_status(client, command(client, addr("sometimes-slow"), i), 5) for i in range(5))
+    )
     wrong = [(i, r) for i, (k, r, _) in enumerate(results) if k != "ok" or r != {"fresh": i}]
     assert not wrong, f"answers after a late response are wrong: {wrong}"
     assert await client.is_healthy(), "client unhealthy after a late response"

@@ -1,0 +1,159 @@
+"""Handler failures: bounded redelivery, dead letters with a reason, handled errors not retried."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+from conformance.kit import FailureHandling, Recorder, event, subscription
+from conformance.ledger import Ledger, expect_exactly_once
+from conformance.marks import check
+from conformance.under_test import AdapterUnderTest
+from conformance.waits import wait_for, wait_quiet
+from reference_services.runtime.errors import HandledError
+
+EB = ("event_bridge",)
+
+
+class Attempts:
+    """Counts handler attempts per message id and fails them as told."""
+
+    def __init__(self, fail_first: int, handled: bool = False) -> None:
+        self.fail_first = fail_first
+        self.handled = handled
+        self.calls: dict[str, list[float]] = defaultdict(list)
+        self.succeeded = Ledger("succeeded")
+
+    def total(self) -> int:
+        return sum(len(v) for v in self.calls.values())
+
+    async def __call__(self, msg: Any) -> None:
+        key = str(msg.payload["id"])
+        self.calls[key].append(time.monotonic())
+        if len(self.calls[key]) <= self.fail_first:
+            if self.handled:
+                raise HandledError(f"rejected {key}", 422)
+            raise RuntimeError(f"transient failure of {key} (attempt {len(self.calls[key])})")
+        self.succeeded.delivered(key)
+
+
+async def _setup(
+    aut: AdapterUnderTest, handler: Attempts, failure: FailureHandling, dead: Ledger | None = None
+) -> tuple[Any, list[Any]]:
+    consumer = await aut.new()
+    await consumer.register_subscription(
+        subscription("fragile", event_name="work", failure=failure), handler
+    )
+    letters: list[Any] = []
+    if dead is not None and failure.dead_letter_target:
+        watcher = await aut.new()
+        rec = Recorder(
+            dead, "dead-letter", key=lambda m: str(m.payload["message"]["payload"]["id"])
+        )
+        await watcher.register_subscription(
+            subscription("dlq-watch", event_name=failure.dead_letter_target), rec
+        )
+        letters = rec.messages
+    return await aut.new(), letters
+
+
+async def _emit(producer: Any, n: int, *ledgers: Ledger) -> list[str]:
+    ids = []
+    for i in range(n):
+        msg = event(producer, "work", {"id": f"job-{i}", "n": i})
+        await producer.emit_message(msg)
+        ids.append(f"job-{i}")
+        for ledger in ledgers:
+            ledger.sent(f"job-{i}")
+    return ids
+
+
+def _wrong_counts(handler: Attempts, ids: list[str], want: int) -> list[str]:
+    return [
+        f"{k}: {len(handler.calls.get(k, []))}"
+        for k in ids
+        if len(handler.calls.get(k, [])) != want
+    ]
+
+
+@check("event_bridge.failures.retry_transient", kinds=EB, needs=("bounded_retry",))
+async def test_retry_transient(aut: AdapterUnderTest) -> None:
+    """A handler failing twice then succeeding runs exactly three times; nothing dead-letters."""
+    handler = Attempts(fail_first=2)
+    dead = Ledger("dead letters")
+    failure = FailureHandling(
+        max_attempts=3, retry_delay_ms=20, backoff=1.0, dead_letter_target=f"{aut.ctx.prefix}.dead"
+    )
+    producer, _ = await _setup(aut, handler, failure, dead)
+    ids = await _emit(producer, aut.n(20), handler.succeeded)
+    await wait_for(handler.succeeded.all_arrived, 15)
+    await wait_quiet(handler.total, quiet_s=0.3)
+    expect_exactly_once(handler.succeeded)
+    wrong = _wrong_counts(handler, ids, 3)
+    assert not wrong, f"expected exactly 3 attempts per message, got {wrong[:10]}"
+    assert dead.total_delivered == 0, (
+        f"{dead.total_delivered} dead letter(s) for recovered messages"
+    )
+
+
+@check("event_bridge.failures.dead_letter", kinds=EB, needs=("bounded_retry", "dead_letter"))
+async def test_dead_letter(aut: AdapterUnderTest) -> None:
+    """A handler that always fails is tried max_attempts times, then one dead letter per message
+    arrives at the dead letter target with the reason, the attempt count and the message."""
+    handler = Attempts(fail_first=10**6)
+    dead = Ledger("dead letters")
+    failure = FailureHandling(
+        max_attempts=3, retry_delay_ms=20, backoff=1.0, dead_letter_target=f"{aut.ctx.prefix}.dead"
+    )
+    producer, letters = await _setup(aut, handler, failure, dead)
+    ids = await _emit(producer, aut.n(10), dead)
+    await wait_for(dead.all_arrived, 15)
+    await wait_quiet(lambda: (handler.total(), dead.total_delivered), quiet_s=0.3)
+    wrong = _wrong_counts(handler, ids, 3)
+    assert not wrong, f"expected exactly 3 attempts per message, got {wrong[:10]}"
+    expect_exactly_once(dead)
+    bad = []
+    for letter in letters:
+        body = letter.payload
+        mid = body["message"]["payload"]["id"]
+        if body.get("attempts") != 3 or "transient failure of " + mid not in str(
+            body.get("reason")
+        ):
+            bad.append(f"{mid}: attempts={body.get('attempts')} reason={body.get('reason')!r}")
+        if body["message"].get("eventName") != "work":
+            bad.append(f"{mid}: original message not carried: {body['message']!r}")
+    assert not bad, "dead letters incomplete: " + "; ".join(bad[:10])
+
+
+@check("event_bridge.failures.handled_error_not_redelivered", kinds=EB)
+async def test_handled_error_not_redelivered(aut: AdapterUnderTest) -> None:
+    """A handled error acks the message: one attempt each, no dead letter."""
+    handler = Attempts(fail_first=10**6, handled=True)
+    dead = Ledger("dead letters")
+    failure = FailureHandling(
+        max_attempts=3, retry_delay_ms=20, dead_letter_target=f"{aut.ctx.prefix}.dead"
+    )
+    producer, _ = await _setup(aut, handler, failure, dead)
+    ids = await _emit(producer, aut.n(20))
+    await wait_for(lambda: all(k in handler.calls for k in ids), 15)
+    await wait_quiet(handler.total, quiet_s=0.4)
+    wrong = _wrong_counts(handler, ids, 1)
+    assert not wrong, f"handled errors were redelivered (attempts): {wrong[:10]}"
+    assert dead.total_delivered == 0, f"{dead.total_delivered} dead letter(s) after handled errors"
+
+
+@check("event_bridge.failures.delayed_retry", kinds=EB, needs=("bounded_retry", "delayed_retry"))
+async def test_delayed_retry(aut: AdapterUnderTest) -> None:
+    """The next attempt comes no sooner than retry_delay_ms after a failure."""
+    handler = Attempts(fail_first=1)
+    delay_ms = 250
+    failure = FailureHandling(max_attempts=3, retry_delay_ms=delay_ms, backoff=1.0)
+    producer, _ = await _setup(aut, handler, failure)
+    ids = await _emit(producer, 5, handler.succeeded)
+    await wait_for(handler.succeeded.all_arrived, 15)
+    gaps = {k: round((v[1] - v[0]) * 1000) for k, v in handler.calls.items() if len(v) >= 2}
+    aut.metric("gaps_ms", gaps)
+    early = {k: g for k, g in gaps.items() if g < delay_ms * 0.9}
+    assert len(gaps) == len(ids), f"not every message was retried: {sorted(gaps)}"
+    assert not early, f"retried sooner than {delay_ms} ms: {early}"

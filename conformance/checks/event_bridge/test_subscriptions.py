@@ -1,0 +1,294 @@
+"""Subscriptions: filters, shared and every-instance delivery, fan-out, chaining, durability."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from conformance.kit import AddressFilter, Recorder, event, subscription
+from conformance.ledger import Ledger, expect_exactly_once
+from conformance.marks import check
+from conformance.under_test import AdapterUnderTest
+from conformance.waits import wait_for, wait_quiet
+from reference_services.runtime.messages import CustomMessage
+
+EB = ("event_bridge",)
+SENDERS = 5
+ARRIVAL_TIMEOUT_S = 15.0
+
+
+async def emit_many(
+    producers: list[Any],
+    make: Callable[[Any, int, int], tuple[CustomMessage, bool]],
+    per_sender: int,
+    ledgers: list[Ledger],
+    senders: int = SENDERS,
+) -> int:
+    """``senders`` concurrent tasks emit ``per_sender`` messages each; expected ones are recorded."""
+    expected = 0
+
+    async def sender(s: int) -> None:
+        nonlocal expected
+        producer = producers[s % len(producers)]
+        for i in range(per_sender):
+            msg, wanted = make(producer, s, i)
+            key = str(msg.payload["id"])
+            try:
+                await producer.emit_message(msg)
+                ok = True
+            except Exception:
+                ok = False
+            if wanted:
+                expected += 1
+                for ledger in ledgers:
+                    ledger.sent(key, acknowledged=ok)
+
+    await asyncio.gather(*(sender(s) for s in range(senders)))
+    return expected
+
+
+async def settle(*ledgers: Ledger, quiet_s: float = 0.3) -> None:
+    """Wait until every acknowledged message arrived, then for a short quiet period."""
+    await wait_for(lambda: all(ledger.all_arrived() for ledger in ledgers), ARRIVAL_TIMEOUT_S)
+    await wait_quiet(lambda: sum(ledger.total_delivered for ledger in ledgers), quiet_s=quiet_s)
+
+
+def _payload(s: int, i: int, tag: str = "") -> dict[str, Any]:
+    return {"id": f"{tag}s{s}-m{i}", "sender": s, "seq": i}
+
+
+async def _filter_check(
+    aut: AdapterUnderTest,
+    sub_kwargs: dict[str, Any],
+    vary: Callable[[Any, int, int, bool], CustomMessage],
+) -> None:
+    ledger = Ledger("subscriber")
+    consumer = await aut.new()
+    await consumer.register_subscription(
+        subscription("filtered", **sub_kwargs), Recorder(ledger, "consumer")
+    )
+    producers = [await aut.new(), await aut.new()]
+
+    def make(p: Any, s: int, i: int) -> tuple[CustomMessage, bool]:
+        wanted = (s + i) % 2 == 0
+        return vary(p, s, i, wanted), wanted
+
+    expected = await emit_many(producers, make, aut.n(40), [ledger])
+    await settle(ledger)
+    expect_exactly_once(ledger)
+    aut.metric("matching", expected)
+    aut.metric("not_matching", SENDERS * aut.n(40) - expected)
+
+
+@check("event_bridge.subscriptions.filter.event_name", kinds=EB)
+async def test_filter_event_name(aut: AdapterUnderTest) -> None:
+    """Only messages with the subscribed event name arrive (others are 'unexpected')."""
+    await _filter_check(
+        aut,
+        {"event_name": "order.placed"},
+        lambda p, s, i, w: event(p, "order.placed" if w else "order.cancelled", _payload(s, i)),
+    )
+
+
+@check("event_bridge.subscriptions.filter.sender", kinds=EB)
+async def test_filter_sender(aut: AdapterUnderTest) -> None:
+    """Only messages from the subscribed sender service arrive."""
+    await _filter_check(
+        aut,
+        {"event_name": "ping", "sender": AddressFilter(service_name="billing")},
+        lambda p, s, i, w: event(p, "ping", _payload(s, i), service="billing" if w else "shop"),
+    )
+
+
+@check("event_bridge.subscriptions.filter.principal", kinds=EB)
+async def test_filter_principal(aut: AdapterUnderTest) -> None:
+    """Only messages of the subscribed principal arrive (other principal or none: not)."""
+    await _filter_check(
+        aut,
+        {"event_name": "ping", "principal_id": "user-1"},
+        lambda p, s, i, w: event(
+            p, "ping", _payload(s, i), principal_id="user-1" if w else ("user-2" if i % 4 else None)
+        ),
+    )
+
+
+@check("event_bridge.subscriptions.filter.tenant", kinds=EB)
+async def test_filter_tenant(aut: AdapterUnderTest) -> None:
+    """Only messages of the subscribed tenant arrive (other tenant or none: not)."""
+    await _filter_check(
+        aut,
+        {"event_name": "ping", "tenant_id": "tenant-a"},
+        lambda p, s, i, w: event(
+            p,
+            "ping",
+            _payload(s, i),
+            tenant_id="tenant-a" if w else ("tenant-b" if i % 4 else None),
+        ),
+    )
+
+
+@check("event_bridge.subscriptions.shared_one_per_group", kinds=EB, needs=("shared_subscriptions",))
+async def test_shared_one_per_group(aut: AdapterUnderTest) -> None:
+    """A shared subscription on three instances: each message reaches exactly one of them."""
+    group = Ledger("group")
+    for i in range(3):
+        b = await aut.new()
+        await b.register_subscription(
+            subscription("workers", event_name="job"), Recorder(group, f"instance{i}")
+        )
+    producers = [await aut.new(), await aut.new()]
+    await emit_many(
+        producers, lambda p, s, i: (event(p, "job", _payload(s, i)), True), aut.n(100), [group]
+    )
+    await settle(group)
+    expect_exactly_once(group)
+    aut.metric("per_instance", dict(sorted(group.receivers().items())))
+
+
+@check("event_bridge.subscriptions.every_instance", kinds=EB)
+async def test_every_instance(aut: AdapterUnderTest) -> None:
+    """A non-shared subscription on three instances: every instance gets every message once."""
+    ledgers = [Ledger(f"instance{i}") for i in range(3)]
+    for i, ledger in enumerate(ledgers):
+        b = await aut.new()
+        await b.register_subscription(
+            subscription("cache", event_name="invalidate", shared=False, durable=False),
+            Recorder(ledger, f"instance{i}"),
+        )
+    producer = await aut.new()
+    await emit_many(
+        [producer],
+        lambda p, s, i: (event(p, "invalidate", _payload(s, i)), True),
+        aut.n(100),
+        ledgers,
+    )
+    await settle(*ledgers)
+    expect_exactly_once(*ledgers)
+
+
+@check("event_bridge.subscriptions.fan_out", kinds=EB)
+async def test_fan_out(aut: AdapterUnderTest) -> None:
+    """Three services (two instances each) subscribe to one event: each service gets each once."""
+    ledgers = {svc: Ledger(svc) for svc in ("email", "audit", "search")}
+    for svc, ledger in ledgers.items():
+        for i in range(2):
+            b = await aut.new()
+            await b.register_subscription(
+                subscription(svc, event_name="user.created"), Recorder(ledger, f"{svc}{i}")
+            )
+    producers = [await aut.new(), await aut.new()]
+    await emit_many(
+        producers,
+        lambda p, s, i: (event(p, "user.created", _payload(s, i)), True),
+        aut.n(100),
+        list(ledgers.values()),
+    )
+    await settle(*ledgers.values())
+    expect_exactly_once(*ledgers.values())
+
+
+@check("event_bridge.subscriptions.emit_event_chaining", kinds=EB)
+async def test_emit_event_chaining(aut: AdapterUnderTest) -> None:
+    """A handler's return value is emitted as ``emitEventName`` (None emits nothing), keeping
+    correlation, principal and tenant."""
+    chained = Ledger("chained")
+    first = await aut.new()
+
+    async def check_order(msg: Any) -> Any:
+        n = msg.payload["seq"]
+        return None if n % 3 == 0 else {"id": msg.payload["id"], "checked": n * 2}
+
+    await first.register_subscription(
+        subscription("checker", event_name="order.placed", emit_event_name="order.checked"),
+        check_order,
+    )
+    second = await aut.new()
+    rec = Recorder(chained, "listener")
+    await second.register_subscription(subscription("listener", event_name="order.checked"), rec)
+    producer = await aut.new()
+    sent: dict[str, CustomMessage] = {}
+
+    def make(p: Any, s: int, i: int) -> tuple[CustomMessage, bool]:
+        msg = event(
+            p,
+            "order.placed",
+            _payload(s, i),
+            principal_id=f"user-{s}",
+            tenant_id="t-1",
+            correlation_id=f"corr-s{s}-m{i}",
+        )
+        sent[msg.payload["id"]] = msg
+        return msg, i % 3 != 0
+
+    await emit_many([producer], make, aut.n(30), [chained])
+    await settle(chained)
+    expect_exactly_once(chained)
+    wrong = []
+    for got in rec.messages:
+        src = sent[got.payload["id"]]
+        want = (src.correlation_id, src.principal_id, src.tenant_id, src.payload["seq"] * 2)
+        have = (got.correlation_id, got.principal_id, got.tenant_id, got.payload.get("checked"))
+        if want != have:
+            wrong.append(f"{got.payload['id']}: {have} != {want}")
+    assert not wrong, "chained events lost fields: " + "; ".join(wrong[:10])
+
+
+@check("event_bridge.subscriptions.durable_restart", kinds=EB, needs=("durable_subscriptions",))
+async def test_durable_restart(aut: AdapterUnderTest) -> None:
+    """Messages for a durable subscription emitted while no instance runs reach the next one."""
+    ledger = Ledger("durable")
+    sub = subscription("ledger-keeper", event_name="entry", durable=True)
+    first = await aut.new()
+    await first.register_subscription(sub, Recorder(ledger, "first"))
+    producer = await aut.new()
+    await emit_many(
+        [producer],
+        lambda p, s, i: (event(p, "entry", _payload(s, i, "a")), True),
+        aut.n(20),
+        [ledger],
+        senders=2,
+    )
+    await settle(ledger, quiet_s=0.1)
+    await aut.destroy(first)
+    await emit_many(
+        [producer],
+        lambda p, s, i: (event(p, "entry", _payload(s, i, "b")), True),
+        aut.n(20),
+        [ledger],
+        senders=2,
+    )
+    second = await aut.new()
+    await second.register_subscription(sub, Recorder(ledger, "second"))
+    await settle(ledger)
+    expect_exactly_once(ledger)
+    aut.metric("while_down", 2 * aut.n(20))
+
+
+@check("event_bridge.subscriptions.unregister_stops_delivery", kinds=EB)
+async def test_unregister_stops_delivery(aut: AdapterUnderTest) -> None:
+    """After unregister_subscription nothing more is delivered to that handler."""
+    ledger = Ledger("subscriber")
+    consumer = await aut.new()
+    sub = subscription("leaver", event_name="tick", durable=False)
+    await consumer.register_subscription(sub, Recorder(ledger, "consumer"))
+    producer = await aut.new()
+    await emit_many(
+        [producer],
+        lambda p, s, i: (event(p, "tick", _payload(s, i, "a")), True),
+        aut.n(20),
+        [ledger],
+        senders=2,
+    )
+    await settle(ledger, quiet_s=0.1)
+    await consumer.unregister_subscription(sub.subscriber)
+    # the second batch is not recorded as sent: any delivery of it counts as unexpected
+    await emit_many(
+        [producer],
+        lambda p, s, i: (event(p, "tick", _payload(s, i, "b")), False),
+        aut.n(20),
+        [],
+        senders=2,
+    )
+    await wait_quiet(lambda: ledger.total_delivered, quiet_s=0.3)
+    expect_exactly_once(ledger)
