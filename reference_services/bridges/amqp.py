@@ -313,8 +313,9 @@ class AmqpBridge(EventBridgeBase):
         consumer.channel = None
         if channel is None:
             return
+        conn = self._conn
         try:
-            if tag is not None and not channel.is_closed:
+            if tag is not None and not channel.is_closed and conn is not None and not conn.down:
                 underlay = await asyncio.wait_for(channel.get_underlay_channel(), 2)
                 await asyncio.wait_for(underlay.basic_cancel(tag), 5)
         except Exception as exc:

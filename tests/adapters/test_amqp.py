@@ -383,7 +383,18 @@ async def test_durable_subscription_survives_subscriber_restart(make_bridge: Any
     second = await make_bridge()
     await second.register_subscription(subscription("ledger", "entry"), handler)
     await wait_for(lambda: len(got) == 5, 10, "backlog delivered")
-    assert got == [m.id for m in sent]
+    assert sorted(got) == sorted(m.id for m in sent)  # handlers run concurrently (prefetch)
+
+
+async def test_start_fails_fast_when_the_broker_is_unreachable() -> None:
+    import port_for
+
+    bridge = AmqpBridge(f"amqp://guest:guest@127.0.0.1:{port_for.select_random()}/", **FAST)
+    started = time.monotonic()
+    with pytest.raises(PuristaError) as caught:
+        await bridge.start()
+    assert caught.value.status == 503 and time.monotonic() - started < 5
+    assert not await bridge.is_ready()
 
 
 async def test_emit_event_name_chains(make_bridge: Any) -> None:
@@ -596,9 +607,16 @@ async def test_invoke_while_broker_down_fails_within_ttl(
     own_rabbitmq: Any, make_bridge: Any
 ) -> None:
     client = await make_bridge(own_rabbitmq.url)
+    other = await make_bridge(own_rabbitmq.url)
+    for i in range(5):
+        await other.register_subscription(subscription(f"s{i}", "e"), _noop)
+    await other.register_command(USER, echo_handler([], other))
     await asyncio.to_thread(own_rabbitmq.kill)
     try:
         await wait_async(lambda: _not(client.is_ready()), 10, "not ready")
+        started = time.monotonic()
+        await other.destroy()  # nothing to wait for while the broker is gone
+        assert time.monotonic() - started < 2
         started = time.monotonic()
         with pytest.raises(PuristaError) as caught:
             await client.invoke(command(), ttl_s=1.5)
