@@ -36,7 +36,10 @@ def docker_ping(timeout: float = 3.0) -> str | None:
             client.close()
         return None
     except Exception as exc:
-        return f"no Docker engine ({type(exc).__name__}: {str(exc)[:120]})"
+        text = str(exc)
+        if "FileNotFoundError" in text or "No such file" in text:
+            return "no Docker engine (no socket at DOCKER_HOST or /var/run/docker.sock)"
+        return f"no Docker engine ({type(exc).__name__}: {text[:100]})"
 
 
 class DockerHandle(ServiceHandle):

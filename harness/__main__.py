@@ -1,0 +1,83 @@
+"""Command line: `harness doctor [--json] [--provider P]`, `harness up [names...]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+
+from harness.doctor import run_doctor
+from harness.services.registry import ServiceSet
+from harness.services.select import PROVIDERS, select_provider
+from harness.services.spec import SERVICE_NAMES
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    provider = select_provider(args.provider)
+    report = run_doctor(provider, tuple(args.services or SERVICE_NAMES), not args.serial)
+    ok = all(s["ok"] for s in report["services"].values())
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0 if ok else 1
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"provider: [bold]{report['provider']}[/] ({report['reason']})")
+    if not report["lifecycle_faults"]:
+        console.print("[yellow]lifecycle faults (restart/pause/kill) unavailable[/]")
+    table = Table("service", "ok", "version", "start s", "error")
+    for name, res in report["services"].items():
+        mark = "[green]ok[/]" if res["ok"] else "[red]FAIL[/]"
+        table.add_row(name, mark, res["version"], f"{res['start_s']:.2f}", res["error"] or "")
+    console.print(table)
+    console.print(f"all together: {report['total_s']:.2f} s")
+    return 0 if ok else 1
+
+
+def _up(args: argparse.Namespace) -> int:
+    services = ServiceSet(select_provider(args.provider))
+    handles = services.start_many(args.services or SERVICE_NAMES)
+    for name, handle in handles.items():
+        print(f"{name}: {handle.url} (log {handle.log_path})")
+    for var, url in services.env().items():
+        print(f"export {var}={url}")
+    if args.keep:
+        services.close(keep=True)
+        return 0
+    print("running; Ctrl-C to stop", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    services.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `harness` console script."""
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    choices = ["auto", *PROVIDERS]
+    doc = sub.add_parser("doctor", help="start each service, do a round trip, stop it")
+    doc.add_argument("--json", action="store_true", help="machine-readable report")
+    doc.add_argument("--provider", choices=choices, default=None)
+    doc.add_argument("--serial", action="store_true", help="one service at a time")
+    doc.add_argument("services", nargs="*", default=[], help=", ".join(SERVICE_NAMES))
+    up = sub.add_parser("up", help="start services and print their URLs")
+    up.add_argument("--provider", choices=choices, default=None)
+    up.add_argument("--keep", action="store_true", help="leave them running and exit")
+    up.add_argument("services", nargs="*", default=[], help=", ".join(SERVICE_NAMES))
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.services if n not in SERVICE_NAMES]
+    if unknown:
+        parser.error(f"unknown services {unknown}; known: {', '.join(SERVICE_NAMES)}")
+    return _doctor(args) if args.command == "doctor" else _up(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
