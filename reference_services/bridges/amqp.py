@@ -688,6 +688,28 @@ class AmqpBridge(EventBridgeBase):
             return False
         return True
 
+    # ------------------------------------------------------------ raw input
+    async def publish_raw(self, raw: bytes, headers: dict[str, Any] | None = None) -> None:
+        """Put raw bytes on the wire (for tests and tools).
+
+        With ``headers`` (or when ``raw`` decodes, headers derived from it) the
+        bytes go through the exchange like any message; otherwise they are put
+        straight into this instance's subscription queues, where the consumer
+        rejects them (logged, counted and dead-lettered).
+        """
+        if headers is None:
+            try:
+                headers = topo.message_headers(decode(raw, max_bytes=None))
+            except MessageDecodeError:
+                headers = None
+        message = aio_pika.Message(bytes(raw), headers=headers or {},
+                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+        if headers is not None:
+            await self._publish_amqp(message)
+            return
+        for consumer in list(self._sub_consumers.values()):
+            await self._publish_amqp(message, routing_key=consumer.queue, default_exchange=True)
+
     # ------------------------------------------------------------------ intake
     async def _stop_intake(self) -> None:
         for consumer in [*self._cmd_consumers.values(), *self._sub_consumers.values()]:

@@ -478,12 +478,13 @@ async def test_malformed_messages_are_dead_lettered_and_the_next_is_served(
     headers = {"messageType": "customMessage", "eventName": "evt"}
     await raw.publish(namespace, b"\xff not json", headers)
     await raw.publish(namespace, b'{"messageType": "customMessage"}', headers)
+    await bridge.publish_raw(b"")  # the test hook: straight into this instance's queues
     await bridge.emit_message(event("evt", "valid"))
     await wait_for(lambda: got == ["valid"], 5, "the valid message")
-    await wait_for(lambda: bridge.rejected_messages == 2, 5, "two rejections")
+    await wait_for(lambda: bridge.rejected_messages == 3, 5, "three rejections")
     kept = await raw.take_all(topo.dead_letter_queue(namespace, sub))
     reasons = sorted(str(m.headers[DEAD_LETTER_REASON_HEADER]) for m in kept)
-    assert len(reasons) == 2 and all(r.startswith("malformed message") for r in reasons)
+    assert len(reasons) == 3 and all(r.startswith("malformed message") for r in reasons)
     assert await bridge.is_ready()
 
 
