@@ -145,44 +145,27 @@ class Ledger:
 
 
 def _harness_verdict(name: str, sent: dict[str, bool], delivered: Counter[str]) -> Verdict | None:
-    """Judge with ``harness.history`` if it is importable (same rules, shared code)."""
+    """Judge with the harness checker (``harness.history``) when it is importable."""
     try:
-        from harness import history as hh
+        from harness.history import History, check
     except ImportError:
         return None
-    try:
-        return _from_harness(hh, name, sent, delivered)
-    except Exception:
-        return None
-
-
-def _from_harness(hh: Any, name: str, sent: dict[str, bool], delivered: Counter[str]) -> Verdict:
-    hist = hh.History()
+    hist = History()
     for mid, ok in sent.items():
-        hist.sent(mid)
-        if ok:
-            hist.acknowledged(mid)
+        hist.sent(mid, "ok" if ok else "unknown")
     for mid, n in delivered.items():
         for _ in range(n):
             hist.delivered(mid)
-    v = hh.check(hist)
+    v = check(hist)
     return Verdict(
         name=name,
         sent=len(sent),
         delivered=sum(delivered.values()),
-        lost=sorted(_ids_of(v, "lost")),
-        duplicated={m: delivered[m] for m in sorted(_ids_of(v, "duplicated"))},
-        unexpected=sorted(_ids_of(v, "unexpected")),
-        recovered=sorted(_ids_of(v, "recovered")),
+        lost=list(v.classes["lost"]),
+        duplicated={m: delivered[m] for m in v.classes["duplicated"]},
+        unexpected=list(v.classes["unexpected"]),
+        recovered=list(v.classes["recovered"]),
     )
-
-
-def _ids_of(verdict: Any, cls: str) -> list[str]:
-    for attr in (f"{cls}_ids", cls):
-        value = getattr(verdict, attr, None)
-        if isinstance(value, (list, set, tuple, frozenset, dict)):
-            return [str(x) for x in value]
-    raise TypeError(f"harness verdict has no id list for {cls}")
 
 
 def expect_exactly_once(*ledgers: Ledger) -> list[Verdict]:

@@ -113,12 +113,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             drop.append(item)
             continue
         item.extra_keyword_matches.add(info.id)
-        missing = [(cap, spec.support(cap)[1]) for cap in info.needs if not spec.support(cap)[0]]
-        if missing and not spec.unavailable:
-            reason = "; ".join(f"{cap}: {why}" for cap, why in missing)
-            item.add_marker(
-                pytest.mark.xfail(reason=f"declared unsupported: {reason}", strict=False)
-            )
         keep.append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
@@ -169,7 +163,34 @@ def cf_aut(cf_spec: AdapterSpec, request: pytest.FixtureRequest) -> AdapterUnder
     )
     aut = AdapterUnderTest(cf_spec, ctx, quick=state.quick)
     request.node.stash[_AUT_KEY] = aut
+    _expect_unsupported(request, aut)
     return aut
+
+
+def _expect_unsupported(request: pytest.FixtureRequest, aut: AdapterUnderTest) -> None:
+    """Mark the check as an expected failure when a capability it needs is declared unsupported.
+
+    Built-in adapters may set capabilities per instance (from their options), so an
+    unstarted probe instance is asked; third-party specs were probed at collection.
+    """
+    info = _info(request.node)
+    if info is None or not info.needs:
+        return
+    spec = aut.spec
+    if spec.source == "builtin":
+        try:
+            probe = spec.factory(aut.ctx.for_instance(-1, {}))  # type: ignore[misc]
+            caps = getattr(probe, "capabilities", None)
+            if caps is not None:
+                spec.capabilities = caps
+        except Exception:
+            pass
+    missing = [(cap, spec.support(cap)[1]) for cap in info.needs if not spec.support(cap)[0]]
+    if missing:
+        reason = "; ".join(f"{cap}: {why}" for cap, why in missing)
+        request.node.add_marker(
+            pytest.mark.xfail(reason=f"declared unsupported: {reason}", strict=False)
+        )
 
 
 @pytest.fixture

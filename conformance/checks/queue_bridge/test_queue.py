@@ -1,0 +1,309 @@
+"""The PURISTA queue contract plus idempotency keys and concurrent workers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from reference_services.runtime.errors import PuristaError
+
+from conformance.ledger import Ledger, expect_exactly_once
+from conformance.marks import check
+from conformance.under_test import AdapterUnderTest
+from conformance.waits import wait_for
+
+QB = ("queue_bridge",)
+
+
+async def _lease_one(q: Any, queue: str, timeout_s: float = 5.0, **kw: Any) -> Any:
+    """Poll lease_next (no blocking assumed) until one job comes, or None."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        jobs = await q.lease_next(queue, 1, **kw)
+        if jobs:
+            return jobs[0]
+        if time.monotonic() >= deadline:
+            return None
+        await asyncio.sleep(0.01)
+
+
+async def _metrics(q: Any, queue: str) -> dict[str, int]:
+    m = await q.metrics(queue)
+    return {"pending": m.pending, "inflight": m.inflight, "dead_letter": m.dead_letter}
+
+
+async def _produce(producers: list[Any], queue: str, senders: int, per: int, ledger: Ledger,
+                   **kw: Any) -> None:
+    async def produce(s: int) -> None:
+        q = producers[s % len(producers)]
+        for i in range(per):
+            job_id = await q.enqueue(queue, {"s": s, "i": i, "text": "ünï"}, {"p": i}, **kw)
+            ledger.sent(job_id)
+
+    await asyncio.gather(*(produce(s) for s in range(senders)))
+
+
+async def _work(workers: list[Any], queue: str, ledger: Ledger, deadline_s: float) -> None:
+    deadline = time.monotonic() + deadline_s
+
+    async def work(w: int) -> None:
+        q = workers[w]
+        while not ledger.all_arrived() and time.monotonic() < deadline:
+            jobs = await q.lease_next(queue, 5, worker_id=f"w{w}")
+            if not jobs:
+                await asyncio.sleep(0.005)
+            for job in jobs:
+                ledger.delivered(job.id, by=f"w{w}")
+                await q.ack(job)
+
+    await asyncio.gather(*(work(w) for w in range(len(workers))))
+
+
+@check("queue_bridge.lease_ack_empties", kinds=QB)
+async def test_lease_ack_empties(aut: AdapterUnderTest) -> None:
+    """Jobs from five concurrent producers are each leased once; after acks the metrics are 0."""
+    q = await aut.new()
+    ledger = Ledger("leases")
+    await _produce([q], "jobs", 5, aut.n(40), ledger)
+    m = await _metrics(q, "jobs")
+    assert m["pending"] == 5 * aut.n(40), f"pending after enqueue: {m}"
+    await _work([q], "jobs", ledger, 30)
+    expect_exactly_once(ledger)
+    m = await _metrics(q, "jobs")
+    assert m == {"pending": 0, "inflight": 0, "dead_letter": 0}, f"metrics after acks: {m}"
+
+
+@check("queue_bridge.concurrent_workers", kinds=QB)
+async def test_concurrent_workers(aut: AdapterUnderTest) -> None:
+    """Four workers leasing while five producers enqueue: no job is leased twice or lost."""
+    workers = [await aut.new() for _ in range(4)]
+    ledger = Ledger("leases")
+    producing = asyncio.ensure_future(_produce(workers[:2], "work", 5, aut.n(60), ledger))
+    await wait_for(lambda: bool(ledger.sent_ids()), 5)
+    await _work(workers, "work", ledger, 30)
+    await producing
+    await _work(workers, "work", ledger, 30)
+    expect_exactly_once(ledger)
+    aut.metric("per_worker", dict(sorted(ledger.receivers().items())))
+    m = await _metrics(workers[0], "work")
+    assert m == {"pending": 0, "inflight": 0, "dead_letter": 0}, f"metrics after acks: {m}"
+
+
+@check("queue_bridge.delayed_job", kinds=QB, needs=("delayed_jobs",))
+async def test_delayed_job(aut: AdapterUnderTest) -> None:
+    """A job enqueued with delay_ms is not leasable before the delay, and is after it."""
+    q = await aut.new()
+    start = time.monotonic()
+    delayed = await q.enqueue("later", {"when": "later"}, delay_ms=400)
+    now = await q.enqueue("later", {"when": "now"})
+    first = await _lease_one(q, "later", 2)
+    assert first is not None and first.id == now, f"expected the undelayed job, got {first}"
+    job = await _lease_one(q, "later", 5)
+    waited = time.monotonic() - start
+    assert job is not None and job.id == delayed, "the delayed job never became leasable"
+    assert waited >= 0.38, f"delayed job leased after {waited:.3f}s (< 0.4s)"
+    aut.metric("leased_after_s", round(waited, 3))
+
+
+@check("queue_bridge.nack_retry_dead_letter", kinds=QB)
+async def test_nack_retry_dead_letter(aut: AdapterUnderTest) -> None:
+    """nack retries with attempt+1 until max_attempts, then the job is dead-lettered with the
+    reason; the dead letter holds the payload."""
+    q = await aut.new()
+    ids = [await q.enqueue("flaky", {"n": i}, max_attempts=3) for i in range(aut.n(5))]
+    outcomes: dict[str, list[tuple[int, str]]] = {i: [] for i in ids}
+    for _ in range(3 * len(ids)):
+        job = await _lease_one(q, "flaky", 5)
+        assert job is not None, f"a job vanished; outcomes so far {outcomes}"
+        outcomes[job.id].append((job.attempt, await q.nack(job, f"fail {job.attempt}")))
+    want = [(1, "retry"), (2, "retry"), (3, "dead_letter")]
+    wrong = {k: v for k, v in outcomes.items() if v != want}
+    assert not wrong, f"expected {want} per job, got {wrong}"
+    dead = {d.id: d for d in await q.peek_dead_letter("flaky")}
+    missing = [i for i in ids if i not in dead]
+    assert not missing, f"not in the dead letter: {missing}"
+    bad = [(i, dead[i].attempts, dead[i].reason) for i in ids
+           if dead[i].attempts != 3 or "fail 3" not in dead[i].reason]
+    assert not bad, f"dead letters lack attempts/reason: {bad}"
+    assert all(dead[i].payload == {"n": n} for n, i in enumerate(ids)), "payload changed"
+    m = await _metrics(q, "flaky")
+    assert m == {"pending": 0, "inflight": 0, "dead_letter": len(ids)}, f"metrics: {m}"
+
+
+@check("queue_bridge.explicit_dead_letter", kinds=QB)
+async def test_explicit_dead_letter(aut: AdapterUnderTest) -> None:
+    """move_to_dead_letter at the first attempt dead-letters the job with the given reason."""
+    q = await aut.new()
+    job_id = await q.enqueue("poison", {"bad": True}, max_attempts=5)
+    job = await _lease_one(q, "poison")
+    assert job is not None and job.id == job_id
+    await q.move_to_dead_letter(job, "poison message: schema v0")
+    assert await _lease_one(q, "poison", 0.3) is None, "a dead-lettered job was leased"
+    dead = await q.peek_dead_letter("poison")
+    assert [(d.id, d.reason, d.attempts) for d in dead] == [
+        (job_id, "poison message: schema v0", 1)], f"dead letter: {dead}"
+
+
+@check("queue_bridge.dead_letter_admin", kinds=QB)
+async def test_dead_letter_admin(aut: AdapterUnderTest) -> None:
+    """peek lists dead letters, redrive returns chosen ones with fresh attempts, purge empties."""
+    q = await aut.new()
+    ids = [await q.enqueue("admin", {"n": i}, max_attempts=1) for i in range(3)]
+    for _ in ids:
+        job = await _lease_one(q, "admin")
+        assert job is not None
+        assert await q.nack(job, "no") == "dead_letter"
+    assert {d.id for d in await q.peek_dead_letter("admin")} == set(ids)
+    assert await q.redrive_dead_letter("admin", [ids[0]]) == 1
+    job = await _lease_one(q, "admin")
+    assert job is not None and job.id == ids[0] and job.attempt == 1, f"redriven job: {job}"
+    await q.ack(job)
+    assert await q.purge_dead_letter("admin") == 2
+    assert await q.peek_dead_letter("admin") == [], "dead letters left after purge"
+    m = await _metrics(q, "admin")
+    assert m == {"pending": 0, "inflight": 0, "dead_letter": 0}, f"metrics: {m}"
+
+
+@check("queue_bridge.lease_expiry", kinds=QB, needs=("lease_recovery",))
+async def test_lease_expiry(aut: AdapterUnderTest) -> None:
+    """A lease that expires (worker died) makes the job leasable again with attempt + 1."""
+    crashed, worker = await aut.new(), await aut.new()
+    job_id = await crashed.enqueue("recover", {"x": 1}, lease_ttl_ms=300)
+    start = time.monotonic()
+    first = await _lease_one(crashed, "recover")
+    assert first is not None and first.attempt == 1
+    assert await _lease_one(worker, "recover", 0.1) is None, "leased twice while the lease held"
+    again = await _lease_one(worker, "recover", 5)
+    took = time.monotonic() - start
+    assert again is not None and again.id == job_id, "expired lease was never recovered"
+    assert again.attempt == 2, f"attempt after expiry: {again.attempt}"
+    assert took >= 0.28, f"re-leased after {took:.3f}s, before the 0.3s lease expired"
+    await worker.ack(again)
+    aut.metric("recovered_after_s", round(took, 3))
+
+
+@check("queue_bridge.stale_lease_rejected", kinds=QB, needs=("lease_recovery",))
+async def test_stale_lease_rejected(aut: AdapterUnderTest) -> None:
+    """Acking with an expired, re-leased lease fails with 409; the new holder's ack works."""
+    q = await aut.new()
+    await q.enqueue("stale", {"x": 1}, lease_ttl_ms=200)
+    old = await _lease_one(q, "stale")
+    new = await _lease_one(q, "stale", 5)
+    assert old is not None and new is not None and new.id == old.id
+    try:
+        await q.ack(old)
+    except PuristaError as exc:
+        assert exc.status == 409, f"stale ack: expected 409, got {exc.status}"
+    else:
+        raise AssertionError(f"ack with stale lease {old.lease_id} was accepted")
+    await q.ack(new)
+    m = await _metrics(q, "stale")
+    assert m == {"pending": 0, "inflight": 0, "dead_letter": 0}, f"metrics: {m}"
+
+
+@check("queue_bridge.inspect_leases", kinds=QB)
+async def test_inspect_leases(aut: AdapterUnderTest) -> None:
+    """inspect_leases lists each active lease with job, lease id, worker and attempt."""
+    w1, w2 = await aut.new(), await aut.new()
+    for i in range(3):
+        await w1.enqueue("inspect", {"n": i})
+    jobs = [await _lease_one(w1, "inspect", worker_id="w1"),
+            await _lease_one(w2, "inspect", worker_id="w2"),
+            await _lease_one(w2, "inspect", worker_id="w2")]
+    leases = {x.job_id: x for x in await w1.inspect_leases("inspect")}
+    want = {j.id: (j.lease_id, w, 1) for j, w in zip(jobs, ["w1", "w2", "w2"], strict=True)}
+    got = {k: (x.lease_id, x.worker_id, x.attempt) for k, x in leases.items()}
+    assert got == want, f"leases: {got} != {want}"
+    for job in jobs:
+        await w1.ack(job)
+    assert await w1.inspect_leases("inspect") == [], "leases left after ack"
+
+
+@check("queue_bridge.idempotency_key", kinds=QB, needs=("idempotency_keys",))
+async def test_idempotency_key(aut: AdapterUnderTest) -> None:
+    """Concurrent enqueues with one idempotency key return one job id; one job is leased."""
+    a, b = await aut.new(), await aut.new()
+    ids = await asyncio.gather(*((a if i % 2 else b).enqueue("idem", {"i": i},
+                                                            idempotency_key="order-42")
+                                 for i in range(10)))
+    other = await a.enqueue("idem", {"i": "other"}, idempotency_key="order-43")
+    assert len(set(ids)) == 1, f"one key gave {len(set(ids))} job ids"
+    assert other != ids[0], "a different key returned the same job"
+    ledger = Ledger("idem")
+    ledger.sent(ids[0])
+    ledger.sent(other)
+    await _work([a, b], "idem", ledger, 5)
+    extra = await a.lease_next("idem", 10)
+    for job in extra:
+        ledger.delivered(job.id)
+    expect_exactly_once(ledger)
+
+
+@check("queue_bridge.priorities", kinds=QB, needs=("priorities",))
+async def test_priorities(aut: AdapterUnderTest) -> None:
+    """Higher priority jobs are leased first."""
+    q = await aut.new()
+    for p in (0, 5, 1, 9, 3):
+        await q.enqueue("prio", {"p": p}, priority=p)
+    order = []
+    for _ in range(5):
+        job = await _lease_one(q, "prio")
+        order.append(job.payload["p"])
+        await q.ack(job)
+    assert order == [9, 5, 3, 1, 0], f"lease order {order}"
+
+
+@check("queue_bridge.blocking_lease", kinds=QB, needs=("blocking_lease",))
+async def test_blocking_lease(aut: AdapterUnderTest) -> None:
+    """lease_next(wait_ms=...) on an empty queue returns soon after another worker enqueues."""
+    waiter, producer = await aut.new(), await aut.new()
+    leasing = asyncio.ensure_future(waiter.lease_next("block", 1, 5000))
+    await asyncio.wait({leasing}, timeout=0.2)
+    assert not leasing.done(), f"lease_next returned {leasing.result()} on an empty queue"
+    start = time.monotonic()
+    job_id = await producer.enqueue("block", {"x": 1})
+    jobs = await asyncio.wait_for(leasing, 6)
+    took = time.monotonic() - start
+    assert [j.id for j in jobs] == [job_id], f"got {jobs}"
+    assert took < 1.0, f"blocking lease returned {took:.3f}s after the enqueue"
+    aut.metric("wakeup_ms", round(took * 1000, 1))
+
+
+@check("queue_bridge.extend_lease", kinds=QB, needs=("lease_recovery",))
+async def test_extend_lease(aut: AdapterUnderTest) -> None:
+    """An extended lease is not recovered at the original expiry."""
+    q, other = await aut.new(), await aut.new()
+    await q.enqueue("extend", {"x": 1}, lease_ttl_ms=300)
+    job = await _lease_one(q, "extend")
+    job = await q.extend_lease(job, 3000)
+    assert await _lease_one(other, "extend", 0.6) is None, "extended lease was recovered"
+    await q.ack(job)
+
+
+@check("queue_bridge.lifecycle.ready_healthy", kinds=QB)
+async def test_ready_healthy(aut: AdapterUnderTest) -> None:
+    """Not ready before start, ready and healthy after start, not ready after destroy."""
+    q = aut.build()
+    assert not await q.is_ready(), "ready before start"
+    await q.start()
+    assert await q.is_ready() and await q.is_healthy(), "not ready/healthy after start"
+    await aut.destroy(q)
+    assert not await q.is_ready(), "still ready after destroy"
+
+
+@check("queue_bridge.open.fifo", kinds=QB, open_behaviour=True)
+async def test_fifo(aut: AdapterUnderTest) -> None:
+    """Observes whether jobs of equal priority are leased in enqueue order."""
+    q = await aut.new()
+    ids = [await q.enqueue("fifo", {"n": i}) for i in range(aut.n(30))]
+    got = []
+    while len(got) < len(ids):
+        jobs = await q.lease_next("fifo", 7)
+        if not jobs:
+            break
+        got += [j.id for j in jobs]
+        for j in jobs:
+            await q.ack(j)
+    aut.observe("fifo", got == ids)
+    aut.observe("leased", len(got))
