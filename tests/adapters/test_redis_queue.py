@@ -5,116 +5,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import shutil
-import signal
-import subprocess
-import tempfile
 import time
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import port_for
 import pytest
 import redis.asyncio as aioredis
 
+from harness.history import History
 from reference_services.bridges.redis_queue import RedisQueueBridge, RedisUnavailableError
 from reference_services.runtime.queue import Job, LeaseExpiredError, QueueInputError
 
-# --- brokers: the harness fixtures when present, else a local redis-server -----------------
-
-
-class LocalRedis:
-    """A redis-server process with AOF ``appendfsync always`` (fallback when no harness)."""
-
-    def __init__(self) -> None:
-        self.port = port_for.select_random()
-        self.host = "127.0.0.1"
-        self.url = f"redis://{self.host}:{self.port}/0"
-        self.dir = tempfile.mkdtemp(prefix="redis-test-")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = open(os.path.join(self.dir, "redis.log"), "ab")
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            out = subprocess.run(["redis-cli", "-p", str(self.port), "ping"],
-                                 capture_output=True, text=True, check=False)
-            if out.stdout.strip() == "PONG":
-                return
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-            self.proc = None
-
-    def restart(self, kill: bool = True) -> None:
-        self.kill()
-        self.start()
-
-    def stop(self) -> None:
-        self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _harness(request: pytest.FixtureRequest, name: str) -> Any:
-    try:
-        return request.getfixturevalue(name)
-    except pytest.FixtureLookupError:
-        return None
-
-
-@pytest.fixture(scope="session")
-def redis_server(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """The session's Redis (harness fixture ``redis`` or a local one)."""
-    handle = _harness(request, "redis")
-    if handle is not None:
-        yield handle
-        return
-    local = LocalRedis()
-    local.start()
-    yield local
-    local.stop()
+# --- brokers come from the harness plugin: redis, fresh_service, namespace, proxied, history
 
 
 @pytest.fixture
-def fresh_redis(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A dedicated AOF Redis for tests that kill it."""
-    services = _harness(request, "harness_services")
-    if services is not None:
-        yield services.fresh("redis")
-        return
-    local = LocalRedis()
-    local.start()
-    yield local
-    local.stop()
-
-
-@pytest.fixture
-def prefix(request: pytest.FixtureRequest) -> str:
-    ns = _harness(request, "namespace")
-    return str(ns) if ns is not None else f"t{uuid.uuid4().hex[:12]}"
+def fresh_redis(fresh_service: Callable[[str], Any]) -> Any:
+    """A dedicated AOF Redis (fsync always) for tests that kill it."""
+    return fresh_service("redis")
 
 
 @pytest.fixture
 async def make_bridge(
-    redis_server: Any, prefix: str
+    redis: Any, namespace: str
 ) -> AsyncIterator[Callable[..., Awaitable[RedisQueueBridge]]]:
     made: list[RedisQueueBridge] = []
 
     async def make(url: str | None = None, **kwargs: Any) -> RedisQueueBridge:
-        kwargs.setdefault("prefix", prefix)
-        bridge = RedisQueueBridge(url or redis_server.url, **kwargs)
+        kwargs.setdefault("prefix", namespace)
+        bridge = RedisQueueBridge(url or redis.url, **kwargs)
         await bridge.start()
         made.append(bridge)
         return bridge
@@ -341,12 +261,12 @@ async def test_blocking_lease_wakes_on_enqueue_from_another_bridge(make_bridge: 
 
 
 async def test_malformed_job_is_dead_lettered_and_next_served(
-    make_bridge: Any, redis_server: Any, caplog: pytest.LogCaptureFixture
+    make_bridge: Any, redis: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     bridge = await make_bridge()
     bad = await bridge.enqueue("q", "will be corrupted")
     good = await bridge.enqueue("q", {"ok": True})
-    raw = aioredis.Redis.from_url(redis_server.url)
+    raw = aioredis.Redis.from_url(redis.url)
     try:
         await raw.hset(f"{bridge._base('q')}:job:{bad}", "payload", b"\xff{not json")
     finally:
@@ -385,9 +305,9 @@ async def test_destroy_lets_running_operations_finish(make_bridge: Any) -> None:
 
 
 async def test_health_follows_redis_and_work_resumes_after_restart(
-    fresh_redis: Any, prefix: str
+    fresh_redis: Any, namespace: str
 ) -> None:
-    bridge = RedisQueueBridge(fresh_redis.url, prefix=prefix, retry_attempts=2,
+    bridge = RedisQueueBridge(fresh_redis.url, prefix=namespace, retry_attempts=2,
                               retry_backoff_cap_s=0.2, poll_interval_ms=500, outage_retry_s=1.0)
     await bridge.start()
     try:
@@ -431,61 +351,70 @@ async def _lease_ignoring_outage(bridge: RedisQueueBridge, queue: str, wait_ms: 
 
 
 @pytest.mark.slow
-async def test_sigkill_mid_1000_jobs_loses_none(fresh_redis: Any, prefix: str) -> None:
+async def test_sigkill_mid_1000_jobs_loses_none(
+    fresh_redis: Any, namespace: str, history: History
+) -> None:
     """Kill -9 Redis (AOF, fsync always) while 1,000 jobs flow: every enqueued job is done."""
     total = 1000
-    opts: dict[str, Any] = dict(prefix=prefix, retry_attempts=2, retry_backoff_cap_s=0.2,
+    opts: dict[str, Any] = dict(prefix=namespace, retry_attempts=2, retry_backoff_cap_s=0.2,
                                 poll_interval_ms=200, outage_retry_s=1.0)
     producer = RedisQueueBridge(fresh_redis.url, **opts)
     workers = [RedisQueueBridge(fresh_redis.url, **opts) for _ in range(3)]
     for b in (producer, *workers):
         await b.start()
-    enqueued: dict[str, str] = {}
-    processed: Counter[str] = Counter()
+    sent_ok: set[str] = set()
+    seen: set[str] = set()
     errors: Counter[str] = Counter()
     at_kill: dict[str, int] = {}
     done = asyncio.Event()
 
     async def produce() -> None:
         for n in range(total):
+            key = f"k{n}"
             while True:  # an enqueue whose outcome is unknown is retried with the same key
                 try:
-                    job_id = await producer.enqueue("jobs", {"n": n}, idempotency_key=f"k{n}",
-                                                    lease_ttl_ms=2000)
-                    enqueued[job_id] = f"k{n}"
-                    await asyncio.sleep(0.003)  # a steady stream, so the kill lands mid-way
-                    break
+                    await producer.enqueue("jobs", {"key": key}, idempotency_key=key,
+                                           lease_ttl_ms=2000)
                 except RedisUnavailableError:
+                    history.sent(key, "unknown")
                     errors["enqueue"] += 1
                     await asyncio.sleep(0.05)
+                    continue
+                history.sent(key, "ok")
+                sent_ok.add(key)
+                await asyncio.sleep(0.003)  # a steady stream, so the kill lands mid-way
+                break
 
-    async def work(bridge: RedisQueueBridge) -> None:
+    async def work(bridge: RedisQueueBridge, name: str) -> None:
         while not done.is_set():
             try:
-                jobs = await bridge.lease_next("jobs", batch=10, wait_ms=200)
+                jobs = await bridge.lease_next("jobs", batch=10, wait_ms=200, worker_id=name)
             except RedisUnavailableError:
                 errors["lease"] += 1
                 await asyncio.sleep(0.05)
                 continue
             for job in jobs:
-                processed[job.id] += 1
+                key = job.payload["key"]
+                history.delivered(key, consumer=name, attempt=job.attempt)
+                seen.add(key)
                 try:
                     await bridge.ack(job)
+                    history.acknowledged(key)
                 except RedisUnavailableError:
                     errors["ack"] += 1  # the job comes back when its lease expires
                 except LeaseExpiredError:
                     errors["stale"] += 1
 
     async def crash() -> None:
-        await eventually(lambda: _truthy(len(processed) >= 300), 30, "300 jobs processed")
-        at_kill.update(enqueued=len(enqueued), processed=len(processed))
+        await eventually(lambda: _truthy(len(seen) >= 300), 30, "300 jobs processed")
+        at_kill.update(enqueued=len(sent_ok), processed=len(seen))
         await asyncio.to_thread(fresh_redis.kill)
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(2.0)  # Redis stays down for 2 s
         await asyncio.to_thread(fresh_redis.start)
 
     async def drained() -> None:
         async def check() -> bool:
-            if len(enqueued) < total or len(set(processed)) < total:
+            if len(sent_ok) < total or not sent_ok <= seen:
                 return False
             m = await producer.metrics("jobs")
             return (m.pending, m.inflight) == (0, 0)
@@ -495,16 +424,17 @@ async def test_sigkill_mid_1000_jobs_loses_none(fresh_redis: Any, prefix: str) -
 
     try:
         await asyncio.wait_for(
-            asyncio.gather(produce(), crash(), drained(), *(work(b) for b in workers)), 90
+            asyncio.gather(produce(), crash(), drained(),
+                           *(work(b, f"w{i}") for i, b in enumerate(workers))),
+            90,
         )
         assert at_kill["enqueued"] < total and at_kill["processed"] < total, at_kill
         assert errors["enqueue"] + errors["lease"] > 0, "the outage was not observed"
-        assert len(enqueued) == total
-        lost = set(enqueued) - set(processed)
-        assert not lost, f"{len(lost)} jobs lost"
+        verdict = history.check(allow_duplicates=True)
+        assert verdict.published_ok == total
+        assert verdict.lost == 0 and verdict.unexpected == 0, verdict.format()
         assert (await producer.metrics("jobs")).dead_letter == 0
-        duplicates = sum(c - 1 for c in processed.values())
-        print(f"\nredis SIGKILL mid 1000 jobs at {at_kill}: lost=0 duplicates={duplicates} "
+        print(f"\nredis SIGKILL mid 1000 jobs (killed at {at_kill}): {verdict.to_dict()} "
               f"errors={dict(errors)}")
     finally:
         for b in (producer, *workers):

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
-import signal
-import subprocess
-import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import port_for
 import pytest
 import redis.asyncio as aioredis
 
@@ -28,55 +21,16 @@ from reference_services.stores.redis import (
     RedisUnavailableError,
 )
 
-# --- brokers: the harness fixtures when present, else a local redis-server -----------------
+StoreT = RedisStateStore | RedisConfigStore | RedisSecretStore
 
 
-class LocalRedis:
-    """A redis-server process with AOF ``appendfsync always`` (fallback when no harness)."""
-
-    def __init__(self) -> None:
-        self.port = port_for.select_random()
-        self.host = "127.0.0.1"
-        self.url = f"redis://{self.host}:{self.port}/0"
-        self.dir = tempfile.mkdtemp(prefix="redis-test-")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = open(os.path.join(self.dir, "redis.log"), "ab")
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            out = subprocess.run(["redis-cli", "-p", str(self.port), "ping"],
-                                 capture_output=True, text=True, check=False)
-            if out.stdout.strip() == "PONG":
-                return
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-            self.proc = None
-
-    def restart(self, kill: bool = True) -> None:
-        self.kill()
-        self.start()
-
-    def stop(self) -> None:
-        self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
+# --- brokers come from the harness plugin: redis, fresh_service, namespace
 
 
-def _harness(request: pytest.FixtureRequest, name: str) -> Any:
-    try:
-        return request.getfixturevalue(name)
-    except pytest.FixtureLookupError:
-        return None
+@pytest.fixture
+def fresh_redis(fresh_service: Callable[[str], Any]) -> Any:
+    """A dedicated AOF Redis (fsync always) for tests that kill it."""
+    return fresh_service("redis")
 
 
 async def eventually(
@@ -91,48 +45,15 @@ async def eventually(
     raise AssertionError(f"timed out waiting for {what}")
 
 
-StoreT = RedisStateStore | RedisConfigStore | RedisSecretStore
-
-
-@pytest.fixture(scope="session")
-def redis_server(request: pytest.FixtureRequest) -> Iterator[Any]:
-    handle = _harness(request, "redis")
-    if handle is not None:
-        yield handle
-        return
-    local = LocalRedis()
-    local.start()
-    yield local
-    local.stop()
-
-
-@pytest.fixture
-def fresh_redis(request: pytest.FixtureRequest) -> Iterator[Any]:
-    services = _harness(request, "harness_services")
-    if services is not None:
-        yield services.fresh("redis")
-        return
-    local = LocalRedis()
-    local.start()
-    yield local
-    local.stop()
-
-
-@pytest.fixture
-def prefix(request: pytest.FixtureRequest) -> str:
-    ns = _harness(request, "namespace")
-    return str(ns) if ns is not None else f"t{uuid.uuid4().hex[:12]}"
-
-
 @pytest.fixture
 async def make_store(
-    redis_server: Any, prefix: str
+    redis: Any, namespace: str
 ) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
     made: list[StoreT] = []
 
     async def make(cls: type[StoreT] = RedisStateStore, url: str | None = None, **kw: Any) -> Any:
-        kw.setdefault("prefix", prefix)
-        store = cls(url or redis_server.url, **kw)
+        kw.setdefault("prefix", namespace)
+        store = cls(url or redis.url, **kw)
         await store.start()
         made.append(store)
         return store
@@ -144,8 +65,8 @@ async def make_store(
 
 
 @pytest.fixture
-async def raw(redis_server: Any) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url)
+async def raw(redis: Any) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis.url)
     yield client
     await client.aclose()
 
@@ -253,14 +174,16 @@ async def _equals(value: Awaitable[Any], expected: Any) -> bool:
     return await value == expected
 
 
-async def test_durability_is_declared_from_server_settings(fresh_redis: Any, prefix: str) -> None:
-    store = RedisStateStore(fresh_redis.url, prefix=prefix)
+async def test_durability_is_declared_from_server_settings(
+    fresh_redis: Any, namespace: str
+) -> None:
+    store = RedisStateStore(fresh_redis.url, prefix=namespace)
     await store.start()
     assert store.capabilities.durable.supported  # fresh Redis runs with appendfsync always
     client = aioredis.Redis.from_url(fresh_redis.url)
     try:
         await client.config_set("appendfsync", "everysec")
-        relaxed = RedisStateStore(fresh_redis.url, prefix=prefix)
+        relaxed = RedisStateStore(fresh_redis.url, prefix=namespace)
         await relaxed.start()
         assert not relaxed.capabilities.durable.supported
         assert "everysec" in relaxed.capabilities.durable.reason
@@ -270,8 +193,8 @@ async def test_durability_is_declared_from_server_settings(fresh_redis: Any, pre
         await store.destroy()
 
 
-async def test_values_survive_sigkill_and_health_follows(fresh_redis: Any, prefix: str) -> None:
-    store = RedisStateStore(fresh_redis.url, prefix=prefix, retry_attempts=1,
+async def test_values_survive_sigkill_and_health_follows(fresh_redis: Any, namespace: str) -> None:
+    store = RedisStateStore(fresh_redis.url, prefix=namespace, retry_attempts=1,
                             retry_backoff_cap_s=0.1)
     await store.start()
     try:
