@@ -201,6 +201,8 @@ class RedisQueueBridge:
         """Check Redis answers, read its persistence settings, start the wake-up listener."""
         self._closed = False
         await guarded(self._client.ping(), "start")
+        for name in SCRIPTS:  # loaded up front; after a Redis restart NOSCRIPT reloads them
+            await guarded(self._client.script_load(script_source(name)), "script load")
         durable = await durability(self._client)
         if not durable:
             self.log.warning("redis queue bridge: durable unsupported: %s", durable.reason)

@@ -453,3 +453,75 @@ def _ignoring_outage(check: Callable[[], Awaitable[bool]]) -> Callable[[], Await
 
 async def _truthy(value: bool) -> bool:
     return value
+
+
+# --- faults: network (Toxiproxy) ----------------------------------------------------------
+
+
+async def test_lost_replies_are_retried_without_acting_twice(
+    redis: Any, proxied: Callable[..., Any], namespace: str
+) -> None:
+    """Replies swallowed by the network: the retried enqueue/lease/ack acts exactly once."""
+    proxy = proxied(redis)
+    bridge = RedisQueueBridge(proxy.url, prefix=namespace, socket_timeout_s=0.3,
+                              retry_attempts=1, retry_backoff_cap_s=0.1, outage_retry_s=20)
+    await bridge.start()
+    direct = aioredis.Redis.from_url(redis.url, decode_responses=True)
+    base = bridge._base("q")
+
+    async def counts() -> tuple[int, int]:
+        return await direct.zcard(f"{base}:ready"), await direct.zcard(f"{base}:leased")
+
+    try:
+        await bridge.metrics("q")  # a pooled connection exists before replies start vanishing
+        async with proxy.black_hole():  # commands reach Redis, replies never come back
+            enqueue = asyncio.create_task(bridge.enqueue("q", "once"))
+            await eventually(lambda: _equals(counts(), (1, 0)), 10, "enqueue ran on Redis")
+        first = await asyncio.wait_for(enqueue, 15)
+        assert await counts() == (1, 0)  # the retry did not enqueue a second job
+        second = await bridge.enqueue("q", "other")
+
+        async with proxy.black_hole():
+            lease = asyncio.create_task(bridge.lease_next("q", batch=1))
+            await eventually(lambda: _equals(counts(), (1, 1)), 10, "lease ran on Redis")
+        (job,) = await asyncio.wait_for(lease, 15)
+        assert job.id == first and await counts() == (1, 1)  # one lease, not two
+
+        async with proxy.black_hole():
+            ack = asyncio.create_task(bridge.ack(job))
+            await eventually(lambda: _equals(counts(), (1, 0)), 10, "ack ran on Redis")
+        await asyncio.wait_for(ack, 15)  # no LeaseExpiredError for an ack that went through
+        (rest,) = await bridge.lease_next("q", batch=5)
+        assert rest.id == second
+    finally:
+        await direct.aclose()
+        await bridge.destroy()
+
+
+async def test_health_detects_a_partition_within_seconds(
+    redis: Any, proxied: Callable[..., Any], namespace: str
+) -> None:
+    proxy = proxied(redis)
+    bridge = RedisQueueBridge(proxy.url, prefix=namespace, socket_timeout_s=0.5,
+                              retry_attempts=1, health_timeout_s=0.5, outage_retry_s=0.5)
+    await bridge.start()
+    try:
+        await bridge.enqueue("q", 1)
+        async with proxy.black_hole():
+            started = time.monotonic()
+            await eventually(lambda: _not(bridge.is_healthy()), 5, "unhealthy")
+            assert time.monotonic() - started < 3
+            with pytest.raises(RedisUnavailableError):
+                await bridge.enqueue("q", 2)
+        await eventually(bridge.is_healthy, 10, "healthy again")
+        async with proxy.down():
+            await eventually(lambda: _not(bridge.is_ready()), 5, "not ready")
+        await eventually(bridge.is_ready, 10, "ready again")
+        jobs = await bridge.lease_next("q", batch=5)
+        assert len(jobs) in (1, 2)  # the enqueue during the black hole may have reached Redis
+    finally:
+        await bridge.destroy()
+
+
+async def _equals(value: Awaitable[Any], expected: Any) -> bool:
+    return await value == expected
