@@ -112,6 +112,7 @@ class LocalHandle(ServiceHandle):
         self.ports: dict[str, int] = {}
         self.keep = False
         self._marker = _marker()
+        self._epmd_marker = _marker()  # independent: mirakuru matches markers as substrings
         self._main: _Executor | None = None
         self._epmd: _Executor | None = None
         self._paused = False
@@ -126,7 +127,7 @@ class LocalHandle(ServiceHandle):
             ep = epmd(free_port())
             recipe.env["ERL_EPMD_PORT"] = str(ep.ports["epmd"])
             self._epmd = _Executor(ep, ep.ports["epmd"], self.data_dir / "epmd.log",
-                                   self._marker + "epmd", 15.0)
+                                   self._epmd_marker, 15.0)
             recipe.ports["epmd"] = ep.ports["epmd"]
         self.port = port
         self.ports = dict(recipe.ports)
@@ -245,7 +246,7 @@ class LocalHandle(ServiceHandle):
     def process_ids(self) -> set[int]:
         """Every live process of this service (its groups and env-marked descendants)."""
         found = procs.pids_with_env(ENV_UUID, self._marker)
-        found |= procs.pids_with_env(ENV_UUID, self._marker + "epmd")
+        found |= procs.pids_with_env(ENV_UUID, self._epmd_marker)
         for ex in (self._main, self._epmd):
             if ex is not None and ex.pgid is not None:
                 found |= procs.pids_in_group(ex.pgid)
