@@ -1,0 +1,72 @@
+"""Broker process faults on a dedicated broker instance: SIGKILL + restart, SIGSTOP + SIGCONT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from conformance.faults_run import Fault, run_fault
+from conformance.faults_workload import make_workload
+from conformance.marks import check
+from conformance.under_test import AdapterUnderTest
+from harness.errors import LifecycleFaultsUnavailable
+
+KINDS = ("event_bridge", "queue_bridge")
+DOWN_S = 1.5
+PAUSE_S = 5.0
+
+
+@contextlib.asynccontextmanager
+async def _killed(handle: Any) -> AsyncIterator[None]:
+    """SIGKILL the broker; start it again (same port, same data) when the block ends."""
+    await asyncio.to_thread(handle.kill)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(handle.start)
+
+
+@contextlib.asynccontextmanager
+async def _paused(handle: Any) -> AsyncIterator[None]:
+    """SIGSTOP the broker's process group; SIGCONT when the block ends."""
+    await asyncio.to_thread(handle.pause)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(handle.resume)
+
+
+async def _run(aut: AdapterUnderTest, dedicated: Any, fault: Any, name: str, hold_s: float,
+               crash: bool) -> None:
+    if not aut.spec.services:
+        pytest.skip("no broker process to fault")
+    try:
+        handle = await asyncio.to_thread(dedicated.get, aut.spec.services[0])
+    except LifecycleFaultsUnavailable as exc:
+        pytest.skip(str(exc))
+    if not getattr(handle, "supports_lifecycle_faults", True):
+        pytest.skip(f"the {handle.provider} provider cannot kill or pause {handle.name}")
+    workload = make_workload(aut, handle.url, handle.url)
+    try:
+        await run_fault(aut, workload, Fault(name, hold_s, lambda: fault(handle), crash=crash))
+    finally:
+        await workload.close()
+        await aut.close()
+
+
+@check("faults.broker.kill_restart", kinds=KINDS, needs=("reconnect",))
+async def test_kill_restart(aut: AdapterUnderTest, faults_dedicated: Any) -> None:
+    """The broker is SIGKILLed under load and restarted on the same port and data: every
+    acknowledged message of a durable subscription / queue is still delivered."""
+    await _run(aut, faults_dedicated, _killed, "broker_kill", DOWN_S, crash=True)
+
+
+@check("faults.broker.pause_resume", kinds=KINDS, needs=("reconnect",))
+async def test_pause_resume(aut: AdapterUnderTest, faults_dedicated: Any) -> None:
+    """The broker is frozen (SIGSTOP) longer than the heartbeat, then thawed: the adapter
+    recovers and loses nothing acknowledged."""
+    await _run(aut, faults_dedicated, _paused, "broker_pause", PAUSE_S, crash=False)
