@@ -60,9 +60,17 @@ class _HarnessState:
         if self.services is None:
             return
         keep = bool(self.config.getoption("keep_services"))
-        if keep:
-            self.kept = {n: h.url for n, h in self.services.running.items()}
+        if keep and not self.kept:
+            self.kept = _describe(self.services)
         self.services.close(keep=keep)
+
+
+def _describe(services: ServiceSet) -> dict[str, str]:
+    out = {}
+    for name, handle in services.running.items():
+        pid = getattr(handle, "pid", None)
+        out[name] = handle.url + (f"  (pid {pid}, log {handle.log_path})" if pid else "")
+    return out
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -96,7 +104,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if state is None or not terminalreporter.config.getoption("keep_services"):
         return
     if state.services is not None and not state.kept:
-        state.kept = {n: h.url for n, h in state.services.running.items()}
+        state.kept = _describe(state.services)
     if state.kept:
         terminalreporter.section("harness: services left running (--keep-services)")
         for name, url in state.kept.items():

@@ -1,0 +1,68 @@
+"""The pytest plugin: skip or fail when services are missing, markers, --keep-services."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TEST_FILE = '''
+import pytest
+
+def test_needs_redis(redis):
+    assert redis.url
+
+@pytest.mark.requires_services("nats")
+def test_marked():
+    pass
+
+def test_plain(namespace, history):
+    assert namespace and len(history) == 0
+'''
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "test_sample.py").write_text(TEST_FILE)
+    env = {k: v for k, v in os.environ.items()
+           if not k.endswith("_URL") and k != "HARNESS_PROVIDER"}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir",
+         str(tmp_path), str(tmp_path / "test_sample.py"), *args],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path, check=False)
+
+
+def test_missing_services_skip_with_reason(tmp_path: Path) -> None:
+    proc = _run(tmp_path, "--provider", "external", "-rs")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 passed, 2 skipped" in proc.stdout
+    assert "REDIS_URL" in proc.stdout and "NATS_URL" in proc.stdout
+
+
+def test_require_services_turns_skips_into_failures(tmp_path: Path) -> None:
+    proc = _run(tmp_path, "--provider", "external", "--require-services")
+    assert proc.returncode == 1
+    assert "1 passed, 2 errors" in proc.stdout  # a failure in setup is an error
+    assert "--require-services" in proc.stdout
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/redis-server"), reason="needs redis-server")
+def test_keep_services_leaves_them_running_and_prints_urls(tmp_path: Path) -> None:
+    (tmp_path / "test_keep.py").write_text("def test_it(redis):\n    assert redis.url\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir",
+         str(tmp_path), str(tmp_path / "test_keep.py"), "--provider", "local",
+         "--keep-services"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("redis: redis://"))
+    url, pid = line.split()[1], int(line.split("(pid ")[1].split(",")[0])
+    from harness.faults.process import terminate
+    from harness.probes import probe
+
+    try:
+        assert probe("redis", url)
+    finally:
+        assert terminate(pid) is not None
