@@ -1,7 +1,8 @@
 """Redis state, config and secret stores.
 
 Keys are ``<prefix>:<kind>:<name>`` (e.g. ``purista:state_store:user-1``), values
-JSON text. ``set_if_absent`` is ``SET NX PX``: atomic, with a server-side ttl.
+JSON text. ``set_if_absent`` is ``SET NX PX`` in a small script: atomic, with a
+server-side ttl, and safe to retry after a lost reply.
 Operation switches (401 when disabled) and the secret cache come from
 :class:`StoreBase`. Durability is declared from the server's persistence
 settings at ``start()`` (AOF with ``appendfsync always``), never assumed.
@@ -23,11 +24,27 @@ from ..bridges.redis_client import (
 )
 from ..runtime.capabilities import YES, StoreCapabilities
 from ..runtime.errors import UnhandledError
+from ..runtime.ids import new_id
 from ..runtime.store_base import StoreBase, StoreKind, dump_value, load_value
 
 __all__ = ["RedisConfigStore", "RedisSecretStore", "RedisStateStore", "RedisUnavailableError"]
 
 log = logging.getLogger("reference_services.store.redis")
+
+# SET NX PX, plus a short-lived marker naming the call, so that the client's retry of a
+# create whose reply was lost answers "created" instead of "someone else has it".
+_CREATE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
+local ok
+if tonumber(ARGV[2]) > 0 then
+  ok = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+else
+  ok = redis.call('SET', KEYS[1], ARGV[1], 'NX')
+end
+if not ok then return 0 end
+redis.call('SET', KEYS[2], '1', 'PX', 120000)
+return 1
+"""
 
 
 class _RedisStore(StoreBase):
@@ -66,6 +83,7 @@ class _RedisStore(StoreBase):
         self.prefix = prefix
         self._initial = {k: dump_value(k, v) for k, v in (initial or {}).items()}
         self._client = self.settings.client()
+        self._create = self._client.register_script(_CREATE)
         self._closed = False
 
     @classmethod
@@ -123,9 +141,11 @@ class _RedisStore(StoreBase):
         await guarded(self._client.delete(self.key(name)), f"remove {name!r}")
 
     async def _set_if_absent(self, name: str, raw_json: str, ttl_s: float | None) -> bool:
-        px = max(int(ttl_s * 1000), 1) if ttl_s else None
+        px = max(int(ttl_s * 1000), 1) if ttl_s else 0
+        key = self.key(name)
         created = await guarded(
-            self._client.set(self.key(name), raw_json, nx=True, px=px), f"set_if_absent {name!r}"
+            self._create(keys=[key, f"{self.prefix}:nx-call:{new_id()}"], args=[raw_json, px]),
+            f"set_if_absent {name!r}",
         )
         return bool(created)
 

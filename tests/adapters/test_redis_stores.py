@@ -213,3 +213,21 @@ async def test_values_survive_sigkill_and_health_follows(fresh_redis: Any, names
         assert values == {f"k{n}": {"n": n} for n in range(100)}
     finally:
         await store.destroy()
+
+
+async def test_set_if_absent_retried_after_lost_reply_still_reports_created(
+    redis: Any, proxied: Callable[..., Any], namespace: str, raw: aioredis.Redis
+) -> None:
+    proxy = proxied(redis)
+    store = RedisStateStore(proxy.url, prefix=namespace, socket_timeout_s=0.3,
+                            retry_attempts=20, retry_backoff_cap_s=0.2)
+    await store.start()
+    try:
+        await store.get("warm-up")  # a pooled connection exists before replies vanish
+        async with proxy.black_hole():  # the command reaches Redis, its reply does not return
+            claim = asyncio.create_task(store.set_if_absent("claim", {"owner": "me"}, ttl_s=30))
+            await eventually(lambda: _equals(raw.exists(store.key("claim")), 1), 10, "created")
+        assert await asyncio.wait_for(claim, 15) is True
+        assert await store.set_if_absent("claim", {"owner": "other"}) is False
+    finally:
+        await store.destroy()
