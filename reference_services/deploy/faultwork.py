@@ -1,0 +1,135 @@
+"""A fault-workload service, run as a real OS process by the conformance faults suite.
+
+``python -m reference_services.deploy.faultwork`` serves one service,
+``faultwork`` v1, with a durable shared subscription to ``fault.work`` events
+and a worker of the ``faultjobs`` queue. Each handler writes ``start``, then
+runs its side effect (an ``effect`` line plus a state-store write) through the
+idempotency helper, then takes ``SERVICE_CONFIG_DELAY_MS`` more (the window in
+which a SIGKILL lands mid-handler), then writes ``done``. Lines are JSON,
+appended with one ``write`` each to ``SERVICE_CONFIG_LOG``, so they survive a SIGKILL.
+
+Environment, besides the usual deployment variables (EVENT_BRIDGE, QUEUE_BRIDGE,
+STORE, *_URL, PURISTA_PREFIX, SHUTDOWN_TIMEOUT_S): ``FAULTWORK_INSTANCE_ID``
+(reuse it on restart to get a persistent session back), ``FAULTWORK_EVENT_OPTS``
+and ``FAULTWORK_QUEUE_OPTS`` (JSON constructor options, e.g. short heartbeats),
+``SERVICE_CONFIG_IDEMPOTENT=false`` (run effects without the helper, to show the
+suite catches it) and ``SERVICE_CONFIG_CLAIM_TTL_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from ..runtime.context import Context
+from ..runtime.definitions import FailureHandling
+from ..runtime.messages import AnyMessage
+from ..runtime.queue import Job
+from ..runtime.retry import RetryPolicy
+from ..runtime.service import ServiceBuilder
+from ..runtime.shutdown import graceful_shutdown
+from .config import DeploymentConfig
+from .factory import make_event_bridge, make_queue_bridge, make_stores
+
+EVENT = "fault.work"
+QUEUE = "faultjobs"
+
+faultwork_v1 = ServiceBuilder("faultwork", "1", "Fault-suite workload: logged, idempotent work")
+log = logging.getLogger("reference_services.deploy.faultwork")
+_fd: dict[str, int] = {}
+
+
+def _write(ctx: Context, event: str, msg_id: str) -> None:
+    path = str(ctx.config.get("log", ""))
+    if not path:
+        return
+    if path not in _fd:
+        _fd[path] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    line = {"t": time.time(), "ev": event, "id": msg_id, "pid": os.getpid(),
+            "inst": ctx.bridge.instance_id}
+    os.write(_fd[path], (json.dumps(line) + "\n").encode())
+
+
+async def _handle(ctx: Context, msg_id: str) -> None:
+    _write(ctx, "start", msg_id)
+    state = ctx.stores.state
+
+    async def effect() -> int:
+        _write(ctx, "effect", msg_id)
+        if state is not None:
+            await state.set(f"faultwork:effect:{msg_id}", {"pid": os.getpid()})
+        return os.getpid()
+
+    if str(ctx.config.get("idempotent", "true")).lower() != "false" and ctx.idempotency:
+        await ctx.idempotency.run_once(f"work:{msg_id}", effect)
+    else:
+        await effect()
+    await asyncio.sleep(float(ctx.config.get("delay_ms", 200)) / 1000)
+    _write(ctx, "done", msg_id)
+
+
+@faultwork_v1.subscription(
+    "onWork", event_name=EVENT, shared=True, durable=True,
+    failure=FailureHandling(max_attempts=50, retry_delay_ms=100),
+)
+async def on_work(ctx: Context, message: AnyMessage) -> None:
+    """Handle one ``fault.work`` event."""
+    await _handle(ctx, str(message.payload["id"]))
+
+
+@faultwork_v1.queue_worker(QUEUE, retry=RetryPolicy(max_attempts=50, retry_delay_ms=100),
+                           wait_ms=200)
+async def on_job(ctx: Context, job: Job) -> None:
+    """Handle one ``faultjobs`` job."""
+    await _handle(ctx, str(job.payload["id"]))
+
+
+def _opts(var: str, kind: str) -> dict[str, Any]:
+    opts: dict[str, Any] = json.loads(os.environ.get(var) or "{}")
+    if kind == "nats" and isinstance(opts.get("timings"), dict):
+        from ..bridges.nats_queue_conn import NatsTimings
+
+        opts["timings"] = NatsTimings(**opts["timings"])
+    return opts
+
+
+async def serve() -> int:
+    """Start the service on the configured adapters, serve until SIGTERM, drain, exit."""
+    cfg = DeploymentConfig.from_env()
+    event_opts = _opts("FAULTWORK_EVENT_OPTS", cfg.event_bridge)
+    if os.environ.get("FAULTWORK_INSTANCE_ID"):
+        event_opts["instance_id"] = os.environ["FAULTWORK_INSTANCE_ID"]
+    bridge = make_event_bridge(cfg, **event_opts)
+    queue = make_queue_bridge(cfg, **_opts("FAULTWORK_QUEUE_OPTS", cfg.queue_bridge))
+    stores = make_stores(cfg)
+    for part in (bridge, queue, stores.state, stores.config, stores.secret):
+        await part.start()
+    instance = faultwork_v1.get_instance(
+        bridge, state_store=stores.state, config_store=stores.config,
+        secret_store=stores.secret, queue_bridge=queue, config=dict(cfg.service_config))
+    if instance.idempotency is not None:
+        ttl = float(cfg.service_config.get("claim_ttl_s", 5))
+        instance.idempotency.claim_ttl_s = ttl
+        instance.idempotency.wait_s = ttl + 1
+    await instance.start()
+    print(f"READY faultwork instance={bridge.instance_id} pid={os.getpid()}", flush=True)
+    order = [instance, bridge, queue, stores.state, stores.config, stores.secret]
+    code = await graceful_shutdown(order, timeout_s=cfg.shutdown_timeout_s, logger=log)
+    print(f"STOPPED code={code}", flush=True)
+    return code
+
+
+def main() -> int:
+    """Entry point."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
