@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Install the brokers the harness runs as local processes (Debian/Ubuntu):
+#   rabbitmq-server nats-server redis-server mosquitto (apt) and toxiproxy-server (go install).
+# Idempotent: a fast no-op when every binary exists, and nothing to do when a Docker
+# engine answers (the harness then uses containers). Root installs to /usr/local/bin,
+# others to ~/.local/bin (apt needs root: run with sudo if you are not root).
+set -euo pipefail
+
+TOXIPROXY_VERSION="${TOXIPROXY_VERSION:-v2.12.0}"
+APT_PACKAGES=(rabbitmq-server nats-server redis-server mosquitto)
+
+log() { printf '[install-local-services] %s\n' "$*" >&2; }
+
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/local/bin/$1" ] \
+  || [ -x "$HOME/.local/bin/$1" ]; }
+
+missing_apt() {
+  local out=()
+  have nats-server || out+=(nats-server)
+  have redis-server || out+=(redis-server)
+  have mosquitto || out+=(mosquitto)
+  [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && have epmd || out+=(rabbitmq-server)
+  echo "${out[@]:-}"
+}
+
+docker_answers() {
+  command -v docker >/dev/null 2>&1 && timeout 5 docker info >/dev/null 2>&1
+}
+
+stop_system_service() {
+  # Debian starts the packaged daemons after install; they would hold the default ports.
+  local svc="$1" proc="$2"
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  elif command -v service >/dev/null 2>&1; then
+    service "$svc" stop >/dev/null 2>&1 || true
+  fi
+  if command -v update-rc.d >/dev/null 2>&1; then
+    update-rc.d "$svc" disable >/dev/null 2>&1 || true
+  fi
+  # no init system here: stop a daemon started for the package's own user only
+  local pids
+  pids=$(pgrep -u "$proc" 2>/dev/null || true)
+  if [ -n "$pids" ]; then
+    log "stopping system $svc daemon (pids $pids)"
+    kill $pids 2>/dev/null || true
+  fi
+}
+
+install_apt() {
+  local pkgs=("$@")
+  if [ "$(id -u)" != 0 ]; then
+    log "need root for: apt-get install ${pkgs[*]} (re-run with sudo)"; return 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  # apt-get update only when the package lists do not know the packages yet
+  if ! apt-cache show "${pkgs[@]}" >/dev/null 2>&1; then
+    apt-get update -q
+  fi
+  apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+  stop_system_service rabbitmq-server rabbitmq
+  stop_system_service redis-server redis
+  stop_system_service mosquitto mosquitto
+  stop_system_service nats-server nats
+}
+
+install_toxiproxy() {
+  local dest
+  if [ "$(id -u)" = 0 ]; then dest=/usr/local/bin; else dest="$HOME/.local/bin"; fi
+  mkdir -p "$dest"
+  if ! command -v go >/dev/null 2>&1; then
+    log "toxiproxy-server needs Go >= 1.23 to build (apt-get install golang-go, or go.dev/dl)"
+    return 1
+  fi
+  local gobin
+  gobin=$(mktemp -d)
+  trap 'rm -rf "$gobin"' RETURN
+  log "building toxiproxy-server $TOXIPROXY_VERSION"
+  GOBIN="$gobin" go install "github.com/Shopify/toxiproxy/v2/cmd/server@${TOXIPROXY_VERSION}"
+  install -m 0755 "$gobin/server" "$dest/toxiproxy-server"
+  log "installed $dest/toxiproxy-server"
+}
+
+main() {
+  local apt_missing
+  apt_missing=$(missing_apt)
+  if [ -z "$apt_missing" ] && have toxiproxy-server; then
+    log "all services present"; return 0
+  fi
+  if docker_answers; then
+    log "a Docker engine answers: the harness uses containers, nothing to install"; return 0
+  fi
+  if [ -n "$apt_missing" ]; then
+    # shellcheck disable=SC2086
+    install_apt $apt_missing
+  fi
+  have toxiproxy-server || install_toxiproxy
+  log "done"
+}
+
+main "$@"
