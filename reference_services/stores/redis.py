@@ -102,6 +102,7 @@ class _RedisStore(StoreBase):
         """Check Redis answers, read its persistence settings, write ``initial`` values."""
         self._closed = False
         await guarded(self._client.ping(), f"{self.kind} start")
+        await guarded(self._client.script_load(_CREATE), f"{self.kind} script load")
         durable = await durability(self._client)
         if not durable:
             log.warning("redis %s: durable unsupported: %s", self.kind, durable.reason)
