@@ -29,7 +29,7 @@ from reference_services.runtime.idempotency import Idempotency
 from reference_services.runtime.messages import Command
 from reference_services.stores.memory import DefaultStateStore
 
-from .kit import FailureHandling, addr, command, event, responder, subscription
+from .kit import CommandConfig, FailureHandling, addr, command, event, responder, subscription
 from .under_test import AdapterUnderTest
 
 log = logging.getLogger("conformance.faults")
@@ -220,9 +220,14 @@ class EventWorkload(Workload):
         async def echo(cmd: Command) -> Any:
             return cmd.payload
 
+        # durable commands where the adapter declares them: a command sent while the server
+        # is cut off then waits for it (or times out with 504) instead of being unroutable
+        config = CommandConfig(durable=self.aut.supports("durable_commands"))
         await self.server.register_subscription(sub, on_event)
-        await self.server.register_command(addr("faultwork", target="echo"), responder(echo))
-        await self.server.register_command(addr("faultwork", target="probe"), responder(echo))
+        await self.server.register_command(addr("faultwork", target="echo"), responder(echo),
+                                           config)
+        await self.server.register_command(addr("faultwork", target="probe"), responder(echo),
+                                           config)
 
     async def probe(self) -> bool:
         """One round trip through the server instance (the one behind the fault)."""
