@@ -59,14 +59,6 @@ local function make_pending(id, avail, now)
   redis.call('HDEL', k, 'worker_id')
 end
 
-local function promote(now)
-  local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', int(now), 'LIMIT', 0, 1000)
-  for _, id in ipairs(due) do
-    redis.call('ZREM', DELAYED, id)
-    make_pending(id, tonumber(redis.call('HGET', jkey(id), 'avail')), now)
-  end
-end
-
 local function to_dead(id, reason, now)
   local k = jkey(id)
   local m = redis.call('HGET', k, 'member')
@@ -79,20 +71,61 @@ local function to_dead(id, reason, now)
   redis.call('ZADD', DEAD, redis.call('INCR', base .. ':deadseq'), id)
 end
 
+local NUMERIC = {'deliveries', 'max_attempts', 'priority', 'seq', 'lease_ttl', 'enqueued_at',
+  'avail'}
+
+-- true when the job's hash holds every number the scripts rely on
+local function intact(id)
+  local f = redis.call('HMGET', jkey(id), unpack(NUMERIC))
+  for i = 1, #NUMERIC do
+    if not tonumber(f[i]) then return false end
+  end
+  return true
+end
+
+-- a job whose stored data is broken: dead-lettered if its hash exists, else forgotten,
+-- so that one bad entry never blocks the queue
+local function discard(id, now)
+  if redis.call('EXISTS', jkey(id)) == 1 then
+    to_dead(id, 'malformed job data in redis', now)
+  else
+    redis.call('ZREM', DELAYED, id)
+    redis.call('ZREM', LEASED, id)
+    redis.call('ZREM', AGE, id)
+  end
+end
+
+local function promote(now)
+  local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', int(now), 'LIMIT', 0, 1000)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', DELAYED, id)
+    if intact(id) then
+      make_pending(id, tonumber(redis.call('HGET', jkey(id), 'avail')), now)
+    else
+      discard(id, now)
+    end
+  end
+end
+
+
 local function recover(now)
   local expired = redis.call('ZRANGEBYSCORE', LEASED, '-inf', int(now), 'LIMIT', 0, 1000)
   for _, id in ipairs(expired) do
     local k = jkey(id)
     redis.call('ZREM', LEASED, id)
-    local f = redis.call('HMGET', k, 'deliveries', 'max_attempts', 'avail')
-    local reason = 'lease expired at attempt ' .. f[1]
-    redis.call('HSET', k, 'lease_id', '', 'last_error', reason)
-    redis.call('HDEL', k, 'worker_id')
-    if tonumber(f[1]) >= tonumber(f[2]) then
-      to_dead(id, reason, now)
+    if not intact(id) then
+      discard(id, now)
     else
-      redis.call('INCR', RETRIES)
-      make_pending(id, tonumber(f[3]), now)
+      local f = redis.call('HMGET', k, 'deliveries', 'max_attempts', 'avail')
+      local reason = 'lease expired at attempt ' .. f[1]
+      redis.call('HSET', k, 'lease_id', '', 'last_error', reason)
+      redis.call('HDEL', k, 'worker_id')
+      if tonumber(f[1]) >= tonumber(f[2]) then
+        to_dead(id, reason, now)
+      else
+        redis.call('INCR', RETRIES)
+        make_pending(id, tonumber(f[3]), now)
+      end
     end
   end
 end
@@ -117,7 +150,8 @@ local function held(id, lease_id, now)
   if lease_id == '' then return 'stale' end
   local f = redis.call('HMGET', jkey(id), 'lease_id', 'lease_expires_at')
   if (not f[1]) or f[1] ~= lease_id then return 'stale' end
-  if tonumber(f[2]) <= now then
+  local expires = tonumber(f[2])
+  if not expires or expires <= now then
     recover(now)
     return 'expired'
   end
@@ -166,18 +200,22 @@ local batch = tonumber(ARGV[1])
 local picked = redis.call('ZRANGE', READY, 0, batch - 1)
 local jobs = {}
 for i, m in ipairs(picked) do
-  local id = string.match(m, '^%d+:%d+:(.+)$')
-  local k = jkey(id)
   redis.call('ZREM', READY, m)
-  redis.call('ZREM', AGE, id)
-  local expires = now + tonumber(redis.call('HGET', k, 'lease_ttl'))
-  redis.call('HINCRBY', k, 'deliveries', 1)
-  redis.call('HSET', k, 'state', 'leased', 'lease_id', ARGV[4 + i], 'leased_at', int(now),
-    'lease_expires_at', int(expires))
-  redis.call('HDEL', k, 'member')
-  if ARGV[2] == '1' then redis.call('HSET', k, 'worker_id', ARGV[3]) end
-  redis.call('ZADD', LEASED, int(expires), id)
-  jobs[#jobs + 1] = redis.call('HGETALL', k)
+  local id = string.match(m, '^%d+:%d+:(.+)$')
+  if id and intact(id) then
+    local k = jkey(id)
+    redis.call('ZREM', AGE, id)
+    local expires = now + tonumber(redis.call('HGET', k, 'lease_ttl'))
+    redis.call('HINCRBY', k, 'deliveries', 1)
+    redis.call('HSET', k, 'state', 'leased', 'lease_id', ARGV[4 + i], 'leased_at', int(now),
+      'lease_expires_at', int(expires))
+    redis.call('HDEL', k, 'member')
+    if ARGV[2] == '1' then redis.call('HSET', k, 'worker_id', ARGV[3]) end
+    redis.call('ZADD', LEASED, int(expires), id)
+    jobs[#jobs + 1] = redis.call('HGETALL', k)
+  elseif id then
+    discard(id, now)
+  end
 end
 local upcoming = -1
 local d = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
@@ -185,6 +223,7 @@ if d[2] then upcoming = tonumber(d[2]) end
 local l = redis.call('ZRANGE', LEASED, 0, 0, 'WITHSCORES')
 if l[2] and (upcoming < 0 or tonumber(l[2]) < upcoming) then upcoming = tonumber(l[2]) end
 if upcoming >= 0 then upcoming = math.max(upcoming - now, 0) end
+if #jobs < batch and redis.call('ZCARD', READY) > 0 then upcoming = 0 end
 local out = cjson.encode({jobs = jobs, upcoming = upcoming})
 if #jobs > 0 then redis.call('SET', rkey, out, 'PX', MARKER_TTL) end
 return out

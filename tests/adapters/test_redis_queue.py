@@ -281,6 +281,36 @@ async def test_malformed_job_is_dead_lettered_and_next_served(
     assert (await bridge.enqueue("q", 2)) and len(await bridge.lease_next("q")) == 1
 
 
+async def test_broken_job_records_never_block_the_queue(make_bridge: Any, redis: Any) -> None:
+    """Hashes damaged or deleted behind the bridge's back are set aside; work goes on."""
+    bridge = await make_bridge()
+    base = bridge._base("q")
+    leased = await bridge.enqueue("q", "leased, loses its attempt count", lease_ttl_ms=200)
+    assert [j.id for j in await bridge.lease_next("q")] == [leased]
+    no_ttl = await bridge.enqueue("q", "ready, loses its lease ttl")
+    gone = await bridge.enqueue("q", "ready, hash deleted")
+    delayed = await bridge.enqueue("q", "delayed, loses its priority", delay_ms=300)
+    raw = aioredis.Redis.from_url(redis.url)
+    try:
+        await raw.hdel(f"{base}:job:{leased}", "deliveries")
+        await raw.hdel(f"{base}:job:{no_ttl}", "lease_ttl")
+        await raw.delete(f"{base}:job:{gone}")
+        await raw.hdel(f"{base}:job:{delayed}", "priority")
+    finally:
+        await raw.aclose()
+    good = await bridge.enqueue("q", "fine")
+    jobs = await bridge.lease_next("q", batch=5, wait_ms=2000)
+    assert [j.id for j in jobs] == [good]
+    await bridge.ack(jobs[0])
+    assert await bridge.lease_next("q", wait_ms=600) == []  # the delayed one came due: set aside
+    await eventually(lambda: _dead_count(bridge, "q", 3), 5, "broken jobs dead-lettered")
+    dead = await bridge.peek_dead_letter("q")
+    assert {d.id for d in dead} == {leased, no_ttl, delayed}
+    assert {d.reason for d in dead} == {"malformed job data in redis"}
+    m = await bridge.metrics("q")
+    assert (m.pending, m.inflight) == (0, 0)
+
+
 async def test_destroy_lets_running_operations_finish(make_bridge: Any) -> None:
     bridge = await make_bridge()
     observer = await make_bridge()
