@@ -314,6 +314,9 @@ def probe(name: str | None, factory: Factory, source: str, reference: str) -> Ad
         raise UsageError(f"adapter {reference}: kind {kind!r} is not one of {', '.join(KINDS)}")
     label = name or getattr(obj, "name", None) or reference.rpartition(":")[2]
     spec = AdapterSpec(str(label), str(kind), factory, source, reference, capabilities=caps)
+    # a factory may name the harness services it connects to (e.g. ``("nats",)``), so that
+    # checks that fault a broker (the faults suite) know which one
+    spec.services = tuple(getattr(factory, "services", ()) or ())
     hook = getattr(factory, "inject_raw", None)
     spec.inject_raw = hook if callable(hook) else _raw_hook_of(obj if obj is not None else factory)
     return spec
