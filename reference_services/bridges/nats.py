@@ -300,6 +300,22 @@ class NatsBridge(EventBridgeBase):
                 # created concurrently by another instance with another config: use it
                 self.log.info("stream %s exists already (%s)", config.name, exc)
 
+    async def _server_barrier(self, nc: Client) -> None:
+        """Return once the server has processed everything sent so far (e.g. a SUB).
+
+        nats-py 2.16's ``flush()`` writes its PING straight to the socket, ahead of
+        commands still buffered for the flusher task, so the PONG can come back
+        before a new subscription reached the server (a publish right after then
+        misses it). Push the buffer out first, then ping.
+        """
+        push = getattr(nc, "_flush_pending", None)
+        try:
+            if push is not None:
+                await push(force_flush=True)
+            await nc.flush(timeout=self.js_api_timeout_s)
+        except Exception as exc:
+            self.log.debug("server barrier failed: %r", exc)
+
     def _jsc(self) -> JetStreamContext:
         if self._js is None:
             raise UnhandledError("nats bridge is not connected", StatusCode.SERVICE_UNAVAILABLE)
@@ -418,8 +434,7 @@ class NatsBridge(EventBridgeBase):
             )
         )
         self._command_subs[key] = entry
-        with contextlib.suppress(Exception):
-            await nc.flush(timeout=self.js_api_timeout_s)
+        await self._server_barrier(nc)
 
     async def _unbind_command(self, reg: RegisteredCommand) -> None:
         entry = self._command_subs.pop(reg.address.key, None)
@@ -428,6 +443,8 @@ class NatsBridge(EventBridgeBase):
         for sub in entry.subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        if self._nc is not None and self._nc.is_connected:
+            await self._server_barrier(self._nc)
 
     async def _on_command(self, msg: Msg) -> None:
         # also while draining: handle_command answers 503 once destroy began
@@ -476,6 +493,8 @@ class NatsBridge(EventBridgeBase):
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+            if self._nc is not None and self._nc.is_connected:
+                await self._server_barrier(self._nc)
         consumer = self._consumers.pop(key, None)
         if consumer is not None:
             await self._stop_consumer(consumer)
@@ -521,8 +540,7 @@ class NatsBridge(EventBridgeBase):
         self._core_subs[key] = await nc.subscribe(
             subjects.subscription_filter(self.prefix, sub), queue=group, cb=on_message
         )
-        with contextlib.suppress(Exception):
-            await nc.flush(timeout=self.js_api_timeout_s)
+        await self._server_barrier(nc)
 
     async def _deliver_core(self, reg: RegisteredSubscription, msg: Msg) -> None:
         message = self.decode_or_reject(msg.data, msg.subject)

@@ -1,8 +1,8 @@
 """Integration tests of NatsBridge against a real nats-server with JetStream.
 
-Broker fixtures come from the harness plugin (``nats``, ``namespace``,
-``harness_services``); when the plugin is not installed, a local nats-server is
-started on free ports by the fallback fixtures at the end of this module.
+Broker fixtures come from the harness plugin: ``nats`` (the session's server),
+``namespace`` (a unique prefix per test), ``fresh_service("nats")`` (a dedicated
+server for the tests that kill or pause it) and ``history`` (recorder + checker).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import nats as nats_client
 import pytest
 
+from harness.history import History
 from reference_services.bridges import nats_subjects as subjects
 from reference_services.bridges.nats import NatsBridge
 from reference_services.runtime.bridge_base import DEAD_LETTER_REASON_HEADER
@@ -314,7 +315,10 @@ async def test_non_durable_auto_ack_subscription_uses_core_nats(make_bridge: Any
     await consumer.register_subscription(sub, handler)
     for i in range(5):
         await producer.emit_message(event("tick", i))
-    await wait_for(lambda: len(seen) == 5, what="5 ticks")
+    try:
+        await wait_for(lambda: len(seen) == 5, what="5 ticks")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; got {seen}") from None
     assert sorted(seen) == list(range(5))
     assert consumer._consumers == {} and len(consumer._core_subs) == 1
 
@@ -491,8 +495,9 @@ async def test_oversized_message_is_refused_before_sending(make_bridge: Any) -> 
 
 # ------------------------------------------------------------ broker faults
 @pytest.fixture
-async def own_nats(fresh_nats: Any) -> Any:
-    return fresh_nats
+def own_nats(fresh_service: Callable[[str], Any]) -> Any:
+    """A dedicated nats-server this test may kill, restart and pause."""
+    return fresh_service("nats")
 
 
 async def test_reconnect_reregisters_everything_after_broker_restart(
@@ -564,23 +569,25 @@ async def test_stale_connection_detected_by_pings(make_bridge: Any, own_nats: An
 
 @pytest.mark.slow
 async def test_broker_kill_mid_stream_loses_no_durable_events(
-    make_bridge: Any, own_nats: Any
+    make_bridge: Any, own_nats: Any, history: History
 ) -> None:
     """SIGKILL + restart of the broker while 1,000 events flow: every confirmed event
     reaches the durable shared subscription (duplicates allowed, none lost)."""
     producer = await make_bridge(own_nats.url)
     consumers = [await make_bridge(own_nats.url) for _ in range(2)]
-    delivered: Counter[str] = Counter()
+    delivered: set[str] = set()
 
-    async def handler(message: AnyMessage) -> None:
-        await asyncio.sleep(0.002)  # keep deliveries in flight when the broker dies
-        delivered[message.id] += 1
+    def handler_of(bridge: NatsBridge) -> Any:
+        async def handler(message: AnyMessage) -> None:
+            history.delivered(message.id, consumer=bridge.instance_id)
+            await asyncio.sleep(0.002)  # keep deliveries in flight when the broker dies
+            delivered.add(message.id)
+        return handler
 
     for bridge in consumers:
-        await bridge.register_subscription(subscription("ledger", "entry"), handler)
+        await bridge.register_subscription(subscription("ledger", "entry"), handler_of(bridge))
     total = 1000
     confirmed: list[str] = []
-    failed: list[str] = []
     gate = asyncio.Semaphore(16)
 
     async def emit(i: int) -> None:
@@ -588,9 +595,11 @@ async def test_broker_kill_mid_stream_loses_no_durable_events(
             message = event("entry", i)
             try:
                 await producer.emit_message(message)
-                confirmed.append(message.id)
             except PuristaError:
-                failed.append(message.id)
+                history.sent(message.id, "unknown")
+            else:
+                history.sent(message.id, "ok")
+                confirmed.append(message.id)
 
     async def chaos() -> float:
         await wait_for(lambda: len(delivered) >= 300, 30, "300 deliveries before the kill")
@@ -604,105 +613,11 @@ async def test_broker_kill_mid_stream_loses_no_durable_events(
     chaos_task = asyncio.create_task(chaos())
     await asyncio.gather(*(emit(i) for i in range(total)))
     downtime = await chaos_task
-    await wait_for(lambda: all(m in delivered for m in confirmed), 60,
-                   "every confirmed event delivered")
-    lost = [m for m in confirmed if m not in delivered]
-    duplicates = sum(n - 1 for n in delivered.values())
-    print(f"downtime={downtime:.2f}s confirmed={len(confirmed)} failed={len(failed)} "
-          f"lost={len(lost)} duplicates={duplicates} reconnects="
-          f"{[b.reconnects for b in (producer, *consumers)]}")
-    assert not lost
-    assert len(confirmed) == total, "emits retry until the restarted broker confirms"
+    await wait_for(lambda: delivered.issuperset(confirmed), 60, "every confirmed event delivered")
+    verdict = history.check(allow_duplicates=True)
+    print(f"downtime={downtime:.2f}s reconnects={[b.reconnects for b in (producer, *consumers)]}")
+    print(verdict.format())
+    assert verdict.ok, verdict.format()
+    assert verdict.lost == 0 and verdict.unexpected == 0
+    assert verdict.published_ok == total, "emits retry until the restarted broker confirms"
     assert all(b.reconnects >= 1 for b in (producer, *consumers))
-
-
-# ------------------------------------------- fallback broker (no harness plugin)
-class LocalNats:
-    """A nats-server with JetStream on fixed free ports, restartable on the same store."""
-
-    def __init__(self, workdir: Any) -> None:
-        import port_for
-
-        self.workdir = workdir
-        self.port = port_for.select_random()
-        self.monitor_port = port_for.select_random()
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self.host, self.proc = "127.0.0.1", None
-
-    def start(self) -> None:
-        import subprocess
-        import urllib.request
-
-        log = open(self.workdir / "nats.log", "ab")
-        self.proc = subprocess.Popen(
-            ["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor_port),
-             "-js", "-sd", str(self.workdir / "store")],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
-                with urllib.request.urlopen(url, timeout=1) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("nats-server did not start")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        import signal
-
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait()
-
-    def pause(self) -> None:
-        import signal
-
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        import signal
-
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-
-
-try:  # the harness plugin provides nats / namespace / fresh services
-    import harness.pytest_plugin  # noqa: F401
-
-    HAVE_HARNESS = True
-except ImportError:
-    HAVE_HARNESS = False
-
-if not HAVE_HARNESS:
-
-    @pytest.fixture(scope="session")
-    def nats(tmp_path_factory: pytest.TempPathFactory) -> Any:
-        server = LocalNats(tmp_path_factory.mktemp("nats"))
-        server.start()
-        yield server
-        server.stop()
-
-    @pytest.fixture
-    def namespace() -> str:
-        import uuid
-
-        return "t" + uuid.uuid4().hex[:12]
-
-    @pytest.fixture
-    def fresh_nats(tmp_path: Any) -> Any:
-        server = LocalNats(tmp_path)
-        server.start()
-        yield server
-        server.resume()
-        server.stop()
