@@ -22,6 +22,16 @@ final outcome (handled, handled error, or dead-lettered). MQTT has no nack, so
 retries are redelivered in-process after ``outcome.delay_s`` while the PUBACK
 is held: if the process dies mid-retry the broker redelivers the message to
 the same session when it reconnects (the attempt count then restarts at 1).
+
+Durability is per session: a durable subscription's messages wait for *this*
+client id, so a restarted instance gets them only if it reuses the instance id
+(or ``client_id``). Mosquitto keeps giving a shared group's offline members
+their round-robin share (queued in their sessions until they return or the
+session expires); a bridge destroyed with ``keep_session_on_destroy=False``
+leaves its groups and ends its session instead. Configure mosquitto with
+``max_queued_messages 0`` (its default of 1000 silently drops QoS 1 messages
+for a slow or offline session) and ``autosave_on_changes true`` +
+``autosave_interval 1`` for the smallest loss window on a broker crash.
 """
 
 from __future__ import annotations
@@ -103,7 +113,14 @@ class MqttBridge(EventBridgeBase):
     capabilities = EventBridgeCapabilities(
         delivery="at_least_once",
         durable_subscriptions=YES,
-        survives_broker_restart=YES,
+        survives_broker_restart=unsupported(
+            "measured on mosquitto 2.0.11: the broker sends PUBACK before it persists a "
+            "message and saves its database only at autosave points, so a SIGKILL loses "
+            "events confirmed just before it; and it does not restore $share subscriptions "
+            "from persistence, so events published after the restart are lost until the "
+            "subscribers re-subscribe (a graceful broker restart loses nothing for "
+            "non-shared durable subscriptions)"
+        ),
         durable_commands=unsupported(
             "commands use a clean session so that an offline instance does not hold commands "
             "for its group; a command nobody serves times out"
