@@ -255,12 +255,26 @@ class NatsQueueBridge:
             raise NatsUnavailableError("the NATS queue bridge is not started")
         with self._inflight.track():
             try:
+                await self._wait_connected()
                 yield
             except PuristaError:
                 raise
             except (nats.errors.Error, TimeoutError, OSError) as exc:
                 self._needs_setup = True
                 raise NatsUnavailableError(f"NATS queue operation failed: {exc!r}") from exc
+
+    async def _wait_connected(self) -> None:
+        """Wait up to ``op_timeout_s`` for a connection rather than buffer while disconnected.
+
+        (nats-py buffers publishes while reconnecting and flushes them later: an
+        enqueue that failed with 503 must not appear afterwards.)
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timings.op_timeout_s
+        while not self._nc.is_connected:
+            if self._nc.is_closed or loop.time() >= deadline:
+                raise NatsUnavailableError(f"not connected to NATS at {self.url}")
+            await asyncio.sleep(0.05)
 
     async def _ensure_setup(self) -> None:
         if not self._needs_setup:
@@ -269,7 +283,6 @@ class NatsQueueBridge:
             if not self._needs_setup:
                 return
             from nats.js.api import (
-                DiscardPolicy,
                 KeyValueConfig,
                 RetentionPolicy,
                 StorageType,
@@ -292,22 +305,10 @@ class NatsQueueBridge:
                     storage=StorageType.FILE,
                 )
             )
-            # the ledger is a KV bucket whose settled records are deleted outright
-            # (no tombstones), so it is declared by hand with deletes allowed
-            await self._add_stream(
-                StreamConfig(
-                    name=f"KV_{self._ledger_bucket}",
-                    subjects=[f"$KV.{self._ledger_bucket}.>"],
-                    max_msgs_per_subject=1,
-                    storage=StorageType.FILE,
-                    discard=DiscardPolicy.NEW,
-                    allow_rollup_hdrs=True,
-                    deny_delete=False,
+            for bucket in (self._ledger_bucket, self._keys_bucket):
+                await js.create_key_value(
+                    KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)
                 )
-            )
-            await js.create_key_value(
-                KeyValueConfig(bucket=self._keys_bucket, history=1, storage=StorageType.FILE)
-            )
             self._ledger = await js.key_value(self._ledger_bucket)
             self._keys = await js.key_value(self._keys_bucket)
             for qtok in list(self._subs):
@@ -401,12 +402,22 @@ class NatsQueueBridge:
             return int(await self._ledger.update(key, record.dumps(), last=rev))
         return int(await self._ledger.create(key, record.dumps()))
 
-    async def _ldel(self, rev: int) -> None:
-        """Remove a settled ledger record (no tombstone: the ledger stays small)."""
+    async def _ldel(self, key: str, rev: int) -> None:
+        """Remove a settled ledger record with a purge marker, if it is still at ``rev``.
+
+        A marker rather than a message delete: nats-server 2.9 can resurrect
+        messages removed by limits after a SIGKILL, and the newer marker keeps
+        such an old revision hidden.
+        """
         import nats.js.errors
 
-        with contextlib.suppress(nats.js.errors.NotFoundError, nats.js.errors.BadRequestError):
-            await self._js.delete_msg(f"KV_{self._ledger_bucket}", rev)
+        headers = {
+            "KV-Operation": "PURGE",
+            "Nats-Rollup": "sub",
+            "Nats-Expected-Last-Subject-Sequence": str(rev),
+        }
+        with contextlib.suppress(nats.js.errors.APIError):
+            await self._publish(f"$KV.{self._ledger_bucket}.{key}", b"", headers)
 
     async def _count_retry(self, qtok: str, job_id: str, seq: int, attempt: int) -> None:
         await self._publish(
@@ -538,8 +549,18 @@ class NatsQueueBridge:
                     self._needs_setup = True
                     self._subs.pop(qtok, None)
                     msgs = []
-                for msg in msgs:
-                    job = await self._claim(queue, qtok, msg, worker_id, ack_wait)
+                for index, msg in enumerate(msgs):
+                    try:
+                        job = await self._claim(queue, qtok, msg, worker_id, ack_wait)
+                    except Exception as exc:
+                        # hand the unclaimed rest back; jobs already leased are returned
+                        for rest in msgs[index + 1 :]:
+                            with contextlib.suppress(Exception):
+                                await self._nak_reply(rest.reply, None)
+                        if not out:
+                            raise
+                        log.warning("nats queue %s: lease batch cut short: %r", queue, exc)
+                        return out
                     if job is not None:
                         out.append(job)
                 if out or loop.time() >= deadline:
@@ -569,10 +590,10 @@ class NatsQueueBridge:
                 record = None  # left over from an earlier life of this job id (redrive)
             if record is not None and record.state == "done":
                 await self._ack_reply(msg.reply)
-                await self._ldel(rev)
+                await self._ldel(key, rev)
                 return None
             if record is not None and record.state == "dead":
-                await self._finish_dead(qtok, record, rev, body, msg.reply)
+                await self._finish_dead(qtok, key, record, rev, body, msg.reply)
                 return None
             if record is not None and record.live(now):
                 await self._nak_reply(msg.reply, record.expires_at_ms - now)
@@ -607,6 +628,10 @@ class NatsQueueBridge:
                 await self._lput(key, new, rev)
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
+            except Exception:
+                # the write may have landed without us hearing it: undo it once we can
+                self._spawn(self._abandon(key, lease_id, msg.reply))
+                raise
             if retried and record is not None:
                 await self._count_retry(qtok, body["id"], seq, record.deliveries)
             self._hold(lease_id, key, msg.reply, new.expires_at_ms, ack_wait)
@@ -627,6 +652,31 @@ class NatsQueueBridge:
             )
         await self._nak_reply(msg.reply, 50)
         return None
+
+    async def _abandon(self, key: str, lease_id: str, reply: str) -> None:
+        """Roll back a lease whose grant nobody received (its write's reply was lost)."""
+        import nats.js.errors
+
+        for _ in range(60):
+            try:
+                await self._wait_connected()
+                record, rev = await self._lget(key)
+                if record is not None and record.lease_id == lease_id and record.state == "leased":
+                    idle = replace(
+                        record,
+                        state="idle",
+                        lease_id=None,
+                        worker_id=None,
+                        deliveries=record.deliveries - 1,
+                    )
+                    with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                        await self._lput(key, idle, rev)
+                        await self._nak_reply(reply, None)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await asyncio.sleep(0.5)
 
     def _hold(self, lease_id: str, key: str, reply: str, expires_ms: int, ack_wait: float) -> None:
         held = _Held(key, reply, expires_ms)
@@ -704,10 +754,16 @@ class NatsQueueBridge:
         )
         new_rev = await self._lput(key, dead, rev)
         self._release(record.lease_id)
-        await self._finish_dead(qtok, dead, new_rev, body, dead.reply)
+        await self._finish_dead(qtok, key, dead, new_rev, body, dead.reply)
 
     async def _finish_dead(
-        self, qtok: str, record: LeaseRecord, rev: int, body: dict[str, Any] | None, reply: str
+        self,
+        qtok: str,
+        key: str,
+        record: LeaseRecord,
+        rev: int,
+        body: dict[str, Any] | None,
+        reply: str,
     ) -> None:
         """Publish the dead letter (deduplicated), remove the job, drop the ledger record."""
         if body is None:
@@ -729,7 +785,7 @@ class NatsQueueBridge:
                 },
             )
         await self._ack_reply(reply)
-        await self._ldel(rev)
+        await self._ldel(key, rev)
 
     async def _verify(self, job: Job) -> tuple[str, str, LeaseRecord, int]:
         """The ledger record of a lease still held under ``job.lease_id``, or LeaseExpiredError."""
@@ -778,7 +834,7 @@ class NatsQueueBridge:
             done_rev = await self._settle(key, record, rev, replace(record, state="done"))
             self._release(job.lease_id)
             await self._ack_reply(record.reply)
-            await self._ldel(done_rev)
+            await self._ldel(key, done_rev)
 
     async def nack(
         self, job: Job, reason: str | None = None, delay_ms: int | None = None
@@ -929,7 +985,12 @@ class NatsQueueBridge:
             await self._ensure_setup()
             live, settling = await self._live_records(qtok)
             job_subject = f"{self._root}.job.{qtok}"
-            total = (await self._subject_counts(self._jobs_stream, job_subject)).get(job_subject, 0)
+            # the consumer's view, not the stream's message count: after a SIGKILL
+            # nats-server 2.9 can resurrect acked messages below the ack floor
+            await self._consumer(qtok)
+            info = await self._js.consumer_info(self._jobs_stream, f"q-{qtok}")
+            total = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+            floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
             extra = await self._subject_counts(self._dead_stream, f"{self._root}.*.{qtok}")
             dead = extra.get(f"{self._root}.dlq.{qtok}", 0)
             retries = extra.get(f"{self._root}.retry.{qtok}", 0)
@@ -937,7 +998,8 @@ class NatsQueueBridge:
             now = now_ms()
             oldest = now
             if pending:
-                oldest = await self._oldest_pending(job_subject, {r.seq for _, r in live}, now)
+                leased = {r.seq for _, r in live}
+                oldest = await self._oldest_pending(job_subject, leased, floor, now)
         return QueueMetrics(
             pending=pending,
             inflight=len(live),
@@ -946,10 +1008,10 @@ class NatsQueueBridge:
             oldest_age_ms=max(now - oldest, 0),
         )
 
-    async def _oldest_pending(self, subject: str, leased: set[int], now: int) -> int:
+    async def _oldest_pending(self, subject: str, leased: set[int], floor: int, now: int) -> int:
         import nats.js.errors
 
-        seq = 1
+        seq = floor + 1
         for _ in range(len(leased) + 1):
             try:
                 raw = await self._js.get_msg(self._jobs_stream, seq=seq, subject=subject, next=True)

@@ -1,0 +1,227 @@
+"""State, config and secret stores on NATS JetStream key-value buckets (report name ``nats-kv``).
+
+One bucket per prefix and kind (``<prefix>_state_store``, ...), file storage,
+history 1. Store names that are not valid KV keys are encoded (see
+:func:`kv_key`). Values are JSON text, readable with ``nats kv get``.
+
+``set_if_absent`` is ``kv.create`` (atomic). nats-server 2.9 has no per-key
+TTL, so a value written with a ttl is stored as an envelope
+``{"__purista_expiring__": {"expires_at_ms": ..., "value": ...}}``: readers treat
+it as absent once expired, and ``set_if_absent`` takes an expired key over with
+a revision-checked ``update`` (exactly one contender wins). Expired keys are not
+reclaimed until taken over or removed; expiry uses the writers' and readers'
+wall clocks.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ..bridges.nats_queue_conn import (
+    NatsTimings,
+    NatsUnavailableError,
+    connect_nats,
+    resolve_url,
+    token,
+)
+from ..runtime.capabilities import YES, StoreCapabilities, unsupported
+from ..runtime.errors import PuristaError
+from ..runtime.store_base import StoreBase, dump_value
+
+log = logging.getLogger(__name__)
+
+ENVELOPE = "__purista_expiring__"
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9/=-]+(\.[A-Za-z0-9/=-]+)*$")
+_CAPS = StoreCapabilities(
+    durable=YES,
+    set_if_absent=YES,
+    ttl=YES,
+    cache=unsupported("reads always go to the bucket"),
+)
+
+
+def kv_key(name: str) -> str:
+    """A valid KV key for a store name, injective.
+
+    Dotted names of letters, digits, ``-``, ``/`` and ``=`` stay readable;
+    anything else becomes ``_`` + base32 (a plain key never contains ``_``).
+    """
+    if _PLAIN_KEY.match(name):
+        return name
+    return "_" + base64.b32encode(name.encode()).decode().rstrip("=").lower()
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _unwrap(raw: bytes | None) -> tuple[bool, Any]:
+    """``(present, value)`` of a stored value; an expired envelope is absent."""
+    if raw is None:
+        return False, None
+    value = json.loads(raw)
+    if isinstance(value, dict) and len(value) == 1 and ENVELOPE in value:
+        inner = value[ENVELOPE]
+        if not isinstance(inner, dict) or inner.get("expires_at_ms", 0) <= _now_ms():
+            return False, None
+        return True, inner.get("value")
+    return True, value
+
+
+class _NatsKVStore(StoreBase):
+    name = "nats-kv"
+    capabilities = _CAPS
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        prefix: str = "purista",
+        bucket: str | None = None,
+        initial: dict[str, Any] | None = None,
+        timings: NatsTimings | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.url = resolve_url(url)
+        self.prefix = prefix
+        self.bucket = bucket or f"{token(prefix)}_{self.kind}"
+        self.timings = timings or NatsTimings()
+        self._initial = dict(initial or {})
+        self._nc: Any = None
+        self._kv: Any = None
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> Any:
+        """A store for ``NATS_URL`` (and ``PURISTA_PREFIX`` when set)."""
+        import os
+
+        kwargs.setdefault("prefix", os.environ.get("PURISTA_PREFIX", "purista"))
+        return cls(None, **kwargs)
+
+    async def start(self) -> None:
+        """Connect and create the bucket (kept if it exists); write ``initial`` values."""
+        from nats.js.api import KeyValueConfig, StorageType
+
+        self._nc = await connect_nats(self.url, f"purista-{self.kind}", self.timings)
+        js = self._nc.jetstream(timeout=self.timings.op_timeout_s)
+        async with self._op():
+            self._kv = await js.create_key_value(
+                KeyValueConfig(bucket=self.bucket, history=1, storage=StorageType.FILE)
+            )
+            for name, value in self._initial.items():
+                await self._kv.put(kv_key(name), dump_value(name, value).encode())
+        await super().start()
+
+    async def destroy(self) -> None:
+        """Close the connection."""
+        await super().destroy()
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+        self._nc = None
+
+    async def is_ready(self) -> bool:
+        return self._started and self._nc is not None and self._nc.is_connected
+
+    async def is_healthy(self) -> bool:
+        return await self.is_ready()
+
+    @contextlib.asynccontextmanager
+    async def _op(self) -> AsyncIterator[None]:
+        import nats.errors
+
+        if self._nc is None:
+            raise NatsUnavailableError(f"{self.kind} {self.name!r} is not started")
+        try:
+            yield
+        except PuristaError:
+            raise
+        except (nats.errors.Error, TimeoutError, OSError) as exc:
+            raise NatsUnavailableError(f"NATS KV operation failed: {exc!r}") from exc
+
+    async def _entry(self, name: str) -> Any:
+        import nats.js.errors
+
+        try:
+            return await self._kv.get(kv_key(name))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+
+    async def _get(self, names: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with self._op():
+            for n in names:
+                entry = await self._entry(n)
+                try:
+                    out[n] = _unwrap(entry.value if entry is not None else None)[1]
+                except ValueError:
+                    log.warning("nats-kv %s: %r is not JSON; treated as missing", self.bucket, n)
+                    out[n] = None
+        return out
+
+    async def _set(self, name: str, raw_json: str) -> None:
+        async with self._op():
+            await self._kv.put(kv_key(name), raw_json.encode())
+
+    async def _remove(self, name: str) -> None:
+        async with self._op():
+            await self._kv.delete(kv_key(name))
+
+    async def _set_if_absent(self, name: str, raw_json: str, ttl_s: float | None) -> bool:
+        import nats.js.errors
+
+        data = raw_json.encode()
+        if ttl_s:
+            expires = _now_ms() + int(ttl_s * 1000)
+            envelope = {ENVELOPE: {"expires_at_ms": expires, "value": json.loads(raw_json)}}
+            data = json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
+        key = kv_key(name)
+        async with self._op():
+            for _ in range(5):
+                try:
+                    await self._kv.create(key, data)
+                    return True
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    pass
+                entry = await self._entry(name)
+                if entry is None:
+                    continue  # removed meanwhile: try to create again
+                try:
+                    present, _ = _unwrap(entry.value)
+                except ValueError:
+                    present = True
+                if present:
+                    return False
+                try:  # expired: take it over, if nobody else did first
+                    await self._kv.update(key, data, last=entry.revision)
+                    return True
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    return False
+        return False
+
+
+class NatsKVStateStore(_NatsKVStore):
+    """State store on a NATS KV bucket (all operations enabled by default)."""
+
+    kind = "state_store"
+
+
+class NatsKVConfigStore(_NatsKVStore):
+    """Config store on a NATS KV bucket (get-only by default)."""
+
+    kind = "config_store"
+
+
+class NatsKVSecretStore(_NatsKVStore):
+    """Secret store on a NATS KV bucket (get-only by default; optional read cache with a TTL)."""
+
+    kind = "secret_store"
+    capabilities = StoreCapabilities(durable=YES, set_if_absent=YES, ttl=YES, cache=YES)
