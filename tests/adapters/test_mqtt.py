@@ -727,3 +727,119 @@ async def test_graceful_broker_restart_mid_1000_events_loses_none(
           f"duplicated={verdict.duplicated} delivered={verdict.delivered_distinct}")
     assert verdict.published_ok == 1000
     assert verdict.lost == 0 and verdict.unexpected == 0
+
+
+async def test_message_waiting_for_a_retry_is_redelivered_after_restart(
+    broker: Any, make_bridge: BridgeFactory
+) -> None:
+    """The PUBACK is held during in-process retries: an instance that goes away while a
+    retry is pending gets the message again from its session when it comes back."""
+    instance = uuid.uuid4().hex
+    sub = Subscription(subscriber=addr("flaky"), event_name="ev",
+                       failure=FailureHandling(max_attempts=5, retry_delay_ms=60_000))
+    first_attempts: list[Any] = []
+    second: list[Any] = []
+
+    async def failing(m: AnyMessage) -> None:
+        first_attempts.append(m.payload)
+        raise RuntimeError("transient")
+
+    async def working(m: AnyMessage) -> None:
+        second.append(m.payload)
+
+    bridge = await make_bridge(broker.url, instance_id=instance)
+    await bridge.register_subscription(sub, failing)
+    producer = await make_bridge(broker.url)
+    await producer.emit_message(event(producer, "ev", "x"))
+    await eventually(lambda: first_attempts == ["x"], what="first attempt failed")
+    await bridge.destroy()  # the retry is 60 s away: the message was never acked
+    back = await make_bridge(broker.url, instance_id=instance)
+    await back.register_subscription(sub, working)
+    await eventually(lambda: second == ["x"], what="redelivered by the broker")
+
+
+async def test_black_holed_connection_is_detected_and_recovered(
+    broker: Any, proxied: Callable[..., Any], make_bridge: BridgeFactory
+) -> None:
+    """No RST, just silence: the keepalive notices within a few seconds, the bridge
+    reconnects when the network heals and gets what was queued for its session."""
+    proxy = proxied(broker)
+    instance = uuid.uuid4().hex
+    server = await make_bridge(proxy.url, instance_id=instance, keepalive_s=1)
+    client = await make_bridge(broker.url)
+    got: list[Any] = []
+
+    async def on(m: AnyMessage) -> None:
+        got.append(m.payload)
+
+    await server.register_command(addr("user"), echo_handler())
+    await server.register_subscription(Subscription(subscriber=addr("s"), event_name="ev"), on)
+    async with proxy.black_hole():
+        start = time.monotonic()
+        await eventually(lambda: _not(server.is_ready()), 10, "outage detected")
+        detected = time.monotonic() - start
+        await client.emit_message(event(client, "ev", "during"))
+    await eventually(server.is_ready, 20, "ready again after the network heals")
+    await eventually(lambda: got == ["during"], what="queued event delivered")
+    assert await client.invoke(
+        Command(sender=sender(client), receiver=addr("user"), payload=CommandPayload(payload=1)),
+        ttl_s=5) == {"echo": 1}
+    assert detected < 5, f"dead connection noticed after {detected:.1f}s"
+
+
+@pytest.mark.parametrize("keep_session", [True, False], ids=["keep-session", "leave"])
+async def test_shared_group_member_going_offline(
+    broker: Any, make_bridge: BridgeFactory, keep_session: bool
+) -> None:
+    """What Mosquitto does with a durable shared group when one member is destroyed:
+    keeping its session, the broker keeps giving it its round-robin share (queued until it
+    returns); with ``keep_session_on_destroy=False`` it leaves and the others get all."""
+    gone_id = uuid.uuid4().hex
+    sub = Subscription(subscriber=addr("workers"), event_name="ev")
+    stay: list[Any] = []
+    returned: list[Any] = []
+
+    async def on_stay(m: AnyMessage) -> None:
+        stay.append(m.payload)
+
+    async def on_returned(m: AnyMessage) -> None:
+        returned.append(m.payload)
+
+    staying = await make_bridge(broker.url)
+    gone = await make_bridge(broker.url, instance_id=gone_id, keep_session_on_destroy=keep_session)
+    await staying.register_subscription(sub, on_stay)
+    await gone.register_subscription(sub, on_stay)
+    await gone.destroy()
+    producer = await make_bridge(broker.url)
+    for i in range(20):
+        await producer.emit_message(event(producer, "ev", i))
+    if not keep_session:
+        await eventually(lambda: sorted(stay) == list(range(20)), what="the rest get everything")
+        return
+    await eventually(lambda: len(stay) >= 10, what="the staying member's share")
+    back = await make_bridge(broker.url, instance_id=gone_id)
+    await back.register_subscription(sub, on_returned)
+    await eventually(lambda: sorted(stay + returned) == list(range(20)),
+                     what="the returning member gets the share queued for it")
+    assert returned, "the offline member's share waited in its session"
+
+
+async def test_non_durable_shared_member_leaves_at_once(
+    broker: Any, make_bridge: BridgeFactory
+) -> None:
+    """Non-durable subscriptions live in the clean rpc session: a member that goes away
+    leaves the group, nothing waits for it."""
+    sub = Subscription(subscriber=addr("workers"), event_name="ev", durable=False)
+    stay: list[Any] = []
+
+    async def on(m: AnyMessage) -> None:
+        stay.append(m.payload)
+
+    staying = await make_bridge(broker.url)
+    gone = await make_bridge(broker.url)
+    await staying.register_subscription(sub, on)
+    await gone.register_subscription(sub, on)
+    await gone.destroy()
+    for i in range(20):
+        await staying.emit_message(event(staying, "ev", i))
+    await eventually(lambda: sorted(stay) == list(range(20)), what="all to the staying member")
