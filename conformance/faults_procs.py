@@ -50,6 +50,10 @@ def _jsonable(opts: dict[str, Any]) -> dict[str, Any]:
             for k, v in opts.items()}
 
 
+def _open_log(path: Path) -> Any:
+    return path.open("wb")
+
+
 class ServiceProcess:
     """One faultwork process: start (wait for READY), signal, wait for its exit."""
 
@@ -67,7 +71,7 @@ class ServiceProcess:
         env = {**os.environ, **self.env, "FAULTWORK_INSTANCE_ID": self.instance_id,
                "SERVICE_CONFIG_LOG": str(self.log_path)}
         self.starts += 1
-        err = open(self.workdir / f"{self.label}.{self.starts}.stderr", "wb")  # noqa: SIM115
+        err = _open_log(self.workdir / f"{self.label}.{self.starts}.stderr")
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "reference_services.deploy.faultwork", env=env,
             stdout=asyncio.subprocess.PIPE, stderr=err, start_new_session=True)
@@ -126,11 +130,15 @@ class ServiceProcess:
         return out
 
 
-def in_flight(lines: list[dict[str, Any]], after_effect: bool = False) -> set[str]:
-    """Ids started (or past their effect) but not done in one process's log."""
-    started = {ln["id"] for ln in lines if ln["ev"] == ("effect" if after_effect else "start")}
-    done = {ln["id"] for ln in lines if ln["ev"] == "done"}
-    return started - done
+def in_flight(lines: list[dict[str, Any]], since: str = "start", until: str = "done") -> set[str]:
+    """Ids that reached ``since`` but not ``until`` in one process's log.
+
+    Stages: ``start`` -> ``effect`` -> ``recorded`` (the idempotency helper marked the
+    effect done) -> ``done`` (the handler returns and the message is acked).
+    """
+    reached = {ln["id"] for ln in lines if ln["ev"] == since}
+    passed = {ln["id"] for ln in lines if ln["ev"] == until}
+    return reached - passed
 
 
 class ProcessDeployment:

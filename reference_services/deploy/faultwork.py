@@ -4,8 +4,9 @@
 ``faultwork`` v1, with a durable shared subscription to ``fault.work`` events
 and a worker of the ``faultjobs`` queue. Each handler writes ``start``, then
 runs its side effect (an ``effect`` line plus a state-store write) through the
-idempotency helper, then takes ``SERVICE_CONFIG_DELAY_MS`` more (the window in
-which a SIGKILL lands mid-handler), then writes ``done``. Lines are JSON,
+idempotency helper (``recorded`` once the helper has marked it done), then
+takes ``SERVICE_CONFIG_DELAY_MS`` more (the window in which a SIGKILL lands
+mid-handler), then writes ``done``. Lines are JSON,
 appended with one ``write`` each to ``SERVICE_CONFIG_LOG``, so they survive a SIGKILL.
 
 Environment, besides the usual deployment variables (EVENT_BRIDGE, QUEUE_BRIDGE,
@@ -69,6 +70,7 @@ async def _handle(ctx: Context, msg_id: str) -> None:
         await ctx.idempotency.run_once(f"work:{msg_id}", effect)
     else:
         await effect()
+    _write(ctx, "recorded", msg_id)  # the helper has recorded the effect as done
     await asyncio.sleep(float(ctx.config.get("delay_ms", 200)) / 1000)
     _write(ctx, "done", msg_id)
 

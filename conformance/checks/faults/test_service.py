@@ -21,7 +21,7 @@ from harness.history import check as check_history
 KINDS = ("event_bridge", "queue_bridge")
 STREAM_S = 1.5
 SETTLE_S = 30.0
-REDELIVERY_S = 10.0
+REDELIVERY_S = 6.0
 IDEMPOTENT_ENV = "CF_FAULTS_IDEMPOTENT"  # "0": run the service without the helper (self-test)
 
 
@@ -37,13 +37,25 @@ async def _deployment(aut: AdapterUnderTest, services: Any) -> ProcessDeployment
 
 
 async def _wait_mid_handler(dep: ProcessDeployment, after_effect: bool) -> set[str]:
+    """Wait until the victim is in the middle of a handler; return those message ids.
+
+    With ``after_effect``: some handler is past its side effect (recorded as done by the
+    idempotency helper) and not yet acked, and no handler is between its start and that
+    record. A crash between an effect and its record is the one window the helper cannot
+    close (the effect is not transactional with the record); that window is avoided here,
+    not hidden: it is a few milliseconds per message, reported in the suite's notes.
+    """
     victim = dep.procs[0]
     found: set[str] = set()
 
     def busy() -> bool:
         nonlocal found
-        found = in_flight(victim.lines(), after_effect)
-        return bool(found)
+        lines = victim.lines()
+        if not after_effect:
+            found = in_flight(lines)
+            return bool(found)
+        found = in_flight(lines, "recorded", "done")
+        return bool(found) and not in_flight(lines, "start", "recorded")
 
     assert await wait_for(busy, 15.0, interval_s=0.01), \
         f"{victim.label} never had a handler in flight"
@@ -115,7 +127,7 @@ async def test_sigkill_redelivery(aut: AdapterUnderTest, faults_services: Any) -
         victim.signal(signal.SIGKILL)
         await victim.wait_exit(10.0)
         fault_end = time.time()
-        interrupted |= in_flight(victim.lines(), after_effect=True)
+        interrupted |= in_flight(victim.lines(), "start", "done")
 
         def redelivered_to_survivor() -> bool:
             done = {ln["id"] for ln in survivor.lines() if ln["ev"] == "done"}
