@@ -567,6 +567,39 @@ async def test_stale_connection_detected_by_pings(make_bridge: Any, own_nats: An
     await wait_async(bridge.is_ready, 20, "ready after resume")
 
 
+async def test_black_holed_network_detected_and_recovered(
+    nats: Any, make_bridge: Any, proxied: Callable[..., Any]
+) -> None:
+    proxy = await asyncio.to_thread(proxied, nats)
+    caller = await make_bridge()  # direct connection
+    server = await make_bridge(proxy.url)
+    served: list[tuple[str, Command]] = []
+    await server.register_command(USER, echo_handler(served, server))
+    got: list[Any] = []
+
+    async def handler(message: AnyMessage) -> None:
+        got.append(message.payload)
+
+    await server.register_subscription(subscription("mail", "entry"), handler)
+    await server.register_subscription(
+        subscription("cache", "entry", shared=False, durable=False, autoacknowledge=True), handler)
+    async with proxy.black_hole("downstream"), proxy.black_hole("upstream"):
+        started = time.monotonic()
+        await wait_async(lambda: _not(server.is_ready()), 15, "dead link detected by pings")
+        assert time.monotonic() - started < 1.0 * (2 + 1) + 2
+        await caller.emit_message(event("entry", "during"))  # kept by the stream
+        with pytest.raises(PuristaError) as info:
+            await caller.invoke(Command(sender=CALLER, receiver=USER), 1.0)
+        assert info.value.status in (404, 503, 504)
+    await wait_async(server.is_ready, 30, "ready after the network heals")
+    assert server.reconnects >= 1
+    assert await caller.invoke(Command(sender=CALLER, receiver=USER, payload=CommandPayload(
+        payload="healed")), 5) == {"echo": "healed"}
+    await caller.emit_message(event("entry", "after"))
+    await wait_for(lambda: got.count("during") == 1 and got.count("after") == 2, 15,
+                   "durable backlog and both subscriptions after the heal")
+
+
 @pytest.mark.slow
 async def test_broker_kill_mid_stream_loses_no_durable_events(
     make_bridge: Any, own_nats: Any, history: History
