@@ -154,14 +154,33 @@ class LocalHandle(ServiceHandle):
                         self._start_processes()
                         break
                     except ServiceStartError as exc:
-                        if attempt == 2 or not isinstance(exc.__cause__, AlreadyRunning):
-                            self._halt(signal.SIGKILL)
+                        self._discard()
+                        if attempt == 2 or not self._port_conflict(exc):
                             raise
-                        self._halt(signal.SIGKILL)
-                        self._main = None
             else:
                 self._start_processes()
             _live_handles.add(self)
+
+    def _port_conflict(self, exc: ServiceStartError) -> bool:
+        """True when a start failed because another process took one of our ports."""
+        if isinstance(exc.__cause__, AlreadyRunning):
+            return True
+        try:
+            text = (self.log_path or Path(os.devnull)).read_text(errors="replace").lower()
+        except OSError:
+            return False
+        return any(s in text for s in ("address already in use", "eaddrinuse", "address in use"))
+
+    def _discard(self) -> None:
+        """Kill everything of a failed first start so that it can be rebuilt."""
+        self._halt(signal.SIGKILL)
+        if self._epmd is not None:
+            with contextlib.suppress(ExecutorError, OSError):
+                self._epmd.kill()
+        self._main = self._epmd = None
+        if self.log_path is not None:
+            with contextlib.suppress(OSError):
+                self.log_path.rename(self.log_path.with_suffix(".failed.log"))
 
     def _halt(self, sig: int | None) -> None:
         """Stop the main process (SIGKILL when sig is SIGKILL, else graceful)."""

@@ -73,3 +73,26 @@ def test_service_set_remembers_unavailability(clean_env: pytest.MonkeyPatch) -> 
     with pytest.raises(ValueError, match="unknown service"):
         services.get("kafka")
     services.close()
+
+
+def test_local_start_retries_on_a_port_taken_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    original, blockers = local_mod.free_port, []
+
+    def first_port_taken() -> int:
+        port = original()
+        if not blockers:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+            blockers.append(sock)
+        return port
+
+    monkeypatch.setattr(local_mod, "free_port", first_port_taken)
+    handle = LocalProvider().start("redis")
+    try:
+        assert handle.port != blockers[0].getsockname()[1] and handle.is_running()
+    finally:
+        handle.stop()
+        blockers[0].close()
