@@ -66,3 +66,27 @@ def test_keep_services_leaves_them_running_and_prints_urls(tmp_path: Path) -> No
         assert probe("redis", url)
     finally:
         assert terminate(pid) is not None
+
+
+SESSION_FILE = '''
+def test_all(rabbitmq, nats, redis, mosquitto, toxiproxy, fresh_service, proxied):
+    proxy = proxied(redis)
+    assert proxy.port and fresh_service("redis").port != redis.port
+'''
+
+
+def test_no_service_process_outlives_the_session(tmp_path: Path) -> None:
+    import uuid
+
+    from harness import procs
+
+    (tmp_path / "test_session.py").write_text(SESSION_FILE)
+    marker = uuid.uuid4().hex
+    env = {**os.environ, "HARNESS_SESSION_MARKER": marker}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir",
+         str(tmp_path), str(tmp_path / "test_session.py"), "--require-services"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    left = procs.pids_with_env("HARNESS_SESSION_MARKER", marker)
+    assert not left, f"outlived the session: {left}"
