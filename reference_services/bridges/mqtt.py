@@ -159,6 +159,7 @@ class MqttBridge(EventBridgeBase):
         session_expiry_s: int = 3600,
         keep_session_on_destroy: bool = True,
         receive_maximum: int = 100,
+        dedupe_window: int = 10_000,
         **kwargs: Any,
     ) -> None:
         """Args:
@@ -172,6 +173,8 @@ class MqttBridge(EventBridgeBase):
         keep_session_on_destroy: keep durable subscriptions in the session on destroy
             (False: leave every group and end the session, for instances that never return).
         receive_maximum: unacknowledged deliveries the broker may have outstanding.
+        dedupe_window: how many finished (subscription, message id) pairs are remembered
+            so that a redelivery of a finished message is acked without running it again.
         """
         super().__init__(instance_id=instance_id, **kwargs)
         self.url = url or os.environ.get("MQTT_URL") or DEFAULT_URL
@@ -196,7 +199,8 @@ class MqttBridge(EventBridgeBase):
         self._by_sid: dict[int, _Route] = {}
         self._restored: dict[int, int] = {}
         self._active: dict[tuple[int, str], _Delivery] = {}
-        self._done_unacked: OrderedDict[tuple[int, str], None] = OrderedDict()
+        self._recent: OrderedDict[tuple[int, str], None] = OrderedDict()
+        self.dedupe_window = dedupe_window
         self._parked: dict[int, list[tuple[mqtt.MQTTMessage, int]]] = {}
         self._parked_count = 0
         self.parked_limit = 10_000
@@ -499,8 +503,9 @@ class MqttBridge(EventBridgeBase):
             active.mid, active.generation = msg.mid, generation
             self.redelivered_duplicates += 1
             return False
-        if key in self._done_unacked:
-            del self._done_unacked[key]
+        if key in self._recent:
+            # finished here already (its ack was lost in an outage, or it was published
+            # twice with the same id): ack without running the handler again
             self.redelivered_duplicates += 1
             return True
         delivery = _Delivery(msg.mid, generation)
@@ -514,15 +519,19 @@ class MqttBridge(EventBridgeBase):
             self._active.pop(key, None)
         if not all(results):
             return False
+        self._remember(key)
         if (delivery.mid, delivery.generation) != (msg.mid, generation):
             # a resend arrived meanwhile: ack that one instead
             conn.ack(delivery.mid, delivery.generation)
             return False
-        if delivery.generation != conn.generation:
-            self._done_unacked[key] = None
-            while len(self._done_unacked) > 10_000:
-                self._done_unacked.popitem(last=False)
         return True
+
+    def _remember(self, key: tuple[int, str]) -> None:
+        if self.dedupe_window <= 0:
+            return
+        self._recent[key] = None
+        while len(self._recent) > self.dedupe_window:
+            self._recent.popitem(last=False)
 
     async def _run(self, reg: RegisteredSubscription, message: AnyMessage) -> bool:
         """Deliver to one subscription with in-process retries; False if left unacked."""

@@ -843,3 +843,24 @@ async def test_non_durable_shared_member_leaves_at_once(
     for i in range(20):
         await staying.emit_message(event(staying, "ev", i))
     await eventually(lambda: sorted(stay) == list(range(20)), what="all to the staying member")
+
+
+async def test_same_message_id_twice_runs_the_handler_once(
+    broker: Any, make_bridge: BridgeFactory
+) -> None:
+    """A redelivery (or a re-publish after an uncertain emit) of a message this instance
+    already finished is acked without running the handler again."""
+    bridge = await make_bridge(broker.url)
+    seen: list[str] = []
+
+    async def on(m: AnyMessage) -> None:
+        seen.append(m.id)
+
+    await bridge.register_subscription(Subscription(subscriber=addr("s"), event_name="ev"), on)
+    once = event(bridge, "ev", 1)
+    await bridge.emit_message(once)
+    await bridge.emit_message(once)
+    marker = event(bridge, "ev", 2)
+    await bridge.emit_message(marker)
+    await eventually(lambda: marker.id in seen)
+    assert seen == [once.id, marker.id] and bridge.redelivered_duplicates == 1
