@@ -304,6 +304,9 @@ class MqttBridge(EventBridgeBase):
         if sub.shared:
             flt = topics.shared(topics.share_group(self.prefix, "sub", *sub.key), flt)
         route = self._route(flt, "sub", durable=sub.durable)
+        for old in [r for r in self._routes.values() if r is not route and sub.key in r.subs]:
+            del old.subs[sub.key]  # registered again with other filters or hints
+            await self._drop_route_if_empty(old)
         route.subs[sub.key] = reg
         self._unpark(route)  # before any await: keeps the broker's order
         await self._ensure_subscribed(route)

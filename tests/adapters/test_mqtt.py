@@ -864,3 +864,33 @@ async def test_same_message_id_twice_runs_the_handler_once(
     await bridge.emit_message(marker)
     await eventually(lambda: marker.id in seen)
     assert seen == [once.id, marker.id] and bridge.redelivered_duplicates == 1
+
+
+async def test_subscription_registered_again_with_other_filters(
+    broker: Any, make_bridge: BridgeFactory
+) -> None:
+    bridge = await make_bridge(broker.url)
+    seen: list[tuple[str, Any]] = []
+
+    async def old(m: AnyMessage) -> None:
+        seen.append(("old", m.payload))
+
+    async def new(m: AnyMessage) -> None:
+        seen.append(("new", m.payload))
+
+    await bridge.register_subscription(Subscription(subscriber=addr("s"), event_name="a"), old)
+    await bridge.register_subscription(Subscription(subscriber=addr("s"), event_name="b"), new)
+    await bridge.emit_message(event(bridge, "a", 1))
+    await bridge.emit_message(event(bridge, "b", 2))
+    await eventually(lambda: ("new", 2) in seen)
+    assert seen == [("new", 2)]
+
+
+async def test_start_fails_fast_when_the_broker_is_unreachable() -> None:
+    bridge = MqttBridge(f"mqtt://127.0.0.1:{port_for.select_random()}", prefix="t",
+                        **{**FAST, "connect_timeout_s": 1.0})
+    start = time.monotonic()
+    with pytest.raises(PuristaError) as err:
+        await bridge.start()
+    assert err.value.status == 503 and time.monotonic() - start < 3
+    assert not await bridge.is_ready()
