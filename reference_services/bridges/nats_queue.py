@@ -169,6 +169,7 @@ class NatsQueueBridge:
         self._ledger: Any = None
         self._keys: Any = None
         self._subs: dict[str, tuple[Any, float]] = {}
+        self._checked: dict[str, float] = {}
         self._setup_lock = asyncio.Lock()
         self._needs_setup = True
         self._held: dict[str, _Held] = {}
@@ -362,10 +363,40 @@ class NatsQueueBridge:
 
     # ---- small broker helpers ----------------------------------------------------------
 
+    async def _check_consumer(self, qtok: str) -> None:
+        """After an empty fetch, at most every 2 s: is the consumer still there?
+
+        (A pull request on a deleted consumer just times out.)
+        """
+        import nats.js.errors
+
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._checked.get(qtok, 0.0) < 2.0:
+            return
+        self._checked[qtok] = loop.time()
+        try:
+            await self._js.consumer_info(self._jobs_stream, f"q-{qtok}")
+        except nats.js.errors.NotFoundError:
+            await self._redeclare()
+
+    async def _redeclare(self) -> None:
+        """The server lost a stream or consumer (new store, operator): declare everything again."""
+        log.warning("nats queue %s: streams or consumers missing, declaring again", self.prefix)
+        self._needs_setup = True
+        await self._ensure_setup()
+
     async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> Any:
-        return await self._js.publish(
-            subject, data, headers=headers, timeout=self.timings.op_timeout_s
-        )
+        import nats.js.errors
+
+        try:
+            return await self._js.publish(
+                subject, data, headers=headers, timeout=self.timings.op_timeout_s
+            )
+        except nats.js.errors.NoStreamResponseError:
+            await self._redeclare()
+            return await self._js.publish(
+                subject, data, headers=headers, timeout=self.timings.op_timeout_s
+            )
 
     async def _ack_reply(self, reply: str) -> None:
         """Ack (remove) a job message by its ack subject, waiting for the server."""
@@ -398,9 +429,18 @@ class NatsQueueBridge:
 
     async def _lput(self, key: str, record: LeaseRecord, rev: int) -> int:
         """Write ``record`` if the key is still at ``rev`` (0 = absent); raises on conflict."""
-        if rev:
-            return int(await self._ledger.update(key, record.dumps(), last=rev))
-        return int(await self._ledger.create(key, record.dumps()))
+        import nats.js.errors
+
+        for attempt in (1, 2):
+            try:
+                if rev:
+                    return int(await self._ledger.update(key, record.dumps(), last=rev))
+                return int(await self._ledger.create(key, record.dumps()))
+            except nats.js.errors.NoStreamResponseError:
+                if attempt == 2:
+                    raise
+                await self._redeclare()
+        raise AssertionError("unreachable")
 
     async def _ldel(self, key: str, rev: int) -> None:
         """Remove a settled ledger record with a purge marker, if it is still at ``rev``.
@@ -545,9 +585,9 @@ class NatsQueueBridge:
                     msgs = await sub.fetch(batch - len(out), timeout=timeout)
                 except TimeoutError:
                     msgs = []
-                except nats.js.errors.NotFoundError:  # the server lost the consumer: re-declare
-                    self._needs_setup = True
-                    self._subs.pop(qtok, None)
+                    await self._check_consumer(qtok)
+                except nats.js.errors.NotFoundError:  # the server lost the consumer
+                    await self._redeclare()
                     msgs = []
                 for index, msg in enumerate(msgs):
                     try:

@@ -295,6 +295,32 @@ async def test_destroy_drains_running_operations_and_hands_leases_back(make: Fac
     assert time.monotonic() - started < 3.0
 
 
+async def test_lost_broker_state_is_declared_again(make: Factory) -> None:
+    bridge = await make()
+    await bridge.enqueue("q", "before")
+    job = await lease_one(bridge, "q")
+    await bridge.ack(job)
+    # an operator (or a broker that lost its store) removes every stream and bucket
+    for stream in (bridge._jobs_stream, bridge._dead_stream, f"KV_{bridge._ledger_bucket}",
+                   f"KV_{bridge._keys_bucket}"):
+        await bridge._js.delete_stream(stream)
+    job_id = await bridge.enqueue("q", "after", idempotency_key="k")
+    job = await lease_one(bridge, "q")
+    assert (job.id, job.payload, job.attempt) == (job_id, "after", 1)
+    assert await bridge.nack(job, "once more") == "retry"
+    job = await lease_one(bridge, "q")
+    await bridge.ack(job)
+    assert (await bridge.metrics("q")).retries == 1
+    # only the consumer is gone: the next lease declares it again
+    await bridge.enqueue("q", "last")
+    await bridge._js.delete_consumer(bridge._jobs_stream, "q-q")
+    started = time.monotonic()
+    payloads = []
+    while not payloads and time.monotonic() - started < 10:
+        payloads = [j.payload for j in await bridge.lease_next("q", wait_ms=500)]
+    assert payloads == ["last"]
+
+
 async def test_crashed_worker_job_comes_back_after_ack_wait(make: Factory, namespace: str) -> None:
     a = await make(ack_wait_s=1.5)
     b = await make(ack_wait_s=1.5)
