@@ -121,7 +121,7 @@ class AmqpBridge(EventBridgeBase):
         publish_timeout_s: float = 10.0,
         prefetch: int = 16,
         native_dead_letter: bool = True,
-        retry_queue_expiry_s: float = 600.0,
+        retry_queue_idle_s: float = 3600.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(instance_id=instance_id, **kwargs)
@@ -134,7 +134,7 @@ class AmqpBridge(EventBridgeBase):
         self.publish_timeout_s = publish_timeout_s
         self.prefetch = prefetch
         self.native_dead_letter = native_dead_letter
-        self.retry_queue_expiry_s = retry_queue_expiry_s
+        self.retry_queue_idle_s = retry_queue_idle_s
         caps = dataclasses.replace(
             type(self).capabilities, max_message_bytes=self.max_message_bytes
         )
@@ -155,6 +155,8 @@ class AmqpBridge(EventBridgeBase):
         self._link_up = asyncio.Event()
         self._lock = asyncio.Lock()
         self._restore_task: asyncio.Task[None] | None = None
+        self._declared: dict[str, int] = {}  # retry queue -> connection epoch it was declared in
+        self._declaring: dict[str, asyncio.Future[None]] = {}
         self.reconnects = 0
 
     @classmethod
@@ -612,8 +614,8 @@ class AmqpBridge(EventBridgeBase):
             outcome = await self.handle_subscription(reg, message, attempt)
             ok = True
             if outcome.disposition is Disposition.RETRY:
-                ok = await self._schedule_retry(consumer.queue, sub.durable and sub.shared,
-                                                incoming, attempt + 1, outcome.delay_s)
+                ok = await self._schedule_retry(reg, consumer.queue, incoming, attempt,
+                                                outcome.delay_s)
             elif outcome.disposition is Disposition.DEAD_LETTER:
                 ok = await self._dead_letter_native(reg, incoming, outcome.reason, attempt)
             if not acked:
@@ -640,32 +642,62 @@ class AmqpBridge(EventBridgeBase):
         )
 
     async def _schedule_retry(
-        self, source: str, durable: bool, incoming: AbstractIncomingMessage,
-        next_attempt: int, delay_s: float,
+        self, reg: RegisteredSubscription, source: str, incoming: AbstractIncomingMessage,
+        attempt: int, delay_s: float,
     ) -> bool:
-        """Send a copy back to ``source`` after ``delay_s`` via a TTL queue."""
-        copy = self._copy(incoming, **{RETRY_ATTEMPT_HEADER: next_attempt})
+        """Send a copy back to ``source`` after ``delay_s``: it waits out a per-message TTL
+        in the delay queue of ``attempt``, which dead-letters it back to ``source``."""
+        copy = self._copy(incoming, **{RETRY_ATTEMPT_HEADER: attempt + 1})
         delay_ms = max(round(delay_s * 1000), 0)
         try:
-            target = source
-            if delay_ms > 0:
-                target = topo.retry_queue(source, delay_ms)
-                assert self._admin is not None
-                await asyncio.wait_for(self._admin.declare_queue(
-                    target, durable=durable, robust=False,
-                    arguments={
-                        "x-message-ttl": delay_ms,
-                        "x-dead-letter-exchange": "",
-                        "x-dead-letter-routing-key": source,
-                        "x-expires": delay_ms + round(self.retry_queue_expiry_s * 1000),
-                    },
-                ), self.publish_timeout_s)
-            await self._publish_amqp(copy, routing_key=target, default_exchange=True,
-                                     mandatory=True)
+            if delay_ms == 0:
+                await self._publish_amqp(copy, routing_key=source, default_exchange=True,
+                                         mandatory=True)
+                return True
+            copy.expiration = delay_ms / 1000  # aio-pika takes seconds
+            target = topo.retry_queue(source, attempt)
+            for first in (True, False):
+                await self._ensure_retry_queue(reg, source, target)
+                try:
+                    await self._publish_amqp(copy, routing_key=target, default_exchange=True,
+                                             mandatory=True)
+                    return True
+                except _Unroutable:
+                    self._declared.pop(target, None)  # gone (expired or broker restart)
+                    if not first:
+                        raise
         except Exception as exc:
             self.log.warning("could not schedule retry on %s (%s); message requeued", source, exc)
-            return False
-        return True
+        return False
+
+    async def _ensure_retry_queue(self, reg: RegisteredSubscription, source: str,
+                                  name: str) -> None:
+        """Declare a delay queue once per connection (concurrent callers share the call)."""
+        if self._declared.get(name) == self._epoch:
+            return
+        pending = self._declaring.get(name)
+        if pending is None:
+            pending = asyncio.ensure_future(self._declare_retry_queue(reg, source, name))
+            self._declaring[name] = pending
+            pending.add_done_callback(lambda _f: self._declaring.pop(name, None))
+        await asyncio.wait_for(asyncio.shield(pending), self.publish_timeout_s)
+
+    async def _declare_retry_queue(self, reg: RegisteredSubscription, source: str,
+                                   name: str) -> None:
+        sub = reg.subscription
+        epoch = self._epoch
+        arguments: dict[str, Any] = {
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": source,
+        }
+        if not sub.shared:  # per-instance: let the broker drop it once the instance is gone
+            policy = sub.failure
+            longest = policy.max_retry_delay_ms * (1 + policy.jitter)
+            arguments["x-expires"] = round(longest + self.retry_queue_idle_s * 1000)
+        assert self._admin is not None
+        await self._admin.declare_queue(name, durable=sub.durable and sub.shared,
+                                        arguments=arguments, robust=False)
+        self._declared[name] = epoch
 
     async def _dead_letter_native(
         self, reg: RegisteredSubscription, incoming: AbstractIncomingMessage,

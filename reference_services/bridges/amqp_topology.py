@@ -44,9 +44,14 @@ def dead_letter_queue(prefix: str, sub: Subscription) -> str:
     return f"{prefix}.sub.{_address_part(sub.subscriber)}.{DEAD_LETTER_SUFFIX}"
 
 
-def retry_queue(source_queue: str, delay_ms: int) -> str:
-    """The TTL queue that holds a retry for ``delay_ms`` then dead-letters it back."""
-    return f"{source_queue}.{RETRY_SUFFIX}.{delay_ms}"
+def retry_queue(source_queue: str, attempt: int) -> str:
+    """The delay queue for retries after failed ``attempt``: messages wait out their
+    per-message TTL there, then are dead-lettered back to ``source_queue``.
+
+    One queue per attempt number keeps similar delays together, so a message
+    never waits behind a much longer one (RabbitMQ expires messages at the head).
+    """
+    return f"{source_queue}.{RETRY_SUFFIX}.{attempt}"
 
 
 def reply_queue(prefix: str, instance_id: str) -> str:
