@@ -4,8 +4,9 @@
   queue group on the command's subject, so exactly one instance runs it; a
   command pinned to an instance goes to that instance's own subscription.
   Responses come back on a per-instance reply subject; when nobody serves the
-  subject the server answers "no responders" and the invocation fails at once
-  with 404.
+  subject the server answers "no responders" and the invocation fails at once,
+  with 503 by default: NATS cannot tell an unknown command from one whose every
+  instance is cut off right now (``no_responders_status=404`` to choose 404).
 - Events: published with JetStream (the publish ack is the publisher confirm,
   ``Nats-Msg-Id`` = message id deduplicates retried publishes) into one
   interest-retention stream per prefix that captures every message type but
@@ -140,6 +141,7 @@ class NatsBridge(EventBridgeBase):
         duplicate_window_s: float = 120.0,
         instance_consumer_ttl_s: float = 3600.0,
         ephemeral_consumer_ttl_s: float = 60.0,
+        no_responders_status: int = StatusCode.SERVICE_UNAVAILABLE,
         **kwargs: Any,
     ) -> None:
         super().__init__(instance_id=instance_id, **kwargs)
@@ -163,6 +165,7 @@ class NatsBridge(EventBridgeBase):
         self.duplicate_window_s = duplicate_window_s
         self.instance_consumer_ttl_s = instance_consumer_ttl_s
         self.ephemeral_consumer_ttl_s = ephemeral_consumer_ttl_s
+        self.no_responders_status = int(no_responders_status)
         self.stream = subjects.stream_name(prefix)
         self.dead_letter_stream = subjects.dead_letter_stream_name(prefix)
         self._reply_prefix = subjects.reply_subject(prefix, self.instance_id)
@@ -400,8 +403,9 @@ class NatsBridge(EventBridgeBase):
                 self.resolve_response(
                     error_response(
                         sent.command,
-                        StatusCode.NOT_FOUND,
-                        f"no instance serves command {sent.command.receiver}",
+                        self.no_responders_status,
+                        f"no instance of {sent.command.receiver} is reachable (NATS: no "
+                        "responders): the command is unknown or every instance is down",
                         responder_instance_id="",
                     )
                 )

@@ -155,13 +155,17 @@ async def test_command_round_trip_keeps_every_field(make_bridge: Any) -> None:
     assert got.sender.instance_id == caller.instance_id
 
 
-async def test_unknown_command_fails_fast_with_404(make_bridge: Any) -> None:
+async def test_unknown_command_fails_fast_with_no_responders(make_bridge: Any) -> None:
     caller = await make_bridge()
-    started = time.monotonic()
-    with pytest.raises(PuristaError) as info:
-        await caller.invoke(Command(sender=CALLER, receiver=USER), 10)
-    assert info.value.status == 404
-    assert time.monotonic() - started < 1.0
+    strict = await make_bridge(no_responders_status=404)
+    for bridge, status in ((caller, 503), (strict, 404)):
+        started = time.monotonic()
+        with pytest.raises(PuristaError) as info:
+            await bridge.invoke(Command(sender=CALLER, receiver=USER), 10)
+        assert info.value.status == status
+        assert "no responders" in info.value.message
+        assert time.monotonic() - started < 1.0
+    assert caller.pending_invocations == 0 and caller._sent == {}
 
 
 async def test_handled_error_keeps_its_status(make_bridge: Any) -> None:
@@ -207,7 +211,7 @@ async def test_pinned_command_reaches_that_instance(make_bridge: Any) -> None:
     gone = USER.model_copy(update={"instance_id": "0" * 32})
     with pytest.raises(PuristaError) as info:
         await caller.invoke(Command(sender=CALLER, receiver=gone), 5)
-    assert info.value.status == 404
+    assert info.value.status == 503
 
 
 async def test_unregistered_command_is_not_served(make_bridge: Any) -> None:
@@ -217,7 +221,7 @@ async def test_unregistered_command_is_not_served(make_bridge: Any) -> None:
     await server.unregister_command(USER)
     with pytest.raises(PuristaError) as info:
         await caller.invoke(Command(sender=CALLER, receiver=USER), 5)
-    assert info.value.status == 404
+    assert info.value.status == 503
 
 
 async def test_success_event_reaches_subscribers(make_bridge: Any) -> None:
@@ -590,7 +594,7 @@ async def test_black_holed_network_detected_and_recovered(
         await caller.emit_message(event("entry", "during"))  # kept by the stream
         with pytest.raises(PuristaError) as info:
             await caller.invoke(Command(sender=CALLER, receiver=USER), 1.0)
-        assert info.value.status in (404, 503, 504)
+        assert info.value.status in (503, 504)
     await wait_async(server.is_ready, 30, "ready after the network heals")
     assert server.reconnects >= 1
     assert await caller.invoke(Command(sender=CALLER, receiver=USER, payload=CommandPayload(
