@@ -241,14 +241,12 @@ class MqttBridge(EventBridgeBase):
             await self._events.start(self.connect_timeout_s)
             await self._wait_restored(self.connect_timeout_s)
         except BaseException:
-            await self._rpc.close()
-            await self._events.close()
+            await asyncio.gather(self._rpc.close(), self._events.close())
             raise
 
     async def _close(self) -> None:
         expiry = self.session_expiry_s if self.keep_session_on_destroy else 0
-        await self._rpc.close()
-        await self._events.close(session_expiry_s=expiry)
+        await asyncio.gather(self._rpc.close(), self._events.close(session_expiry_s=expiry))
 
     async def _is_connected(self) -> bool:
         return all(

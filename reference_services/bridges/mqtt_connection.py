@@ -145,6 +145,8 @@ class MqttConnection:
                 props.SessionExpiryInterval = session_expiry_s
             self.client.disconnect(properties=props)
             await asyncio.to_thread(self._down.wait, timeout_s)
+        else:
+            self.client.disconnect()  # ends the network thread's reconnect wait at once
         await self._stop_thread()
         for fut in [*self._acks.values(), *self._subacks.values()]:
             if not fut.done():
