@@ -82,6 +82,16 @@ class _Consumer:
     epoch: int = -1
 
 
+def _alive(consumer: _Consumer) -> bool:
+    """Whether the broker still delivers to ``consumer`` on its current channel."""
+    channel = consumer.channel
+    if channel is None or consumer.tag is None or channel.is_closed:
+        return False
+    raw = getattr(getattr(channel, "_channel", None), "channel", None)
+    consumers = getattr(raw, "consumers", None)
+    return consumers is None or consumer.tag in consumers
+
+
 class AmqpBridge(EventBridgeBase):
     """Event bridge over RabbitMQ following PURISTA's AMQP conventions.
 
@@ -122,6 +132,7 @@ class AmqpBridge(EventBridgeBase):
         prefetch: int = 16,
         native_dead_letter: bool = True,
         retry_queue_idle_s: float = 3600.0,
+        consumer_check_interval_s: float = 2.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(instance_id=instance_id, **kwargs)
@@ -135,6 +146,8 @@ class AmqpBridge(EventBridgeBase):
         self.prefetch = prefetch
         self.native_dead_letter = native_dead_letter
         self.retry_queue_idle_s = retry_queue_idle_s
+        self.consumer_check_interval_s = consumer_check_interval_s
+        self.consumers_recovered = 0
         caps = dataclasses.replace(
             type(self).capabilities, max_message_bytes=self.max_message_bytes
         )
@@ -200,6 +213,7 @@ class AmqpBridge(EventBridgeBase):
         conn.close_callbacks.add(self._on_connection_lost)
         conn.reconnect_callbacks.add(self._on_reconnected)
         self._link_up.set()
+        self.spawn(self._watch_consumers(), name="amqp-consumer-watch")
 
     async def _setup_link(self) -> None:
         """Declare the exchange and the reply queue, and consume replies."""
@@ -263,6 +277,43 @@ class AmqpBridge(EventBridgeBase):
                     len(self._commands), len(self._subscriptions),
                 )
             return
+
+    async def _watch_consumers(self) -> None:
+        """Re-establish consumers lost while the connection stayed up: the broker cancels a
+        consumer whose queue was deleted, and a channel error closes a channel (aio-pika
+        reopens the channel but, by design here, not our consumers)."""
+        while True:
+            await asyncio.sleep(self.consumer_check_interval_s)
+            if not self._link_up.is_set() or self._lock.locked() or not self.accepting:
+                continue
+            try:
+                await self._recover_consumers()
+            except Exception as exc:
+                self.log.warning("recovering lost consumers failed (%s); will retry", exc)
+
+    async def _recover_consumers(self) -> None:
+        async with self._lock:
+            if not self._link_up.is_set():
+                return
+            if self._reply_consumer.tag and not _alive(self._reply_consumer):
+                self.log.warning("reply consumer lost; re-establishing")
+                self._reply_consumer.epoch = -1
+                await self._setup_link()
+                self.consumers_recovered += 1
+            for key, consumer in list(self._cmd_consumers.items()):
+                cmd = self._commands.get(key)
+                if cmd is not None and consumer.tag and not _alive(consumer):
+                    self.log.warning("consumer of %s lost; re-establishing", consumer.queue)
+                    consumer.epoch = -1
+                    await self._bind_command_locked(cmd)
+                    self.consumers_recovered += 1
+            for key, consumer in list(self._sub_consumers.items()):
+                sub = self._subscriptions.get(key)
+                if sub is not None and consumer.tag and not _alive(consumer):
+                    self.log.warning("consumer of %s lost; re-establishing", consumer.queue)
+                    consumer.epoch = -1
+                    await self._bind_subscription_locked(sub)
+                    self.consumers_recovered += 1
 
     async def _close(self) -> None:
         conn, self._conn = self._conn, None

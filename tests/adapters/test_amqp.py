@@ -492,6 +492,28 @@ async def test_malformed_messages_are_dead_lettered_and_the_next_is_served(
     assert await bridge.is_ready()
 
 
+async def test_queue_deleted_under_the_bridge_is_recreated(
+    make_bridge: Any, raw: Raw, namespace: str
+) -> None:
+    bridge = await make_bridge(consumer_check_interval_s=0.2)
+    got: list[Any] = []
+
+    async def handler(message: AnyMessage) -> None:
+        got.append(message.payload)
+
+    sub = subscription("audit", "evt")
+    await bridge.register_subscription(sub, handler)
+    await bridge.register_command(USER, echo_handler([], bridge))
+    assert raw.conn is not None
+    async with raw.conn.channel() as ch:  # an operator deletes both queues
+        await ch.queue_delete(topo.subscription_queue(namespace, sub, bridge.instance_id))
+        await ch.queue_delete(topo.command_queue(namespace, USER))
+    await wait_for(lambda: bridge.consumers_recovered >= 2, 10, "consumers re-established")
+    await bridge.emit_message(event("evt", "after"))
+    await wait_for(lambda: got == ["after"], 5, "delivery after re-creation")
+    assert await bridge.invoke(command(payload=1), ttl_s=5) == {"echo": 1}
+
+
 async def test_trace_context_and_routing_headers_on_the_wire(
     make_bridge: Any, raw: Raw, namespace: str
 ) -> None:
