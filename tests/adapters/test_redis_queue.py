@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -555,3 +556,152 @@ async def test_health_detects_a_partition_within_seconds(
 
 async def _equals(value: Awaitable[Any], expected: Any) -> bool:
     return await value == expected
+
+
+# --- model check: the same operations on Redis and on the reference model -----------------
+
+
+@pytest.mark.slow
+def test_matches_the_reference_model(redis: Any) -> None:
+    """Random operation sequences give the same answers as DefaultQueueBridge.
+
+    Every job gets a distinct priority so that lease order never depends on clocks.
+    """
+    from hypothesis import HealthCheck, settings
+    from hypothesis import strategies as st
+    from hypothesis.stateful import (
+        RuleBasedStateMachine,
+        invariant,
+        precondition,
+        rule,
+        run_state_machine_as_test,
+    )
+
+    from reference_services.bridges.memory_queue import DefaultQueueBridge
+
+    url = redis.url
+
+    class Model(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.runner = asyncio.Runner()
+            self.mem = DefaultQueueBridge()
+            self.red = RedisQueueBridge(url, prefix=f"m{uuid.uuid4().hex[:10]}")
+            self.run(self.red.start())
+            self.ids: dict[str, str] = {}  # memory job id -> redis job id
+            self.held: list[tuple[Job, Job]] = []
+            self.settled: list[tuple[Job, Job]] = []
+            self.n = 0
+
+        def run(self, coro: Awaitable[Any]) -> Any:
+            return self.runner.run(coro)  # type: ignore[arg-type]
+
+        def both(self, op: Callable[[Any], Awaitable[Any]]) -> tuple[Any, Any]:
+            """Run op on both bridges: (result or exception type) of each."""
+            out = []
+            for bridge in (self.mem, self.red):
+                try:
+                    out.append(self.run(op(bridge)))
+                except LeaseExpiredError:
+                    out.append(LeaseExpiredError)
+            return out[0], out[1]
+
+        def teardown(self) -> None:
+            self.run(self.red.destroy())
+            self.runner.close()
+
+        @rule(
+            priority=st.integers(-50, 50),
+            max_attempts=st.integers(1, 3),
+            key=st.none() | st.sampled_from(["a", "b", "c"]),
+        )
+        def enqueue(self, priority: int, max_attempts: int, key: str | None) -> None:
+            self.n += 1
+            kwargs = dict(priority=priority * 1000 + self.n, max_attempts=max_attempts,
+                          idempotency_key=key)
+            mem_id = self.run(self.mem.enqueue("q", {"n": self.n}, **kwargs))
+            red_id = self.run(self.red.enqueue("q", {"n": self.n}, **kwargs))
+            assert self.ids.setdefault(mem_id, red_id) == red_id
+
+        @rule(batch=st.integers(1, 3))
+        def lease(self, batch: int) -> None:
+            mem_jobs = self.run(self.mem.lease_next("q", batch))
+            red_jobs = self.run(self.red.lease_next("q", batch))
+            assert [self.ids[j.id] for j in mem_jobs] == [j.id for j in red_jobs]
+            for m, r in zip(mem_jobs, red_jobs, strict=True):
+                assert (m.payload, m.attempt, m.max_attempts, m.priority, m.last_error,
+                        m.idempotency_key) == (r.payload, r.attempt, r.max_attempts,
+                                               r.priority, r.last_error, r.idempotency_key)
+                self.held.append((m, r))
+
+        def _take(self, index: int, stale: bool) -> tuple[Job, Job]:
+            pool = self.settled if stale else self.held
+            pair = pool[index % len(pool)]
+            if not stale:
+                self.held.remove(pair)
+                self.settled.append(pair)
+            return pair
+
+        @precondition(lambda self: self.held or self.settled)
+        @rule(index=st.integers(0, 20), stale=st.booleans())
+        def ack(self, index: int, stale: bool) -> None:
+            if not (self.settled if stale else self.held):
+                stale = not stale
+            m, r = self._take(index, stale)
+            jobs = iter((m, r))
+            a, b = self.both(lambda bridge: bridge.ack(next(jobs)))
+            assert a == b
+
+        @precondition(lambda self: self.held or self.settled)
+        @rule(index=st.integers(0, 20), stale=st.booleans(),
+              reason=st.none() | st.sampled_from(["", "boom"]))
+        def nack(self, index: int, stale: bool, reason: str | None) -> None:
+            if not (self.settled if stale else self.held):
+                stale = not stale
+            m, r = self._take(index, stale)
+            jobs = iter((m, r))
+            a, b = self.both(lambda bridge: bridge.nack(next(jobs), reason))
+            assert a == b
+
+        @precondition(lambda self: self.held)
+        @rule(index=st.integers(0, 20))
+        def dead_letter(self, index: int) -> None:
+            m, r = self._take(index, False)
+            jobs = iter((m, r))
+            a, b = self.both(lambda bridge: bridge.move_to_dead_letter(next(jobs), "manual"))
+            assert a == b
+
+        @rule(everything=st.booleans(), picks=st.lists(st.integers(0, 20), max_size=3))
+        def redrive(self, everything: bool, picks: list[int]) -> None:
+            dead = self.run(self.mem.peek_dead_letter("q"))
+            chosen = None if everything else sorted({dead[i % len(dead)].id for i in picks}
+                                                     if dead else set())
+            a = self.run(self.mem.redrive_dead_letter("q", chosen))
+            mapped = None if chosen is None else [self.ids[i] for i in chosen]
+            b = self.run(self.red.redrive_dead_letter("q", mapped))
+            assert a == b
+
+        @rule()
+        def purge(self) -> None:
+            assert self.run(self.mem.purge_dead_letter("q")) == self.run(
+                self.red.purge_dead_letter("q"))
+
+        @invariant()
+        def same_state(self) -> None:
+            a, b = self.run(self.mem.metrics("q")), self.run(self.red.metrics("q"))
+            assert (a.pending, a.inflight, a.dead_letter, a.retries) == (
+                b.pending, b.inflight, b.dead_letter, b.retries)
+            da, db = self.run(self.mem.peek_dead_letter("q")), self.run(
+                self.red.peek_dead_letter("q"))
+            assert [(self.ids[d.id], d.attempts, d.reason, d.payload) for d in da] == [
+                (d.id, d.attempts, d.reason, d.payload) for d in db]
+            la, lb = self.run(self.mem.inspect_leases("q")), self.run(
+                self.red.inspect_leases("q"))
+            assert sorted((self.ids[x.job_id], x.attempt) for x in la) == sorted(
+                (x.job_id, x.attempt) for x in lb)
+
+    run_state_machine_as_test(
+        Model,
+        settings=settings(max_examples=50, stateful_step_count=25, deadline=None,
+                          suppress_health_check=list(HealthCheck)),
+    )
