@@ -17,8 +17,10 @@ retries, and each operation is retried with the same arguments for up to
 ``outage_retry_s`` before it fails with a 503 (:class:`RedisUnavailableError`).
 A retried script after a lost reply returns its first answer (client-generated
 job ids, lease request ids and settle markers), so a retry neither enqueues
-twice, nor leases twice, nor reports a stale lease for an ack that went through. A job whose stored
-data cannot be decoded is dead-lettered with a log line, never returned.
+twice, nor leases twice, nor reports a stale lease for an ack that went through.
+A job whose stored data cannot be decoded, or whose record was damaged or
+deleted behind the bridge's back, is dead-lettered (or dropped when nothing is
+left of it) with a log line or a reason; it never blocks leasing or recovery.
 Blocking ``lease_next(wait_ms=...)`` waits on a pub/sub wake-up (published by
 the scripts) bounded by the next delayed job or lease expiry and by a poll
 interval, so a lost notification costs latency, not correctness.
