@@ -33,11 +33,13 @@ SHUTDOWN_TIMEOUT_S = 10.0
 HANDLER_DELAY_MS = 300
 PRODUCER_INTERVAL_S = 0.12
 
-DEPLOY_NAMES = {("event_bridge", "amqp"): ("EVENT_BRIDGE", "amqp", "AMQP_URL"),
-                ("event_bridge", "nats"): ("EVENT_BRIDGE", "nats", "NATS_URL"),
-                ("event_bridge", "mqtt"): ("EVENT_BRIDGE", "mqtt", "MQTT_URL"),
-                ("queue_bridge", "redis"): ("QUEUE_BRIDGE", "redis", "REDIS_URL"),
-                ("queue_bridge", "nats"): ("QUEUE_BRIDGE", "nats", "NATS_URL")}
+DEPLOY_NAMES = {
+    ("event_bridge", "amqp"): ("EVENT_BRIDGE", "amqp", "AMQP_URL"),
+    ("event_bridge", "nats"): ("EVENT_BRIDGE", "nats", "NATS_URL"),
+    ("event_bridge", "mqtt"): ("EVENT_BRIDGE", "mqtt", "MQTT_URL"),
+    ("queue_bridge", "redis"): ("QUEUE_BRIDGE", "redis", "REDIS_URL"),
+    ("queue_bridge", "nats"): ("QUEUE_BRIDGE", "nats", "NATS_URL"),
+}
 
 
 def deployable(aut: AdapterUnderTest) -> bool:
@@ -46,8 +48,10 @@ def deployable(aut: AdapterUnderTest) -> bool:
 
 
 def _jsonable(opts: dict[str, Any]) -> dict[str, Any]:
-    return {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v  # type: ignore[arg-type]
-            for k, v in opts.items()}
+    return {
+        k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v  # type: ignore[arg-type]
+        for k, v in opts.items()
+    }
 
 
 def _open_log(path: Path) -> Any:
@@ -68,13 +72,23 @@ class ServiceProcess:
 
     async def start(self) -> None:
         """Start the process and wait for its READY line."""
-        env = {**os.environ, **self.env, "FAULTWORK_INSTANCE_ID": self.instance_id,
-               "SERVICE_CONFIG_LOG": str(self.log_path)}
+        env = {
+            **os.environ,
+            **self.env,
+            "FAULTWORK_INSTANCE_ID": self.instance_id,
+            "SERVICE_CONFIG_LOG": str(self.log_path),
+        }
         self.starts += 1
         err = _open_log(self.workdir / f"{self.label}.{self.starts}.stderr")
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "reference_services.deploy.faultwork", env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=err, start_new_session=True)
+            sys.executable,
+            "-m",
+            "reference_services.deploy.faultwork",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+            start_new_session=True,
+        )
         err.close()
         assert self.proc.stdout is not None
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -83,11 +97,14 @@ class ServiceProcess:
             try:
                 line = await asyncio.wait_for(self.proc.stdout.readline(), max(left, 0.01))
             except TimeoutError:
-                raise AssertionError(f"{self.label} not READY within {READY_TIMEOUT_S}s; "
-                                     f"see {self.workdir}") from None
+                raise AssertionError(
+                    f"{self.label} not READY within {READY_TIMEOUT_S}s; see {self.workdir}"
+                ) from None
             if not line:
-                raise AssertionError(f"{self.label} exited before READY "
-                                     f"(code {await self.proc.wait()}); see {self.workdir}")
+                raise AssertionError(
+                    f"{self.label} exited before READY "
+                    f"(code {await self.proc.wait()}); see {self.workdir}"
+                )
             if line.startswith(b"READY"):
                 return
 
@@ -149,12 +166,19 @@ class ProcessDeployment:
         self.workdir = Path(tempfile.mkdtemp(prefix="cf-faults-"))
         var, name, url_var = DEPLOY_NAMES[(aut.kind, aut.name)]
         url = aut.ctx.url(aut.spec.services[0])
-        env = {"EVENT_BRIDGE": "memory", "QUEUE_BRIDGE": "memory", "STORE": "redis",
-               "REDIS_URL": redis_url, url_var: url, var: name,
-               "PURISTA_PREFIX": aut.ctx.prefix, "SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
-               "SERVICE_CONFIG_DELAY_MS": str(HANDLER_DELAY_MS),
-               "SERVICE_CONFIG_IDEMPOTENT": "true" if idempotent else "false",
-               "SERVICE_CONFIG_CLAIM_TTL_S": "5"}
+        env = {
+            "EVENT_BRIDGE": "memory",
+            "QUEUE_BRIDGE": "memory",
+            "STORE": "redis",
+            "REDIS_URL": redis_url,
+            url_var: url,
+            var: name,
+            "PURISTA_PREFIX": aut.ctx.prefix,
+            "SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
+            "SERVICE_CONFIG_DELAY_MS": str(HANDLER_DELAY_MS),
+            "SERVICE_CONFIG_IDEMPOTENT": "true" if idempotent else "false",
+            "SERVICE_CONFIG_CLAIM_TTL_S": "5",
+        }
         opts = json.dumps(_jsonable(adapter_options(aut)))
         env["FAULTWORK_EVENT_OPTS" if aut.kind == "event_bridge" else "FAULTWORK_QUEUE_OPTS"] = opts
         self.procs = [ServiceProcess(f"svc{i}", env, self.workdir) for i in range(2)]
@@ -180,11 +204,19 @@ class ProcessDeployment:
             try:
                 if self.aut.kind == "event_bridge":
                     await asyncio.wait_for(
-                        bridge.emit_message(event(bridge, EVENT, {"id": msg_id})), 8.0)
+                        bridge.emit_message(event(bridge, EVENT, {"id": msg_id})), 8.0
+                    )
                 else:
-                    await asyncio.wait_for(bridge.enqueue(
-                        QUEUE, {"id": msg_id}, idempotency_key=msg_id, max_attempts=50,
-                        lease_ttl_ms=LEASE_TTL_MS), 8.0)
+                    await asyncio.wait_for(
+                        bridge.enqueue(
+                            QUEUE,
+                            {"id": msg_id},
+                            idempotency_key=msg_id,
+                            max_attempts=50,
+                            lease_ttl_ms=LEASE_TTL_MS,
+                        ),
+                        8.0,
+                    )
                 self.sent.append((msg_id, "ok"))
             except Exception:
                 self.emit_errors += 1

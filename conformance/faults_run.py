@@ -60,14 +60,18 @@ class Expectations:
     why: str
 
 
-def expectations(aut: AdapterUnderTest, crash: bool = False, drain: bool = False
-                 ) -> Expectations:
+def expectations(aut: AdapterUnderTest, crash: bool = False, drain: bool = False) -> Expectations:
     """The verdict rules for ``aut`` (see the module docstring)."""
     caps = aut.spec.capabilities
     if aut.kind == "queue_bridge":
         durable = aut.supports("durable")
-        return Expectations(durable, True, "queue bridge: durable" if durable else
-                            "queue bridge: not durable (loss reported, not failed)")
+        return Expectations(
+            durable,
+            True,
+            "queue bridge: durable"
+            if durable
+            else "queue bridge: not durable (loss reported, not failed)",
+        )
     needs = ["durable_subscriptions", "manual_ack"]
     if crash:
         needs.append("survives_broker_restart")
@@ -75,13 +79,17 @@ def expectations(aut: AdapterUnderTest, crash: bool = False, drain: bool = False
         needs.append("graceful_drain")
     missing = [n for n in needs if not aut.supports(n)]
     delivery = getattr(caps, "delivery", "at_least_once")
-    why = ("declares " + " + ".join(needs)) if not missing else (
-        "does not declare " + ", ".join(missing) + " (loss reported, not failed)")
+    why = (
+        ("declares " + " + ".join(needs))
+        if not missing
+        else ("does not declare " + ", ".join(missing) + " (loss reported, not failed)")
+    )
     return Expectations(not missing, delivery == "at_least_once", f"{why}; delivery {delivery}")
 
 
-async def measure_recovery(probe: Callable[[], Any], since: float,
-                           deadline_s: float = RECOVERY_DEADLINE_S) -> float | None:
+async def measure_recovery(
+    probe: Callable[[], Any], since: float, deadline_s: float = RECOVERY_DEADLINE_S
+) -> float | None:
     """Seconds from ``since`` until ``probe()`` first succeeds; None if it never does."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
@@ -91,8 +99,13 @@ async def measure_recovery(probe: Callable[[], Any], since: float,
     return None
 
 
-def record(aut: AdapterUnderTest, fault: str, verdict: Verdict, recovery_s: float | None,
-           extra: dict[str, Any]) -> None:
+def record(
+    aut: AdapterUnderTest,
+    fault: str,
+    verdict: Verdict,
+    recovery_s: float | None,
+    extra: dict[str, Any],
+) -> None:
     """Put the report metrics of one fault run on the adapter under test."""
     d = verdict.to_dict()
     aut.metric("fault", fault)
@@ -114,8 +127,9 @@ def record(aut: AdapterUnderTest, fault: str, verdict: Verdict, recovery_s: floa
         aut.observe("ids", {k: v[:10] for k, v in d["ids"].items()})
 
 
-def judge(verdict: Verdict, exp: Expectations, recovery_s: float | None,
-          extra_problems: list[str]) -> list[str]:
+def judge(
+    verdict: Verdict, exp: Expectations, recovery_s: float | None, extra_problems: list[str]
+) -> list[str]:
     """Every broken promise, as readable lines (empty: the check passes)."""
     problems = list(extra_problems)
     if verdict.lost and exp.no_loss:
@@ -125,16 +139,21 @@ def judge(verdict: Verdict, exp: Expectations, recovery_s: float | None,
     if verdict.unexpected:
         problems.append(f"{verdict.unexpected} unexpected message(s)")
     if verdict.effect_duplicated:
-        problems.append(f"{len(verdict.effect_duplicated)} side effect(s) happened more than "
-                        "once despite the idempotency helper")
+        problems.append(
+            f"{len(verdict.effect_duplicated)} side effect(s) happened more than "
+            "once despite the idempotency helper"
+        )
     if recovery_s is None:
-        problems.append(f"the adapter did not serve again within {RECOVERY_DEADLINE_S:.0f}s "
-                        "after the fault ended")
+        problems.append(
+            f"the adapter did not serve again within {RECOVERY_DEADLINE_S:.0f}s "
+            "after the fault ended"
+        )
     return problems
 
 
-async def run_fault(aut: AdapterUnderTest, workload: Any, fault: Fault,
-                    crash: bool = False) -> None:
+async def run_fault(
+    aut: AdapterUnderTest, workload: Any, fault: Fault, crash: bool = False
+) -> None:
     """Run ``fault`` under ``workload``, record metrics on ``aut``, assert the promises."""
     from harness.history import check
 
@@ -157,12 +176,16 @@ async def run_fault(aut: AdapterUnderTest, workload: Any, fault: Fault,
     await wait_quiet(workload.progress, quiet_s=QUIET_S, timeout_s=10.0)
     await workload.close()
     exp = expectations(aut, crash=crash or fault.crash)
-    verdict = check(workload.history, allow_duplicates=exp.duplicates_allowed,
-                    allow_loss=not exp.no_loss)
+    verdict = check(
+        workload.history, allow_duplicates=exp.duplicates_allowed, allow_loss=not exp.no_loss
+    )
     stats = workload.stats
-    extra: dict[str, Any] = {"hold_s": fault.hold_s, "fault_s": round(ended - started, 3),
-                             "max_emit_s": round(stats.max_emit_s, 3),
-                             "emit_errors": stats.emit_errors}
+    extra: dict[str, Any] = {
+        "hold_s": fault.hold_s,
+        "fault_s": round(ended - started, 3),
+        "max_emit_s": round(stats.max_emit_s, 3),
+        "emit_errors": stats.emit_errors,
+    }
     if stats.invocations:
         extra["invocations"] = stats.invocation_metrics()
     record(aut, fault.name, verdict, recovery_s, extra)

@@ -76,14 +76,21 @@ class Stats:
         hung = [i for i in self.invocations if i.hung or i.seconds > INVOKE_TTL_S + INVOKE_MARGIN_S]
         if hung:
             worst = max(i.seconds for i in hung)
-            out.append(f"{len(hung)} invocation(s) exceeded ttl {INVOKE_TTL_S}s + "
-                       f"{INVOKE_MARGIN_S}s (worst {worst:.2f}s)")
-        bad = [i for i in self.invocations
-               if i.status is not None and i.status not in ALLOWED_FAILURE_STATUS and not i.hung]
+            out.append(
+                f"{len(hung)} invocation(s) exceeded ttl {INVOKE_TTL_S}s + "
+                f"{INVOKE_MARGIN_S}s (worst {worst:.2f}s)"
+            )
+        bad = [
+            i
+            for i in self.invocations
+            if i.status is not None and i.status not in ALLOWED_FAILURE_STATUS and not i.hung
+        ]
         if bad:
             statuses = sorted({str(i.status) for i in bad})
-            out.append(f"{len(bad)} invocation(s) failed with status {', '.join(statuses)} "
-                       "(only 503/504 allowed during an outage)")
+            out.append(
+                f"{len(bad)} invocation(s) failed with status {', '.join(statuses)} "
+                "(only 503/504 allowed during an outage)"
+            )
         return out
 
     def invocation_metrics(self) -> dict[str, Any]:
@@ -109,23 +116,43 @@ def adapter_options(aut: AdapterUnderTest) -> dict[str, Any]:
         return {}
     if aut.kind == "event_bridge":
         return {
-            "amqp": {"heartbeat_s": 1, "reconnect_interval_s": 0.2,
-                     "max_reconnect_interval_s": 1.0, "connect_timeout_s": 3.0,
-                     "publish_timeout_s": 3.0},
-            "nats": {"ping_interval_s": 1.0, "max_outstanding_pings": 2,
-                     "reconnect_time_wait_s": 0.2, "ack_wait_s": 3.0,
-                     "publish_timeout_s": 2.0},
-            "mqtt": {"keepalive_s": 1, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0,
-                     "op_timeout_s": 3.0, "publish_timeout_s": 3.0},
+            "amqp": {
+                "heartbeat_s": 1,
+                "reconnect_interval_s": 0.2,
+                "max_reconnect_interval_s": 1.0,
+                "connect_timeout_s": 3.0,
+                "publish_timeout_s": 3.0,
+            },
+            "nats": {
+                "ping_interval_s": 1.0,
+                "max_outstanding_pings": 2,
+                "reconnect_time_wait_s": 0.2,
+                "ack_wait_s": 3.0,
+                "publish_timeout_s": 2.0,
+            },
+            "mqtt": {
+                "keepalive_s": 1,
+                "reconnect_min_s": 0.2,
+                "reconnect_max_s": 1.0,
+                "op_timeout_s": 3.0,
+                "publish_timeout_s": 3.0,
+            },
         }.get(aut.name, {})
     if aut.kind == "queue_bridge" and aut.name == "redis":
         return {"socket_timeout_s": 1.0, "connect_timeout_s": 1.0, "health_timeout_s": 0.5}
     if aut.kind == "queue_bridge" and aut.name == "nats":
         from reference_services.bridges.nats_queue_conn import NatsTimings
 
-        return {"ack_wait_s": 3.0, "timings": NatsTimings(
-            connect_timeout_s=1.0, ping_interval_s=1.0, max_outstanding_pings=2,
-            reconnect_wait_s=0.2, op_timeout_s=2.0)}
+        return {
+            "ack_wait_s": 3.0,
+            "timings": NatsTimings(
+                connect_timeout_s=1.0,
+                ping_interval_s=1.0,
+                max_outstanding_pings=2,
+                reconnect_wait_s=0.2,
+                op_timeout_s=2.0,
+            ),
+        }
     return {}
 
 
@@ -208,8 +235,13 @@ class EventWorkload(Workload):
         self.proxied_producer = await new_instance(self.aut, self.fault_url)
         self.producers = [await new_instance(self.aut, self.direct_url) for _ in range(2)]
         self.client = self.producers[0]
-        sub = subscription("faultsink", event_name=EVENT, durable=True, shared=True,
-                           failure=FailureHandling(max_attempts=50, retry_delay_ms=100))
+        sub = subscription(
+            "faultsink",
+            event_name=EVENT,
+            durable=True,
+            shared=True,
+            failure=FailureHandling(max_attempts=50, retry_delay_ms=100),
+        )
 
         async def on_event(msg: Any) -> None:
             msg_id = str(msg.payload["id"])
@@ -224,10 +256,12 @@ class EventWorkload(Workload):
         # is cut off then waits for it (or times out with 504) instead of being unroutable
         config = CommandConfig(durable=self.aut.supports("durable_commands"))
         await self.server.register_subscription(sub, on_event)
-        await self.server.register_command(addr("faultwork", target="echo"), responder(echo),
-                                           config)
-        await self.server.register_command(addr("faultwork", target="probe"), responder(echo),
-                                           config)
+        await self.server.register_command(
+            addr("faultwork", target="echo"), responder(echo), config
+        )
+        await self.server.register_command(
+            addr("faultwork", target="probe"), responder(echo), config
+        )
 
     async def probe(self) -> bool:
         """One round trip through the server instance (the one behind the fault)."""
@@ -252,8 +286,9 @@ class EventWorkload(Workload):
             n += 1
             started = time.monotonic()
             try:
-                await asyncio.wait_for(bridge.emit_message(event(bridge, EVENT, {"id": msg_id})),
-                                       EMIT_TIMEOUT_S)
+                await asyncio.wait_for(
+                    bridge.emit_message(event(bridge, EVENT, {"id": msg_id})), EMIT_TIMEOUT_S
+                )
                 self.history.sent(msg_id, "ok")
             except Exception as exc:
                 self.history.sent(msg_id, "unknown")
@@ -270,8 +305,9 @@ class EventWorkload(Workload):
             status: int | None = None
             hung = False
             try:
-                await asyncio.wait_for(bridge.invoke(cmd, INVOKE_TTL_S),
-                                       INVOKE_TTL_S + INVOKE_MARGIN_S + 2.0)
+                await asyncio.wait_for(
+                    bridge.invoke(cmd, INVOKE_TTL_S), INVOKE_TTL_S + INVOKE_MARGIN_S + 2.0
+                )
             except PuristaError as exc:
                 status = exc.status
             except TimeoutError:
@@ -323,9 +359,16 @@ class QueueWorkload(Workload):
             outcome = "unknown"
             while True:
                 try:
-                    await asyncio.wait_for(bridge.enqueue(
-                        QUEUE, {"id": msg_id}, idempotency_key=msg_id, max_attempts=50,
-                        lease_ttl_ms=LEASE_TTL_MS), OP_TIMEOUT_S)
+                    await asyncio.wait_for(
+                        bridge.enqueue(
+                            QUEUE,
+                            {"id": msg_id},
+                            idempotency_key=msg_id,
+                            max_attempts=50,
+                            lease_ttl_ms=LEASE_TTL_MS,
+                        ),
+                        OP_TIMEOUT_S,
+                    )
                     outcome = "ok"
                     break
                 except Exception as exc:
@@ -341,7 +384,8 @@ class QueueWorkload(Workload):
         while not self._work_stop.is_set():
             try:
                 jobs = await asyncio.wait_for(
-                    bridge.lease_next(QUEUE, 4, 200, worker_id=label), OP_TIMEOUT_S)
+                    bridge.lease_next(QUEUE, 4, 200, worker_id=label), OP_TIMEOUT_S
+                )
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -369,8 +413,9 @@ class QueueWorkload(Workload):
         self._workers.clear()
 
 
-def make_workload(aut: AdapterUnderTest, direct_url: str | None,
-                  fault_url: str | None) -> EventWorkload | QueueWorkload:
+def make_workload(
+    aut: AdapterUnderTest, direct_url: str | None, fault_url: str | None
+) -> EventWorkload | QueueWorkload:
     """The workload for the adapter's kind."""
     if aut.kind == "event_bridge":
         return EventWorkload(aut, direct_url, fault_url)

@@ -7,8 +7,10 @@ result row per (adapter, check) and writes the reports at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -27,6 +29,68 @@ PROPERTY = "conformance"
 _AUT_KEY = pytest.StashKey[AdapterUnderTest]()
 
 
+class Services:
+    """Brokers for built-in adapters when the harness pytest plugin is not loaded.
+
+    Uses ``harness.services.ServiceSet`` (shared instances, started once) and
+    starts the services the selected adapters need in the background at session
+    start, so slow brokers boot while in-memory checks run.
+    """
+
+    def __init__(self, provider: str | None) -> None:
+        self.provider_name = provider
+        self._set: Any = None
+        self._error = ""
+        self._lock = threading.Lock()
+
+    def _service_set(self) -> Any:
+        with self._lock:
+            if self._set is None and not self._error:
+                try:
+                    from harness.services import ServiceSet, select_provider
+
+                    self._set = ServiceSet(select_provider(self.provider_name))
+                except Exception as exc:
+                    self._error = f"no service provider: {type(exc).__name__}: {exc}"
+            return self._set
+
+    @property
+    def provider(self) -> str:
+        """The provider's name (or ``none``)."""
+        ss = self._set
+        return str(getattr(ss.provider, "name", "unknown")) if ss is not None else "none"
+
+    def prestart(self, names: set[str]) -> None:
+        """Start ``names`` in background threads (errors surface on ``url``)."""
+        if not names or self._service_set() is None:
+            return
+        for name in sorted(names):
+            threading.Thread(target=self._try, args=(name,), daemon=True).start()
+
+    def _try(self, name: str) -> None:
+        with contextlib.suppress(Exception):
+            self._set.get(name)
+
+    def url(self, name: str) -> str:
+        """The URL of the shared instance of ``name``."""
+        env = os.environ.get(f"{name.upper()}_URL")
+        ss = self._service_set()
+        if ss is None:
+            if env:
+                return env
+            raise ServiceUnavailable(self._error)
+        try:
+            return str(ss.get(name).url)
+        except Exception as exc:
+            raise ServiceUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        """Stop what was started."""
+        if self._set is not None:
+            with contextlib.suppress(Exception):
+                self._set.close()
+
+
 @dataclass
 class RunState:
     """Per-session state of the plugin."""
@@ -36,6 +100,7 @@ class RunState:
     quick: bool
     report_dir: Path | None
     started: float = field(default_factory=time.time)
+    services: Services = field(default_factory=lambda: Services(None))
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     durations: dict[str, float] = field(default_factory=dict)
     provider: str = "none"
@@ -61,6 +126,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--cf-quick", action="store_true", help="scale message counts down")
     group.addoption("--cf-report-dir", default=None, help="write report.json and report.html here")
+    group.addoption(
+        "--cf-provider",
+        default=None,
+        help="service provider when the harness plugin is not loaded (default auto)",
+    )
     group.addoption("--cf-no-matrix", action="store_true", help="no matrix in the terminal")
 
 
@@ -78,6 +148,7 @@ def pytest_configure(config: pytest.Config) -> None:
         suite=config.getoption("cf_suite"),
         quick=bool(config.getoption("cf_quick")),
         report_dir=Path(report_dir) if report_dir else None,
+        services=Services(config.getoption("cf_provider")),
     )
 
 
@@ -127,15 +198,14 @@ def _service_lookup(request: pytest.FixtureRequest) -> Any:
         if service in cache:
             return cache[service]
         try:
-            handle = request.getfixturevalue(service)
-            url = str(handle.url)
+            services = request.getfixturevalue("harness_services")
         except pytest.FixtureLookupError:
-            env = os.environ.get(f"{service.upper()}_URL")
-            if not env:
-                raise ServiceUnavailable(
-                    f"no harness fixture and no {service.upper()}_URL for {service!r}"
-                ) from None
-            url = env
+            url = request.config.stash[_STATE].services.url(service)
+        else:
+            try:
+                url = str(services.get(service).url)
+            except Exception as exc:
+                raise ServiceUnavailable(f"{type(exc).__name__}: {exc}") from exc
         cache[service] = url
         return url
 
@@ -294,7 +364,20 @@ _CONFIG: dict[str, pytest.Config] = {}
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
     _CONFIG["config"] = session.config
-    session.config.stash[_STATE].started = time.time()
+    state = session.config.stash[_STATE]
+    state.started = time.time()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the brokers the selected checks need, in the background."""
+    if session.config.pluginmanager.hasplugin("purista_harness"):
+        return
+    needed = set()
+    for item in session.items:
+        spec = getattr(item, "callspec", _NoCallspec).params.get("cf_spec")
+        if isinstance(spec, AdapterSpec) and not spec.unavailable:
+            needed.update(spec.services)
+    session.config.stash[_STATE].services.prestart(needed)
 
 
 def _provider(config: pytest.Config, ran_brokers: bool) -> str:
@@ -342,7 +425,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             for r in results
         )
     )
-    state.provider = _provider(config, ran_brokers)
+    state.provider = (
+        state.services.provider if state.services._set else _provider(config, ran_brokers)
+    )
+    state.services.close()
     if state.report_dir is None:
         return
     doc = report_mod.build(

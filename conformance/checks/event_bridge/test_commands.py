@@ -77,7 +77,7 @@ async def test_round_trip(aut: AdapterUnderTest) -> None:
     await _echo_server(aut, target, executions)
     clients = [await aut.new(), await aut.new()]
     answers = Ledger("answers")
-    senders, per = 5, aut.n(100)
+    senders, per = 5, aut.n(60)
     latencies = await _invoke_many(clients, target, senders, per, answers)
     for mid in answers.sent_ids():
         executions.sent(mid)

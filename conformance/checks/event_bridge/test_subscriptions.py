@@ -236,7 +236,8 @@ async def test_emit_event_chaining(aut: AdapterUnderTest) -> None:
 
 @check("event_bridge.subscriptions.durable_restart", kinds=EB, needs=("durable_subscriptions",))
 async def test_durable_restart(aut: AdapterUnderTest) -> None:
-    """Messages for a durable subscription emitted while no instance runs reach the next one."""
+    """Messages for a durable subscription emitted while its only instance is down reach the
+    instance when it restarts (same instance id, as a restarted process would be configured)."""
     ledger = Ledger("durable")
     sub = subscription("ledger-keeper", event_name="entry", durable=True)
     first = await aut.new()
@@ -258,7 +259,7 @@ async def test_durable_restart(aut: AdapterUnderTest) -> None:
         [ledger],
         senders=2,
     )
-    second = await aut.new()
+    second = await aut.new(instance_id=first.instance_id)
     await second.register_subscription(sub, Recorder(ledger, "second"))
     await settle(ledger)
     expect_exactly_once(ledger)

@@ -10,6 +10,8 @@ so that the suite still runs.
 from __future__ import annotations
 
 import importlib.util
+import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,3 +97,53 @@ if not _PLUGIN_INSTALLED:
     redis = _shared("redis")
     mosquitto = _shared("mosquitto")
     toxiproxy = _shared("toxiproxy")
+
+
+# ------------------------------------------------------------- summary of the faults suite
+_T0 = time.monotonic()
+_ROWS: dict[str, dict[str, Any]] = {}
+BUDGET_S = 600.0
+_COLUMNS = (
+    "published",
+    "acknowledged",
+    "lost",
+    "duplicated",
+    "effects_duplicated",
+    "recovered",
+    "recovery_s",
+)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collect the faults rows the conformance plugin attaches to each report."""
+    for key, value in report.user_properties:
+        if key != "conformance":
+            continue
+        row = json.loads(value)
+        if row.get("suite") != "faults":
+            continue
+        old = _ROWS.get(report.nodeid)
+        if old is None or (row["status"] == "failed" and old["status"] != "failed"):
+            _ROWS[report.nodeid] = row
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print adapter x fault with the history figures, and the suite's wall time."""
+    if not _ROWS:
+        return
+    tr = terminalreporter
+    tr.section("faults: adapter x fault")
+    head = f"{'adapter':<20}{'fault':<38}{'status':<12}" + "".join(
+        f"{c[:10]:>11}" for c in _COLUMNS
+    )
+    tr.write_line(head)
+    for row in sorted(_ROWS.values(), key=lambda r: (r["kind"], r["adapter"], r["check"])):
+        m = row.get("metrics") or {}
+        cells = "".join(f"{'' if m.get(c) is None else m.get(c)!s:>11}" for c in _COLUMNS)
+        tr.write_line(
+            f"{row['kind'][:5] + ':' + row['adapter']:<20}"
+            f"{row['check'].removeprefix('faults.'):<38}{row['status']:<12}{cells}"
+        )
+    wall = time.monotonic() - _T0
+    verdict = "within" if wall <= BUDGET_S else "OVER"
+    tr.write_line(f"faults suite wall time: {wall:.1f} s ({verdict} the {BUDGET_S:.0f} s budget)")

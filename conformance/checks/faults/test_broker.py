@@ -40,8 +40,9 @@ async def _paused(handle: Any) -> AsyncIterator[None]:
         await asyncio.to_thread(handle.resume)
 
 
-async def _run(aut: AdapterUnderTest, dedicated: Any, fault: Any, name: str, hold_s: float,
-               crash: bool) -> None:
+async def _run(
+    aut: AdapterUnderTest, dedicated: Any, fault: Any, name: str, hold_s: float, crash: bool
+) -> None:
     if not aut.spec.services:
         pytest.skip("no broker process to fault")
     try:

@@ -32,8 +32,9 @@ async def _toxics(proxy: Any, *contexts: Any) -> AsyncIterator[None]:
         yield
 
 
-async def _run(aut: AdapterUnderTest, toxiproxy: Any, name: str, hold_s: float,
-               faults: Any) -> None:
+async def _run(
+    aut: AdapterUnderTest, toxiproxy: Any, name: str, hold_s: float, faults: Any
+) -> None:
     if not aut.spec.services:
         pytest.skip("no broker: nothing between the adapter and a broker to fault")
     direct = aut.ctx.url(aut.spec.services[0])
@@ -55,8 +56,9 @@ async def _create_proxy(toxiproxy: Any, upstream: str, url: str) -> Any:
     import asyncio
     import uuid
 
-    return await asyncio.to_thread(toxiproxy.create_proxy, f"cf-{uuid.uuid4().hex[:10]}",
-                                   upstream, url=url)
+    return await asyncio.to_thread(
+        toxiproxy.create_proxy, f"cf-{uuid.uuid4().hex[:10]}", upstream, url=url
+    )
 
 
 def _both(make: Any) -> Any:
@@ -66,30 +68,42 @@ def _both(make: Any) -> Any:
 @check("faults.network.latency", kinds=KINDS)
 async def test_latency(aut: AdapterUnderTest, faults_toxiproxy: Any) -> None:
     """300 ms +- 150 ms latency both ways: nothing lost, invocations answer or fail in ttl."""
-    await _run(aut, faults_toxiproxy, "latency", 2.5,
-               _both(lambda p, s: p.latency(300, jitter=150, stream=s)))
+    await _run(
+        aut,
+        faults_toxiproxy,
+        "latency",
+        2.5,
+        _both(lambda p, s: p.latency(300, jitter=150, stream=s)),
+    )
 
 
 @check("faults.network.bandwidth", kinds=KINDS)
 async def test_bandwidth(aut: AdapterUnderTest, faults_toxiproxy: Any) -> None:
     """Bandwidth limited to 4 KB/s both ways: slow, but nothing lost."""
-    await _run(aut, faults_toxiproxy, "bandwidth", 2.5,
-               _both(lambda p, s: p.bandwidth(4, stream=s)))
+    await _run(
+        aut, faults_toxiproxy, "bandwidth", 2.5, _both(lambda p, s: p.bandwidth(4, stream=s))
+    )
 
 
 @check("faults.network.black_hole", kinds=KINDS, needs=("reconnect",))
 async def test_black_hole(aut: AdapterUnderTest, faults_toxiproxy: Any) -> None:
     """Every byte swallowed, connections left open, longer than the heartbeat: the adapter
     notices the dead connection, reconnects, and loses nothing acknowledged."""
-    await _run(aut, faults_toxiproxy, "black_hole", HEARTBEAT_PLUS_S,
-               _both(lambda p, s: p.black_hole(stream=s)))
+    await _run(
+        aut,
+        faults_toxiproxy,
+        "black_hole",
+        HEARTBEAT_PLUS_S,
+        _both(lambda p, s: p.black_hole(stream=s)),
+    )
 
 
 @check("faults.network.reset_peer", kinds=KINDS, needs=("reconnect",))
 async def test_reset_peer(aut: AdapterUnderTest, faults_toxiproxy: Any) -> None:
     """Connections reset (TCP RST) for 2 s, new ones too: reconnect, nothing lost."""
-    await _run(aut, faults_toxiproxy, "reset_peer", 2.0,
-               lambda p: (p.reset_peer(0, stream="downstream"),))
+    await _run(
+        aut, faults_toxiproxy, "reset_peer", 2.0, lambda p: (p.reset_peer(0, stream="downstream"),)
+    )
 
 
 @check("faults.network.down", kinds=KINDS, needs=("reconnect",))
@@ -101,13 +115,19 @@ async def test_down(aut: AdapterUnderTest, faults_toxiproxy: Any) -> None:
 @check("faults.network.slicer", kinds=KINDS)
 async def test_slicer(aut: AdapterUnderTest, faults_toxiproxy: Any) -> None:
     """Data cut into ~16-byte packets 200 us apart: frames reassembled, nothing lost."""
-    await _run(aut, faults_toxiproxy, "slicer", 2.5,
-               _both(lambda p, s: p.slicer(16, 8, 200, stream=s)))
+    await _run(
+        aut, faults_toxiproxy, "slicer", 2.5, _both(lambda p, s: p.slicer(16, 8, 200, stream=s))
+    )
 
 
 @check("faults.network.one_way_cut", kinds=KINDS, needs=("reconnect",))
 async def test_one_way_cut(aut: AdapterUnderTest, faults_toxiproxy: Any) -> None:
     """Client-to-broker bytes swallowed while broker-to-client still flows (a half-open
     link), longer than the heartbeat: detected, reconnected, nothing lost."""
-    await _run(aut, faults_toxiproxy, "one_way_cut", HEARTBEAT_PLUS_S,
-               lambda p: (p.black_hole(stream="upstream"),))
+    await _run(
+        aut,
+        faults_toxiproxy,
+        "one_way_cut",
+        HEARTBEAT_PLUS_S,
+        lambda p: (p.black_hole(stream="upstream"),),
+    )

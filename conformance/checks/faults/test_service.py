@@ -27,8 +27,10 @@ IDEMPOTENT_ENV = "CF_FAULTS_IDEMPOTENT"  # "0": run the service without the help
 
 async def _deployment(aut: AdapterUnderTest, services: Any) -> ProcessDeployment:
     if not deployable(aut):
-        pytest.skip("service process faults run the built-in deployment bootstrap; "
-                    "this adapter has no deployment entry")
+        pytest.skip(
+            "service process faults run the built-in deployment bootstrap; "
+            "this adapter has no deployment entry"
+        )
     redis = await asyncio.to_thread(services.get, "redis")
     idempotent = os.environ.get(IDEMPOTENT_ENV, "1") != "0"
     dep = ProcessDeployment(aut, redis.url, idempotent=idempotent)
@@ -57,28 +59,38 @@ async def _wait_mid_handler(dep: ProcessDeployment, after_effect: bool) -> set[s
         found = in_flight(lines, "recorded", "done")
         return bool(found) and not in_flight(lines, "start", "recorded")
 
-    assert await wait_for(busy, 15.0, interval_s=0.01), \
+    assert await wait_for(busy, 15.0, interval_s=0.01), (
         f"{victim.label} never had a handler in flight"
+    )
     return found
 
 
-async def _finish(aut: AdapterUnderTest, dep: ProcessDeployment, fault: str, fault_end: float,
-                  drain: bool, extra: dict[str, Any], problems: list[str]) -> None:
+async def _finish(
+    aut: AdapterUnderTest,
+    dep: ProcessDeployment,
+    fault: str,
+    fault_end: float,
+    drain: bool,
+    extra: dict[str, Any],
+    problems: list[str],
+) -> None:
     await asyncio.sleep(1.0)  # traffic after the restart
     await dep.stop_producers()
     await wait_for(dep.all_done, SETTLE_S, interval_s=0.1)
     await wait_quiet(dep.progress, quiet_s=0.5, timeout_s=10.0)
     await dep.close()
     exp = expectations(aut, drain=drain)
-    verdict = check_history(dep.history(), allow_duplicates=exp.duplicates_allowed,
-                            allow_loss=not exp.no_loss)
+    verdict = check_history(
+        dep.history(), allow_duplicates=exp.duplicates_allowed, allow_loss=not exp.no_loss
+    )
     first = dep.first_done_after(fault_end)
     recovery_s = None if first is None else max(0.0, first - fault_end)
     extra["emit_errors"] = dep.emit_errors
     record(aut, fault, verdict, recovery_s, extra)
     problems = problems + judge(verdict, exp, recovery_s, [])
-    assert not problems, f"{fault}: " + "; ".join(problems) + "\n" + verdict.format() + \
-        f"\n(logs: {dep.workdir})"
+    assert not problems, (
+        f"{fault}: " + "; ".join(problems) + "\n" + verdict.format() + f"\n(logs: {dep.workdir})"
+    )
 
 
 @check("faults.service.sigterm_drain", kinds=KINDS)
@@ -97,14 +109,19 @@ async def test_sigterm_drain(aut: AdapterUnderTest, faults_services: Any) -> Non
         victim.signal(signal.SIGTERM)
         code = await victim.wait_exit(30.0)
         fault_end = time.time()
-        extra.update(exit_code=code, drain_s=round(time.monotonic() - started, 3),
-                     in_flight_at_signal=len(busy))
+        extra.update(
+            exit_code=code,
+            drain_s=round(time.monotonic() - started, 3),
+            in_flight_at_signal=len(busy),
+        )
         if code != 0:
             problems.append(f"exit code after SIGTERM was {code}, not 0")
         unfinished = in_flight(victim.lines())
         if unfinished:
-            problems.append(f"{len(unfinished)} handler(s) in flight at SIGTERM never finished "
-                            f"in the stopped process: {sorted(unfinished)[:5]}")
+            problems.append(
+                f"{len(unfinished)} handler(s) in flight at SIGTERM never finished "
+                f"in the stopped process: {sorted(unfinished)[:5]}"
+            )
         await victim.start()
         await _finish(aut, dep, "service_sigterm", fault_end, True, extra, problems)
     finally:
@@ -134,8 +151,10 @@ async def test_sigkill_redelivery(aut: AdapterUnderTest, faults_services: Any) -
             return interrupted <= done
 
         by_survivor = await wait_for(redelivered_to_survivor, REDELIVERY_S, interval_s=0.05)
-        extra.update(interrupted=len(interrupted),
-                     redelivered_to="survivor" if by_survivor else "restarted instance")
+        extra.update(
+            interrupted=len(interrupted),
+            redelivered_to="survivor" if by_survivor else "restarted instance",
+        )
         await victim.start()
         await _finish(aut, dep, "service_sigkill", fault_end, False, extra, problems)
         done = {ln["id"] for ln in dep.all_lines() if ln["ev"] == "done"}

@@ -33,8 +33,9 @@ async def _metrics(q: Any, queue: str) -> dict[str, int]:
     return {"pending": m.pending, "inflight": m.inflight, "dead_letter": m.dead_letter}
 
 
-async def _produce(producers: list[Any], queue: str, senders: int, per: int, ledger: Ledger,
-                   **kw: Any) -> None:
+async def _produce(
+    producers: list[Any], queue: str, senders: int, per: int, ledger: Ledger, **kw: Any
+) -> None:
     async def produce(s: int) -> None:
         q = producers[s % len(producers)]
         for i in range(per):
@@ -123,8 +124,11 @@ async def test_nack_retry_dead_letter(aut: AdapterUnderTest) -> None:
     dead = {d.id: d for d in await q.peek_dead_letter("flaky")}
     missing = [i for i in ids if i not in dead]
     assert not missing, f"not in the dead letter: {missing}"
-    bad = [(i, dead[i].attempts, dead[i].reason) for i in ids
-           if dead[i].attempts != 3 or "fail 3" not in dead[i].reason]
+    bad = [
+        (i, dead[i].attempts, dead[i].reason)
+        for i in ids
+        if dead[i].attempts != 3 or "fail 3" not in dead[i].reason
+    ]
     assert not bad, f"dead letters lack attempts/reason: {bad}"
     assert all(dead[i].payload == {"n": n} for n, i in enumerate(ids)), "payload changed"
     m = await _metrics(q, "flaky")
@@ -142,7 +146,8 @@ async def test_explicit_dead_letter(aut: AdapterUnderTest) -> None:
     assert await _lease_one(q, "poison", 0.3) is None, "a dead-lettered job was leased"
     dead = await q.peek_dead_letter("poison")
     assert [(d.id, d.reason, d.attempts) for d in dead] == [
-        (job_id, "poison message: schema v0", 1)], f"dead letter: {dead}"
+        (job_id, "poison message: schema v0", 1)
+    ], f"dead letter: {dead}"
 
 
 @check("queue_bridge.dead_letter_admin", kinds=QB)
@@ -208,9 +213,11 @@ async def test_inspect_leases(aut: AdapterUnderTest) -> None:
     w1, w2 = await aut.new(), await aut.new()
     for i in range(3):
         await w1.enqueue("inspect", {"n": i})
-    jobs = [await _lease_one(w1, "inspect", worker_id="w1"),
-            await _lease_one(w2, "inspect", worker_id="w2"),
-            await _lease_one(w2, "inspect", worker_id="w2")]
+    jobs = [
+        await _lease_one(w1, "inspect", worker_id="w1"),
+        await _lease_one(w2, "inspect", worker_id="w2"),
+        await _lease_one(w2, "inspect", worker_id="w2"),
+    ]
     leases = {x.job_id: x for x in await w1.inspect_leases("inspect")}
     want = {j.id: (j.lease_id, w, 1) for j, w in zip(jobs, ["w1", "w2", "w2"], strict=True)}
     got = {k: (x.lease_id, x.worker_id, x.attempt) for k, x in leases.items()}
@@ -224,9 +231,12 @@ async def test_inspect_leases(aut: AdapterUnderTest) -> None:
 async def test_idempotency_key(aut: AdapterUnderTest) -> None:
     """Concurrent enqueues with one idempotency key return one job id; one job is leased."""
     a, b = await aut.new(), await aut.new()
-    ids = await asyncio.gather(*((a if i % 2 else b).enqueue("idem", {"i": i},
-                                                            idempotency_key="order-42")
-                                 for i in range(10)))
+    ids = await asyncio.gather(
+        *(
+            (a if i % 2 else b).enqueue("idem", {"i": i}, idempotency_key="order-42")
+            for i in range(10)
+        )
+    )
     other = await a.enqueue("idem", {"i": "other"}, idempotency_key="order-43")
     assert len(set(ids)) == 1, f"one key gave {len(set(ids))} job ids"
     assert other != ids[0], "a different key returned the same job"

@@ -34,8 +34,10 @@ async def test_crud(aut: AdapterUnderTest) -> None:
     b = await aut.new(**OPEN)
     await a.set("user:1", {"name": "Ada", "roles": ["admin"]})
     await a.set("count", 41)
-    assert await b.get("user:1", "count") == {"user:1": {"name": "Ada", "roles": ["admin"]},
-                                              "count": 41}
+    assert await b.get("user:1", "count") == {
+        "user:1": {"name": "Ada", "roles": ["admin"]},
+        "count": 41,
+    }
     await b.set("count", 42)
     assert await a.get("count") == {"count": 42}, "overwrite not visible"
     await a.remove("user:1")
@@ -88,8 +90,11 @@ async def test_disabled_operations(aut: AdapterUnderTest) -> None:
     writer = await aut.new(**OPEN)
     await writer.set("k", "v")
     closed = await aut.new(enable_get=False, enable_set=False, enable_remove=False)
-    got = [await _status(closed.get("k")), await _status(closed.set("k", "x")),
-           await _status(closed.remove("k"))]
+    got = [
+        await _status(closed.get("k")),
+        await _status(closed.set("k", "x")),
+        await _status(closed.remove("k")),
+    ]
     assert got == [401, 401, 401], f"disabled get/set/remove gave statuses {got}"
     assert await writer.get("k") == {"k": "v"}, "a disabled operation changed the store"
     if aut.kind != "state_store":
@@ -132,8 +137,9 @@ async def test_set_if_absent_atomic(aut: AdapterUnderTest) -> None:
     stores = [await aut.new() for _ in range(3)]
     rounds = aut.n(10)
     for r in range(rounds):
-        wins = await asyncio.gather(*(stores[i % 3].set_if_absent(f"claim-{r}", {"by": i})
-                                      for i in range(20)))
+        wins = await asyncio.gather(
+            *(stores[i % 3].set_if_absent(f"claim-{r}", {"by": i}) for i in range(20))
+        )
         assert sum(wins) == 1, f"round {r}: {sum(wins)} winners"
         winner = wins.index(True)
         assert await stores[0].get(f"claim-{r}") == {f"claim-{r}": {"by": winner}}
