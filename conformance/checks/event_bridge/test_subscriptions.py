@@ -25,7 +25,7 @@ async def emit_many(
     ledgers: list[Ledger],
     senders: int = SENDERS,
 ) -> int:
-    """``senders`` concurrent tasks emit ``per_sender`` messages each; expected ones are recorded."""
+    """``senders`` concurrent tasks emit ``per_sender`` messages each; records expected ones."""
     expected = 0
 
     async def sender(s: int) -> None:

@@ -6,12 +6,11 @@ import asyncio
 import time
 from typing import Any
 
-from reference_services.runtime.errors import PuristaError
-
 from conformance.ledger import Ledger, expect_exactly_once
 from conformance.marks import check
 from conformance.under_test import AdapterUnderTest
 from conformance.waits import wait_for
+from reference_services.runtime.errors import PuristaError
 
 QB = ("queue_bridge",)
 

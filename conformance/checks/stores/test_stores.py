@@ -9,12 +9,11 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reference_services.runtime.errors import PuristaError
-
 from conformance.hyp import json_values, session, settings_for
 from conformance.marks import check
 from conformance.under_test import AdapterUnderTest
 from conformance.waits import Stopwatch
+from reference_services.runtime.errors import PuristaError
 
 STORES = ("state_store", "config_store", "secret_store")
 OPEN = {"enable_get": True, "enable_set": True, "enable_remove": True}
