@@ -56,6 +56,7 @@ from ..runtime.bridge_base import (
     RegisteredSubscription,
 )
 from ..runtime.capabilities import YES, EventBridgeCapabilities, unsupported
+from ..runtime.codec import MessageDecodeError, decode
 from ..runtime.messages import (
     AnyMessage,
     Command,
@@ -330,6 +331,20 @@ class MqttBridge(EventBridgeBase):
 
     def _kept_on_destroy(self, route: _Route) -> bool:
         return route.kind == "sub" and route.durable and self.keep_session_on_destroy
+
+    async def publish_raw(self, raw: bytes) -> None:
+        """Tests only: put ``raw`` on the wire as a foreign publisher would, on the topic of
+        the message it encodes or, when it does not decode, on a topic each of this
+        bridge's subscriptions matches (so malformed input reaches its consumers)."""
+        self._require_running()
+        try:
+            targets = [topics.message_topic(self.prefix, decode(raw, max_bytes=None))]
+        except MessageDecodeError:
+            targets = sorted(
+                {topics.concrete(r.topic_filter) for r in self._routes.values() if r.kind == "sub"}
+            )
+        for topic in targets:
+            await self._rpc.publish(topic, bytes(raw), None, self.publish_timeout_s)
 
     # ---------------------------------------------------- dead-letter header
     async def dead_letter(

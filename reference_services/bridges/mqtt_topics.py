@@ -140,6 +140,13 @@ def shared(group: str, topic_filter: str) -> str:
     return f"$share/{group}/{topic_filter}"
 
 
+def concrete(topic_filter: str) -> str:
+    """A topic that ``topic_filter`` matches: share prefix dropped, ``+`` as ``__empty__``."""
+    if topic_filter.startswith("$share/"):
+        topic_filter = topic_filter.split("/", 2)[2]
+    return "/".join(EMPTY if level == ANY else level for level in topic_filter.split("/"))
+
+
 def response_topic(prefix: str, instance_id: str) -> str:
     """The per-instance topic responses to this instance's commands go to."""
     return f"{prefix}/response/{escape_level(instance_id)}"
