@@ -161,6 +161,7 @@ class MqttBridge(EventBridgeBase):
         keep_session_on_destroy: bool = True,
         receive_maximum: int = 100,
         dedupe_window: int = 10_000,
+        park_grace_s: float = 30.0,
         **kwargs: Any,
     ) -> None:
         """Args:
@@ -176,6 +177,8 @@ class MqttBridge(EventBridgeBase):
         receive_maximum: unacknowledged deliveries the broker may have outstanding.
         dedupe_window: how many finished (subscription, message id) pairs are remembered
             so that a redelivery of a finished message is acked without running it again.
+        park_grace_s: messages the event session brings for a subscription not registered
+            (yet) wait this long after arriving for it; then they are acked and dropped.
         """
         super().__init__(instance_id=instance_id, **kwargs)
         self.url = url or os.environ.get("MQTT_URL") or DEFAULT_URL
@@ -205,6 +208,9 @@ class MqttBridge(EventBridgeBase):
         self._parked: dict[int, list[tuple[mqtt.MQTTMessage, int]]] = {}
         self._parked_count = 0
         self.parked_limit = 10_000
+        self.park_grace_s = park_grace_s
+        self._stale_sids: set[int] = set()
+        self.stale_dropped = 0
         self.redelivered_duplicates = 0
 
     @classmethod
@@ -370,6 +376,7 @@ class MqttBridge(EventBridgeBase):
             sid = sid % topics.MAX_SUBSCRIPTION_ID + 1
         route = _Route(topic_filter, sid, kind, durable)
         self._routes[(topic_filter, durable)] = route
+        self._stale_sids.discard(sid)
         self._by_sid[sid] = route
         return route
 
@@ -436,13 +443,17 @@ class MqttBridge(EventBridgeBase):
         if not routes:
             if self._destroyed:
                 return  # left unacked: the broker keeps it for this session
-            if conn is self._events and sids:
+            if conn is self._events and sids and sids[0] not in self._stale_sids:
                 # queued for a subscription of this session that is not registered yet
+                if sids[0] not in self._parked:
+                    asyncio.get_running_loop().call_later(
+                        self.park_grace_s, self._expire_parked, sids[0])
                 if self._parked_count < self.parked_limit:
                     self._parked.setdefault(sids[0], []).append((msg, generation))
                     self._parked_count += 1
                 return
             self.log.warning("message on %s matches no subscription: dropped", msg.topic)
+            self.stale_dropped += 1
             conn.ack(msg.mid, generation)
             return
         if routes[0].kind == "reply":
@@ -452,6 +463,22 @@ class MqttBridge(EventBridgeBase):
             self.spawn(self._process(conn, msg, generation, routes), name=f"mqtt-{msg.topic}")
         except RuntimeError:
             pass
+
+    def _expire_parked(self, sid: int) -> None:
+        """A session subscription nobody registered again: drop what it brings."""
+        if self._destroyed or sid in self._by_sid:
+            return
+        parked = self._parked.pop(sid, [])
+        self._parked_count -= len(parked)
+        self._stale_sids.add(sid)
+        self.stale_dropped += len(parked)
+        self.log.warning(
+            "subscription id %d of session %s was not registered again within %.0fs: "
+            "%d message(s) dropped (unregister_subscription removes a durable one for good)",
+            sid, self.client_id, self.park_grace_s, len(parked),
+        )
+        for msg, generation in parked:
+            self._events.ack(msg.mid, generation)
 
     def _unpark(self, route: _Route) -> None:
         parked = self._parked.pop(route.sid, [])

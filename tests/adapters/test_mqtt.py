@@ -894,3 +894,32 @@ async def test_start_fails_fast_when_the_broker_is_unreachable() -> None:
         await bridge.start()
     assert err.value.status == 503 and time.monotonic() - start < 3
     assert not await bridge.is_ready()
+
+
+async def test_session_subscription_not_registered_again_is_dropped_after_grace(
+    broker: Any, make_bridge: BridgeFactory
+) -> None:
+    """An instance that comes back without one of its durable subscriptions: what its
+    session still brings for it waits ``park_grace_s``, is then acked and dropped, and
+    the subscriptions it did register keep flowing."""
+    instance = uuid.uuid4().hex
+    kept = Subscription(subscriber=addr("kept"), event_name="b")
+    dropped_sub = Subscription(subscriber=addr("gone"), event_name="a")
+    got: list[Any] = []
+
+    async def on(m: AnyMessage) -> None:
+        got.append(m.payload)
+
+    first = await make_bridge(broker.url, instance_id=instance)
+    await first.register_subscription(kept, on)
+    await first.register_subscription(dropped_sub, on)
+    await first.destroy()
+    producer = await make_bridge(broker.url)
+    for i in range(3):
+        await producer.emit_message(event(producer, "a", f"a{i}"))
+    await producer.emit_message(event(producer, "b", "b0"))
+    back = await make_bridge(broker.url, instance_id=instance, park_grace_s=0.5)
+    await back.register_subscription(kept, on)
+    await eventually(lambda: back.stale_dropped == 3, what="stale messages dropped")
+    await producer.emit_message(event(producer, "b", "b1"))
+    await eventually(lambda: got == ["b0", "b1"], what="the kept subscription flows")
