@@ -84,6 +84,18 @@ class Services:
         except Exception as exc:
             raise ServiceUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
+    def fresh(self, name: str) -> Any:
+        """A dedicated new instance of ``name``."""
+        ss = self._service_set()
+        if ss is None:
+            raise ServiceUnavailable(self._error)
+        return ss.fresh(name)
+
+    def release(self, handle: Any) -> None:
+        """Stop a dedicated instance."""
+        if self._set is not None:
+            self._set.release(handle)
+
     def close(self) -> None:
         """Stop what was started."""
         if self._set is not None:
@@ -231,7 +243,13 @@ def cf_aut(cf_spec: AdapterSpec, request: pytest.FixtureRequest) -> AdapterUnder
         provider=state.provider,
         url_lookup=lookup,
     )
-    aut = AdapterUnderTest(cf_spec, ctx, quick=state.quick)
+    try:
+        pool: Any = request.getfixturevalue("harness_services")
+    except pytest.FixtureLookupError:
+        pool = state.services
+    aut = AdapterUnderTest(
+        cf_spec, ctx, quick=state.quick, fresh=pool.fresh, release=getattr(pool, "release", None)
+    )
     request.node.stash[_AUT_KEY] = aut
     _expect_unsupported(request, aut)
     return aut

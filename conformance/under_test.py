@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from .adapters import AdapterContext, AdapterSpec
+from .adapters import AdapterContext, AdapterSpec, ServiceUnavailable
 
 log = logging.getLogger("conformance")
 
@@ -22,8 +24,19 @@ class AdapterUnderTest:
     deployment. ``close()`` destroys whatever is still running.
     """
 
-    def __init__(self, spec: AdapterSpec, ctx: AdapterContext, *, quick: bool = False) -> None:
+    def __init__(
+        self,
+        spec: AdapterSpec,
+        ctx: AdapterContext,
+        *,
+        quick: bool = False,
+        fresh: Callable[[str], Any] | None = None,
+        release: Callable[[Any], None] | None = None,
+    ) -> None:
         self.spec = spec
+        self._fresh = fresh
+        self._release = release
+        self.dedicated: dict[str, Any] = {}
         self.ctx = ctx
         self.quick = quick
         self.instances: list[Any] = []
@@ -96,6 +109,23 @@ class AdapterUnderTest:
         """Record an open behaviour (reported, not judged)."""
         self.observations[key] = value
 
+    def isolate(self) -> dict[str, Any]:
+        """Point instances built from now on at dedicated brokers (for checks that stop them).
+
+        Returns the dict of service handles, filled as the factory asks for URLs.
+        """
+        if self._fresh is None:
+            raise ServiceUnavailable("no service provider for dedicated brokers")
+        fresh = self._fresh
+
+        def lookup(service: str) -> str:
+            if service not in self.dedicated:
+                self.dedicated[service] = fresh(service)
+            return str(self.dedicated[service].url)
+
+        self.ctx = replace(self.ctx, url_lookup=lookup)
+        return self.dedicated
+
     async def close(self) -> None:
         """Destroy every instance still running; errors are logged, not raised."""
         for obj in reversed(self.instances):
@@ -104,3 +134,10 @@ class AdapterUnderTest:
             except Exception as exc:
                 log.warning("destroying %s instance failed: %s", self.spec.label, exc)
         self.instances.clear()
+        for handle in self.dedicated.values():
+            if self._release is not None:
+                try:
+                    await asyncio.to_thread(self._release, handle)
+                except Exception as exc:
+                    log.warning("stopping a dedicated %s failed: %s", handle, exc)
+        self.dedicated.clear()

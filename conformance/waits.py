@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 
 async def wait_for(
@@ -15,6 +15,22 @@ async def wait_for(
     while True:
         if predicate():
             return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(interval_s)
+
+
+async def wait_for_async(
+    predicate: Callable[[], Awaitable[bool]], timeout_s: float, interval_s: float = 0.05
+) -> bool:
+    """Like :func:`wait_for` for an async predicate (exceptions count as False)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if await asyncio.wait_for(predicate(), max(interval_s, 1.0)):
+                return True
+        except Exception:
+            pass
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(interval_s)

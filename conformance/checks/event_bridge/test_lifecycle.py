@@ -5,10 +5,23 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from conformance.kit import Gate, addr, command, event, invoke_status, responder, subscription
+import pytest
+
+from conformance.adapters import ServiceUnavailable
+from conformance.kit import (
+    Gate,
+    Recorder,
+    addr,
+    command,
+    event,
+    invoke_status,
+    responder,
+    subscription,
+)
+from conformance.ledger import Ledger, expect_at_least_once
 from conformance.marks import check
 from conformance.under_test import AdapterUnderTest
-from conformance.waits import Stopwatch, wait_for
+from conformance.waits import Stopwatch, wait_for, wait_for_async
 from reference_services.runtime.errors import PuristaError
 
 EB = ("event_bridge",)
@@ -102,3 +115,68 @@ async def test_destroy_rejects_pending(aut: AdapterUnderTest) -> None:
         assert exc.status == 503, f"invoke after destroy: expected 503, got {exc.status}"
     else:
         raise AssertionError("invoke after destroy succeeded")
+
+
+async def _emit_until_accepted(bridge: Any, msg: Any, timeout_s: float) -> bool:
+    """Emit, retrying while the bridge still reconnects; False if it never accepted."""
+    watch = Stopwatch()
+    while watch.elapsed < timeout_s:
+        try:
+            await bridge.emit_message(msg)
+            return True
+        except Exception:
+            await asyncio.sleep(0.1)
+    return False
+
+
+@check("event_bridge.lifecycle.reconnect", kinds=EB, needs=("reconnect",))
+async def test_reconnect(aut: AdapterUnderTest) -> None:
+    """After its broker restarts, the bridge reconnects by itself and re-registers its
+    subscriptions and commands (uses a dedicated broker; whether health was seen going down
+    during the restart is recorded)."""
+    if aut.is_reference:
+        pytest.skip("in-process adapter: there is no broker connection to lose")
+    try:
+        handles = aut.isolate()
+        consumer = await aut.new()
+    except ServiceUnavailable as exc:
+        pytest.skip(f"no dedicated broker: {exc}")
+    if not handles:
+        pytest.skip("the adapter uses no harness service, nothing to restart")
+    ledger = Ledger("reconnect")
+    await consumer.register_subscription(
+        subscription("survivor", event_name="beat"), Recorder(ledger, "consumer")
+    )
+
+    async def pong(cmd: Any) -> Any:
+        return {"pong": cmd.payload.payload}
+
+    await consumer.register_command(addr("ping"), responder(pong))
+    producer = await aut.new()
+    for i in range(5):
+        await producer.emit_message(event(producer, "beat", {"id": f"before-{i}"}))
+        ledger.sent(f"before-{i}")
+    assert await wait_for(ledger.all_arrived, 10), "messages before the outage did not arrive"
+    handle = next(iter(handles.values()))
+    watch = Stopwatch()
+    restarting = asyncio.ensure_future(asyncio.to_thread(handle.restart, False))
+    went_down = await wait_for_async(lambda: _not(consumer.is_healthy()), 20)
+    down_after = watch.elapsed
+    await restarting
+    back = await wait_for_async(consumer.is_healthy, 45)
+    aut.metric("broker_restart_s", round(watch.elapsed, 2))
+    aut.observe("health_went_down_during_restart", went_down)
+    if went_down:
+        aut.metric("unhealthy_after_s", round(down_after, 2))
+    assert back, "the bridge never became healthy again after the broker came back"
+    for i in range(5):
+        ok = await _emit_until_accepted(producer, event(producer, "beat", {"id": f"after-{i}"}), 20)
+        ledger.sent(f"after-{i}", acknowledged=ok)
+    await wait_for(ledger.all_arrived, 20)
+    expect_at_least_once(ledger)
+    kind, result, _ = await invoke_status(producer, command(producer, addr("ping"), 7), 10)
+    assert (kind, result) == ("ok", {"pong": 7}), f"command after reconnect: {result!r}"
+
+
+async def _not(awaitable: Any) -> bool:
+    return not await awaitable
