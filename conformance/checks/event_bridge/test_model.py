@@ -43,8 +43,7 @@ class Side:
         self.bridges = bridges
         self.deliveries: Counter[Key] = Counter()
 
-    def handler(self, inst: int, svc: int) -> Any:
-        shared = SERVICES[svc][1]
+    def handler(self, inst: int, svc: int, shared: bool) -> Any:
 
         async def on(msg: Any) -> None:
             key: Key = (svc, msg.payload["pid"]) if shared else (inst, svc, msg.payload["pid"])
@@ -62,6 +61,10 @@ class Side:
 
 
 def _machine(aut: AdapterUnderTest, runner: asyncio.Runner) -> type[RuleBasedStateMachine]:
+    # what the adapter declares unsupported is not exercised here (its own checks do that)
+    shared_subs = aut.supports("shared_subscriptions")
+    shared_cmds = aut.supports("shared_commands")
+    services = {svc: (name, shared and shared_subs) for svc, (name, shared) in SERVICES.items()}
     reconnect = all(callable(getattr(b, "conformance_reconnect", None)) for b in [aut.build()])
     aut.instances.clear()
 
@@ -99,10 +102,12 @@ def _machine(aut: AdapterUnderTest, runner: asyncio.Runner) -> type[RuleBasedSta
         def register_subscription(self, inst: int, svc: int) -> None:
             if (inst, svc) in self.subs:
                 return
-            name, shared = SERVICES[svc]
+            name, shared = services[svc]
             sub = subscription(f"svc{svc}", event_name=name, shared=shared, durable=False)
             self._both(
-                lambda side: side.bridges[inst].register_subscription(sub, side.handler(inst, svc))
+                lambda side: side.bridges[inst].register_subscription(
+                    sub, side.handler(inst, svc, shared)
+                )
             )
             self.subs.add((inst, svc))
 
@@ -120,6 +125,8 @@ def _machine(aut: AdapterUnderTest, runner: asyncio.Runner) -> type[RuleBasedSta
         @rule(inst=st.integers(0, INSTANCES - 1), cmd=st.integers(0, COMMANDS - 1))
         def register_command(self, inst: int, cmd: int) -> None:
             if (inst, cmd) in self.cmds:
+                return
+            if not shared_cmds and any(c == cmd for _, c in self.cmds):
                 return
 
             async def answer(c: Any) -> Any:
@@ -149,7 +156,7 @@ def _machine(aut: AdapterUnderTest, runner: asyncio.Runner) -> type[RuleBasedSta
             for _ in range(count):
                 self.pid += 1
                 pids.append(self.pid)
-                for svc, (name, shared) in SERVICES.items():
+                for svc, (name, shared) in services.items():
                     holders = [i for i, s in self.subs if s == svc]
                     if name != ev or not holders:
                         continue

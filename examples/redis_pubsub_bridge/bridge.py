@@ -1,0 +1,168 @@
+"""A PURISTA event bridge over Redis Pub/Sub: small, and honest about what it cannot do.
+
+Channels (all under ``prefix``):
+
+- ``<prefix>:events``: every event-like message; each instance filters with
+  the subscriptions it holds (``matching_subscriptions``).
+- ``<prefix>:cmd:<service>:<version>:<target>``: commands; every instance that
+  serves the command listens here, so Pub/Sub cannot load-balance them.
+- ``<prefix>:reply:<instance>``: responses to one instance's invocations.
+
+Pub/Sub keeps nothing: a message published while nobody listens is gone, there
+are no acknowledgements and no consumer groups. The capabilities say so, and
+the conformance suite checks those declarations both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from reference_services.runtime.bridge_base import (
+    DeliveryOutcome,
+    Disposition,
+    EventBridgeBase,
+    RegisteredCommand,
+    RegisteredSubscription,
+)
+from reference_services.runtime.capabilities import EventBridgeCapabilities, unsupported
+from reference_services.runtime.errors import StatusCode
+from reference_services.runtime.messages import AnyMessage, Command, error_response
+
+NO_STORAGE = "Redis Pub/Sub stores nothing: absent subscribers miss messages"
+
+
+class RedisPubSubBridge(EventBridgeBase):
+    """Event bridge over Redis Pub/Sub (at-most-once, broadcast only)."""
+
+    name = "redis-pubsub"
+    capabilities = EventBridgeCapabilities(
+        delivery="at_most_once",
+        durable_subscriptions=unsupported(NO_STORAGE),
+        survives_broker_restart=unsupported(NO_STORAGE),
+        durable_commands=unsupported(NO_STORAGE),
+        manual_ack=unsupported("Pub/Sub has no acknowledgements"),
+        shared_subscriptions=unsupported("Pub/Sub broadcasts; there are no consumer groups"),
+        shared_commands=unsupported("every instance serving a command receives it"),
+        native_dead_lettering=unsupported("dead letters are only emitted as events"),
+        reconnect=unsupported("this example does not re-subscribe after a lost connection"),
+        publisher_confirms=unsupported("PUBLISH succeeds even when nobody receives"),
+    )
+
+    def __init__(self, url: str, *, prefix: str = "purista", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.url = url
+        self.prefix = prefix
+        self._redis: aioredis.Redis | None = None
+        self._pubsub: Any = None
+        self._reader: asyncio.Task[None] | None = None
+
+    # ---- channels
+    @property
+    def _events(self) -> str:
+        return f"{self.prefix}:events"
+
+    def _command_channel(self, key: tuple[str, str, str]) -> str:
+        return f"{self.prefix}:cmd:" + ":".join(key)
+
+    def _reply_channel(self, instance_id: str) -> str:
+        return f"{self.prefix}:reply:{instance_id}"
+
+    # ---- transport hooks
+    async def _connect(self) -> None:
+        self._redis = aioredis.from_url(self.url)
+        self._pubsub = self._redis.pubsub()
+        await self._pubsub.subscribe(self._events, self._reply_channel(self.instance_id))
+        self._reader = asyncio.create_task(self._read(), name=f"redis-pubsub-{self.instance_id}")
+
+    async def _close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
+
+    async def _is_connected(self) -> bool:
+        if self._redis is None or self._reader is None or self._reader.done():
+            return False
+        try:
+            return bool(await asyncio.wait_for(self._redis.ping(), 1.0))
+        except Exception:
+            return False
+
+    async def _publish(self, message: AnyMessage) -> None:
+        assert self._redis is not None
+        await self._redis.publish(self._events, self.encode(message))
+
+    async def publish_raw(self, raw: bytes) -> None:
+        """Put raw bytes on the events channel (used by the suite's wire checks)."""
+        assert self._redis is not None
+        await self._redis.publish(self._events, raw)
+
+    async def _send_command(self, command: Command) -> None:
+        assert self._redis is not None
+        receivers = await self._redis.publish(
+            self._command_channel(command.receiver.key), self.encode(command)
+        )
+        if receivers == 0:  # nobody serves it: fail fast instead of waiting for the ttl
+            self.resolve_response(
+                error_response(
+                    command, StatusCode.NOT_FOUND, f"no instance serves {command.receiver}"
+                )
+            )
+
+    async def _bind_command(self, reg: RegisteredCommand) -> None:
+        await self._pubsub.subscribe(self._command_channel(reg.address.key))
+
+    async def _unbind_command(self, reg: RegisteredCommand) -> None:
+        await self._pubsub.unsubscribe(self._command_channel(reg.address.key))
+
+    async def _bind_subscription(self, reg: RegisteredSubscription) -> None:
+        return None  # the events channel carries everything; matching happens here
+
+    async def _unbind_subscription(self, reg: RegisteredSubscription) -> None:
+        return None
+
+    # ---- receiving
+    async def _read(self) -> None:
+        while True:
+            item = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if item is None:
+                continue
+            channel = item["channel"].decode()
+            message = self.decode_or_reject(item["data"], channel)
+            if message is None:
+                continue
+            if channel == self._events:
+                for reg in self.matching_subscriptions(message):
+                    self.spawn(self._deliver(reg, message, 1))
+            elif channel.startswith(f"{self.prefix}:cmd:") and isinstance(message, Command):
+                self.spawn(self._serve(message))
+            elif channel == self._reply_channel(self.instance_id):
+                self.resolve_response(message)  # type: ignore[arg-type]
+
+    async def _deliver(
+        self, reg: RegisteredSubscription, message: AnyMessage, attempt: int
+    ) -> None:
+        if not self.accepting:
+            return
+        outcome: DeliveryOutcome = await self.handle_subscription(reg, message, attempt)
+        if outcome.disposition is Disposition.RETRY:  # in-process retry: lost if we crash
+            await asyncio.sleep(outcome.delay_s)
+            await self._deliver(reg, message, attempt + 1)
+
+    async def _serve(self, command: Command) -> None:
+        response = await self.handle_command(command)
+        assert self._redis is not None
+        await self._redis.publish(
+            self._reply_channel(command.sender.instance_id), self.encode(response)
+        )
+        await self.after_response(response)

@@ -1,0 +1,209 @@
+"""Deliberately broken adapters: the conformance suite must fail each of them.
+
+Each factory wraps a real adapter (the in-memory ones, or the NATS bridge for
+reconnects) and breaks one promise. ``EXPECTED`` names the check that must
+catch it. Used by ``test_broken_adapters.py`` through ``conformance run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import replace
+from typing import Any
+
+from conformance.adapters import AdapterContext
+from reference_services.bridges.memory import DefaultEventBridge, MemoryHub
+from reference_services.bridges.memory_queue import DefaultQueueBridge, MemoryQueueStore
+from reference_services.runtime.bridge_base import DeliveryOutcome, Disposition
+from reference_services.runtime.messages import CustomMessage
+from reference_services.stores.memory import DefaultStateStore, MemoryKV
+
+
+def _hub(ctx: AdapterContext) -> MemoryHub:
+    return ctx.shared.setdefault("memory_hub", MemoryHub())
+
+
+class DropsOneInAHundred(DefaultEventBridge):
+    """Silently drops every hundredth event it publishes."""
+
+    name = "drops"
+    _count = itertools.count(1)
+
+    async def _publish(self, message: Any) -> None:
+        if isinstance(message, CustomMessage) and next(self._count) % 100 == 50:
+            return
+        await super()._publish(message)
+
+
+class Duplicates(DefaultEventBridge):
+    """Publishes every twentieth event twice."""
+
+    name = "duplicates"
+    _count = itertools.count(1)
+
+    async def _publish(self, message: Any) -> None:
+        await super()._publish(message)
+        if isinstance(message, CustomMessage) and next(self._count) % 20 == 0:
+            await super()._publish(message)
+
+
+class IgnoresTtl(DefaultEventBridge):
+    """Ignores the ttl of invocations (waits the 30 s default instead)."""
+
+    name = "ignores-ttl"
+
+    async def invoke(self, command: Any, ttl_s: float | None = None) -> Any:
+        return await super().invoke(command, None)
+
+
+class PastFilter(DefaultEventBridge):
+    """Matches subscriptions on the event name only: principal/tenant/sender filters leak."""
+
+    name = "past-filter"
+
+    def matching_subscriptions(self, message: Any) -> list[Any]:
+        return [
+            r
+            for r in self._subscriptions.values()
+            if r.subscription.event_name in (None, message.event_name)
+            and (r.subscription.message_type in (None, message.message_type))
+        ]
+
+
+class SharedToAll(DefaultEventBridge):
+    """Delivers shared subscriptions to every instance."""
+
+    name = "shared-to-all"
+
+    def matching_subscriptions(self, message: Any) -> list[Any]:
+        regs = super().matching_subscriptions(message)
+        return [replace(r, subscription=replace(r.subscription, shared=False)) for r in regs]
+
+
+class AcksEarly(DefaultEventBridge):
+    """Acknowledges a delivery before the handler finished (so failures are never retried)."""
+
+    name = "acks-early"
+
+    async def handle_subscription(self, reg: Any, message: Any, attempt: int = 1) -> Any:
+        parent = super().handle_subscription
+        self.spawn(parent(reg, message, attempt))
+        return DeliveryOutcome(Disposition.ACK)
+
+
+class SkipsDrain(DefaultEventBridge):
+    """destroy() does not wait for in-flight handlers."""
+
+    name = "skips-drain"
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["drain_timeout_s"] = 0.0
+        super().__init__(**kwargs)
+
+
+class MangledNonAscii(DefaultEventBridge):
+    """Replaces every non-ASCII character on the wire with '?'."""
+
+    name = "mangles"
+
+    def encode(self, message: Any) -> bytes:
+        raw = super().encode(message)
+        return raw.decode("utf-8").encode("ascii", "replace")
+
+
+def drops(ctx: AdapterContext) -> Any:
+    return DropsOneInAHundred(hub=_hub(ctx), **ctx.options)
+
+
+def duplicates(ctx: AdapterContext) -> Any:
+    return Duplicates(hub=_hub(ctx), **ctx.options)
+
+
+def ignores_ttl(ctx: AdapterContext) -> Any:
+    return IgnoresTtl(hub=_hub(ctx), **ctx.options)
+
+
+def past_filter(ctx: AdapterContext) -> Any:
+    return PastFilter(hub=_hub(ctx), **ctx.options)
+
+
+def shared_to_all(ctx: AdapterContext) -> Any:
+    return SharedToAll(hub=_hub(ctx), **ctx.options)
+
+
+def acks_early(ctx: AdapterContext) -> Any:
+    return AcksEarly(hub=_hub(ctx), **ctx.options)
+
+
+def skips_drain(ctx: AdapterContext) -> Any:
+    return SkipsDrain(
+        hub=_hub(ctx), **{k: v for k, v in ctx.options.items() if k != "drain_timeout_s"}
+    )
+
+
+def mangles(ctx: AdapterContext) -> Any:
+    return MangledNonAscii(hub=_hub(ctx), **ctx.options)
+
+
+def never_reconnects(ctx: AdapterContext) -> Any:
+    """The NATS bridge with reconnects switched off."""
+    from reference_services.bridges.nats import NatsBridge
+
+    return NatsBridge(
+        url=ctx.url("nats"), prefix=ctx.prefix, max_reconnect_attempts=0, **ctx.options
+    )
+
+
+class DoubleLease(DefaultQueueBridge):
+    """Every seventh lease leaves the job leasable, so another worker leases it again."""
+
+    name = "double-lease"
+    _count = itertools.count(1)
+
+    def _take(self, queue: str, batch: int, worker_id: str | None) -> Any:
+        jobs, upcoming = super()._take(queue, batch, worker_id)
+        for job in jobs:
+            if next(self._count) % 7 == 0:
+                self.store.queues[queue].jobs[job.id].lease_id = None
+        return jobs, upcoming
+
+    async def ack(self, job: Any) -> None:
+        self.store.queues[job.queue].jobs.pop(job.id, None)
+
+
+def double_lease(ctx: AdapterContext) -> Any:
+    return DoubleLease(store=ctx.shared.setdefault("queue", MemoryQueueStore()), **ctx.options)
+
+
+class NotAtomic(DefaultStateStore):
+    """set_if_absent checks, yields to the loop, then writes: concurrent claims all win."""
+
+    name = "not-atomic"
+
+    async def _set_if_absent(self, name: str, raw_json: str, ttl_s: float | None) -> bool:
+        if self.kv.get(name) is not None:
+            return False
+        await asyncio.sleep(0)
+        self.kv.data[name] = (raw_json, None)
+        return True
+
+
+def not_atomic(ctx: AdapterContext) -> Any:
+    return NotAtomic(kv=ctx.shared.setdefault("kv", MemoryKV()), **ctx.options)
+
+
+# broken factory -> the named check that must fail for it
+EXPECTED: dict[str, str] = {
+    "drops": "event_bridge.subscriptions.fan_out",
+    "duplicates": "event_bridge.subscriptions.shared_one_per_group",
+    "ignores_ttl": "event_bridge.commands.timeout",
+    "past_filter": "event_bridge.subscriptions.filter.principal",
+    "shared_to_all": "event_bridge.subscriptions.shared_one_per_group",
+    "acks_early": "event_bridge.failures.retry_transient",
+    "skips_drain": "event_bridge.lifecycle.destroy_drains",
+    "mangles": "event_bridge.fidelity.unicode",
+    "never_reconnects": "event_bridge.lifecycle.reconnect",
+    "double_lease": "queue_bridge.concurrent_workers",
+    "not_atomic": "stores.set_if_absent_atomic",
+}
