@@ -36,18 +36,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as CoreSubscription
 from nats.js import JetStreamContext
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from ..runtime.bridge_base import (
-    DEAD_LETTER_REASON_HEADER,
-    DeliveryOutcome,
     Disposition,
     EventBridgeBase,
     RegisteredCommand,
@@ -56,7 +47,6 @@ from ..runtime.bridge_base import (
 from ..runtime.capabilities import YES, EventBridgeCapabilities, unsupported
 from ..runtime.codec import MessageEncodeError
 from ..runtime.errors import StatusCode, UnhandledError
-from ..runtime.ids import new_id
 from ..runtime.inflight import InflightTracker
 from ..runtime.messages import (
     AnyMessage,
@@ -68,24 +58,9 @@ from ..runtime.messages import (
     error_response,
 )
 from . import nats_subjects as subjects
+from .nats_consumers import JetStreamConsumer
 
 _NO_RESPONDERS = "503"
-_MAX_DELIVER_MARGIN = 3
-
-
-@dataclass
-class _Consumer:
-    """A JetStream pull consumer fed to one subscription of this bridge."""
-
-    key: tuple[str, str, str]
-    name: str
-    filter_subject: str
-    per_instance: bool
-    durable: bool
-    slots: asyncio.Semaphore
-    psub: JetStreamContext.PullSubscription | None = None
-    task: asyncio.Task[None] | None = None
-    active: bool = True
 
 
 @dataclass
@@ -174,7 +149,7 @@ class NatsBridge(EventBridgeBase):
         self._reply_sub: CoreSubscription | None = None
         self._command_subs: dict[tuple[str, str, str], _CommandSubs] = {}
         self._core_subs: dict[tuple[str, str, str], CoreSubscription] = {}
-        self._consumers: dict[tuple[str, str, str], _Consumer] = {}
+        self._consumers: dict[tuple[str, str, str], JetStreamConsumer] = {}
         self._sent: dict[str, _SentCommand] = {}
         self._synced = asyncio.Event()
         self._dispatch = InflightTracker()
@@ -501,10 +476,9 @@ class NatsBridge(EventBridgeBase):
                 await self._server_barrier(self._nc)
         consumer = self._consumers.pop(key, None)
         if consumer is not None:
-            await self._stop_consumer(consumer)
+            await consumer.stop()
             if consumer.per_instance or not consumer.durable:
-                with contextlib.suppress(Exception):
-                    await self._jsc().delete_consumer(self.stream, consumer.name)
+                await consumer.delete()
 
     async def _stop_intake(self) -> None:
         """Stop consuming (keeping the reply subject), hand back unstarted JetStream
@@ -515,7 +489,7 @@ class NatsBridge(EventBridgeBase):
         self._core_subs.clear()
         await asyncio.gather(*(self._drain_sub(sub) for sub in subs))
         for consumer in list(self._consumers.values()):
-            await self._stop_consumer(consumer)
+            await consumer.stop()
         if not await self._dispatch.wait_idle(self.drain_timeout_s):
             self.drain_timed_out = True
 
@@ -565,181 +539,17 @@ class NatsBridge(EventBridgeBase):
                 return
             attempt += 1
 
-    # ---- JetStream pull consumers
-    def _consumer_config(self, reg: RegisteredSubscription, name: str, filter_subject: str,
-                         per_instance: bool) -> ConsumerConfig:
-        sub = reg.subscription
-        # nats-server 2.9 has one filter per consumer and it must lie inside one stream
-        # subject: without a message type the consumer reads the whole stream and
-        # the bridge acks what does not match.
-        config = ConsumerConfig(
-            name=name,
-            durable_name=name,
-            description=f"PURISTA subscription {sub.subscriber}",
-            deliver_policy=DeliverPolicy.NEW,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self.ack_wait_s,
-            max_deliver=sub.failure.max_attempts + _MAX_DELIVER_MARGIN,
-            filter_subject=filter_subject if sub.message_type is not None else None,
-            max_ack_pending=max(1000, self.max_inflight_per_subscription * 4),
-        )
-        if not sub.durable:
-            config.inactive_threshold = self.ephemeral_consumer_ttl_s
-        elif per_instance:
-            config.inactive_threshold = self.instance_consumer_ttl_s
-        return config
-
+    # ---- JetStream pull consumers (see nats_consumers)
     async def _bind_consumer(self, reg: RegisteredSubscription) -> None:
-        sub = reg.subscription
-        key = sub.key
-        filter_subject = subjects.subscription_filter(self.prefix, sub)
-        per_instance = not sub.shared
-        name_parts = ["sub", *key, filter_subject, "durable" if sub.durable else "transient"]
-        if per_instance:
-            name_parts.append(self.instance_id)
-        name = subjects.safe_name(*name_parts)
-        config = self._consumer_config(reg, name, filter_subject, per_instance)
-        js = self._jsc()
-        try:
-            await js.add_consumer(self.stream, config)
-        except nats.js.errors.BadRequestError as exc:
-            # an existing durable consumer with another config: keep using it
-            self.log.warning("consumer %s exists with another configuration: %s", name, exc)
-        consumer = self._consumers.get(key)
-        if consumer is not None and consumer.name == name and consumer.active:
-            return
-        if consumer is not None:
-            await self._stop_consumer(consumer)
-        consumer = _Consumer(
-            key=key,
-            name=name,
-            filter_subject=filter_subject,
-            per_instance=per_instance,
-            durable=sub.durable,
-            slots=asyncio.Semaphore(self.max_inflight_per_subscription),
-        )
-        consumer.psub = await js.pull_subscribe_bind(name, stream=self.stream)
-        consumer.task = self.spawn(self._fetch_loop(consumer), name=f"nats-fetch-{name}")
-        self._consumers[key] = consumer
-
-    async def _stop_consumer(self, consumer: _Consumer) -> None:
-        consumer.active = False
-        if consumer.task is not None:
-            consumer.task.cancel()
-            with contextlib.suppress(BaseException):
-                await consumer.task
-        psub = consumer.psub
-        if psub is None:
-            return
-        with contextlib.suppress(Exception):
-            await psub.unsubscribe()
-        # hand fetched-but-unstarted messages back at once instead of after ack_wait
-        queue: asyncio.Queue[Msg] = psub._sub._pending_queue  # type: ignore[union-attr]
-        while not queue.empty():
-            msg = queue.get_nowait()
-            if msg.reply and not JetStreamContext.is_status_msg(msg):
-                with contextlib.suppress(Exception):
-                    await msg.nak()
-
-    async def _fetch_loop(self, consumer: _Consumer) -> None:
-        backoff = 0.05
-        while consumer.active and self.accepting:
-            await consumer.slots.acquire()
-            batch = 1
-            while batch < 16 and not consumer.slots.locked():
-                await consumer.slots.acquire()
-                batch += 1
-            msgs: list[Msg] = []
-            try:
-                nc = self._nc
-                if nc is None or nc.is_closed:
-                    return
-                if not nc.is_connected:
-                    await asyncio.sleep(min(self.reconnect_time_wait_s, 0.5))
-                    continue
-                assert consumer.psub is not None
-                msgs = await consumer.psub.fetch(batch, timeout=self.fetch_timeout_s)
-                backoff = 0.05
-            except TimeoutError:
-                pass
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.log.debug("fetch from %s failed: %r", consumer.name, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-            finally:
-                for _ in range(batch - len(msgs)):
-                    consumer.slots.release()
-            for msg in msgs:
-                task = self._spawn_tracked(self._deliver_js(consumer, msg), "nats-delivery")
-                task.add_done_callback(lambda _t, c=consumer: c.slots.release())
-
-    async def _deliver_js(self, consumer: _Consumer, msg: Msg) -> None:
-        reg = self._subscriptions.get(consumer.key)
-        try:
-            if reg is None or not consumer.active:
-                await msg.nak()
-                return
-            message = self.decode_or_reject(msg.data, msg.subject)
-            if message is None:
-                await self._keep_dead_letter(consumer, msg, "malformed message", 1)
-                await msg.term()
-                return
-            if not reg.matches(message):
-                await msg.ack()
-                return
-            if reg.subscription.autoacknowledge:
-                await msg.ack()
-                await self._run_locally(reg, message, 1)
-                return
-            attempt = msg.metadata.num_delivered
-            keepalive = self.spawn(self._keep_alive(msg), name="nats-in-progress")
-            try:
-                outcome: DeliveryOutcome = await self.handle_subscription(reg, message, attempt)
-            finally:
-                keepalive.cancel()
-            if outcome.disposition is Disposition.ACK:
-                await msg.ack()
-            elif outcome.disposition is Disposition.RETRY:
-                await msg.nak(delay=outcome.delay_s)
-            else:
-                await self._keep_dead_letter(consumer, msg, outcome.reason, attempt)
-                await msg.term()
-        except Exception as exc:
-            # the broker redelivers after ack_wait: nothing is lost
-            self.log.warning("delivery on %s not settled: %r", consumer.name, exc)
-
-    async def _keep_alive(self, msg: Msg) -> None:
-        while True:
-            await asyncio.sleep(max(self.ack_wait_s / 3, 0.05))
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
-
-    async def _keep_dead_letter(
-        self, consumer: _Consumer, msg: Msg, reason: str, attempts: int
-    ) -> None:
-        """Keep the dead message in the dead-letter stream, reason in a header."""
-        headers = {
-            DEAD_LETTER_REASON_HEADER: " ".join(reason.split())[:1000] or "unknown",
-            "x-purista-original-subject": msg.subject,
-            "x-purista-attempts": str(attempts),
-            "x-purista-consumer": consumer.name,
-        }
-        seq: int | None = None
-        with contextlib.suppress(Exception):
-            seq = msg.metadata.sequence.stream
-        headers["Nats-Msg-Id"] = f"{consumer.name}:{seq}" if seq is not None else new_id()
-        try:
-            await self._js_publish(
-                subjects.dead_letter_subject(self.prefix, consumer.name),
-                msg.data,
-                headers,
-                self.dead_letter_stream,
-            )
-            self.native_dead_letters += 1
-        except Exception as exc:
-            self.log.error("could not keep the dead letter of %s: %s", msg.subject, exc)
+        consumer = JetStreamConsumer(self, reg)
+        await consumer.ensure()
+        current = self._consumers.get(consumer.key)
+        if current is not None and current.name == consumer.name and current.active:
+            return  # re-bound after a reconnect: the consumer exists again, keep fetching
+        if current is not None:
+            await current.stop()
+        await consumer.start()
+        self._consumers[consumer.key] = consumer
 
     # ---------------------------------------------------------------- helpers
     def _spawn_tracked(self, coro: Any, name: str) -> asyncio.Task[Any]:
