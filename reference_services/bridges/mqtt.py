@@ -17,6 +17,13 @@ the invoker's ``<prefix>/response/<instance>`` named by the command's MQTT 5
 stable subscription identifier so that a delivery reaches exactly the
 subscription it was made for, even when queued before a restart.
 
+Subscriptions never see commands (a subscription that does not filter on the
+message type subscribes once per non-command type), so a command nobody serves
+matches no subscription at all and the broker's PUBACK says so (reason 0x10,
+"no matching subscribers"): the invocation fails at once with 404. A foreign
+client subscribed to command topics (e.g. ``<prefix>/#``) hides that signal;
+the invocation then times out with 504 at its ttl.
+
 Acknowledgement is manual: the PUBACK goes out only once a message reached its
 final outcome (handled, handled error, or dead-lettered). MQTT has no nack, so
 retries are redelivered in-process after ``outcome.delay_s`` while the PUBACK
@@ -57,6 +64,7 @@ from ..runtime.bridge_base import (
 )
 from ..runtime.capabilities import YES, EventBridgeCapabilities, unsupported
 from ..runtime.codec import MessageDecodeError, decode
+from ..runtime.errors import StatusCode, UnhandledError
 from ..runtime.messages import (
     AnyMessage,
     Command,
@@ -67,6 +75,7 @@ from . import mqtt_topics as topics
 from .mqtt_connection import MqttConnection, MqttSettings, MqttUnavailableError
 
 DEFAULT_URL = "mqtt://127.0.0.1:1883"
+NO_MATCHING_SUBSCRIBERS = 0x10
 _dead_letter_reason: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "mqtt_dead_letter_reason", default=None
 )
@@ -136,9 +145,7 @@ class MqttBridge(EventBridgeBase):
             "MQTT brokers keep no dead letters: the dead letter is emitted as the "
             "dead_letter_target event (with the x-purista-dead-letter-reason user property)"
         ),
-        unknown_command_fails_fast=unsupported(
-            "MQTT has no no-responders signal: a command nobody serves times out with 504"
-        ),
+        unknown_command_fails_fast=YES,
         graceful_drain=YES,
         reconnect=YES,
         publisher_confirms=YES,
@@ -279,12 +286,16 @@ class MqttBridge(EventBridgeBase):
         props.ContentType = command.content_type
         props.ResponseTopic = self.reply_topic
         props.CorrelationData = command.correlation_id.encode("utf-8")
-        await self._rpc.publish(
+        code = await self._rpc.publish(
             topics.message_topic(self.prefix, command),
             self.encode(command),
             props,
             self.publish_timeout_s,
         )
+        if code == NO_MATCHING_SUBSCRIBERS:
+            raise UnhandledError(
+                f"no instance serves command {command.receiver}", StatusCode.NOT_FOUND
+            )
 
     async def _bind_command(self, reg: RegisteredCommand) -> None:
         key = reg.address.key
@@ -305,16 +316,18 @@ class MqttBridge(EventBridgeBase):
 
     async def _bind_subscription(self, reg: RegisteredSubscription) -> None:
         sub = reg.subscription
-        flt = topics.subscription_filter(self.prefix, sub)
-        if sub.shared:
-            flt = topics.shared(topics.share_group(self.prefix, "sub", *sub.key), flt)
-        route = self._route(flt, "sub", durable=sub.durable)
-        for old in [r for r in self._routes.values() if r is not route and sub.key in r.subs]:
+        routes = []
+        for flt in topics.subscription_filters(self.prefix, sub):
+            if sub.shared:
+                flt = topics.shared(topics.share_group(self.prefix, "sub", *sub.key), flt)
+            routes.append(self._route(flt, "sub", durable=sub.durable))
+        for old in [r for r in self._routes.values() if r not in routes and sub.key in r.subs]:
             del old.subs[sub.key]  # registered again with other filters or hints
             await self._drop_route_if_empty(old)
-        route.subs[sub.key] = reg
-        self._unpark(route)  # before any await: keeps the broker's order
-        await self._ensure_subscribed(route)
+        for route in routes:
+            route.subs[sub.key] = reg
+            self._unpark(route)  # before any await: keeps the broker's order
+        await asyncio.gather(*(self._ensure_subscribed(route) for route in routes))
 
     async def _unbind_subscription(self, reg: RegisteredSubscription) -> None:
         key = reg.subscription.key
@@ -415,11 +428,15 @@ class MqttBridge(EventBridgeBase):
                 if conn is self._rpc:
                     reply = self._route(self.reply_topic, "reply", durable=False)
                     await conn.subscribe(reply.topic_filter, reply.sid, self.op_timeout_s)
-                for route in list(self._routes.values()):
-                    if route.kind != "reply" and self._conn_for(route) is conn:
-                        if not self.accepting and not self._kept_on_destroy(route):
-                            continue
-                        await conn.subscribe(route.topic_filter, route.sid, self.op_timeout_s)
+                wanted = [
+                    route for route in list(self._routes.values())
+                    if route.kind != "reply" and self._conn_for(route) is conn
+                    and (self.accepting or self._kept_on_destroy(route))
+                ]
+                await asyncio.gather(*(
+                    conn.subscribe(route.topic_filter, route.sid, self.op_timeout_s)
+                    for route in wanted
+                ))
                 self._restored[id(conn)] = generation
                 return
             except MqttUnavailableError as exc:
@@ -516,18 +533,22 @@ class MqttBridge(EventBridgeBase):
         if not isinstance(message, Command):
             self.log.warning("a %s arrived on a command topic: dropped", message.message_type)
             return True
-        response = await self.handle_command(message)
-        props = Properties(PacketTypes.PUBLISH)
-        props.ContentType = response.content_type
-        props.CorrelationData = message.correlation_id.encode("utf-8")
-        reply_to = getattr(msg.properties, "ResponseTopic", None) or topics.response_topic(
-            self.prefix, message.sender.instance_id
-        )
-        try:
-            await self._rpc.publish(reply_to, self.encode(response), props, self.publish_timeout_s)
-        except MqttUnavailableError as exc:
-            self.log.warning("response to %s not confirmed: %s", message.correlation_id, exc)
-        await self.after_response(response)
+        # in flight until the response is confirmed: destroy must not close before that
+        with self._inflight.track():
+            response = await self.handle_command(message)
+            props = Properties(PacketTypes.PUBLISH)
+            props.ContentType = response.content_type
+            props.CorrelationData = message.correlation_id.encode("utf-8")
+            reply_to = getattr(msg.properties, "ResponseTopic", None) or topics.response_topic(
+                self.prefix, message.sender.instance_id
+            )
+            try:
+                await self._rpc.publish(
+                    reply_to, self.encode(response), props, self.publish_timeout_s
+                )
+            except MqttUnavailableError as exc:
+                self.log.warning("response to %s not confirmed: %s", message.correlation_id, exc)
+            await self.after_response(response)
         return True
 
     async def _serve_subscription(

@@ -159,8 +159,10 @@ class MqttConnection:
     # ---------------------------------------------------------- operations
     async def publish(
         self, topic: str, payload: bytes, properties: Properties | None, timeout_s: float
-    ) -> None:
-        """Publish at QoS 1 and wait for the broker's PUBACK (a publisher confirm)."""
+    ) -> int:
+        """Publish at QoS 1 and wait for the broker's PUBACK (a publisher confirm).
+
+        Returns the PUBACK reason code: 0, or 0x10 when no subscription matched."""
         if not self.client.is_connected():
             raise MqttUnavailableError(f"not connected to the MQTT broker ({self.client_id})")
         loop = asyncio.get_running_loop()
@@ -181,6 +183,7 @@ class MqttConnection:
                 del self._acks[info.mid]
         if _failed(code):
             raise MqttUnavailableError(f"broker refused publish to {topic}: {code}")
+        return int(getattr(code, "value", code) or 0)
 
     async def subscribe(self, topic_filter: str, subscription_id: int, timeout_s: float) -> None:
         """Subscribe at QoS 1 with a subscription identifier and wait for the SUBACK."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import zlib
 
 from ..runtime.definitions import AddressFilter, Subscription
-from ..runtime.messages import Address, AnyMessage
+from ..runtime.messages import Address, AnyMessage, MessageType
 
 EMPTY = "__empty__"
 ANY = "+"
@@ -105,11 +105,22 @@ def _filter_address(flt: AddressFilter | None) -> list[str]:
     ]
 
 
-def subscription_filter(prefix: str, sub: Subscription) -> str:
-    """The topic filter for a subscription (the broker-side part of its matching)."""
+def subscription_filters(prefix: str, sub: Subscription) -> list[str]:
+    """The topic filters for a subscription (the broker-side part of its matching).
+
+    A subscription that does not filter on the message type gets one filter per type
+    except ``command``: subscriptions never see commands (as in the reference bridge),
+    so a command nobody serves matches no subscription and the broker says so."""
+    types = [sub.message_type] if sub.message_type else [
+        t for t in MessageType if t is not MessageType.COMMAND
+    ]
+    return [_subscription_filter(prefix, sub, str(t)) for t in types]
+
+
+def _subscription_filter(prefix: str, sub: Subscription, message_type: str) -> str:
     sender = sub.sender
     levels = [
-        _filter_level(str(sub.message_type) if sub.message_type else None),
+        escape_level(message_type),
         _filter_level(sub.principal_id),
         _filter_level(sub.tenant_id),
         *_filter_address(sender),
