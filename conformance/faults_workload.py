@@ -150,7 +150,7 @@ def adapter_options(aut: AdapterUnderTest) -> dict[str, Any]:
                 ping_interval_s=1.0,
                 max_outstanding_pings=2,
                 reconnect_wait_s=0.2,
-                op_timeout_s=2.0,
+                op_timeout_s=5.0,
             ),
         }
     return {}

@@ -59,9 +59,13 @@ async def _wait_mid_handler(dep: ProcessDeployment, after_effect: bool) -> set[s
         found = in_flight(lines, "recorded", "done")
         return bool(found) and not in_flight(lines, "start", "recorded")
 
-    assert await wait_for(busy, 15.0, interval_s=0.01), (
-        f"{victim.label} never had a handler in flight"
-    )
+    if not await wait_for(busy, 15.0, interval_s=0.01):
+        ok = sum(1 for _, outcome in dep.sent if outcome == "ok")
+        raise AssertionError(
+            f"{victim.label} never had a handler in flight within 15 s (sent {len(dep.sent)}, "
+            f"{ok} acknowledged, {dep.emit_errors} send errors; "
+            f"{len(victim.lines())} log lines; logs: {dep.workdir})"
+        )
     return found
 
 
