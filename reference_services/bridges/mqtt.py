@@ -65,6 +65,7 @@ from ..runtime.bridge_base import (
 from ..runtime.capabilities import YES, EventBridgeCapabilities, unsupported
 from ..runtime.codec import MessageDecodeError, decode
 from ..runtime.errors import StatusCode, UnhandledError
+from ..runtime.inflight import InflightTracker
 from ..runtime.messages import (
     AnyMessage,
     Command,
@@ -219,6 +220,8 @@ class MqttBridge(EventBridgeBase):
         self._stale_sids: set[int] = set()
         self.stale_dropped = 0
         self.redelivered_duplicates = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._dispatch = InflightTracker()
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> MqttBridge:
@@ -259,6 +262,10 @@ class MqttBridge(EventBridgeBase):
             raise
 
     async def _close(self) -> None:
+        if not await self._dispatch.wait_idle(self.drain_timeout_s):
+            self.log.warning("command responses still unconfirmed after the drain timeout")
+        for task in list(self._tasks):
+            task.cancel()  # deliveries waiting for a retry stay unacked: redelivered later
         expiry = self.session_expiry_s if self.keep_session_on_destroy else 0
         await asyncio.gather(self._rpc.close(), self._events.close(session_expiry_s=expiry))
 
@@ -476,10 +483,9 @@ class MqttBridge(EventBridgeBase):
         if routes[0].kind == "reply":
             self._on_reply(conn, msg, generation)
             return
-        try:
-            self.spawn(self._process(conn, msg, generation, routes), name=f"mqtt-{msg.topic}")
-        except RuntimeError:
-            pass
+        task = asyncio.get_running_loop().create_task(self._process(conn, msg, generation, routes))
+        self._tasks.add(task)
+        task.add_done_callback(self._delivery_done)
 
     def _expire_parked(self, sid: int) -> None:
         """A session subscription nobody registered again: drop what it brings."""
@@ -496,6 +502,11 @@ class MqttBridge(EventBridgeBase):
         )
         for msg, generation in parked:
             self._events.ack(msg.mid, generation)
+
+    def _delivery_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("delivery failed", exc_info=task.exception())
 
     def _unpark(self, route: _Route) -> None:
         parked = self._parked.pop(route.sid, [])
@@ -533,9 +544,9 @@ class MqttBridge(EventBridgeBase):
         if not isinstance(message, Command):
             self.log.warning("a %s arrived on a command topic: dropped", message.message_type)
             return True
-        # in flight until the response is confirmed: destroy must not close before that
-        with self._inflight.track():
-            response = await self.handle_command(message)
+        response = await self.handle_command(message)
+        # no await since the handler finished: destroy's _close waits for this block
+        with self._dispatch.track():
             props = Properties(PacketTypes.PUBLISH)
             props.ContentType = response.content_type
             props.CorrelationData = message.correlation_id.encode("utf-8")
@@ -578,7 +589,9 @@ class MqttBridge(EventBridgeBase):
             regs = [r for r in route.subs.values() if r.matches(message)]
             if isinstance(message, Command):
                 regs = []
-            results = await asyncio.gather(*(self._run(reg, message) for reg in regs))
+            # one after the other, and no await between the last outcome and the ack:
+            # destroy cannot close the connection in between
+            results = [await self._run(reg, message) for reg in regs]
         finally:
             self._active.pop(key, None)
         if not all(results):
