@@ -3,10 +3,16 @@
 Design (names use ``p`` = the encoded prefix, ``q`` = the encoded queue name):
 
 * **Jobs** live in the stream ``<p>_QJOBS`` (work-queue retention, file
-  storage), subject ``<p>_q.job.<q>``; ``enqueue`` returns once JetStream
-  confirmed the publish. One durable pull consumer per queue (explicit ack,
-  unlimited deliveries) hands each message to one fetcher at a time; a job
+  storage), subject ``<p>_q.job.<q>.<level>`` (``level`` = priority: ``p5``,
+  ``p0``, ``m1`` for -1); ``enqueue`` returns once JetStream confirmed the
+  publish. One durable pull consumer per queue and priority level (explicit
+  ack, unlimited deliveries) hands each message to one puller at a time; a job
   leaves the stream only when it is acked (done or dead-lettered).
+* **Leasing** looks at the levels holding messages (stream subject counts),
+  highest first, and pulls with ``no_wait`` from each until ``batch`` jobs are
+  leased: higher priorities first, FIFO within a level. A blocked
+  ``lease_next`` wakes on a core ``<p>_q.wake.<q>`` signal sent after each
+  enqueue/redrive, and polls every ``poll_s`` for delayed and nak'ed jobs.
 * **Leases** are recorded in the KV bucket ``<p>_qledger`` (key
   ``L.<q>.<job id>``): attempt count, lease id, worker, expiry, last error and
   the message's ack subject. Every transition (lease, extend, ack, nack, dead
@@ -33,8 +39,10 @@ Design (names use ``p`` = the encoded prefix, ``q`` = the encoded queue name):
 * **Idempotency keys**: KV bucket ``<p>_qkeys`` maps key -> job id (atomic
   ``create``); the job is published first with ``Nats-Msg-Id`` = the key, so a
   crash between the two can duplicate a job but never lose one.
-* **Priorities** are stored and returned but do not reorder leasing (declared
-  unsupported): a consumer delivers in stream order.
+* **After a broker SIGKILL** nats-server 2.9 may resurrect messages that
+  limits or acks had removed: ledger records are removed with purge markers
+  (which stay newest), depths come from consumer info (not stream counts), and
+  an ack whose reply was lost can be retried (it finishes the same lease).
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
-from ..runtime.capabilities import YES, QueueBridgeCapabilities, unsupported
+from ..runtime.capabilities import YES, QueueBridgeCapabilities
 from ..runtime.errors import PuristaError
 from ..runtime.ids import new_id, now_ms
 from ..runtime.inflight import InflightTracker
@@ -65,6 +73,7 @@ from ..runtime.queue import (
 )
 from .nats_queue_conn import NatsTimings, NatsUnavailableError, connect_nats, resolve_url, token
 from .nats_queue_ledger import LeaseRecord, ledger_key
+from .nats_queue_pull import PullRefused, level_token, parse_level, pull_no_wait
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +134,7 @@ class NatsQueueBridge:
     capabilities: ClassVar[QueueBridgeCapabilities] = QueueBridgeCapabilities(
         durable=YES,
         delayed_jobs=YES,
-        priorities=unsupported(
-            "a JetStream consumer delivers in stream order; priority is stored and "
-            "returned but does not reorder leasing"
-        ),
+        priorities=YES,
         idempotency_keys=YES,
         lease_recovery=YES,
         blocking_lease=YES,
@@ -146,6 +152,7 @@ class NatsQueueBridge:
         max_ack_pending: int = 100_000,
         timings: NatsTimings | None = None,
         drain_timeout_s: float = 10.0,
+        poll_s: float = 0.2,
         client_name: str = "purista-queue",
     ) -> None:
         self.url = resolve_url(url)
@@ -168,8 +175,10 @@ class NatsQueueBridge:
         self._js: Any = None
         self._ledger: Any = None
         self._keys: Any = None
-        self._subs: dict[str, tuple[Any, float]] = {}
-        self._checked: dict[str, float] = {}
+        self._consumers: dict[tuple[str, str], float] = {}
+        self._checked: dict[tuple[str, str], float] = {}
+        self._wakers: dict[str, tuple[Any, asyncio.Event]] = {}
+        self.poll_s = poll_s
         self._setup_lock = asyncio.Lock()
         self._needs_setup = True
         self._held: dict[str, _Held] = {}
@@ -221,7 +230,8 @@ class NatsQueueBridge:
             with contextlib.suppress(Exception):
                 await self._nc.close()
         self._nc = None
-        self._subs.clear()
+        self._consumers.clear()
+        self._wakers.clear()
 
     async def is_ready(self) -> bool:
         return self._nc is not None and self._nc.is_connected and not self._closing
@@ -294,7 +304,7 @@ class NatsQueueBridge:
             await self._add_stream(
                 StreamConfig(
                     name=self._jobs_stream,
-                    subjects=[f"{self._root}.job.*"],
+                    subjects=[f"{self._root}.job.*.*"],
                     retention=RetentionPolicy.WORK_QUEUE,
                     storage=StorageType.FILE,
                 )
@@ -312,8 +322,8 @@ class NatsQueueBridge:
                 )
             self._ledger = await js.key_value(self._ledger_bucket)
             self._keys = await js.key_value(self._keys_bucket)
-            for qtok in list(self._subs):
-                await self._add_consumer(qtok)
+            for qtok, ltok in list(self._consumers):
+                self._consumers[(qtok, ltok)] = await self._add_consumer(qtok, ltok)
             self._needs_setup = False
 
     async def _add_stream(self, config: Any) -> None:
@@ -324,15 +334,15 @@ class NatsQueueBridge:
         except nats.js.errors.BadRequestError:
             await self._js.stream_info(config.name)  # exists with another config: use it
 
-    async def _add_consumer(self, qtok: str) -> float:
+    async def _add_consumer(self, qtok: str, ltok: str) -> float:
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-        durable = f"q-{qtok}"
+        durable = f"q-{qtok}-{ltok}"
         await self._js.add_consumer(
             self._jobs_stream,
             ConsumerConfig(
                 durable_name=durable,
-                filter_subject=f"{self._root}.job.{qtok}",
+                filter_subject=f"{self._root}.job.{qtok}.{ltok}",
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
                 ack_wait=self.ack_wait_s,
@@ -352,30 +362,49 @@ class NatsQueueBridge:
             )
         return actual
 
-    async def _consumer(self, qtok: str) -> tuple[Any, float]:
+    async def _consumer(self, qtok: str, ltok: str) -> float:
+        """The consumer of one priority level (declared on first use); its ack_wait."""
         await self._ensure_setup()
-        hit = self._subs.get(qtok)
+        ack_wait = self._consumers.get((qtok, ltok))
+        if ack_wait is None:
+            ack_wait = self._consumers[(qtok, ltok)] = await self._add_consumer(qtok, ltok)
+        return ack_wait
+
+    async def _levels(self, qtok: str) -> list[str]:
+        """Priority levels of a queue holding messages, highest first."""
+        counts = await self._subject_counts(self._jobs_stream, f"{self._root}.job.{qtok}.*")
+        levels = []
+        for subject, count in counts.items():
+            level = parse_level(subject.rsplit(".", 1)[1])
+            if count and level is not None:
+                levels.append((level, subject.rsplit(".", 1)[1]))
+        return [tok for _, tok in sorted(levels, reverse=True)]
+
+    async def _waker(self, qtok: str) -> asyncio.Event:
+        """An event set by every enqueue on the queue (a core subscription on its subjects)."""
+        hit = self._wakers.get(qtok)
         if hit is None:
-            ack_wait = await self._add_consumer(qtok)
-            sub = await self._js.pull_subscribe_bind(f"q-{qtok}", stream=self._jobs_stream)
-            hit = self._subs[qtok] = (sub, ack_wait)
-        return hit
+            event = asyncio.Event()
+
+            async def wake(_msg: Any) -> None:
+                event.set()
+
+            sub = await self._nc.subscribe(f"{self._root}.wake.{qtok}", cb=wake)
+            hit = self._wakers[qtok] = (sub, event)
+        return hit[1]
 
     # ---- small broker helpers ----------------------------------------------------------
 
-    async def _check_consumer(self, qtok: str) -> None:
-        """After an empty fetch, at most every 2 s: is the consumer still there?
-
-        (A pull request on a deleted consumer just times out.)
-        """
+    async def _check_consumer(self, qtok: str, ltok: str) -> None:
+        """After a pull got no answer, at most every 2 s: is the consumer still there?"""
         import nats.js.errors
 
         loop = asyncio.get_running_loop()
-        if loop.time() - self._checked.get(qtok, 0.0) < 2.0:
+        if loop.time() - self._checked.get((qtok, ltok), 0.0) < 2.0:
             return
-        self._checked[qtok] = loop.time()
+        self._checked[(qtok, ltok)] = loop.time()
         try:
-            await self._js.consumer_info(self._jobs_stream, f"q-{qtok}")
+            await self._js.consumer_info(self._jobs_stream, f"q-{qtok}-{ltok}")
         except nats.js.errors.NotFoundError:
             await self._redeclare()
 
@@ -537,7 +566,12 @@ class NatsQueueBridge:
 
     async def _publish_job(self, qtok: str, body: dict[str, Any], msg_id: str) -> Any:
         data = json.dumps(body, separators=(",", ":")).encode()
-        return await self._publish(f"{self._root}.job.{qtok}", data, {"Nats-Msg-Id": msg_id})
+        subject = f"{self._root}.job.{qtok}.{level_token(body['priority'])}"
+        ack = await self._publish(subject, data, {"Nats-Msg-Id": msg_id})
+        # wake blocked lease_next calls (a separate subject: a core subscriber on the
+        # job subject would answer JetStream publishes' "no stream" with a timeout)
+        await self._nc.publish(f"{self._root}.wake.{qtok}", b"")
+        return ack
 
     async def _enqueue_keyed(self, qtok: str, body: dict[str, Any], key: str) -> str:
         import nats.js.errors
@@ -571,40 +605,69 @@ class NatsQueueBridge:
             raise QueueInputError(f"batch must be an int >= 1, got {batch!r}")
         if not isinstance(queue, str) or not queue:
             raise QueueInputError(f"queue must be a non-empty string, got {queue!r}")
-        import nats.js.errors
-
         qtok = token(queue)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(wait_ms, 0) / 1000
         out: list[Job] = []
         async with self._op():
+            await self._ensure_setup()
+            wake = await self._waker(qtok)
             while True:
-                sub, ack_wait = await self._consumer(qtok)
-                timeout = max(deadline - loop.time(), 0.05)
-                try:
-                    msgs = await sub.fetch(batch - len(out), timeout=timeout)
-                except TimeoutError:
-                    msgs = []
-                    await self._check_consumer(qtok)
-                except nats.js.errors.NotFoundError:  # the server lost the consumer
-                    await self._redeclare()
-                    msgs = []
-                for index, msg in enumerate(msgs):
-                    try:
-                        job = await self._claim(queue, qtok, msg, worker_id, ack_wait)
-                    except Exception as exc:
-                        # hand the unclaimed rest back; jobs already leased are returned
-                        for rest in msgs[index + 1 :]:
-                            with contextlib.suppress(Exception):
-                                await self._nak_reply(rest.reply, None)
-                        if not out:
-                            raise
-                        log.warning("nats queue %s: lease batch cut short: %r", queue, exc)
-                        return out
-                    if job is not None:
-                        out.append(job)
-                if out or loop.time() >= deadline:
+                wake.clear()
+                for ltok in await self._levels(qtok):
+                    if len(out) >= batch:
+                        break
+                    ack_wait = await self._consumer(qtok, ltok)
+                    msgs = await self._pull(qtok, ltok, batch - len(out))
+                    if not await self._claim_all(queue, qtok, msgs, worker_id, ack_wait, out):
+                        return out  # cut short by a broker error after some leases
+                remaining = deadline - loop.time()
+                if out or remaining <= 0:
                     return out
+                # new jobs set ``wake``; delayed and nak'ed ones come back without a
+                # publish, hence the poll interval
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), min(remaining, self.poll_s))
+
+    async def _pull(self, qtok: str, ltok: str, batch: int) -> list[Any]:
+        import nats.errors
+
+        durable = f"q-{qtok}-{ltok}"
+        try:
+            return await pull_no_wait(
+                self._nc, self._js._prefix, self._jobs_stream, durable, batch,
+                self.timings.op_timeout_s,
+            )
+        except (TimeoutError, nats.errors.NoRespondersError, PullRefused) as exc:
+            log.debug("nats queue: pull on %s failed: %r", durable, exc)
+            await self._check_consumer(qtok, ltok)
+            return []
+
+    async def _claim_all(
+        self,
+        queue: str,
+        qtok: str,
+        msgs: list[Any],
+        worker_id: str | None,
+        ack_wait: float,
+        out: list[Job],
+    ) -> bool:
+        """Claim fetched messages into ``out``; False when a broker error cut the batch short."""
+        for index, msg in enumerate(msgs):
+            try:
+                job = await self._claim(queue, qtok, msg, worker_id, ack_wait)
+            except Exception as exc:
+                # hand the unclaimed rest back; jobs already leased are returned
+                for rest in msgs[index + 1 :]:
+                    with contextlib.suppress(Exception):
+                        await self._nak_reply(rest.reply, None)
+                if not out:
+                    raise
+                log.warning("nats queue %s: lease batch cut short: %r", queue, exc)
+                return False
+            if job is not None:
+                out.append(job)
+        return True
 
     async def _claim(
         self, queue: str, qtok: str, msg: Any, worker_id: str | None, ack_wait: float
@@ -870,6 +933,14 @@ class NatsQueueBridge:
     async def ack(self, job: Job) -> None:
         """Finish a job; a stale lease raises :class:`LeaseExpiredError`."""
         async with self._op():
+            key = ledger_key(token(job.queue), job.id)
+            record, rev = await self._lget(key)
+            if record is not None and record.state == "done" and record.lease_id == job.lease_id:
+                # an earlier ack of this lease landed but its reply was lost: finish it
+                self._release(job.lease_id)
+                await self._ack_reply(record.reply)
+                await self._ldel(key, rev)
+                return
             _, key, record, rev = await self._verify(job)
             done_rev = await self._settle(key, record, rev, replace(record, state="done"))
             self._release(job.lease_id)
@@ -1024,13 +1095,17 @@ class NatsQueueBridge:
         async with self._op():
             await self._ensure_setup()
             live, settling = await self._live_records(qtok)
-            job_subject = f"{self._root}.job.{qtok}"
-            # the consumer's view, not the stream's message count: after a SIGKILL
+            job_subject = f"{self._root}.job.{qtok}.*"
+            # the consumers' view, not the stream's message count: after a SIGKILL
             # nats-server 2.9 can resurrect acked messages below the ack floor
-            await self._consumer(qtok)
-            info = await self._js.consumer_info(self._jobs_stream, f"q-{qtok}")
-            total = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-            floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+            total = 0
+            floors = []
+            for ltok in await self._levels(qtok):
+                await self._consumer(qtok, ltok)
+                info = await self._js.consumer_info(self._jobs_stream, f"q-{qtok}-{ltok}")
+                total += int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+                floors.append(int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0)
+            floor = min(floors, default=0)
             extra = await self._subject_counts(self._dead_stream, f"{self._root}.*.{qtok}")
             dead = extra.get(f"{self._root}.dlq.{qtok}", 0)
             retries = extra.get(f"{self._root}.retry.{qtok}", 0)

@@ -159,6 +159,30 @@ async def test_explicit_dead_letter_peek_redrive_and_purge(make: Factory) -> Non
     assert (await bridge.metrics("q")).dead_letter == 0
 
 
+async def test_higher_priority_is_leased_first_then_fifo(make: Factory) -> None:
+    producer, worker = await make(), await make()
+    order = [("low-1", 0), ("high-1", 5), ("neg", -2), ("low-2", 0), ("high-2", 5), ("mid", 1)]
+    for name, priority in order:
+        await producer.enqueue("q", name, priority=priority)
+    leased = []
+    while len(leased) < len(order):
+        for job in await worker.lease_next("q", batch=2, wait_ms=1000):
+            leased.append((job.payload, job.priority))
+            await worker.ack(job)
+    assert [name for name, _ in leased] == ["high-1", "high-2", "mid", "low-1", "low-2", "neg"]
+    assert NatsQueueBridge.capabilities.priorities.supported
+
+
+async def test_blocking_lease_sees_a_new_higher_priority_level(make: Factory) -> None:
+    worker, producer = await make(), await make()
+    waiting = asyncio.create_task(worker.lease_next("q", wait_ms=5000))
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    await producer.enqueue("q", "urgent", priority=9)
+    [job] = await waiting
+    assert job.payload == "urgent" and time.monotonic() - started < 1.0
+
+
 async def test_delayed_job_is_not_leasable_early(make: Factory) -> None:
     bridge = await make()
     await bridge.enqueue("q", "soon", delay_ms=800)
@@ -191,11 +215,11 @@ async def test_expired_lease_is_recovered_with_next_attempt_then_dead_letter(mak
 
 async def test_extend_lease_keeps_others_away(make: Factory) -> None:
     a, b = await make(), await make()
-    await a.enqueue("q", "long", lease_ttl_ms=500)
+    await a.enqueue("q", "long", lease_ttl_ms=600)
     job = await lease_one(a, "q")
     for _ in range(3):
-        await asyncio.sleep(0.3)
-        job = await a.extend_lease(job, 500)
+        await asyncio.sleep(0.4)  # past the first ttl by the end of the loop
+        job = await a.extend_lease(job, 2000)
     assert await b.lease_next("q", wait_ms=300) == []
     [lease] = await b.inspect_leases("q")
     assert lease.lease_id == job.lease_id
@@ -242,8 +266,8 @@ async def test_malformed_message_is_dropped_and_next_job_served(make: Factory) -
     nc = await nats_client.connect(bridge.url)
     try:
         js = nc.jetstream()
-        await js.publish(f"{bridge._root}.job.q", b"\xff not json")
-        await js.publish(f"{bridge._root}.job.q", json.dumps({"id": "x"}).encode())
+        await js.publish(f"{bridge._root}.job.q.p0", b"\xff not json")
+        await js.publish(f"{bridge._root}.job.q.p0", json.dumps({"id": "x"}).encode())
     finally:
         await nc.close()
     job_id = await bridge.enqueue("q", "valid")
@@ -313,7 +337,7 @@ async def test_lost_broker_state_is_declared_again(make: Factory) -> None:
     assert (await bridge.metrics("q")).retries == 1
     # only the consumer is gone: the next lease declares it again
     await bridge.enqueue("q", "last")
-    await bridge._js.delete_consumer(bridge._jobs_stream, "q-q")
+    await bridge._js.delete_consumer(bridge._jobs_stream, "q-q-p0")
     started = time.monotonic()
     payloads = []
     while not payloads and time.monotonic() - started < 10:
