@@ -215,6 +215,19 @@ def test_names_and_bindings_follow_purista_conventions() -> None:
     assert topo.attempt_of({RETRY_ATTEMPT_HEADER: "x"}, RETRY_ATTEMPT_HEADER) == 1
 
 
+async def test_reconnect_wait_backs_off_and_resets() -> None:
+    from yarl import URL
+
+    from reference_services.bridges.amqp_connection import BackoffRobustConnection
+
+    conn = BackoffRobustConnection(URL("amqp://127.0.0.1:1/"), reconnect_interval=0.25,
+                                   max_reconnect_interval=1.0)
+    assert [conn.reconnect_interval for _ in range(5)] == [0.25, 0.5, 1.0, 1.0, 1.0]
+    conn.connected.set()  # connected: no growth
+    conn._current_interval = conn._base_interval
+    assert [conn.reconnect_interval for _ in range(2)] == [0.25, 0.25]
+
+
 # ---------------------------------------------------------------- commands
 async def test_command_round_trip_keeps_every_field(make_bridge: Any) -> None:
     client, server = await make_bridge(), await make_bridge()
