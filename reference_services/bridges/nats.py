@@ -477,7 +477,9 @@ class NatsBridge(EventBridgeBase):
         consumer = self._consumers.pop(key, None)
         if consumer is not None:
             await consumer.stop()
-            if consumer.per_instance or not consumer.durable:
+            if consumer.per_instance:
+                # shared consumers may serve other instances still: transient ones expire
+                # by inactive_threshold, durable ones keep the group's backlog
                 await consumer.delete()
 
     async def _stop_intake(self) -> None:

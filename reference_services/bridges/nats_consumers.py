@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 MAX_DELIVER_MARGIN = 3
 """Deliveries the server allows beyond ``max_attempts`` (redeliveries after a crash)."""
 
+HEAL_INTERVAL_S = 5.0
+"""How often an idle consumer checks that the server still has it."""
+
 _MAX_BATCH = 16
 
 
@@ -56,6 +59,7 @@ class JetStreamConsumer:
         self.psub: JetStreamContext.PullSubscription | None = None
         self.task: asyncio.Task[None] | None = None
         self.active = False
+        self._next_check = 0.0
 
     def _config(self, reg: RegisteredSubscription) -> ConsumerConfig:
         sub, bridge = reg.subscription, self.bridge
@@ -138,7 +142,7 @@ class JetStreamConsumer:
                 msgs = await self.psub.fetch(batch, timeout=bridge.fetch_timeout_s)
                 backoff = 0.05
             except TimeoutError:
-                pass
+                await self._heal()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # consumer gone (re-created by resync), API errors
@@ -151,6 +155,21 @@ class JetStreamConsumer:
             for msg in msgs:
                 task = bridge._spawn_tracked(self._deliver(msg), "nats-delivery")
                 task.add_done_callback(lambda _t: self.slots.release())
+
+    async def _heal(self) -> None:
+        """Re-create the consumer if the server lost it (a pull from a missing consumer
+        just times out); checked at most every ``HEAL_INTERVAL_S`` while idle."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._next_check:
+            return
+        self._next_check = loop.time() + HEAL_INTERVAL_S
+        try:
+            await self.bridge._jsc().consumer_info(self.bridge.stream, self.name)
+        except nats.js.errors.NotFoundError:
+            self.bridge.log.warning("consumer %s disappeared; re-creating it", self.name)
+            await self.ensure()
+        except Exception as exc:
+            self.bridge.log.debug("consumer check of %s failed: %r", self.name, exc)
 
     async def _deliver(self, msg: Msg) -> None:
         bridge = self.bridge

@@ -346,6 +346,52 @@ async def test_durable_subscription_survives_subscriber_restart(make_bridge: Any
     assert sorted(seen) == list(range(10))
 
 
+async def test_unregister_on_one_instance_keeps_the_shared_consumer(make_bridge: Any) -> None:
+    producer, leaver, stayer = await make_bridge(), await make_bridge(), await make_bridge()
+    seen: list[Any] = []
+
+    async def handler(message: AnyMessage) -> None:
+        seen.append(message.payload)
+
+    for durable in (True, False):
+        sub = subscription(f"partial{durable}", "tock", durable=durable)
+        await leaver.register_subscription(sub, handler)
+        await stayer.register_subscription(sub, handler)
+        await leaver.unregister_subscription(sub.subscriber)
+    for i in range(10):
+        await producer.emit_message(event("tock", i))
+    await wait_for(lambda: len(seen) == 20, what="both groups served by the stayer")
+    assert sorted(seen) == sorted(list(range(10)) * 2)
+
+
+async def test_a_lost_consumer_is_recreated(
+    make_bridge: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reference_services.bridges import nats_consumers
+
+    monkeypatch.setattr(nats_consumers, "HEAL_INTERVAL_S", 0.2)
+    producer, consumer = await make_bridge(), await make_bridge()
+    seen: list[Any] = []
+
+    async def handler(message: AnyMessage) -> None:
+        seen.append(message.payload)
+
+    await consumer.register_subscription(subscription("s", "e"), handler)
+    (name,) = [c.name for c in consumer._consumers.values()]
+    await consumer._jsc().delete_consumer(consumer.stream, name)  # e.g. an operator mistake
+    await wait_async(lambda: _consumer_exists(consumer, name), 10, "the consumer re-created")
+    await producer.emit_message(event("e", "after"))
+    await wait_for(lambda: seen == ["after"], what="delivery through the re-created consumer")
+
+
+async def _consumer_exists(bridge: NatsBridge, name: str) -> bool:
+    try:
+        await bridge._jsc().consumer_info(bridge.stream, name)
+    except nats_client.js.errors.NotFoundError:
+        return False
+    return True
+
+
 async def test_emit_event_name_chains(make_bridge: Any) -> None:
     producer, worker, listener = await make_bridge(), await make_bridge(), await make_bridge()
 
