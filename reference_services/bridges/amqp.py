@@ -20,7 +20,26 @@ Topology (all names under ``prefix``, see :mod:`.amqp_topology`):
 Reconnects: aio-pika's robust connection reopens the connection and the
 channels (with backoff, see :mod:`.amqp_connection`); the bridge itself then
 re-declares the topology and re-registers every command and subscription
-(queues are declared ``robust=False`` so nothing is restored twice).
+(queues are declared ``robust=False`` so nothing is restored twice). A
+watchdog also re-establishes a consumer the broker cancelled (its queue was
+deleted) or whose channel closed while the connection stayed up.
+
+Guarantees and limits:
+
+- events are at-least-once: persistent, publisher-confirmed, acked after the
+  handler; a publish interrupted by an outage is retried until
+  ``publish_timeout_s`` (a duplicate is possible when a confirm was lost);
+- durable (shared) subscriptions survive subscriber and broker restarts;
+  per-instance (non-shared) and non-durable ones do not;
+- commands default to auto-ack (at most one execution); with
+  ``CommandConfig(durable=True)`` the command queue is durable and not
+  auto-deleted, so a command waits (up to its ttl, its per-message expiry) for
+  an instance and survives a broker restart, but then an unserved command is
+  no longer a fast 404: it times out (504);
+- a subscription that explicitly filters ``messageType=command`` makes every
+  matching command routable, which also hides the fast 404;
+- handlers run concurrently up to ``prefetch`` per consumer: set
+  ``prefetch=1`` for strictly ordered processing.
 """
 
 from __future__ import annotations
@@ -449,6 +468,13 @@ class AmqpBridge(EventBridgeBase):
                 return
             except PublishError as exc:
                 raise _Unroutable(str(exc)) from exc
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # we are being cancelled, not the channel closing under us
+                last = exc
+                await asyncio.sleep(min(pause, max(deadline - time.monotonic(), 0)))
+                pause = min(pause * 2, 1.0)
             except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
                 last = exc
                 await asyncio.sleep(min(pause, max(deadline - time.monotonic(), 0)))
