@@ -228,6 +228,20 @@ async def test_reconnect_wait_backs_off_and_resets() -> None:
     assert [conn.reconnect_interval for _ in range(2)] == [0.25, 0.25]
 
 
+def test_configuration_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMQP_URL", "amqp://u:p@127.0.0.1:5999/vh")
+    monkeypatch.setenv("AMQP_PREFIX", "shop")
+    monkeypatch.setenv("AMQP_HEARTBEAT_S", "3")
+    bridge = AmqpBridge.from_env(prefetch=4)
+    assert (bridge.url, bridge.prefix, bridge.heartbeat_s, bridge.prefetch) == (
+        "amqp://u:p@127.0.0.1:5999/vh", "shop", 3, 4)
+    assert AmqpBridge().url == "amqp://u:p@127.0.0.1:5999/vh"  # url falls back to AMQP_URL
+    assert bridge.reply_queue == f"shop.reply.{bridge.instance_id}"
+    caps = AmqpBridge(native_dead_letter=False).capabilities
+    assert not caps.native_dead_lettering and caps.native_dead_lettering.reason
+    assert caps.max_message_bytes == bridge.max_message_bytes
+
+
 # ---------------------------------------------------------------- commands
 async def test_command_round_trip_keeps_every_field(make_bridge: Any) -> None:
     client, server = await make_bridge(), await make_bridge()
