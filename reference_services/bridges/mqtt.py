@@ -20,7 +20,9 @@ subscription it was made for, even when queued before a restart.
 Subscriptions never see commands (a subscription that does not filter on the
 message type subscribes once per non-command type), so a command nobody serves
 matches no subscription at all and the broker's PUBACK says so (reason 0x10,
-"no matching subscribers"): the invocation fails at once with 404. A foreign
+"no matching subscribers"): the invocation fails at once, with 503 by default,
+since MQTT cannot tell an unknown command from one whose every instance is cut
+off right now (``no_subscribers_status=404`` to choose 404). A foreign
 client subscribed to command topics (e.g. ``<prefix>/#``) hides that signal;
 the invocation then times out with 504 at its ttl.
 
@@ -170,6 +172,7 @@ class MqttBridge(EventBridgeBase):
         receive_maximum: int = 100,
         dedupe_window: int = 10_000,
         park_grace_s: float = 30.0,
+        no_subscribers_status: int = StatusCode.SERVICE_UNAVAILABLE,
         **kwargs: Any,
     ) -> None:
         """Args:
@@ -185,6 +188,8 @@ class MqttBridge(EventBridgeBase):
         receive_maximum: unacknowledged deliveries the broker may have outstanding.
         dedupe_window: how many finished (subscription, message id) pairs are remembered
             so that a redelivery of a finished message is acked without running it again.
+        no_subscribers_status: the status of a command no instance serves right now
+            (503 by default; 404 if a transient outage of every server is not a concern).
         park_grace_s: messages the event session brings for a subscription not registered
             (yet) wait this long after arriving for it; then they are acked and dropped.
         """
@@ -217,6 +222,7 @@ class MqttBridge(EventBridgeBase):
         self._parked_count = 0
         self.parked_limit = 10_000
         self.park_grace_s = park_grace_s
+        self.no_subscribers_status = int(no_subscribers_status)
         self._stale_sids: set[int] = set()
         self.stale_dropped = 0
         self.redelivered_duplicates = 0
@@ -301,7 +307,9 @@ class MqttBridge(EventBridgeBase):
         )
         if code == NO_MATCHING_SUBSCRIBERS:
             raise UnhandledError(
-                f"no instance serves command {command.receiver}", StatusCode.NOT_FOUND
+                f"no instance serves command {command.receiver} right now "
+                "(unknown, or every instance is cut off)",
+                self.no_subscribers_status,
             )
 
     async def _bind_command(self, reg: RegisteredCommand) -> None:
