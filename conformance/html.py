@@ -132,6 +132,25 @@ def _observations(doc: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def _figures(doc: dict[str, Any]) -> str:
+    rows = [r for r in doc["results"] if r.get("metrics") and r["status"] != "failed"]
+    if not rows:
+        return ""
+    out = [
+        "<h2>Figures</h2><details><summary>Metrics recorded by passing checks "
+        f"({len(rows)})</summary><table><tr><th>adapter</th><th>check</th><th>metrics</th></tr>"
+    ]
+    for r in rows:
+        text = json.dumps(r["metrics"], default=str, ensure_ascii=False)
+        out.append(
+            f"<tr><td>{escape(r['kind'])}:{escape(r['adapter'])}</td>"
+            f'<td class="id">{escape(r["check"])}</td><td><code>{escape(text[:600])}'
+            "</code></td></tr>"
+        )
+    out.append("</table></details>")
+    return "".join(out)
+
+
 def _timings(doc: dict[str, Any]) -> str:
     per: Counter[str] = Counter()
     for r in doc["results"]:
@@ -196,6 +215,7 @@ def render(doc: dict[str, Any]) -> str:
         + _matrix(doc)
         + _details(doc)
         + _observations(doc)
+        + _figures(doc)
         + _timings(doc)
         + _capabilities(doc)
     )

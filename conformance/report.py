@@ -114,7 +114,7 @@ def print_matrix(results: list[dict[str, Any]], terminalreporter: Any) -> None:
     console = Console(
         file=buf,
         force_terminal=markup,
-        width=max(100, _width(terminalreporter)),
+        width=max(140, _width(terminalreporter)),
         color_system="standard" if markup else None,
     )
     grid = matrix(results)

@@ -147,12 +147,16 @@ def mangles(ctx: AdapterContext) -> Any:
 
 
 def never_reconnects(ctx: AdapterContext) -> Any:
-    """The NATS bridge with reconnects switched off."""
+    """The NATS bridge with the client's reconnects switched off after connecting."""
     from reference_services.bridges.nats import NatsBridge
 
-    return NatsBridge(
-        url=ctx.url("nats"), prefix=ctx.prefix, max_reconnect_attempts=0, **ctx.options
-    )
+    class NeverReconnects(NatsBridge):
+        async def _connect(self) -> None:
+            await super()._connect()
+            assert self._nc is not None
+            self._nc.options["allow_reconnect"] = False
+
+    return NeverReconnects(url=ctx.url("nats"), prefix=ctx.prefix, **ctx.options)
 
 
 class DoubleLease(DefaultQueueBridge):

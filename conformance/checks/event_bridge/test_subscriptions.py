@@ -295,3 +295,30 @@ async def test_unregister_stops_delivery(aut: AdapterUnderTest) -> None:
     )
     await wait_quiet(lambda: ledger.total_delivered, quiet_s=0.3)
     expect_exactly_once(ledger)
+
+
+@check("event_bridge.subscriptions.unregister_keeps_other_instances", kinds=EB)
+async def test_unregister_keeps_other_instances(aut: AdapterUnderTest) -> None:
+    """When one instance unregisters a subscription, the others still receive every message
+    (shared where supported, otherwise every instance)."""
+    shared = aut.supports("shared_subscriptions")
+    ledgers = [Ledger("stayer")] if shared else [Ledger("stayer-a"), Ledger("stayer-b")]
+    sub = subscription("partial", event_name="tock", shared=shared, durable=False)
+    leaver = await aut.new()
+    stayers = [await aut.new(), await aut.new()]
+    left = Ledger("leaver")
+    await leaver.register_subscription(sub, Recorder(left, "leaver"))
+    for i, b in enumerate(stayers):
+        await b.register_subscription(sub, Recorder(ledgers[i % len(ledgers)], f"stayer{i}"))
+    await leaver.unregister_subscription(sub.subscriber)
+    producer = await aut.new()
+    await emit_many(
+        [producer, leaver],
+        lambda p, s, i: (event(p, "tock", _payload(s, i)), True),
+        aut.n(20),
+        ledgers,
+        senders=2,
+    )
+    await settle(*ledgers)
+    expect_exactly_once(*ledgers)
+    assert left.total_delivered == 0, f"{left.total_delivered} delivered after unregister"

@@ -55,6 +55,8 @@ async def _work(workers: list[Any], queue: str, ledger: Ledger, deadline_s: floa
                 await asyncio.sleep(0.005)
             for job in jobs:
                 ledger.delivered(job.id, by=f"w{w}")
+            await asyncio.sleep(0.002)  # the work itself: other workers lease meanwhile
+            for job in jobs:
                 await q.ack(job)
 
     await asyncio.gather(*(work(w) for w in range(len(workers))))
