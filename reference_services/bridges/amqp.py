@@ -547,6 +547,8 @@ class AmqpBridge(EventBridgeBase):
             await self._bind_command_locked(reg)
 
     async def _bind_command_locked(self, reg: RegisteredCommand) -> None:
+        if not self.accepting:  # destroy began (e.g. during a restore): take no new work
+            return
         key = reg.address.key
         consumer = self._cmd_consumers.setdefault(
             key, _Consumer(topo.command_queue(self.prefix, reg.address))
@@ -624,6 +626,8 @@ class AmqpBridge(EventBridgeBase):
             await self._bind_subscription_locked(reg)
 
     async def _bind_subscription_locked(self, reg: RegisteredSubscription) -> None:
+        if not self.accepting:
+            return
         sub = reg.subscription
         queue = topo.subscription_queue(self.prefix, sub, self.instance_id)
         consumer = self._sub_consumers.get(sub.key)
