@@ -56,3 +56,41 @@ class LeaseRecord:
 def ledger_key(qtok: str, job_id: str) -> str:
     """KV key of a job's ledger record."""
     return f"L.{qtok}.{job_id}"
+
+
+JOB_FIELDS = (
+    "id",
+    "queue",
+    "payload",
+    "parameter",
+    "headers",
+    "max_attempts",
+    "priority",
+    "lease_ttl_ms",
+    "enqueued_at_ms",
+    "available_at_ms",
+    "idempotency_key",
+)
+
+
+def parse_job(raw: bytes | None) -> dict[str, Any] | None:
+    """A job body from the wire, or ``None`` when it is malformed."""
+    try:
+        body = json.loads(raw or b"")
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or any(f not in body for f in JOB_FIELDS):
+        return None
+    ints = ("max_attempts", "priority", "lease_ttl_ms", "enqueued_at_ms", "available_at_ms")
+    if not all(isinstance(body[k], int) and not isinstance(body[k], bool) for k in ints):
+        return None
+    if not isinstance(body["id"], str) or not body["id"] or not isinstance(body["queue"], str):
+        return None
+    headers, key = body["headers"], body["idempotency_key"]
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        return None
+    if key is not None and not isinstance(key, str):
+        return None
+    if body["max_attempts"] < 1 or body["lease_ttl_ms"] < 1:
+        return None
+    return body

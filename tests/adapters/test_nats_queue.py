@@ -268,11 +268,17 @@ async def test_malformed_message_is_dropped_and_next_job_served(make: Factory) -
         js = nc.jetstream()
         await js.publish(f"{bridge._root}.job.q.p0", b"\xff not json")
         await js.publish(f"{bridge._root}.job.q.p0", json.dumps({"id": "x"}).encode())
+        valid_but_for_headers = {
+            "id": "y", "queue": "q", "payload": 1, "parameter": None, "headers": [1],
+            "max_attempts": 3, "priority": 0, "lease_ttl_ms": 1000, "enqueued_at_ms": 1,
+            "available_at_ms": 1, "idempotency_key": None,
+        }
+        await js.publish(f"{bridge._root}.job.q.p0", json.dumps(valid_but_for_headers).encode())
     finally:
         await nc.close()
     job_id = await bridge.enqueue("q", "valid")
     job = await lease_one(bridge, "q")
-    assert job.id == job_id and bridge.malformed_count == 2
+    assert job.id == job_id and bridge.malformed_count == 3
     await bridge.ack(job)
     assert (await bridge.metrics("q")).pending == 0
 
