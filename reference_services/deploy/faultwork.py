@@ -51,8 +51,13 @@ def _write(ctx: Context, event: str, msg_id: str) -> None:
         return
     if path not in _fd:
         _fd[path] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    line = {"t": time.time(), "ev": event, "id": msg_id, "pid": os.getpid(),
-            "inst": ctx.bridge.instance_id}
+    line = {
+        "t": time.time(),
+        "ev": event,
+        "id": msg_id,
+        "pid": os.getpid(),
+        "inst": ctx.bridge.instance_id,
+    }
     os.write(_fd[path], (json.dumps(line) + "\n").encode())
 
 
@@ -76,7 +81,10 @@ async def _handle(ctx: Context, msg_id: str) -> None:
 
 
 @faultwork_v1.subscription(
-    "onWork", event_name=EVENT, shared=True, durable=True,
+    "onWork",
+    event_name=EVENT,
+    shared=True,
+    durable=True,
     failure=FailureHandling(max_attempts=50, retry_delay_ms=100),
 )
 async def on_work(ctx: Context, message: AnyMessage) -> None:
@@ -84,8 +92,9 @@ async def on_work(ctx: Context, message: AnyMessage) -> None:
     await _handle(ctx, str(message.payload["id"]))
 
 
-@faultwork_v1.queue_worker(QUEUE, retry=RetryPolicy(max_attempts=50, retry_delay_ms=100),
-                           wait_ms=200)
+@faultwork_v1.queue_worker(
+    QUEUE, retry=RetryPolicy(max_attempts=50, retry_delay_ms=100), wait_ms=200, concurrency=4
+)
 async def on_job(ctx: Context, job: Job) -> None:
     """Handle one ``faultjobs`` job."""
     await _handle(ctx, str(job.payload["id"]))
@@ -112,8 +121,13 @@ async def serve() -> int:
     for part in (bridge, queue, stores.state, stores.config, stores.secret):
         await part.start()
     instance = faultwork_v1.get_instance(
-        bridge, state_store=stores.state, config_store=stores.config,
-        secret_store=stores.secret, queue_bridge=queue, config=dict(cfg.service_config))
+        bridge,
+        state_store=stores.state,
+        config_store=stores.config,
+        secret_store=stores.secret,
+        queue_bridge=queue,
+        config=dict(cfg.service_config),
+    )
     if instance.idempotency is not None:
         ttl = float(cfg.service_config.get("claim_ttl_s", 5))
         instance.idempotency.claim_ttl_s = ttl
@@ -128,8 +142,9 @@ async def serve() -> int:
 
 def main() -> int:
     """Entry point."""
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     return asyncio.run(serve())
 
 

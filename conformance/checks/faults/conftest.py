@@ -9,8 +9,10 @@ so that the suite still runs.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -57,22 +59,58 @@ class Dedicated:
     def __init__(self, services: ServiceSet) -> None:
         self.services = services
         self.handles: dict[str, ServiceHandle] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
 
     def get(self, name: str) -> ServiceHandle:
         """The dedicated instance of ``name`` (started on first use, restarted if dead)."""
-        handle = self.handles.get(name)
-        if handle is None:
-            handle = self.services.fresh(name)
-            self.handles[name] = handle
-        elif not handle.is_running():
-            handle.restart(kill=True)
-        return handle
+        with self._guard:
+            lock = self._locks.setdefault(name, threading.Lock())
+        with lock:
+            handle = self.handles.get(name)
+            if handle is None:
+                handle = self.services.fresh(name)
+                self.handles[name] = handle
+            elif not handle.is_running():
+                handle.restart(kill=True)
+            return handle
 
 
 @pytest.fixture(scope="session")
 def faults_dedicated(faults_services: ServiceSet) -> Dedicated:
     """Dedicated broker instances for broker-process faults."""
     return Dedicated(faults_services)
+
+
+def _quietly(fn: Any, name: str) -> None:
+    with contextlib.suppress(Exception):
+        fn(name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def faults_prestart(
+    request: pytest.FixtureRequest, faults_services: ServiceSet, faults_dedicated: Dedicated
+) -> None:
+    """Start every broker the selected faults checks need, in background threads, at once.
+
+    Brokers otherwise start one after another on first use (RabbitMQ alone takes ~9 s,
+    twice: shared and dedicated); errors surface later where a check asks for the broker.
+    """
+    shared: set[str] = set()
+    dedicated: set[str] = set()
+    for item in request.session.items:
+        spec = getattr(getattr(item, "callspec", None), "params", {}).get("cf_spec")
+        services = tuple(getattr(spec, "services", ()) or ())
+        if not services or "/faults/" not in str(item.path):
+            continue
+        shared.update(services)
+        shared.update({"toxiproxy", "redis"})
+        if item.path.name == "test_broker.py":
+            dedicated.update(services[:1])
+    for name in sorted(shared):
+        threading.Thread(target=_quietly, args=(faults_services.get, name), daemon=True).start()
+    for name in sorted(dedicated):
+        threading.Thread(target=_quietly, args=(faults_dedicated.get, name), daemon=True).start()
 
 
 @pytest.fixture(scope="session")
