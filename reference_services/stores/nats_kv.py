@@ -108,17 +108,31 @@ class _NatsKVStore(StoreBase):
 
     async def start(self) -> None:
         """Connect and create the bucket (kept if it exists); write ``initial`` values."""
-        from nats.js.api import KeyValueConfig, StorageType
-
         self._nc = await connect_nats(self.url, f"purista-{self.kind}", self.timings)
-        js = self._nc.jetstream(timeout=self.timings.op_timeout_s)
         async with self._op():
-            self._kv = await js.create_key_value(
-                KeyValueConfig(bucket=self.bucket, history=1, storage=StorageType.FILE)
-            )
+            await self._create_bucket()
             for name, value in self._initial.items():
                 await self._kv.put(kv_key(name), dump_value(name, value).encode())
         await super().start()
+
+    async def _create_bucket(self) -> None:
+        from nats.js.api import KeyValueConfig, StorageType
+
+        js = self._nc.jetstream(timeout=self.timings.op_timeout_s)
+        self._kv = await js.create_key_value(
+            KeyValueConfig(bucket=self.bucket, history=1, storage=StorageType.FILE)
+        )
+
+    async def _write(self, operation: Any) -> Any:
+        """Run a write; if the server lost the bucket (new store, operator), create it again."""
+        import nats.js.errors
+
+        try:
+            return await operation()
+        except nats.js.errors.NoStreamResponseError:
+            log.warning("nats-kv: bucket %s is missing, creating it again", self.bucket)
+            await self._create_bucket()
+            return await operation()
 
     async def destroy(self) -> None:
         """Close the connection."""
@@ -169,11 +183,11 @@ class _NatsKVStore(StoreBase):
 
     async def _set(self, name: str, raw_json: str) -> None:
         async with self._op():
-            await self._kv.put(kv_key(name), raw_json.encode())
+            await self._write(lambda: self._kv.put(kv_key(name), raw_json.encode()))
 
     async def _remove(self, name: str) -> None:
         async with self._op():
-            await self._kv.delete(kv_key(name))
+            await self._write(lambda: self._kv.delete(kv_key(name)))
 
     async def _set_if_absent(self, name: str, raw_json: str, ttl_s: float | None) -> bool:
         import nats.js.errors
@@ -187,7 +201,7 @@ class _NatsKVStore(StoreBase):
         async with self._op():
             for _ in range(5):
                 try:
-                    await self._kv.create(key, data)
+                    await self._write(lambda: self._kv.create(key, data))
                     return True
                 except nats.js.errors.KeyWrongLastSequenceError:
                     pass

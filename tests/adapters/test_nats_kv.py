@@ -169,6 +169,17 @@ async def test_idempotency_helper_runs_an_effect_once(make: Factory) -> None:
     assert await once[1].was_done("mail-1")
 
 
+async def test_a_lost_bucket_is_created_again(make: Factory) -> None:
+    store = await make()
+    await store.set("k", 1)
+    await store._nc.jetstream().delete_stream(f"KV_{store.bucket}")
+    assert await store.get("k") == {"k": None}
+    await store.set("k", 2)
+    assert await store.get("k") == {"k": 2}
+    await store.remove("k")
+    assert await store.set_if_absent("k", 3)
+
+
 async def test_values_survive_a_broker_kill(fresh_nats: Any, namespace: str) -> None:
     store = NatsKVStateStore(fresh_nats.url, prefix=namespace, timings=FAST)
     await store.start()
