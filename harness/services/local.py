@@ -12,6 +12,7 @@ import string
 import subprocess
 import tempfile
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import IO, Any
@@ -183,19 +184,31 @@ class LocalHandle(ServiceHandle):
                 self.log_path.rename(self.log_path.with_suffix(".failed.log"))
 
     def _halt(self, sig: int | None) -> None:
-        """Stop the main process (SIGKILL when sig is SIGKILL, else graceful)."""
+        """Stop the main process (SIGKILL when sig is SIGKILL, else graceful) and wait
+        until every process of it is gone and its port is closed."""
         ex = self._main
         if ex is None:
             return
         self._resume_group()
+        doomed = procs.pids_with_env(ENV_UUID, self._marker)
+        if ex.pgid is not None:
+            doomed |= procs.pids_in_group(ex.pgid)
         if sig == signal.SIGKILL:
             ex.kill()
         else:
             with contextlib.suppress(ExecutorError, OSError):
                 ex.stop()
-        with contextlib.suppress(OSError):
-            for pid in procs.pids_with_env(ENV_UUID, self._marker):
+        doomed |= procs.pids_with_env(ENV_UUID, self._marker)
+        for pid in doomed:
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline:
+            if not any(procs.is_alive(p) for p in doomed) and not tcp_open(self.host, self.port):
+                return
+            time.sleep(0.02)
+        raise ServiceStartError(self.name, f"processes {sorted(doomed)} or port {self.port} "
+                                "still alive after stop", str(self.log_path))
 
     def restart(self, kill: bool = True) -> None:
         with self._lock:
@@ -256,6 +269,19 @@ class LocalHandle(ServiceHandle):
     # -- inspection ------------------------------------------------------------------------
     def is_running(self) -> bool:
         return self._main is not None and self._main.running() and tcp_open(self.host, self.port)
+
+    def persisted(self, token: bytes, pattern: str = "**/*") -> bool:
+        """True when a data file matching pattern (never the logs) contains token: a way
+        to wait until a write (queue declaration, queued message) is on disk before a
+        SIGKILL. RabbitMQ metadata: pattern "mnesia/*/*" (not the message store)."""
+        for path in self.data_dir.glob(pattern):
+            if path.is_file() and path.suffix != ".log":
+                try:
+                    if token in path.read_bytes():
+                        return True
+                except OSError:
+                    continue
+        return False
 
     @property
     def pid(self) -> int | None:

@@ -35,6 +35,13 @@ def victim(harness_services: ServiceSet) -> Iterator[Callable[[str], ServiceHand
         assert wait_until(lambda pids=pids: not alive(pids), 10.0), f"outlived: {alive(pids)}"
 
 
+def _wait_persisted(handle: ServiceHandle, token: bytes, pattern: str = "**/*") -> None:
+    """Local provider: wait until token is in the broker's data files."""
+    persisted = getattr(handle, "persisted", None)
+    if persisted is not None:
+        assert wait_until(lambda: persisted(token, pattern), 15), f"{token!r} not on disk"
+
+
 def _restart_keeps_port(handle: ServiceHandle) -> None:
     port, url = handle.port, handle.url
     crash_and_restart(handle)
@@ -51,8 +58,16 @@ async def test_rabbitmq_durable_queue_survives_sigkill(victim: Callable[[str], S
     bodies = [f"m{i}".encode() for i in range(3)]
     conn = await aio_pika.connect(handle.url)
     async with conn:
-        channel = await conn.channel()  # publisher confirms on: publish returns after fsync
+        channel = await conn.channel()
         await channel.declare_queue(queue_name, durable=True)
+    # RabbitMQ 3.10 keeps queue metadata in Mnesia: a queue declared just before a SIGKILL
+    # was seen lost at recovery (1 run in ~8) although its record was already in
+    # LATEST.LOG. Settle the topology with a graceful restart; the messages then face
+    # the SIGKILL alone.
+    await asyncio.to_thread(handle.restart, False)
+    conn = await aio_pika.connect(handle.url)
+    async with conn:
+        channel = await conn.channel()  # publisher confirms on: publish returns after fsync
         for body in bodies:
             message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
             await channel.default_exchange.publish(message, routing_key=queue_name)
@@ -157,15 +172,8 @@ def test_mosquitto_persistent_session_queue_survives_sigkill(
         info.wait_for_publish(10)  # PUBACK: queued for the offline session
     pub.disconnect()
     pub.loop_stop()
-    db = getattr(handle, "data_dir", None)
-    if db is not None:  # local: wait until the queue is saved (autosave on every change)
-        path = db / "mosquitto.db"
-
-        def saved() -> bool:
-            data = path.read_bytes() if path.exists() else b""
-            return all(p in data for p in payloads)
-
-        assert wait_until(saved, 10)
+    for payload in payloads:  # autosave on every change: wait for the file, then kill
+        _wait_persisted(handle, payload)
 
     _restart_keeps_port(handle)
 
