@@ -59,6 +59,9 @@ class RedisPubSubBridge(EventBridgeBase):
         self._redis: aioredis.Redis | None = None
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
+        # commands being answered: destroy() drains handlers, then cancels background
+        # tasks, so responses still on their way are awaited here before closing
+        self._answering: set[asyncio.Task[None]] = set()
 
     # ---- channels
     @property
@@ -79,6 +82,8 @@ class RedisPubSubBridge(EventBridgeBase):
         self._reader = asyncio.create_task(self._read(), name=f"redis-pubsub-{self.instance_id}")
 
     async def _close(self) -> None:
+        if self._answering:
+            await asyncio.wait(self._answering, timeout=5)
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -145,7 +150,9 @@ class RedisPubSubBridge(EventBridgeBase):
                 for reg in self.matching_subscriptions(message):
                     self.spawn(self._deliver(reg, message, 1))
             elif channel.startswith(f"{self.prefix}:cmd:") and isinstance(message, Command):
-                self.spawn(self._serve(message))
+                task = asyncio.create_task(self._serve(message))
+                self._answering.add(task)
+                task.add_done_callback(self._answering.discard)
             elif channel == self._reply_channel(self.instance_id):
                 self.resolve_response(message)  # type: ignore[arg-type]
 
