@@ -136,7 +136,7 @@ class MqttBridge(EventBridgeBase):
         ),
         durable_commands=unsupported(
             "commands use a clean session so that an offline instance does not hold commands "
-            "for its group; a command nobody serves times out"
+            "for its group: a command no connected instance serves fails (503), it is not kept"
         ),
         manual_ack=YES,
         shared_subscriptions=YES,
@@ -231,9 +231,11 @@ class MqttBridge(EventBridgeBase):
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> MqttBridge:
-        """Build from ``MQTT_URL`` and ``MQTT_PREFIX`` (keyword arguments win)."""
+        """Build from ``MQTT_URL`` and ``MQTT_PREFIX`` or ``PURISTA_PREFIX`` (arguments win)."""
         kwargs.setdefault("url", os.environ.get("MQTT_URL"))
-        kwargs.setdefault("prefix", os.environ.get("MQTT_PREFIX", "purista"))
+        kwargs.setdefault(
+            "prefix", os.environ.get("MQTT_PREFIX") or os.environ.get("PURISTA_PREFIX", "purista")
+        )
         return cls(**kwargs)
 
     def _make_connection(self, client_id: str, expiry: int) -> MqttConnection:

@@ -24,8 +24,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import port_for
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from harness.history import History, Verdict
+from reference_services.bridges import mqtt_topics as topics
 from reference_services.bridges.mqtt import MqttBridge
 from reference_services.runtime.bridge_base import DEAD_LETTER_REASON_HEADER
 from reference_services.runtime.definitions import FailureHandling, Subscription
@@ -979,3 +982,37 @@ async def test_destroy_answers_commands_in_flight(broker: Any, make_bridge: Brid
     gate.set()
     await destroying
     assert await asyncio.gather(*calls) == list(range(5))
+
+
+# ------------------------------------------------------------- topic layout
+@given(st.one_of(st.none(), st.text(max_size=20)))
+def test_topic_level_escaping_round_trips(value: str | None) -> None:
+    level = topics.escape_level(value)
+    assert level and not any(c in level for c in "/+#\x00")
+    assert topics.unescape_level(level) == (value or "")
+
+
+def _matches(topic_filter: str, topic: str) -> bool:
+    f, t = topic_filter.split("/"), topic.split("/")
+    return len(f) == len(t) and all(a in ("+", b) for a, b in zip(f, t, strict=True))
+
+
+def test_topic_layout_and_filters() -> None:
+    msg = CustomMessage(
+        sender=SenderAddress(service_name="user/svc", service_version="1", service_target="add+",
+                             instance_id="i" * 32),
+        event_name="user#added", tenant_id="t", payload=None)
+    topic = topics.message_topic("pre/fix", msg)
+    assert topic.split("/")[:3] == ["pre", "fix", "customMessage"]
+    assert len(topic.split("/")) == 14 and "__empty__" in topic
+    wanted = Subscription(subscriber=addr("s"), event_name="user#added", tenant_id="t")
+    other = Subscription(subscriber=addr("s"), event_name="user#added", tenant_id="u")
+    assert any(_matches(f, topic) for f in topics.subscription_filters("pre/fix", wanted))
+    assert not any(_matches(f, topic) for f in topics.subscription_filters("pre/fix", other))
+    cmd = Command(sender=msg.sender, receiver=addr("svc"))
+    cmd_topic = topics.message_topic("p", cmd)
+    catch_all = topics.subscription_filters("p", Subscription(subscriber=addr("s")))
+    assert len(catch_all) == 11 and not any(_matches(f, cmd_topic) for f in catch_all)
+    assert _matches(topics.command_filter("p", addr("svc"), None), cmd_topic)
+    with pytest.raises(ValueError):
+        topics.validate_prefix("bad/+/prefix")
