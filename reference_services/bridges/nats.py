@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +104,7 @@ class NatsBridge(EventBridgeBase):
         connect_attempts: int = 3,
         max_reconnect_attempts: int = -1,
         reconnect_time_wait_s: float = 0.5,
+        max_reconnect_wait_s: float = 5.0,
         ping_interval_s: float = 10.0,
         max_outstanding_pings: int = 2,
         js_api_timeout_s: float = 5.0,
@@ -126,6 +129,7 @@ class NatsBridge(EventBridgeBase):
         self.connect_attempts = connect_attempts
         self.max_reconnect_attempts = max_reconnect_attempts
         self.reconnect_time_wait_s = reconnect_time_wait_s
+        self.max_reconnect_wait_s = max_reconnect_wait_s
         self.ping_interval_s = ping_interval_s
         self.max_outstanding_pings = max_outstanding_pings
         self.js_api_timeout_s = js_api_timeout_s
@@ -181,6 +185,7 @@ class NatsBridge(EventBridgeBase):
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
             error_cb=self._on_error,
+            **self._backoff_option(),
         )
         nc.options["max_reconnect_attempts"] = self.max_reconnect_attempts
         self._nc = nc
@@ -212,6 +217,18 @@ class NatsBridge(EventBridgeBase):
     async def _is_connected(self) -> bool:
         nc = self._nc
         return nc is not None and nc.is_connected and self._synced.is_set()
+
+    def _backoff_option(self) -> dict[str, Any]:
+        """Exponential reconnect backoff where nats-py supports a server-choice hook."""
+        if "reconnect_to_server_handler" in inspect.signature(Client.connect).parameters:
+            return {"reconnect_to_server_handler": self._reconnect_delay}
+        return {}  # older nats-py: a constant reconnect_time_wait
+
+    def _reconnect_delay(self, servers: list[Any], _info: dict[str, Any]) -> tuple[Any, float]:
+        """Exponential backoff with jitter between reconnect attempts (capped)."""
+        attempts = min((getattr(s, "reconnects", 0) for s in servers), default=0)
+        delay = min(self.reconnect_time_wait_s * 2 ** min(attempts, 16), self.max_reconnect_wait_s)
+        return (servers[0] if servers else None), delay * random.uniform(0.8, 1.2)
 
     async def _on_disconnected(self) -> None:
         self._synced.clear()

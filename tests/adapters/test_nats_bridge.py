@@ -135,6 +135,23 @@ def test_subject_layout_and_escaping() -> None:
     assert subjects.token("") == subjects.token(None) == "__empty__"
 
 
+def test_reconnect_backoff_is_exponential_capped_and_jittered() -> None:
+    from nats.aio.client import Server
+
+    bridge = NatsBridge("nats://127.0.0.1:1", reconnect_time_wait_s=0.2, max_reconnect_wait_s=2.0)
+    assert "reconnect_to_server_handler" in bridge._backoff_option()
+
+    def delay(attempts: int) -> float:
+        server = Server(uri=None, reconnects=attempts)  # type: ignore[arg-type]
+        chosen, wait = bridge._reconnect_delay([server], {})
+        assert chosen is server
+        return wait
+
+    assert 0.16 <= delay(0) <= 0.24
+    assert 0.64 <= delay(2) <= 0.96
+    assert 1.6 <= delay(30) <= 2.4
+
+
 # ------------------------------------------------------------------ commands
 async def test_command_round_trip_keeps_every_field(make_bridge: Any) -> None:
     caller, server = await make_bridge(), await make_bridge()
