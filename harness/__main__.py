@@ -41,7 +41,9 @@ def _up(args: argparse.Namespace) -> int:
     services = ServiceSet(select_provider(args.provider))
     handles = services.start_many(args.services or SERVICE_NAMES)
     for name, handle in handles.items():
-        print(f"{name}: {handle.url} (log {handle.log_path})")
+        pid = getattr(handle, "pid", None)
+        where = (f"pid {pid}, " if pid else "") + f"log {handle.log_path}"
+        print(f"{name}: {handle.url} ({where})")
     for var, url in services.env().items():
         print(f"export {var}={url}")
     if args.keep:
