@@ -31,6 +31,7 @@ junit_suite_name = conformance
 junit_family = xunit1
 filterwarnings =
     ignore::DeprecationWarning:testcontainers.*
+    ignore::pytest.PytestAssertRewriteWarning
 """
 EXIT = {0: 0, 1: 1, 2: 1, 3: 1, 4: 2, 5: 0}
 

@@ -113,6 +113,8 @@ class RunState:
     report_dir: Path | None
     started: float = field(default_factory=time.time)
     services: Services = field(default_factory=lambda: Services(None))
+    needed: set[str] = field(default_factory=set)
+    prestarted: bool = False
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     durations: dict[str, float] = field(default_factory=dict)
     provider: str = "none"
@@ -199,7 +201,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         keep.append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+    keep.sort(key=_broker_last)
+    items[:] = keep
+
+
+def _broker_last(item: pytest.Item) -> int:
+    """Checks of in-process adapters run first, so brokers can boot in the background."""
+    spec = getattr(item, "callspec", _NoCallspec).params.get("cf_spec")
+    return 1 if isinstance(spec, AdapterSpec) and spec.services else 0
 
 
 # ------------------------------------------------------------------ fixtures
@@ -247,6 +256,7 @@ def cf_aut(cf_spec: AdapterSpec, request: pytest.FixtureRequest) -> AdapterUnder
         pool: Any = request.getfixturevalue("harness_services")
     except pytest.FixtureLookupError:
         pool = state.services
+    _prestart(state, pool)
     aut = AdapterUnderTest(
         cf_spec, ctx, quick=state.quick, fresh=pool.fresh, release=getattr(pool, "release", None)
     )
@@ -348,9 +358,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     if _info(item) is None or "cf_spec" not in getattr(item, "callspec", _NoCallspec).params:
         return
     if rep.when == "call" or not rep.passed:
-        row = _row(item, rep, call)
-        rep.user_properties.append((PROPERTY, json.dumps(row, default=str)))
-    rep.user_properties.append((f"{PROPERTY}-duration-{rep.when}", f"{rep.duration:.6f}"))
+        row = json.dumps(_row(item, rep, call), default=str)
+        rep.user_properties.append((PROPERTY, row))
+        if rep.when != "teardown":  # so that junit.xml (teardown properties) carries it too
+            item.user_properties.append((PROPERTY, row))
 
 
 class _NoCallspec:
@@ -362,16 +373,14 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if config is None:
         return
     state = config.stash[_STATE]
+    rows = [json.loads(v) for k, v in report.user_properties if k == PROPERTY]
+    state.durations[report.nodeid] = state.durations.get(report.nodeid, 0.0) + report.duration
     existing = state.results.get(report.nodeid)
-    for key, value in report.user_properties:
-        if key == PROPERTY:
-            row = json.loads(value)
-            if existing is None:
-                existing = row
-            elif row["status"] == "failed" and existing["status"] != "failed":
-                existing.update(status="failed", message=row["message"])
-        elif key == f"{PROPERTY}-duration-{report.when}":
-            state.durations[report.nodeid] = state.durations.get(report.nodeid, 0.0) + float(value)
+    for row in rows:
+        if existing is None:
+            existing = row
+        elif row["status"] == "failed" and existing["status"] != "failed":
+            existing.update(status="failed", message=row["message"])
     if existing is not None:
         state.results[report.nodeid] = existing
 
@@ -387,15 +396,29 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the brokers the selected checks need, in the background."""
-    if session.config.pluginmanager.hasplugin("purista_harness"):
-        return
-    needed = set()
+    """Remember which brokers the selected checks need (started early, see ``_prestart``)."""
+    state = session.config.stash[_STATE]
     for item in session.items:
         spec = getattr(item, "callspec", _NoCallspec).params.get("cf_spec")
         if isinstance(spec, AdapterSpec) and not spec.unavailable:
-            needed.update(spec.services)
-    session.config.stash[_STATE].services.prestart(needed)
+            state.needed.update(spec.services)
+
+
+def _prestart(state: RunState, pool: Any) -> None:
+    """Start every needed broker in background threads while in-memory checks run."""
+    if state.prestarted or not state.needed:
+        return
+    state.prestarted = True
+    if pool is state.services:
+        state.services.prestart(state.needed)
+        return
+    for name in sorted(state.needed):
+        threading.Thread(target=_quietly, args=(pool.get, name), daemon=True).start()
+
+
+def _quietly(fn: Any, *args: Any) -> None:
+    with contextlib.suppress(Exception):
+        fn(*args)
 
 
 def _provider(config: pytest.Config, ran_brokers: bool) -> str:

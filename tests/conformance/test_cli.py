@@ -1,0 +1,106 @@
+"""The conformance command line: exit codes, reports, listing, empty suites."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "conformance", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_memory_run_writes_three_reports(tmp_path: Path) -> None:
+    proc = cli(
+        "run",
+        "--adapter",
+        "memory",
+        "--quick",
+        "-k",
+        "commands or stores.crud",
+        "--report-dir",
+        str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    assert "conformance matrix" in proc.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["schema"] == 1
+    assert isinstance(report["duration_s"], float) and report["provider"]
+    kinds = {r["kind"] for r in report["results"]}
+    assert kinds == {"event_bridge", "state_store", "config_store", "secret_store"}
+    for row in report["results"]:
+        assert set(row) >= {
+            "adapter",
+            "kind",
+            "check",
+            "suite",
+            "status",
+            "duration_s",
+            "message",
+            "metrics",
+        }
+        assert row["adapter"] == "memory" and row["suite"] == "contract"
+        assert row["status"] == "passed", row
+    ids = {r["check"] for r in report["results"]}
+    assert "event_bridge.commands.timeout" in ids and "stores.crud" in ids
+    assert any(a["capabilities"] for a in report["adapters"])
+    html = (tmp_path / "report.html").read_text()
+    assert "event_bridge.commands.round_trip" in html and "<table>" in html
+    cases = ET.parse(tmp_path / "junit.xml").getroot().iter("testcase")
+    props = [p.get("name") for c in cases for p in c.iter("property")]
+    assert "conformance" in props
+
+
+def test_unknown_adapter_is_a_usage_error() -> None:
+    proc = cli("run", "--adapter", "no-such-adapter")
+    assert proc.returncode == 2
+    assert "unknown adapter" in proc.stderr
+
+
+def test_bad_factory_reference_is_a_usage_error() -> None:
+    proc = cli("run", "--adapter", "no_such_module_xyz:factory")
+    assert proc.returncode == 2
+
+
+def test_bad_option_is_a_usage_error() -> None:
+    assert cli("run", "--suite", "nonsense").returncode == 2
+
+
+def test_empty_suite_runs_nothing_and_passes(tmp_path: Path) -> None:
+    proc = cli("run", "--adapter", "memory", "--suite", "deployment", "--report-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    assert json.loads((tmp_path / "report.json").read_text())["results"] == []
+
+
+def test_list_json_names_checks_and_adapters() -> None:
+    proc = cli("list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    ids = {c["check"] for c in data["checks"]}
+    assert {
+        "event_bridge.commands.round_trip",
+        "queue_bridge.concurrent_workers",
+        "stores.set_if_absent_atomic",
+        "event_bridge.model.agrees_with_reference",
+    } <= ids
+    labels = {f"{a['kind']}:{a['adapter']}" for a in data["adapters"]}
+    assert {
+        "event_bridge:memory",
+        "event_bridge:amqp",
+        "queue_bridge:redis",
+        "state_store:nats-kv",
+    } <= labels
+    assert all(c["summary"] for c in data["checks"]), "every check has a docstring"
