@@ -129,10 +129,11 @@ class MqttBridge(EventBridgeBase):
         survives_broker_restart=unsupported(
             "measured on mosquitto 2.0.11: the broker sends PUBACK before it persists a "
             "message and saves its database only at autosave points, so a SIGKILL loses "
-            "events confirmed just before it; and it does not restore $share subscriptions "
-            "from persistence, so events published after the restart are lost until the "
-            "subscribers re-subscribe (a graceful broker restart loses nothing for "
-            "non-shared durable subscriptions)"
+            "events confirmed just before it (0-16 of 1,000 in our runs, with autosave on "
+            "every change). It also does not restore $share subscriptions from persistence: "
+            "an event that then reaches nobody is published again after a reconnect "
+            "(resubscribe_grace_s), but one that also matched another subscriber is lost "
+            "for the shared group. A graceful broker restart lost nothing."
         ),
         durable_commands=unsupported(
             "commands use a clean session so that an offline instance does not hold commands "
@@ -173,6 +174,7 @@ class MqttBridge(EventBridgeBase):
         dedupe_window: int = 10_000,
         park_grace_s: float = 30.0,
         no_subscribers_status: int = StatusCode.SERVICE_UNAVAILABLE,
+        resubscribe_grace_s: float = 5.0,
         **kwargs: Any,
     ) -> None:
         """Args:
@@ -190,6 +192,9 @@ class MqttBridge(EventBridgeBase):
             so that a redelivery of a finished message is acked without running it again.
         no_subscribers_status: the status of a command no instance serves right now
             (503 by default; 404 if a transient outage of every server is not a concern).
+        resubscribe_grace_s: for this long after a reconnect, an event that reached no
+            subscriber at all (PUBACK 0x10) is published again every 0.1 s, waiting for
+            subscribers that are still re-subscribing (0: never).
         park_grace_s: messages the event session brings for a subscription not registered
             (yet) wait this long after arriving for it; then they are acked and dropped.
         """
@@ -223,6 +228,9 @@ class MqttBridge(EventBridgeBase):
         self.parked_limit = 10_000
         self.park_grace_s = park_grace_s
         self.no_subscribers_status = int(no_subscribers_status)
+        self.resubscribe_grace_s = resubscribe_grace_s
+        self._reconnected_at = float("-inf")
+        self.republished_after_reconnect = 0
         self._stale_sids: set[int] = set()
         self.stale_dropped = 0
         self.redelivered_duplicates = 0
@@ -289,12 +297,17 @@ class MqttBridge(EventBridgeBase):
         reason = _dead_letter_reason.get()
         if reason is not None:
             props.UserProperty = [(DEAD_LETTER_REASON_HEADER, reason[:1024])]
-        await self._rpc.publish(
-            topics.message_topic(self.prefix, message),
-            self.encode(message),
-            props,
-            self.publish_timeout_s,
-        )
+        topic, raw = topics.message_topic(self.prefix, message), self.encode(message)
+        code = await self._rpc.publish(topic, raw, props, self.publish_timeout_s)
+        loop = asyncio.get_running_loop()
+        deadline = self._reconnected_at + self.resubscribe_grace_s
+        while code == NO_MATCHING_SUBSCRIBERS and loop.time() < deadline:
+            # Right after a reconnect (a broker restart), mosquitto has not restored the
+            # $share subscriptions yet: the event reached nobody, so sending it again
+            # once subscribers are back is no duplicate.
+            self.republished_after_reconnect += 1
+            await asyncio.sleep(0.1)
+            code = await self._rpc.publish(topic, raw, props, self.publish_timeout_s)
 
     async def _send_command(self, command: Command) -> None:
         props = Properties(PacketTypes.PUBLISH)
@@ -435,6 +448,8 @@ class MqttBridge(EventBridgeBase):
             "%s connected (generation %d, session present: %s)",
             conn.client_id, generation, session_present,
         )
+        if conn is self._rpc and generation > 1:
+            self._reconnected_at = asyncio.get_running_loop().time()
         self.spawn(self._restore(conn, generation), name=f"mqtt-restore-{conn.client_id}")
 
     async def _restore(self, conn: MqttConnection, generation: int) -> None:

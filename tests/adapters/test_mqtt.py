@@ -724,6 +724,8 @@ async def _events_through_broker_restart(
         return time.monotonic() - last["since"] > 3.0
 
     await eventually(settled, 60, "deliveries settle")
+    republished = producer.republished_after_reconnect
+    print(f"\nrepublished after reconnect (no subscriber yet): {republished}", end="")
     return history.check(allow_duplicates=True, allow_loss=True), restart_began, resubscribed
 
 
