@@ -16,6 +16,7 @@ from conformance.adapters import AdapterContext
 from reference_services.bridges.memory import DefaultEventBridge, MemoryHub
 from reference_services.bridges.memory_queue import DefaultQueueBridge, MemoryQueueStore
 from reference_services.runtime.bridge_base import DeliveryOutcome, Disposition
+from reference_services.runtime.capabilities import unsupported
 from reference_services.runtime.messages import CustomMessage
 from reference_services.stores.memory import DefaultStateStore, MemoryKV
 
@@ -211,3 +212,16 @@ EXPECTED: dict[str, str] = {
     "double_lease": "queue_bridge.concurrent_workers",
     "not_atomic": "stores.set_if_absent_atomic",
 }
+
+
+class Modest(DefaultEventBridge):
+    """Not broken: declares shared commands unsupported although it delivers them correctly."""
+
+    name = "modest"
+    capabilities = replace(
+        DefaultEventBridge.capabilities, shared_commands=unsupported("we did not test it")
+    )
+
+
+def modest(ctx: AdapterContext) -> Any:
+    return Modest(hub=_hub(ctx), **ctx.options)

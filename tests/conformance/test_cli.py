@@ -104,3 +104,35 @@ def test_list_json_names_checks_and_adapters() -> None:
         "state_store:nats-kv",
     } <= labels
     assert all(c["summary"] for c in data["checks"]), "every check has a docstring"
+
+
+def test_better_than_declared_is_reported(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "conformance",
+            "run",
+            "--adapter",
+            "broken_adapters:modest",
+            "-k",
+            "shared_exactly_once or unknown_fails_fast",
+            "--quick",
+            "--report-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "conformance"), str(ROOT)]),
+        },
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    rows = {r["check"]: r for r in json.loads((tmp_path / "report.json").read_text())["results"]}
+    row = rows["event_bridge.commands.shared_exactly_once"]
+    assert row["status"] == "unsupported"
+    assert "better than declared" in row["message"] and "we did not test it" in row["message"]
+    assert rows["event_bridge.commands.unknown_fails_fast"]["status"] == "passed"
