@@ -1018,3 +1018,26 @@ def test_topic_layout_and_filters() -> None:
     assert _matches(topics.command_filter("p", addr("svc"), None), cmd_topic)
     with pytest.raises(ValueError):
         topics.validate_prefix("bad/+/prefix")
+
+
+async def test_event_reaching_nobody_after_broker_restart_waits_for_resubscribe(
+    own_broker: Any, make_bridge: BridgeFactory
+) -> None:
+    """Mosquitto does not restore $share subscriptions from persistence: right after a
+    broker restart an event for a shared group reaches nobody (PUBACK 0x10) until the
+    subscriber re-subscribes. The producer publishes it again meanwhile."""
+    consumer = await make_bridge(own_broker.url, reconnect_min_s=1.5, reconnect_max_s=1.5)
+    producer = await make_bridge(own_broker.url)
+    got: list[Any] = []
+
+    async def on(m: AnyMessage) -> None:
+        got.append(m.payload)
+
+    await consumer.register_subscription(Subscription(subscriber=addr("late"), event_name="ev"),
+                                         on)
+    await asyncio.to_thread(own_broker.restart, kill=False)
+    await eventually(producer.is_ready, 10, "producer back first")
+    assert not await consumer.is_ready()
+    await producer.emit_message(event(producer, "ev", "after restart"))
+    assert producer.republished_after_reconnect > 0
+    await eventually(lambda: got == ["after restart"], what="delivered once re-subscribed")
