@@ -25,7 +25,8 @@ class NatsWithoutRetries(NatsBridge):
         failure = dataclasses.replace(subscription.failure, max_attempts=1)
         assert isinstance(failure, FailureHandling)
         await super().register_subscription(
-            dataclasses.replace(subscription, failure=failure), handler)
+            dataclasses.replace(subscription, failure=failure), handler
+        )
 
 
 def nats_without_retries(ctx: Any) -> NatsWithoutRetries:
@@ -37,8 +38,11 @@ nats_without_retries.kind = "event_bridge"  # type: ignore[attr-defined]
 nats_without_retries.capabilities = NatsBridge.capabilities  # type: ignore[attr-defined]
 nats_without_retries.services = ("nats",)  # type: ignore[attr-defined]
 nats_without_retries.fault_options = {  # type: ignore[attr-defined]
-    "ping_interval_s": 1.0, "max_outstanding_pings": 2, "reconnect_time_wait_s": 0.2,
-    "ack_wait_s": 3.0}
+    "ping_interval_s": 1.0,
+    "max_outstanding_pings": 2,
+    "reconnect_time_wait_s": 0.2,
+    "ack_wait_s": 3.0,
+}
 
 
 class RedisQueueIgnoringDelays(RedisQueueBridge):

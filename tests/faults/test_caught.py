@@ -19,13 +19,33 @@ BROKEN = "tests.faults.broken_adapters"
 pytestmark = pytest.mark.slow
 
 
-def run_faults(report_dir: Path, adapter: str, keyword: str,
-               env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def run_faults(
+    report_dir: Path, adapter: str, keyword: str, env: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     """Run the faults suite on one adapter and return the result rows."""
-    cmd = [sys.executable, "-m", "conformance", "run", "--suite", "faults", "--adapter", adapter,
-           "-k", keyword, "--report-dir", str(report_dir)]
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=600,
-                          capture_output=True, text=True, check=False)
+    cmd = [
+        sys.executable,
+        "-m",
+        "conformance",
+        "run",
+        "--suite",
+        "faults",
+        "--adapter",
+        adapter,
+        "-k",
+        keyword,
+        "--report-dir",
+        str(report_dir),
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     report = report_dir / "report.json"
     assert report.exists(), f"no report; exit {proc.returncode}\n{proc.stdout[-3000:]}"
     rows = json.loads(report.read_text())["results"]
@@ -62,8 +82,9 @@ def test_queue_bridge_ignoring_backoff_is_caught(tmp_path: Path) -> None:
 def test_service_without_idempotency_helper_is_caught(tmp_path: Path) -> None:
     """SIGKILL after the side effect, before the ack: without the idempotency helper the
     redelivered job repeats the effect, and the check reports the duplicate effect."""
-    rows = run_faults(tmp_path, "queue_bridge:redis", "sigkill_redelivery",
-                      env={"CF_FAULTS_IDEMPOTENT": "0"})
+    rows = run_faults(
+        tmp_path, "queue_bridge:redis", "sigkill_redelivery", env={"CF_FAULTS_IDEMPOTENT": "0"}
+    )
     row = only(rows, "faults.service.sigkill_redelivery")
     assert row["status"] == "failed", row
     assert row["metrics"]["effects_duplicated"] >= 1, row["metrics"]
