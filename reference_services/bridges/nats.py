@@ -41,6 +41,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from ..runtime.bridge_base import (
+    BridgeNotRunningError,
     Disposition,
     EventBridgeBase,
     RegisteredCommand,
@@ -63,6 +64,7 @@ from . import nats_subjects as subjects
 from .nats_consumers import JetStreamConsumer
 
 _NO_RESPONDERS = "503"
+_HEADER_ROOM = 4096  # max_payload counts headers too (dead letters carry a reason header)
 
 
 @dataclass
@@ -172,13 +174,24 @@ class NatsBridge(EventBridgeBase):
 
     # ------------------------------------------------------------ connection
     async def _connect(self) -> None:
-        nc = await nats.connect(
+        try:
+            self._nc = await self._open()
+            await self._setup(self._nc)
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            raise BridgeNotRunningError(
+                f"cannot start on NATS at {self.url} (JetStream enabled?): "
+                f"{type(exc).__name__}: {exc}",
+                StatusCode.SERVICE_UNAVAILABLE,
+            ) from exc
+
+    async def _open(self) -> Client:
+        return await nats.connect(
             servers=[self.url],
             name=f"purista-{self.prefix}-{self.instance_id}",
             connect_timeout=self.connect_timeout_s,
             allow_reconnect=True,
             # pitfall: -1 would make this first connect loop forever
-            max_reconnect_attempts=max(self.connect_attempts - 1, 0),
+            max_reconnect_attempts=max(self.connect_attempts - 1, 1),
             reconnect_time_wait=self.reconnect_time_wait_s,
             ping_interval=self.ping_interval_s,
             max_outstanding_pings=self.max_outstanding_pings,
@@ -187,12 +200,14 @@ class NatsBridge(EventBridgeBase):
             error_cb=self._on_error,
             **self._backoff_option(),
         )
+
+    async def _setup(self, nc: Client) -> None:
         nc.options["max_reconnect_attempts"] = self.max_reconnect_attempts
-        self._nc = nc
         self._js = nc.jetstream(timeout=self.js_api_timeout_s)
         limit = self.max_message_bytes
-        if nc.max_payload and (limit is None or limit > nc.max_payload):
-            self.max_message_bytes = nc.max_payload
+        room = nc.max_payload - _HEADER_ROOM if nc.max_payload else 0
+        if room > 0 and (limit is None or limit > room):
+            self.max_message_bytes = room  # the server's max_payload, headers left room
         try:
             await self._ensure_streams()
             self._reply_sub = await nc.subscribe(f"{self._reply_prefix}.*", cb=self._on_reply)

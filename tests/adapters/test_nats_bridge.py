@@ -152,6 +152,19 @@ def test_reconnect_backoff_is_exponential_capped_and_jittered() -> None:
     assert 1.6 <= delay(30) <= 2.4
 
 
+async def test_start_fails_fast_when_the_broker_is_unreachable() -> None:
+    import port_for
+
+    bridge = NatsBridge(f"nats://127.0.0.1:{port_for.select_random()}", connect_attempts=2,
+                        connect_timeout_s=0.5, reconnect_time_wait_s=0.1)
+    started = time.monotonic()
+    with pytest.raises(PuristaError) as info:
+        await bridge.start()
+    assert info.value.status == 503
+    assert time.monotonic() - started < 3
+    assert not await bridge.is_ready()
+
+
 # ------------------------------------------------------------------ commands
 async def test_command_round_trip_keeps_every_field(make_bridge: Any) -> None:
     caller, server = await make_bridge(), await make_bridge()
@@ -452,6 +465,7 @@ async def test_retries_then_dead_letter_with_reason(make_bridge: Any) -> None:
     letter = letters[0]
     assert letter["attempts"] == 3 and "database unreachable" in letter["reason"]
     assert letter["message"]["id"] == original.id
+    await wait_for(lambda: consumer.native_dead_letters == 1, what="the native dead letter")
     kept = await consumer.dead_letters()
     assert len(kept) == 1
     headers, data = kept[0]
@@ -504,6 +518,7 @@ async def test_malformed_messages_are_dropped_and_the_next_is_served(
         await raw.close()
     await wait_for(lambda: seen == ["valid"], what="the valid event")
     await wait_for(lambda: consumer.rejected_messages >= 3, what="three rejections")
+    await wait_for(lambda: consumer.native_dead_letters == 2, what="two native dead letters")
     kept = await consumer.dead_letters()
     assert [h[DEAD_LETTER_REASON_HEADER] for h, _ in kept] == ["malformed message"] * 2
     caller = await make_bridge()
