@@ -9,7 +9,8 @@ A message travels on the 13-token subject::
 Empty parts are ``__empty__``; a subscription filter puts ``*`` where it does not
 care. Characters a subject token cannot hold (``.``, ``*``, ``>``, whitespace and
 anything outside ``[A-Za-z0-9_-]``) are written as ``%HH`` per UTF-8 byte, so
-``1.0.0`` becomes ``1%2E0%2E0`` and a value can never break the layout.
+``1.0.0`` becomes ``1%2E0%2E0`` and a value can never break the layout; an
+overlong token is replaced by ``~`` and a hash of the value.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..runtime.definitions import AddressFilter, Subscription
 from ..runtime.messages import Address, AnyMessage, MessageType
 
 EMPTY = "__empty__"
+MAX_TOKEN = 96
 ANY = "*"
 _SAFE = frozenset(string.ascii_letters + string.digits + "_-")
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -31,18 +33,27 @@ EVENT_TYPES: tuple[MessageType, ...] = tuple(t for t in MessageType if t is not 
 
 
 def token(value: str | None) -> str:
-    """One subject token for ``value``: ``__empty__`` when empty, escaped otherwise."""
+    """One subject token for ``value``: ``__empty__`` when empty, escaped otherwise.
+
+    A token longer than ``MAX_TOKEN`` becomes ``~`` + a hash of the value, so a
+    huge id cannot push a subject past the server's control-line limit (which
+    would cost the connection); the message body still carries the value.
+    """
     if not value:
         return EMPTY
     if all(c in _SAFE for c in value):
-        return value
-    out: list[str] = []
-    for char in value:
-        if char in _SAFE:
-            out.append(char)
-        else:
-            out.extend(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
-    return "".join(out)
+        out = value
+    else:
+        parts: list[str] = []
+        for char in value:
+            if char in _SAFE:
+                parts.append(char)
+            else:
+                parts.extend(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+        out = "".join(parts)
+    if len(out) > MAX_TOKEN:
+        return "~" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return out
 
 
 def _filter_token(value: str | None) -> str:

@@ -132,6 +132,8 @@ def test_subject_layout_and_escaping() -> None:
     assert flt == ["pre", "*", "*", "*", "*", "caller", "*", "*", "user%2Ecreated",
                    "*", "*", "*", "*"]
     assert subjects.token("ü") == "%C3%BC"
+    long = subjects.token("x" * 5000)
+    assert long.startswith("~") and len(long) == 33 and long == subjects.token("x" * 5000)
     assert subjects.token("") == subjects.token(None) == "__empty__"
 
 
@@ -299,6 +301,21 @@ async def test_shared_and_every_instance_subscriptions(make_bridge: Any) -> None
     assert sorted(mid for _, mid in shared) == sorted(ids), "each event once per shared group"
     for bridge in instances:
         assert sorted(m for i, m in every if i == bridge.instance_id) == sorted(ids)
+
+
+async def test_huge_ids_do_not_break_the_subject(make_bridge: Any) -> None:
+    producer, consumer = await make_bridge(), await make_bridge()
+    seen: list[Any] = []
+
+    async def handler(message: AnyMessage) -> None:
+        seen.append(message.tenant_id)
+
+    tenant = "tenant-" + "ü" * 3000
+    await consumer.register_subscription(subscription("f", "ev", tenant_id=tenant), handler)
+    await producer.emit_message(event("ev", tenant_id="other"))
+    await producer.emit_message(event("ev", tenant_id=tenant))
+    await wait_for(lambda: seen == [tenant], what="the event of the huge tenant")
+    assert await producer.is_ready() and await consumer.is_ready()
 
 
 async def test_filters_on_sender_principal_and_tenant(make_bridge: Any) -> None:
