@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import threading
 import time
 import uuid
@@ -23,84 +22,12 @@ import pytest
 from . import report as report_mod
 from .adapters import AdapterContext, AdapterSpec, ServiceUnavailable, UsageError, resolve
 from .marks import CheckInfo
+from .results import result_row
+from .services import Services
 from .under_test import AdapterUnderTest
 
 PROPERTY = "conformance"
 _AUT_KEY = pytest.StashKey[AdapterUnderTest]()
-
-
-class Services:
-    """Brokers for built-in adapters when the harness pytest plugin is not loaded.
-
-    Uses ``harness.services.ServiceSet`` (shared instances, started once) and
-    starts the services the selected adapters need in the background at session
-    start, so slow brokers boot while in-memory checks run.
-    """
-
-    def __init__(self, provider: str | None) -> None:
-        self.provider_name = provider
-        self._set: Any = None
-        self._error = ""
-        self._lock = threading.Lock()
-
-    def _service_set(self) -> Any:
-        with self._lock:
-            if self._set is None and not self._error:
-                try:
-                    from harness.services import ServiceSet, select_provider
-
-                    self._set = ServiceSet(select_provider(self.provider_name))
-                except Exception as exc:
-                    self._error = f"no service provider: {type(exc).__name__}: {exc}"
-            return self._set
-
-    @property
-    def provider(self) -> str:
-        """The provider's name (or ``none``)."""
-        ss = self._set
-        return str(getattr(ss.provider, "name", "unknown")) if ss is not None else "none"
-
-    def prestart(self, names: set[str]) -> None:
-        """Start ``names`` in background threads (errors surface on ``url``)."""
-        if not names or self._service_set() is None:
-            return
-        for name in sorted(names):
-            threading.Thread(target=self._try, args=(name,), daemon=True).start()
-
-    def _try(self, name: str) -> None:
-        with contextlib.suppress(Exception):
-            self._set.get(name)
-
-    def url(self, name: str) -> str:
-        """The URL of the shared instance of ``name``."""
-        env = os.environ.get(f"{name.upper()}_URL")
-        ss = self._service_set()
-        if ss is None:
-            if env:
-                return env
-            raise ServiceUnavailable(self._error)
-        try:
-            return str(ss.get(name).url)
-        except Exception as exc:
-            raise ServiceUnavailable(f"{type(exc).__name__}: {exc}") from exc
-
-    def fresh(self, name: str) -> Any:
-        """A dedicated new instance of ``name``."""
-        ss = self._service_set()
-        if ss is None:
-            raise ServiceUnavailable(self._error)
-        return ss.fresh(name)
-
-    def release(self, handle: Any) -> None:
-        """Stop a dedicated instance."""
-        if self._set is not None:
-            self._set.release(handle)
-
-    def close(self) -> None:
-        """Stop what was started."""
-        if self._set is not None:
-            with contextlib.suppress(Exception):
-                self._set.close()
 
 
 @dataclass
@@ -301,56 +228,6 @@ async def aut(cf_aut: AdapterUnderTest) -> AsyncIterator[AdapterUnderTest]:
 
 
 # ------------------------------------------------------------------- results
-def _message(call: pytest.CallInfo[Any]) -> str:
-    if call.excinfo is None:
-        return ""
-    exc = call.excinfo.value
-    text = str(exc).strip() or type(exc).__name__
-    if isinstance(exc, AssertionError) or not hasattr(exc, "msg"):
-        text = f"{type(exc).__name__}: {text}" if not isinstance(exc, AssertionError) else text
-    notes = getattr(exc, "__notes__", None)
-    if notes:
-        text += "\n" + "\n".join(str(n) for n in notes)
-    return text[:4000]
-
-
-def _row(item: pytest.Item, rep: pytest.TestReport, call: pytest.CallInfo[Any]) -> dict[str, Any]:
-    info = _info(item)
-    spec = item.callspec.params["cf_spec"]  # type: ignore[attr-defined]
-    aut = item.stash.get(_AUT_KEY, None)
-    wasxfail = getattr(rep, "wasxfail", None)
-    if wasxfail is not None and rep.passed:
-        status, message = "unsupported", f"better than declared ({wasxfail})"
-    elif wasxfail is not None:
-        first = _message(call).splitlines()[0] if call.excinfo else ""
-        status, message = "unsupported", f"{wasxfail}; failed as declared: {first}"
-    elif rep.skipped:
-        status = "skipped"
-        longrepr = rep.longrepr
-        message = str(longrepr[2]) if isinstance(longrepr, tuple) else str(longrepr)
-        message = message.removeprefix("Skipped: ")
-    elif rep.failed:
-        status = "failed"
-        message = _message(call)
-        if rep.when != "call":
-            message = f"{rep.when} failed: {message}"
-    else:
-        status, message = "passed", ""
-    return {
-        "adapter": spec.name,
-        "kind": spec.kind,
-        "check": info.id if info else item.name,
-        "suite": info.suite if info else "contract",
-        "status": status,
-        "duration_s": 0.0,
-        "message": message,
-        "metrics": dict(aut.metrics) if aut else {},
-        "observations": dict(aut.observations) if aut else {},
-        "nodeid": item.nodeid,
-        "when": rep.when,
-    }
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
     outcome = yield
@@ -358,7 +235,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     if _info(item) is None or "cf_spec" not in getattr(item, "callspec", _NoCallspec).params:
         return
     if rep.when == "call" or not rep.passed:
-        row = json.dumps(_row(item, rep, call), default=str)
+        row = json.dumps(
+            result_row(item, rep, call, _info(item), item.stash.get(_AUT_KEY, None)), default=str
+        )
         rep.user_properties.append((PROPERTY, row))
         if rep.when != "teardown":  # so that junit.xml (teardown properties) carries it too
             item.user_properties.append((PROPERTY, row))
