@@ -417,13 +417,25 @@ class NatsQueueBridge(NatsQueueAdmin):
         await self._nc.publish(reply, b"+WPI")
 
     async def _lget(self, key: str) -> tuple[LeaseRecord | None, int]:
+        record, rev, _ = await self._lget_settled(key)
+        return record, rev
+
+    async def _lget_settled(
+        self, key: str
+    ) -> tuple[LeaseRecord | None, int, tuple[int, str | None]]:
+        """Record and revision; for a removed record, the (sequence, lease) it settled."""
         import nats.js.errors
 
         try:
             entry = await self._ledger.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            return None, 0
-        return LeaseRecord.loads(entry.value), entry.revision
+        except nats.js.errors.KeyNotFoundError as exc:
+            marker = getattr(exc, "entry", None)
+            settled: tuple[int, str | None] = (0, None)
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                data = json.loads(marker.value or b"{}")
+                settled = (int(data.get("settled_seq", 0)), data.get("lease_id"))
+            return None, 0, settled
+        return LeaseRecord.loads(entry.value), entry.revision, (0, None)
 
     async def _lput(self, key: str, record: LeaseRecord, rev: int) -> int:
         """Write ``record`` if the key is still at ``rev`` (0 = absent); raises on conflict."""
@@ -440,13 +452,14 @@ class NatsQueueBridge(NatsQueueAdmin):
                 await self._redeclare()
         raise AssertionError("unreachable")
 
-    async def _ldel(self, key: str, rev: int) -> None:
+    async def _ldel(self, key: str, rev: int, seq: int, lease_id: str | None = None) -> None:
         """Remove a settled ledger record with a purge marker, if it is still at ``rev``.
 
         A marker rather than a message delete: nats-server 2.9 can resurrect
         messages removed by limits after a SIGKILL, and the newer marker keeps
         such an old revision hidden.
         """
+        import nats.errors
         import nats.js.errors
 
         headers = {
@@ -454,8 +467,11 @@ class NatsQueueBridge(NatsQueueAdmin):
             "Nats-Rollup": "sub",
             "Nats-Expected-Last-Subject-Sequence": str(rev),
         }
-        with contextlib.suppress(nats.js.errors.APIError):
-            await self._publish(f"$KV.{self._ledger_bucket}.{key}", b"", headers)
+        # best effort: the job is settled already; a record left behind is cleaned
+        # up when its message shows up again
+        with contextlib.suppress(nats.js.errors.APIError, nats.errors.Error, TimeoutError):
+            marker = json.dumps({"settled_seq": seq, "lease_id": lease_id}).encode()
+            await self._publish(f"$KV.{self._ledger_bucket}.{key}", marker, headers)
 
     async def _count_retry(self, qtok: str, job_id: str, seq: int, attempt: int) -> None:
         await self._publish(
@@ -657,12 +673,17 @@ class NatsQueueBridge(NatsQueueAdmin):
             if body["available_at_ms"] > now:
                 await self._nak_reply(msg.reply, body["available_at_ms"] - now)
                 return None
-            record, rev = await self._lget(key)
+            record, rev, settled = await self._lget_settled(key)
+            if record is None and settled[0] == seq:
+                # this very message was settled, but its ack was lost or the broker
+                # resurrected it after a crash: finish it instead of running it again
+                await self._ack_reply(msg.reply)
+                return None
             if record is not None and record.seq != seq:
                 record = None  # left over from an earlier life of this job id (redrive)
             if record is not None and record.state == "done":
                 await self._ack_reply(msg.reply)
-                await self._ldel(key, rev)
+                await self._ldel(key, rev, seq, record.lease_id)
                 return None
             if record is not None and record.state == "dead":
                 await self._finish_dead(qtok, key, record, rev, body, msg.reply)
@@ -857,7 +878,7 @@ class NatsQueueBridge(NatsQueueAdmin):
                 },
             )
         await self._ack_reply(reply)
-        await self._ldel(key, rev)
+        await self._ldel(key, rev, record.seq)
 
     async def _verify(self, job: Job) -> tuple[str, str, LeaseRecord, int]:
         """The ledger record of a lease still held under ``job.lease_id``, or LeaseExpiredError."""
@@ -908,13 +929,13 @@ class NatsQueueBridge(NatsQueueAdmin):
                 # an earlier ack of this lease landed but its reply was lost: finish it
                 self._release(job.lease_id)
                 await self._ack_reply(record.reply)
-                await self._ldel(key, rev)
+                await self._ldel(key, rev, record.seq, record.lease_id)
                 return
             _, key, record, rev = await self._verify(job)
             done_rev = await self._settle(key, record, rev, replace(record, state="done"))
             self._release(job.lease_id)
             await self._ack_reply(record.reply)
-            await self._ldel(key, done_rev)
+            await self._ldel(key, done_rev, record.seq, record.lease_id)
 
     async def nack(
         self, job: Job, reason: str | None = None, delay_ms: int | None = None
