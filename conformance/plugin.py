@@ -301,13 +301,13 @@ def _quietly(fn: Any, *args: Any) -> None:
 
 
 def _provider(config: pytest.Config, ran_brokers: bool) -> str:
-    opt = None
-    try:
-        opt = config.getoption("provider")
-    except ValueError:
-        pass
+    """The provider that served the brokers (``none`` when no broker adapter ran)."""
     if not ran_brokers:
-        return str(opt or "none")
+        return "none"
+    opt = config.getoption("cf_provider")
+    for name in ("harness_provider", "provider"):
+        with contextlib.suppress(ValueError):
+            opt = opt or config.getoption(name)
     try:
         from harness.services import select_provider
 
