@@ -199,7 +199,7 @@ def list_cmd(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 180)
     t = Table(title="adapters", title_justify="left")
     for col in ("adapter", "source", "reference", "status"):
         t.add_column(col)
@@ -212,7 +212,8 @@ def list_cmd(args: argparse.Namespace) -> int:
         )
     console.print(t)
     t = Table(title=f"checks ({len(checks)})", title_justify="left")
-    for col in ("check", "suite", "kinds", "needs", "what it proves"):
+    t.add_column("check", no_wrap=True)
+    for col in ("suite", "kinds", "needs", "what it proves"):
         t.add_column(col)
     for c in checks:
         t.add_row(c.id, c.suite, ", ".join(c.kinds), ", ".join(c.needs), c.summary)
