@@ -7,12 +7,14 @@ import statistics
 from collections import Counter
 from typing import Any
 
-from conformance.kit import Gate, addr, command, invoke_status, responder
+from conformance.kit import CommandConfig, Gate, Recorder, addr, command, invoke_status, responder
 from conformance.ledger import Ledger, expect_exactly_once
 from conformance.marks import check
 from conformance.under_test import AdapterUnderTest
-from conformance.waits import wait_quiet
+from conformance.waits import wait_for, wait_quiet
+from reference_services.runtime.definitions import Subscription
 from reference_services.runtime.errors import HandledError, PuristaError, UnhandledError
+from reference_services.runtime.messages import MessageType, success_response
 
 EB = ("event_bridge",)
 TIMEOUT_MARGIN_S = 0.5
@@ -251,3 +253,43 @@ async def test_shared_exactly_once(aut: AdapterUnderTest) -> None:
     expect_exactly_once(answers, executions)
     spread = Counter(executions.receivers())
     aut.metric("executions_per_instance", dict(sorted(spread.items())))
+
+
+@check("event_bridge.commands.success_event", kinds=EB)
+async def test_success_event(aut: AdapterUnderTest) -> None:
+    """A success response that carries an event name also reaches that event's subscribers,
+    once per invocation, with the result as payload."""
+    server = await aut.new()
+
+    async def create(cmd: Any) -> Any:
+        return success_response(cmd, {"user": cmd.payload.payload}, event_name="user.created")
+
+    await server.register_command(
+        addr("create-user"), create, CommandConfig(success_event_name="user.created")
+    )
+    listener = await aut.new()
+    events = Ledger("success events")
+    await listener.register_subscription(
+        Subscription(
+            subscriber=addr("audit", target="on"),
+            message_type=MessageType.COMMAND_SUCCESS_RESPONSE,
+            event_name="user.created",
+            durable=False,
+        ),
+        Recorder(events, "audit", key=lambda m: str(m.payload["user"])),
+    )
+    client = await aut.new()
+    n = aut.n(20)
+    results = await asyncio.gather(
+        *(
+            invoke_status(client, command(client, addr("create-user"), f"u{i}"), 10)
+            for i in range(n)
+        )
+    )
+    wrong = [r for r in results if r[0] != "ok"]
+    assert not wrong, f"invocations failed: {wrong[:5]}"
+    for i in range(n):
+        events.sent(f"u{i}")
+    await wait_for(events.all_arrived, 10)
+    await wait_quiet(lambda: events.total_delivered, quiet_s=0.2)
+    expect_exactly_once(events)
