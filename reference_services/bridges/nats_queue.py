@@ -176,8 +176,15 @@ class NatsQueueBridge(NatsQueueAdmin):
             reconnected_cb=self._on_reconnected,
         )
         self._js = self._nc.jetstream(timeout=self.timings.op_timeout_s)
-        async with self._op():
-            await self._ensure_setup()
+        self._needs_setup = True
+        try:
+            async with self._op():
+                await self._ensure_setup()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+            self._nc = None
+            raise
 
     async def destroy(self) -> None:
         """Wait for running operations, hand held leases back at their expiry, close."""
