@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import time
 from typing import Any
@@ -95,6 +96,7 @@ async def _finish(
     assert not problems, (
         f"{fault}: " + "; ".join(problems) + "\n" + verdict.format() + f"\n(logs: {dep.workdir})"
     )
+    shutil.rmtree(dep.workdir, ignore_errors=True)  # kept only when the check fails
 
 
 @check("faults.service.sigterm_drain", kinds=KINDS)
