@@ -142,7 +142,7 @@ class MemoryHub:
             self.route_response(encode(reply))
             return
         bridge = self._pick(("cmd", key), candidates)
-        self._spawn(bridge.serve_command(raw))
+        self._spawn(bridge.serve_raw_command(raw))
 
     def route_response(self, raw: bytes) -> None:
         """Deliver an encoded response to the instance that invoked."""
@@ -239,10 +239,12 @@ class DefaultEventBridge(EventBridgeBase):
         if reg.subscription.shared:
             self.hub.redeliver(reg.subscription.key, raw, attempt)
 
-    async def serve_command(self, raw: bytes) -> None:
+    async def serve_raw_command(self, raw: bytes) -> None:
         command = self.decode_or_reject(raw, "hub")
         if not isinstance(command, Command):
             return
-        response: CommandResponse = await self.handle_command(command)
-        self.hub.route_response(self.encode(response))
-        await self.after_response(response)
+
+        async def send(response: CommandResponse) -> None:
+            self.hub.route_response(self.encode(response))
+
+        await self.serve_command(command, send)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar, Literal
@@ -323,6 +324,23 @@ class EventBridgeBase(ABC):
                     "sender": response.sender.model_copy(update={"instance_id": self.instance_id})
                 }
             )
+        return response
+
+    async def serve_command(
+        self,
+        command: Command,
+        send_response: Callable[[CommandResponse], Awaitable[None]],
+    ) -> CommandResponse:
+        """Handle ``command``, send its response and broadcast its success event,
+        all counted as in flight, so that ``destroy`` waits for the response to leave.
+
+        Transports should prefer this to calling :meth:`handle_command` and
+        sending themselves.
+        """
+        with self._inflight.track():
+            response = await self.handle_command(command)
+            await send_response(response)
+            await self.after_response(response)
         return response
 
     async def after_response(self, response: CommandResponse) -> None:
