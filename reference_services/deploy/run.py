@@ -17,7 +17,8 @@ from .factory import make_event_bridge, make_queue_bridge, make_stores
 log = logging.getLogger("reference_services.deploy")
 
 
-def _service_config(cfg: DeploymentConfig) -> dict[str, Any]:
+def service_config(cfg: DeploymentConfig) -> dict[str, Any]:
+    """Service config from ``SERVICE_CONFIG_*`` variables, typed where services need it."""
     out: dict[str, Any] = dict(cfg.service_config)
     blocked = out.get("gateway_blocked_customers")
     if isinstance(blocked, str):
@@ -47,7 +48,7 @@ async def run(cfg: DeploymentConfig, services: tuple[str, ...], *, ready_line: b
             config_store=stores.config,
             secret_store=stores.secret,
             queue_bridge=queue,
-            config=_service_config(cfg),
+            config=service_config(cfg),
         )
         await instance.start()
         instances.append(instance)

@@ -1,0 +1,117 @@
+"""Deployment suite: the same scenario in every pattern gives the same normalised trace.
+
+The monolith (every service in one process on the in-memory adapters) is the
+reference. Serverless runs each trigger as a fresh function (in-memory bridge,
+Redis stores and queue). Microservices run each service as its own OS process
+over the adapter's broker; edge runs all services in one process over it. A
+client bridge of the adapter under test invokes the scenario's commands and
+observes its events. Processes are stopped with SIGTERM and must exit 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conformance.deployment_scenario import (
+    STEPS,
+    Trace,
+    diff,
+    run_monolith,
+    run_processes,
+    run_serverless,
+)
+from conformance.marks import check
+from conformance.under_test import AdapterUnderTest
+
+BROKERS = {
+    "amqp": ("rabbitmq", "AMQP_URL"),
+    "nats": ("nats", "NATS_URL"),
+    "mqtt": ("mosquitto", "MQTT_URL"),
+}
+EXPECTED_STATUSES = [200, 200, 409, 400, 200, 404, 200, 200, 200, 200, 200, 200]
+_reference: dict[str, Any] = {}
+
+
+async def _reference_trace() -> dict[str, Any]:
+    if not _reference:
+        trace = await run_monolith()
+        _reference["trace"] = trace.normalised()
+        _reference["duration_s"] = trace.duration_s
+    return _reference["trace"]
+
+
+def _judge(aut: AdapterUnderTest, trace: Trace, reference: dict[str, Any]) -> None:
+    aut.metric("duration_s", round(trace.duration_s, 2))
+    aut.metric("events_distinct", len(trace.events))
+    aut.metric("event_duplicates", trace.duplicates)
+    problems = diff(reference, trace.normalised())
+    assert not problems, f"{trace.pattern} differs from the monolith: " + "; ".join(problems)
+
+
+def _builtin(aut: AdapterUnderTest) -> None:
+    if aut.spec.source != "builtin":
+        pytest.skip("deployment patterns run the built-in bootstraps, which know built-in adapters")
+
+
+@check("deployment.monolith", kinds=("event_bridge",))
+async def test_monolith_gives_the_expected_business_outcome(aut: AdapterUnderTest) -> None:
+    """The reference run itself: every command answers as the services promise, both
+    users get one welcome e-mail, the blocked invoice is dead-lettered after 3 attempts
+    and the negative one at once, the good invoice is issued."""
+    if not aut.is_reference:
+        pytest.skip("the monolith runs on the in-memory adapters only")
+    trace = await run_monolith()
+    normal = trace.normalised()
+    aut.metric("duration_s", round(trace.duration_s, 2))
+    statuses = [status for _label, status, _body in trace.commands]
+    assert statuses == EXPECTED_STATUSES, list(zip([s[0] for s in STEPS], statuses, strict=True))
+    assert normal["commands"][9][2] == normal["commands"][8][2], "idempotency key: same job"
+    welcome = [e for e in normal["events"] if e.startswith("welcomeEmailSent")]
+    assert len(welcome) == 2, normal["events"]
+    assert [(d[0], d[1]) for d in normal["dead_letters"]] == [("i2", 3), ("i3", 1)]
+    assert normal["state"]["invoice:i1"]["status"] == "issued"
+    assert trace.duplicates == 0
+
+
+@check("deployment.serverless", kinds=("event_bridge",))
+async def test_serverless_matches_the_monolith(aut: AdapterUnderTest) -> None:
+    """Function per trigger (commands, events routed by the platform, queue triggers)
+    with Redis stores gives the monolith's trace."""
+    if not aut.is_reference:
+        pytest.skip("serverless functions run on a per-invocation in-memory bridge")
+    reference = await _reference_trace()
+    trace = await run_serverless({"REDIS_URL": aut.ctx.url("redis")}, aut.ctx.prefix)
+    _judge(aut, trace, reference)
+
+
+async def _processes(aut: AdapterUnderTest, pattern: str, tmp_path: Path) -> None:
+    _builtin(aut)
+    if aut.name not in BROKERS:
+        pytest.skip(f"{pattern} needs a broker between processes")
+    reference = await _reference_trace()
+    service, var = BROKERS[aut.name]
+    urls = {var: aut.ctx.url(service), "REDIS_URL": aut.ctx.url("redis")}
+    client = await aut.new()
+    trace, exits = await run_processes(pattern, client, aut.name, urls, aut.ctx.prefix, tmp_path)
+    aut.metric("processes", len(exits))
+    _judge(aut, trace, reference)
+    bad = {label: code for label, code in exits.items() if code != 0}
+    assert not bad, f"processes did not exit 0 after SIGTERM: {bad} (logs in {tmp_path})"
+
+
+@check("deployment.microservices", kinds=("event_bridge",))
+async def test_microservices_match_the_monolith(aut: AdapterUnderTest, tmp_path: Path) -> None:
+    """One OS process per service over the adapter's broker gives the monolith's trace,
+    and every process exits 0 on SIGTERM."""
+    await _processes(aut, "microservices", tmp_path)
+
+
+@check("deployment.edge", kinds=("event_bridge",))
+async def test_edge_matches_the_monolith(aut: AdapterUnderTest, tmp_path: Path) -> None:
+    """All services in one lightweight process over the adapter's broker gives the
+    monolith's trace, and the process exits 0 on SIGTERM."""
+    await _processes(aut, "edge", tmp_path)
+

@@ -1,0 +1,437 @@
+"""The deployment suite's scenario, its patterns, and the normalised trace they must share.
+
+One business scenario (sign-ups with a welcome e-mail, a duplicate and bad
+sign-up, look-ups, sensor readings over and under the threshold, invoices that
+succeed, fail past max attempts, or are rejected) runs in each deployment
+pattern. What a user can observe is reduced to a *normalised trace*: command
+outcomes (status and body, random job ids replaced by their order of first
+appearance), the distinct events seen, the business state in the state store
+and the queue's dead letters. Every pattern must give the monolith's trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from reference_services.bridges.memory import DefaultEventBridge
+from reference_services.bridges.memory_queue import DefaultQueueBridge
+from reference_services.runtime.definitions import Subscription
+from reference_services.runtime.errors import PuristaError
+from reference_services.runtime.messages import (
+    Address,
+    AnyMessage,
+    Command,
+    CommandPayload,
+    SenderAddress,
+)
+from reference_services.services import ALL_SERVICES
+from reference_services.services.billing import INVOICE_QUEUE
+from reference_services.services.user import user_id_for
+from reference_services.stores.memory import DefaultConfigStore, DefaultStateStore
+
+THRESHOLD = 30.0
+BLOCKED = "acme"
+SERVICE_ENV = {
+    "SERVICE_CONFIG_THRESHOLD": str(THRESHOLD),
+    "SERVICE_CONFIG_GATEWAY_BLOCKED_CUSTOMERS": BLOCKED,
+}
+OBSERVED_EVENTS = ("userSignedUp", "welcomeEmailSent", "thresholdExceeded", "emailDeadLetter")
+USERS = (("ada@example.org", "Ada"), ("bob@example.org", "Bob"))
+
+# (label, service, command, payload, parameter)
+STEPS: list[tuple[str, str, str, Any, Any]] = [
+    ("signUp ada", "user", "signUp", {"email": USERS[0][0], "name": USERS[0][1]}, None),
+    ("signUp bob", "user", "signUp", {"email": USERS[1][0], "name": USERS[1][1]}, None),
+    ("signUp ada again", "user", "signUp", {"email": USERS[0][0], "name": "Ada"}, None),
+    ("signUp bad e-mail", "user", "signUp", {"email": "not-an-address", "name": "X"}, None),
+    ("getUser ada", "user", "getUser", None, {"user_id": user_id_for(USERS[0][0])}),
+    ("getUser nobody", "user", "getUser", None, {"user_id": "nobody"}),
+    ("reading low", "sensor", "recordReading", {"sensor_id": "s1", "value": 12.5}, None),
+    ("reading high", "sensor", "recordReading", {"sensor_id": "s1", "value": 31}, None),
+    (
+        "invoice i1",
+        "billing",
+        "requestInvoice",
+        {"invoice_id": "i1", "customer": "bob", "amount_cents": 100},
+        None,
+    ),
+    (
+        "invoice i1 again",
+        "billing",
+        "requestInvoice",
+        {"invoice_id": "i1", "customer": "bob", "amount_cents": 100},
+        None,
+    ),
+    (
+        "invoice i2 blocked",
+        "billing",
+        "requestInvoice",
+        {"invoice_id": "i2", "customer": BLOCKED, "amount_cents": 100},
+        None,
+    ),
+    (
+        "invoice i3 negative",
+        "billing",
+        "requestInvoice",
+        {"invoice_id": "i3", "customer": "bob", "amount_cents": -5},
+        None,
+    ),
+]
+STATE_KEYS = [
+    *(f"user:{user_id_for(email)}" for email, _ in USERS),
+    *(f"email:sent:{user_id_for(email)}" for email, _ in USERS),
+    "sensor:last:s1",
+    "invoice:i1",
+]
+SENDER_NAME = "deploytrace"
+
+Invoke = Callable[[str, str, Any, Any], Awaitable[tuple[int, Any]]]
+
+
+def _normalise_body(body: Any, jobs: dict[str, str]) -> Any:
+    if isinstance(body, dict) and set(body) == {"job_id"}:
+        job = jobs.setdefault(body["job_id"], f"<job {len(jobs) + 1}>")
+        return {"job_id": job}
+    if isinstance(body, dict) and set(body) >= {"message", "data"}:
+        return {"message": body["message"]}
+    return body
+
+
+class Trace:
+    """What one pattern produced, normalised for comparison."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.commands: list[tuple[str, int, Any]] = []
+        self.events: Counter[str] = Counter()
+        self.state: dict[str, Any] = {}
+        self.dead_letters: list[tuple[str, int, str]] = []
+        self.duration_s = 0.0
+        self._jobs: dict[str, str] = {}
+
+    def command(self, label: str, status: int, body: Any) -> None:
+        self.commands.append((label, status, _normalise_body(body, self._jobs)))
+
+    def event(self, message: AnyMessage) -> None:
+        payload = json.dumps(message.payload, sort_keys=True)
+        self.events[f"{message.event_name} {payload}"] += 1
+
+    def normalised(self) -> dict[str, Any]:
+        """The comparable trace: duplicates of an event count once (see ``duplicates``)."""
+        state = {
+            k: {kk: vv for kk, vv in v.items() if kk != "attempt"} if isinstance(v, dict) else v
+            for k, v in self.state.items()
+        }
+        return {
+            "commands": [list(c) for c in self.commands],
+            "events": sorted(self.events),
+            "state": state,
+            "dead_letters": sorted(list(d) for d in self.dead_letters),
+        }
+
+    @property
+    def duplicates(self) -> int:
+        """Events seen more than once (at-least-once delivery; never hidden)."""
+        return sum(n - 1 for n in self.events.values())
+
+
+def diff(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
+    """Readable differences between two normalised traces."""
+    out: list[str] = []
+    for part in ("commands", "events", "state", "dead_letters"):
+        a, b = expected[part], got[part]
+        if a == b:
+            continue
+        if isinstance(a, list):
+            missing = [x for x in a if x not in b]
+            extra = [x for x in b if x not in a]
+            out.append(f"{part}: missing {missing[:5]}, unexpected {extra[:5]}")
+        else:
+            keys = sorted(set(a) | set(b))
+            for k in keys:
+                if a.get(k) != b.get(k):
+                    out.append(f"state[{k}]: expected {a.get(k)!r}, got {b.get(k)!r}")
+    return out
+
+
+def _sender(instance_id: str) -> SenderAddress:
+    return SenderAddress(
+        service_name=SENDER_NAME,
+        service_version="1",
+        service_target="client",
+        instance_id=instance_id,
+    )
+
+
+async def run_steps(trace: Trace, invoke: Invoke) -> None:
+    """Run the scenario's commands in order, recording each outcome."""
+    for label, service, name, payload, parameter in STEPS:
+        status, body = await invoke(service, name, payload, parameter)
+        trace.command(label, status, body)
+
+
+def bridge_invoker(bridge: Any, ttl_s: float = 15.0) -> Invoke:
+    """Invoke commands through an event bridge, as a client would."""
+
+    async def invoke(service: str, name: str, payload: Any, parameter: Any) -> tuple[int, Any]:
+        command = Command(
+            sender=_sender(bridge.instance_id),
+            receiver=ALL_SERVICES[service].address(name),
+            payload=CommandPayload(payload=payload, parameter=parameter),
+        )
+        try:
+            return 200, await bridge.invoke(command, ttl_s)
+        except PuristaError as exc:
+            return exc.status, {"message": exc.message, "data": exc.data}
+
+    return invoke
+
+
+async def observe(bridge: Any, trace: Trace) -> None:
+    """Subscribe an observer to the scenario's events on ``bridge``."""
+    for event_name in OBSERVED_EVENTS:
+
+        async def record(message: AnyMessage) -> None:
+            trace.event(message)
+
+        await bridge.register_subscription(
+            Subscription(
+                subscriber=Address(
+                    service_name=SENDER_NAME,
+                    service_version="1",
+                    service_target=f"observe-{event_name}",
+                ),
+                event_name=event_name,
+            ),
+            record,
+        )
+
+
+async def settle(trace: Trace, read: Callable[[], Awaitable[None]], timeout_s: float) -> bool:
+    """Poll ``read`` (which fills state and dead letters) until the scenario's end state shows."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        await read()
+        done = (
+            all(trace.state.get(k) is not None for k in STATE_KEYS)
+            and len(trace.dead_letters) == 2
+            and sum(1 for e in trace.events if e.startswith("welcomeEmailSent")) == len(USERS)
+            and any(e.startswith("thresholdExceeded") for e in trace.events)
+        )
+        if done or time.monotonic() >= deadline:
+            return done
+        await asyncio.sleep(0.05)
+
+
+async def read_outcome(trace: Trace, state: Any, queue: Any) -> None:
+    """Fill the trace's state and dead letters from a state store and queue bridge."""
+    trace.state = await state.get(*STATE_KEYS)
+    trace.dead_letters = [
+        (d.payload["invoice_id"], d.attempts, d.reason)
+        for d in await queue.peek_dead_letter(INVOICE_QUEUE)
+    ]
+
+
+# ------------------------------------------------------------------ patterns
+async def run_monolith(timeout_s: float = 30.0) -> Trace:
+    """All services in one process on the in-memory adapters: the reference trace."""
+    trace = Trace("monolith")
+    start = time.monotonic()
+    bridge = DefaultEventBridge()
+    queue = DefaultQueueBridge()
+    state = DefaultStateStore()
+    config = DefaultConfigStore()
+    await bridge.start()
+    await queue.start()
+    instances = [
+        svc.get_instance(
+            bridge,
+            state_store=state,
+            config_store=config,
+            queue_bridge=queue,
+            config={"threshold": THRESHOLD, "gateway_blocked_customers": (BLOCKED,)},
+        )
+        for svc in ALL_SERVICES.values()
+    ]
+    try:
+        await observe(bridge, trace)
+        for instance in instances:
+            await instance.start()
+        await run_steps(trace, bridge_invoker(bridge))
+        await settle(trace, lambda: read_outcome(trace, state, queue), timeout_s)
+    finally:
+        for instance in instances:
+            await instance.destroy()
+        await bridge.destroy()
+        await queue.destroy()
+    trace.duration_s = time.monotonic() - start
+    return trace
+
+
+class ServiceProcesses:
+    """Deployment processes (``python -m reference_services.deploy``), SIGTERM to stop."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.env = env
+        self.workdir = workdir
+        self.procs: list[tuple[str, asyncio.subprocess.Process]] = []
+        self.exit_codes: dict[str, int | None] = {}
+
+    async def start(self, label: str, *args: str, timeout_s: float = 60.0) -> None:
+        """Start one process and wait for its READY line."""
+        log = (self.workdir / f"{label}.log").open("ab")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "reference_services.deploy",
+            *args,
+            env={**os.environ, **self.env},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+        )
+        log.close()
+        self.procs.append((label, proc))
+        assert proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), timeout_s)
+        except TimeoutError:
+            line = b""
+        if not line.startswith(b"READY"):
+            raise AssertionError(
+                f"{label} did not report READY within {timeout_s}s "
+                f"(exit {proc.returncode}); see {self.workdir / (label + '.log')}"
+            )
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM every process and record its exit code."""
+        for _label, proc in self.procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for label, proc in self.procs:
+            try:
+                self.exit_codes[label] = await asyncio.wait_for(proc.wait(), timeout_s)
+            except TimeoutError:
+                proc.kill()
+                self.exit_codes[label] = await proc.wait()
+
+
+def deploy_env(event_bridge: str, urls: dict[str, str], prefix: str) -> dict[str, str]:
+    """Environment for deployment processes: the given bridge, Redis stores and queue."""
+    return {
+        "EVENT_BRIDGE": event_bridge,
+        "QUEUE_BRIDGE": "redis",
+        "STORE": "redis",
+        "PURISTA_PREFIX": prefix,
+        "SHUTDOWN_TIMEOUT_S": "20",
+        "PYTHONUNBUFFERED": "1",
+        **urls,
+        **SERVICE_ENV,
+    }
+
+
+def redis_outcome_reader(trace: Trace, redis_url: str, prefix: str) -> tuple[Any, Any, Any]:
+    """A Redis state store and queue bridge on ``prefix``, and a reader filling ``trace``."""
+    from reference_services.bridges.redis_queue import RedisQueueBridge
+    from reference_services.stores.redis import RedisStateStore
+
+    state = RedisStateStore(url=redis_url, prefix=prefix)
+    queue = RedisQueueBridge(url=redis_url, prefix=prefix)
+    return state, queue, lambda: read_outcome(trace, state, queue)
+
+
+async def run_processes(
+    pattern: str,
+    client: Any,
+    event_bridge: str,
+    urls: dict[str, str],
+    prefix: str,
+    workdir: Path,
+    timeout_s: float = 60.0,
+) -> tuple[Trace, dict[str, int | None]]:
+    """``microservices`` (one process per service) or ``edge`` (one process for all)
+    over a broker, with ``client`` (a started bridge of the same kind and prefix)
+    invoking and observing."""
+    trace = Trace(pattern)
+    start = time.monotonic()
+    procs = ServiceProcesses(deploy_env(event_bridge, urls, prefix), workdir)
+    state, queue, read = redis_outcome_reader(trace, urls["REDIS_URL"], prefix)
+    await state.start()
+    await queue.start()
+    try:
+        await observe(client, trace)
+        if pattern == "microservices":
+            await asyncio.gather(
+                *(procs.start(name, "microservice", "--service", name) for name in ALL_SERVICES)
+            )
+        else:
+            args = [a for name in ALL_SERVICES for a in ("--service", name)]
+            await procs.start("edge", "edge", *args)
+        await run_steps(trace, bridge_invoker(client))
+        await settle(trace, read, timeout_s)
+    finally:
+        await procs.stop()
+        await state.destroy()
+        await queue.destroy()
+    trace.duration_s = time.monotonic() - start
+    return trace, procs.exit_codes
+
+
+async def run_serverless(urls: dict[str, str], prefix: str, timeout_s: float = 60.0) -> Trace:
+    """Function per trigger: commands, events routed by a tiny platform, queue triggers."""
+    from reference_services.deploy.config import DeploymentConfig
+    from reference_services.deploy.serverless import handle
+    from reference_services.runtime.codec import from_wire
+    from reference_services.runtime.matcher import matches
+
+    trace = Trace("serverless")
+    start = time.monotonic()
+    cfg = DeploymentConfig.from_env({**deploy_env("memory", urls, prefix)})
+    state, queue, read = redis_outcome_reader(trace, urls["REDIS_URL"], prefix)
+    await state.start()
+    await queue.start()
+    subscribers = [
+        (name, Subscription(subscriber=svc.address(sub.name), event_name=sub.event_name))
+        for name, svc in ALL_SERVICES.items()
+        for sub in svc.subscriptions.values()
+    ]
+
+    async def route(emitted: list[dict[str, Any]]) -> None:
+        for wire in emitted:
+            message = from_wire(wire)
+            if message.event_name in OBSERVED_EVENTS:
+                trace.event(message)
+            for service, sub in subscribers:
+                if matches(sub, message):
+                    answer = await handle({"service": service, "message": wire}, cfg)
+                    await route(answer["emitted"])
+
+    async def invoke(service: str, name: str, payload: Any, parameter: Any) -> tuple[int, Any]:
+        answer = await handle(
+            {"service": service, "command": name, "payload": payload, "parameter": parameter},
+            cfg,
+        )
+        await route(answer["emitted"])
+        return answer["status"], answer["body"]
+
+    try:
+        await run_steps(trace, invoke)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            answer = await handle({"service": "billing", "queue": INVOICE_QUEUE}, cfg)
+            await route(answer["emitted"])
+            if await settle(trace, read, 0):
+                break
+    finally:
+        await state.destroy()
+        await queue.destroy()
+    trace.duration_s = time.monotonic() - start
+    return trace

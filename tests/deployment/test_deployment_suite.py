@@ -1,0 +1,36 @@
+"""The deployment suite runs every pattern and every pattern matches the monolith."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_every_pattern_gives_the_monolith_trace(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "conformance",
+            "run",
+            "--suite",
+            "deployment",
+            "--report-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    passed = {(r["adapter"], r["check"]) for r in report["results"] if r["status"] == "passed"}
+    expected = {("memory", "deployment.monolith"), ("memory", "deployment.serverless")} | {
+        (bridge, f"deployment.{pattern}")
+        for bridge in ("amqp", "nats", "mqtt")
+        for pattern in ("microservices", "edge")
+    }
+    assert expected <= passed, sorted(expected - passed)
+    assert all(r["suite"] == "deployment" for r in report["results"])
