@@ -98,4 +98,4 @@ def test_same_checks_pass_on_the_real_adapters(tmp_path: Path) -> None:
     rows = run_faults(tmp_path / "q", "queue_bridge:redis", "queue_backoff or sigkill_redelivery")
     for check in ("faults.retries.queue_backoff_dead_letter", "faults.service.sigkill_redelivery"):
         row = only(rows, check)
-        assert row["status"] == "passed", row
+        assert row["status"] == "passed", f"{check}: {row['message']}"
