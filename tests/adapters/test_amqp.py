@@ -21,6 +21,7 @@ from typing import Any
 
 import aio_pika
 import pytest
+from adapter_helpers import CALLER, USER, is_not, wait_async, wait_for
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
@@ -42,7 +43,6 @@ from reference_services.runtime.messages import (
     CommandPayload,
     CustomMessage,
     MessageType,
-    SenderAddress,
     success_response,
 )
 
@@ -59,36 +59,9 @@ FAST: dict[str, Any] = {
     "publish_timeout_s": 5.0,
     "drain_timeout_s": 5.0,
 }
-CALLER = SenderAddress(
-    service_name="caller", service_version="1", service_target="t", instance_id="c" * 32
-)
-USER = Address(service_name="user", service_version="1.0.0", service_target="get.user")
 
 
 # ------------------------------------------------------------------ helpers
-async def wait_for(condition: Callable[[], bool], within: float = 10.0, what: str = "it") -> None:
-    """Poll ``condition`` until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def wait_async(condition: Callable[[], Awaitable[bool]], within: float = 10.0,
-                     what: str = "it") -> None:
-    """Like :func:`wait_for` for an async condition."""
-    deadline = time.monotonic() + within
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def _not(value: Awaitable[bool]) -> bool:
-    return not await value
-
-
 def event(name: str, payload: Any = None, **kw: Any) -> CustomMessage:
     """A custom message from the test caller."""
     return CustomMessage(sender=CALLER, event_name=name, payload=payload, **kw)
@@ -645,7 +618,7 @@ async def test_reconnect_reregisters_everything_after_broker_restart(
     await server.register_subscription(
         subscription("cache", "entry", shared=False, durable=False), on_every)
     await asyncio.to_thread(own_rabbitmq.kill)
-    await wait_async(lambda: _not(server.is_ready()), 10, "not ready while down")
+    await wait_async(lambda: is_not(server.is_ready()), 10, "not ready while down")
     assert not await server.is_healthy() and not await client.is_ready()
     await asyncio.to_thread(own_rabbitmq.start)
     await wait_async(server.is_ready, 60, "ready after restart")
@@ -667,7 +640,7 @@ async def test_invoke_while_broker_down_fails_within_ttl(
     await other.register_command(USER, echo_handler([], other))
     await asyncio.to_thread(own_rabbitmq.kill)
     try:
-        await wait_async(lambda: _not(client.is_ready()), 10, "not ready")
+        await wait_async(lambda: is_not(client.is_ready()), 10, "not ready")
         started = time.monotonic()
         await other.destroy()  # nothing to wait for while the broker is gone
         assert time.monotonic() - started < 2
@@ -691,7 +664,7 @@ async def test_dead_connection_detected_by_heartbeat(own_rabbitmq: Any, make_bri
     await asyncio.to_thread(own_rabbitmq.pause)
     try:
         started = time.monotonic()
-        await wait_async(lambda: _not(client.is_ready()), 15, "heartbeat timeout")
+        await wait_async(lambda: is_not(client.is_ready()), 15, "heartbeat timeout")
         assert time.monotonic() - started < (1 + 1) * 3 + 2  # (heartbeat+1)*3 s
     finally:
         await asyncio.to_thread(own_rabbitmq.resume)
@@ -779,7 +752,7 @@ async def test_black_holed_network_detected_and_recovered(
         subscription("cache", "entry", shared=False, durable=False), handler)
     async with proxy.black_hole("downstream"), proxy.black_hole("upstream"):
         started = time.monotonic()
-        await wait_async(lambda: _not(server.is_ready()), 15, "dead link detected")
+        await wait_async(lambda: is_not(server.is_ready()), 15, "dead link detected")
         assert time.monotonic() - started < (1 + 1) * 3 + 2
     await wait_async(server.is_ready, 30, "ready after the network heals")
     await wait_async(client.is_ready, 30, "client ready after the network heals")

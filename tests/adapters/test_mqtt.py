@@ -24,6 +24,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import port_for
 import pytest
+from adapter_helpers import is_not
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -623,7 +624,7 @@ async def test_reconnect_re_subscribes_when_the_broker_lost_its_state(
     async def outage() -> None:
         local_broker.stop(kill=True)
         probe = bridges[0]
-        await eventually(lambda: _not(probe.is_ready()), what="not ready while down")
+        await eventually(lambda: is_not(probe.is_ready()), what="not ready while down")
         assert not await probe.is_healthy()
         local_broker.wipe()
         await asyncio.to_thread(local_broker.start)
@@ -636,10 +637,6 @@ async def test_reconnect_re_subscribes_when_the_broker_lost_its_state(
     await _reconnect_scenario(make, local_broker.url, outage)
 
 
-async def _not(value: Awaitable[bool]) -> bool:
-    return not await value
-
-
 async def test_invoke_while_broker_down_fails_within_ttl(
     own_broker: Any, make_bridge: BridgeFactory
 ) -> None:
@@ -647,7 +644,7 @@ async def test_invoke_while_broker_down_fails_within_ttl(
     client = await make_bridge(own_broker.url)
     await server.register_command(addr("user"), echo_handler())
     own_broker.kill()
-    await eventually(lambda: _not(client.is_ready()), what="client notices the outage")
+    await eventually(lambda: is_not(client.is_ready()), what="client notices the outage")
     start = time.monotonic()
     with pytest.raises(PuristaError) as err:
         await client.invoke(Command(sender=sender(client), receiver=addr("user")), ttl_s=2)
@@ -702,7 +699,7 @@ async def _events_through_broker_restart(
 
     async def watch_consumer() -> float:
         await eventually(lambda: restart_began, 30, "restart began")
-        await eventually(lambda: _not(consumer.is_ready()), 10, "consumer sees the outage")
+        await eventually(lambda: is_not(consumer.is_ready()), 10, "consumer sees the outage")
         await eventually(consumer.is_ready, 30, "consumer subscribed again")
         return time.monotonic()
 
@@ -812,7 +809,7 @@ async def test_black_holed_connection_is_detected_and_recovered(
     await server.register_subscription(Subscription(subscriber=addr("s"), event_name="ev"), on)
     async with proxy.black_hole():
         start = time.monotonic()
-        await eventually(lambda: _not(server.is_ready()), 10, "outage detected")
+        await eventually(lambda: is_not(server.is_ready()), 10, "outage detected")
         detected = time.monotonic() - start
         await client.emit_message(event(client, "ev", "during"))
     await eventually(server.is_ready, 20, "ready again after the network heals")

@@ -17,6 +17,7 @@ from typing import Any
 
 import nats as nats_client
 import pytest
+from adapter_helpers import CALLER, USER, is_not, wait_async, wait_for
 
 from harness.history import History
 from reference_services.bridges import nats_subjects as subjects
@@ -36,7 +37,6 @@ from reference_services.runtime.messages import (
     CommandPayload,
     CustomMessage,
     MessageType,
-    SenderAddress,
     success_response,
 )
 
@@ -52,29 +52,6 @@ FAST = {
     "drain_timeout_s": 10.0,
 }
 
-CALLER = SenderAddress(
-    service_name="caller", service_version="1", service_target="t", instance_id="c" * 32
-)
-USER = Address(service_name="user", service_version="1.0.0", service_target="get.user")
-
-
-async def wait_for(condition: Callable[[], bool], within: float = 10.0, what: str = "it") -> None:
-    """Poll ``condition`` until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def wait_async(condition: Callable[[], Awaitable[bool]], within: float = 10.0,
-                     what: str = "it") -> None:
-    """Like :func:`wait_for` for an async condition."""
-    deadline = time.monotonic() + within
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def event(name: str, payload: Any = None, **kw: Any) -> CustomMessage:
@@ -618,7 +595,7 @@ async def test_reconnect_reregisters_everything_after_broker_restart(
     assert await caller.invoke(Command(sender=CALLER, receiver=USER), 5) == {"echo": None}
 
     await asyncio.to_thread(own_nats.kill)
-    await wait_async(lambda: _not(consumer.is_ready()), 10, "is_ready false while down")
+    await wait_async(lambda: is_not(consumer.is_ready()), 10, "is_ready false while down")
     assert not await consumer.is_healthy()
     await asyncio.to_thread(own_nats.start)
     for bridge in (caller, server, consumer):
@@ -630,14 +607,10 @@ async def test_reconnect_reregisters_everything_after_broker_restart(
     await wait_for(lambda: seen.count("after") == 2, what="both subscriptions served")
 
 
-async def _not(value: Awaitable[bool]) -> bool:
-    return not await value
-
-
 async def test_invoke_while_broker_down_fails_within_ttl(make_bridge: Any, own_nats: Any) -> None:
     caller = await make_bridge(own_nats.url, publish_deadline_s=1.0)
     await asyncio.to_thread(own_nats.kill)
-    await wait_async(lambda: _not(caller.is_ready()), 10, "disconnected")
+    await wait_async(lambda: is_not(caller.is_ready()), 10, "disconnected")
     for ttl in (0.3, 2.0):
         started = time.monotonic()
         with pytest.raises(PuristaError) as info:
@@ -659,7 +632,7 @@ async def test_stale_connection_detected_by_pings(make_bridge: Any, own_nats: An
     await asyncio.to_thread(own_nats.pause)
     try:
         started = time.monotonic()
-        await wait_async(lambda: _not(bridge.is_ready()), 15, "stale connection detected")
+        await wait_async(lambda: is_not(bridge.is_ready()), 15, "stale connection detected")
         assert time.monotonic() - started < 8
     finally:
         await asyncio.to_thread(own_nats.resume)
@@ -684,7 +657,7 @@ async def test_black_holed_network_detected_and_recovered(
         subscription("cache", "entry", shared=False, durable=False, autoacknowledge=True), handler)
     async with proxy.black_hole("downstream"), proxy.black_hole("upstream"):
         started = time.monotonic()
-        await wait_async(lambda: _not(server.is_ready()), 15, "dead link detected by pings")
+        await wait_async(lambda: is_not(server.is_ready()), 15, "dead link detected by pings")
         assert time.monotonic() - started < 1.0 * (2 + 1) + 2
         await caller.emit_message(event("entry", "during"))  # kept by the stream
         with pytest.raises(PuristaError) as info:
@@ -737,7 +710,7 @@ async def test_broker_kill_mid_stream_loses_no_durable_events(
         await wait_for(lambda: len(delivered) >= 300, 30, "300 deliveries before the kill")
         await asyncio.to_thread(own_nats.kill)
         killed = time.monotonic()
-        await wait_async(lambda: _not(consumers[0].is_ready()), 10, "consumers see the outage")
+        await wait_async(lambda: is_not(consumers[0].is_ready()), 10, "consumers see the outage")
         await asyncio.sleep(0.5)
         await asyncio.to_thread(own_nats.start)
         return time.monotonic() - killed

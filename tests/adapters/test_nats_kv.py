@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from adapter_helpers import is_not
 
 from reference_services.bridges.nats_queue_conn import NatsTimings, NatsUnavailableError
 from reference_services.runtime.idempotency import Idempotency
@@ -187,7 +188,7 @@ async def test_values_survive_a_broker_kill(fresh_nats: Any, namespace: str) -> 
         for i in range(50):
             await store.set(f"k{i}", {"i": i})
         await asyncio.to_thread(fresh_nats.kill)
-        await _wait(lambda: _not(store.is_ready()), 10, "not ready while down")
+        await _wait(lambda: is_not(store.is_ready()), 10, "not ready while down")
         started = time.monotonic()
         with pytest.raises(NatsUnavailableError) as info:
             await store.get("k1")
@@ -213,10 +214,6 @@ async def test_start_fails_fast_when_nats_is_unreachable(namespace: str) -> None
         await store.start()
     assert time.monotonic() - started < 3
     assert not await store.is_ready()
-
-
-async def _not(value: Awaitable[bool]) -> bool:
-    return not await value
 
 
 async def _wait(condition: Callable[[], Awaitable[bool]], within: float, what: str) -> None:

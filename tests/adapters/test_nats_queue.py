@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from adapter_helpers import is_not, wait_async
 
 from reference_services.bridges.nats_queue import NatsQueueBridge
 from reference_services.bridges.nats_queue_conn import NatsTimings, NatsUnavailableError, token
@@ -30,17 +31,6 @@ FAST = NatsTimings(
 )
 
 Factory = Callable[..., Awaitable[NatsQueueBridge]]
-
-
-async def wait_async(
-    condition: Callable[[], Awaitable[bool]], within: float = 10.0, what: str = "condition"
-) -> None:
-    """Poll ``condition`` until true or fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -371,7 +361,7 @@ async def test_ready_follows_the_broker_and_work_resumes(fresh_nats: Any, namesp
         await bridge.enqueue("q", "before")
         assert await bridge.is_ready()
         await asyncio.to_thread(fresh_nats.kill)
-        await wait_async(lambda: _not(bridge.is_ready()), 10, "not ready while down")
+        await wait_async(lambda: is_not(bridge.is_ready()), 10, "not ready while down")
         started = time.monotonic()
         with pytest.raises(NatsUnavailableError) as info:
             await bridge.enqueue("q", "during")
@@ -387,10 +377,6 @@ async def test_ready_follows_the_broker_and_work_resumes(fresh_nats: Any, namesp
         assert payloads == ["before", "after"]
     finally:
         await bridge.destroy()
-
-
-async def _not(value: Awaitable[bool]) -> bool:
-    return not await value
 
 
 async def test_sigkill_mid_way_through_1000_jobs_loses_none(

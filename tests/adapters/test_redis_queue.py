@@ -13,18 +13,13 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from adapter_helpers import eventually, is_not
 
 from harness.history import History
 from reference_services.bridges.redis_queue import RedisQueueBridge, RedisUnavailableError
 from reference_services.runtime.queue import Job, LeaseExpiredError, QueueInputError
 
 # --- brokers come from the harness plugin: redis, fresh_service, namespace, proxied, history
-
-
-@pytest.fixture
-def fresh_redis(fresh_service: Callable[[str], Any]) -> Any:
-    """A dedicated AOF Redis (fsync always) for tests that kill it."""
-    return fresh_service("redis")
 
 
 @pytest.fixture
@@ -44,18 +39,6 @@ async def make_bridge(
     for bridge in made:
         with contextlib.suppress(Exception):
             await bridge.destroy()
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0, what: str = "condition"
-) -> None:
-    """Wait until ``check()`` is true or fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # --- the queue contract on Redis ----------------------------------------------------------
@@ -345,7 +328,7 @@ async def test_health_follows_redis_and_work_resumes_after_restart(
         kept = await bridge.enqueue("q", "survives")
         waiter = asyncio.create_task(_lease_ignoring_outage(bridge, "late", 20_000))
         fresh_redis.kill()
-        await eventually(lambda: _not(bridge.is_healthy()), 5, "unhealthy")
+        await eventually(lambda: is_not(bridge.is_healthy()), 5, "unhealthy")
         assert not await bridge.is_ready()
         started = time.monotonic()
         with pytest.raises(RedisUnavailableError) as err:
@@ -362,10 +345,6 @@ async def test_health_follows_redis_and_work_resumes_after_restart(
         assert [j.id for j in jobs] == [late]
     finally:
         await bridge.destroy()
-
-
-async def _not(value: Awaitable[bool]) -> bool:
-    return not await value
 
 
 async def _lease_ignoring_outage(bridge: RedisQueueBridge, queue: str, wait_ms: int) -> list[Job]:
@@ -540,13 +519,13 @@ async def test_health_detects_a_partition_within_seconds(
         await bridge.enqueue("q", 1)
         async with proxy.black_hole():
             started = time.monotonic()
-            await eventually(lambda: _not(bridge.is_healthy()), 5, "unhealthy")
+            await eventually(lambda: is_not(bridge.is_healthy()), 5, "unhealthy")
             assert time.monotonic() - started < 3
             with pytest.raises(RedisUnavailableError):
                 await bridge.enqueue("q", 2)
         await eventually(bridge.is_healthy, 10, "healthy again")
         async with proxy.down():
-            await eventually(lambda: _not(bridge.is_ready()), 5, "not ready")
+            await eventually(lambda: is_not(bridge.is_ready()), 5, "not ready")
         await eventually(bridge.is_ready, 10, "ready again")
         jobs = await bridge.lease_next("q", batch=5)
         assert len(jobs) in (1, 2)  # the enqueue during the black hole may have reached Redis

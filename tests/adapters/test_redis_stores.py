@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from adapter_helpers import eventually
 
 from reference_services.runtime.errors import PuristaError
 from reference_services.runtime.idempotency import Idempotency
@@ -25,24 +26,6 @@ StoreT = RedisStateStore | RedisConfigStore | RedisSecretStore
 
 
 # --- brokers come from the harness plugin: redis, fresh_service, namespace
-
-
-@pytest.fixture
-def fresh_redis(fresh_service: Callable[[str], Any]) -> Any:
-    """A dedicated AOF Redis (fsync always) for tests that kill it."""
-    return fresh_service("redis")
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0, what: str = "condition"
-) -> None:
-    """Wait until ``check()`` is true or fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
