@@ -14,7 +14,7 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
@@ -22,9 +22,17 @@ from opentelemetry.trace import SpanKind
 
 from . import telemetry
 from .capabilities import EventBridgeCapabilities
-from .codec import DEFAULT_MAX_MESSAGE_BYTES, MessageDecodeError, decode, encode, to_wire
+from .codec import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MessageDecodeError,
+    MessageEncodeError,
+    decode,
+    encode,
+    to_wire,
+)
 from .definitions import CommandConfig, CommandHandler, Subscription, SubscriptionHandler
 from .errors import (
+    HandledError,
     PuristaError,
     StatusCode,
     UnhandledError,
@@ -258,8 +266,6 @@ class EventBridgeBase(ABC):
         """Deliver matching messages to ``handler`` per the subscription's hints."""
         self._require_running()
         if subscription.subscriber.instance_id != self.instance_id:
-            from dataclasses import replace
-
             subscription = replace(subscription, subscriber=self._own(subscription.subscriber))
         reg = RegisteredSubscription(subscription, handler)
         self._subscriptions[subscription.key] = reg
@@ -515,13 +521,9 @@ class EventBridgeBase(ABC):
             raise BridgeNotRunningError(f"{self.name} bridge is shutting down")
 
     def _check_encodable(self, message: AnyMessage) -> None:
-        from .codec import MessageEncodeError
-
         try:
             self.encode(message)
         except MessageEncodeError as exc:
-            from .errors import HandledError
-
             raise HandledError(str(exc), StatusCode.BAD_REQUEST) from exc
 
     def _invoke_timed_out(self, correlation_id: str, description: str) -> None:

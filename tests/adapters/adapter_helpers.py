@@ -6,12 +6,22 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+from reference_services.bridges.nats_queue_conn import NatsTimings
 from reference_services.runtime.messages import Address, SenderAddress
 
 CALLER = SenderAddress(
     service_name="caller", service_version="1", service_target="t", instance_id="c" * 32
 )
 USER = Address(service_name="user", service_version="1.0.0", service_target="get.user")
+# NATS queue and KV timings short enough that an outage is noticed in about a second
+NATS_FAST = NatsTimings(
+    connect_timeout_s=1.0,
+    start_timeout_s=5.0,
+    ping_interval_s=1.0,
+    max_outstanding_pings=2,
+    reconnect_wait_s=0.2,
+    op_timeout_s=2.0,
+)
 
 
 async def wait_for(condition: Callable[[], bool], within: float = 10.0, what: str = "it") -> None:

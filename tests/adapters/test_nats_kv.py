@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from adapter_helpers import NATS_FAST as FAST
 from adapter_helpers import is_not
 
 from reference_services.bridges.nats_queue_conn import NatsTimings, NatsUnavailableError
@@ -19,15 +20,6 @@ from reference_services.stores.nats_kv import (
     NatsKVStateStore,
     _NatsKVStore,
     kv_key,
-)
-
-FAST = NatsTimings(
-    connect_timeout_s=1.0,
-    start_timeout_s=5.0,
-    ping_interval_s=1.0,
-    max_outstanding_pings=2,
-    reconnect_wait_s=0.2,
-    op_timeout_s=2.0,
 )
 
 Factory = Callable[..., Awaitable[Any]]
