@@ -36,8 +36,12 @@ faults: setup
 test: setup
 	$(PY) -m pytest --require-services $(PYTEST_ARGS)
 
+SHELL_SCRIPTS := docker/install-local-services.sh .ci/run
+
 lint: venv
 	$(VENV)/bin/ruff check .
+	@command -v shellcheck >/dev/null || { echo "make lint: shellcheck is not installed (apt-get install shellcheck)" >&2; exit 1; }
+	shellcheck $(SHELL_SCRIPTS)
 
 format: venv
 	$(VENV)/bin/ruff format .

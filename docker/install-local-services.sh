@@ -4,12 +4,44 @@
 # Idempotent: a fast no-op when every binary exists, and nothing to do when a Docker
 # engine answers (the harness then uses containers). Root installs to /usr/local/bin,
 # others to ~/.local/bin (apt needs root: run with sudo if you are not root).
+#
+# Options:
+#   --force        run every branch even when everything is present: re-check the apt
+#                  packages (apt-get install, then stop the packaged daemons) and rebuild
+#                  toxiproxy-server into a temporary GOBIN (CI runs this on every run)
+#   --prefix DIR   install toxiproxy-server into DIR and look for it only there
+#                  (default /usr/local/bin for root, else ~/.local/bin)
 set -euo pipefail
 
 TOXIPROXY_VERSION="${TOXIPROXY_VERSION:-v2.12.0}"
 APT_PACKAGES=(rabbitmq-server nats-server redis-server mosquitto)
 
+FORCE=0
+PREFIX=""
+TMP_GOBIN=""
+
 log() { printf '[install-local-services] %s\n' "$*" >&2; }
+
+usage() {
+  printf 'usage: %s [--force] [--prefix DIR]\n' "$0" >&2
+}
+
+cleanup() {
+  # an EXIT trap at the top level: a RETURN trap set in a function fires again when
+  # its caller returns, where its local variables are gone (set -u then aborts)
+  if [ -n "$TMP_GOBIN" ]; then rm -rf "$TMP_GOBIN"; fi
+}
+trap cleanup EXIT
+
+toxiproxy_dest() {
+  if [ -n "$PREFIX" ]; then echo "$PREFIX"
+  elif [ "$(id -u)" = 0 ]; then echo /usr/local/bin
+  else echo "$HOME/.local/bin"; fi
+}
+
+have_toxiproxy() {
+  if [ -n "$PREFIX" ]; then [ -x "$PREFIX/toxiproxy-server" ]; else have toxiproxy-server; fi
+}
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/local/bin/$1" ] \
   || [ -x "$HOME/.local/bin/$1" ]; }
@@ -39,11 +71,11 @@ stop_system_service() {
     update-rc.d "$svc" disable >/dev/null 2>&1 || true
   fi
   # no init system here: stop a daemon started for the package's own user only
-  local pids
-  pids=$(pgrep -u "$proc" 2>/dev/null || true)
-  if [ -n "$pids" ]; then
-    log "stopping system $svc daemon (pids $pids)"
-    kill $pids 2>/dev/null || true
+  local pids=()
+  mapfile -t pids < <(pgrep -u "$proc" 2>/dev/null || true)
+  if [ "${#pids[@]}" -gt 0 ]; then
+    log "stopping system $svc daemon (pids ${pids[*]})"
+    kill "${pids[@]}" 2>/dev/null || true
   fi
 }
 
@@ -57,7 +89,7 @@ install_apt() {
   if ! apt-cache show "${pkgs[@]}" >/dev/null 2>&1; then
     apt-get update -q
   fi
-  apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+  apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${pkgs[@]}"
   stop_system_service rabbitmq-server rabbitmq
   stop_system_service redis-server redis
   stop_system_service mosquitto mosquitto
@@ -66,25 +98,47 @@ install_apt() {
 
 install_toxiproxy() {
   local dest
-  if [ "$(id -u)" = 0 ]; then dest=/usr/local/bin; else dest="$HOME/.local/bin"; fi
+  dest=$(toxiproxy_dest)
   mkdir -p "$dest"
   if ! command -v go >/dev/null 2>&1; then
     log "toxiproxy-server needs Go >= 1.23 to build (apt-get install golang-go, or go.dev/dl)"
     return 1
   fi
-  local gobin
-  gobin=$(mktemp -d)
-  trap 'rm -rf "$gobin"' RETURN
+  TMP_GOBIN=$(mktemp -d)
   log "building toxiproxy-server $TOXIPROXY_VERSION"
-  GOBIN="$gobin" go install "github.com/Shopify/toxiproxy/v2/cmd/server@${TOXIPROXY_VERSION}"
-  install -m 0755 "$gobin/server" "$dest/toxiproxy-server"
+  GOBIN="$TMP_GOBIN" go install "github.com/Shopify/toxiproxy/v2/cmd/server@${TOXIPROXY_VERSION}"
+  install -m 0755 "$TMP_GOBIN/server" "$dest/toxiproxy-server"
+  rm -rf "$TMP_GOBIN"
+  TMP_GOBIN=""
   log "installed $dest/toxiproxy-server"
 }
 
+parse_args() {
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --force) FORCE=1 ;;
+      --prefix)
+        [ $# -ge 2 ] || { usage; log "--prefix needs a directory"; exit 2; }
+        PREFIX="$2"; shift ;;
+      --prefix=*) PREFIX="${1#--prefix=}" ;;
+      -h|--help) usage; exit 0 ;;
+      *) usage; log "unknown option: $1"; exit 2 ;;
+    esac
+    shift
+  done
+}
+
 main() {
+  parse_args "$@"
   local apt_missing
   apt_missing=$(missing_apt)
-  if [ -z "$apt_missing" ] && have toxiproxy-server; then
+  if [ "$FORCE" = 1 ]; then
+    log "--force: re-checking ${APT_PACKAGES[*]} and rebuilding toxiproxy-server"
+    install_apt "${APT_PACKAGES[@]}"
+    install_toxiproxy
+    log "done"; return 0
+  fi
+  if [ -z "$apt_missing" ] && have_toxiproxy; then
     log "all services present"; return 0
   fi
   if docker_answers; then
@@ -94,7 +148,7 @@ main() {
     # shellcheck disable=SC2086
     install_apt $apt_missing
   fi
-  have toxiproxy-server || install_toxiproxy
+  have_toxiproxy || install_toxiproxy
   log "done"
 }
 
