@@ -7,7 +7,7 @@ import json
 import time
 import tracemalloc
 
-from reference_services.bridges.memory import DefaultEventBridge, MemoryHub
+from reference_services.adapters.memory.event_bridge import DefaultEventBridge, MemoryHub
 from reference_services.runtime.codec import decode, encode
 from reference_services.runtime.definitions import Subscription
 from reference_services.runtime.messages import (

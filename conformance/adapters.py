@@ -123,14 +123,14 @@ def load_reference(reference: str) -> Any:
 
 # --------------------------------------------------------------- built-ins
 def _memory_event_bridge(ctx: AdapterContext) -> Any:
-    from reference_services.bridges.memory import DefaultEventBridge, MemoryHub
+    from reference_services.adapters.memory.event_bridge import DefaultEventBridge, MemoryHub
 
     hub = ctx.shared.setdefault("memory_hub", MemoryHub())
     return DefaultEventBridge(hub=hub, **ctx.options)
 
 
 def _memory_queue_bridge(ctx: AdapterContext) -> Any:
-    from reference_services.bridges.memory_queue import DefaultQueueBridge, MemoryQueueStore
+    from reference_services.adapters.memory.queue_bridge import DefaultQueueBridge, MemoryQueueStore
 
     store = ctx.shared.setdefault("memory_queue_store", MemoryQueueStore())
     return DefaultQueueBridge(store=store, **ctx.options)
@@ -138,7 +138,7 @@ def _memory_queue_bridge(ctx: AdapterContext) -> Any:
 
 def _memory_store(cls_name: str) -> Factory:
     def factory(ctx: AdapterContext) -> Any:
-        from reference_services.stores import memory
+        from reference_services.adapters.memory import stores as memory
 
         kv = ctx.shared.setdefault("memory_kv", memory.MemoryKV())
         return getattr(memory, cls_name)(kv=kv, **ctx.options)
@@ -168,7 +168,7 @@ class _Builtin:
     inject_raw: Callable[[Any, bytes], Any] | None = None
 
 
-_MEM = "reference_services.bridges.memory"
+_MEM = "reference_services.adapters.memory.event_bridge"
 _BUILTINS: tuple[_Builtin, ...] = (
     _Builtin(
         "memory",
@@ -180,42 +180,42 @@ _BUILTINS: tuple[_Builtin, ...] = (
     _Builtin(
         "amqp",
         "event_bridge",
-        "reference_services.bridges.amqp:AmqpBridge",
-        _broker("reference_services.bridges.amqp:AmqpBridge", "rabbitmq"),
+        "reference_services.adapters.amqp.event_bridge:AmqpBridge",
+        _broker("reference_services.adapters.amqp.event_bridge:AmqpBridge", "rabbitmq"),
         ("rabbitmq",),
     ),
     _Builtin(
         "nats",
         "event_bridge",
-        "reference_services.bridges.nats:NatsBridge",
-        _broker("reference_services.bridges.nats:NatsBridge", "nats"),
+        "reference_services.adapters.nats.event_bridge:NatsBridge",
+        _broker("reference_services.adapters.nats.event_bridge:NatsBridge", "nats"),
         ("nats",),
     ),
     _Builtin(
         "mqtt",
         "event_bridge",
-        "reference_services.bridges.mqtt:MqttBridge",
-        _broker("reference_services.bridges.mqtt:MqttBridge", "mosquitto"),
+        "reference_services.adapters.mqtt.event_bridge:MqttBridge",
+        _broker("reference_services.adapters.mqtt.event_bridge:MqttBridge", "mosquitto"),
         ("mosquitto",),
     ),
     _Builtin(
         "memory",
         "queue_bridge",
-        "reference_services.bridges.memory_queue:DefaultQueueBridge",
+        "reference_services.adapters.memory.queue_bridge:DefaultQueueBridge",
         _memory_queue_bridge,
     ),
     _Builtin(
         "redis",
         "queue_bridge",
-        "reference_services.bridges.redis_queue:RedisQueueBridge",
-        _broker("reference_services.bridges.redis_queue:RedisQueueBridge", "redis"),
+        "reference_services.adapters.redis.queue_bridge:RedisQueueBridge",
+        _broker("reference_services.adapters.redis.queue_bridge:RedisQueueBridge", "redis"),
         ("redis",),
     ),
     _Builtin(
         "nats",
         "queue_bridge",
-        "reference_services.bridges.nats_queue:NatsQueueBridge",
-        _broker("reference_services.bridges.nats_queue:NatsQueueBridge", "nats"),
+        "reference_services.adapters.nats.queue_bridge:NatsQueueBridge",
+        _broker("reference_services.adapters.nats.queue_bridge:NatsQueueBridge", "nats"),
         ("nats",),
     ),
 )
@@ -232,13 +232,13 @@ def _store_builtins() -> tuple[_Builtin, ...]:
             _Builtin(
                 "memory",
                 kind,
-                f"reference_services.stores.memory:Default{suffix}Store",
+                f"reference_services.adapters.memory.stores:Default{suffix}Store",
                 _memory_store(f"Default{suffix}Store"),
             )
         )
-        ref = f"reference_services.stores.redis:Redis{suffix}Store"
+        ref = f"reference_services.adapters.redis.stores:Redis{suffix}Store"
         out.append(_Builtin("redis", kind, ref, _broker(ref, "redis"), ("redis",)))
-        ref = f"reference_services.stores.nats_kv:NatsKV{suffix}Store"
+        ref = f"reference_services.adapters.nats.kv_stores:NatsKV{suffix}Store"
         out.append(_Builtin("nats-kv", kind, ref, _broker(ref, "nats"), ("nats",)))
     return tuple(out)
 

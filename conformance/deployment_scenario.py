@@ -22,8 +22,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from reference_services.bridges.memory import DefaultEventBridge
-from reference_services.bridges.memory_queue import DefaultQueueBridge
+from reference_services.adapters.memory.event_bridge import DefaultEventBridge
+from reference_services.adapters.memory.queue_bridge import DefaultQueueBridge
+from reference_services.adapters.memory.stores import DefaultConfigStore, DefaultStateStore
 from reference_services.runtime.definitions import Subscription
 from reference_services.runtime.errors import PuristaError
 from reference_services.runtime.messages import (
@@ -36,7 +37,6 @@ from reference_services.runtime.messages import (
 from reference_services.services import ALL_SERVICES
 from reference_services.services.billing import INVOICE_QUEUE
 from reference_services.services.user import user_id_for
-from reference_services.stores.memory import DefaultConfigStore, DefaultStateStore
 
 THRESHOLD = 30.0
 BLOCKED = "acme"
@@ -340,8 +340,8 @@ def deploy_env(event_bridge: str, urls: dict[str, str], prefix: str) -> dict[str
 
 def redis_outcome_reader(trace: Trace, redis_url: str, prefix: str) -> tuple[Any, Any, Any]:
     """A Redis state store and queue bridge on ``prefix``, and a reader filling ``trace``."""
-    from reference_services.bridges.redis_queue import RedisQueueBridge
-    from reference_services.stores.redis import RedisStateStore
+    from reference_services.adapters.redis.queue_bridge import RedisQueueBridge
+    from reference_services.adapters.redis.stores import RedisStateStore
 
     state = RedisStateStore(url=redis_url, prefix=prefix)
     queue = RedisQueueBridge(url=redis_url, prefix=prefix)
@@ -390,7 +390,7 @@ async def run_serverless(urls: dict[str, str], prefix: str, timeout_s: float = 6
     from reference_services.deploy.config import DeploymentConfig
     from reference_services.deploy.serverless import handle
     from reference_services.runtime.codec import from_wire
-    from reference_services.runtime.matcher import matches
+    from reference_services.runtime.spi.matcher import matches
 
     trace = Trace("serverless")
     start = time.monotonic()

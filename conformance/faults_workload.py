@@ -24,10 +24,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from harness.history import History
+from reference_services.adapters.memory.stores import DefaultStateStore
 from reference_services.runtime.errors import PuristaError
 from reference_services.runtime.idempotency import Idempotency
 from reference_services.runtime.messages import Command
-from reference_services.stores.memory import DefaultStateStore
 
 from .kit import CommandConfig, FailureHandling, addr, command, event, responder, subscription
 from .under_test import AdapterUnderTest
@@ -141,7 +141,7 @@ def adapter_options(aut: AdapterUnderTest) -> dict[str, Any]:
     if aut.kind == "queue_bridge" and aut.name == "redis":
         return {"socket_timeout_s": 1.0, "connect_timeout_s": 1.0, "health_timeout_s": 0.5}
     if aut.kind == "queue_bridge" and aut.name == "nats":
-        from reference_services.bridges.nats_queue_conn import NatsTimings
+        from reference_services.adapters.nats.connection import NatsTimings
 
         return {
             "ack_wait_s": 3.0,

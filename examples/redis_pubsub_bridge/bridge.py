@@ -21,16 +21,16 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from reference_services.runtime.bridge_base import (
+from reference_services.runtime.errors import StatusCode
+from reference_services.runtime.messages import AnyMessage, Command, error_response
+from reference_services.runtime.spi.bridge_base import (
     DeliveryOutcome,
     Disposition,
     EventBridgeBase,
     RegisteredCommand,
     RegisteredSubscription,
 )
-from reference_services.runtime.capabilities import EventBridgeCapabilities, unsupported
-from reference_services.runtime.errors import StatusCode
-from reference_services.runtime.messages import AnyMessage, Command, error_response
+from reference_services.runtime.spi.capabilities import EventBridgeCapabilities, unsupported
 
 NO_STORAGE = "Redis Pub/Sub stores nothing: absent subscribers miss messages"
 

@@ -1,5 +1,5 @@
 import sys
 
-from .run import main
+from reference_services.deploy.run import main
 
 sys.exit(main())

@@ -51,7 +51,7 @@ class DeploymentConfig:
                 if k.startswith("SERVICE_CONFIG_")
             },
         )
-        from .factory import EVENT_BRIDGES, QUEUE_BRIDGES, STORES
+        from reference_services.deploy.factory import EVENT_BRIDGES, QUEUE_BRIDGES, STORES
 
         for value, allowed, var in (
             (cfg.event_bridge, EVENT_BRIDGES, "EVENT_BRIDGE"),

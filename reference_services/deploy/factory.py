@@ -5,24 +5,24 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ..runtime.context import Stores
-from .config import DeploymentConfig
+from reference_services.deploy.config import DeploymentConfig
+from reference_services.runtime.context import Stores
 
 EVENT_BRIDGES = {
-    "memory": ("reference_services.bridges.memory:DefaultEventBridge", None),
-    "amqp": ("reference_services.bridges.amqp:AmqpBridge", "AMQP_URL"),
-    "nats": ("reference_services.bridges.nats:NatsBridge", "NATS_URL"),
-    "mqtt": ("reference_services.bridges.mqtt:MqttBridge", "MQTT_URL"),
+    "memory": ("reference_services.adapters.memory.event_bridge:DefaultEventBridge", None),
+    "amqp": ("reference_services.adapters.amqp.event_bridge:AmqpBridge", "AMQP_URL"),
+    "nats": ("reference_services.adapters.nats.event_bridge:NatsBridge", "NATS_URL"),
+    "mqtt": ("reference_services.adapters.mqtt.event_bridge:MqttBridge", "MQTT_URL"),
 }
 QUEUE_BRIDGES = {
-    "memory": ("reference_services.bridges.memory_queue:DefaultQueueBridge", None),
-    "redis": ("reference_services.bridges.redis_queue:RedisQueueBridge", "REDIS_URL"),
-    "nats": ("reference_services.bridges.nats_queue:NatsQueueBridge", "NATS_URL"),
+    "memory": ("reference_services.adapters.memory.queue_bridge:DefaultQueueBridge", None),
+    "redis": ("reference_services.adapters.redis.queue_bridge:RedisQueueBridge", "REDIS_URL"),
+    "nats": ("reference_services.adapters.nats.queue_bridge:NatsQueueBridge", "NATS_URL"),
 }
 STORES = {
-    "memory": ("reference_services.stores.memory:Default{kind}Store", None),
-    "redis": ("reference_services.stores.redis:Redis{kind}Store", "REDIS_URL"),
-    "nats-kv": ("reference_services.stores.nats_kv:NatsKV{kind}Store", "NATS_URL"),
+    "memory": ("reference_services.adapters.memory.stores:Default{kind}Store", None),
+    "redis": ("reference_services.adapters.redis.stores:Redis{kind}Store", "REDIS_URL"),
+    "nats-kv": ("reference_services.adapters.nats.kv_stores:NatsKV{kind}Store", "NATS_URL"),
 }
 
 

@@ -27,15 +27,15 @@ import sys
 import time
 from typing import Any
 
-from ..runtime.context import Context
-from ..runtime.definitions import FailureHandling
-from ..runtime.messages import AnyMessage
-from ..runtime.queue import Job
-from ..runtime.retry import RetryPolicy
-from ..runtime.service import ServiceBuilder
-from ..runtime.shutdown import graceful_shutdown
-from .config import DeploymentConfig
-from .factory import make_event_bridge, make_queue_bridge, make_stores
+from reference_services.deploy.config import DeploymentConfig
+from reference_services.deploy.factory import make_event_bridge, make_queue_bridge, make_stores
+from reference_services.runtime.context import Context
+from reference_services.runtime.definitions import FailureHandling
+from reference_services.runtime.messages import AnyMessage
+from reference_services.runtime.queue import Job
+from reference_services.runtime.retry import RetryPolicy
+from reference_services.runtime.service import ServiceBuilder
+from reference_services.runtime.shutdown import graceful_shutdown
 
 EVENT = "fault.work"
 QUEUE = "faultjobs"
@@ -103,7 +103,7 @@ async def on_job(ctx: Context, job: Job) -> None:
 def _opts(var: str, kind: str) -> dict[str, Any]:
     opts: dict[str, Any] = json.loads(os.environ.get(var) or "{}")
     if kind == "nats" and isinstance(opts.get("timings"), dict):
-        from ..bridges.nats_queue_conn import NatsTimings
+        from reference_services.adapters.nats.connection import NatsTimings
 
         opts["timings"] = NatsTimings(**opts["timings"])
     return opts

@@ -7,12 +7,12 @@ import logging
 import sys
 from typing import Any
 
-from ..runtime.health import HealthServer
-from ..runtime.service import ServiceInstance
-from ..runtime.shutdown import graceful_shutdown
-from ..services import ALL_SERVICES
-from .config import DeploymentConfig
-from .factory import make_event_bridge, make_queue_bridge, make_stores
+from reference_services.deploy.config import DeploymentConfig
+from reference_services.deploy.factory import make_event_bridge, make_queue_bridge, make_stores
+from reference_services.runtime.health import HealthServer
+from reference_services.runtime.service import ServiceInstance
+from reference_services.runtime.shutdown import graceful_shutdown
+from reference_services.services import ALL_SERVICES
 
 log = logging.getLogger("reference_services.deploy")
 

@@ -17,10 +17,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..bridges.memory import DefaultEventBridge
-from ..runtime.codec import from_wire, to_wire
-from ..runtime.errors import PuristaError
-from ..runtime.messages import (
+from reference_services.adapters.memory.event_bridge import DefaultEventBridge
+from reference_services.deploy.config import DeploymentConfig
+from reference_services.deploy.factory import make_queue_bridge, make_stores
+from reference_services.deploy.run import service_config
+from reference_services.runtime.codec import from_wire, to_wire
+from reference_services.runtime.errors import PuristaError
+from reference_services.runtime.messages import (
     AnyMessage,
     Command,
     CommandPayload,
@@ -28,11 +31,8 @@ from ..runtime.messages import (
     CustomMessage,
     SenderAddress,
 )
-from ..runtime.service import ServiceBuilder
-from ..services import ALL_SERVICES
-from .config import DeploymentConfig
-from .factory import make_queue_bridge, make_stores
-from .run import service_config
+from reference_services.runtime.service import ServiceBuilder
+from reference_services.services import ALL_SERVICES
 
 SETTLE_TIMEOUT_S = 30.0
 

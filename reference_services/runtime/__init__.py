@@ -1,22 +1,18 @@
 """The runtime: messages, errors, services, protocols and the machinery bridges share."""
 
-from .bridge_base import DeliveryOutcome, Disposition, EventBridgeBase
-from .capabilities import (
-    YES,
-    EventBridgeCapabilities,
-    QueueBridgeCapabilities,
-    StoreCapabilities,
-    Support,
-    unsupported,
+from reference_services.runtime.codec import MessageDecodeError, MessageEncodeError, decode, encode
+from reference_services.runtime.context import Context, Stores
+from reference_services.runtime.definitions import (
+    AddressFilter,
+    CommandConfig,
+    FailureHandling,
+    Subscription,
 )
-from .codec import MessageDecodeError, MessageEncodeError, decode, encode
-from .context import Context, Stores
-from .definitions import AddressFilter, CommandConfig, FailureHandling, Subscription
-from .errors import HandledError, PuristaError, StatusCode, UnhandledError
-from .health import HealthServer
-from .idempotency import Idempotency
-from .ids import new_id
-from .messages import (
+from reference_services.runtime.errors import HandledError, PuristaError, StatusCode, UnhandledError
+from reference_services.runtime.health import HealthServer
+from reference_services.runtime.idempotency import Idempotency
+from reference_services.runtime.ids import new_id
+from reference_services.runtime.messages import (
     Address,
     Command,
     CommandErrorResponse,
@@ -27,13 +23,22 @@ from .messages import (
     MessageType,
     SenderAddress,
 )
-from .pending import PendingInvocations
-from .protocols import EventBridge, QueueBridge, StateStore, Store
-from .queue import Job, LeaseExpiredError, QueueMetrics
-from .retry import RetryPolicy
-from .service import ServiceBuilder, ServiceInstance
-from .shutdown import destroy_in_order, graceful_shutdown
-from .store_base import StoreBase, StoreOperationDisabled
+from reference_services.runtime.queue import Job, LeaseExpiredError, QueueMetrics
+from reference_services.runtime.retry import RetryPolicy
+from reference_services.runtime.service import ServiceBuilder, ServiceInstance
+from reference_services.runtime.shutdown import destroy_in_order, graceful_shutdown
+from reference_services.runtime.spi.bridge_base import DeliveryOutcome, Disposition, EventBridgeBase
+from reference_services.runtime.spi.capabilities import (
+    YES,
+    EventBridgeCapabilities,
+    QueueBridgeCapabilities,
+    StoreCapabilities,
+    Support,
+    unsupported,
+)
+from reference_services.runtime.spi.pending import PendingInvocations
+from reference_services.runtime.spi.protocols import EventBridge, QueueBridge, StateStore, Store
+from reference_services.runtime.spi.store_base import StoreBase, StoreOperationDisabled
 
 __all__ = [
     "YES",

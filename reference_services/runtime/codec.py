@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from .messages import AnyMessage, Message, MessageType
+from reference_services.runtime.messages import AnyMessage, Message, MessageType
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 

@@ -6,10 +6,17 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from .idempotency import Idempotency
-from .messages import Address, AnyMessage, Command, CommandPayload, CustomMessage, SenderAddress
-from .protocols import EventBridge, QueueBridge, Store
-from .queue import Job
+from reference_services.runtime.idempotency import Idempotency
+from reference_services.runtime.messages import (
+    Address,
+    AnyMessage,
+    Command,
+    CommandPayload,
+    CustomMessage,
+    SenderAddress,
+)
+from reference_services.runtime.queue import Job
+from reference_services.runtime.spi.protocols import EventBridge, QueueBridge, Store
 
 
 @dataclass

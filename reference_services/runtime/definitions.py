@@ -10,8 +10,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .messages import Address, AnyMessage, Command, CommandResponse, MessageType
-from .retry import RetryPolicy
+from reference_services.runtime.messages import (
+    Address,
+    AnyMessage,
+    Command,
+    CommandResponse,
+    MessageType,
+)
+from reference_services.runtime.retry import RetryPolicy
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Any
 
-from .messages import Command, CommandErrorResponse, error_response
+from reference_services.runtime.messages import Command, CommandErrorResponse, error_response
 
 
 class StatusCode(IntEnum):

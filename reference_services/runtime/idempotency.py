@@ -14,9 +14,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from .errors import StatusCode, UnhandledError
-from .ids import new_id
-from .protocols import StateStore
+from reference_services.runtime.errors import StatusCode, UnhandledError
+from reference_services.runtime.ids import new_id
+from reference_services.runtime.spi.protocols import StateStore
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from .ids import new_id, now_ms
+from reference_services.runtime.ids import new_id, now_ms
 
 
 class MessageType(StrEnum):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import HandledError, StatusCode
+from reference_services.runtime.errors import HandledError, StatusCode
 
 
 @dataclass(frozen=True)

@@ -19,17 +19,16 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from .context import Context, Stores
-from .definitions import (
+from reference_services.runtime.context import Context, Stores
+from reference_services.runtime.definitions import (
     AddressFilter,
     CommandConfig,
     FailureHandling,
     Subscription,
 )
-from .errors import HandledError, PuristaError, StatusCode, UnhandledError
-from .idempotency import Idempotency
-from .inflight import InflightTracker
-from .messages import (
+from reference_services.runtime.errors import HandledError, PuristaError, StatusCode, UnhandledError
+from reference_services.runtime.idempotency import Idempotency
+from reference_services.runtime.messages import (
     Address,
     AnyMessage,
     Command,
@@ -39,9 +38,10 @@ from .messages import (
     SenderAddress,
     success_response,
 )
-from .protocols import EventBridge, QueueBridge, StateStore, Store
-from .queue import Job
-from .retry import RetryPolicy
+from reference_services.runtime.queue import Job
+from reference_services.runtime.retry import RetryPolicy
+from reference_services.runtime.spi.inflight import InflightTracker
+from reference_services.runtime.spi.protocols import EventBridge, QueueBridge, StateStore, Store
 
 Guard = Callable[..., Awaitable[None]]
 Transform = Callable[..., Awaitable[Any]]

@@ -1,9 +1,9 @@
 """Example business services, identical in every deployment pattern."""
 
-from .billing import billing_v1
-from .email import email_v1
-from .sensor import sensor_v1
-from .user import user_v1
+from reference_services.services.billing import billing_v1
+from reference_services.services.email import email_v1
+from reference_services.services.sensor import sensor_v1
+from reference_services.services.user import user_v1
 
 ALL_SERVICES = {"user": user_v1, "email": email_v1, "sensor": sensor_v1, "billing": billing_v1}
 

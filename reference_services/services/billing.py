@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from ..runtime.context import Context
-from ..runtime.errors import HandledError, StatusCode, UnhandledError
-from ..runtime.queue import Job
-from ..runtime.retry import RetryPolicy
-from ..runtime.service import ServiceBuilder
+from reference_services.runtime.context import Context
+from reference_services.runtime.errors import HandledError, StatusCode, UnhandledError
+from reference_services.runtime.queue import Job
+from reference_services.runtime.retry import RetryPolicy
+from reference_services.runtime.service import ServiceBuilder
 
 billing_v1 = ServiceBuilder("billing", "1", "Issues invoices from a job queue")
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..runtime.context import Context
-from ..runtime.definitions import FailureHandling
-from ..runtime.errors import HandledError, StatusCode
-from ..runtime.messages import AnyMessage
-from ..runtime.service import ServiceBuilder
+from reference_services.runtime.context import Context
+from reference_services.runtime.definitions import FailureHandling
+from reference_services.runtime.errors import HandledError, StatusCode
+from reference_services.runtime.messages import AnyMessage
+from reference_services.runtime.service import ServiceBuilder
 
 email_v1 = ServiceBuilder("email", "1", "Sends e-mail in reaction to events")
 

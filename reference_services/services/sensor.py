@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from ..runtime.context import Context
-from ..runtime.service import ServiceBuilder
+from reference_services.runtime.context import Context
+from reference_services.runtime.service import ServiceBuilder
 
 sensor_v1 = ServiceBuilder("sensor", "1", "Sensor readings at the edge")
 

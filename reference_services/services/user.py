@@ -6,10 +6,10 @@ import hashlib
 
 from pydantic import BaseModel, Field
 
-from ..runtime.context import Context
-from ..runtime.errors import HandledError, StatusCode
-from ..runtime.protocols import Store
-from ..runtime.service import ServiceBuilder
+from reference_services.runtime.context import Context
+from reference_services.runtime.errors import HandledError, StatusCode
+from reference_services.runtime.service import ServiceBuilder
+from reference_services.runtime.spi.protocols import Store
 
 user_v1 = ServiceBuilder("user", "1", "Sign-up and look-up of users")
 

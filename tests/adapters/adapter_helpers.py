@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from reference_services.bridges.nats_queue_conn import NatsTimings
+from reference_services.adapters.nats.connection import NatsTimings
 from reference_services.runtime.messages import Address, SenderAddress
 
 CALLER = SenderAddress(

@@ -26,9 +26,8 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from harness.history import History
-from reference_services.bridges import amqp_topology as topo
-from reference_services.bridges.amqp import AmqpBridge
-from reference_services.runtime.bridge_base import DEAD_LETTER_REASON_HEADER, RETRY_ATTEMPT_HEADER
+from reference_services.adapters.amqp import topology as topo
+from reference_services.adapters.amqp.event_bridge import AmqpBridge
 from reference_services.runtime.definitions import (
     AddressFilter,
     CommandConfig,
@@ -44,6 +43,10 @@ from reference_services.runtime.messages import (
     CustomMessage,
     MessageType,
     success_response,
+)
+from reference_services.runtime.spi.bridge_base import (
+    DEAD_LETTER_REASON_HEADER,
+    RETRY_ATTEMPT_HEADER,
 )
 
 pytestmark = pytest.mark.skipif(
@@ -191,7 +194,7 @@ def test_names_and_bindings_follow_purista_conventions() -> None:
 async def test_reconnect_wait_backs_off_and_resets() -> None:
     from yarl import URL
 
-    from reference_services.bridges.amqp_connection import BackoffRobustConnection
+    from reference_services.adapters.amqp.connection import BackoffRobustConnection
 
     conn = BackoffRobustConnection(URL("amqp://127.0.0.1:1/"), reconnect_interval=0.25,
                                    max_reconnect_interval=1.0)

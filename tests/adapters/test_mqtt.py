@@ -29,9 +29,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.history import History, Verdict
-from reference_services.bridges import mqtt_topics as topics
-from reference_services.bridges.mqtt import MqttBridge
-from reference_services.runtime.bridge_base import DEAD_LETTER_REASON_HEADER
+from reference_services.adapters.mqtt import topics
+from reference_services.adapters.mqtt.event_bridge import MqttBridge
 from reference_services.runtime.definitions import FailureHandling, Subscription
 from reference_services.runtime.errors import HandledError, PuristaError
 from reference_services.runtime.messages import (
@@ -43,6 +42,7 @@ from reference_services.runtime.messages import (
     SenderAddress,
     success_response,
 )
+from reference_services.runtime.spi.bridge_base import DEAD_LETTER_REASON_HEADER
 
 FAST = {"keepalive_s": 2, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0,
         "connect_timeout_s": 5.0, "op_timeout_s": 5.0, "publish_timeout_s": 5.0,

@@ -20,9 +20,8 @@ import pytest
 from adapter_helpers import CALLER, USER, is_not, wait_async, wait_for
 
 from harness.history import History
-from reference_services.bridges import nats_subjects as subjects
-from reference_services.bridges.nats import NatsBridge
-from reference_services.runtime.bridge_base import DEAD_LETTER_REASON_HEADER
+from reference_services.adapters.nats import subjects
+from reference_services.adapters.nats.event_bridge import NatsBridge
 from reference_services.runtime.definitions import (
     AddressFilter,
     CommandConfig,
@@ -39,6 +38,7 @@ from reference_services.runtime.messages import (
     MessageType,
     success_response,
 )
+from reference_services.runtime.spi.bridge_base import DEAD_LETTER_REASON_HEADER
 
 FAST = {
     "ping_interval_s": 1.0,
@@ -391,7 +391,7 @@ async def test_unregister_on_one_instance_keeps_the_shared_consumer(make_bridge:
 async def test_a_lost_consumer_is_recreated(
     make_bridge: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from reference_services.bridges import nats_consumers
+    from reference_services.adapters.nats import consumers as nats_consumers
 
     monkeypatch.setattr(nats_consumers, "HEAL_INTERVAL_S", 0.2)
     producer, consumer = await make_bridge(), await make_bridge()

@@ -11,16 +11,16 @@ import pytest
 from adapter_helpers import NATS_FAST as FAST
 from adapter_helpers import is_not
 
-from reference_services.bridges.nats_queue_conn import NatsTimings, NatsUnavailableError
-from reference_services.runtime.idempotency import Idempotency
-from reference_services.runtime.store_base import StoreOperationDisabled, StoreValueError
-from reference_services.stores.nats_kv import (
+from reference_services.adapters.nats.connection import NatsTimings, NatsUnavailableError
+from reference_services.adapters.nats.kv_stores import (
     NatsKVConfigStore,
     NatsKVSecretStore,
     NatsKVStateStore,
     _NatsKVStore,
     kv_key,
 )
+from reference_services.runtime.idempotency import Idempotency
+from reference_services.runtime.spi.store_base import StoreOperationDisabled, StoreValueError
 
 Factory = Callable[..., Awaitable[Any]]
 

@@ -18,8 +18,8 @@ import pytest
 from adapter_helpers import NATS_FAST as FAST
 from adapter_helpers import is_not, wait_async
 
-from reference_services.bridges.nats_queue import NatsQueueBridge
-from reference_services.bridges.nats_queue_conn import NatsUnavailableError, token
+from reference_services.adapters.nats.connection import NatsUnavailableError, token
+from reference_services.adapters.nats.queue_bridge import NatsQueueBridge
 from reference_services.runtime.queue import Job, LeaseExpiredError, QueueInputError
 
 Factory = Callable[..., Awaitable[NatsQueueBridge]]

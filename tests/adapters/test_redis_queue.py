@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from adapter_helpers import eventually, is_not
 
 from harness.history import History
-from reference_services.bridges.redis_queue import RedisQueueBridge, RedisUnavailableError
+from reference_services.adapters.redis.queue_bridge import RedisQueueBridge, RedisUnavailableError
 from reference_services.runtime.queue import Job, LeaseExpiredError, QueueInputError
 
 # --- brokers come from the harness plugin: redis, fresh_service, namespace, proxied, history
@@ -556,7 +556,7 @@ def test_matches_the_reference_model(redis: Any) -> None:
         run_state_machine_as_test,
     )
 
-    from reference_services.bridges.memory_queue import DefaultQueueBridge
+    from reference_services.adapters.memory.queue_bridge import DefaultQueueBridge
 
     url = redis.url
 

@@ -12,15 +12,15 @@ import pytest
 import redis.asyncio as aioredis
 from adapter_helpers import eventually
 
-from reference_services.runtime.errors import PuristaError
-from reference_services.runtime.idempotency import Idempotency
-from reference_services.runtime.store_base import StoreOperationDisabled, StoreValueError
-from reference_services.stores.redis import (
+from reference_services.adapters.redis.stores import (
     RedisConfigStore,
     RedisSecretStore,
     RedisStateStore,
     RedisUnavailableError,
 )
+from reference_services.runtime.errors import PuristaError
+from reference_services.runtime.idempotency import Idempotency
+from reference_services.runtime.spi.store_base import StoreOperationDisabled, StoreValueError
 
 StoreT = RedisStateStore | RedisConfigStore | RedisSecretStore
 

@@ -13,12 +13,12 @@ from dataclasses import replace
 from typing import Any
 
 from conformance.adapters import AdapterContext
-from reference_services.bridges.memory import DefaultEventBridge, MemoryHub
-from reference_services.bridges.memory_queue import DefaultQueueBridge, MemoryQueueStore
-from reference_services.runtime.bridge_base import DeliveryOutcome, Disposition
-from reference_services.runtime.capabilities import unsupported
+from reference_services.adapters.memory.event_bridge import DefaultEventBridge, MemoryHub
+from reference_services.adapters.memory.queue_bridge import DefaultQueueBridge, MemoryQueueStore
+from reference_services.adapters.memory.stores import DefaultStateStore, MemoryKV
 from reference_services.runtime.messages import CustomMessage
-from reference_services.stores.memory import DefaultStateStore, MemoryKV
+from reference_services.runtime.spi.bridge_base import DeliveryOutcome, Disposition
+from reference_services.runtime.spi.capabilities import unsupported
 
 
 def _hub(ctx: AdapterContext) -> MemoryHub:
@@ -149,7 +149,7 @@ def mangles(ctx: AdapterContext) -> Any:
 
 def never_reconnects(ctx: AdapterContext) -> Any:
     """The NATS bridge with the client's reconnects switched off after connecting."""
-    from reference_services.bridges.nats import NatsBridge
+    from reference_services.adapters.nats.event_bridge import NatsBridge
 
     class NeverReconnects(NatsBridge):
         async def _connect(self) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from reference_services.bridges.nats import NatsBridge
-from reference_services.bridges.redis_queue import RedisQueueBridge
+from reference_services.adapters.nats.event_bridge import NatsBridge
+from reference_services.adapters.redis.queue_bridge import RedisQueueBridge
 from reference_services.runtime.definitions import FailureHandling, Subscription
 
 

@@ -10,7 +10,7 @@ from conformance.faults_procs import in_flight
 from conformance.faults_run import expectations, judge
 from conformance.faults_workload import Invocation, Stats
 from harness.history import History, check
-from reference_services.runtime.capabilities import (
+from reference_services.runtime.spi.capabilities import (
     EventBridgeCapabilities,
     QueueBridgeCapabilities,
     unsupported,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from reference_services.bridges.memory import DefaultEventBridge
+from reference_services.adapters.memory.event_bridge import DefaultEventBridge
 from reference_services.runtime.errors import PuristaError
 from reference_services.runtime.messages import Command, CommandPayload, SenderAddress
 from reference_services.runtime.service import ServiceBuilder

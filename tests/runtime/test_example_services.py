@@ -6,14 +6,14 @@ import asyncio
 
 import pytest
 
-from reference_services.bridges.memory import DefaultEventBridge, MemoryHub
-from reference_services.bridges.memory_queue import DefaultQueueBridge
+from reference_services.adapters.memory.event_bridge import DefaultEventBridge, MemoryHub
+from reference_services.adapters.memory.queue_bridge import DefaultQueueBridge
+from reference_services.adapters.memory.stores import DefaultConfigStore, DefaultStateStore
 from reference_services.runtime.codec import encode
 from reference_services.runtime.errors import PuristaError
 from reference_services.runtime.messages import CustomMessage
 from reference_services.services import billing_v1, email_v1, sensor_v1, user_v1
 from reference_services.services.billing import INVOICE_QUEUE
-from reference_services.stores.memory import DefaultConfigStore, DefaultStateStore
 
 from .helpers import command, wait_for
 

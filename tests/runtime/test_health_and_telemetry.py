@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from reference_services.bridges.memory import DefaultEventBridge, MemoryHub
+from reference_services.adapters.memory.event_bridge import DefaultEventBridge, MemoryHub
 from reference_services.runtime.health import HealthServer
 from reference_services.runtime.messages import success_response
 

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from reference_services.bridges.memory import DefaultEventBridge, MemoryHub
+from reference_services.adapters.memory.event_bridge import DefaultEventBridge, MemoryHub
 from reference_services.runtime.codec import encode
 from reference_services.runtime.definitions import FailureHandling, Subscription
 from reference_services.runtime.errors import HandledError, PuristaError

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from reference_services.bridges.memory_queue import DefaultQueueBridge, MemoryQueueStore
+from reference_services.adapters.memory.queue_bridge import DefaultQueueBridge, MemoryQueueStore
 from reference_services.runtime.queue import LeaseExpiredError, QueueInputError
 
 

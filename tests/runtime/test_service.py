@@ -7,13 +7,13 @@ from collections import Counter
 import pytest
 from pydantic import BaseModel
 
-from reference_services.bridges.memory import DefaultEventBridge, MemoryHub
-from reference_services.runtime.capabilities import EventBridgeCapabilities, unsupported
+from reference_services.adapters.memory.event_bridge import DefaultEventBridge, MemoryHub
+from reference_services.adapters.memory.stores import DefaultStateStore
 from reference_services.runtime.definitions import FailureHandling
 from reference_services.runtime.errors import HandledError, PuristaError
 from reference_services.runtime.messages import MessageType
 from reference_services.runtime.service import DefinitionError, ServiceBuilder
-from reference_services.stores.memory import DefaultStateStore
+from reference_services.runtime.spi.capabilities import EventBridgeCapabilities, unsupported
 
 from .helpers import command, wait_for
 

@@ -6,14 +6,14 @@ import asyncio
 
 import pytest
 
-from reference_services.runtime.idempotency import Idempotency
-from reference_services.runtime.store_base import StoreOperationDisabled, StoreValueError
-from reference_services.stores.memory import (
+from reference_services.adapters.memory.stores import (
     DefaultConfigStore,
     DefaultSecretStore,
     DefaultStateStore,
     MemoryKV,
 )
+from reference_services.runtime.idempotency import Idempotency
+from reference_services.runtime.spi.store_base import StoreOperationDisabled, StoreValueError
 
 
 async def test_state_store_get_set_remove_and_missing_keys() -> None:

@@ -23,7 +23,7 @@ from conformance.kit import addr, command, event, responder, subscription
 from conformance.marks import check
 from conformance.under_test import AdapterUnderTest
 from conformance.waits import wait_for, wait_quiet
-from reference_services.bridges.memory import DefaultEventBridge, MemoryHub
+from reference_services.adapters.memory.event_bridge import DefaultEventBridge, MemoryHub
 from reference_services.runtime.errors import PuristaError
 
 EB = ("event_bridge",)

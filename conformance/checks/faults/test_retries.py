@@ -274,7 +274,7 @@ async def test_queue_retries(aut: AdapterUnderTest, faults_toxiproxy: Any) -> No
     bridge behind latency: transient failures retried with the policy's delays, poison jobs
     dead-lettered with the reason after max attempts, handled errors dead-lettered at once
     and never retried."""
-    from reference_services.bridges.memory import DefaultEventBridge, MemoryHub
+    from reference_services.adapters.memory.event_bridge import DefaultEventBridge, MemoryHub
     from reference_services.runtime.service import ServiceBuilder
 
     if not aut.spec.services:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .definitions import AddressFilter, Subscription
-from .messages import Address, AnyMessage
+from reference_services.runtime.definitions import AddressFilter, Subscription
+from reference_services.runtime.messages import Address, AnyMessage
 
 
 def _address_matches(flt: AddressFilter | None, address: Address | None) -> bool:

@@ -40,10 +40,19 @@ from typing import Any, ClassVar, Literal
 
 from redis.commands.core import AsyncScript
 
-from ..runtime.capabilities import QueueBridgeCapabilities
-from ..runtime.errors import UnhandledError
-from ..runtime.ids import new_id
-from ..runtime.queue import (
+from reference_services.adapters.redis.client import (
+    RedisSettings,
+    RedisUnavailableError,
+    durability,
+    guarded,
+    lenient_text,
+    ping,
+    strict_text,
+)
+from reference_services.adapters.redis.queue_scripts import SCRIPTS, script_source
+from reference_services.runtime.errors import UnhandledError
+from reference_services.runtime.ids import new_id
+from reference_services.runtime.queue import (
     DEFAULT_LEASE_TTL_MS,
     DEFAULT_MAX_ATTEMPTS,
     DeadLetterJob,
@@ -55,16 +64,7 @@ from ..runtime.queue import (
     QueueMetrics,
     validate_enqueue,
 )
-from .redis_client import (
-    RedisSettings,
-    RedisUnavailableError,
-    durability,
-    guarded,
-    lenient_text,
-    ping,
-    strict_text,
-)
-from .redis_queue_lua import SCRIPTS, script_source
+from reference_services.runtime.spi.capabilities import QueueBridgeCapabilities
 
 __all__ = ["RedisQueueBridge", "RedisUnavailableError"]
 

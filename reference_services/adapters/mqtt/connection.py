@@ -23,7 +23,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ..runtime.errors import StatusCode, UnhandledError
+from reference_services.runtime.errors import StatusCode, UnhandledError
 
 MessageCallback = Callable[[mqtt.MQTTMessage, int], None]
 StateCallback = Callable[[int, bool], None]

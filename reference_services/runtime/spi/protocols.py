@@ -8,10 +8,25 @@ from __future__ import annotations
 
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from .capabilities import EventBridgeCapabilities, QueueBridgeCapabilities, StoreCapabilities
-from .definitions import CommandConfig, CommandHandler, Subscription, SubscriptionHandler
-from .messages import Address, AnyMessage, Command
-from .queue import DeadLetterJob, Job, LeaseInfo, NackOutcome, QueueMetrics
+from reference_services.runtime.definitions import (
+    CommandConfig,
+    CommandHandler,
+    Subscription,
+    SubscriptionHandler,
+)
+from reference_services.runtime.messages import Address, AnyMessage, Command
+from reference_services.runtime.queue import (
+    DeadLetterJob,
+    Job,
+    LeaseInfo,
+    NackOutcome,
+    QueueMetrics,
+)
+from reference_services.runtime.spi.capabilities import (
+    EventBridgeCapabilities,
+    QueueBridgeCapabilities,
+    StoreCapabilities,
+)
 
 AdapterKind = Literal["event_bridge", "queue_bridge", "state_store", "config_store", "secret_store"]
 

@@ -14,7 +14,7 @@ import logging
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from ..bridges.redis_client import (
+from reference_services.adapters.redis.client import (
     RedisSettings,
     RedisUnavailableError,
     durability,
@@ -22,10 +22,10 @@ from ..bridges.redis_client import (
     ping,
     strict_text,
 )
-from ..runtime.capabilities import YES, StoreCapabilities
-from ..runtime.errors import UnhandledError
-from ..runtime.ids import new_id
-from ..runtime.store_base import StoreBase, StoreKind, dump_value, load_value
+from reference_services.runtime.errors import UnhandledError
+from reference_services.runtime.ids import new_id
+from reference_services.runtime.spi.capabilities import YES, StoreCapabilities
+from reference_services.runtime.spi.store_base import StoreBase, StoreKind, dump_value, load_value
 
 __all__ = ["RedisConfigStore", "RedisSecretStore", "RedisStateStore", "RedisUnavailableError"]
 

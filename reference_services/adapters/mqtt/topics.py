@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import zlib
 
-from ..runtime.definitions import AddressFilter, Subscription
-from ..runtime.messages import Address, AnyMessage, MessageType
+from reference_services.runtime.definitions import AddressFilter, Subscription
+from reference_services.runtime.messages import Address, AnyMessage, MessageType
 
 EMPTY = "__empty__"
 ANY = "+"

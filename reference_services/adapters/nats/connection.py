@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..runtime.errors import StatusCode, UnhandledError
+from reference_services.runtime.errors import StatusCode, UnhandledError
 
 log = logging.getLogger(__name__)
 

@@ -13,17 +13,17 @@ import logging
 from collections import defaultdict, deque
 from typing import Any
 
-from ..runtime.bridge_base import (
+from reference_services.runtime.codec import MessageDecodeError, decode, encode
+from reference_services.runtime.errors import StatusCode
+from reference_services.runtime.messages import AnyMessage, Command, CommandResponse, error_response
+from reference_services.runtime.spi.bridge_base import (
     DeliveryOutcome,
     Disposition,
     EventBridgeBase,
     RegisteredCommand,
     RegisteredSubscription,
 )
-from ..runtime.capabilities import EventBridgeCapabilities, unsupported
-from ..runtime.codec import MessageDecodeError, decode, encode
-from ..runtime.errors import StatusCode
-from ..runtime.messages import AnyMessage, Command, CommandResponse, error_response
+from reference_services.runtime.spi.capabilities import EventBridgeCapabilities, unsupported
 
 log = logging.getLogger("reference_services.bridge.memory")
 

@@ -65,7 +65,12 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, PublishError
 
-from ..runtime.bridge_base import (
+from reference_services.adapters.amqp import topology as topo
+from reference_services.adapters.amqp.connection import BackoffRobustConnection, wait_connected
+from reference_services.runtime.codec import MessageDecodeError, decode
+from reference_services.runtime.errors import StatusCode, UnhandledError
+from reference_services.runtime.messages import AnyMessage, Command, CommandResponse, MessageType
+from reference_services.runtime.spi.bridge_base import (
     DEAD_LETTER_REASON_HEADER,
     RETRY_ATTEMPT_HEADER,
     Disposition,
@@ -73,12 +78,7 @@ from ..runtime.bridge_base import (
     RegisteredCommand,
     RegisteredSubscription,
 )
-from ..runtime.capabilities import YES, EventBridgeCapabilities, unsupported
-from ..runtime.codec import MessageDecodeError, decode
-from ..runtime.errors import StatusCode, UnhandledError
-from ..runtime.messages import AnyMessage, Command, CommandResponse, MessageType
-from . import amqp_topology as topo
-from .amqp_connection import BackoffRobustConnection, wait_connected
+from reference_services.runtime.spi.capabilities import YES, EventBridgeCapabilities, unsupported
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 _COMMAND_TTL: contextvars.ContextVar[float | None] = contextvars.ContextVar(

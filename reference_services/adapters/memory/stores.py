@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..runtime.capabilities import YES, StoreCapabilities, unsupported
-from ..runtime.store_base import StoreBase, dump_value, load_value
+from reference_services.runtime.spi.capabilities import YES, StoreCapabilities, unsupported
+from reference_services.runtime.spi.store_base import StoreBase, dump_value, load_value
 
 
 class MemoryKV:

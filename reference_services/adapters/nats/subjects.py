@@ -19,8 +19,8 @@ import hashlib
 import re
 import string
 
-from ..runtime.definitions import AddressFilter, Subscription
-from ..runtime.messages import Address, AnyMessage, MessageType
+from reference_services.runtime.definitions import AddressFilter, Subscription
+from reference_services.runtime.messages import Address, AnyMessage, MessageType
 
 EMPTY = "__empty__"
 MAX_TOKEN = 96

@@ -20,8 +20,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..runtime.capabilities import YES, Support, unsupported
-from ..runtime.errors import StatusCode, UnhandledError
+from reference_services.runtime.errors import StatusCode, UnhandledError
+from reference_services.runtime.spi.capabilities import YES, Support, unsupported
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 T = TypeVar("T")

@@ -57,25 +57,29 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ..runtime.bridge_base import (
+from reference_services.adapters.mqtt import topics
+from reference_services.adapters.mqtt.connection import (
+    MqttConnection,
+    MqttSettings,
+    MqttUnavailableError,
+)
+from reference_services.runtime.codec import MessageDecodeError, decode
+from reference_services.runtime.errors import StatusCode, UnhandledError
+from reference_services.runtime.messages import (
+    AnyMessage,
+    Command,
+    CommandErrorResponse,
+    CommandSuccessResponse,
+)
+from reference_services.runtime.spi.bridge_base import (
     DEAD_LETTER_REASON_HEADER,
     Disposition,
     EventBridgeBase,
     RegisteredCommand,
     RegisteredSubscription,
 )
-from ..runtime.capabilities import YES, EventBridgeCapabilities, unsupported
-from ..runtime.codec import MessageDecodeError, decode
-from ..runtime.errors import StatusCode, UnhandledError
-from ..runtime.inflight import InflightTracker
-from ..runtime.messages import (
-    AnyMessage,
-    Command,
-    CommandErrorResponse,
-    CommandSuccessResponse,
-)
-from . import mqtt_topics as topics
-from .mqtt_connection import MqttConnection, MqttSettings, MqttUnavailableError
+from reference_services.runtime.spi.capabilities import YES, EventBridgeCapabilities, unsupported
+from reference_services.runtime.spi.inflight import InflightTracker
 
 DEFAULT_URL = "mqtt://127.0.0.1:1883"
 NO_MATCHING_SUBSCRIBERS = 0x10

@@ -20,9 +20,8 @@ from typing import Any, ClassVar, Literal
 
 from opentelemetry.trace import SpanKind
 
-from . import telemetry
-from .capabilities import EventBridgeCapabilities
-from .codec import (
+from reference_services.runtime import telemetry
+from reference_services.runtime.codec import (
     DEFAULT_MAX_MESSAGE_BYTES,
     MessageDecodeError,
     MessageEncodeError,
@@ -30,8 +29,13 @@ from .codec import (
     encode,
     to_wire,
 )
-from .definitions import CommandConfig, CommandHandler, Subscription, SubscriptionHandler
-from .errors import (
+from reference_services.runtime.definitions import (
+    CommandConfig,
+    CommandHandler,
+    Subscription,
+    SubscriptionHandler,
+)
+from reference_services.runtime.errors import (
     HandledError,
     PuristaError,
     StatusCode,
@@ -39,10 +43,8 @@ from .errors import (
     as_purista_error,
     error_from_response,
 )
-from .ids import new_id
-from .inflight import InflightTracker
-from .matcher import matches
-from .messages import (
+from reference_services.runtime.ids import new_id
+from reference_services.runtime.messages import (
     Address,
     AnyMessage,
     Command,
@@ -55,7 +57,10 @@ from .messages import (
     SenderAddress,
     error_response,
 )
-from .pending import PendingInvocations
+from reference_services.runtime.spi.capabilities import EventBridgeCapabilities
+from reference_services.runtime.spi.inflight import InflightTracker
+from reference_services.runtime.spi.matcher import matches
+from reference_services.runtime.spi.pending import PendingInvocations
 
 DEAD_LETTER_REASON_HEADER = "x-purista-dead-letter-reason"
 RETRY_ATTEMPT_HEADER = "x-purista-retry-attempt"

@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import PuristaError, StatusCode, UnhandledError
-from .messages import CommandResponse
+from reference_services.runtime.errors import PuristaError, StatusCode, UnhandledError
+from reference_services.runtime.messages import CommandResponse
 
 
 @dataclass

@@ -55,11 +55,24 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
-from ..runtime.capabilities import YES, QueueBridgeCapabilities
-from ..runtime.errors import PuristaError
-from ..runtime.ids import new_id, now_ms
-from ..runtime.inflight import InflightTracker
-from ..runtime.queue import (
+from reference_services.adapters.nats.connection import (
+    NatsTimings,
+    NatsUnavailableError,
+    connect_nats,
+    resolve_url,
+    token,
+)
+from reference_services.adapters.nats.queue_admin import NatsQueueAdmin
+from reference_services.adapters.nats.queue_ledger import LeaseRecord, ledger_key, parse_job
+from reference_services.adapters.nats.queue_pull import (
+    PullRefused,
+    level_token,
+    parse_level,
+    pull_no_wait,
+)
+from reference_services.runtime.errors import PuristaError
+from reference_services.runtime.ids import new_id, now_ms
+from reference_services.runtime.queue import (
     DEFAULT_LEASE_TTL_MS,
     DEFAULT_MAX_ATTEMPTS,
     Job,
@@ -68,10 +81,8 @@ from ..runtime.queue import (
     QueueInputError,
     validate_enqueue,
 )
-from .nats_queue_admin import NatsQueueAdmin
-from .nats_queue_conn import NatsTimings, NatsUnavailableError, connect_nats, resolve_url, token
-from .nats_queue_ledger import LeaseRecord, ledger_key, parse_job
-from .nats_queue_pull import PullRefused, level_token, parse_level, pull_no_wait
+from reference_services.runtime.spi.capabilities import YES, QueueBridgeCapabilities
+from reference_services.runtime.spi.inflight import InflightTracker
 
 log = logging.getLogger(__name__)
 

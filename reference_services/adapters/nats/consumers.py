@@ -19,17 +19,17 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from ..runtime.bridge_base import (
+from reference_services.adapters.nats import subjects
+from reference_services.runtime.ids import new_id
+from reference_services.runtime.spi.bridge_base import (
     DEAD_LETTER_REASON_HEADER,
     DeliveryOutcome,
     Disposition,
     RegisteredSubscription,
 )
-from ..runtime.ids import new_id
-from . import nats_subjects as subjects
 
 if TYPE_CHECKING:
-    from .nats import NatsBridge
+    from reference_services.adapters.nats.event_bridge import NatsBridge
 
 MAX_DELIVER_MARGIN = 3
 """Deliveries the server allows beyond ``max_attempts`` (redeliveries after a crash)."""

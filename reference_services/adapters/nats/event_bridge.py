@@ -40,18 +40,11 @@ from nats.aio.subscription import Subscription as CoreSubscription
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
-from ..runtime.bridge_base import (
-    BridgeNotRunningError,
-    Disposition,
-    EventBridgeBase,
-    RegisteredCommand,
-    RegisteredSubscription,
-)
-from ..runtime.capabilities import YES, EventBridgeCapabilities, unsupported
-from ..runtime.codec import MessageEncodeError
-from ..runtime.errors import StatusCode, UnhandledError
-from ..runtime.inflight import InflightTracker
-from ..runtime.messages import (
+from reference_services.adapters.nats import subjects
+from reference_services.adapters.nats.consumers import JetStreamConsumer
+from reference_services.runtime.codec import MessageEncodeError
+from reference_services.runtime.errors import StatusCode, UnhandledError
+from reference_services.runtime.messages import (
     AnyMessage,
     Command,
     CommandErrorResponse,
@@ -60,8 +53,15 @@ from ..runtime.messages import (
     MessageType,
     error_response,
 )
-from . import nats_subjects as subjects
-from .nats_consumers import JetStreamConsumer
+from reference_services.runtime.spi.bridge_base import (
+    BridgeNotRunningError,
+    Disposition,
+    EventBridgeBase,
+    RegisteredCommand,
+    RegisteredSubscription,
+)
+from reference_services.runtime.spi.capabilities import YES, EventBridgeCapabilities, unsupported
+from reference_services.runtime.spi.inflight import InflightTracker
 
 _NO_RESPONDERS = "503"
 _HEADER_ROOM = 4096  # max_payload counts headers too (dead letters carry a reason header)

@@ -9,9 +9,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
-from ..runtime.capabilities import QueueBridgeCapabilities, unsupported
-from ..runtime.ids import new_id, now_ms
-from ..runtime.queue import (
+from reference_services.runtime.ids import new_id, now_ms
+from reference_services.runtime.queue import (
     DEFAULT_LEASE_TTL_MS,
     DEFAULT_MAX_ATTEMPTS,
     DeadLetterJob,
@@ -23,6 +22,7 @@ from ..runtime.queue import (
     QueueMetrics,
     validate_enqueue,
 )
+from reference_services.runtime.spi.capabilities import QueueBridgeCapabilities, unsupported
 
 
 def _json_copy(value: Any, what: str) -> Any:

@@ -24,16 +24,16 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..bridges.nats_queue_conn import (
+from reference_services.adapters.nats.connection import (
     NatsTimings,
     NatsUnavailableError,
     connect_nats,
     resolve_url,
     token,
 )
-from ..runtime.capabilities import YES, StoreCapabilities, unsupported
-from ..runtime.errors import PuristaError
-from ..runtime.store_base import StoreBase, dump_value
+from reference_services.runtime.errors import PuristaError
+from reference_services.runtime.spi.capabilities import YES, StoreCapabilities, unsupported
+from reference_services.runtime.spi.store_base import StoreBase, dump_value
 
 log = logging.getLogger(__name__)
 

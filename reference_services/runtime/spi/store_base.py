@@ -7,8 +7,8 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal
 
-from .capabilities import StoreCapabilities
-from .errors import HandledError, StatusCode
+from reference_services.runtime.errors import HandledError, StatusCode
+from reference_services.runtime.spi.capabilities import StoreCapabilities
 
 StoreKind = Literal["state_store", "config_store", "secret_store"]
 

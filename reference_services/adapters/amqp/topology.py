@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..runtime import telemetry
-from ..runtime.definitions import AddressFilter, Subscription
-from ..runtime.messages import Address, AnyMessage, MessageType
+from reference_services.runtime import telemetry
+from reference_services.runtime.definitions import AddressFilter, Subscription
+from reference_services.runtime.messages import Address, AnyMessage, MessageType
 
 DEAD_LETTER_SUFFIX = "dlq"
 RETRY_SUFFIX = "retry"

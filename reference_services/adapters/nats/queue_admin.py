@@ -7,12 +7,12 @@ import json
 import logging
 from typing import Any
 
-from ..runtime.ids import now_ms
-from ..runtime.queue import DeadLetterJob, LeaseInfo, QueueMetrics
-from .nats_queue_conn import NatsTimings, NatsUnavailableError, token
-from .nats_queue_ledger import JOB_FIELDS, LeaseRecord, parse_job
+from reference_services.adapters.nats.connection import NatsTimings, NatsUnavailableError, token
+from reference_services.adapters.nats.queue_ledger import JOB_FIELDS, LeaseRecord, parse_job
+from reference_services.runtime.ids import now_ms
+from reference_services.runtime.queue import DeadLetterJob, LeaseInfo, QueueMetrics
 
-log = logging.getLogger("reference_services.bridges.nats_queue")
+log = logging.getLogger("reference_services.adapters.nats.queue_bridge")
 
 
 class NatsQueueAdmin:
