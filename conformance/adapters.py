@@ -1,7 +1,11 @@
-"""Adapters under test: built-ins, ``module:factory`` references and entry points.
+"""Adapters under test, from the one registry: descriptors (built-in, installed as entry
+points, or given as ``module:DESCRIPTOR``) and plain factories (``module:factory``).
 
-A *factory* is any callable ``factory(ctx: AdapterContext) -> adapter`` that
-returns an unstarted adapter. The adapter's ``kind`` attribute says which
+A descriptor (``reference_services.runtime.spi.AdapterDescriptor``) gives an adapter
+everything a built-in has: fault tuning, deployment patterns, the harness service it
+needs. A *factory* is any callable ``factory(ctx: AdapterContext) -> adapter`` that
+returns an unstarted adapter; it may carry ``kind``, ``capabilities``, ``services``,
+``fault_options`` and ``inject_raw`` attributes. The adapter's ``kind`` attribute says which
 checks apply (``event_bridge``, ``queue_bridge``, ``state_store``,
 ``config_store`` or ``secret_store``). A check that needs several instances
 calls the factory several times with contexts that share ``prefix`` and
@@ -13,12 +17,22 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-ENTRY_POINT_GROUP = "purista_conformance.adapters"
-KINDS = ("event_bridge", "queue_bridge", "state_store", "config_store", "secret_store")
+from reference_services.adapters import registry
+from reference_services.runtime.spi import descriptor as _descriptor_mod
+from reference_services.runtime.spi.descriptor import KINDS, AdapterDescriptor
+
+ENTRY_POINT_GROUP = registry.ENTRY_POINT_GROUP
+# the in-process adapters: the monolith's, and the event bridge the stateful check models
+REFERENCE_ADAPTER = "memory"
+REFERENCE_MODEL = ("event_bridge", REFERENCE_ADAPTER)
+# the queue bridge and stores that connect the processes of a deployment pattern
+PROCESS_BACKEND = "redis"
 
 
 class UsageError(Exception):
@@ -83,6 +97,16 @@ class AdapterSpec:
     unavailable: str = ""
     services: tuple[str, ...] = ()
     inject_raw: Callable[[Any, bytes], Any] | None = None
+    fault_options: dict[str, Any] = field(default_factory=dict)
+    deployable: bool = False
+    url_var: str | None = None
+    selector: str | None = None
+    adapter_class: type | None = None
+
+    @property
+    def is_reference_model(self) -> bool:
+        """Whether this is the built-in in-memory reference model itself."""
+        return self.source == "builtin" and (self.kind, self.name) == REFERENCE_MODEL
 
     @property
     def label(self) -> str:
@@ -114,157 +138,39 @@ def load_reference(reference: str) -> Any:
     module_name, _, attr = reference.partition(":")
     if not module_name or not attr:
         raise UsageError(f"{reference!r} is not of the form module:factory")
-    module = importlib.import_module(module_name)
-    obj: Any = module
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
+    return _descriptor_mod.load_reference(reference)
 
 
-# --------------------------------------------------------------- built-ins
-def _memory_event_bridge(ctx: AdapterContext) -> Any:
-    from reference_services.adapters.memory.event_bridge import DefaultEventBridge, MemoryHub
+# ------------------------------------------------------------ descriptors
+def descriptor_spec(d: AdapterDescriptor, source: str, selector: str) -> AdapterSpec:
+    """The spec of an adapter declared by a descriptor (built-in or third party).
 
-    hub = ctx.shared.setdefault("memory_hub", MemoryHub())
-    return DefaultEventBridge(hub=hub, **ctx.options)
-
-
-def _memory_queue_bridge(ctx: AdapterContext) -> Any:
-    from reference_services.adapters.memory.queue_bridge import DefaultQueueBridge, MemoryQueueStore
-
-    store = ctx.shared.setdefault("memory_queue_store", MemoryQueueStore())
-    return DefaultQueueBridge(store=store, **ctx.options)
-
-
-def _memory_store(cls_name: str) -> Factory:
-    def factory(ctx: AdapterContext) -> Any:
-        from reference_services.adapters.memory import stores as memory
-
-        kv = ctx.shared.setdefault("memory_kv", memory.MemoryKV())
-        return getattr(memory, cls_name)(kv=kv, **ctx.options)
-
-    return factory
-
-
-def _broker(reference: str, service: str) -> Factory:
-    def factory(ctx: AdapterContext) -> Any:
-        cls = load_reference(reference)
-        return cls(url=ctx.url(service), prefix=ctx.prefix, **ctx.options)
-
-    return factory
-
-
-async def _memory_inject_raw(bridge: Any, raw: bytes) -> None:
-    bridge.receive_raw(raw)
-
-
-@dataclass(frozen=True)
-class _Builtin:
-    name: str
-    kind: str
-    reference: str
-    factory: Factory
-    services: tuple[str, ...] = ()
-    inject_raw: Callable[[Any, bytes], Any] | None = None
-
-
-_MEM = "reference_services.adapters.memory.event_bridge"
-_BUILTINS: tuple[_Builtin, ...] = (
-    _Builtin(
-        "memory",
-        "event_bridge",
-        f"{_MEM}:DefaultEventBridge",
-        _memory_event_bridge,
-        inject_raw=_memory_inject_raw,
-    ),
-    _Builtin(
-        "amqp",
-        "event_bridge",
-        "reference_services.adapters.amqp.event_bridge:AmqpBridge",
-        _broker("reference_services.adapters.amqp.event_bridge:AmqpBridge", "rabbitmq"),
-        ("rabbitmq",),
-    ),
-    _Builtin(
-        "nats",
-        "event_bridge",
-        "reference_services.adapters.nats.event_bridge:NatsBridge",
-        _broker("reference_services.adapters.nats.event_bridge:NatsBridge", "nats"),
-        ("nats",),
-    ),
-    _Builtin(
-        "mqtt",
-        "event_bridge",
-        "reference_services.adapters.mqtt.event_bridge:MqttBridge",
-        _broker("reference_services.adapters.mqtt.event_bridge:MqttBridge", "mosquitto"),
-        ("mosquitto",),
-    ),
-    _Builtin(
-        "memory",
-        "queue_bridge",
-        "reference_services.adapters.memory.queue_bridge:DefaultQueueBridge",
-        _memory_queue_bridge,
-    ),
-    _Builtin(
-        "redis",
-        "queue_bridge",
-        "reference_services.adapters.redis.queue_bridge:RedisQueueBridge",
-        _broker("reference_services.adapters.redis.queue_bridge:RedisQueueBridge", "redis"),
-        ("redis",),
-    ),
-    _Builtin(
-        "nats",
-        "queue_bridge",
-        "reference_services.adapters.nats.queue_bridge:NatsQueueBridge",
-        _broker("reference_services.adapters.nats.queue_bridge:NatsQueueBridge", "nats"),
-        ("nats",),
-    ),
-)
-
-
-def _store_builtins() -> tuple[_Builtin, ...]:
-    out = []
-    for kind, suffix in (
-        ("state_store", "State"),
-        ("config_store", "Config"),
-        ("secret_store", "Secret"),
-    ):
-        out.append(
-            _Builtin(
-                "memory",
-                kind,
-                f"reference_services.adapters.memory.stores:Default{suffix}Store",
-                _memory_store(f"Default{suffix}Store"),
-            )
-        )
-        ref = f"reference_services.adapters.redis.stores:Redis{suffix}Store"
-        out.append(_Builtin("redis", kind, ref, _broker(ref, "redis"), ("redis",)))
-        ref = f"reference_services.adapters.nats.kv_stores:NatsKV{suffix}Store"
-        out.append(_Builtin("nats-kv", kind, ref, _broker(ref, "nats"), ("nats",)))
-    return tuple(out)
-
-
-BUILTINS: tuple[_Builtin, ...] = _BUILTINS + _store_builtins()
-
-
-def _builtin_spec(b: _Builtin) -> AdapterSpec:
+    ``selector`` is what a subprocess (a deployment pattern, a faults-suite service
+    process) is given to find the same descriptor: its registered name or a reference.
+    """
     spec = AdapterSpec(
-        b.name,
-        b.kind,
-        b.factory,
-        "builtin",
-        b.reference,
-        services=b.services,
-        inject_raw=b.inject_raw,
+        d.name,
+        d.kind,
+        d.build,
+        source,
+        d.reference,
+        services=(d.service,) if d.service else (),
+        inject_raw=d.inject_raw,
+        fault_options=dict(d.fault_options),
+        deployable=d.deployable,
+        url_var=d.url_var,
+        selector=selector,
     )
     try:
-        cls = load_reference(b.reference)
+        cls = d.load()
     except ImportError as exc:
         spec.unavailable = f"adapter module not available: {exc}"
         return spec
-    except AttributeError as exc:
+    except (AttributeError, TypeError) as exc:
         spec.unavailable = f"adapter class not available: {exc}"
         return spec
     spec.capabilities = getattr(cls, "capabilities", None)
+    spec.adapter_class = cls
     if spec.inject_raw is None:
         spec.inject_raw = _raw_hook_of(cls)
     return spec
@@ -317,9 +223,25 @@ def probe(name: str | None, factory: Factory, source: str, reference: str) -> Ad
     # a factory may name the harness services it connects to (e.g. ``("nats",)``), so that
     # checks that fault a broker (the faults suite) know which one
     spec.services = tuple(getattr(factory, "services", ()) or ())
+    options = getattr(factory, "fault_options", None)
+    spec.fault_options = dict(options) if isinstance(options, dict) else {}
     hook = getattr(factory, "inject_raw", None)
     spec.inject_raw = hook if callable(hook) else _raw_hook_of(obj if obj is not None else factory)
     return spec
+
+
+def _object_specs(obj: Any, name: str | None, source: str, reference: str) -> list[AdapterSpec]:
+    """Specs for what an entry point or a ``module:attr`` selector names."""
+    found = registry.descriptors_in(obj)
+    if found is not None:
+        # a subprocess finds an installed descriptor by name, a given one by its reference
+        return [
+            descriptor_spec(d, source, d.name if source == "entry-point" else reference)
+            for d in found
+        ]
+    if not callable(obj):
+        raise UsageError(f"adapter {reference!r} is neither a descriptor nor a callable factory")
+    return [probe(name, obj, source, reference)]
 
 
 def entry_point_specs() -> list[AdapterSpec]:
@@ -327,16 +249,43 @@ def entry_point_specs() -> list[AdapterSpec]:
     specs = []
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
-            factory = ep.load()
+            obj = ep.load()
         except Exception as exc:
             raise UsageError(f"entry point {ep.name} = {ep.value} failed to load: {exc}") from exc
-        specs.append(probe(ep.name, factory, "entry-point", ep.value))
+        specs.extend(_object_specs(obj, ep.name, "entry-point", ep.value))
     return specs
+
+
+def reference_adapter(kind: str) -> AdapterDescriptor:
+    """The in-process adapter of ``kind`` the monolith runs on."""
+    return registry.resolve(kind, REFERENCE_ADAPTER)  # type: ignore[arg-type]
+
+
+def process_backend(kind: str) -> AdapterDescriptor:
+    """The adapter of ``kind`` (a queue bridge or a store) shared by deployment processes."""
+    return registry.resolve(kind, PROCESS_BACKEND)  # type: ignore[arg-type]
+
+
+def process_backend_urls(url: Callable[[str], str]) -> dict[str, str]:
+    """Environment-style URLs of the process backend, from a service-to-URL lookup."""
+    out: dict[str, str] = {}
+    for kind in ("queue_bridge", "state_store"):
+        d = process_backend(kind)
+        if d.service and d.url_var:
+            out[d.url_var] = url(d.service)
+    return out
+
+
+def subprocess_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a service process: ours, with our import path, so that the
+    child finds every adapter (and ``module:DESCRIPTOR`` reference) the runner can."""
+    path = os.pathsep.join(p for p in sys.path if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
 
 
 def builtin_specs() -> list[AdapterSpec]:
     """Every built-in adapter, with ``unavailable`` set where its module is missing."""
-    return [_builtin_spec(b) for b in BUILTINS]
+    return [descriptor_spec(d, "builtin", d.name) for d in registry.builtin()]
 
 
 def resolve(selectors: list[str]) -> list[AdapterSpec]:
@@ -359,12 +308,13 @@ def resolve(selectors: list[str]) -> list[AdapterSpec]:
         head, colon_, _tail = ref.partition(":")
         if eq or (colon_ and head not in KINDS):
             try:
-                factory = load_reference(ref)
+                obj = load_reference(ref)
             except (ImportError, AttributeError) as exc:
                 raise UsageError(f"cannot load adapter {ref!r}: {exc}") from exc
-            if not callable(factory):
-                raise UsageError(f"adapter {ref!r} is not callable")
-            out.append(probe(name or None, factory, "cli", ref))
+            specs = _object_specs(obj, name or None, "cli", ref)
+            if name and len(specs) == 1:
+                specs[0].name = name
+            out.extend(specs)
             continue
         kind, colon, short = sel.rpartition(":")
         if installed is None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 import time
@@ -22,9 +21,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from reference_services.adapters.memory.event_bridge import DefaultEventBridge
-from reference_services.adapters.memory.queue_bridge import DefaultQueueBridge
-from reference_services.adapters.memory.stores import DefaultConfigStore, DefaultStateStore
+from conformance.adapters import (
+    PROCESS_BACKEND,
+    REFERENCE_ADAPTER,
+    process_backend,
+    reference_adapter,
+    subprocess_env,
+)
 from reference_services.runtime.definitions import Subscription
 from reference_services.runtime.errors import PuristaError
 from reference_services.runtime.messages import (
@@ -246,10 +249,10 @@ async def run_monolith(timeout_s: float = 30.0) -> Trace:
     """All services in one process on the in-memory adapters: the reference trace."""
     trace = Trace("monolith")
     start = time.monotonic()
-    bridge = DefaultEventBridge()
-    queue = DefaultQueueBridge()
-    state = DefaultStateStore()
-    config = DefaultConfigStore()
+    bridge = reference_adapter("event_bridge").build_from_urls({}, "purista")
+    queue = reference_adapter("queue_bridge").build_from_urls({}, "purista")
+    state = reference_adapter("state_store").build_from_urls({}, "purista")
+    config = reference_adapter("config_store").build_from_urls({}, "purista")
     await bridge.start()
     await queue.start()
     instances = [
@@ -294,7 +297,7 @@ class ServiceProcesses:
             "-m",
             "reference_services.deploy",
             *args,
-            env={**os.environ, **self.env},
+            env=subprocess_env(self.env),
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
         )
@@ -325,11 +328,12 @@ class ServiceProcesses:
 
 
 def deploy_env(event_bridge: str, urls: dict[str, str], prefix: str) -> dict[str, str]:
-    """Environment for deployment processes: the given bridge, Redis stores and queue."""
+    """Environment for deployment processes: the given bridge, the process backend's
+    stores and queue."""
     return {
         "EVENT_BRIDGE": event_bridge,
-        "QUEUE_BRIDGE": "redis",
-        "STORE": "redis",
+        "QUEUE_BRIDGE": PROCESS_BACKEND,
+        "STORE": PROCESS_BACKEND,
         "PURISTA_PREFIX": prefix,
         "SHUTDOWN_TIMEOUT_S": "20",
         "PYTHONUNBUFFERED": "1",
@@ -338,13 +342,11 @@ def deploy_env(event_bridge: str, urls: dict[str, str], prefix: str) -> dict[str
     }
 
 
-def redis_outcome_reader(trace: Trace, redis_url: str, prefix: str) -> tuple[Any, Any, Any]:
-    """A Redis state store and queue bridge on ``prefix``, and a reader filling ``trace``."""
-    from reference_services.adapters.redis.queue_bridge import RedisQueueBridge
-    from reference_services.adapters.redis.stores import RedisStateStore
-
-    state = RedisStateStore(url=redis_url, prefix=prefix)
-    queue = RedisQueueBridge(url=redis_url, prefix=prefix)
+def backend_outcome_reader(trace: Trace, urls: dict[str, str], prefix: str) -> tuple[Any, Any, Any]:
+    """The process backend's state store and queue bridge on ``prefix``, and a reader
+    filling ``trace``."""
+    state = process_backend("state_store").build_from_urls(urls, prefix)
+    queue = process_backend("queue_bridge").build_from_urls(urls, prefix)
     return state, queue, lambda: read_outcome(trace, state, queue)
 
 
@@ -363,7 +365,7 @@ async def run_processes(
     trace = Trace(pattern)
     start = time.monotonic()
     procs = ServiceProcesses(deploy_env(event_bridge, urls, prefix), workdir)
-    state, queue, read = redis_outcome_reader(trace, urls["REDIS_URL"], prefix)
+    state, queue, read = backend_outcome_reader(trace, urls, prefix)
     await state.start()
     await queue.start()
     try:
@@ -394,8 +396,8 @@ async def run_serverless(urls: dict[str, str], prefix: str, timeout_s: float = 6
 
     trace = Trace("serverless")
     start = time.monotonic()
-    cfg = DeploymentConfig.from_env({**deploy_env("memory", urls, prefix)})
-    state, queue, read = redis_outcome_reader(trace, urls["REDIS_URL"], prefix)
+    cfg = DeploymentConfig.from_env({**deploy_env(REFERENCE_ADAPTER, urls, prefix)})
+    state, queue, read = backend_outcome_reader(trace, urls, prefix)
     await state.start()
     await queue.start()
     subscribers = [

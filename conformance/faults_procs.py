@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import signal
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from harness.faults import process as pfaults
 from harness.history import History
 from reference_services.runtime.ids import new_id
 
+from .adapters import PROCESS_BACKEND, REFERENCE_ADAPTER, process_backend_urls, subprocess_env
 from .faults_workload import EVENT, LEASE_TTL_MS, QUEUE, adapter_options, new_instance
 from .under_test import AdapterUnderTest
 
@@ -33,18 +33,20 @@ SHUTDOWN_TIMEOUT_S = 10.0
 HANDLER_DELAY_MS = 300
 PRODUCER_INTERVAL_S = 0.12
 
-DEPLOY_NAMES = {
-    ("event_bridge", "amqp"): ("EVENT_BRIDGE", "amqp", "AMQP_URL"),
-    ("event_bridge", "nats"): ("EVENT_BRIDGE", "nats", "NATS_URL"),
-    ("event_bridge", "mqtt"): ("EVENT_BRIDGE", "mqtt", "MQTT_URL"),
-    ("queue_bridge", "redis"): ("QUEUE_BRIDGE", "redis", "REDIS_URL"),
-    ("queue_bridge", "nats"): ("QUEUE_BRIDGE", "nats", "NATS_URL"),
-}
+SELECTOR_VARS = {"event_bridge": "EVENT_BRIDGE", "queue_bridge": "QUEUE_BRIDGE"}
 
 
 def deployable(aut: AdapterUnderTest) -> bool:
-    """Whether the deployment bootstrap can run this adapter (built-in broker adapters)."""
-    return aut.spec.source == "builtin" and (aut.kind, aut.name) in DEPLOY_NAMES
+    """Whether the deployment bootstrap can run this adapter in service processes
+    (its descriptor says so)."""
+    spec = aut.spec
+    return bool(
+        spec.deployable
+        and spec.kind in SELECTOR_VARS
+        and spec.services
+        and spec.url_var
+        and spec.selector
+    )
 
 
 def _jsonable(opts: dict[str, Any]) -> dict[str, Any]:
@@ -72,12 +74,13 @@ class ServiceProcess:
 
     async def start(self) -> None:
         """Start the process and wait for its READY line."""
-        env = {
-            **os.environ,
-            **self.env,
-            "FAULTWORK_INSTANCE_ID": self.instance_id,
-            "SERVICE_CONFIG_LOG": str(self.log_path),
-        }
+        env = subprocess_env(
+            {
+                **self.env,
+                "FAULTWORK_INSTANCE_ID": self.instance_id,
+                "SERVICE_CONFIG_LOG": str(self.log_path),
+            }
+        )
         self.starts += 1
         err = _open_log(self.workdir / f"{self.label}.{self.starts}.stderr")
         self.proc = await asyncio.create_subprocess_exec(
@@ -161,18 +164,18 @@ def in_flight(lines: list[dict[str, Any]], since: str = "start", until: str = "d
 class ProcessDeployment:
     """Two service processes plus in-process producers, with the recorded history."""
 
-    def __init__(self, aut: AdapterUnderTest, redis_url: str, *, idempotent: bool = True):
+    def __init__(self, aut: AdapterUnderTest, *, idempotent: bool = True):
         self.aut = aut
         self.workdir = Path(tempfile.mkdtemp(prefix="cf-faults-"))
-        var, name, url_var = DEPLOY_NAMES[(aut.kind, aut.name)]
-        url = aut.ctx.url(aut.spec.services[0])
+        spec = aut.spec
+        url = aut.ctx.url(spec.services[0])
         env = {
-            "EVENT_BRIDGE": "memory",
-            "QUEUE_BRIDGE": "memory",
-            "STORE": "redis",
-            "REDIS_URL": redis_url,
-            url_var: url,
-            var: name,
+            "EVENT_BRIDGE": REFERENCE_ADAPTER,
+            "QUEUE_BRIDGE": REFERENCE_ADAPTER,
+            "STORE": PROCESS_BACKEND,
+            **process_backend_urls(aut.ctx.url),
+            str(spec.url_var): url,
+            SELECTOR_VARS[spec.kind]: str(spec.selector),
             "PURISTA_PREFIX": aut.ctx.prefix,
             "SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
             "SERVICE_CONFIG_DELAY_MS": str(HANDLER_DELAY_MS),

@@ -106,54 +106,10 @@ class Stats:
 def adapter_options(aut: AdapterUnderTest) -> dict[str, Any]:
     """Short heartbeat/ping/reconnect timings, so a dead connection is noticed in seconds.
 
-    Built-in adapters are tuned here; a third-party factory may carry a
-    ``fault_options`` dict attribute with its own.
+    They come from the adapter's descriptor (``fault_options``), or from a factory's
+    ``fault_options`` attribute.
     """
-    extra = getattr(aut.spec.factory, "fault_options", None)
-    if isinstance(extra, dict):
-        return dict(extra)
-    if aut.spec.source != "builtin":
-        return {}
-    if aut.kind == "event_bridge":
-        return {
-            "amqp": {
-                "heartbeat_s": 1,
-                "reconnect_interval_s": 0.2,
-                "max_reconnect_interval_s": 1.0,
-                "connect_timeout_s": 3.0,
-                "publish_timeout_s": 3.0,
-            },
-            "nats": {
-                "ping_interval_s": 1.0,
-                "max_outstanding_pings": 2,
-                "reconnect_time_wait_s": 0.2,
-                "ack_wait_s": 3.0,
-                "publish_timeout_s": 2.0,
-            },
-            "mqtt": {
-                "keepalive_s": 1,
-                "reconnect_min_s": 0.2,
-                "reconnect_max_s": 1.0,
-                "op_timeout_s": 3.0,
-                "publish_timeout_s": 3.0,
-            },
-        }.get(aut.name, {})
-    if aut.kind == "queue_bridge" and aut.name == "redis":
-        return {"socket_timeout_s": 1.0, "connect_timeout_s": 1.0, "health_timeout_s": 0.5}
-    if aut.kind == "queue_bridge" and aut.name == "nats":
-        from reference_services.adapters.nats.connection import NatsTimings
-
-        return {
-            "ack_wait_s": 3.0,
-            "timings": NatsTimings(
-                connect_timeout_s=1.0,
-                ping_interval_s=1.0,
-                max_outstanding_pings=2,
-                reconnect_wait_s=0.2,
-                op_timeout_s=5.0,
-            ),
-        }
-    return {}
+    return dict(aut.spec.fault_options)
 
 
 async def new_instance(aut: AdapterUnderTest, url: str | None, **options: Any) -> Any:

@@ -195,14 +195,14 @@ def cf_aut(cf_spec: AdapterSpec, request: pytest.FixtureRequest) -> AdapterUnder
 def _expect_unsupported(request: pytest.FixtureRequest, aut: AdapterUnderTest) -> None:
     """Mark the check as an expected failure when a capability it needs is declared unsupported.
 
-    Built-in adapters may set capabilities per instance (from their options), so an
-    unstarted probe instance is asked; third-party specs were probed at collection.
+    Adapters built from a descriptor may set capabilities per instance (from their
+    options), so an unstarted probe instance is asked; factories were probed at collection.
     """
     info = _info(request.node)
     if info is None or not info.needs:
         return
     spec = aut.spec
-    if spec.source == "builtin":
+    if spec.adapter_class is not None:
         try:
             probe = spec.factory(aut.ctx.for_instance(-1, {}))  # type: ignore[misc]
             caps = getattr(probe, "capabilities", None)

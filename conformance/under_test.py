@@ -57,7 +57,7 @@ class AdapterUnderTest:
     @property
     def is_reference(self) -> bool:
         """Whether this is the in-memory reference model itself."""
-        return self.spec.source == "builtin" and self.spec.name == "memory"
+        return self.spec.is_reference_model
 
     def supports(self, capability: str) -> bool:
         """Whether the adapter declares ``capability`` supported."""

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 class DeploymentConfig:
     """Which adapters to use and how to reach them.
 
-    Environment: ``EVENT_BRIDGE`` (memory|amqp|nats|mqtt), ``QUEUE_BRIDGE``
-    (memory|redis|nats), ``STORE`` (memory|redis|nats-kv), ``AMQP_URL``,
-    ``NATS_URL``, ``MQTT_URL``, ``REDIS_URL``, ``PURISTA_PREFIX``,
+    Environment: ``EVENT_BRIDGE``, ``QUEUE_BRIDGE`` and ``STORE`` name a registered
+    adapter (built-in: memory|amqp|nats|mqtt, memory|redis|nats, memory|redis|nats-kv)
+    or reference a descriptor as ``module:ATTRIBUTE``; every ``*_URL`` variable
+    (``AMQP_URL``, ``NATS_URL``, ...) is passed on; ``PURISTA_PREFIX``,
     ``SERVICES`` (comma-separated), ``HEALTH_PORT``, ``SHUTDOWN_TIMEOUT_S``,
     ``SERVICE_CONFIG_*`` (passed to services as config).
     """
@@ -36,9 +37,7 @@ class DeploymentConfig:
             event_bridge=env.get("EVENT_BRIDGE", "memory"),
             queue_bridge=env.get("QUEUE_BRIDGE", "memory"),
             store=env.get("STORE", "memory"),
-            urls={
-                k: env[k] for k in ("AMQP_URL", "NATS_URL", "MQTT_URL", "REDIS_URL") if env.get(k)
-            },
+            urls={k: v for k, v in env.items() if k.endswith("_URL") and v},
             prefix=env.get("PURISTA_PREFIX", "purista"),
             services=tuple(
                 s for s in env.get("SERVICES", "user,email,sensor,billing").split(",") if s
@@ -51,13 +50,17 @@ class DeploymentConfig:
                 if k.startswith("SERVICE_CONFIG_")
             },
         )
-        from reference_services.deploy.factory import EVENT_BRIDGES, QUEUE_BRIDGES, STORES
+        from reference_services.adapters import registry
 
-        for value, allowed, var in (
-            (cfg.event_bridge, EVENT_BRIDGES, "EVENT_BRIDGE"),
-            (cfg.queue_bridge, QUEUE_BRIDGES, "QUEUE_BRIDGE"),
-            (cfg.store, STORES, "STORE"),
+        known = registry.every()
+        for value, kinds, var in (
+            (cfg.event_bridge, ("event_bridge",), "EVENT_BRIDGE"),
+            (cfg.queue_bridge, ("queue_bridge",), "QUEUE_BRIDGE"),
+            (cfg.store, ("state_store", "config_store", "secret_store"), "STORE"),
         ):
-            if value not in allowed:
-                raise ValueError(f"{var}={value!r} is not one of {', '.join(sorted(allowed))}")
+            for kind in kinds:
+                try:
+                    registry.resolve(kind, value, known=known)
+                except (registry.UnknownAdapter, ImportError, AttributeError, ValueError) as exc:
+                    raise ValueError(f"{var}={value!r}: {exc}") from exc
         return cfg

@@ -100,23 +100,19 @@ async def on_job(ctx: Context, job: Job) -> None:
     await _handle(ctx, str(job.payload["id"]))
 
 
-def _opts(var: str, kind: str) -> dict[str, Any]:
+def _opts(var: str) -> dict[str, Any]:
     opts: dict[str, Any] = json.loads(os.environ.get(var) or "{}")
-    if kind == "nats" and isinstance(opts.get("timings"), dict):
-        from reference_services.adapters.nats.connection import NatsTimings
-
-        opts["timings"] = NatsTimings(**opts["timings"])
     return opts
 
 
 async def serve() -> int:
     """Start the service on the configured adapters, serve until SIGTERM, drain, exit."""
     cfg = DeploymentConfig.from_env()
-    event_opts = _opts("FAULTWORK_EVENT_OPTS", cfg.event_bridge)
+    event_opts = _opts("FAULTWORK_EVENT_OPTS")
     if os.environ.get("FAULTWORK_INSTANCE_ID"):
         event_opts["instance_id"] = os.environ["FAULTWORK_INSTANCE_ID"]
     bridge = make_event_bridge(cfg, **event_opts)
-    queue = make_queue_bridge(cfg, **_opts("FAULTWORK_QUEUE_OPTS", cfg.queue_bridge))
+    queue = make_queue_bridge(cfg, **_opts("FAULTWORK_QUEUE_OPTS"))
     stores = make_stores(cfg)
     for part in (bridge, queue, stores.state, stores.config, stores.secret):
         await part.start()

@@ -22,7 +22,7 @@ DECLARED_UNSUPPORTED = {
 @pytest.fixture(scope="module")
 def example_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict]:
     return run_conformance(
-        ["--adapter", "examples.redis_pubsub_bridge:factory", "--suite", "contract", "--quick"],
+        ["--adapter", "examples.redis_pubsub_bridge:DESCRIPTOR", "--suite", "contract", "--quick"],
         tmp_path_factory.mktemp("example"),
     )
 

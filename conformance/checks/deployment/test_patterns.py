@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from conformance.adapters import process_backend_urls
 from conformance.deployment_scenario import (
     STEPS,
     Trace,
@@ -26,11 +27,6 @@ from conformance.deployment_scenario import (
 from conformance.marks import check
 from conformance.under_test import AdapterUnderTest
 
-BROKERS = {
-    "amqp": ("rabbitmq", "AMQP_URL"),
-    "nats": ("nats", "NATS_URL"),
-    "mqtt": ("mosquitto", "MQTT_URL"),
-}
 EXPECTED_STATUSES = [200, 200, 409, 400, 200, 404, 200, 200, 200, 200, 200, 200]
 _reference: dict[str, Any] = {}
 
@@ -51,9 +47,12 @@ def _judge(aut: AdapterUnderTest, trace: Trace, reference: dict[str, Any]) -> No
     assert not problems, f"{trace.pattern} differs from the monolith: " + "; ".join(problems)
 
 
-def _builtin(aut: AdapterUnderTest) -> None:
-    if aut.spec.source != "builtin":
-        pytest.skip("deployment patterns run the built-in bootstraps, which know built-in adapters")
+def _deployable(aut: AdapterUnderTest) -> tuple[str, str]:
+    """The adapter's harness service and URL variable, or skip: it cannot span processes."""
+    spec = aut.spec
+    if not (spec.deployable and spec.services and spec.url_var and spec.selector):
+        pytest.skip("the adapter's descriptor does not declare it deployable across processes")
+    return spec.services[0], spec.url_var
 
 
 @check("deployment.monolith", kinds=("event_bridge",))
@@ -79,23 +78,21 @@ async def test_monolith_gives_the_expected_business_outcome(aut: AdapterUnderTes
 @check("deployment.serverless", kinds=("event_bridge",))
 async def test_serverless_matches_the_monolith(aut: AdapterUnderTest) -> None:
     """Function per trigger (commands, events routed by the platform, queue triggers)
-    with Redis stores gives the monolith's trace."""
+    with the process backend's stores gives the monolith's trace."""
     if not aut.is_reference:
         pytest.skip("serverless functions run on a per-invocation in-memory bridge")
     reference = await _reference_trace()
-    trace = await run_serverless({"REDIS_URL": aut.ctx.url("redis")}, aut.ctx.prefix)
+    trace = await run_serverless(process_backend_urls(aut.ctx.url), aut.ctx.prefix)
     _judge(aut, trace, reference)
 
 
 async def _processes(aut: AdapterUnderTest, pattern: str, tmp_path: Path) -> None:
-    _builtin(aut)
-    if aut.name not in BROKERS:
-        pytest.skip(f"{pattern} needs a broker between processes")
+    service, var = _deployable(aut)
     reference = await _reference_trace()
-    service, var = BROKERS[aut.name]
-    urls = {var: aut.ctx.url(service), "REDIS_URL": aut.ctx.url("redis")}
+    urls = {var: aut.ctx.url(service), **process_backend_urls(aut.ctx.url)}
     client = await aut.new()
-    trace, exits = await run_processes(pattern, client, aut.name, urls, aut.ctx.prefix, tmp_path)
+    selector = str(aut.spec.selector)
+    trace, exits = await run_processes(pattern, client, selector, urls, aut.ctx.prefix, tmp_path)
     aut.metric("processes", len(exits))
     _judge(aut, trace, reference)
     bad = {label: code for label, code in exits.items() if code != 0}
@@ -114,4 +111,3 @@ async def test_edge_matches_the_monolith(aut: AdapterUnderTest, tmp_path: Path) 
     """All services in one lightweight process over the adapter's broker gives the
     monolith's trace, and the process exits 0 on SIGTERM."""
     await _processes(aut, "edge", tmp_path)
-

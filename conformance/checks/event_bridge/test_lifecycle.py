@@ -23,6 +23,7 @@ from conformance.marks import check
 from conformance.under_test import AdapterUnderTest
 from conformance.waits import Stopwatch, wait_for, wait_for_async
 from reference_services.runtime.errors import PuristaError
+from reference_services.runtime.spi.bridge_base import EventBridgeBase
 
 EB = ("event_bridge",)
 
@@ -80,7 +81,8 @@ async def test_destroy_drains(aut: AdapterUnderTest) -> None:
 
 
 def _takes_drain(aut: AdapterUnderTest) -> bool:
-    return aut.spec.source == "builtin"
+    cls = aut.spec.adapter_class
+    return cls is not None and issubclass(cls, EventBridgeBase)
 
 
 @check("event_bridge.lifecycle.destroy_rejects_pending", kinds=EB)

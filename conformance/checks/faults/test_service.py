@@ -29,12 +29,11 @@ IDEMPOTENT_ENV = "CF_FAULTS_IDEMPOTENT"  # "0": run the service without the help
 async def _deployment(aut: AdapterUnderTest, services: Any) -> ProcessDeployment:
     if not deployable(aut):
         pytest.skip(
-            "service process faults run the built-in deployment bootstrap; "
-            "this adapter has no deployment entry"
+            "service process faults run the deployment bootstrap; "
+            "the adapter's descriptor does not declare it deployable"
         )
-    redis = await asyncio.to_thread(services.get, "redis")
     idempotent = os.environ.get(IDEMPOTENT_ENV, "1") != "0"
-    dep = ProcessDeployment(aut, redis.url, idempotent=idempotent)
+    dep = await asyncio.to_thread(ProcessDeployment, aut, idempotent=idempotent)
     await dep.start()
     return dep
 

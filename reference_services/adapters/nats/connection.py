@@ -7,6 +7,7 @@ import base64
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,15 @@ class NatsTimings:
     max_outstanding_pings: int = 2
     reconnect_wait_s: float = 0.5
     op_timeout_s: float = 5.0
+
+    @classmethod
+    def of(cls, value: NatsTimings | Mapping[str, Any] | None) -> NatsTimings:
+        """``value`` as timings: given, from a JSON-style mapping, or the defaults."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        return cls(**value)
 
 
 def resolve_url(url: str | None) -> str:

@@ -21,7 +21,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from reference_services.adapters.nats.connection import (
@@ -86,14 +86,14 @@ class _NatsKVStore(StoreBase):
         prefix: str = "purista",
         bucket: str | None = None,
         initial: dict[str, Any] | None = None,
-        timings: NatsTimings | None = None,
+        timings: NatsTimings | Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.url = resolve_url(url)
         self.prefix = prefix
         self.bucket = bucket or f"{token(prefix)}_{self.kind}"
-        self.timings = timings or NatsTimings()
+        self.timings = NatsTimings.of(timings)
         self._initial = dict(initial or {})
         self._nc: Any = None
         self._kv: Any = None

@@ -51,7 +51,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
@@ -130,7 +130,7 @@ class NatsQueueBridge(NatsQueueAdmin):
         default_lease_ttl_ms: int = DEFAULT_LEASE_TTL_MS,
         ack_wait_s: float = 30.0,
         max_ack_pending: int = 100_000,
-        timings: NatsTimings | None = None,
+        timings: NatsTimings | Mapping[str, Any] | None = None,
         drain_timeout_s: float = 10.0,
         poll_s: float = 0.2,
         client_name: str = "purista-queue",
@@ -141,7 +141,7 @@ class NatsQueueBridge(NatsQueueAdmin):
         self.default_lease_ttl_ms = default_lease_ttl_ms
         self.ack_wait_s = ack_wait_s
         self.max_ack_pending = max_ack_pending
-        self.timings = timings or NatsTimings()
+        self.timings = NatsTimings.of(timings)
         self.drain_timeout_s = drain_timeout_s
         self.client_name = client_name
         self.malformed_count = 0
