@@ -1,7 +1,8 @@
 """``conformance run`` / ``conformance list``: a thin front over pytest and our plugin.
 
 Exit codes: 0 every check that ran passed (or is declared unsupported),
-1 a check failed, 2 a usage error.
+1 a check failed, 2 a usage error; stopped by a signal: 128 + its number
+(SIGTERM 143, SIGINT 130, SIGHUP 129), after every service of the run is stopped.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import importlib.util
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import conformance
@@ -147,11 +147,21 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.report_dir:
         args.report_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="conformance-") as tmp:
-        ini = Path(tmp) / "pytest.ini"
+    from harness import run as harness_run
+
+    # a run: signals stop every service and exit 128 + signal, a reaper covers SIGKILL,
+    # and its temp dir (ini, broker data, check work dirs) goes at the end
+    with harness_run.running() as current:
+        tmp = current.mkdtemp("conformance-")
+        ini = tmp / "pytest.ini"
         ini.write_text(_INI)
-        code = int(pytest.main(pytest_args(args, ini)))
+        extra = [] if _has_basetemp(args.pytest_args) else ["--basetemp", str(tmp / "pytest")]
+        code = int(pytest.main(pytest_args(args, ini) + extra))
     return EXIT.get(code, 1)
+
+
+def _has_basetemp(extra: list[str]) -> bool:
+    return any(a == "--basetemp" or a.startswith("--basetemp=") for a in extra)
 
 
 def list_cmd(args: argparse.Namespace) -> int:

@@ -1,4 +1,9 @@
-"""Command line: `harness doctor [--json] [--provider P]`, `harness up [names...]`."""
+"""Command line: `harness doctor [--json] [--provider P]`, `harness up [names...]`,
+`harness down [RUN...]`.
+
+`doctor` and `up` are runs (:mod:`harness.run`): SIGTERM, SIGINT or SIGHUP stop
+every service they started and exit 128 + the signal (143, 130, 129).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,8 @@ import argparse
 import json
 import signal
 import sys
-import threading
 
+from harness import run
 from harness.doctor import run_doctor
 from harness.services.registry import ServiceSet
 from harness.services.select import PROVIDERS, select_provider
@@ -38,6 +43,9 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
+    current = run.current()
+    if args.keep:
+        current.tie_children = False  # they must outlive this process
     services = ServiceSet(select_provider(args.provider))
     handles = services.start_many(args.services or SERVICE_NAMES)
     for name, handle in handles.items():
@@ -48,21 +56,39 @@ def _up(args: argparse.Namespace) -> int:
         print(f"export {var}={url}")
     if args.keep:
         services.close(keep=True)
+        print(f"left running; stop them with: harness down {current.id}", flush=True)
         return 0
-    print("running; Ctrl-C to stop", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    services.close()
-    return 0
+    print("running; Ctrl-C (or SIGTERM) stops them", flush=True)
+    while True:  # the run's signal handlers stop everything and exit 128 + signal
+        signal.pause()
+
+
+def _down(args: argparse.Namespace) -> int:
+    kept = run.kept_runs()
+    chosen = [k for k in kept if not args.runs or k["run"] in args.runs]
+    unknown = sorted(set(args.runs) - {k["run"] for k in kept})
+    if unknown:
+        print(f"harness down: no kept run {', '.join(unknown)} "
+              f"(kept: {', '.join(k['run'] for k in kept) or 'none'})", file=sys.stderr)
+    if not chosen:
+        if not unknown:
+            print("harness down: no services left running by harness up --keep or "
+                  "--keep-services")
+        return 1 if unknown else 0
+    from pathlib import Path
+
+    for info in chosen:
+        result = run.reap(info["run"], Path(info["temp_dir"]), info.get("hooks"))
+        line = f"run {info['run']}: stopped {len(result['killed'])} processes"
+        if result["errors"]:
+            line += "; " + "; ".join(result["errors"])
+        print(line)
+    return 1 if unknown else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `harness` console script."""
-    parser = argparse.ArgumentParser(prog="harness", description=__doc__)
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     choices = ["auto", *PROVIDERS]
     doc = sub.add_parser("doctor", help="start each service, do a round trip, stop it")
@@ -74,11 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--provider", choices=choices, default=None)
     up.add_argument("--keep", action="store_true", help="leave them running and exit")
     up.add_argument("services", nargs="*", default=[], help=", ".join(SERVICE_NAMES))
+    down = sub.add_parser("down", help="stop services left running by up --keep or "
+                          "--keep-services")
+    down.add_argument("runs", nargs="*", default=[], help="run ids (default: every kept run)")
     args = parser.parse_args(argv)
+    if args.command == "down":
+        return _down(args)
     unknown = [n for n in args.services if n not in SERVICE_NAMES]
     if unknown:
         parser.error(f"unknown services {unknown}; known: {', '.join(SERVICE_NAMES)}")
-    return _doctor(args) if args.command == "doctor" else _up(args)
+    with run.running():
+        return _doctor(args) if args.command == "doctor" else _up(args)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
 Options: ``--provider``, ``--keep-services``, ``--require-services``. A service that cannot
 be provided skips the test with its reason, or fails it under ``--require-services``.
+
+The session is a run (:mod:`harness.run`): SIGTERM, SIGINT or SIGHUP stop every
+service process of it and exit 128 + the signal; a reaper process reaps it when the
+runner is killed; its temporary files are removed at the end.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from harness import run
 from harness.errors import ServiceUnavailable
 from harness.history import History
 
@@ -30,6 +35,7 @@ class _HarnessState:
         self.config = config
         self.services: ServiceSet | None = None
         self.kept: dict[str, str] = {}
+        self.owns_run = False
 
     @property
     def require(self) -> bool:
@@ -89,7 +95,14 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "requires_services(*names): the test needs these services (skips or fails if absent)",
     )
-    config.stash[_STATE] = _HarnessState(config)
+    state = _HarnessState(config)
+    config.stash[_STATE] = state
+    current = run.current()
+    if config.getoption("keep_services"):
+        current.tie_children = False  # no parent-death signal for what must outlive us
+    if not current.begun:  # not inside `conformance run` or an outer session (pytester)
+        state.owns_run = current.owner
+        run.begin()
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -109,12 +122,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("harness: services left running (--keep-services)")
         for name, url in state.kept.items():
             terminalreporter.write_line(f"{name}: {url}")
+        terminalreporter.write_line(f"stop them with: harness down {run.current().id}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(_STATE, None)
     if state is not None:
         state.close()
+        if state.owns_run:
+            run.end(keep=bool(config.getoption("keep_services")))
 
 
 # -- fixtures -----------------------------------------------------------------------------------

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import port_for
-from mirakuru import TCPExecutor
+from mirakuru import SimpleExecutor, TCPExecutor
 from mirakuru.base import ENV_UUID
 from mirakuru.exceptions import AlreadyRunning, ExecutorError
 
-from harness import procs
+from harness import procs, run
 from harness.errors import ServiceStartError, ServiceUnavailable
 from harness.services.base import Provider, ServiceHandle, tcp_open
 from harness.services.local_recipes import RECIPES, Recipe, epmd, local_version, which
@@ -66,13 +66,26 @@ class _Executor(TCPExecutor):
         self._log: IO[Any] | None = None
         self._offset = 0
 
+    @property
+    def _popen_kwargs(self) -> dict[str, Any]:
+        kwargs = super()._popen_kwargs
+        kwargs["env"] = run.child_env(kwargs["env"])
+        kwargs["preexec_fn"] = run.child_preexec()
+        return kwargs
+
     def start(self) -> _Executor:
         self._log = open(self._log_path, "a")
         self._offset = self._log.tell()
         self._stdout = self._log
         self._stderr = subprocess.STDOUT
         try:
-            super().start()
+            if self.pre_start_check():
+                raise AlreadyRunning(self)
+            # forked in the spawner thread: the parent-death signal is tied to the thread
+            run.spawn(lambda: SimpleExecutor.start(self))
+            if self.process is not None:
+                run.current().track(self.process.pid)
+            self.wait_for(self.check_subprocess)
         except BaseException:
             self._close_log()
             raise
@@ -305,7 +318,7 @@ class LocalProvider(Provider):
 
     def __init__(self, reason: str = "", base_dir: str | None = None) -> None:
         super().__init__(reason)
-        self.base_dir = base_dir or os.environ.get("HARNESS_TMPDIR") or tempfile.gettempdir()
+        self.base_dir = base_dir or os.environ.get("HARNESS_TMPDIR")
 
     def unavailable_reason(self, service_name: str) -> str | None:
         spec = get_spec(service_name)
@@ -323,7 +336,9 @@ class LocalProvider(Provider):
         reason = self.unavailable_reason(service_name)
         if reason:
             raise ServiceUnavailable(service_name, f"local provider: {reason}")
-        data_dir = Path(tempfile.mkdtemp(prefix=f"harness-{service_name}-", dir=self.base_dir))
+        base = self.base_dir or str(run.current().temp_dir)  # removed when the run ends
+        Path(base).mkdir(parents=True, exist_ok=True)
+        data_dir = Path(tempfile.mkdtemp(prefix=f"harness-{service_name}-", dir=base))
         handle = LocalHandle(spec, data_dir)
         handle.start()
         return handle

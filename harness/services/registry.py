@@ -86,6 +86,9 @@ class ServiceSet:
             fresh, self._fresh = self._fresh, []
         handles = list(fresh)
         if keep:
+            from harness import run
+
+            run.current().keep_for_down()
             for handle in self._shared.values():
                 detach = getattr(handle, "detach", None)
                 if detach:

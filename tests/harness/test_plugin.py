@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -59,13 +60,23 @@ def test_keep_services_leaves_them_running_and_prints_urls(tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stdout + proc.stderr
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("redis: redis://"))
     url, pid = line.split()[1], int(line.split("(pid ")[1].split(",")[0])
+    down = next(ln for ln in proc.stdout.splitlines() if "harness down" in ln)
+    run_id = down.split()[-1]
+    from harness import procs
     from harness.faults.process import terminate
     from harness.probes import probe
 
     try:
         assert probe("redis", url)
     finally:
-        assert terminate(pid) is not None
+        stopped = subprocess.run([sys.executable, "-m", "harness", "down", run_id],
+                                 capture_output=True, text=True, timeout=60, check=False)
+        if procs.is_alive(pid):
+            terminate(pid)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert f"run {run_id}: stopped" in stopped.stdout
+    assert not procs.is_alive(pid)
+    assert not list(Path(tempfile.gettempdir()).glob(f"harness-run-{run_id}"))
 
 
 SESSION_FILE = '''
