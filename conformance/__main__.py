@@ -1,20 +1,29 @@
 """``conformance run`` / ``conformance list``: a thin front over pytest and our plugin.
 
-Exit codes: 0 every check that ran passed (or is declared unsupported),
-1 a check failed, 2 a usage error; stopped by a signal: 128 + its number
-(SIGTERM 143, SIGINT 130, SIGHUP 129), after every service of the run is stopped.
+Exit codes (decided in :mod:`conformance.verdict`): 0 every selected adapter was
+tested and every check that ran passed (or is declared unsupported), 1 a check
+failed, 2 a usage error (including a selection that matches no check), 3 not
+tested (a backing service could not be provided; ``--allow-missing-services``
+reports it and exits 0); stopped by a signal: 128 + its number (SIGTERM 143,
+SIGINT 130, SIGHUP 129), after every service of the run is stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TextIO
 
 import conformance
+from reference_services.runtime.redact import redact_text
+
+from .verdict import EXIT_FAILED, EXIT_USAGE, Verdict
 
 SUITE_DIRS = {
     "contract": ("event_bridge", "queue_bridge", "stores"),
@@ -33,7 +42,8 @@ filterwarnings =
     ignore::DeprecationWarning:testcontainers.*
     ignore::pytest.PytestAssertRewriteWarning
 """
-EXIT = {0: 0, 1: 1, 2: 1, 3: 1, 4: 2, 5: 0}
+PROVIDERS = ("auto", "local", "docker", "external")
+DEFAULT_REPORT_DIR = Path("reports/conformance")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,12 +66,23 @@ def _parser() -> argparse.ArgumentParser:
         "module:factory or name=module:factory; repeatable; default: all",
     )
     run.add_argument("--suite", default="all", choices=sorted(SUITE_DIRS))
-    run.add_argument("--provider", default=None, help="harness service provider (default: auto)")
+    run.add_argument(
+        "--provider",
+        default=None,
+        choices=PROVIDERS,
+        help="where brokers come from (default: $HARNESS_PROVIDER or auto)",
+    )
     run.add_argument(
         "--report-dir",
-        default=None,
+        default=DEFAULT_REPORT_DIR,
         type=Path,
-        help="write junit.xml, report.json and report.html here",
+        help=f"write junit.xml, report.json and report.html here (default {DEFAULT_REPORT_DIR})",
+    )
+    run.add_argument(
+        "--allow-missing-services",
+        action="store_true",
+        help="run without the adapters whose broker cannot be provided: exit 0, and the "
+        "report lists them as not tested (default: exit 3)",
     )
     run.add_argument("-k", dest="keyword", default=None, help="pytest -k expression")
     run.add_argument("--quick", action="store_true", help="scale message counts down")
@@ -104,6 +125,8 @@ def pytest_args(args: argparse.Namespace, ini: Path) -> list[str]:
         out += ["--cf-adapter", sel]
     if args.quick:
         out.append("--cf-quick")
+    if args.allow_missing_services:
+        out.append("--cf-allow-missing-services")
     if args.keyword:
         out += ["-k", args.keyword]
     if args.workers:
@@ -134,30 +157,104 @@ def pytest_args(args: argparse.Namespace, ini: Path) -> list[str]:
     return out
 
 
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options pytest would otherwise reject (or None)."""
+    env_provider = os.environ.get("HARNESS_PROVIDER", "").strip().lower()
+    if args.provider is None and env_provider and env_provider not in PROVIDERS:
+        return f"HARNESS_PROVIDER={env_provider!r} is not one of {', '.join(PROVIDERS)}"
+    if args.keyword:
+        from _pytest.mark.expression import Expression, ParseError
+
+        try:
+            Expression.compile(args.keyword)
+        except ParseError as exc:
+            return f"-k {args.keyword!r} is not a valid expression: {exc}"
+    if args.workers and not importlib.util.find_spec("xdist"):
+        return "-n needs pytest-xdist (pip install pytest-xdist)"
+    return None
+
+
+class _Redacting:
+    """A text stream that masks URL passwords in everything written through it."""
+
+    def __init__(self, inner: TextIO) -> None:
+        self._inner = inner
+
+    def write(self, text: str) -> int:
+        self._inner.write(redact_text(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+@contextlib.contextmanager
+def _redacted_output() -> Iterator[None]:
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Redacting(out), _Redacting(err)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _redact_file(path: Path) -> None:
+    if path.is_file():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        clean = redact_text(text)
+        if clean != text:
+            path.write_text(clean, encoding="utf-8")
+
+
+def _print_verdict(verdict: Verdict, report_dir: Path | None) -> None:
+    print(
+        f"conformance: {verdict.status} (exit {verdict.code}): {verdict.reason}", file=sys.stderr
+    )
+    for label, why in sorted(verdict.not_tested.items()):
+        print(f"conformance: not tested: {label}: {why}", file=sys.stderr)
+    if report_dir is not None:
+        print(f"conformance: reports in {report_dir}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run pytest in-process and map its exit code."""
+    """Run pytest in-process; the exit code is the plugin's verdict (see conformance.verdict)."""
     import pytest
 
+    from . import plugin
     from .adapters import UsageError, resolve
 
     try:
         resolve(list(args.adapter))
     except UsageError as exc:
         print(f"conformance: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    problem = _usage_problem(args)
+    if problem:
+        print(f"conformance: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     if args.report_dir:
         args.report_dir.mkdir(parents=True, exist_ok=True)
+    plugin.LAST_VERDICT.clear()
     from harness import run as harness_run
 
     # a run: signals stop every service and exit 128 + signal, a reaper covers SIGKILL,
     # and its temp dir (ini, broker data, check work dirs) goes at the end
-    with harness_run.running() as current:
+    with harness_run.running() as current, _redacted_output():
         tmp = current.mkdtemp("conformance-")
         ini = tmp / "pytest.ini"
         ini.write_text(_INI)
         extra = [] if _has_basetemp(args.pytest_args) else ["--basetemp", str(tmp / "pytest")]
         code = int(pytest.main(pytest_args(args, ini) + extra))
-    return EXIT.get(code, 1)
+    if args.report_dir:
+        _redact_file(args.report_dir / "junit.xml")
+    verdict = plugin.LAST_VERDICT.get("last")
+    if verdict is None:  # pytest stopped before the session ended (bad arguments)
+        if code == 4:
+            print("conformance: error: pytest rejected the arguments (see above)", file=sys.stderr)
+            return EXIT_USAGE
+        return EXIT_FAILED
+    _print_verdict(verdict, args.report_dir)
+    return verdict.code
 
 
 def _has_basetemp(extra: list[str]) -> bool:

@@ -20,6 +20,7 @@ th,td{border:1px solid #d6d9dc;padding:4px 8px;text-align:left;vertical-align:to
 th{background:#f3f5f7;position:sticky;top:0} td.c{text-align:center;white-space:nowrap}
 .passed{background:#e3f6e8;color:#17692f} .failed{background:#fde2e1;color:#a11c15;font-weight:700}
 .unsupported{background:#fff4d6;color:#7a5600} .skipped{background:#f1f1f1;color:#888}
+.not-tested{background:#f3e1f7;color:#6b1a80;font-weight:700}
 td.id{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:nowrap}
 pre{white-space:pre-wrap;word-break:break-word;background:#f7f7f9;border:1px solid #e3e3e8;
 padding:8px;margin:4px 0;font-size:12px;max-height:360px;overflow:auto}
@@ -31,6 +32,9 @@ def _cell(row: dict[str, Any] | None) -> str:
     if row is None:
         return '<td class="c"></td>'
     st = row["status"]
+    if st == "skipped" and row.get("skip") == "not_tested":
+        title = escape(row.get("message") or "not tested", quote=True)
+        return f'<td class="c not-tested" title="{title}">not tested</td>'
     title = escape(row.get("message") or st, quote=True)
     dur = f" {row['duration_s']:.2f}s" if st != "skipped" else ""
     return f'<td class="c {st}" title="{title}">{GLYPH[st]}{dur}</td>'
@@ -43,8 +47,36 @@ def _summary(doc: dict[str, Any]) -> str:
         f'<p class="meta">suite <b>{escape(doc["suite"])}</b> · provider '
         f"<b>{escape(doc['provider'])}</b> · {doc['duration_s']:.1f}s wall · "
         f"{'quick counts · ' if doc.get('quick') else ''}{escape(doc['created'])}</p>"
-        f"<p>{pills}</p>"
+        f"<p>{pills}</p>" + _verdict(doc)
     )
+
+
+def _verdict(doc: dict[str, Any]) -> str:
+    """The exit verdict, and the adapters that were not tested (never shown green)."""
+    v = doc.get("verdict")
+    if not v:
+        return ""
+    cls = {"passed": "passed", "not tested": "not-tested", "usage error": "failed"}.get(
+        v["status"], "failed"
+    )
+    out = [
+        f'<p><span class="pill {cls}">verdict: {escape(v["status"])} (exit '
+        f"{v['exit_code']})</span>{escape(v['reason'])}</p>"
+    ]
+    if v["not_tested"]:
+        out.append(
+            '<h2 class="not-tested">Not tested</h2><p class="small">These adapters were '
+            "selected but not exercised: their backing service could not be provided"
+            + (" (allowed by --allow-missing-services)" if v["allowed_missing_services"] else "")
+            + ".</p><table><tr><th>adapter</th><th>why</th></tr>"
+        )
+        out += [
+            f'<tr class="not-tested"><td>{escape(n["kind"])}:{escape(n["adapter"])}</td>'
+            f"<td>{escape(n['reason'])}</td></tr>"
+            for n in v["not_tested"]
+        ]
+        out.append("</table>")
+    return "".join(out)
 
 
 def _matrix(doc: dict[str, Any]) -> str:
@@ -58,9 +90,15 @@ def _matrix(doc: dict[str, Any]) -> str:
         if kind not in grid:
             continue
         adapters = sorted({a for checks in grid[kind].values() for a in checks})
+        untested = {n["adapter"] for n in _not_tested(doc) if n["kind"] == kind}
         out.append(
             f"<h3>{kind}</h3><table><tr><th>check</th>"
-            + "".join(f"<th>{escape(a)}</th>" for a in adapters)
+            + "".join(
+                f'<th class="not-tested">{escape(a)} (not tested)</th>'
+                if a in untested
+                else f"<th>{escape(a)}</th>"
+                for a in adapters
+            )
             + "</tr>"
         )
         for check_id in sorted(grid[kind]):
@@ -68,6 +106,10 @@ def _matrix(doc: dict[str, Any]) -> str:
             out.append(f'<tr><td class="id">{escape(check_id)}</td>{cells}</tr>')
         out.append("</table>")
     return "".join(out)
+
+
+def _not_tested(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return list((doc.get("verdict") or {}).get("not_tested", []))
 
 
 def _rows_with(doc: dict[str, Any], status: str) -> list[dict[str, Any]]:

@@ -19,12 +19,15 @@ from typing import Any
 
 import pytest
 
+from . import preflight
 from . import report as report_mod
 from .adapters import AdapterContext, AdapterSpec, ServiceUnavailable, UsageError, resolve
 from .marks import CheckInfo
 from .results import result_row
 from .services import Services
+from .skips import not_tested
 from .under_test import AdapterUnderTest
+from .verdict import Verdict, decide
 
 PROPERTY = "conformance"
 _AUT_KEY = pytest.StashKey[AdapterUnderTest]()
@@ -45,6 +48,18 @@ class RunState:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     durations: dict[str, float] = field(default_factory=dict)
     provider: str = "none"
+    allow_missing: bool = False
+    collected: bool = False
+    selected: int = 0
+    empty_selection: str = ""
+    missing: dict[str, str] = field(default_factory=dict)  # service -> preflight line
+    missing_adapters: dict[str, str] = field(default_factory=dict)  # label -> reason
+    preflight_s: float = 0.0
+    verdict: Verdict | None = None
+
+
+#: the verdict of the last session in this process (read by ``conformance run``)
+LAST_VERDICT: dict[str, Verdict] = {}
 
 
 _STATE = pytest.StashKey[RunState]()
@@ -73,6 +88,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="service provider when the harness plugin is not loaded (default auto)",
     )
     group.addoption("--cf-no-matrix", action="store_true", help="no matrix in the terminal")
+    group.addoption(
+        "--cf-allow-missing-services",
+        action="store_true",
+        help="a backing service that cannot be provided skips its adapters (exit 0, reported "
+        "as not tested) instead of ending the run with exit 3",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -90,7 +111,9 @@ def pytest_configure(config: pytest.Config) -> None:
         quick=bool(config.getoption("cf_quick")),
         report_dir=Path(report_dir) if report_dir else None,
         services=Services(config.getoption("cf_provider")),
+        allow_missing=bool(config.getoption("cf_allow_missing_services")),
     )
+    LAST_VERDICT.clear()
 
 
 def _info(item: pytest.Item | Any) -> CheckInfo | None:
@@ -164,14 +187,17 @@ def _service_lookup(request: pytest.FixtureRequest) -> Any:
 def cf_aut(cf_spec: AdapterSpec, request: pytest.FixtureRequest) -> AdapterUnderTest:
     """The adapter under test for this check (instances are built by the check)."""
     if cf_spec.unavailable:
-        pytest.skip(cf_spec.unavailable)
+        not_tested(cf_spec.unavailable)
     state = request.config.stash[_STATE]
+    for service in cf_spec.services:
+        if service in state.missing:
+            not_tested(state.missing[service])
     lookup = _service_lookup(request)
     for service in cf_spec.services:
         try:
             lookup(service)
         except ServiceUnavailable as exc:
-            pytest.skip(f"{service} unavailable: {exc}")
+            not_tested(f"{service} unavailable: {exc}")
     ctx = AdapterContext(
         adapter=cf_spec.name,
         kind=cf_spec.kind,
@@ -185,11 +211,24 @@ def cf_aut(cf_spec: AdapterSpec, request: pytest.FixtureRequest) -> AdapterUnder
         pool = state.services
     _prestart(state, pool)
     aut = AdapterUnderTest(
-        cf_spec, ctx, quick=state.quick, fresh=pool.fresh, release=getattr(pool, "release", None)
+        cf_spec,
+        ctx,
+        quick=state.quick,
+        fresh=pool.fresh,
+        release=pool.release,
+        no_lifecycle=_no_lifecycle(pool),
     )
     request.node.stash[_AUT_KEY] = aut
     _expect_unsupported(request, aut)
     return aut
+
+
+def _no_lifecycle(pool: Any) -> str:
+    """The provider's name when it cannot restart brokers (external URLs), else ``""``."""
+    provider = pool.provider_object() if isinstance(pool, Services) else pool.provider
+    if provider is None or provider.supports_lifecycle_faults:
+        return ""
+    return str(provider.name)
 
 
 def _expect_unsupported(request: pytest.FixtureRequest, aut: AdapterUnderTest) -> None:
@@ -275,12 +314,61 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Remember which brokers the selected checks need (started early, see ``_prestart``)."""
-    state = session.config.stash[_STATE]
+    """Preflight: provide and probe every backing service the selected checks need."""
+    config = session.config
+    state = config.stash[_STATE]
+    users: dict[str, set[str]] = {}
     for item in session.items:
         spec = getattr(item, "callspec", _NoCallspec).params.get("cf_spec")
         if isinstance(spec, AdapterSpec) and not spec.unavailable:
-            state.needed.update(spec.services)
+            needs = preflight.services_of(
+                spec.services, getattr(item, "fixturenames", ()), "/faults/" in str(item.path)
+            )
+            state.needed.update(needs)
+            for service in needs:
+                users.setdefault(service, set()).add(spec.label)
+    state.collected = True
+    state.selected = len(session.items)
+    if not session.items:
+        state.empty_selection = _describe_selection(config, state)
+        return
+    if _is_worker(config) or not state.needed:
+        return
+    state.prestarted = True
+    state.missing, state.preflight_s = preflight.run(state.needed, _service_getter(config))
+    if not state.missing:
+        return
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    for service, line in sorted(state.missing.items()):
+        for label in users.get(service, ()):
+            state.missing_adapters.setdefault(label, line)
+        if tr is not None:
+            tr.write_line(f"preflight: {line}", red=True)
+    if not state.allow_missing:
+        config.hook.pytest_deselected(items=list(session.items))
+        session.items[:] = []
+
+
+def _service_getter(config: pytest.Config) -> Any:
+    """``get(name) -> handle`` of the pool the checks will use."""
+    if config.pluginmanager.hasplugin("purista_harness"):
+        from harness.pytest_plugin import service_set
+
+        try:
+            return service_set(config).get
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from exc
+    return config.stash[_STATE].services.get
+
+
+def _describe_selection(config: pytest.Config, state: RunState) -> str:
+    parts = [f"suite {state.suite!r}"]
+    keyword = config.getoption("keyword", "")
+    if keyword:
+        parts.insert(0, f"-k {keyword!r}")
+    selectors = config.getoption("cf_adapter")
+    parts.append(f"adapters {', '.join(selectors)}" if selectors else "every adapter")
+    return " with ".join(parts[:1]) + (" in " + ", ".join(parts[1:]) if parts[1:] else "")
 
 
 def _prestart(state: RunState, pool: Any) -> None:
@@ -324,9 +412,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if _is_worker(config) or config.getoption("cf_no_matrix"):
         return
     state = config.stash[_STATE]
-    if not state.results:
+    if not state.results and not (state.verdict and state.verdict.not_tested):
         return
-    report_mod.print_matrix(list(state.results.values()), terminalreporter)
+    report_mod.print_matrix(list(state.results.values()), terminalreporter, state.verdict)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -349,6 +437,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         state.services.provider if state.services._set else _provider(config, ran_brokers)
     )
     state.services.close()
+    state.verdict = decide(
+        int(exitstatus),
+        results,
+        selected=state.selected if state.collected else len(results),
+        allow_missing=state.allow_missing,
+        preflight_missing=state.missing_adapters,
+        empty_selection=state.empty_selection,
+    )
+    LAST_VERDICT["last"] = state.verdict
     if state.report_dir is None:
         return
     doc = report_mod.build(
@@ -358,5 +455,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         duration_s=time.time() - state.started,
         suite=state.suite,
         quick=state.quick,
+        verdict=state.verdict,
+        preflight=state.missing,
     )
     report_mod.write(doc, state.report_dir)

@@ -9,12 +9,16 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from reference_services.runtime.redact import redact_text
+
 from .adapters import KINDS, AdapterSpec
+from .verdict import Verdict
 
 SCHEMA = 1
 STATUSES = ("passed", "failed", "unsupported", "skipped")
 GLYPH = {"passed": "✔", "failed": "✘", "unsupported": "~", "skipped": "-"}
 STYLE = {"passed": "green", "failed": "bold red", "unsupported": "yellow", "skipped": "dim"}
+NOT_TESTED_STYLE = "bold magenta"  # never green: the adapter was not exercised
 
 
 def build(
@@ -25,11 +29,14 @@ def build(
     duration_s: float,
     suite: str,
     quick: bool,
+    verdict: Verdict | None = None,
+    preflight: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The report document (what report.json holds)."""
     per_adapter: dict[str, Counter[str]] = defaultdict(Counter)
     for r in results:
         per_adapter[f"{r['kind']}:{r['adapter']}"][r["status"]] += 1
+    not_tested = verdict.not_tested if verdict else {}
     return {
         "schema": SCHEMA,
         "tool": "purista-conformance",
@@ -39,6 +46,8 @@ def build(
         "quick": quick,
         "duration_s": round(duration_s, 3),
         "summary": dict(Counter(r["status"] for r in results)),
+        "verdict": verdict.as_dict() if verdict else None,
+        "preflight": dict(sorted((preflight or {}).items())),
         "adapters": [
             {
                 "adapter": s.name,
@@ -48,6 +57,7 @@ def build(
                 "unavailable": s.unavailable,
                 "capabilities": s.capabilities_dict(),
                 "summary": dict(per_adapter.get(s.label, Counter())),
+                "not_tested": not_tested.get(s.label),
             }
             for s in specs
         ],
@@ -65,6 +75,7 @@ def build(
                     "metrics",
                     "observations",
                     "nodeid",
+                    "skip",
                 )
                 if k in r
             }
@@ -86,10 +97,11 @@ def build(
 def write(doc: dict[str, Any], report_dir: Path) -> None:
     """Write report.json and report.html into ``report_dir``."""
     report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / "report.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    text = json.dumps(doc, indent=2, default=str) + "\n"
+    (report_dir / "report.json").write_text(redact_text(text))
     from .html import render
 
-    (report_dir / "report.html").write_text(render(doc), encoding="utf-8")
+    (report_dir / "report.html").write_text(redact_text(render(doc)), encoding="utf-8")
 
 
 def _columns(results: list[dict[str, Any]], kind: str) -> list[str]:
@@ -104,7 +116,9 @@ def matrix(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[
     return out
 
 
-def print_matrix(results: list[dict[str, Any]], terminalreporter: Any) -> None:
+def print_matrix(
+    results: list[dict[str, Any]], terminalreporter: Any, verdict: Verdict | None = None
+) -> None:
     """Print the adapters x checks matrix with rich, then per-adapter counts."""
     from rich.console import Console
     from rich.table import Table
@@ -144,19 +158,29 @@ def print_matrix(results: list[dict[str, Any]], terminalreporter: Any) -> None:
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for r in results:
         counts[f"{r['kind']}:{r['adapter']}"][r["status"]] += 1
+    not_tested = verdict.not_tested if verdict else {}
     summary = Table(title="per adapter", title_justify="left")
     summary.add_column("adapter")
     for st in STATUSES:
         summary.add_column(st, justify="right")
-    for label in sorted(counts):
+    summary.add_column("tested")
+    for label in sorted(set(counts) | set(not_tested)):
+        tested = (
+            f"[{NOT_TESTED_STYLE}]NOT TESTED: {not_tested[label]}[/]"
+            if label in not_tested
+            else "yes"
+        )
         summary.add_row(
-            label,
+            f"[{NOT_TESTED_STYLE}]{label}[/]" if label in not_tested else label,
             *[
                 f"[{STYLE[st]}]{counts[label][st]}[/]" if counts[label][st] else "0"
                 for st in STATUSES
             ],
+            tested,
         )
     console.print(summary)
+    if verdict is not None:
+        console.print(f"verdict: {verdict.status} (exit {verdict.code}): {verdict.reason}")
     console.print(
         f"legend: {GLYPH['passed']} passed  {GLYPH['failed']} failed  "
         f"{GLYPH['unsupported']} unsupported (declared)  {GLYPH['skipped']} skipped"

@@ -6,7 +6,10 @@ from typing import Any
 
 import pytest
 
+from reference_services.runtime.redact import redact_text
+
 from .marks import CheckInfo
+from .skips import skip_kind
 from .under_test import AdapterUnderTest
 
 
@@ -33,6 +36,7 @@ def result_row(
     """One report row for a check's phase (status from the outcome and declared support)."""
     spec = item.callspec.params["cf_spec"]  # type: ignore[attr-defined]
     wasxfail = getattr(rep, "wasxfail", None)
+    skip = ""
     if wasxfail is not None and rep.passed:
         status, message = "unsupported", f"better than declared ({wasxfail})"
     elif wasxfail is not None:
@@ -43,6 +47,7 @@ def result_row(
         longrepr = rep.longrepr
         message = str(longrepr[2]) if isinstance(longrepr, tuple) else str(longrepr)
         message = message.removeprefix("Skipped: ")
+        skip = skip_kind(call.excinfo.value if call.excinfo else None)
     elif rep.failed:
         status = "failed"
         message = message_of(call)
@@ -57,9 +62,10 @@ def result_row(
         "suite": info.suite if info else "contract",
         "status": status,
         "duration_s": 0.0,
-        "message": message,
+        "message": redact_text(message),
         "metrics": dict(aut.metrics) if aut else {},
         "observations": dict(aut.observations) if aut else {},
         "nodeid": item.nodeid,
         "when": rep.when,
+        "skip": skip,
     }

@@ -41,6 +41,18 @@ class Services:
         ss = self._set
         return str(getattr(ss.provider, "name", "unknown")) if ss is not None else "none"
 
+    def provider_object(self) -> Any:
+        """The harness provider (None when there is none)."""
+        ss = self._service_set()
+        return ss.provider if ss is not None else None
+
+    def get(self, name: str) -> Any:
+        """The shared handle of ``name`` (raises :class:`ServiceUnavailable`)."""
+        ss = self._service_set()
+        if ss is None:
+            raise ServiceUnavailable(self._error)
+        return ss.get(name)
+
     def prestart(self, names: set[str]) -> None:
         """Start ``names`` in background threads (errors surface on ``url``)."""
         if not names or self._service_set() is None:

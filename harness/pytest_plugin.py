@@ -28,6 +28,15 @@ if TYPE_CHECKING:
 _STATE = pytest.StashKey["_HarnessState"]()
 
 
+class ServiceSkipped(pytest.skip.Exception):  # type: ignore[misc,name-defined]
+    """A test skipped because a service could not be provided (not a "not applicable" skip).
+
+    ``not_tested`` lets the conformance verdict tell it from other skips without importing us.
+    """
+
+    not_tested = True
+
+
 class _HarnessState:
     """Per-process (per xdist worker) registry, created on first use."""
 
@@ -53,7 +62,7 @@ class _HarnessState:
         """Skip (or fail under --require-services) because a service cannot be provided."""
         if self.require:
             pytest.fail(f"{exc} (--require-services)", pytrace=False)
-        pytest.skip(str(exc))
+        raise ServiceSkipped(str(exc))
 
     def get(self, name: str) -> ServiceHandle:
         try:
@@ -131,6 +140,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         state.close()
         if state.owns_run:
             run.end(keep=bool(config.getoption("keep_services")))
+
+
+def service_set(config: pytest.Config) -> ServiceSet:
+    """The session's ServiceSet (for other plugins, e.g. the conformance preflight)."""
+    return config.stash[_STATE].registry()
 
 
 # -- fixtures -----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from harness.errors import LifecycleFaultsUnavailable
 from harness.services.spec import ServiceSpec
+from reference_services.runtime.redact import redact_url
 
 
 def tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -80,7 +81,7 @@ class ServiceHandle(abc.ABC):
         return tcp_open(self.host, self.port)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name} {self.url} v{self.version}>"
+        return f"<{type(self).__name__} {self.name} {redact_url(self.url)} v{self.version}>"
 
     def __enter__(self) -> ServiceHandle:
         return self

@@ -12,6 +12,7 @@ import pytest
 from conformance.faults_run import Fault, run_fault
 from conformance.faults_workload import make_workload
 from conformance.marks import check
+from conformance.skips import no_lifecycle
 from conformance.under_test import AdapterUnderTest
 from harness.errors import LifecycleFaultsUnavailable
 
@@ -48,9 +49,9 @@ async def _run(
     try:
         handle = await asyncio.to_thread(dedicated.get, aut.spec.services[0])
     except LifecycleFaultsUnavailable as exc:
-        pytest.skip(str(exc))
-    if not getattr(handle, "supports_lifecycle_faults", True):
-        pytest.skip(f"the {handle.provider} provider cannot kill or pause {handle.name}")
+        no_lifecycle(exc.provider)
+    if not handle.supports_lifecycle_faults:
+        no_lifecycle(handle.provider)
     workload = make_workload(aut, handle.url, handle.url)
     try:
         await run_fault(aut, workload, Fault(name, hold_s, lambda: fault(handle), crash=crash))

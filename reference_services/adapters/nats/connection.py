@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reference_services.runtime.errors import StatusCode, UnhandledError
+from reference_services.runtime.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -97,4 +98,6 @@ async def connect_nats(url: str, name: str, timings: NatsTimings, **callbacks: A
             timings.start_timeout_s,
         )
     except (TimeoutError, OSError) as exc:
-        raise NatsUnavailableError(f"cannot connect to NATS at {url}: {exc!r}") from None
+        raise NatsUnavailableError(
+            f"cannot connect to NATS at {redact_url(url)}: {redact_text(repr(exc))}"
+        ) from None

@@ -53,6 +53,7 @@ from reference_services.runtime.messages import (
     MessageType,
     error_response,
 )
+from reference_services.runtime.redact import redact_text, redact_url
 from reference_services.runtime.spi.bridge_base import (
     BridgeNotRunningError,
     Disposition,
@@ -179,8 +180,8 @@ class NatsBridge(EventBridgeBase):
             await self._setup(self._nc)
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             raise BridgeNotRunningError(
-                f"cannot start on NATS at {self.url} (JetStream enabled?): "
-                f"{type(exc).__name__}: {exc}",
+                f"cannot start on NATS at {redact_url(self.url)} (JetStream enabled?): "
+                f"{type(exc).__name__}: {redact_text(str(exc))}",
                 StatusCode.SERVICE_UNAVAILABLE,
             ) from exc
 
@@ -248,11 +249,11 @@ class NatsBridge(EventBridgeBase):
     async def _on_disconnected(self) -> None:
         self._synced.clear()
         if not self._destroyed:
-            self.log.warning("disconnected from %s", self.url)
+            self.log.warning("disconnected from %s", redact_url(self.url))
 
     async def _on_reconnected(self) -> None:
         self.reconnects += 1
-        self.log.warning("reconnected to %s; re-registering", self.url)
+        self.log.warning("reconnected to %s; re-registering", redact_url(self.url))
         if self._resync_task is None or self._resync_task.done():
             self._resync_task = self.spawn(self._resync(), name="nats-resync")
 

@@ -81,6 +81,7 @@ from reference_services.runtime.queue import (
     QueueInputError,
     validate_enqueue,
 )
+from reference_services.runtime.redact import redact_url
 from reference_services.runtime.spi.capabilities import YES, QueueBridgeCapabilities
 from reference_services.runtime.spi.inflight import InflightTracker
 
@@ -227,7 +228,7 @@ class NatsQueueBridge(NatsQueueAdmin):
         return await self.is_ready()
 
     async def _on_disconnected(self) -> None:
-        log.warning("nats queue %s: disconnected from %s", self.prefix, self.url)
+        log.warning("nats queue %s: disconnected from %s", self.prefix, redact_url(self.url))
 
     async def _on_reconnected(self) -> None:
         log.info("nats queue %s: reconnected, re-declaring streams and consumers", self.prefix)
@@ -271,7 +272,7 @@ class NatsQueueBridge(NatsQueueAdmin):
         deadline = loop.time() + self.timings.op_timeout_s
         while not self._nc.is_connected:
             if self._nc.is_closed or loop.time() >= deadline:
-                raise NatsUnavailableError(f"not connected to NATS at {self.url}")
+                raise NatsUnavailableError(f"not connected to NATS at {redact_url(self.url)}")
             await asyncio.sleep(0.05)
 
     async def _ensure_setup(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -37,7 +37,7 @@ class RedisUnavailableError(UnhandledError):
 class RedisSettings:
     """Connection settings: timeouts in seconds, bounded retries with backoff."""
 
-    url: str
+    url: str = field(repr=False)  # may hold a password
     socket_timeout_s: float | None = 5.0
     connect_timeout_s: float = 2.0
     retry_attempts: int = 3
