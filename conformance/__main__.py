@@ -163,11 +163,11 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     if args.provider is None and env_provider and env_provider not in PROVIDERS:
         return f"HARNESS_PROVIDER={env_provider!r} is not one of {', '.join(PROVIDERS)}"
     if args.keyword:
-        from _pytest.mark.expression import Expression, ParseError
+        from _pytest.mark.expression import Expression
 
         try:
             Expression.compile(args.keyword)
-        except ParseError as exc:
+        except Exception as exc:  # SyntaxError in pytest 9, ParseError before
             return f"-k {args.keyword!r} is not a valid expression: {exc}"
     if args.workers and not importlib.util.find_spec("xdist"):
         return "-n needs pytest-xdist (pip install pytest-xdist)"

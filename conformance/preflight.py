@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from harness.errors import ServiceUnavailable
 from reference_services.runtime.redact import redact_text
 
 CONNECT_TIMEOUT_S = 3.0
@@ -54,7 +55,8 @@ def check_service(name: str, get: Callable[[str], Any]) -> str | None:
     try:
         handle = get(name)
     except Exception as exc:
-        return f"{name}: cannot be provided: {_first_line(exc)}"
+        reason = exc.reason if isinstance(exc, ServiceUnavailable) else _first_line(exc)
+        return f"{name}: cannot be provided: {redact_text(reason)}"
     problem = _connect_problem(handle.host, handle.port)
     if problem:
         return f"{name}: {problem}"

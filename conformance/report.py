@@ -148,6 +148,9 @@ def print_matrix(
                     cells.append("")
                     continue
                 st = row["status"]
+                if st == "skipped" and row.get("skip") == "not_tested":
+                    cells.append(f"[{NOT_TESTED_STYLE}]n/t[/]")
+                    continue
                 cells.append(
                     f"[{STYLE[st]}]{GLYPH[st]} {row['duration_s']:.2f}s[/]"
                     if st != "skipped"
@@ -183,7 +186,8 @@ def print_matrix(
         console.print(f"verdict: {verdict.status} (exit {verdict.code}): {verdict.reason}")
     console.print(
         f"legend: {GLYPH['passed']} passed  {GLYPH['failed']} failed  "
-        f"{GLYPH['unsupported']} unsupported (declared)  {GLYPH['skipped']} skipped"
+        f"{GLYPH['unsupported']} unsupported (declared)  {GLYPH['skipped']} skipped  "
+        "n/t not tested (service unavailable)"
     )
     terminalreporter.write_sep("=", "conformance matrix")
     terminalreporter.write(buf.getvalue())

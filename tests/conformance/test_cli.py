@@ -79,12 +79,14 @@ def test_bad_option_is_a_usage_error() -> None:
     assert cli("run", "--suite", "nonsense").returncode == 2
 
 
-def test_empty_selection_runs_nothing_and_passes(tmp_path: Path) -> None:
+def test_empty_selection_is_a_usage_error(tmp_path: Path) -> None:
     proc = cli(
         "run", "--adapter", "memory", "-k", "no_such_check_anywhere", "--report-dir", str(tmp_path)
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
-    assert json.loads((tmp_path / "report.json").read_text())["results"] == []
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr
+    assert "matches no check: -k 'no_such_check_anywhere'" in proc.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["results"] == [] and report["verdict"]["exit_code"] == 2
 
 
 def test_list_json_names_checks_and_adapters() -> None:

@@ -1,0 +1,153 @@
+"""Every exit code of ``conformance run``, from real runs of the real command.
+
+0 only when every selected adapter was exercised; 1 a check failed; 2 a usage error
+(including a selection that matches no check); 3 "not tested": a backing service
+could not be provided (``--allow-missing-services`` reports it and exits 0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> tuple[
+    subprocess.CompletedProcess[str], float
+]:
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "conformance", "run", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
+            **(env or {}),
+        },
+    )
+    return proc, time.monotonic() - started
+
+
+def refused_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def preflight_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("preflight: ")]
+
+
+def test_a_selection_matching_no_check_is_a_usage_error(tmp_path: Path) -> None:
+    proc, _ = run("--adapter", "memory", "-k", "nosuchcheck", "--report-dir", str(tmp_path))
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr
+    assert "the selection matches no check: -k 'nosuchcheck'" in proc.stderr
+    assert "adapters memory" in proc.stderr
+
+
+def test_an_unknown_provider_is_a_usage_error_without_pytest_noise() -> None:
+    proc, _ = run("--provider", "nope")
+    assert proc.returncode == 2
+    assert "invalid choice: 'nope'" in proc.stderr
+    assert "pytest.ini" not in proc.stdout + proc.stderr
+
+
+def test_an_unknown_harness_provider_variable_is_a_usage_error() -> None:
+    proc, _ = run("--adapter", "memory", env={"HARNESS_PROVIDER": "nope"})
+    assert proc.returncode == 2
+    assert "HARNESS_PROVIDER='nope' is not one of auto, local, docker, external" in proc.stderr
+
+
+def test_a_bad_keyword_expression_is_a_usage_error() -> None:
+    proc, _ = run("--adapter", "memory", "-k", "(unbalanced")
+    assert proc.returncode == 2
+    assert "-k '(unbalanced' is not a valid expression" in proc.stderr
+
+
+def test_refused_brokers_end_the_run_fast_with_one_line_per_service(tmp_path: Path) -> None:
+    nats_port, amqp_port = refused_port(), refused_port()
+    proc, took = run(
+        "--provider", "external", "--suite", "contract",
+        "--adapter", "event_bridge:nats", "--adapter", "amqp",
+        "--report-dir", str(tmp_path),
+        env={"NATS_URL": f"nats://127.0.0.1:{nats_port}",
+             "AMQP_URL": f"amqp://127.0.0.1:{amqp_port}/"},
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr
+    assert took < 10, f"took {took:.1f}s"
+    assert sorted(preflight_lines(proc.stdout)) == [
+        f"preflight: nats: connection refused at 127.0.0.1:{nats_port}",
+        f"preflight: rabbitmq: connection refused at 127.0.0.1:{amqp_port}",
+    ]
+    assert " passed" not in proc.stdout.splitlines()[-1]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["verdict"]["exit_code"] == 3
+    assert {n["adapter"] for n in report["verdict"]["not_tested"]} == {"nats", "amqp"}
+    assert report["results"] == []
+
+
+def test_allow_missing_services_exits_0_and_reports_the_adapter_not_tested(
+    tmp_path: Path,
+) -> None:
+    port = refused_port()
+    proc, took = run(
+        "--provider", "external", "--suite", "contract", "--quick",
+        "--adapter", "event_bridge:nats", "--adapter", "event_bridge:memory",
+        "--allow-missing-services", "--report-dir", str(tmp_path),
+        env={"NATS_URL": f"nats://127.0.0.1:{port}"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    assert preflight_lines(proc.stdout) == [
+        f"preflight: nats: connection refused at 127.0.0.1:{port}"
+    ]
+    assert f"not tested: event_bridge:nats: nats: connection refused at 127.0.0.1:{port}" in (
+        proc.stderr
+    )
+    report = json.loads((tmp_path / "report.json").read_text())
+    verdict = report["verdict"]
+    assert verdict["exit_code"] == 0 and verdict["allowed_missing_services"] is True
+    assert [(n["kind"], n["adapter"]) for n in verdict["not_tested"]] == [("event_bridge", "nats")]
+    adapters = {(a["kind"], a["adapter"]): a for a in report["adapters"]}
+    assert adapters[("event_bridge", "nats")]["not_tested"].startswith("nats: connection refused")
+    assert adapters[("event_bridge", "memory")]["not_tested"] is None
+    nats_rows = [r for r in report["results"] if r["adapter"] == "nats"]
+    assert nats_rows and all(r["status"] == "skipped" for r in nats_rows)
+    assert all(r["skip"] == "not_tested" for r in nats_rows)
+    assert any(r["status"] == "passed" for r in report["results"] if r["adapter"] == "memory")
+    html = (tmp_path / "report.html").read_text()
+    assert '<h2 class="not-tested">Not tested</h2>' in html
+    assert 'class="c not-tested"' in html
+    assert re.search(r'<tr class="not-tested"><td>event_bridge:nats</td>', html)
+
+
+def test_a_provider_that_cannot_start_brokers_is_not_tested(tmp_path: Path) -> None:
+    """The docker provider against an engine that does not answer: exit 3, never 0."""
+    proc, took = run(
+        "--provider", "docker", "--suite", "contract", "--adapter", "event_bridge:nats",
+        "--report-dir", str(tmp_path),
+        env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"},
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr
+    assert [line.split(":")[1] for line in preflight_lines(proc.stdout)] == [" nats"]
+    assert "not tested: event_bridge:nats" in proc.stderr
+
+
+def test_a_failing_adapter_exits_1(tmp_path: Path) -> None:
+    proc, _ = run(
+        "--suite", "contract", "-k", "event_bridge.subscriptions.fan_out",
+        "--adapter", "drops=broken_adapters:drops", "--report-dir", str(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr
+    assert "conformance: failed (exit 1)" in proc.stderr
