@@ -102,7 +102,7 @@ def test_allow_missing_services_exits_0_and_reports_the_adapter_not_tested(
     tmp_path: Path,
 ) -> None:
     port = refused_port()
-    proc, took = run(
+    proc, _took = run(
         "--provider", "external", "--suite", "contract", "--quick",
         "--adapter", "event_bridge:nats", "--adapter", "event_bridge:memory",
         "--allow-missing-services", "--report-dir", str(tmp_path),
@@ -134,7 +134,7 @@ def test_allow_missing_services_exits_0_and_reports_the_adapter_not_tested(
 
 def test_a_provider_that_cannot_start_brokers_is_not_tested(tmp_path: Path) -> None:
     """The docker provider against an engine that does not answer: exit 3, never 0."""
-    proc, took = run(
+    proc, _took = run(
         "--provider", "docker", "--suite", "contract", "--adapter", "event_bridge:nats",
         "--report-dir", str(tmp_path),
         env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"},
