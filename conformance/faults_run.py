@@ -10,7 +10,8 @@ Rules from capabilities:
 - lost = 0 when the adapter declares the durability this fault needs
   (event bridge: ``durable_subscriptions`` + ``manual_ack``, plus
   ``survives_broker_restart`` for a broker crash; queue bridge: ``durable``);
-- duplicates only where delivery is at-least-once (queues always are), and
+- duplicates only where delivery is declared at-least-once (queues always are; an
+  event bridge that declares no delivery is judged at most once: no promise), and
   then every side effect exactly once (through the idempotency helper);
 - nothing unexpected;
 - invocations fail with 503/504 within ttl + margin, or succeed; never hang;
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,13 +79,33 @@ def expectations(aut: AdapterUnderTest, crash: bool = False, drain: bool = False
     if drain:
         needs.append("graceful_drain")
     missing = [n for n in needs if not aut.supports(n)]
-    delivery = getattr(caps, "delivery", "at_least_once")
+    declared = declared_delivery(caps)
     why = (
         ("declares " + " + ".join(needs))
         if not missing
         else ("does not declare " + ", ".join(missing) + " (loss reported, not failed)")
     )
-    return Expectations(not missing, delivery == "at_least_once", f"{why}; delivery {delivery}")
+    if declared is None:
+        return Expectations(
+            not missing,
+            False,
+            f"{why}; delivery: the adapter declared nothing, judged as {NO_PROMISE} (no promise)",
+        )
+    return Expectations(not missing, declared == "at_least_once", f"{why}; delivery {declared}")
+
+
+NO_PROMISE = "at_most_once"
+
+
+def declared_delivery(caps: Any) -> str | None:
+    """The ``delivery`` the adapter declares, or None when it declares nothing."""
+    if isinstance(caps, Mapping):
+        value = caps.get("delivery")
+    elif caps is not None and hasattr(caps, "delivery"):
+        value = caps.delivery
+    else:
+        value = None
+    return str(value) if value else None
 
 
 async def measure_recovery(
@@ -188,6 +209,9 @@ async def run_fault(
     }
     if stats.invocations:
         extra["invocations"] = stats.invocation_metrics()
+    extra["delivery_declared"] = declared_delivery(aut.spec.capabilities) or (
+        f"nothing (judged {NO_PROMISE})"
+    )
     record(aut, fault.name, verdict, recovery_s, extra)
     problems = judge(verdict, exp, recovery_s, stats.invocation_problems())
     assert not problems, f"{fault.name}: " + "; ".join(problems) + "\n" + verdict.format()

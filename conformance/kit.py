@@ -192,3 +192,21 @@ class Gate:
         """Block the calling handler until the gate opens."""
         with self._inside():
             await asyncio.wait_for(self._event.wait(), timeout_s)
+
+
+def pending_invocations(bridge: Any) -> int:
+    """``bridge.pending_invocations``, which the EventBridge protocol requires to be an int.
+
+    Read directly, never through a default: an adapter without it fails the check
+    instead of passing it unmeasured.
+    """
+    try:
+        value = bridge.pending_invocations
+    except AttributeError:
+        raise AssertionError(
+            f"{type(bridge).__name__} has no pending_invocations: the EventBridge protocol "
+            "requires it (an int: invocations still waiting for a response)"
+        ) from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise AssertionError(f"pending_invocations must be an int, got {value!r}")
+    return value

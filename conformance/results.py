@@ -45,8 +45,12 @@ def result_row(
     elif rep.skipped:
         status = "skipped"
         longrepr = rep.longrepr
-        message = str(longrepr[2]) if isinstance(longrepr, tuple) else str(longrepr)
-        message = message.removeprefix("Skipped: ")
+        exc = call.excinfo.value if call.excinfo else None
+        if isinstance(exc, pytest.skip.Exception):
+            message = exc.msg
+        else:
+            message = str(longrepr[2]) if isinstance(longrepr, tuple) else str(longrepr)
+            message = message.removeprefix("Skipped: ")
         skip = skip_kind(call.excinfo.value if call.excinfo else None)
     elif rep.failed:
         status = "failed"

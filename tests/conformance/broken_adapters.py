@@ -113,6 +113,36 @@ class MangledNonAscii(DefaultEventBridge):
         return raw.decode("utf-8").encode("ascii", "replace")
 
 
+class LeaksPending(DefaultEventBridge):
+    """Keeps its own waiter per invocation and forgets to drop it when the invocation fails."""
+
+    name = "leaks-pending"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._waiting: dict[str, Any] = {}
+
+    async def invoke(self, command: Any, ttl_s: float | None = None) -> Any:
+        self._waiting[command.correlation_id] = command
+        result = await super().invoke(command, ttl_s)  # a timeout raises: the entry stays
+        del self._waiting[command.correlation_id]
+        return result
+
+    @property
+    def pending_invocations(self) -> int:
+        return len(self._waiting)
+
+
+class NoPendingCount(DefaultEventBridge):
+    """Offers no pending_invocations (as an adapter not built on the bridge base)."""
+
+    name = "no-pending-count"
+
+    @property
+    def pending_invocations(self) -> int:
+        raise AttributeError("pending_invocations")
+
+
 def drops(ctx: AdapterContext) -> Any:
     return DropsOneInAHundred(hub=_hub(ctx), **ctx.options)
 
@@ -141,6 +171,14 @@ def skips_drain(ctx: AdapterContext) -> Any:
     return SkipsDrain(
         hub=_hub(ctx), **{k: v for k, v in ctx.options.items() if k != "drain_timeout_s"}
     )
+
+
+def leaks_pending(ctx: AdapterContext) -> Any:
+    return LeaksPending(hub=_hub(ctx), **ctx.options)
+
+
+def no_pending_count(ctx: AdapterContext) -> Any:
+    return NoPendingCount(hub=_hub(ctx), **ctx.options)
 
 
 def mangles(ctx: AdapterContext) -> Any:
@@ -203,6 +241,8 @@ EXPECTED: dict[str, str] = {
     "drops": "event_bridge.subscriptions.fan_out",
     "duplicates": "event_bridge.subscriptions.shared_one_per_group",
     "ignores_ttl": "event_bridge.commands.timeout",
+    "leaks_pending": "event_bridge.commands.timeout",
+    "no_pending_count": "event_bridge.commands.late_response_ignored",
     "past_filter": "event_bridge.subscriptions.filter.principal",
     "shared_to_all": "event_bridge.subscriptions.shared_one_per_group",
     "acks_early": "event_bridge.failures.retry_transient",

@@ -110,3 +110,27 @@ def test_in_flight_stages() -> None:
     assert in_flight(lines) == {"b", "c"}
     assert in_flight(lines, "recorded", "done") == {"b"}
     assert in_flight(lines, "start", "recorded") == {"c"}
+
+
+class _NoDeliveryDeclared:
+    """Capabilities of a third-party adapter that says nothing about delivery."""
+
+    durable_subscriptions = True
+    manual_ack = True
+    survives_broker_restart = True
+
+
+def test_no_declared_delivery_is_judged_at_most_once() -> None:
+    for caps in (_NoDeliveryDeclared(), {"durable_subscriptions": True}, None):
+        exp = expectations(_aut("event_bridge", caps))
+        assert not exp.duplicates_allowed, caps
+        assert "the adapter declared nothing, judged as at_most_once (no promise)" in exp.why
+    h = History()
+    h.sent("a")
+    h.delivered("a")
+    h.delivered("a")
+    problems = judge(check(h), expectations(_aut("event_bridge", _NoDeliveryDeclared())), 0.1, [])
+    assert problems == [
+        "1 message(s) delivered more than once (declares durable_subscriptions + manual_ack; "
+        "delivery: the adapter declared nothing, judged as at_most_once (no promise))"
+    ]

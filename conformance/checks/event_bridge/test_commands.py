@@ -7,7 +7,16 @@ import statistics
 from collections import Counter
 from typing import Any
 
-from conformance.kit import CommandConfig, Gate, Recorder, addr, command, invoke_status, responder
+from conformance.kit import (
+    CommandConfig,
+    Gate,
+    Recorder,
+    addr,
+    command,
+    invoke_status,
+    pending_invocations,
+    responder,
+)
 from conformance.ledger import Ledger, expect_exactly_once
 from conformance.marks import check
 from conformance.under_test import AdapterUnderTest
@@ -204,7 +213,7 @@ async def test_timeout(aut: AdapterUnderTest) -> None:
     ]
     assert not bad, f"expected 504 after {ttl}s (+{TIMEOUT_MARGIN_S}s), got {bad}"
     aut.metric("timeout_s", sorted(round(t, 3) for _, _, t in outcomes))
-    pending = getattr(client, "pending_invocations", 0)
+    pending = pending_invocations(client)
     assert pending == 0, f"{pending} pending invocation(s) leaked after timeouts"
 
 
@@ -228,14 +237,14 @@ async def test_late_response_ignored(aut: AdapterUnderTest) -> None:
     )
     assert kind == "error" and err.status == 504, f"expected 504, got {err!r}"
     await asyncio.wait_for(done.wait(), 5)
-    await wait_quiet(lambda: getattr(client, "pending_invocations", 0), quiet_s=0.2)
+    await wait_quiet(lambda: pending_invocations(client), quiet_s=0.2)
     results = await asyncio.gather(
         *(invoke_status(client, command(client, addr("sometimes-slow"), i), 5) for i in range(5))
     )
     wrong = [(i, r) for i, (k, r, _) in enumerate(results) if k != "ok" or r != {"fresh": i}]
     assert not wrong, f"answers after a late response are wrong: {wrong}"
     assert await client.is_healthy(), "client unhealthy after a late response"
-    assert getattr(client, "pending_invocations", 0) == 0, "pending invocations leaked"
+    assert pending_invocations(client) == 0, "pending invocations leaked"
 
 
 @check("event_bridge.commands.shared_exactly_once", kinds=EB, needs=("shared_commands",))

@@ -50,6 +50,11 @@ class EventBridge(Lifecycle, Protocol):
     instance_id: str
     capabilities: EventBridgeCapabilities
 
+    @property
+    def pending_invocations(self) -> int:
+        """Invocations waiting for a response; 0 once every invocation has ended."""
+        ...
+
     async def emit_message(self, message: AnyMessage) -> None: ...
     async def invoke(self, command: Command, ttl_s: float | None = None) -> Any: ...
     async def register_command(
