@@ -140,3 +140,16 @@ def test_better_than_declared_is_reported(tmp_path: Path) -> None:
     assert row["status"] == "unsupported"
     assert "better than declared" in row["message"] and "we did not test it" in row["message"]
     assert rows["event_bridge.commands.unknown_fails_fast"]["status"] == "passed"
+
+
+def test_reports_go_to_reports_conformance_by_default(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "conformance", "run", "--adapter", "event_bridge:memory",
+         "-k", "event_bridge.commands.round_trip"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    out = tmp_path / "reports" / "conformance"
+    assert {p.name for p in out.iterdir()} >= {"junit.xml", "report.json", "report.html"}
+    assert json.loads((out / "report.json").read_text())["verdict"]["exit_code"] == 0
