@@ -23,7 +23,13 @@ from reference_services.runtime.messages import (
     MessageType,
     SenderAddress,
 )
-from reference_services.runtime.queue import Job, LeaseExpiredError, QueueMetrics
+from reference_services.runtime.queue import (
+    Job,
+    LeaseExpiredError,
+    QueueInputError,
+    QueueMetrics,
+    QueueNotRunningError,
+)
 from reference_services.runtime.retry import RetryPolicy
 from reference_services.runtime.service import ServiceBuilder, ServiceInstance
 from reference_services.runtime.shutdown import destroy_in_order, graceful_shutdown
@@ -70,7 +76,9 @@ __all__ = [
     "PuristaError",
     "QueueBridge",
     "QueueBridgeCapabilities",
+    "QueueInputError",
     "QueueMetrics",
+    "QueueNotRunningError",
     "RetryPolicy",
     "SenderAddress",
     "ServiceBuilder",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from reference_services.runtime.errors import HandledError, StatusCode
+from reference_services.runtime.errors import HandledError, StatusCode, UnhandledError
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,12 @@ class QueueInputError(HandledError):
     """Bad arguments to a queue operation (400), naming what was wrong."""
 
     default_status = StatusCode.BAD_REQUEST
+
+
+class QueueNotRunningError(UnhandledError):
+    """A queue operation on a bridge that is not started, or already destroyed (503)."""
+
+    default_status = StatusCode.SERVICE_UNAVAILABLE
 
 
 def validate_enqueue(

@@ -20,7 +20,12 @@ from adapter_helpers import is_not, wait_async
 
 from reference_services.adapters.nats.connection import NatsUnavailableError, token
 from reference_services.adapters.nats.queue_bridge import NatsQueueBridge
-from reference_services.runtime.queue import Job, LeaseExpiredError, QueueInputError
+from reference_services.runtime.queue import (
+    Job,
+    LeaseExpiredError,
+    QueueInputError,
+    QueueNotRunningError,
+)
 
 Factory = Callable[..., Awaitable[NatsQueueBridge]]
 
@@ -293,7 +298,7 @@ async def test_destroy_drains_running_operations_and_hands_leases_back(make: Fac
     await a.destroy()
     assert waiting.done() and await waiting == []
     assert time.monotonic() - started >= 0.5  # destroy waited for the blocking lease
-    with pytest.raises(NatsUnavailableError) as info:
+    with pytest.raises(QueueNotRunningError) as info:
         await a.enqueue("q", 1)
     assert info.value.status == 503
     # a job leased by a destroyed bridge comes back at its lease expiry, attempt + 1

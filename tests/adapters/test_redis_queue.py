@@ -17,7 +17,12 @@ from adapter_helpers import eventually, is_not
 
 from harness.history import History
 from reference_services.adapters.redis.queue_bridge import RedisQueueBridge, RedisUnavailableError
-from reference_services.runtime.queue import Job, LeaseExpiredError, QueueInputError
+from reference_services.runtime.queue import (
+    Job,
+    LeaseExpiredError,
+    QueueInputError,
+    QueueNotRunningError,
+)
 
 # --- brokers come from the harness plugin: redis, fresh_service, namespace, proxied, history
 
@@ -311,8 +316,9 @@ async def test_destroy_lets_running_operations_finish(make_bridge: Any) -> None:
     assert len(ids) == 50
     assert await asyncio.wait_for(waiter, 2) == []
     assert (await observer.metrics("q")).pending == 50
-    with pytest.raises(RedisUnavailableError):
+    with pytest.raises(QueueNotRunningError) as info:
         await bridge.enqueue("q", "after destroy")
+    assert info.value.status == 503
 
 
 # --- faults: Redis restarts ---------------------------------------------------------------
@@ -565,6 +571,7 @@ def test_matches_the_reference_model(redis: Any) -> None:
             super().__init__()
             self.runner = asyncio.Runner()
             self.mem = DefaultQueueBridge()
+            self.run(self.mem.start())
             self.red = RedisQueueBridge(url, prefix=f"m{uuid.uuid4().hex[:10]}")
             self.run(self.red.start())
             self.ids: dict[str, str] = {}  # memory job id -> redis job id

@@ -92,6 +92,8 @@ async def test_idempotency_key_returns_the_original_job_id(queue) -> None:
 async def test_many_workers_never_lease_a_job_twice() -> None:
     store = MemoryQueueStore()
     workers = [DefaultQueueBridge(store) for _ in range(5)]
+    for worker in workers:
+        await worker.start()
     producer = workers[0]
     ids = {await producer.enqueue("q", n) for n in range(500)}
     leased: list[str] = []

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from reference_services.runtime.ids import new_id, now_ms
 from reference_services.runtime.queue import (
@@ -18,18 +17,10 @@ from reference_services.runtime.queue import (
     LeaseExpiredError,
     LeaseInfo,
     NackOutcome,
-    QueueInputError,
     QueueMetrics,
-    validate_enqueue,
 )
 from reference_services.runtime.spi.capabilities import QueueBridgeCapabilities, unsupported
-
-
-def _json_copy(value: Any, what: str) -> Any:
-    try:
-        return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise QueueInputError(f"{what} is not JSON: {exc}") from None
+from reference_services.runtime.spi.queue_base import EnqueueRequest, QueueBridgeBase, json_copy
 
 
 @dataclass
@@ -71,10 +62,9 @@ class MemoryQueueStore:
         self.changed = asyncio.Condition()
 
 
-class DefaultQueueBridge:
+class DefaultQueueBridge(QueueBridgeBase):
     """In-memory queue bridge: the whole queue contract, in one process."""
 
-    kind: ClassVar[Literal["queue_bridge"]] = "queue_bridge"
     name: ClassVar[str] = "memory"
     capabilities: ClassVar[QueueBridgeCapabilities] = QueueBridgeCapabilities(
         durable=unsupported("jobs live in process memory"),
@@ -88,65 +78,55 @@ class DefaultQueueBridge:
         default_max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         default_lease_ttl_ms: int = DEFAULT_LEASE_TTL_MS,
     ) -> None:
+        super().__init__(
+            default_max_attempts=default_max_attempts, default_lease_ttl_ms=default_lease_ttl_ms
+        )
         self.store = store or MemoryQueueStore()
-        self.default_max_attempts = default_max_attempts
-        self.default_lease_ttl_ms = default_lease_ttl_ms
-        self._started = False
 
-    async def start(self) -> None:
-        self._started = True
+    async def _start_transport(self) -> None:
+        pass
 
-    async def destroy(self) -> None:
-        self._started = False
+    async def _destroy_transport(self) -> None:
+        pass
 
-    async def is_ready(self) -> bool:
-        return self._started
+    async def _interrupt_waits(self) -> None:
+        await self._notify()  # blocked lease_next calls see the bridge stop and return
+
+    async def _transport_ok(self) -> bool:
+        return True
 
     async def is_healthy(self) -> bool:
-        return self._started
+        return self.running  # nothing to be healthy about before start
 
     async def _notify(self) -> None:
         async with self.store.changed:
             self.store.changed.notify_all()
 
-    async def enqueue(
-        self,
-        queue: str,
-        payload: Any,
-        parameter: Any = None,
-        *,
-        delay_ms: int = 0,
-        idempotency_key: str | None = None,
-        headers: dict[str, str] | None = None,
-        max_attempts: int | None = None,
-        priority: int = 0,
-        lease_ttl_ms: int | None = None,
-    ) -> str:
-        """Add a job; a known idempotency key returns the original job id."""
-        validate_enqueue(queue, delay_ms, max_attempts, priority, lease_ttl_ms)
-        q = self.store.queues[queue]
-        if idempotency_key is not None:
-            existing = q.keys.get(idempotency_key)
+    async def _enqueue(self, request: EnqueueRequest) -> str:
+        q = self.store.queues[request.queue]
+        key = request.idempotency_key
+        if key is not None:
+            existing = q.keys.get(key)
             if existing is not None:
                 return existing
         now = now_ms()
         record = _Record(
             id=new_id(),
-            queue=queue,
-            payload=_json_copy(payload, "payload"),
-            parameter=_json_copy(parameter, "parameter"),
-            headers=dict(headers or {}),
-            max_attempts=max_attempts or self.default_max_attempts,
-            priority=priority,
-            lease_ttl_ms=lease_ttl_ms or self.default_lease_ttl_ms,
+            queue=request.queue,
+            payload=request.payload,
+            parameter=request.parameter,
+            headers=request.headers,
+            max_attempts=request.max_attempts,
+            priority=request.priority,
+            lease_ttl_ms=request.lease_ttl_ms,
             enqueued_at_ms=now,
-            available_at_ms=now + delay_ms,
+            available_at_ms=now + request.delay_ms,
             seq=next(self.store.seq),
-            idempotency_key=idempotency_key,
+            idempotency_key=key,
         )
         q.jobs[record.id] = record
-        if idempotency_key is not None:
-            q.keys[idempotency_key] = record.id
+        if key is not None:
+            q.keys[key] = record.id
         await self._notify()
         return record.id
 
@@ -171,8 +151,8 @@ class DefaultQueueBridge:
         return Job(
             id=record.id,
             queue=record.queue,
-            payload=_json_copy(record.payload, "payload"),
-            parameter=_json_copy(record.parameter, "parameter"),
+            payload=json_copy(record.payload, "payload"),
+            parameter=json_copy(record.parameter, "parameter"),
             headers=dict(record.headers),
             attempt=record.deliveries,
             max_attempts=record.max_attempts,
@@ -205,20 +185,15 @@ class DefaultQueueBridge:
         ]
         return out, (min(upcoming) if upcoming else None)
 
-    async def lease_next(
-        self, queue: str, batch: int = 1, wait_ms: int = 0, *, worker_id: str | None = None
+    async def _lease(
+        self, queue: str, batch: int, wait_ms: int, worker_id: str | None
     ) -> list[Job]:
-        """Lease up to ``batch`` ready jobs, waiting up to ``wait_ms`` for one."""
-        if not isinstance(batch, int) or batch < 1:
-            raise QueueInputError(f"batch must be an int >= 1, got {batch!r}")
-        if not isinstance(queue, str) or not queue:
-            raise QueueInputError(f"queue must be a non-empty string, got {queue!r}")
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(wait_ms, 0) / 1000
+        deadline = loop.time() + wait_ms / 1000
         while True:
             jobs, upcoming = self._take(queue, batch, worker_id)
             remaining = deadline - loop.time()
-            if jobs or remaining <= 0:
+            if jobs or remaining <= 0 or not self.running:
                 return jobs
             timeout = remaining
             if upcoming is not None:
@@ -240,22 +215,17 @@ class DefaultQueueBridge:
             raise LeaseExpiredError(f"lease {job.lease_id} on job {job.id} expired")
         return q, record
 
-    async def extend_lease(self, job: Job, lease_ttl_ms: int | None = None) -> Job:
-        """Push the lease's expiry out by ``lease_ttl_ms`` from now."""
+    async def _extend_lease(self, job: Job, lease_ttl_ms: int | None) -> Job:
         _, record = self._held(job)
         record.lease_expires_at_ms = now_ms() + (lease_ttl_ms or record.lease_ttl_ms)
         return replace(job, lease_expires_at_ms=record.lease_expires_at_ms)
 
-    async def ack(self, job: Job) -> None:
-        """Finish a job; a stale lease raises :class:`LeaseExpiredError`."""
+    async def _ack(self, job: Job) -> None:
         q, record = self._held(job)
         del q.jobs[record.id]
         await self._notify()
 
-    async def nack(
-        self, job: Job, reason: str | None = None, delay_ms: int | None = None
-    ) -> NackOutcome:
-        """Give a job back: retried after ``delay_ms``, or dead-lettered at max attempts."""
+    async def _nack(self, job: Job, reason: str | None, delay_ms: int) -> NackOutcome:
         q, record = self._held(job)
         now = now_ms()
         record.last_error = reason
@@ -265,19 +235,17 @@ class DefaultQueueBridge:
             return "dead_letter"
         record.lease_id = None
         record.worker_id = None
-        record.available_at_ms = now + max(delay_ms or 0, 0)
+        record.available_at_ms = now + delay_ms
         q.retries += 1
         await self._notify()
         return "retry"
 
-    async def move_to_dead_letter(self, job: Job, reason: str) -> None:
-        """Dead-letter a leased job now, whatever its attempt count."""
+    async def _move_to_dead_letter(self, job: Job, reason: str) -> None:
         q, record = self._held(job)
         self._to_dead(q, record, reason, now_ms())
         await self._notify()
 
-    async def peek_dead_letter(self, queue: str, limit: int = 100) -> list[DeadLetterJob]:
-        """Dead letters in the order they arrived, oldest first."""
+    async def _peek_dead_letter(self, queue: str, limit: int) -> list[DeadLetterJob]:
         q = self.store.queues[queue]
         out = []
         for record, reason, at in list(q.dead.values())[:limit]:
@@ -285,8 +253,8 @@ class DefaultQueueBridge:
                 DeadLetterJob(
                     id=record.id,
                     queue=queue,
-                    payload=_json_copy(record.payload, "payload"),
-                    parameter=_json_copy(record.parameter, "parameter"),
+                    payload=json_copy(record.payload, "payload"),
+                    parameter=json_copy(record.parameter, "parameter"),
                     headers=dict(record.headers),
                     attempts=record.deliveries,
                     reason=reason,
@@ -296,8 +264,7 @@ class DefaultQueueBridge:
             )
         return out
 
-    async def redrive_dead_letter(self, queue: str, job_ids: list[str] | None = None) -> int:
-        """Move dead letters (all, or ``job_ids``) back to the queue with fresh attempts."""
+    async def _redrive_dead_letter(self, queue: str, job_ids: list[str] | None) -> int:
         q = self.store.queues[queue]
         ids = list(q.dead) if job_ids is None else [i for i in job_ids if i in q.dead]
         now = now_ms()
@@ -311,15 +278,13 @@ class DefaultQueueBridge:
             await self._notify()
         return len(ids)
 
-    async def purge_dead_letter(self, queue: str) -> int:
-        """Delete every dead letter of ``queue``; returns how many."""
+    async def _purge_dead_letter(self, queue: str) -> int:
         q = self.store.queues[queue]
         count = len(q.dead)
         q.dead.clear()
         return count
 
-    async def inspect_leases(self, queue: str) -> list[LeaseInfo]:
-        """Active (unexpired) leases of ``queue``."""
+    async def _inspect_leases(self, queue: str) -> list[LeaseInfo]:
         q = self.store.queues[queue]
         now = now_ms()
         self._recover_expired(q, now)
@@ -331,8 +296,7 @@ class DefaultQueueBridge:
             if r.lease_id is not None
         ]
 
-    async def metrics(self, queue: str) -> QueueMetrics:
-        """Depth figures of ``queue``."""
+    async def _metrics(self, queue: str) -> QueueMetrics:
         q = self.store.queues[queue]
         now = now_ms()
         self._recover_expired(q, now)

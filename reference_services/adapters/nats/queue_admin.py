@@ -7,6 +7,8 @@ import json
 import logging
 from typing import Any
 
+import nats.js.errors
+
 from reference_services.adapters.nats.connection import NatsTimings, NatsUnavailableError, token
 from reference_services.adapters.nats.queue_ledger import JOB_FIELDS, LeaseRecord, parse_job
 from reference_services.runtime.ids import now_ms
@@ -36,8 +38,6 @@ class NatsQueueAdmin:
     # ---- dead letters ----------------------------------------------------------------------
 
     async def _dead_letters(self, qtok: str, limit: int | None) -> list[tuple[int, dict[str, Any]]]:
-        import nats.js.errors
-
         subject = f"{self._root}.dlq.{qtok}"
         out: list[tuple[int, dict[str, Any]]] = []
         seq = 1
@@ -54,8 +54,7 @@ class NatsQueueAdmin:
             out.append((raw.seq, letter))
         return out
 
-    async def peek_dead_letter(self, queue: str, limit: int = 100) -> list[DeadLetterJob]:
-        """Dead letters in the order they arrived, oldest first."""
+    async def _peek_dead_letter(self, queue: str, limit: int) -> list[DeadLetterJob]:
         async with self._op():
             await self._ensure_setup()
             letters = await self._dead_letters(token(queue), limit)
@@ -74,10 +73,7 @@ class NatsQueueAdmin:
             for _, d in letters
         ]
 
-    async def redrive_dead_letter(self, queue: str, job_ids: list[str] | None = None) -> int:
-        """Move dead letters (all, or ``job_ids``) back to the queue with fresh attempts."""
-        import nats.js.errors
-
+    async def _redrive_dead_letter(self, queue: str, job_ids: list[str] | None) -> int:
         qtok = token(queue)
         wanted = None if job_ids is None else set(job_ids)
         count = 0
@@ -94,8 +90,7 @@ class NatsQueueAdmin:
                 count += 1
         return count
 
-    async def purge_dead_letter(self, queue: str) -> int:
-        """Delete every dead letter of ``queue``; returns how many."""
+    async def _purge_dead_letter(self, queue: str) -> int:
         async with self._op():
             await self._ensure_setup()
             subject = f"{self._root}.dlq.{token(queue)}"
@@ -125,8 +120,7 @@ class NatsQueueAdmin:
                 settling += 1
         return live, settling
 
-    async def inspect_leases(self, queue: str) -> list[LeaseInfo]:
-        """Active (unexpired) leases of ``queue``."""
+    async def _inspect_leases(self, queue: str) -> list[LeaseInfo]:
         async with self._op():
             await self._ensure_setup()
             live, _ = await self._live_records(token(queue))
@@ -142,8 +136,8 @@ class NatsQueueAdmin:
             for key, r in live
         ]
 
-    async def metrics(self, queue: str) -> QueueMetrics:
-        """Depth figures of ``queue`` (pending counts delayed and waiting-to-retry jobs)."""
+    async def _metrics(self, queue: str) -> QueueMetrics:
+        """Pending counts delayed and waiting-to-retry jobs."""
         qtok = token(queue)
         async with self._op():
             await self._ensure_setup()
@@ -177,8 +171,6 @@ class NatsQueueAdmin:
         )
 
     async def _oldest_pending(self, subject: str, leased: set[int], floor: int, now: int) -> int:
-        import nats.js.errors
-
         seq = floor + 1
         for _ in range(len(leased) + 1):
             try:

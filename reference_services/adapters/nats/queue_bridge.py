@@ -53,7 +53,22 @@ import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
 
 from reference_services.adapters.nats.connection import (
     NatsTimings,
@@ -78,21 +93,14 @@ from reference_services.runtime.queue import (
     Job,
     LeaseExpiredError,
     NackOutcome,
-    QueueInputError,
-    validate_enqueue,
 )
 from reference_services.runtime.redact import redact_url
 from reference_services.runtime.spi.capabilities import YES, QueueBridgeCapabilities
-from reference_services.runtime.spi.inflight import InflightTracker
+from reference_services.runtime.spi.queue_base import EnqueueRequest, QueueBridgeBase
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_REASON_HEADER = "x-purista-dead-letter-reason"
-def _json_copy(value: Any, what: str) -> Any:
-    try:
-        return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise QueueInputError(f"{what} is not JSON: {exc}") from None
 
 
 def _header_safe(text: str) -> str:
@@ -107,10 +115,9 @@ class _Held:
     task: asyncio.Task[None] | None = None
 
 
-class NatsQueueBridge(NatsQueueAdmin):
+class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
     """Queue bridge on NATS JetStream (see the module docstring for the design)."""
 
-    kind: ClassVar[Literal["queue_bridge"]] = "queue_bridge"
     name: ClassVar[str] = "nats"
     capabilities: ClassVar[QueueBridgeCapabilities] = QueueBridgeCapabilities(
         durable=YES,
@@ -136,14 +143,16 @@ class NatsQueueBridge(NatsQueueAdmin):
         poll_s: float = 0.2,
         client_name: str = "purista-queue",
     ) -> None:
+        super().__init__(
+            default_max_attempts=default_max_attempts,
+            default_lease_ttl_ms=default_lease_ttl_ms,
+            drain_timeout_s=drain_timeout_s,
+        )
         self.url = resolve_url(url)
         self.prefix = prefix
-        self.default_max_attempts = default_max_attempts
-        self.default_lease_ttl_ms = default_lease_ttl_ms
         self.ack_wait_s = ack_wait_s
         self.max_ack_pending = max_ack_pending
         self.timings = NatsTimings.of(timings)
-        self.drain_timeout_s = drain_timeout_s
         self.client_name = client_name
         self.malformed_count = 0
         p = token(prefix)
@@ -152,10 +161,10 @@ class NatsQueueBridge(NatsQueueAdmin):
         self._dead_stream = f"{p}_QDEAD"
         self._ledger_bucket = f"{p}_qledger"
         self._keys_bucket = f"{p}_qkeys"
-        self._nc: Any = None
-        self._js: Any = None
-        self._ledger: Any = None
-        self._keys: Any = None
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._ledger: KeyValue | None = None
+        self._keys: KeyValue | None = None
         self._consumers: dict[tuple[str, str], float] = {}
         self._checked: dict[tuple[str, str], float] = {}
         self._wakers: dict[str, tuple[Any, asyncio.Event]] = {}
@@ -163,9 +172,7 @@ class NatsQueueBridge(NatsQueueAdmin):
         self._setup_lock = asyncio.Lock()
         self._needs_setup = True
         self._held: dict[str, _Held] = {}
-        self._inflight = InflightTracker()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._closing = False
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> NatsQueueBridge:
@@ -177,9 +184,8 @@ class NatsQueueBridge(NatsQueueAdmin):
 
     # ---- lifecycle -------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def _start_transport(self) -> None:
         """Connect and declare streams, buckets and consumers."""
-        self._closing = False
         self._nc = await connect_nats(
             self.url,
             self.client_name,
@@ -198,11 +204,8 @@ class NatsQueueBridge(NatsQueueAdmin):
             self._nc = None
             raise
 
-    async def destroy(self) -> None:
-        """Wait for running operations, hand held leases back at their expiry, close."""
-        self._closing = True
-        if not await self._inflight.wait_idle(self.drain_timeout_s):
-            log.warning("nats queue: %d operation(s) running at destroy", self._inflight.count)
+    async def _destroy_transport(self) -> None:
+        """Hand held leases back at their expiry, close."""
         now = now_ms()
         for held in list(self._held.values()):
             if held.task is not None:
@@ -221,11 +224,8 @@ class NatsQueueBridge(NatsQueueAdmin):
         self._consumers.clear()
         self._wakers.clear()
 
-    async def is_ready(self) -> bool:
-        return self._nc is not None and self._nc.is_connected and not self._closing
-
-    async def is_healthy(self) -> bool:
-        return await self.is_ready()
+    async def _transport_ok(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
 
     async def _on_disconnected(self) -> None:
         log.warning("nats queue %s: disconnected from %s", self.prefix, redact_url(self.url))
@@ -247,20 +247,15 @@ class NatsQueueBridge(NatsQueueAdmin):
 
     @contextlib.asynccontextmanager
     async def _op(self) -> AsyncIterator[None]:
-        """Track one public operation; broker failures become a 503."""
-        import nats.errors
-
-        if self._nc is None or self._closing:
-            raise NatsUnavailableError("the NATS queue bridge is not started")
-        with self._inflight.track():
-            try:
-                await self._wait_connected()
-                yield
-            except PuristaError:
-                raise
-            except (nats.errors.Error, TimeoutError, OSError) as exc:
-                self._needs_setup = True
-                raise NatsUnavailableError(f"NATS queue operation failed: {exc!r}") from exc
+        """Run one broker operation: wait for a connection; broker failures become a 503."""
+        try:
+            await self._wait_connected()
+            yield
+        except PuristaError:
+            raise
+        except (nats.errors.Error, TimeoutError, OSError) as exc:
+            self._needs_setup = True
+            raise NatsUnavailableError(f"NATS queue operation failed: {exc!r}") from exc
 
     async def _wait_connected(self) -> None:
         """Wait up to ``op_timeout_s`` for a connection rather than buffer while disconnected.
@@ -281,13 +276,6 @@ class NatsQueueBridge(NatsQueueAdmin):
         async with self._setup_lock:
             if not self._needs_setup:
                 return
-            from nats.js.api import (
-                KeyValueConfig,
-                RetentionPolicy,
-                StorageType,
-                StreamConfig,
-            )
-
             js = self._js
             await self._add_stream(
                 StreamConfig(
@@ -315,16 +303,12 @@ class NatsQueueBridge(NatsQueueAdmin):
             self._needs_setup = False
 
     async def _add_stream(self, config: Any) -> None:
-        import nats.js.errors
-
         try:
             await self._js.add_stream(config)
         except nats.js.errors.BadRequestError:
             await self._js.stream_info(config.name)  # exists with another config: use it
 
     async def _add_consumer(self, qtok: str, ltok: str) -> float:
-        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-
         durable = f"q-{qtok}-{ltok}"
         await self._js.add_consumer(
             self._jobs_stream,
@@ -385,8 +369,6 @@ class NatsQueueBridge(NatsQueueAdmin):
 
     async def _check_consumer(self, qtok: str, ltok: str) -> None:
         """After a pull got no answer, at most every 2 s: is the consumer still there?"""
-        import nats.js.errors
-
         loop = asyncio.get_running_loop()
         if loop.time() - self._checked.get((qtok, ltok), 0.0) < 2.0:
             return
@@ -403,8 +385,6 @@ class NatsQueueBridge(NatsQueueAdmin):
         await self._ensure_setup()
 
     async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> Any:
-        import nats.js.errors
-
         try:
             return await self._js.publish(
                 subject, data, headers=headers, timeout=self.timings.op_timeout_s
@@ -417,8 +397,6 @@ class NatsQueueBridge(NatsQueueAdmin):
 
     async def _ack_reply(self, reply: str) -> None:
         """Ack (remove) a job message by its ack subject, waiting for the server."""
-        import nats.errors
-
         if not reply:
             return
         try:
@@ -443,8 +421,6 @@ class NatsQueueBridge(NatsQueueAdmin):
         self, key: str
     ) -> tuple[LeaseRecord | None, int, tuple[int, str | None]]:
         """Record and revision; for a removed record, the (sequence, lease) it settled."""
-        import nats.js.errors
-
         try:
             entry = await self._ledger.get(key)
         except nats.js.errors.KeyNotFoundError as exc:
@@ -458,8 +434,6 @@ class NatsQueueBridge(NatsQueueAdmin):
 
     async def _lput(self, key: str, record: LeaseRecord, rev: int) -> int:
         """Write ``record`` if the key is still at ``rev`` (0 = absent); raises on conflict."""
-        import nats.js.errors
-
         for attempt in (1, 2):
             try:
                 if rev:
@@ -478,9 +452,6 @@ class NatsQueueBridge(NatsQueueAdmin):
         messages removed by limits after a SIGKILL, and the newer marker keeps
         such an old revision hidden.
         """
-        import nats.errors
-        import nats.js.errors
-
         headers = {
             "KV-Operation": "PURGE",
             "Nats-Rollup": "sub",
@@ -498,8 +469,6 @@ class NatsQueueBridge(NatsQueueAdmin):
         )
 
     async def _job_body(self, seq: int) -> dict[str, Any] | None:
-        import nats.js.errors
-
         try:
             raw = await self._js.get_msg(self._jobs_stream, seq=seq)
         except nats.js.errors.NotFoundError:
@@ -528,45 +497,28 @@ class NatsQueueBridge(NatsQueueAdmin):
 
     # ---- enqueue -------------------------------------------------------------------------
 
-    async def enqueue(
-        self,
-        queue: str,
-        payload: Any,
-        parameter: Any = None,
-        *,
-        delay_ms: int = 0,
-        idempotency_key: str | None = None,
-        headers: dict[str, str] | None = None,
-        max_attempts: int | None = None,
-        priority: int = 0,
-        lease_ttl_ms: int | None = None,
-    ) -> str:
-        """Add a job (confirmed by JetStream); a known idempotency key returns the original id."""
-        validate_enqueue(queue, delay_ms, max_attempts, priority, lease_ttl_ms)
-        key = idempotency_key
-        if key is not None and (not isinstance(key, str) or not key):
-            raise QueueInputError(f"idempotency_key must be a non-empty string, got {key!r}")
-        now = now_ms()
+    async def _enqueue(self, request: EnqueueRequest) -> str:
+        """Publish a job (JetStream confirms); a known idempotency key returns the original id."""
         body = {
             "id": new_id(),
-            "queue": queue,
-            "payload": _json_copy(payload, "payload"),
-            "parameter": _json_copy(parameter, "parameter"),
-            "headers": {str(k): str(v) for k, v in (headers or {}).items()},
-            "max_attempts": max_attempts or self.default_max_attempts,
-            "priority": priority,
-            "lease_ttl_ms": lease_ttl_ms or self.default_lease_ttl_ms,
-            "enqueued_at_ms": now,
-            "available_at_ms": now + delay_ms,
-            "idempotency_key": idempotency_key,
+            "queue": request.queue,
+            "payload": request.payload,
+            "parameter": request.parameter,
+            "headers": {str(k): str(v) for k, v in request.headers.items()},
+            "max_attempts": request.max_attempts,
+            "priority": request.priority,
+            "lease_ttl_ms": request.lease_ttl_ms,
+            "enqueued_at_ms": (now := now_ms()),
+            "available_at_ms": now + request.delay_ms,
+            "idempotency_key": request.idempotency_key,
         }
-        qtok = token(queue)
+        qtok = token(request.queue)
         async with self._op():
             await self._ensure_setup()
-            if idempotency_key is None:
+            if request.idempotency_key is None:
                 await self._publish_job(qtok, body, body["id"])
                 return str(body["id"])
-            return await self._enqueue_keyed(qtok, body, idempotency_key)
+            return await self._enqueue_keyed(qtok, body, request.idempotency_key)
 
     async def _publish_job(self, qtok: str, body: dict[str, Any], msg_id: str) -> Any:
         data = json.dumps(body, separators=(",", ":")).encode()
@@ -578,8 +530,6 @@ class NatsQueueBridge(NatsQueueAdmin):
         return ack
 
     async def _enqueue_keyed(self, qtok: str, body: dict[str, Any], key: str) -> str:
-        import nats.js.errors
-
         kv_key = f"{qtok}.{token(key)}"
         with contextlib.suppress(nats.js.errors.KeyNotFoundError):
             return (await self._keys.get(kv_key)).value.decode()
@@ -601,17 +551,12 @@ class NatsQueueBridge(NatsQueueAdmin):
 
     # ---- leasing -------------------------------------------------------------------------
 
-    async def lease_next(
-        self, queue: str, batch: int = 1, wait_ms: int = 0, *, worker_id: str | None = None
+    async def _lease(
+        self, queue: str, batch: int, wait_ms: int, worker_id: str | None
     ) -> list[Job]:
-        """Lease up to ``batch`` ready jobs, waiting up to ``wait_ms`` for one."""
-        if not isinstance(batch, int) or batch < 1:
-            raise QueueInputError(f"batch must be an int >= 1, got {batch!r}")
-        if not isinstance(queue, str) or not queue:
-            raise QueueInputError(f"queue must be a non-empty string, got {queue!r}")
         qtok = token(queue)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(wait_ms, 0) / 1000
+        deadline = loop.time() + wait_ms / 1000
         out: list[Job] = []
         async with self._op():
             await self._ensure_setup()
@@ -634,8 +579,6 @@ class NatsQueueBridge(NatsQueueAdmin):
                     await asyncio.wait_for(wake.wait(), min(remaining, self.poll_s))
 
     async def _pull(self, qtok: str, ltok: str, batch: int) -> list[Any]:
-        import nats.errors
-
         durable = f"q-{qtok}-{ltok}"
         try:
             return await pull_no_wait(
@@ -677,8 +620,6 @@ class NatsQueueBridge(NatsQueueAdmin):
         self, queue: str, qtok: str, msg: Any, worker_id: str | None, ack_wait: float
     ) -> Job | None:
         """Turn a fetched message into a lease, or put it back (delayed, held, settled)."""
-        import nats.js.errors
-
         body = parse_job(msg.data)
         if body is None:
             self.malformed_count += 1
@@ -767,8 +708,6 @@ class NatsQueueBridge(NatsQueueAdmin):
 
     async def _abandon(self, key: str, lease_id: str, reply: str) -> None:
         """Roll back a lease whose grant nobody received (its write's reply was lost)."""
-        import nats.js.errors
-
         for _ in range(60):
             try:
                 await self._wait_connected()
@@ -829,8 +768,6 @@ class NatsQueueBridge(NatsQueueAdmin):
 
     async def _recover(self, qtok: str, key: str, record: LeaseRecord, rev: int) -> None:
         """An expired lease: back to the queue with attempt+1 next, or dead letter at max."""
-        import nats.js.errors
-
         reason = f"lease expired at attempt {record.deliveries}"
         try:
             if record.deliveries >= record.max_attempts:
@@ -918,8 +855,6 @@ class NatsQueueBridge(NatsQueueAdmin):
         return qtok, key, record, rev
 
     async def _settle(self, key: str, record: LeaseRecord, rev: int, new: LeaseRecord) -> int:
-        import nats.js.errors
-
         try:
             return await self._lput(key, new, rev)
         except nats.js.errors.KeyWrongLastSequenceError:
@@ -927,8 +862,7 @@ class NatsQueueBridge(NatsQueueAdmin):
                 f"lease {record.lease_id} changed while settling (expired or settled)"
             ) from None
 
-    async def extend_lease(self, job: Job, lease_ttl_ms: int | None = None) -> Job:
-        """Push the lease's expiry out by ``lease_ttl_ms`` from now."""
+    async def _extend_lease(self, job: Job, lease_ttl_ms: int | None) -> Job:
         async with self._op():
             _, key, record, rev = await self._verify(job)
             expires = now_ms() + (lease_ttl_ms or record.lease_ttl_ms)
@@ -939,8 +873,7 @@ class NatsQueueBridge(NatsQueueAdmin):
             await self._progress_reply(record.reply)
             return replace(job, lease_expires_at_ms=expires)
 
-    async def ack(self, job: Job) -> None:
-        """Finish a job; a stale lease raises :class:`LeaseExpiredError`."""
+    async def _ack(self, job: Job) -> None:
         async with self._op():
             key = ledger_key(token(job.queue), job.id)
             record, rev = await self._lget(key)
@@ -956,12 +889,7 @@ class NatsQueueBridge(NatsQueueAdmin):
             await self._ack_reply(record.reply)
             await self._ldel(key, done_rev, record.seq, record.lease_id)
 
-    async def nack(
-        self, job: Job, reason: str | None = None, delay_ms: int | None = None
-    ) -> NackOutcome:
-        """Give a job back: retried after ``delay_ms``, or dead-lettered at max attempts."""
-        import nats.js.errors
-
+    async def _nack(self, job: Job, reason: str | None, delay_ms: int) -> NackOutcome:
         async with self._op():
             qtok, key, record, rev = await self._verify(job)
             if record.deliveries >= record.max_attempts:
@@ -975,13 +903,10 @@ class NatsQueueBridge(NatsQueueAdmin):
             await self._settle(key, record, rev, idle)
             self._release(job.lease_id)
             await self._count_retry(qtok, job.id, record.seq, record.deliveries)
-            await self._nak_reply(record.reply, max(delay_ms or 0, 0))
+            await self._nak_reply(record.reply, delay_ms)
             return "retry"
 
-    async def move_to_dead_letter(self, job: Job, reason: str) -> None:
-        """Dead-letter a leased job now, whatever its attempt count."""
-        import nats.js.errors
-
+    async def _move_to_dead_letter(self, job: Job, reason: str) -> None:
         async with self._op():
             qtok, key, record, rev = await self._verify(job)
             try:

@@ -36,7 +36,7 @@ import asyncio
 import json
 import logging
 from dataclasses import replace
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from redis.commands.core import AsyncScript
 
@@ -62,9 +62,9 @@ from reference_services.runtime.queue import (
     NackOutcome,
     QueueInputError,
     QueueMetrics,
-    validate_enqueue,
 )
 from reference_services.runtime.spi.capabilities import QueueBridgeCapabilities
+from reference_services.runtime.spi.queue_base import EnqueueRequest, QueueBridgeBase
 
 __all__ = ["RedisQueueBridge", "RedisUnavailableError"]
 
@@ -124,7 +124,7 @@ def _job(queue: str, h: dict[str, str]) -> Job:
     )
 
 
-class RedisQueueBridge:
+class RedisQueueBridge(QueueBridgeBase):
     """Queue bridge on Redis; several objects with the same url+prefix are competing workers.
 
     ``url`` defaults to ``REDIS_URL``; every key lives under ``<prefix>:q:{<queue>}``.
@@ -136,7 +136,6 @@ class RedisQueueBridge:
     the reference model) bounds how long an idempotency key is remembered.
     """
 
-    kind: ClassVar[Literal["queue_bridge"]] = "queue_bridge"
     name: ClassVar[str] = "redis"
     capabilities: QueueBridgeCapabilities = QueueBridgeCapabilities()
 
@@ -168,13 +167,15 @@ class RedisQueueBridge:
             retry_backoff_cap_s=retry_backoff_cap_s,
             health_timeout_s=health_timeout_s,
         )
+        super().__init__(
+            default_max_attempts=default_max_attempts,
+            default_lease_ttl_ms=default_lease_ttl_ms,
+            drain_timeout_s=drain_timeout_s,
+        )
         self.prefix = prefix
-        self.default_max_attempts = default_max_attempts
-        self.default_lease_ttl_ms = default_lease_ttl_ms
         self.idempotency_ttl_ms = idempotency_ttl_ms
         self.poll_interval_ms = poll_interval_ms
         self.outage_retry_s = outage_retry_s
-        self.drain_timeout_s = drain_timeout_s
         self.log = logger or log
         self.channel = f"{prefix}:q:notify"
         self._client = self.settings.client()
@@ -183,11 +184,6 @@ class RedisQueueBridge:
         }
         self._wakers: dict[str, asyncio.Event] = {}
         self._listener: asyncio.Task[None] | None = None
-        self._started = False
-        self._closed = False
-        self._ops = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> RedisQueueBridge:
@@ -199,9 +195,8 @@ class RedisQueueBridge:
 
     # life cycle -----------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def _start_transport(self) -> None:
         """Check Redis answers, read its persistence settings, start the wake-up listener."""
-        self._closed = False
         await guarded(self._client.ping(), "start")
         for name in SCRIPTS:  # loaded up front; after a Redis restart NOSCRIPT reloads them
             await guarded(self._client.script_load(script_source(name)), "script load")
@@ -210,18 +205,12 @@ class RedisQueueBridge:
             self.log.warning("redis queue bridge: durable unsupported: %s", durable.reason)
         self.capabilities = replace(type(self).capabilities, durable=durable)
         self._ensure_listener()
-        self._started = True
 
-    async def destroy(self) -> None:
-        """Let running operations finish (bounded), wake waiters, close connections."""
-        self._started = False
-        self._closed = True
+    async def _interrupt_waits(self) -> None:
         for event in self._wakers.values():
             event.set()
-        try:
-            await asyncio.wait_for(self._idle.wait(), self.drain_timeout_s)
-        except TimeoutError:
-            self.log.warning("redis queue bridge: %d operation(s) still running", self._ops)
+
+    async def _destroy_transport(self) -> None:
         if self._listener is not None:
             self._listener.cancel()
             try:
@@ -231,11 +220,8 @@ class RedisQueueBridge:
             self._listener = None
         await self._client.aclose()
 
-    async def is_ready(self) -> bool:
-        return self._started and await ping(self._client, self.settings.health_timeout_s)
-
-    async def is_healthy(self) -> bool:
-        return not self._closed and await ping(self._client, self.settings.health_timeout_s)
+    async def _transport_ok(self) -> bool:
+        return await ping(self._client, self.settings.health_timeout_s)
 
     # plumbing -------------------------------------------------------------------------------
 
@@ -243,28 +229,21 @@ class RedisQueueBridge:
         return f"{self.prefix}:q:{{{queue}}}"
 
     async def _run(self, script: str, queue: str, *args: Any) -> Any:
-        if self._closed:
+        if self.state == "destroyed":
             raise RedisUnavailableError("redis queue bridge is destroyed")
-        self._ops += 1
-        self._idle.clear()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.outage_retry_s
         delay = 0.05
-        try:
-            while True:
-                call = self._scripts[script](keys=[self._base(queue)], args=list(args))
-                try:
-                    return await guarded(call, f"{script} on queue {queue!r}")
-                except RedisUnavailableError:
-                    # same arguments = same ids: a retry never acts twice (see the Lua markers)
-                    if self._closed or loop.time() + delay > deadline:
-                        raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        finally:
-            self._ops -= 1
-            if self._ops == 0:
-                self._idle.set()
+        while True:
+            call = self._scripts[script](keys=[self._base(queue)], args=list(args))
+            try:
+                return await guarded(call, f"{script} on queue {queue!r}")
+            except RedisUnavailableError:
+                # same arguments = same ids: a retry never acts twice (see the Lua markers)
+                if self.state == "destroyed" or loop.time() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def _ensure_listener(self) -> None:
         if self._listener is None or self._listener.done():
@@ -273,13 +252,13 @@ class RedisQueueBridge:
     async def _listen(self) -> None:
         """Turn pub/sub notifications into wake-ups; resubscribe after any failure."""
         delay = 0.05
-        while not self._closed:
+        while self.state != "destroyed":
             pubsub = self._client.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
                 self._wake_all()  # anything published while we were not listening
                 delay = 0.05
-                while not self._closed:
+                while self.state != "destroyed":
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if msg is not None:
                         self._wake(str(msg.get("data")))
@@ -313,37 +292,24 @@ class RedisQueueBridge:
 
     # the queue contract ---------------------------------------------------------------------
 
-    async def enqueue(
-        self,
-        queue: str,
-        payload: Any,
-        parameter: Any = None,
-        *,
-        delay_ms: int = 0,
-        idempotency_key: str | None = None,
-        headers: dict[str, str] | None = None,
-        max_attempts: int | None = None,
-        priority: int = 0,
-        lease_ttl_ms: int | None = None,
-    ) -> str:
-        """Add a job; a known idempotency key returns the original job id."""
-        validate_enqueue(queue, delay_ms, max_attempts, priority, lease_ttl_ms)
+    async def _enqueue(self, request: EnqueueRequest) -> str:
+        key = request.idempotency_key
         result = await self._run(
             "enqueue",
-            queue,
+            request.queue,
             new_id(),
-            "1" if idempotency_key is not None else "0",
-            idempotency_key or "",
+            "1" if key is not None else "0",
+            key or "",
             self.idempotency_ttl_ms or 0,
-            _dumps(payload, "payload"),
-            _dumps(parameter, "parameter"),
-            _dumps(dict(headers or {}), "headers"),
-            max_attempts or self.default_max_attempts,
-            priority,
-            lease_ttl_ms or self.default_lease_ttl_ms,
-            delay_ms,
+            _dumps(request.payload, "payload"),
+            _dumps(request.parameter, "parameter"),
+            _dumps(request.headers, "headers"),
+            request.max_attempts,
+            request.priority,
+            request.lease_ttl_ms,
+            request.delay_ms,
             self.channel,
-            queue,
+            request.queue,
         )
         return str(result)
 
@@ -377,27 +343,21 @@ class RedisQueueBridge:
         if job_id and lease_id:
             await self._run("move_to_dead", queue, job_id, lease_id, new_id(), reason)
 
-    async def lease_next(
-        self, queue: str, batch: int = 1, wait_ms: int = 0, *, worker_id: str | None = None
+    async def _lease(
+        self, queue: str, batch: int, wait_ms: int, worker_id: str | None
     ) -> list[Job]:
-        """Lease up to ``batch`` ready jobs, waiting up to ``wait_ms`` for one.
-
-        Raises :class:`RedisUnavailableError` (503) when Redis cannot be reached; a wait
+        """Raises :class:`RedisUnavailableError` (503) when Redis cannot be reached; a wait
         cut short by ``destroy()`` returns ``[]``.
         """
-        if not isinstance(batch, int) or batch < 1:
-            raise QueueInputError(f"batch must be an int >= 1, got {batch!r}")
-        if not isinstance(queue, str) or not queue:
-            raise QueueInputError(f"queue must be a non-empty string, got {queue!r}")
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(wait_ms, 0) / 1000
+        deadline = loop.time() + wait_ms / 1000
         if wait_ms > 0:
             self._ensure_listener()
         while True:
             waker = self._wakers.setdefault(queue, asyncio.Event())
             jobs, upcoming = await self._take(queue, batch, worker_id)
             remaining = deadline - loop.time()
-            if jobs or remaining <= 0 or self._closed:
+            if jobs or remaining <= 0 or not self.running:
                 return jobs
             timeout = min(remaining, self.poll_interval_ms / 1000)
             if upcoming is not None:
@@ -406,24 +366,19 @@ class RedisQueueBridge:
                 await asyncio.wait_for(waker.wait(), timeout)
             except TimeoutError:
                 pass
-            if self._closed:  # destroy() woke us: give the caller nothing rather than a 503
+            if not self.running:  # destroy() woke us: give the caller nothing rather than a 503
                 return []
 
-    async def extend_lease(self, job: Job, lease_ttl_ms: int | None = None) -> Job:
-        """Push the lease's expiry out by ``lease_ttl_ms`` (default: the job's ttl) from now."""
+    async def _extend_lease(self, job: Job, lease_ttl_ms: int | None) -> Job:
         result = await self._run("extend", job.queue, job.id, job.lease_id, lease_ttl_ms or 0)
         self._check_lease_result(result, job)
         return replace(job, lease_expires_at_ms=int(result))
 
-    async def ack(self, job: Job) -> None:
-        """Finish a job; a stale lease raises :class:`LeaseExpiredError`."""
+    async def _ack(self, job: Job) -> None:
         result = await self._run("ack", job.queue, job.id, job.lease_id, new_id())
         self._check_lease_result(result, job)
 
-    async def nack(
-        self, job: Job, reason: str | None = None, delay_ms: int | None = None
-    ) -> NackOutcome:
-        """Give a job back: retried after ``delay_ms``, or dead-lettered at max attempts."""
+    async def _nack(self, job: Job, reason: str | None, delay_ms: int) -> NackOutcome:
         result = await self._run(
             "nack",
             job.queue,
@@ -432,7 +387,7 @@ class RedisQueueBridge:
             new_id(),
             "1" if reason is not None else "0",
             reason or "",
-            max(delay_ms or 0, 0),
+            delay_ms,
             self.channel,
             job.queue,
         )
@@ -441,17 +396,13 @@ class RedisQueueBridge:
             raise UnhandledError(f"unexpected nack result {result!r}")
         return result  # type: ignore[no-any-return]
 
-    async def move_to_dead_letter(self, job: Job, reason: str) -> None:
-        """Dead-letter a leased job now, whatever its attempt count."""
+    async def _move_to_dead_letter(self, job: Job, reason: str) -> None:
         result = await self._run(
             "move_to_dead", job.queue, job.id, job.lease_id, new_id(), reason
         )
         self._check_lease_result(result, job)
 
-    async def peek_dead_letter(self, queue: str, limit: int = 100) -> list[DeadLetterJob]:
-        """Dead letters in the order they arrived, oldest first."""
-        if limit <= 0:
-            return []
+    async def _peek_dead_letter(self, queue: str, limit: int) -> list[DeadLetterJob]:
         rows = await self._run("peek_dead", queue, limit)
         out = []
         for flat in rows:
@@ -472,20 +423,17 @@ class RedisQueueBridge:
             )
         return out
 
-    async def redrive_dead_letter(self, queue: str, job_ids: list[str] | None = None) -> int:
-        """Move dead letters (all, or ``job_ids``) back to the queue with fresh attempts."""
+    async def _redrive_dead_letter(self, queue: str, job_ids: list[str] | None) -> int:
         ids = [] if job_ids is None else [str(i) for i in job_ids]
         if job_ids is not None and not ids:
             return 0
         everything = "1" if job_ids is None else "0"
         return int(await self._run("redrive", queue, self.channel, queue, everything, *ids))
 
-    async def purge_dead_letter(self, queue: str) -> int:
-        """Delete every dead letter of ``queue``; returns how many."""
+    async def _purge_dead_letter(self, queue: str) -> int:
         return int(await self._run("purge_dead", queue))
 
-    async def inspect_leases(self, queue: str) -> list[LeaseInfo]:
-        """Active (unexpired) leases of ``queue``."""
+    async def _inspect_leases(self, queue: str) -> list[LeaseInfo]:
         rows = await self._run("inspect", queue)
         return [
             LeaseInfo(
@@ -499,8 +447,7 @@ class RedisQueueBridge:
             for r in rows
         ]
 
-    async def metrics(self, queue: str) -> QueueMetrics:
-        """Depth figures of ``queue``."""
+    async def _metrics(self, queue: str) -> QueueMetrics:
         pending, inflight, dead, retries, age = await self._run("metrics", queue)
         return QueueMetrics(
             pending=int(pending),

@@ -27,6 +27,7 @@ from reference_services.runtime.spi.descriptor import (
     BuildContext,
 )
 from reference_services.runtime.spi.protocols import EventBridge, QueueBridge, StateStore, Store
+from reference_services.runtime.spi.queue_base import EnqueueRequest, QueueBridgeBase
 from reference_services.runtime.spi.store_base import StoreBase, StoreOperationDisabled
 
 __all__ = [
@@ -37,10 +38,12 @@ __all__ = [
     "BuildContext",
     "DeliveryOutcome",
     "Disposition",
+    "EnqueueRequest",
     "EventBridge",
     "EventBridgeBase",
     "EventBridgeCapabilities",
     "QueueBridge",
+    "QueueBridgeBase",
     "QueueBridgeCapabilities",
     "RegisteredCommand",
     "RegisteredSubscription",
