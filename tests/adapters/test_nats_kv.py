@@ -17,8 +17,8 @@ from reference_services.adapters.nats.kv_stores import (
     NatsKVSecretStore,
     NatsKVStateStore,
     _NatsKVStore,
-    kv_key,
 )
+from reference_services.adapters.nats.subjects import kv_key
 from reference_services.runtime.idempotency import Idempotency
 from reference_services.runtime.spi.store_base import StoreOperationDisabled, StoreValueError
 

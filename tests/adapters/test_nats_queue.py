@@ -18,8 +18,9 @@ import pytest
 from adapter_helpers import NATS_FAST as FAST
 from adapter_helpers import is_not, wait_async
 
-from reference_services.adapters.nats.connection import NatsUnavailableError, token
+from reference_services.adapters.nats.connection import NatsUnavailableError
 from reference_services.adapters.nats.queue_bridge import NatsQueueBridge
+from reference_services.adapters.nats.subjects import name_token
 from reference_services.runtime.queue import (
     Job,
     LeaseExpiredError,
@@ -282,7 +283,7 @@ async def test_bad_arguments_are_rejected(make: Factory) -> None:
 
 def test_queue_names_are_encoded_injectively() -> None:
     names = ["a", "a.b", "a b", "a_b", "_a", "ä", "a*", "a>"]
-    tokens = [token(n) for n in names]
+    tokens = [name_token(n) for n in names]
     assert len(set(tokens)) == len(names)
     assert all(t.replace("-", "").replace("_", "").isalnum() for t in tokens)
 

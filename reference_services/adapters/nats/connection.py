@@ -1,22 +1,22 @@
-"""NATS connection and naming helpers shared by the NATS queue bridge and NATS-KV stores."""
+"""The one way this package connects to NATS, its timings, and its 503 error."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import nats
+import nats.errors
+from nats.aio.client import Client
 
 from reference_services.runtime.errors import StatusCode, UnhandledError
 from reference_services.runtime.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
-
-_SAFE = re.compile(r"^[A-Za-z0-9-]+$")
 
 
 class NatsUnavailableError(UnhandledError):
@@ -25,28 +25,14 @@ class NatsUnavailableError(UnhandledError):
     default_status = StatusCode.SERVICE_UNAVAILABLE
 
 
-def token(name: str) -> str:
-    """A subject-, stream- and KV-key-safe token for ``name``, injective.
-
-    Names of letters, digits and ``-`` stay as they are; anything else becomes
-    ``_`` + lowercase base32 (a plain name never starts with ``_``).
-    """
-    if _SAFE.match(name):
-        return name
-    return "_" + base64.b32encode(name.encode()).decode().rstrip("=").lower()
-
-
-def untoken(tok: str) -> str:
-    """Inverse of :func:`token`."""
-    if not tok.startswith("_"):
-        return tok
-    body = tok[1:].upper()
-    return base64.b32decode(body + "=" * (-len(body) % 8)).decode()
-
-
 @dataclass(frozen=True)
 class NatsTimings:
-    """Connection timings: how fast a dead connection is noticed and retried."""
+    """Connection timings: how fast a dead connection is noticed and retried.
+
+    The first connect tries ``connect_attempts`` times (``None``: until
+    ``start_timeout_s``), always within ``start_timeout_s``; once connected the
+    client reconnects ``max_reconnect_attempts`` times (-1: forever).
+    """
 
     connect_timeout_s: float = 2.0
     start_timeout_s: float = 10.0
@@ -54,6 +40,8 @@ class NatsTimings:
     max_outstanding_pings: int = 2
     reconnect_wait_s: float = 0.5
     op_timeout_s: float = 5.0
+    connect_attempts: int | None = None
+    max_reconnect_attempts: int = -1
 
     @classmethod
     def of(cls, value: NatsTimings | Mapping[str, Any] | None) -> NatsTimings:
@@ -70,34 +58,38 @@ def resolve_url(url: str | None) -> str:
     return url or os.environ.get("NATS_URL") or "nats://127.0.0.1:4222"
 
 
-async def connect_nats(url: str, name: str, timings: NatsTimings, **callbacks: Any) -> Any:
-    """Connect with endless reconnects, but bound the *first* connect by ``start_timeout_s``.
+async def connect_nats(url: str, name: str, timings: NatsTimings, **options: Any) -> Client:
+    """Connect as :class:`NatsTimings` says; a failed first connect is a NatsUnavailableError.
 
-    nats-py's ``max_reconnect_attempts=-1`` also makes the first connect loop
-    forever, hence the outer deadline.
+    ``options`` go to ``nats.connect`` (callbacks, ``reconnect_to_server_handler``).
+    nats-py's ``max_reconnect_attempts=-1`` also makes the *first* connect loop
+    forever, hence the outer deadline, and the reconnect limit is only set once
+    connected.
     """
-    import nats
 
     async def _quiet_error(exc: Exception) -> None:
         log.debug("nats %s: %s", name, exc)
 
-    callbacks.setdefault("error_cb", _quiet_error)
+    options.setdefault("error_cb", _quiet_error)
+    first = -1 if timings.connect_attempts is None else max(timings.connect_attempts - 1, 1)
     try:
-        return await asyncio.wait_for(
+        nc = await asyncio.wait_for(
             nats.connect(
                 servers=[url],
                 name=name,
                 allow_reconnect=True,
-                max_reconnect_attempts=-1,
+                max_reconnect_attempts=first,
                 connect_timeout=timings.connect_timeout_s,  # type: ignore[arg-type]
                 reconnect_time_wait=timings.reconnect_wait_s,
                 ping_interval=timings.ping_interval_s,
                 max_outstanding_pings=timings.max_outstanding_pings,
-                **callbacks,
+                **options,
             ),
             timings.start_timeout_s,
         )
-    except (TimeoutError, OSError) as exc:
+    except (nats.errors.Error, TimeoutError, OSError) as exc:
         raise NatsUnavailableError(
             f"cannot connect to NATS at {redact_url(url)}: {redact_text(repr(exc))}"
         ) from None
+    nc.options["max_reconnect_attempts"] = timings.max_reconnect_attempts
+    return nc

@@ -2,7 +2,7 @@
 
 One bucket per prefix and kind (``<prefix>_state_store``, ...), file storage,
 history 1. Store names that are not valid KV keys are encoded (see
-:func:`kv_key`). Values are JSON text, readable with ``nats kv get``.
+``subjects.kv_key``). Values are JSON text, readable with ``nats kv get``.
 
 ``set_if_absent`` is ``kv.create`` (atomic). nats-server 2.9 has no per-key
 TTL, so a value written with a ttl is stored as an envelope
@@ -15,11 +15,9 @@ wall clocks.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -29,8 +27,8 @@ from reference_services.adapters.nats.connection import (
     NatsUnavailableError,
     connect_nats,
     resolve_url,
-    token,
 )
+from reference_services.adapters.nats.subjects import kv_key, name_token
 from reference_services.runtime.errors import PuristaError
 from reference_services.runtime.spi.capabilities import YES, StoreCapabilities, unsupported
 from reference_services.runtime.spi.store_base import StoreBase, dump_value
@@ -38,24 +36,12 @@ from reference_services.runtime.spi.store_base import StoreBase, dump_value
 log = logging.getLogger(__name__)
 
 ENVELOPE = "__purista_expiring__"
-_PLAIN_KEY = re.compile(r"^[A-Za-z0-9/=-]+(\.[A-Za-z0-9/=-]+)*$")
 _CAPS = StoreCapabilities(
     durable=YES,
     set_if_absent=YES,
     ttl=YES,
     cache=unsupported("reads always go to the bucket"),
 )
-
-
-def kv_key(name: str) -> str:
-    """A valid KV key for a store name, injective.
-
-    Dotted names of letters, digits, ``-``, ``/`` and ``=`` stay readable;
-    anything else becomes ``_`` + base32 (a plain key never contains ``_``).
-    """
-    if _PLAIN_KEY.match(name):
-        return name
-    return "_" + base64.b32encode(name.encode()).decode().rstrip("=").lower()
 
 
 def _now_ms() -> int:
@@ -92,7 +78,7 @@ class _NatsKVStore(StoreBase):
         super().__init__(**kwargs)
         self.url = resolve_url(url)
         self.prefix = prefix
-        self.bucket = bucket or f"{token(prefix)}_{self.kind}"
+        self.bucket = bucket or f"{name_token(prefix)}_{self.kind}"
         self.timings = NatsTimings.of(timings)
         self._initial = dict(initial or {})
         self._nc: Any = None

@@ -9,8 +9,9 @@ from typing import Any
 
 import nats.js.errors
 
-from reference_services.adapters.nats.connection import NatsTimings, NatsUnavailableError, token
+from reference_services.adapters.nats.connection import NatsTimings, NatsUnavailableError
 from reference_services.adapters.nats.queue_ledger import JOB_FIELDS, LeaseRecord, parse_job
+from reference_services.adapters.nats.subjects import name_token
 from reference_services.runtime.ids import now_ms
 from reference_services.runtime.queue import DeadLetterJob, LeaseInfo, QueueMetrics
 
@@ -57,7 +58,7 @@ class NatsQueueAdmin:
     async def _peek_dead_letter(self, queue: str, limit: int) -> list[DeadLetterJob]:
         async with self._op():
             await self._ensure_setup()
-            letters = await self._dead_letters(token(queue), limit)
+            letters = await self._dead_letters(name_token(queue), limit)
         return [
             DeadLetterJob(
                 id=d["id"],
@@ -74,7 +75,7 @@ class NatsQueueAdmin:
         ]
 
     async def _redrive_dead_letter(self, queue: str, job_ids: list[str] | None) -> int:
-        qtok = token(queue)
+        qtok = name_token(queue)
         wanted = None if job_ids is None else set(job_ids)
         count = 0
         async with self._op():
@@ -93,7 +94,7 @@ class NatsQueueAdmin:
     async def _purge_dead_letter(self, queue: str) -> int:
         async with self._op():
             await self._ensure_setup()
-            subject = f"{self._root}.dlq.{token(queue)}"
+            subject = f"{self._root}.dlq.{name_token(queue)}"
             resp = await self._nc.request(
                 f"$JS.API.STREAM.PURGE.{self._dead_stream}",
                 json.dumps({"filter": subject}).encode(),
@@ -123,7 +124,7 @@ class NatsQueueAdmin:
     async def _inspect_leases(self, queue: str) -> list[LeaseInfo]:
         async with self._op():
             await self._ensure_setup()
-            live, _ = await self._live_records(token(queue))
+            live, _ = await self._live_records(name_token(queue))
         return [
             LeaseInfo(
                 job_id=key.split(".", 2)[2],
@@ -138,7 +139,7 @@ class NatsQueueAdmin:
 
     async def _metrics(self, queue: str) -> QueueMetrics:
         """Pending counts delayed and waiting-to-retry jobs."""
-        qtok = token(queue)
+        qtok = name_token(queue)
         async with self._op():
             await self._ensure_setup()
             live, settling = await self._live_records(qtok)

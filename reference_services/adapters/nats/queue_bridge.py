@@ -75,16 +75,11 @@ from reference_services.adapters.nats.connection import (
     NatsUnavailableError,
     connect_nats,
     resolve_url,
-    token,
 )
 from reference_services.adapters.nats.queue_admin import NatsQueueAdmin
 from reference_services.adapters.nats.queue_ledger import LeaseRecord, ledger_key, parse_job
-from reference_services.adapters.nats.queue_pull import (
-    PullRefused,
-    level_token,
-    parse_level,
-    pull_no_wait,
-)
+from reference_services.adapters.nats.queue_pull import PullRefused, pull_no_wait
+from reference_services.adapters.nats.subjects import level_token, name_token, parse_level
 from reference_services.runtime.errors import PuristaError
 from reference_services.runtime.ids import new_id, now_ms
 from reference_services.runtime.queue import (
@@ -155,7 +150,7 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
         self.timings = NatsTimings.of(timings)
         self.client_name = client_name
         self.malformed_count = 0
-        p = token(prefix)
+        p = name_token(prefix)
         self._root = f"{p}_q"
         self._jobs_stream = f"{p}_QJOBS"
         self._dead_stream = f"{p}_QDEAD"
@@ -512,7 +507,7 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
             "available_at_ms": now + request.delay_ms,
             "idempotency_key": request.idempotency_key,
         }
-        qtok = token(request.queue)
+        qtok = name_token(request.queue)
         async with self._op():
             await self._ensure_setup()
             if request.idempotency_key is None:
@@ -530,10 +525,10 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
         return ack
 
     async def _enqueue_keyed(self, qtok: str, body: dict[str, Any], key: str) -> str:
-        kv_key = f"{qtok}.{token(key)}"
+        kv_key = f"{qtok}.{name_token(key)}"
         with contextlib.suppress(nats.js.errors.KeyNotFoundError):
             return (await self._keys.get(kv_key)).value.decode()
-        ack = await self._publish_job(qtok, body, f"idem.{qtok}.{token(key)}")
+        ack = await self._publish_job(qtok, body, f"idem.{qtok}.{name_token(key)}")
         job_id = str(body["id"])
         if ack.duplicate:  # a concurrent enqueue with this key won the dedup window
             original = await self._job_body(ack.seq)
@@ -554,7 +549,7 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
     async def _lease(
         self, queue: str, batch: int, wait_ms: int, worker_id: str | None
     ) -> list[Job]:
-        qtok = token(queue)
+        qtok = name_token(queue)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_ms / 1000
         out: list[Job] = []
@@ -838,7 +833,7 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
 
     async def _verify(self, job: Job) -> tuple[str, str, LeaseRecord, int]:
         """The ledger record of a lease still held under ``job.lease_id``, or LeaseExpiredError."""
-        qtok = token(job.queue)
+        qtok = name_token(job.queue)
         key = ledger_key(qtok, job.id)
         record, rev = await self._lget(key)
         if (
@@ -875,7 +870,7 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
 
     async def _ack(self, job: Job) -> None:
         async with self._op():
-            key = ledger_key(token(job.queue), job.id)
+            key = ledger_key(name_token(job.queue), job.id)
             record, rev = await self._lget(key)
             if record is not None and record.state == "done" and record.lease_id == job.lease_id:
                 # an earlier ack of this lease landed but its reply was lost: finish it

@@ -1,4 +1,4 @@
-"""Priority levels and no-wait pulls for the NATS queue bridge."""
+"""No-wait pulls for the NATS queue bridge."""
 
 from __future__ import annotations
 
@@ -9,19 +9,6 @@ from typing import Any
 
 class PullRefused(Exception):
     """The server refused a pull (e.g. the consumer does not exist)."""
-
-
-def level_token(priority: int) -> str:
-    """Subject token of a priority level: ``p3``, ``p0``, ``m2`` (= -2)."""
-    return f"p{priority}" if priority >= 0 else f"m{-priority}"
-
-
-def parse_level(tok: str) -> int | None:
-    """Inverse of :func:`level_token`; ``None`` for a foreign token."""
-    if len(tok) < 2 or tok[0] not in "pm" or not tok[1:].isdigit():
-        return None
-    value = int(tok[1:])
-    return value if tok[0] == "p" else -value
 
 
 async def pull_no_wait(nc: Any, api_prefix: str, stream: str, durable: str, batch: int,

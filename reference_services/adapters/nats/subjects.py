@@ -1,4 +1,15 @@
-"""PURISTA's NATS subject layout, and the names of streams and consumers.
+"""Every name this package puts on NATS: subjects, streams, consumers, KV buckets and keys.
+
+Two encodings, for two contracts that cannot share one without renaming
+what already exists on the wire or on disk:
+
+* :func:`token` writes a value into PURISTA's *wire* subject layout (below):
+  readable ``%HH`` escapes, shared with other PURISTA implementations.
+* :func:`name_token` and :func:`kv_key` make the bridge's *own* resource names
+  (queue streams, subjects and ledger keys; store buckets and keys): they must
+  also be valid KV keys and stream names, where ``%`` is not allowed, so an
+  unsafe name becomes ``_`` + lowercase base32 (injective; a plain name never
+  starts with ``_``).
 
 A message travels on the 13-token subject::
 
@@ -15,6 +26,7 @@ overlong token is replaced by ``~`` and a hash of the value.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import string
@@ -27,6 +39,8 @@ MAX_TOKEN = 96
 ANY = "*"
 _SAFE = frozenset(string.ascii_letters + string.digits + "_-")
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9/=-]+(\.[A-Za-z0-9/=-]+)*$")
 
 EVENT_TYPES: tuple[MessageType, ...] = tuple(t for t in MessageType if t is not MessageType.COMMAND)
 """Message types kept by the JetStream stream (everything but commands)."""
@@ -152,3 +166,41 @@ def stream_name(prefix: str) -> str:
 def dead_letter_stream_name(prefix: str) -> str:
     """The stream keeping native dead letters of ``prefix``."""
     return safe_name("purista-dlq", prefix)
+
+
+# ---- the bridges' own resource names ---------------------------------------------------
+
+
+def _b32(name: str) -> str:
+    return "_" + base64.b32encode(name.encode()).decode().rstrip("=").lower()
+
+
+def name_token(name: str) -> str:
+    """A subject-, stream- and KV-key-safe token for ``name``, injective.
+
+    Names of letters, digits and ``-`` stay as they are; anything else becomes
+    ``_`` + lowercase base32 (a plain name never starts with ``_``).
+    """
+    return name if _PLAIN_NAME.match(name) else _b32(name)
+
+
+def kv_key(name: str) -> str:
+    """A valid KV key for a store name, injective.
+
+    Dotted names of letters, digits, ``-``, ``/`` and ``=`` stay readable;
+    anything else becomes ``_`` + base32 (a plain key never contains ``_``).
+    """
+    return name if _PLAIN_KEY.match(name) else _b32(name)
+
+
+def level_token(priority: int) -> str:
+    """Subject token of a queue priority level: ``p3``, ``p0``, ``m2`` (= -2)."""
+    return f"p{priority}" if priority >= 0 else f"m{-priority}"
+
+
+def parse_level(tok: str) -> int | None:
+    """Inverse of :func:`level_token`; ``None`` for a foreign token."""
+    if len(tok) < 2 or tok[0] not in "pm" or not tok[1:].isdigit():
+        return None
+    value = int(tok[1:])
+    return value if tok[0] == "p" else -value
