@@ -111,7 +111,7 @@ async def test_nack_retries_then_dead_letters_with_reason(make: Factory) -> None
     metrics = await bridge.metrics("q")
     assert (metrics.pending, metrics.dead_letter, metrics.retries) == (0, 1, 2)
     # the native dead letter carries the reason header
-    raw = await bridge._js.get_msg(bridge._dead_stream, subject=f"{bridge._root}.dlq.q")
+    raw = await bridge._io.js.get_msg(bridge._io.dead_stream, subject=f"{bridge._io.root}.dlq.q")
     assert raw.headers["x-purista-dead-letter-reason"] == "boom 3"
 
 
@@ -254,14 +254,14 @@ async def test_malformed_message_is_dropped_and_next_job_served(make: Factory) -
     nc = await nats_client.connect(bridge.url)
     try:
         js = nc.jetstream()
-        await js.publish(f"{bridge._root}.job.q.p0", b"\xff not json")
-        await js.publish(f"{bridge._root}.job.q.p0", json.dumps({"id": "x"}).encode())
+        await js.publish(f"{bridge._io.root}.job.q.p0", b"\xff not json")
+        await js.publish(f"{bridge._io.root}.job.q.p0", json.dumps({"id": "x"}).encode())
         valid_but_for_headers = {
             "id": "y", "queue": "q", "payload": 1, "parameter": None, "headers": [1],
             "max_attempts": 3, "priority": 0, "lease_ttl_ms": 1000, "enqueued_at_ms": 1,
             "available_at_ms": 1, "idempotency_key": None,
         }
-        await js.publish(f"{bridge._root}.job.q.p0", json.dumps(valid_but_for_headers).encode())
+        await js.publish(f"{bridge._io.root}.job.q.p0", json.dumps(valid_but_for_headers).encode())
     finally:
         await nc.close()
     job_id = await bridge.enqueue("q", "valid")
@@ -319,9 +319,9 @@ async def test_lost_broker_state_is_declared_again(make: Factory) -> None:
     job = await lease_one(bridge, "q")
     await bridge.ack(job)
     # an operator (or a broker that lost its store) removes every stream and bucket
-    for stream in (bridge._jobs_stream, bridge._dead_stream, f"KV_{bridge._ledger_bucket}",
-                   f"KV_{bridge._keys_bucket}"):
-        await bridge._js.delete_stream(stream)
+    for stream in (bridge._io.jobs_stream, bridge._io.dead_stream, f"KV_{bridge._io.ledger_bucket}",
+                   f"KV_{bridge._io.keys_bucket}"):
+        await bridge._io.js.delete_stream(stream)
     job_id = await bridge.enqueue("q", "after", idempotency_key="k")
     job = await lease_one(bridge, "q")
     assert (job.id, job.payload, job.attempt) == (job_id, "after", 1)
@@ -331,7 +331,7 @@ async def test_lost_broker_state_is_declared_again(make: Factory) -> None:
     assert (await bridge.metrics("q")).retries == 1
     # only the consumer is gone: the next lease declares it again
     await bridge.enqueue("q", "last")
-    await bridge._js.delete_consumer(bridge._jobs_stream, "q-q-p0")
+    await bridge._io.js.delete_consumer(bridge._io.jobs_stream, "q-q-p0")
     started = time.monotonic()
     payloads = []
     while not payloads and time.monotonic() - started < 10:
@@ -347,7 +347,7 @@ async def test_crashed_worker_job_comes_back_after_ack_wait(make: Factory, names
     for task in list(a._tasks):  # the process dies: no keeper, no nak, connection gone
         task.cancel()
     a._held.clear()
-    await a._nc.close()
+    await a._io.nc.close()
     again = await lease_one(b, "crash", wait_ms=8000)
     assert (again.id, again.attempt) == (job.id, 2)
 

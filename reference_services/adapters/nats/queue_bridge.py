@@ -57,8 +57,7 @@ from typing import Any, ClassVar
 
 import nats.errors
 import nats.js.errors
-from nats.aio.client import Client
-from nats.js import JetStreamContext
+from nats.aio.msg import Msg
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -68,7 +67,6 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.kv import KeyValue
 
 from reference_services.adapters.nats.connection import (
     NatsTimings,
@@ -76,18 +74,22 @@ from reference_services.adapters.nats.connection import (
     connect_nats,
     resolve_url,
 )
-from reference_services.adapters.nats.queue_admin import NatsQueueAdmin
+from reference_services.adapters.nats.queue_admin import QueueAdmin
+from reference_services.adapters.nats.queue_io import QueueIO
 from reference_services.adapters.nats.queue_ledger import LeaseRecord, ledger_key, parse_job
 from reference_services.adapters.nats.queue_pull import PullRefused, pull_no_wait
-from reference_services.adapters.nats.subjects import level_token, name_token, parse_level
+from reference_services.adapters.nats.subjects import name_token
 from reference_services.runtime.errors import PuristaError
 from reference_services.runtime.ids import new_id, now_ms
 from reference_services.runtime.queue import (
     DEFAULT_LEASE_TTL_MS,
     DEFAULT_MAX_ATTEMPTS,
+    DeadLetterJob,
     Job,
     LeaseExpiredError,
+    LeaseInfo,
     NackOutcome,
+    QueueMetrics,
 )
 from reference_services.runtime.redact import redact_url
 from reference_services.runtime.spi.capabilities import YES, QueueBridgeCapabilities
@@ -110,7 +112,7 @@ class _Held:
     task: asyncio.Task[None] | None = None
 
 
-class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
+class NatsQueueBridge(QueueBridgeBase):
     """Queue bridge on NATS JetStream (see the module docstring for the design)."""
 
     name: ClassVar[str] = "nats"
@@ -150,16 +152,8 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
         self.timings = NatsTimings.of(timings)
         self.client_name = client_name
         self.malformed_count = 0
-        p = name_token(prefix)
-        self._root = f"{p}_q"
-        self._jobs_stream = f"{p}_QJOBS"
-        self._dead_stream = f"{p}_QDEAD"
-        self._ledger_bucket = f"{p}_qledger"
-        self._keys_bucket = f"{p}_qkeys"
-        self._nc: Client | None = None
-        self._js: JetStreamContext | None = None
-        self._ledger: KeyValue | None = None
-        self._keys: KeyValue | None = None
+        self._io = QueueIO(prefix, self.timings.op_timeout_s, self._redeclare)
+        self._admin = QueueAdmin(self._io, self._recover, self._consumer)
         self._consumers: dict[tuple[str, str], float] = {}
         self._checked: dict[tuple[str, str], float] = {}
         self._wakers: dict[str, tuple[Any, asyncio.Event]] = {}
@@ -181,22 +175,22 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
 
     async def _start_transport(self) -> None:
         """Connect and declare streams, buckets and consumers."""
-        self._nc = await connect_nats(
+        self._io.nc = await connect_nats(
             self.url,
             self.client_name,
             self.timings,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
         )
-        self._js = self._nc.jetstream(timeout=self.timings.op_timeout_s)
+        self._io.js = self._io.nc.jetstream(timeout=self.timings.op_timeout_s)
         self._needs_setup = True
         try:
             async with self._op():
                 await self._ensure_setup()
         except BaseException:
             with contextlib.suppress(Exception):
-                await self._nc.close()
-            self._nc = None
+                await self._io.nc.close()
+            self._io.nc = None
             raise
 
     async def _destroy_transport(self) -> None:
@@ -206,21 +200,21 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
             if held.task is not None:
                 held.task.cancel()
             with contextlib.suppress(Exception):
-                await self._nak_reply(held.reply, max(held.expires_ms - now, 1))
+                await self._io.nak_reply(held.reply, max(held.expires_ms - now, 1))
         self._held.clear()
         for task in list(self._tasks):
             task.cancel()
-        if self._nc is not None:
+        if self._io.nc is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._nc.flush(), self.timings.op_timeout_s)
+                await asyncio.wait_for(self._io.nc.flush(), self.timings.op_timeout_s)
             with contextlib.suppress(Exception):
-                await self._nc.close()
-        self._nc = None
+                await self._io.nc.close()
+        self._io.nc = None
         self._consumers.clear()
         self._wakers.clear()
 
     async def _transport_ok(self) -> bool:
-        return self._nc is not None and self._nc.is_connected
+        return self._io.nc is not None and self._io.nc.is_connected
 
     async def _on_disconnected(self) -> None:
         log.warning("nats queue %s: disconnected from %s", self.prefix, redact_url(self.url))
@@ -260,8 +254,8 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timings.op_timeout_s
-        while not self._nc.is_connected:
-            if self._nc.is_closed or loop.time() >= deadline:
+        while not self._io.nc.is_connected:
+            if self._io.nc.is_closed or loop.time() >= deadline:
                 raise NatsUnavailableError(f"not connected to NATS at {redact_url(self.url)}")
             await asyncio.sleep(0.05)
 
@@ -271,45 +265,45 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
         async with self._setup_lock:
             if not self._needs_setup:
                 return
-            js = self._js
+            js = self._io.js
             await self._add_stream(
                 StreamConfig(
-                    name=self._jobs_stream,
-                    subjects=[f"{self._root}.job.*.*"],
+                    name=self._io.jobs_stream,
+                    subjects=[f"{self._io.root}.job.*.*"],
                     retention=RetentionPolicy.WORK_QUEUE,
                     storage=StorageType.FILE,
                 )
             )
             await self._add_stream(
                 StreamConfig(
-                    name=self._dead_stream,
-                    subjects=[f"{self._root}.dlq.*", f"{self._root}.retry.*"],
+                    name=self._io.dead_stream,
+                    subjects=[f"{self._io.root}.dlq.*", f"{self._io.root}.retry.*"],
                     storage=StorageType.FILE,
                 )
             )
-            for bucket in (self._ledger_bucket, self._keys_bucket):
+            for bucket in (self._io.ledger_bucket, self._io.keys_bucket):
                 await js.create_key_value(
                     KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)
                 )
-            self._ledger = await js.key_value(self._ledger_bucket)
-            self._keys = await js.key_value(self._keys_bucket)
+            self._io.ledger = await js.key_value(self._io.ledger_bucket)
+            self._io.keys = await js.key_value(self._io.keys_bucket)
             for qtok, ltok in list(self._consumers):
                 self._consumers[(qtok, ltok)] = await self._add_consumer(qtok, ltok)
             self._needs_setup = False
 
     async def _add_stream(self, config: Any) -> None:
         try:
-            await self._js.add_stream(config)
+            await self._io.js.add_stream(config)
         except nats.js.errors.BadRequestError:
-            await self._js.stream_info(config.name)  # exists with another config: use it
+            await self._io.js.stream_info(config.name)  # exists with another config: use it
 
     async def _add_consumer(self, qtok: str, ltok: str) -> float:
         durable = f"q-{qtok}-{ltok}"
-        await self._js.add_consumer(
-            self._jobs_stream,
+        await self._io.js.add_consumer(
+            self._io.jobs_stream,
             ConsumerConfig(
                 durable_name=durable,
-                filter_subject=f"{self._root}.job.{qtok}.{ltok}",
+                filter_subject=f"{self._io.root}.job.{qtok}.{ltok}",
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
                 ack_wait=self.ack_wait_s,
@@ -317,7 +311,7 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
                 max_ack_pending=self.max_ack_pending,
             ),
         )
-        info = await self._js.consumer_info(self._jobs_stream, durable)
+        info = await self._io.js.consumer_info(self._io.jobs_stream, durable)
         actual = float(info.config.ack_wait or self.ack_wait_s)
         if abs(actual - self.ack_wait_s) > 0.01:
             log.warning(
@@ -337,16 +331,6 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
             ack_wait = self._consumers[(qtok, ltok)] = await self._add_consumer(qtok, ltok)
         return ack_wait
 
-    async def _levels(self, qtok: str) -> list[str]:
-        """Priority levels of a queue holding messages, highest first."""
-        counts = await self._subject_counts(self._jobs_stream, f"{self._root}.job.{qtok}.*")
-        levels = []
-        for subject, count in counts.items():
-            level = parse_level(subject.rsplit(".", 1)[1])
-            if count and level is not None:
-                levels.append((level, subject.rsplit(".", 1)[1]))
-        return [tok for _, tok in sorted(levels, reverse=True)]
-
     async def _waker(self, qtok: str) -> asyncio.Event:
         """An event set by every enqueue on the queue (a core subscription on its subjects)."""
         hit = self._wakers.get(qtok)
@@ -356,7 +340,7 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
             async def wake(_msg: Any) -> None:
                 event.set()
 
-            sub = await self._nc.subscribe(f"{self._root}.wake.{qtok}", cb=wake)
+            sub = await self._io.nc.subscribe(f"{self._io.root}.wake.{qtok}", cb=wake)
             hit = self._wakers[qtok] = (sub, event)
         return hit[1]
 
@@ -369,7 +353,7 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
             return
         self._checked[(qtok, ltok)] = loop.time()
         try:
-            await self._js.consumer_info(self._jobs_stream, f"q-{qtok}-{ltok}")
+            await self._io.js.consumer_info(self._io.jobs_stream, f"q-{qtok}-{ltok}")
         except nats.js.errors.NotFoundError:
             await self._redeclare()
 
@@ -378,117 +362,6 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
         log.warning("nats queue %s: streams or consumers missing, declaring again", self.prefix)
         self._needs_setup = True
         await self._ensure_setup()
-
-    async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> Any:
-        try:
-            return await self._js.publish(
-                subject, data, headers=headers, timeout=self.timings.op_timeout_s
-            )
-        except nats.js.errors.NoStreamResponseError:
-            await self._redeclare()
-            return await self._js.publish(
-                subject, data, headers=headers, timeout=self.timings.op_timeout_s
-            )
-
-    async def _ack_reply(self, reply: str) -> None:
-        """Ack (remove) a job message by its ack subject, waiting for the server."""
-        if not reply:
-            return
-        try:
-            await self._nc.request(reply, b"+ACK", timeout=self.timings.op_timeout_s)
-        except nats.errors.NoRespondersError:
-            pass
-
-    async def _nak_reply(self, reply: str, delay_ms: int | None) -> None:
-        payload = b"-NAK"
-        if delay_ms:
-            payload += b" " + json.dumps({"delay": int(delay_ms) * 1_000_000}).encode()
-        await self._nc.publish(reply, payload)
-
-    async def _progress_reply(self, reply: str) -> None:
-        await self._nc.publish(reply, b"+WPI")
-
-    async def _lget(self, key: str) -> tuple[LeaseRecord | None, int]:
-        record, rev, _ = await self._lget_settled(key)
-        return record, rev
-
-    async def _lget_settled(
-        self, key: str
-    ) -> tuple[LeaseRecord | None, int, tuple[int, str | None]]:
-        """Record and revision; for a removed record, the (sequence, lease) it settled."""
-        try:
-            entry = await self._ledger.get(key)
-        except nats.js.errors.KeyNotFoundError as exc:
-            marker = getattr(exc, "entry", None)
-            settled: tuple[int, str | None] = (0, None)
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                data = json.loads(marker.value or b"{}")
-                settled = (int(data.get("settled_seq", 0)), data.get("lease_id"))
-            return None, 0, settled
-        return LeaseRecord.loads(entry.value), entry.revision, (0, None)
-
-    async def _lput(self, key: str, record: LeaseRecord, rev: int) -> int:
-        """Write ``record`` if the key is still at ``rev`` (0 = absent); raises on conflict."""
-        for attempt in (1, 2):
-            try:
-                if rev:
-                    return int(await self._ledger.update(key, record.dumps(), last=rev))
-                return int(await self._ledger.create(key, record.dumps()))
-            except nats.js.errors.NoStreamResponseError:
-                if attempt == 2:
-                    raise
-                await self._redeclare()
-        raise AssertionError("unreachable")
-
-    async def _ldel(self, key: str, rev: int, seq: int, lease_id: str | None = None) -> None:
-        """Remove a settled ledger record with a purge marker, if it is still at ``rev``.
-
-        A marker rather than a message delete: nats-server 2.9 can resurrect
-        messages removed by limits after a SIGKILL, and the newer marker keeps
-        such an old revision hidden.
-        """
-        headers = {
-            "KV-Operation": "PURGE",
-            "Nats-Rollup": "sub",
-            "Nats-Expected-Last-Subject-Sequence": str(rev),
-        }
-        # best effort: the job is settled already; a record left behind is cleaned
-        # up when its message shows up again
-        with contextlib.suppress(nats.js.errors.APIError, nats.errors.Error, TimeoutError):
-            marker = json.dumps({"settled_seq": seq, "lease_id": lease_id}).encode()
-            await self._publish(f"$KV.{self._ledger_bucket}.{key}", marker, headers)
-
-    async def _count_retry(self, qtok: str, job_id: str, seq: int, attempt: int) -> None:
-        await self._publish(
-            f"{self._root}.retry.{qtok}", b"", {"Nats-Msg-Id": f"retry.{job_id}.{seq}.{attempt}"}
-        )
-
-    async def _job_body(self, seq: int) -> dict[str, Any] | None:
-        try:
-            raw = await self._js.get_msg(self._jobs_stream, seq=seq)
-        except nats.js.errors.NotFoundError:
-            return None
-        return parse_job(raw.data)
-
-    async def _subject_counts(self, stream: str, subject_filter: str) -> dict[str, int]:
-        info = await self._js.stream_info(stream, subjects_filter=subject_filter)
-        return dict(info.state.subjects or {})
-
-    async def _scan(self, qtok: str) -> list[tuple[str, LeaseRecord, int]]:
-        """Every ledger record of a queue, with key and revision."""
-        watcher = await self._ledger.watch(f"L.{qtok}.*", ignore_deletes=True)
-        out = []
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                record = LeaseRecord.loads(entry.value)
-                if record is not None:
-                    out.append((entry.key, record, entry.revision))
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()
-        return out
 
     # ---- enqueue -------------------------------------------------------------------------
 
@@ -511,36 +384,27 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
         async with self._op():
             await self._ensure_setup()
             if request.idempotency_key is None:
-                await self._publish_job(qtok, body, body["id"])
+                await self._io.publish_job(qtok, body, body["id"])
                 return str(body["id"])
             return await self._enqueue_keyed(qtok, body, request.idempotency_key)
-
-    async def _publish_job(self, qtok: str, body: dict[str, Any], msg_id: str) -> Any:
-        data = json.dumps(body, separators=(",", ":")).encode()
-        subject = f"{self._root}.job.{qtok}.{level_token(body['priority'])}"
-        ack = await self._publish(subject, data, {"Nats-Msg-Id": msg_id})
-        # wake blocked lease_next calls (a separate subject: a core subscriber on the
-        # job subject would answer JetStream publishes' "no stream" with a timeout)
-        await self._nc.publish(f"{self._root}.wake.{qtok}", b"")
-        return ack
 
     async def _enqueue_keyed(self, qtok: str, body: dict[str, Any], key: str) -> str:
         kv_key = f"{qtok}.{name_token(key)}"
         with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-            return (await self._keys.get(kv_key)).value.decode()
-        ack = await self._publish_job(qtok, body, f"idem.{qtok}.{name_token(key)}")
+            return (await self._io.keys.get(kv_key)).value.decode()
+        ack = await self._io.publish_job(qtok, body, f"idem.{qtok}.{name_token(key)}")
         job_id = str(body["id"])
         if ack.duplicate:  # a concurrent enqueue with this key won the dedup window
-            original = await self._job_body(ack.seq)
+            original = await self._io.job_body(ack.seq)
             if original is not None:
                 job_id = str(original["id"])
         try:
-            await self._keys.create(kv_key, job_id.encode())
+            await self._io.keys.create(kv_key, job_id.encode())
         except nats.js.errors.KeyWrongLastSequenceError:
-            existing = (await self._keys.get(kv_key)).value.decode()
+            existing = (await self._io.keys.get(kv_key)).value.decode()
             if existing != job_id and not ack.duplicate:
                 with contextlib.suppress(nats.js.errors.Error):
-                    await self._js.delete_msg(self._jobs_stream, ack.seq)
+                    await self._io.js.delete_msg(self._io.jobs_stream, ack.seq)
             return existing
         return job_id
 
@@ -558,7 +422,7 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
             wake = await self._waker(qtok)
             while True:
                 wake.clear()
-                for ltok in await self._levels(qtok):
+                for ltok in await self._io.levels(qtok):
                     if len(out) >= batch:
                         break
                     ack_wait = await self._consumer(qtok, ltok)
@@ -573,11 +437,11 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), min(remaining, self.poll_s))
 
-    async def _pull(self, qtok: str, ltok: str, batch: int) -> list[Any]:
+    async def _pull(self, qtok: str, ltok: str, batch: int) -> list[Msg]:
         durable = f"q-{qtok}-{ltok}"
         try:
             return await pull_no_wait(
-                self._nc, self._js._prefix, self._jobs_stream, durable, batch,
+                self._io.nc, self._io.js._prefix, self._io.jobs_stream, durable, batch,
                 self.timings.op_timeout_s,
             )
         except (TimeoutError, nats.errors.NoRespondersError, PullRefused) as exc:
@@ -589,7 +453,7 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
         self,
         queue: str,
         qtok: str,
-        msgs: list[Any],
+        msgs: list[Msg],
         worker_id: str | None,
         ack_wait: float,
         out: list[Job],
@@ -602,7 +466,7 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
                 # hand the unclaimed rest back; jobs already leased are returned
                 for rest in msgs[index + 1 :]:
                     with contextlib.suppress(Exception):
-                        await self._nak_reply(rest.reply, None)
+                        await self._io.nak_reply(rest.reply, None)
                 if not out:
                     raise
                 log.warning("nats queue %s: lease batch cut short: %r", queue, exc)
@@ -612,7 +476,7 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
         return True
 
     async def _claim(
-        self, queue: str, qtok: str, msg: Any, worker_id: str | None, ack_wait: float
+        self, queue: str, qtok: str, msg: Msg, worker_id: str | None, ack_wait: float
     ) -> Job | None:
         """Turn a fetched message into a lease, or put it back (delayed, held, settled)."""
         body = parse_job(msg.data)
@@ -626,25 +490,25 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
         for _ in range(8):
             now = now_ms()
             if body["available_at_ms"] > now:
-                await self._nak_reply(msg.reply, body["available_at_ms"] - now)
+                await self._io.nak_reply(msg.reply, body["available_at_ms"] - now)
                 return None
-            record, rev, settled = await self._lget_settled(key)
+            record, rev, settled = await self._io.lget_settled(key)
             if record is None and settled[0] == seq:
                 # this very message was settled, but its ack was lost or the broker
                 # resurrected it after a crash: finish it instead of running it again
-                await self._ack_reply(msg.reply)
+                await self._io.ack_reply(msg.reply)
                 return None
             if record is not None and record.seq != seq:
                 record = None  # left over from an earlier life of this job id (redrive)
             if record is not None and record.state == "done":
-                await self._ack_reply(msg.reply)
-                await self._ldel(key, rev, seq, record.lease_id)
+                await self._io.ack_reply(msg.reply)
+                await self._io.ldel(key, rev, seq, record.lease_id)
                 return None
             if record is not None and record.state == "dead":
                 await self._finish_dead(qtok, key, record, rev, body, msg.reply)
                 return None
             if record is not None and record.live(now):
-                await self._nak_reply(msg.reply, record.expires_at_ms - now)
+                await self._io.nak_reply(msg.reply, record.expires_at_ms - now)
                 return None
             last_error = record.last_error if record is not None else None
             retried = False
@@ -673,7 +537,7 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
                 last_error=last_error,
             )
             try:
-                await self._lput(key, new, rev)
+                await self._io.lput(key, new, rev)
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
             except Exception:
@@ -681,7 +545,7 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
                 self._spawn(self._abandon(key, lease_id, msg.reply))
                 raise
             if retried and record is not None:
-                await self._count_retry(qtok, body["id"], seq, record.deliveries)
+                await self._io.count_retry(qtok, body["id"], seq, record.deliveries)
             self._hold(lease_id, key, msg.reply, new.expires_at_ms, ack_wait)
             return Job(
                 id=body["id"],
@@ -698,7 +562,7 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
                 lease_expires_at_ms=new.expires_at_ms,
                 last_error=last_error,
             )
-        await self._nak_reply(msg.reply, 50)
+        await self._io.nak_reply(msg.reply, 50)
         return None
 
     async def _abandon(self, key: str, lease_id: str, reply: str) -> None:
@@ -706,7 +570,7 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
         for _ in range(60):
             try:
                 await self._wait_connected()
-                record, rev = await self._lget(key)
+                record, rev = await self._io.lget(key)
                 if record is not None and record.lease_id == lease_id and record.state == "leased":
                     idle = replace(
                         record,
@@ -716,8 +580,8 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
                         deliveries=record.deliveries - 1,
                     )
                     with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
-                        await self._lput(key, idle, rev)
-                        await self._nak_reply(reply, None)
+                        await self._io.lput(key, idle, rev)
+                        await self._io.nak_reply(reply, None)
                 return
             except asyncio.CancelledError:
                 raise
@@ -743,9 +607,9 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
                 if remaining > 0:
                     await asyncio.sleep(min(remaining, progress_s))
                     if held.expires_ms > now_ms():
-                        await self._progress_reply(held.reply)
+                        await self._io.progress_reply(held.reply)
                     continue
-                record, rev = await self._lget(held.key)
+                record, rev = await self._io.lget(held.key)
                 if record is None or record.lease_id != lease_id or record.state != "leased":
                     break
                 if record.expires_at_ms > now_ms():  # extended through another bridge
@@ -771,9 +635,10 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
                 idle = replace(
                     record, state="idle", lease_id=None, worker_id=None, last_error=reason
                 )
-                await self._lput(key, idle, rev)
-                await self._count_retry(qtok, key.split(".", 2)[2], record.seq, record.deliveries)
-                await self._nak_reply(record.reply, None)
+                await self._io.lput(key, idle, rev)
+                job_id = key.split(".", 2)[2]
+                await self._io.count_retry(qtok, job_id, record.seq, record.deliveries)
+                await self._io.nak_reply(record.reply, None)
         except nats.js.errors.KeyWrongLastSequenceError:
             pass  # someone else settled or recovered it first
         self._release(record.lease_id)
@@ -796,7 +661,7 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
             reply=reply or record.reply,
             dead_lettered_at_ms=now_ms(),
         )
-        new_rev = await self._lput(key, dead, rev)
+        new_rev = await self._io.lput(key, dead, rev)
         self._release(record.lease_id)
         await self._finish_dead(qtok, key, dead, new_rev, body, dead.reply)
 
@@ -811,7 +676,7 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
     ) -> None:
         """Publish the dead letter (deduplicated), remove the job, drop the ledger record."""
         if body is None:
-            body = await self._job_body(record.seq)
+            body = await self._io.job_body(record.seq)
         if body is not None:
             reason = record.last_error or "dead-lettered"
             letter = {
@@ -820,22 +685,22 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
                 "reason": reason,
                 "dead_lettered_at_ms": record.dead_lettered_at_ms or now_ms(),
             }
-            await self._publish(
-                f"{self._root}.dlq.{qtok}",
+            await self._io.publish(
+                f"{self._io.root}.dlq.{qtok}",
                 json.dumps(letter, separators=(",", ":")).encode(),
                 {
                     "Nats-Msg-Id": f"dlq.{body['id']}.{record.seq}",
                     DEAD_LETTER_REASON_HEADER: _header_safe(reason),
                 },
             )
-        await self._ack_reply(reply)
-        await self._ldel(key, rev, record.seq)
+        await self._io.ack_reply(reply)
+        await self._io.ldel(key, rev, record.seq)
 
     async def _verify(self, job: Job) -> tuple[str, str, LeaseRecord, int]:
         """The ledger record of a lease still held under ``job.lease_id``, or LeaseExpiredError."""
         qtok = name_token(job.queue)
         key = ledger_key(qtok, job.id)
-        record, rev = await self._lget(key)
+        record, rev = await self._io.lget(key)
         if (
             not job.lease_id
             or record is None
@@ -851,7 +716,7 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
 
     async def _settle(self, key: str, record: LeaseRecord, rev: int, new: LeaseRecord) -> int:
         try:
-            return await self._lput(key, new, rev)
+            return await self._io.lput(key, new, rev)
         except nats.js.errors.KeyWrongLastSequenceError:
             raise LeaseExpiredError(
                 f"lease {record.lease_id} changed while settling (expired or settled)"
@@ -865,24 +730,24 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
             held = self._held.get(job.lease_id)
             if held is not None:
                 held.expires_ms = expires
-            await self._progress_reply(record.reply)
+            await self._io.progress_reply(record.reply)
             return replace(job, lease_expires_at_ms=expires)
 
     async def _ack(self, job: Job) -> None:
         async with self._op():
             key = ledger_key(name_token(job.queue), job.id)
-            record, rev = await self._lget(key)
+            record, rev = await self._io.lget(key)
             if record is not None and record.state == "done" and record.lease_id == job.lease_id:
                 # an earlier ack of this lease landed but its reply was lost: finish it
                 self._release(job.lease_id)
-                await self._ack_reply(record.reply)
-                await self._ldel(key, rev, record.seq, record.lease_id)
+                await self._io.ack_reply(record.reply)
+                await self._io.ldel(key, rev, record.seq, record.lease_id)
                 return
             _, key, record, rev = await self._verify(job)
             done_rev = await self._settle(key, record, rev, replace(record, state="done"))
             self._release(job.lease_id)
-            await self._ack_reply(record.reply)
-            await self._ldel(key, done_rev, record.seq, record.lease_id)
+            await self._io.ack_reply(record.reply)
+            await self._io.ldel(key, done_rev, record.seq, record.lease_id)
 
     async def _nack(self, job: Job, reason: str | None, delay_ms: int) -> NackOutcome:
         async with self._op():
@@ -897,8 +762,8 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
             idle = replace(record, state="idle", lease_id=None, worker_id=None, last_error=reason)
             await self._settle(key, record, rev, idle)
             self._release(job.lease_id)
-            await self._count_retry(qtok, job.id, record.seq, record.deliveries)
-            await self._nak_reply(record.reply, delay_ms)
+            await self._io.count_retry(qtok, job.id, record.seq, record.deliveries)
+            await self._io.nak_reply(record.reply, delay_ms)
             return "retry"
 
     async def _move_to_dead_letter(self, job: Job, reason: str) -> None:
@@ -908,3 +773,30 @@ class NatsQueueBridge(NatsQueueAdmin, QueueBridgeBase):
                 await self._dead_letter(qtok, key, record, rev, reason, record.reply)
             except nats.js.errors.KeyWrongLastSequenceError:
                 raise LeaseExpiredError(f"lease {job.lease_id} changed") from None
+
+    # ---- dead letters and inspection (QueueAdmin) ---------------------------------------
+
+    async def _peek_dead_letter(self, queue: str, limit: int) -> list[DeadLetterJob]:
+        async with self._op():
+            await self._ensure_setup()
+            return await self._admin.peek_dead_letter(queue, limit)
+
+    async def _redrive_dead_letter(self, queue: str, job_ids: list[str] | None) -> int:
+        async with self._op():
+            await self._ensure_setup()
+            return await self._admin.redrive_dead_letter(queue, job_ids)
+
+    async def _purge_dead_letter(self, queue: str) -> int:
+        async with self._op():
+            await self._ensure_setup()
+            return await self._admin.purge_dead_letter(queue)
+
+    async def _inspect_leases(self, queue: str) -> list[LeaseInfo]:
+        async with self._op():
+            await self._ensure_setup()
+            return await self._admin.inspect_leases(queue)
+
+    async def _metrics(self, queue: str) -> QueueMetrics:
+        async with self._op():
+            await self._ensure_setup()
+            return await self._admin.metrics(queue)
