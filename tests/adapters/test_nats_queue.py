@@ -21,12 +21,8 @@ from adapter_helpers import is_not, wait_async
 from reference_services.adapters.nats.connection import NatsUnavailableError
 from reference_services.adapters.nats.queue_bridge import NatsQueueBridge
 from reference_services.adapters.nats.subjects import name_token
-from reference_services.runtime.queue import (
-    Job,
-    LeaseExpiredError,
-    QueueInputError,
-    QueueNotRunningError,
-)
+from reference_services.runtime import QueueNotRunningError
+from reference_services.runtime.queue import Job, LeaseExpiredError, QueueInputError
 
 Factory = Callable[..., Awaitable[NatsQueueBridge]]
 

@@ -17,12 +17,8 @@ from adapter_helpers import eventually, is_not
 
 from harness.history import History
 from reference_services.adapters.redis.queue_bridge import RedisQueueBridge, RedisUnavailableError
-from reference_services.runtime.queue import (
-    Job,
-    LeaseExpiredError,
-    QueueInputError,
-    QueueNotRunningError,
-)
+from reference_services.runtime import QueueNotRunningError
+from reference_services.runtime.queue import Job, LeaseExpiredError, QueueInputError
 
 # --- brokers come from the harness plugin: redis, fresh_service, namespace, proxied, history
 

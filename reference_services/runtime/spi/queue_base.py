@@ -26,7 +26,6 @@ from reference_services.runtime.queue import (
     DEFAULT_MAX_ATTEMPTS,
     DeadLetterJob,
     Job,
-    LeaseExpiredError,
     LeaseInfo,
     NackOutcome,
     QueueInputError,
@@ -39,10 +38,7 @@ from reference_services.runtime.spi.inflight import InflightTracker
 
 __all__ = [
     "EnqueueRequest",
-    "LeaseExpiredError",
     "QueueBridgeBase",
-    "QueueInputError",
-    "QueueNotRunningError",
     "QueueState",
     "json_copy",
     "validate_idempotency_key",
