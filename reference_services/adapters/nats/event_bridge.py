@@ -41,6 +41,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from reference_services.adapters.nats import subjects
+from reference_services.adapters.nats.connection import NatsTimings, connect_nats
 from reference_services.adapters.nats.consumers import JetStreamConsumer
 from reference_services.runtime.codec import MessageEncodeError
 from reference_services.runtime.errors import StatusCode, UnhandledError
@@ -186,16 +187,22 @@ class NatsBridge(EventBridgeBase):
             ) from exc
 
     async def _open(self) -> Client:
-        return await nats.connect(
-            servers=[self.url],
-            name=f"purista-{self.prefix}-{self.instance_id}",
-            connect_timeout=self.connect_timeout_s,
-            allow_reconnect=True,
-            # pitfall: -1 would make this first connect loop forever
-            max_reconnect_attempts=max(self.connect_attempts - 1, 1),
-            reconnect_time_wait=self.reconnect_time_wait_s,
-            ping_interval=self.ping_interval_s,
+        timings = NatsTimings(
+            connect_timeout_s=self.connect_timeout_s,
+            # a safety net only: nats-py gives up after connect_attempts first
+            start_timeout_s=self.connect_attempts
+            * (self.connect_timeout_s + self.max_reconnect_wait_s),
+            ping_interval_s=self.ping_interval_s,
             max_outstanding_pings=self.max_outstanding_pings,
+            reconnect_wait_s=self.reconnect_time_wait_s,
+            op_timeout_s=self.js_api_timeout_s,
+            connect_attempts=self.connect_attempts,
+            max_reconnect_attempts=self.max_reconnect_attempts,
+        )
+        return await connect_nats(
+            self.url,
+            f"purista-{self.prefix}-{self.instance_id}",
+            timings,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
             error_cb=self._on_error,
@@ -203,7 +210,6 @@ class NatsBridge(EventBridgeBase):
         )
 
     async def _setup(self, nc: Client) -> None:
-        nc.options["max_reconnect_attempts"] = self.max_reconnect_attempts
         self._js = nc.jetstream(timeout=self.js_api_timeout_s)
         limit = self.max_message_bytes
         room = nc.max_payload - _HEADER_ROOM if nc.max_payload else 0
