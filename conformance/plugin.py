@@ -332,7 +332,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if not session.items:
         state.empty_selection = _describe_selection(config, state)
         return
-    if _is_worker(config) or not state.needed:
+    if not state.needed:
         return
     state.prestarted = True
     state.missing, state.preflight_s = preflight.run(state.needed, _service_getter(config))
@@ -344,9 +344,27 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             state.missing_adapters.setdefault(label, line)
         if tr is not None:
             tr.write_line(f"preflight: {line}", red=True)
-    if not state.allow_missing:
+    if _is_worker(config):
+        # xdist needs every worker to keep the collected items: they are skipped as not
+        # tested (cf_aut), and the controller decides the verdict (pytest_testnodedown)
+        config.workeroutput["cf_preflight"] = json.dumps(  # type: ignore[attr-defined]
+            {"missing": state.missing, "adapters": state.missing_adapters}
+        )
+    elif not state.allow_missing:
         config.hook.pytest_deselected(items=list(session.items))
         session.items[:] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist controller: take in what a worker's preflight found."""
+    raw = getattr(node, "workeroutput", {}).get("cf_preflight")
+    if not raw:
+        return
+    state = node.config.stash[_STATE]
+    found = json.loads(raw)
+    state.missing.update(found["missing"])
+    state.missing_adapters.update(found["adapters"])
 
 
 def _service_getter(config: pytest.Config) -> Any:

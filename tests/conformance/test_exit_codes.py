@@ -151,3 +151,19 @@ def test_a_failing_adapter_exits_1(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr
     assert "conformance: failed (exit 1)" in proc.stderr
+
+
+def test_refused_broker_with_parallel_workers_is_not_tested(tmp_path: Path) -> None:
+    """Under pytest-xdist the workers probe, skip as not tested, and the controller decides."""
+    port = refused_port()
+    proc, _took = run(
+        "--provider", "external", "--suite", "contract", "--adapter", "event_bridge:nats",
+        "-n", "2", "--report-dir", str(tmp_path),
+        env={"NATS_URL": f"nats://127.0.0.1:{port}"},
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr
+    assert f"not tested: event_bridge:nats: nats: connection refused at 127.0.0.1:{port}" in (
+        proc.stderr
+    )
+    rows = json.loads((tmp_path / "report.json").read_text())["results"]
+    assert rows and all(r["skip"] == "not_tested" for r in rows)
