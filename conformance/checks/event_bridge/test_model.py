@@ -65,8 +65,10 @@ def _machine(aut: AdapterUnderTest, runner: asyncio.Runner) -> type[RuleBasedSta
     shared_subs = aut.supports("shared_subscriptions")
     shared_cmds = aut.supports("shared_commands")
     services = {svc: (name, shared and shared_subs) for svc, (name, shared) in SERVICES.items()}
+    # conformance_reconnect() is an optional hook; whether it was used is in the report
     reconnect = all(callable(getattr(b, "conformance_reconnect", None)) for b in [aut.build()])
     aut.instances.clear()
+    aut.metric("model_interleaves_reconnects", reconnect)
 
     class AgreesWithReference(RuleBasedStateMachine):
         def __init__(self) -> None:

@@ -37,6 +37,16 @@ def _bad_inputs(valid: dict[str, Any], limit: int | None) -> dict[str, bytes]:
     return cases
 
 
+def _message_limit(aut: AdapterUnderTest, bridge: Any) -> int | None:
+    """The size limit of ``bridge`` (as tuned at start), else the declared capability."""
+    if hasattr(bridge, "max_message_bytes"):
+        return bridge.max_message_bytes  # type: ignore[no-any-return]
+    caps = aut.spec.capabilities
+    if caps is not None and hasattr(caps, "max_message_bytes"):
+        return caps.max_message_bytes  # type: ignore[no-any-return]
+    return None
+
+
 @check("event_bridge.wire.malformed_rejected", kinds=EB)
 async def test_malformed_rejected(aut: AdapterUnderTest) -> None:
     """Malformed bytes (not JSON, not UTF-8, wrong fields, oversize) are dropped with a logged
@@ -53,7 +63,8 @@ async def test_malformed_rejected(aut: AdapterUnderTest) -> None:
     ledger.sent("raw-valid")
     assert await wait_for(ledger.all_arrived, 10), "a valid raw message was not delivered"
     valid = json.loads(encode(event(producer, "raw", {"id": "should-not-arrive"})))
-    limit = getattr(consumer, "max_message_bytes", None)
+    limit = _message_limit(aut, consumer)
+    aut.metric("oversize_limit_bytes", limit)  # None: no limit declared, no oversize case
     refused = []
     for name, raw in _bad_inputs(valid, limit).items():
         try:
