@@ -66,13 +66,17 @@ def urls(handles: dict[str, Any], password: str) -> dict[str, str]:
 
 
 if __name__ == "__main__":
+    import signal
+    import sys
     import time
 
+    # SIGTERM ends the run like Ctrl-C, so that the brokers are stopped on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     pw = new_password()
     with brokers_with_password(pw) as hs:
         for k, v in urls(hs, pw).items():
             print(f"export {k}='{v}'", flush=True)
         print(f"export CF_PASSWORD='{pw}'", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
+        with contextlib.suppress(KeyboardInterrupt, SystemExit):
             while True:
                 time.sleep(3600)

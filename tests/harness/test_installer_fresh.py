@@ -86,3 +86,20 @@ def test_shell_scripts_pass_shellcheck() -> None:
         ["shellcheck", *scripts], capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("runuser") is None, reason="needs root to drop to nobody"
+)
+def test_installer_without_root_says_what_needs_root(tmp_path: Path) -> None:
+    tmp_path.chmod(0o777)
+    proc = subprocess.run(
+        ["runuser", "-u", "nobody", "--", "bash", str(SCRIPT), "--force", "--prefix",
+         str(tmp_path / "bin")],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "need root for: apt-get install rabbitmq-server nats-server redis-server mosquitto" in (
+        proc.stderr
+    )
