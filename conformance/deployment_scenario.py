@@ -28,6 +28,7 @@ from conformance.adapters import (
     reference_adapter,
     subprocess_env,
 )
+from harness import run as harness_run
 from reference_services.runtime.definitions import Subscription
 from reference_services.runtime.errors import PuristaError
 from reference_services.runtime.messages import (
@@ -297,10 +298,12 @@ class ServiceProcesses:
             "-m",
             "reference_services.deploy",
             *args,
-            env=subprocess_env(self.env),
+            env=harness_run.child_env(subprocess_env(self.env)),
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
+            preexec_fn=harness_run.child_preexec(),  # own session, dies with the runner
         )
+        harness_run.current().track(proc.pid)
         log.close()
         self.procs.append((label, proc))
         assert proc.stdout is not None

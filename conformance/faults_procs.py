@@ -15,11 +15,11 @@ import dataclasses
 import json
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from harness import run as harness_run
 from harness.faults import process as pfaults
 from harness.history import History
 from reference_services.runtime.ids import new_id
@@ -27,6 +27,7 @@ from reference_services.runtime.ids import new_id
 from .adapters import PROCESS_BACKEND, REFERENCE_ADAPTER, process_backend_urls, subprocess_env
 from .faults_workload import EVENT, LEASE_TTL_MS, QUEUE, adapter_options, new_instance
 from .under_test import AdapterUnderTest
+from .workdirs import workdir
 
 READY_TIMEOUT_S = 40.0
 SHUTDOWN_TIMEOUT_S = 10.0
@@ -87,11 +88,12 @@ class ServiceProcess:
             sys.executable,
             "-m",
             "reference_services.deploy.faultwork",
-            env=env,
+            env=harness_run.child_env(env),
             stdout=asyncio.subprocess.PIPE,
             stderr=err,
-            start_new_session=True,
+            preexec_fn=harness_run.child_preexec(),  # own session, dies with the runner
         )
+        harness_run.current().track(self.proc.pid)
         err.close()
         assert self.proc.stdout is not None
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -166,7 +168,7 @@ class ProcessDeployment:
 
     def __init__(self, aut: AdapterUnderTest, *, idempotent: bool = True):
         self.aut = aut
-        self.workdir = Path(tempfile.mkdtemp(prefix="cf-faults-"))
+        self.workdir = workdir("cf-faults-")
         spec = aut.spec
         url = aut.ctx.url(spec.services[0])
         env = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import threading
 import time
 import uuid
@@ -21,6 +22,7 @@ import pytest
 
 from . import preflight
 from . import report as report_mod
+from . import workdirs
 from .adapters import AdapterContext, AdapterSpec, ServiceUnavailable, UsageError, resolve
 from .marks import CheckInfo
 from .results import result_row
@@ -30,7 +32,9 @@ from .under_test import AdapterUnderTest
 from .verdict import Verdict, decide
 
 PROPERTY = "conformance"
+KEPT_PROPERTY = "conformance-kept"
 _AUT_KEY = pytest.StashKey[AdapterUnderTest]()
+_FAILED_KEY = pytest.StashKey[bool]()
 
 
 @dataclass
@@ -280,6 +284,30 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
         rep.user_properties.append((PROPERTY, row))
         if rep.when != "teardown":  # so that junit.xml (teardown properties) carries it too
             item.user_properties.append((PROPERTY, row))
+    if rep.failed:
+        item.stash[_FAILED_KEY] = True
+    if rep.when == "teardown":
+        _keep_or_drop_workdirs(item, rep)
+
+
+def _keep_or_drop_workdirs(item: pytest.Item, rep: pytest.TestReport) -> None:
+    """After the teardown: the check's work dirs go, or move under the report dir if it
+    failed (the rows then name the new place)."""
+    paths = workdirs.finish(item.nodeid)
+    if not item.stash.get(_FAILED_KEY, False):
+        for path in paths:
+            shutil.rmtree(path, ignore_errors=True)
+        return
+    tmp = (getattr(item, "funcargs", None) or {}).get("tmp_path")
+    if isinstance(tmp, Path):
+        paths.append(tmp)
+    state = item.config.stash[_STATE]
+    try:
+        moved = workdirs.keep(paths, workdirs.kept_root(state.report_dir), item.nodeid)
+    except OSError as exc:
+        moved = [("", f"could not keep {[str(p) for p in paths]}: {exc}")]
+    if moved:
+        rep.user_properties.append((KEPT_PROPERTY, json.dumps(moved)))
 
 
 class _NoCallspec:
@@ -299,11 +327,30 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             existing = row
         elif row["status"] == "failed" and existing["status"] != "failed":
             existing.update(status="failed", message=row["message"])
+    for k, v in report.user_properties:
+        if k == KEPT_PROPERTY and existing is not None:
+            _name_kept(existing, json.loads(v))
     if existing is not None:
         state.results[report.nodeid] = existing
 
 
+def _name_kept(row: dict[str, Any], moved: list[list[str]]) -> None:
+    """Point the row's message at the kept copies of its files."""
+    message = row.get("message", "")
+    for old, new in moved:
+        if old:
+            message = message.replace(old, new)
+    kept = [new for _, new in moved]
+    row["kept"] = kept
+    row["message"] = message + "\nkept: " + ", ".join(kept)
+
+
 _CONFIG: dict[str, pytest.Config] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    workdirs.begin(item.nodeid)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -433,6 +480,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if not state.results and not (state.verdict and state.verdict.not_tested):
         return
     report_mod.print_matrix(list(state.results.values()), terminalreporter, state.verdict)
+    kept = [(r["check"], r["adapter"], path) for r in state.results.values()
+            for path in r.get("kept", [])]
+    if kept:
+        terminalreporter.section("files of failing checks (kept)")
+        for check, adapter, path in kept:
+            terminalreporter.write_line(f"{check} [{adapter}]: {path}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

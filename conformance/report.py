@@ -76,6 +76,7 @@ def build(
                     "observations",
                     "nodeid",
                     "skip",
+                    "kept",
                 )
                 if k in r
             }

@@ -117,6 +117,8 @@ def rabbitmq(d: Path, port: int, free_port: Callable[[], int]) -> Recipe:
         "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
         "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
         "ERL_EPMD_ADDRESS": "127.0.0.1",
+        # not erl_crash.dump in the runner's working directory when a stopped run kills it
+        "ERL_CRASH_DUMP": str(d / "erl_crash.dump"),
     }
     return Recipe(
         command=[f"{RABBIT_HOME}/bin/rabbitmq-server"],
