@@ -1,0 +1,267 @@
+"""A stopped run leaves nothing behind (issue 19), with real runners and real brokers.
+
+Each runner (``conformance run``, ``harness up``, ``harness doctor``, a pytest session
+with the plugin) gets a private TMPDIR. Its processes are the ones that reference that
+directory: in their environment (TMPDIR is inherited), command line, working directory
+or open files (every local service logs into its data dir there). That finds them
+independently of the run-id mechanism under test, and never touches the brokers of
+other runs on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from harness_helpers import wait_until
+
+from harness import procs
+from harness.services.local_recipes import which
+
+BIN = Path(sys.executable).parent
+STRIP = ("HARNESS_RUN_ID", "HARNESS_RUN_ROOT", "HARNESS_RUN_PARENT", "PYTEST_XDIST_WORKER",
+         "PYTEST_XDIST_TESTRUNUID", "HARNESS_PROVIDER", "HARNESS_TMPDIR", "PYTEST_ADDOPTS")
+
+
+def _needs(*binaries: str) -> pytest.MarkDecorator:
+    missing = [b for b in binaries if which(b) is None]
+    return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)}")
+
+
+def _references(pid: int, needle: str) -> bool:
+    base = f"/proc/{pid}"
+    raw = needle.encode()
+    try:
+        if raw in Path(base, "environ").read_bytes() or raw in Path(base, "cmdline").read_bytes():
+            return True
+        if os.readlink(f"{base}/cwd").startswith(needle):
+            return True
+        for fd in os.listdir(f"{base}/fd"):
+            try:
+                if os.readlink(f"{base}/fd/{fd}").startswith(needle):
+                    return True
+            except OSError:
+                continue
+    except OSError:
+        return False
+    return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:100]
+    except OSError:
+        return "?"
+
+
+@dataclass
+class Runner:
+    """One runner process in its own TMPDIR and working directory."""
+
+    proc: subprocess.Popen[bytes]
+    tmpdir: Path
+    cwd: Path
+    log: Path
+    before: set[str] = field(default_factory=set)
+
+    def processes(self) -> dict[int, str]:
+        """Live processes of this run (the runner included), with their command lines."""
+        mine = {os.getpid(), *_ancestor_pids()}
+        return {pid: _cmdline(pid) for pid in procs.all_pids()
+                if pid not in mine and procs.is_alive(pid) and _references(pid, str(self.tmpdir))}
+
+    def has(self, *names: str) -> bool:
+        cmds = " ".join(self.processes().values())
+        return all(n in cmds for n in names)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def temp_entries(self) -> set[str]:
+        return {p.name for p in self.tmpdir.iterdir() if p.name.startswith("harness-")}
+
+    def signal_and_wait(self, sig: int, timeout: float = 30.0) -> tuple[int | None, float]:
+        started = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            code: int | None = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        return code, time.monotonic() - started
+
+
+def _ancestor_pids() -> set[int]:
+    out, pid = set(), os.getppid()
+    while pid > 1:
+        out.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return out
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., Runner]]:
+    """start(args) -> Runner; afterwards anything of the run still alive is killed."""
+    made: list[Runner] = []
+
+    def make(*args: str) -> Runner:
+        tmpdir, cwd = tmp_path / "tmp", tmp_path / "cwd"
+        tmpdir.mkdir()
+        cwd.mkdir()
+        env = {k: v for k, v in os.environ.items() if k not in STRIP and not k.endswith("_URL")}
+        env["TMPDIR"] = str(tmpdir)
+        log = tmp_path / "runner.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(list(args), cwd=cwd, env=env, stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        runner = Runner(proc, tmpdir, cwd, log)
+        made.append(runner)
+        return runner
+
+    yield make
+    for runner in made:
+        if runner.proc.poll() is None:
+            runner.proc.kill()
+            runner.proc.wait()
+        for pid in runner.processes():
+            with __import__("contextlib").suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _wait_started(runner: Runner, *names: str, marker: str | None = None,
+                  timeout: float = 150.0) -> dict[int, str]:
+    ok = wait_until(lambda: runner.proc.poll() is None and runner.has(*names)
+                    and (marker is None or marker in runner.output()), timeout, 0.2)
+    assert ok, (f"{names} / {marker!r} not seen (exit {runner.proc.poll()}):\n"
+                f"{runner.output()[-3000:]}")
+    runner.before = runner.temp_entries()
+    assert runner.before, "the run has no harness-* entry in its TMPDIR (nothing to check)"
+    return runner.processes()
+
+
+def _assert_stopped(runner: Runner, code: int | None, expected: int, took: float,
+                    before: dict[int, str], within: float = 5.0) -> None:
+    left: dict[int, str] = {}
+
+    def gone() -> bool:
+        nonlocal left
+        left = runner.processes()
+        return not left
+
+    signalled = time.monotonic() - took
+    wait_until(gone, within, 0.1)
+    cleared = time.monotonic() - signalled
+    out = runner.output()[-3000:]
+    problems = []
+    if code != expected:
+        problems.append(f"exit {code} (want {expected}) after {took:.2f} s")
+    if left:
+        problems.append(f"alive {within} s after the signal: {left} (before: {before})")
+    if runner.temp_entries():
+        problems.append(f"left in TMPDIR: {sorted(runner.temp_entries())}")
+    if list(runner.cwd.iterdir()):
+        problems.append(f"left in cwd: {list(runner.cwd.iterdir())}")
+    assert not problems, "; ".join(problems) + f"\n{out}"
+    print(f"\nexit {code} {took:.2f} s after the signal, no process left after "
+          f"{cleared:.2f} s; processes before {len(before)} ({_names(before)}), after 0; "
+          f"harness-* in TMPDIR before {len(runner.before)}, after 0")
+
+
+def _names(pids: dict[int, str]) -> str:
+    return ", ".join(sorted({Path(c.split()[0]).name if c.split() else "?"
+                             for c in pids.values()}))
+
+
+def _conformance(*args: str) -> list[str]:
+    return [str(BIN / "conformance"), "run", "--provider", "local", *args]
+
+
+@_needs("rabbitmq-server", "nats-server", "epmd")
+def test_sigterm_stops_conformance_run(start: Callable[..., Runner]) -> None:
+    runner = start(*_conformance("--adapter", "amqp", "--adapter", "nats", "--suite",
+                                 "contract"))
+    before = _wait_started(runner, "beam.smp", "nats-server", "epmd",
+                           marker="test_")
+    code, took = runner.signal_and_wait(signal.SIGTERM)
+    _assert_stopped(runner, code, 143, took, before)
+
+
+@_needs("redis-server", "nats-server", "mosquitto", "toxiproxy-server")
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGHUP, 129),
+                                           (signal.SIGTERM, 143)])
+def test_signals_stop_harness_up(start: Callable[..., Runner], sig: int, code: int) -> None:
+    runner = start(str(BIN / "harness"), "up", "--provider", "local", "redis", "nats",
+                   "mosquitto", "toxiproxy")
+    before = _wait_started(runner, "redis-server", "nats-server", "mosquitto",
+                           "toxiproxy-server", marker="running;")
+    got, took = runner.signal_and_wait(sig)
+    _assert_stopped(runner, got, code, took, before)
+
+
+@_needs("rabbitmq-server", "nats-server", "epmd")
+def test_sigterm_stops_harness_doctor(start: Callable[..., Runner]) -> None:
+    runner = start(str(BIN / "harness"), "doctor", "--provider", "local", "rabbitmq", "nats")
+    before = _wait_started(runner, "beam.smp", "epmd")
+    code, took = runner.signal_and_wait(signal.SIGTERM)
+    _assert_stopped(runner, code, 143, took, before)
+
+
+SESSION = '''
+import time
+
+def test_hold(nats, toxiproxy, fresh_service, proxied):
+    fresh_service("redis")
+    proxied(nats)
+    print("HOLDING", flush=True)
+    time.sleep(600)
+'''
+
+
+@_needs("redis-server", "nats-server", "toxiproxy-server")
+def test_sigterm_stops_a_pytest_session(start: Callable[..., Runner], tmp_path: Path) -> None:
+    (tmp_path / "test_hold.py").write_text(SESSION)
+    runner = start(sys.executable, "-m", "pytest", "-s", "-q", "-p", "no:cacheprovider",
+                   "--rootdir", str(tmp_path), "--provider", "local",
+                   str(tmp_path / "test_hold.py"))
+    before = _wait_started(runner, "redis-server", "nats-server", "toxiproxy-server",
+                           marker="HOLDING")
+    code, took = runner.signal_and_wait(signal.SIGTERM)
+    _assert_stopped(runner, code, 143, took, before)
+
+
+@_needs("redis-server", "nats-server")
+def test_sigterm_stops_deployment_service_processes(start: Callable[..., Runner]) -> None:
+    runner = start(*_conformance("--adapter", "nats", "--suite", "deployment"))
+    before = _wait_started(runner, "reference_services.deploy", "redis-server", "nats-server")
+    code, took = runner.signal_and_wait(signal.SIGTERM)
+    _assert_stopped(runner, code, 143, took, before)
+
+
+@_needs("rabbitmq-server", "nats-server", "epmd")
+def test_sigkill_of_conformance_run_takes_its_processes_along(
+        start: Callable[..., Runner]) -> None:
+    runner = start(*_conformance("--adapter", "amqp", "--adapter", "nats", "--suite",
+                                 "contract"))
+    before = _wait_started(runner, "beam.smp", "nats-server", "epmd",
+                           marker="test_")
+    code, took = runner.signal_and_wait(signal.SIGKILL)
+    _assert_stopped(runner, code, -signal.SIGKILL, took, before, within=10.0)
+
+
+@_needs("redis-server", "nats-server", "toxiproxy-server")
+def test_sigkill_takes_faults_service_processes_along(start: Callable[..., Runner]) -> None:
+    runner = start(*_conformance("--adapter", "queue_bridge:nats", "--suite", "faults",
+                                 "-k", "service"))
+    before = _wait_started(runner, "reference_services.deploy.faultwork", "nats-server")
+    code, took = runner.signal_and_wait(signal.SIGKILL)
+    _assert_stopped(runner, code, -signal.SIGKILL, took, before, within=10.0)
