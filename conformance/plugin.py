@@ -20,9 +20,8 @@ from typing import Any
 
 import pytest
 
-from . import preflight
+from . import preflight, workdirs
 from . import report as report_mod
-from . import workdirs
 from .adapters import AdapterContext, AdapterSpec, ServiceUnavailable, UsageError, resolve
 from .marks import CheckInfo
 from .results import result_row
