@@ -26,6 +26,7 @@ from harness import procs
 from harness.services.local_recipes import which
 
 BIN = Path(sys.executable).parent
+REPORT = "{report}"  # in a runner's arguments: its report dir (next to TMPDIR and cwd)
 STRIP = ("HARNESS_RUN_ID", "HARNESS_RUN_ROOT", "HARNESS_RUN_PARENT", "PYTEST_XDIST_WORKER",
          "PYTEST_XDIST_TESTRUNUID", "HARNESS_PROVIDER", "HARNESS_TMPDIR", "PYTEST_ADDOPTS")
 
@@ -121,6 +122,7 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Runner]]:
         env["TMPDIR"] = str(tmpdir)
         log = tmp_path / "runner.log"
         with log.open("wb") as out:
+            args = tuple(str(tmp_path / "report") if a == REPORT else a for a in args)
             proc = subprocess.Popen(list(args), cwd=cwd, env=env, stdout=out,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
@@ -183,7 +185,9 @@ def _names(pids: dict[int, str]) -> str:
 
 
 def _conformance(*args: str) -> list[str]:
-    return [str(BIN / "conformance"), "run", "--provider", "local", *args]
+    # the report dir is wanted output: outside the cwd, which must stay empty
+    return [str(BIN / "conformance"), "run", "--provider", "local", "--report-dir",
+            REPORT, *args]
 
 
 @_needs("rabbitmq-server", "nats-server", "epmd")
