@@ -73,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
         help="where brokers come from (default: $HARNESS_PROVIDER or auto)",
     )
     run.add_argument(
+        "--keep-services",
+        action="store_true",
+        help="leave the brokers running at the end (stop them with `harness down`)",
+    )
+    run.add_argument(
         "--report-dir",
         default=DEFAULT_REPORT_DIR,
         type=Path,
@@ -144,6 +149,8 @@ def pytest_args(args: argparse.Namespace, ini: Path) -> list[str]:
             )
         else:
             out += ["--provider", args.provider]
+    if getattr(args, "keep_services", False) and harness:
+        out.append("--keep-services")
     if args.report_dir:
         out += [
             "--cf-report-dir",

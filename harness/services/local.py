@@ -339,6 +339,10 @@ class LocalProvider(Provider):
         base = self.base_dir or str(run.current().temp_dir)  # removed when the run ends
         Path(base).mkdir(parents=True, exist_ok=True)
         data_dir = Path(tempfile.mkdtemp(prefix=f"harness-{service_name}-", dir=base))
+        if self.base_dir and not os.environ.get("HARNESS_KEEP_DIRS"):
+            # outside the run's temp dir: remove it also when the run is signalled
+            run.current().on_cleanup(lambda: shutil.rmtree(data_dir, ignore_errors=True),
+                                     f"remove {data_dir}")
         handle = LocalHandle(spec, data_dir)
         handle.start()
         return handle

@@ -82,13 +82,24 @@ def test_queue_bridge_ignoring_backoff_is_caught(tmp_path: Path) -> None:
 def test_service_without_idempotency_helper_is_caught(tmp_path: Path) -> None:
     """SIGKILL after the side effect, before the ack: without the idempotency helper the
     redelivered job repeats the effect, and the check reports the duplicate effect."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
     rows = run_faults(
-        tmp_path, "queue_bridge:redis", "sigkill_redelivery", env={"CF_FAULTS_IDEMPOTENT": "0"}
+        tmp_path,
+        "queue_bridge:redis",
+        "sigkill_redelivery",
+        env={"CF_FAULTS_IDEMPOTENT": "0", "TMPDIR": str(tmpdir)},
     )
     row = only(rows, "faults.service.sigkill_redelivery")
     assert row["status"] == "failed", row
     assert row["metrics"]["effects_duplicated"] >= 1, row["metrics"]
     assert "side effect(s) happened more than once" in row["message"], row["message"]
+    # the failing check's service logs are kept under the report dir, and named
+    kept = [Path(k) for k in row.get("kept", [])]
+    assert kept and all(k.is_relative_to((tmp_path / "kept").resolve()) for k in kept), row
+    assert any((k / "svc0.jsonl").is_file() for k in kept), [list(k.iterdir()) for k in kept]
+    assert f"(logs: {kept[0]})" in row["message"], row["message"]
+    assert not list(tmpdir.iterdir()), f"left in TMPDIR: {list(tmpdir.iterdir())}"
 
 
 def test_same_checks_pass_on_the_real_adapters(tmp_path: Path) -> None:

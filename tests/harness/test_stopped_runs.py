@@ -269,3 +269,22 @@ def test_sigkill_takes_faults_service_processes_along(start: Callable[..., Runne
     before = _wait_started(runner, "reference_services.deploy.faultwork", "nats-server")
     code, took = runner.signal_and_wait(signal.SIGKILL)
     _assert_stopped(runner, code, -signal.SIGKILL, took, before, within=10.0)
+
+
+@_needs("redis-server")
+def test_keep_services_then_harness_down(start: Callable[..., Runner]) -> None:
+    runner = start(*_conformance("--adapter", "queue_bridge:redis", "--suite", "contract",
+                                 "--keep-services", "-k", "delayed_job"))
+    runner.proc.wait(300)
+    out = runner.output()
+    kept = runner.processes()
+    assert any("redis-server" in c for c in kept.values()), f"redis not kept: {kept}\n{out}"
+    line = next((ln for ln in out.splitlines() if "harness down" in ln), "")
+    assert line, out[-3000:]
+    run_id = line.split()[-1]
+    env = {**os.environ, "TMPDIR": str(runner.tmpdir)}
+    down = subprocess.run([str(BIN / "harness"), "down", run_id], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert down.returncode == 0 and f"run {run_id}: stopped" in down.stdout, down
+    assert wait_until(lambda: not runner.processes(), 5.0), runner.processes()
+    assert not runner.temp_entries(), runner.temp_entries()
