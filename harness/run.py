@@ -447,7 +447,8 @@ def current() -> Run:
             root = os.environ.get(ROOT_ENV)
             if inherited and root == str(os.getpid()):
                 _current = Run(inherited, owner=True)
-            elif inherited and os.environ.get("PYTEST_XDIST_WORKER"):
+            elif inherited and os.environ.get("PYTEST_XDIST_WORKER") and root == str(
+                    os.getppid()):  # a worker of the runner, not a process a worker started
                 _current = Run(inherited, owner=False)
             else:
                 _current = _new_run()
