@@ -1,5 +1,5 @@
 """Command line: `harness doctor [--json] [--provider P]`, `harness up [names...]`,
-`harness down [RUN...]`.
+`harness down [RUN...]`, `harness images build|list [names...]`.
 
 `doctor` and `up` are runs (:mod:`harness.run`): SIGTERM, SIGINT or SIGHUP stop
 every service they started and exit 128 + the signal (143, 130, 129).
@@ -11,12 +11,13 @@ import argparse
 import json
 import signal
 import sys
+from pathlib import Path
 
 from harness import run
 from harness.doctor import run_doctor
 from harness.services.registry import ServiceSet
 from harness.services.select import PROVIDERS, select_provider
-from harness.services.spec import SERVICE_NAMES
+from harness.services.spec import SERVICE_NAMES, SPECS
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -75,8 +76,6 @@ def _down(args: argparse.Namespace) -> int:
             print("harness down: no services left running by harness up --keep or "
                   "--keep-services")
         return 1 if unknown else 0
-    from pathlib import Path
-
     for info in chosen:
         result = run.reap(info["run"], Path(info["temp_dir"]), info.get("hooks"))
         line = f"run {info['run']}: stopped {len(result['killed'])} processes"
@@ -84,6 +83,35 @@ def _down(args: argparse.Namespace) -> int:
             line += "; " + "; ".join(result["errors"])
         print(line)
     return 1 if unknown else 0
+
+
+def _images(args: argparse.Namespace) -> int:
+    from harness.images import ImageBuildError, build_images, images_missing
+    from harness.services.docker_engine import docker_client, docker_ping
+
+    reason = docker_ping()
+    if reason:
+        print(f"harness images: {reason} (start one with `make docker-engine`)", file=sys.stderr)
+        return 1
+    names = tuple(args.services or SERVICE_NAMES)
+    if args.action == "list":
+        client = docker_client()
+        try:
+            missing = set(images_missing(client, names))
+        finally:
+            client.close()
+        for name in names:
+            image = SPECS[name].image
+            print(f"{name}: {image} {'MISSING' if image in missing else 'present'}")
+        return 1 if missing else 0
+    try:
+        results = build_images(names, force=args.force, log=args.log)
+    except ImageBuildError as exc:
+        print(f"harness images build: {exc}", file=sys.stderr)
+        return 1
+    for res in results:
+        print(f"{res.image}: {res.action} ({res.seconds:.1f} s)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,12 +131,19 @@ def main(argv: list[str] | None = None) -> int:
     down = sub.add_parser("down", help="stop services left running by up --keep or "
                           "--keep-services")
     down.add_argument("runs", nargs="*", default=[], help="run ids (default: every kept run)")
+    img = sub.add_parser("images", help="build the service images from source (no registry)")
+    img.add_argument("action", choices=["build", "list"])
+    img.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    img.add_argument("--log", type=Path, default=None, help="append build output to this file")
+    img.add_argument("services", nargs="*", default=[], help=", ".join(SERVICE_NAMES))
     args = parser.parse_args(argv)
     if args.command == "down":
         return _down(args)
     unknown = [n for n in args.services if n not in SERVICE_NAMES]
     if unknown:
         parser.error(f"unknown services {unknown}; known: {', '.join(SERVICE_NAMES)}")
+    if args.command == "images":
+        return _images(args)
     with run.running():
         return _doctor(args) if args.command == "doctor" else _up(args)
 

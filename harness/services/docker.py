@@ -1,87 +1,165 @@
-"""Docker provider: the brokers as containers through testcontainers (same versions)."""
+"""Docker provider: the brokers as containers through testcontainers, from locally built images.
+
+Images come from `harness images build` (docker/images/*, Debian 12's packages, the versions
+the local provider runs); nothing is pulled unless HARNESS_DOCKER_PULL=1. Published ports bind
+to 127.0.0.1 only. Readiness is a protocol answer (AMQP open, MQTT CONNACK, NATS /healthz,
+Redis PONG, Toxiproxy /version) from a container started after the latest (re)start.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from testcontainers.core.wait_strategies import WaitStrategy
 
 from harness.errors import ServiceStartError, ServiceUnavailable
-from harness.services.base import Provider, ServiceHandle, tcp_open
+from harness.services import ready_probes
+from harness.services.base import Provider, ServiceHandle
+from harness.services.docker_engine import (
+    KEPT_PREFIX,
+    LABEL_INSTANCE,
+    LABEL_SERVICE,
+    docker_client,
+    docker_ping,
+    reap_once,
+    run_identity,
+)
 from harness.services.local import free_port
-from harness.services.local_recipes import http_ok, redis_pong
 from harness.services.spec import ServiceSpec, get_spec
 
 START_TIMEOUT = 120.0
+STOP_TIMEOUT = 30
+HOST = "127.0.0.1"
+PULL_ENV = "HARNESS_DOCKER_PULL"
+BUILD_HINT = "build the images with `harness images build` (or `make docker-engine`)"
 
-MOSQUITTO_CONF = (
-    "listener 1883\\nallow_anonymous true\\npersistence true\\n"
-    "persistence_location /mosquitto/data/\\nautosave_interval 1\\n"
-    "autosave_on_changes true\\nlog_dest stdout\\n"
-)
+__all__ = ["DockerHandle", "DockerProvider", "ProtocolReady", "docker_ping", "pull_allowed"]
 
 
-def docker_ping(timeout: float = 3.0) -> str | None:
-    """None when a Docker engine answers, else why not."""
-    try:
-        import docker
+def pull_allowed() -> bool:
+    """True when the user explicitly allows image pulls (HARNESS_DOCKER_PULL=1)."""
+    return os.environ.get(PULL_ENV, "").strip().lower() in ("1", "true", "yes")
 
-        client = docker.from_env(timeout=int(max(timeout, 1)))
-        try:
-            client.ping()
-        finally:
-            client.close()
-        return None
-    except Exception as exc:
-        text = str(exc)
-        if "FileNotFoundError" in text or "No such file" in text:
-            return "no Docker engine (no socket at DOCKER_HOST or /var/run/docker.sock)"
-        return f"no Docker engine ({type(exc).__name__}: {text[:100]})"
+
+def _configure_testcontainers() -> None:
+    from testcontainers.core.config import testcontainers_config as tc
+
+    # Ryuk's image cannot be pulled here; docker_engine's labels and reaper do its job.
+    tc.ryuk_disabled = True
+    # /.dockerenv makes testcontainers answer the bridge gateway; ports are on loopback.
+    if not tc.tc_host_override:
+        tc.tc_host_override = HOST
+
+
+class ProtocolReady(WaitStrategy):
+    """Ready when the container runs, was (re)started after `after`, and check() is true."""
+
+    def __init__(self, check: Callable[[], bool], after: str = "") -> None:
+        super().__init__()
+        self.check = check
+        self.after = after
+        self.with_poll_interval(0.1).with_startup_timeout(int(START_TIMEOUT))
+
+    def started_now(self, container: Any) -> bool:
+        """The engine says: running, not paused, started after `after`."""
+        wrapped = container.get_wrapped_container()
+        wrapped.reload()
+        state = wrapped.attrs.get("State", {})
+        return (bool(state.get("Running")) and not state.get("Paused")
+                and not state.get("Restarting") and state.get("StartedAt", "") != self.after)
+
+    def wait_until_ready(self, container: Any) -> None:
+        deadline = time.monotonic() + self._startup_timeout
+        while time.monotonic() < deadline:
+            if self.started_now(container) and self.check():
+                return
+            time.sleep(self._poll_interval)
+        raise TimeoutError(f"no protocol answer within {self._startup_timeout:.0f} s")
+
+
+def _checks(name: str, url: str, port: int, monitor: int) -> Callable[[], bool]:
+    if name == "rabbitmq":
+        parts = urlsplit(url)
+        return lambda: ready_probes.amqp_open(HOST, port, parts.username or "guest",
+                                              parts.password or "guest")
+    if name == "nats":
+        return lambda: ready_probes.http_ok(f"http://{HOST}:{monitor}/healthz")
+    if name == "redis":
+        return lambda: ready_probes.redis_pong(port)
+    if name == "mosquitto":
+        return lambda: ready_probes.mqtt_connack(HOST, port)
+    return lambda: ready_probes.http_ok(f"http://{HOST}:{port}/version")
 
 
 class DockerHandle(ServiceHandle):
-    """A service in a container with its ports bound to fixed host ports."""
+    """A service in a container, its ports published on 127.0.0.1 at fixed host ports."""
 
-    def __init__(self, spec: ServiceSpec, container: Any, host: str, port: int,
-                 ready: Callable[[], bool], log_path: Path) -> None:
-        super().__init__(spec, host, port, spec.image.rsplit(":", 1)[-1], "docker", log_path)
+    def __init__(self, spec: ServiceSpec, container: Any, port: int,
+                 check: Callable[[], bool], instance: str) -> None:
+        super().__init__(spec, HOST, port, spec.image.rsplit(":", 1)[-1], "docker", None)
         self.container = container
-        self._ready = ready
+        self.check = check
+        self.instance = instance
+        self._stopped = False
 
     @property
     def _wrapped(self) -> Any:
         return self.container.get_wrapped_container()
 
-    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
-        """Poll until the service answers or the deadline passes."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if tcp_open(self.host, self.port) and self._ready():
-                return
-            time.sleep(0.1)
-        self._save_logs()
-        raise ServiceStartError(self.name, f"not ready within {timeout:.0f} s", str(self.log_path))
+    @property
+    def container_name(self) -> str:
+        """The engine's name of the container (for `docker logs` and the like)."""
+        return str(self._wrapped.name)
 
-    def _save_logs(self) -> None:
+    def started_at(self) -> str:
+        """The engine's StartedAt of the container's latest start."""
+        self._wrapped.reload()
+        return str(self._wrapped.attrs.get("State", {}).get("StartedAt", ""))
+
+    def ready(self) -> bool:
+        """One look: running since its latest start and answering its protocol."""
+        return ProtocolReady(self.check).started_now(self.container) and self.check()
+
+    def wait_ready(self, timeout: float = START_TIMEOUT, after: str = "") -> None:
+        """Poll until ready (started after `after`, answering) or raise ServiceStartError."""
+        strategy = ProtocolReady(self.check, after).with_startup_timeout(int(timeout))
+        try:
+            strategy.wait_until_ready(self.container)
+        except TimeoutError as exc:
+            raise ServiceStartError(self.name, str(exc), self._save_logs()) from None
+
+    def _save_logs(self) -> str | None:
         with contextlib.suppress(Exception):
-            out, err = self.container.get_logs()
-            if self.log_path:
-                self.log_path.write_bytes(out + err)
+            fd, path = tempfile.mkstemp(prefix=f"harness-{self.name}-", suffix=".log")
+            with os.fdopen(fd, "wb") as out:
+                out.write(self._wrapped.logs())
+            self.log_path = Path(path)
+            return path
+        return None
 
     def restart(self, kill: bool = True) -> None:
+        before = self.started_at()
         if kill:
             self._wrapped.kill()
         else:
-            self._wrapped.stop(timeout=30)
+            self._wrapped.stop(timeout=STOP_TIMEOUT)
         self._wrapped.start()
-        self.wait_ready()
+        self.wait_ready(after=before)
 
     def start(self) -> None:
+        if self._stopped:
+            raise ServiceStartError(self.name, "its container was removed by stop()")
+        before = self.started_at()
         self._wrapped.start()
-        self.wait_ready()
+        self.wait_ready(after=before)
 
     def pause(self) -> None:
         self._wrapped.pause()
@@ -93,68 +171,124 @@ class DockerHandle(ServiceHandle):
         self._wrapped.kill()
 
     def stop(self) -> None:
-        self._save_logs()
+        """Remove the container (and its anonymous volumes); idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         with contextlib.suppress(Exception):
-            self.container.stop()
+            self.container.stop(force=True, delete_volume=True)
+
+    def detach(self) -> None:
+        """Leave the container running after this run: renamed so no reaper removes it."""
+        with contextlib.suppress(Exception):
+            self._wrapped.rename(f"{KEPT_PREFIX}{self.name}-{self.instance[:8]}")
+        self._stopped = True
 
     def is_running(self) -> bool:
         with contextlib.suppress(Exception):
-            self.container.reload()
-            return self.container.status == "running" and tcp_open(self.host, self.port)
+            return self.ready()
         return False
 
 
 class DockerProvider(Provider):
-    """Starts containers from the images in the specs (versions match Debian 12's packages)."""
+    """Starts containers from the locally built images the specs name (never pulls by default)."""
 
     name = "docker"
 
     def unavailable_reason(self, service_name: str) -> str | None:
-        get_spec(service_name)
-        return docker_ping()
+        spec = get_spec(service_name)
+        reason = docker_ping()
+        if reason:
+            return reason
+        if pull_allowed():
+            return None
+        client = docker_client(10.0)
+        try:
+            return None if _has_image(client, spec.image) else _missing(spec.image)
+        finally:
+            client.close()
 
     def start(self, service_name: str) -> DockerHandle:
         from testcontainers.core.container import DockerContainer
 
         spec = get_spec(service_name)
-        reason = self.unavailable_reason(service_name)
+        reason = docker_ping()
         if reason:
             raise ServiceUnavailable(service_name, f"docker provider: {reason}")
-        container = DockerContainer(spec.image)
-        host = "127.0.0.1"
-        port = free_port()
-        ready: Callable[[], bool] = lambda: True  # noqa: E731
-        if service_name == "toxiproxy":
-            # host network: proxies on 127.0.0.1:0 reach the other containers' host ports
-            container.with_kwargs(network_mode="host")
-            container.with_command(["-host", "127.0.0.1", "-port", str(port)])
-            ready = lambda: http_ok(f"http://127.0.0.1:{port}/version")  # noqa: E731
-        else:
-            container.with_bind_ports(spec.container_port, (host, port))  # type: ignore[arg-type]
-        if service_name == "rabbitmq":
-            container.with_kwargs(hostname="harness-rabbit")
-
-            def ready() -> bool:
-                out, _ = container.get_logs()
-                return b"Server startup complete" in out
-        elif service_name == "nats":
-            monitor = free_port()
-            container.with_bind_ports(8222, (host, monitor))  # type: ignore[arg-type]
-            container.with_command(["-js", "-sd", "/data", "-m", "8222"])
-            ready = lambda: http_ok(f"http://127.0.0.1:{monitor}/healthz")  # noqa: E731
-        elif service_name == "redis":
-            container.with_command(["redis-server", "--appendonly", "yes", "--appendfsync",
-                                    "always", "--save", ""])
-            ready = lambda: redis_pong(port)  # noqa: E731
-        elif service_name == "mosquitto":
-            container.with_command(["sh", "-c", f"printf '{MOSQUITTO_CONF}' > /tmp/m.conf "
-                                    "&& exec mosquitto -c /tmp/m.conf"])
-        log = Path(tempfile.mkstemp(prefix=f"harness-{service_name}-", suffix=".log")[1])
-        container.start()
-        handle = DockerHandle(spec, container, host, port, ready, log)
+        client = docker_client()
         try:
-            handle.wait_ready()
-        except BaseException:
-            handle.stop()
+            _ensure_image(client, spec)
+            reap_once(client)
+        finally:
+            client.close()
+        _configure_testcontainers()
+        instance = uuid.uuid4().hex
+        labels = {**run_identity().labels, LABEL_SERVICE: service_name, LABEL_INSTANCE: instance}
+        container = DockerContainer(spec.image).with_kwargs(labels=labels)
+        port, monitor = free_port(), 0
+        if service_name == "toxiproxy":
+            # host network: its proxies listen on 127.0.0.1 and reach the brokers' published
+            # ports there, as with the local provider
+            container.with_kwargs(network_mode="host")
+            container.with_command(["-host", HOST, "-port", str(port)])
+        else:
+            container.ports[str(spec.container_port)] = (HOST, port)  # type: ignore[assignment]
+        if service_name == "nats":
+            monitor = free_port()
+            container.ports["8222"] = (HOST, monitor)  # type: ignore[assignment]
+        check = _checks(service_name, spec.url_for(HOST, port), port, monitor)
+        container.waiting_for(ProtocolReady(check))
+        try:
+            container.start()
+        except BaseException as exc:
+            log = _failed_start_logs(container, service_name)
+            _remove_instance(instance)
+            if isinstance(exc, TimeoutError):
+                raise ServiceStartError(service_name, str(exc), log) from None
             raise
-        return handle
+        return DockerHandle(spec, container, port, check, instance)
+
+
+def _has_image(client: Any, image: str) -> bool:
+    import docker.errors
+
+    try:
+        client.images.get(image)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def _missing(image: str) -> str:
+    return f"image {image} is not in the engine and pulls are off; {BUILD_HINT}"
+
+
+def _ensure_image(client: Any, spec: ServiceSpec) -> None:
+    if _has_image(client, spec.image):
+        return
+    if not pull_allowed():
+        raise ServiceUnavailable(spec.name, f"docker provider: {_missing(spec.image)}",
+                                 hint=f"or set {PULL_ENV}=1 to pull it from your registry")
+    client.images.pull(spec.image)
+
+
+def _failed_start_logs(container: Any, name: str) -> str | None:
+    with contextlib.suppress(Exception):
+        data = container.get_wrapped_container().logs()
+        fd, path = tempfile.mkstemp(prefix=f"harness-{name}-", suffix=".log")
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        return path
+    return None
+
+
+def _remove_instance(instance: str) -> None:
+    # by label, so a container left "Created" by a failed start goes too
+    with contextlib.suppress(Exception):
+        client = docker_client(30.0)
+        try:
+            for c in client.containers.list(all=True,
+                                            filters={"label": f"{LABEL_INSTANCE}={instance}"}):
+                c.remove(force=True, v=True)
+        finally:
+            client.close()

@@ -16,7 +16,7 @@ class ServiceSpec:
     url_template: str
     binary: str
     env_vars: tuple[str, ...]
-    image: str
+    image: str  # built locally by `harness images build` (docker/images/<name>)
     container_port: int
     debian_package: str | None
 
@@ -32,7 +32,7 @@ SPECS: dict[str, ServiceSpec] = {
         url_template="amqp://guest:guest@{host}:{port}/",
         binary="/usr/lib/rabbitmq/bin/rabbitmq-server",
         env_vars=("RABBITMQ_URL", "AMQP_URL"),
-        image="rabbitmq:3.10.8",
+        image="purista-harness/rabbitmq:3.10.8",
         container_port=5672,
         debian_package="rabbitmq-server",
     ),
@@ -42,7 +42,7 @@ SPECS: dict[str, ServiceSpec] = {
         url_template="nats://{host}:{port}",
         binary="nats-server",
         env_vars=("NATS_URL",),
-        image="nats:2.9.10",
+        image="purista-harness/nats:2.9.10",
         container_port=4222,
         debian_package="nats-server",
     ),
@@ -52,7 +52,7 @@ SPECS: dict[str, ServiceSpec] = {
         url_template="redis://{host}:{port}/0",
         binary="redis-server",
         env_vars=("REDIS_URL",),
-        image="redis:7.0.15",
+        image="purista-harness/redis:7.0.15",
         container_port=6379,
         debian_package="redis-server",
     ),
@@ -62,7 +62,7 @@ SPECS: dict[str, ServiceSpec] = {
         url_template="mqtt://{host}:{port}",
         binary="mosquitto",
         env_vars=("MQTT_URL",),
-        image="eclipse-mosquitto:2.0.11",
+        image="purista-harness/mosquitto:2.0.11",
         container_port=1883,
         debian_package="mosquitto",
     ),
@@ -72,7 +72,7 @@ SPECS: dict[str, ServiceSpec] = {
         url_template="http://{host}:{port}",
         binary="toxiproxy-server",
         env_vars=("TOXIPROXY_URL",),
-        image="ghcr.io/shopify/toxiproxy:2.12.0",
+        image="purista-harness/toxiproxy:2.12.0",
         container_port=8474,
         debian_package=None,
     ),

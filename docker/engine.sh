@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# A Docker engine for the harness on a machine without one (Debian 12, root):
+#   docker/engine.sh install   apt-get install docker.io debootstrap docker-compose (if missing)
+#   docker/engine.sh start     start dockerd in the background (no-op if it answers already)
+#   docker/engine.sh stop      stop the dockerd this script started (its pid file), and its containers
+#   docker/engine.sh status    say whether it answers
+#
+# The daemon runs with --iptables=false --ip-forward=false --ip-masq=false: containers get
+# bridge addresses inside namespaces the daemon creates and cannot reach beyond this machine;
+# published ports work through docker-proxy on 127.0.0.1.
+#
+# HARNESS_DOCKER_SOCKET selects the socket (default /var/run/docker.sock, what every Docker
+# client finds by itself). Any other path gives a private daemon with its own data root,
+# exec root, pid file and log next to the socket (data under /var/lib/harness-docker/<name>);
+# point clients at it with DOCKER_HOST=unix://<path>.
+set -euo pipefail
+
+DEFAULT_SOCKET=/var/run/docker.sock
+SOCKET="${HARNESS_DOCKER_SOCKET:-$DEFAULT_SOCKET}"
+APT_PACKAGES=(docker.io debootstrap docker-compose)
+
+log() { printf '[docker-engine] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+case "$SOCKET" in
+  unix://*) SOCKET="${SOCKET#unix://}" ;;
+esac
+[[ "$SOCKET" == /* ]] || die "HARNESS_DOCKER_SOCKET must be an absolute path (got '$SOCKET')"
+
+if [ "$SOCKET" = "$DEFAULT_SOCKET" ] || [ "$SOCKET" = /run/docker.sock ]; then
+  DATA_ROOT=/var/lib/docker
+  EXEC_ROOT=/var/run/docker
+  PIDFILE=/var/run/harness-dockerd.pid
+  LOGFILE=/var/log/harness-dockerd.log
+else
+  dir=$(dirname "$SOCKET")
+  name=$(printf '%s' "$dir" | tr -c 'A-Za-z0-9' '_' | sed 's/^_*//')
+  DATA_ROOT="/var/lib/harness-docker/${name:-root}"
+  EXEC_ROOT="$dir/exec"
+  PIDFILE="$dir/dockerd.pid"
+  LOGFILE="$dir/dockerd.log"
+fi
+export DOCKER_HOST="unix://$SOCKET"
+
+answers() { timeout 5 docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+
+need_root() { [ "$(id -u)" = 0 ] || die "$1 needs root (re-run with sudo)"; }
+
+cmd_install() {
+  local missing=()
+  command -v dockerd >/dev/null 2>&1 || [ -x /usr/sbin/dockerd ] || missing+=(docker.io)
+  command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
+  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  if [ ${#missing[@]} = 0 ]; then log "docker.io, debootstrap and docker-compose present"; return; fi
+  need_root "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-cache show "${missing[@]}" >/dev/null 2>&1 || apt-get -o DPkg::Lock::Timeout=600 update -q
+  apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
+  # Debian may start the packaged daemon on the default socket; this script owns the engine.
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl disable --now docker.service docker.socket >/dev/null 2>&1 || true
+  fi
+}
+
+cmd_start() {
+  if answers; then log "an engine answers on $SOCKET already"; return; fi
+  need_root "starting dockerd"
+  local dockerd
+  dockerd=$(command -v dockerd || echo /usr/sbin/dockerd)
+  [ -x "$dockerd" ] || die "dockerd not found (run: docker/engine.sh install)"
+  mkdir -p "$(dirname "$SOCKET")" "$DATA_ROOT" "$EXEC_ROOT" "$(dirname "$LOGFILE")"
+  rm -f "$SOCKET"
+  log "starting dockerd on $SOCKET (data $DATA_ROOT, log $LOGFILE)"
+  # setsid: the daemon outlives this shell and make; it is stopped by `stop` (its pid file).
+  setsid "$dockerd" -H "unix://$SOCKET" --data-root "$DATA_ROOT" --exec-root "$EXEC_ROOT" \
+    --pidfile "$PIDFILE" --iptables=false --ip-forward=false --ip-masq=false \
+    >>"$LOGFILE" 2>&1 < /dev/null &
+  local deadline=$((SECONDS + 30))
+  until answers; do
+    if ! kill -0 $! 2>/dev/null; then tail -n 20 "$LOGFILE" >&2; die "dockerd exited"; fi
+    [ $SECONDS -lt $deadline ] || { tail -n 20 "$LOGFILE" >&2; die "dockerd not answering after 30 s"; }
+    sleep 0.2
+  done
+  log "engine $(docker version --format '{{.Server.Version}}') answers on $SOCKET"
+}
+
+cmd_stop() {
+  if [ ! -s "$PIDFILE" ]; then
+    if answers; then log "an engine answers on $SOCKET but was not started by this script; left alone"
+    else log "no engine running on $SOCKET"; fi
+    return
+  fi
+  local pid
+  pid=$(cat "$PIDFILE")
+  if ! kill -0 "$pid" 2>/dev/null; then log "dockerd $pid is gone"; rm -f "$PIDFILE"; return; fi
+  if answers; then
+    local ids
+    ids=$(docker ps -aq --filter label=org.purista-harness.run 2>/dev/null || true)
+    # shellcheck disable=SC2086
+    [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1 || true
+  fi
+  log "stopping dockerd $pid"
+  kill -TERM "$pid"
+  local deadline=$((SECONDS + 30))
+  while kill -0 "$pid" 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || { log "dockerd $pid ignores SIGTERM; SIGKILL"; kill -KILL "$pid"; }
+    sleep 0.2
+  done
+  rm -f "$PIDFILE" "$SOCKET"
+  log "stopped"
+}
+
+cmd_status() {
+  if answers; then log "engine answers on $SOCKET"; else log "no engine on $SOCKET"; return 1; fi
+}
+
+case "${1:-}" in
+  install) cmd_install ;;
+  start) cmd_start ;;
+  stop) cmd_stop ;;
+  status) cmd_status ;;
+  *) die "usage: $0 install|start|stop|status (socket: HARNESS_DOCKER_SOCKET, default $DEFAULT_SOCKET)" ;;
+esac

@@ -1,0 +1,199 @@
+"""`harness images build`: the service images built from source, no registry.
+
+A base image from ``debootstrap --variant=minbase bookworm`` (the Debian mirror apt already
+uses) imported into the engine, then one image per service from ``docker/images/<service>``
+``FROM`` that base, installing the same Debian packages the local provider runs. Idempotent:
+an image whose recipe (Dockerfile, context files, base image id) is unchanged is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.services.docker_engine import docker_client
+from harness.services.local_recipes import local_version, which
+from harness.services.spec import SERVICE_NAMES, get_spec
+
+BASE_IMAGE = "purista-harness/debian:bookworm"
+SUITE = "bookworm"
+RECIPE_LABEL = "org.purista-harness.recipe"
+IMAGES_DIR = Path(__file__).resolve().parents[1] / "docker" / "images"
+SOURCES_FILES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
+
+
+class ImageBuildError(RuntimeError):
+    """A base or service image could not be built (the message says what and why)."""
+
+
+@dataclass
+class BuildResult:
+    """What happened to one image."""
+
+    image: str
+    action: str  # "built" or "kept"
+    seconds: float
+
+
+def apt_mirror(files: Iterable[Path] = SOURCES_FILES) -> tuple[str, Path]:
+    """The Debian mirror apt uses for bookworm, and the sources file that names it."""
+    for path in files:
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        if path.suffix == ".sources":
+            for stanza in text.split("\n\n"):
+                fields = _deb822(stanza)
+                if "deb" in fields.get("types", "").split() and SUITE in fields.get(
+                        "suites", "").split():
+                    return fields["uris"].split()[0], path
+        else:
+            for line in text.splitlines():
+                words = [w for w in line.split() if not w.startswith("[")]
+                if len(words) >= 3 and words[0] == "deb" and words[2] == SUITE:
+                    return words[1], path
+    names = ", ".join(str(p) for p in files)
+    raise ImageBuildError(f"no 'deb ... {SUITE}' mirror in {names}; cannot debootstrap the base")
+
+
+def _deb822(stanza: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in stanza.splitlines():
+        if line.startswith("#") or ":" not in line or line[:1].isspace():
+            continue
+        key, _, value = line.partition(":")
+        fields[key.strip().lower()] = value.strip()
+    return fields
+
+
+def _image(client: Any, name: str) -> Any | None:
+    import docker.errors
+
+    try:
+        return client.images.get(name)
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def build_base(client: Any, force: bool = False, log: Path | None = None) -> BuildResult:
+    """debootstrap a minimal bookworm and `docker import` it as BASE_IMAGE."""
+    started = time.monotonic()
+    if not force and _image(client, BASE_IMAGE) is not None:
+        return BuildResult(BASE_IMAGE, "kept", 0.0)
+    debootstrap = which("debootstrap")
+    if debootstrap is None:
+        raise ImageBuildError("debootstrap is not installed (make docker-engine installs it)")
+    if os.geteuid() != 0:
+        raise ImageBuildError("building the base image needs root (debootstrap)")
+    mirror, sources = apt_mirror()
+    work = Path(tempfile.mkdtemp(prefix="harness-base-", dir="/var/tmp"))
+    try:
+        root = work / "root"
+        with (log or Path(os.devnull)).open("ab") as out:
+            proc = subprocess.run([debootstrap, "--variant=minbase", SUITE, str(root), mirror],
+                                  stdout=out, stderr=subprocess.STDOUT, check=False)
+        if proc.returncode != 0:
+            raise ImageBuildError(f"debootstrap failed (exit {proc.returncode}); see {log}")
+        apt_dir = root / "etc/apt"
+        if sources.suffix == ".sources":
+            shutil.copy(sources, apt_dir / "sources.list.d" / sources.name)
+            (apt_dir / "sources.list").unlink(missing_ok=True)
+        else:
+            shutil.copy(sources, apt_dir / "sources.list")
+        for junk in ("var/lib/apt/lists", "var/cache/apt"):
+            for entry in (root / junk).glob("*"):
+                if entry.is_file():
+                    entry.unlink()
+        policy = root / "usr/sbin/policy-rc.d"
+        policy.write_text("#!/bin/sh\n# no daemons start inside image builds\nexit 101\n")
+        policy.chmod(0o755)
+        archive = work / "base.tar"
+        with tarfile.open(archive, "w") as tar:
+            tar.add(root, arcname=".")
+        repo, tag = BASE_IMAGE.rsplit(":", 1)
+        client.api.import_image(src=str(archive), repository=repo, tag=tag)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return BuildResult(BASE_IMAGE, "built", time.monotonic() - started)
+
+
+def _context(name: str, dest: Path) -> None:
+    src = IMAGES_DIR / name
+    if not (src / "Dockerfile").is_file():
+        raise ImageBuildError(f"no Dockerfile for {name!r} under {IMAGES_DIR}")
+    shutil.copytree(src, dest, dirs_exist_ok=True)
+    if name == "toxiproxy":
+        binary = which("toxiproxy-server")
+        if binary is None:
+            raise ImageBuildError("toxiproxy-server is not installed (run: make services)")
+        want = get_spec(name).image.rsplit(":", 1)[-1]
+        have = local_version("toxiproxy")
+        if have != want:
+            raise ImageBuildError(f"{binary} is toxiproxy {have}, the image needs {want}")
+        shutil.copy(binary, dest / "toxiproxy-server")
+
+
+def _recipe_hash(context: Path, base_id: str) -> str:
+    digest = hashlib.sha256(base_id.encode())
+    for path in sorted(p for p in context.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(context)).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:32]
+
+
+def build_service(client: Any, name: str, force: bool = False,
+                  log: Path | None = None) -> BuildResult:
+    """Build one service's image (tagged as its spec names it) unless it is up to date."""
+    started = time.monotonic()
+    image = get_spec(name).image
+    base = _image(client, BASE_IMAGE)
+    if base is None:
+        raise ImageBuildError(f"base image {BASE_IMAGE} is missing (build it first)")
+    with tempfile.TemporaryDirectory(prefix=f"harness-image-{name}-") as tmp:
+        context = Path(tmp)
+        _context(name, context)
+        recipe = _recipe_hash(context, base.id)
+        current = _image(client, image)
+        if not force and current is not None and current.labels.get(RECIPE_LABEL) == recipe:
+            return BuildResult(image, "kept", 0.0)
+        lines: list[str] = []
+        try:
+            # network_mode host: the build's apt-get reaches the mirror like the host does
+            # (the daemon runs without NAT); pull=False: FROM is the local base image.
+            for chunk in client.api.build(path=str(context), tag=image, network_mode="host",
+                                          pull=False, rm=True, forcerm=True, decode=True,
+                                          labels={RECIPE_LABEL: recipe}):
+                lines.append(chunk.get("stream") or chunk.get("error") or "")
+                if "error" in chunk:
+                    raise ImageBuildError(f"{image}: {chunk['error'].strip()}")
+        finally:
+            if log is not None:
+                with log.open("a") as out:
+                    out.write("".join(lines))
+    return BuildResult(image, "built", time.monotonic() - started)
+
+
+def images_missing(client: Any, names: Iterable[str] = SERVICE_NAMES) -> list[str]:
+    """The spec images of these services that the engine does not have."""
+    return [get_spec(n).image for n in names if _image(client, get_spec(n).image) is None]
+
+
+def build_images(names: Iterable[str] = SERVICE_NAMES, force: bool = False,
+                 log: Path | None = None) -> list[BuildResult]:
+    """Build the base and the service images (idempotent); one result per image."""
+    client = docker_client()
+    try:
+        results = [build_base(client, force, log)]
+        results += [build_service(client, n, force, log) for n in names]
+        return results
+    finally:
+        client.close()

@@ -1,0 +1,156 @@
+"""The Docker engine as the harness sees it: client, ping, run labels and the stale-run reaper.
+
+Every container the harness starts carries labels naming the run that owns it (a run is one
+process: a pytest worker, `conformance run`, `harness up`). At a run's first container start,
+containers of runs that are provably dead on this host (same hostname, and another boot or no
+live process with the recorded pid and start time) are removed: what testcontainers' Ryuk
+reaper does, without its image, and also after SIGKILL of the runner.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import socket
+import threading
+import uuid
+from typing import Any
+
+LABEL_RUN = "org.purista-harness.run"
+LABEL_PID = "org.purista-harness.pid"
+LABEL_PID_START = "org.purista-harness.pid-start"
+LABEL_HOST = "org.purista-harness.host"
+LABEL_BOOT = "org.purista-harness.boot"
+LABEL_SERVICE = "org.purista-harness.service"
+LABEL_INSTANCE = "org.purista-harness.instance"
+KEPT_PREFIX = "purista-harness-kept-"
+
+
+def docker_client(timeout: float = 60.0) -> Any:
+    """A docker-py client from the environment (DOCKER_HOST or the default socket)."""
+    import docker
+
+    return docker.from_env(timeout=int(max(timeout, 1)))
+
+
+def docker_ping(timeout: float = 3.0) -> str | None:
+    """None when a Docker engine answers, else why not."""
+    try:
+        client = docker_client(timeout)
+        try:
+            client.ping()
+        finally:
+            client.close()
+        return None
+    except Exception as exc:
+        text = str(exc)
+        where = os.environ.get("DOCKER_HOST") or "/var/run/docker.sock"
+        if "FileNotFoundError" in text or "No such file" in text or "ConnectionRefused" in text:
+            return f"no Docker engine answers at {where}"
+        return f"no Docker engine at {where} ({type(exc).__name__}: {text[:100]})"
+
+
+def _boot_id() -> str:
+    with contextlib.suppress(OSError):
+        return open("/proc/sys/kernel/random/boot_id").read().strip()
+    return "unknown"
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of a live process (clock ticks since boot), None when it is gone."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return None
+    # the command name (field 2) may contain spaces and parentheses: split after the last ')'
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+class RunIdentity:
+    """This process as the owner of containers (labels) and its own cleanup at exit."""
+
+    def __init__(self) -> None:
+        self.run_id = uuid.uuid4().hex[:16]
+        self.pid = os.getpid()
+        self.labels = {
+            LABEL_RUN: self.run_id,
+            LABEL_PID: str(self.pid),
+            LABEL_PID_START: process_start(self.pid) or "unknown",
+            LABEL_HOST: socket.gethostname(),
+            LABEL_BOOT: _boot_id(),
+        }
+        self.reaped = False
+        self.lock = threading.Lock()
+
+
+_IDENTITY: RunIdentity | None = None
+_IDENTITY_LOCK = threading.Lock()
+
+
+def run_identity() -> RunIdentity:
+    """The identity of this process (a new one after fork), registering its exit cleanup."""
+    global _IDENTITY
+    with _IDENTITY_LOCK:
+        if _IDENTITY is None or _IDENTITY.pid != os.getpid():
+            _IDENTITY = RunIdentity()
+            atexit.register(remove_run_containers, _IDENTITY.run_id)
+        return _IDENTITY
+
+
+def owner_alive(labels: dict[str, str]) -> bool | None:
+    """True/False when the owning run's liveness is known on this host, None otherwise."""
+    if labels.get(LABEL_HOST) != socket.gethostname():
+        return None  # another machine sharing this engine: not ours to judge
+    if labels.get(LABEL_BOOT) != _boot_id():
+        return False
+    try:
+        pid = int(labels.get(LABEL_PID, ""))
+    except ValueError:
+        return False
+    started = process_start(pid)
+    return started is not None and started == labels.get(LABEL_PID_START)
+
+
+def _remove(container: Any) -> bool:
+    try:
+        container.remove(force=True, v=True)
+        return True
+    except Exception:
+        return False
+
+
+def reap_stale(client: Any) -> list[str]:
+    """Remove labelled containers of dead runs on this host; the names removed."""
+    removed = []
+    for container in client.containers.list(all=True, filters={"label": LABEL_RUN}):
+        if container.name.startswith(KEPT_PREFIX):
+            continue  # left running on purpose (--keep / --keep-services)
+        if owner_alive(container.labels) is False and _remove(container):
+            removed.append(container.name)
+    return removed
+
+
+def reap_once(client: Any) -> list[str]:
+    """reap_stale() the first time this process starts a container."""
+    identity = run_identity()
+    with identity.lock:
+        if identity.reaped:
+            return []
+        identity.reaped = True
+        return reap_stale(client)
+
+
+def remove_run_containers(run_id: str) -> int:
+    """Remove every container of one run except those kept on purpose; how many."""
+    count = 0
+    with contextlib.suppress(Exception):
+        client = docker_client(10.0)
+        try:
+            for container in client.containers.list(all=True,
+                                                    filters={"label": f"{LABEL_RUN}={run_id}"}):
+                if not container.name.startswith(KEPT_PREFIX) and _remove(container):
+                    count += 1
+        finally:
+            client.close()
+    return count
