@@ -229,7 +229,7 @@ class DockerProvider(Provider):
         if service_name == "toxiproxy":
             # host network: its proxies listen on 127.0.0.1 and reach the brokers' published
             # ports there, as with the local provider
-            container.with_kwargs(network_mode="host")
+            container.with_kwargs(network_mode="host", labels=labels)  # replaces kwargs
             container.with_command(["-host", HOST, "-port", str(port)])
         else:
             container.ports[str(spec.container_port)] = (HOST, port)  # type: ignore[assignment]
