@@ -6,8 +6,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REPORT_DIR ?= reports/conformance
 PYTEST_ARGS ?=
+# The engine `make docker-engine` starts: the standard socket by default (every Docker client
+# finds it); set another path for a private engine and export DOCKER_HOST=unix://<path>.
+DOCKER_ENGINE_SOCKET ?= /var/run/docker.sock
+ENGINE := HARNESS_DOCKER_SOCKET=$(DOCKER_ENGINE_SOCKET) bash docker/engine.sh
 
-.PHONY: setup venv services conformance conformance-all faults test lint format clean
+.PHONY: setup venv services conformance conformance-all faults test lint format clean \
+	docker-engine docker-engine-stop docker-images
 
 setup: venv services
 
@@ -36,7 +41,20 @@ faults: setup
 test: setup
 	$(PY) -m pytest --require-services $(PYTEST_ARGS)
 
-SHELL_SCRIPTS := docker/install-local-services.sh .ci/run
+## A Docker engine here (docker.io, debootstrap, dockerd without NAT) and the service
+## images built from source; the docker provider is then auto-selected.
+docker-engine: venv services
+	$(ENGINE) install
+	$(ENGINE) start
+	$(MAKE) docker-images
+
+docker-images: venv
+	DOCKER_HOST=unix://$(DOCKER_ENGINE_SOCKET) $(VENV)/bin/harness images build
+
+docker-engine-stop:
+	$(ENGINE) stop
+
+SHELL_SCRIPTS := docker/install-local-services.sh docker/engine.sh .ci/run
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Install the brokers the harness runs as local processes (Debian/Ubuntu):
 #   rabbitmq-server nats-server redis-server mosquitto (apt) and toxiproxy-server (go install).
-# Idempotent: a fast no-op when every binary exists, and nothing to do when a Docker
-# engine answers (the harness then uses containers). Root installs to /usr/local/bin,
-# others to ~/.local/bin (apt needs root: run with sudo if you are not root).
+# Idempotent: a fast no-op when every binary exists. Also wanted with a Docker engine: the
+# toxiproxy image copies this toxiproxy-server in, and an engine without the harness images
+# is not selected. Root installs to /usr/local/bin, others to ~/.local/bin (apt needs root).
 #
 # Options:
 #   --force        run every branch even when everything is present: re-check the apt
@@ -53,10 +53,6 @@ missing_apt() {
   have mosquitto || out+=(mosquitto)
   [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && have epmd || out+=(rabbitmq-server)
   echo "${out[@]:-}"
-}
-
-docker_answers() {
-  command -v docker >/dev/null 2>&1 && timeout 5 docker info >/dev/null 2>&1
 }
 
 stop_system_service() {
@@ -140,9 +136,6 @@ main() {
   fi
   if [ -z "$apt_missing" ] && have_toxiproxy; then
     log "all services present"; return 0
-  fi
-  if docker_answers; then
-    log "a Docker engine answers: the harness uses containers, nothing to install"; return 0
   fi
   if [ -n "$apt_missing" ]; then
     # shellcheck disable=SC2086

@@ -19,7 +19,7 @@ import pytest
 from docker_helpers import containers_of, engine_or_skip, recording_proxy
 from harness_helpers import wait_until
 
-from harness.errors import ServiceStartError, ServiceUnavailable
+from harness.errors import ServiceUnavailable
 from harness.probes import probe
 from harness.services import docker as docker_mod
 from harness.services import ready_probes
@@ -147,7 +147,7 @@ def test_a_failed_start_leaves_no_container(
     monkeypatch.setattr(docker_mod, "free_port", lambda: taken)
     before = {c.id for c in containers_of(engine, pid=os.getpid())}
     try:
-        with pytest.raises(Exception, match="address already in use|port is already"):
+        with pytest.raises(Exception, match=r"address already in use|port is already"):
             provider.start("redis")
     finally:
         holder.close()
@@ -233,7 +233,8 @@ def test_no_container_remains_after_a_passing_or_failing_run(
         engine: Any, tmp_path: Path, outcome: str) -> None:
     (tmp_path / "test_run.py").write_text(RUN.format(outcome=outcome))
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                             "--provider", "docker", "--require-services", str(tmp_path / "test_run.py")],
+                             "--provider", "docker", "--require-services",
+                             str(tmp_path / "test_run.py")],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     out, _ = proc.communicate(timeout=300)
