@@ -17,7 +17,6 @@ set -euo pipefail
 
 DEFAULT_SOCKET=/var/run/docker.sock
 SOCKET="${HARNESS_DOCKER_SOCKET:-$DEFAULT_SOCKET}"
-APT_PACKAGES=(docker.io debootstrap docker-compose)
 
 log() { printf '[docker-engine] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from testcontainers.core.wait_strategies import WaitStrategy
 
+from harness import run
 from harness.errors import ServiceStartError, ServiceUnavailable
 from harness.services import ready_probes
 from harness.services.base import Provider, ServiceHandle
@@ -109,6 +110,7 @@ class DockerHandle(ServiceHandle):
         self.check = check
         self.instance = instance
         self._stopped = False
+        self._cleanup: int | None = None
 
     @property
     def _wrapped(self) -> Any:
@@ -175,14 +177,21 @@ class DockerHandle(ServiceHandle):
         if self._stopped:
             return
         self._stopped = True
+        self._forget_cleanup()
         with contextlib.suppress(Exception):
             self.container.stop(force=True, delete_volume=True)
+
+    def _forget_cleanup(self) -> None:
+        if self._cleanup is not None:
+            run.current().cancel_cleanup(self._cleanup)
+            self._cleanup = None
 
     def detach(self) -> None:
         """Leave the container running after this run: renamed so no reaper removes it."""
         with contextlib.suppress(Exception):
             self._wrapped.rename(f"{KEPT_PREFIX}{self.name}-{self.instance[:8]}")
         self._stopped = True
+        self._forget_cleanup()
 
     def is_running(self) -> bool:
         with contextlib.suppress(Exception):
@@ -246,7 +255,10 @@ class DockerProvider(Provider):
             if isinstance(exc, TimeoutError):
                 raise ServiceStartError(service_name, str(exc), log) from None
             raise
-        return DockerHandle(spec, container, port, check, instance)
+        handle = DockerHandle(spec, container, port, check, instance)
+        # the run's end or a signal removes it even when nobody calls stop()
+        handle._cleanup = run.current().on_cleanup(handle.stop, f"docker {service_name}")
+        return handle
 
 
 def _has_image(client: Any, image: str) -> bool:

@@ -1,7 +1,8 @@
 """The Docker engine as the harness sees it: client, ping, run labels and the stale-run reaper.
 
-Every container the harness starts carries labels naming the run that owns it (a run is one
-process: a pytest worker, `conformance run`, `harness up`). At a run's first container start,
+Every container the harness starts carries labels naming the run that owns it
+(:mod:`harness.run`: one `conformance run`, `harness up|doctor` or pytest session, its
+xdist workers included) and the process that started it. At a process's first container start,
 containers of runs that are provably dead on this host (same hostname, and another boot or no
 live process with the recorded pid and start time) are removed: what testcontainers' Ryuk
 reaper does, without its image, and also after SIGKILL of the runner.
@@ -14,7 +15,6 @@ import contextlib
 import os
 import socket
 import threading
-import uuid
 from typing import Any
 
 LABEL_RUN = "org.purista-harness.run"
@@ -68,10 +68,13 @@ def process_start(pid: int) -> str | None:
 
 
 class RunIdentity:
-    """This process as the owner of containers (labels) and its own cleanup at exit."""
+    """This process as the owner of containers: the run's id (:mod:`harness.run`, shared
+    by xdist workers) plus this process's pid and start time, hostname and boot id."""
 
     def __init__(self) -> None:
-        self.run_id = uuid.uuid4().hex[:16]
+        from harness import run
+
+        self.run_id = run.current().id
         self.pid = os.getpid()
         self.labels = {
             LABEL_RUN: self.run_id,
@@ -82,6 +85,10 @@ class RunIdentity:
         }
         self.reaped = False
         self.lock = threading.Lock()
+        # the run's end, its signal handler, its reaper process (runner SIGKILLed) and
+        # `harness down` remove the run's containers; at exit this process removes its own
+        run.register_reap_hook(f"{__name__}:remove_run_containers")
+        atexit.register(remove_owned_containers, self.run_id, self.pid)
 
 
 _IDENTITY: RunIdentity | None = None
@@ -89,12 +96,11 @@ _IDENTITY_LOCK = threading.Lock()
 
 
 def run_identity() -> RunIdentity:
-    """The identity of this process (a new one after fork), registering its exit cleanup."""
+    """The identity of this process (a new one after fork)."""
     global _IDENTITY
     with _IDENTITY_LOCK:
         if _IDENTITY is None or _IDENTITY.pid != os.getpid():
             _IDENTITY = RunIdentity()
-            atexit.register(remove_run_containers, _IDENTITY.run_id)
         return _IDENTITY
 
 
@@ -141,16 +147,29 @@ def reap_once(client: Any) -> list[str]:
         return reap_stale(client)
 
 
-def remove_run_containers(run_id: str) -> int:
-    """Remove every container of one run except those kept on purpose; how many."""
+def _remove_labelled(labels: list[str], keep_kept: bool) -> int:
     count = 0
     with contextlib.suppress(Exception):
         client = docker_client(10.0)
         try:
-            for container in client.containers.list(all=True,
-                                                    filters={"label": f"{LABEL_RUN}={run_id}"}):
-                if not container.name.startswith(KEPT_PREFIX) and _remove(container):
-                    count += 1
+            for container in client.containers.list(all=True, filters={"label": labels}):
+                if keep_kept and container.name.startswith(KEPT_PREFIX):
+                    continue
+                count += _remove(container)
         finally:
             client.close()
     return count
+
+
+def remove_run_containers(run_id: str) -> int:
+    """Remove every container of a run, kept ones included (the run's reap hook); how many."""
+    if docker_ping(3.0) is not None:
+        return 0
+    return _remove_labelled([f"{LABEL_RUN}={run_id}"], keep_kept=False)
+
+
+def remove_owned_containers(run_id: str, pid: int) -> int:
+    """Remove the containers this process started for the run, except kept ones."""
+    if docker_ping(3.0) is not None:
+        return 0
+    return _remove_labelled([f"{LABEL_RUN}={run_id}", f"{LABEL_PID}={pid}"], keep_kept=True)
