@@ -241,3 +241,39 @@ def test_no_container_remains_after_a_passing_or_failing_run(
     assert proc.returncode == (0 if outcome == "True" else 1), out
     assert ("1 passed" if outcome == "True" else "1 failed") in out, out
     assert containers_of(engine, pid=proc.pid) == []
+
+
+HOLD = textwrap.dedent("""
+    import time
+
+    def test_holds_containers(redis, fresh_service):
+        fresh_service("nats")
+        print("HOLDING", flush=True)
+        time.sleep(600)
+""")
+
+
+@pytest.mark.parametrize(("sig", "within"), [(signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)])
+def test_a_stopped_or_killed_pytest_run_leaves_no_container(
+        engine: Any, tmp_path: Path, sig: signal.Signals, within: float) -> None:
+    (tmp_path / "test_hold.py").write_text(HOLD)
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-s", "-p",
+                             "no:cacheprovider", "--provider", "docker", "--require-services",
+                             str(tmp_path / "test_hold.py")],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "HOLDING" in line:
+                break
+        assert len(containers_of(engine, pid=proc.pid)) == 2
+        proc.send_signal(sig)
+        code = proc.wait(30)
+        gone = wait_until(lambda: not containers_of(engine, pid=proc.pid), within, 0.2)
+        assert gone, [c.name for c in containers_of(engine, pid=proc.pid)]
+        if sig == signal.SIGTERM:
+            assert code == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
