@@ -248,6 +248,8 @@ def run(args: argparse.Namespace) -> int:
     # and its temp dir (ini, broker data, check work dirs) goes at the end
     with harness_run.running() as current, _redacted_output():
         tmp = current.mkdtemp("conformance-")
+        # Hypothesis' example database: not a .hypothesis dir in the user's cwd
+        os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(tmp / "hypothesis"))
         ini = tmp / "pytest.ini"
         ini.write_text(_INI)
         extra = [] if _has_basetemp(args.pytest_args) else ["--basetemp", str(tmp / "pytest")]

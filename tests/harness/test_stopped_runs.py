@@ -200,6 +200,22 @@ def test_sigterm_stops_conformance_run(start: Callable[..., Runner]) -> None:
     _assert_stopped(runner, code, 143, took, before)
 
 
+@_needs("redis-server", "nats-server")
+def test_sigterm_stops_conformance_run_with_xdist_workers(start: Callable[..., Runner]) -> None:
+    runner = start(*_conformance("--adapter", "nats", "--adapter", "redis", "--suite",
+                                 "contract", "-n", "2"))
+
+    def both_workers_have_brokers() -> bool:
+        cmds = list(runner.processes().values())
+        return (sum("nats-server" in c for c in cmds) >= 2
+                and sum("redis-server" in c for c in cmds) >= 2)
+
+    assert wait_until(both_workers_have_brokers, 150.0, 0.2), runner.output()[-3000:]
+    before = _wait_started(runner, "exec(eval(")  # the xdist workers
+    code, took = runner.signal_and_wait(signal.SIGTERM)
+    _assert_stopped(runner, code, 143, took, before)
+
+
 @_needs("redis-server", "nats-server", "mosquitto", "toxiproxy-server")
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGHUP, 129),
                                            (signal.SIGTERM, 143)])
