@@ -42,6 +42,7 @@ PARENT_ENV = "HARNESS_RUN_PARENT"
 ROOT_ENV = "HARNESS_RUN_ROOT"
 TEMP_PREFIX = "harness-run-"
 KEPT_FILE = "kept.json"
+OWNER_FILE = "owner.json"
 SESSIONS_FILE = "sessions"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 REAP_TIMEOUT_S = 5.0
@@ -290,6 +291,8 @@ class Run:
         self._reaper: subprocess.Popen[bytes] | None = None
         self._signalled = False
         self.sessions: dict[int, str] = {}  # the session leaders this process started
+        if owner:
+            self._write_owner()
 
     def __repr__(self) -> str:
         return f"<Run {self.id} pid {self.pid} {'owner' if self.owner else 'member'}>"
@@ -410,7 +413,15 @@ class Run:
              str(self.temp_dir)],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env=env, start_new_session=True, close_fds=True)
+        self._write_owner(reaper=self._reaper.pid, reaper_start=_pid_start(self._reaper.pid))
         self.write_hooks()
+
+    def _write_owner(self, **extra: Any) -> None:
+        """Who handles this run (for :func:`reap_stale` of a later run)."""
+        info = {"run": self.id, "pid": self.pid, "start": _pid_start(self.pid),
+                "host": socket.gethostname(), **extra}
+        with contextlib.suppress(OSError):
+            (self.temp_dir / OWNER_FILE).write_text(json.dumps(info))
 
     def _stop_reaper(self, reap_now: bool) -> None:
         proc, self._reaper = self._reaper, None
@@ -472,12 +483,43 @@ def _end_at_exit() -> None:
 def begin(signals: bool = True, reaper: bool = True) -> Run:
     """Begin (or join) this process's run: signal handlers, reaper. Idempotent."""
     run = current()
+    if run.begun:
+        return run
     run.begun = True
     if signals:
         install_signal_handlers()
     if reaper:
         run.start_reaper()
+    if run.owner:
+        reap_stale(exclude=run.id)
     return run
+
+
+def _alive(pid: Any, start: Any) -> bool:
+    return isinstance(pid, int) and procs.is_alive(pid) and _pid_start(pid) == start
+
+
+def reap_stale(base: Path | None = None, exclude: str = "") -> list[str]:
+    """Reap runs left behind where nobody handles them any more: owner and reaper both
+    dead (e.g. both SIGKILLed, or a reboot), not kept on purpose, on this host. Their
+    processes (a later run could collide with them) and temp dirs go; returns their ids."""
+    base = base or Path(tempfile.gettempdir())
+    reaped = []
+    for owner_file in base.glob(f"{TEMP_PREFIX}*/{OWNER_FILE}"):
+        temp_dir = owner_file.parent
+        try:
+            info = json.loads(owner_file.read_text())
+        except (OSError, ValueError):
+            continue
+        run_id = str(info.get("run", ""))
+        if (not run_id or run_id == exclude or temp_dir.name != TEMP_PREFIX + run_id
+                or (temp_dir / KEPT_FILE).exists() or info.get("host") != socket.gethostname()
+                or _alive(info.get("pid"), info.get("start"))
+                or _alive(info.get("reaper"), info.get("reaper_start"))):
+            continue
+        reap(run_id, temp_dir)
+        reaped.append(run_id)
+    return reaped
 
 
 def end(keep: bool = False) -> None:

@@ -10,6 +10,7 @@ other runs on the machine.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -304,3 +305,51 @@ def test_keep_services_then_harness_down(start: Callable[..., Runner]) -> None:
     assert down.returncode == 0 and f"run {run_id}: stopped" in down.stdout, down
     assert wait_until(lambda: not runner.processes(), 5.0), runner.processes()
     assert not runner.temp_entries(), runner.temp_entries()
+
+
+def test_next_run_reaps_a_run_whose_runner_and_reaper_both_died(tmp_path: Path) -> None:
+    """Runner and reaper SIGKILLed together (or a reboot): the next run's start reaps the
+    leftover process and temp dir; a kept run and a live run are left alone."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in STRIP}
+    env["TMPDIR"] = str(tmpdir)
+    script = ("import os, signal, time; from harness import run; r = run.begin(); "
+              "open(os.environ['OUT'], 'w').write(r.id + ' ' + str(r._reaper.pid)); "
+              "time.sleep(600)")
+
+    def a_run(name: str) -> tuple[subprocess.Popen[bytes], str, int, subprocess.Popen[bytes]]:
+        out = tmp_path / f"{name}.id"
+        runner = subprocess.Popen([sys.executable, "-c", script], env={**env, "OUT": str(out)},
+                                  start_new_session=True)
+        assert wait_until(lambda: out.exists() and out.read_text(), 30.0), name
+        run_id, reaper = out.read_text().split()
+        # a "broker" of the run: carries the run's marker, like every child of a run
+        child = subprocess.Popen(["sleep", "600"], env={**env, "HARNESS_RUN_ID": run_id},
+                                 start_new_session=True)
+        return runner, run_id, int(reaper), child
+
+    dead, dead_id, dead_reaper, orphan = a_run("dead")
+    live, live_id, _, live_child = a_run("live")
+    kept, kept_id, kept_reaper, kept_child = a_run("kept")
+    try:
+        (tmpdir / f"harness-run-{kept_id}" / "kept.json").write_text(
+            json.dumps({"run": kept_id, "pid": kept.pid, "hooks": []}))
+        for pid in (dead_reaper, dead.pid, kept_reaper, kept.pid):  # reapers first
+            os.kill(pid, signal.SIGKILL)
+        dead.wait(10)
+        kept.wait(10)
+        assert wait_until(lambda: not procs.is_alive(dead_reaper), 10.0)
+        assert procs.is_alive(orphan.pid)  # nobody reaped it: runner and reaper are gone
+        nxt = subprocess.run([sys.executable, "-c", "from harness import run; run.begin()"],
+                             env=env, timeout=60, check=False)
+        assert nxt.returncode == 0
+        assert wait_until(lambda: orphan.poll() is not None, 5.0), "orphan not reaped"
+        assert not (tmpdir / f"harness-run-{dead_id}").exists()
+        assert live_child.poll() is None and (tmpdir / f"harness-run-{live_id}").exists()
+        assert kept_child.poll() is None and (tmpdir / f"harness-run-{kept_id}").exists()
+    finally:
+        for proc in (dead, live, kept, orphan, live_child, kept_child):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
