@@ -105,7 +105,7 @@ class RedisPubSubBridge(EventBridgeBase):
 
     async def _publish(self, message: AnyMessage) -> None:
         assert self._redis is not None
-        await self._redis.publish(self._events, self.encode(message))
+        await self._redis.publish(self._events, self.core.encode(message))
 
     async def publish_raw(self, raw: bytes) -> None:
         """Put raw bytes on the events channel (used by the suite's wire checks)."""
@@ -115,10 +115,10 @@ class RedisPubSubBridge(EventBridgeBase):
     async def _send_command(self, command: Command) -> None:
         assert self._redis is not None
         receivers = await self._redis.publish(
-            self._command_channel(command.receiver.key), self.encode(command)
+            self._command_channel(command.receiver.key), self.core.encode(command)
         )
         if receivers == 0:  # nobody serves it: fail fast instead of waiting for the ttl
-            self.resolve_response(
+            self.core.resolve_response(
                 error_response(
                     command, StatusCode.NOT_FOUND, f"no instance serves {command.receiver}"
                 )
@@ -143,33 +143,33 @@ class RedisPubSubBridge(EventBridgeBase):
             if item is None:
                 continue
             channel = item["channel"].decode()
-            message = self.decode_or_reject(item["data"], channel)
+            message = self.core.decode_or_reject(item["data"], channel)
             if message is None:
                 continue
             if channel == self._events:
-                for reg in self.matching_subscriptions(message):
-                    self.spawn(self._deliver(reg, message, 1))
+                for reg in self.core.matching_subscriptions(message):
+                    self.core.spawn(self._deliver(reg, message, 1))
             elif channel.startswith(f"{self.prefix}:cmd:") and isinstance(message, Command):
                 task = asyncio.create_task(self._serve(message))
                 self._answering.add(task)
                 task.add_done_callback(self._answering.discard)
             elif channel == self._reply_channel(self.instance_id):
-                self.resolve_response(message)  # type: ignore[arg-type]
+                self.core.resolve_response(message)  # type: ignore[arg-type]
 
     async def _deliver(
         self, reg: RegisteredSubscription, message: AnyMessage, attempt: int
     ) -> None:
-        if not self.accepting:
+        if not self.core.accepting:
             return
-        outcome: DeliveryOutcome = await self.handle_subscription(reg, message, attempt)
+        outcome: DeliveryOutcome = await self.core.handle_subscription(reg, message, attempt)
         if outcome.disposition is Disposition.RETRY:  # in-process retry: lost if we crash
             await asyncio.sleep(outcome.delay_s)
             await self._deliver(reg, message, attempt + 1)
 
     async def _serve(self, command: Command) -> None:
-        response = await self.handle_command(command)
+        response = await self.core.handle_command(command)
         assert self._redis is not None
         await self._redis.publish(
-            self._reply_channel(command.sender.instance_id), self.encode(response)
+            self._reply_channel(command.sender.instance_id), self.core.encode(response)
         )
-        await self.after_response(response)
+        await self.core.after_response(response)

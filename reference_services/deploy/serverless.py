@@ -115,7 +115,7 @@ async def handle(event: dict[str, Any], cfg: DeploymentConfig | None = None) -> 
             if "command" in event:
                 body = await _command(bridge, builder, event)
             elif "message" in event:
-                bridge.receive_raw(bridge.encode(from_wire(event["message"])))
+                bridge.receive_raw(bridge.core.encode(from_wire(event["message"])))
             elif "queue" in event:
                 await _drain_queue(queue, event["queue"])
             else:

@@ -507,7 +507,7 @@ async def test_malformed_messages_are_dropped_and_the_next_is_served(
         await raw.publish(subjects.message_subject(namespace, Command(sender=CALLER,
                                                                       receiver=USER)), b"[1,2")
         await raw.flush()
-        await js.publish(subject, consumer.encode(valid))
+        await js.publish(subject, consumer.core.encode(valid))
     finally:
         await raw.close()
     await wait_for(lambda: seen == ["valid"], what="the valid event")

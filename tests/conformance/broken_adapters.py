@@ -17,7 +17,7 @@ from reference_services.adapters.memory.event_bridge import DefaultEventBridge, 
 from reference_services.adapters.memory.queue_bridge import DefaultQueueBridge, MemoryQueueStore
 from reference_services.adapters.memory.stores import DefaultStateStore, MemoryKV
 from reference_services.runtime.messages import CustomMessage
-from reference_services.runtime.spi.bridge_base import DeliveryOutcome, Disposition
+from reference_services.runtime.spi.bridge_base import BridgeCore, DeliveryOutcome, Disposition
 from reference_services.runtime.spi.capabilities import unsupported
 
 
@@ -58,39 +58,48 @@ class IgnoresTtl(DefaultEventBridge):
         return await super().invoke(command, None)
 
 
+class _PastFilterCore(BridgeCore):
+    def matching_subscriptions(self, message: Any) -> list[Any]:
+        return [
+            r
+            for r in self.registered_subscriptions
+            if r.subscription.event_name in (None, message.event_name)
+            and (r.subscription.message_type in (None, message.message_type))
+        ]
+
+
 class PastFilter(DefaultEventBridge):
     """Matches subscriptions on the event name only: principal/tenant/sender filters leak."""
 
     name = "past-filter"
+    core_class = _PastFilterCore
 
+
+class _SharedToAllCore(BridgeCore):
     def matching_subscriptions(self, message: Any) -> list[Any]:
-        return [
-            r
-            for r in self._subscriptions.values()
-            if r.subscription.event_name in (None, message.event_name)
-            and (r.subscription.message_type in (None, message.message_type))
-        ]
+        regs = super().matching_subscriptions(message)
+        return [replace(r, subscription=replace(r.subscription, shared=False)) for r in regs]
 
 
 class SharedToAll(DefaultEventBridge):
     """Delivers shared subscriptions to every instance."""
 
     name = "shared-to-all"
+    core_class = _SharedToAllCore
 
-    def matching_subscriptions(self, message: Any) -> list[Any]:
-        regs = super().matching_subscriptions(message)
-        return [replace(r, subscription=replace(r.subscription, shared=False)) for r in regs]
+
+class _AcksEarlyCore(BridgeCore):
+    async def handle_subscription(self, reg: Any, message: Any, attempt: int = 1) -> Any:
+        parent = super().handle_subscription
+        self.spawn(parent(reg, message, attempt))
+        return DeliveryOutcome(Disposition.ACK)
 
 
 class AcksEarly(DefaultEventBridge):
     """Acknowledges a delivery before the handler finished (so failures are never retried)."""
 
     name = "acks-early"
-
-    async def handle_subscription(self, reg: Any, message: Any, attempt: int = 1) -> Any:
-        parent = super().handle_subscription
-        self.spawn(parent(reg, message, attempt))
-        return DeliveryOutcome(Disposition.ACK)
+    core_class = _AcksEarlyCore
 
 
 class SkipsDrain(DefaultEventBridge):
@@ -103,14 +112,17 @@ class SkipsDrain(DefaultEventBridge):
         super().__init__(**kwargs)
 
 
+class _MangledCore(BridgeCore):
+    def encode(self, message: Any) -> bytes:
+        raw = super().encode(message)
+        return raw.decode("utf-8").encode("ascii", "replace")
+
+
 class MangledNonAscii(DefaultEventBridge):
     """Replaces every non-ASCII character on the wire with '?'."""
 
     name = "mangles"
-
-    def encode(self, message: Any) -> bytes:
-        raw = super().encode(message)
-        return raw.decode("utf-8").encode("ascii", "replace")
+    core_class = _MangledCore
 
 
 class LeaksPending(DefaultEventBridge):

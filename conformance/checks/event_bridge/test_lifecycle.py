@@ -81,6 +81,46 @@ async def test_destroy_drains(aut: AdapterUnderTest) -> None:
     assert not lost, f"commands in flight during destroy got no result: {lost}"
 
 
+DRAIN_S = 1.0
+CLOSE_MARGIN_S = 0.8
+
+
+@check("event_bridge.lifecycle.destroy_drain_bounded", kinds=EB, needs=("graceful_drain",))
+async def test_destroy_drain_is_bounded(aut: AdapterUnderTest) -> None:
+    """destroy() waits for handlers that never finish at most ``drain_timeout_s``, once:
+    not once per phase (commands, subscriptions, responses) or per connection."""
+    if not _takes_drain(aut):
+        pytest.skip("the adapter does not take drain_timeout_s")
+    gate = Gate()
+    server = await aut.new(drain_timeout_s=DRAIN_S)
+
+    async def stuck_sub(msg: Any) -> None:
+        await gate.wait()
+
+    async def stuck_cmd(cmd: Any) -> Any:
+        await gate.wait()
+        return "never"
+
+    await server.register_subscription(subscription("stuck", event_name="stuck"), stuck_sub)
+    await server.register_command(addr("stuck-cmd"), responder(stuck_cmd))
+    client = await aut.new()
+    await client.emit_message(event(client, "stuck", {"id": 0}))
+    call = asyncio.ensure_future(invoke_status(client, command(client, addr("stuck-cmd"), 0), 20))
+    try:
+        assert await wait_for(lambda: gate.entered == 2, 10), f"{gate.entered}/2 handlers started"
+        watch = Stopwatch()
+        await aut.destroy(server)
+        took = watch.elapsed
+    finally:
+        gate.open()
+        await asyncio.wait({call}, timeout=5)
+    aut.metric("destroy_s", round(took, 3))
+    assert took >= DRAIN_S * 0.9, f"destroy returned after {took:.2f}s, before the drain timeout"
+    assert took < DRAIN_S + CLOSE_MARGIN_S, (
+        f"destroy took {took:.2f}s with drain_timeout_s={DRAIN_S}: it waited more than once"
+    )
+
+
 def _takes_drain(aut: AdapterUnderTest) -> bool:
     cls = aut.spec.adapter_class
     return cls is not None and issubclass(cls, EventBridgeBase)

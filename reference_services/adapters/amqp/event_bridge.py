@@ -232,7 +232,7 @@ class AmqpBridge(EventBridgeBase):
         conn.close_callbacks.add(self._on_connection_lost)
         conn.reconnect_callbacks.add(self._on_reconnected)
         self._link_up.set()
-        self.spawn(self._watch_consumers(), name="amqp-consumer-watch")
+        self.core.spawn(self._watch_consumers(), name="amqp-consumer-watch")
 
     async def _setup_link(self) -> None:
         """Declare the exchange and the reply queue, and consume replies."""
@@ -262,30 +262,31 @@ class AmqpBridge(EventBridgeBase):
             self.log.warning("AMQP connection lost (%s); reconnecting", exc)
 
     def _on_reconnected(self, _sender: Any) -> None:
-        if self._destroyed:
+        if self.core.destroyed:
             return
         self.reconnects += 1
         if self._restore_task is not None:
             self._restore_task.cancel()
-        self._restore_task = self.spawn(self._restore(), name="amqp-restore")
+        self._restore_task = self.core.spawn(self._restore(), name="amqp-restore")
 
     async def _restore(self) -> None:
         """Re-declare everything and re-register every command and subscription."""
         delay = self.reconnect_interval_s
-        while not self._destroyed:
+        while not self.core.destroyed:
             epoch = self._epoch
             try:
                 async with self._lock:
                     await self._setup_link()
-                    for reg in self.registered_commands:
+                    for reg in self.core.registered_commands:
                         await self._bind_command_locked(reg)
-                    for sub in self.registered_subscriptions:
+                    for sub in self.core.registered_subscriptions:
                         await self._bind_subscription_locked(sub)
             except Exception as exc:
                 if self._conn is None or self._conn.down or epoch != self._epoch:
                     return  # the next reconnect starts a new restore
-                self.log.warning("re-registering after reconnect failed (%s); retry in %.1fs",
-                                 exc, delay)
+                self.log.warning(
+                    "re-registering after reconnect failed (%s); retry in %.1fs", exc, delay
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_reconnect_interval_s)
                 continue
@@ -293,7 +294,8 @@ class AmqpBridge(EventBridgeBase):
                 self._link_up.set()
                 self.log.info(
                     "AMQP reconnected: %d command(s), %d subscription(s) re-registered",
-                    len(self._commands), len(self._subscriptions),
+                    len(self.core.registered_commands),
+                    len(self.core.registered_subscriptions),
                 )
             return
 
@@ -303,7 +305,7 @@ class AmqpBridge(EventBridgeBase):
         reopens the channel but, by design here, not our consumers)."""
         while True:
             await asyncio.sleep(self.consumer_check_interval_s)
-            if not self._link_up.is_set() or self._lock.locked() or not self.accepting:
+            if not self._link_up.is_set() or self._lock.locked() or not self.core.accepting:
                 continue
             try:
                 await self._recover_consumers()
@@ -320,14 +322,14 @@ class AmqpBridge(EventBridgeBase):
                 await self._setup_link()
                 self.consumers_recovered += 1
             for key, consumer in list(self._cmd_consumers.items()):
-                cmd = self._commands.get(key)
+                cmd = self.core.command(key)
                 if cmd is not None and consumer.tag and not _alive(consumer):
                     self.log.warning("consumer of %s lost; re-establishing", consumer.queue)
                     consumer.epoch = -1
                     await self._bind_command_locked(cmd)
                     self.consumers_recovered += 1
             for key, consumer in list(self._sub_consumers.items()):
-                sub = self._subscriptions.get(key)
+                sub = self.core.subscription(key)
                 if sub is not None and consumer.tag and not _alive(consumer):
                     self.log.warning("consumer of %s lost; re-establishing", consumer.queue)
                     consumer.epoch = -1
@@ -345,9 +347,7 @@ class AmqpBridge(EventBridgeBase):
 
     async def _is_connected(self) -> bool:
         conn = self._conn
-        return (
-            conn is not None and not conn.is_closed and not conn.down and self._link_up.is_set()
-        )
+        return conn is not None and not conn.is_closed and not conn.down and self._link_up.is_set()
 
     # ------------------------------------------------------------- consuming
     async def _consume(
@@ -394,11 +394,11 @@ class AmqpBridge(EventBridgeBase):
             self.log.debug("cancelling consumer on %s failed: %s", consumer.queue, exc)
         if delete_if_unused:
             await self._delete_queue_if_unused(consumer.queue)
-        self.spawn(self._close_channel_later(channel), name=f"close-{consumer.queue}")
+        self.core.spawn(self._close_channel_later(channel), name=f"close-{consumer.queue}")
 
     async def _close_channel_later(self, channel: AbstractRobustChannel) -> None:
         # Let handlers still running on this channel ack first (drain), then close.
-        await self._inflight.wait_idle(self.drain_timeout_s)
+        await self.core.wait_idle(self.drain_timeout_s)
         with contextlib.suppress(Exception):
             await channel.close()
 
@@ -484,7 +484,7 @@ class AmqpBridge(EventBridgeBase):
         self, message: AnyMessage, *, reply_to: str | None = None, expiration_s: float | None = None
     ) -> aio_pika.Message:
         return aio_pika.Message(
-            self.encode(message),
+            self.core.encode(message),
             headers=topo.message_headers(message),
             content_type=message.content_type,
             content_encoding=message.content_encoding,
@@ -507,8 +507,11 @@ class AmqpBridge(EventBridgeBase):
         try:
             if pinned:
                 await self._publish_amqp(
-                    msg, routing_key=topo.reply_queue(self.prefix, pinned),
-                    default_exchange=True, mandatory=True, timeout_s=ttl,
+                    msg,
+                    routing_key=topo.reply_queue(self.prefix, pinned),
+                    default_exchange=True,
+                    mandatory=True,
+                    timeout_s=ttl,
                 )
             else:
                 await self._publish_amqp(msg, mandatory=True, timeout_s=ttl)
@@ -547,7 +550,7 @@ class AmqpBridge(EventBridgeBase):
             await self._bind_command_locked(reg)
 
     async def _bind_command_locked(self, reg: RegisteredCommand) -> None:
-        if not self.accepting:  # destroy began (e.g. during a restore): take no new work
+        if not self.core.accepting:  # destroy began (e.g. during a restore): take no new work
             return
         key = reg.address.key
         consumer = self._cmd_consumers.setdefault(
@@ -561,7 +564,9 @@ class AmqpBridge(EventBridgeBase):
             )
 
         await self._consume(
-            consumer, declare, self._on_command_delivery,
+            consumer,
+            declare,
+            self._on_command_delivery,
             bindings=[topo.command_binding(reg.address)],
         )
 
@@ -573,45 +578,48 @@ class AmqpBridge(EventBridgeBase):
     async def _on_command_delivery(
         self, consumer: _Consumer, incoming: AbstractIncomingMessage
     ) -> None:
-        self.spawn(self._serve_command(incoming, no_ack=False), name=f"cmd-{consumer.queue}")
+        self.core.spawn(self._serve_command(incoming, no_ack=False), name=f"cmd-{consumer.queue}")
 
     async def _serve_command(self, incoming: AbstractIncomingMessage, *, no_ack: bool) -> None:
-        with self._inflight.track():
-            command = self.decode_or_reject(incoming.body, f"AMQP delivery {incoming.message_id}")
+        with self.core.track():
+            command = self.core.decode_or_reject(
+                incoming.body, f"AMQP delivery {incoming.message_id}"
+            )
             if not isinstance(command, Command):
                 if command is not None:
                     self.log.warning("non-command %s on a command queue dropped", command.id)
                 if not no_ack:
                     await self._settle(incoming, ack=True)
                 return
-            reg = self._commands.get(command.receiver.key)
-            if not no_ack and (not self.accepting or reg is None):
+            reg = self.core.command(command.receiver.key)
+            if not no_ack and (not self.core.accepting or reg is None):
                 await self._settle(incoming, ack=False, requeue=True)  # for another instance
                 return
             acked = no_ack
             if reg is not None and reg.config.autoacknowledge and not acked:
                 await self._settle(incoming, ack=True)
                 acked = True
-            response = await self.handle_command(command)
+            response = await self.core.handle_command(command)
             sent = await self._reply(incoming, response)
             if not acked:
                 await self._settle(incoming, ack=sent, requeue=True)
             if sent:
-                await self.after_response(response)
+                await self.core.after_response(response)
 
     # ------------------------------------------------------------------ replies
     async def _on_reply_delivery(
         self, _consumer: _Consumer, incoming: AbstractIncomingMessage
     ) -> None:
-        message = self.decode_or_reject(incoming.body, f"reply queue {self.reply_queue}")
+        message = self.core.decode_or_reject(incoming.body, f"reply queue {self.reply_queue}")
         if message is None:
             return
         if isinstance(message, Command):  # pinned to this instance
-            self.spawn(self._serve_command(incoming, no_ack=True), name="cmd-pinned")
+            self.core.spawn(self._serve_command(incoming, no_ack=True), name="cmd-pinned")
         elif message.message_type in (
-            MessageType.COMMAND_SUCCESS_RESPONSE, MessageType.COMMAND_ERROR_RESPONSE
+            MessageType.COMMAND_SUCCESS_RESPONSE,
+            MessageType.COMMAND_ERROR_RESPONSE,
         ):
-            if not self.resolve_response(message):  # type: ignore[arg-type]
+            if not self.core.resolve_response(message):  # type: ignore[arg-type]
                 self.log.debug("late response %s ignored", message.correlation_id)
         else:
             self.log.warning("unexpected %s on the reply queue dropped", message.message_type)
@@ -619,14 +627,15 @@ class AmqpBridge(EventBridgeBase):
     # ----------------------------------------------------------- subscriptions
     async def _bind_subscription(self, reg: RegisteredSubscription) -> None:
         if not self._link_up.is_set():
-            self.log.info("broker down: subscription %s binds on reconnect",
-                          reg.subscription.subscriber)
+            self.log.info(
+                "broker down: subscription %s binds on reconnect", reg.subscription.subscriber
+            )
             return
         async with self._lock:
             await self._bind_subscription_locked(reg)
 
     async def _bind_subscription_locked(self, reg: RegisteredSubscription) -> None:
-        if not self.accepting:
+        if not self.core.accepting:
             return
         sub = reg.subscription
         queue = topo.subscription_queue(self.prefix, sub, self.instance_id)
@@ -637,8 +646,9 @@ class AmqpBridge(EventBridgeBase):
 
         def declare(ch: AbstractRobustChannel) -> Awaitable[AbstractQueue]:
             if sub.shared:
-                return ch.declare_queue(queue, durable=durable, auto_delete=not durable,
-                                        robust=False)
+                return ch.declare_queue(
+                    queue, durable=durable, auto_delete=not durable, robust=False
+                )
             return ch.declare_queue(queue, exclusive=True, auto_delete=True, robust=False)
 
         if self.native_dead_letter and consumer.epoch != self._epoch:
@@ -647,7 +657,9 @@ class AmqpBridge(EventBridgeBase):
                 topo.dead_letter_queue(self.prefix, sub), durable=True, robust=False
             )
         await self._consume(
-            consumer, declare, self._on_subscription_delivery,
+            consumer,
+            declare,
+            self._on_subscription_delivery,
             bindings=topo.subscription_bindings(sub),
         )
 
@@ -659,24 +671,24 @@ class AmqpBridge(EventBridgeBase):
     async def _on_subscription_delivery(
         self, consumer: _Consumer, incoming: AbstractIncomingMessage
     ) -> None:
-        self.spawn(self._serve_subscription(consumer, incoming), name=f"sub-{consumer.queue}")
+        self.core.spawn(self._serve_subscription(consumer, incoming), name=f"sub-{consumer.queue}")
 
     def _subscription_for(self, consumer: _Consumer) -> RegisteredSubscription | None:
         for key, known in self._sub_consumers.items():
             if known is consumer:
-                return self._subscriptions.get(key)
+                return self.core.subscription(key)
         return None
 
     async def _serve_subscription(
         self, consumer: _Consumer, incoming: AbstractIncomingMessage
     ) -> None:
-        with self._inflight.track():
+        with self.core.track():
             reg = self._subscription_for(consumer)
-            if reg is None or not self.accepting:
+            if reg is None or not self.core.accepting:
                 await self._settle(incoming, ack=False, requeue=True)
                 return
             sub = reg.subscription
-            message = self.decode_or_reject(incoming.body, f"queue {consumer.queue}")
+            message = self.core.decode_or_reject(incoming.body, f"queue {consumer.queue}")
             if message is None:
                 await self._dead_letter_native(reg, incoming, self._malformed_reason(incoming), 1)
                 await self._settle(incoming, ack=True)
@@ -692,11 +704,12 @@ class AmqpBridge(EventBridgeBase):
             if sub.autoacknowledge:
                 await self._settle(incoming, ack=True)
                 acked = True
-            outcome = await self.handle_subscription(reg, message, attempt)
+            outcome = await self.core.handle_subscription(reg, message, attempt)
             ok = True
             if outcome.disposition is Disposition.RETRY:
-                ok = await self._schedule_retry(reg, consumer.queue, incoming, attempt,
-                                                outcome.delay_s)
+                ok = await self._schedule_retry(
+                    reg, consumer.queue, incoming, attempt, outcome.delay_s
+                )
             elif outcome.disposition is Disposition.DEAD_LETTER:
                 ok = await self._dead_letter_native(reg, incoming, outcome.reason, attempt)
             if not acked:
@@ -723,8 +736,12 @@ class AmqpBridge(EventBridgeBase):
         )
 
     async def _schedule_retry(
-        self, reg: RegisteredSubscription, source: str, incoming: AbstractIncomingMessage,
-        attempt: int, delay_s: float,
+        self,
+        reg: RegisteredSubscription,
+        source: str,
+        incoming: AbstractIncomingMessage,
+        attempt: int,
+        delay_s: float,
     ) -> bool:
         """Send a copy back to ``source`` after ``delay_s``: it waits out a per-message TTL
         in the delay queue of ``attempt``, which dead-letters it back to ``source``."""
@@ -732,16 +749,18 @@ class AmqpBridge(EventBridgeBase):
         delay_ms = max(round(delay_s * 1000), 0)
         try:
             if delay_ms == 0:
-                await self._publish_amqp(copy, routing_key=source, default_exchange=True,
-                                         mandatory=True)
+                await self._publish_amqp(
+                    copy, routing_key=source, default_exchange=True, mandatory=True
+                )
                 return True
             copy.expiration = delay_ms / 1000  # aio-pika takes seconds
             target = topo.retry_queue(source, attempt)
             for first in (True, False):
                 await self._ensure_retry_queue(reg, source, target)
                 try:
-                    await self._publish_amqp(copy, routing_key=target, default_exchange=True,
-                                             mandatory=True)
+                    await self._publish_amqp(
+                        copy, routing_key=target, default_exchange=True, mandatory=True
+                    )
                     return True
                 except _Unroutable:
                     self._declared.pop(target, None)  # gone (expired or broker restart)
@@ -751,8 +770,9 @@ class AmqpBridge(EventBridgeBase):
             self.log.warning("could not schedule retry on %s (%s); message requeued", source, exc)
         return False
 
-    async def _ensure_retry_queue(self, reg: RegisteredSubscription, source: str,
-                                  name: str) -> None:
+    async def _ensure_retry_queue(
+        self, reg: RegisteredSubscription, source: str, name: str
+    ) -> None:
         """Declare a delay queue once per connection (concurrent callers share the call)."""
         if self._declared.get(name) == self._epoch:
             return
@@ -763,8 +783,9 @@ class AmqpBridge(EventBridgeBase):
             pending.add_done_callback(lambda _f: self._declaring.pop(name, None))
         await asyncio.wait_for(asyncio.shield(pending), self.publish_timeout_s)
 
-    async def _declare_retry_queue(self, reg: RegisteredSubscription, source: str,
-                                   name: str) -> None:
+    async def _declare_retry_queue(
+        self, reg: RegisteredSubscription, source: str, name: str
+    ) -> None:
         sub = reg.subscription
         epoch = self._epoch
         arguments: dict[str, Any] = {
@@ -776,25 +797,34 @@ class AmqpBridge(EventBridgeBase):
             longest = policy.max_retry_delay_ms * (1 + policy.jitter)
             arguments["x-expires"] = round(longest + self.retry_queue_idle_s * 1000)
         assert self._admin is not None
-        await self._admin.declare_queue(name, durable=sub.durable and sub.shared,
-                                        arguments=arguments, robust=False)
+        await self._admin.declare_queue(
+            name, durable=sub.durable and sub.shared, arguments=arguments, robust=False
+        )
         self._declared[name] = epoch
 
     async def _dead_letter_native(
-        self, reg: RegisteredSubscription, incoming: AbstractIncomingMessage,
-        reason: str, attempts: int,
+        self,
+        reg: RegisteredSubscription,
+        incoming: AbstractIncomingMessage,
+        reason: str,
+        attempts: int,
     ) -> bool:
         """Keep a copy in the subscription's dead letter queue, with the reason."""
         if not self.native_dead_letter:
             return True
-        copy = self._copy(incoming, **{
-            DEAD_LETTER_REASON_HEADER: reason[:_MAX_REASON],
-            RETRY_ATTEMPT_HEADER: attempts,
-        })
+        copy = self._copy(
+            incoming,
+            **{
+                DEAD_LETTER_REASON_HEADER: reason[:_MAX_REASON],
+                RETRY_ATTEMPT_HEADER: attempts,
+            },
+        )
         try:
             await self._publish_amqp(
-                copy, routing_key=topo.dead_letter_queue(self.prefix, reg.subscription),
-                default_exchange=True, mandatory=True,
+                copy,
+                routing_key=topo.dead_letter_queue(self.prefix, reg.subscription),
+                default_exchange=True,
+                mandatory=True,
             )
         except Exception as exc:
             self.log.warning("could not keep dead letter for %s: %s", incoming.message_id, exc)
@@ -815,8 +845,9 @@ class AmqpBridge(EventBridgeBase):
                 headers = topo.message_headers(decode(raw, max_bytes=None))
             except MessageDecodeError:
                 headers = None
-        message = aio_pika.Message(bytes(raw), headers=headers or {},
-                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+        message = aio_pika.Message(
+            bytes(raw), headers=headers or {}, delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+        )
         if headers is not None:
             await self._publish_amqp(message)
             return

@@ -51,7 +51,7 @@ class MemoryHub:
         self.bridges.pop(bridge.instance_id, None)
 
     def _live(self) -> list[DefaultEventBridge]:
-        return [b for b in self.bridges.values() if b.accepting]
+        return [b for b in self.bridges.values() if b.core.accepting]
 
     def _pick(self, key: Any, candidates: list[Any]) -> Any:
         return candidates[next(self._round_robin[key]) % len(candidates)]
@@ -75,7 +75,7 @@ class MemoryHub:
         )
         every: list[tuple[DefaultEventBridge, RegisteredSubscription]] = []
         for bridge in self._live():
-            for reg in bridge.matching_subscriptions(message):
+            for reg in bridge.core.matching_subscriptions(message):
                 if reg.subscription.shared:
                     targets[reg.subscription.key].append((bridge, reg))
                 else:
@@ -107,7 +107,7 @@ class MemoryHub:
 
     def redeliver(self, key: _GroupKey, raw: bytes, attempt: int) -> None:
         """Deliver to one live member of a shared group, or back it up if durable."""
-        members = [(b, b._subscriptions[key]) for b in self._live() if key in b._subscriptions]
+        members = [(b, reg) for b in self._live() if (reg := b.core.subscription(key)) is not None]
         if members:
             bridge, reg = self._pick(("sub", key), members)
             self._spawn(bridge.deliver(reg, raw, attempt))
@@ -128,7 +128,7 @@ class MemoryHub:
         command = decode(raw)
         assert isinstance(command, Command)
         key = command.receiver.key
-        candidates = [b for b in self._live() if key in b._commands]
+        candidates = [b for b in self._live() if b.core.command(key) is not None]
         pinned = command.receiver.instance_id
         if pinned:
             candidates = [b for b in candidates if b.instance_id == pinned]
@@ -151,7 +151,7 @@ class MemoryHub:
         if target is None:
             log.debug("response %s for a departed instance dropped", response.id)
             return
-        target.resolve_response(response)  # type: ignore[arg-type]
+        target.core.resolve_response(response)  # type: ignore[arg-type]
 
 
 class DefaultEventBridge(EventBridgeBase):
@@ -187,10 +187,10 @@ class DefaultEventBridge(EventBridgeBase):
         return self.instance_id in self.hub.bridges
 
     async def _publish(self, message: AnyMessage) -> None:
-        self.hub.publish_raw(self.encode(message), source=self.instance_id)
+        self.hub.publish_raw(self.core.encode(message), source=self.instance_id)
 
     async def _send_command(self, command: Command) -> None:
-        self.hub.send_command(self.encode(command))
+        self.hub.send_command(self.core.encode(command))
 
     async def _bind_command(self, reg: RegisteredCommand) -> None:
         return None
@@ -203,7 +203,9 @@ class DefaultEventBridge(EventBridgeBase):
 
     async def _unbind_subscription(self, reg: RegisteredSubscription) -> None:
         if not any(
-            reg.subscription.key in b._subscriptions for b in self.hub._live() if b is not self
+            b.core.subscription(reg.subscription.key) is not None
+            for b in self.hub._live()
+            if b is not self
         ):
             self.hub.forget_durable(reg.subscription.key)
 
@@ -218,13 +220,13 @@ class DefaultEventBridge(EventBridgeBase):
         return self.hub.publish_raw(raw, source=f"raw input to {self.instance_id}")
 
     async def deliver(self, reg: RegisteredSubscription, raw: bytes, attempt: int) -> None:
-        message = self.decode_or_reject(raw, "hub")
+        message = self.core.decode_or_reject(raw, "hub")
         if message is None:
             return
-        if not self.accepting or reg.subscription.key not in self._subscriptions:
+        if not self.core.accepting or self.core.subscription(reg.subscription.key) is None:
             self._hand_back(reg, raw, attempt)
             return
-        outcome: DeliveryOutcome = await self.handle_subscription(reg, message, attempt)
+        outcome: DeliveryOutcome = await self.core.handle_subscription(reg, message, attempt)
         if outcome.disposition is Disposition.RETRY:
             loop = asyncio.get_running_loop()
             loop.call_later(outcome.delay_s, self._retry, reg, raw, attempt + 1)
@@ -232,7 +234,7 @@ class DefaultEventBridge(EventBridgeBase):
     def _retry(self, reg: RegisteredSubscription, raw: bytes, attempt: int) -> None:
         if reg.subscription.shared:
             self.hub.redeliver(reg.subscription.key, raw, attempt)
-        elif self.accepting and reg.subscription.key in self._subscriptions:
+        elif self.core.accepting and self.core.subscription(reg.subscription.key) is not None:
             self.hub._spawn(self.deliver(reg, raw, attempt))
 
     def _hand_back(self, reg: RegisteredSubscription, raw: bytes, attempt: int) -> None:
@@ -240,11 +242,11 @@ class DefaultEventBridge(EventBridgeBase):
             self.hub.redeliver(reg.subscription.key, raw, attempt)
 
     async def serve_raw_command(self, raw: bytes) -> None:
-        command = self.decode_or_reject(raw, "hub")
+        command = self.core.decode_or_reject(raw, "hub")
         if not isinstance(command, Command):
             return
 
         async def send(response: CommandResponse) -> None:
-            self.hub.route_response(self.encode(response))
+            self.hub.route_response(self.core.encode(response))
 
-        await self.serve_command(command, send)
+        await self.core.serve_command(command, send)

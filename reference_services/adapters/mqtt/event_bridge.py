@@ -69,7 +69,9 @@ from reference_services.runtime.messages import (
     AnyMessage,
     Command,
     CommandErrorResponse,
+    CommandResponse,
     CommandSuccessResponse,
+    CustomMessage,
 )
 from reference_services.runtime.spi.bridge_base import (
     DEAD_LETTER_REASON_HEADER,
@@ -79,7 +81,6 @@ from reference_services.runtime.spi.bridge_base import (
     RegisteredSubscription,
 )
 from reference_services.runtime.spi.capabilities import YES, EventBridgeCapabilities, unsupported
-from reference_services.runtime.spi.inflight import InflightTracker
 
 DEFAULT_URL = "mqtt://127.0.0.1:1883"
 NO_MATCHING_SUBSCRIBERS = 0x10
@@ -239,7 +240,6 @@ class MqttBridge(EventBridgeBase):
         self.stale_dropped = 0
         self.redelivered_duplicates = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._dispatch = InflightTracker()
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> MqttBridge:
@@ -282,8 +282,6 @@ class MqttBridge(EventBridgeBase):
             raise
 
     async def _close(self) -> None:
-        if not await self._dispatch.wait_idle(self.drain_timeout_s):
-            self.log.warning("command responses still unconfirmed after the drain timeout")
         for task in list(self._tasks):
             task.cancel()  # deliveries waiting for a retry stay unacked: redelivered later
         expiry = self.session_expiry_s if self.keep_session_on_destroy else 0
@@ -301,7 +299,7 @@ class MqttBridge(EventBridgeBase):
         reason = _dead_letter_reason.get()
         if reason is not None:
             props.UserProperty = [(DEAD_LETTER_REASON_HEADER, reason[:1024])]
-        topic, raw = topics.message_topic(self.prefix, message), self.encode(message)
+        topic, raw = topics.message_topic(self.prefix, message), self.core.encode(message)
         code = await self._rpc.publish(topic, raw, props, self.publish_timeout_s)
         loop = asyncio.get_running_loop()
         deadline = self._reconnected_at + self.resubscribe_grace_s
@@ -320,7 +318,7 @@ class MqttBridge(EventBridgeBase):
         props.CorrelationData = command.correlation_id.encode("utf-8")
         code = await self._rpc.publish(
             topics.message_topic(self.prefix, command),
-            self.encode(command),
+            self.core.encode(command),
             props,
             self.publish_timeout_s,
         )
@@ -389,7 +387,7 @@ class MqttBridge(EventBridgeBase):
         """Tests only: put ``raw`` on the wire as a foreign publisher would, on the topic of
         the message it encodes or, when it does not decode, on a topic each of this
         bridge's subscriptions matches (so malformed input reaches its consumers)."""
-        self._require_running()
+        self.core.require_running()
         try:
             targets = [topics.message_topic(self.prefix, decode(raw, max_bytes=None))]
         except MessageDecodeError:
@@ -400,13 +398,11 @@ class MqttBridge(EventBridgeBase):
             await self._rpc.publish(topic, bytes(raw), None, self.publish_timeout_s)
 
     # ---------------------------------------------------- dead-letter header
-    async def dead_letter(
-        self, reg: RegisteredSubscription, message: AnyMessage, attempts: int, reason: str
-    ) -> None:
-        """Emit the dead letter with the ``x-purista-dead-letter-reason`` user property."""
+    async def _publish_dead_letter(self, letter: CustomMessage, reason: str) -> None:
+        """Publish the dead letter with the ``x-purista-dead-letter-reason`` user property."""
         token = _dead_letter_reason.set(reason)
         try:
-            await super().dead_letter(reg, message, attempts, reason)
+            await self._publish(letter)
         finally:
             _dead_letter_reason.reset(token)
 
@@ -450,29 +446,35 @@ class MqttBridge(EventBridgeBase):
     def _on_up(self, conn: MqttConnection, generation: int, session_present: bool) -> None:
         self.log.info(
             "%s connected (generation %d, session present: %s)",
-            conn.client_id, generation, session_present,
+            conn.client_id,
+            generation,
+            session_present,
         )
         if conn is self._rpc and generation > 1:
             self._reconnected_at = asyncio.get_running_loop().time()
-        self.spawn(self._restore(conn, generation), name=f"mqtt-restore-{conn.client_id}")
+        self.core.spawn(self._restore(conn, generation), name=f"mqtt-restore-{conn.client_id}")
 
     async def _restore(self, conn: MqttConnection, generation: int) -> None:
         """Subscribe everything this connection carries, then declare it ready."""
         delay = self.settings.reconnect_min_s
-        while conn.generation == generation and conn.connected and not self._destroyed:
+        while conn.generation == generation and conn.connected and not self.core.destroyed:
             try:
                 if conn is self._rpc:
                     reply = self._route(self.reply_topic, "reply", durable=False)
                     await conn.subscribe(reply.topic_filter, reply.sid, self.op_timeout_s)
                 wanted = [
-                    route for route in list(self._routes.values())
-                    if route.kind != "reply" and self._conn_for(route) is conn
-                    and (self.accepting or self._kept_on_destroy(route))
+                    route
+                    for route in list(self._routes.values())
+                    if route.kind != "reply"
+                    and self._conn_for(route) is conn
+                    and (self.core.accepting or self._kept_on_destroy(route))
                 ]
-                await asyncio.gather(*(
-                    conn.subscribe(route.topic_filter, route.sid, self.op_timeout_s)
-                    for route in wanted
-                ))
+                await asyncio.gather(
+                    *(
+                        conn.subscribe(route.topic_filter, route.sid, self.op_timeout_s)
+                        for route in wanted
+                    )
+                )
                 self._restored[id(conn)] = generation
                 return
             except MqttUnavailableError as exc:
@@ -494,13 +496,14 @@ class MqttBridge(EventBridgeBase):
         sids = list(getattr(props, "SubscriptionIdentifier", []) or []) if props else []
         routes = [self._by_sid[s] for s in sids if s in self._by_sid]
         if not routes:
-            if self._destroyed:
+            if self.core.destroyed:
                 return  # left unacked: the broker keeps it for this session
             if conn is self._events and sids and sids[0] not in self._stale_sids:
                 # queued for a subscription of this session that is not registered yet
                 if sids[0] not in self._parked:
                     asyncio.get_running_loop().call_later(
-                        self.park_grace_s, self._expire_parked, sids[0])
+                        self.park_grace_s, self._expire_parked, sids[0]
+                    )
                 if self._parked_count < self.parked_limit:
                     self._parked.setdefault(sids[0], []).append((msg, generation))
                     self._parked_count += 1
@@ -518,7 +521,7 @@ class MqttBridge(EventBridgeBase):
 
     def _expire_parked(self, sid: int) -> None:
         """A session subscription nobody registered again: drop what it brings."""
-        if self._destroyed or sid in self._by_sid:
+        if self.core.destroyed or sid in self._by_sid:
             return
         parked = self._parked.pop(sid, [])
         self._parked_count -= len(parked)
@@ -527,7 +530,10 @@ class MqttBridge(EventBridgeBase):
         self.log.warning(
             "subscription id %d of session %s was not registered again within %.0fs: "
             "%d message(s) dropped (unregister_subscription removes a durable one for good)",
-            sid, self.client_id, self.park_grace_s, len(parked),
+            sid,
+            self.client_id,
+            self.park_grace_s,
+            len(parked),
         )
         for msg, generation in parked:
             self._events.ack(msg.mid, generation)
@@ -544,9 +550,9 @@ class MqttBridge(EventBridgeBase):
             self._on_message(self._events, msg, generation)
 
     def _on_reply(self, conn: MqttConnection, msg: mqtt.MQTTMessage, generation: int) -> None:
-        response = self.decode_or_reject(msg.payload, msg.topic)
+        response = self.core.decode_or_reject(msg.payload, msg.topic)
         if isinstance(response, CommandSuccessResponse | CommandErrorResponse):
-            self.resolve_response(response)
+            self.core.resolve_response(response)
         elif response is not None:
             self.log.warning("a %s arrived on the response topic: dropped", response.message_type)
         conn.ack(msg.mid, generation)
@@ -554,7 +560,7 @@ class MqttBridge(EventBridgeBase):
     async def _process(
         self, conn: MqttConnection, msg: mqtt.MQTTMessage, generation: int, routes: list[_Route]
     ) -> None:
-        message = self.decode_or_reject(msg.payload, msg.topic)
+        message = self.core.decode_or_reject(msg.payload, msg.topic)
         if message is None:
             conn.ack(msg.mid, generation)
             return
@@ -573,22 +579,22 @@ class MqttBridge(EventBridgeBase):
         if not isinstance(message, Command):
             self.log.warning("a %s arrived on a command topic: dropped", message.message_type)
             return True
-        response = await self.handle_command(message)
-        # no await since the handler finished: destroy's _close waits for this block
-        with self._dispatch.track():
+        reply_to = getattr(msg.properties, "ResponseTopic", None) or topics.response_topic(
+            self.prefix, message.sender.instance_id
+        )
+
+        async def send(response: CommandResponse) -> None:
             props = Properties(PacketTypes.PUBLISH)
             props.ContentType = response.content_type
             props.CorrelationData = message.correlation_id.encode("utf-8")
-            reply_to = getattr(msg.properties, "ResponseTopic", None) or topics.response_topic(
-                self.prefix, message.sender.instance_id
-            )
             try:
                 await self._rpc.publish(
-                    reply_to, self.encode(response), props, self.publish_timeout_s
+                    reply_to, self.core.encode(response), props, self.publish_timeout_s
                 )
             except MqttUnavailableError as exc:
                 self.log.warning("response to %s not confirmed: %s", message.correlation_id, exc)
-            await self.after_response(response)
+
+        await self.core.serve_command(message, send)
         return True
 
     async def _serve_subscription(
@@ -643,11 +649,11 @@ class MqttBridge(EventBridgeBase):
         """Deliver to one subscription with in-process retries; False if left unacked."""
         attempt = 1
         while True:
-            if not self.accepting:
+            if not self.core.accepting:
                 return False  # destroying: the broker redelivers it to this session later
-            if reg.subscription.key not in self._subscriptions:
+            if self.core.subscription(reg.subscription.key) is None:
                 return True  # unsubscribed meanwhile: nobody here wants it
-            outcome = await self.handle_subscription(reg, message, attempt)
+            outcome = await self.core.handle_subscription(reg, message, attempt)
             if outcome.disposition is not Disposition.RETRY:
                 return True
             await asyncio.sleep(outcome.delay_s)

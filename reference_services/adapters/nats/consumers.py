@@ -89,15 +89,17 @@ class JetStreamConsumer:
             await self.bridge._jsc().add_consumer(self.bridge.stream, self.config)
         except nats.js.errors.BadRequestError as exc:
             # an existing durable consumer with another configuration: keep using it
-            self.bridge.log.warning("consumer %s exists with another configuration: %s",
-                                    self.name, exc)
+            self.bridge.log.warning(
+                "consumer %s exists with another configuration: %s", self.name, exc
+            )
 
     async def start(self) -> None:
         """Bind a pull subscription and start fetching."""
         self.psub = await self.bridge._jsc().pull_subscribe_bind(
-            self.name, stream=self.bridge.stream)
+            self.name, stream=self.bridge.stream
+        )
         self.active = True
-        self.task = self.bridge.spawn(self._fetch_loop(), name=f"nats-fetch-{self.name}")
+        self.task = self.bridge.core.spawn(self._fetch_loop(), name=f"nats-fetch-{self.name}")
 
     async def stop(self) -> None:
         """Stop fetching and hand fetched-but-unstarted messages back at once."""
@@ -125,7 +127,7 @@ class JetStreamConsumer:
 
     async def _fetch_loop(self) -> None:
         bridge, backoff = self.bridge, 0.05
-        while self.active and bridge.accepting:
+        while self.active and bridge.core.accepting:
             await self.slots.acquire()
             batch = 1
             while batch < _MAX_BATCH and not self.slots.locked():
@@ -153,7 +155,7 @@ class JetStreamConsumer:
                 for _ in range(batch - len(msgs)):
                     self.slots.release()
             for msg in msgs:
-                task = bridge._spawn_tracked(self._deliver(msg), "nats-delivery")
+                task = bridge.core.spawn_tracked(self._deliver(msg), "nats-delivery")
                 task.add_done_callback(lambda _t: self.slots.release())
 
     async def _heal(self) -> None:
@@ -173,12 +175,12 @@ class JetStreamConsumer:
 
     async def _deliver(self, msg: Msg) -> None:
         bridge = self.bridge
-        reg = bridge._subscriptions.get(self.key)
+        reg = bridge.core.subscription(self.key)
         try:
             if reg is None or not self.active:
                 await msg.nak()
                 return
-            message = bridge.decode_or_reject(msg.data, msg.subject)
+            message = bridge.core.decode_or_reject(msg.data, msg.subject)
             if message is None:
                 await self._keep_dead_letter(msg, "malformed message", 1)
                 await msg.term()
@@ -191,9 +193,11 @@ class JetStreamConsumer:
                 await bridge._run_locally(reg, message, 1)
                 return
             attempt = msg.metadata.num_delivered
-            keepalive = bridge.spawn(self._keep_alive(msg), name="nats-in-progress")
+            keepalive = bridge.core.spawn(self._keep_alive(msg), name="nats-in-progress")
             try:
-                outcome: DeliveryOutcome = await bridge.handle_subscription(reg, message, attempt)
+                outcome: DeliveryOutcome = await bridge.core.handle_subscription(
+                    reg, message, attempt
+                )
             finally:
                 keepalive.cancel()
             if outcome.disposition is Disposition.ACK:

@@ -63,7 +63,6 @@ from reference_services.runtime.spi.bridge_base import (
     RegisteredSubscription,
 )
 from reference_services.runtime.spi.capabilities import YES, EventBridgeCapabilities, unsupported
-from reference_services.runtime.spi.inflight import InflightTracker
 
 _NO_RESPONDERS = "503"
 _HEADER_ROOM = 4096  # max_payload counts headers too (dead letters carry a reason header)
@@ -160,7 +159,6 @@ class NatsBridge(EventBridgeBase):
         self._consumers: dict[tuple[str, str, str], JetStreamConsumer] = {}
         self._sent: dict[str, _SentCommand] = {}
         self._synced = asyncio.Event()
-        self._dispatch = InflightTracker()
         self._resync_task: asyncio.Task[None] | None = None
         self.reconnects = 0
         self.native_dead_letters = 0
@@ -254,14 +252,14 @@ class NatsBridge(EventBridgeBase):
 
     async def _on_disconnected(self) -> None:
         self._synced.clear()
-        if not self._destroyed:
+        if not self.core.destroyed:
             self.log.warning("disconnected from %s", redact_url(self.url))
 
     async def _on_reconnected(self) -> None:
         self.reconnects += 1
         self.log.warning("reconnected to %s; re-registering", redact_url(self.url))
         if self._resync_task is None or self._resync_task.done():
-            self._resync_task = self.spawn(self._resync(), name="nats-resync")
+            self._resync_task = self.core.spawn(self._resync(), name="nats-resync")
 
     async def _on_error(self, exc: Exception) -> None:
         self.log.debug("nats client error: %s: %s", type(exc).__name__, exc)
@@ -269,10 +267,10 @@ class NatsBridge(EventBridgeBase):
     async def _resync(self) -> None:
         """Ensure the streams and every registration again after a reconnect."""
         delay = 0.1
-        while self._started and not self._destroyed and self._nc and not self._nc.is_closed:
+        while self.core.started and not self.core.destroyed and self._nc and not self._nc.is_closed:
             try:
                 await self._ensure_streams()
-                await self.rebind_all()
+                await self.core.rebind_all()
                 if self._nc.is_connected:
                     self._synced.set()
                     return
@@ -345,7 +343,7 @@ class NatsBridge(EventBridgeBase):
 
     # ------------------------------------------------------------- publishing
     async def _publish(self, message: AnyMessage) -> None:
-        data = self.encode(message)
+        data = self.core.encode(message)
         subject = subjects.message_subject(self.prefix, message)
         if message.message_type is MessageType.COMMAND:
             await self._client().publish(subject, data)
@@ -404,7 +402,9 @@ class NatsBridge(EventBridgeBase):
         self._sent[tok] = _SentCommand(command, now + max(self.default_command_ttl_s, 60.0) * 2)
         subject = subjects.message_subject(self.prefix, command)
         try:
-            await nc.publish(subject, self.encode(command), reply=f"{self._reply_prefix}.{tok}")
+            await nc.publish(
+                subject, self.core.encode(command), reply=f"{self._reply_prefix}.{tok}"
+            )
         except Exception:
             self._sent.pop(tok, None)
             raise
@@ -414,7 +414,7 @@ class NatsBridge(EventBridgeBase):
         if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS and not msg.data:
             sent = self._sent.pop(tok, None)
             if sent is not None:
-                self.resolve_response(
+                self.core.resolve_response(
                     error_response(
                         sent.command,
                         self.no_responders_status,
@@ -424,10 +424,10 @@ class NatsBridge(EventBridgeBase):
                     )
                 )
             return
-        response = self.decode_or_reject(msg.data, msg.subject)
+        response = self.core.decode_or_reject(msg.data, msg.subject)
         if isinstance(response, CommandSuccessResponse | CommandErrorResponse):
             self._sent.pop(tok, None)
-            self.resolve_response(response)
+            self.core.resolve_response(response)
         elif response is not None:
             self.log.warning("ignored a %s on the reply subject", response.message_type)
 
@@ -466,20 +466,20 @@ class NatsBridge(EventBridgeBase):
 
     async def _on_command(self, msg: Msg) -> None:
         # also while draining: handle_command answers 503 once destroy began
-        self._spawn_tracked(self._serve_command(msg), "nats-command")
+        self.core.spawn_tracked(self._serve_command(msg), "nats-command")
 
     async def _serve_command(self, msg: Msg) -> None:
-        command = self.decode_or_reject(msg.data, msg.subject)
+        command = self.core.decode_or_reject(msg.data, msg.subject)
         if not isinstance(command, Command):
             if command is not None:
                 self.log.warning("ignored a %s on a command subject", command.message_type)
             return
-        response: CommandResponse = await self.handle_command(command)
+        response: CommandResponse = await self.core.handle_command(command)
         if msg.reply:
             try:
-                data = self.encode(response)
+                data = self.core.encode(response)
             except MessageEncodeError as exc:
-                data = self.encode(
+                data = self.core.encode(
                     error_response(
                         command,
                         StatusCode.INTERNAL_SERVER_ERROR,
@@ -491,7 +491,7 @@ class NatsBridge(EventBridgeBase):
                 await self._client().publish(msg.reply, data)
             except Exception as exc:
                 self.log.warning("could not send the response to %s: %s", command.receiver, exc)
-        await self.after_response(response)
+        await self.core.after_response(response)
 
     # ---------------------------------------------------------- subscriptions
     @staticmethod
@@ -531,8 +531,6 @@ class NatsBridge(EventBridgeBase):
         await asyncio.gather(*(self._drain_sub(sub) for sub in subs))
         for consumer in list(self._consumers.values()):
             await consumer.stop()
-        if not await self._dispatch.wait_idle(self.drain_timeout_s):
-            self.drain_timed_out = True
 
     async def _drain_sub(self, sub: CoreSubscription) -> None:
         """Unsubscribe, but still dispatch what the server already sent us."""
@@ -551,9 +549,9 @@ class NatsBridge(EventBridgeBase):
         group = subjects.safe_name("sub", *key) if sub.shared else ""
 
         async def on_message(msg: Msg) -> None:
-            current = self._subscriptions.get(key)
+            current = self.core.subscription(key)
             if current is not None:
-                self._spawn_tracked(self._deliver_core(current, msg), "nats-event")
+                self.core.spawn_tracked(self._deliver_core(current, msg), "nats-event")
 
         nc = self._client()
         self._core_subs[key] = await nc.subscribe(
@@ -562,7 +560,7 @@ class NatsBridge(EventBridgeBase):
         await self._server_barrier(nc)
 
     async def _deliver_core(self, reg: RegisteredSubscription, msg: Msg) -> None:
-        message = self.decode_or_reject(msg.data, msg.subject)
+        message = self.core.decode_or_reject(msg.data, msg.subject)
         if message is None or not reg.matches(message):
             return
         await self._run_locally(reg, message, 1)
@@ -572,11 +570,11 @@ class NatsBridge(EventBridgeBase):
     ) -> None:
         """Auto-acknowledged delivery: retries happen in this process (lost if it dies)."""
         while True:
-            outcome = await self.handle_subscription(reg, message, attempt)
-            if outcome.disposition is not Disposition.RETRY or not self.accepting:
+            outcome = await self.core.handle_subscription(reg, message, attempt)
+            if outcome.disposition is not Disposition.RETRY or not self.core.accepting:
                 return
             await asyncio.sleep(outcome.delay_s)
-            if not self.accepting:
+            if not self.core.accepting:
                 return
             attempt += 1
 
@@ -593,14 +591,6 @@ class NatsBridge(EventBridgeBase):
         self._consumers[consumer.key] = consumer
 
     # ---------------------------------------------------------------- helpers
-    def _spawn_tracked(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        """Spawn a delivery counted from now on; destroy waits for it to settle."""
-        tracker = self._dispatch.track()
-        tracker.__enter__()
-        task = self.spawn(coro, name=name)
-        task.add_done_callback(lambda _t: tracker.__exit__(None, None, None))
-        return task
-
     async def publish_raw(self, raw: bytes, subject: str | None = None) -> None:
         """Put raw bytes on the wire (tests of malformed input): on ``subject``, or on a
         subject that each subscription registered here listens to."""
@@ -609,9 +599,9 @@ class NatsBridge(EventBridgeBase):
             targets = [subject]
         else:
             targets = []
-            for reg in self.registered_subscriptions:
+            for reg in self.core.registered_subscriptions:
                 sub = reg.subscription
-                tail = subjects.subscription_filter(self.prefix, sub)[len(self.prefix) + 1:]
+                tail = subjects.subscription_filter(self.prefix, sub)[len(self.prefix) + 1 :]
                 parts = tail.split(".")
                 if sub.message_type is None:
                     parts[0] = str(MessageType.CUSTOM_MESSAGE)

@@ -129,7 +129,7 @@ class _NatsKVStore(StoreBase):
         self._nc = None
 
     async def is_ready(self) -> bool:
-        return self._started and self._nc is not None and self._nc.is_connected
+        return self.started and self._nc is not None and self._nc.is_connected
 
     async def is_healthy(self) -> bool:
         return await self.is_ready()

@@ -118,7 +118,7 @@ class _RedisStore(StoreBase):
         await self._client.aclose()
 
     async def is_ready(self) -> bool:
-        return self._started and await ping(self._client, self.settings.health_timeout_s)
+        return self.started and await ping(self._client, self.settings.health_timeout_s)
 
     async def is_healthy(self) -> bool:
         return not self._closed and await ping(self._client, self.settings.health_timeout_s)

@@ -6,6 +6,7 @@ capabilities, and describe each adapter with an :class:`AdapterDescriptor`.
 """
 
 from reference_services.runtime.spi.bridge_base import (
+    BridgeCore,
     DeliveryOutcome,
     Disposition,
     EventBridgeBase,
@@ -35,6 +36,7 @@ __all__ = [
     "YES",
     "AdapterDescriptor",
     "AdapterKind",
+    "BridgeCore",
     "BuildContext",
     "DeliveryOutcome",
     "Disposition",

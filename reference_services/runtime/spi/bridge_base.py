@@ -14,6 +14,7 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, ClassVar, Literal
@@ -110,12 +111,340 @@ class BridgeNotRunningError(UnhandledError):
     default_status = StatusCode.SERVICE_UNAVAILABLE
 
 
+class BridgeCore:
+    """The adapter SPI of an event bridge: what a transport calls, as ``self.core``.
+
+    It owns the registrations, the pending invocations, the one in-flight tracker that
+    ``destroy`` drains, and background tasks, and runs commands and subscription
+    deliveries with the semantics every transport shares. A service author never needs
+    it: the bridge's own public methods are the service API.
+    """
+
+    def __init__(self, bridge: EventBridgeBase) -> None:
+        self._bridge = bridge
+        self.pending = PendingInvocations(on_timeout=self.invoke_timed_out)
+        self.inflight = InflightTracker()
+        self._commands: dict[tuple[str, str, str], RegisteredCommand] = {}
+        self._subscriptions: dict[tuple[str, str, str], RegisteredSubscription] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        # read-only for transports; the bridge's start and destroy set them
+        self.started = False
+        self.accepting = False
+        self.destroyed = False
+
+    def command(self, key: tuple[str, str, str]) -> RegisteredCommand | None:
+        """The command registered under ``key`` (an address key), if any."""
+        return self._commands.get(key)
+
+    def subscription(self, key: tuple[str, str, str]) -> RegisteredSubscription | None:
+        """The subscription registered under ``key`` (an address key), if any."""
+        return self._subscriptions.get(key)
+
+    def track(self) -> AbstractContextManager[None]:
+        """Count the block as in-flight work: ``destroy`` waits for it (once, up to
+        ``drain_timeout_s``)."""
+        return self.inflight.track()
+
+    def spawn_tracked(self, coro: Any, name: str | None = None) -> asyncio.Task[Any]:
+        """:meth:`spawn` a task counted as in flight from now until it ends."""
+        tracker = self.inflight.track()
+        tracker.__enter__()
+        task = self.spawn(coro, name=name)
+        task.add_done_callback(lambda _t: tracker.__exit__(None, None, None))
+        return task
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no tracked work runs; False if ``timeout_s`` passed first."""
+        return await self.inflight.wait_idle(timeout_s)
+
+    def cancel_background(self) -> None:
+        """Cancel every background task (the last step of ``destroy``)."""
+        for task in list(self._background):
+            task.cancel()
+
+    def decode_or_reject(
+        self, raw: bytes | bytearray | memoryview | str, source: str
+    ) -> AnyMessage | None:
+        """Decode wire bytes; log and count a malformed message and return None."""
+        try:
+            return decode(raw, max_bytes=self._bridge.max_message_bytes)
+        except MessageDecodeError as exc:
+            self._bridge.rejected_messages += 1
+            self._bridge.log.warning("rejected malformed message from %s: %s", source, exc)
+            return None
+
+    async def handle_command(self, command: Command) -> CommandResponse:
+        """Run the registered handler for ``command`` and return its response.
+
+        Never raises: a missing handler is a 404, shutting down a 503 and any
+        exception a 500 (or the status a PuristaError carries).
+        """
+        reg = self._commands.get(command.receiver.key)
+        if reg is None:
+            return error_response(
+                command,
+                StatusCode.NOT_FOUND,
+                f"no handler for command {command.receiver} on instance {self._bridge.instance_id}",
+                responder_instance_id=self._bridge.instance_id,
+            )
+        if not self.accepting:
+            return error_response(
+                command,
+                StatusCode.SERVICE_UNAVAILABLE,
+                f"instance {self._bridge.instance_id} is shutting down",
+                responder_instance_id=self._bridge.instance_id,
+            )
+        with self.inflight.track():
+            with telemetry.span(
+                f"command {command.receiver}",
+                SpanKind.SERVER,
+                otp=command.otp,
+                attributes={"purista.correlation_id": command.correlation_id},
+            ):
+                try:
+                    response = await reg.handler(command)
+                except Exception as exc:
+                    err = as_purista_error(exc)
+                    if not err.is_handled:
+                        self._bridge.log.exception("command %s failed", command.receiver)
+                    response = err.to_response(command, self._bridge.instance_id)
+        if response.sender.instance_id != self._bridge.instance_id:
+            response = response.model_copy(
+                update={
+                    "sender": response.sender.model_copy(
+                        update={"instance_id": self._bridge.instance_id}
+                    )
+                }
+            )
+        return response
+
+    async def serve_command(
+        self,
+        command: Command,
+        send_response: Callable[[CommandResponse], Awaitable[None]],
+    ) -> CommandResponse:
+        """Handle ``command``, send its response and broadcast its success event,
+        all counted as in flight, so that ``destroy`` waits for the response to leave.
+
+        Transports should prefer this to calling :meth:`handle_command` and
+        sending themselves.
+        """
+        with self.inflight.track():
+            response = await self.handle_command(command)
+            await send_response(response)
+            await self.after_response(response)
+        return response
+
+    async def after_response(self, response: CommandResponse) -> None:
+        """Broadcast a success response that carries an event name to subscribers."""
+        if isinstance(response, CommandSuccessResponse) and response.event_name:
+            try:
+                await self._bridge._publish(response)
+            except Exception:
+                self._bridge.log.exception("could not emit success event %s", response.event_name)
+
+    def resolve_response(self, response: CommandResponse) -> bool:
+        """Hand an arriving response to its waiting invocation (False if late)."""
+        return self.pending.resolve(response)
+
+    async def handle_subscription(
+        self, reg: RegisteredSubscription, message: AnyMessage, attempt: int = 1
+    ) -> DeliveryOutcome:
+        """Run a subscription handler for one delivery and say what to do next.
+
+        Handled errors ack (no redelivery); other errors retry per the failure
+        policy and, once attempts are exhausted, the message is dead-lettered
+        with its reason (emitted to ``dead_letter_target`` if one is set).
+        """
+        sub = reg.subscription
+        with self.inflight.track():
+            with telemetry.span(
+                f"subscription {sub.subscriber}",
+                SpanKind.CONSUMER,
+                otp=message.otp,
+                attributes={"purista.message_id": message.id, "purista.attempt": attempt},
+            ):
+                try:
+                    result = await reg.handler(message)
+                    if result is not None and sub.emit_event_name:
+                        await self._bridge._publish(self.chained_event(sub, message, result))
+                except Exception as exc:
+                    err = as_purista_error(exc)
+                    if err.is_handled:
+                        self._bridge.log.info(
+                            "subscription %s: handled error, not retried: %s", sub.subscriber, err
+                        )
+                        self.emit_info_soon(
+                            MessageType.INFO_SUBSCRIPTION_ERROR,
+                            {
+                                "subscription": str(sub.subscriber),
+                                "messageId": message.id,
+                                "status": err.status,
+                                "message": err.message,
+                                "handled": True,
+                            },
+                        )
+                        return DeliveryOutcome(Disposition.ACK, reason=err.message)
+                    reason = f"{type(exc).__name__}: {exc}"
+                    if sub.failure.should_retry(attempt):
+                        delay = sub.failure.delay_ms(attempt) / 1000
+                        self._bridge.log.info(
+                            "subscription %s: attempt %d of %d failed (%s), retry in %.3fs",
+                            sub.subscriber,
+                            attempt,
+                            sub.failure.max_attempts,
+                            reason,
+                            delay,
+                        )
+                        return DeliveryOutcome(Disposition.RETRY, delay, reason)
+                    await self.dead_letter(reg, message, attempt, reason)
+                    return DeliveryOutcome(Disposition.DEAD_LETTER, reason=reason)
+        return DeliveryOutcome(Disposition.ACK)
+
+    async def dead_letter(
+        self, reg: RegisteredSubscription, message: AnyMessage, attempts: int, reason: str
+    ) -> None:
+        """Emit the dead letter (if a target is set) and an infoSubscriptionError."""
+        sub = reg.subscription
+        self._bridge.log.warning(
+            "subscription %s: message %s dead-lettered after %d attempt(s): %s",
+            sub.subscriber,
+            message.id,
+            attempts,
+            reason,
+        )
+        if sub.failure.dead_letter_target:
+            letter = CustomMessage(
+                sender=self.sender(sub.subscriber),
+                event_name=sub.failure.dead_letter_target,
+                trace_id=message.trace_id,
+                principal_id=message.principal_id,
+                tenant_id=message.tenant_id,
+                correlation_id=message.id,
+                payload={"reason": reason, "attempts": attempts, "message": to_wire(message)},
+            )
+            try:
+                await self._bridge._publish_dead_letter(letter, reason)
+            except Exception:
+                self._bridge.log.exception("could not emit dead letter for %s", message.id)
+        self.emit_info_soon(
+            MessageType.INFO_SUBSCRIPTION_ERROR,
+            {
+                "subscription": str(sub.subscriber),
+                "messageId": message.id,
+                "reason": reason,
+                "attempts": attempts,
+                "handled": False,
+                "deadLettered": True,
+            },
+        )
+
+    def matching_subscriptions(self, message: AnyMessage) -> list[RegisteredSubscription]:
+        """Registered subscriptions that ``message`` matches."""
+        return [reg for reg in self._subscriptions.values() if reg.matches(message)]
+
+    def spawn(self, coro: Any, name: str | None = None) -> asyncio.Task[Any]:
+        """Run ``coro`` in the background, keeping a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def encode(self, message: AnyMessage) -> bytes:
+        """Encode with this bridge's size limit."""
+        return encode(message, max_bytes=self._bridge.max_message_bytes)
+
+    @property
+    def registered_commands(self) -> list[RegisteredCommand]:
+        """Commands registered here (re-bound after a reconnect)."""
+        return list(self._commands.values())
+
+    @property
+    def registered_subscriptions(self) -> list[RegisteredSubscription]:
+        """Subscriptions registered here (re-bound after a reconnect)."""
+        return list(self._subscriptions.values())
+
+    async def rebind_all(self) -> None:
+        """Bind every registered command and subscription again (after a reconnect)."""
+        for cmd in self.registered_commands:
+            await self._bridge._bind_command(cmd)
+        for reg in self.registered_subscriptions:
+            await self._bridge._bind_subscription(reg)
+
+    def sender(self, address: Address) -> SenderAddress:
+        return SenderAddress(
+            service_name=address.service_name,
+            service_version=address.service_version,
+            service_target=address.service_target,
+            instance_id=self._bridge.instance_id,
+        )
+
+    def chained_event(self, sub: Subscription, source: AnyMessage, result: Any) -> CustomMessage:
+        return CustomMessage(
+            sender=self.sender(sub.subscriber),
+            event_name=sub.emit_event_name or "",
+            trace_id=source.trace_id,
+            correlation_id=source.correlation_id,
+            principal_id=source.principal_id,
+            tenant_id=source.tenant_id,
+            otp=source.otp,
+            payload=result,
+        )
+
+    def invoke_timed_out(self, correlation_id: str, description: str) -> None:
+        self.emit_info_soon(
+            MessageType.INFO_INVOKE_TIMEOUT,
+            {"correlationId": correlation_id, "receiver": description},
+        )
+
+    def emit_info_soon(self, message_type: MessageType, payload: dict[str, Any]) -> None:
+        if not self.started or self.destroyed:
+            return
+        info = InfoMessage(
+            message_type=message_type,
+            sender=SenderAddress(
+                service_name="eventBridge",
+                service_version="1",
+                service_target=self._bridge.name,
+                instance_id=self._bridge.instance_id,
+            ),
+            payload=payload,
+        )
+
+        async def _emit() -> None:
+            try:
+                await self._bridge._publish(info)
+            except Exception as exc:
+                self._bridge.log.debug("could not emit %s: %s", message_type, exc)
+
+        try:
+            self.spawn(_emit(), name=f"info-{message_type}")
+        except RuntimeError:
+            pass
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._bridge.log.error(
+                "background task %s failed", task.get_name(), exc_info=task.exception()
+            )
+
+    def require_running(self) -> None:
+        """Raise 503 unless the bridge is started and accepting work."""
+        if not self.started:
+            raise BridgeNotRunningError(f"{self._bridge.name} bridge is not started")
+        if not self.accepting:
+            raise BridgeNotRunningError(f"{self._bridge.name} bridge is shutting down")
+
+
 class EventBridgeBase(ABC):
     """Base class for event bridges; see the module docstring."""
 
     kind: ClassVar[Literal["event_bridge"]] = "event_bridge"
     name: ClassVar[str] = "base"
     capabilities: ClassVar[EventBridgeCapabilities] = EventBridgeCapabilities()
+    #: the SPI object a transport calls; a subclass may extend :class:`BridgeCore`
+    core_class: ClassVar[type[BridgeCore]] = BridgeCore
 
     def __init__(
         self,
@@ -131,88 +460,80 @@ class EventBridgeBase(ABC):
         self.drain_timeout_s = drain_timeout_s
         self.max_message_bytes = max_message_bytes
         self.log = logger or logging.getLogger(f"reference_services.bridge.{self.name}")
-        self._pending = PendingInvocations(on_timeout=self._invoke_timed_out)
-        self._inflight = InflightTracker()
-        self._commands: dict[tuple[str, str, str], RegisteredCommand] = {}
-        self._subscriptions: dict[tuple[str, str, str], RegisteredSubscription] = {}
-        self._background: set[asyncio.Task[Any]] = set()
-        self._started = False
-        self._accepting = False
-        self._destroyed = False
         self.rejected_messages = 0
         self.drain_timed_out = False
+        self.core = self.core_class(self)
 
     # ----------------------------------------------------------------- public
     @property
     def pending_invocations(self) -> int:
         """Invocations waiting for a response (0 when nothing is in flight)."""
-        return len(self._pending)
+        return len(self.core.pending)
 
     @property
     def inflight(self) -> int:
         """Handlers running now."""
-        return self._inflight.count
+        return self.core.inflight.count
 
     async def start(self) -> None:
         """Connect and start accepting work. Idempotent."""
-        if self._started:
+        if self.core.started:
             return
-        if self._destroyed:
+        if self.core.destroyed:
             raise BridgeNotRunningError(f"{self.name} bridge was destroyed; create a new one")
         await self._connect()
-        self._started = True
-        self._accepting = True
+        self.core.started = True
+        self.core.accepting = True
 
     async def destroy(self) -> None:
         """Stop intake, let in-flight handlers finish (up to ``drain_timeout_s``),
         reject pending invocations with 503 and close. Idempotent."""
-        if self._destroyed:
+        if self.core.destroyed:
             return
-        self._destroyed = True
-        self._accepting = False
-        if self._started:
+        self.core.destroyed = True
+        self.core.accepting = False
+        if self.core.started:
             try:
                 await self._stop_intake()
             except Exception:
                 self.log.exception("stopping intake failed")
-            if not await self._inflight.wait_idle(self.drain_timeout_s):
+            if not await self.core.inflight.wait_idle(self.drain_timeout_s):
                 self.drain_timed_out = True
                 self.log.warning(
                     "%d handler(s) still running after the %.1fs drain timeout",
-                    self._inflight.count,
+                    self.core.inflight.count,
                     self.drain_timeout_s,
                 )
-        self._pending.reject_all(
+        self.core.pending.reject_all(
             BridgeNotRunningError(
                 f"{self.name} bridge is shutting down", StatusCode.SERVICE_UNAVAILABLE
             )
         )
-        for task in list(self._background):
-            task.cancel()
-        if self._started:
+        self.core.cancel_background()
+        if self.core.started:
             try:
                 await self._close()
             finally:
-                self._started = False
+                self.core.started = False
 
     async def is_ready(self) -> bool:
         """Started, accepting work and connected."""
-        return self._started and self._accepting and await self._is_connected()
+        return self.core.started and self.core.accepting and await self._is_connected()
 
     async def is_healthy(self) -> bool:
         """Started and connected to the transport."""
-        return self._started and await self._is_connected()
+        return self.core.started and await self._is_connected()
 
     async def emit_message(self, message: AnyMessage) -> None:
         """Publish a message to every matching subscription."""
-        self._require_running()
+        self.core.require_running()
         self._check_encodable(message)
         await self._publish(message)
 
     async def invoke(self, command: Command, ttl_s: float | None = None) -> Any:
         """Send ``command`` and return the result payload, or raise the error the
         response carries; 504 when no response arrives within ``ttl_s``."""
-        self._require_running()
+        self.core.require_running()
         ttl = self.default_command_ttl_s if ttl_s is None else ttl_s
         update: dict[str, Any] = {}
         if command.sender.instance_id != self.instance_id:
@@ -227,7 +548,7 @@ class EventBridgeBase(ABC):
             if update:
                 command = command.model_copy(update=update)
             self._check_encodable(command)
-            future = self._pending.add(command.correlation_id, ttl, str(command.receiver))
+            future = self.core.pending.add(command.correlation_id, ttl, str(command.receiver))
             try:
                 await asyncio.wait_for(self._send_command(command), ttl)
             except TimeoutError:
@@ -254,318 +575,43 @@ class EventBridgeBase(ABC):
         self, address: Address, handler: CommandHandler, config: CommandConfig | None = None
     ) -> None:
         """Serve ``address`` with ``handler`` on this instance."""
-        self._require_running()
+        self.core.require_running()
         reg = RegisteredCommand(self._own(address), handler, config or CommandConfig())
-        self._commands[address.key] = reg
+        self.core._commands[address.key] = reg
         await self._bind_command(reg)
 
     async def unregister_command(self, address: Address) -> None:
         """Stop serving ``address``."""
-        reg = self._commands.pop(address.key, None)
-        if reg is not None and self._started:
+        reg = self.core._commands.pop(address.key, None)
+        if reg is not None and self.core.started:
             await self._unbind_command(reg)
 
     async def register_subscription(
         self, subscription: Subscription, handler: SubscriptionHandler
     ) -> None:
         """Deliver matching messages to ``handler`` per the subscription's hints."""
-        self._require_running()
+        self.core.require_running()
         if subscription.subscriber.instance_id != self.instance_id:
             subscription = replace(subscription, subscriber=self._own(subscription.subscriber))
         reg = RegisteredSubscription(subscription, handler)
-        self._subscriptions[subscription.key] = reg
+        self.core._subscriptions[subscription.key] = reg
         await self._bind_subscription(reg)
 
     async def unregister_subscription(self, address: Address) -> None:
         """Stop delivering to the subscription at ``address``."""
-        reg = self._subscriptions.pop(address.key, None)
-        if reg is not None and self._started:
+        reg = self.core._subscriptions.pop(address.key, None)
+        if reg is not None and self.core.started:
             await self._unbind_subscription(reg)
-
-    # ------------------------------------------------- for transports to call
-    def decode_or_reject(
-        self, raw: bytes | bytearray | memoryview | str, source: str
-    ) -> AnyMessage | None:
-        """Decode wire bytes; log and count a malformed message and return None."""
-        try:
-            return decode(raw, max_bytes=self.max_message_bytes)
-        except MessageDecodeError as exc:
-            self.rejected_messages += 1
-            self.log.warning("rejected malformed message from %s: %s", source, exc)
-            return None
-
-    async def handle_command(self, command: Command) -> CommandResponse:
-        """Run the registered handler for ``command`` and return its response.
-
-        Never raises: a missing handler is a 404, shutting down a 503 and any
-        exception a 500 (or the status a PuristaError carries).
-        """
-        reg = self._commands.get(command.receiver.key)
-        if reg is None:
-            return error_response(
-                command,
-                StatusCode.NOT_FOUND,
-                f"no handler for command {command.receiver} on instance {self.instance_id}",
-                responder_instance_id=self.instance_id,
-            )
-        if not self._accepting:
-            return error_response(
-                command,
-                StatusCode.SERVICE_UNAVAILABLE,
-                f"instance {self.instance_id} is shutting down",
-                responder_instance_id=self.instance_id,
-            )
-        with self._inflight.track():
-            with telemetry.span(
-                f"command {command.receiver}",
-                SpanKind.SERVER,
-                otp=command.otp,
-                attributes={"purista.correlation_id": command.correlation_id},
-            ):
-                try:
-                    response = await reg.handler(command)
-                except Exception as exc:
-                    err = as_purista_error(exc)
-                    if not err.is_handled:
-                        self.log.exception("command %s failed", command.receiver)
-                    response = err.to_response(command, self.instance_id)
-        if response.sender.instance_id != self.instance_id:
-            response = response.model_copy(
-                update={
-                    "sender": response.sender.model_copy(update={"instance_id": self.instance_id})
-                }
-            )
-        return response
-
-    async def serve_command(
-        self,
-        command: Command,
-        send_response: Callable[[CommandResponse], Awaitable[None]],
-    ) -> CommandResponse:
-        """Handle ``command``, send its response and broadcast its success event,
-        all counted as in flight, so that ``destroy`` waits for the response to leave.
-
-        Transports should prefer this to calling :meth:`handle_command` and
-        sending themselves.
-        """
-        with self._inflight.track():
-            response = await self.handle_command(command)
-            await send_response(response)
-            await self.after_response(response)
-        return response
-
-    async def after_response(self, response: CommandResponse) -> None:
-        """Broadcast a success response that carries an event name to subscribers."""
-        if isinstance(response, CommandSuccessResponse) and response.event_name:
-            try:
-                await self._publish(response)
-            except Exception:
-                self.log.exception("could not emit success event %s", response.event_name)
-
-    def resolve_response(self, response: CommandResponse) -> bool:
-        """Hand an arriving response to its waiting invocation (False if late)."""
-        return self._pending.resolve(response)
-
-    async def handle_subscription(
-        self, reg: RegisteredSubscription, message: AnyMessage, attempt: int = 1
-    ) -> DeliveryOutcome:
-        """Run a subscription handler for one delivery and say what to do next.
-
-        Handled errors ack (no redelivery); other errors retry per the failure
-        policy and, once attempts are exhausted, the message is dead-lettered
-        with its reason (emitted to ``dead_letter_target`` if one is set).
-        """
-        sub = reg.subscription
-        with self._inflight.track():
-            with telemetry.span(
-                f"subscription {sub.subscriber}",
-                SpanKind.CONSUMER,
-                otp=message.otp,
-                attributes={"purista.message_id": message.id, "purista.attempt": attempt},
-            ):
-                try:
-                    result = await reg.handler(message)
-                    if result is not None and sub.emit_event_name:
-                        await self._publish(self._chained_event(sub, message, result))
-                except Exception as exc:
-                    err = as_purista_error(exc)
-                    if err.is_handled:
-                        self.log.info(
-                            "subscription %s: handled error, not retried: %s", sub.subscriber, err
-                        )
-                        self._emit_info_soon(
-                            MessageType.INFO_SUBSCRIPTION_ERROR,
-                            {
-                                "subscription": str(sub.subscriber),
-                                "messageId": message.id,
-                                "status": err.status,
-                                "message": err.message,
-                                "handled": True,
-                            },
-                        )
-                        return DeliveryOutcome(Disposition.ACK, reason=err.message)
-                    reason = f"{type(exc).__name__}: {exc}"
-                    if sub.failure.should_retry(attempt):
-                        delay = sub.failure.delay_ms(attempt) / 1000
-                        self.log.info(
-                            "subscription %s: attempt %d of %d failed (%s), retry in %.3fs",
-                            sub.subscriber,
-                            attempt,
-                            sub.failure.max_attempts,
-                            reason,
-                            delay,
-                        )
-                        return DeliveryOutcome(Disposition.RETRY, delay, reason)
-                    await self.dead_letter(reg, message, attempt, reason)
-                    return DeliveryOutcome(Disposition.DEAD_LETTER, reason=reason)
-        return DeliveryOutcome(Disposition.ACK)
-
-    async def dead_letter(
-        self, reg: RegisteredSubscription, message: AnyMessage, attempts: int, reason: str
-    ) -> None:
-        """Emit the dead letter (if a target is set) and an infoSubscriptionError."""
-        sub = reg.subscription
-        self.log.warning(
-            "subscription %s: message %s dead-lettered after %d attempt(s): %s",
-            sub.subscriber,
-            message.id,
-            attempts,
-            reason,
-        )
-        if sub.failure.dead_letter_target:
-            letter = CustomMessage(
-                sender=self._sender(sub.subscriber),
-                event_name=sub.failure.dead_letter_target,
-                trace_id=message.trace_id,
-                principal_id=message.principal_id,
-                tenant_id=message.tenant_id,
-                correlation_id=message.id,
-                payload={"reason": reason, "attempts": attempts, "message": to_wire(message)},
-            )
-            try:
-                await self._publish(letter)
-            except Exception:
-                self.log.exception("could not emit dead letter for %s", message.id)
-        self._emit_info_soon(
-            MessageType.INFO_SUBSCRIPTION_ERROR,
-            {
-                "subscription": str(sub.subscriber),
-                "messageId": message.id,
-                "reason": reason,
-                "attempts": attempts,
-                "handled": False,
-                "deadLettered": True,
-            },
-        )
-
-    def matching_subscriptions(self, message: AnyMessage) -> list[RegisteredSubscription]:
-        """Registered subscriptions that ``message`` matches."""
-        return [reg for reg in self._subscriptions.values() if reg.matches(message)]
-
-    def spawn(self, coro: Any, name: str | None = None) -> asyncio.Task[Any]:
-        """Run ``coro`` in the background, keeping a reference until it ends."""
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._background.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def encode(self, message: AnyMessage) -> bytes:
-        """Encode with this bridge's size limit."""
-        return encode(message, max_bytes=self.max_message_bytes)
-
-    @property
-    def accepting(self) -> bool:
-        """Whether new work is taken (False once destroy began)."""
-        return self._accepting
-
-    @property
-    def registered_commands(self) -> list[RegisteredCommand]:
-        """Commands registered here (re-bound after a reconnect)."""
-        return list(self._commands.values())
-
-    @property
-    def registered_subscriptions(self) -> list[RegisteredSubscription]:
-        """Subscriptions registered here (re-bound after a reconnect)."""
-        return list(self._subscriptions.values())
-
-    async def rebind_all(self) -> None:
-        """Bind every registered command and subscription again (after a reconnect)."""
-        for cmd in self.registered_commands:
-            await self._bind_command(cmd)
-        for reg in self.registered_subscriptions:
-            await self._bind_subscription(reg)
 
     # ---------------------------------------------------------------- helpers
     def _own(self, address: Address) -> Address:
         return address.model_copy(update={"instance_id": self.instance_id})
 
-    def _sender(self, address: Address) -> SenderAddress:
-        return SenderAddress(
-            service_name=address.service_name,
-            service_version=address.service_version,
-            service_target=address.service_target,
-            instance_id=self.instance_id,
-        )
-
-    def _chained_event(self, sub: Subscription, source: AnyMessage, result: Any) -> CustomMessage:
-        return CustomMessage(
-            sender=self._sender(sub.subscriber),
-            event_name=sub.emit_event_name or "",
-            trace_id=source.trace_id,
-            correlation_id=source.correlation_id,
-            principal_id=source.principal_id,
-            tenant_id=source.tenant_id,
-            otp=source.otp,
-            payload=result,
-        )
-
-    def _require_running(self) -> None:
-        if not self._started:
-            raise BridgeNotRunningError(f"{self.name} bridge is not started")
-        if not self._accepting:
-            raise BridgeNotRunningError(f"{self.name} bridge is shutting down")
-
     def _check_encodable(self, message: AnyMessage) -> None:
         try:
-            self.encode(message)
+            self.core.encode(message)
         except MessageEncodeError as exc:
             raise HandledError(str(exc), StatusCode.BAD_REQUEST) from exc
-
-    def _invoke_timed_out(self, correlation_id: str, description: str) -> None:
-        self._emit_info_soon(
-            MessageType.INFO_INVOKE_TIMEOUT,
-            {"correlationId": correlation_id, "receiver": description},
-        )
-
-    def _emit_info_soon(self, message_type: MessageType, payload: dict[str, Any]) -> None:
-        if not self._started or self._destroyed:
-            return
-        info = InfoMessage(
-            message_type=message_type,
-            sender=SenderAddress(
-                service_name="eventBridge",
-                service_version="1",
-                service_target=self.name,
-                instance_id=self.instance_id,
-            ),
-            payload=payload,
-        )
-
-        async def _emit() -> None:
-            try:
-                await self._publish(info)
-            except Exception as exc:
-                self.log.debug("could not emit %s: %s", message_type, exc)
-
-        try:
-            self.spawn(_emit(), name=f"info-{message_type}")
-        except RuntimeError:
-            pass
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
     # -------------------------------------------------------- transport hooks
     @abstractmethod
@@ -603,6 +649,11 @@ class EventBridgeBase(ABC):
 
     @abstractmethod
     async def _unbind_subscription(self, reg: RegisteredSubscription) -> None: ...
+
+    async def _publish_dead_letter(self, letter: CustomMessage, reason: str) -> None:
+        """Publish a dead letter; a transport may override it to carry ``reason`` in a
+        header (``x-purista-dead-letter-reason``). Default: :meth:`_publish`."""
+        await self._publish(letter)
 
     async def _stop_intake(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Stop taking new commands and messages (first step of destroy)."""

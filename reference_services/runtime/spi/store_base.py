@@ -70,6 +70,11 @@ class StoreBase(ABC):
         self._cache: dict[str, tuple[float, Any]] = {}
         self._started = False
 
+    @property
+    def started(self) -> bool:
+        """Whether ``start`` ran and ``destroy`` has not."""
+        return self._started
+
     def _check(self, op: str, enabled: bool) -> None:
         if not enabled:
             raise StoreOperationDisabled(f"{op} is disabled on {self.kind} {self.name!r}")
