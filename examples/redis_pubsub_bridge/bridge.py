@@ -22,7 +22,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from reference_services.runtime.errors import StatusCode
-from reference_services.runtime.messages import AnyMessage, Command, error_response
+from reference_services.runtime.messages import AnyMessage, Command, CommandResponse, error_response
 from reference_services.runtime.spi.bridge_base import (
     DeliveryOutcome,
     Disposition,
@@ -59,9 +59,6 @@ class RedisPubSubBridge(EventBridgeBase):
         self._redis: aioredis.Redis | None = None
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
-        # commands being answered: destroy() drains handlers, then cancels background
-        # tasks, so responses still on their way are awaited here before closing
-        self._answering: set[asyncio.Task[None]] = set()
 
     # ---- channels
     @property
@@ -82,8 +79,6 @@ class RedisPubSubBridge(EventBridgeBase):
         self._reader = asyncio.create_task(self._read(), name=f"redis-pubsub-{self.instance_id}")
 
     async def _close(self) -> None:
-        if self._answering:
-            await asyncio.wait(self._answering, timeout=5)
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -150,9 +145,7 @@ class RedisPubSubBridge(EventBridgeBase):
                 for reg in self.core.matching_subscriptions(message):
                     self.core.spawn(self._deliver(reg, message, 1))
             elif channel.startswith(f"{self.prefix}:cmd:") and isinstance(message, Command):
-                task = asyncio.create_task(self._serve(message))
-                self._answering.add(task)
-                task.add_done_callback(self._answering.discard)
+                self.core.spawn_tracked(self._serve(message), name="redis-pubsub-command")
             elif channel == self._reply_channel(self.instance_id):
                 self.core.resolve_response(message)  # type: ignore[arg-type]
 
@@ -167,9 +160,10 @@ class RedisPubSubBridge(EventBridgeBase):
             await self._deliver(reg, message, attempt + 1)
 
     async def _serve(self, command: Command) -> None:
-        response = await self.core.handle_command(command)
-        assert self._redis is not None
-        await self._redis.publish(
-            self._reply_channel(command.sender.instance_id), self.core.encode(response)
-        )
-        await self.core.after_response(response)
+        async def send(response: CommandResponse) -> None:
+            assert self._redis is not None
+            await self._redis.publish(
+                self._reply_channel(command.sender.instance_id), self.core.encode(response)
+            )
+
+        await self.core.serve_command(command, send)
