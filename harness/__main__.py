@@ -86,7 +86,7 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _images(args: argparse.Namespace) -> int:
-    from harness.images import ImageBuildError, build_images, images_missing
+    from harness.images import SERVICE_IMAGE, ImageBuildError, build_images, images_missing
     from harness.services.docker_engine import docker_client, docker_ping
 
     reason = docker_ping()
@@ -101,7 +101,7 @@ def _images(args: argparse.Namespace) -> int:
         finally:
             client.close()
         for name in names:
-            image = SPECS[name].image
+            image = SERVICE_IMAGE if name == "service" else SPECS[name].image
             print(f"{name}: {image} {'MISSING' if image in missing else 'present'}")
         return 1 if missing else 0
     try:
@@ -135,13 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     img.add_argument("action", choices=["build", "list"])
     img.add_argument("--force", action="store_true", help="rebuild even when up to date")
     img.add_argument("--log", type=Path, default=None, help="append build output to this file")
-    img.add_argument("services", nargs="*", default=[], help=", ".join(SERVICE_NAMES))
+    img.add_argument("services", nargs="*", default=[],
+                     help=", ".join(SERVICE_NAMES) + " (default), and service (the project)")
     args = parser.parse_args(argv)
     if args.command == "down":
         return _down(args)
-    unknown = [n for n in args.services if n not in SERVICE_NAMES]
+    known = (*SERVICE_NAMES, "service") if args.command == "images" else SERVICE_NAMES
+    unknown = [n for n in args.services if n not in known]
     if unknown:
-        parser.error(f"unknown services {unknown}; known: {', '.join(SERVICE_NAMES)}")
+        parser.error(f"unknown services {unknown}; known: {', '.join(known)}")
     if args.command == "images":
         return _images(args)
     with run.running():

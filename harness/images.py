@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -27,7 +28,14 @@ from harness.services.spec import SERVICE_NAMES, get_spec
 BASE_IMAGE = "purista-harness/debian:bookworm"
 SUITE = "bookworm"
 RECIPE_LABEL = "org.purista-harness.recipe"
-IMAGES_DIR = Path(__file__).resolve().parents[1] / "docker" / "images"
+REPO_DIR = Path(__file__).resolve().parents[1]
+IMAGES_DIR = REPO_DIR / "docker" / "images"
+SERVICE_IMAGE = "purista-harness/service:latest"
+SERVICE_DOCKERFILE = REPO_DIR / "docker" / "service.Dockerfile"
+SOURCE_DIRS = ("reference_services", "harness", "conformance")
+# Debian's python3 is 3.11.2: redis-py needs async-timeout below 3.11.3, which the host's
+# newer Python does not pull in when it builds the wheels
+IMAGE_ONLY_DEPS = ("async-timeout>=4.0.3,<6",)
 SOURCES_FILES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
 
 
@@ -165,35 +173,83 @@ def build_service(client: Any, name: str, force: bool = False,
         current = _image(client, image)
         if not force and current is not None and current.labels.get(RECIPE_LABEL) == recipe:
             return BuildResult(image, "kept", 0.0)
-        lines: list[str] = []
-        try:
-            # network_mode host: the build's apt-get reaches the mirror like the host does
-            # (the daemon runs without NAT); pull=False: FROM is the local base image.
-            for chunk in client.api.build(path=str(context), tag=image, network_mode="host",
-                                          pull=False, rm=True, forcerm=True, decode=True,
-                                          labels={RECIPE_LABEL: recipe}):
-                lines.append(chunk.get("stream") or chunk.get("error") or "")
-                if "error" in chunk:
-                    raise ImageBuildError(f"{image}: {chunk['error'].strip()}")
-        finally:
-            if log is not None:
-                with log.open("a") as out:
-                    out.write("".join(lines))
+        _docker_build(client, context, image, recipe, log)
     return BuildResult(image, "built", time.monotonic() - started)
 
 
+def _docker_build(client: Any, context: Path, image: str, recipe: str,
+                  log: Path | None) -> None:
+    lines: list[str] = []
+    try:
+        # network_mode host: the build's apt-get reaches the mirror like the host does
+        # (the daemon runs without NAT); pull=False: FROM is the local base image.
+        for chunk in client.api.build(path=str(context), tag=image, network_mode="host",
+                                      pull=False, rm=True, forcerm=True, decode=True,
+                                      labels={RECIPE_LABEL: recipe}):
+            lines.append(chunk.get("stream") or chunk.get("error") or "")
+            if "error" in chunk:
+                raise ImageBuildError(f"{image}: {chunk['error'].strip()}")
+    finally:
+        if log is not None:
+            with log.open("a") as out:
+                out.write("".join(lines))
+
+
+def _source_hash(base_id: str) -> str:
+    digest = hashlib.sha256(base_id.encode() + SERVICE_DOCKERFILE.read_bytes())
+    files = [REPO_DIR / "pyproject.toml"]
+    for top in SOURCE_DIRS:
+        files += [p for p in (REPO_DIR / top).rglob("*") if p.is_file()
+                  and "__pycache__" not in p.parts and p.suffix != ".pyc"]
+    for path in sorted(files):
+        digest.update(str(path.relative_to(REPO_DIR)).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:32]
+
+
+def build_service_image(client: Any, force: bool = False,
+                        log: Path | None = None) -> BuildResult:
+    """The project itself on the base image (docker/service.Dockerfile), from wheels built
+    here, for the deployment suite's one-service-per-container pattern."""
+    started = time.monotonic()
+    base = _image(client, BASE_IMAGE)
+    if base is None:
+        raise ImageBuildError(f"base image {BASE_IMAGE} is missing (build it first)")
+    if not (REPO_DIR / "pyproject.toml").is_file():
+        raise ImageBuildError(f"no project source at {REPO_DIR} to build {SERVICE_IMAGE} from")
+    recipe = _source_hash(base.id)
+    current = _image(client, SERVICE_IMAGE)
+    if not force and current is not None and current.labels.get(RECIPE_LABEL) == recipe:
+        return BuildResult(SERVICE_IMAGE, "kept", 0.0)
+    with tempfile.TemporaryDirectory(prefix="harness-image-service-") as tmp:
+        context = Path(tmp)
+        shutil.copy(SERVICE_DOCKERFILE, context / "Dockerfile")
+        with (log or Path(os.devnull)).open("ab") as out:
+            proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir",
+                                   str(context / "wheels"), str(REPO_DIR), *IMAGE_ONLY_DEPS],
+                                  stdout=out, stderr=subprocess.STDOUT, check=False)
+        if proc.returncode != 0:
+            raise ImageBuildError(f"pip wheel of the project failed (exit {proc.returncode})"
+                                  f"; see {log}")
+        _docker_build(client, context, SERVICE_IMAGE, recipe, log)
+    return BuildResult(SERVICE_IMAGE, "built", time.monotonic() - started)
+
+
 def images_missing(client: Any, names: Iterable[str] = SERVICE_NAMES) -> list[str]:
-    """The spec images of these services that the engine does not have."""
-    return [get_spec(n).image for n in names if _image(client, get_spec(n).image) is None]
+    """The images of these services (``service``: the project's) the engine does not have."""
+    images = [SERVICE_IMAGE if n == "service" else get_spec(n).image for n in names]
+    return [image for image in images if _image(client, image) is None]
 
 
 def build_images(names: Iterable[str] = SERVICE_NAMES, force: bool = False,
                  log: Path | None = None) -> list[BuildResult]:
-    """Build the base and the service images (idempotent); one result per image."""
+    """Build the base and the named images (idempotent); one result per image. The name
+    ``service`` is the project's own image (SERVICE_IMAGE)."""
     client = docker_client()
     try:
         results = [build_base(client, force, log)]
-        results += [build_service(client, n, force, log) for n in names]
+        results += [build_service_image(client, force, log) if n == "service"
+                    else build_service(client, n, force, log) for n in names]
         return results
     finally:
         client.close()

@@ -173,3 +173,34 @@ def remove_owned_containers(run_id: str, pid: int) -> int:
     if docker_ping(3.0) is not None:
         return 0
     return _remove_labelled([f"{LABEL_RUN}={run_id}", f"{LABEL_PID}={pid}"], keep_kept=True)
+
+
+def bridge_url(url: str) -> str:
+    """The URL of a harness container's service as other containers on the engine's bridge
+    network reach it: ``scheme://user@127.0.0.1:<published port>/x`` becomes
+    ``scheme://user@<container ip>:<container port>/x``. ValueError when no running
+    harness container publishes that port (e.g. the service is a local process)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.hostname not in ("127.0.0.1", "localhost") or parts.port is None:
+        raise ValueError(f"not a loopback URL of a published port: {parts.scheme}://"
+                         f"{parts.hostname}:{parts.port}")
+    client = docker_client(10.0)
+    try:
+        for container in client.containers.list(filters={"label": LABEL_RUN}):
+            settings = container.attrs.get("NetworkSettings", {})
+            for cport, binds in (settings.get("Ports") or {}).items():
+                if any(b.get("HostPort") == str(parts.port) for b in binds or []):
+                    ip = settings.get("IPAddress") or next(
+                        (n.get("IPAddress") for n in settings.get("Networks", {}).values()
+                         if n.get("IPAddress")), "")
+                    if not ip:
+                        break
+                    netloc = parts.netloc.rsplit("@", 1)
+                    host = f"{ip}:{cport.split('/')[0]}"
+                    netloc = f"{netloc[0]}@{host}" if len(netloc) == 2 else host
+                    return urlunsplit(parts._replace(netloc=netloc))
+    finally:
+        client.close()
+    raise ValueError(f"no harness container publishes 127.0.0.1:{parts.port}")

@@ -15,7 +15,8 @@ class DeploymentConfig:
     adapter (built-in: memory|amqp|nats|mqtt, memory|redis|nats, memory|redis|nats-kv)
     or reference a descriptor as ``module:ATTRIBUTE``; every ``*_URL`` variable
     (``AMQP_URL``, ``NATS_URL``, ...) is passed on; ``PURISTA_PREFIX``,
-    ``SERVICES`` (comma-separated), ``HEALTH_PORT``, ``SHUTDOWN_TIMEOUT_S``,
+    ``SERVICES`` (comma-separated), ``HEALTH_PORT``, ``HEALTH_HOST`` (default 127.0.0.1;
+    0.0.0.0 in a container), ``SHUTDOWN_TIMEOUT_S``,
     ``SERVICE_CONFIG_*`` (passed to services as config).
     """
 
@@ -26,6 +27,7 @@ class DeploymentConfig:
     prefix: str = "purista"
     services: tuple[str, ...] = ("user", "email", "sensor", "billing")
     health_port: int | None = None
+    health_host: str = "127.0.0.1"
     shutdown_timeout_s: float = 30.0
     service_config: dict[str, str] = field(default_factory=dict)
 
@@ -43,6 +45,7 @@ class DeploymentConfig:
                 s for s in env.get("SERVICES", "user,email,sensor,billing").split(",") if s
             ),
             health_port=int(env["HEALTH_PORT"]) if env.get("HEALTH_PORT") else None,
+            health_host=env.get("HEALTH_HOST") or "127.0.0.1",
             shutdown_timeout_s=float(env.get("SHUTDOWN_TIMEOUT_S", "30")),
             service_config={
                 k.removeprefix("SERVICE_CONFIG_").lower(): v

@@ -54,7 +54,8 @@ async def run(cfg: DeploymentConfig, services: tuple[str, ...], *, ready_line: b
         instances.append(instance)
     health = None
     if cfg.health_port is not None:
-        health = HealthServer([bridge, queue, *instances], port=cfg.health_port)
+        health = HealthServer([bridge, queue, *instances], host=cfg.health_host,
+                              port=cfg.health_port)
         await health.start()
     if ready_line:
         print(f"READY {' '.join(services)} instance={bridge.instance_id}", flush=True)
