@@ -361,13 +361,17 @@ async def run_processes(
     prefix: str,
     workdir: Path,
     timeout_s: float = 60.0,
+    runner: Callable[[dict[str, str], Path], Any] | None = None,
+    service_urls: dict[str, str] | None = None,
 ) -> tuple[Trace, dict[str, int | None]]:
     """``microservices`` (one process per service) or ``edge`` (one process for all)
     over a broker, with ``client`` (a started bridge of the same kind and prefix)
-    invoking and observing."""
+    invoking and observing. ``runner`` (default ServiceProcesses) starts the services
+    with ``service_urls`` (default ``urls``: what the services use to reach the brokers)."""
     trace = Trace(pattern)
     start = time.monotonic()
-    procs = ServiceProcesses(deploy_env(event_bridge, urls, prefix), workdir)
+    env = deploy_env(event_bridge, service_urls or urls, prefix)
+    procs = (runner or ServiceProcesses)(env, workdir)
     state, queue, read = backend_outcome_reader(trace, urls, prefix)
     await state.start()
     await queue.start()

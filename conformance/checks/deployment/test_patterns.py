@@ -3,7 +3,9 @@
 The monolith (every service in one process on the in-memory adapters) is the
 reference. Serverless runs each trigger as a fresh function (in-memory bridge,
 Redis stores and queue). Microservices run each service as its own OS process
-over the adapter's broker; edge runs all services in one process over it. A
+over the adapter's broker; edge runs all services in one process over it;
+containers run each service in its own container (the project's image) reaching
+the broker containers by the engine's bridge network (docker provider only). A
 client bridge of the adapter under test invokes the scenario's commands and
 observes its events. Processes are stopped with SIGTERM and must exit 0.
 """
@@ -86,13 +88,18 @@ async def test_serverless_matches_the_monolith(aut: AdapterUnderTest) -> None:
     _judge(aut, trace, reference)
 
 
-async def _processes(aut: AdapterUnderTest, pattern: str, tmp_path: Path) -> None:
+async def _processes(aut: AdapterUnderTest, pattern: str, tmp_path: Path,
+                     containers: bool = False) -> None:
     service, var = _deployable(aut)
     reference = await _reference_trace()
     urls = {var: aut.ctx.url(service), **process_backend_urls(aut.ctx.url)}
+    runner, service_urls = None, None
+    if containers:
+        runner, service_urls = _container_runner(aut, urls)
     client = await aut.new()
     selector = str(aut.spec.selector)
-    trace, exits = await run_processes(pattern, client, selector, urls, aut.ctx.prefix, tmp_path)
+    trace, exits = await run_processes(pattern, client, selector, urls, aut.ctx.prefix, tmp_path,
+                                       runner=runner, service_urls=service_urls)
     aut.metric("processes", len(exits))
     _judge(aut, trace, reference)
     bad = {label: code for label, code in exits.items() if code != 0}
@@ -104,6 +111,32 @@ async def test_microservices_match_the_monolith(aut: AdapterUnderTest, tmp_path:
     """One OS process per service over the adapter's broker gives the monolith's trace,
     and every process exits 0 on SIGTERM."""
     await _processes(aut, "microservices", tmp_path)
+
+
+def _container_runner(aut: AdapterUnderTest, urls: dict[str, str]) -> tuple[Any, dict[str, str]]:
+    """ServiceContainers and the bridge-network URLs, or skip: not on the docker provider,
+    or not a built-in adapter (the image holds the built-in ones only)."""
+    from conformance import deployment_containers as dc
+    from conformance.skips import not_tested
+
+    if aut.spec.source != "builtin":
+        pytest.skip("the service image holds the built-in adapters only")
+    try:
+        service_urls = dc.bridge_urls(urls)
+    except ValueError as exc:
+        pytest.skip(f"needs the brokers as containers (--provider docker): {exc}")
+    missing = dc.image_missing()
+    if missing:
+        not_tested(missing)
+    return dc.ServiceContainers, service_urls
+
+
+@check("deployment.containers", kinds=("event_bridge",))
+async def test_containers_match_the_monolith(aut: AdapterUnderTest, tmp_path: Path) -> None:
+    """One container per service (the project's image) over the adapter's broker
+    container, reached by the bridge network, gives the monolith's trace, and every
+    container exits 0 on SIGTERM."""
+    await _processes(aut, "microservices", tmp_path, containers=True)
 
 
 @check("deployment.edge", kinds=("event_bridge",))

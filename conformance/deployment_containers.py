@@ -1,0 +1,105 @@
+"""The deployment suite's container pattern: one example service per container.
+
+Each service runs from the project's own image (``harness images build service``,
+docker/service.Dockerfile) and reaches the brokers, themselves containers of the docker
+provider, by the engine's bridge network. Containers carry the run's labels, so the
+run's end, its signal handler and its reaper remove them like the brokers'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import run as harness_run
+from harness.services.docker_engine import LABEL_SERVICE, bridge_url, docker_client, run_identity
+
+STOP_TIMEOUT_S = 30
+
+
+def service_image() -> str:
+    """The project's image name (built by `harness images build service`)."""
+    from harness.images import SERVICE_IMAGE
+
+    return SERVICE_IMAGE
+
+
+def bridge_urls(urls: dict[str, str]) -> dict[str, str]:
+    """The same URLs as containers on the bridge reach them (ValueError: not containers)."""
+    return {var: bridge_url(url) for var, url in urls.items()}
+
+
+def image_missing() -> str | None:
+    """None when the service image is in the engine, else why not."""
+    import docker.errors
+
+    client = docker_client(10.0)
+    try:
+        client.images.get(service_image())
+        return None
+    except docker.errors.ImageNotFound:
+        return f"image {service_image()} missing; build it with `harness images build service`"
+    finally:
+        client.close()
+
+
+class ServiceContainers:
+    """Like ServiceProcesses, with containers: start(label, *args) waits for READY on the
+    container's stdout, stop() sends SIGTERM (docker stop) and records the exit codes."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.env = env
+        self.workdir = workdir
+        self.client = docker_client()
+        self.containers: list[tuple[str, Any]] = []
+        self.exit_codes: dict[str, int | None] = {}
+        self._cleanups: list[int] = []
+
+    async def start(self, label: str, *args: str, timeout_s: float = 60.0) -> None:
+        """Start one container (never pulls: the image must exist) and wait for READY."""
+        labels = {**run_identity().labels, LABEL_SERVICE: f"deploy-{label}"}
+        container = await asyncio.to_thread(
+            self.client.containers.create, service_image(), list(args),
+            environment=self.env, labels=labels, stop_signal="SIGTERM")
+        self.containers.append((label, container))
+        self._cleanups.append(harness_run.current().on_cleanup(
+            lambda c=container: c.remove(force=True), f"deploy container {label}"))
+        await asyncio.to_thread(container.start)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            out = await asyncio.to_thread(container.logs, stdout=True, stderr=False)
+            if b"READY" in out:
+                return
+            await asyncio.to_thread(container.reload)
+            if container.status not in ("created", "running"):
+                break
+            await asyncio.sleep(0.1)
+        self._save_logs(label, container)
+        raise AssertionError(f"{label} container did not report READY within {timeout_s}s "
+                             f"(status {container.status}); see {self.workdir / label}.log")
+
+    def _save_logs(self, label: str, container: Any) -> None:
+        with contextlib.suppress(Exception):
+            (self.workdir / f"{label}.log").write_bytes(container.logs())
+
+    async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM every container (SIGKILL after timeout_s), record exit codes, remove."""
+
+        async def one(label: str, container: Any) -> None:
+            try:
+                await asyncio.to_thread(container.stop, timeout=int(timeout_s))
+                result = await asyncio.to_thread(container.wait, timeout=timeout_s + 10)
+                self.exit_codes[label] = int(result.get("StatusCode", -1))
+            except Exception:
+                self.exit_codes[label] = None
+            self._save_logs(label, container)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(container.remove, force=True)
+
+        await asyncio.gather(*(one(label, c) for label, c in self.containers))
+        for token in self._cleanups:
+            harness_run.current().cancel_cleanup(token)
+        self.client.close()
