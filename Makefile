@@ -50,6 +50,7 @@ docker-engine: venv services
 
 docker-images: venv
 	DOCKER_HOST=unix://$(DOCKER_ENGINE_SOCKET) $(VENV)/bin/harness images build
+	DOCKER_HOST=unix://$(DOCKER_ENGINE_SOCKET) $(VENV)/bin/harness images build service
 
 docker-engine-stop:
 	$(ENGINE) stop

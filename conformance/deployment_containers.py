@@ -29,19 +29,22 @@ def service_image() -> str:
 
 def bridge_urls(urls: dict[str, str]) -> dict[str, str]:
     """The same URLs as containers on the bridge reach them (ValueError: not containers)."""
+    from harness.services.docker_engine import docker_ping
+
+    reason = docker_ping()
+    if reason:
+        raise ValueError(reason)
     return {var: bridge_url(url) for var, url in urls.items()}
 
 
 def image_missing() -> str | None:
-    """None when the service image is in the engine, else why not."""
-    import docker.errors
+    """None when the service image is in the engine and built from this source, else why
+    not (a stale image would test old code)."""
+    from harness.images import service_image_stale
 
     client = docker_client(10.0)
     try:
-        client.images.get(service_image())
-        return None
-    except docker.errors.ImageNotFound:
-        return f"image {service_image()} missing; build it with `harness images build service`"
+        return service_image_stale(client)
     finally:
         client.close()
 

@@ -235,6 +235,17 @@ def build_service_image(client: Any, force: bool = False,
     return BuildResult(SERVICE_IMAGE, "built", time.monotonic() - started)
 
 
+def service_image_stale(client: Any) -> str | None:
+    """None when SERVICE_IMAGE exists and was built from the current source, else why not."""
+    hint = "build it with `harness images build service`"
+    base, image = _image(client, BASE_IMAGE), _image(client, SERVICE_IMAGE)
+    if base is None or image is None:
+        return f"image {SERVICE_IMAGE} missing; {hint}"
+    if image.labels.get(RECIPE_LABEL) != _source_hash(base.id):
+        return f"image {SERVICE_IMAGE} was built from other source; re{hint}"
+    return None
+
+
 def images_missing(client: Any, names: Iterable[str] = SERVICE_NAMES) -> list[str]:
     """The images of these services (``service``: the project's) the engine does not have."""
     images = [SERVICE_IMAGE if n == "service" else get_spec(n).image for n in names]

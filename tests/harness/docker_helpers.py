@@ -9,7 +9,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -30,10 +30,15 @@ def engine_or_skip(config: pytest.Config) -> Any:
             return client
         client.close()
         reason = f"images missing: {', '.join(missing)} (harness images build)"
+    skip_or_fail(config, f"no usable Docker engine: {reason}")
+
+
+def skip_or_fail(config: pytest.Config, reason: str) -> NoReturn:
+    """Skip, or fail when the run requires the docker provider."""
     wanted = config.getoption("harness_provider") or os.environ.get("HARNESS_PROVIDER")
     if config.getoption("require_services") and wanted == "docker":
-        pytest.fail(f"docker provider required but {reason}", pytrace=False)
-    pytest.skip(f"no usable Docker engine: {reason}")
+        pytest.fail(f"docker provider required: {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def containers_of(client: Any, pid: int | None = None, run: str | None = None) -> list[Any]:
