@@ -1,5 +1,5 @@
 """The conformance suite: one contract, every adapter, a report people and CI can read."""
 
-from .adapters import AdapterContext
+from conformance.adapters import AdapterContext
 
 __all__ = ["AdapterContext"]

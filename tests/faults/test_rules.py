@@ -6,9 +6,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from conformance.adapters import AdapterSpec
-from conformance.faults_procs import in_flight
-from conformance.faults_run import expectations, judge
-from conformance.faults_workload import Invocation, Stats
+from conformance.checks.faults.engine import expectations, judge
+from conformance.checks.faults.processes import in_flight
+from conformance.checks.faults.workload import Invocation, Stats
 from harness.history import History, check
 from reference_services.runtime.spi.capabilities import (
     EventBridgeCapabilities,

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from conformance.adapters import process_backend_urls
-from conformance.deployment_scenario import (
+from conformance.checks.deployment.scenario import (
     STEPS,
     Trace,
     diff,
@@ -26,8 +26,8 @@ from conformance.deployment_scenario import (
     run_processes,
     run_serverless,
 )
-from conformance.marks import check
-from conformance.under_test import AdapterUnderTest
+from conformance.kit.marks import check
+from conformance.kit.under_test import AdapterUnderTest
 
 EXPECTED_STATUSES = [200, 200, 409, 400, 200, 404, 200, 200, 200, 200, 200, 200]
 _reference: dict[str, Any] = {}

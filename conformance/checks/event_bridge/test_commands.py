@@ -17,10 +17,10 @@ from conformance.kit import (
     pending_invocations,
     responder,
 )
-from conformance.ledger import Ledger, expect_exactly_once
-from conformance.marks import check
-from conformance.under_test import AdapterUnderTest
-from conformance.waits import wait_for, wait_quiet
+from conformance.kit.ledger import Ledger, expect_exactly_once
+from conformance.kit.marks import check
+from conformance.kit.under_test import AdapterUnderTest
+from conformance.kit.waits import wait_for, wait_quiet
 from reference_services.runtime.definitions import Subscription
 from reference_services.runtime.errors import HandledError, PuristaError, UnhandledError
 from reference_services.runtime.messages import MessageType, success_response

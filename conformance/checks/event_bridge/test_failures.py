@@ -7,10 +7,10 @@ from collections import defaultdict
 from typing import Any
 
 from conformance.kit import FailureHandling, Recorder, event, subscription
-from conformance.ledger import Ledger, expect_exactly_once
-from conformance.marks import check
-from conformance.under_test import AdapterUnderTest
-from conformance.waits import wait_for, wait_quiet
+from conformance.kit.ledger import Ledger, expect_exactly_once
+from conformance.kit.marks import check
+from conformance.kit.under_test import AdapterUnderTest
+from conformance.kit.waits import wait_for, wait_quiet
 from reference_services.runtime.errors import HandledError
 
 EB = ("event_bridge",)

@@ -8,11 +8,11 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance.hyp import envelope_ids, json_values, otps, session, settings_for, trace_ids
 from conformance.kit import addr, command, event, responder, subscription
-from conformance.marks import check
-from conformance.under_test import AdapterUnderTest
-from conformance.waits import wait_for
+from conformance.kit.hyp import envelope_ids, json_values, otps, session, settings_for, trace_ids
+from conformance.kit.marks import check
+from conformance.kit.under_test import AdapterUnderTest
+from conformance.kit.waits import wait_for
 
 EB = ("event_bridge",)
 ENVELOPE = ("principal_id", "tenant_id", "trace_id", "correlation_id", "otp")

@@ -18,11 +18,11 @@ from conformance.kit import (
     responder,
     subscription,
 )
-from conformance.ledger import Ledger, expect_at_least_once
-from conformance.marks import check
-from conformance.skips import not_tested
-from conformance.under_test import AdapterUnderTest
-from conformance.waits import Stopwatch, wait_for, wait_for_async
+from conformance.kit.ledger import Ledger, expect_at_least_once
+from conformance.kit.marks import check
+from conformance.kit.skips import not_tested
+from conformance.kit.under_test import AdapterUnderTest
+from conformance.kit.waits import Stopwatch, wait_for, wait_for_async
 from reference_services.runtime.errors import PuristaError
 from reference_services.runtime.spi.bridge_base import EventBridgeBase
 

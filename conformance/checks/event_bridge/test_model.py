@@ -18,11 +18,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from conformance.hyp import session, settings_for
 from conformance.kit import addr, command, event, responder, subscription
-from conformance.marks import check
-from conformance.under_test import AdapterUnderTest
-from conformance.waits import wait_for, wait_quiet
+from conformance.kit.hyp import session, settings_for
+from conformance.kit.marks import check
+from conformance.kit.under_test import AdapterUnderTest
+from conformance.kit.waits import wait_for, wait_quiet
 from reference_services.adapters.memory.event_bridge import DefaultEventBridge, MemoryHub
 from reference_services.runtime.errors import PuristaError
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from conformance.kit import Recorder, event, subscription
-from conformance.ledger import Ledger
-from conformance.marks import check
-from conformance.under_test import AdapterUnderTest
-from conformance.waits import wait_for, wait_quiet
+from conformance.kit.ledger import Ledger
+from conformance.kit.marks import check
+from conformance.kit.under_test import AdapterUnderTest
+from conformance.kit.waits import wait_for, wait_quiet
 
 EB = ("event_bridge",)
 

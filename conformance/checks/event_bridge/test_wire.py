@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from conformance.kit import Recorder, event, subscription
-from conformance.ledger import Ledger, expect_exactly_once
-from conformance.marks import check
-from conformance.under_test import AdapterUnderTest
-from conformance.waits import wait_for, wait_quiet
+from conformance.kit.ledger import Ledger, expect_exactly_once
+from conformance.kit.marks import check
+from conformance.kit.under_test import AdapterUnderTest
+from conformance.kit.waits import wait_for, wait_quiet
 from reference_services.runtime.codec import encode
 
 EB = ("event_bridge",)

@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
+from conformance.plugin.preflight import FAULTS_EXTRA
 from harness.services import ServiceHandle, ServiceSet
+from harness.services.spec import SPECS
 
 
 def _harness_plugin_loaded(config: pytest.Config) -> bool:
@@ -104,7 +106,7 @@ def faults_prestart(
         if not services or "/faults/" not in str(item.path):
             continue
         shared.update(services)
-        shared.update({"toxiproxy", "redis"})
+        shared.update(FAULTS_EXTRA)
         if item.path.name == "test_broker.py":
             dedicated.update(services[:1])
     for name in sorted(shared):
@@ -130,11 +132,8 @@ if not _PLUGIN_INSTALLED:
 
         return fixture
 
-    rabbitmq = _shared("rabbitmq")
-    nats = _shared("nats")
-    redis = _shared("redis")
-    mosquitto = _shared("mosquitto")
-    toxiproxy = _shared("toxiproxy")
+    for _service in SPECS:  # the harness plugin's fixtures, when it is not installed
+        globals()[_service] = _shared(_service)
 
 
 # ------------------------------------------------------------- summary of the faults suite

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from conformance.faults_run import Fault, run_fault
-from conformance.faults_workload import make_workload
-from conformance.marks import check
-from conformance.skips import no_lifecycle
-from conformance.under_test import AdapterUnderTest
+from conformance.checks.faults.engine import Fault, run_fault
+from conformance.checks.faults.workload import make_workload
+from conformance.kit.marks import check
+from conformance.kit.skips import no_lifecycle
+from conformance.kit.under_test import AdapterUnderTest
 from harness.errors import LifecycleFaultsUnavailable
 
 KINDS = ("event_bridge", "queue_bridge")

@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conformance.faults_run import Fault, run_fault
-from conformance.faults_workload import make_workload
-from conformance.marks import check
-from conformance.under_test import AdapterUnderTest
+from conformance.checks.faults.engine import Fault, run_fault
+from conformance.checks.faults.workload import make_workload
+from conformance.kit.marks import check
+from conformance.kit.under_test import AdapterUnderTest
 
 KINDS = ("event_bridge", "queue_bridge")
 HEARTBEAT_PLUS_S = 5.0  # > every tuned heartbeat/ping detection time (1-3 s)

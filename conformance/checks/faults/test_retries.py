@@ -25,12 +25,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conformance.faults_run import measure_recovery, record, wait_for_async
-from conformance.faults_workload import new_instance
+from conformance.checks.faults.engine import measure_recovery, record, wait_for_async
+from conformance.checks.faults.workload import new_instance
 from conformance.kit import FailureHandling, event, subscription
-from conformance.marks import check
-from conformance.under_test import AdapterUnderTest
-from conformance.waits import wait_for, wait_quiet
+from conformance.kit.marks import check
+from conformance.kit.under_test import AdapterUnderTest
+from conformance.kit.waits import wait_for, wait_quiet
 from harness.history import History
 from harness.history import check as check_history
 from reference_services.runtime.errors import HandledError

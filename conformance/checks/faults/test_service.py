@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from conformance.faults_procs import ProcessDeployment, deployable, in_flight
-from conformance.faults_run import expectations, judge, record
-from conformance.marks import check
-from conformance.under_test import AdapterUnderTest
-from conformance.waits import wait_for, wait_quiet
+from conformance.checks.faults.engine import expectations, judge, record
+from conformance.checks.faults.processes import ProcessDeployment, deployable, in_flight
+from conformance.kit.marks import check
+from conformance.kit.under_test import AdapterUnderTest
+from conformance.kit.waits import wait_for, wait_quiet
 from harness.history import check as check_history
 
 KINDS = ("event_bridge", "queue_bridge")

@@ -6,10 +6,10 @@ import asyncio
 import time
 from typing import Any
 
-from conformance.ledger import Ledger, expect_exactly_once
-from conformance.marks import check
-from conformance.under_test import AdapterUnderTest
-from conformance.waits import wait_for
+from conformance.kit.ledger import Ledger, expect_exactly_once
+from conformance.kit.marks import check
+from conformance.kit.under_test import AdapterUnderTest
+from conformance.kit.waits import wait_for
 from reference_services.runtime.errors import PuristaError
 
 QB = ("queue_bridge",)

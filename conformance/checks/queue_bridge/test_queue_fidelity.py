@@ -8,9 +8,9 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance.hyp import json_values, session, settings_for
-from conformance.marks import check
-from conformance.under_test import AdapterUnderTest
+from conformance.kit.hyp import json_values, session, settings_for
+from conformance.kit.marks import check
+from conformance.kit.under_test import AdapterUnderTest
 
 headers = st.dictionaries(
     st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12),

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from conformance.marks import check
-from conformance.under_test import AdapterUnderTest
+from conformance.kit.marks import check
+from conformance.kit.under_test import AdapterUnderTest
 from reference_services.runtime.errors import PuristaError
 
 QB = ("queue_bridge",)

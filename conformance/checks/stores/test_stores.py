@@ -9,10 +9,10 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance.hyp import json_values, session, settings_for
-from conformance.marks import check
-from conformance.under_test import AdapterUnderTest
-from conformance.waits import Stopwatch
+from conformance.kit.hyp import json_values, session, settings_for
+from conformance.kit.marks import check
+from conformance.kit.under_test import AdapterUnderTest
+from conformance.kit.waits import Stopwatch
 from reference_services.runtime.errors import PuristaError
 
 STORES = ("state_store", "config_store", "secret_store")

@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+from conformance.kit.ledger import Ledger
 from reference_services.runtime.definitions import (
     AddressFilter,
     CommandConfig,
@@ -25,8 +26,6 @@ from reference_services.runtime.messages import (
     SenderAddress,
     success_response,
 )
-
-from .ledger import Ledger
 
 __all__ = [
     "AddressFilter",

@@ -19,15 +19,25 @@ import time
 from pathlib import Path
 from typing import Any
 
+from conformance.adapters import (
+    PROCESS_BACKEND,
+    REFERENCE_ADAPTER,
+    process_backend_urls,
+    subprocess_env,
+)
+from conformance.checks.faults.workload import (
+    EVENT,
+    LEASE_TTL_MS,
+    QUEUE,
+    adapter_options,
+    new_instance,
+)
+from conformance.kit.under_test import AdapterUnderTest
+from conformance.kit.workdirs import workdir
 from harness import run as harness_run
 from harness.faults import process as pfaults
 from harness.history import History
 from reference_services.runtime.ids import new_id
-
-from .adapters import PROCESS_BACKEND, REFERENCE_ADAPTER, process_backend_urls, subprocess_env
-from .faults_workload import EVENT, LEASE_TTL_MS, QUEUE, adapter_options, new_instance
-from .under_test import AdapterUnderTest
-from .workdirs import workdir
 
 READY_TIMEOUT_S = 40.0
 SHUTDOWN_TIMEOUT_S = 10.0
@@ -200,7 +210,7 @@ class ProcessDeployment:
             self._tasks.append(asyncio.ensure_future(self._produce(f"p{i}", bridge)))
 
     async def _produce(self, label: str, bridge: Any) -> None:
-        from .kit import event
+        from conformance.kit import event
 
         n = 0
         while not self._stop.is_set():

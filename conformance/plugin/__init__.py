@@ -20,15 +20,22 @@ from typing import Any
 
 import pytest
 
-from . import preflight, workdirs
-from . import report as report_mod
-from .adapters import AdapterContext, AdapterSpec, ServiceUnavailable, UsageError, resolve
-from .marks import CheckInfo
-from .results import result_row
-from .services import Services
-from .skips import not_tested
-from .under_test import AdapterUnderTest
-from .verdict import Verdict, decide
+from conformance import report as report_mod
+from conformance.adapters import (
+    AdapterContext,
+    AdapterSpec,
+    ServiceUnavailable,
+    UsageError,
+    resolve,
+)
+from conformance.kit import workdirs
+from conformance.kit.marks import CheckInfo
+from conformance.kit.skips import not_tested
+from conformance.kit.under_test import AdapterUnderTest
+from conformance.plugin import preflight
+from conformance.plugin.services import Services
+from conformance.report.results import result_row
+from conformance.report.verdict import Verdict, decide
 
 PROPERTY = "conformance"
 KEPT_PROPERTY = "conformance-kept"
@@ -101,7 +108,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "conformance_check(info): a conformance check (set by @conformance.marks.check)"
+        "markers",
+        "conformance_check(info): a conformance check (set by @conformance.kit.marks.check)",
     )
     try:
         specs = resolve(list(config.getoption("cf_adapter")))
@@ -479,8 +487,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if not state.results and not (state.verdict and state.verdict.not_tested):
         return
     report_mod.print_matrix(list(state.results.values()), terminalreporter, state.verdict)
-    kept = [(r["check"], r["adapter"], path) for r in state.results.values()
-            for path in r.get("kept", [])]
+    kept = [
+        (r["check"], r["adapter"], path)
+        for r in state.results.values()
+        for path in r.get("kept", [])
+    ]
     if kept:
         terminalreporter.section("files of failing checks (kept)")
         for check, adapter, path in kept:

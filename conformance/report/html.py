@@ -7,8 +7,8 @@ from collections import Counter
 from html import escape
 from typing import Any
 
-from .adapters import KINDS
-from .report import GLYPH, STATUSES, matrix
+from conformance.adapters import KINDS
+from conformance.report import GLYPH, STATUSES, matrix
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d232a}

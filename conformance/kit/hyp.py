@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from .under_test import AdapterUnderTest
+from conformance.kit.under_test import AdapterUnderTest
 
 MAX_SAFE_INT = 2**53 - 1
 

@@ -27,10 +27,9 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from conformance.kit.under_test import AdapterUnderTest
+from conformance.kit.waits import wait_for, wait_quiet
 from harness.history import Verdict
-
-from .under_test import AdapterUnderTest
-from .waits import wait_for, wait_quiet
 
 WARMUP_S = 20.0
 PRE_S = 0.8

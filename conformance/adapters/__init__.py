@@ -276,6 +276,12 @@ def process_backend_urls(url: Callable[[str], str]) -> dict[str, str]:
     return out
 
 
+def process_backend_services() -> tuple[str, ...]:
+    """The harness services the process backend needs."""
+    kinds = ("queue_bridge", "state_store")
+    return tuple(dict.fromkeys(s for k in kinds if (s := process_backend(k).service)))
+
+
 def subprocess_env(extra: dict[str, str]) -> dict[str, str]:
     """The environment of a service process: ours, with our import path, so that the
     child finds every adapter (and ``module:DESCRIPTOR`` reference) the runner can."""

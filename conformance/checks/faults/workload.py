@@ -23,14 +23,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from conformance.kit import (
+    CommandConfig,
+    FailureHandling,
+    addr,
+    command,
+    event,
+    responder,
+    subscription,
+)
+from conformance.kit.under_test import AdapterUnderTest
 from harness.history import History
 from reference_services.adapters.memory.stores import DefaultStateStore
 from reference_services.runtime.errors import PuristaError
 from reference_services.runtime.idempotency import Idempotency
 from reference_services.runtime.messages import Command
-
-from .kit import CommandConfig, FailureHandling, addr, command, event, responder, subscription
-from .under_test import AdapterUnderTest
 
 log = logging.getLogger("conformance.faults")
 

@@ -6,11 +6,10 @@ from typing import Any
 
 import pytest
 
+from conformance.kit.marks import CheckInfo
+from conformance.kit.skips import skip_kind
+from conformance.kit.under_test import AdapterUnderTest
 from reference_services.runtime.redact import redact_text
-
-from .marks import CheckInfo
-from .skips import skip_kind
-from .under_test import AdapterUnderTest
 
 
 def message_of(call: pytest.CallInfo[Any]) -> str:

@@ -12,14 +12,17 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from conformance.adapters import process_backend_services
 from harness.errors import ServiceUnavailable
+from harness.services.spec import SPECS
 from reference_services.runtime.redact import redact_text
 
 CONNECT_TIMEOUT_S = 3.0
 PROBE_TIMEOUT_S = 5.0
-SERVICE_FIXTURES = {"rabbitmq", "nats", "redis", "mosquitto", "toxiproxy"}
-# the faults suite proxies every broker through Toxiproxy and keeps its ledger in Redis
-FAULTS_EXTRA = ("toxiproxy", "redis")
+SERVICE_FIXTURES = set(SPECS)  # the harness' services are also pytest fixtures
+# the faults suite proxies every broker through Toxiproxy; its service processes share
+# the process backend (queue and idempotency state)
+FAULTS_EXTRA = ("toxiproxy", *process_backend_services())
 
 
 def services_of(

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from .adapters import AdapterContext, AdapterSpec, ServiceUnavailable
-from .skips import no_lifecycle
+from conformance.adapters import AdapterContext, AdapterSpec, ServiceUnavailable
+from conformance.kit.skips import no_lifecycle
 
 log = logging.getLogger("conformance")
 

@@ -7,7 +7,7 @@ import os
 import threading
 from typing import Any
 
-from .adapters import ServiceUnavailable
+from conformance.adapters import ServiceUnavailable
 
 
 class Services:

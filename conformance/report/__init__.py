@@ -9,10 +9,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from conformance.adapters import KINDS, AdapterSpec
+from conformance.report.verdict import Verdict
 from reference_services.runtime.redact import redact_text
-
-from .adapters import KINDS, AdapterSpec
-from .verdict import Verdict
 
 SCHEMA = 1
 STATUSES = ("passed", "failed", "unsupported", "skipped")
@@ -100,7 +99,7 @@ def write(doc: dict[str, Any], report_dir: Path) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(doc, indent=2, default=str) + "\n"
     (report_dir / "report.json").write_text(redact_text(text))
-    from .html import render
+    from conformance.report.html import render
 
     (report_dir / "report.html").write_text(redact_text(render(doc)), encoding="utf-8")
 
