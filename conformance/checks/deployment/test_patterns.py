@@ -88,8 +88,9 @@ async def test_serverless_matches_the_monolith(aut: AdapterUnderTest) -> None:
     _judge(aut, trace, reference)
 
 
-async def _processes(aut: AdapterUnderTest, pattern: str, tmp_path: Path,
-                     containers: bool = False) -> None:
+async def _processes(
+    aut: AdapterUnderTest, pattern: str, tmp_path: Path, containers: bool = False
+) -> None:
     service, var = _deployable(aut)
     reference = await _reference_trace()
     urls = {var: aut.ctx.url(service), **process_backend_urls(aut.ctx.url)}
@@ -98,8 +99,16 @@ async def _processes(aut: AdapterUnderTest, pattern: str, tmp_path: Path,
         runner, service_urls = _container_runner(aut, urls)
     client = await aut.new()
     selector = str(aut.spec.selector)
-    trace, exits = await run_processes(pattern, client, selector, urls, aut.ctx.prefix, tmp_path,
-                                       runner=runner, service_urls=service_urls)
+    trace, exits = await run_processes(
+        pattern,
+        client,
+        selector,
+        urls,
+        aut.ctx.prefix,
+        tmp_path,
+        runner=runner,
+        service_urls=service_urls,
+    )
     aut.metric("processes", len(exits))
     _judge(aut, trace, reference)
     bad = {label: code for label, code in exits.items() if code != 0}
@@ -116,8 +125,8 @@ async def test_microservices_match_the_monolith(aut: AdapterUnderTest, tmp_path:
 def _container_runner(aut: AdapterUnderTest, urls: dict[str, str]) -> tuple[Any, dict[str, str]]:
     """ServiceContainers and the bridge-network URLs, or skip: not on the docker provider,
     or not a built-in adapter (the image holds the built-in ones only)."""
-    from conformance import deployment_containers as dc
-    from conformance.skips import not_tested
+    from conformance.checks.deployment import containers as dc
+    from conformance.kit.skips import not_tested
 
     if aut.spec.source != "builtin":
         pytest.skip("the service image holds the built-in adapters only")
