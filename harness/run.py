@@ -287,7 +287,8 @@ class Run:
         self.tie_children = True
         self._cleanups: dict[int, tuple[str, Callable[[], None]]] = {}
         self._next = 0
-        self._lock = threading.Lock()
+        # reentrant: the signal handler runs in the main thread, which may hold it
+        self._lock = threading.RLock()
         self._reaper: subprocess.Popen[bytes] | None = None
         self._signalled = False
         self.sessions: dict[int, str] = {}  # the session leaders this process started
