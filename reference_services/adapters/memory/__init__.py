@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from reference_services.runtime.spi.descriptor import AdapterDescriptor, BuildContext
+from reference_services.runtime.spi.descriptor import (
+    AdapterDescriptor,
+    BuildContext,
+    store_descriptors,
+)
 
 _PKG = "reference_services.adapters.memory"
 
@@ -51,14 +55,5 @@ DESCRIPTORS: tuple[AdapterDescriptor, ...] = (
     AdapterDescriptor(
         "memory", "queue_bridge", f"{_PKG}.queue_bridge:DefaultQueueBridge", create=_queue_bridge
     ),
-    *(
-        AdapterDescriptor(
-            "memory", kind, f"{_PKG}.stores:Default{cls}Store", create=_store(f"Default{cls}Store")
-        )
-        for kind, cls in (
-            ("state_store", "State"),
-            ("config_store", "Config"),
-            ("secret_store", "Secret"),
-        )
-    ),
+    *store_descriptors("memory", f"{_PKG}.stores:Default{{kind}}Store", create=_store),
 )

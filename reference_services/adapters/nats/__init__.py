@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reference_services.runtime.spi.descriptor import AdapterDescriptor
+from reference_services.runtime.spi.descriptor import AdapterDescriptor, store_descriptors
 
 _PKG = "reference_services.adapters.nats"
 _FAST_TIMINGS = {
@@ -38,19 +38,11 @@ DESCRIPTORS: tuple[AdapterDescriptor, ...] = (
         deployable=True,
         fault_options={"ack_wait_s": 3.0, "timings": _FAST_TIMINGS},
     ),
-    *(
-        AdapterDescriptor(
-            "nats-kv",
-            kind,
-            f"{_PKG}.kv_stores:NatsKV{cls}Store",
-            service="nats",
-            url_var="NATS_URL",
-            deployable=True,
-        )
-        for kind, cls in (
-            ("state_store", "State"),
-            ("config_store", "Config"),
-            ("secret_store", "Secret"),
-        )
+    *store_descriptors(
+        "nats-kv",
+        f"{_PKG}.kv_stores:NatsKV{{kind}}Store",
+        service="nats",
+        url_var="NATS_URL",
+        deployable=True,
     ),
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reference_services.runtime.spi.descriptor import AdapterDescriptor
+from reference_services.runtime.spi.descriptor import AdapterDescriptor, store_descriptors
 
 _PKG = "reference_services.adapters.redis"
 _FAST = {"socket_timeout_s": 1.0, "connect_timeout_s": 1.0, "health_timeout_s": 0.5}
@@ -17,19 +17,11 @@ DESCRIPTORS: tuple[AdapterDescriptor, ...] = (
         deployable=True,
         fault_options=_FAST,
     ),
-    *(
-        AdapterDescriptor(
-            "redis",
-            kind,
-            f"{_PKG}.stores:Redis{cls}Store",
-            service="redis",
-            url_var="REDIS_URL",
-            deployable=True,
-        )
-        for kind, cls in (
-            ("state_store", "State"),
-            ("config_store", "Config"),
-            ("secret_store", "Secret"),
-        )
+    *store_descriptors(
+        "redis",
+        f"{_PKG}.stores:Redis{{kind}}Store",
+        service="redis",
+        url_var="REDIS_URL",
+        deployable=True,
     ),
 )

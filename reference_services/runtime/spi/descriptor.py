@@ -127,3 +127,31 @@ class AdapterDescriptor:
         if not urls.get(self.url_var):
             raise ValueError(f"{self.url_var} must be set for adapter {self.label}")
         return self.load()(url=urls[self.url_var], prefix=prefix, **options)
+
+
+STORE_KINDS: tuple[tuple[AdapterKind, str], ...] = (
+    ("state_store", "State"),
+    ("config_store", "Config"),
+    ("secret_store", "Secret"),
+)
+
+
+def store_descriptors(
+    name: str, reference: str, create: Callable[[str], Any] | None = None, **fields: Any
+) -> tuple[AdapterDescriptor, ...]:
+    """The state, config and secret store descriptors of one family.
+
+    ``reference`` has a ``{kind}`` placeholder (``pkg.stores:Redis{kind}Store``) filled
+    with ``State``, ``Config`` and ``Secret``; ``create`` (optional) is called with the
+    class name to give each store's ``create``.
+    """
+    return tuple(
+        AdapterDescriptor(
+            name,
+            kind,
+            reference.format(kind=cls),
+            create=create(reference.format(kind=cls).rpartition(":")[2]) if create else None,
+            **fields,
+        )
+        for kind, cls in STORE_KINDS
+    )
