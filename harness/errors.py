@@ -2,6 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+# A source checkout has the installer next to the packages; a pip install does not.
+_INSTALLER = Path(__file__).resolve().parents[1] / "docker" / "install-local-services.sh"
+DEBIAN_PACKAGES = "rabbitmq-server nats-server redis-server mosquitto"
+
+
+def install_hint() -> str:
+    """How to get the brokers here: `make services` in a checkout, the packages otherwise."""
+    if _INSTALLER.is_file():
+        return (
+            "install the brokers with `make services` "
+            "(or `bash docker/install-local-services.sh`)"
+        )
+    return (
+        f"install the brokers (Debian/Ubuntu: `apt-get install {DEBIAN_PACKAGES}`; "
+        "toxiproxy-server from its release binaries)"
+    )
+
 
 class HarnessError(Exception):
     """Base class of every harness error."""
@@ -14,8 +33,7 @@ class ServiceUnavailable(HarnessError):
         self.service = service
         self.reason = reason
         self.hint = hint or (
-            "install the brokers with `make services` "
-            "(or `bash docker/install-local-services.sh`), start a Docker engine, "
+            f"{install_hint()}, start a Docker engine, "
             "or point the *_URL environment variables at running services"
         )
         super().__init__(f"{service} unavailable: {reason}; {self.hint}")

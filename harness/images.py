@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.errors import install_hint
 from harness.services.docker_engine import docker_client
 from harness.services.local_recipes import local_version, which
 from harness.services.spec import SERVICE_NAMES, get_spec
@@ -142,7 +143,7 @@ def _context(name: str, dest: Path) -> None:
     if name == "toxiproxy":
         binary = which("toxiproxy-server")
         if binary is None:
-            raise ImageBuildError("toxiproxy-server is not installed (run: make services)")
+            raise ImageBuildError(f"toxiproxy-server is not installed ({install_hint()})")
         want = get_spec(name).image.rsplit(":", 1)[-1]
         have = local_version("toxiproxy")
         if have != want:
