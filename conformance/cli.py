@@ -54,6 +54,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="conformance", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run checks against adapters")
     run.add_argument(
@@ -100,6 +101,15 @@ def _parser() -> argparse.ArgumentParser:
     lst.add_argument("--suite", default="all", choices=sorted(SUITE_DIRS))
     lst.add_argument("--json", action="store_true", help="machine-readable output")
     return p
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("purista-conformance")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _harness_available() -> bool:
