@@ -28,6 +28,7 @@ SUITE_DIRS = {
     "contract": ("event_bridge", "queue_bridge", "stores"),
     "faults": ("faults",),
     "deployment": ("deployment",),
+    "robustness": ("robustness",),
 }
 SUITE_DIRS["all"] = tuple(d for dirs in SUITE_DIRS.values() for d in dirs)
 

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-SUITES = ("contract", "faults", "deployment")
+SUITES = ("contract", "faults", "deployment", "robustness")
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -29,7 +29,7 @@ from conformance.adapters import (
     resolve,
 )
 from conformance.kit import workdirs
-from conformance.kit.marks import CheckInfo
+from conformance.kit.marks import SUITES, CheckInfo
 from conformance.kit.skips import not_tested
 from conformance.kit.under_test import AdapterUnderTest
 from conformance.plugin import preflight
@@ -87,7 +87,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--cf-suite",
         default="all",
-        choices=["contract", "faults", "deployment", "all"],
+        choices=[*SUITES, "all"],
         help="which suite's checks to run",
     )
     group.addoption("--cf-quick", action="store_true", help="scale message counts down")

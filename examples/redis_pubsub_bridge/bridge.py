@@ -145,7 +145,8 @@ class RedisPubSubBridge(EventBridgeBase):
                 for reg in self.core.matching_subscriptions(message):
                     self.core.spawn(self._deliver(reg, message, 1))
             elif channel.startswith(f"{self.prefix}:cmd:") and isinstance(message, Command):
-                self.core.spawn_tracked(self._serve(message), name="redis-pubsub-command")
+                route = tuple(channel[len(f"{self.prefix}:cmd:") :].split(":", 2))
+                self.core.spawn_tracked(self._serve(message, route), name="redis-pubsub-command")
             elif channel == self._reply_channel(self.instance_id):
                 self.core.resolve_response(message)  # type: ignore[arg-type]
 
@@ -159,11 +160,11 @@ class RedisPubSubBridge(EventBridgeBase):
             await asyncio.sleep(outcome.delay_s)
             await self._deliver(reg, message, attempt + 1)
 
-    async def _serve(self, command: Command) -> None:
+    async def _serve(self, command: Command, route: tuple[str, ...]) -> None:
         async def send(response: CommandResponse) -> None:
             assert self._redis is not None
             await self._redis.publish(
                 self._reply_channel(command.sender.instance_id), self.core.encode(response)
             )
 
-        await self.core.serve_command(command, send)
+        await self.core.serve_command(command, send, route=route)  # type: ignore[arg-type]

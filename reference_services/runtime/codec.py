@@ -24,6 +24,7 @@ _OPTIONAL_ENVELOPE = (
     "eventName",
     "otp",
     "receiver",
+    "expiresAt",
 )
 _KNOWN_TYPES = ", ".join(t.value for t in MessageType)
 # Fields with a construction-time default that must nevertheless be on the wire.

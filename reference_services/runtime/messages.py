@@ -105,6 +105,10 @@ class Command(_Envelope):
     correlation_id: str = Field(default_factory=new_id, min_length=1)
     receiver: Address
     payload: CommandPayload = Field(default_factory=CommandPayload)
+    #: when the invoker gives up (ms since the epoch); a server does not start the command
+    #: past it. Not part of PURISTA's envelope: PURISTA peers ignore it (and rely on the
+    #: broker's per-message expiry, which this bridge also sets where the broker has one)
+    expires_at: int | None = None
 
 
 class CommandSuccessResponse(_Envelope):

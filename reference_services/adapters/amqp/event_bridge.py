@@ -54,6 +54,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 from aio_pika.abc import (
@@ -69,7 +70,14 @@ from reference_services.adapters.amqp import topology as topo
 from reference_services.adapters.amqp.connection import BackoffRobustConnection, wait_connected
 from reference_services.runtime.codec import MessageDecodeError, decode
 from reference_services.runtime.errors import StatusCode, UnhandledError
-from reference_services.runtime.messages import AnyMessage, Command, CommandResponse, MessageType
+from reference_services.runtime.messages import (
+    Address,
+    AnyMessage,
+    Command,
+    CommandResponse,
+    MessageType,
+)
+from reference_services.runtime.spi.attempts import RETRY_SIGNATURE_HEADER, AttemptSigner
 from reference_services.runtime.spi.bridge_base import (
     DEAD_LETTER_REASON_HEADER,
     RETRY_ATTEMPT_HEADER,
@@ -85,6 +93,19 @@ _COMMAND_TTL: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "purista_amqp_command_ttl", default=None
 )
 _MAX_REASON = 1000
+
+
+def _attempt_signer(url: str, prefix: str, retry_key: str | None) -> AttemptSigner:
+    """Sign retry attempts with ``retry_key`` (or ``AMQP_RETRY_KEY``), else with a key
+    derived from the credentials, vhost and prefix every instance shares (not the host:
+    instances may reach one cluster through different nodes)."""
+    key = retry_key or os.environ.get("AMQP_RETRY_KEY")
+    if key:
+        return AttemptSigner.derive("key", key)
+    parsed = urlsplit(url)
+    return AttemptSigner.derive(
+        "url", parsed.username or "", parsed.password or "", parsed.path or "/", prefix
+    )
 
 
 class _Unroutable(Exception):
@@ -152,11 +173,13 @@ class AmqpBridge(EventBridgeBase):
         native_dead_letter: bool = True,
         retry_queue_idle_s: float = 3600.0,
         consumer_check_interval_s: float = 2.0,
+        retry_key: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(instance_id=instance_id, **kwargs)
         self.url = url or os.environ.get("AMQP_URL") or DEFAULT_URL
         self.prefix = prefix
+        self._signer = _attempt_signer(self.url, prefix, retry_key)
         self.heartbeat_s = heartbeat_s
         self.connect_timeout_s = connect_timeout_s
         self.reconnect_interval_s = reconnect_interval_s
@@ -578,9 +601,26 @@ class AmqpBridge(EventBridgeBase):
     async def _on_command_delivery(
         self, consumer: _Consumer, incoming: AbstractIncomingMessage
     ) -> None:
-        self.core.spawn(self._serve_command(incoming, no_ack=False), name=f"cmd-{consumer.queue}")
+        route = next((k for k, c in self._cmd_consumers.items() if c is consumer), None)
+        if route is None:  # unregistered meanwhile: another instance may still serve it
+            await self._settle(incoming, ack=False, requeue=True)
+            return
+        self.core.spawn(
+            self._serve_command(incoming, route=route, no_ack=False), name=f"cmd-{consumer.queue}"
+        )
 
-    async def _serve_command(self, incoming: AbstractIncomingMessage, *, no_ack: bool) -> None:
+    async def _serve_command(
+        self,
+        incoming: AbstractIncomingMessage,
+        *,
+        route: tuple[str, str, str] | None,
+        no_ack: bool,
+    ) -> None:
+        """Serve a command received on ``route`` (None: this instance's reply queue).
+
+        What the body says never decides what runs nor whether it comes back: a body
+        that disagrees with its route is answered 400 and acked (see BridgeCore).
+        """
         with self.core.track():
             command = self.core.decode_or_reject(
                 incoming.body, f"AMQP delivery {incoming.message_id}"
@@ -591,15 +631,19 @@ class AmqpBridge(EventBridgeBase):
                 if not no_ack:
                     await self._settle(incoming, ack=True)
                 return
-            reg = self.core.command(command.receiver.key)
-            if not no_ack and (not self.core.accepting or reg is None):
+            if not no_ack and not self.core.accepting:
                 await self._settle(incoming, ack=False, requeue=True)  # for another instance
                 return
+            reg = self.core.command(route if route is not None else command.receiver.key)
             acked = no_ack
             if reg is not None and reg.config.autoacknowledge and not acked:
                 await self._settle(incoming, ack=True)
                 acked = True
-            response = await self.core.handle_command(command)
+            response = await self.core.handle_command(command, route=route)
+            if response is None:  # expired: the invoker has its 504, nothing is answered
+                if not acked:
+                    await self._settle(incoming, ack=True)
+                return
             sent = await self._reply(incoming, response)
             if not acked:
                 await self._settle(incoming, ack=sent, requeue=True)
@@ -614,7 +658,9 @@ class AmqpBridge(EventBridgeBase):
         if message is None:
             return
         if isinstance(message, Command):  # pinned to this instance
-            self.core.spawn(self._serve_command(incoming, no_ack=True), name="cmd-pinned")
+            self.core.spawn(
+                self._serve_command(incoming, route=None, no_ack=True), name="cmd-pinned"
+            )
         elif message.message_type in (
             MessageType.COMMAND_SUCCESS_RESPONSE,
             MessageType.COMMAND_ERROR_RESPONSE,
@@ -699,7 +745,7 @@ class AmqpBridge(EventBridgeBase):
             ):
                 await self._settle(incoming, ack=True)
                 return
-            attempt = topo.attempt_of(incoming.headers, RETRY_ATTEMPT_HEADER)
+            attempt = self._attempt_of(incoming)
             acked = False
             if sub.autoacknowledge:
                 await self._settle(incoming, ack=True)
@@ -714,6 +760,22 @@ class AmqpBridge(EventBridgeBase):
                 ok = await self._dead_letter_native(reg, incoming, outcome.reason, attempt)
             if not acked:
                 await self._settle(incoming, ack=ok, requeue=True)
+
+    def _attempt_of(self, incoming: AbstractIncomingMessage) -> int:
+        """The attempt this delivery is: only our own signed retry copies count beyond 1
+        (a publisher setting the header cannot skip retries)."""
+        headers = incoming.headers or {}
+        return self._signer.verified(
+            incoming.message_id,
+            headers.get(RETRY_ATTEMPT_HEADER),
+            headers.get(RETRY_SIGNATURE_HEADER),
+        )
+
+    def _attempt_headers(self, incoming: AbstractIncomingMessage, attempt: int) -> dict[str, Any]:
+        return {
+            RETRY_ATTEMPT_HEADER: attempt,
+            RETRY_SIGNATURE_HEADER: self._signer.sign(incoming.message_id or "", attempt),
+        }
 
     def _malformed_reason(self, incoming: AbstractIncomingMessage) -> str:
         try:
@@ -745,7 +807,7 @@ class AmqpBridge(EventBridgeBase):
     ) -> bool:
         """Send a copy back to ``source`` after ``delay_s``: it waits out a per-message TTL
         in the delay queue of ``attempt``, which dead-letters it back to ``source``."""
-        copy = self._copy(incoming, **{RETRY_ATTEMPT_HEADER: attempt + 1})
+        copy = self._copy(incoming, **self._attempt_headers(incoming, attempt + 1))
         delay_ms = max(round(delay_s * 1000), 0)
         try:
             if delay_ms == 0:
@@ -832,27 +894,50 @@ class AmqpBridge(EventBridgeBase):
         return True
 
     # ------------------------------------------------------------ raw input
-    async def publish_raw(self, raw: bytes, headers: dict[str, Any] | None = None) -> None:
+    async def publish_raw(
+        self,
+        raw: bytes,
+        headers: dict[str, Any] | None = None,
+        *,
+        extra_headers: dict[str, Any] | None = None,
+    ) -> None:
         """Put raw bytes on the wire (for tests and tools).
 
         With ``headers`` (or when ``raw`` decodes, headers derived from it) the
         bytes go through the exchange like any message; otherwise they are put
         straight into this instance's subscription queues, where the consumer
-        rejects them (logged, counted and dead-lettered).
+        rejects them (logged, counted and dead-lettered). ``extra_headers`` are
+        added as a foreign publisher could (a forged retry attempt, say).
         """
+        message_id = None
         if headers is None:
             try:
-                headers = topo.message_headers(decode(raw, max_bytes=None))
+                decoded = decode(raw, max_bytes=None)
+                headers = topo.message_headers(decoded)
+                message_id = decoded.id
             except MessageDecodeError:
                 headers = None
+        routed = headers is not None
         message = aio_pika.Message(
-            bytes(raw), headers=headers or {}, delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+            bytes(raw),
+            headers={**(headers or {}), **(extra_headers or {})},
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id,
         )
-        if headers is not None:
+        if routed:
             await self._publish_amqp(message)
             return
         for consumer in list(self._sub_consumers.values()):
             await self._publish_amqp(message, routing_key=consumer.queue, default_exchange=True)
+
+    async def publish_raw_command(self, raw: bytes, route: Address) -> None:
+        """Tests only: put ``raw`` on the queue that serves the command at ``route``, as a
+        publisher allowed on that route could, whatever the body says."""
+        await self._publish_amqp(
+            aio_pika.Message(bytes(raw), delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=topo.command_queue(self.prefix, route),
+            default_exchange=True,
+        )
 
     # ------------------------------------------------------------------ intake
     async def _stop_intake(self) -> None:

@@ -15,7 +15,13 @@ from typing import Any
 
 from reference_services.runtime.codec import MessageDecodeError, decode, encode
 from reference_services.runtime.errors import StatusCode
-from reference_services.runtime.messages import AnyMessage, Command, CommandResponse, error_response
+from reference_services.runtime.messages import (
+    Address,
+    AnyMessage,
+    Command,
+    CommandResponse,
+    error_response,
+)
 from reference_services.runtime.spi.bridge_base import (
     DeliveryOutcome,
     Disposition,
@@ -142,7 +148,7 @@ class MemoryHub:
             self.route_response(encode(reply))
             return
         bridge = self._pick(("cmd", key), candidates)
-        self._spawn(bridge.serve_raw_command(raw))
+        self._spawn(bridge.serve_raw_command(raw, key))
 
     def route_response(self, raw: bytes) -> None:
         """Deliver an encoded response to the instance that invoked."""
@@ -241,7 +247,14 @@ class DefaultEventBridge(EventBridgeBase):
         if reg.subscription.shared:
             self.hub.redeliver(reg.subscription.key, raw, attempt)
 
-    async def serve_raw_command(self, raw: bytes) -> None:
+    async def publish_raw_command(self, raw: bytes, route: Address) -> None:
+        """Tests only: hand ``raw`` to an instance serving the command at ``route``, as a
+        publisher allowed on that route could, whatever the body says."""
+        candidates = [b for b in self.hub._live() if b.core.command(route.key) is not None]
+        if candidates:
+            self.hub._spawn(candidates[0].serve_raw_command(raw, route.key))
+
+    async def serve_raw_command(self, raw: bytes, route: tuple[str, str, str]) -> None:
         command = self.core.decode_or_reject(raw, "hub")
         if not isinstance(command, Command):
             return
@@ -249,4 +262,4 @@ class DefaultEventBridge(EventBridgeBase):
         async def send(response: CommandResponse) -> None:
             self.hub.route_response(self.core.encode(response))
 
-        await self.core.serve_command(command, send)
+        await self.core.serve_command(command, send, route=route)

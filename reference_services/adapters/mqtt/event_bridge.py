@@ -66,12 +66,14 @@ from reference_services.adapters.mqtt.connection import (
 from reference_services.runtime.codec import MessageDecodeError, decode
 from reference_services.runtime.errors import StatusCode, UnhandledError
 from reference_services.runtime.messages import (
+    Address,
     AnyMessage,
     Command,
     CommandErrorResponse,
     CommandResponse,
     CommandSuccessResponse,
     CustomMessage,
+    SenderAddress,
 )
 from reference_services.runtime.spi.bridge_base import (
     DEAD_LETTER_REASON_HEADER,
@@ -397,6 +399,19 @@ class MqttBridge(EventBridgeBase):
         for topic in targets:
             await self._rpc.publish(topic, bytes(raw), None, self.publish_timeout_s)
 
+    async def publish_raw_command(self, raw: bytes, route: Address) -> None:
+        """Tests only: put ``raw`` on the topic of the command at ``route``, as a publisher
+        allowed on that topic could, whatever the body says."""
+        self.core.require_running()
+        probe = Command(
+            sender=SenderAddress(
+                service_name="probe", service_version="1", service_target="raw", instance_id="x"
+            ),
+            receiver=route,
+        )
+        topic = topics.message_topic(self.prefix, probe)
+        await self._rpc.publish(topic, bytes(raw), None, self.publish_timeout_s)
+
     # ---------------------------------------------------- dead-letter header
     async def _publish_dead_letter(self, letter: CustomMessage, reason: str) -> None:
         """Publish the dead letter with the ``x-purista-dead-letter-reason`` user property."""
@@ -567,14 +582,14 @@ class MqttBridge(EventBridgeBase):
         acks = []
         for route in routes:
             if route.kind == "cmd":
-                acks.append(await self._serve_command(conn, msg, message))
+                acks.append(await self._serve_command(conn, msg, message, route))
             else:
                 acks.append(await self._serve_subscription(conn, msg, generation, route, message))
         if all(acks):
             conn.ack(msg.mid, generation)
 
     async def _serve_command(
-        self, conn: MqttConnection, msg: mqtt.MQTTMessage, message: AnyMessage
+        self, conn: MqttConnection, msg: mqtt.MQTTMessage, message: AnyMessage, route: _Route
     ) -> bool:
         if not isinstance(message, Command):
             self.log.warning("a %s arrived on a command topic: dropped", message.message_type)
@@ -594,7 +609,13 @@ class MqttBridge(EventBridgeBase):
             except MqttUnavailableError as exc:
                 self.log.warning("response to %s not confirmed: %s", message.correlation_id, exc)
 
-        await self.core.serve_command(message, send)
+        # the topic decides what runs, never the body (a topic filter carries one command)
+        key = (
+            message.receiver.key
+            if message.receiver.key in route.commands
+            else next(iter(sorted(route.commands)), ("", "", ""))
+        )
+        await self.core.serve_command(message, send, route=key)
         return True
 
     async def _serve_subscription(

@@ -43,15 +43,17 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from reference_services.adapters.nats import subjects
 from reference_services.adapters.nats.connection import NatsTimings, connect_nats
 from reference_services.adapters.nats.consumers import JetStreamConsumer
-from reference_services.runtime.codec import MessageEncodeError
+from reference_services.runtime.codec import MessageDecodeError, MessageEncodeError, decode
 from reference_services.runtime.errors import StatusCode, UnhandledError
 from reference_services.runtime.messages import (
+    Address,
     AnyMessage,
     Command,
     CommandErrorResponse,
     CommandResponse,
     CommandSuccessResponse,
     MessageType,
+    SenderAddress,
     error_response,
 )
 from reference_services.runtime.redact import redact_text, redact_url
@@ -438,17 +440,22 @@ class NatsBridge(EventBridgeBase):
         nc = self._client()
         group = subjects.safe_name("cmd", *key)
         entry = _CommandSubs()
+
+        async def on_command(msg: Msg) -> None:
+            # also while draining: handle_command answers 503 once destroy began
+            self.core.spawn_tracked(self._serve_command(msg, key), "nats-command")
+
         entry.subs.append(
             await nc.subscribe(
                 subjects.command_filter(self.prefix, reg.address, None),
                 queue=group if reg.config.shared else "",
-                cb=self._on_command,
+                cb=on_command,
             )
         )
         entry.subs.append(
             await nc.subscribe(
                 subjects.command_filter(self.prefix, reg.address, self.instance_id),
-                cb=self._on_command,
+                cb=on_command,
             )
         )
         self._command_subs[key] = entry
@@ -464,17 +471,16 @@ class NatsBridge(EventBridgeBase):
         if self._nc is not None and self._nc.is_connected:
             await self._server_barrier(self._nc)
 
-    async def _on_command(self, msg: Msg) -> None:
-        # also while draining: handle_command answers 503 once destroy began
-        self.core.spawn_tracked(self._serve_command(msg), "nats-command")
-
-    async def _serve_command(self, msg: Msg) -> None:
+    async def _serve_command(self, msg: Msg, route: tuple[str, str, str]) -> None:
+        """Serve a command received on the subject of ``route`` (never what the body says)."""
         command = self.core.decode_or_reject(msg.data, msg.subject)
         if not isinstance(command, Command):
             if command is not None:
                 self.log.warning("ignored a %s on a command subject", command.message_type)
             return
-        response: CommandResponse = await self.core.handle_command(command)
+        response: CommandResponse | None = await self.core.handle_command(command, route=route)
+        if response is None:  # expired: the invoker has its 504 already
+            return
         if msg.reply:
             try:
                 data = self.core.encode(response)
@@ -591,10 +597,23 @@ class NatsBridge(EventBridgeBase):
         self._consumers[consumer.key] = consumer
 
     # ---------------------------------------------------------------- helpers
-    async def publish_raw(self, raw: bytes, subject: str | None = None) -> None:
-        """Put raw bytes on the wire (tests of malformed input): on ``subject``, or on a
-        subject that each subscription registered here listens to."""
+    async def publish_raw(
+        self,
+        raw: bytes,
+        subject: str | None = None,
+        *,
+        extra_headers: dict[str, str] | None = None,
+    ) -> None:
+        """Put raw bytes on the wire (tests of malformed input): on ``subject``, on the
+        subject of the message ``raw`` encodes, or on a subject that each subscription
+        registered here listens to; with ``extra_headers`` (added as a foreign publisher
+        could) a decodable ``raw`` goes on the subject of the message it encodes."""
         nc = self._client()
+        if subject is None and extra_headers:
+            try:
+                subject = subjects.message_subject(self.prefix, decode(raw, max_bytes=None))
+            except MessageDecodeError:
+                subject = None
         if subject is not None:
             targets = [subject]
         else:
@@ -610,9 +629,24 @@ class NatsBridge(EventBridgeBase):
             targets = targets or [f"{self.prefix}.{MessageType.CUSTOM_MESSAGE}" + ".__empty__" * 11]
         for target in dict.fromkeys(targets):
             if target.startswith(f"{self.prefix}.{MessageType.COMMAND}."):
-                await nc.publish(target, raw)
+                await nc.publish(target, raw, headers=extra_headers)
             else:
-                await self._jsc().publish(target, raw, self.publish_timeout_s)
+                await self._jsc().publish(
+                    target, raw, self.publish_timeout_s, headers=extra_headers
+                )
+        await nc.flush(timeout=self.js_api_timeout_s)
+
+    async def publish_raw_command(self, raw: bytes, route: Address) -> None:
+        """Tests only: put ``raw`` on the subject of the command at ``route``, as a
+        publisher allowed on that subject could, whatever the body says."""
+        probe = Command(
+            sender=SenderAddress(
+                service_name="probe", service_version="1", service_target="raw", instance_id="x"
+            ),
+            receiver=route,
+        )
+        nc = self._client()
+        await nc.publish(subjects.message_subject(self.prefix, probe), raw)
         await nc.flush(timeout=self.js_api_timeout_s)
 
     async def dead_letters(self, limit: int = 100) -> list[tuple[dict[str, str], bytes]]:

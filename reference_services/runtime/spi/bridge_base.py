@@ -44,7 +44,7 @@ from reference_services.runtime.errors import (
     as_purista_error,
     error_from_response,
 )
-from reference_services.runtime.ids import new_id
+from reference_services.runtime.ids import new_id, now_ms
 from reference_services.runtime.messages import (
     Address,
     AnyMessage,
@@ -127,6 +127,10 @@ class BridgeCore:
         self._commands: dict[tuple[str, str, str], RegisteredCommand] = {}
         self._subscriptions: dict[tuple[str, str, str], RegisteredSubscription] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        #: commands refused because their body names another function than their route
+        self.route_rejections = 0
+        #: commands not started because their deadline (``expires_at``) had passed
+        self.expired_commands = 0
         # read-only for transports; the bridge's start and destroy set them
         self.started = False
         self.accepting = False
@@ -173,12 +177,66 @@ class BridgeCore:
             self._bridge.log.warning("rejected malformed message from %s: %s", source, exc)
             return None
 
-    async def handle_command(self, command: Command) -> CommandResponse:
-        """Run the registered handler for ``command`` and return its response.
+    def route_mismatch(
+        self, command: Command, route: tuple[str, str, str] | None
+    ) -> CommandErrorResponse | None:
+        """A 400 response when ``command`` disagrees with the route it arrived on, else None.
 
-        Never raises: a missing handler is a 404, shutting down a 503 and any
-        exception a 500 (or the status a PuristaError carries).
+        ``route`` is the address key of the queue, subject or topic the transport received
+        the command on; None means "pinned to this instance" (a per-instance route), where
+        the body must name this instance. The body never chooses what runs: a broker ACL on
+        routes then limits what a publisher can execute.
         """
+        if route is None:
+            if command.receiver.instance_id == self._bridge.instance_id:
+                return None
+            why = f"is not pinned to instance {self._bridge.instance_id}"
+        elif command.receiver.key == route:
+            return None
+        else:
+            why = "arrived on the route of " + ".".join(route)
+        self.route_rejections += 1
+        self._bridge.rejected_messages += 1
+        reason = f"command {command.id} for {command.receiver} {why}: rejected"
+        self._bridge.log.warning("%s", reason)
+        return error_response(
+            command,
+            StatusCode.BAD_REQUEST,
+            reason,
+            is_handled_error=True,
+            responder_instance_id=self._bridge.instance_id,
+        )
+
+    def expired(self, command: Command) -> bool:
+        """Whether the invoker's deadline for ``command`` has passed (then nothing runs and
+        nothing is answered: the invoker has its 504 already)."""
+        if command.expires_at is None or now_ms() < command.expires_at:
+            return False
+        self.expired_commands += 1
+        self._bridge.log.info(
+            "command %s for %s expired %d ms ago: not started",
+            command.id,
+            command.receiver,
+            now_ms() - command.expires_at,
+        )
+        return True
+
+    async def handle_command(
+        self, command: Command, *, route: tuple[str, str, str] | None
+    ) -> CommandResponse | None:
+        """Run the handler registered for ``route`` and return its response.
+
+        ``route`` is where the transport received the command (see :meth:`route_mismatch`):
+        a body that disagrees with it is answered 400 and must be settled (acked), never
+        requeued. Returns None, and runs nothing, when the command's deadline has passed.
+        Never raises: a missing handler is a 404, shutting down a 503 and any exception a
+        500 (or the status a PuristaError carries).
+        """
+        mismatch = self.route_mismatch(command, route)
+        if mismatch is not None:
+            return mismatch
+        if self.expired(command):
+            return None
         reg = self._commands.get(command.receiver.key)
         if reg is None:
             return error_response(
@@ -222,15 +280,20 @@ class BridgeCore:
         self,
         command: Command,
         send_response: Callable[[CommandResponse], Awaitable[None]],
-    ) -> CommandResponse:
-        """Handle ``command``, send its response and broadcast its success event,
-        all counted as in flight, so that ``destroy`` waits for the response to leave.
+        *,
+        route: tuple[str, str, str] | None,
+    ) -> CommandResponse | None:
+        """Handle ``command`` (received on ``route``, see :meth:`handle_command`), send its
+        response and broadcast its success event, all counted as in flight, so that
+        ``destroy`` waits for the response to leave. An expired command sends nothing.
 
         Transports should prefer this to calling :meth:`handle_command` and
         sending themselves.
         """
         with self.inflight.track():
-            response = await self.handle_command(command)
+            response = await self.handle_command(command, route=route)
+            if response is None:
+                return None
             await send_response(response)
             await self.after_response(response)
         return response
@@ -545,6 +608,9 @@ class EventBridgeBase(ABC):
         ):
             if command.otp is None:
                 update["otp"] = telemetry.inject_otp()
+            deadline = now_ms() + max(round(ttl * 1000), 1)
+            if command.expires_at is None or command.expires_at > deadline:
+                update["expires_at"] = deadline
             if update:
                 command = command.model_copy(update=update)
             self._check_encodable(command)

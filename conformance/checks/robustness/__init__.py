@@ -1,0 +1,1 @@
+"""Checks: robustness (hostile input, corrupted records, bursts)."""

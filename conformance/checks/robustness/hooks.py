@@ -1,0 +1,39 @@
+"""The optional hostile-input hooks an adapter may offer, and skips when it offers none."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from reference_services.runtime.messages import Address
+
+
+def raw_command_hook(bridge: Any) -> Callable[[bytes, Address], Awaitable[None]]:
+    """``bridge.publish_raw_command(raw, route)``: raw bytes on the route of a command."""
+    hook = getattr(bridge, "publish_raw_command", None)
+    if not callable(hook):
+        pytest.skip(
+            f"{type(bridge).__name__} offers no publish_raw_command(raw, route) hook: "
+            "forged route/body cases need raw bytes on a command's route"
+        )
+    return hook  # type: ignore[no-any-return]
+
+
+def raw_headers_hook(bridge: Any) -> Callable[..., Awaitable[None]]:
+    """``bridge.publish_raw(raw, extra_headers=...)``: raw bytes with forged headers."""
+    hook = getattr(bridge, "publish_raw", None)
+    if not callable(hook) or "extra_headers" not in inspect.signature(hook).parameters:
+        pytest.skip(
+            f"{type(bridge).__name__} offers no publish_raw(raw, extra_headers=...) hook: "
+            "forged header cases need raw bytes with headers of the publisher's choosing"
+        )
+    return hook  # type: ignore[no-any-return]
+
+
+def core_counter(bridge: Any, name: str) -> int | None:
+    """A counter of the bridge's SPI core, when it is built on the shared base."""
+    value = getattr(getattr(bridge, "core", None), name, None)
+    return value if isinstance(value, int) else None
