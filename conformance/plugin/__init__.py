@@ -28,7 +28,7 @@ from conformance.adapters import (
     UsageError,
     resolve,
 )
-from conformance.kit import workdirs
+from conformance.kit import waits, workdirs
 from conformance.kit.marks import SUITES, CheckInfo
 from conformance.kit.skips import not_tested
 from conformance.kit.under_test import AdapterUnderTest
@@ -125,6 +125,7 @@ def pytest_configure(config: pytest.Config) -> None:
         allow_missing=bool(config.getoption("cf_allow_missing_services")),
     )
     LAST_VERDICT.clear()
+    waits.set_quick(config.stash[_STATE].quick)
 
 
 def _info(item: pytest.Item | Any) -> CheckInfo | None:

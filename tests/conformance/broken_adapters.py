@@ -248,6 +248,124 @@ def not_atomic(ctx: AdapterContext) -> Any:
     return NotAtomic(kv=ctx.shared.setdefault("kv", MemoryKV()), **ctx.options)
 
 
+class Reorders(DefaultEventBridge):
+    """Holds back one event in seven for a moment, so the next ones overtake it."""
+
+    name = "reorders"
+    _count = itertools.count(1)
+
+    async def _publish(self, message: Any) -> None:
+        if isinstance(message, CustomMessage) and next(self._count) % 7 == 0:
+            parent = super()._publish
+
+            async def later() -> None:
+                await asyncio.sleep(0.02)
+                await parent(message)
+
+            self.core.spawn(later())
+            return
+        await super()._publish(message)
+
+
+def reorders(ctx: AdapterContext) -> Any:
+    return Reorders(hub=_hub(ctx), **ctx.options)
+
+
+class QueueReorders(DefaultQueueBridge):
+    """Leases the second-oldest job of the top priority before the oldest, once in seven."""
+
+    name = "queue-reorders"
+    _count = itertools.count(1)
+
+    def _take(self, queue: str, batch: int, worker_id: str | None) -> Any:
+        q = self.store.queues[queue]
+        if next(self._count) % 7 == 0:
+            ready = sorted(
+                (r for r in q.jobs.values() if r.lease_id is None),
+                key=lambda r: (-r.priority, r.seq),
+            )
+            if len(ready) >= 2 and ready[0].priority == ready[1].priority:
+                ready[0].seq, ready[1].seq = ready[1].seq, ready[0].seq
+                ready[0].available_at_ms, ready[1].available_at_ms = (
+                    ready[1].available_at_ms,
+                    ready[0].available_at_ms,
+                )
+        return super()._take(queue, batch, worker_id)
+
+
+def queue_reorders(ctx: AdapterContext) -> Any:
+    return QueueReorders(store=ctx.shared.setdefault("queue", MemoryQueueStore()), **ctx.options)
+
+
+class _FixedDelayCore(BridgeCore):
+    async def handle_subscription(self, reg: Any, message: Any, attempt: int = 1) -> Any:
+        outcome = await super().handle_subscription(reg, message, attempt)
+        if outcome.disposition is Disposition.RETRY:
+            return replace(outcome, delay_s=1.0)
+        return outcome
+
+
+class FixedRetryDelay(DefaultEventBridge):
+    """Retries after a fixed second, whatever retry_delay_ms says."""
+
+    name = "fixed-retry-delay"
+    core_class = _FixedDelayCore
+
+
+def fixed_retry_delay(ctx: AdapterContext) -> Any:
+    return FixedRetryDelay(hub=_hub(ctx), **ctx.options)
+
+
+class _ForgetfulRetryCore(BridgeCore):
+    async def handle_subscription(self, reg: Any, message: Any, attempt: int = 1) -> Any:
+        if attempt > 1:
+            message = message.model_copy(update={"tenant_id": None, "principal_id": None})
+        return await super().handle_subscription(reg, message, attempt)
+
+
+class ForgetfulRetries(DefaultEventBridge):
+    """Redelivered copies lose tenantId and principalId (first deliveries are intact)."""
+
+    name = "forgetful-retries"
+    core_class = _ForgetfulRetryCore
+
+
+def forgetful_retries(ctx: AdapterContext) -> Any:
+    return ForgetfulRetries(hub=_hub(ctx), **ctx.options)
+
+
+class _ForgetfulDeadLetterCore(BridgeCore):
+    async def dead_letter(self, reg: Any, message: Any, attempts: int, reason: str) -> None:
+        stripped = message.model_copy(update={"tenant_id": None, "otp": None})
+        await super().dead_letter(reg, stripped, attempts, reason)
+
+
+class ForgetfulDeadLetters(DefaultEventBridge):
+    """The dead letter's original message has lost its tenantId and otp."""
+
+    name = "forgetful-dead-letters"
+    core_class = _ForgetfulDeadLetterCore
+
+
+def forgetful_dead_letters(ctx: AdapterContext) -> Any:
+    return ForgetfulDeadLetters(hub=_hub(ctx), **ctx.options)
+
+
+class TinyLimit(DefaultEventBridge):
+    """Declares (and enforces) a 16 KiB message limit: too small for PURISTA messages."""
+
+    name = "tiny-limit"
+    capabilities = replace(DefaultEventBridge.capabilities, max_message_bytes=16 * 1024)
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["max_message_bytes"] = 16 * 1024
+        super().__init__(**kwargs)
+
+
+def tiny_limit(ctx: AdapterContext) -> Any:
+    return TinyLimit(hub=_hub(ctx), **ctx.options)
+
+
 # broken factory -> the named check that must fail for it
 EXPECTED: dict[str, str] = {
     "drops": "event_bridge.subscriptions.fan_out",
@@ -263,6 +381,12 @@ EXPECTED: dict[str, str] = {
     "never_reconnects": "event_bridge.lifecycle.reconnect",
     "double_lease": "queue_bridge.concurrent_workers",
     "not_atomic": "stores.set_if_absent_atomic",
+    "reorders": "event_bridge.ordering.per_sender",
+    "queue_reorders": "queue_bridge.ordering.fifo_within_priority",
+    "fixed_retry_delay": "event_bridge.failures.delayed_retry",
+    "forgetful_retries": "event_bridge.fidelity.redelivered",
+    "forgetful_dead_letters": "event_bridge.fidelity.dead_letter_original",
+    "tiny_limit": "event_bridge.fidelity.large_payload",
 }
 
 

@@ -299,6 +299,6 @@ async def test_success_event(aut: AdapterUnderTest) -> None:
     assert not wrong, f"invocations failed: {wrong[:5]}"
     for i in range(n):
         events.sent(f"u{i}")
-    await wait_for(events.all_arrived, 10)
+    await wait_for(events.all_arrived, 10, progress=lambda: events.total_delivered)
     await wait_quiet(lambda: events.total_delivered, quiet_s=0.2)
     expect_exactly_once(events)

@@ -14,6 +14,8 @@ from conformance.kit.waits import wait_for, wait_quiet
 from reference_services.runtime.errors import HandledError
 
 EB = ("event_bridge",)
+RETRY_LATE_FRACTION = 0.25
+RETRY_LATE_MARGIN_MS = 250.0
 
 
 class Attempts:
@@ -87,7 +89,7 @@ async def test_retry_transient(aut: AdapterUnderTest) -> None:
     )
     producer, _ = await _setup(aut, handler, failure, dead)
     ids = await _emit(producer, aut.n(20), handler.succeeded)
-    await wait_for(handler.succeeded.all_arrived, 15)
+    await wait_for(handler.succeeded.all_arrived, 15, progress=handler.total)
     await wait_quiet(handler.total, quiet_s=0.3)
     expect_exactly_once(handler.succeeded)
     wrong = _wrong_counts(handler, ids, 3)
@@ -108,8 +110,9 @@ async def test_dead_letter(aut: AdapterUnderTest) -> None:
     )
     producer, letters = await _setup(aut, handler, failure, dead)
     ids = await _emit(producer, aut.n(10), dead)
-    await wait_for(dead.all_arrived, 15)
-    await wait_quiet(lambda: (handler.total(), dead.total_delivered), quiet_s=0.3)
+    both = lambda: (handler.total(), dead.total_delivered)  # noqa: E731
+    await wait_for(dead.all_arrived, 15, progress=both)
+    await wait_quiet(both, quiet_s=0.3)
     wrong = _wrong_counts(handler, ids, 3)
     assert not wrong, f"expected exactly 3 attempts per message, got {wrong[:10]}"
     expect_exactly_once(dead)
@@ -136,7 +139,7 @@ async def test_handled_error_not_redelivered(aut: AdapterUnderTest) -> None:
     )
     producer, _ = await _setup(aut, handler, failure, dead)
     ids = await _emit(producer, aut.n(20))
-    await wait_for(lambda: all(k in handler.calls for k in ids), 15)
+    await wait_for(lambda: all(k in handler.calls for k in ids), 15, progress=handler.total)
     await wait_quiet(handler.total, quiet_s=0.4)
     wrong = _wrong_counts(handler, ids, 1)
     assert not wrong, f"handled errors were redelivered (attempts): {wrong[:10]}"
@@ -145,15 +148,19 @@ async def test_handled_error_not_redelivered(aut: AdapterUnderTest) -> None:
 
 @check("event_bridge.failures.delayed_retry", kinds=EB, needs=("bounded_retry", "delayed_retry"))
 async def test_delayed_retry(aut: AdapterUnderTest) -> None:
-    """The next attempt comes no sooner than retry_delay_ms after a failure."""
+    """The next attempt comes no sooner than retry_delay_ms after a failure, and not much later
+    (a quarter of the delay plus 250 ms for scheduling and broker timers)."""
     handler = Attempts(fail_first=1)
     delay_ms = 250
     failure = FailureHandling(max_attempts=3, retry_delay_ms=delay_ms, backoff=1.0)
     producer, _ = await _setup(aut, handler, failure)
     ids = await _emit(producer, 5, handler.succeeded)
-    await wait_for(handler.succeeded.all_arrived, 15)
+    await wait_for(handler.succeeded.all_arrived, 15, progress=handler.total)
     gaps = {k: round((v[1] - v[0]) * 1000) for k, v in handler.calls.items() if len(v) >= 2}
     aut.metric("gaps_ms", gaps)
     early = {k: g for k, g in gaps.items() if g < delay_ms * 0.9}
+    late_ms = delay_ms * (1 + RETRY_LATE_FRACTION) + RETRY_LATE_MARGIN_MS
+    late = {k: g for k, g in gaps.items() if g > late_ms}
     assert len(gaps) == len(ids), f"not every message was retried: {sorted(gaps)}"
     assert not early, f"retried sooner than {delay_ms} ms: {early}"
+    assert not late, f"retried later than {late_ms:.0f} ms after a {delay_ms} ms delay: {late}"

@@ -178,7 +178,11 @@ def _machine(aut: AdapterUnderTest, runner: asyncio.Runner) -> type[RuleBasedSta
         async def _settle(self) -> None:
             await wait_quiet(lambda: sum(self.reference.deliveries.values()), quiet_s=0.02)
             want = +self.reference.deliveries
-            await wait_for(lambda: all(self.adapter.deliveries[k] >= n for k, n in want.items()), 5)
+            await wait_for(
+                lambda: all(self.adapter.deliveries[k] >= n for k, n in want.items()),
+                5,
+                progress=lambda: sum(self.adapter.deliveries.values()),
+            )
 
         @rule(
             inst=st.integers(0, INSTANCES - 1),

@@ -50,8 +50,11 @@ async def emit_many(
 
 async def settle(*ledgers: Ledger, quiet_s: float = 0.3) -> None:
     """Wait until every acknowledged message arrived, then for a short quiet period."""
-    await wait_for(lambda: all(ledger.all_arrived() for ledger in ledgers), ARRIVAL_TIMEOUT_S)
-    await wait_quiet(lambda: sum(ledger.total_delivered for ledger in ledgers), quiet_s=quiet_s)
+    total = lambda: sum(ledger.total_delivered for ledger in ledgers)  # noqa: E731
+    await wait_for(
+        lambda: all(ledger.all_arrived() for ledger in ledgers), ARRIVAL_TIMEOUT_S, progress=total
+    )
+    await wait_quiet(total, quiet_s=quiet_s)
 
 
 def _payload(s: int, i: int, tag: str = "") -> dict[str, Any]:

@@ -29,7 +29,7 @@ from reference_services.runtime.spi.bridge_base import (
     RegisteredCommand,
     RegisteredSubscription,
 )
-from reference_services.runtime.spi.capabilities import EventBridgeCapabilities, unsupported
+from reference_services.runtime.spi.capabilities import YES, EventBridgeCapabilities, unsupported
 
 log = logging.getLogger("reference_services.bridge.memory")
 
@@ -176,6 +176,7 @@ class DefaultEventBridge(EventBridgeBase):
         durable_commands=unsupported("commands are not persisted in memory"),
         native_dead_lettering=unsupported("dead letters are emitted as events; nothing keeps them"),
         reconnect=unsupported("in-process: there is no connection to lose"),
+        per_sender_order=YES,
     )
 
     def __init__(self, hub: MemoryHub | None = None, **kwargs: Any) -> None:

@@ -19,7 +19,11 @@ from reference_services.runtime.queue import (
     NackOutcome,
     QueueMetrics,
 )
-from reference_services.runtime.spi.capabilities import QueueBridgeCapabilities, unsupported
+from reference_services.runtime.spi.capabilities import (
+    YES,
+    QueueBridgeCapabilities,
+    unsupported,
+)
 from reference_services.runtime.spi.queue_base import EnqueueRequest, QueueBridgeBase, json_copy
 
 
@@ -69,6 +73,7 @@ class DefaultQueueBridge(QueueBridgeBase):
     capabilities: ClassVar[QueueBridgeCapabilities] = QueueBridgeCapabilities(
         durable=unsupported("jobs live in process memory"),
         reconnect=unsupported("in-process: there is no connection to lose"),
+        fifo_within_priority=YES,
     )
 
     def __init__(

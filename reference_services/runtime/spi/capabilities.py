@@ -73,6 +73,8 @@ class EventBridgeCapabilities(_Capabilities):
     - ``graceful_drain``: ``destroy`` lets in-flight handlers finish.
     - ``reconnect``: the bridge reconnects and re-registers after a broker outage.
     - ``publisher_confirms``: ``emit_message`` returns only once the broker has the message.
+    - ``per_sender_order``: the events of one sending instance reach one subscriber in the
+      order they were emitted (first deliveries; a retried message may come later).
     """
 
     delivery: Delivery = "at_least_once"
@@ -90,6 +92,7 @@ class EventBridgeCapabilities(_Capabilities):
     graceful_drain: Support = YES
     reconnect: Support = YES
     publisher_confirms: Support = YES
+    per_sender_order: Support = field(default_factory=lambda: unsupported("not declared"))
     max_message_bytes: int | None = None
 
 
@@ -103,6 +106,8 @@ class QueueBridgeCapabilities(_Capabilities):
     - ``idempotency_keys``: a duplicate key returns the original job id.
     - ``lease_recovery``: an expired lease makes the job leasable again.
     - ``blocking_lease``: ``lease_next(wait_ms=...)`` waits for work.
+    - ``fifo_within_priority``: jobs of one priority are leased in enqueue order (jobs
+      never leased before; a retried job may come later).
     """
 
     durable: Support = YES
@@ -112,6 +117,7 @@ class QueueBridgeCapabilities(_Capabilities):
     lease_recovery: Support = YES
     blocking_lease: Support = YES
     reconnect: Support = YES
+    fifo_within_priority: Support = field(default_factory=lambda: unsupported("not declared"))
 
 
 @dataclass(frozen=True)
