@@ -58,9 +58,12 @@ otps = st.none() | st.builds(
 
 
 def settings_for(aut: AdapterUnderTest, memory: int = 60, broker: int = 15) -> settings:
-    """Example counts per adapter kind (fewer for brokers, fewer still with --quick)."""
-    n = memory if aut.is_reference else broker
-    if aut.quick:
+    """Example counts per adapter kind: fewer for adapters with a backing service, fewer
+    still for those with --quick. In-process adapters are cheap and keep the full count
+    (a quick run that draws too few examples lets a lossy in-process adapter pass)."""
+    in_process = aut.is_reference or not aut.spec.services
+    n = memory if in_process else broker
+    if aut.quick and not in_process:
         n = max(5, n // 3)
     return settings(
         max_examples=n,

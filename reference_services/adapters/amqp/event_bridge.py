@@ -156,6 +156,8 @@ class AmqpBridge(EventBridgeBase):
         graceful_drain=YES,
         reconnect=YES,
         publisher_confirms=YES,
+        # one queue per subscription, confirms in publish order on one channel
+        per_sender_order=YES,
     )
 
     def __init__(

@@ -160,6 +160,8 @@ class MqttBridge(EventBridgeBase):
         graceful_drain=YES,
         reconnect=YES,
         publisher_confirms=YES,
+        # QoS 1 keeps the order of one publishing client towards one subscriber
+        per_sender_order=YES,
     )
 
     def __init__(

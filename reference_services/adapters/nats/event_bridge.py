@@ -97,6 +97,8 @@ class NatsBridge(EventBridgeBase):
         ),
         native_dead_lettering=YES,
         max_message_bytes=1024 * 1024,
+        # one stream per deployment: a consumer sees messages in stream order
+        per_sender_order=YES,
     )
 
     def __init__(

@@ -124,6 +124,7 @@ class NatsQueueBridge(QueueBridgeBase):
         lease_recovery=YES,
         blocking_lease=YES,
         reconnect=YES,
+        fifo_within_priority=YES,
     )
 
     def __init__(

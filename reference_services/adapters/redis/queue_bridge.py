@@ -63,7 +63,7 @@ from reference_services.runtime.queue import (
     QueueInputError,
     QueueMetrics,
 )
-from reference_services.runtime.spi.capabilities import QueueBridgeCapabilities
+from reference_services.runtime.spi.capabilities import YES, QueueBridgeCapabilities
 from reference_services.runtime.spi.queue_base import EnqueueRequest, QueueBridgeBase
 
 __all__ = ["RedisQueueBridge", "RedisUnavailableError"]
@@ -137,7 +137,7 @@ class RedisQueueBridge(QueueBridgeBase):
     """
 
     name: ClassVar[str] = "redis"
-    capabilities: QueueBridgeCapabilities = QueueBridgeCapabilities()
+    capabilities: QueueBridgeCapabilities = QueueBridgeCapabilities(fifo_within_priority=YES)
 
     def __init__(
         self,
