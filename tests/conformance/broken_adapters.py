@@ -366,6 +366,32 @@ def tiny_limit(ctx: AdapterContext) -> Any:
     return TinyLimit(hub=_hub(ctx), **ctx.options)
 
 
+class NackIgnoresDelay(DefaultQueueBridge):
+    """nack(delay_ms=...) makes the job leasable at once."""
+
+    name = "nack-ignores-delay"
+
+    async def _nack(self, job: Any, reason: str | None, delay_ms: int) -> Any:
+        return await super()._nack(job, reason, 0)
+
+
+def nack_ignores_delay(ctx: AdapterContext) -> Any:
+    return NackIgnoresDelay(store=ctx.shared.setdefault("queue", MemoryQueueStore()), **ctx.options)
+
+
+class CapsDelays(DefaultQueueBridge):
+    """Honours enqueue delays up to one second and caps longer ones at one second."""
+
+    name = "caps-delays"
+
+    async def _enqueue(self, request: Any) -> str:
+        return await super()._enqueue(replace(request, delay_ms=min(request.delay_ms, 1000)))
+
+
+def caps_delays(ctx: AdapterContext) -> Any:
+    return CapsDelays(store=ctx.shared.setdefault("queue", MemoryQueueStore()), **ctx.options)
+
+
 # broken factory -> the named check that must fail for it
 EXPECTED: dict[str, str] = {
     "drops": "event_bridge.subscriptions.fan_out",
@@ -387,6 +413,8 @@ EXPECTED: dict[str, str] = {
     "forgetful_retries": "event_bridge.fidelity.redelivered",
     "forgetful_dead_letters": "event_bridge.fidelity.dead_letter_original",
     "tiny_limit": "event_bridge.fidelity.large_payload",
+    "nack_ignores_delay": "queue_bridge.delays.nack",
+    "caps_delays": "queue_bridge.delays.enqueue",
 }
 
 
