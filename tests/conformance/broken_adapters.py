@@ -16,6 +16,7 @@ from conformance.adapters import AdapterContext
 from reference_services.adapters.memory.event_bridge import DefaultEventBridge, MemoryHub
 from reference_services.adapters.memory.queue_bridge import DefaultQueueBridge, MemoryQueueStore
 from reference_services.adapters.memory.stores import DefaultStateStore, MemoryKV
+from reference_services.runtime.ids import now_ms
 from reference_services.runtime.messages import CustomMessage
 from reference_services.runtime.spi.bridge_base import BridgeCore, DeliveryOutcome, Disposition
 from reference_services.runtime.spi.capabilities import unsupported
@@ -279,9 +280,10 @@ class QueueReorders(DefaultQueueBridge):
 
     def _take(self, queue: str, batch: int, worker_id: str | None) -> Any:
         q = self.store.queues[queue]
+        now = now_ms()
         if next(self._count) % 7 == 0:
             ready = sorted(
-                (r for r in q.jobs.values() if r.lease_id is None),
+                (r for r in q.jobs.values() if r.lease_id is None and r.available_at_ms <= now),
                 key=lambda r: (-r.priority, r.seq),
             )
             if len(ready) >= 2 and ready[0].priority == ready[1].priority:
