@@ -267,7 +267,8 @@ async def test_malformed_job_is_dead_lettered_and_next_served(
 
 
 async def test_broken_job_records_never_block_the_queue(make_bridge: Any, redis: Any) -> None:
-    """Hashes damaged or deleted behind the bridge's back are set aside; work goes on."""
+    """Hashes damaged or deleted behind the bridge's back are quarantined in the dead letter
+    (an index entry whose hash is gone too, with the entry as its raw record); work goes on."""
     bridge = await make_bridge()
     base = bridge._base("q")
     leased = await bridge.enqueue("q", "leased, loses its attempt count", lease_ttl_ms=200)
@@ -288,10 +289,12 @@ async def test_broken_job_records_never_block_the_queue(make_bridge: Any, redis:
     assert [j.id for j in jobs] == [good]
     await bridge.ack(jobs[0])
     assert await bridge.lease_next("q", wait_ms=600) == []  # the delayed one came due: set aside
-    await eventually(lambda: _dead_count(bridge, "q", 3), 5, "broken jobs dead-lettered")
-    dead = await bridge.peek_dead_letter("q")
-    assert {d.id for d in dead} == {leased, no_ttl, delayed}
-    assert {d.reason for d in dead} == {"malformed job data in redis"}
+    await eventually(lambda: _dead_count(bridge, "q", 4), 5, "broken jobs dead-lettered")
+    dead = {d.id: d for d in await bridge.peek_dead_letter("q")}
+    assert set(dead) == {leased, no_ttl, delayed, gone}
+    assert all(d.reason.startswith("malformed job data in redis") for d in dead.values())
+    assert "without its job" in dead[gone].reason
+    assert str(dead[gone].payload).endswith(gone)  # the index entry, as its raw record
     m = await bridge.metrics("q")
     assert (m.pending, m.inflight) == (0, 0)
 

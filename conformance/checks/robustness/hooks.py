@@ -37,3 +37,15 @@ def core_counter(bridge: Any, name: str) -> int | None:
     """A counter of the bridge's SPI core, when it is built on the shared base."""
     value = getattr(getattr(bridge, "core", None), name, None)
     return value if isinstance(value, int) else None
+
+
+def corruption_hook(queue_bridge: Any) -> tuple[Callable[..., Awaitable[str | None]], list[str]]:
+    """``queue_bridge.corrupt_record(queue, job_id, how)`` and the ``CORRUPTIONS`` it makes."""
+    hook = getattr(queue_bridge, "corrupt_record", None)
+    kinds = list(getattr(queue_bridge, "CORRUPTIONS", ()) or ())
+    if not callable(hook) or not kinds:
+        pytest.skip(
+            f"{type(queue_bridge).__name__} offers no corrupt_record(queue, job_id, how) hook "
+            "with CORRUPTIONS: corrupted-record cases need access to the stored records"
+        )
+    return hook, kinds

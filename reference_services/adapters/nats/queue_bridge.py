@@ -76,9 +76,14 @@ from reference_services.adapters.nats.connection import (
 )
 from reference_services.adapters.nats.queue_admin import QueueAdmin
 from reference_services.adapters.nats.queue_io import QueueIO
-from reference_services.adapters.nats.queue_ledger import LeaseRecord, ledger_key, parse_job
+from reference_services.adapters.nats.queue_ledger import (
+    LeaseRecord,
+    ledger_key,
+    parse_job,
+    record_problem,
+)
 from reference_services.adapters.nats.queue_pull import PullRefused, pull_no_wait
-from reference_services.adapters.nats.subjects import name_token
+from reference_services.adapters.nats.subjects import level_token, name_token
 from reference_services.runtime.errors import PuristaError
 from reference_services.runtime.ids import new_id, now_ms
 from reference_services.runtime.queue import (
@@ -98,6 +103,8 @@ from reference_services.runtime.spi.queue_base import EnqueueRequest, QueueBridg
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_REASON_HEADER = "x-purista-dead-letter-reason"
+#: how much of a quarantined record its dead letter keeps
+RAW_LIMIT = 64 * 1024
 
 
 def _header_safe(text: str) -> str:
@@ -481,12 +488,10 @@ class NatsQueueBridge(QueueBridgeBase):
     ) -> Job | None:
         """Turn a fetched message into a lease, or put it back (delayed, held, settled)."""
         body = parse_job(msg.data)
-        if body is None:
-            self.malformed_count += 1
-            log.warning("nats queue %s: dropping a malformed job: %r", queue, msg.data[:200])
-            await msg.term()
-            return None
         seq = msg.metadata.sequence.stream
+        if body is None:
+            await self._quarantine(queue, qtok, msg, "malformed job body")
+            return None
         key = ledger_key(qtok, body["id"])
         for _ in range(8):
             now = now_ms()
@@ -494,6 +499,16 @@ class NatsQueueBridge(QueueBridgeBase):
                 await self._io.nak_reply(msg.reply, body["available_at_ms"] - now)
                 return None
             record, rev, settled = await self._io.lget_settled(key)
+            if record is None and rev:
+                # a ledger record nobody can use: the job goes to the dead letter now,
+                # instead of failing every lease until someone repairs the record
+                raw = await self._io.lraw(key)
+                why = record_problem(raw) or "unreadable"
+                await self._quarantine(
+                    queue, qtok, msg, f"malformed lease record: {why}", body=body, record=raw
+                )
+                await self._io.ldel(key, rev, seq)
+                return None
             if record is None and settled[0] == seq:
                 # this very message was settled, but its ack was lost or the broker
                 # resurrected it after a crash: finish it instead of running it again
@@ -643,6 +658,105 @@ class NatsQueueBridge(QueueBridgeBase):
         except nats.js.errors.KeyWrongLastSequenceError:
             pass  # someone else settled or recovered it first
         self._release(record.lease_id)
+
+    #: the corruptions :meth:`corrupt_record` can make
+    CORRUPTIONS: ClassVar[tuple[str, ...]] = (
+        "ledger_wrong_types",
+        "deep_body",
+        "body_not_json",
+    )
+
+    async def corrupt_record(self, queue: str, job_id: str, how: str) -> str | None:
+        """Tests only: damage what the broker holds for ``job_id`` (a pending job), or put a
+        damaged job beside it, as ``how`` says; returns the id the damaged record has in a
+        dead letter (``malformed-<seq>`` for a body nobody can parse), None for an unknown
+        ``how``."""
+        qtok = name_token(queue)
+        io = self._io
+        if how == "ledger_wrong_types":
+            seq = await self._stream_seq_of(qtok, job_id)
+            record = {
+                "seq": seq,
+                "deliveries": "1",
+                "max_attempts": 3,
+                "lease_ttl_ms": 1000,
+                "state": "leased",
+                "expires_at_ms": "soon",
+            }
+            await io.ledger.put(ledger_key(qtok, job_id), json.dumps(record).encode())
+            return job_id
+        if how in ("deep_body", "body_not_json"):
+            data = b"[" * 100_000 + b"]" * 100_000 if how == "deep_body" else b"\xff{not json"
+            ack = await io.js.publish(
+                f"{io.root}.job.{qtok}.{level_token(0)}", data, timeout=self.timings.op_timeout_s
+            )
+            await io.nc.publish(f"{io.root}.wake.{qtok}", b"")
+            return f"malformed-{ack.seq}"
+        return None
+
+    async def _stream_seq_of(self, qtok: str, job_id: str) -> int:
+        io = self._io
+        seq = 1
+        while True:
+            raw = await io.js.get_msg(
+                io.jobs_stream, seq=seq, subject=f"{io.root}.job.{qtok}.*", next=True
+            )
+            body = parse_job(raw.data)
+            if body is not None and body["id"] == job_id:
+                return int(raw.seq)
+            seq = raw.seq + 1
+
+    async def _quarantine(
+        self,
+        queue: str,
+        qtok: str,
+        msg: Msg,
+        reason: str,
+        *,
+        body: dict[str, Any] | None = None,
+        record: bytes | None = None,
+    ) -> None:
+        """Dead-letter a job the queue cannot use, at once, with the reason and the raw
+        record (truncated to :data:`RAW_LIMIT` bytes), then remove it from the queue."""
+        seq = msg.metadata.sequence.stream
+        self.malformed_count += 1
+        log.warning("nats queue %s: quarantining job at sequence %d: %s", queue, seq, reason)
+        data = msg.data or b""
+        raw = {
+            "body": data[:RAW_LIMIT].decode("utf-8", "replace"),
+            "body_bytes": len(data),
+        }
+        if record is not None:
+            raw["lease_record"] = record[:RAW_LIMIT].decode("utf-8", "replace")
+        job = body or {
+            "id": f"malformed-{seq}",
+            "queue": queue,
+            "payload": None,
+            "parameter": None,
+            "headers": {},
+            "max_attempts": self.default_max_attempts,
+            "priority": 0,
+            "lease_ttl_ms": self.default_lease_ttl_ms,
+            "enqueued_at_ms": 0,
+            "available_at_ms": 0,
+            "idempotency_key": None,
+        }
+        letter = {
+            **job,
+            "attempts": 0,
+            "reason": reason,
+            "dead_lettered_at_ms": now_ms(),
+            "raw": raw,
+        }
+        await self._io.publish(
+            f"{self._io.root}.dlq.{qtok}",
+            json.dumps(letter, separators=(",", ":")).encode(),
+            {
+                "Nats-Msg-Id": f"dlq.quarantine.{qtok}.{seq}",
+                DEAD_LETTER_REASON_HEADER: _header_safe(reason),
+            },
+        )
+        await self._io.ack_reply(msg.reply)
 
     async def _dead_letter(
         self,

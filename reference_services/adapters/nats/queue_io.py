@@ -103,6 +103,14 @@ class QueueIO:
             return None, 0, settled
         return LeaseRecord.loads(entry.value), entry.revision, (0, None)
 
+    async def lraw(self, key: str) -> bytes | None:
+        """The raw value of a ledger record (None when absent)."""
+        try:
+            entry = await self.ledger.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return entry.value
+
     async def lput(self, key: str, record: LeaseRecord, rev: int) -> int:
         """Write ``record`` if the key is still at ``rev`` (0 = absent); raises on conflict."""
         for attempt in (1, 2):

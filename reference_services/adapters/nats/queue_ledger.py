@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 LeaseState = Literal["leased", "idle", "done", "dead"]
@@ -37,12 +37,10 @@ class LeaseRecord:
 
     @classmethod
     def loads(cls, raw: bytes | None) -> LeaseRecord | None:
-        """Parse a KV value; ``None`` for an unreadable one (it is then overwritten)."""
-        try:
-            data: dict[str, Any] = json.loads(raw or b"")
-            return cls(**data)
-        except (ValueError, TypeError):
+        """Parse a KV value; ``None`` for an unreadable one (see :func:`record_problem`)."""
+        if record_problem(raw) is not None:
             return None
+        return cls(**json.loads(raw or b""))
 
     def live(self, now_ms: int) -> bool:
         """A lease that is held and not expired."""
@@ -51,6 +49,46 @@ class LeaseRecord:
     def expired(self, now_ms: int) -> bool:
         """A lease that ran out and was not recovered yet."""
         return self.state == "leased" and self.expires_at_ms <= now_ms
+
+
+_RECORD_INTS = (
+    "seq",
+    "deliveries",
+    "max_attempts",
+    "lease_ttl_ms",
+    "leased_at_ms",
+    "expires_at_ms",
+    "dead_lettered_at_ms",
+)
+_RECORD_OPTIONAL_TEXT = ("lease_id", "worker_id", "last_error")
+
+
+def record_problem(raw: bytes | None) -> str | None:
+    """Why a ledger value is unusable (wrong JSON, fields or field types), or None."""
+    try:
+        data = json.loads(raw or b"")
+    except (ValueError, RecursionError) as exc:
+        return f"not JSON: {type(exc).__name__}"
+    if not isinstance(data, dict):
+        return "not an object"
+    unknown = set(data) - {f.name for f in fields(LeaseRecord)}
+    if unknown:
+        return f"unknown fields {sorted(unknown)}"
+    for name in ("seq", "deliveries", "max_attempts", "lease_ttl_ms", "state"):
+        if name not in data:
+            return f"missing field {name}"
+    for name in _RECORD_INTS:
+        value = data.get(name, 0)
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"{name} is not an integer: {value!r}"[:200]
+    for name in _RECORD_OPTIONAL_TEXT:
+        if data.get(name) is not None and not isinstance(data[name], str):
+            return f"{name} is not text"
+    if not isinstance(data.get("reply", ""), str):
+        return "reply is not text"
+    if data["state"] not in ("leased", "idle", "done", "dead"):
+        return f"unknown state {data['state']!r}"[:200]
+    return None
 
 
 def ledger_key(qtok: str, job_id: str) -> str:
@@ -77,7 +115,7 @@ def parse_job(raw: bytes | None) -> dict[str, Any] | None:
     """A job body from the wire, or ``None`` when it is malformed."""
     try:
         body = json.loads(raw or b"")
-    except ValueError:
+    except (ValueError, RecursionError):  # a 100k-deep body must not escape as an error
         return None
     if not isinstance(body, dict) or any(f not in body for f in JOB_FIELDS):
         return None

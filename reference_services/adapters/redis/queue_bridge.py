@@ -402,6 +402,37 @@ class RedisQueueBridge(QueueBridgeBase):
         )
         self._check_lease_result(result, job)
 
+    #: the corruptions :meth:`corrupt_record` can make (what an operator or a bug did to
+    #: the stored data)
+    CORRUPTIONS: ClassVar[tuple[str, ...]] = (
+        "deliveries_fraction",
+        "deliveries_hex",
+        "job_not_a_hash",
+        "ready_entry_to_string",
+    )
+
+    async def corrupt_record(self, queue: str, job_id: str, how: str) -> str | None:
+        """Tests only: damage the stored record of ``job_id`` (a pending job) as ``how``
+        says; returns the id of the damaged record, None for an unknown ``how``."""
+        job = f"{self._base(queue)}:job:{job_id}"
+        client = self._client
+        if how == "deliveries_fraction":
+            await client.hset(job, "deliveries", "1.5")
+        elif how == "deliveries_hex":
+            await client.hset(job, "deliveries", "0x10")
+        elif how == "job_not_a_hash":
+            await client.delete(job)
+            await client.set(job, "not a job")
+        elif how == "ready_entry_to_string":
+            ghost = f"ghost-{job_id}"
+            await client.set(f"{self._base(queue)}:job:{ghost}", "a string, not a job")
+            member = f"{0:015d}:{0:015d}:{ghost}"
+            await client.zadd(f"{self._base(queue)}:ready", {member: 0})
+            return ghost
+        else:
+            return None
+        return job_id
+
     async def _peek_dead_letter(self, queue: str, limit: int) -> list[DeadLetterJob]:
         rows = await self._run("peek_dead", queue, limit)
         out = []

@@ -74,25 +74,50 @@ end
 local NUMERIC = {'deliveries', 'max_attempts', 'priority', 'seq', 'lease_ttl', 'enqueued_at',
   'avail'}
 
--- true when the job's hash holds every number the scripts rely on
-local function intact(id)
-  local f = redis.call('HMGET', jkey(id), unpack(NUMERIC))
+-- the field names whose values are not whole numbers (the scripts do integer arithmetic
+-- on them: HINCRBY refuses '1.5' or '0x10', which tonumber would accept)
+local function bad_numbers(k)
+  local f = redis.call('HMGET', k, unpack(NUMERIC))
+  local bad = {}
   for i = 1, #NUMERIC do
-    if not tonumber(f[i]) then return false end
+    if not (f[i] and string.match(f[i], '^%-?%d+$')) then bad[#bad + 1] = NUMERIC[i] end
   end
-  return true
+  return bad
 end
 
--- a job whose stored data is broken: dead-lettered if its hash exists, else forgotten,
--- so that one bad entry never blocks the queue
-local function discard(id, now)
-  if redis.call('EXISTS', jkey(id)) == 1 then
-    to_dead(id, 'malformed job data in redis', now)
-  else
-    redis.call('ZREM', DELAYED, id)
-    redis.call('ZREM', LEASED, id)
-    redis.call('ZREM', AGE, id)
+-- true when the job's key is a hash holding every number the scripts rely on
+local function intact(id)
+  local k = jkey(id)
+  if redis.call('TYPE', k).ok ~= 'hash' then return false end
+  return #bad_numbers(k) == 0
+end
+
+-- A job whose stored data the queue cannot use is quarantined at once: dead-lettered with
+-- the reason and the raw record, never dropped, never looped. ``entry`` is the index entry
+-- (ready member or id) that pointed at it.
+local function discard(id, now, entry)
+  local k = jkey(id)
+  local t = redis.call('TYPE', k).ok
+  if t == 'hash' then
+    local bad = bad_numbers(k)
+    local why = 'malformed job data in redis'
+    if #bad > 0 then why = why .. ': not whole numbers: ' .. table.concat(bad, ', ') end
+    to_dead(id, why, now)
+    return
   end
+  local raw
+  if t == 'string' then
+    raw = redis.call('GET', k)
+  elseif t == 'none' then
+    raw = entry or id
+  else
+    raw = '<a redis ' .. t .. '>'
+  end
+  redis.call('DEL', k)
+  redis.call('HSET', k, 'id', id, 'payload', raw, 'deliveries', '0', 'raw_type', t)
+  local why = 'malformed job data in redis: the job key holds a ' .. t .. ', not a hash'
+  if t == 'none' then why = 'malformed job data in redis: an index entry without its job' end
+  to_dead(id, why, now)
 end
 
 local function promote(now)
@@ -148,6 +173,8 @@ end
 -- 'ok', 'stale' (not held under this lease) or 'expired' (recovered now)
 local function held(id, lease_id, now)
   if lease_id == '' then return 'stale' end
+  -- replaced under the lease: stale here; the lease's expiry quarantines it
+  if redis.call('TYPE', jkey(id)).ok ~= 'hash' then return 'stale' end
   local f = redis.call('HMGET', jkey(id), 'lease_id', 'lease_expires_at')
   if (not f[1]) or f[1] ~= lease_id then return 'stale' end
   local expires = tonumber(f[2])
@@ -214,7 +241,10 @@ for i, m in ipairs(picked) do
     redis.call('ZADD', LEASED, int(expires), id)
     jobs[#jobs + 1] = redis.call('HGETALL', k)
   elseif id then
-    discard(id, now)
+    discard(id, now, m)
+  else
+    -- a member that names no job id: kept as a dead letter under a fresh id
+    discard('corrupt-' .. redis.call('INCR', SEQ), now, m)
   end
 end
 local upcoming = -1
@@ -305,7 +335,12 @@ return expires
 PEEK_DEAD = """
 local out = {}
 for _, id in ipairs(redis.call('ZRANGE', DEAD, 0, tonumber(ARGV[1]) - 1)) do
-  out[#out + 1] = redis.call('HGETALL', jkey(id))
+  local t = redis.call('TYPE', jkey(id)).ok
+  if t == 'hash' then
+    out[#out + 1] = redis.call('HGETALL', jkey(id))
+  else  -- replaced after it was dead-lettered: still listed, with what is there now
+    out[#out + 1] = {'id', id, 'dead_reason', 'dead letter record replaced by a redis ' .. t}
+  end
 end
 return out
 """
@@ -323,10 +358,16 @@ local count = 0
 for _, id in ipairs(ids) do
   if redis.call('ZREM', DEAD, id) == 1 then
     local k = jkey(id)
-    redis.call('HSET', k, 'deliveries', '0', 'seq', int(redis.call('INCR', SEQ)))
-    redis.call('HDEL', k, 'dead_reason', 'dead_at')
-    make_pending(id, now, now)
-    count = count + 1
+    if redis.call('TYPE', k).ok == 'hash' then
+      redis.call('HSET', k, 'deliveries', '0', 'seq', int(redis.call('INCR', SEQ)))
+    end
+    if intact(id) then
+      redis.call('HDEL', k, 'dead_reason', 'dead_at')
+      make_pending(id, now, now)
+      count = count + 1
+    else  -- a quarantined record stays a dead letter
+      redis.call('ZADD', DEAD, redis.call('INCR', base .. ':deadseq'), id)
+    end
   end
 end
 if count > 0 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
