@@ -26,6 +26,16 @@ class CheckInfo:
     doc: str
     open_behaviour: bool
 
+    def needs_for(self, kind: str) -> tuple[str, ...]:
+        """The capabilities this check needs of an adapter of ``kind`` (``kind:cap``
+        entries apply to that kind only)."""
+        out = []
+        for need in self.needs:
+            only, sep, cap = need.rpartition(":")
+            if not sep or only == kind:
+                out.append(cap)
+        return tuple(out)
+
     @property
     def summary(self) -> str:
         """The first line of the docstring."""
@@ -50,7 +60,8 @@ def check(
 ) -> Callable[[F], F]:
     """Declare a conformance check.
 
-    ``needs`` names capabilities (attributes of the adapter's ``capabilities``).
+    ``needs`` names capabilities (attributes of the adapter's ``capabilities``);
+    ``kind:capability`` names one that only adapters of that kind need.
     An adapter that declares one of them unsupported still runs the check, in
     "expected to fail" mode. ``open_behaviour`` checks record what the adapter
     does where the contract leaves it open; they pass unless the run breaks.

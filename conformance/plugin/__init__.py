@@ -250,7 +250,7 @@ def _expect_unsupported(request: pytest.FixtureRequest, aut: AdapterUnderTest) -
     options), so an unstarted probe instance is asked; factories were probed at collection.
     """
     info = _info(request.node)
-    if info is None or not info.needs:
+    if info is None or not info.needs_for(aut.spec.kind):
         return
     spec = aut.spec
     if spec.adapter_class is not None:
@@ -261,7 +261,8 @@ def _expect_unsupported(request: pytest.FixtureRequest, aut: AdapterUnderTest) -
                 spec.capabilities = caps
         except Exception:
             pass
-    missing = [(cap, spec.support(cap)[1]) for cap in info.needs if not spec.support(cap)[0]]
+    needs = info.needs_for(spec.kind)
+    missing = [(cap, spec.support(cap)[1]) for cap in needs if not spec.support(cap)[0]]
     if missing:
         reason = "; ".join(f"{cap}: {why}" for cap, why in missing)
         request.node.add_marker(

@@ -20,6 +20,8 @@ from conformance.kit.waits import wait_for, wait_quiet
 from harness.history import check as check_history
 
 KINDS = ("event_bridge", "queue_bridge")
+# two service processes share one subscription group: each message goes to one of them
+SHARED = ("event_bridge:shared_subscriptions",)
 STREAM_S = 1.5
 SETTLE_S = 30.0
 REDELIVERY_S = 6.0
@@ -102,7 +104,7 @@ async def _finish(
     shutil.rmtree(dep.workdir, ignore_errors=True)  # kept only when the check fails
 
 
-@check("faults.service.sigterm_drain", kinds=KINDS)
+@check("faults.service.sigterm_drain", kinds=KINDS, needs=SHARED)
 async def test_sigterm_drain(aut: AdapterUnderTest, faults_services: Any) -> None:
     """SIGTERM to one of two service processes while work streams in: its in-flight handlers
     finish and are acked, it exits 0, nothing is lost (the other or the restarted one does
@@ -138,7 +140,7 @@ async def test_sigterm_drain(aut: AdapterUnderTest, faults_services: Any) -> Non
         await aut.close()
 
 
-@check("faults.service.sigkill_redelivery", kinds=KINDS)
+@check("faults.service.sigkill_redelivery", kinds=KINDS, needs=SHARED)
 async def test_sigkill_redelivery(aut: AdapterUnderTest, faults_services: Any) -> None:
     """SIGKILL one of two service processes in the middle of a handler (after its side
     effect, before the ack): the message is delivered again (to the survivor or to the
