@@ -47,6 +47,7 @@ SESSIONS_FILE = "sessions"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 REAP_TIMEOUT_S = 5.0
 CLEANUP_TIMEOUT_S = 4.0
+EMPTY_DIR_AGE_S = 600.0
 
 _PR_SET_PDEATHSIG = 1
 try:
@@ -278,7 +279,8 @@ class Run:
         self.owner = owner
         self.pid = os.getpid()
         self.temp_dir = Path(tempfile.gettempdir()) / f"{TEMP_PREFIX}{run_id}"
-        self.temp_dir.mkdir(exist_ok=True)
+        if owner:  # members (xdist workers) use the owner's, created when needed
+            self.temp_dir.mkdir(exist_ok=True)
         self.kept = False
         self.ended = False
         self.begun = False
@@ -506,6 +508,11 @@ def reap_stale(base: Path | None = None, exclude: str = "") -> list[str]:
     processes (a later run could collide with them) and temp dirs go; returns their ids."""
     base = base or Path(tempfile.gettempdir())
     reaped = []
+    for empty in base.glob(f"{TEMP_PREFIX}*"):
+        # an empty dir (a member's, or an older harness's) holds nothing of a live run
+        with contextlib.suppress(OSError):
+            if time.time() - empty.stat().st_mtime > EMPTY_DIR_AGE_S and empty.is_dir():
+                empty.rmdir()  # only succeeds when empty
     for owner_file in base.glob(f"{TEMP_PREFIX}*/{OWNER_FILE}"):
         temp_dir = owner_file.parent
         try:

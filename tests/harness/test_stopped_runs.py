@@ -329,6 +329,10 @@ def test_next_run_reaps_a_run_whose_runner_and_reaper_both_died(tmp_path: Path) 
                                  start_new_session=True)
         return runner, run_id, int(reaper), child
 
+    old_empty, new_empty = tmpdir / "harness-run-oldempty", tmpdir / "harness-run-newempty"
+    old_empty.mkdir()
+    new_empty.mkdir()
+    os.utime(old_empty, (time.time() - 3600, time.time() - 3600))
     dead, dead_id, dead_reaper, orphan = a_run("dead")
     live, live_id, _, live_child = a_run("live")
     kept, kept_id, kept_reaper, kept_child = a_run("kept")
@@ -348,6 +352,7 @@ def test_next_run_reaps_a_run_whose_runner_and_reaper_both_died(tmp_path: Path) 
         assert not (tmpdir / f"harness-run-{dead_id}").exists()
         assert live_child.poll() is None and (tmpdir / f"harness-run-{live_id}").exists()
         assert kept_child.poll() is None and (tmpdir / f"harness-run-{kept_id}").exists()
+        assert not old_empty.exists() and new_empty.exists()  # an hour old and empty: gone
     finally:
         for proc in (dead, live, kept, orphan, live_child, kept_child):
             if proc.poll() is None:
