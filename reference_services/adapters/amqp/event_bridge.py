@@ -736,7 +736,9 @@ class AmqpBridge(EventBridgeBase):
                 await self._settle(incoming, ack=False, requeue=True)
                 return
             sub = reg.subscription
-            message = self.core.decode_or_reject(incoming.body, f"queue {consumer.queue}")
+            message = await self.core.decode_for_subscription(
+                reg, incoming.body, f"queue {consumer.queue}"
+            )
             if message is None:
                 await self._dead_letter_native(reg, incoming, self._malformed_reason(incoming), 1)
                 await self._settle(incoming, ack=True)

@@ -36,6 +36,14 @@ log = logging.getLogger("reference_services.bridge.memory")
 _GroupKey = tuple[str, str, str]
 
 
+def _malformed_reason(raw: bytes) -> str:
+    try:
+        decode(raw)
+    except MessageDecodeError as exc:
+        return f"malformed message: {exc}"
+    return "malformed message"
+
+
 class MemoryHub:
     """The in-process 'broker' shared by bridges that model instances."""
 
@@ -223,11 +231,19 @@ class DefaultEventBridge(EventBridgeBase):
 
     # ---- delivery, called by the hub
     def receive_raw(self, raw: bytes) -> bool:
-        """Hand wire bytes to this bridge as if they came off the broker."""
-        return self.hub.publish_raw(raw, source=f"raw input to {self.instance_id}")
+        """Hand wire bytes to this bridge as if they came off the broker: the hub routes
+        what decodes; what does not is quarantined by each subscription of this bridge (as
+        a broker queue in front of each would deliver it)."""
+        if self.hub.publish_raw(raw, source=f"raw input to {self.instance_id}"):
+            return True
+        for reg in self.core.registered_subscriptions:
+            self.core.spawn_tracked(
+                self.core.quarantine_raw(reg, raw, _malformed_reason(raw)), "memory-quarantine"
+            )
+        return False
 
     async def deliver(self, reg: RegisteredSubscription, raw: bytes, attempt: int) -> None:
-        message = self.core.decode_or_reject(raw, "hub")
+        message = await self.core.decode_for_subscription(reg, raw, "hub")
         if message is None:
             return
         if not self.core.accepting or self.core.subscription(reg.subscription.key) is None:

@@ -113,6 +113,14 @@ class _Delivery:
     generation: int
 
 
+def _malformed_reason(raw: bytes, max_bytes: int | None) -> str:
+    try:
+        decode(raw, max_bytes=max_bytes)
+    except MessageDecodeError as exc:
+        return f"malformed message: {exc}"
+    return "malformed message"
+
+
 def parse_url(url: str) -> dict[str, Any]:
     """``mqtt://user:pass@host:port`` (also ``tcp://``, ``mqtts://``, ``ssl://``) as settings."""
     parsed = urlparse(url if "://" in url else f"mqtt://{url}")
@@ -579,6 +587,10 @@ class MqttBridge(EventBridgeBase):
     ) -> None:
         message = self.core.decode_or_reject(msg.payload, msg.topic)
         if message is None:
+            reason = _malformed_reason(msg.payload, self.max_message_bytes)
+            for route in routes:
+                for reg in list(route.subs.values()) if route.kind == "sub" else []:
+                    await self.core.quarantine_raw(reg, msg.payload, reason)
             conn.ack(msg.mid, generation)
             return
         acks = []

@@ -180,7 +180,7 @@ class JetStreamConsumer:
             if reg is None or not self.active:
                 await msg.nak()
                 return
-            message = bridge.core.decode_or_reject(msg.data, msg.subject)
+            message = await bridge.core.decode_for_subscription(reg, msg.data, msg.subject)
             if message is None:
                 await self._keep_dead_letter(msg, "malformed message", 1)
                 await msg.term()

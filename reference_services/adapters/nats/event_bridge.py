@@ -568,7 +568,7 @@ class NatsBridge(EventBridgeBase):
         await self._server_barrier(nc)
 
     async def _deliver_core(self, reg: RegisteredSubscription, msg: Msg) -> None:
-        message = self.core.decode_or_reject(msg.data, msg.subject)
+        message = await self.core.decode_for_subscription(reg, msg.data, msg.subject)
         if message is None or not reg.matches(message):
             return
         await self._run_locally(reg, message, 1)

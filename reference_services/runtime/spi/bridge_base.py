@@ -65,6 +65,8 @@ from reference_services.runtime.spi.pending import PendingInvocations
 
 DEAD_LETTER_REASON_HEADER = "x-purista-dead-letter-reason"
 RETRY_ATTEMPT_HEADER = "x-purista-retry-attempt"
+#: how much of an undecodable delivery its dead letter keeps
+RAW_LIMIT = 64 * 1024
 
 
 class Disposition(StrEnum):
@@ -131,6 +133,8 @@ class BridgeCore:
         self.route_rejections = 0
         #: commands not started because their deadline (``expires_at``) had passed
         self.expired_commands = 0
+        #: deliveries nobody could decode, dead-lettered with their raw bytes
+        self.quarantined_messages = 0
         # read-only for transports; the bridge's start and destroy set them
         self.started = False
         self.accepting = False
@@ -176,6 +180,57 @@ class BridgeCore:
             self._bridge.rejected_messages += 1
             self._bridge.log.warning("rejected malformed message from %s: %s", source, exc)
             return None
+
+    async def decode_for_subscription(
+        self,
+        reg: RegisteredSubscription,
+        raw: bytes | bytearray | memoryview | str,
+        source: str,
+    ) -> AnyMessage | None:
+        """Decode a delivery for ``reg``; a malformed one is counted, logged and quarantined
+        (:meth:`quarantine_raw`), and None is returned: the transport settles it for good."""
+        try:
+            return decode(raw, max_bytes=self._bridge.max_message_bytes)
+        except MessageDecodeError as exc:
+            self._bridge.rejected_messages += 1
+            self._bridge.log.warning("rejected malformed message from %s: %s", source, exc)
+            await self.quarantine_raw(reg, raw, f"malformed message: {exc}")
+            return None
+
+    async def quarantine_raw(
+        self, reg: RegisteredSubscription, raw: bytes | bytearray | memoryview | str, reason: str
+    ) -> None:
+        """Dead-letter bytes nobody can decode, at once: emitted to ``dead_letter_target`` (if
+        set) with the reason and the raw bytes (up to :data:`RAW_LIMIT`), and reported as an
+        infoSubscriptionError; never dropped silently, never retried."""
+        sub = reg.subscription
+        self.quarantined_messages += 1
+        data = raw.encode("utf-8", "replace") if isinstance(raw, str) else bytes(raw)
+        if sub.failure.dead_letter_target:
+            letter = CustomMessage(
+                sender=self.sender(sub.subscriber),
+                event_name=sub.failure.dead_letter_target,
+                payload={
+                    "reason": reason,
+                    "attempts": 0,
+                    "raw": data[:RAW_LIMIT].decode("utf-8", "replace"),
+                    "rawBytes": len(data),
+                },
+            )
+            try:
+                await self._bridge._publish_dead_letter(letter, reason)
+            except Exception:
+                self._bridge.log.exception("could not emit the dead letter of malformed bytes")
+        self.emit_info_soon(
+            MessageType.INFO_SUBSCRIPTION_ERROR,
+            {
+                "subscription": str(sub.subscriber),
+                "reason": reason,
+                "attempts": 0,
+                "handled": False,
+                "deadLettered": True,
+            },
+        )
 
     def route_mismatch(
         self, command: Command, route: tuple[str, str, str] | None

@@ -1,0 +1,75 @@
+"""Undecodable deliveries: quarantined to the dead letter with the reason and the raw bytes,
+on every event bridge, never dropped silently."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from conformance.kit import FailureHandling, Recorder, subscription
+from conformance.kit.ledger import Ledger
+from conformance.kit.marks import check
+from conformance.kit.under_test import AdapterUnderTest
+from conformance.kit.waits import wait_for, wait_quiet
+
+EB = ("event_bridge",)
+CASES = {
+    "not-json": b"quarantine-not-json {",
+    "not-utf8": b"quarantine-\xff\xfe",
+    "deep": b"[" * 100_000 + b"]" * 100_000,
+    "array": b'["quarantine-array"]',
+}
+
+
+def _case_of(letter: Any) -> str:
+    raw = str(letter.payload.get("raw", "")) if isinstance(letter.payload, dict) else ""
+    for name, data in CASES.items():
+        if raw and raw[:40] == data[:40].decode("utf-8", "replace"):
+            return name
+    return f"unknown: {raw[:40]!r}"
+
+
+@check("robustness.wire.malformed_dead_lettered", kinds=EB, needs=("dead_letter",))
+async def test_malformed_dead_lettered(aut: AdapterUnderTest) -> None:
+    """Each undecodable delivery to a subscription with a dead letter target (not JSON, not
+    UTF-8, 100k-deep nesting, a JSON array) arrives there once, with a reason and the raw
+    bytes; nothing reaches the handler."""
+    target = f"{aut.ctx.prefix}.quarantine"
+    handled = Ledger("handler")
+    consumer = await aut.new()
+    await consumer.register_subscription(
+        subscription(
+            "quarantine",
+            event_name="q",
+            failure=FailureHandling(max_attempts=2, retry_delay_ms=10, dead_letter_target=target),
+        ),
+        Recorder(handled, "handler"),
+    )
+    dead = Ledger("dead letters")
+    watcher = await aut.new()
+    rec = Recorder(dead, "dead-letter", key=_case_of)
+    await watcher.register_subscription(subscription("quarantine-watch", event_name=target), rec)
+    injected = []
+    for name, raw in CASES.items():
+        try:
+            if not await aut.inject_raw(consumer, raw):
+                pytest.skip("the adapter offers no raw-injection hook (publish_raw)")
+        except Exception as exc:  # refused by the transport: nothing to quarantine
+            aut.metric(f"refused_{name}", type(exc).__name__)
+            continue
+        injected.append(name)
+        dead.sent(name)
+    await wait_for(dead.all_arrived, 10)
+    await wait_quiet(lambda: dead.total_delivered, quiet_s=0.3)
+    got = sorted(_case_of(m) for m in rec.messages)
+    aut.metric("injected", injected)
+    aut.metric("dead_letters", got)
+    aut.metric("jobs_quarantined", len(rec.messages))
+    missing = sorted(set(injected) - set(got))
+    assert not missing, f"undecodable deliveries without a dead letter: {missing}"
+    extra = [g for g in got if got.count(g) > 1 or g.startswith("unknown")]
+    assert not extra, f"unexpected or repeated dead letters: {sorted(set(extra))}"
+    reasons = [m.payload.get("reason") for m in rec.messages]
+    assert all(reasons), f"dead letters without a reason: {reasons}"
+    assert handled.total_delivered == 0, "an undecodable delivery reached the handler"
