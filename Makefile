@@ -12,7 +12,7 @@ DOCKER_ENGINE_SOCKET ?= /var/run/docker.sock
 ENGINE := HARNESS_DOCKER_SOCKET=$(DOCKER_ENGINE_SOCKET) bash docker/engine.sh
 
 .PHONY: setup venv services conformance conformance-all faults test lint format clean \
-	docker-engine docker-engine-stop docker-images
+	docker-engine docker-engine-stop docker-images mutation mutation-summary
 
 setup: venv services
 
@@ -41,6 +41,17 @@ faults: setup
 test: setup
 	$(PY) -m pytest --require-services $(PYTEST_ARGS)
 
+## Mutation testing (tools/mutation/run.py, mutmut): the contract checks against the in-memory
+## adapters kill mutants of the adapters and their SPI bases; cached in ./mutants, summary in
+## reports/mutation/summary.md. MUTATION_MODULES="memory.stores spi.store_base" narrows it.
+MUTATION_MODULES ?=
+MUTATION_WORKERS ?= 2
+mutation: venv
+	$(PY) tools/mutation/run.py run $(MUTATION_MODULES) --workers $(MUTATION_WORKERS)
+
+mutation-summary: venv
+	$(PY) tools/mutation/run.py summary $(MUTATION_MODULES)
+
 ## A Docker engine here (docker.io, debootstrap, dockerd without NAT) and the service
 ## images built from source; the docker provider is then auto-selected.
 docker-engine: venv services
@@ -66,4 +77,4 @@ format: venv
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) reports .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) reports mutants .pytest_cache .ruff_cache .hypothesis

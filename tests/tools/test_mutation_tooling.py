@@ -1,0 +1,94 @@
+"""The mutation tooling works: on a tiny project, known mutants are killed, the one the tests
+cannot see survives with its diff, and an equivalents entry moves it out of the score."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+RUN = Path(__file__).resolve().parents[2] / "tools" / "mutation" / "run.py"
+
+PYPROJECT = """[tool.mutmut]
+source_paths = ["tiny"]
+pytest_add_cli_args_test_selection = ["tests"]
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:purista_harness"]
+"""
+TINY = """def is_adult(age):
+    return age >= 18
+"""
+# 18 and 17 pin the boundary: every mutant of the comparison and of the constant is killed.
+TESTS = """from tiny.calc import is_adult
+
+
+def test_boundary():
+    assert is_adult(18)
+    assert not is_adult(17)
+"""
+
+
+def _project(tmp: Path, source: str) -> Path:
+    (tmp / "tiny").mkdir()
+    (tmp / "tiny" / "__init__.py").write_text("")
+    (tmp / "tiny" / "calc.py").write_text(source)
+    (tmp / "tests").mkdir()
+    (tmp / "tests" / "test_calc.py").write_text(TESTS)
+    (tmp / "pyproject.toml").write_text(PYPROJECT)
+    return tmp
+
+
+def _run(root: Path, *extra: str) -> dict:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(RUN),
+            *extra,
+            "tiny/calc.py",
+            "--root",
+            str(root),
+            "--workers",
+            "1",
+            "--out",
+            str(root / "out"),
+            "--equivalents",
+            str(root / "eq.toml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((root / "out" / "summary.json").read_text())["modules"][0]
+
+
+def test_killed_survived_and_equivalent(tmp_path: Path) -> None:
+    # a second function no test calls: its mutants survive ("no tests")
+    root = _project(tmp_path, TINY + "\n\ndef unused(x):\n    return x + 1\n")
+    got = _run(root, "run")
+    assert got["killed"] >= 2, got
+    assert got["survived"] >= 1, got
+    names = [s["name"] for s in got["survivors"]]
+    assert all("unused" in n for n in names), names
+    assert all(s["diff"].count("\n+") >= 1 for s in got["survivors"])
+    assert got["score"] < 1
+
+    # mark every survivor equivalent (by its + line): the score counts only the rest
+    lines = []
+    for s in got["survivors"]:
+        plus = [
+            ln[1:].strip()
+            for ln in s["diff"].splitlines()
+            if ln.startswith("+") and not ln.startswith("+++")
+        ]
+        lines.append(f'[mutant."{s["name"]}"]\nline = {json.dumps(plus[0])}\nreason = "test"\n')
+    (root / "eq.toml").write_text("\n".join(lines))
+    again = _run(root, "summary")
+    assert again["equivalent"] == got["survived"], again
+    assert again["survived"] == 0 and again["score"] == 1.0, again
+
+    # an entry whose line no longer matches the mutant is stale: the mutant survives
+    (root / "eq.toml").write_text(lines[0].replace('line = "', 'line = "stale '))
+    stale = _run(root, "summary")
+    assert stale["stale_equivalents"] == [got["survivors"][0]["name"]], stale

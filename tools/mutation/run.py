@@ -1,0 +1,281 @@
+"""Mutation testing of the built-in adapters by the conformance contract suite.
+
+``python tools/mutation/run.py run [MODULE...]`` mutates the semantics-carrying modules
+(mutmut 3, configured in ``[tool.mutmut]`` of pyproject.toml: the contract checks against
+the in-memory adapters are the tests, each mutant runs only the checks that call the
+mutated function, results are cached in ./mutants per function hash) and then writes the
+summary; ``summary [MODULE...]`` only writes it from the cached results.
+
+The summary (``reports/mutation/summary.md`` and ``summary.json``) has, per module,
+killed / survived / timed out / equivalent / not run, the score
+``(killed + timed out) / (total - equivalent)`` and every survivor with its diff.
+Equivalent mutants are listed in ``equivalents.toml`` beside this file, each with the
+mutated line it expects and a one-line reason; an entry whose line no longer matches
+the mutant (the function changed) is reported stale and its mutant counts as survived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+EQUIVALENTS = HERE / "equivalents.toml"
+
+# name -> source path, in the order a run takes them (cheapest checks first)
+MODULES: dict[str, str] = {
+    "memory.stores": "reference_services/adapters/memory/stores.py",
+    "spi.store_base": "reference_services/runtime/spi/store_base.py",
+    "memory.queue_bridge": "reference_services/adapters/memory/queue_bridge.py",
+    "spi.queue_base": "reference_services/runtime/spi/queue_base.py",
+    "memory.event_bridge": "reference_services/adapters/memory/event_bridge.py",
+    "spi.bridge_base": "reference_services/runtime/spi/bridge_base.py",
+}
+
+KILLED, SURVIVED, TIMEOUT, EQUIVALENT, NOT_RUN = (
+    "killed",
+    "survived",
+    "timeout",
+    "equivalent",
+    "not run",
+)
+
+
+def module_glob(path: str) -> str:
+    """The mutmut mutant-name pattern of every mutant in ``path``."""
+    return path.removesuffix(".py").replace("/", ".") + ".*"
+
+
+def classify(exit_code: int | None) -> str:
+    """Our category for a mutmut exit code (mutmut.stats.status_by_exit_code)."""
+    from mutmut.stats import status_by_exit_code
+
+    status = status_by_exit_code[exit_code]
+    if status == "killed":
+        return KILLED
+    if status == "timeout":
+        return TIMEOUT
+    if status in ("survived", "no tests", "suspicious", "skipped"):
+        return SURVIVED
+    return NOT_RUN
+
+
+@dataclass
+class Equivalent:
+    """One entry of equivalents.toml."""
+
+    name: str
+    line: str
+    reason: str
+
+
+def load_equivalents(path: Path = EQUIVALENTS) -> dict[str, Equivalent]:
+    """Entries by mutant name; each needs ``line`` (the mutant's + line) and ``reason``."""
+    if not path.is_file():
+        return {}
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    out: dict[str, Equivalent] = {}
+    for name, entry in data.get("mutant", {}).items():
+        if not isinstance(entry, dict) or not entry.get("reason") or not entry.get("line"):
+            raise ValueError(f"{path}: mutant {name!r} needs a 'line' and a one-line 'reason'")
+        out[name] = Equivalent(name, str(entry["line"]).strip(), str(entry["reason"]).strip())
+    return out
+
+
+def mutant_diff(name: str, path: str) -> str:
+    """The unified diff of one mutant (read from ./mutants)."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    return get_diff_for_mutant(name, path=path)
+
+
+def changed_lines(diff: str) -> list[str]:
+    """The ``+`` lines of a diff, stripped (what the mutant changed to)."""
+    return [
+        ln[1:].strip()
+        for ln in diff.splitlines()
+        if ln.startswith("+") and not ln.startswith("+++")
+    ]
+
+
+@dataclass
+class ModuleResult:
+    """Counts and survivors of one module."""
+
+    name: str
+    path: str
+    counts: dict[str, int] = field(default_factory=dict)
+    survivors: list[dict[str, str]] = field(default_factory=list)
+    equivalents: list[dict[str, str]] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def measured(self) -> bool:
+        return self.total > 0 and self.counts.get(NOT_RUN, 0) == 0
+
+    @property
+    def score(self) -> float | None:
+        denom = self.total - self.counts.get(EQUIVALENT, 0) - self.counts.get(NOT_RUN, 0)
+        if denom <= 0:
+            return None
+        return (self.counts.get(KILLED, 0) + self.counts.get(TIMEOUT, 0)) / denom
+
+
+def summarise(
+    modules: dict[str, str], root: Path, equivalents: dict[str, Equivalent]
+) -> list[ModuleResult]:
+    """Read mutmut's cached results for ``modules`` (name -> path; run from ``root``)."""
+    results = []
+    for mod, path in modules.items():
+        zero = {k: 0 for k in (KILLED, SURVIVED, TIMEOUT, EQUIVALENT, NOT_RUN)}
+        res = ModuleResult(mod, path, zero)
+        meta = root / "mutants" / (path + ".meta")
+        codes: dict[str, int | None] = {}
+        if meta.is_file():
+            codes = json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"]
+        for name in sorted(codes):
+            cat = classify(codes[name])
+            if cat == SURVIVED:
+                diff = mutant_diff(name, path)
+                eq = equivalents.get(name)
+                if eq is not None and eq.line in changed_lines(diff):
+                    res.counts[EQUIVALENT] += 1
+                    res.equivalents.append({"name": name, "reason": eq.reason, "line": eq.line})
+                    continue
+                if eq is not None:
+                    res.stale.append(name)
+                res.survivors.append({"name": name, "diff": diff})
+            res.counts[cat] += 1
+        results.append(res)
+    return results
+
+
+def write_summary(results: list[ModuleResult], out_dir: Path, when: str) -> Path:
+    """summary.json and summary.md in ``out_dir``; returns the markdown path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in results:
+        rows.append(
+            {
+                "module": r.name,
+                "path": r.path,
+                **{k.replace(" ", "_"): v for k, v in r.counts.items()},
+                "total": r.total,
+                "score": None if r.score is None else round(r.score, 4),
+                "measured": r.measured,
+                "survivors": r.survivors,
+                "equivalents": r.equivalents,
+                "stale_equivalents": r.stale,
+            }
+        )
+    (out_dir / "summary.json").write_text(
+        json.dumps({"date": when, "modules": rows}, indent=2), encoding="utf-8"
+    )
+    lines = [
+        f"# Mutation score of the contract suite on the built-in adapters ({when})",
+        "",
+        "score = (killed + timed out) / (total - equivalent); not run counts nothing.",
+        "",
+        "| module | total | killed | survived | timed out | equivalent | not run | score |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        c = r.counts
+        score = "-" if r.score is None else f"{100 * r.score:.1f} %"
+        lines.append(
+            f"| {r.name} | {r.total} | {c[KILLED]} | {c[SURVIVED]} | {c[TIMEOUT]} | "
+            f"{c[EQUIVALENT]} | {c[NOT_RUN]} | {score} |"
+        )
+    for r in results:
+        if r.survivors:
+            lines += ["", f"## Survivors in {r.name} ({r.path})", ""]
+            for s in r.survivors:
+                why = " (stale equivalent entry)" if s["name"] in r.stale else ""
+                lines += [f"### {s['name']}{why}", "", "```diff", s["diff"], "```", ""]
+        if r.equivalents:
+            lines += ["", f"## Equivalent in {r.name}", ""]
+            lines += [f"- `{e['name']}`: {e['reason']}" for e in r.equivalents]
+    md = out_dir / "summary.md"
+    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return md
+
+
+def run_mutmut(paths: Sequence[str], root: Path, workers: int, rerun_survivors: bool) -> None:
+    """Run mutmut (in this process, from ``root``) on the mutants of ``paths`` only.
+
+    ``mutmut run NAME...`` reruns every named mutant, cached or not; so all mutants are
+    generated (cheap; a changed function's cached results are dropped by mutmut) and the
+    list it walks is narrowed to ``paths``, keeping the cached results of killed mutants.
+    Survivors are run again (a check may have been added since). This relies on mutmut
+    internals, hence the pin to 3.8.x; tests/tools/test_mutation_tooling.py guards it.
+    """
+    os.chdir(root)
+    os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(root / "mutants" / ".hypothesis"))
+    import mutmut.__main__ as mm
+    from mutmut.stats import status_by_exit_code
+
+    wanted = set(paths)
+    original = mm.collect_source_file_mutation_data
+
+    def narrowed(*, mutant_names: Sequence[str]) -> tuple[list[Any], dict[str, Any]]:
+        mutants, by_path = original(mutant_names=())
+        keep = []
+        for data, name, result in mutants:
+            if str(data.path) not in wanted:
+                continue
+            if rerun_survivors and status_by_exit_code[result] in ("survived", "no tests"):
+                result = None
+            keep.append((data, name, result))
+        return keep, by_path
+
+    mm.collect_source_file_mutation_data = narrowed  # type: ignore[assignment]
+    try:
+        mm._run((), workers)
+    finally:
+        mm.collect_source_file_mutation_data = original  # type: ignore[assignment]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mutation", description=__doc__.splitlines()[0])
+    p.add_argument("cmd", choices=("run", "summary"))
+    p.add_argument("modules", nargs="*", help=f"default: all of {', '.join(MODULES)}")
+    p.add_argument("--workers", type=int, default=2, help="parallel mutants (default 2)")
+    p.add_argument("--root", type=Path, default=Path.cwd(), help="the project (default: cwd)")
+    p.add_argument("--out", type=Path, default=Path("reports/mutation"))
+    p.add_argument("--equivalents", type=Path, default=EQUIVALENTS, help="the equivalents file")
+    p.add_argument(
+        "--keep-survivors", action="store_true", help="do not run cached survivors again"
+    )
+    args = p.parse_args(argv)
+    unknown = [m for m in args.modules if m not in MODULES and not m.endswith(".py")]
+    if unknown:
+        known = ", ".join(MODULES)
+        p.error(f"unknown module(s) {', '.join(unknown)}; known: {known}, or a .py path")
+    modules = args.modules or list(MODULES)
+    paths = {m: MODULES.get(m, m) for m in modules}
+    root = args.root.resolve()
+    equivalents = load_equivalents(args.equivalents.resolve())
+    if args.cmd == "run":
+        run_mutmut(list(paths.values()), root, args.workers, not args.keep_survivors)
+    os.chdir(root)  # mutmut reads ./mutants and pyproject.toml from the cwd
+    results = summarise(paths, root, equivalents)
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    md = write_summary(results, args.out if args.out.is_absolute() else root / args.out, when)
+    print(md.read_text(encoding="utf-8").split("\n## ")[0])
+    print(f"mutation: summary in {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
