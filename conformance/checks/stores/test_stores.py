@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import re
 from typing import Any
 
 from hypothesis import given
@@ -82,6 +84,20 @@ async def _status(coro: Any) -> int | None:
     return None
 
 
+async def _error(coro: Any) -> PuristaError | None:
+    """The runtime error ``coro`` raised, or None if it returned."""
+    try:
+        await coro
+    except PuristaError as exc:
+        return exc
+    return None
+
+
+def _names(text: str, word: str) -> bool:
+    """Whether ``text`` contains ``word`` as a word of its own (as the API spells it)."""
+    return re.search(rf"(?<![A-Za-z0-9_]){re.escape(word)}(?![A-Za-z0-9_])", text) is not None
+
+
 @check("stores.disabled_operations", kinds=STORES)
 async def test_disabled_operations(aut: AdapterUnderTest) -> None:
     """A disabled get/set/remove raises 401 and changes nothing; config and secret stores are
@@ -96,11 +112,113 @@ async def test_disabled_operations(aut: AdapterUnderTest) -> None:
     ]
     assert got == [401, 401, 401], f"disabled get/set/remove gave statuses {got}"
     assert await writer.get("k") == {"k": "v"}, "a disabled operation changed the store"
+    for op, coro in (
+        ("get", closed.get("k")),
+        ("set", closed.set("k", "x")),
+        ("remove", closed.remove("k")),
+        ("set_if_absent", closed.set_if_absent("fresh", "x")),
+    ):
+        err = await _error(coro)
+        assert err is not None and err.status == 401, f"disabled {op}: {err!r}"
+        name = "set" if op == "set_if_absent" else op
+        assert _names(str(err), name) and _names(str(err), aut.kind), (
+            f"the 401 of a disabled {op} does not name the operation {name!r} and the "
+            f"store kind {aut.kind!r}: {err}"
+        )
+    if aut.kind == "state_store":
+        default = await aut.new()
+        await default.set("d", 1)
+        assert await default.get("d") == {"d": 1}
+        await default.remove("d")
+        assert await default.get("d") == {"d": None}, "state store: remove not enabled by default"
     if aut.kind != "state_store":
         default = await aut.new()
         got = [await _status(default.set("k", "y")), await _status(default.remove("k"))]
         assert got == [401, 401], f"{aut.kind} default set/remove gave {got}, expected 401"
         assert await default.get("k") == {"k": "v"}
+
+
+BAD_KEYS: tuple[Any, ...] = ("", 7, None, b"k")
+
+
+@check("stores.bad_keys", kinds=STORES)
+async def test_bad_keys(aut: AdapterUnderTest) -> None:
+    """A key that is not a non-empty string ("", 7, None, bytes) is a 400 naming it, on get,
+    set, remove and set_if_absent alike, and nothing is written."""
+    s = await aut.new(**OPEN)
+    for key in BAD_KEYS:
+        for op, coro in (
+            ("get", s.get("ok", key)),
+            ("set", s.set(key, 1)),
+            ("remove", s.remove(key)),
+            ("set_if_absent", s.set_if_absent(key, 1)),
+        ):
+            err = await _error(coro)
+            assert err is not None and err.status == 400, f"{op}({key!r}): {err!r}, expected 400"
+            assert repr(key) in str(err), f"{op}({key!r}): the 400 does not name the key: {err}"
+    assert await s.get("ok") == {"ok": None}
+
+
+NOT_JSON: tuple[Any, ...] = (
+    math.nan,
+    math.inf,
+    -math.inf,
+    {"deep": [1, math.nan]},
+    object(),
+    {1, 2},
+)
+
+
+@check("stores.bad_values", kinds=STORES)
+async def test_bad_values(aut: AdapterUnderTest) -> None:
+    """A value that is not strict JSON (NaN, infinities, objects, sets) is a 400 naming the key
+    on set and set_if_absent, and the key keeps its old value (or stays absent)."""
+    s = await aut.new(**OPEN)
+    await s.set("kept", "old")
+    for value in NOT_JSON:
+        for op, coro in (
+            ("set", s.set("kept", value)),
+            ("set_if_absent", s.set_if_absent("never", value)),
+        ):
+            err = await _error(coro)
+            key = "kept" if op == "set" else "never"
+            assert err is not None and err.status == 400, f"{op} of {value!r}: {err!r}, not 400"
+            assert repr(key) in str(err), f"{op} of {value!r}: the 400 does not name {key!r}: {err}"
+    assert await s.get("kept", "never") == {"kept": "old", "never": None}
+
+
+@check("stores.initial_values", kinds=STORES)
+async def test_initial_values(aut: AdapterUnderTest) -> None:
+    """Values given as ``initial`` are readable once the store started, by another instance
+    too; an ``initial`` value that is not JSON is a 400 naming its key, at build or start."""
+    initial = {"limit": 30, "flags": {"on": True, "tags": ["a"]}, "zero": 0, "empty": ""}
+    s = await aut.new(initial=initial)
+    assert await s.get(*initial) == initial, "initial values not readable"
+    other = await aut.new()
+    assert await other.get("limit") == {"limit": 30}, "initial values not seen by another instance"
+
+    async def build_and_start() -> None:
+        await aut.new(initial={"bad-initial": math.nan})
+
+    err = await _error(build_and_start())
+    assert err is not None and err.status == 400, f"non-JSON initial value: {err!r}, not 400"
+    assert repr("bad-initial") in str(err), f"the 400 does not name the key: {err}"
+
+
+@check("stores.cache_own_writes", kinds=("secret_store",), needs=("cache",))
+async def test_cache_own_writes(aut: AdapterUnderTest) -> None:
+    """A caching instance reads its own set, remove and set_if_absent at once: a write drops
+    the cached value of that key (the ttl applies to other writers only)."""
+    s = await aut.new(cache_ttl_s=60, **OPEN)
+    await s.set("own", "v1")
+    assert await s.get("own") == {"own": "v1"}
+    await s.set("own", "v2")
+    assert await s.get("own") == {"own": "v2"}, "own set served stale from the cache"
+    await s.remove("own")
+    assert await s.get("own") == {"own": None}, "own remove served stale from the cache"
+    if aut.supports("set_if_absent"):
+        assert await s.set_if_absent("own", "v3")
+        assert await s.get("own") == {"own": "v3"}, "own set_if_absent served stale"
 
 
 @check("stores.secret_cache_ttl", kinds=("secret_store",), needs=("cache",))
@@ -164,10 +282,12 @@ async def test_set_if_absent_ttl(aut: AdapterUnderTest) -> None:
 
 @check("stores.lifecycle.ready_healthy", kinds=STORES)
 async def test_ready_healthy(aut: AdapterUnderTest) -> None:
-    """Not ready before start, ready and healthy after start, not ready after destroy."""
+    """Not ready before start, ready and healthy after start, not ready after destroy; both
+    answer a bool, as the store protocol declares."""
     s = aut.build()
-    assert not await s.is_ready(), "ready before start"
+    assert await s.is_ready() is False, "ready before start (is_ready must be False, a bool)"
     await s.start()
-    assert await s.is_ready() and await s.is_healthy(), "not ready/healthy after start"
+    assert await s.is_ready() is True, "not ready after start (is_ready must be True)"
+    assert await s.is_healthy() is True, "not healthy after start (is_healthy must be True)"
     await aut.destroy(s)
-    assert not await s.is_ready(), "still ready after destroy"
+    assert await s.is_ready() is False, "still ready after destroy (is_ready must be False)"
