@@ -11,6 +11,16 @@ it as absent once expired, and ``set_if_absent`` takes an expired key over with
 a revision-checked ``update`` (exactly one contender wins). Expired keys are not
 reclaimed until taken over or removed; expiry uses the writers' and readers'
 wall clocks.
+
+Versioned operations use the entry revision (``update(..., last=revision)``).
+NATS 2.9 has no multi-key transaction, so ``replace_if(..., also=...)`` commits
+a redo record: the one revision-checked write of ``name`` carries the extra
+writes (``{"__purista_redo__": {"value": ..., "writes": {...}}}``); they are then
+applied and the record rewritten plain. A writer killed in between leaves the
+redo record, and the next ``get_versioned`` of ``name`` applies it (the writes
+are absolute values, so applying twice is harmless). Until then a direct reader
+of an extra key sees its old value; a stale writer's commit fails its revision
+check and nothing of it is applied.
 """
 
 from __future__ import annotations
@@ -31,16 +41,19 @@ from reference_services.adapters.nats.connection import (
 from reference_services.adapters.nats.subjects import kv_key, name_token
 from reference_services.runtime.errors import PuristaError
 from reference_services.runtime.spi.capabilities import YES, StoreCapabilities, unsupported
-from reference_services.runtime.spi.store_base import StoreBase, dump_value
+from reference_services.runtime.spi.store_base import StoreBase, Versioned, dump_value
 
 log = logging.getLogger(__name__)
 
 ENVELOPE = "__purista_expiring__"
+REDO = "__purista_redo__"
 _CAPS = StoreCapabilities(
     durable=YES,
     set_if_absent=YES,
     ttl=YES,
     cache=unsupported("reads always go to the bucket"),
+    compare_and_set=YES,
+    atomic_effects=YES,
 )
 
 
@@ -59,6 +72,28 @@ def _unwrap(raw: bytes | None) -> tuple[bool, Any]:
             return False, None
         return True, inner.get("value")
     return True, value
+
+
+def _redo(value: Any) -> tuple[Any, dict[str, Any] | None]:
+    """``(value, writes)`` of a redo record; ``(value, None)`` for a plain value."""
+    if isinstance(value, dict) and len(value) == 1 and REDO in value:
+        inner = value[REDO]
+        if isinstance(inner, dict) and isinstance(inner.get("writes"), dict):
+            return inner.get("value"), inner["writes"]
+    return value, None
+
+
+def _encode(value: Any, ttl_s: float | None) -> bytes:
+    if ttl_s:
+        value = {ENVELOPE: {"expires_at_ms": _now_ms() + int(ttl_s * 1000), "value": value}}
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _expires_in_s(raw: bytes) -> float | None:
+    value = json.loads(raw)
+    if isinstance(value, dict) and len(value) == 1 and ENVELOPE in value:
+        return max((value[ENVELOPE].get("expires_at_ms", 0) - _now_ms()) / 1000, 0.001)
+    return None
 
 
 class _NatsKVStore(StoreBase):
@@ -161,7 +196,7 @@ class _NatsKVStore(StoreBase):
             for n in names:
                 entry = await self._entry(n)
                 try:
-                    out[n] = _unwrap(entry.value if entry is not None else None)[1]
+                    out[n] = _redo(_unwrap(entry.value if entry is not None else None)[1])[0]
                 except ValueError:
                     log.warning("nats-kv %s: %r is not JSON; treated as missing", self.bucket, n)
                     out[n] = None
@@ -207,6 +242,114 @@ class _NatsKVStore(StoreBase):
                     return False
         return False
 
+    # --- versioned operations (revision-checked)
+
+    async def _get_versioned(self, name: str) -> Versioned | None:
+        import nats.js.errors
+
+        async with self._op():
+            entry = await self._entry(name)
+            if entry is None:
+                return None
+            try:
+                present, value = _unwrap(entry.value)
+            except ValueError:
+                log.warning("nats-kv %s: %r is not JSON; treated as missing", self.bucket, name)
+                return None
+            if not present:
+                return None
+            plain, writes = _redo(value)
+            if writes is None:
+                return Versioned(plain, str(entry.revision))
+            for key, item in writes.items():  # a committed redo record: roll it forward
+                await self._write(lambda k=key, v=item: self._kv.put(kv_key(k), _encode(v, None)))
+            try:
+                rev = await self._kv.update(
+                    kv_key(name), _encode(plain, _expires_in_s(entry.value)), last=entry.revision
+                )
+            except nats.js.errors.KeyWrongLastSequenceError:
+                return await self._get_versioned(name)
+            return Versioned(plain, str(rev))
+
+    async def _create_versioned(self, name: str, raw_json: str, ttl_s: float | None) -> str | None:
+        import nats.js.errors
+
+        data = _encode(json.loads(raw_json), ttl_s)
+        key = kv_key(name)
+        async with self._op():
+            for _ in range(5):
+                try:
+                    return str(await self._write(lambda: self._kv.create(key, data)))
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    pass
+                entry = await self._entry(name)
+                if entry is None:
+                    continue
+                try:
+                    present, _ = _unwrap(entry.value)
+                except ValueError:
+                    present = True
+                if present:
+                    return None
+                try:
+                    return str(await self._kv.update(key, data, last=entry.revision))
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    return None
+        return None
+
+    async def _live_revision(self, name: str, version: str) -> int | None:
+        """The entry's revision if it is ``version`` and has not expired."""
+        entry = await self._entry(name)
+        if entry is None or str(entry.revision) != version:
+            return None
+        try:
+            present, _ = _unwrap(entry.value)
+        except ValueError:
+            return None
+        return int(entry.revision) if present else None
+
+    async def _replace_if(
+        self, name: str, version: str, raw_json: str, ttl_s: float | None, also: dict[str, str]
+    ) -> str | None:
+        import nats.js.errors
+
+        value = json.loads(raw_json)
+        key = kv_key(name)
+        async with self._op():
+            last = await self._live_revision(name, version)
+            if last is None:
+                return None
+            if not also:
+                try:
+                    return str(await self._kv.update(key, _encode(value, ttl_s), last=last))
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    return None
+            writes = {k: json.loads(v) for k, v in also.items()}
+            record = {REDO: {"value": value, "writes": writes}}
+            try:
+                committed = await self._kv.update(key, _encode(record, ttl_s), last=last)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                return None
+            for k, raw in also.items():
+                await self._write(lambda k=k, raw=raw: self._kv.put(kv_key(k), raw.encode()))
+            try:
+                return str(await self._kv.update(key, _encode(value, ttl_s), last=committed))
+            except nats.js.errors.KeyWrongLastSequenceError:
+                return str(committed)  # someone rolled it forward already
+
+    async def _remove_if(self, name: str, version: str) -> bool:
+        import nats.js.errors
+
+        async with self._op():
+            last = await self._live_revision(name, version)
+            if last is None:
+                return False
+            try:
+                await self._kv.delete(kv_key(name), last=last)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                return False
+            return True
+
 
 class NatsKVStateStore(_NatsKVStore):
     """State store on a NATS KV bucket (all operations enabled by default)."""
@@ -224,4 +367,6 @@ class NatsKVSecretStore(_NatsKVStore):
     """Secret store on a NATS KV bucket (get-only by default; optional read cache with a TTL)."""
 
     kind = "secret_store"
-    capabilities = StoreCapabilities(durable=YES, set_if_absent=YES, ttl=YES, cache=YES)
+    capabilities = StoreCapabilities(
+        durable=YES, set_if_absent=YES, ttl=YES, cache=YES, compare_and_set=YES, atomic_effects=YES
+    )

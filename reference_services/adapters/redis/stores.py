@@ -3,6 +3,11 @@
 Keys are ``<prefix>:<kind>:<name>`` (e.g. ``purista:state_store:user-1``), values
 JSON text. ``set_if_absent`` is ``SET NX PX`` in a small script: atomic, with a
 server-side ttl, and safe to retry after a lost reply.
+Versioned operations (``compare_and_set``): a value's version is the SHA-1 of its
+stored text, checked and written in one Lua script; ``replace_if(..., also=...)``
+writes the extra keys in the same script (``atomic_effects``; one Redis node, or
+keys in one hash slot). A retried ``replace_if`` whose first reply was lost finds
+its own value in place and answers its version again.
 Operation switches (401 when disabled) and the secret cache come from
 :class:`StoreBase`. Durability is declared from the server's persistence
 settings at ``start()`` (AOF with ``appendfsync always``), never assumed.
@@ -25,7 +30,13 @@ from reference_services.adapters.redis.client import (
 from reference_services.runtime.errors import UnhandledError
 from reference_services.runtime.ids import new_id
 from reference_services.runtime.spi.capabilities import YES, StoreCapabilities
-from reference_services.runtime.spi.store_base import StoreBase, StoreKind, dump_value, load_value
+from reference_services.runtime.spi.store_base import (
+    StoreBase,
+    StoreKind,
+    Versioned,
+    dump_value,
+    load_value,
+)
 
 __all__ = ["RedisConfigStore", "RedisSecretStore", "RedisStateStore", "RedisUnavailableError"]
 
@@ -47,11 +58,62 @@ return 1
 """
 
 
+_GETV = """
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+return {v, redis.sha1hex(v)}
+"""
+
+_CREATEV = """
+local done = redis.call('GET', KEYS[2])
+if done then return done end
+local ok
+if tonumber(ARGV[2]) > 0 then
+  ok = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+else
+  ok = redis.call('SET', KEYS[1], ARGV[1], 'NX')
+end
+if not ok then return false end
+local sha = redis.sha1hex(ARGV[1])
+redis.call('SET', KEYS[2], sha, 'PX', 120000)
+return sha
+"""
+
+_REPLACE_IF = """
+local v = redis.call('GET', KEYS[1])
+local new = redis.sha1hex(ARGV[2])
+if not v then return false end
+local cur = redis.sha1hex(v)
+if cur == new then return new end
+if cur ~= ARGV[1] then return false end
+for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 2]) end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+else
+  redis.call('SET', KEYS[1], ARGV[2])
+end
+return new
+"""
+
+_REMOVE_IF = """
+local v = redis.call('GET', KEYS[1])
+if not v or redis.sha1hex(v) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+_SCRIPTS = (_CREATE, _GETV, _CREATEV, _REPLACE_IF, _REMOVE_IF)
+
+
+def _px(ttl_s: float | None) -> int:
+    return max(int(ttl_s * 1000), 1) if ttl_s else 0
+
+
 class _RedisStore(StoreBase):
     """Shared implementation; subclasses only set ``kind`` (and capabilities)."""
 
     name = "redis"
-    capabilities: StoreCapabilities = StoreCapabilities()
+    capabilities: StoreCapabilities = StoreCapabilities(compare_and_set=YES, atomic_effects=YES)
     kind: ClassVar[StoreKind]
 
     def __init__(
@@ -84,6 +146,10 @@ class _RedisStore(StoreBase):
         self._initial = {k: dump_value(k, v) for k, v in (initial or {}).items()}
         self._client = self.settings.client()
         self._create = self._client.register_script(_CREATE)
+        self._getv = self._client.register_script(_GETV)
+        self._createv = self._client.register_script(_CREATEV)
+        self._replace_if_script = self._client.register_script(_REPLACE_IF)
+        self._remove_if_script = self._client.register_script(_REMOVE_IF)
         self._closed = False
 
     @classmethod
@@ -102,7 +168,8 @@ class _RedisStore(StoreBase):
         """Check Redis answers, read its persistence settings, write ``initial`` values."""
         self._closed = False
         await guarded(self._client.ping(), f"{self.kind} start")
-        await guarded(self._client.script_load(_CREATE), f"{self.kind} script load")
+        for script in _SCRIPTS:
+            await guarded(self._client.script_load(script), f"{self.kind} script load")
         durable = await durability(self._client)
         if not durable:
             log.warning("redis %s: durable unsupported: %s", self.kind, durable.reason)
@@ -142,13 +209,46 @@ class _RedisStore(StoreBase):
         await guarded(self._client.delete(self.key(name)), f"remove {name!r}")
 
     async def _set_if_absent(self, name: str, raw_json: str, ttl_s: float | None) -> bool:
-        px = max(int(ttl_s * 1000), 1) if ttl_s else 0
         key = self.key(name)
         created = await guarded(
-            self._create(keys=[key, f"{self.prefix}:nx-call:{new_id()}"], args=[raw_json, px]),
+            self._create(
+                keys=[key, f"{self.prefix}:nx-call:{new_id()}"], args=[raw_json, _px(ttl_s)]
+            ),
             f"set_if_absent {name!r}",
         )
         return bool(created)
+
+    async def _get_versioned(self, name: str) -> Versioned | None:
+        hit = await guarded(self._getv(keys=[self.key(name)]), f"get_versioned {name!r}")
+        if not hit:
+            return None
+        raw, sha = hit
+        try:
+            value = load_value(strict_text(raw))
+        except ValueError as exc:
+            raise UnhandledError(f"{self.kind} value {name!r} is not JSON: {exc}") from None
+        return Versioned(value, strict_text(sha))
+
+    async def _create_versioned(self, name: str, raw_json: str, ttl_s: float | None) -> str | None:
+        keys = [self.key(name), f"{self.prefix}:nx-call:{new_id()}"]
+        sha = await guarded(
+            self._createv(keys=keys, args=[raw_json, _px(ttl_s)]), f"create_versioned {name!r}"
+        )
+        return strict_text(sha) if sha else None
+
+    async def _replace_if(
+        self, name: str, version: str, raw_json: str, ttl_s: float | None, also: dict[str, str]
+    ) -> str | None:
+        keys = [self.key(name), *(self.key(k) for k in also)]
+        args = [version, raw_json, _px(ttl_s), *also.values()]
+        sha = await guarded(self._replace_if_script(keys=keys, args=args), f"replace_if {name!r}")
+        return strict_text(sha) if sha else None
+
+    async def _remove_if(self, name: str, version: str) -> bool:
+        removed = await guarded(
+            self._remove_if_script(keys=[self.key(name)], args=[version]), f"remove_if {name!r}"
+        )
+        return bool(removed)
 
 
 class RedisStateStore(_RedisStore):
@@ -167,4 +267,4 @@ class RedisSecretStore(_RedisStore):
     """Secret store on Redis (get-only by default; optional read cache, ``cache_ttl_s``)."""
 
     kind = "secret_store"
-    capabilities = StoreCapabilities(cache=YES)
+    capabilities = StoreCapabilities(cache=YES, compare_and_set=YES, atomic_effects=YES)

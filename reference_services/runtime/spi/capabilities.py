@@ -128,9 +128,15 @@ class StoreCapabilities(_Capabilities):
     - ``set_if_absent``: an atomic create used by the idempotency helper.
     - ``ttl``: values written with a ttl disappear after it.
     - ``cache``: reads may be served from a cache (secret stores).
+    - ``compare_and_set``: versioned reads and writes (``get_versioned``,
+      ``create_versioned``, ``replace_if``, ``remove_if``) that fence stale writers.
+    - ``atomic_effects``: ``replace_if(..., also=...)`` commits the record and the
+      extra writes as one unit (an effect's state writes and its "done" record).
     """
 
     durable: Support = YES
     set_if_absent: Support = YES
     ttl: Support = YES
     cache: Support = field(default_factory=lambda: unsupported("no cache"))
+    compare_and_set: Support = field(default_factory=lambda: unsupported("not declared"))
+    atomic_effects: Support = field(default_factory=lambda: unsupported("not declared"))

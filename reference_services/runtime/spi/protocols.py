@@ -6,6 +6,7 @@ Nothing here imports a broker client. Adapters subclass the bases in
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from reference_services.runtime.definitions import (
@@ -119,6 +120,24 @@ class Store(Lifecycle, Protocol):
 
 @runtime_checkable
 class StateStore(Store, Protocol):
-    """State store; adds the atomic create the idempotency helper needs."""
+    """State store; adds the atomic create and the versioned writes idempotency needs."""
 
     async def set_if_absent(self, name: str, value: Any, ttl_s: float | None = None) -> bool: ...
+
+    async def get_versioned(self, name: str) -> Any: ...
+
+    async def create_versioned(
+        self, name: str, value: Any, ttl_s: float | None = None
+    ) -> str | None: ...
+
+    async def replace_if(
+        self,
+        name: str,
+        version: str,
+        value: Any,
+        ttl_s: float | None = None,
+        *,
+        also: Mapping[str, Any] | None = None,
+    ) -> str | None: ...
+
+    async def remove_if(self, name: str, version: str) -> bool: ...

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from reference_services.runtime.errors import HandledError, StatusCode
@@ -45,6 +47,20 @@ def load_value(raw: str | bytes | None) -> Any:
     if raw is None:
         return None
     return json.loads(raw)
+
+
+class StoreCapabilityMissing(HandledError):
+    """An operation needs a capability the store does not declare (501)."""
+
+    default_status = StatusCode.NOT_IMPLEMENTED
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """A value and the opaque version a later ``replace_if``/``remove_if`` must name."""
+
+    value: Any
+    version: str
 
 
 class StoreBase(ABC):
@@ -130,6 +146,71 @@ class StoreBase(ABC):
             self._cache.pop(name, None)
         return created
 
+    # --- versioned (fenced) operations: capability ``compare_and_set``
+
+    def _need(self, capability: str) -> None:
+        if not self.capabilities.supports(capability):
+            raise StoreCapabilityMissing(f"{self.kind} {self.name!r} does not support {capability}")
+
+    async def get_versioned(self, name: str) -> Versioned | None:
+        """The live value of ``name`` and its version, or ``None`` (missing or expired)."""
+        self._check("get", self.enable_get)
+        self._check_name(name)
+        self._need("compare_and_set")
+        return await self._get_versioned(name)
+
+    async def create_versioned(
+        self, name: str, value: Any, ttl_s: float | None = None
+    ) -> str | None:
+        """Create ``name`` if absent (or expired); its version, or ``None`` if it exists."""
+        self._check("set", self.enable_set)
+        self._check_name(name)
+        self._need("compare_and_set")
+        version = await self._create_versioned(name, dump_value(name, value), ttl_s)
+        self._cache.pop(name, None)
+        return version
+
+    async def replace_if(
+        self,
+        name: str,
+        version: str,
+        value: Any,
+        ttl_s: float | None = None,
+        *,
+        also: Mapping[str, Any] | None = None,
+    ) -> str | None:
+        """Write ``value`` only if ``name`` still has ``version`` (and has not expired).
+
+        Returns the new version, or ``None`` when someone else wrote or the value
+        expired: nothing was written then. ``also`` are further keys written in the
+        same unit (capability ``atomic_effects``): all or nothing.
+        """
+        self._check("set", self.enable_set)
+        self._check_name(name)
+        self._need("compare_and_set")
+        extra: dict[str, str] = {}
+        if also:
+            self._need("atomic_effects")
+            for key, item in also.items():
+                self._check_name(key)
+                if key == name:
+                    raise StoreValueError(f"atomic write names the record {name!r} itself")
+                extra[key] = dump_value(key, item)
+        raw = dump_value(name, value)
+        new = await self._replace_if(name, version, raw, ttl_s, extra)
+        for key in (name, *extra):
+            self._cache.pop(key, None)
+        return new
+
+    async def remove_if(self, name: str, version: str) -> bool:
+        """Remove ``name`` only if it still has ``version``; True if removed."""
+        self._check("remove", self.enable_remove)
+        self._check_name(name)
+        self._need("compare_and_set")
+        removed = await self._remove_if(name, version)
+        self._cache.pop(name, None)
+        return removed
+
     def clear_cache(self) -> None:
         """Drop cached values (secret stores)."""
         self._cache.clear()
@@ -160,3 +241,17 @@ class StoreBase(ABC):
 
     async def _set_if_absent(self, name: str, raw_json: str, ttl_s: float | None) -> bool:
         raise NotImplementedError(f"{type(self).__name__} has no atomic set_if_absent")
+
+    async def _get_versioned(self, name: str) -> Versioned | None:
+        raise NotImplementedError(f"{type(self).__name__} has no versioned reads")
+
+    async def _create_versioned(self, name: str, raw_json: str, ttl_s: float | None) -> str | None:
+        raise NotImplementedError(f"{type(self).__name__} has no versioned create")
+
+    async def _replace_if(
+        self, name: str, version: str, raw_json: str, ttl_s: float | None, also: dict[str, str]
+    ) -> str | None:
+        raise NotImplementedError(f"{type(self).__name__} has no compare-and-set")
+
+    async def _remove_if(self, name: str, version: str) -> bool:
+        raise NotImplementedError(f"{type(self).__name__} has no compare-and-remove")
