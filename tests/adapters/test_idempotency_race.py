@@ -262,7 +262,8 @@ def machine(make_store: Callable[[str], Awaitable[Any]], mode: str) -> type[Race
     return type(f"Race_{mode}", (Race,), {"make_store": staticmethod(make_store), "mode": mode})
 
 
-RUN = settings(max_examples=8, stateful_step_count=6, deadline=None, database=None)
+RUN = settings(max_examples=10, stateful_step_count=6, deadline=None, database=None)
+RUN_MEMORY = settings(RUN, max_examples=30)
 
 
 async def _memory(prefix: str) -> Any:
@@ -294,7 +295,7 @@ MODES = ("atomic", "atomic_undeclared", "external")
 
 @pytest.mark.parametrize("mode", MODES)
 def test_memory_store_race(mode: str) -> None:
-    run_state_machine_as_test(machine(_memory, mode), settings=RUN)
+    run_state_machine_as_test(machine(_memory, mode), settings=RUN_MEMORY)
 
 
 @pytest.mark.parametrize("mode", MODES)

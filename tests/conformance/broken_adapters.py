@@ -394,6 +394,46 @@ def caps_delays(ctx: AdapterContext) -> Any:
     return CapsDelays(store=ctx.shared.setdefault("queue", MemoryQueueStore()), **ctx.options)
 
 
+class NotFenced(DefaultStateStore):
+    """replace_if/remove_if only check that the key exists: a stale owner overwrites."""
+
+    name = "not-fenced"
+
+    async def _replace_if(
+        self, name: str, version: str, raw_json: str, ttl_s: float | None, also: dict[str, str]
+    ) -> str | None:
+        if self.kv.get(name) is None:
+            return None
+        for key, raw in also.items():
+            self.kv.put(key, raw)
+        return self.kv.put(name, raw_json, ttl_s)
+
+    async def _remove_if(self, name: str, version: str) -> bool:
+        await self._remove(name)
+        return True
+
+
+def not_fenced(ctx: AdapterContext) -> Any:
+    return NotFenced(kv=ctx.shared.setdefault("kv", MemoryKV()), **ctx.options)
+
+
+class TornEffects(DefaultStateStore):
+    """Declares atomic effects but writes the extra keys before checking the version."""
+
+    name = "torn-effects"
+
+    async def _replace_if(
+        self, name: str, version: str, raw_json: str, ttl_s: float | None, also: dict[str, str]
+    ) -> str | None:
+        for key, raw in also.items():
+            self.kv.put(key, raw)
+        return await super()._replace_if(name, version, raw_json, ttl_s, {})
+
+
+def torn_effects(ctx: AdapterContext) -> Any:
+    return TornEffects(kv=ctx.shared.setdefault("kv", MemoryKV()), **ctx.options)
+
+
 # broken factory -> the named check that must fail for it
 EXPECTED: dict[str, str] = {
     "drops": "event_bridge.subscriptions.fan_out",
@@ -417,6 +457,8 @@ EXPECTED: dict[str, str] = {
     "tiny_limit": "event_bridge.fidelity.large_payload",
     "nack_ignores_delay": "queue_bridge.delays.nack",
     "caps_delays": "queue_bridge.delays.enqueue",
+    "not_fenced": "stores.compare_and_set_fences",
+    "torn_effects": "stores.atomic_effects",
 }
 
 

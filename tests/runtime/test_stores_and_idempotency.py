@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -12,7 +14,7 @@ from reference_services.adapters.memory.stores import (
     DefaultStateStore,
     MemoryKV,
 )
-from reference_services.runtime.idempotency import Idempotency
+from reference_services.runtime.idempotency import Idempotency, IdempotencyConflict, Outcome
 from reference_services.runtime.spi.store_base import StoreOperationDisabled, StoreValueError
 
 
@@ -111,3 +113,153 @@ async def test_idempotency_takes_over_a_claim_whose_owner_died() -> None:
         return "done by survivor"
 
     assert await survivor.run_once("k", effect) == "done by survivor"
+
+
+async def test_a_slow_effect_keeps_its_claim_by_renewal() -> None:
+    """Issue 15: a 0.3 s effect with a 0.1 s claim ran on a second worker (['A', 'B'])."""
+    store = DefaultStateStore()
+    effects: list[str] = []
+
+    def effect(tag: str) -> Any:
+        async def run() -> str:
+            effects.append(tag)
+            await asyncio.sleep(0.3)
+            return tag
+
+        return run
+
+    a = Idempotency(store, claim_ttl_s=0.1, poll_s=0.01)
+    b = Idempotency(store, claim_ttl_s=0.1, poll_s=0.01)
+    first = asyncio.create_task(a.run_once("k", effect("A")))
+    await asyncio.sleep(0.02)
+    second = asyncio.create_task(b.run_once("k", effect("B")))
+    assert await asyncio.gather(first, second) == ["A", "A"]
+    assert effects == ["A"]
+
+
+async def test_a_stale_owner_cannot_release_its_successors_claim() -> None:
+    """A failing effect releases with compare-and-set: a successor's claim survives."""
+    store = DefaultStateStore()
+    stale = Idempotency(store, claim_ttl_s=0.2, renew_every_s=0.19)
+    gate = asyncio.Event()
+    effects: list[str] = []
+
+    async def failing() -> str:
+        effects.append("stale")
+        await gate.wait()
+        raise RuntimeError("the stale owner fails late")
+
+    async def healthy() -> str:
+        effects.append("successor")
+        await asyncio.sleep(0.2)
+        return "successor"
+
+    first = asyncio.create_task(stale.run_once("k", failing))
+    await asyncio.sleep(0.01)
+    store.kv.data["idempotency:k"] = (store.kv.data["idempotency:k"][0], 0.0)  # expire it now
+    successor = Idempotency(store, claim_ttl_s=5)
+    second = asyncio.create_task(successor.run_once("k", healthy))
+    await asyncio.sleep(0.05)
+    gate.set()
+    with pytest.raises(RuntimeError):
+        await first
+    current = await store.get_versioned("idempotency:k")
+    assert current is not None and current.value["state"] == "pending", "claim was released"
+    assert await second == "successor"
+    third = Idempotency(store, claim_ttl_s=5)
+    assert await third.run_once("k", healthy) == "successor"
+    assert effects == ["stale", "successor"]
+
+
+async def test_a_result_that_cannot_be_stored_does_not_repeat_the_effect() -> None:
+    store = DefaultStateStore()
+    helper = Idempotency(store, claim_ttl_s=0.1, poll_s=0.01)
+    effects: list[int] = []
+
+    async def effect() -> Any:
+        effects.append(1)
+        return datetime.now(UTC)
+
+    with pytest.raises(StoreValueError, match="not JSON"):
+        await helper.run_once("k", effect)
+    await asyncio.sleep(0.2)  # past the claim ttl: a pending claim would have expired
+    with pytest.raises(StoreValueError, match="could not be stored"):
+        await Idempotency(store, claim_ttl_s=0.1).run_once("k", effect)
+    assert effects == [1]
+
+
+async def test_an_atomic_effect_with_an_unstorable_result_commits_nothing() -> None:
+    store = DefaultStateStore()
+    helper = Idempotency(store, claim_ttl_s=5)
+
+    async def effect(key: str) -> Outcome[Any]:
+        return Outcome(datetime.now(UTC), {"balance": 10})
+
+    with pytest.raises(StoreValueError):
+        await helper.run_atomic("k", effect)
+    assert await store.get("balance", "idempotency:k") == {"balance": None, "idempotency:k": None}
+
+
+async def test_a_cancelled_effect_keeps_its_claim_until_the_ttl() -> None:
+    store = DefaultStateStore()
+    effects: list[str] = []
+
+    async def slow() -> str:
+        effects.append("cancelled one")
+        await asyncio.sleep(10)
+        return "never"
+
+    async def quick() -> str:
+        effects.append("after the ttl")
+        return "ok"
+
+    task = asyncio.create_task(Idempotency(store, claim_ttl_s=0.3).run_once("k", slow))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await store.get_versioned("idempotency:k")) is not None, "cancel released the claim"
+    impatient = Idempotency(store, claim_ttl_s=0.3, wait_s=0.1, poll_s=0.01)
+    with pytest.raises(IdempotencyConflict):
+        await impatient.run_once("k", quick)
+    patient = Idempotency(store, claim_ttl_s=0.3, wait_s=2, poll_s=0.01)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await patient.run_once("k", quick) == "ok"
+    assert loop.time() - started < 1.5
+    assert effects == ["cancelled one", "after the ttl"]
+
+
+async def test_done_records_expire_after_the_retention_ttl() -> None:
+    store = DefaultStateStore()
+    helper = Idempotency(store, done_ttl_s=0.2)
+    effects: list[int] = []
+
+    async def effect() -> int:
+        effects.append(1)
+        return len(effects)
+
+    assert await helper.run_once("k", effect) == 1
+    assert await helper.run_once("k", effect) == 1
+    deadline = asyncio.get_running_loop().time() + 3
+    while await helper.was_done("k"):
+        assert asyncio.get_running_loop().time() < deadline, "the done record never expired"
+        await asyncio.sleep(0.02)
+    assert await helper.run_once("k", effect) == 2
+    assert Idempotency(store).done_ttl_s == 24 * 3600.0
+
+
+async def test_the_effect_gets_the_key_when_it_takes_one() -> None:
+    seen: list[str] = []
+
+    async def effect(key: str) -> str:
+        seen.append(key)
+        return key
+
+    assert await Idempotency(DefaultStateStore()).run_once("mail-7", effect) == "mail-7"
+    assert seen == ["mail-7"]
+
+
+def test_renewal_interval_must_be_below_the_claim_ttl() -> None:
+    with pytest.raises(ValueError, match="renew_every_s"):
+        Idempotency(DefaultStateStore(), claim_ttl_s=1, renew_every_s=1)

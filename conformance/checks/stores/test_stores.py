@@ -280,6 +280,51 @@ async def test_set_if_absent_ttl(aut: AdapterUnderTest) -> None:
     aut.metric("expired_after_s", round(freed, 3))
 
 
+@check("stores.compare_and_set_fences", kinds=("state_store",), needs=("compare_and_set", "ttl"))
+async def test_compare_and_set_fences(aut: AdapterUnderTest) -> None:
+    """A writer holding an old version cannot replace or remove its successor's value, from
+    another instance either; an expired value cannot be renewed."""
+    a, b = await aut.new(), await aut.new()
+    v1 = await a.create_versioned("claim", {"owner": "a", "rev": 0}, ttl_s=0.5)
+    assert v1 is not None, "create_versioned on a free key failed"
+    assert await b.create_versioned("claim", {"owner": "b", "rev": 0}) is None, "created twice"
+    v2 = await a.replace_if("claim", v1, {"owner": "a", "rev": 1}, ttl_s=0.5)
+    assert v2 is not None and v2 != v1, "renewal with the current version failed"
+    assert await b.replace_if("claim", v1, {"owner": "b"}) is None, "stale version replaced"
+    assert not await b.remove_if("claim", v1), "stale version removed the value"
+    got = await b.get_versioned("claim")
+    assert got is not None and got.value == {"owner": "a", "rev": 1} and got.version == v2
+    watch = Stopwatch()
+    while await a.get_versioned("claim") is not None:
+        assert watch.elapsed < 5, "the versioned value never expired"
+        await asyncio.sleep(0.05)
+    assert await a.replace_if("claim", v2, {"owner": "a", "rev": 2}) is None, "renewed expired"
+    v3 = await b.create_versioned("claim", {"owner": "b", "rev": 0}, ttl_s=5)
+    assert v3 is not None, "an expired value could not be taken over"
+    assert not await a.remove_if("claim", v2), "the old owner removed its successor's claim"
+    assert await b.remove_if("claim", v3)
+    assert await a.get_versioned("claim") is None
+
+
+@check("stores.atomic_effects", kinds=("state_store",), needs=("compare_and_set", "atomic_effects"))
+async def test_atomic_effects(aut: AdapterUnderTest) -> None:
+    """replace_if(..., also=...) writes the record and the extra keys together, and with a
+    stale version writes none of them."""
+    a, b = await aut.new(), await aut.new()
+    v1 = await a.create_versioned("job", {"state": "pending"}, ttl_s=5)
+    assert v1 is not None
+    v2 = await a.replace_if("job", v1, {"state": "pending", "rev": 1}, ttl_s=5)
+    assert v2 is not None
+    stale = await b.replace_if("job", v1, {"state": "done", "by": "b"}, also={"out:b": 1})
+    assert stale is None, "a stale version committed"
+    assert await a.get("out:b") == {"out:b": None}, "a failed commit wrote its extra key"
+    done = await a.replace_if("job", v2, {"state": "done"}, also={"out:a": 1, "total": 7})
+    assert done is not None
+    assert await b.get("out:a", "total") == {"out:a": 1, "total": 7}
+    got = await b.get_versioned("job")
+    assert got is not None and got.value == {"state": "done"}
+
+
 @check("stores.lifecycle.ready_healthy", kinds=STORES)
 async def test_ready_healthy(aut: AdapterUnderTest) -> None:
     """Not ready before start, ready and healthy after start, not ready after destroy; both
