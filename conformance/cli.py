@@ -254,7 +254,11 @@ def run(args: argparse.Namespace) -> int:
 
     # a run: signals stop every service and exit 128 + signal, a reaper covers SIGKILL,
     # and its temp dir (ini, broker data, check work dirs) goes at the end
-    with harness_run.running() as current, _redacted_output():
+    # called from Python inside a run already going (conformance.run in a test session):
+    # join it rather than end it
+    joined = harness_run.current().begun
+    outer = contextlib.nullcontext(harness_run.current()) if joined else harness_run.running()
+    with outer as current, _redacted_output():
         tmp = current.mkdtemp("conformance-")
         # Hypothesis' example database: not a .hypothesis dir in the user's cwd
         os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(tmp / "hypothesis"))

@@ -34,6 +34,7 @@ from conformance.kit.skips import not_tested
 from conformance.kit.under_test import AdapterUnderTest
 from conformance.plugin import preflight
 from conformance.plugin.services import Services
+from conformance.report import environment
 from conformance.report.results import result_row
 from conformance.report.verdict import Verdict, decide
 
@@ -66,10 +67,14 @@ class RunState:
     missing_adapters: dict[str, str] = field(default_factory=dict)  # label -> reason
     preflight_s: float = 0.0
     verdict: Verdict | None = None
+    brokers: dict[str, str] = field(default_factory=dict)  # service -> version it reported
+    provider_reason: str = ""
 
 
 #: the verdict of the last session in this process (read by ``conformance run``)
 LAST_VERDICT: dict[str, Verdict] = {}
+#: the report document of the last session in this process (read by ``conformance.run``)
+LAST_REPORT: dict[str, dict[str, Any]] = {}
 
 
 _STATE = pytest.StashKey[RunState]()
@@ -125,6 +130,7 @@ def pytest_configure(config: pytest.Config) -> None:
         allow_missing=bool(config.getoption("cf_allow_missing_services")),
     )
     LAST_VERDICT.clear()
+    LAST_REPORT.clear()
     waits.set_quick(config.stash[_STATE].quick)
 
 
@@ -391,7 +397,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if not state.needed:
         return
     state.prestarted = True
-    state.missing, state.preflight_s = preflight.run(state.needed, _service_getter(config))
+    state.missing, state.preflight_s = preflight.run(
+        state.needed, _recording(state, _service_getter(config))
+    )
+    if _is_worker(config):
+        config.workeroutput["cf_brokers"] = json.dumps(state.brokers)  # type: ignore[attr-defined]
     if not state.missing:
         return
     tr = config.pluginmanager.get_plugin("terminalreporter")
@@ -414,13 +424,26 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
     """pytest-xdist controller: take in what a worker's preflight found."""
+    state = node.config.stash[_STATE]
+    state.brokers.update(json.loads(getattr(node, "workeroutput", {}).get("cf_brokers") or "{}"))
     raw = getattr(node, "workeroutput", {}).get("cf_preflight")
     if not raw:
         return
-    state = node.config.stash[_STATE]
+    state.brokers.update(json.loads(getattr(node, "workeroutput", {}).get("cf_brokers") or "{}"))
     found = json.loads(raw)
     state.missing.update(found["missing"])
     state.missing_adapters.update(found["adapters"])
+
+
+def _recording(state: RunState, get: Any) -> Any:
+    """``get``, noting the version each service reports (report.json's environment)."""
+
+    def recording_get(name: str) -> Any:
+        handle = get(name)
+        state.brokers[name] = str(getattr(handle, "version", "") or "")
+        return handle
+
+    return recording_get
 
 
 def _service_getter(config: pytest.Config) -> Any:
@@ -462,10 +485,17 @@ def _quietly(fn: Any, *args: Any) -> None:
         fn(*args)
 
 
-def _provider(config: pytest.Config, ran_brokers: bool) -> str:
-    """The provider that served the brokers (``none`` when no broker adapter ran)."""
+def _provider(config: pytest.Config, ran_brokers: bool) -> tuple[str, str]:
+    """The provider that served the brokers and why it was chosen (``none`` when no
+    broker adapter ran)."""
     if not ran_brokers:
-        return "none"
+        return "none", "no adapter of the run needs a broker"
+    if config.pluginmanager.hasplugin("purista_harness"):
+        with contextlib.suppress(Exception):
+            from harness.pytest_plugin import service_set
+
+            provider = service_set(config).provider
+            return str(provider.name), str(getattr(provider, "reason", ""))
     opt = config.getoption("cf_provider")
     for name in ("harness_provider", "provider"):
         with contextlib.suppress(ValueError):
@@ -473,9 +503,10 @@ def _provider(config: pytest.Config, ran_brokers: bool) -> str:
     try:
         from harness.services import select_provider
 
-        return str(select_provider(opt or "auto").name)
-    except Exception:
-        return str(opt or "auto")
+        provider = select_provider(opt or "auto")
+        return str(provider.name), str(getattr(provider, "reason", ""))
+    except Exception as exc:
+        return str(opt or "auto"), f"{type(exc).__name__}: {exc}"
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -516,9 +547,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             for r in results
         )
     )
-    state.provider = (
-        state.services.provider if state.services._set else _provider(config, ran_brokers)
-    )
+    if state.services._set:
+        state.provider = state.services.provider
+        state.provider_reason = str(getattr(state.services._set.provider, "reason", ""))
+    else:
+        state.provider, state.provider_reason = _provider(config, ran_brokers)
     state.services.close()
     state.verdict = decide(
         int(exitstatus),
@@ -529,8 +562,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         empty_selection=state.empty_selection,
     )
     LAST_VERDICT["last"] = state.verdict
-    if state.report_dir is None:
-        return
     doc = report_mod.build(
         results=results,
         specs=state.specs,
@@ -540,5 +571,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         quick=state.quick,
         verdict=state.verdict,
         preflight=state.missing,
+        environment=environment.collect(state.provider, state.provider_reason, state.brokers),
     )
-    report_mod.write(doc, state.report_dir)
+    LAST_REPORT["last"] = doc
+    if state.report_dir is not None:
+        report_mod.write(doc, state.report_dir)

@@ -1,4 +1,4 @@
-"""report.json (stable, schema 1), report.html (self-contained) and the terminal matrix."""
+"""report.json (described by conformance.report.model), report.html and the terminal matrix."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from conformance.adapters import KINDS, AdapterSpec
 from conformance.report.verdict import Verdict
 from reference_services.runtime.redact import redact_text
 
-SCHEMA = 1
+SCHEMA = 2  # conformance.report.model.SCHEMA_VERSION
 STATUSES = ("passed", "failed", "unsupported", "skipped")
 GLYPH = {"passed": "✔", "failed": "✘", "unsupported": "~", "skipped": "-"}
 STYLE = {"passed": "green", "failed": "bold red", "unsupported": "yellow", "skipped": "dim"}
@@ -30,8 +30,9 @@ def build(
     quick: bool,
     verdict: Verdict | None = None,
     preflight: dict[str, str] | None = None,
+    environment: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report document (what report.json holds)."""
+    """The report document (what report.json holds; validated by the Report model)."""
     per_adapter: dict[str, Counter[str]] = defaultdict(Counter)
     for r in results:
         per_adapter[f"{r['kind']}:{r['adapter']}"][r["status"]] += 1
@@ -47,6 +48,7 @@ def build(
         "summary": dict(Counter(r["status"] for r in results)),
         "verdict": verdict.as_dict() if verdict else None,
         "preflight": dict(sorted((preflight or {}).items())),
+        "environment": environment,
         "adapters": [
             {
                 "adapter": s.name,
@@ -96,7 +98,10 @@ def build(
 
 def write(doc: dict[str, Any], report_dir: Path) -> None:
     """Write report.json and report.html into ``report_dir``."""
+    from conformance.report.model import Report
+
     report_dir.mkdir(parents=True, exist_ok=True)
+    Report.model_validate(json.loads(json.dumps(doc, default=str)))  # the schema holds
     text = json.dumps(doc, indent=2, default=str) + "\n"
     (report_dir / "report.json").write_text(redact_text(text))
     from conformance.report.html import render

@@ -37,7 +37,7 @@ def test_memory_run_writes_three_reports(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
     assert "conformance matrix" in proc.stdout
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["schema"] == 1
+    assert report["schema"] == 2
     assert isinstance(report["duration_s"], float) and report["provider"]
     kinds = {r["kind"] for r in report["results"]}
     assert kinds == {"event_bridge", "state_store", "config_store", "secret_store"}

@@ -37,7 +37,7 @@ def test_example_passes(example_run: tuple[int, dict]) -> None:
 
 def test_example_report(example_run: tuple[int, dict]) -> None:
     _, report = example_run
-    assert report["schema"] == 1
+    assert report["schema"] == 2
     rows = {r["check"]: r for r in report["results"]}
     assert {r["adapter"] for r in rows.values()} == {"redis-pubsub"}
     assert {r["kind"] for r in rows.values()} == {"event_bridge"}

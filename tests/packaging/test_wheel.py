@@ -121,6 +121,15 @@ def test_the_conformance_extra_runs_the_suite_in_parallel(wheel: Path, tmp_path:
     conformance = python.parent / "conformance"
     version = _run([str(conformance), "--version"], timeout=60)
     assert "0.1.0" in version.stdout
+    shipped = _run(
+        [
+            str(python),
+            "-c",
+            "from conformance.report import model; print(model.SCHEMA_FILE.is_file())",
+        ],
+        timeout=60,
+    )
+    assert shipped.stdout.strip() == "True", "report.schema.json is not in the wheel"
     reports = tmp_path / "reports"
     proc = subprocess.run(
         [
@@ -146,6 +155,8 @@ def test_the_conformance_extra_runs_the_suite_in_parallel(wheel: Path, tmp_path:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     doc = json.loads((reports / "report.json").read_text())
     assert doc["verdict"]["exit_code"] == 0
+    assert doc["environment"]["git_revision"] is None  # a pip install, no checkout
+    assert doc["environment"]["libraries"]["pytest-xdist"]
     assert doc["summary"].get("passed", 0) > 10
     assert {r["adapter"] for r in doc["results"]} == {"memory"}
     assert "gw0" in proc.stdout or "2 workers" in proc.stdout
