@@ -97,16 +97,18 @@ def build(
 
 
 def write(doc: dict[str, Any], report_dir: Path) -> None:
-    """Write report.json and report.html into ``report_dir``."""
+    """Write report.json, report.html and junit.xml into ``report_dir``."""
     from conformance.report.model import Report
 
     report_dir.mkdir(parents=True, exist_ok=True)
     Report.model_validate(json.loads(json.dumps(doc, default=str)))  # the schema holds
     text = json.dumps(doc, indent=2, default=str) + "\n"
     (report_dir / "report.json").write_text(redact_text(text))
+    from conformance.report import junit
     from conformance.report.html import render
 
     (report_dir / "report.html").write_text(redact_text(render(doc)), encoding="utf-8")
+    (report_dir / "junit.xml").write_text(junit.render(doc), encoding="utf-8")
 
 
 def _columns(results: list[dict[str, Any]], kind: str) -> list[str]:

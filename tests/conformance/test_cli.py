@@ -59,9 +59,12 @@ def test_memory_run_writes_three_reports(tmp_path: Path) -> None:
     assert any(a["capabilities"] for a in report["adapters"])
     html = (tmp_path / "report.html").read_text()
     assert "event_bridge.commands.round_trip" in html and "<table>" in html
-    cases = ET.parse(tmp_path / "junit.xml").getroot().iter("testcase")
-    props = [p.get("name") for c in cases for p in c.iter("property")]
-    assert "conformance" in props
+    root = ET.parse(tmp_path / "junit.xml").getroot()
+    assert root.get("name") == "conformance"
+    cases = {(c.get("classname"), c.get("name")) for c in root.iter("testcase")}
+    assert ("event_bridge:memory", "event_bridge.commands.timeout") in cases
+    assert ("state_store:memory", "stores.crud") in cases
+    assert len(cases) == len(report["results"])
 
 
 def test_unknown_adapter_is_a_usage_error() -> None:
