@@ -42,6 +42,7 @@ filterwarnings =
 """
 PROVIDERS = ("auto", "local", "docker", "external")
 DEFAULT_REPORT_DIR = Path("reports/conformance")
+DEFAULT_MERGE_DIR = Path("reports/merged")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,6 +95,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="count", default=0)
     run.add_argument(
         "pytest_args", nargs=argparse.REMAINDER, help="after --: more pytest arguments"
+    )
+    mrg = sub.add_parser(
+        "merge",
+        help="join per-job report.json files into one report (one matrix across jobs)",
+        description="Join the report.json files of disjoint runs (e.g. one CI job per "
+        "adapter) into the report one run over all of them gives; writes report.json, "
+        "report.html and junit.xml, and exits with the merged verdict's code.",
+    )
+    mrg.add_argument("reports", nargs="+", type=Path, metavar="REPORT.json")
+    mrg.add_argument(
+        "--report-dir",
+        default=DEFAULT_MERGE_DIR,
+        type=Path,
+        help=f"where the merged reports go (default {DEFAULT_MERGE_DIR})",
     )
     lst = sub.add_parser("list", help="list adapters and checks")
     lst.add_argument("--adapter", action="append", default=[], metavar="SELECTOR")
@@ -349,7 +364,30 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())  # so that --adapter can name modules of this project
     if args.cmd == "run":
         return run(args)
+    if args.cmd == "merge":
+        return merge_cmd(args)
     return list_cmd(args)
+
+
+def merge_cmd(args: argparse.Namespace) -> int:
+    """``conformance merge``: write the merged reports; exit with the merged verdict."""
+    from conformance import report as report_mod
+    from conformance.report.merge import MergeError, merge
+
+    try:
+        doc = merge(list(args.reports))
+    except (MergeError, ValueError) as exc:
+        print(f"conformance: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    report_mod.write(doc, args.report_dir)
+    v = doc["verdict"]
+    print(
+        f"conformance: merged {len(args.reports)} reports: {len(doc['results'])} results, "
+        f"{v['status']} (exit {v['exit_code']}): {v['reason']}",
+        file=sys.stderr,
+    )
+    print(f"conformance: reports in {args.report_dir}", file=sys.stderr)
+    return int(v["exit_code"])
 
 
 if __name__ == "__main__":
