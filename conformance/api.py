@@ -23,7 +23,7 @@ from typing import Literal
 
 from conformance.report.model import Report
 
-Suite = Literal["contract", "faults", "deployment", "all"]
+Suite = Literal["contract", "faults", "deployment", "robustness", "all"]
 Provider = Literal["auto", "local", "docker", "external"]
 
 
