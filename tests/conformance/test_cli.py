@@ -28,6 +28,8 @@ def test_memory_run_writes_three_reports(tmp_path: Path) -> None:
         "run",
         "--adapter",
         "memory",
+        "--suite",
+        "contract",
         "--quick",
         "-k",
         "commands or stores.crud",
