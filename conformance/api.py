@@ -41,12 +41,14 @@ def run(
     workers: int | None = None,
     report_dir: Path | str | None = None,
     allow_missing_services: bool = False,
+    baseline: Path | str | None = None,
     pytest_args: Sequence[str] = (),
 ) -> Report:
     """Run ``suite`` against ``adapters`` (selectors as for ``--adapter``; all when empty).
 
     Returns the report (what report.json holds; ``report.exit_code`` is the CLI's exit
-    code). ``report_dir`` also writes junit.xml, report.json and report.html there.
+    code). ``report_dir`` also writes junit.xml, report.json and report.html there
+    (compared with the ``baseline`` report.json if given).
     Raises :class:`RunError` for a usage error, naming what was wrong.
     """
     from conformance import cli, plugin
@@ -60,6 +62,7 @@ def run(
         keep_services=False,
         report_dir=Path(report_dir) if report_dir is not None else None,
         allow_missing_services=allow_missing_services,
+        baseline=Path(baseline) if baseline is not None else None,
         keyword=keyword,
         quick=quick,
         workers=str(workers) if workers else None,

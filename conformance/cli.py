@@ -89,6 +89,14 @@ def _parser() -> argparse.ArgumentParser:
         help="run without the adapters whose broker cannot be provided: exit 0, and the "
         "report lists them as not tested (default: exit 3)",
     )
+    run.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="OLD/report.json",
+        help="compare with a previous run in report.html: new failures, fixed checks, "
+        "changed figures",
+    )
     run.add_argument("-k", dest="keyword", default=None, help="pytest -k expression")
     run.add_argument("--quick", action="store_true", help="scale message counts down")
     run.add_argument("-n", dest="workers", default=None, help="parallel workers (pytest-xdist)")
@@ -104,6 +112,13 @@ def _parser() -> argparse.ArgumentParser:
         "report.html and junit.xml, and exits with the merged verdict's code.",
     )
     mrg.add_argument("reports", nargs="+", type=Path, metavar="REPORT.json")
+    mrg.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="OLD/report.json",
+        help="compare the merged report.html with a previous report.json",
+    )
     mrg.add_argument(
         "--report-dir",
         default=DEFAULT_MERGE_DIR,
@@ -176,6 +191,8 @@ def pytest_args(args: argparse.Namespace, ini: Path) -> list[str]:
         out.append("--keep-services")
     if args.report_dir:
         out += ["--cf-report-dir", str(args.report_dir)]  # junit.xml too (report.junit)
+    if getattr(args, "baseline", None):
+        out += ["--cf-baseline", str(args.baseline)]
     extra = [a for a in args.pytest_args if a != "--"]
     out += extra
     out += [str(checks / d) for d in SUITE_DIRS[args.suite] if (checks / d).is_dir()]
@@ -194,6 +211,13 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
             Expression.compile(args.keyword)
         except Exception as exc:  # SyntaxError in pytest 9, ParseError before
             return f"-k {args.keyword!r} is not a valid expression: {exc}"
+    if getattr(args, "baseline", None):
+        from conformance.report import load_baseline
+
+        try:
+            load_baseline(args.baseline)
+        except ValueError as exc:
+            return f"--baseline: {exc}"
     if args.workers and not importlib.util.find_spec("xdist"):
         return "-n needs pytest-xdist (pip install pytest-xdist)"
     return None
@@ -376,10 +400,11 @@ def merge_cmd(args: argparse.Namespace) -> int:
 
     try:
         doc = merge(list(args.reports))
+        baseline = report_mod.load_baseline(args.baseline) if args.baseline else None
     except (MergeError, ValueError) as exc:
         print(f"conformance: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    report_mod.write(doc, args.report_dir)
+    report_mod.write(doc, args.report_dir, baseline)
     v = doc["verdict"]
     print(
         f"conformance: merged {len(args.reports)} reports: {len(doc['results'])} results, "

@@ -104,6 +104,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--cf-no-matrix", action="store_true", help="no matrix in the terminal")
     group.addoption(
+        "--cf-baseline",
+        default=None,
+        metavar="REPORT.json",
+        help="compare report.html with this previous report.json",
+    )
+    group.addoption(
         "--cf-allow-missing-services",
         action="store_true",
         help="a backing service that cannot be provided skips its adapters (exit 0, reported "
@@ -575,4 +581,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     )
     LAST_REPORT["last"] = doc
     if state.report_dir is not None:
-        report_mod.write(doc, state.report_dir)
+        baseline = config.getoption("cf_baseline")
+        report_mod.write(
+            doc, state.report_dir, report_mod.load_baseline(baseline) if baseline else None
+        )

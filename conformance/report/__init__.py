@@ -96,8 +96,15 @@ def build(
     }
 
 
-def write(doc: dict[str, Any], report_dir: Path) -> None:
-    """Write report.json, report.html and junit.xml into ``report_dir``."""
+def load_baseline(path: Path | str) -> dict[str, Any]:
+    """A previous report.json to compare with (ValueError naming the file if it is not one)."""
+    from conformance.report.model import Report
+
+    return Report.load(path).model_dump(by_alias=True, mode="json")
+
+
+def write(doc: dict[str, Any], report_dir: Path, baseline: dict[str, Any] | None = None) -> None:
+    """Write report.json, report.html (compared with ``baseline`` if given) and junit.xml."""
     from conformance.report.model import Report
 
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +114,7 @@ def write(doc: dict[str, Any], report_dir: Path) -> None:
     from conformance.report import junit
     from conformance.report.html import render
 
-    (report_dir / "report.html").write_text(redact_text(render(doc)), encoding="utf-8")
+    (report_dir / "report.html").write_text(redact_text(render(doc, baseline)), encoding="utf-8")
     (report_dir / "junit.xml").write_text(junit.render(doc), encoding="utf-8")
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from conformance.adapters import KINDS
 from conformance.report import GLYPH, STATUSES, matrix
+from conformance.report.baseline import compare
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d232a}
@@ -25,7 +26,32 @@ td.id{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:nowrap}
 pre{white-space:pre-wrap;word-break:break-word;background:#f7f7f9;border:1px solid #e3e3e8;
 padding:8px;margin:4px 0;font-size:12px;max-height:360px;overflow:auto}
 .small{font-size:12px;color:#666} code{font-size:12px}
+td.c a{color:inherit;text-decoration:none;display:block} td.c a:hover{text-decoration:underline}
+.baseline{border:2px solid #d6d9dc;border-radius:6px;padding:4px 14px;margin:12px 0}
+dl.fig{display:grid;grid-template-columns:max-content auto;gap:0 10px;margin:0}
+dl.fig dt{font-weight:600} dl.fig dd{margin:0;font-family:ui-monospace,Menlo,monospace}
 """
+
+
+def anchor(row: dict[str, Any]) -> str:
+    """The id of a result's details on the page (cells link to it)."""
+    raw = f"r-{row['kind']}-{row['adapter']}-{row['check']}"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)
+
+
+def _text(v: Any) -> str:
+    return escape(v if isinstance(v, str) else json.dumps(v, default=str))
+
+
+def _figure_list(metrics: dict[str, Any]) -> str:
+    items = "".join(
+        f"<dt>{escape(str(k))}</dt><dd>{_text(v)}</dd>" for k, v in sorted(metrics.items())
+    )
+    return f'<dl class="fig">{items}</dl>'
+
+
+def _first(message: str | None, limit: int = 200) -> str:
+    return escape(((message or "").splitlines() or [""])[0][:limit])
 
 
 def _cell(row: dict[str, Any] | None) -> str:
@@ -37,7 +63,10 @@ def _cell(row: dict[str, Any] | None) -> str:
         return f'<td class="c not-tested" title="{title}">not tested</td>'
     title = escape(row.get("message") or st, quote=True)
     dur = f" {row['duration_s']:.2f}s" if st != "skipped" else ""
-    return f'<td class="c {st}" title="{title}">{GLYPH[st]}{dur}</td>'
+    text = f"{GLYPH[st]}{dur}"
+    if st in ("failed", "unsupported") or row.get("metrics"):
+        text = f'<a href="#{anchor(row)}">{text}</a>'
+    return f'<td class="c {st}" title="{title}">{text}</td>'
 
 
 def _summary(doc: dict[str, Any]) -> str:
@@ -126,13 +155,9 @@ def _details(doc: dict[str, Any]) -> str:
     for r in failed:
         metrics = {k: v for k, v in r.get("metrics", {}).items()}
         out.append(
-            f'<h3 class="failed">✘ {escape(r["kind"])}:{escape(r["adapter"])} · '
-            f"<code>{escape(r['check'])}</code></h3><pre>{escape(r['message'])}</pre>"
-            + (
-                f"<pre>{escape(json.dumps(metrics, indent=1, default=str))}</pre>"
-                if metrics
-                else ""
-            )
+            f'<h3 class="failed" id="{anchor(r)}">✘ {escape(r["kind"])}:{escape(r["adapter"])}'
+            f" · <code>{escape(r['check'])}</code></h3><pre>{escape(r['message'])}</pre>"
+            + (_figure_list(metrics) if metrics else "")
         )
     unsupported = _rows_with(doc, "unsupported")
     out.append("<h2>Unsupported (declared by the adapter)</h2>")
@@ -142,7 +167,7 @@ def _details(doc: dict[str, Any]) -> str:
         out.append("<table><tr><th>adapter</th><th>check</th><th>outcome</th></tr>")
         for r in unsupported:
             out.append(
-                f"<tr><td>{escape(r['kind'])}:{escape(r['adapter'])}</td>"
+                f'<tr id="{anchor(r)}"><td>{escape(r["kind"])}:{escape(r["adapter"])}</td>'
                 f'<td class="id">{escape(r["check"])}</td>'
                 f"<td>{escape(r['message'])}</td></tr>"
             )
@@ -181,17 +206,15 @@ def _figures(doc: dict[str, Any]) -> str:
     if not rows:
         return ""
     out = [
-        "<h2>Figures</h2><details><summary>Metrics recorded by passing checks "
-        f"({len(rows)})</summary><table><tr><th>adapter</th><th>check</th><th>metrics</th></tr>"
+        f'<h2>Figures</h2><p class="small">Metrics recorded by passing checks ({len(rows)})'
+        "</p><table><tr><th>adapter</th><th>check</th><th>metrics</th></tr>"
     ]
     for r in rows:
-        text = json.dumps(r["metrics"], default=str, ensure_ascii=False)
         out.append(
-            f"<tr><td>{escape(r['kind'])}:{escape(r['adapter'])}</td>"
-            f'<td class="id">{escape(r["check"])}</td><td><code>{escape(text[:600])}'
-            "</code></td></tr>"
+            f'<tr id="{anchor(r)}"><td>{escape(r["kind"])}:{escape(r["adapter"])}</td>'
+            f'<td class="id">{escape(r["check"])}</td><td>{_figure_list(r["metrics"])}</td></tr>'
         )
-    out.append("</table></details>")
+    out.append("</table>")
     return "".join(out)
 
 
@@ -251,11 +274,67 @@ def _capabilities(doc: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def render(doc: dict[str, Any]) -> str:
-    """The whole page."""
+def _label(r: dict[str, Any]) -> str:
+    return (
+        f'<a href="#{anchor(r)}">{escape(r["kind"])}:{escape(r["adapter"])} · '
+        f"<code>{escape(r['check'])}</code></a>"
+    )
+
+
+def _baseline(doc: dict[str, Any], baseline: dict[str, Any] | None) -> str:
+    """The comparison with ``baseline`` (new failures, fixed checks, changed figures)."""
+    if baseline is None:
+        return ""
+    c = compare(doc, baseline)
+    out = [
+        f'<section class="baseline" id="baseline"><h2>Compared with the baseline of '
+        f"{escape(c.baseline_created)}</h2><p>{len(c.new_failures)} new failure(s) · "
+        f"{len(c.fixed)} fixed · {len(c.changed_figures)} changed figure(s) · "
+        f"{c.new_checks} check(s) not in the baseline · {c.gone_checks} no longer run</p>",
+        '<h3 class="failed">New failures</h3>',
+    ]
+    if c.new_failures:
+        out.append('<ul id="new-failures">')
+        out += [f"<li>{_label(r)}: {_first(r['message'])}</li>" for r in c.new_failures]
+        out.append("</ul>")
+    else:
+        out.append("<p>None.</p>")
+    out.append('<h3 class="passed">Fixed</h3>')
+    if c.fixed:
+        out.append('<ul id="fixed">')
+        out += [
+            f"<li>{escape(r['kind'])}:{escape(r['adapter'])} · <code>{escape(r['check'])}</code>"
+            f" ({escape(r['status'])} now; failed before: {_first(old['message'], 160)})</li>"
+            for r, old in c.fixed
+        ]
+        out.append("</ul>")
+    else:
+        out.append("<p>None.</p>")
+    out.append("<h3>Changed figures (more than 10%)</h3>")
+    if c.changed_figures:
+        out.append(
+            "<table><tr><th>adapter · check</th><th>figure</th><th>before</th><th>now</th>"
+            "<th>change</th></tr>"
+        )
+        for r, name, a, b in c.changed_figures[:40]:
+            pct = f"{(b - a) / abs(a) * 100:+.0f}%" if a else "new"
+            out.append(
+                f"<tr><td>{_label(r)}</td><td>{escape(name)}</td><td>{a:g}</td><td>{b:g}</td>"
+                f"<td>{pct}</td></tr>"
+            )
+        out.append("</table>")
+    else:
+        out.append("<p>None.</p>")
+    out.append("</section>")
+    return "".join(out)
+
+
+def render(doc: dict[str, Any], baseline: dict[str, Any] | None = None) -> str:
+    """The whole page (with a comparison when a ``baseline`` report is given)."""
     body = (
         "<h1>PURISTA adapter conformance</h1>"
         + _summary(doc)
+        + _baseline(doc, baseline)
         + _matrix(doc)
         + _details(doc)
         + _observations(doc)
