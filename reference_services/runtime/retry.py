@@ -37,7 +37,10 @@ class RetryPolicy:
 
     def base_delay_ms(self, attempt: int) -> float:
         """The delay before the next attempt, without jitter."""
-        raw = self.retry_delay_ms * self.backoff ** max(attempt - 1, 0)
+        try:
+            raw = self.retry_delay_ms * self.backoff ** max(attempt - 1, 0)
+        except OverflowError:  # float pow overflows past about attempt 1024 (backoff 2)
+            raw = float("inf") if self.retry_delay_ms else 0.0
         return min(raw, float(self.max_retry_delay_ms))
 
     def delay_ms(self, attempt: int, rng: random.Random | None = None) -> float:

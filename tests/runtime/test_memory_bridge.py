@@ -319,3 +319,139 @@ async def test_emit_event_name_chains_the_handler_result(hub_bridges) -> None:
     assert chained[0].payload == {"doubled": 42}
     assert (chained[0].principal_id, chained[0].tenant_id) == ("p", "t")
     assert chained[0].sender.service_name == "c"
+
+
+class _FlakyEmit(DefaultEventBridge):
+    """Publishing event ``b`` fails the first ``failures`` times (a broker hiccup)."""
+
+    def __init__(self, hub: MemoryHub, failures: int) -> None:
+        super().__init__(hub, drain_timeout_s=2)
+        self.failures = failures
+        self.failed = 0
+
+    async def _publish(self, message) -> None:
+        if isinstance(message, CustomMessage) and message.event_name == "b":
+            if self.failed < self.failures:
+                self.failed += 1
+                raise ConnectionError("broker hiccup")
+        await super()._publish(message)
+
+
+@pytest.mark.parametrize("failures", [2, 50])
+async def test_a_failing_chained_publish_does_not_run_the_handler_again(failures: int) -> None:
+    hub = MemoryHub()
+    bridge = _FlakyEmit(hub, failures)
+    await bridge.start()
+    effects: list[object] = []
+    chained: list[CustomMessage] = []
+    dead: list[CustomMessage] = []
+
+    async def first(msg):
+        effects.append(msg.payload)
+        return {"doubled": msg.payload * 2}
+
+    async def second(msg):
+        chained.append(msg)
+
+    async def on_dead(msg):
+        dead.append(msg)
+
+    failure = FailureHandling(max_attempts=3, retry_delay_ms=10, dead_letter_target="dlq")
+    sub = _sub("c", "one", event_name="a", emit_event_name="b", failure=failure)
+    await bridge.register_subscription(sub, first)
+    await bridge.register_subscription(_sub("c", "two", event_name="b"), second)
+    await bridge.register_subscription(_sub("c", "dl", event_name="dlq"), on_dead)
+    await bridge.emit_message(_event("a", 21))
+    if failures < 3:
+        await wait_for(lambda: len(chained) == 1)
+        assert chained[0].payload == {"doubled": 42}
+    else:
+        await wait_for(lambda: len(dead) == 1)
+        assert "emitting 'b' failed" in dead[0].payload["reason"]
+        assert chained == []
+    await wait_for(lambda: bridge.inflight == 0)
+    assert effects == [21], "the handler ran again because its chained emit failed"
+    await bridge.destroy()
+
+
+
+async def test_a_duplicate_correlation_id_is_a_409_naming_it(hub_bridges) -> None:
+    _hub, (server, caller, _b) = hub_bridges
+    release = asyncio.Event()
+
+    async def slow(cmd: Command):
+        await release.wait()
+        return success_response(cmd, "done")
+
+    await server.register_command(ECHO, slow)
+    first = command("svc", "echo", 1)
+    pending = asyncio.create_task(caller.invoke(first, 5))
+    await wait_for(lambda: caller.pending_invocations == 1)
+    again = command("svc", "echo", 2, correlation_id=first.correlation_id)
+    with pytest.raises(HandledError) as info:
+        await caller.invoke(again, 5)
+    assert info.value.status == 409
+    assert first.correlation_id in str(info.value)
+    release.set()
+    assert await pending == "done"
+    assert caller.pending_invocations == 0
+
+
+class _CountingBinds(DefaultEventBridge):
+    def __init__(self, hub: MemoryHub) -> None:
+        super().__init__(hub, drain_timeout_s=2)
+        self.bound: Counter[str] = Counter()
+
+    async def _bind_command(self, reg) -> None:
+        self.bound[str(reg.address)] += 1
+        await super()._bind_command(reg)
+
+    async def _unbind_command(self, reg) -> None:
+        self.bound[str(reg.address)] -= 1
+        await super()._unbind_command(reg)
+
+    async def _bind_subscription(self, reg) -> None:
+        self.bound[str(reg.subscription.subscriber)] += 1
+        await super()._bind_subscription(reg)
+
+    async def _unbind_subscription(self, reg) -> None:
+        self.bound[str(reg.subscription.subscriber)] -= 1
+        await super()._unbind_subscription(reg)
+
+
+async def test_re_registering_replaces_the_binding_instead_of_adding_one() -> None:
+    hub = MemoryHub()
+    server, caller = _CountingBinds(hub), DefaultEventBridge(hub, drain_timeout_s=2)
+    await server.start()
+    await caller.start()
+    seen: list[str] = []
+
+    async def old(cmd: Command):
+        return success_response(cmd, "old")
+
+    async def new(cmd: Command):
+        return success_response(cmd, "new")
+
+    async def on_old(msg):
+        seen.append("old")
+
+    async def on_new(msg):
+        seen.append("new")
+
+    async def on_marker(msg):
+        seen.append("marker")
+
+    await server.register_command(ECHO, old)
+    await server.register_command(ECHO, new)
+    sub = _sub("svc", "listen", event_name="ping")
+    await server.register_subscription(sub, on_old)
+    await server.register_subscription(sub, on_new)
+    assert all(n == 1 for n in server.bound.values()), dict(server.bound)
+    assert await caller.invoke(command("svc", "echo"), 5) == "new"
+    await server.register_subscription(_sub("svc", "marker", event_name="marker"), on_marker)
+    await caller.emit_message(_event("ping"))
+    await caller.emit_message(_event("marker"))  # the hub keeps order: copies of ping come first
+    await wait_for(lambda: "marker" in seen)
+    assert seen == ["new", "marker"]
+    await caller.destroy()
+    await server.destroy()

@@ -384,8 +384,6 @@ class BridgeCore:
             ):
                 try:
                     result = await reg.handler(message)
-                    if result is not None and sub.emit_event_name:
-                        await self._bridge._publish(self.chained_event(sub, message, result))
                 except Exception as exc:
                     err = as_purista_error(exc)
                     if err.is_handled:
@@ -417,7 +415,33 @@ class BridgeCore:
                         return DeliveryOutcome(Disposition.RETRY, delay, reason)
                     await self.dead_letter(reg, message, attempt, reason)
                     return DeliveryOutcome(Disposition.DEAD_LETTER, reason=reason)
+                if result is not None and sub.emit_event_name:
+                    return await self._emit_chained(reg, message, result)
         return DeliveryOutcome(Disposition.ACK)
+
+    async def _emit_chained(
+        self, reg: RegisteredSubscription, message: AnyMessage, result: Any
+    ) -> DeliveryOutcome:
+        """Publish the handler's emitEventName event; retried on its own, never by running
+        the handler again (its side effects happened). Exhausted: dead letter."""
+        sub = reg.subscription
+        event = self.chained_event(sub, message, result)
+        attempt = 1
+        while True:
+            try:
+                await self._bridge._publish(event)
+                return DeliveryOutcome(Disposition.ACK)
+            except Exception as exc:
+                reason = (
+                    f"the handler succeeded but emitting {sub.emit_event_name!r} failed: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+            if not sub.failure.should_retry(attempt) or self.destroyed:
+                await self.dead_letter(reg, message, attempt, reason)
+                return DeliveryOutcome(Disposition.DEAD_LETTER, reason=reason)
+            self._bridge.log.info("subscription %s: %s; retrying the emit", sub.subscriber, reason)
+            await asyncio.sleep(sub.failure.delay_ms(attempt) / 1000)
+            attempt += 1
 
     async def dead_letter(
         self, reg: RegisteredSubscription, message: AnyMessage, attempts: int, reason: str
@@ -698,6 +722,9 @@ class EventBridgeBase(ABC):
         """Serve ``address`` with ``handler`` on this instance."""
         self.core.require_running()
         reg = RegisteredCommand(self._own(address), handler, config or CommandConfig())
+        previous = self.core._commands.pop(address.key, None)
+        if previous is not None:  # re-registering replaces the binding, never adds one
+            await self._unbind_command(previous)
         self.core._commands[address.key] = reg
         await self._bind_command(reg)
 
@@ -715,6 +742,9 @@ class EventBridgeBase(ABC):
         if subscription.subscriber.instance_id != self.instance_id:
             subscription = replace(subscription, subscriber=self._own(subscription.subscriber))
         reg = RegisteredSubscription(subscription, handler)
+        previous = self.core._subscriptions.pop(subscription.key, None)
+        if previous is not None:
+            await self._unbind_subscription(previous)
         self.core._subscriptions[subscription.key] = reg
         await self._bind_subscription(reg)
 

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from reference_services.runtime.errors import PuristaError, StatusCode, UnhandledError
+from reference_services.runtime.errors import HandledError, PuristaError, StatusCode, UnhandledError
 from reference_services.runtime.messages import CommandResponse
 
 
@@ -15,6 +15,12 @@ class _Pending:
     future: asyncio.Future[CommandResponse]
     timer: asyncio.TimerHandle
     description: str
+
+
+class DuplicateCorrelationId(HandledError):
+    """An invocation reused the correlation id of one still waiting (409)."""
+
+    default_status = StatusCode.CONFLICT
 
 
 class PendingInvocations:
@@ -41,7 +47,10 @@ class PendingInvocations:
     ) -> asyncio.Future[CommandResponse]:
         """Register a waiter that fails with a 504 error after ``ttl_s`` seconds."""
         if correlation_id in self._entries:
-            raise ValueError(f"correlation id {correlation_id} is already pending")
+            raise DuplicateCorrelationId(
+                f"correlation id {correlation_id!r} is already pending: "
+                "each invocation needs its own correlation id"
+            )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[CommandResponse] = loop.create_future()
         timer = loop.call_later(ttl_s, self._expire, correlation_id, ttl_s)
