@@ -35,7 +35,13 @@ from reference_services.runtime.messages import AnyMessage
 from reference_services.runtime.queue import Job
 from reference_services.runtime.retry import RetryPolicy
 from reference_services.runtime.service import ServiceBuilder
-from reference_services.runtime.shutdown import graceful_shutdown
+from reference_services.runtime.shutdown import (
+    ShutdownResult,
+    ShutdownSignals,
+    StartupInterrupted,
+    destroy_all,
+    start_in_order,
+)
 
 EVENT = "fault.work"
 QUEUE = "faultjobs"
@@ -114,26 +120,40 @@ async def serve() -> int:
     bridge = make_event_bridge(cfg, **event_opts)
     queue = make_queue_bridge(cfg, **_opts("FAULTWORK_QUEUE_OPTS"))
     stores = make_stores(cfg)
-    for part in (bridge, queue, stores.state, stores.config, stores.secret):
-        await part.start()
-    instance = faultwork_v1.get_instance(
-        bridge,
-        state_store=stores.state,
-        config_store=stores.config,
-        secret_store=stores.secret,
-        queue_bridge=queue,
-        config=dict(cfg.service_config),
-    )
-    if instance.idempotency is not None:
-        ttl = float(cfg.service_config.get("claim_ttl_s", 5))
-        instance.idempotency.claim_ttl_s = ttl
-        instance.idempotency.wait_s = ttl + 1
-    await instance.start()
-    print(f"READY faultwork instance={bridge.instance_id} pid={os.getpid()}", flush=True)
-    order = [instance, bridge, queue, stores.state, stores.config, stores.secret]
-    code = await graceful_shutdown(order, timeout_s=cfg.shutdown_timeout_s, logger=log)
-    print(f"STOPPED code={code}", flush=True)
-    return code
+    async with ShutdownSignals() as signals:  # before connecting: a SIGTERM now still drains
+        started: list[Any] = []
+        try:
+            await start_in_order(
+                [bridge, queue, stores.state, stores.config, stores.secret], signals, started
+            )
+        except StartupInterrupted as exc:
+            log.error("%s; shutting down", exc)
+            reason = ShutdownResult(reason=str(exc))
+            result = await destroy_all(
+                list(reversed(started)), timeout_s=cfg.shutdown_timeout_s, logger=log, result=reason
+            )
+            print(f"STOPPED code={result.code} {result.summary()}", flush=True)
+            return result.code
+        instance = faultwork_v1.get_instance(
+            bridge,
+            state_store=stores.state,
+            config_store=stores.config,
+            secret_store=stores.secret,
+            queue_bridge=queue,
+            config=dict(cfg.service_config),
+        )
+        if instance.idempotency is not None:
+            ttl = float(cfg.service_config.get("claim_ttl_s", 5))
+            instance.idempotency.claim_ttl_s = ttl
+            instance.idempotency.wait_s = ttl + 1
+        await instance.start()
+        print(f"READY faultwork instance={bridge.instance_id} pid={os.getpid()}", flush=True)
+        order = [instance, bridge, queue, stores.state, stores.config, stores.secret]
+        await signals.stop.wait()
+        log.info("shutdown requested by %s", signals.cause)
+        result = await destroy_all(order, timeout_s=cfg.shutdown_timeout_s, logger=log)
+    print(f"STOPPED code={result.code} {result.summary()}", flush=True)
+    return result.code
 
 
 def main() -> int:

@@ -11,7 +11,13 @@ from reference_services.deploy.config import DeploymentConfig
 from reference_services.deploy.factory import make_event_bridge, make_queue_bridge, make_stores
 from reference_services.runtime.health import HealthServer
 from reference_services.runtime.service import ServiceInstance
-from reference_services.runtime.shutdown import graceful_shutdown
+from reference_services.runtime.shutdown import (
+    ShutdownResult,
+    ShutdownSignals,
+    StartupInterrupted,
+    destroy_all,
+    start_in_order,
+)
 from reference_services.services import ALL_SERVICES
 
 log = logging.getLogger("reference_services.deploy")
@@ -36,43 +42,61 @@ async def run(cfg: DeploymentConfig, services: tuple[str, ...], *, ready_line: b
     bridge = make_event_bridge(cfg)
     queue = make_queue_bridge(cfg)
     stores = make_stores(cfg)
-    started: list[Any] = []
-    for part in (bridge, queue, stores.state, stores.config, stores.secret):
-        await part.start()
-        started.append(part)
-    instances: list[ServiceInstance] = []
-    for name in services:
-        instance = ALL_SERVICES[name].get_instance(
+    async with ShutdownSignals() as signals:  # before connecting: a SIGTERM now still drains
+        started: list[Any] = []
+        try:
+            await start_in_order(
+                [bridge, queue, stores.state, stores.config, stores.secret], signals, started
+            )
+        except StartupInterrupted as exc:
+            log.error("%s; shutting down", exc)
+            result = await destroy_all(
+                list(reversed(started)),
+                timeout_s=cfg.shutdown_timeout_s,
+                logger=log,
+                result=ShutdownResult(reason=str(exc)),
+            )
+            print(f"STOPPED code={result.code} {result.summary()}", flush=True)
+            return result.code
+        except BaseException:
+            await destroy_all(list(reversed(started)), timeout_s=cfg.shutdown_timeout_s, logger=log)
+            raise
+        instances: list[ServiceInstance] = []
+        for name in services:
+            instance = ALL_SERVICES[name].get_instance(
+                bridge,
+                state_store=stores.state,
+                config_store=stores.config,
+                secret_store=stores.secret,
+                queue_bridge=queue,
+                config=service_config(cfg),
+            )
+            await instance.start()
+            instances.append(instance)
+        health = None
+        if cfg.health_port is not None:
+            health = HealthServer(
+                [bridge, queue, *instances], host=cfg.health_host, port=cfg.health_port
+            )
+            await health.start()
+        if ready_line:
+            print(f"READY {' '.join(services)} instance={bridge.instance_id}", flush=True)
+        # services first (stop intake, drain), then the bridge (drain, reject pending), the rest
+        order: list[Any] = [
+            *reversed(instances),
             bridge,
-            state_store=stores.state,
-            config_store=stores.config,
-            secret_store=stores.secret,
-            queue_bridge=queue,
-            config=service_config(cfg),
-        )
-        await instance.start()
-        instances.append(instance)
-    health = None
-    if cfg.health_port is not None:
-        health = HealthServer([bridge, queue, *instances], host=cfg.health_host,
-                              port=cfg.health_port)
-        await health.start()
-    if ready_line:
-        print(f"READY {' '.join(services)} instance={bridge.instance_id}", flush=True)
-    # services first (stop intake, drain), then the bridge (drain, reject pending), then the rest
-    order: list[Any] = [
-        *reversed(instances),
-        bridge,
-        queue,
-        stores.state,
-        stores.config,
-        stores.secret,
-    ]
-    if health is not None:
-        order.append(health)
-    code = await graceful_shutdown(order, timeout_s=cfg.shutdown_timeout_s, logger=log)
-    print(f"STOPPED code={code}", flush=True)
-    return code
+            queue,
+            stores.state,
+            stores.config,
+            stores.secret,
+        ]
+        if health is not None:
+            order.append(health)
+        await signals.stop.wait()
+        log.info("shutdown requested by %s", signals.cause)
+        result = await destroy_all(order, timeout_s=cfg.shutdown_timeout_s, logger=log)
+    print(f"STOPPED code={result.code} {result.summary()}", flush=True)
+    return result.code
 
 
 def main(argv: list[str] | None = None) -> int:

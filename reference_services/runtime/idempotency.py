@@ -133,14 +133,22 @@ class Idempotency:
         self.claim_ttl_s = claim_ttl_s
         self.wait_s = claim_ttl_s + 1 if wait_s is None else wait_s
         self.poll_s = poll_s
-        self.renew_every_s = claim_ttl_s / 3 if renew_every_s is None else renew_every_s
-        if not 0 < self.renew_every_s < claim_ttl_s:
+        if renew_every_s is not None and not 0 < renew_every_s < claim_ttl_s:
             raise ValueError(
                 f"renew_every_s must be > 0 and below claim_ttl_s ({claim_ttl_s}), "
                 f"got {renew_every_s!r}"
             )
+        self._renew_every_s = renew_every_s
         self.done_ttl_s = done_ttl_s
         self.owner = new_id()
+
+    @property
+    def renew_every_s(self) -> float:
+        """How often a running effect renews its claim (default: a third of the ttl,
+        following ``claim_ttl_s`` when that is changed later)."""
+        if self._renew_every_s is not None and self._renew_every_s < self.claim_ttl_s:
+            return self._renew_every_s
+        return self.claim_ttl_s / 3
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}:{key}"

@@ -64,6 +64,7 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     ExchangeType,
 )
+from aio_pika.connection import make_url
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, PublishError
 
 from reference_services.adapters.amqp import topology as topo
@@ -230,22 +231,30 @@ class AmqpBridge(EventBridgeBase):
 
     # ---------------------------------------------------------------- connect
     async def _connect(self) -> None:
+        # What aio_pika.connect_robust does, keeping hold of the connection: a start cancelled
+        # mid-connect (a SIGTERM while the broker hangs) must close it, or its reconnect loop
+        # keeps the process alive.
+        options: dict[str, Any] = {
+            "heartbeat": self.heartbeat_s,
+            "reconnect_interval": self.reconnect_interval_s,
+            "max_reconnect_interval": self.max_reconnect_interval_s,
+        }
+        conn = BackoffRobustConnection(
+            make_url(self.url, **options),
+            client_properties={"connection_name": f"purista-{self.instance_id}"},
+            **options,
+        )
         try:
-            conn = await aio_pika.connect_robust(
-                self.url,
-                heartbeat=self.heartbeat_s,
-                timeout=self.connect_timeout_s,
-                reconnect_interval=self.reconnect_interval_s,
-                max_reconnect_interval=self.max_reconnect_interval_s,
-                connection_class=BackoffRobustConnection,
-                client_properties={"connection_name": f"purista-{self.instance_id}"},
-            )
-        except CONNECTION_EXCEPTIONS as exc:
-            raise UnhandledError(
-                f"cannot connect to AMQP broker: {type(exc).__name__}: {exc}",
-                StatusCode.SERVICE_UNAVAILABLE,
-            ) from exc
-        assert isinstance(conn, BackoffRobustConnection)
+            await conn.connect(timeout=self.connect_timeout_s)
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await conn.close()
+            if isinstance(exc, CONNECTION_EXCEPTIONS):
+                raise UnhandledError(
+                    f"cannot connect to AMQP broker: {type(exc).__name__}: {exc}",
+                    StatusCode.SERVICE_UNAVAILABLE,
+                ) from exc
+            raise
         self._conn = conn
         try:
             self._pub = await conn.channel(publisher_confirms=True, on_return_raises=True)
