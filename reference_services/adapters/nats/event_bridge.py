@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import inspect
 import os
 import random
@@ -45,6 +46,7 @@ from reference_services.adapters.nats.connection import NatsTimings, connect_nat
 from reference_services.adapters.nats.consumers import JetStreamConsumer
 from reference_services.runtime.codec import MessageDecodeError, MessageEncodeError, decode
 from reference_services.runtime.errors import StatusCode, UnhandledError
+from reference_services.runtime.ids import now_ms
 from reference_services.runtime.messages import (
     Address,
     AnyMessage,
@@ -162,6 +164,8 @@ class NatsBridge(EventBridgeBase):
         self._core_subs: dict[tuple[str, str, str], CoreSubscription] = {}
         self._consumers: dict[tuple[str, str, str], JetStreamConsumer] = {}
         self._sent: dict[str, _SentCommand] = {}
+        # (expiry, token) of every sent command, oldest first: pruning is O(log n) per send
+        self._sent_expiry: list[tuple[float, str]] = []
         self._synced = asyncio.Event()
         self._resync_task: asyncio.Task[None] | None = None
         self.reconnects = 0
@@ -400,10 +404,22 @@ class NatsBridge(EventBridgeBase):
                 ) from None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        for tok in [t for t, s in self._sent.items() if s.expires_at < now]:
-            del self._sent[tok]
+        if len(self._sent_expiry) > 2 * len(self._sent) + 1024:  # mostly settled: rebuild
+            self._sent_expiry = [(s.expires_at, t) for t, s in self._sent.items()]
+            heapq.heapify(self._sent_expiry)
+        while self._sent_expiry and self._sent_expiry[0][0] < now:
+            _, old = heapq.heappop(self._sent_expiry)
+            entry = self._sent.get(old)
+            if entry is not None and entry.expires_at < now:
+                del self._sent[old]
         tok = subjects.token(command.correlation_id)
-        self._sent[tok] = _SentCommand(command, now + max(self.default_command_ttl_s, 60.0) * 2)
+        # kept until its invoker gave up (the deadline it carries), plus a margin
+        ttl_s = self.default_command_ttl_s
+        if command.expires_at is not None:
+            ttl_s = max((command.expires_at - now_ms()) / 1000, 0.0)
+        expires_at = now + ttl_s + 1.0
+        self._sent[tok] = _SentCommand(command, expires_at)
+        heapq.heappush(self._sent_expiry, (expires_at, tok))
         subject = subjects.message_subject(self.prefix, command)
         try:
             await nc.publish(
@@ -412,6 +428,14 @@ class NatsBridge(EventBridgeBase):
         except Exception:
             self._sent.pop(tok, None)
             raise
+
+    async def invoke(self, command: Command, ttl_s: float | None = None) -> Any:
+        """See :meth:`EventBridgeBase.invoke`; what was kept to map "no responders" back to
+        the command is dropped once the invocation ends."""
+        try:
+            return await super().invoke(command, ttl_s)
+        finally:
+            self._sent.pop(subjects.token(command.correlation_id), None)
 
     async def _on_reply(self, msg: Msg) -> None:
         tok = msg.subject.rsplit(".", 1)[-1]

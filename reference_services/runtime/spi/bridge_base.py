@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -67,6 +68,10 @@ DEAD_LETTER_REASON_HEADER = "x-purista-dead-letter-reason"
 RETRY_ATTEMPT_HEADER = "x-purista-retry-attempt"
 #: how much of an undecodable delivery its dead letter keeps
 RAW_LIMIT = 64 * 1024
+#: info messages (diagnostics) are best effort: a bounded number in flight, each given up
+#: after a short while, so that an outage never turns them into a backlog
+MAX_INFO_IN_FLIGHT = 64
+INFO_PUBLISH_TIMEOUT_S = 2.0
 
 
 class Disposition(StrEnum):
@@ -107,6 +112,11 @@ class RegisteredSubscription:
         return matches(self.subscription, message)
 
 
+def _expire_waiter(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 class BridgeNotRunningError(UnhandledError):
     """The bridge is not started, or is shutting down (503)."""
 
@@ -129,12 +139,22 @@ class BridgeCore:
         self._commands: dict[tuple[str, str, str], RegisteredCommand] = {}
         self._subscriptions: dict[tuple[str, str, str], RegisteredSubscription] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._abandoned_sends: set[asyncio.Future[Any]] = set()
+        self._free_slots: int | None = None
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._gone_waiters = 0
+        #: invocations that timed out waiting for a send slot (never sent)
+        self.unsent_timeouts = 0
         #: commands refused because their body names another function than their route
         self.route_rejections = 0
         #: commands not started because their deadline (``expires_at``) had passed
         self.expired_commands = 0
         #: deliveries nobody could decode, dead-lettered with their raw bytes
         self.quarantined_messages = 0
+        #: info messages being published now (at most MAX_INFO_IN_FLIGHT), and those given
+        #: up (buffer full or not published within INFO_PUBLISH_TIMEOUT_S)
+        self.info_in_flight = 0
+        self.info_dropped = 0
         # read-only for transports; the bridge's start and destroy set them
         self.started = False
         self.accepting = False
@@ -542,6 +562,10 @@ class BridgeCore:
     def emit_info_soon(self, message_type: MessageType, payload: dict[str, Any]) -> None:
         if not self.started or self.destroyed:
             return
+        if self.info_in_flight >= MAX_INFO_IN_FLIGHT:
+            # a burst (of timeouts, say) during an outage must not pile up publishes
+            self.info_dropped += 1
+            return
         info = InfoMessage(
             message_type=message_type,
             sender=SenderAddress(
@@ -552,17 +576,21 @@ class BridgeCore:
             ),
             payload=payload,
         )
+        self.info_in_flight += 1
 
         async def _emit() -> None:
             try:
-                await self._bridge._publish(info)
+                await asyncio.wait_for(self._bridge._publish(info), INFO_PUBLISH_TIMEOUT_S)
             except Exception as exc:
+                self.info_dropped += 1
                 self._bridge.log.debug("could not emit %s: %s", message_type, exc)
+            finally:
+                self.info_in_flight -= 1
 
         try:
             self.spawn(_emit(), name=f"info-{message_type}")
         except RuntimeError:
-            pass
+            self.info_in_flight -= 1
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._background.discard(task)
@@ -570,6 +598,83 @@ class BridgeCore:
             self._bridge.log.error(
                 "background task %s failed", task.get_name(), exc_info=task.exception()
             )
+
+    async def acquire_send_slot(self, command: Command, ttl_s: float) -> None:
+        """Take one of the bridge's ``max_sends_in_flight`` send slots, waiting in line; 504
+        (nothing sent, an infoInvokeTimeout emitted) when none frees up within ``ttl_s``.
+
+        A waiter costs one future and one timer (no task): ten thousand waiting callers
+        keep the event loop free to answer each of them on time.
+        """
+        if self._free_slots is None:
+            self._free_slots = self._bridge.max_sends_in_flight
+        if self._free_slots > 0 and not self._slot_waiters:
+            self._free_slots -= 1
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(ttl_s, _expire_waiter, waiter)
+        self._slot_waiters.append(waiter)
+        try:
+            await waiter
+        except TimeoutError:
+            self.unsent_timeouts += 1
+            self.invoke_timed_out(command.correlation_id, str(command.receiver))
+            raise UnhandledError(
+                f"invocation {command.receiver} timed out after {ttl_s:.3f}s: not sent "
+                f"({self._bridge.max_sends_in_flight} sends in flight the whole time)",
+                StatusCode.GATEWAY_TIMEOUT,
+            ) from None
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.release_send_slot()  # handed a slot just as we were cancelled
+            raise
+        finally:
+            timer.cancel()
+            if not waiter.done() or waiter.cancelled() or waiter.exception() is not None:
+                self._forget_waiter()
+
+    def _forget_waiter(self) -> None:
+        """Count a waiter that left the line; compact the line once most of it left."""
+        self._gone_waiters += 1
+        if self._gone_waiters * 2 > len(self._slot_waiters):
+            self._slot_waiters = deque(w for w in self._slot_waiters if not w.done())
+            self._gone_waiters = 0
+
+    def release_send_slot(self) -> None:
+        """Give back a slot taken by :meth:`acquire_send_slot` (to the next live waiter)."""
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        assert self._free_slots is not None
+        self._free_slots += 1
+
+    async def send_within(self, send: Awaitable[None], ttl_s: float) -> None:
+        """Await ``send`` for at most ``ttl_s``; TimeoutError after it, at once.
+
+        Unlike ``asyncio.wait_for`` this does not wait for a send that is slow to cancel
+        (a client library blocked on a frozen broker's full socket): the caller's deadline
+        holds whatever the transport does; the cancelled send finishes in the background.
+        """
+        task = asyncio.ensure_future(send)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=ttl_s)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not done:
+            task.cancel()
+            self._abandoned_sends.add(task)
+            task.add_done_callback(self._abandoned_done)
+            raise TimeoutError
+        task.result()
+
+    def _abandoned_done(self, task: asyncio.Task[Any]) -> None:
+        self._abandoned_sends.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a late failure of a send nobody waits for
 
     def require_running(self) -> None:
         """Raise 503 unless the bridge is started and accepting work."""
@@ -587,6 +692,8 @@ class EventBridgeBase(ABC):
     capabilities: ClassVar[EventBridgeCapabilities] = EventBridgeCapabilities()
     #: the SPI object a transport calls; a subclass may extend :class:`BridgeCore`
     core_class: ClassVar[type[BridgeCore]] = BridgeCore
+    #: invocations preparing and sending at once (see :meth:`invoke`)
+    max_sends_in_flight: int = 32
 
     def __init__(
         self,
@@ -674,44 +781,73 @@ class EventBridgeBase(ABC):
 
     async def invoke(self, command: Command, ttl_s: float | None = None) -> Any:
         """Send ``command`` and return the result payload, or raise the error the
-        response carries; 504 when no response arrives within ``ttl_s``."""
+        response carries; 504 when no response arrives within ``ttl_s``.
+
+        At most ``max_sends_in_flight`` invocations prepare and send at once; the others
+        wait for a slot, and one that gets none before its ttl ends 504 without sending:
+        a burst costs its callers no more than their ttl, and nothing is sent late.
+        """
         self.core.require_running()
         ttl = self.default_command_ttl_s if ttl_s is None else ttl_s
-        update: dict[str, Any] = {}
-        if command.sender.instance_id != self.instance_id:
-            update["sender"] = command.sender.model_copy(update={"instance_id": self.instance_id})
-        with telemetry.span(
-            f"invoke {command.receiver}",
-            SpanKind.CLIENT,
-            attributes={"purista.correlation_id": command.correlation_id},
-        ):
-            if command.otp is None:
-                update["otp"] = telemetry.inject_otp()
-            deadline = now_ms() + max(round(ttl * 1000), 1)
-            if command.expires_at is None or command.expires_at > deadline:
-                update["expires_at"] = deadline
-            if update:
-                command = command.model_copy(update=update)
-            self._check_encodable(command)
-            future = self.core.pending.add(command.correlation_id, ttl, str(command.receiver))
-            try:
-                await asyncio.wait_for(self._send_command(command), ttl)
-            except TimeoutError:
-                future.cancel()
-                raise UnhandledError(
-                    f"could not send command to {command.receiver} within {ttl:.3f}s",
-                    StatusCode.GATEWAY_TIMEOUT,
-                ) from None
-            except PuristaError:
-                future.cancel()
-                raise
-            except Exception as exc:
-                future.cancel()
-                raise UnhandledError(
-                    f"could not send command to {command.receiver}: {type(exc).__name__}: {exc}",
-                    StatusCode.SERVICE_UNAVAILABLE,
-                ) from exc
-            response = await future
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = now_ms() + max(round(ttl * 1000), 1)
+        await self.core.acquire_send_slot(command, ttl)
+        holding = True
+        try:
+            ttl_left = max(ttl - (loop.time() - started), 0.001)
+            update: dict[str, Any] = {}
+            if command.sender.instance_id != self.instance_id:
+                update["sender"] = command.sender.model_copy(
+                    update={"instance_id": self.instance_id}
+                )
+            with telemetry.span(
+                f"invoke {command.receiver}",
+                SpanKind.CLIENT,
+                attributes={"purista.correlation_id": command.correlation_id},
+            ):
+                if command.otp is None:
+                    update["otp"] = telemetry.inject_otp()
+                if command.expires_at is None or command.expires_at > deadline:
+                    update["expires_at"] = deadline
+                if update:
+                    command = command.model_copy(update=update)
+                self._check_encodable(command)
+                future = self.core.pending.add(
+                    command.correlation_id, ttl_left, str(command.receiver)
+                )
+                try:
+                    await self.core.send_within(self._send_command(command), ttl_left)
+                except TimeoutError:
+                    future.cancel()
+                    raise UnhandledError(
+                        f"could not send command to {command.receiver} within {ttl:.3f}s",
+                        StatusCode.GATEWAY_TIMEOUT,
+                    ) from None
+                except PuristaError as exc:
+                    future.cancel()
+                    if now_ms() >= deadline and exc.status == StatusCode.SERVICE_UNAVAILABLE:
+                        # the send gave up because the ttl ran out: the caller's deadline
+                        raise UnhandledError(
+                            f"could not send command to {command.receiver} within "
+                            f"{ttl:.3f}s: {exc.message}",
+                            StatusCode.GATEWAY_TIMEOUT,
+                        ) from exc
+                    raise
+                except Exception as exc:
+                    future.cancel()
+                    raise UnhandledError(
+                        f"could not send command to {command.receiver}: "
+                        f"{type(exc).__name__}: {exc}",
+                        StatusCode.SERVICE_UNAVAILABLE,
+                    ) from exc
+                finally:
+                    holding = False
+                    self.core.release_send_slot()
+                response = await future
+        finally:
+            if holding:
+                self.core.release_send_slot()
         if isinstance(response, CommandErrorResponse):
             raise error_from_response(response)
         return response.payload
