@@ -52,11 +52,52 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+EXIT_CODES = """exit codes:
+  0    every selected adapter was tested; every check that ran passed (or is declared
+       unsupported)
+  1    a check failed
+  2    usage error: bad option, adapter, provider, -k, or a selection matching no check
+  3    not tested: a backing service could not be provided (--allow-missing-services: 0)
+  128+N  stopped by signal N (SIGINT 130, SIGTERM 143) after every service is stopped"""
+
+RUN_EXAMPLES = """examples:
+  conformance run --suite contract --quick            every built-in adapter, fast
+  conformance run --adapter memory -n 2               in-memory adapters, 2 workers
+  conformance run --adapter event_bridge:amqp --provider docker
+  conformance run --adapter mypkg.bridge:DESCRIPTOR   your own adapter
+  conformance run -k "event_bridge and timeout" --baseline old/report.json
+  conformance run --adapter nats -- -x --maxfail 3    more pytest arguments after --"""
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's layout; appends each option's default where one matters."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        if action.option_strings and action.nargs != 0:
+            text += " (default: %(default)s)"
+        return text
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="conformance", description=__doc__.splitlines()[0])
+    p = _Parser(
+        prog="conformance",
+        description=__doc__.splitlines()[0],
+        epilog=EXIT_CODES + "\n\nsee `conformance run --help` for examples",
+        formatter_class=_Help,
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    run = sub.add_parser("run", help="run checks against adapters")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{run,list,merge}")
+    run = sub.add_parser(
+        "run",
+        help="run checks against adapters",
+        description="Run the conformance checks of a suite against adapters and write "
+        "junit.xml, report.json and report.html.",
+        epilog=RUN_EXAMPLES + "\n\n" + EXIT_CODES,
+        formatter_class=_Help,
+    )
     run.add_argument(
         "--adapter",
         action="append",
@@ -65,7 +106,13 @@ def _parser() -> argparse.ArgumentParser:
         help="built-in name (memory, amqp, redis, nats-kv...), kind:name, "
         "module:factory or name=module:factory; repeatable; default: all",
     )
-    run.add_argument("--suite", default="all", choices=sorted(SUITE_DIRS))
+    run.add_argument(
+        "--suite",
+        default="all",
+        choices=sorted(SUITE_DIRS),
+        help="which checks: contract (the behaviour every adapter owes; the quickest), "
+        "faults, deployment, robustness, or all of them (slow)",
+    )
     run.add_argument(
         "--provider",
         default=None,
@@ -99,13 +146,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-k", dest="keyword", default=None, help="pytest -k expression")
     run.add_argument("--quick", action="store_true", help="scale message counts down")
-    run.add_argument("-n", dest="workers", default=None, help="parallel workers (pytest-xdist)")
-    run.add_argument("-v", "--verbose", action="count", default=0)
+    run.add_argument(
+        "-n",
+        dest="workers",
+        default=None,
+        metavar="N|auto",
+        help="parallel workers (pytest-xdist; in the [conformance] extra); default: none",
+    )
+    run.add_argument("-v", "--verbose", action="count", default=0, help="more pytest output")
     run.add_argument(
         "pytest_args", nargs=argparse.REMAINDER, help="after --: more pytest arguments"
     )
     mrg = sub.add_parser(
         "merge",
+        formatter_class=_Help,
+        epilog="example:\n  conformance merge jobs/*/report.json --report-dir reports/all"
+        "\n\nexits with the merged verdict's code (0, 1 or 3; 2 if the inputs clash)",
         help="join per-job report.json files into one report (one matrix across jobs)",
         description="Join the report.json files of disjoint runs (e.g. one CI job per "
         "adapter) into the report one run over all of them gives; writes report.json, "
@@ -125,9 +181,15 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help=f"where the merged reports go (default {DEFAULT_MERGE_DIR})",
     )
-    lst = sub.add_parser("list", help="list adapters and checks")
-    lst.add_argument("--adapter", action="append", default=[], metavar="SELECTOR")
-    lst.add_argument("--suite", default="all", choices=sorted(SUITE_DIRS))
+    lst = sub.add_parser("list", help="list adapters and checks", formatter_class=_Help)
+    lst.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="SELECTOR",
+        help="as for run; default: all",
+    )
+    lst.add_argument("--suite", default="all", choices=sorted(SUITE_DIRS), help="which checks")
     lst.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 

@@ -316,6 +316,16 @@ def resolve(selectors: list[str]) -> list[AdapterSpec]:
             try:
                 obj = load_reference(ref)
             except (ImportError, AttributeError) as exc:
+                if (
+                    not eq
+                    and "." not in head
+                    and isinstance(exc, ModuleNotFoundError)
+                    and exc.name == head
+                ):  # `kafka:memory`: meant as kind:name, not as a module
+                    raise UsageError(
+                        f"unknown adapter kind {head!r} in {sel!r}; kinds: {', '.join(KINDS)} "
+                        f"(or module:factory; there is no module {head!r})"
+                    ) from exc
                 raise UsageError(f"cannot load adapter {ref!r}: {exc}") from exc
             specs = _object_specs(obj, name or None, "cli", ref)
             if name and len(specs) == 1:
