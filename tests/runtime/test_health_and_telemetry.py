@@ -79,3 +79,57 @@ async def test_trace_context_travels_in_otp_and_spans_share_the_trace() -> None:
     assert seen_otp[0] is not None and "traceparent" in json.loads(seen_otp[0])
     await a.destroy()
     await b.destroy()
+
+
+class _Hung:
+    name = "hung"
+
+    async def is_ready(self) -> bool:
+        await asyncio.Event().wait()
+        return True
+
+    async def is_healthy(self) -> bool:
+        return await self.is_ready()
+
+
+async def _raw(port: int, data: bytes) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    reply = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return int(reply.split()[1])
+
+
+async def test_a_hung_component_is_a_503_within_its_timeout() -> None:
+    bridge = DefaultEventBridge()
+    await bridge.start()
+    server = HealthServer([bridge, _Hung()], component_timeout_s=0.3)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    status, body = await asyncio.wait_for(_get(server.port, "/healthz"), 5)
+    assert status == 503
+    assert body["components"] == {"0:memory": True, "1:hung": "timeout"}
+    assert loop.time() - started < 2
+    await server.destroy()
+    await bridge.destroy()
+
+
+async def test_requests_are_bounded() -> None:
+    server = HealthServer([DefaultEventBridge()])
+    await server.start()
+    many = b"GET /healthz HTTP/1.1\r\n" + b"X-A: b\r\n" * 1000 + b"\r\n"
+    assert await _raw(server.port, many) == 431
+    long = b"GET /healthz HTTP/1.1\r\nX-A: " + b"b" * 100_000 + b"\r\n\r\n"
+    assert await _raw(server.port, long) == 431
+    await server.destroy()
+
+
+def test_host_and_port_come_from_the_environment() -> None:
+    server = HealthServer.from_env(
+        [], {"HEALTH_HOST": "0.0.0.0", "HEALTH_PORT": "8081", "HEALTH_COMPONENT_TIMEOUT_S": "1.5"}
+    )
+    assert (server.host, server.port, server.component_timeout_s) == ("0.0.0.0", 8081, 1.5)
+    with pytest.raises(ValueError, match="HEALTH_PORT"):
+        HealthServer.from_env([], {"HEALTH_PORT": "http"})
