@@ -19,22 +19,40 @@ from conformance.kit.under_test import AdapterUnderTest
 
 MAX_SAFE_INT = 2**53 - 1
 
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(-MAX_SAFE_INT, MAX_SAFE_INT)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=40)
-)
 
-json_values: st.SearchStrategy[Any] = st.recursive(
-    json_scalars,
-    lambda children: (
-        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5)
-    ),
-    max_leaves=25,
+def _json(integers: st.SearchStrategy[int]) -> st.SearchStrategy[Any]:
+    scalars = (
+        st.none()
+        | st.booleans()
+        | integers
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=40)
+    )
+    return st.recursive(
+        scalars,
+        lambda children: (
+            st.lists(children, max_size=5)
+            | st.dictionaries(st.text(max_size=12), children, max_size=5)
+        ),
+        max_leaves=25,
+    )
+
+
+json_values: st.SearchStrategy[Any] = _json(
+    st.integers() | st.integers(min_value=2**53 - 4, max_value=2**70).map(lambda i: i * (-1) ** i)
 )
-"""Any JSON value: unicode text (no surrogates), nesting, safe integers, finite floats."""
+"""Any JSON value: unicode text (no surrogates), nesting, integers of any size (beyond
+2**53 often), finite floats at full precision."""
+
+safe_json_values: st.SearchStrategy[Any] = _json(st.integers(-MAX_SAFE_INT, MAX_SAFE_INT))
+"""Like :data:`json_values` with integers within +-(2**53 - 1)."""
+
+
+def json_values_for(aut: AdapterUnderTest) -> st.SearchStrategy[Any]:
+    """The JSON values the adapter promises to carry unchanged (its ``numbers`` capability)."""
+    mode = getattr(aut.spec.capabilities, "numbers", "exact")
+    return json_values if mode == "exact" else safe_json_values
+
 
 _ID_CHARS = string.ascii_letters + string.digits + "-_.:@/ +#*>é中🙂"
 envelope_ids = st.none() | st.text(alphabet=_ID_CHARS, min_size=1, max_size=40)

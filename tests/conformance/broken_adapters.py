@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -432,6 +434,79 @@ class TornEffects(DefaultStateStore):
 
 def torn_effects(ctx: AdapterContext) -> Any:
     return TornEffects(kv=ctx.shared.setdefault("kv", MemoryKV()), **ctx.options)
+class ShortTtlsOnly(DefaultEventBridge):
+    """Honours ttls under one second; a longer one is replaced by the 30 s default."""
+
+    name = "short-ttls-only"
+
+    async def invoke(self, command: Any, ttl_s: float | None = None) -> Any:
+        return await super().invoke(command, ttl_s if ttl_s is not None and ttl_s < 1 else None)
+
+
+def short_ttls_only(ctx: AdapterContext) -> Any:
+    return ShortTtlsOnly(hub=_hub(ctx), **ctx.options)
+
+
+def _as_doubles(value: Any) -> Any:
+    """What a backend keeping numbers as doubles does to a JSON value."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(float(value))
+    if isinstance(value, dict):
+        return {k: _as_doubles(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_doubles(v) for v in value]
+    return value
+
+
+class RoundsBigInts(DefaultQueueBridge):
+    """Keeps numbers as doubles: integers beyond 2**53 are silently rounded."""
+
+    name = "rounds-big-ints"
+
+    async def _enqueue(self, request: Any) -> str:
+        return await super()._enqueue(
+            replace(
+                request,
+                payload=_as_doubles(request.payload),
+                parameter=_as_doubles(request.parameter),
+            )
+        )
+
+
+def rounds_big_ints(ctx: AdapterContext) -> Any:
+    return RoundsBigInts(store=ctx.shared.setdefault("queue", MemoryQueueStore()), **ctx.options)
+
+
+class _ShortFloatsCore(BridgeCore):
+    def encode(self, message: Any) -> bytes:
+        raw = super().encode(message)
+        return re.sub(rb"\d\.\d{12,}", lambda m: b"%.12g" % float(m.group()), raw)
+
+
+class ShortFloats(DefaultEventBridge):
+    """Writes floats with 12 significant digits on the wire."""
+
+    name = "short-floats"
+    core_class = _ShortFloatsCore
+
+
+def short_floats(ctx: AdapterContext) -> Any:
+    return ShortFloats(hub=_hub(ctx), **ctx.options)
+
+
+class StoreRoundsBigInts(DefaultStateStore):
+    """Keeps numbers as doubles, and says nothing: big integers come back rounded."""
+
+    name = "store-rounds-big-ints"
+
+    async def _set(self, name: str, raw_json: str) -> None:
+        await super()._set(name, json.dumps(_as_doubles(json.loads(raw_json))))
+
+
+def store_rounds_big_ints(ctx: AdapterContext) -> Any:
+    return StoreRoundsBigInts(kv=ctx.shared.setdefault("kv", MemoryKV()), **ctx.options)
 
 
 # broken factory -> the named check that must fail for it
@@ -459,6 +534,10 @@ EXPECTED: dict[str, str] = {
     "caps_delays": "queue_bridge.delays.enqueue",
     "not_fenced": "stores.compare_and_set_fences",
     "torn_effects": "stores.atomic_effects",
+    "short_ttls_only": "event_bridge.commands.timeout_range",
+    "rounds_big_ints": "queue_bridge.fidelity.numbers",
+    "short_floats": "event_bridge.fidelity.numbers",
+    "store_rounds_big_ints": "stores.numbers",
 }
 
 

@@ -302,3 +302,55 @@ async def test_success_event(aut: AdapterUnderTest) -> None:
     await wait_for(events.all_arrived, 10, progress=lambda: events.total_delivered)
     await wait_quiet(lambda: events.total_delivered, quiet_s=0.2)
     expect_exactly_once(events)
+
+
+TTL_RANGE_S = (0.25, 0.8, 1.6, 3.0)
+
+
+@check("event_bridge.commands.timeout_range", kinds=EB)
+async def test_timeout_range(aut: AdapterUnderTest) -> None:
+    """Mixed ttls from 0.25 s to 3 s in flight at once: each stalled command gets 504 at its
+    own ttl (+0.5 s), and a command answered within its ttl (at half of it) succeeds."""
+    gate = Gate()
+    server = await aut.new()
+
+    async def maybe_stall(cmd: Any) -> Any:
+        answer_after = cmd.payload.parameter
+        if answer_after is None:
+            await gate.wait()
+            return "too late"
+        await asyncio.sleep(answer_after)
+        return {"answered_after": answer_after}
+
+    await server.register_command(addr("ttls"), responder(maybe_stall))
+    client = await aut.new()
+    calls = []
+    for ttl in TTL_RANGE_S:
+        for n in range(2):
+            calls.append((ttl, None, command(client, addr("ttls"), f"stall-{ttl}-{n}")))
+        calls.append((ttl, ttl / 2, command(client, addr("ttls"), f"answer-{ttl}", ttl / 2)))
+    longest = max(TTL_RANGE_S) + TIMEOUT_MARGIN_S + 2
+    try:
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(invoke_status(client, cmd, ttl) for ttl, _, cmd in calls)), longest
+        )
+    except TimeoutError:
+        raise AssertionError(
+            f"not every invocation ended within {longest:.1f}s: a ttl up to "
+            f"{max(TTL_RANGE_S)}s was not honoured"
+        ) from None
+    finally:
+        gate.open()
+    bad = []
+    for (ttl, answer_after, _), (kind, value, took) in zip(calls, outcomes, strict=True):
+        if answer_after is not None:
+            if kind != "ok":
+                bad.append(f"ttl {ttl}s, answered after {answer_after}s: {value!r} ({took:.2f}s)")
+        elif kind != "error" or value.status != 504:
+            bad.append(f"ttl {ttl}s, stalled: expected 504, got {kind} {value!r}")
+        elif not ttl * 0.95 <= took <= ttl + TIMEOUT_MARGIN_S:
+            bad.append(f"ttl {ttl}s, stalled: 504 after {took:.2f}s")
+    assert not bad, "; ".join(bad)
+    aut.metric("took_s", [round(t, 2) for _, _, t in outcomes])
+    pending = pending_invocations(client)
+    assert pending == 0, f"{pending} pending invocation(s) leaked after timeouts"

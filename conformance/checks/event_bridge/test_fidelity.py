@@ -9,8 +9,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conformance.kit import addr, command, event, responder, subscription
-from conformance.kit.hyp import envelope_ids, json_values, otps, session, settings_for, trace_ids
+from conformance.kit.hyp import (
+    envelope_ids,
+    json_values_for,
+    otps,
+    session,
+    settings_for,
+    trace_ids,
+)
 from conformance.kit.marks import check
+from conformance.kit.numbers import expect_numbers
 from conformance.kit.under_test import AdapterUnderTest
 from conformance.kit.waits import wait_for
 
@@ -72,7 +80,7 @@ def test_payload(cf_aut: AdapterUnderTest) -> None:
         producer, _, inbox = runner.run(_pair(cf_aut))
 
         @settings_for(cf_aut)
-        @given(payload=json_values, parameter=json_values)
+        @given(payload=json_values_for(cf_aut), parameter=json_values_for(cf_aut))
         def prop(payload: Any, parameter: Any) -> None:
             _, got = runner.run(_event_round_trip(producer, inbox, payload))
             assert canon(got.payload) == canon(payload), "event payload changed"
@@ -188,3 +196,23 @@ async def test_large_payload(aut: AdapterUnderTest) -> None:
     result = await producer.invoke(command(producer, addr("echo"), payload), 15)
     assert canon(result["payload"]) == canon(payload), "large command payload changed"
     aut.metric("payload_bytes", len(canon(payload).encode()))
+
+
+@check("event_bridge.fidelity.numbers", kinds=EB)
+async def test_numbers(aut: AdapterUnderTest) -> None:
+    """Integers beyond 2**53 and doubles at full precision (subnormals, the largest finite,
+    -0.0) survive events and commands, or are refused at encode as the adapter declares
+    (``numbers``: exact, or safe_integers with MessageEncodeError naming the field)."""
+    producer, _, inbox = await _pair(aut)
+    mode = getattr(aut.spec.capabilities, "numbers", "exact")
+
+    async def by_event(value: Any) -> Any:
+        _, got = await _event_round_trip(producer, inbox, value)
+        return got.payload
+
+    async def by_command(value: Any) -> Any:
+        result = await producer.invoke(command(producer, addr("echo"), value), 10)
+        return result["payload"]
+
+    await expect_numbers(mode, by_event)
+    await expect_numbers(mode, by_command)

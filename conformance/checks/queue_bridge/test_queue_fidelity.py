@@ -8,8 +8,9 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance.kit.hyp import json_values, session, settings_for
+from conformance.kit.hyp import json_values_for, session, settings_for
 from conformance.kit.marks import check
+from conformance.kit.numbers import expect_numbers
 from conformance.kit.under_test import AdapterUnderTest
 
 headers = st.dictionaries(
@@ -31,7 +32,7 @@ def test_payload(cf_aut: AdapterUnderTest) -> None:
         q = runner.run(cf_aut.new())
 
         @settings_for(cf_aut, memory=50, broker=20)
-        @given(payload=json_values, parameter=json_values, hdrs=headers)
+        @given(payload=json_values_for(cf_aut), parameter=json_values_for(cf_aut), hdrs=headers)
         def prop(payload: Any, parameter: Any, hdrs: dict[str, str]) -> None:
             job_id = runner.run(q.enqueue("fid", payload, parameter, headers=hdrs))
             jobs = runner.run(q.lease_next("fid", 1))
@@ -43,3 +44,22 @@ def test_payload(cf_aut: AdapterUnderTest) -> None:
             assert {k: job.headers.get(k) for k in hdrs} == hdrs, f"headers changed: {job.headers}"
 
         prop()
+
+
+@check("queue_bridge.fidelity.numbers", kinds=("queue_bridge",))
+async def test_numbers(aut: AdapterUnderTest) -> None:
+    """Integers beyond 2**53 and doubles at full precision survive enqueue/lease (payload
+    and parameter), or are refused at enqueue as the adapter declares (``numbers``)."""
+    q = await aut.new()
+    mode = getattr(aut.spec.capabilities, "numbers", "exact")
+
+    async def round_trip(value: Any) -> Any:
+        job_id = await q.enqueue("numbers", value, value)
+        jobs = await q.lease_next("numbers", 1)
+        assert [j.id for j in jobs] == [job_id], f"leased {jobs}, expected {job_id}"
+        await q.ack(jobs[0])
+        if canon(jobs[0].parameter) != canon(value):
+            raise AssertionError(f"parameter numbers changed: {jobs[0].parameter!r:.300}")
+        return jobs[0].payload
+
+    await expect_numbers(mode, round_trip)

@@ -11,8 +11,9 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance.kit.hyp import json_values, session, settings_for
+from conformance.kit.hyp import json_values_for, session, settings_for
 from conformance.kit.marks import check
+from conformance.kit.numbers import expect_numbers
 from conformance.kit.under_test import AdapterUnderTest
 from conformance.kit.waits import Stopwatch
 from reference_services.runtime.errors import PuristaError
@@ -67,7 +68,7 @@ def test_json_fidelity(cf_aut: AdapterUnderTest) -> None:
         s = runner.run(cf_aut.new(**OPEN))
 
         @settings_for(cf_aut, memory=60, broker=25)
-        @given(key=keys, value=json_values.filter(lambda v: v is not None))
+        @given(key=keys, value=json_values_for(cf_aut).filter(lambda v: v is not None))
         def prop(key: str, value: Any) -> None:
             runner.run(s.set(key, value))
             got = runner.run(s.get(key))
@@ -336,3 +337,17 @@ async def test_ready_healthy(aut: AdapterUnderTest) -> None:
     assert await s.is_healthy() is True, "not healthy after start (is_healthy must be True)"
     await aut.destroy(s)
     assert await s.is_ready() is False, "still ready after destroy (is_ready must be False)"
+
+
+@check("stores.numbers", kinds=STORES)
+async def test_numbers(aut: AdapterUnderTest) -> None:
+    """Integers beyond 2**53 and doubles at full precision come back unchanged, or are
+    refused at set as the store declares (``numbers``)."""
+    s = await aut.new(**OPEN)
+    mode = getattr(aut.spec.capabilities, "numbers", "exact")
+
+    async def round_trip(value: Any) -> Any:
+        await s.set("numbers", value)
+        return (await s.get("numbers"))["numbers"]
+
+    await expect_numbers(mode, round_trip)

@@ -33,6 +33,11 @@ def unsupported(reason: str) -> Support:
 
 
 Delivery = Literal["at_most_once", "at_least_once"]
+Numbers = Literal["exact", "safe_integers"]
+"""``exact``: any integer and every finite double survive unchanged. ``safe_integers``: an
+integer beyond +-(2**53 - 1) is rejected at encode with ``MessageEncodeError`` naming the
+field (see :func:`reference_services.runtime.spi.numbers.reject_unsafe_integers`); finite
+doubles still survive unchanged."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class EventBridgeCapabilities(_Capabilities):
     - ``graceful_drain``: ``destroy`` lets in-flight handlers finish.
     - ``reconnect``: the bridge reconnects and re-registers after a broker outage.
     - ``publisher_confirms``: ``emit_message`` returns only once the broker has the message.
+    - ``numbers``: how payload numbers travel (:data:`Numbers`).
     - ``per_sender_order``: the events of one sending instance reach one subscriber in the
       order they were emitted (first deliveries; a retried message may come later).
     """
@@ -93,6 +99,7 @@ class EventBridgeCapabilities(_Capabilities):
     reconnect: Support = YES
     publisher_confirms: Support = YES
     per_sender_order: Support = field(default_factory=lambda: unsupported("not declared"))
+    numbers: Numbers = "exact"
     max_message_bytes: int | None = None
 
 
@@ -106,6 +113,7 @@ class QueueBridgeCapabilities(_Capabilities):
     - ``idempotency_keys``: a duplicate key returns the original job id.
     - ``lease_recovery``: an expired lease makes the job leasable again.
     - ``blocking_lease``: ``lease_next(wait_ms=...)`` waits for work.
+    - ``numbers``: how payload numbers travel (:data:`Numbers`).
     - ``fifo_within_priority``: jobs of one priority are leased in enqueue order (jobs
       never leased before; a retried job may come later).
     """
@@ -118,6 +126,7 @@ class QueueBridgeCapabilities(_Capabilities):
     blocking_lease: Support = YES
     reconnect: Support = YES
     fifo_within_priority: Support = field(default_factory=lambda: unsupported("not declared"))
+    numbers: Numbers = "exact"
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,7 @@ class StoreCapabilities(_Capabilities):
       ``create_versioned``, ``replace_if``, ``remove_if``) that fence stale writers.
     - ``atomic_effects``: ``replace_if(..., also=...)`` commits the record and the
       extra writes as one unit (an effect's state writes and its "done" record).
+    - ``numbers``: how stored numbers travel (:data:`Numbers`).
     """
 
     durable: Support = YES
@@ -140,3 +150,4 @@ class StoreCapabilities(_Capabilities):
     cache: Support = field(default_factory=lambda: unsupported("no cache"))
     compare_and_set: Support = field(default_factory=lambda: unsupported("not declared"))
     atomic_effects: Support = field(default_factory=lambda: unsupported("not declared"))
+    numbers: Numbers = "exact"
