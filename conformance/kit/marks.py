@@ -25,6 +25,12 @@ class CheckInfo:
     suite: str
     doc: str
     open_behaviour: bool
+    exercises: tuple[str, ...] = ()
+
+    @property
+    def exercised(self) -> tuple[str, ...]:
+        """Every capability a run of this check puts to the test (``needs`` + ``exercises``)."""
+        return tuple(dict.fromkeys(self.needs + self.exercises))
 
     def needs_for(self, kind: str) -> tuple[str, ...]:
         """The capabilities this check needs of an adapter of ``kind`` (``kind:cap``
@@ -57,6 +63,7 @@ def check(
     needs: tuple[str, ...] | list[str] = (),
     suite: str | None = None,
     open_behaviour: bool = False,
+    exercises: tuple[str, ...] | list[str] = (),
 ) -> Callable[[F], F]:
     """Declare a conformance check.
 
@@ -65,6 +72,9 @@ def check(
     An adapter that declares one of them unsupported still runs the check, in
     "expected to fail" mode. ``open_behaviour`` checks record what the adapter
     does where the contract leaves it open; they pass unless the run breaks.
+    ``exercises`` names capabilities whose declaration the check's verdict follows without
+    gating it (a fault check expecting no loss when ``durable`` is declared); the report
+    counts them as exercised, as it does ``needs``.
     """
 
     def deco(fn: F) -> F:
@@ -75,6 +85,7 @@ def check(
             suite=suite or _suite_of(fn.__module__),
             doc=inspect.getdoc(fn) or "",
             open_behaviour=open_behaviour,
+            exercises=tuple(exercises),
         )
         marked = pytest.mark.conformance_check(info)(fn)
         marked.__conformance__ = info  # type: ignore[attr-defined]

@@ -526,6 +526,15 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if not state.results and not (state.verdict and state.verdict.not_tested):
         return
     report_mod.print_matrix(list(state.results.values()), terminalreporter, state.verdict)
+    unexercised = {
+        s.label: caps
+        for s in state.specs
+        if (caps := report_mod.declared_not_exercised(s, list(state.results.values())))
+    }
+    if unexercised:
+        terminalreporter.section("declared, not exercised in this run")
+        for label, caps in sorted(unexercised.items()):
+            terminalreporter.write_line(f"{label}: {', '.join(caps)}")
     kept = [
         (r["check"], r["adapter"], path)
         for r in state.results.values()

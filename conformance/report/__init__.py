@@ -20,6 +20,24 @@ STYLE = {"passed": "green", "failed": "bold red", "unsupported": "yellow", "skip
 NOT_TESTED_STYLE = "bold magenta"  # never green: the adapter was not exercised
 
 
+def declared_not_exercised(spec: AdapterSpec, results: list[dict[str, Any]]) -> list[str]:
+    """Capabilities ``spec`` declares supported that no check of this run exercised.
+
+    A check exercises the capabilities it ``needs`` when it ran (passed, failed, or
+    failed as declared); a skipped check exercised nothing. Empty when nothing ran.
+    """
+    rows = [r for r in results if r["adapter"] == spec.name and r["kind"] == spec.kind]
+    if not any(r["status"] != "skipped" for r in rows):
+        return []
+    exercised = {c for r in rows if r["status"] != "skipped" for c in r.get("exercises", [])}
+    declared = [
+        name
+        for name, value in (spec.capabilities_dict() or {}).items()
+        if isinstance(value, dict) and value.get("supported")
+    ]
+    return sorted(c for c in declared if c not in exercised)
+
+
 def build(
     *,
     results: list[dict[str, Any]],
@@ -59,6 +77,7 @@ def build(
                 "capabilities": s.capabilities_dict(),
                 "summary": dict(per_adapter.get(s.label, Counter())),
                 "not_tested": not_tested.get(s.label),
+                "declared_not_exercised": declared_not_exercised(s, results),
             }
             for s in specs
         ],

@@ -258,7 +258,12 @@ def _capabilities(doc: dict[str, Any]) -> str:
                     ok = v.get("supported")
                     cls = "passed" if ok else "unsupported"
                     tip = escape(v.get("reason", ""), quote=True)
-                    cells.append(f'<td class="c {cls}" title="{tip}">{"yes" if ok else "no"}</td>')
+                    text = "yes" if ok else "no"
+                    if ok and name in (a.get("declared_not_exercised") or []):
+                        # declared, yet no check of this run exercised it: not shown as proven
+                        cls, text = "skipped", "yes, not exercised"
+                        tip = "declared; no check in this run exercised it"
+                    cells.append(f'<td class="c {cls}" title="{tip}">{text}</td>')
                 else:
                     cells.append(f'<td class="c">{escape(str(v))}</td>')
             out.append(f'<tr><td class="id">{escape(name)}</td>{"".join(cells)}</tr>')

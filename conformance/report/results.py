@@ -71,4 +71,5 @@ def result_row(
         "nodeid": item.nodeid,
         "when": rep.when,
         "skip": skip,
+        "exercises": list(info.exercised) if info else [],
     }

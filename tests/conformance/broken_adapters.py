@@ -21,7 +21,12 @@ from reference_services.adapters.memory.stores import DefaultStateStore, MemoryK
 from reference_services.runtime.ids import now_ms
 from reference_services.runtime.messages import CustomMessage
 from reference_services.runtime.spi.bridge_base import BridgeCore, DeliveryOutcome, Disposition
-from reference_services.runtime.spi.capabilities import unsupported
+from reference_services.runtime.spi.capabilities import (
+    YES,
+    EventBridgeCapabilities,
+    QueueBridgeCapabilities,
+    unsupported,
+)
 
 
 def _hub(ctx: AdapterContext) -> MemoryHub:
@@ -509,6 +514,44 @@ def store_rounds_big_ints(ctx: AdapterContext) -> Any:
     return StoreRoundsBigInts(kv=ctx.shared.setdefault("kv", MemoryKV()), **ctx.options)
 
 
+def volatile_redis_queue(ctx: AdapterContext) -> Any:
+    """The Redis queue bridge, declaring durable, that wipes its queues whenever it starts
+    (as a queue kept in a volatile place would lose them with a restart)."""
+    from reference_services.adapters.redis.queue_bridge import RedisQueueBridge
+
+    class VolatileRedisQueue(RedisQueueBridge):
+        async def _start_transport(self) -> None:
+            await super()._start_transport()
+            keys = [k async for k in self._client.scan_iter(match=f"{self.prefix}*")]
+            if keys:
+                await self._client.delete(*keys)
+
+    return VolatileRedisQueue(url=ctx.url("redis"), prefix=ctx.prefix, **ctx.options)
+
+
+volatile_redis_queue.kind = "queue_bridge"  # type: ignore[attr-defined]
+volatile_redis_queue.services = ("redis",)  # type: ignore[attr-defined]
+volatile_redis_queue.capabilities = QueueBridgeCapabilities(  # type: ignore[attr-defined]
+    fifo_within_priority=YES
+)
+
+
+def amqp_acks_early(ctx: AdapterContext) -> Any:
+    """The AMQP bridge, still declaring manual ack, acking each delivery before its handler
+    ran (so a crash mid-handler loses the message)."""
+    from reference_services.adapters.amqp.event_bridge import AmqpBridge
+
+    class AmqpAcksEarly(AmqpBridge):
+        core_class = _AcksEarlyCore
+
+    return AmqpAcksEarly(url=ctx.url("rabbitmq"), prefix=ctx.prefix, **ctx.options)
+
+
+amqp_acks_early.kind = "event_bridge"  # type: ignore[attr-defined]
+amqp_acks_early.services = ("rabbitmq",)  # type: ignore[attr-defined]
+amqp_acks_early.capabilities = EventBridgeCapabilities(per_sender_order=YES)  # type: ignore[attr-defined]
+
+
 # broken factory -> the named check that must fail for it
 EXPECTED: dict[str, str] = {
     "drops": "event_bridge.subscriptions.fan_out",
@@ -538,6 +581,8 @@ EXPECTED: dict[str, str] = {
     "rounds_big_ints": "queue_bridge.fidelity.numbers",
     "short_floats": "event_bridge.fidelity.numbers",
     "store_rounds_big_ints": "stores.numbers",
+    "volatile_redis_queue": "queue_bridge.durable_restart",
+    "amqp_acks_early": "event_bridge.failures.crash_mid_handler",
 }
 
 

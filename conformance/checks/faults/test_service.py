@@ -104,7 +104,12 @@ async def _finish(
     shutil.rmtree(dep.workdir, ignore_errors=True)  # kept only when the check fails
 
 
-@check("faults.service.sigterm_drain", kinds=KINDS, needs=SHARED)
+@check(
+    "faults.service.sigterm_drain",
+    kinds=KINDS,
+    needs=SHARED,
+    exercises=("graceful_drain", "durable_subscriptions", "manual_ack", "durable"),
+)
 async def test_sigterm_drain(aut: AdapterUnderTest, faults_services: Any) -> None:
     """SIGTERM to one of two service processes while work streams in: its in-flight handlers
     finish and are acked, it exits 0, nothing is lost (the other or the restarted one does
@@ -140,7 +145,12 @@ async def test_sigterm_drain(aut: AdapterUnderTest, faults_services: Any) -> Non
         await aut.close()
 
 
-@check("faults.service.sigkill_redelivery", kinds=KINDS, needs=SHARED)
+@check(
+    "faults.service.sigkill_redelivery",
+    kinds=KINDS,
+    needs=SHARED,
+    exercises=("durable_subscriptions", "manual_ack", "durable"),
+)
 async def test_sigkill_redelivery(aut: AdapterUnderTest, faults_services: Any) -> None:
     """SIGKILL one of two service processes in the middle of a handler (after its side
     effect, before the ack): the message is delivered again (to the survivor or to the

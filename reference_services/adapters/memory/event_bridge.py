@@ -190,6 +190,10 @@ class DefaultEventBridge(EventBridgeBase):
     def __init__(self, hub: MemoryHub | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.hub = hub or MemoryHub()
+        # deliveries whose handler has not finished: handed back if the instance goes away
+        self._unsettled: dict[int, tuple[RegisteredSubscription, bytes, int]] = {}
+        self._handed_back: set[int] = set()
+        self._tokens = itertools.count()
 
     # ---- transport hooks
     async def _connect(self) -> None:
@@ -197,6 +201,11 @@ class DefaultEventBridge(EventBridgeBase):
 
     async def _close(self) -> None:
         self.hub.detach(self)
+        # as a broker does with the unacked messages of a consumer that is gone
+        for token, (reg, raw, attempt) in list(self._unsettled.items()):
+            self._handed_back.add(token)
+            self._hand_back(reg, raw, attempt)
+        self._unsettled.clear()
 
     async def _is_connected(self) -> bool:
         return self.instance_id in self.hub.bridges
@@ -249,7 +258,15 @@ class DefaultEventBridge(EventBridgeBase):
         if not self.core.accepting or self.core.subscription(reg.subscription.key) is None:
             self._hand_back(reg, raw, attempt)
             return
-        outcome: DeliveryOutcome = await self.core.handle_subscription(reg, message, attempt)
+        token = next(self._tokens)
+        self._unsettled[token] = (reg, raw, attempt)
+        try:
+            outcome: DeliveryOutcome = await self.core.handle_subscription(reg, message, attempt)
+        finally:
+            self._unsettled.pop(token, None)
+        if token in self._handed_back:  # settled by the hand-back at destroy
+            self._handed_back.discard(token)
+            return
         if outcome.disposition is Disposition.RETRY:
             loop = asyncio.get_running_loop()
             loop.call_later(outcome.delay_s, self._retry, reg, raw, attempt + 1)
