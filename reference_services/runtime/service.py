@@ -12,6 +12,7 @@ await instance.start()
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from reference_services.runtime.definitions import (
 )
 from reference_services.runtime.errors import HandledError, PuristaError, StatusCode, UnhandledError
 from reference_services.runtime.idempotency import Idempotency
+from reference_services.runtime.ids import now_ms
 from reference_services.runtime.messages import (
     Address,
     AnyMessage,
@@ -109,6 +111,8 @@ class QueueWorkerDefinition:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     concurrency: int = 1
     wait_ms: int = 1000
+    # how often a running job's lease is extended; None: a third of the lease's ttl
+    lease_renew_every_ms: int | None = None
 
 
 class ServiceBuilder:
@@ -222,12 +226,20 @@ class ServiceBuilder:
         retry: RetryPolicy | None = None,
         concurrency: int = 1,
         wait_ms: int = 1000,
+        lease_renew_every_ms: int | None = None,
     ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
-        """Decorate ``async def handler(ctx, job)`` as a worker for ``queue``."""
+        """Decorate ``async def handler(ctx, job)`` as a worker for ``queue``.
+
+        While a job runs its lease is extended every ``lease_renew_every_ms``
+        (default: a third of the lease's ttl), so a job longer than the lease is
+        not handed to a second worker.
+        """
+        if lease_renew_every_ms is not None and lease_renew_every_ms <= 0:
+            raise DefinitionError(f"lease_renew_every_ms must be > 0, got {lease_renew_every_ms}")
 
         def register(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             self.queue_workers[queue] = QueueWorkerDefinition(
-                queue, fn, retry or RetryPolicy(), concurrency, wait_ms
+                queue, fn, retry or RetryPolicy(), concurrency, wait_ms, lease_renew_every_ms
             )
             return fn
 
@@ -287,6 +299,7 @@ class ServiceInstance:
         self._workers: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._started = False
+        self._life = asyncio.Lock()  # start and destroy never interleave
         self.warnings: list[str] = []
 
     # ------------------------------------------------------------- life cycle
@@ -296,53 +309,89 @@ class ServiceInstance:
         return self.builder.address()
 
     async def start(self) -> None:
-        """Check the bridge, announce, register commands then subscriptions, start workers."""
+        """Check the bridge, announce, register commands then subscriptions, start workers.
+
+        Starting a started instance does nothing; a start that fails part-way
+        unregisters what it registered. ``start`` and ``destroy`` are serialised.
+        """
+        async with self._life:
+            if self._started:
+                return
+            await self._start()
+
+    async def _start(self) -> None:
         if not await self.bridge.is_healthy():
             raise UnhandledError(
                 f"event bridge {self.bridge.name} is not healthy; cannot start {self.builder.name}",
                 StatusCode.SERVICE_UNAVAILABLE,
             )
         self._check_capabilities()
-        await self._info(MessageType.INFO_SERVICE_INIT)
-        for defn in self.builder.commands.values():
-            address = self.builder.address(defn.name)
-            await self.bridge.register_command(address, self._command_handler(defn), defn.config)
-            await self._info(MessageType.INFO_SERVICE_FUNCTION_ADDED, {"command": defn.name})
-        for defn in self.builder.subscriptions.values():
-            await self.bridge.register_subscription(
-                self._subscription(defn), self._subscription_handler(defn)
-            )
-            await self._info(MessageType.INFO_SERVICE_FUNCTION_ADDED, {"subscription": defn.name})
         if self.builder.queue_workers and self.queue_bridge is None:
             raise DefinitionError(f"{self.builder.name} has queue workers but no queue bridge")
+        await self._info(MessageType.INFO_SERVICE_INIT)
+        try:
+            for defn in self.builder.commands.values():
+                address = self.builder.address(defn.name)
+                await self.bridge.register_command(
+                    address, self._command_handler(defn), defn.config
+                )
+                await self._info(MessageType.INFO_SERVICE_FUNCTION_ADDED, {"command": defn.name})
+            for sdefn in self.builder.subscriptions.values():
+                await self.bridge.register_subscription(
+                    self._subscription(sdefn), self._subscription_handler(sdefn)
+                )
+                await self._info(
+                    MessageType.INFO_SERVICE_FUNCTION_ADDED, {"subscription": sdefn.name}
+                )
+        except BaseException:
+            await self._unregister_all()
+            raise
         self._stopping.clear()
-        for defn in self.builder.queue_workers.values():
-            for n in range(defn.concurrency):
+        for qdefn in self.builder.queue_workers.values():
+            for n in range(qdefn.concurrency):
                 self._workers.append(
                     asyncio.get_running_loop().create_task(
-                        self._work(defn), name=f"{self.builder.name}-{defn.queue}-{n}"
+                        self._work(qdefn), name=f"{self.builder.name}-{qdefn.queue}-{n}"
                     )
                 )
         self._started = True
         await self._info(MessageType.INFO_SERVICE_READY)
 
+    async def _unregister_all(self) -> None:
+        for sdefn in self.builder.subscriptions.values():
+            with contextlib.suppress(Exception):
+                await self.bridge.unregister_subscription(self.builder.address(sdefn.name))
+        for defn in self.builder.commands.values():
+            with contextlib.suppress(Exception):
+                await self.bridge.unregister_command(self.builder.address(defn.name))
+
     async def destroy(self, drain_timeout_s: float = 10.0) -> None:
-        """Announce the drain, stop intake, let running handlers finish, announce shutdown."""
-        if not self._started:
-            return
-        self._started = False
+        """Announce the drain, stop intake, let running handlers finish, announce shutdown.
+
+        One deadline (``drain_timeout_s``) covers the workers and the handlers;
+        workers still running then are cancelled and awaited.
+        """
+        async with self._life:
+            if not self._started:
+                return
+            self._started = False
+            await self._destroy(drain_timeout_s)
+
+    async def _destroy(self, drain_timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout_s
         await self._info(MessageType.INFO_SERVICE_DRAIN)
         self._stopping.set()
-        for defn in self.builder.subscriptions.values():
-            await self.bridge.unregister_subscription(self.builder.address(defn.name))
-        for defn in self.builder.commands.values():
-            await self.bridge.unregister_command(self.builder.address(defn.name))
+        await self._unregister_all()
         if self._workers:
-            _done, pending = await asyncio.wait(self._workers, timeout=drain_timeout_s)
+            _done, pending = await asyncio.wait(
+                self._workers, timeout=max(deadline - loop.time(), 0.001)
+            )
             for task in pending:
                 task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
             self._workers.clear()
-        if not await self._inflight.wait_idle(drain_timeout_s):
+        if not await self._inflight.wait_idle(max(deadline - loop.time(), 0.001)):
             self.log.warning("%s: handlers still running after drain timeout", self.builder.name)
         await self._info(MessageType.INFO_SERVICE_SHUTDOWN)
 
@@ -521,14 +570,42 @@ class ServiceInstance:
             for job in jobs:
                 await self._run_job(defn, job)
 
+    async def _keep_leased(
+        self, defn: QueueWorkerDefinition, holder: list[Job], stop: asyncio.Event
+    ) -> None:
+        """Extend the running job's lease until ``stop``; ``holder[0]`` is the latest lease."""
+        assert self.queue_bridge is not None
+        first = holder[0]
+        ttl_ms = max(first.lease_expires_at_ms - now_ms(), 1)
+        every_s = (defn.lease_renew_every_ms or ttl_ms / 3) / 1000
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
+            if stop.is_set():
+                return
+            try:
+                holder[0] = await self.queue_bridge.extend_lease(holder[0])
+            except Exception as exc:  # the next tick tries again; an expired lease stays lost
+                self.log.warning(
+                    "%s: extending the lease of job %s failed: %s", self.builder.name, first.id, exc
+                )
+
     async def _run_job(self, defn: QueueWorkerDefinition, job: Job) -> None:
         assert self.queue_bridge is not None
         queue = self.queue_bridge
         with self._inflight.track():
             ctx = self._context(None, defn.queue, job)
+            holder = [job]
+            stop = asyncio.Event()
+            renewal = asyncio.create_task(self._keep_leased(defn, holder, stop))
             try:
                 try:
-                    await defn.handler(ctx, job)
+                    try:
+                        await defn.handler(ctx, job)
+                    finally:
+                        stop.set()
+                        await asyncio.shield(renewal)
+                        job = holder[0]  # ack/nack with the latest lease
                 except HandledError as exc:
                     reason = f"handled error {exc.status}: {exc.message}"
                     await queue.move_to_dead_letter(job, reason)

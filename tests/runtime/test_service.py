@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 import pytest
@@ -15,7 +16,7 @@ from reference_services.runtime.messages import MessageType
 from reference_services.runtime.service import DefinitionError, ServiceBuilder
 from reference_services.runtime.spi.capabilities import EventBridgeCapabilities, unsupported
 
-from .helpers import command, wait_for
+from .helpers import command, wait_for, wait_for_async
 
 
 class In(BaseModel):
@@ -239,3 +240,83 @@ async def test_context_invoke_and_emit_carry_principal_and_tenant(bridge) -> Non
     assert out == "hi"
     await wait_for(lambda: len(seen) == 2)
     assert seen == [("p", "t"), ("p", "t")]
+
+
+async def test_a_job_longer_than_its_lease_runs_once_and_is_acked(bridge) -> None:
+    from reference_services.adapters.memory.queue_bridge import DefaultQueueBridge
+
+    queue = DefaultQueueBridge()
+    await queue.start()
+    svc = ServiceBuilder("jobs", "1")
+    runs: list[int] = []
+    finished: list[int] = []
+
+    @svc.queue_worker("long", concurrency=3, wait_ms=20)
+    async def work(ctx, job):
+        runs.append(job.attempt)
+        await asyncio.sleep(1.0)  # three times the 300 ms lease
+        finished.append(job.attempt)
+
+    instance = svc.get_instance(bridge, queue_bridge=queue)
+    await instance.start()
+    await queue.enqueue("long", {"n": 1}, lease_ttl_ms=300)
+    await wait_for(lambda: len(finished) == 1, within=10)
+    await wait_for_async(lambda: _settled(queue, "long"), within=5, what="the ack")
+    assert runs == [1], "the job ran again while its first run was still going"
+    assert await queue.peek_dead_letter("long") == []
+    await instance.destroy()
+    await queue.destroy()
+
+
+async def _settled(queue, name: str) -> bool:
+    metrics = await queue.metrics(name)
+    return metrics.pending == 0 and metrics.inflight == 0
+
+
+async def test_a_definition_error_after_registering_leaves_no_binding(bridge) -> None:
+    svc = ServiceBuilder("half", "1")
+
+    @svc.command("ping")
+    async def ping(ctx, payload, parameter):
+        return "pong"
+
+    @svc.queue_worker("jobs")
+    async def work(ctx, job):
+        return None
+
+    with pytest.raises(DefinitionError, match="no queue bridge"):
+        await svc.get_instance(bridge).start()
+    assert bridge.core.registered_commands == []
+    assert bridge.core.registered_subscriptions == []
+
+
+class _SlowBinds(DefaultEventBridge):
+    """Binding takes a moment, as it does over a network."""
+
+    async def _bind_command(self, reg) -> None:
+        await asyncio.sleep(0.05)
+        await super()._bind_command(reg)
+
+
+async def test_concurrent_start_and_destroy_do_not_interleave() -> None:
+    bridge = _SlowBinds(MemoryHub())
+    await bridge.start()
+    svc = ServiceBuilder("racy", "1")
+    calls: list[str] = []
+
+    @svc.command("ping")
+    async def ping(ctx, payload, parameter):
+        calls.append("ping")
+        return "pong"
+
+    instance = svc.get_instance(bridge)
+    await asyncio.gather(instance.start(), instance.destroy())
+    assert bridge.core.registered_commands == [], "destroy during start was lost"
+    assert not await instance.is_ready()
+    await asyncio.gather(instance.start(), instance.start(), instance.destroy(), instance.start())
+    assert len(bridge.core.registered_commands) == 1
+    assert await instance.is_ready()
+    await instance.destroy()
+    assert bridge.core.registered_commands == []
+    await asyncio.gather(instance.destroy(), instance.destroy())
+    await bridge.destroy()
