@@ -73,3 +73,32 @@ async def test_malformed_dead_lettered(aut: AdapterUnderTest) -> None:
     reasons = [m.payload.get("reason") for m in rec.messages]
     assert all(reasons), f"dead letters without a reason: {reasons}"
     assert handled.total_delivered == 0, "an undecodable delivery reached the handler"
+
+
+@check("robustness.wire.duplicate_ids", kinds=EB, needs=("duplicate_ids_dropped",))
+async def test_duplicate_ids(aut: AdapterUnderTest) -> None:
+    """The same message (one id) emitted three times reaches a subscription once; messages
+    with other ids still arrive, each once."""
+    from conformance.kit import event
+
+    ledger = Ledger("subscriber")
+    consumer = await aut.new()
+    await consumer.register_subscription(
+        subscription("dedupe", event_name="dup"), Recorder(ledger, "consumer")
+    )
+    producer = await aut.new()
+    n = aut.n(10)
+    for i in range(n):
+        msg = event(producer, "dup", {"id": f"dup-{i}"})
+        ledger.sent(f"dup-{i}")
+        for _ in range(3):
+            await producer.emit_message(msg)
+    await wait_for(ledger.all_arrived, 15)
+    await wait_quiet(lambda: ledger.total_delivered, quiet_s=0.5)
+    aut.metric("emitted", 3 * n)
+    aut.metric("delivered", ledger.total_delivered)
+    assert ledger.all_arrived(), "a message never arrived"
+    assert ledger.total_delivered == n, (
+        f"{n} distinct ids emitted three times each: {ledger.total_delivered} deliveries "
+        f"(expected {n})"
+    )

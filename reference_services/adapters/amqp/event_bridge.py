@@ -159,6 +159,7 @@ class AmqpBridge(EventBridgeBase):
         publisher_confirms=YES,
         # one queue per subscription, confirms in publish order on one channel
         per_sender_order=YES,
+        duplicate_ids_dropped=YES,
     )
 
     def __init__(

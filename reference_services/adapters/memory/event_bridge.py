@@ -185,6 +185,7 @@ class DefaultEventBridge(EventBridgeBase):
         native_dead_lettering=unsupported("dead letters are emitted as events; nothing keeps them"),
         reconnect=unsupported("in-process: there is no connection to lose"),
         per_sender_order=YES,
+        duplicate_ids_dropped=YES,
     )
 
     def __init__(self, hub: MemoryHub | None = None, **kwargs: Any) -> None:

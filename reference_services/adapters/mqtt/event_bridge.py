@@ -170,6 +170,7 @@ class MqttBridge(EventBridgeBase):
         publisher_confirms=YES,
         # QoS 1 keeps the order of one publishing client towards one subscriber
         per_sender_order=YES,
+        duplicate_ids_dropped=YES,
     )
 
     def __init__(

@@ -101,6 +101,7 @@ class NatsBridge(EventBridgeBase):
         max_message_bytes=1024 * 1024,
         # one stream per deployment: a consumer sees messages in stream order
         per_sender_order=YES,
+        duplicate_ids_dropped=YES,
     )
 
     def __init__(

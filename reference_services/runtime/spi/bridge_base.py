@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -72,6 +72,8 @@ RAW_LIMIT = 64 * 1024
 #: after a short while, so that an outage never turns them into a backlog
 MAX_INFO_IN_FLIGHT = 64
 INFO_PUBLISH_TIMEOUT_S = 2.0
+#: how many handled message ids each subscription remembers to drop duplicates
+DEDUPE_WINDOW = 10_000
 
 
 class Disposition(StrEnum):
@@ -143,6 +145,10 @@ class BridgeCore:
         self._free_slots: int | None = None
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._gone_waiters = 0
+        #: per subscription: ids handled lately (acked or dead-lettered), and running now
+        self._handled: dict[tuple[str, str, str], OrderedDict[str, None]] = {}
+        self._handling: set[tuple[tuple[str, str, str], str]] = set()
+        self.duplicates_dropped = 0
         #: invocations that timed out waiting for a send slot (never sent)
         self.unsent_timeouts = 0
         #: commands refused because their body names another function than their route
@@ -394,6 +400,30 @@ class BridgeCore:
         policy and, once attempts are exhausted, the message is dead-lettered
         with its reason (emitted to ``dead_letter_target`` if one is set).
         """
+        sub = reg.subscription
+        seen = (sub.key, message.id)
+        handled = self._handled.setdefault(sub.key, OrderedDict())
+        if message.id in handled or seen in self._handling:
+            # published twice with one id, or redelivered while (or after) it ran here
+            self.duplicates_dropped += 1
+            self._bridge.log.info(
+                "subscription %s: duplicate of message %s dropped", sub.subscriber, message.id
+            )
+            return DeliveryOutcome(Disposition.ACK, reason="duplicate message id")
+        self._handling.add(seen)
+        try:
+            outcome = await self._run_subscription(reg, message, attempt)
+        finally:
+            self._handling.discard(seen)
+        if outcome.disposition is not Disposition.RETRY:
+            handled[message.id] = None
+            while len(handled) > DEDUPE_WINDOW:
+                handled.popitem(last=False)
+        return outcome
+
+    async def _run_subscription(
+        self, reg: RegisteredSubscription, message: AnyMessage, attempt: int
+    ) -> DeliveryOutcome:
         sub = reg.subscription
         with self.inflight.track():
             with telemetry.span(

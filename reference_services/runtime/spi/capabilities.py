@@ -81,6 +81,9 @@ class EventBridgeCapabilities(_Capabilities):
     - ``numbers``: how payload numbers travel (:data:`Numbers`).
     - ``per_sender_order``: the events of one sending instance reach one subscriber in the
       order they were emitted (first deliveries; a retried message may come later).
+    - ``duplicate_ids_dropped``: a message whose id an instance's subscription already
+      handled (among the last ``DEDUPE_WINDOW`` ids) or is handling now is acked, not run
+      again (published twice with one id, or redelivered after a lost ack).
     """
 
     delivery: Delivery = "at_least_once"
@@ -100,6 +103,7 @@ class EventBridgeCapabilities(_Capabilities):
     publisher_confirms: Support = YES
     per_sender_order: Support = field(default_factory=lambda: unsupported("not declared"))
     numbers: Numbers = "exact"
+    duplicate_ids_dropped: Support = field(default_factory=lambda: unsupported("not declared"))
     max_message_bytes: int | None = None
 
 
