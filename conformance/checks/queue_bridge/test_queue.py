@@ -283,13 +283,26 @@ async def test_blocking_lease(aut: AdapterUnderTest) -> None:
 
 @check("queue_bridge.extend_lease", kinds=QB, needs=("lease_recovery",))
 async def test_extend_lease(aut: AdapterUnderTest) -> None:
-    """An extended lease is not recovered at the original expiry."""
+    """An extended lease is not recovered at the original expiry, and still expires after the
+    extension (the job comes back at attempt 2); the holder can ack while it holds."""
     q, other = await aut.new(), await aut.new()
     await q.enqueue("extend", {"x": 1}, lease_ttl_ms=300)
     job = await _lease_one(q, "extend")
     job = await q.extend_lease(job, 3000)
     assert await _lease_one(other, "extend", 0.6) is None, "extended lease was recovered"
     await q.ack(job)
+    job_id = await q.enqueue("extend-expires", {"x": 2}, lease_ttl_ms=300)
+    job = await _lease_one(q, "extend-expires")
+    assert job is not None
+    watch = time.monotonic()
+    await q.extend_lease(job, 900)
+    assert await _lease_one(other, "extend-expires", 0.5) is None, "extended lease recovered"
+    again = await _lease_one(other, "extend-expires", 10)
+    took = time.monotonic() - watch
+    assert again is not None and again.id == job_id, "an extended lease never expired"
+    assert again.attempt == 2, f"attempt after the extended lease expired: {again.attempt}"
+    assert took >= 0.85, f"recovered after {took:.3f}s, before the 0.9s extension ran out"
+    await other.ack(again)
 
 
 @check("queue_bridge.lifecycle.ready_healthy", kinds=QB)

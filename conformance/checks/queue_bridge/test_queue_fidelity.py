@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from hypothesis import given
@@ -63,3 +64,61 @@ async def test_numbers(aut: AdapterUnderTest) -> None:
         return jobs[0].payload
 
     await expect_numbers(mode, round_trip)
+
+
+@check("queue_bridge.fidelity.dead_letter_redrive", kinds=("queue_bridge",))
+async def test_dead_letter_redrive(aut: AdapterUnderTest) -> None:
+    """A dead letter keeps the job's queue, payload, parameter, headers and idempotency key,
+    with the time it was dead-lettered; redrive without ids returns every dead letter, and
+    the redriven jobs come back unchanged at attempt 1."""
+    q = await aut.new()
+    jobs = {
+        await q.enqueue(
+            "dl-fid",
+            {"n": i, "text": "ünï", "nested": [i, None]},
+            [i, {"p": True}],
+            headers={"x-origin": f"test-{i}"},
+            idempotency_key=f"dl-fid-{i}" if aut.supports("idempotency_keys") else None,
+            max_attempts=1,
+        ): i
+        for i in range(3)
+    }
+    before = time.time() * 1000
+    for _ in jobs:
+        leased = await q.lease_next("dl-fid", 1)
+        assert leased, "a job vanished before its dead letter"
+        assert await q.nack(leased[0], "no") == "dead_letter"
+    after = time.time() * 1000
+    dead = {d.id: d for d in await q.peek_dead_letter("dl-fid")}
+    assert set(dead) == set(jobs), f"dead letters {sorted(dead)} != jobs {sorted(jobs)}"
+    for job_id, i in jobs.items():
+        d = dead[job_id]
+        got = (d.queue, canon(d.payload), canon(d.parameter), d.headers.get("x-origin"))
+        want = (
+            "dl-fid",
+            canon({"n": i, "text": "ünï", "nested": [i, None]}),
+            canon([i, {"p": True}]),
+            f"test-{i}",
+        )
+        assert got == want, f"dead letter {job_id}: {got} != {want}"
+        if aut.supports("idempotency_keys"):
+            assert d.idempotency_key == f"dl-fid-{i}", f"idempotency key lost: {d!r}"
+        assert before - 5000 <= d.dead_lettered_at_ms <= after + 5000, (
+            f"dead_lettered_at_ms {d.dead_lettered_at_ms} not within 5 s of the nacks "
+            f"[{before:.0f}, {after:.0f}]"
+        )
+    assert await q.redrive_dead_letter("dl-fid") == len(jobs), "redrive without ids: not all"
+    back = {}
+    for _ in jobs:
+        leased = await q.lease_next("dl-fid", 1)
+        assert leased, f"redriven jobs missing; got {sorted(back)}"
+        back[leased[0].id] = leased[0]
+        await q.ack(leased[0])
+    assert set(back) == set(jobs)
+    for job_id, i in jobs.items():
+        j = back[job_id]
+        assert j.attempt == 1, f"redriven job {job_id} at attempt {j.attempt}"
+        assert canon(j.payload) == canon({"n": i, "text": "ünï", "nested": [i, None]})
+        assert canon(j.parameter) == canon([i, {"p": True}])
+        assert j.headers.get("x-origin") == f"test-{i}", f"headers of a redriven job: {j.headers}"
+    assert await q.peek_dead_letter("dl-fid") == []
