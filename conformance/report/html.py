@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from html import escape
+from pathlib import Path
 from typing import Any
 
 from conformance.adapters import KINDS
@@ -279,6 +280,38 @@ def _capabilities(doc: dict[str, Any]) -> str:
     return "".join(out)
 
 
+MUTATION_SCORE = Path(__file__).with_name("mutation_score.json")
+
+
+def _mutation_score(path: Path = MUTATION_SCORE) -> str:
+    """The suite's own score: the last measured mutation score per module, with its date
+    (written by ``tools/mutation/run.py --record``; modules never measured are not shown)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    rows = [m for m in data.get("modules", []) if m.get("score") is not None]
+    if not rows:
+        return ""
+    out = [
+        "<h2>The suite's own score</h2>",
+        '<p class="small">Mutation testing (<code>make mutation</code>): mutants of the built-in '
+        "in-memory adapters and SPI bases that the contract checks kill; score = (killed + timed "
+        "out) / (total &minus; equivalent).</p>",
+        "<table><tr><th>module</th><th>measured</th><th>score</th><th>killed</th>"
+        "<th>survived</th><th>equivalent</th><th>total</th></tr>",
+    ]
+    for m in rows:
+        out.append(
+            f"<tr><td class='id'>{escape(str(m['module']))}</td><td>{escape(str(m['date']))}</td>"
+            f"<td class='c'>{100 * float(m['score']):.1f} %</td><td class='c'>{int(m['killed'])}"
+            f"</td><td class='c'>{int(m['survived'])}</td><td class='c'>{int(m['equivalent'])}"
+            f"</td><td class='c'>{int(m['total'])}</td></tr>"
+        )
+    out.append("</table>")
+    return "".join(out)
+
+
 def _label(r: dict[str, Any]) -> str:
     return (
         f'<a href="#{anchor(r)}">{escape(r["kind"])}:{escape(r["adapter"])} · '
@@ -346,6 +379,7 @@ def render(doc: dict[str, Any], baseline: dict[str, Any] | None = None) -> str:
         + _figures(doc)
         + _timings(doc)
         + _capabilities(doc)
+        + _mutation_score()
     )
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'

@@ -92,3 +92,15 @@ def test_killed_survived_and_equivalent(tmp_path: Path) -> None:
     (root / "eq.toml").write_text(lines[0].replace('line = "', 'line = "stale '))
     stale = _run(root, "summary")
     assert stale["stale_equivalents"] == [got["survivors"][0]["name"]], stale
+
+
+def test_report_quotes_recorded_scores(tmp_path: Path) -> None:
+    from conformance.report.html import _mutation_score
+
+    assert _mutation_score(tmp_path / "absent.json") == ""
+    path = tmp_path / "score.json"
+    row = {"module": "memory.stores", "date": "2026-12-01", "score": 0.9512, "killed": 39}
+    row |= {"survived": 2, "equivalent": 1, "total": 42}
+    path.write_text(json.dumps({"modules": [row]}))
+    html = _mutation_score(path)
+    assert "memory.stores" in html and "2026-12-01" in html and "95.1 %" in html

@@ -246,6 +246,28 @@ def run_mutmut(paths: Sequence[str], root: Path, workers: int, rerun_survivors: 
         mm.collect_source_file_mutation_data = original  # type: ignore[assignment]
 
 
+def record(results: list[ModuleResult], when: str, path: Path) -> None:
+    """Merge the fully measured modules into the recorded scores (others keep their entry)."""
+    try:
+        old = {m["module"]: m for m in json.loads(path.read_text(encoding="utf-8"))["modules"]}
+    except (OSError, ValueError, KeyError):
+        old = {}
+    for r in results:
+        if not r.measured or r.score is None:
+            continue
+        old[r.name] = {
+            "module": r.name,
+            "path": r.path,
+            "date": when,
+            "score": round(r.score, 4),
+            "total": r.total,
+            **{k.replace(" ", "_"): v for k, v in r.counts.items()},
+        }
+    order = {name: i for i, name in enumerate(MODULES)}
+    rows = sorted(old.values(), key=lambda m: order.get(m["module"], len(order)))
+    path.write_text(json.dumps({"modules": rows}, indent=2) + "\n", encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mutation", description=__doc__.splitlines()[0])
     p.add_argument("cmd", choices=("run", "summary"))
@@ -253,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="parallel mutants (default 2)")
     p.add_argument("--root", type=Path, default=Path.cwd(), help="the project (default: cwd)")
     p.add_argument("--out", type=Path, default=Path("reports/mutation"))
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="write the measured modules' scores (dated) to conformance/report/"
+        "mutation_score.json, which report.html and the README quote",
+    )
     p.add_argument("--equivalents", type=Path, default=EQUIVALENTS, help="the equivalents file")
     p.add_argument(
         "--keep-survivors", action="store_true", help="do not run cached survivors again"
@@ -272,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     results = summarise(paths, root, equivalents)
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     md = write_summary(results, args.out if args.out.is_absolute() else root / args.out, when)
+    if args.record:
+        record(results, when, root / "conformance" / "report" / "mutation_score.json")
     print(md.read_text(encoding="utf-8").split("\n## ")[0])
     print(f"mutation: summary in {md}")
     return 0
