@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import tomllib
@@ -211,6 +212,26 @@ def write_summary(results: list[ModuleResult], out_dir: Path, when: str) -> Path
     return md
 
 
+def _tests_hash(root: Path) -> str:
+    """A hash of every test file mutmut runs (the checks and their kit)."""
+    h = hashlib.sha256()
+    for sub in ("conformance", "tests"):
+        for f in sorted((root / sub).rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def _drop_stale_stats(root: Path) -> str:
+    """mutmut maps functions to tests once and only adds tests with new names; a changed
+    check keeps its old mapping. So when any test file changed, the mapping is rebuilt.
+    Returns the tests' hash, stamped once the run went through."""
+    stamp = root / "mutants" / "tests.sha256"
+    now = _tests_hash(root)
+    if not stamp.is_file() or stamp.read_text() != now:
+        (root / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+    return now
+
+
 def run_mutmut(paths: Sequence[str], root: Path, workers: int, rerun_survivors: bool) -> None:
     """Run mutmut (in this process, from ``root``) on the mutants of ``paths`` only.
 
@@ -222,6 +243,7 @@ def run_mutmut(paths: Sequence[str], root: Path, workers: int, rerun_survivors: 
     """
     os.chdir(root)
     os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(root / "mutants" / ".hypothesis"))
+    tests_hash = _drop_stale_stats(root)
     import mutmut.__main__ as mm
     from mutmut.stats import status_by_exit_code
 
@@ -242,6 +264,7 @@ def run_mutmut(paths: Sequence[str], root: Path, workers: int, rerun_survivors: 
     mm.collect_source_file_mutation_data = narrowed  # type: ignore[assignment]
     try:
         mm._run((), workers)
+        (root / "mutants" / "tests.sha256").write_text(tests_hash)
     finally:
         mm.collect_source_file_mutation_data = original  # type: ignore[assignment]
 
