@@ -1,7 +1,15 @@
 """pytest plugin `purista_harness`: real services as fixtures, namespaces, faults, histories.
 
-Options: ``--provider``, ``--keep-services``, ``--require-services``. A service that cannot
-be provided skips the test with its reason, or fails it under ``--require-services``.
+Options: ``--provider``, ``--keep-services``, ``--require-services``,
+``--skip-missing-services``; ini settings ``harness_provider``,
+``harness_require_services`` and ``harness_executables``. A service that cannot be
+provided skips the test with its reason, or fails it under ``--require-services`` and
+whenever the ``CI`` environment variable is set (a CI job without brokers must not be
+green; ``--skip-missing-services`` skips anyway).
+
+Service fixtures are ``harness_rabbitmq``, ``harness_nats``, ``harness_redis``,
+``harness_mosquitto`` and ``harness_toxiproxy``; the unprefixed names (which clash with
+pytest-rabbitmq and pytest-redis) still work for one release, with a deprecation warning.
 
 The session is a run (:mod:`harness.run`): SIGTERM, SIGINT or SIGHUP stop every
 service process of it and exit 128 + the signal; a reaper process reaps it when the
@@ -10,9 +18,11 @@ runner is killed; its temporary files are removed at the end.
 
 from __future__ import annotations
 
+import os
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -48,20 +58,32 @@ class _HarnessState:
 
     @property
     def require(self) -> bool:
-        return bool(self.config.getoption("require_services"))
+        """Fail rather than skip: --require-services, the ini setting, or $CI set."""
+        config = self.config
+        if config.getoption("require_services") or _ini_true(config, "harness_require_services"):
+            return True
+        if config.getoption("skip_missing_services"):
+            return False
+        try:  # conformance reports missing services as "not tested" itself
+            if config.getoption("cf_allow_missing_services"):
+                return False
+        except ValueError:
+            pass
+        return _ci()
 
     def registry(self) -> ServiceSet:
         if self.services is None:
             from harness.services.registry import ServiceSet
             from harness.services.select import select_provider
 
-            self.services = ServiceSet(select_provider(self.config.getoption("harness_provider")))
+            self.services = ServiceSet(select_provider(provider_option(self.config)))
         return self.services
 
     def unavailable(self, exc: BaseException) -> None:
-        """Skip (or fail under --require-services) because a service cannot be provided."""
+        """Skip (or fail under --require-services or $CI) because a service cannot be provided."""
         if self.require:
-            pytest.fail(f"{exc} (--require-services)", pytrace=False)
+            why = "--require-services" if not _ci() else "CI is set; --skip-missing-services skips"
+            pytest.fail(f"{exc} ({why})", pytrace=False)
         raise ServiceSkipped(str(exc))
 
     def get(self, name: str) -> ServiceHandle:
@@ -80,6 +102,22 @@ class _HarnessState:
         self.services.close(keep=keep)
 
 
+def _ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _ini_true(config: pytest.Config, name: str) -> bool:
+    return str(config.getini(name)).strip().lower() in ("1", "true", "yes", "on")
+
+
+def provider_option(config: pytest.Config) -> str | None:
+    """--provider, else $HARNESS_PROVIDER (left to select_provider), else the ini setting."""
+    opt = config.getoption("harness_provider")
+    if opt or os.environ.get("HARNESS_PROVIDER"):
+        return opt
+    return str(config.getini("harness_provider")).strip() or None
+
+
 def _describe(services: ServiceSet) -> dict[str, str]:
     out = {}
     for name, handle in services.running.items():
@@ -96,7 +134,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--keep-services", dest="keep_services", action="store_true",
                     help="leave the session's services running and print their URLs")
     group.addoption("--require-services", dest="require_services", action="store_true",
-                    help="fail (instead of skip) tests whose services cannot be provided")
+                    help="fail (instead of skip) tests whose services cannot be provided "
+                    "(the default when $CI is set)")
+    group.addoption("--skip-missing-services", dest="skip_missing_services",
+                    action="store_true",
+                    help="skip tests whose services cannot be provided, even when $CI is set")
+    parser.addini("harness_provider", "where services come from: auto, local, docker or "
+                  "external (--provider and $HARNESS_PROVIDER win)", default="")
+    parser.addini("harness_require_services", "fail instead of skip when a service cannot "
+                  "be provided (true/false)", default="false")
+    parser.addini("harness_executables", "binaries of the local provider, one per line: "
+                  "redis-server=/opt/redis/bin/redis-server (or $HARNESS_BIN_REDIS_SERVER)",
+                  type="linelist", default=[])
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -106,12 +155,26 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     state = _HarnessState(config)
     config.stash[_STATE] = state
+    _executables(config)
     current = run.current()
     if config.getoption("keep_services"):
         current.tie_children = False  # no parent-death signal for what must outlive us
     if not current.begun:  # not inside `conformance run` or an outer session (pytester)
         state.owns_run = current.owner
         run.begin()
+
+
+def _executables(config: pytest.Config) -> None:
+    """``harness_executables`` lines as $HARNESS_BIN_* (so workers and children see them)."""
+    from harness.services.local_recipes import executable_variable
+
+    for line in config.getini("harness_executables"):
+        binary, eq, path = str(line).partition("=")
+        if not eq or not binary.strip() or not path.strip():
+            raise pytest.UsageError(
+                f"harness_executables: {line!r} is not binary=/path/to/binary"
+            )
+        os.environ.setdefault(executable_variable(binary.strip()), path.strip())
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -158,34 +221,78 @@ def harness_services(request: pytest.FixtureRequest) -> ServiceSet:
         raise pytest.UsageError(str(exc)) from exc
 
 
-@pytest.fixture(scope="session")
-def rabbitmq(request: pytest.FixtureRequest) -> ServiceHandle:
-    """The session's RabbitMQ (started on first use)."""
-    return request.config.stash[_STATE].get("rabbitmq")
+_HANDLE_DOC = """
+
+    A ``ServiceHandle``: ``.url`` (with credentials; shown as ``***`` in reprs and
+    reports), ``.host``, ``.port``, ``.address`` (``host:port``), ``.version`` (as the
+    server reports it), ``.name``, ``.env()`` (``{{"{var}": url}}``), ``.log_path`` (local
+    provider). Skips the test when the service cannot be provided (fails under
+    ``--require-services`` or ``$CI``).
+
+    Example::
+
+        {example}
+"""
 
 
-@pytest.fixture(scope="session")
-def nats(request: pytest.FixtureRequest) -> ServiceHandle:
-    """The session's nats-server with JetStream."""
-    return request.config.stash[_STATE].get("nats")
+def _service_fixture(service: str, summary: str, var: str, example: str) -> Callable[..., Any]:
+    def fixture(request: pytest.FixtureRequest) -> ServiceHandle:
+        return request.config.stash[_STATE].get(service)
+
+    fixture.__name__ = f"harness_{service}"
+    fixture.__doc__ = summary + _HANDLE_DOC.format(var=var, example=example)
+    return pytest.fixture(scope="session", name=f"harness_{service}")(fixture)
 
 
-@pytest.fixture(scope="session")
-def redis(request: pytest.FixtureRequest) -> ServiceHandle:
-    """The session's Redis (append-only file, fsync always)."""
-    return request.config.stash[_STATE].get("redis")
+def _deprecated_alias(service: str) -> Callable[..., Any]:
+    def alias(request: pytest.FixtureRequest) -> ServiceHandle:
+        warnings.warn(
+            f"the {service!r} fixture is deprecated (it clashes with other plugins' fixtures); "
+            f"use 'harness_{service}'",
+            HarnessFixtureDeprecation,
+            stacklevel=2,
+        )
+        return request.getfixturevalue(f"harness_{service}")
+
+    alias.__name__ = service
+    alias.__doc__ = f"Deprecated alias of ``harness_{service}`` (kept for one release)."
+    return pytest.fixture(scope="session", name=service)(alias)
 
 
-@pytest.fixture(scope="session")
-def mosquitto(request: pytest.FixtureRequest) -> ServiceHandle:
-    """The session's Mosquitto (anonymous, persistence on)."""
-    return request.config.stash[_STATE].get("mosquitto")
+class HarnessFixtureDeprecation(DeprecationWarning):
+    """An unprefixed service fixture (``redis``...) was used; use ``harness_redis``."""
 
 
-@pytest.fixture(scope="session")
-def toxiproxy(request: pytest.FixtureRequest) -> ServiceHandle:
-    """The session's toxiproxy-server."""
-    return request.config.stash[_STATE].get("toxiproxy")
+harness_rabbitmq = _service_fixture(
+    "rabbitmq", "The session's RabbitMQ (started on first use).", "AMQP_URL",
+    "async def test_publish(harness_rabbitmq):\n"
+    "            connection = await aio_pika.connect(harness_rabbitmq.url)",
+)
+harness_nats = _service_fixture(
+    "nats", "The session's nats-server with JetStream.", "NATS_URL",
+    "async def test_kv(harness_nats):\n"
+    "            nc = await nats.connect(harness_nats.url)",
+)
+harness_redis = _service_fixture(
+    "redis", "The session's Redis (append-only file, fsync always).", "REDIS_URL",
+    "def test_ping(harness_redis):\n"
+    "            assert redis.Redis.from_url(harness_redis.url).ping()",
+)
+harness_mosquitto = _service_fixture(
+    "mosquitto", "The session's Mosquitto (anonymous, persistence on).", "MQTT_URL",
+    "def test_connect(harness_mosquitto):\n"
+    "            client.connect(harness_mosquitto.host, harness_mosquitto.port)",
+)
+harness_toxiproxy = _service_fixture(
+    "toxiproxy", "The session's toxiproxy-server (see also ``proxied``).", "TOXIPROXY_URL",
+    "def test_cut(harness_toxiproxy, proxied, harness_redis):\n"
+    "            proxy = proxied(harness_redis)",
+)
+rabbitmq = _deprecated_alias("rabbitmq")
+nats = _deprecated_alias("nats")
+redis = _deprecated_alias("redis")
+mosquitto = _deprecated_alias("mosquitto")
+toxiproxy = _deprecated_alias("toxiproxy")
 
 
 @pytest.fixture
@@ -220,11 +327,11 @@ def fresh_service(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Se
 
 
 @pytest.fixture
-def toxiproxy_client(toxiproxy: ServiceHandle) -> Toxiproxy:
+def toxiproxy_client(harness_toxiproxy: ServiceHandle) -> Toxiproxy:
     """A client of the session's toxiproxy-server."""
     from harness.faults.network import Toxiproxy
 
-    return Toxiproxy(toxiproxy)
+    return Toxiproxy(harness_toxiproxy)
 
 
 @pytest.fixture

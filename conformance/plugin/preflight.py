@@ -19,7 +19,8 @@ from reference_services.runtime.redact import redact_text
 
 CONNECT_TIMEOUT_S = 3.0
 PROBE_TIMEOUT_S = 5.0
-SERVICE_FIXTURES = set(SPECS)  # the harness' services are also pytest fixtures
+# the harness' services are also pytest fixtures (harness_redis; redis is deprecated)
+SERVICE_FIXTURES = {**{n: n for n in SPECS}, **{f"harness_{n}": n for n in SPECS}}
 # the faults suite proxies every broker through Toxiproxy; its service processes share
 # the process backend (queue and idempotency state)
 FAULTS_EXTRA = ("toxiproxy", *process_backend_services())
@@ -29,7 +30,7 @@ def services_of(
     spec_services: Iterable[str], fixturenames: Iterable[str], faults: bool
 ) -> set[str]:
     """The services one check needs: its adapter's, the service fixtures it uses, faults' own."""
-    out = set(spec_services) | (set(fixturenames) & SERVICE_FIXTURES)
+    out = set(spec_services) | {SERVICE_FIXTURES[f] for f in fixturenames if f in SERVICE_FIXTURES}
     if faults and out:
         out.update(FAULTS_EXTRA)
     return out

@@ -29,8 +29,17 @@ class Recipe:
     ready_marker: str | None = None  # text the log must show (after the start offset)
 
 
+def executable_variable(binary: str) -> str:
+    """The variable naming a binary's path: ``redis-server`` -> ``HARNESS_BIN_REDIS_SERVER``."""
+    return "HARNESS_BIN_" + "".join(c if c.isalnum() else "_" for c in binary).upper()
+
+
 def which(binary: str) -> str | None:
-    """Absolute path of a binary (also looks in /usr/sbin, /usr/local/bin, ~/.local/bin)."""
+    """Absolute path of a binary: ``$HARNESS_BIN_<NAME>`` if set, else the PATH (also
+    /usr/sbin, /usr/local/bin, ~/.local/bin)."""
+    override = os.environ.get(executable_variable(os.path.basename(binary)))
+    if override:
+        binary = override
     if os.path.isabs(binary):
         return binary if os.access(binary, os.X_OK) else None
     extra = os.pathsep.join(

@@ -13,8 +13,8 @@ import pytest
 TEST_FILE = '''
 import pytest
 
-def test_needs_redis(redis):
-    assert redis.url
+def test_needs_redis(harness_redis):
+    assert harness_redis.url
 
 @pytest.mark.requires_services("nats")
 def test_marked():
@@ -25,10 +25,11 @@ def test_plain(namespace, history):
 '''
 
 
-def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _run(tmp_path: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "test_sample.py").write_text(TEST_FILE)
     env = {k: v for k, v in os.environ.items()
-           if not k.endswith("_URL") and k != "HARNESS_PROVIDER"}
+           if not k.endswith("_URL") and k not in ("HARNESS_PROVIDER", "CI")}
+    env.update(extra_env)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir",
          str(tmp_path), str(tmp_path / "test_sample.py"), *args],
@@ -101,3 +102,51 @@ def test_no_service_process_outlives_the_session(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     left = procs.pids_with_env("HARNESS_SESSION_MARKER", marker)
     assert not left, f"outlived the session: {left}"
+
+
+def test_missing_services_fail_when_ci_is_set(tmp_path: Path) -> None:
+    proc = _run(tmp_path, "--provider", "external", CI="true")
+    assert proc.returncode == 1
+    assert "1 passed, 2 errors" in proc.stdout
+    assert "CI is set" in proc.stdout
+    proc = _run(tmp_path, "--provider", "external", "--skip-missing-services", CI="true")
+    assert proc.returncode == 0 and "1 passed, 2 skipped" in proc.stdout, proc.stdout
+
+
+def test_prefixed_fixtures_and_deprecated_aliases(tmp_path: Path) -> None:
+    (tmp_path / "test_names.py").write_text(
+        "def test_new(harness_redis):\n    pass\n\n"
+        "def test_old(redis):\n    pass\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CI")}
+    env["REDIS_URL"] = "redis://127.0.0.1:1/0"  # given, not probed: both resolve to it
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir",
+         str(tmp_path), str(tmp_path / "test_names.py"), "--provider", "external"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path, check=False)
+    assert "2 passed" in proc.stdout, proc.stdout + proc.stderr
+    assert "HarnessFixtureDeprecation" in proc.stdout
+    assert "use 'harness_redis'" in proc.stdout
+    assert proc.stdout.count("is deprecated") == 1  # the new name does not warn
+
+
+def test_ini_settings_choose_the_provider_and_require_services(tmp_path: Path) -> None:
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nharness_provider = external\nharness_require_services = true\n"
+        "harness_executables =\n    redis-server=/nonexistent/redis-server\n"
+    )
+    proc = _run(tmp_path, "-c", str(tmp_path / "pytest.ini"))
+    assert proc.returncode == 1, proc.stdout
+    assert "1 passed, 2 errors" in proc.stdout
+    assert "REDIS_URL" in proc.stdout  # the external provider's reason: the ini chose it
+
+
+def test_executables_setting_points_the_local_provider_at_a_binary(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from harness.services.local_recipes import executable_variable, which
+
+    monkeypatch.setenv(executable_variable("redis-server"), "/nonexistent/redis-server")
+    assert which("redis-server") is None  # the setting wins over the PATH, and is checked
+    monkeypatch.setenv(executable_variable("redis-server"), sys.executable)
+    assert which("redis-server") == sys.executable
