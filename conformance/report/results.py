@@ -12,10 +12,24 @@ from conformance.kit.under_test import AdapterUnderTest
 from reference_services.runtime.redact import redact_text
 
 
+def _first_cause(exc: BaseException) -> BaseException | None:
+    """The first real failure inside an exception group (Hypothesis' FlakyFailure...)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def message_of(call: pytest.CallInfo[Any]) -> str:
     if call.excinfo is None:
         return ""
     exc = call.excinfo.value
+    if isinstance(exc, BaseExceptionGroup):
+        # "produces unreliable results" hides what failed (e.g. lost messages): lead with it
+        cause = _first_cause(exc)
+        head = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if cause is not None and cause is not exc:
+            text = f"{type(cause).__name__}: {str(cause).strip()}".strip()
+            return f"{text}\n({type(exc).__name__}: {head})"[:4000]
     text = str(exc).strip() or type(exc).__name__
     if isinstance(exc, AssertionError) or not hasattr(exc, "msg"):
         text = f"{type(exc).__name__}: {text}" if not isinstance(exc, AssertionError) else text
