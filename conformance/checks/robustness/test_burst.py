@@ -7,6 +7,7 @@ import asyncio
 import ctypes
 import gc
 import os
+import sys
 import time
 from array import array
 from collections import Counter
@@ -43,6 +44,12 @@ def _settled_rss_mb() -> float:
     except (OSError, AttributeError):
         pass
     return _rss_mb()
+
+
+def _census() -> Counter[str]:
+    """Live objects by type (what a leak would show)."""
+    gc.collect()
+    return Counter(type(o).__name__ for o in gc.get_objects())
 
 
 async def _sample_peak(peak: list[float], stop: asyncio.Event) -> None:
@@ -83,6 +90,8 @@ async def test_burst_paused_broker(aut: AdapterUnderTest) -> None:
     # the commands exist before the burst (what is measured is the bridge, not building them)
     commands = [command(client, addr("burst"), {"i": i}) for i in range(n)]
     before = _settled_rss_mb()
+    blocks_before = sys.getallocatedblocks()
+    types_before = _census()
     warm_runs = runs
     statuses: Counter[str] = Counter()
     # an array, not a list of floats: 10,000 float objects made during the burst would pin
@@ -120,6 +129,10 @@ async def test_burst_paused_broker(aut: AdapterUnderTest) -> None:
     ended.clear()
     latencies_sorted = sorted(latencies)
     after = _settled_rss_mb()
+    # live Python objects (not judged): tells a leak from memory the allocator keeps
+    aut.metric("allocated_blocks_before", blocks_before)
+    aut.metric("allocated_blocks_after", sys.getallocatedblocks())
+    aut.metric("objects_kept", dict((_census() - types_before).most_common(8)))
     slowest = latencies_sorted[-1]
     aut.metric("invokes", n)
     aut.metric("ttl_s", TTL_S)

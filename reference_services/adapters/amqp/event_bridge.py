@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import dataclasses
 import logging
 import os
@@ -71,6 +70,7 @@ from reference_services.adapters.amqp import topology as topo
 from reference_services.adapters.amqp.connection import BackoffRobustConnection, wait_connected
 from reference_services.runtime.codec import MessageDecodeError, decode
 from reference_services.runtime.errors import StatusCode, UnhandledError
+from reference_services.runtime.ids import now_ms
 from reference_services.runtime.messages import (
     Address,
     AnyMessage,
@@ -90,9 +90,6 @@ from reference_services.runtime.spi.bridge_base import (
 from reference_services.runtime.spi.capabilities import YES, EventBridgeCapabilities, unsupported
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
-_COMMAND_TTL: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "purista_amqp_command_ttl", default=None
-)
 _MAX_REASON = 1000
 
 
@@ -536,7 +533,11 @@ class AmqpBridge(EventBridgeBase):
         await self._publish_amqp(self._amqp_message(message))
 
     async def _send_command(self, command: Command) -> None:
-        ttl = _COMMAND_TTL.get() or self.default_command_ttl_s
+        # what is left of the invoker's ttl (invoke stamps the deadline): it also expires
+        # the queued command in the broker (PURISTA's per-message expiration)
+        ttl = self.default_command_ttl_s
+        if command.expires_at is not None:
+            ttl = max((command.expires_at - now_ms()) / 1000, 0.001)
         msg = self._amqp_message(command, reply_to=self.reply_queue, expiration_s=ttl)
         pinned = command.receiver.instance_id
         try:
@@ -554,14 +555,6 @@ class AmqpBridge(EventBridgeBase):
             raise UnhandledError(
                 f"no instance serves command {command.receiver}", StatusCode.NOT_FOUND
             ) from None
-
-    async def invoke(self, command: Command, ttl_s: float | None = None) -> Any:
-        """See :meth:`EventBridgeBase.invoke`; the ttl also expires the queued command."""
-        token = _COMMAND_TTL.set(self.default_command_ttl_s if ttl_s is None else ttl_s)
-        try:
-            return await super().invoke(command, ttl_s)
-        finally:
-            _COMMAND_TTL.reset(token)
 
     async def _reply(self, incoming: AbstractIncomingMessage, response: CommandResponse) -> bool:
         if not incoming.reply_to:
