@@ -22,10 +22,11 @@ _OPTIONAL_ENVELOPE = (
     "principalId",
     "tenantId",
     "eventName",
-    "otp",
     "receiver",
     "expiresAt",
 )
+EMPTY_OTP = "{}"
+"""PURISTA always sends ``otp``: the W3C carrier as a JSON string, ``{}`` without a span."""
 _KNOWN_TYPES = ", ".join(t.value for t in MessageType)
 # Fields with a construction-time default that must nevertheless be on the wire.
 _REQUIRED_ON_WIRE: dict[str, tuple[str, ...]] = {
@@ -54,19 +55,30 @@ def _reject_constant(name: str) -> Any:
 
 
 def to_wire(message: AnyMessage) -> dict[str, Any]:
-    """The message as the camelCase dict that goes on the wire."""
+    """The message as the camelCase dict that goes on the wire, shaped as PURISTA's
+    ``JSON.stringify`` shapes it: a field without a value is left out (never
+    ``null``), and ``otp`` is always there."""
     data = _ADAPTER.dump_python(message, by_alias=True, mode="python")
     for key in _OPTIONAL_ENVELOPE:
         if data.get(key, 0) is None:
             del data[key]
+    if data.get("otp") is None:
+        data["otp"] = EMPTY_OTP
+    if data.get("payload", 0) is None:
+        del data["payload"]
     for key in ("sender", "receiver"):
         address = data.get(key)
         if isinstance(address, dict) and address.get("instanceId", 0) is None:
             del address["instanceId"]
     payload = data.get("payload")
     if isinstance(payload, dict) and data["messageType"] == MessageType.COMMAND_ERROR_RESPONSE:
-        if payload.get("traceId", 0) is None:
-            del payload["traceId"]
+        for key in ("traceId", "data"):
+            if payload.get(key, 0) is None:
+                del payload[key]
+    if isinstance(payload, dict) and data["messageType"] == MessageType.COMMAND:
+        for key in ("payload", "parameter"):
+            if payload.get(key, 0) is None:
+                del payload[key]
     data["messageType"] = str(data["messageType"])
     return data
 
@@ -85,6 +97,8 @@ def from_wire(data: Any) -> AnyMessage:
     for key in _REQUIRED_ON_WIRE.get(message_type, _REQUIRED_DEFAULT):
         if key not in data:
             raise MessageDecodeError(key, "missing")
+    if data.get("otp") == EMPTY_OTP:  # an empty carrier is no trace context
+        data = {k: v for k, v in data.items() if k != "otp"}
     try:
         return _ADAPTER.validate_python(data)
     except ValidationError as exc:

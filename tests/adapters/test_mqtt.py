@@ -42,6 +42,7 @@ from reference_services.runtime.messages import (
     SenderAddress,
     success_response,
 )
+from reference_services.runtime.purista_names import snake_case
 from reference_services.runtime.spi.bridge_base import DEAD_LETTER_REASON_HEADER
 
 FAST = {"keepalive_s": 2, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0,
@@ -209,9 +210,9 @@ class RawClient:
 
 
 def sub_topic(prefix: str, event_name: str) -> str:
-    """A topic a subscription on ``event_name`` matches (customMessage layout)."""
-    levels = ["customMessage", "__empty__", "__empty__", "i", "producer", "1", "x", event_name]
-    return "/".join([prefix, *levels, *["__empty__"] * 4])
+    """A topic a subscription on ``event_name`` matches (PURISTA's snake-cased layout)."""
+    levels = ["custom_message", "none", "none", "i", "producer", "1", "x", snake_case(event_name)]
+    return "/".join([prefix, *levels, *["none"] * 4])
 
 
 # --------------------------------------------------------------- commands
@@ -422,7 +423,7 @@ async def test_retries_then_dead_letter_with_reason(
     await bridge.register_subscription(
         Subscription(subscriber=addr("dlq"), event_name="mailer.dead"), on_letter)
     raw = RawClient(broker.url)
-    raw.subscribe(f"{prefix}/customMessage/+/+/+/+/+/+/mailer.dead/#")
+    raw.subscribe(f"{prefix}/custom_message/+/+/+/+/+/+/mailer_dead/#")
     await asyncio.sleep(0.2)  # SUBACK of the raw observer (plain paho has no awaitable)
     try:
         original = event(bridge, "ev", {"n": 1})
@@ -985,10 +986,10 @@ async def test_destroy_answers_commands_in_flight(broker: Any, make_bridge: Brid
 
 # ------------------------------------------------------------- topic layout
 @given(st.one_of(st.none(), st.text(max_size=20)))
-def test_topic_level_escaping_round_trips(value: str | None) -> None:
+def test_topic_level_is_always_one_level(value: str | None) -> None:
     level = topics.escape_level(value)
     assert level and not any(c in level for c in "/+#\x00")
-    assert topics.unescape_level(level) == (value or "")
+    assert level == topics.escape_level(value)
 
 
 def _matches(topic_filter: str, topic: str) -> bool:
@@ -1002,8 +1003,9 @@ def test_topic_layout_and_filters() -> None:
                              instance_id="i" * 32),
         event_name="user#added", tenant_id="t", payload=None)
     topic = topics.message_topic("pre/fix", msg)
-    assert topic.split("/")[:3] == ["pre", "fix", "customMessage"]
-    assert len(topic.split("/")) == 14 and "__empty__" in topic
+    assert topic.split("/")[:3] == ["pre", "fix", "custom_message"]
+    assert len(topic.split("/")) == 14 and "/none/" in topic
+    assert topic.split("/")[6:10] == ["user_svc", "1", "add", "user_added"]
     wanted = Subscription(subscriber=addr("s"), event_name="user#added", tenant_id="t")
     other = Subscription(subscriber=addr("s"), event_name="user#added", tenant_id="u")
     assert any(_matches(f, topic) for f in topics.subscription_filters("pre/fix", wanted))

@@ -6,9 +6,12 @@ Topology (all names under ``prefix``, see :mod:`.amqp_topology`):
   routing headers and W3C trace context; publisher confirms on every publish;
 - commands: queue ``<prefix>.cmd.<service>.<version>.<target>`` bound on
   ``messageType=command`` + receiver headers, competing consumers; published
-  ``mandatory`` so an unknown command comes back at once (404); responses go
-  to the invoker's exclusive queue ``<prefix>.reply.<instanceId>`` (``replyTo``
-  + ``correlationId``), which also takes commands pinned to that instance;
+  ``mandatory`` so an unknown command comes back at once (404); responses go,
+  as with PURISTA, to the exchange with a ``replyTo`` header naming the
+  invoker's exclusive queue ``<prefix>.reply.<instanceId>``, which is bound on
+  the exchange by that header (so PURISTA's responses reach it too) and also
+  takes commands pinned to that instance; a success response with an event
+  name is at the same time the event its subscribers get;
 - subscriptions: shared = durable queue ``<prefix>.sub.<service>.<version>.<target>``
   (competing consumers), non-shared = exclusive auto-delete queue per instance;
   filters become headers bindings and the matcher double-checks on receipt;
@@ -47,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import logging
 import os
 import time
@@ -88,6 +92,7 @@ from reference_services.runtime.spi.bridge_base import (
     RegisteredSubscription,
 )
 from reference_services.runtime.spi.capabilities import YES, EventBridgeCapabilities, unsupported
+from reference_services.runtime.spi.matcher import is_event
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 _MAX_REASON = 1000
@@ -104,6 +109,21 @@ def _attempt_signer(url: str, prefix: str, retry_key: str | None) -> AttemptSign
     return AttemptSigner.derive(
         "url", parsed.username or "", parsed.password or "", parsed.path or "/", prefix
     )
+
+
+class _MsTimestamp(datetime.datetime):
+    """An AMQP ``timestamp`` property in epoch milliseconds, as PURISTA writes it.
+
+    The AMQP codec packs ``int(value.timestamp())``; PURISTA (amqplib) puts
+    ``Date.now()`` there, so the property holds ms, not the spec's seconds.
+    """
+
+    def timestamp(self) -> float:
+        return super().timestamp() * 1000
+
+    @classmethod
+    def of_ms(cls, ms: int) -> _MsTimestamp:
+        return cls.fromtimestamp(ms / 1000, tz=datetime.UTC)
 
 
 class _Unroutable(Exception):
@@ -157,6 +177,7 @@ class AmqpBridge(EventBridgeBase):
         # one queue per subscription, confirms in publish order on one channel
         per_sender_order=YES,
         duplicate_ids_dropped=YES,
+        purista_wire=YES,
     )
 
     def __init__(
@@ -280,6 +301,7 @@ class AmqpBridge(EventBridgeBase):
             ),
             self._on_reply_delivery,
             no_ack=True,
+            bindings=[topo.reply_binding(self.reply_queue)],
         )
 
     def _on_connection_lost(self, _sender: Any, exc: BaseException | None = None) -> None:
@@ -523,7 +545,7 @@ class AmqpBridge(EventBridgeBase):
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=message.id,
             correlation_id=message.correlation_id,
-            timestamp=message.timestamp / 1000,
+            timestamp=_MsTimestamp.of_ms(message.timestamp),
             type=str(message.message_type),
             reply_to=reply_to,
             expiration=expiration_s,
@@ -560,10 +582,10 @@ class AmqpBridge(EventBridgeBase):
         if not incoming.reply_to:
             self.log.warning("command %s has no replyTo; response dropped", response.id)
             return True
+        message = self._amqp_message(response)
+        message.headers = topo.response_headers(response, incoming.reply_to)
         try:
-            await self._publish_amqp(
-                self._amqp_message(response), routing_key=incoming.reply_to, default_exchange=True
-            )
+            await self._publish_amqp(message)
         except Exception as exc:
             self.log.warning("could not send response %s: %s", response.correlation_id, exc)
             return False
@@ -652,8 +674,6 @@ class AmqpBridge(EventBridgeBase):
             sent = await self._reply(incoming, response)
             if not acked:
                 await self._settle(incoming, ack=sent, requeue=True)
-            if sent:
-                await self.core.after_response(response)
 
     # ------------------------------------------------------------------ replies
     async def _on_reply_delivery(
@@ -749,7 +769,7 @@ class AmqpBridge(EventBridgeBase):
             commands_ok = sub.message_type is MessageType.COMMAND
             if not reg.matches(message) or (
                 message.message_type is MessageType.COMMAND and not commands_ok
-            ):
+            ) or (message.message_type is not MessageType.COMMAND and not is_event(message)):
                 await self._settle(incoming, ack=True)
                 return
             attempt = self._attempt_of(incoming)

@@ -59,6 +59,27 @@ def reply_queue(prefix: str, instance_id: str) -> str:
     return f"{prefix}.reply.{instance_id}"
 
 
+REPLY_TO_HEADER = "replyTo"
+"""PURISTA binds each reply queue on the exchange by this header; responses carry it."""
+
+
+def reply_binding(queue: str) -> dict[str, Any]:
+    """The binding of a reply queue on the exchange (PURISTA routes responses by it)."""
+    return {"x-match": "all", REPLY_TO_HEADER: queue}
+
+
+def response_headers(response: AnyMessage, reply_to: str) -> dict[str, Any]:
+    """Headers of a command response: the message's, the invoker's reply queue and
+    PURISTA v3's ``receiverServiceInstanceId`` (v3 responses name the invoking
+    instance so; ``receiverInstanceId`` stays for subscription bindings)."""
+    headers = message_headers(response)
+    receiver = getattr(response, "receiver", None)
+    if receiver is not None and receiver.instance_id:
+        headers["receiverServiceInstanceId"] = receiver.instance_id
+    headers[REPLY_TO_HEADER] = reply_to
+    return headers
+
+
 def _put_address(headers: dict[str, Any], side: str, address: Address | None) -> None:
     if address is None:
         return

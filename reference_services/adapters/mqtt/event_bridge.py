@@ -10,10 +10,11 @@ Two connections per bridge instance:
   responses and non-durable subscriptions. An instance that goes away leaves
   its shared command groups at once, so no command waits in a dead session.
 
-Topics follow PURISTA's 13-level layout (see :mod:`mqtt_topics`); shared
-subscriptions and commands use ``$share/<group>/<filter>``; responses go to
-the invoker's ``<prefix>/response/<instance>`` named by the command's MQTT 5
-``responseTopic``, with its ``correlationData``. Every subscription carries a
+Topics follow PURISTA's 13-level layout (see :mod:`.topics`); commands use
+PURISTA's ``$share/sharedpurista/<filter>``, shared subscriptions
+``$share/<group>/<filter>``; a response travels, as with PURISTA, on its own
+13-level topic whose receiver-instance level is the invoker's, with the
+command's ``correlationData``; each instance listens on those topics. Every subscription carries a
 stable subscription identifier so that a delivery reaches exactly the
 subscription it was made for, even when queued before a restart.
 
@@ -83,6 +84,7 @@ from reference_services.runtime.spi.bridge_base import (
     RegisteredSubscription,
 )
 from reference_services.runtime.spi.capabilities import YES, EventBridgeCapabilities, unsupported
+from reference_services.runtime.spi.matcher import is_event
 
 DEFAULT_URL = "mqtt://127.0.0.1:1883"
 NO_MATCHING_SUBSCRIBERS = 0x10
@@ -171,6 +173,7 @@ class MqttBridge(EventBridgeBase):
         # QoS 1 keeps the order of one publishing client towards one subscriber
         per_sender_order=YES,
         duplicate_ids_dropped=YES,
+        purista_wire=YES,
     )
 
     def __init__(
@@ -232,7 +235,7 @@ class MqttBridge(EventBridgeBase):
         self.publish_timeout_s = publish_timeout_s
         self.session_expiry_s = session_expiry_s
         self.keep_session_on_destroy = keep_session_on_destroy
-        self.reply_topic = topics.response_topic(self.prefix, self.instance_id)
+        self.reply_filters = topics.response_filters(self.prefix, self.instance_id)
         self._events = self._make_connection(self.client_id, session_expiry_s)
         self._rpc = self._make_connection(f"{self.client_id}-rpc", 0)
         self._routes: dict[tuple[str, bool], _Route] = {}
@@ -327,10 +330,9 @@ class MqttBridge(EventBridgeBase):
     async def _send_command(self, command: Command) -> None:
         props = Properties(PacketTypes.PUBLISH)
         props.ContentType = command.content_type
-        props.ResponseTopic = self.reply_topic
         props.CorrelationData = command.correlation_id.encode("utf-8")
         code = await self._rpc.publish(
-            topics.message_topic(self.prefix, command),
+            topics.command_topic(self.prefix, command),
             self.core.encode(command),
             props,
             self.publish_timeout_s,
@@ -346,8 +348,7 @@ class MqttBridge(EventBridgeBase):
         key = reg.address.key
         base = topics.command_filter(self.prefix, reg.address, None)
         if reg.config.shared:
-            group = topics.share_group(self.prefix, "cmd", *key)
-            base = topics.shared(group, base)
+            base = topics.shared(topics.SHARE_GROUP, base)
         direct = topics.command_filter(self.prefix, reg.address, self.instance_id)
         for flt in (base, direct):
             route = self._route(flt, "cmd", durable=False)
@@ -486,8 +487,9 @@ class MqttBridge(EventBridgeBase):
         while conn.generation == generation and conn.connected and not self.core.destroyed:
             try:
                 if conn is self._rpc:
-                    reply = self._route(self.reply_topic, "reply", durable=False)
-                    await conn.subscribe(reply.topic_filter, reply.sid, self.op_timeout_s)
+                    for reply_filter in self.reply_filters:
+                        reply = self._route(reply_filter, "reply", durable=False)
+                        await conn.subscribe(reply.topic_filter, reply.sid, self.op_timeout_s)
                 wanted = [
                     route
                     for route in list(self._routes.values())
@@ -538,9 +540,11 @@ class MqttBridge(EventBridgeBase):
             self.stale_dropped += 1
             conn.ack(msg.mid, generation)
             return
-        if routes[0].kind == "reply":
-            self._on_reply(conn, msg, generation)
-            return
+        if any(route.kind == "reply" for route in routes):
+            routes = [route for route in routes if route.kind != "reply"]
+            self._on_reply(conn, msg, generation, ack=not routes)
+            if not routes:
+                return
         task = asyncio.get_running_loop().create_task(self._process(conn, msg, generation, routes))
         self._tasks.add(task)
         task.add_done_callback(self._delivery_done)
@@ -575,13 +579,17 @@ class MqttBridge(EventBridgeBase):
         for msg, generation in parked:
             self._on_message(self._events, msg, generation)
 
-    def _on_reply(self, conn: MqttConnection, msg: mqtt.MQTTMessage, generation: int) -> None:
+    def _on_reply(
+        self, conn: MqttConnection, msg: mqtt.MQTTMessage, generation: int, *, ack: bool = True
+    ) -> None:
         response = self.core.decode_or_reject(msg.payload, msg.topic)
         if isinstance(response, CommandSuccessResponse | CommandErrorResponse):
-            self.core.resolve_response(response)
+            if response.receiver.instance_id == self.instance_id:
+                self.core.resolve_response(response)
         elif response is not None:
             self.log.warning("a %s arrived on the response topic: dropped", response.message_type)
-        conn.ack(msg.mid, generation)
+        if ack:
+            conn.ack(msg.mid, generation)
 
     async def _process(
         self, conn: MqttConnection, msg: mqtt.MQTTMessage, generation: int, routes: list[_Route]
@@ -609,9 +617,6 @@ class MqttBridge(EventBridgeBase):
         if not isinstance(message, Command):
             self.log.warning("a %s arrived on a command topic: dropped", message.message_type)
             return True
-        reply_to = getattr(msg.properties, "ResponseTopic", None) or topics.response_topic(
-            self.prefix, message.sender.instance_id
-        )
 
         async def send(response: CommandResponse) -> None:
             props = Properties(PacketTypes.PUBLISH)
@@ -619,7 +624,10 @@ class MqttBridge(EventBridgeBase):
             props.CorrelationData = message.correlation_id.encode("utf-8")
             try:
                 await self._rpc.publish(
-                    reply_to, self.core.encode(response), props, self.publish_timeout_s
+                    topics.message_topic(self.prefix, response),
+                    self.core.encode(response),
+                    props,
+                    self.publish_timeout_s,
                 )
             except MqttUnavailableError as exc:
                 self.log.warning("response to %s not confirmed: %s", message.correlation_id, exc)
@@ -630,7 +638,12 @@ class MqttBridge(EventBridgeBase):
             if message.receiver.key in route.commands
             else next(iter(sorted(route.commands)), ("", "", ""))
         )
-        await self.core.serve_command(message, send, route=key)
+        # As with PURISTA, the response on its 13-level topic is also the success event
+        # subscribers see, so it is not broadcast a second time (no after_response).
+        with self.core.track():
+            response = await self.core.handle_command(message, route=key)
+            if response is not None:
+                await send(response)
         return True
 
     async def _serve_subscription(
@@ -658,8 +671,8 @@ class MqttBridge(EventBridgeBase):
         self._active[key] = delivery
         try:
             regs = [r for r in route.subs.values() if r.matches(message)]
-            if isinstance(message, Command):
-                regs = []
+            if isinstance(message, Command) or not is_event(message):
+                regs = []  # e.g. a plain response on its 13-level topic
             # one after the other, and no await between the last outcome and the ack:
             # destroy cannot close the connection in between
             results = [await self._run(reg, message) for reg in regs]

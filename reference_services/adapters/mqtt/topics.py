@@ -1,12 +1,18 @@
-"""PURISTA's MQTT topic layout: 13 levels, empty parts as ``__empty__``.
+"""PURISTA's MQTT topic layout: 13 levels, snake-cased, empty parts as ``none``.
 
 ``<prefix>/<messageType>/<principalId>/<tenantId>/<senderInstanceId>/<senderName>/
 <senderVersion>/<senderTarget>/<eventName>/<receiverInstanceId>/<receiverName>/
 <receiverVersion>/<receiverTarget>``
 
-Characters that MQTT forbids or gives a meaning in a topic level (``/ + # NUL``)
-and ``%`` itself are percent-encoded, so any value round-trips to one level.
-Subscription filters put ``+`` where the subscription does not filter.
+Every level but the prefix is written as PURISTA v3 writes it: snake-cased
+(:mod:`~reference_services.runtime.purista_names`), the empty marker ``__none__``
+snake-cased to ``none``. Subscription filters put ``+`` where the subscription
+does not filter; command filters have ``+`` in the receiver-instance slot.
+Snake-casing is lossy: values are always read from the body. A value with no
+letter or digit (PURISTA would write it unchanged, possibly breaking the
+layout) is percent-encoded instead (``/ + # NUL %``), so it stays one level.
+Responses travel on their own 13-level topic (receiver instance = the
+invoker's), not on an MQTT 5 response topic.
 """
 
 from __future__ import annotations
@@ -15,25 +21,30 @@ import zlib
 
 from reference_services.runtime.definitions import AddressFilter, Subscription
 from reference_services.runtime.messages import Address, AnyMessage, MessageType
+from reference_services.runtime.purista_names import snake_case
 
-EMPTY = "__empty__"
+EMPTY_MARKER = "__none__"
+"""PURISTA's MQTT ``emptyTopicPartString`` default; on the wire it is snake-cased."""
+EMPTY = snake_case(EMPTY_MARKER)
+SHARE_GROUP = "sharedpurista"
+"""PURISTA's ``$share`` group name (``shareTopicName``), one group for all commands."""
 ANY = "+"
 _ESCAPES = {"%": "%25", "/": "%2F", "+": "%2B", "#": "%23", "\x00": "%00"}
 MAX_SUBSCRIPTION_ID = 268_435_455
 
 
 def escape_level(value: str | None) -> str:
-    """One topic level for ``value``: escaped, or ``__empty__`` when empty."""
+    """One topic level for ``value``: snake-cased, or ``none`` when empty."""
     if not value:
         return EMPTY
-    out = "".join(_ESCAPES.get(ch, ch) for ch in value)
-    if out == EMPTY:
-        return "%5F" + out[1:]
-    return out
+    out = snake_case(value)
+    if out != value or not any(ch in _ESCAPES for ch in out):
+        return out
+    return "".join(_ESCAPES.get(ch, ch) for ch in value)
 
 
 def unescape_level(level: str) -> str:
-    """The value a topic level encodes (``""`` for ``__empty__``)."""
+    """The escaped value a level of a wordless value encodes (``""`` for ``none``)."""
     if level == EMPTY:
         return ""
     if "%" not in level:
@@ -131,14 +142,34 @@ def _subscription_filter(prefix: str, sub: Subscription, message_type: str) -> s
 
 
 def command_filter(prefix: str, address: Address, instance_id: str | None) -> str:
-    """Commands for ``address``; ``instance_id`` None means commands not pinned to one."""
-    levels = ["command", *[ANY] * 7, escape_level(instance_id)]
+    """Commands for ``address``: PURISTA's filter (``+`` in the receiver-instance slot)
+    when ``instance_id`` is None, else this bridge's topic for commands pinned to that
+    instance (see :func:`command_topic`)."""
+    if instance_id is not None:
+        return _pinned_topic(prefix, address, instance_id)
+    levels = ["command", *[ANY] * 7, ANY]
     levels += [
         escape_level(address.service_name),
         escape_level(address.service_version),
         escape_level(address.service_target),
     ]
     return "/".join([prefix, *levels])
+
+
+def _pinned_topic(prefix: str, address: Address, instance_id: str) -> str:
+    levels = [escape_level(v) for v in (instance_id, address.service_name,
+                                        address.service_version, address.service_target)]
+    return "/".join([prefix, "_pinned", *levels])
+
+
+def command_topic(prefix: str, command: AnyMessage) -> str:
+    """Where a command is published: its 13-level topic, or, when it names a receiver
+    instance, a topic outside PURISTA's layout (PURISTA has no pinning; its command
+    filter takes any instance, so a pinned command would run on any group member)."""
+    receiver = getattr(command, "receiver", None)
+    if receiver is not None and receiver.instance_id:
+        return _pinned_topic(prefix, receiver, receiver.instance_id)
+    return message_topic(prefix, command)
 
 
 def share_group(*parts: str) -> str:
@@ -158,9 +189,13 @@ def concrete(topic_filter: str) -> str:
     return "/".join(EMPTY if level == ANY else level for level in topic_filter.split("/"))
 
 
-def response_topic(prefix: str, instance_id: str) -> str:
-    """The per-instance topic responses to this instance's commands go to."""
-    return f"{prefix}/response/{escape_level(instance_id)}"
+def response_filters(prefix: str, instance_id: str) -> list[str]:
+    """Where responses to this instance's commands arrive: the 13-level topics of
+    both response types with this instance in the receiver-instance slot."""
+    return [
+        "/".join([prefix, escape_level(str(t)), *[ANY] * 7, escape_level(instance_id), *[ANY] * 3])
+        for t in (MessageType.COMMAND_SUCCESS_RESPONSE, MessageType.COMMAND_ERROR_RESPONSE)
+    ]
 
 
 def subscription_id(topic_filter: str) -> int:

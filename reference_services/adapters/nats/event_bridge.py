@@ -102,6 +102,7 @@ class NatsBridge(EventBridgeBase):
         # one stream per deployment: a consumer sees messages in stream order
         per_sender_order=YES,
         duplicate_ids_dropped=YES,
+        purista_wire=YES,
     )
 
     def __init__(
@@ -421,7 +422,7 @@ class NatsBridge(EventBridgeBase):
         expires_at = now + ttl_s + 1.0
         self._sent[tok] = _SentCommand(command, expires_at)
         heapq.heappush(self._sent_expiry, (expires_at, tok))
-        subject = subjects.message_subject(self.prefix, command)
+        subject = subjects.command_subject(self.prefix, command)
         try:
             await nc.publish(
                 subject, self.core.encode(command), reply=f"{self._reply_prefix}.{tok}"
@@ -465,7 +466,7 @@ class NatsBridge(EventBridgeBase):
         if key in self._command_subs:
             return  # nats-py replays core subscriptions after a reconnect
         nc = self._client()
-        group = subjects.safe_name("cmd", *key)
+        group = subjects.queue_group(self.prefix, reg.address)
         entry = _CommandSubs()
 
         async def on_command(msg: Msg) -> None:
@@ -579,7 +580,7 @@ class NatsBridge(EventBridgeBase):
         if key in self._core_subs:
             return
         sub = reg.subscription
-        group = subjects.safe_name("sub", *key) if sub.shared else ""
+        group = subjects.queue_group(self.prefix, sub.subscriber) if sub.shared else ""
 
         async def on_message(msg: Msg) -> None:
             current = self.core.subscription(key)
@@ -650,12 +651,15 @@ class NatsBridge(EventBridgeBase):
                 tail = subjects.subscription_filter(self.prefix, sub)[len(self.prefix) + 1 :]
                 parts = tail.split(".")
                 if sub.message_type is None:
-                    parts[0] = str(MessageType.CUSTOM_MESSAGE)
+                    parts[0] = subjects.token(MessageType.CUSTOM_MESSAGE)
                 parts = [subjects.EMPTY if t == subjects.ANY else t for t in parts]
                 targets.append(".".join([self.prefix, *parts]))
-            targets = targets or [f"{self.prefix}.{MessageType.CUSTOM_MESSAGE}" + ".__empty__" * 11]
+            targets = targets or [
+                f"{self.prefix}.{subjects.token(MessageType.CUSTOM_MESSAGE)}"
+                + f".{subjects.EMPTY}" * 11
+            ]
         for target in dict.fromkeys(targets):
-            if target.startswith(f"{self.prefix}.{MessageType.COMMAND}."):
+            if target.startswith(f"{self.prefix}.{subjects.token(MessageType.COMMAND)}."):
                 await nc.publish(target, raw, headers=extra_headers)
             else:
                 await self._jsc().publish(

@@ -3,8 +3,9 @@
 Two encodings, for two contracts that cannot share one without renaming
 what already exists on the wire or on disk:
 
-* :func:`token` writes a value into PURISTA's *wire* subject layout (below):
-  readable ``%HH`` escapes, shared with other PURISTA implementations.
+* :func:`token` writes a value into PURISTA's *wire* subject layout (below)
+  exactly as PURISTA v3 does: snake-cased (:mod:`~reference_services.runtime.purista_names`),
+  so that a PURISTA TypeScript service and ours meet on the same subjects.
 * :func:`name_token` and :func:`kv_key` make the bridge's *own* resource names
   (queue streams, subjects and ledger keys; store buckets and keys): they must
   also be valid KV keys and stream names, where ``%`` is not allowed, so an
@@ -17,11 +18,14 @@ A message travels on the 13-token subject::
     .<senderVersion>.<senderTarget>.<eventName>.<receiverInstanceId>.<receiverName>
     .<receiverVersion>.<receiverTarget>
 
-Empty parts are ``__empty__``; a subscription filter puts ``*`` where it does not
-care. Characters a subject token cannot hold (``.``, ``*``, ``>``, whitespace and
-anything outside ``[A-Za-z0-9_-]``) are written as ``%HH`` per UTF-8 byte, so
-``1.0.0`` becomes ``1%2E0%2E0`` and a value can never break the layout; an
-overlong token is replaced by ``~`` and a hash of the value.
+Every token but the prefix is snake-cased as PURISTA does it (``customMessage`` ->
+``custom_message``, ``1.0.0`` -> ``1_0_0``); empty parts are PURISTA's marker
+``__empty__`` snake-cased, i.e. ``empty`` on the wire; a subscription filter puts
+``*`` where it does not care, and a command filter has ``*`` in the
+receiver-instance slot. Snake-casing is lossy, so values are always read from
+the body. A value with no letter or digit at all (PURISTA would put it on the
+wire unchanged and break the layout) is written as ``%HH`` per UTF-8 byte
+instead; an overlong token is replaced by ``~`` and a hash of the value.
 """
 
 from __future__ import annotations
@@ -33,8 +37,11 @@ import string
 
 from reference_services.runtime.definitions import AddressFilter, Subscription
 from reference_services.runtime.messages import Address, AnyMessage, MessageType
+from reference_services.runtime.purista_names import snake_case
 
-EMPTY = "__empty__"
+EMPTY_MARKER = "__empty__"
+"""PURISTA's ``emptyTopicPartString`` default; it goes on the wire snake-cased."""
+EMPTY = snake_case(EMPTY_MARKER)
 MAX_TOKEN = 96
 ANY = "*"
 _SAFE = frozenset(string.ascii_letters + string.digits + "_-")
@@ -47,7 +54,7 @@ EVENT_TYPES: tuple[MessageType, ...] = tuple(t for t in MessageType if t is not 
 
 
 def token(value: str | None) -> str:
-    """One subject token for ``value``: ``__empty__`` when empty, escaped otherwise.
+    """One subject token for ``value``: ``empty`` when empty, snake-cased otherwise.
 
     A token longer than ``MAX_TOKEN`` becomes ``~`` + a hash of the value, so a
     huge id cannot push a subject past the server's control-line limit (which
@@ -55,13 +62,14 @@ def token(value: str | None) -> str:
     """
     if not value:
         return EMPTY
-    if all(c in _SAFE for c in value):
+    out = snake_case(value)
+    if not out or not all(c in _SAFE for c in out):
         out = value
-    else:
         parts: list[str] = []
         for char in value:
             if char in _SAFE:
                 parts.append(char)
+            # value had no word PURISTA keeps: escape, so the layout holds
             else:
                 parts.extend(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
         out = "".join(parts)
@@ -100,7 +108,7 @@ def message_subject(prefix: str, message: AnyMessage) -> str:
     """The subject ``message`` is published on."""
     parts = [
         prefix,
-        str(message.message_type),
+        token(str(message.message_type)),
         token(message.principal_id),
         token(message.tenant_id),
         *_address_tokens(message.sender),
@@ -125,10 +133,14 @@ def subscription_filter(prefix: str, sub: Subscription) -> str:
 
 
 def command_filter(prefix: str, address: Address, instance_id: str | None) -> str:
-    """Commands for ``address``: unpinned (``instance_id`` None) or pinned to one instance."""
-    head = [prefix, str(MessageType.COMMAND)] + [ANY] * 7
+    """Commands for ``address``: PURISTA's filter (``*`` in the receiver-instance slot)
+    when ``instance_id`` is None, else this bridge's subject for commands pinned to
+    that instance (:func:`command_subject`)."""
+    if instance_id is not None:
+        return _pinned_subject(prefix, address, instance_id)
+    head = [prefix, token(str(MessageType.COMMAND))] + [ANY] * 7
     receiver = [
-        token(instance_id),
+        ANY,
         token(address.service_name),
         token(address.service_version),
         token(address.service_target),
@@ -136,9 +148,36 @@ def command_filter(prefix: str, address: Address, instance_id: str | None) -> st
     return ".".join(head + receiver)
 
 
+def _pinned_subject(prefix: str, address: Address, instance_id: str) -> str:
+    parts = [prefix, "_pinned", token(instance_id), token(address.service_name),
+             token(address.service_version), token(address.service_target)]
+    return ".".join(parts)
+
+
+def command_subject(prefix: str, command: AnyMessage) -> str:
+    """Where a command is sent: its 13-token subject, or, when it names a receiver
+    instance, a subject outside PURISTA's layout. PURISTA has no pinning: its
+    command filter takes any receiver instance, so a pinned command on the 13-token
+    subject would also run on whichever group member got it."""
+    receiver = getattr(command, "receiver", None)
+    if receiver is not None and receiver.instance_id:
+        return _pinned_subject(prefix, receiver, receiver.instance_id)
+    return message_subject(prefix, command)
+
+
 def stream_subjects(prefix: str) -> list[str]:
     """The subjects the event stream captures: every message type but commands."""
-    return [f"{prefix}.{t}.>" for t in EVENT_TYPES]
+    return [f"{prefix}.{token(str(t))}.>" for t in EVENT_TYPES]
+
+
+def queue_group(prefix: str, address: Address) -> str:
+    """PURISTA's queue group of a command or shared subscription, on the *raw* values:
+    ``PURISTA_QUEUE_<SVC>_<VER>_<TARGET>`` upper-cased; PURISTA instances and ours
+    serving the same function compete in it, so each message runs once."""
+    return (
+        f"{prefix}_queue_{address.service_name}_{address.service_version}_"
+        f"{address.service_target}"
+    ).upper()
 
 
 def reply_subject(prefix: str, instance_id: str) -> str:

@@ -84,6 +84,9 @@ class EventBridgeCapabilities(_Capabilities):
     - ``duplicate_ids_dropped``: a message whose id an instance's subscription already
       handled (among the last ``DEDUPE_WINDOW`` ids) or is handling now is acked, not run
       again (published twice with one id, or redelivered after a lost ack).
+    - ``purista_wire``: on its transport the bridge speaks PURISTA v3's wire conventions
+      (names, headers, subjects/topics, reply routing, envelope), so PURISTA
+      TypeScript services and ours form one fleet (checks ``event_bridge.wire.purista.*``).
     """
 
     delivery: Delivery = "at_least_once"
@@ -104,6 +107,9 @@ class EventBridgeCapabilities(_Capabilities):
     per_sender_order: Support = field(default_factory=lambda: unsupported("not declared"))
     numbers: Numbers = "exact"
     duplicate_ids_dropped: Support = field(default_factory=lambda: unsupported("not declared"))
+    purista_wire: Support = field(
+        default_factory=lambda: unsupported("no PURISTA transport of this kind")
+    )
     max_message_bytes: int | None = None
 
 

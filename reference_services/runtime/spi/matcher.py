@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from reference_services.runtime.definitions import AddressFilter, Subscription
-from reference_services.runtime.messages import Address, AnyMessage
+from reference_services.runtime.messages import Address, AnyMessage, MessageType
 
 
 def _address_matches(flt: AddressFilter | None, address: Address | None) -> bool:
@@ -36,3 +36,15 @@ def matches(subscription: Subscription, message: AnyMessage) -> bool:
     if not _address_matches(s.sender, message.sender):
         return False
     return _address_matches(s.receiver, getattr(message, "receiver", None))
+
+
+def is_event(message: AnyMessage) -> bool:
+    """Whether subscriptions may see ``message`` at all.
+
+    Where a transport sends responses the way PURISTA does (through the exchange
+    or on their 13-level topic), every response passes the subscription routes;
+    only a success response that carries an event name is an event.
+    """
+    if message.message_type is MessageType.COMMAND_SUCCESS_RESPONSE:
+        return bool(message.event_name)
+    return message.message_type is not MessageType.COMMAND_ERROR_RESPONSE

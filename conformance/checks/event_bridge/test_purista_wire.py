@@ -1,0 +1,356 @@
+"""PURISTA v3 on the wire: a bridge and a PURISTA peer (raw broker client) in one fleet.
+
+For adapters declaring ``purista_wire``. Each check either publishes through
+the adapter and reads what lands on the broker with the raw client (compared
+with the golden vectors in ``data/purista_wire.json``), or plays PURISTA with
+the raw client (names, headers, bodies built from PURISTA's conventions) and
+checks the adapter delivers and answers.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from conformance.checks.event_bridge.purista_peer import (
+    PEERS,
+    VECTORS,
+    Landed,
+    address,
+    peer_for,
+    purista_command,
+    purista_error,
+    purista_event,
+    purista_success,
+)
+from conformance.kit.marks import check
+from conformance.kit.under_test import AdapterUnderTest
+from conformance.kit.waits import wait_for, wait_quiet
+from reference_services.runtime.definitions import Subscription
+from reference_services.runtime.errors import HandledError, PuristaError
+from reference_services.runtime.messages import (
+    Address,
+    Command,
+    CommandPayload,
+    CustomMessage,
+    MessageType,
+    SenderAddress,
+    success_response,
+)
+
+EB = ("event_bridge",)
+NEEDS = ("purista_wire",)
+INST = VECTORS["instances"]
+TTL_S = 10.0
+
+
+def _transport(aut: AdapterUnderTest) -> str:
+    if aut.name not in PEERS:
+        pytest.skip(f"no raw PURISTA peer for transport {aut.name!r}")
+    return aut.name
+
+
+def _addr(parts: list[str]) -> Address:
+    return Address(service_name=parts[0], service_version=parts[1], service_target=parts[2])
+
+
+def _sender(parts: list[str]) -> SenderAddress:
+    return SenderAddress(service_name=parts[0], service_version=parts[1],
+                         service_target=parts[2], instance_id=parts[3])
+
+
+def _golden(case: str, key: str, prefix: str, **extra: str) -> Any:
+    value = VECTORS[case][key]["value"]
+    text = json.dumps(value).replace("{prefix}", prefix).replace("{PREFIX}", prefix.upper())
+    for name, sub in extra.items():
+        text = text.replace("{" + name + "}", sub)
+    return json.loads(text)
+
+
+def _nulls(value: Any, path: str = "") -> list[str]:
+    if value is None:
+        return [path or "<root>"]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _nulls(v, f"{path}.{k}" if path else k)]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _nulls(v, f"{path}[{i}]")]
+    return []
+
+
+def _envelope_problems(body: dict[str, Any], sent_ms: int | None = None) -> list[str]:
+    problems = [f"{p} is null (PURISTA leaves undefined fields out)" for p in _nulls(body)]
+    if not isinstance(body.get("otp"), str):
+        problems.append(f"otp missing or not a string: {body.get('otp')!r}")
+    stamp = body.get("timestamp")
+    if not isinstance(stamp, int) or stamp < 10**12:
+        problems.append(f"timestamp {stamp!r} is not epoch milliseconds")
+    if sent_ms is not None and stamp != sent_ms:
+        problems.append(f"timestamp {stamp!r} is not the message's {sent_ms}")
+    return problems
+
+
+def _landed(peer: Any, pred: Any) -> list[Landed]:
+    return [m for m in peer.landed if pred(m)]
+
+
+def _route_of(transport: str, case: str, prefix: str) -> str | None:
+    key = {"nats": "nats_subject", "mqtt": "mqtt_topic"}.get(transport)
+    return None if key is None else str(_golden(case, key, prefix))
+
+
+def _odd_ms() -> int:
+    """A timestamp with a non-zero millisecond part, so s and ms cannot be confused."""
+    import time
+
+    now = int(time.time() * 1000)
+    return now - now % 1000 + 321
+
+
+async def _bridge(aut: AdapterUnderTest) -> Any:
+    return await aut.new(instance_id=INST["py_bridge"])
+
+
+@check("event_bridge.wire.purista.event_out", kinds=EB, needs=NEEDS)
+async def test_event_out(aut: AdapterUnderTest) -> None:
+    """An event the adapter emits lands where and as PURISTA publishes one: subject /
+    topic / headers and properties as in the golden vectors, envelope as JSON.stringify."""
+    transport = _transport(aut)
+    bridge = await _bridge(aut)
+    peer = await peer_for(transport, bridge, INST["ts_peer"])
+    try:
+        await peer.capture()
+        spec = VECTORS["py_event"]["message"]
+        stamp = _odd_ms()
+        msg = CustomMessage(sender=_sender(spec["sender"]), event_name=spec["eventName"],
+                            timestamp=stamp, payload={"n": 1})
+        await bridge.emit_message(msg)
+        mine = lambda m: m.json().get("id") == msg.id  # noqa: E731
+        assert await wait_for(lambda: _landed(peer, mine), TTL_S), "the event never landed"
+        got = _landed(peer, mine)[0]
+        problems = _envelope_problems(got.json(), stamp)
+        route = _route_of(transport, "py_event", bridge.prefix)
+        if route is not None and got.route != route:
+            problems.append(f"published on {got.route!r}, PURISTA uses {route!r}")
+        if transport == "amqp":
+            problems += _amqp_problems(got, "py_event", msg.id, stamp)
+        assert not problems, "; ".join(problems)
+    finally:
+        await peer.close()
+
+
+def _amqp_problems(got: Landed, case: str, message_id: str, stamp: int) -> list[str]:
+    problems = []
+    want = VECTORS[case]["amqp_headers"]["value"]
+    for key, value in want.items():
+        if got.headers.get(key) != value:
+            problems.append(f"header {key}={got.headers.get(key)!r}, PURISTA sends {value!r}")
+    for key, value in VECTORS[case]["amqp_properties"]["value"].items():
+        if got.properties.get(key) != value:
+            problems.append(f"property {key}={got.properties.get(key)!r}, PURISTA: {value!r}")
+    if got.properties.get("message_id") != message_id:
+        problems.append("messageId property is not the message id")
+    if got.properties.get("timestamp_raw") != stamp:
+        problems.append(
+            f"timestamp property {got.properties.get('timestamp_raw')!r} is not the message's "
+            f"{stamp} ms (PURISTA writes Date.now() ms there)"
+        )
+    return problems
+
+
+@check("event_bridge.wire.purista.event_in", kinds=EB, needs=NEEDS)
+async def test_event_in(aut: AdapterUnderTest) -> None:
+    """An event published exactly as PURISTA publishes it reaches the adapter's subscription."""
+    transport = _transport(aut)
+    bridge = await _bridge(aut)
+    got: list[Any] = []
+
+    async def on(message: Any) -> None:
+        got.append(message)
+
+    spec = VECTORS["ts_event"]["message"]
+    await bridge.register_subscription(
+        Subscription(subscriber=_addr(["pyService", "1.0.0", "onSignUp"]),
+                     message_type=MessageType.CUSTOM_MESSAGE, event_name=spec["eventName"]),
+        on,
+    )
+    peer = await peer_for(transport, bridge, INST["ts_peer"])
+    try:
+        body = purista_event(address(*spec["sender"]), spec["eventName"], {"user": "ada"})
+        await peer.publish_event(body)
+        where = _route_of(transport, "ts_event", bridge.prefix) or "the exchange"
+        assert await wait_for(lambda: got, TTL_S), (
+            f"a PURISTA event on {where} never reached the subscription"
+        )
+        assert got[0].id == body["id"] and got[0].payload == {"user": "ada"}
+    finally:
+        await peer.close()
+
+
+@check("event_bridge.wire.purista.command_in", kinds=EB, needs=NEEDS)
+async def test_command_in(aut: AdapterUnderTest) -> None:
+    """A command sent as PURISTA sends it is served, and the response, success and handled
+    error (status kept), comes back where PURISTA waits for it."""
+    transport = _transport(aut)
+    bridge = await _bridge(aut)
+    spec = VECTORS["ts_command"]["message"]
+
+    async def handler(cmd: Command) -> Any:
+        if cmd.payload.payload == "bad":
+            raise HandledError("no such user", status=404)
+        return success_response(cmd, {"user": cmd.payload.payload, "p": cmd.payload.parameter})
+
+    await bridge.register_command(_addr(spec["receiver"]), handler)
+    peer = await peer_for(transport, bridge, INST["ts_peer"])
+    try:
+        await peer.capture()
+        sender, receiver = address(*spec["sender"]), address(*spec["receiver"])
+        ok = purista_command(sender, receiver, "ada", {"x": 1})
+        try:
+            response = await peer.invoke(ok, TTL_S)
+        except TimeoutError as exc:
+            raise AssertionError("no response where PURISTA waits for it (timeout)") from exc
+        except Exception as exc:
+            raise AssertionError(f"PURISTA's invoke failed: {type(exc).__name__}: {exc}") from exc
+        assert response["messageType"] == "commandSuccessResponse", response
+        assert response["payload"] == {"user": "ada", "p": {"x": 1}}
+        assert response["correlationId"] == ok["correlationId"]
+        assert response["receiver"]["instanceId"] == INST["ts_peer"]
+        problems = _envelope_problems(response)
+        bad = purista_command(sender, receiver, "bad", None)
+        error = await peer.invoke(bad, TTL_S)
+        assert error["messageType"] == "commandErrorResponse", error
+        assert error["isHandledError"] is True and error["payload"]["status"] == 404, error
+        problems += _envelope_problems(error)
+        problems += _response_route_problems(transport, peer, bridge.prefix, ok, bad)
+        assert not problems, "; ".join(problems)
+    finally:
+        await peer.close()
+
+
+def _response_route_problems(
+    transport: str, peer: Any, prefix: str, ok: dict[str, Any], bad: dict[str, Any]
+) -> list[str]:
+    problems: list[str] = []
+
+    kinds = ("commandSuccessResponse", "commandErrorResponse")
+
+    def response_to(cmd: dict[str, Any]) -> list[Landed]:
+        return _landed(peer, lambda m: m.json().get("correlationId") == cmd["correlationId"]
+                       and m.json().get("messageType") in kinds)
+
+    if transport == "mqtt":
+        for cmd, key in ((ok, "mqtt_response_topic"), (bad, "mqtt_error_topic")):
+            want = _golden("ts_command", key, prefix)
+            routes = [m.route for m in response_to(cmd)]
+            if want not in routes:
+                problems.append(f"response published on {routes}, PURISTA expects {want!r}")
+    if transport == "amqp":
+        want = _golden("ts_command", "amqp_response_headers", prefix, reply_queue=peer.reply_queue)
+        landed = response_to(ok)
+        if not landed:
+            problems.append("the response did not go through the exchange")
+        else:
+            for key, value in want.items():
+                if landed[0].headers.get(key) != value:
+                    problems.append(
+                        f"response header {key}={landed[0].headers.get(key)!r}, PURISTA: {value!r}"
+                    )
+    return problems
+
+
+@check("event_bridge.wire.purista.command_out", kinds=EB, needs=NEEDS)
+async def test_command_out(aut: AdapterUnderTest) -> None:
+    """The adapter invokes a command PURISTA serves: it lands where PURISTA's command
+    filter listens, the response reaches the adapter, a handled error keeps its status."""
+    transport = _transport(aut)
+    bridge = await _bridge(aut)
+    spec = VECTORS["py_command"]["message"]
+    peer = await peer_for(transport, bridge, INST["ts_peer"])
+    served: list[dict[str, Any]] = []
+
+    async def handler(command: dict[str, Any]) -> dict[str, Any]:
+        served.append(command)
+        if command["payload"]["payload"] == "bad":
+            return purista_error(command, INST["ts_peer"], 409, "conflict")
+        return purista_success(command, INST["ts_peer"], {"pong": command["payload"]["payload"]})
+
+    try:
+        await peer.capture()
+        await peer.serve(address(*spec["receiver"]), handler)
+        cmd = Command(sender=_sender(spec["sender"]), receiver=_addr(spec["receiver"]),
+                      payload=CommandPayload(payload="hi"))
+        try:
+            result = await bridge.invoke(cmd, TTL_S)
+        except PuristaError as exc:
+            raise AssertionError(
+                f"invoking a PURISTA-served command failed: {exc.status} {exc} "
+                f"(served by the peer: {len(served)})"
+            ) from exc
+        assert result == {"pong": "hi"}
+        assert len(served) == 1
+        problems = _envelope_problems(served[0])
+        landed = _landed(peer, lambda m: m.json().get("id") == cmd.id
+                         and m.json().get("messageType") == "command")
+        route = _route_of(transport, "py_command", bridge.prefix)
+        if route is not None and [m.route for m in landed] != [route]:
+            problems.append(f"command published on {[m.route for m in landed]}, want {route!r}")
+        if transport == "amqp" and landed:
+            want = VECTORS["py_command"]["amqp_headers"]["value"]
+            for key, value in want.items():
+                if landed[0].headers.get(key) != value:
+                    problems.append(f"header {key}={landed[0].headers.get(key)!r}, want {value!r}")
+            if landed[0].properties.get("correlation_id") != cmd.correlation_id:
+                problems.append("correlationId property is not the command's")
+            if not landed[0].properties.get("reply_to"):
+                problems.append("no replyTo property")
+        bad = Command(sender=_sender(spec["sender"]), receiver=_addr(spec["receiver"]),
+                      payload=CommandPayload(payload="bad"))
+        with pytest.raises(PuristaError) as info:
+            await bridge.invoke(bad, TTL_S)
+        assert info.value.status == 409, f"handled error came back as {info.value.status}"
+        assert info.value.is_handled, "PURISTA's handled error arrived as unhandled"
+        assert not problems, "; ".join(problems)
+    finally:
+        await peer.close()
+
+
+@check("event_bridge.wire.purista.mixed_fleet_command_once", kinds=EB, needs=NEEDS)
+async def test_mixed_fleet_command_once(aut: AdapterUnderTest) -> None:
+    """A command served by a PURISTA instance and one of the adapter's runs exactly once per
+    invocation, on one of them (same queue / queue group / share group)."""
+    transport = _transport(aut)
+    server = await _bridge(aut)
+    caller = await aut.new(instance_id=INST["py_caller"])
+    spec = VECTORS["ts_command"]["message"]
+    ran: list[tuple[str, str]] = []
+
+    async def handler(cmd: Command) -> Any:
+        ran.append(("py", cmd.correlation_id))
+        return success_response(cmd, "py")
+
+    await server.register_command(_addr(spec["receiver"]), handler)
+    peer = await peer_for(transport, server, INST["ts_peer"])
+
+    async def ts_handler(command: dict[str, Any]) -> dict[str, Any]:
+        ran.append(("ts", command["correlationId"]))
+        return purista_success(command, INST["ts_peer"], "ts")
+
+    try:
+        await peer.serve(address(*spec["receiver"]), ts_handler)
+        n = aut.n(20)
+        results = []
+        for i in range(n):
+            cmd = Command(sender=_sender(["caller", "1", "run", INST["py_caller"]]),
+                          receiver=_addr(spec["receiver"]), payload=CommandPayload(payload=i))
+            results.append(await caller.invoke(cmd, TTL_S))
+        await wait_quiet(lambda: len(ran), quiet_s=0.5)  # a second run would show by now
+        ids = [c for _, c in ran]
+        assert len(ids) == n and len(set(ids)) == n, (
+            f"{n} invocations ran {len(ids)} times ({len(ids) - len(set(ids))} duplicates)"
+        )
+        aut.metric("runs_by_runtime", {k: sum(1 for r, _ in ran if r == k) for k in ("py", "ts")})
+        assert set(results) <= {"py", "ts"}
+    finally:
+        await peer.close()
