@@ -358,3 +358,34 @@ async def test_mixed_fleet_command_once(aut: AdapterUnderTest) -> None:
         assert by["py"] and by["ts"], f"not one group: runs by runtime {by}"
     finally:
         await peer.close()
+
+
+@check("event_bridge.wire.purista.name_collision_rejected", kinds=EB, needs=NEEDS)
+async def test_name_collision_rejected(aut: AdapterUnderTest) -> None:
+    """Two commands (or subscriptions) whose names snake-case alike (``getUser`` and
+    ``get_user``) share one PURISTA subject/topic: registering the second fails, naming
+    both; the first keeps being served."""
+    transport = _transport(aut)
+    if transport == "amqp":
+        pytest.skip("PURISTA's AMQP names (queues, headers) are not snake-cased: no collision")
+    bridge = await _bridge(aut)
+    first = _addr(["pyService", "1.0.0", "getUser"])
+    await bridge.register_command(first, lambda cmd: _echo(cmd))
+    with pytest.raises(ValueError, match=r"getUser.*get_user|get_user.*getUser"):
+        await bridge.register_command(_addr(["py_service", "1.0.0", "get_user"]), _echo)
+    with pytest.raises(ValueError, match=r"onSignUp.*on_sign_up|on_sign_up.*onSignUp"):
+        await bridge.register_subscription(
+            Subscription(subscriber=_addr(["pyService", "1.0.0", "onSignUp"])), _ignore)
+        await bridge.register_subscription(
+            Subscription(subscriber=_addr(["pyService", "1.0.0", "on_sign_up"])), _ignore)
+    cmd = Command(sender=_sender(["caller", "1", "run", INST["py_caller"]]), receiver=first,
+                  payload=CommandPayload(payload="still"))
+    assert await bridge.invoke(cmd, TTL_S) == "still"
+
+
+async def _echo(cmd: Command) -> Any:
+    return success_response(cmd, cmd.payload.payload)
+
+
+async def _ignore(_message: Any) -> None:
+    return None

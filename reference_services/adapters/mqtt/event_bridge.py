@@ -140,6 +140,7 @@ class MqttBridge(EventBridgeBase):
     """PURISTA event bridge over MQTT 5; see the module docstring."""
 
     name = "mqtt"
+    snake_cased_wire = True
     capabilities = EventBridgeCapabilities(
         delivery="at_least_once",
         durable_subscriptions=YES,

@@ -91,6 +91,7 @@ class NatsBridge(EventBridgeBase):
     """
 
     name = "nats"
+    snake_cased_wire = True
     capabilities = EventBridgeCapabilities(
         delivery="at_least_once",
         durable_commands=unsupported(

@@ -59,6 +59,7 @@ from reference_services.runtime.messages import (
     SenderAddress,
     error_response,
 )
+from reference_services.runtime.purista_names import NameCollisionError, snake_case
 from reference_services.runtime.spi.capabilities import EventBridgeCapabilities
 from reference_services.runtime.spi.inflight import InflightTracker
 from reference_services.runtime.spi.matcher import matches
@@ -724,6 +725,9 @@ class EventBridgeBase(ABC):
     core_class: ClassVar[type[BridgeCore]] = BridgeCore
     #: invocations preparing and sending at once (see :meth:`invoke`)
     max_sends_in_flight: int = 32
+    snake_cased_wire: ClassVar[bool] = False
+    """The transport writes addresses snake-cased (PURISTA's NATS/MQTT): names that
+    snake-case alike would share a subject, so registering both fails."""
 
     def __init__(
         self,
@@ -887,12 +891,30 @@ class EventBridgeBase(ABC):
     ) -> None:
         """Serve ``address`` with ``handler`` on this instance."""
         self.core.require_running()
+        self._check_wire_names(
+            "command", address, [r.address for r in self.core._commands.values()]
+        )
         reg = RegisteredCommand(self._own(address), handler, config or CommandConfig())
         previous = self.core._commands.pop(address.key, None)
         if previous is not None:  # re-registering replaces the binding, never adds one
             await self._unbind_command(previous)
         self.core._commands[address.key] = reg
         await self._bind_command(reg)
+
+    def _check_wire_names(self, kind: str, address: Address, registered: list[Address]) -> None:
+        """Fail when ``address`` differs from a registered one but, snake-cased level by
+        level as PURISTA writes subjects and topics, names the same (``snake_cased_wire``)."""
+        if not self.snake_cased_wire:
+            return
+        mine = tuple(snake_case(part) for part in address.key)
+        for other in registered:
+            if other.key != address.key and tuple(snake_case(p) for p in other.key) == mine:
+                raise NameCollisionError(
+                    f"{kind} {'.'.join(address.key)!r} and the registered "
+                    f"{'.'.join(other.key)!r} are the same on the wire "
+                    f"({'.'.join(mine)!r}: PURISTA snake-cases every subject/topic level); "
+                    "rename one of them"
+                )
 
     async def unregister_command(self, address: Address) -> None:
         """Stop serving ``address``."""
@@ -907,6 +929,11 @@ class EventBridgeBase(ABC):
         self.core.require_running()
         if subscription.subscriber.instance_id != self.instance_id:
             subscription = replace(subscription, subscriber=self._own(subscription.subscriber))
+        self._check_wire_names(
+            "subscription",
+            subscription.subscriber,
+            [r.subscription.subscriber for r in self.core._subscriptions.values()],
+        )
         reg = RegisteredSubscription(subscription, handler)
         previous = self.core._subscriptions.pop(subscription.key, None)
         if previous is not None:
