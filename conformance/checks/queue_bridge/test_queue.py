@@ -331,3 +331,29 @@ async def test_fifo(aut: AdapterUnderTest) -> None:
             await q.ack(j)
     aut.observe("fifo", got == ids)
     aut.observe("leased", len(got))
+
+
+@check("queue_bridge.metrics", kinds=QB)
+async def test_metrics(aut: AdapterUnderTest) -> None:
+    """metrics counts pending, in-flight and dead-lettered jobs, the retries (each nack that
+    retries counts once) and the age of the oldest pending job (not before it was enqueued,
+    not from another epoch); a retried job carries its nack reason as last_error."""
+    q = await aut.new()
+    await q.enqueue("metrics", {"n": 1})
+    await q.enqueue("metrics", {"n": 2})
+    await asyncio.sleep(0.3)
+    m = await q.metrics("metrics")
+    got = (m.pending, m.inflight, m.dead_letter, m.retries)
+    assert got == (2, 0, 0, 0), f"(pending, inflight, dead_letter, retries) = {got}"
+    assert 250 <= m.oldest_age_ms < 30_000, f"oldest_age_ms {m.oldest_age_ms} for a 0.3 s old job"
+    job = await _lease_one(q, "metrics")
+    assert job is not None
+    assert (await q.metrics("metrics")).inflight == 1
+    assert await q.nack(job, "again") == "retry"
+    m = await q.metrics("metrics")
+    got = (m.pending, m.inflight, m.retries)
+    assert got == (2, 0, 1), f"after one retrying nack (pending, inflight, retries) = {got}"
+    again = [await _lease_one(q, "metrics") for _ in range(2)]
+    retried = [j for j in again if j is not None and j.id == job.id]
+    assert retried, f"the nacked job did not come back: {again}"
+    assert retried[0].last_error == "again", f"last_error of a retry: {retried[0].last_error!r}"
