@@ -69,7 +69,8 @@ async def test_numbers(aut: AdapterUnderTest) -> None:
 @check("queue_bridge.fidelity.dead_letter_redrive", kinds=("queue_bridge",))
 async def test_dead_letter_redrive(aut: AdapterUnderTest) -> None:
     """A dead letter keeps the job's queue, payload, parameter, headers and idempotency key,
-    with the time it was dead-lettered; redrive without ids returns every dead letter, and
+    with the time it was dead-lettered; peek lists the oldest first, at most ``limit``
+    (none for 0); redrive without ids returns every dead letter, and
     the redriven jobs come back unchanged at attempt 1."""
     q = await aut.new()
     jobs = {
@@ -84,11 +85,16 @@ async def test_dead_letter_redrive(aut: AdapterUnderTest) -> None:
         for i in range(3)
     }
     before = time.time() * 1000
+    order = []
     for _ in jobs:
         leased = await q.lease_next("dl-fid", 1)
         assert leased, "a job vanished before its dead letter"
         assert await q.nack(leased[0], "no") == "dead_letter"
+        order.append(leased[0].id)
     after = time.time() * 1000
+    for limit in (0, 1, 2, 3):
+        got = [d.id for d in await q.peek_dead_letter("dl-fid", limit)]
+        assert got == order[:limit], f"peek limit {limit}: {got}, expected oldest first {order}"
     dead = {d.id: d for d in await q.peek_dead_letter("dl-fid")}
     assert set(dead) == set(jobs), f"dead letters {sorted(dead)} != jobs {sorted(jobs)}"
     for job_id, i in jobs.items():
