@@ -307,13 +307,16 @@ async def test_extend_lease(aut: AdapterUnderTest) -> None:
 
 @check("queue_bridge.lifecycle.ready_healthy", kinds=QB)
 async def test_ready_healthy(aut: AdapterUnderTest) -> None:
-    """Not ready before start, ready and healthy after start, not ready after destroy."""
+    """Not ready before start, ready and healthy after start, neither ready nor healthy after
+    destroy; both answer a bool."""
     q = aut.build()
-    assert not await q.is_ready(), "ready before start"
+    assert await q.is_ready() is False, "ready before start (is_ready must be False, a bool)"
     await q.start()
-    assert await q.is_ready() and await q.is_healthy(), "not ready/healthy after start"
+    assert await q.is_ready() is True, "not ready after start (is_ready must be True)"
+    assert await q.is_healthy() is True, "not healthy after start (is_healthy must be True)"
     await aut.destroy(q)
-    assert not await q.is_ready(), "still ready after destroy"
+    assert await q.is_ready() is False, "still ready after destroy"
+    assert await q.is_healthy() is False, "still healthy after destroy"
 
 
 @check("queue_bridge.open.fifo", kinds=QB, open_behaviour=True)
