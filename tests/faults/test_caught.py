@@ -110,3 +110,24 @@ def test_same_checks_pass_on_the_real_adapters(tmp_path: Path) -> None:
     for check in ("faults.retries.queue_backoff_dead_letter", "faults.service.sigkill_redelivery"):
         row = only(rows, check)
         assert row["status"] == "passed", f"{check}: {row['message']}"
+
+
+@pytest.mark.parametrize("store", ["redis", "nats-kv"])
+def test_effect_outside_the_atomic_commit_is_caught(tmp_path: Path, store: str) -> None:
+    """The owner SIGKILLed between effect and done record: with the atomic commit every
+    counter is 1; with the write made inside the effect (external, at least once) the
+    check sees the counters at 2."""
+    rows = run_faults(tmp_path / "ok", f"state_store:{store}", "sigkill_inside_effect_window")
+    row = only(rows, "faults.service.sigkill_inside_effect_window")
+    assert row["status"] == "passed", row["message"]
+    assert set(row["metrics"]["committed"].values()) == {1}, row["metrics"]
+    assert row["metrics"]["effect_attempts"] == 2 * row["metrics"]["keys"], row["metrics"]
+    rows = run_faults(
+        tmp_path / "broken",
+        f"state_store:{store}",
+        "sigkill_inside_effect_window",
+        env={"CF_EFFECT_MODE": "external"},
+    )
+    row = only(rows, "faults.service.sigkill_inside_effect_window")
+    assert row["status"] == "failed", row
+    assert "effects committed other than once" in row["message"], row["message"]
