@@ -25,20 +25,68 @@ bridge always reads values from the message body, never from the subject.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
-# ASCII semantics on purpose: PURISTA's regex has no ``u`` flag, so ``\b`` and the
-# character classes only know ASCII letters and digits.
-_WORDS = re.compile(r"[A-Z]{2,}(?=[A-Z][a-z]+[0-9]*|\b)|[A-Z]?[a-z]+[0-9]*|[A-Z]|[0-9]+", re.ASCII)
+_UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_LOWER = frozenset("abcdefghijklmnopqrstuvwxyz")
+_DIGIT = frozenset("0123456789")
+_WORD_CHARS = _UPPER | _LOWER | _DIGIT | {"_"}  # ASCII only, as in PURISTA
+
+
+def _run(value: str, i: int, chars: frozenset[str]) -> int:
+    while i < len(value) and value[i] in chars:
+        i += 1
+    return i
+
+
+def _capitals_end(value: str, i: int) -> int | None:
+    """End of rule 1 at ``i``: the longest run of >= 2 capitals that is followed by a
+    capitalised word or ends at a word boundary."""
+    stop = _run(value, i, _UPPER)
+    for end in range(stop, i + 1, -1):
+        nxt = value[end] if end < len(value) else ""
+        if nxt in _UPPER and end + 1 < len(value) and value[end + 1] in _LOWER:
+            return end
+        if nxt not in _WORD_CHARS:  # the run ends a word
+            return end
+    return None
+
+
+def _word_end(value: str, i: int) -> int | None:
+    """End of the word starting at ``i`` (rules 1-4 in order), None if none starts there."""
+    end = _capitals_end(value, i)
+    if end is not None:
+        return end
+    j = i + 1 if value[i] in _UPPER else i
+    if j < len(value) and value[j] in _LOWER:
+        return _run(value, _run(value, j, _LOWER), _DIGIT)
+    if value[i] in _UPPER:
+        return i + 1
+    if value[i] in _DIGIT:
+        return _run(value, i, _DIGIT)
+    return None
+
+
+def words(value: str) -> list[str]:
+    """The words PURISTA's snake-casing keeps, in order."""
+    out: list[str] = []
+    i = 0
+    while i < len(value):
+        end = _word_end(value, i)
+        if end is None:
+            i += 1
+            continue
+        out.append(value[i:end])
+        i = end
+    return out
 
 
 def snake_case(value: str) -> str:
     """``value`` as PURISTA's ``convertToSnakeCase`` writes it."""
-    words = _WORDS.findall(value)
-    if not words:
+    found = words(value)
+    if not found:
         return value
-    return "_".join(word.lower() for word in words)
+    return "_".join(word.lower() for word in found)
 
 
 class NameCollisionError(ValueError):
