@@ -457,3 +457,21 @@ async def test_re_registering_replaces_the_binding_instead_of_adding_one() -> No
     assert seen == ["new", "marker"]
     await caller.destroy()
     await server.destroy()
+
+
+async def test_destroy_waits_for_cancelled_background_tasks_to_clean_up() -> None:
+    bridge = DefaultEventBridge(MemoryHub(), drain_timeout_s=1)
+    await bridge.start()
+    cleaned: list[str] = []
+
+    async def background() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0.05)  # clean-up that itself awaits (closing a consumer)
+            cleaned.append("cleaned")
+
+    bridge.core.spawn(background(), name="test-background")
+    await asyncio.sleep(0)
+    await bridge.destroy()
+    assert cleaned == ["cleaned"], "destroy returned before its background task ended"

@@ -193,9 +193,26 @@ class BridgeCore:
         return await self.inflight.wait_idle(timeout_s)
 
     def cancel_background(self) -> None:
-        """Cancel every background task (the last step of ``destroy``)."""
+        """Cancel every background task without waiting (see :meth:`stop_background`)."""
         for task in list(self._background):
             task.cancel()
+
+    async def stop_background(self, timeout_s: float = 2.0) -> bool:
+        """Cancel every background task and wait (up to ``timeout_s``) until they ended, so
+        their clean-up ran before the connection closes; False if some did not end."""
+        tasks = [t for t in self._background if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        if not tasks:
+            return True
+        _done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        if pending:
+            self._bridge.log.warning(
+                "%d background task(s) did not end within %.1fs of being cancelled",
+                len(pending),
+                timeout_s,
+            )
+        return not pending
 
     def decode_or_reject(
         self, raw: bytes | bytearray | memoryview | str, source: str
@@ -792,7 +809,7 @@ class EventBridgeBase(ABC):
                 f"{self.name} bridge is shutting down", StatusCode.SERVICE_UNAVAILABLE
             )
         )
-        self.core.cancel_background()
+        await self.core.stop_background(min(2.0, max(self.drain_timeout_s, 0.1)))
         if self.core.started:
             try:
                 await self._close()
