@@ -44,8 +44,8 @@ class CheckInfo:
 
     @property
     def summary(self) -> str:
-        """The first line of the docstring."""
-        return self.doc.strip().splitlines()[0] if self.doc.strip() else ""
+        """The docstring's first paragraph on one line (whole sentences, not its first line)."""
+        return " ".join(self.doc.strip().split("\n\n", 1)[0].split())
 
 
 def _suite_of(module: str) -> str:

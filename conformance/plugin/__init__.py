@@ -311,6 +311,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
         _keep_or_drop_workdirs(item, rep)
 
 
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
+    """One vocabulary: a check failing as declared is "unsupported" (pytest says xfailed)."""
+    if getattr(report, "wasxfail", None) is not None and report.when == "call":
+        if report.skipped or report.passed:  # failed as declared / better than declared
+            return "unsupported", "u", ("UNSUPPORTED", {"yellow": True})
+    return None
+
+
 def _keep_or_drop_workdirs(item: pytest.Item, rep: pytest.TestReport) -> None:
     """After the teardown: the check's work dirs go, or move under the report dir if it
     failed (the rows then name the new place)."""
@@ -403,14 +411,21 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if not state.needed:
         return
     state.prestarted = True
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None and not _is_worker(config):
+        # brokers take seconds to start (RabbitMQ ~10 s): say what the wait is for
+        tr.write_line(f"services: starting and probing {', '.join(sorted(state.needed))} ...")
     state.missing, state.preflight_s = preflight.run(
         state.needed, _recording(state, _service_getter(config))
     )
+    if tr is not None and not _is_worker(config):
+        ready = sorted(set(state.needed) - set(state.missing))
+        versions = ", ".join(f"{n} {state.brokers.get(n, '')}".strip() for n in ready)
+        tr.write_line(f"services: ready in {state.preflight_s:.1f}s: {versions or 'none'}")
     if _is_worker(config):
         config.workeroutput["cf_brokers"] = json.dumps(state.brokers)  # type: ignore[attr-defined]
     if not state.missing:
         return
-    tr = config.pluginmanager.get_plugin("terminalreporter")
     for service, line in sorted(state.missing.items()):
         for label in users.get(service, ()):
             state.missing_adapters.setdefault(label, line)

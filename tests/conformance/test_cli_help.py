@@ -44,3 +44,14 @@ def test_an_unknown_kind_is_named_as_a_kind() -> None:
     assert "unknown adapter kind 'kafka' in 'kafka:memory'" in proc.stderr
     assert "event_bridge, queue_bridge" in proc.stderr
     assert "No module named" not in proc.stderr
+
+
+def test_list_gives_whole_sentences_for_what_each_check_proves() -> None:
+    import json
+
+    proc = cli("list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    checks = json.loads(proc.stdout)["checks"]
+    assert len(checks) > 50
+    cut = [c["check"] for c in checks if not c["summary"].endswith((".", ")", ":"))]
+    assert not cut, f"summaries cut mid-sentence: {cut}"
