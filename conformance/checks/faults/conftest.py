@@ -168,19 +168,41 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Print adapter x fault with the history figures, and the suite's wall time."""
     if not _ROWS:
         return
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from conformance.report import STYLE
+
     tr = terminalreporter
     tr.section("faults: adapter x fault")
-    head = f"{'adapter':<20}{'fault':<38}{'status':<12}" + "".join(
-        f"{c[:10]:>11}" for c in _COLUMNS
+    tw = getattr(tr, "_tw", None)
+    markup = bool(getattr(tw, "hasmarkup", False))
+    buf = io.StringIO()
+    console = Console(
+        file=buf,
+        force_terminal=markup,
+        color_system="standard" if markup else None,
+        width=max(180, int(getattr(tw, "fullwidth", 180) or 180)),  # headers whole
     )
-    tr.write_line(head)
+    table = Table(show_lines=False)
+    table.add_column("adapter", no_wrap=True)
+    table.add_column("fault", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for c in _COLUMNS:
+        table.add_column(c, justify="right", min_width=len(c))
     for row in sorted(_ROWS.values(), key=lambda r: (r["kind"], r["adapter"], r["check"])):
         m = row.get("metrics") or {}
-        cells = "".join(f"{'' if m.get(c) is None else m.get(c)!s:>11}" for c in _COLUMNS)
-        tr.write_line(
-            f"{row['kind'][:5] + ':' + row['adapter']:<20}"
-            f"{row['check'].removeprefix('faults.'):<38}{row['status']:<12}{cells}"
+        status = row["status"]
+        table.add_row(
+            f"{row['kind']}:{row['adapter']}",  # the label every other output uses
+            row["check"].removeprefix("faults."),
+            f"[{STYLE.get(status, '')}]{status}[/]" if status in STYLE else status,
+            *("" if m.get(c) is None else str(m.get(c)) for c in _COLUMNS),
         )
+    console.print(table)
+    tr.write(buf.getvalue())
     wall = time.monotonic() - _T0
     verdict = "within" if wall <= BUDGET_S else "OVER"
     tr.write_line(f"faults suite wall time: {wall:.1f} s ({verdict} the {BUDGET_S:.0f} s budget)")
