@@ -110,3 +110,38 @@ def check_collisions(kind: str, names: Iterable[tuple[str, str]]) -> None:
                 "so a PURISTA fleet cannot tell them apart; rename one of them"
             )
         seen.setdefault(token, (label, value))
+
+
+def routing_headers(message: object) -> dict[str, str]:
+    """PURISTA's routing headers of a message (NATS headers, MQTT user properties):
+    ``messageType``, ``sender*``, ``receiver*``, ``eventName``, ``principalId``,
+    ``tenantId`` when set, and the W3C ``traceparent``/``tracestate`` of its ``otp``.
+    Values a header cannot carry (line breaks) are left out."""
+    import json
+
+    out: dict[str, str] = {"messageType": str(getattr(message, "message_type", ""))}
+    for side in ("sender", "receiver"):
+        address = getattr(message, side, None)
+        if address is None:
+            continue
+        out[f"{side}ServiceName"] = address.service_name
+        out[f"{side}ServiceVersion"] = address.service_version
+        out[f"{side}ServiceTarget"] = address.service_target
+        if address.instance_id:
+            out[f"{side}InstanceId"] = address.instance_id
+    for key, attr in (("eventName", "event_name"), ("principalId", "principal_id"),
+                      ("tenantId", "tenant_id")):
+        value = getattr(message, attr, None)
+        if value:
+            out[key] = value
+    otp = getattr(message, "otp", None)
+    if otp:
+        try:
+            carrier = json.loads(otp)
+        except ValueError:
+            carrier = {}
+        if isinstance(carrier, dict):
+            for key in ("traceparent", "tracestate"):
+                if isinstance(carrier.get(key), str):
+                    out[key] = carrier[key]
+    return {k: v for k, v in out.items() if v and "\r" not in v and "\n" not in v}

@@ -135,6 +135,14 @@ async def test_event_out(aut: AdapterUnderTest) -> None:
             problems.append(f"published on {got.route!r}, PURISTA uses {route!r}")
         if transport == "amqp":
             problems += _amqp_problems(got, "py_event", msg.id, stamp)
+        else:
+            carried = got.headers if transport == "nats" else dict(
+                got.properties.get("UserProperty") or []
+            )
+            key = "nats_headers" if transport == "nats" else "mqtt_user_properties"
+            for name, value in VECTORS["py_event"][key]["value"].items():
+                if carried.get(name) != value:
+                    problems.append(f"{key} {name}={carried.get(name)!r}, PURISTA: {value!r}")
         assert not problems, "; ".join(problems)
     finally:
         await peer.close()
@@ -223,6 +231,13 @@ async def test_command_in(aut: AdapterUnderTest) -> None:
         assert error["messageType"] == "commandErrorResponse", error
         assert error["isHandledError"] is True and error["payload"]["status"] == 404, error
         problems += _envelope_problems(error)
+        if transport in ("amqp", "mqtt"):  # the captured copy may trail the delivery
+            ids = {ok["correlationId"], bad["correlationId"]}
+            kinds = ("commandSuccessResponse", "commandErrorResponse")
+            await wait_for(lambda: ids <= {
+                m.json().get("correlationId") for m in peer.landed
+                if m.json().get("messageType") in kinds
+            }, 5)
         problems += _response_route_problems(transport, peer, bridge.prefix, ok, bad)
         assert not problems, "; ".join(problems)
     finally:

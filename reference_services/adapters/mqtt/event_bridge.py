@@ -76,6 +76,7 @@ from reference_services.runtime.messages import (
     CustomMessage,
     SenderAddress,
 )
+from reference_services.runtime.purista_names import routing_headers
 from reference_services.runtime.spi.bridge_base import (
     DEAD_LETTER_REASON_HEADER,
     Disposition,
@@ -313,9 +314,11 @@ class MqttBridge(EventBridgeBase):
     async def _publish(self, message: AnyMessage) -> None:
         props = Properties(PacketTypes.PUBLISH)
         props.ContentType = message.content_type
+        user = list(routing_headers(message).items())
         reason = _dead_letter_reason.get()
         if reason is not None:
-            props.UserProperty = [(DEAD_LETTER_REASON_HEADER, reason[:1024])]
+            user.append((DEAD_LETTER_REASON_HEADER, reason[:1024]))
+        props.UserProperty = user
         topic, raw = topics.message_topic(self.prefix, message), self.core.encode(message)
         code = await self._rpc.publish(topic, raw, props, self.publish_timeout_s)
         loop = asyncio.get_running_loop()
@@ -332,6 +335,7 @@ class MqttBridge(EventBridgeBase):
         props = Properties(PacketTypes.PUBLISH)
         props.ContentType = command.content_type
         props.CorrelationData = command.correlation_id.encode("utf-8")
+        props.UserProperty = list(routing_headers(command).items())
         code = await self._rpc.publish(
             topics.command_topic(self.prefix, command),
             self.core.encode(command),
@@ -623,6 +627,7 @@ class MqttBridge(EventBridgeBase):
             props = Properties(PacketTypes.PUBLISH)
             props.ContentType = response.content_type
             props.CorrelationData = message.correlation_id.encode("utf-8")
+            props.UserProperty = list(routing_headers(response).items())
             try:
                 await self._rpc.publish(
                     topics.message_topic(self.prefix, response),

@@ -58,6 +58,7 @@ from reference_services.runtime.messages import (
     SenderAddress,
     error_response,
 )
+from reference_services.runtime.purista_names import routing_headers
 from reference_services.runtime.redact import redact_text, redact_url
 from reference_services.runtime.spi.bridge_base import (
     BridgeNotRunningError,
@@ -356,10 +357,11 @@ class NatsBridge(EventBridgeBase):
     async def _publish(self, message: AnyMessage) -> None:
         data = self.core.encode(message)
         subject = subjects.message_subject(self.prefix, message)
+        headers = routing_headers(message)
         if message.message_type is MessageType.COMMAND:
-            await self._client().publish(subject, data)
+            await self._client().publish(subject, data, headers=headers)
             return
-        await self._js_publish(subject, data, {"Nats-Msg-Id": message.id}, self.stream)
+        await self._js_publish(subject, data, {**headers, "Nats-Msg-Id": message.id}, self.stream)
 
     async def _js_publish(
         self, subject: str, data: bytes, headers: dict[str, str], stream: str
@@ -426,7 +428,10 @@ class NatsBridge(EventBridgeBase):
         subject = subjects.command_subject(self.prefix, command)
         try:
             await nc.publish(
-                subject, self.core.encode(command), reply=f"{self._reply_prefix}.{tok}"
+                subject,
+                self.core.encode(command),
+                reply=f"{self._reply_prefix}.{tok}",
+                headers=routing_headers(command),
             )
         except Exception:
             self._sent.pop(tok, None)
@@ -523,7 +528,7 @@ class NatsBridge(EventBridgeBase):
                     )
                 )
             try:
-                await self._client().publish(msg.reply, data)
+                await self._client().publish(msg.reply, data, headers=routing_headers(response))
             except Exception as exc:
                 self.log.warning("could not send the response to %s: %s", command.receiver, exc)
         await self.core.after_response(response)
