@@ -1,4 +1,13 @@
-"""The harness: real brokers and Toxiproxy for tests, faults, histories, a pytest plugin."""
+"""The harness: real brokers and Toxiproxy for tests, faults, histories, a pytest plugin.
+
+The service names load lazily: the pytest plugin (an entry point, loaded by every
+pytest run where this package is installed) must import without the ``[harness]``
+extra (mirakuru, testcontainers, docker), which only providing a service needs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import (
     HarnessError,
@@ -7,14 +16,19 @@ from harness.errors import (
     ServiceUnavailable,
 )
 from harness.history import History, Verdict, check
-from harness.services import (
-    SERVICE_NAMES,
-    Provider,
-    ServiceHandle,
-    ServiceSet,
-    select_provider,
-    start_many,
-)
+
+if TYPE_CHECKING:
+    from harness.services import (
+        SERVICE_NAMES,
+        Provider,
+        ServiceHandle,
+        ServiceSet,
+        select_provider,
+        start_many,
+    )
+
+_SERVICES = ("SERVICE_NAMES", "Provider", "ServiceHandle", "ServiceSet", "select_provider",
+             "start_many")
 
 __all__ = [
     "SERVICE_NAMES",
@@ -31,3 +45,11 @@ __all__ = [
     "select_provider",
     "start_many",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SERVICES:
+        from harness import services
+
+        return getattr(services, name)
+    raise AttributeError(f"module 'harness' has no attribute {name!r}")

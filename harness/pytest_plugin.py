@@ -70,8 +70,15 @@ class _HarnessState:
 
     def registry(self) -> ServiceSet:
         if self.services is None:
-            from harness.services.registry import ServiceSet
-            from harness.services.select import select_provider
+            try:
+                from harness.services.registry import ServiceSet
+                from harness.services.select import select_provider
+            except ImportError as exc:
+                pytest.fail(
+                    f"the harness' services need the [harness] extra ({exc}): "
+                    "pip install 'purista-conformance[harness]'",
+                    pytrace=False,
+                )
 
             self.services = ServiceSet(select_provider(provider_option(self.config)))
         return self.services
@@ -163,9 +170,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _executables(config: pytest.Config) -> None:
     """``harness_executables`` lines as $HARNESS_BIN_* (so workers and children see them)."""
+    lines = config.getini("harness_executables")
+    if not lines:
+        return
     from harness.services.local_recipes import executable_variable
 
-    for line in config.getini("harness_executables"):
+    for line in lines:
         binary, eq, path = str(line).partition("=")
         if not eq or not binary.strip() or not path.strip():
             raise pytest.UsageError(

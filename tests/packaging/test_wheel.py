@@ -134,6 +134,27 @@ def test_the_runtime_alone_installs_two_dependencies_and_runs_a_service(
         assert heavy not in names, f"the runtime alone pulled in {heavy}"
     proc = _run([str(python), "-c", SERVICE_SCRIPT], timeout=60, cwd=tmp_path)
     assert proc.stdout.startswith("signed up "), proc.stdout
+    # the harness' pytest plugin is an entry point: with pytest but no [harness] extra,
+    # pytest still runs, and a harness fixture names the extra it needs
+    _run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "pytest"],
+        timeout=300,
+    )
+    tests = tmp_path / "t"
+    tests.mkdir()
+    (tests / "test_it.py").write_text(
+        "def test_plain():\n    pass\n\ndef test_broker(harness_redis):\n    pass\n"
+    )
+    proc = subprocess.run(
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tests,
+        check=False,
+    )
+    assert "1 passed, 1 error" in proc.stdout, proc.stdout + proc.stderr
+    assert "pip install 'purista-conformance[harness]'" in proc.stdout
 
 
 def test_the_conformance_extra_runs_the_suite_in_parallel(wheel: Path, tmp_path: Path) -> None:
