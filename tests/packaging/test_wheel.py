@@ -202,3 +202,19 @@ def test_the_conformance_extra_runs_the_suite_in_parallel(wheel: Path, tmp_path:
     assert doc["summary"].get("passed", 0) > 10
     assert {r["adapter"] for r in doc["results"]} == {"memory"}
     assert "gw0" in proc.stdout or "2 workers" in proc.stdout
+
+
+def test_every_data_file_of_the_packages_is_in_the_wheel(wheel: Path) -> None:
+    import zipfile
+
+    names = set(zipfile.ZipFile(wheel).namelist())
+    missing = [
+        str(p.relative_to(ROOT))
+        for pkg in ("reference_services", "harness", "conformance")
+        for p in (ROOT / pkg).rglob("*")
+        if p.is_file()
+        and p.suffix not in (".py", ".pyc")
+        and "__pycache__" not in p.parts
+        and str(p.relative_to(ROOT)) not in names
+    ]
+    assert not missing, f"not in the wheel (add them to package-data): {missing}"
