@@ -191,7 +191,8 @@ async def test_lease_expiry(aut: AdapterUnderTest) -> None:
 
 @check("queue_bridge.stale_lease_rejected", kinds=QB, needs=("lease_recovery",))
 async def test_stale_lease_rejected(aut: AdapterUnderTest) -> None:
-    """Acking with an expired, re-leased lease fails with 409; the new holder's ack works."""
+    """Acking with an expired, re-leased lease fails with 409 naming the job; the new
+    holder's ack works."""
     q = await aut.new()
     await q.enqueue("stale", {"x": 1}, lease_ttl_ms=200)
     old = await _lease_one(q, "stale")
@@ -201,6 +202,7 @@ async def test_stale_lease_rejected(aut: AdapterUnderTest) -> None:
         await q.ack(old)
     except PuristaError as exc:
         assert exc.status == 409, f"stale ack: expected 409, got {exc.status}"
+        assert old.id in str(exc), f"the 409 of a stale ack does not name job {old.id}: {exc}"
     else:
         raise AssertionError(f"ack with stale lease {old.lease_id} was accepted")
     await q.ack(new)
