@@ -101,6 +101,7 @@ class AdapterSpec:
     deployable: bool = False
     url_var: str | None = None
     selector: str | None = None
+    protocol: str | None = None
     adapter_class: type | None = None
 
     @property
@@ -160,6 +161,7 @@ def descriptor_spec(d: AdapterDescriptor, source: str, selector: str) -> Adapter
         deployable=d.deployable,
         url_var=d.url_var,
         selector=selector,
+        protocol=d.protocol,
     )
     try:
         cls = d.load()

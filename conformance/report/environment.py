@@ -5,33 +5,34 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-#: distributions whose versions a reader of a report wants to know
-LIBRARIES = (
-    "purista-conformance",
-    "pydantic",
-    "opentelemetry-api",
-    "aio-pika",
-    "aiormq",
-    "nats-py",
-    "redis",
-    "paho-mqtt",
-    "pytest",
-    "pytest-xdist",
-    "hypothesis",
-    "testcontainers",
-    "docker",
-)
+TOOL = "purista-conformance"
+# client libraries under the project's own, whose versions a reader of a report wants
+_INDIRECT = ("aiormq",)
+
+
+def _libraries() -> tuple[str, ...]:
+    """The tool and every distribution it requires (any extra), read from its metadata."""
+    try:
+        requires = importlib.metadata.requires(TOOL) or []
+    except importlib.metadata.PackageNotFoundError:
+        requires = []
+    names = [m.group(0) for r in requires if (m := re.match(r"[A-Za-z0-9._-]+", r))]
+    return tuple(dict.fromkeys([TOOL, *names, *_INDIRECT]))
+
+
+LIBRARIES = _libraries()
 
 
 def tool_version() -> str:
     """The installed purista-conformance version."""
     try:
-        return importlib.metadata.version("purista-conformance")
+        return importlib.metadata.version(TOOL)
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
 

@@ -47,9 +47,10 @@ TTL_S = 10.0
 
 
 def _transport(aut: AdapterUnderTest) -> str:
-    if aut.name not in PEERS:
-        pytest.skip(f"no raw PURISTA peer for transport {aut.name!r}")
-    return aut.name
+    protocol = aut.spec.protocol
+    if protocol not in PEERS:
+        pytest.skip(f"no raw PURISTA peer for the adapter's protocol ({protocol!r})")
+    return protocol
 
 
 def _addr(parts: list[str]) -> Address:

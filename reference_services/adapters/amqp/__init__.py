@@ -12,6 +12,7 @@ DESCRIPTORS: tuple[AdapterDescriptor, ...] = (
         service="rabbitmq",
         url_var="AMQP_URL",
         deployable=True,
+        protocol="amqp",
         fault_options={
             "heartbeat_s": 1,
             "reconnect_interval_s": 0.2,

@@ -12,6 +12,7 @@ DESCRIPTORS: tuple[AdapterDescriptor, ...] = (
         service="mosquitto",
         url_var="MQTT_URL",
         deployable=True,
+        protocol="mqtt",
         fault_options={
             "keepalive_s": 1,
             "reconnect_min_s": 0.2,

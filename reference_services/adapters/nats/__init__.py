@@ -21,6 +21,7 @@ DESCRIPTORS: tuple[AdapterDescriptor, ...] = (
         service="nats",
         url_var="NATS_URL",
         deployable=True,
+        protocol="nats",
         fault_options={
             "ping_interval_s": 1.0,
             "max_outstanding_pings": 2,

@@ -139,6 +139,9 @@ class BridgeCore:
         self._bridge = bridge
         self.pending = PendingInvocations(on_timeout=self.invoke_timed_out)
         self.inflight = InflightTracker()
+        # handlers running now (what ``bridge.inflight`` reports); ``inflight`` also counts
+        # tracked transport work around them (a spawned delivery, a response being sent)
+        self.handlers = InflightTracker()
         self._commands: dict[tuple[str, str, str], RegisteredCommand] = {}
         self._subscriptions: dict[tuple[str, str, str], RegisteredSubscription] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -351,7 +354,7 @@ class BridgeCore:
                 f"instance {self._bridge.instance_id} is shutting down",
                 responder_instance_id=self._bridge.instance_id,
             )
-        with self.inflight.track():
+        with self.inflight.track(), self.handlers.track():
             with telemetry.span(
                 f"command {command.receiver}",
                 SpanKind.SERVER,
@@ -443,7 +446,7 @@ class BridgeCore:
         self, reg: RegisteredSubscription, message: AnyMessage, attempt: int
     ) -> DeliveryOutcome:
         sub = reg.subscription
-        with self.inflight.track():
+        with self.inflight.track(), self.handlers.track():
             with telemetry.span(
                 f"subscription {sub.subscriber}",
                 SpanKind.CONSUMER,
@@ -773,7 +776,7 @@ class EventBridgeBase(ABC):
     @property
     def inflight(self) -> int:
         """Handlers running now."""
-        return self.core.inflight.count
+        return self.core.handlers.count
 
     async def start(self) -> None:
         """Connect and start accepting work. Idempotent."""

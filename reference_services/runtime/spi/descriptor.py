@@ -69,6 +69,9 @@ class AdapterDescriptor:
       fast reconnects), so a dead connection is noticed in seconds.
     - ``deployable``: whether it can connect separate OS processes (a real broker); the
       faults suite's service-process checks and the deployment patterns use it.
+    - ``protocol``: the wire protocol it speaks (``amqp``, ``nats``, ``mqtt``, ...): checks
+      that read the broker with a raw client of that protocol (the PURISTA wire family)
+      pick their client by it, never by the adapter's name.
     - ``create``: custom construction from a :class:`BuildContext` (default: the class with
       ``url=ctx.url(service), prefix=ctx.prefix, **ctx.options``).
     - ``inject_raw``: ``async (adapter, raw: bytes)`` putting raw bytes on the wire the
@@ -83,6 +86,7 @@ class AdapterDescriptor:
     url_var: str | None = None
     fault_options: Mapping[str, Any] = field(default_factory=dict)
     deployable: bool = False
+    protocol: str | None = None
     create: Callable[[BuildContext], Any] | None = None
     inject_raw: Callable[[Any, bytes], Awaitable[None]] | None = None
 
