@@ -18,7 +18,7 @@ def test_a_failing_check_is_a_failed_testcase_named_by_its_id(
     monkeypatch.syspath_prepend(str(HERE))
     report = conformance.run(
         adapters=["ignores_ttl=broken_adapters:ignores_ttl", "memory"],
-        keyword="event_bridge.commands or durable_restart",
+        keyword="event_bridge.commands or event_bridge.subscriptions.durable_restart",
         quick=True,
         report_dir=tmp_path,
     )
