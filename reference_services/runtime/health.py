@@ -18,6 +18,7 @@ DEFAULT_COMPONENT_TIMEOUT_S = 2.0
 MAX_LINE_BYTES = 8 * 1024
 MAX_HEADER_LINES = 64
 REQUEST_TIMEOUT_S = 5.0
+HEALTH_PATHS = ("/healthz", "/readyz")  # liveness, readiness
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -146,11 +147,11 @@ class HealthServer:
                 request = await asyncio.wait_for(self._read_request(reader), REQUEST_TIMEOUT_S)
                 parts = request.split()
                 path = parts[1] if len(parts) >= 2 else ""
-                if parts[:1] != ["GET"] or path not in ("/healthz", "/readyz"):
+                if parts[:1] != ["GET"] or path not in HEALTH_PATHS:
                     status, body = 404, {"error": f"unknown path {path[:200]!r}"}
                 else:
                     ok, details = await probe(
-                        self.components, path == "/readyz", self.component_timeout_s
+                        self.components, path == HEALTH_PATHS[1], self.component_timeout_s
                     )
                     status, body = (200 if ok else 503), {"ok": ok, "components": details}
             except _BadRequest as exc:
