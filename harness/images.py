@@ -37,6 +37,8 @@ SOURCE_DIRS = ("reference_services", "harness", "conformance")
 # Debian's python3 is 3.11.2: redis-py needs async-timeout below 3.11.3, which the host's
 # newer Python does not pull in when it builds the wheels
 IMAGE_ONLY_DEPS = ("async-timeout>=4.0.3,<6",)
+# the project's extra holding every built-in adapter's client library
+SERVICE_EXTRA = "adapters"
 SOURCES_FILES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
 
 
@@ -227,7 +229,8 @@ def build_service_image(client: Any, force: bool = False,
         shutil.copy(SERVICE_DOCKERFILE, context / "Dockerfile")
         with (log or Path(os.devnull)).open("ab") as out:
             proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir",
-                                   str(context / "wheels"), str(REPO_DIR), *IMAGE_ONLY_DEPS],
+                                   str(context / "wheels"), f"{REPO_DIR}[{SERVICE_EXTRA}]",
+                                   *IMAGE_ONLY_DEPS],
                                   stdout=out, stderr=subprocess.STDOUT, check=False)
         if proc.returncode != 0:
             raise ImageBuildError(f"pip wheel of the project failed (exit {proc.returncode})"

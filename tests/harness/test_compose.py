@@ -64,7 +64,10 @@ def test_compose_brings_up_every_service_ready(
     assert up.returncode == 0, up.stderr
     for name in SERVICES:
         url = f"http://127.0.0.1:{env[f'HARNESS_COMPOSE_{name.upper()}_PORT']}/readyz"
-        assert wait_until(lambda url=url: http_ok(url), 90, 0.5), f"{name}: {url} not ready"
+        if not wait_until(lambda url=url: http_ok(url), 90, 0.5):
+            logs = subprocess.run([*cmd, "logs", "--no-color", "--tail", "40", name], env=env,
+                                  capture_output=True, text=True, timeout=60, check=False)
+            pytest.fail(f"{name}: {url} not ready in 90 s; its last log lines:\n{logs.stdout}")
     project = cmd[2]
     mine = client.containers.list(filters={"label": f"com.docker.compose.project={project}"})
     assert len(mine) == 9
