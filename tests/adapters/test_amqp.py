@@ -142,14 +142,14 @@ class Raw:
 
 @pytest.fixture
 async def make_bridge(
-    rabbitmq: Any, namespace: str
+    harness_rabbitmq: Any, namespace: str
 ) -> AsyncIterator[Callable[..., Awaitable[AmqpBridge]]]:
     """Start bridges on a broker under this test's prefix; destroyed after."""
     made: list[AmqpBridge] = []
 
     async def make(url: str | None = None, **kw: Any) -> AmqpBridge:
         options = {**FAST, "prefix": namespace, **kw}
-        bridge = AmqpBridge(url or rabbitmq.url, **options)
+        bridge = AmqpBridge(url or harness_rabbitmq.url, **options)
         await bridge.start()
         made.append(bridge)
         return bridge
@@ -160,8 +160,8 @@ async def make_bridge(
 
 
 @pytest.fixture
-async def raw(rabbitmq: Any) -> AsyncIterator[Raw]:
-    async with Raw(rabbitmq.url) as r:
+async def raw(harness_rabbitmq: Any) -> AsyncIterator[Raw]:
+    async with Raw(harness_rabbitmq.url) as r:
         yield r
 
 
@@ -738,11 +738,11 @@ async def test_queued_durable_command_survives_broker_restart(
 
 
 async def test_black_holed_network_detected_and_recovered(
-    rabbitmq: Any, make_bridge: Any, request: pytest.FixtureRequest
+    harness_rabbitmq: Any, make_bridge: Any, request: pytest.FixtureRequest
 ) -> None:
     if not HAVE_HARNESS:
         pytest.skip("needs the harness plugin's proxied() fixture")
-    proxy = request.getfixturevalue("proxied")(rabbitmq)
+    proxy = request.getfixturevalue("proxied")(harness_rabbitmq)
     client = await make_bridge(proxy.url)
     server = await make_bridge(proxy.url)
     await server.register_command(USER, echo_handler([], server))

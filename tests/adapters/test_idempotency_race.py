@@ -299,11 +299,11 @@ def test_memory_store_race(mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_redis_store_race(redis: Any, mode: str) -> None:
-    run_state_machine_as_test(machine(_redis_factory(redis.url), mode), settings=RUN)
+def test_redis_store_race(harness_redis: Any, mode: str) -> None:
+    run_state_machine_as_test(machine(_redis_factory(harness_redis.url), mode), settings=RUN)
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_nats_kv_store_race(nats: Any, mode: str) -> None:
-    run_state_machine_as_test(machine(_nats_factory(nats.url), mode), settings=RUN)
+def test_nats_kv_store_race(harness_nats: Any, mode: str) -> None:
+    run_state_machine_as_test(machine(_nats_factory(harness_nats.url), mode), settings=RUN)
 

@@ -101,9 +101,9 @@ class LocalMosquitto:
 
 
 @pytest.fixture
-def broker(mosquitto: Any) -> Any:
+def broker(harness_mosquitto: Any) -> Any:
     """The session's Mosquitto (harness plugin)."""
-    return mosquitto
+    return harness_mosquitto
 
 
 @pytest.fixture

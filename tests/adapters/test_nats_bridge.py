@@ -78,14 +78,14 @@ def echo_handler(served: list[tuple[str, Command]], bridge: NatsBridge) -> Any:
 
 @pytest.fixture
 async def make_bridge(
-    nats: Any, namespace: str
+    harness_nats: Any, namespace: str
 ) -> AsyncIterator[Callable[..., Awaitable[NatsBridge]]]:
     """Start bridges on the session broker under this test's prefix; destroyed after."""
     made: list[NatsBridge] = []
 
     async def make(url: str | None = None, **kw: Any) -> NatsBridge:
         options = {**FAST, "prefix": namespace, **kw}
-        bridge = NatsBridge(url or nats.url, **options)
+        bridge = NatsBridge(url or harness_nats.url, **options)
         await bridge.start()
         made.append(bridge)
         return bridge
@@ -488,7 +488,7 @@ async def test_handled_error_is_not_redelivered(make_bridge: Any) -> None:
 
 
 async def test_malformed_messages_are_dropped_and_the_next_is_served(
-    make_bridge: Any, nats: Any, namespace: str
+    make_bridge: Any, harness_nats: Any, namespace: str
 ) -> None:
     consumer = await make_bridge()
     seen: list[Any] = []
@@ -501,7 +501,7 @@ async def test_malformed_messages_are_dropped_and_the_next_is_served(
     await consumer.register_command(USER, echo_handler(served, consumer))
     valid = event("e", "valid")
     subject = subjects.message_subject(namespace, valid)
-    raw = await nats_client.connect(nats.url)
+    raw = await nats_client.connect(harness_nats.url)
     try:
         js = raw.jetstream()
         await js.publish(subject, b"\xff not json")
@@ -642,9 +642,9 @@ async def test_stale_connection_detected_by_pings(make_bridge: Any, own_nats: An
 
 
 async def test_black_holed_network_detected_and_recovered(
-    nats: Any, make_bridge: Any, proxied: Callable[..., Any]
+    harness_nats: Any, make_bridge: Any, proxied: Callable[..., Any]
 ) -> None:
-    proxy = await asyncio.to_thread(proxied, nats)
+    proxy = await asyncio.to_thread(proxied, harness_nats)
     caller = await make_bridge()  # direct connection
     server = await make_bridge(proxy.url)
     served: list[tuple[str, Command]] = []

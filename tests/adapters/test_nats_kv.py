@@ -26,14 +26,14 @@ Factory = Callable[..., Awaitable[Any]]
 
 
 @pytest.fixture
-async def make(nats: Any, namespace: str) -> AsyncIterator[Factory]:
+async def make(harness_nats: Any, namespace: str) -> AsyncIterator[Factory]:
     """Create started stores on the session broker (same prefix = same buckets)."""
     made: list[_NatsKVStore] = []
 
     async def factory(cls: type[_NatsKVStore] = NatsKVStateStore, **kw: Any) -> Any:
         kw.setdefault("prefix", namespace)
         kw.setdefault("timings", FAST)
-        store = cls(kw.pop("url", nats.url), **kw)
+        store = cls(kw.pop("url", harness_nats.url), **kw)
         await store.start()
         made.append(store)
         return store

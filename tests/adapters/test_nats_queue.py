@@ -28,14 +28,14 @@ Factory = Callable[..., Awaitable[NatsQueueBridge]]
 
 
 @pytest.fixture
-async def make(nats: Any, namespace: str) -> AsyncIterator[Factory]:
+async def make(harness_nats: Any, namespace: str) -> AsyncIterator[Factory]:
     """Create started bridges on the session broker (same prefix = one deployment)."""
     made: list[NatsQueueBridge] = []
 
     async def factory(url: str | None = None, **kw: Any) -> NatsQueueBridge:
         kw.setdefault("prefix", namespace)
         kw.setdefault("timings", FAST)
-        bridge = NatsQueueBridge(url or nats.url, **kw)
+        bridge = NatsQueueBridge(url or harness_nats.url, **kw)
         await bridge.start()
         made.append(bridge)
         return bridge

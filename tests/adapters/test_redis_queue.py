@@ -25,13 +25,13 @@ from reference_services.runtime.queue import Job, LeaseExpiredError, QueueInputE
 
 @pytest.fixture
 async def make_bridge(
-    redis: Any, namespace: str
+    harness_redis: Any, namespace: str
 ) -> AsyncIterator[Callable[..., Awaitable[RedisQueueBridge]]]:
     made: list[RedisQueueBridge] = []
 
     async def make(url: str | None = None, **kwargs: Any) -> RedisQueueBridge:
         kwargs.setdefault("prefix", namespace)
-        bridge = RedisQueueBridge(url or redis.url, **kwargs)
+        bridge = RedisQueueBridge(url or harness_redis.url, **kwargs)
         await bridge.start()
         made.append(bridge)
         return bridge
@@ -185,7 +185,11 @@ async def test_extend_lease_and_inspect(make_bridge: Any) -> None:
     await asyncio.sleep(0.4)  # past the original ttl: the lease must still hold
     (info,) = await bridge.inspect_leases("q")
     assert (info.job_id, info.lease_id, info.attempt, info.worker_id) == (
-        job_id, job.lease_id, 1, "w7")
+        job_id,
+        job.lease_id,
+        1,
+        "w7",
+    )
     assert info.expires_at_ms == extended.lease_expires_at_ms
     await bridge.ack(extended)
     assert await bridge.inspect_leases("q") == []
@@ -246,12 +250,12 @@ async def test_blocking_lease_wakes_on_enqueue_from_another_bridge(make_bridge: 
 
 
 async def test_malformed_job_is_dead_lettered_and_next_served(
-    make_bridge: Any, redis: Any, caplog: pytest.LogCaptureFixture
+    make_bridge: Any, harness_redis: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     bridge = await make_bridge()
     bad = await bridge.enqueue("q", "will be corrupted")
     good = await bridge.enqueue("q", {"ok": True})
-    raw = aioredis.Redis.from_url(redis.url)
+    raw = aioredis.Redis.from_url(harness_redis.url)
     try:
         await raw.hset(f"{bridge._base('q')}:job:{bad}", "payload", b"\xff{not json")
     finally:
@@ -266,7 +270,9 @@ async def test_malformed_job_is_dead_lettered_and_next_served(
     assert (await bridge.enqueue("q", 2)) and len(await bridge.lease_next("q")) == 1
 
 
-async def test_broken_job_records_never_block_the_queue(make_bridge: Any, redis: Any) -> None:
+async def test_broken_job_records_never_block_the_queue(
+    make_bridge: Any, harness_redis: Any
+) -> None:
     """Hashes damaged or deleted behind the bridge's back are quarantined in the dead letter
     (an index entry whose hash is gone too, with the entry as its raw record); work goes on."""
     bridge = await make_bridge()
@@ -276,7 +282,7 @@ async def test_broken_job_records_never_block_the_queue(make_bridge: Any, redis:
     no_ttl = await bridge.enqueue("q", "ready, loses its lease ttl")
     gone = await bridge.enqueue("q", "ready, hash deleted")
     delayed = await bridge.enqueue("q", "delayed, loses its priority", delay_ms=300)
-    raw = aioredis.Redis.from_url(redis.url)
+    raw = aioredis.Redis.from_url(harness_redis.url)
     try:
         await raw.hdel(f"{base}:job:{leased}", "deliveries")
         await raw.hdel(f"{base}:job:{no_ttl}", "lease_ttl")
@@ -326,8 +332,14 @@ async def test_destroy_lets_running_operations_finish(make_bridge: Any) -> None:
 async def test_health_follows_redis_and_work_resumes_after_restart(
     fresh_redis: Any, namespace: str
 ) -> None:
-    bridge = RedisQueueBridge(fresh_redis.url, prefix=namespace, retry_attempts=2,
-                              retry_backoff_cap_s=0.2, poll_interval_ms=500, outage_retry_s=1.0)
+    bridge = RedisQueueBridge(
+        fresh_redis.url,
+        prefix=namespace,
+        retry_attempts=2,
+        retry_backoff_cap_s=0.2,
+        poll_interval_ms=500,
+        outage_retry_s=1.0,
+    )
     await bridge.start()
     try:
         kept = await bridge.enqueue("q", "survives")
@@ -371,8 +383,13 @@ async def test_sigkill_mid_1000_jobs_loses_none(
 ) -> None:
     """Kill -9 Redis (AOF, fsync always) while 1,000 jobs flow: every enqueued job is done."""
     total = 1000
-    opts: dict[str, Any] = dict(prefix=namespace, retry_attempts=2, retry_backoff_cap_s=0.2,
-                                poll_interval_ms=200, outage_retry_s=1.0)
+    opts: dict[str, Any] = dict(
+        prefix=namespace,
+        retry_attempts=2,
+        retry_backoff_cap_s=0.2,
+        poll_interval_ms=200,
+        outage_retry_s=1.0,
+    )
     producer = RedisQueueBridge(fresh_redis.url, **opts)
     workers = [RedisQueueBridge(fresh_redis.url, **opts) for _ in range(3)]
     for b in (producer, *workers):
@@ -388,8 +405,9 @@ async def test_sigkill_mid_1000_jobs_loses_none(
             key = f"k{n}"
             while True:  # an enqueue whose outcome is unknown is retried with the same key
                 try:
-                    await producer.enqueue("jobs", {"key": key}, idempotency_key=key,
-                                           lease_ttl_ms=2000)
+                    await producer.enqueue(
+                        "jobs", {"key": key}, idempotency_key=key, lease_ttl_ms=2000
+                    )
                 except RedisUnavailableError:
                     history.sent(key, "unknown")
                     errors["enqueue"] += 1
@@ -439,8 +457,9 @@ async def test_sigkill_mid_1000_jobs_loses_none(
 
     try:
         await asyncio.wait_for(
-            asyncio.gather(produce(), crash(), drained(),
-                           *(work(b, f"w{i}") for i, b in enumerate(workers))),
+            asyncio.gather(
+                produce(), crash(), drained(), *(work(b, f"w{i}") for i, b in enumerate(workers))
+            ),
             90,
         )
         assert at_kill["enqueued"] < total and at_kill["processed"] < total, at_kill
@@ -449,8 +468,10 @@ async def test_sigkill_mid_1000_jobs_loses_none(
         assert verdict.published_ok == total
         assert verdict.lost == 0 and verdict.unexpected == 0, verdict.format()
         assert (await producer.metrics("jobs")).dead_letter == 0
-        print(f"\nredis SIGKILL mid 1000 jobs (killed at {at_kill}): {verdict.to_dict()} "
-              f"errors={dict(errors)}")
+        print(
+            f"\nredis SIGKILL mid 1000 jobs (killed at {at_kill}): {verdict.to_dict()} "
+            f"errors={dict(errors)}"
+        )
     finally:
         for b in (producer, *workers):
             await b.destroy()
@@ -474,14 +495,20 @@ async def _truthy(value: bool) -> bool:
 
 
 async def test_lost_replies_are_retried_without_acting_twice(
-    redis: Any, proxied: Callable[..., Any], namespace: str
+    harness_redis: Any, proxied: Callable[..., Any], namespace: str
 ) -> None:
     """Replies swallowed by the network: the retried enqueue/lease/ack acts exactly once."""
-    proxy = proxied(redis)
-    bridge = RedisQueueBridge(proxy.url, prefix=namespace, socket_timeout_s=0.3,
-                              retry_attempts=1, retry_backoff_cap_s=0.1, outage_retry_s=20)
+    proxy = proxied(harness_redis)
+    bridge = RedisQueueBridge(
+        proxy.url,
+        prefix=namespace,
+        socket_timeout_s=0.3,
+        retry_attempts=1,
+        retry_backoff_cap_s=0.1,
+        outage_retry_s=20,
+    )
     await bridge.start()
-    direct = aioredis.Redis.from_url(redis.url, decode_responses=True)
+    direct = aioredis.Redis.from_url(harness_redis.url, decode_responses=True)
     base = bridge._base("q")
 
     async def counts() -> tuple[int, int]:
@@ -514,11 +541,17 @@ async def test_lost_replies_are_retried_without_acting_twice(
 
 
 async def test_health_detects_a_partition_within_seconds(
-    redis: Any, proxied: Callable[..., Any], namespace: str
+    harness_redis: Any, proxied: Callable[..., Any], namespace: str
 ) -> None:
-    proxy = proxied(redis)
-    bridge = RedisQueueBridge(proxy.url, prefix=namespace, socket_timeout_s=0.5,
-                              retry_attempts=1, health_timeout_s=0.5, outage_retry_s=0.5)
+    proxy = proxied(harness_redis)
+    bridge = RedisQueueBridge(
+        proxy.url,
+        prefix=namespace,
+        socket_timeout_s=0.5,
+        retry_attempts=1,
+        health_timeout_s=0.5,
+        outage_retry_s=0.5,
+    )
     await bridge.start()
     try:
         await bridge.enqueue("q", 1)
@@ -546,7 +579,7 @@ async def _equals(value: Awaitable[Any], expected: Any) -> bool:
 
 
 @pytest.mark.slow
-def test_matches_the_reference_model(redis: Any) -> None:
+def test_matches_the_reference_model(harness_redis: Any) -> None:
     """Random operation sequences give the same answers as DefaultQueueBridge.
 
     Every job gets a distinct priority so that lease order never depends on clocks.
@@ -563,7 +596,7 @@ def test_matches_the_reference_model(redis: Any) -> None:
 
     from reference_services.adapters.memory.queue_bridge import DefaultQueueBridge
 
-    url = redis.url
+    url = harness_redis.url
 
     class Model(RuleBasedStateMachine):
         def __init__(self) -> None:
@@ -602,8 +635,9 @@ def test_matches_the_reference_model(redis: Any) -> None:
         )
         def enqueue(self, priority: int, max_attempts: int, key: str | None) -> None:
             self.n += 1
-            kwargs = dict(priority=priority * 1000 + self.n, max_attempts=max_attempts,
-                          idempotency_key=key)
+            kwargs = dict(
+                priority=priority * 1000 + self.n, max_attempts=max_attempts, idempotency_key=key
+            )
             mem_id = self.run(self.mem.enqueue("q", {"n": self.n}, **kwargs))
             red_id = self.run(self.red.enqueue("q", {"n": self.n}, **kwargs))
             assert self.ids.setdefault(mem_id, red_id) == red_id
@@ -614,9 +648,21 @@ def test_matches_the_reference_model(redis: Any) -> None:
             red_jobs = self.run(self.red.lease_next("q", batch))
             assert [self.ids[j.id] for j in mem_jobs] == [j.id for j in red_jobs]
             for m, r in zip(mem_jobs, red_jobs, strict=True):
-                assert (m.payload, m.attempt, m.max_attempts, m.priority, m.last_error,
-                        m.idempotency_key) == (r.payload, r.attempt, r.max_attempts,
-                                               r.priority, r.last_error, r.idempotency_key)
+                assert (
+                    m.payload,
+                    m.attempt,
+                    m.max_attempts,
+                    m.priority,
+                    m.last_error,
+                    m.idempotency_key,
+                ) == (
+                    r.payload,
+                    r.attempt,
+                    r.max_attempts,
+                    r.priority,
+                    r.last_error,
+                    r.idempotency_key,
+                )
                 self.held.append((m, r))
 
         def _take(self, index: int, stale: bool) -> tuple[Job, Job]:
@@ -638,8 +684,11 @@ def test_matches_the_reference_model(redis: Any) -> None:
             assert a == b
 
         @precondition(lambda self: self.held or self.settled)
-        @rule(index=st.integers(0, 20), stale=st.booleans(),
-              reason=st.none() | st.sampled_from(["", "boom"]))
+        @rule(
+            index=st.integers(0, 20),
+            stale=st.booleans(),
+            reason=st.none() | st.sampled_from(["", "boom"]),
+        )
         def nack(self, index: int, stale: bool, reason: str | None) -> None:
             if not (self.settled if stale else self.held):
                 stale = not stale
@@ -659,8 +708,11 @@ def test_matches_the_reference_model(redis: Any) -> None:
         @rule(everything=st.booleans(), picks=st.lists(st.integers(0, 20), max_size=3))
         def redrive(self, everything: bool, picks: list[int]) -> None:
             dead = self.run(self.mem.peek_dead_letter("q"))
-            chosen = None if everything else sorted({dead[i % len(dead)].id for i in picks}
-                                                     if dead else set())
+            chosen = (
+                None
+                if everything
+                else sorted({dead[i % len(dead)].id for i in picks} if dead else set())
+            )
             a = self.run(self.mem.redrive_dead_letter("q", chosen))
             mapped = None if chosen is None else [self.ids[i] for i in chosen]
             b = self.run(self.red.redrive_dead_letter("q", mapped))
@@ -669,24 +721,36 @@ def test_matches_the_reference_model(redis: Any) -> None:
         @rule()
         def purge(self) -> None:
             assert self.run(self.mem.purge_dead_letter("q")) == self.run(
-                self.red.purge_dead_letter("q"))
+                self.red.purge_dead_letter("q")
+            )
 
         @invariant()
         def same_state(self) -> None:
             a, b = self.run(self.mem.metrics("q")), self.run(self.red.metrics("q"))
             assert (a.pending, a.inflight, a.dead_letter, a.retries) == (
-                b.pending, b.inflight, b.dead_letter, b.retries)
-            da, db = self.run(self.mem.peek_dead_letter("q")), self.run(
-                self.red.peek_dead_letter("q"))
+                b.pending,
+                b.inflight,
+                b.dead_letter,
+                b.retries,
+            )
+            da, db = (
+                self.run(self.mem.peek_dead_letter("q")),
+                self.run(self.red.peek_dead_letter("q")),
+            )
             assert [(self.ids[d.id], d.attempts, d.reason, d.payload) for d in da] == [
-                (d.id, d.attempts, d.reason, d.payload) for d in db]
-            la, lb = self.run(self.mem.inspect_leases("q")), self.run(
-                self.red.inspect_leases("q"))
+                (d.id, d.attempts, d.reason, d.payload) for d in db
+            ]
+            la, lb = self.run(self.mem.inspect_leases("q")), self.run(self.red.inspect_leases("q"))
             assert sorted((self.ids[x.job_id], x.attempt) for x in la) == sorted(
-                (x.job_id, x.attempt) for x in lb)
+                (x.job_id, x.attempt) for x in lb
+            )
 
     run_state_machine_as_test(
         Model,
-        settings=settings(max_examples=50, stateful_step_count=25, deadline=None,
-                          suppress_health_check=list(HealthCheck)),
+        settings=settings(
+            max_examples=50,
+            stateful_step_count=25,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        ),
     )

@@ -30,13 +30,13 @@ StoreT = RedisStateStore | RedisConfigStore | RedisSecretStore
 
 @pytest.fixture
 async def make_store(
-    redis: Any, namespace: str
+    harness_redis: Any, namespace: str
 ) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
     made: list[StoreT] = []
 
     async def make(cls: type[StoreT] = RedisStateStore, url: str | None = None, **kw: Any) -> Any:
         kw.setdefault("prefix", namespace)
-        store = cls(url or redis.url, **kw)
+        store = cls(url or harness_redis.url, **kw)
         await store.start()
         made.append(store)
         return store
@@ -48,8 +48,8 @@ async def make_store(
 
 
 @pytest.fixture
-async def raw(redis: Any) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis.url)
+async def raw(harness_redis: Any) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(harness_redis.url)
     yield client
     await client.aclose()
 
@@ -199,9 +199,9 @@ async def test_values_survive_sigkill_and_health_follows(fresh_redis: Any, names
 
 
 async def test_set_if_absent_retried_after_lost_reply_still_reports_created(
-    redis: Any, proxied: Callable[..., Any], namespace: str, raw: aioredis.Redis
+    harness_redis: Any, proxied: Callable[..., Any], namespace: str, raw: aioredis.Redis
 ) -> None:
-    proxy = proxied(redis)
+    proxy = proxied(harness_redis)
     store = RedisStateStore(proxy.url, prefix=namespace, socket_timeout_s=0.3,
                             retry_attempts=20, retry_backoff_cap_s=0.2)
     await store.start()

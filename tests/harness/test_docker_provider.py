@@ -221,9 +221,9 @@ def test_containers_of_a_killed_run_do_not_survive_the_next_runs_start(
 
 
 RUN = textwrap.dedent("""
-    def test_uses_brokers(redis, fresh_service):
+    def test_uses_brokers(harness_redis, fresh_service):
         fresh_service("nats")
-        assert redis.is_running()
+        assert harness_redis.is_running()
         assert {outcome}
 """)
 
@@ -246,7 +246,7 @@ def test_no_container_remains_after_a_passing_or_failing_run(
 HOLD = textwrap.dedent("""
     import time
 
-    def test_holds_containers(redis, fresh_service):
+    def test_holds_containers(harness_redis, fresh_service):
         fresh_service("nats")
         print("HOLDING", flush=True)
         time.sleep(600)

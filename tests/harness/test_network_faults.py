@@ -16,20 +16,21 @@ MakeProxy = Callable[..., Proxy]
 
 
 @pytest.fixture
-def proxy(redis: ServiceHandle, proxied: MakeProxy) -> Proxy:
-    return proxied(redis)
+def proxy(harness_redis: ServiceHandle, proxied: MakeProxy) -> Proxy:
+    return proxied(harness_redis)
 
 
 def _baseline(proxy: Proxy) -> float:
     return min(round_trip(proxy.host, proxy.port) for _ in range(3))
 
 
-def test_proxy_url_keeps_scheme_credentials_and_path(rabbitmq: ServiceHandle, redis: ServiceHandle,
-                                                     proxied: MakeProxy) -> None:
-    amqp = proxied(rabbitmq)
+def test_proxy_url_keeps_scheme_credentials_and_path(
+    harness_rabbitmq: ServiceHandle, harness_redis: ServiceHandle, proxied: MakeProxy
+) -> None:
+    amqp = proxied(harness_rabbitmq)
     assert amqp.url == f"amqp://guest:guest@127.0.0.1:{amqp.port}/"
-    assert amqp.port != rabbitmq.port and amqp.upstream == rabbitmq.address
-    red = proxied(redis, name="named_redis_proxy")
+    assert amqp.port != harness_rabbitmq.port and amqp.upstream == harness_rabbitmq.address
+    red = proxied(harness_redis, name="named_redis_proxy")
     assert red.name == "named_redis_proxy"
     assert red.url == f"redis://127.0.0.1:{red.port}/0"
 
@@ -188,8 +189,10 @@ def test_request_timeout_against_unreachable_server() -> None:
         server.version()
 
 
-def test_proxy_delete_closes_listener(toxiproxy_client: Toxiproxy, redis: ServiceHandle) -> None:
-    proxy = toxiproxy_client.proxied(redis)
+def test_proxy_delete_closes_listener(
+    toxiproxy_client: Toxiproxy, harness_redis: ServiceHandle
+) -> None:
+    proxy = toxiproxy_client.proxied(harness_redis)
     assert round_trip(proxy.host, proxy.port) < 1
     proxy.delete()
     proxy.delete()  # idempotent

@@ -52,7 +52,7 @@ def test_require_services_turns_skips_into_failures(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/redis-server"), reason="needs redis-server")
 def test_keep_services_leaves_them_running_and_prints_urls(tmp_path: Path) -> None:
-    (tmp_path / "test_keep.py").write_text("def test_it(redis):\n    assert redis.url\n")
+    (tmp_path / "test_keep.py").write_text("def test_it(harness_redis):\n    assert harness_redis.url\n")
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir",
          str(tmp_path), str(tmp_path / "test_keep.py"), "--provider", "local",
@@ -81,9 +81,10 @@ def test_keep_services_leaves_them_running_and_prints_urls(tmp_path: Path) -> No
 
 
 SESSION_FILE = '''
-def test_all(rabbitmq, nats, redis, mosquitto, toxiproxy, fresh_service, proxied):
-    proxy = proxied(redis)
-    assert proxy.port and fresh_service("redis").port != redis.port
+def test_all(harness_rabbitmq, harness_nats, harness_redis, harness_mosquitto, harness_toxiproxy,
+             fresh_service, proxied):
+    proxy = proxied(harness_redis)
+    assert proxy.port and fresh_service("redis").port != harness_redis.port
 '''
 
 

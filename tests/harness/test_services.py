@@ -35,15 +35,15 @@ def test_start_round_trip_stop_leaves_no_process(harness_services: ServiceSet, n
     print(f"{name} started in {elapsed:.2f} s")
 
 
-def test_session_fixtures_share_one_instance(redis, harness_services: ServiceSet) -> None:
-    assert harness_services.get("redis") is redis
-    assert probe("redis", redis.url)
+def test_session_fixtures_share_one_instance(harness_redis, harness_services: ServiceSet) -> None:
+    assert harness_services.get("redis") is harness_redis
+    assert probe("redis", harness_redis.url)
 
 
-def test_env_gives_url_variables(rabbitmq) -> None:
-    env = rabbitmq.env()
-    assert env["RABBITMQ_URL"] == env["AMQP_URL"] == rabbitmq.url
-    assert rabbitmq.url == f"amqp://guest:guest@127.0.0.1:{rabbitmq.port}/"
+def test_env_gives_url_variables(harness_rabbitmq) -> None:
+    env = harness_rabbitmq.env()
+    assert env["RABBITMQ_URL"] == env["AMQP_URL"] == harness_rabbitmq.url
+    assert harness_rabbitmq.url == f"amqp://guest:guest@127.0.0.1:{harness_rabbitmq.port}/"
 
 
 def test_namespace_is_short_unique_and_valid(namespace: str) -> None:

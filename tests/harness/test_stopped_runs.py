@@ -244,9 +244,9 @@ def test_sigterm_stops_harness_doctor(start: Callable[..., Runner]) -> None:
 SESSION = '''
 import time
 
-def test_hold(nats, toxiproxy, fresh_service, proxied):
+def test_hold(harness_nats, harness_toxiproxy, fresh_service, proxied):
     fresh_service("redis")
-    proxied(nats)
+    proxied(harness_nats)
     print("HOLDING", flush=True)
     time.sleep(600)
 '''
