@@ -32,14 +32,8 @@ SUITE_DIRS = {
 }
 SUITE_DIRS["all"] = tuple(d for dirs in SUITE_DIRS.values() for d in dirs)
 
-_INI = """[pytest]
-asyncio_mode = auto
-asyncio_default_fixture_loop_scope = function
-python_files = test_*.py
-filterwarnings =
-    ignore::DeprecationWarning:testcontainers.*
-    ignore::pytest.PytestAssertRewriteWarning
-"""
+#: the pytest settings of a run (shipped; the header names it, not a temporary file)
+RUN_INI = Path(__file__).resolve().parent / "run.ini"
 PROVIDERS = ("auto", "local", "docker", "external")
 DEFAULT_REPORT_DIR = Path("reports/conformance")
 DEFAULT_MERGE_DIR = Path("reports/merged")
@@ -153,6 +147,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N|auto",
         help="parallel workers (pytest-xdist; in the [conformance] extra); default: none",
     )
+    run.add_argument(
+        "--progress",
+        default="auto",
+        choices=("auto", "rich", "plain"),
+        help="while checks run: a live panel (rich) or plain lines; auto: the panel on a "
+        "terminal, plain lines in a pipe, under CI (CI set), with -v or -s",
+    )
     run.add_argument("-v", "--verbose", action="count", default=0, help="more pytest output")
     run.add_argument(
         "pytest_args", nargs=argparse.REMAINDER, help="after --: more pytest arguments"
@@ -251,6 +252,8 @@ def pytest_args(args: argparse.Namespace, ini: Path) -> list[str]:
             out += ["--provider", args.provider]
     if getattr(args, "keep_services", False) and harness:
         out.append("--keep-services")
+    if getattr(args, "progress", "auto") != "auto":
+        out += ["--cf-progress", args.progress]
     if args.report_dir:
         out += ["--cf-report-dir", str(args.report_dir)]  # junit.xml too (report.junit)
     if getattr(args, "baseline", None):
@@ -347,7 +350,7 @@ def run(args: argparse.Namespace) -> int:
     from harness import run as harness_run
 
     # a run: signals stop every service and exit 128 + signal, a reaper covers SIGKILL,
-    # and its temp dir (ini, broker data, check work dirs) goes at the end
+    # and its temp dir (broker data, check work dirs) goes at the end
     # called from Python inside a run already going (conformance.run in a test session):
     # join it rather than end it
     joined = harness_run.current().begun
@@ -356,10 +359,8 @@ def run(args: argparse.Namespace) -> int:
         tmp = current.mkdtemp("conformance-")
         # Hypothesis' example database: not a .hypothesis dir in the user's cwd
         os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(tmp / "hypothesis"))
-        ini = tmp / "pytest.ini"
-        ini.write_text(_INI)
         extra = [] if _has_basetemp(args.pytest_args) else ["--basetemp", str(tmp / "pytest")]
-        code = int(pytest.main(pytest_args(args, ini) + extra))
+        code = int(pytest.main(pytest_args(args, RUN_INI) + extra))
     if args.report_dir:
         _redact_file(args.report_dir / "junit.xml")
     verdict = plugin.LAST_VERDICT.get("last")

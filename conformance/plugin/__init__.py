@@ -32,7 +32,7 @@ from conformance.kit import waits, workdirs
 from conformance.kit.marks import SUITES, CheckInfo
 from conformance.kit.skips import not_tested
 from conformance.kit.under_test import AdapterUnderTest
-from conformance.plugin import preflight
+from conformance.plugin import preflight, progress, summary_names
 from conformance.plugin.services import Services
 from conformance.report import environment
 from conformance.report.results import result_row
@@ -69,6 +69,9 @@ class RunState:
     verdict: Verdict | None = None
     brokers: dict[str, str] = field(default_factory=dict)  # service -> version it reported
     provider_reason: str = ""
+    display: Any = None  # progress.PlainProgress | progress.RichProgress, on the controller
+    titles: dict[str, str] = field(default_factory=dict)  # nodeid -> "check [kind:adapter]"
+    outcomes: dict[str, str] = field(default_factory=dict)  # nodeid -> pytest outcome
 
 
 #: the verdict of the last session in this process (read by ``conformance run``)
@@ -110,6 +113,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="compare report.html with this previous report.json",
     )
     group.addoption(
+        "--cf-progress",
+        default="auto",
+        choices=progress.MODES,
+        help="terminal display while checks run: a live panel (rich, on a TTY outside CI) "
+        "or plain lines; default auto",
+    )
+    group.addoption(
         "--cf-allow-missing-services",
         action="store_true",
         help="a backing service that cannot be provided skips its adapters (exit 0, reported "
@@ -138,6 +148,13 @@ def pytest_configure(config: pytest.Config) -> None:
     LAST_VERDICT.clear()
     LAST_REPORT.clear()
     waits.set_quick(config.stash[_STATE].quick)
+    if not _is_worker(config):
+        summary_names.install()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not _is_worker(config) and config.stash.get(_STATE, None) is not None:
+        summary_names.uninstall()
 
 
 def _info(item: pytest.Item | Any) -> CheckInfo | None:
@@ -172,6 +189,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             drop.append(item)
             continue
         item.extra_keyword_matches.add(info.id)
+        state.titles[item.nodeid] = f"{info.id} [{spec.label}]"
         keep.append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
@@ -350,6 +368,9 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     state = config.stash[_STATE]
     rows = [json.loads(v) for k, v in report.user_properties if k == PROPERTY]
     state.durations[report.nodeid] = state.durations.get(report.nodeid, 0.0) + report.duration
+    if report.failed or report.when == "call" or (report.skipped and report.when == "setup"):
+        if state.outcomes.get(report.nodeid) != "failed":
+            state.outcomes[report.nodeid] = "failed" if report.failed else report.outcome
     existing = state.results.get(report.nodeid)
     for row in rows:
         if existing is None:
@@ -390,7 +411,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Preflight: provide and probe every backing service the selected checks need."""
+    """Preflight, then the display learns how many checks will run."""
+    _preflight(session)
+    display = _display(session.config)
+    if display is not None and session.items:
+        display.checks_begin(len(session.items))
+
+
+def _preflight(session: pytest.Session) -> None:
+    """Provide and probe every backing service the selected checks need."""
     config = session.config
     state = config.stash[_STATE]
     users: dict[str, set[str]] = {}
@@ -412,16 +441,21 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     state.prestarted = True
     tr = config.pluginmanager.get_plugin("terminalreporter")
-    if tr is not None and not _is_worker(config):
-        # brokers take seconds to start (RabbitMQ ~10 s): say what the wait is for
-        tr.write_line(f"services: starting and probing {', '.join(sorted(state.needed))} ...")
+    display = _display(config)
+    on_done = None
+    if display is not None:
+        display.services_starting(sorted(state.needed))
+
+        def on_done(name: str, problem: str | None, seconds: float) -> None:
+            display.service_done(name, problem, seconds, state.brokers.get(name, ""))
+
     state.missing, state.preflight_s = preflight.run(
-        state.needed, _recording(state, _service_getter(config))
+        state.needed, _recording(state, _service_getter(config)), on_done
     )
-    if tr is not None and not _is_worker(config):
+    if display is not None:
         ready = sorted(set(state.needed) - set(state.missing))
         versions = ", ".join(f"{n} {state.brokers.get(n, '')}".strip() for n in ready)
-        tr.write_line(f"services: ready in {state.preflight_s:.1f}s: {versions or 'none'}")
+        display.services_finished(state.preflight_s, versions)
     if _is_worker(config):
         config.workeroutput["cf_brokers"] = json.dumps(state.brokers)  # type: ignore[attr-defined]
     if not state.missing:
@@ -429,7 +463,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     for service, line in sorted(state.missing.items()):
         for label in users.get(service, ()):
             state.missing_adapters.setdefault(label, line)
-        if tr is not None:
+        if display is not None:
+            display.note(f"preflight: {line}", red=True)
+        elif tr is not None:
             tr.write_line(f"preflight: {line}", red=True)
     if _is_worker(config):
         # xdist needs every worker to keep the collected items: they are skipped as not
@@ -440,6 +476,61 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     elif not state.allow_missing:
         config.hook.pytest_deselected(items=list(session.items))
         session.items[:] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """pytest-xdist controller: the total comes from the first worker's collection."""
+    display = _display(node.config)
+    if display is not None and not display.counts.total:
+        display.checks_begin(len(ids))
+
+
+def _display(config: pytest.Config) -> Any:
+    """The run's progress display (created on first use; None on xdist workers)."""
+    state = config.stash.get(_STATE, None)
+    if state is None or _is_worker(config):
+        return None
+    if state.display is None:
+        tr = config.pluginmanager.get_plugin("terminalreporter")
+        if tr is None:
+            return None
+        state.display = progress.make(config.getoption("cf_progress"), config, tr)
+    return state.display
+
+
+def _close_display(config: pytest.Config) -> None:
+    state = config.stash.get(_STATE, None)
+    if state is not None and state.display is not None:
+        state.display.close()
+
+
+def pytest_runtest_logstart(nodeid: str, location: Any) -> None:
+    config = _CONFIG.get("config")
+    if config is not None and (display := _display(config)) is not None:
+        display.check_started(_title(config, nodeid))
+
+
+def pytest_runtest_logfinish(nodeid: str, location: Any) -> None:
+    config = _CONFIG.get("config")
+    if config is None or (display := _display(config)) is None:
+        return
+    state = config.stash[_STATE]
+    outcome = state.results.get(nodeid, {}).get("status") or state.outcomes.get(nodeid, "done")
+    display.check_finished(_title(config, nodeid), outcome, state.durations.get(nodeid, 0.0))
+
+
+def _title(config: pytest.Config, nodeid: str) -> str:
+    """``check [kind:adapter]`` (a test's own name for items that are not checks)."""
+    return config.stash[_STATE].titles.get(nodeid) or nodeid.rpartition("::")[2]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session: pytest.Session) -> Any:
+    try:
+        return (yield)
+    finally:
+        _close_display(session.config)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -535,9 +626,12 @@ def _is_worker(config: pytest.Config) -> bool:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    if _is_worker(config) or config.getoption("cf_no_matrix"):
+    if _is_worker(config):
         return
     state = config.stash[_STATE]
+    _name_checks_in_short_summary(terminalreporter, state)
+    if config.getoption("cf_no_matrix"):
+        return
     if not state.results and not (state.verdict and state.verdict.not_tested):
         return
     report_mod.print_matrix(list(state.results.values()), terminalreporter, state.verdict)
@@ -561,10 +655,30 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             terminalreporter.write_line(f"{check} [{adapter}]: {path}")
 
 
+#: the short test summary categories whose lines start with the test's position
+_SUMMARY_CATEGORIES = ("failed", "error", "xfailed", "xpassed", "passed")
+
+
+def _name_checks_in_short_summary(tr: Any, state: RunState) -> None:
+    """The short test summary (printed after this hook) names checks by id and adapter:
+    ``FAILED event_bridge.commands.timeout[event_bridge:amqp] - ...``, which ``-k`` takes.
+
+    pytest builds each line's position from the report (``_pytest.terminal._get_pos``);
+    ``summary_names`` answers with ``cf_title`` where a report has one. The node ids
+    themselves (junit, cache, other plugins) stay as they are.
+    """
+    for category in _SUMMARY_CATEGORIES:
+        for rep in tr.stats.get(category) or ():
+            row = state.results.get(getattr(rep, "nodeid", ""))
+            if row is not None:
+                rep.cf_title = f"{row['check']}[{row['kind']}:{row['adapter']}]"
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if _is_worker(config):
         return
+    _close_display(config)
     state = config.stash[_STATE]
     for nodeid, row in state.results.items():
         row["duration_s"] = round(state.durations.get(nodeid, 0.0), 4)

@@ -78,12 +78,27 @@ def check_service(name: str, get: Callable[[str], Any]) -> str | None:
     return None
 
 
-def run(names: Iterable[str], get: Callable[[str], Any]) -> tuple[dict[str, str], float]:
-    """Check every service in parallel: ``({service: line} for the failures, seconds)``."""
+def run(
+    names: Iterable[str],
+    get: Callable[[str], Any],
+    on_done: Callable[[str, str | None, float], None] | None = None,
+) -> tuple[dict[str, str], float]:
+    """Check every service in parallel: ``({service: line} for the failures, seconds)``.
+
+    ``on_done(name, problem or None, seconds)`` is called (from a worker thread) as each
+    service is ready or failed, so the terminal can say so while the others still start.
+    """
     names = sorted(set(names))
     started = time.monotonic()
     if not names:
         return {}, 0.0
+
+    def one(name: str) -> str | None:
+        line = check_service(name, get)
+        if on_done is not None:
+            on_done(name, line, time.monotonic() - started)
+        return line
+
     with ThreadPoolExecutor(max_workers=len(names)) as pool:
-        lines = dict(zip(names, pool.map(lambda n: check_service(n, get), names), strict=True))
+        lines = dict(zip(names, pool.map(one, names), strict=True))
     return {n: line for n, line in lines.items() if line}, time.monotonic() - started

@@ -52,7 +52,9 @@ def test_require_services_turns_skips_into_failures(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/redis-server"), reason="needs redis-server")
 def test_keep_services_leaves_them_running_and_prints_urls(tmp_path: Path) -> None:
-    (tmp_path / "test_keep.py").write_text("def test_it(harness_redis):\n    assert harness_redis.url\n")
+    (tmp_path / "test_keep.py").write_text(
+        "def test_it(harness_redis):\n    assert harness_redis.url\n"
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir",
          str(tmp_path), str(tmp_path / "test_keep.py"), "--provider", "local",

@@ -1,0 +1,108 @@
+"""What `conformance run` shows in a terminal: a live panel on a TTY (brokers starting,
+checks done/total, the running check), plain lines under CI, the shipped ini in the
+header, and check ids in the short summary. Run in a real pseudo-terminal."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+SELECTION = [
+    "--adapter", "ignores_ttl=broken_adapters:ignores_ttl",
+    "--adapter", "state_store:redis",
+    "--suite", "contract",
+    "-k", "event_bridge.commands.timeout or event_bridge.commands.round_trip or stores.crud",
+]
+needs_redis = pytest.mark.skipif(
+    not shutil.which("redis-server") and not os.environ.get("REDIS_URL"),
+    reason="needs redis-server (make services) or REDIS_URL",
+)
+
+
+def run_in_pty(args: list[str], tmp_path: Path, **env: str) -> tuple[int, str]:
+    """``conformance run`` with its stdout and stderr on a pseudo-terminal (100 columns)."""
+    master, slave = pty.openpty()
+    os.set_blocking(master, False)
+    environ = {k: v for k, v in os.environ.items() if k != "CI"}
+    environ.update(
+        COLUMNS="100",
+        LINES="40",
+        TERM="xterm-256color",
+        PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]),
+        **env,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conformance", "run", *args, "--report-dir", str(tmp_path)],
+        stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, cwd=HERE, env=environ,
+    )
+    os.close(slave)
+    out = bytearray()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    code = proc.wait(timeout=30)
+    os.close(master)
+    return code, out.decode("utf-8", "replace")
+
+
+def plain(text: str) -> str:
+    return ANSI.sub("", text).replace("\r", "\n")
+
+
+def assert_header_and_summary(out: str) -> None:
+    config_lines = [ln for ln in out.splitlines() if ln.startswith("configfile:")]
+    assert config_lines == ["configfile: conformance/run.ini"], config_lines
+    assert "harness-run-" not in out and "pytest.ini" not in out
+    summary = out.split("short test summary info", 1)[1]
+    assert "FAILED event_bridge.commands.timeout[event_bridge:ignores_ttl]" in summary, summary
+    assert "test_commands.py::" not in summary, summary
+
+
+@needs_redis
+def test_a_terminal_gets_the_live_panel(tmp_path: Path) -> None:
+    code, raw = run_in_pty(SELECTION, tmp_path)
+    out = plain(raw)
+    assert code == 1, out[-3000:]
+    assert "\x1b[?25l" in raw, "no live display (rich hides the cursor while it draws)"
+    assert re.search(r"services\s.*redis", out), out[:3000]
+    assert re.search(r"checks\s.*\d+/4\b", out), out[:3000]
+    assert re.search(r"running\s+event_bridge\.commands\.timeout \[event_bridge:ignores_ttl\]", out)
+    assert "✘ event_bridge.commands.timeout [event_bridge:ignores_ttl]" in out
+    assert re.search(r"checks: 4/4 in [0-9.]+s \(2 failed, 2 passed\)", out), out[-3000:]
+    # pytest's own per-file line of dots is muted while the panel shows
+    assert not re.search(r"test_commands\.py [.F]+", out), out[:3000]
+    assert_header_and_summary(out)
+
+
+@needs_redis
+def test_under_ci_the_terminal_gets_plain_lines(tmp_path: Path) -> None:
+    code, raw = run_in_pty(SELECTION, tmp_path, CI="true")
+    out = plain(raw)
+    assert code == 1, out[-3000:]
+    assert "\x1b[?25l" not in raw and "\x1b[1A" not in raw, "a live display under CI"
+    assert "services: starting and probing redis ..." in out
+    assert re.search(r"services: redis ready in [0-9.]+s", out), out[:3000]
+    assert re.search(r"test_commands\.py [.F]+", out), out[:3000]
+    assert_header_and_summary(out)
