@@ -40,7 +40,7 @@ def run_conformance(args: list[str], report_dir: Path, timeout: float = 900) -> 
 
 @pytest.fixture(scope="module")
 def broken_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict]:
-    args = ["--suite", "contract", "-k", " or ".join(sorted(set(EXPECTED.values())))]
+    args = ["--suite", "contract", "-n", "2", "-k", " or ".join(sorted(set(EXPECTED.values())))]
     for name in EXPECTED:
         args += ["--adapter", f"{name}=broken_adapters:{name}"]
     return run_conformance(args, tmp_path_factory.mktemp("broken"))
