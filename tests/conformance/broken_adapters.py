@@ -439,6 +439,8 @@ class TornEffects(DefaultStateStore):
 
 def torn_effects(ctx: AdapterContext) -> Any:
     return TornEffects(kv=ctx.shared.setdefault("kv", MemoryKV()), **ctx.options)
+
+
 class ShortTtlsOnly(DefaultEventBridge):
     """Honours ttls under one second; a longer one is replaced by the 30 s default."""
 

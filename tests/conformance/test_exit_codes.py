@@ -20,9 +20,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 
 
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> tuple[
-    subprocess.CompletedProcess[str], float
-]:
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "conformance", "run", *args],

@@ -20,10 +20,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 SELECTION = [
-    "--adapter", "ignores_ttl=broken_adapters:ignores_ttl",
-    "--adapter", "state_store:redis",
-    "--suite", "contract",
-    "-k", "event_bridge.commands.timeout or event_bridge.commands.round_trip or stores.crud",
+    "--adapter",
+    "ignores_ttl=broken_adapters:ignores_ttl",
+    "--adapter",
+    "state_store:redis",
+    "--suite",
+    "contract",
+    "-k",
+    "event_bridge.commands.timeout or event_bridge.commands.round_trip or stores.crud",
 ]
 needs_redis = pytest.mark.skipif(
     not shutil.which("redis-server") and not os.environ.get("REDIS_URL"),
@@ -45,7 +49,11 @@ def run_in_pty(args: list[str], tmp_path: Path, **env: str) -> tuple[int, str]:
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "conformance", "run", *args, "--report-dir", str(tmp_path)],
-        stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, cwd=HERE, env=environ,
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        cwd=HERE,
+        env=environ,
     )
     os.close(slave)
     out = bytearray()
