@@ -116,7 +116,16 @@ class _Held:
     key: str
     reply: str
     expires_ms: int
+    #: the ledger record this bridge wrote for the lease, and its revision: settling tries
+    #: a revision-checked write against it before reading the ledger (a write that finds
+    #: the revision moved reads and decides again, so the cache never decides alone)
+    record: LeaseRecord | None = None
+    rev: int = 0
     task: asyncio.Task[None] | None = None
+
+
+#: idle records this bridge wrote (nack, recovery), kept for the next claim of the job
+IDLE_CACHE_SIZE = 4096
 
 
 class NatsQueueBridge(QueueBridgeBase):
@@ -169,6 +178,7 @@ class NatsQueueBridge(QueueBridgeBase):
         self._setup_lock = asyncio.Lock()
         self._needs_setup = True
         self._held: dict[str, _Held] = {}
+        self._idle: dict[str, tuple[LeaseRecord, int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @classmethod
@@ -466,22 +476,25 @@ class NatsQueueBridge(QueueBridgeBase):
         ack_wait: float,
         out: list[Job],
     ) -> bool:
-        """Claim fetched messages into ``out``; False when a broker error cut the batch short."""
-        for index, msg in enumerate(msgs):
-            try:
-                job = await self._claim(queue, qtok, msg, worker_id, ack_wait)
-            except Exception as exc:
-                # hand the unclaimed rest back; jobs already leased are returned
-                for rest in msgs[index + 1 :]:
-                    with contextlib.suppress(Exception):
-                        await self._io.nak_reply(rest.reply, None)
-                if not out:
-                    raise
-                log.warning("nats queue %s: lease batch cut short: %r", queue, exc)
-                return False
-            if job is not None:
-                out.append(job)
-        return True
+        """Claim fetched messages into ``out`` (concurrently: one ledger round trip for the
+        batch, not one per job; ``out`` keeps the fetch order); False when a broker error
+        cut the batch short (the jobs claimed are returned, the error is raised if none)."""
+        results = await asyncio.gather(
+            *(self._claim(queue, qtok, msg, worker_id, ack_wait) for msg in msgs),
+            return_exceptions=True,
+        )
+        failure: BaseException | None = None
+        for result in results:
+            if isinstance(result, BaseException):
+                failure = failure or result
+            elif result is not None:
+                out.append(result)
+        if failure is None:
+            return True
+        if isinstance(failure, asyncio.CancelledError) or not out:
+            raise failure
+        log.warning("nats queue %s: lease batch cut short: %r", queue, failure)
+        return False
 
     async def _claim(
         self, queue: str, qtok: str, msg: Msg, worker_id: str | None, ack_wait: float
@@ -493,12 +506,20 @@ class NatsQueueBridge(QueueBridgeBase):
             await self._quarantine(queue, qtok, msg, "malformed job body")
             return None
         key = ledger_key(qtok, body["id"])
+        guess = self._guess(key, seq, msg)
         for _ in range(8):
             now = now_ms()
             if body["available_at_ms"] > now:
                 await self._io.nak_reply(msg.reply, body["available_at_ms"] - now)
                 return None
-            record, rev, settled = await self._io.lget_settled(key)
+            guessed = guess is not None
+            if guess is not None:
+                # what the ledger holds if nobody else wrote since (our own idle record, or
+                # nothing for a first delivery): the revision-checked write below proves it,
+                # and a write that finds otherwise comes back here to read the ledger
+                (record, rev), settled, guess = guess, (0, None), None
+            else:
+                record, rev, settled = await self._io.lget_settled(key)
             if record is None and rev:
                 # a ledger record nobody can use: the job goes to the dead letter now,
                 # instead of failing every lease until someone repairs the record
@@ -553,7 +574,7 @@ class NatsQueueBridge(QueueBridgeBase):
                 last_error=last_error,
             )
             try:
-                await self._io.lput(key, new, rev)
+                new_rev = await self._io.lput(key, new, rev, strict=guessed)
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
             except Exception:
@@ -562,7 +583,7 @@ class NatsQueueBridge(QueueBridgeBase):
                 raise
             if retried and record is not None:
                 await self._io.count_retry(qtok, body["id"], seq, record.deliveries)
-            self._hold(lease_id, key, msg.reply, new.expires_at_ms, ack_wait)
+            self._hold(lease_id, key, msg.reply, new, new_rev, ack_wait)
             return Job(
                 id=body["id"],
                 queue=queue,
@@ -604,8 +625,26 @@ class NatsQueueBridge(QueueBridgeBase):
             except Exception:
                 await asyncio.sleep(0.5)
 
-    def _hold(self, lease_id: str, key: str, reply: str, expires_ms: int, ack_wait: float) -> None:
-        held = _Held(key, reply, expires_ms)
+    def _guess(self, key: str, seq: int, msg: Msg) -> tuple[LeaseRecord | None, int] | None:
+        """What the ledger most likely holds for a fetched job, without asking it: the idle
+        record this bridge wrote for this very message, or no record at all for a message
+        delivered the first time; None when only reading the ledger can tell."""
+        cached = self._idle.pop(key, None)
+        if cached is not None and cached[0].seq == seq:
+            return cached
+        if getattr(msg.metadata, "num_delivered", 0) == 1:
+            return None, 0
+        return None
+
+    def _remember_idle(self, key: str, record: LeaseRecord, rev: int) -> None:
+        if len(self._idle) >= IDLE_CACHE_SIZE:
+            self._idle.pop(next(iter(self._idle)))
+        self._idle[key] = (record, rev)
+
+    def _hold(
+        self, lease_id: str, key: str, reply: str, record: LeaseRecord, rev: int, ack_wait: float
+    ) -> None:
+        held = _Held(key, reply, record.expires_at_ms, record, rev)
         self._held[lease_id] = held
         held.task = self._spawn(self._keep(lease_id, held, ack_wait))
 
@@ -629,7 +668,7 @@ class NatsQueueBridge(QueueBridgeBase):
                 if record is None or record.lease_id != lease_id or record.state != "leased":
                     break
                 if record.expires_at_ms > now_ms():  # extended through another bridge
-                    held.expires_ms = record.expires_at_ms
+                    held.expires_ms, held.record, held.rev = record.expires_at_ms, record, rev
                     continue
                 await self._recover(held.key.split(".")[1], held.key, record, rev)
                 break
@@ -651,7 +690,8 @@ class NatsQueueBridge(QueueBridgeBase):
                 idle = replace(
                     record, state="idle", lease_id=None, worker_id=None, last_error=reason
                 )
-                await self._io.lput(key, idle, rev)
+                new_rev = await self._io.lput(key, idle, rev)
+                self._remember_idle(key, idle, new_rev)
                 job_id = key.split(".", 2)[2]
                 await self._io.count_retry(qtok, job_id, record.seq, record.deliveries)
                 await self._io.nak_reply(record.reply, None)
@@ -829,27 +869,63 @@ class NatsQueueBridge(QueueBridgeBase):
             raise LeaseExpiredError(f"lease {job.lease_id} on job {job.id} expired")
         return qtok, key, record, rev
 
-    async def _settle(self, key: str, record: LeaseRecord, rev: int, new: LeaseRecord) -> int:
+    def _cached_lease(self, job: Job) -> tuple[str, str, LeaseRecord, int] | None:
+        """The record and revision this bridge wrote for a live lease it holds, if any."""
+        held = self._held.get(job.lease_id or "")
+        record = held.record if held is not None else None
+        if record is None or record.lease_id != job.lease_id or record.expires_at_ms <= now_ms():
+            return None  # not ours, or expired: only the ledger can say what happens now
+        return name_token(job.queue), held.key, record, held.rev
+
+    async def _with_lease(self, job: Job, action: Any, doing: str) -> Any:
+        """Run ``action(qtok, key, record, rev)`` (revision-checked writes) on the lease.
+
+        First against what this bridge wrote for the lease, saving the ledger read; a
+        write that finds the revision moved (extended, settled or recovered elsewhere)
+        reads the ledger and runs ``action`` again on what it holds.
+        """
+        cached = self._cached_lease(job)
+        if cached is not None:
+            with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                return await action(*cached)
         try:
-            return await self._io.lput(key, new, rev)
+            return await action(*await self._verify(job))
         except nats.js.errors.KeyWrongLastSequenceError:
             raise LeaseExpiredError(
-                f"lease {record.lease_id} changed while settling (expired or settled)"
+                f"lease {job.lease_id} changed while {doing} (expired or settled)"
             ) from None
 
     async def _extend_lease(self, job: Job, lease_ttl_ms: int | None) -> Job:
-        async with self._op():
-            _, key, record, rev = await self._verify(job)
+        async def extend(_qtok: str, key: str, record: LeaseRecord, rev: int) -> Job:
             expires = now_ms() + (lease_ttl_ms or record.lease_ttl_ms)
-            await self._settle(key, record, rev, replace(record, expires_at_ms=expires))
-            held = self._held.get(job.lease_id)
+            new = replace(record, expires_at_ms=expires)
+            new_rev = await self._io.lput(key, new, rev)
+            held = self._held.get(job.lease_id or "")
             if held is not None:
-                held.expires_ms = expires
+                held.expires_ms, held.record, held.rev = expires, new, new_rev
             await self._io.progress_reply(record.reply)
             return replace(job, lease_expires_at_ms=expires)
 
-    async def _ack(self, job: Job) -> None:
         async with self._op():
+            result: Job = await self._with_lease(job, extend, "extending")
+            return result
+
+    async def _ack(self, job: Job) -> None:
+        async def finish(_qtok: str, key: str, record: LeaseRecord, rev: int) -> None:
+            done_rev = await self._io.lput(key, replace(record, state="done"), rev)
+            self._release(job.lease_id)
+            # together: the purge marker names the settled message, so an ack whose reply
+            # is lost is finished when the message shows up again
+            await asyncio.gather(
+                self._io.ack_reply(record.reply),
+                self._io.ldel(key, done_rev, record.seq, record.lease_id),
+            )
+
+        async with self._op():
+            cached = self._cached_lease(job)
+            if cached is not None:
+                with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                    return await finish(*cached)
             key = ledger_key(name_token(job.queue), job.id)
             record, rev = await self._io.lget(key)
             if record is not None and record.state == "done" and record.lease_id == job.lease_id:
@@ -858,36 +934,38 @@ class NatsQueueBridge(QueueBridgeBase):
                 await self._io.ack_reply(record.reply)
                 await self._io.ldel(key, rev, record.seq, record.lease_id)
                 return
-            _, key, record, rev = await self._verify(job)
-            done_rev = await self._settle(key, record, rev, replace(record, state="done"))
-            self._release(job.lease_id)
-            await self._io.ack_reply(record.reply)
-            await self._io.ldel(key, done_rev, record.seq, record.lease_id)
+            try:
+                await finish(*await self._verify(job))
+            except nats.js.errors.KeyWrongLastSequenceError:
+                raise LeaseExpiredError(
+                    f"lease {job.lease_id} changed while settling (expired or settled)"
+                ) from None
 
     async def _nack(self, job: Job, reason: str | None, delay_ms: int) -> NackOutcome:
-        async with self._op():
-            qtok, key, record, rev = await self._verify(job)
+        async def nack(qtok: str, key: str, record: LeaseRecord, rev: int) -> NackOutcome:
             if record.deliveries >= record.max_attempts:
                 why = reason or f"failed {record.deliveries} time(s)"
-                try:
-                    await self._dead_letter(qtok, key, record, rev, why, record.reply)
-                except nats.js.errors.KeyWrongLastSequenceError:
-                    raise LeaseExpiredError(f"lease {job.lease_id} changed while nacking") from None
+                await self._dead_letter(qtok, key, record, rev, why, record.reply)
                 return "dead_letter"
             idle = replace(record, state="idle", lease_id=None, worker_id=None, last_error=reason)
-            await self._settle(key, record, rev, idle)
+            new_rev = await self._io.lput(key, idle, rev)
             self._release(job.lease_id)
-            await self._io.count_retry(qtok, job.id, record.seq, record.deliveries)
+            self._remember_idle(key, idle, new_rev)
+            # the nak first: the delay runs while the retry is counted
             await self._io.nak_reply(record.reply, delay_ms)
+            await self._io.count_retry(qtok, job.id, record.seq, record.deliveries)
             return "retry"
 
-    async def _move_to_dead_letter(self, job: Job, reason: str) -> None:
         async with self._op():
-            qtok, key, record, rev = await self._verify(job)
-            try:
-                await self._dead_letter(qtok, key, record, rev, reason, record.reply)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                raise LeaseExpiredError(f"lease {job.lease_id} changed") from None
+            outcome: NackOutcome = await self._with_lease(job, nack, "nacking")
+            return outcome
+
+    async def _move_to_dead_letter(self, job: Job, reason: str) -> None:
+        async def dead(qtok: str, key: str, record: LeaseRecord, rev: int) -> None:
+            await self._dead_letter(qtok, key, record, rev, reason, record.reply)
+
+        async with self._op():
+            await self._with_lease(job, dead, "dead-lettering")
 
     # ---- dead letters and inspection (QueueAdmin) ---------------------------------------
 

@@ -111,11 +111,15 @@ class QueueIO:
             return None
         return entry.value
 
-    async def lput(self, key: str, record: LeaseRecord, rev: int) -> int:
-        """Write ``record`` if the key is still at ``rev`` (0 = absent); raises on conflict."""
+    async def lput(self, key: str, record: LeaseRecord, rev: int, *, strict: bool = False) -> int:
+        """Write ``record`` if the key is still at ``rev`` (0 = absent); raises on conflict.
+
+        ``strict`` with ``rev`` 0: only if the key never had a value or a purge marker
+        (a marker tells which message it settled, so writing over it needs a read first).
+        """
         for attempt in (1, 2):
             try:
-                if rev:
+                if rev or strict:
                     return int(await self.ledger.update(key, record.dumps(), last=rev))
                 return int(await self.ledger.create(key, record.dumps()))
             except nats.js.errors.NoStreamResponseError:
