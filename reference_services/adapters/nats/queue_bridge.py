@@ -23,6 +23,13 @@ Design (names use ``p`` = the encoded prefix, ``q`` = the encoded queue name):
   JetStream's ``num_delivered``, which also counts early deliveries of delayed
   jobs and redeliveries after a broker restart). Because JetStream acks
   address the stream sequence, any bridge object can settle any lease.
+* **Round trips**: a bridge writes against the record and revision it wrote
+  itself (its leases, its nacks) and reads the ledger only when such a write
+  finds the revision moved; a first delivery is claimed by a strict create.
+  So a nack is one ledger write (its nak rides along when delayed >= 100 ms),
+  a lease is a pull (sent with the levels request) and one write, an ack one
+  write and then the ack with the purge marker; a fetched batch is claimed
+  concurrently.
 * **Lease expiry**: the holding bridge keeps JetStream's ack timer alive with
   ``in_progress`` while the lease lives and, at expiry, recovers it (attempt
   + 1 on the next lease, or dead letter at ``max_attempts``) and naks it so it
@@ -126,6 +133,9 @@ class _Held:
 
 #: idle records this bridge wrote (nack, recovery), kept for the next claim of the job
 IDLE_CACHE_SIZE = 4096
+#: a nack delayed at least this long sends its nak together with the ledger write (below
+#: it, the write is awaited first: an immediate redelivery could beat the write)
+NAK_WITH_WRITE_MIN_MS = 100
 
 
 class NatsQueueBridge(QueueBridgeBase):
@@ -179,6 +189,7 @@ class NatsQueueBridge(QueueBridgeBase):
         self._needs_setup = True
         self._held: dict[str, _Held] = {}
         self._idle: dict[str, tuple[LeaseRecord, int]] = {}
+        self._top_level: dict[str, str | None] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @classmethod
@@ -440,13 +451,28 @@ class NatsQueueBridge(QueueBridgeBase):
             wake = await self._waker(qtok)
             while True:
                 wake.clear()
-                for ltok in await self._io.levels(qtok):
-                    if len(out) >= batch:
-                        break
-                    ack_wait = await self._consumer(qtok, ltok)
-                    msgs = await self._pull(qtok, ltok, batch - len(out))
-                    if not await self._claim_all(queue, qtok, msgs, worker_id, ack_wait, out):
-                        return out  # cut short by a broker error after some leases
+                levels, early = await self._levels_and_early_pull(qtok, batch)
+                try:
+                    for ltok in levels:
+                        if len(out) >= batch:
+                            break
+                        ack_wait = await self._consumer(qtok, ltok)
+                        if early and early[0] == ltok:
+                            msgs = early[1][: batch - len(out)]
+                            early = (ltok, early[1][len(msgs) :])
+                        else:
+                            msgs = await self._pull(qtok, ltok, batch - len(out))
+                        claimed = await self._claim_all(
+                            queue, qtok, msgs, worker_id, ack_wait, out
+                        )
+                        if not claimed:
+                            return out  # cut short by a broker error after some leases
+                finally:
+                    # pulled early but not ours to lease (a higher level had jobs, or the
+                    # batch was full): straight back, unclaimed
+                    for msg in early[1] if early else ():
+                        with contextlib.suppress(Exception):
+                            await self._io.nak_reply(msg.reply, None)
                 remaining = deadline - loop.time()
                 if out or remaining <= 0:
                     return out
@@ -454,6 +480,30 @@ class NatsQueueBridge(QueueBridgeBase):
                 # publish, hence the poll interval
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), min(remaining, self.poll_s))
+
+    async def _levels_and_early_pull(
+        self, qtok: str, batch: int
+    ) -> tuple[list[str], tuple[str, list[Msg]] | None]:
+        """The levels holding messages, and meanwhile a pull from the level that was highest
+        last time (one round trip instead of two when it still is; jobs are claimed only
+        after the levels said which level comes first)."""
+        guess = self._top_level.get(qtok)
+        if guess is None or (qtok, guess) not in self._consumers:
+            levels = await self._io.levels(qtok)
+            self._top_level[qtok] = levels[0] if levels else None
+            return levels, None
+        got_levels, got_msgs = await asyncio.gather(
+            self._io.levels(qtok), self._pull(qtok, guess, batch), return_exceptions=True
+        )
+        if isinstance(got_levels, BaseException):
+            for msg in got_msgs if isinstance(got_msgs, list) else ():
+                with contextlib.suppress(Exception):
+                    await self._io.nak_reply(msg.reply, None)
+            raise got_levels
+        if isinstance(got_msgs, BaseException):
+            raise got_msgs
+        self._top_level[qtok] = got_levels[0] if got_levels else None
+        return got_levels, (guess, got_msgs)
 
     async def _pull(self, qtok: str, ltok: str, batch: int) -> list[Msg]:
         durable = f"q-{qtok}-{ltok}"
@@ -913,13 +963,14 @@ class NatsQueueBridge(QueueBridgeBase):
     async def _ack(self, job: Job) -> None:
         async def finish(_qtok: str, key: str, record: LeaseRecord, rev: int) -> None:
             done_rev = await self._io.lput(key, replace(record, state="done"), rev)
-            self._release(job.lease_id)
-            # together: the purge marker names the settled message, so an ack whose reply
-            # is lost is finished when the message shows up again
+            # together: the purge marker names the settled lease and message, so an ack
+            # whose reply is lost is finished by a retried ack (below) or when the message
+            # shows up again
             await asyncio.gather(
                 self._io.ack_reply(record.reply),
                 self._io.ldel(key, done_rev, record.seq, record.lease_id),
             )
+            self._release(job.lease_id)
 
         async with self._op():
             cached = self._cached_lease(job)
@@ -927,12 +978,21 @@ class NatsQueueBridge(QueueBridgeBase):
                 with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
                     return await finish(*cached)
             key = ledger_key(name_token(job.queue), job.id)
-            record, rev = await self._io.lget(key)
+            record, rev, settled = await self._io.lget_settled(key)
             if record is not None and record.state == "done" and record.lease_id == job.lease_id:
                 # an earlier ack of this lease landed but its reply was lost: finish it
                 self._release(job.lease_id)
                 await self._io.ack_reply(record.reply)
                 await self._io.ldel(key, rev, record.seq, record.lease_id)
+                return
+            if record is None and job.lease_id and settled[1] == job.lease_id:
+                # an earlier ack of this lease got as far as its purge marker: ack the
+                # message again if this bridge still knows its ack subject (otherwise the
+                # marker has it acked when it shows up again)
+                held = self._held.get(job.lease_id)
+                if held is not None:
+                    await self._io.ack_reply(held.reply)
+                self._release(job.lease_id)
                 return
             try:
                 await finish(*await self._verify(job))
@@ -948,11 +1008,20 @@ class NatsQueueBridge(QueueBridgeBase):
                 await self._dead_letter(qtok, key, record, rev, why, record.reply)
                 return "dead_letter"
             idle = replace(record, state="idle", lease_id=None, worker_id=None, last_error=reason)
-            new_rev = await self._io.lput(key, idle, rev)
+            write = asyncio.ensure_future(self._io.lput(key, idle, rev))
+            naked = delay_ms >= NAK_WITH_WRITE_MIN_MS
+            if naked:
+                # The nak goes out right behind the write instead of a round trip later: the
+                # redelivery it asks for comes delay_ms after, long after the server stored
+                # the write. A write that fails (the lease was lost) leaves only a nak that
+                # makes the job come back sooner, where a claim reads the ledger and decides.
+                await asyncio.sleep(0)  # the write's request is on the wire first
+                await self._io.nak_reply(record.reply, delay_ms)
+            new_rev = await write
             self._release(job.lease_id)
             self._remember_idle(key, idle, new_rev)
-            # the nak first: the delay runs while the retry is counted
-            await self._io.nak_reply(record.reply, delay_ms)
+            if not naked:
+                await self._io.nak_reply(record.reply, delay_ms)
             await self._io.count_retry(qtok, job.id, record.seq, record.deliveries)
             return "retry"
 
