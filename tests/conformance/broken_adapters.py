@@ -554,6 +554,52 @@ amqp_acks_early.services = ("rabbitmq",)  # type: ignore[attr-defined]
 amqp_acks_early.capabilities = EventBridgeCapabilities(per_sender_order=YES)  # type: ignore[attr-defined]
 
 
+def mqtt_trusts_attempt_header(ctx: AdapterContext) -> Any:
+    """The MQTT bridge counting a delivery's attempts from the ``x-purista-retry-attempt``
+    user property a publisher sent (so a forged header skips retries)."""
+    import contextvars
+
+    from reference_services.adapters.mqtt.event_bridge import MqttBridge
+    from reference_services.runtime.spi.bridge_base import RETRY_ATTEMPT_HEADER
+
+    first_attempt: contextvars.ContextVar[int] = contextvars.ContextVar("first", default=1)
+
+    class TrustsAttemptHeader(MqttBridge):
+        async def _serve_subscription(self, conn: Any, msg: Any, *args: Any) -> bool:
+            props = dict(getattr(msg.properties, "UserProperty", None) or [])
+            try:
+                start = max(int(props.get(RETRY_ATTEMPT_HEADER, "1")), 1)
+            except ValueError:
+                start = 1
+            token = first_attempt.set(start)
+            try:
+                return await super()._serve_subscription(conn, msg, *args)
+            finally:
+                first_attempt.reset(token)
+
+        async def _run(self, reg: Any, message: Any) -> bool:
+            attempt = first_attempt.get()
+            while True:
+                outcome = await self.core.handle_subscription(reg, message, attempt)
+                if outcome.disposition is not Disposition.RETRY:
+                    return True
+                await asyncio.sleep(outcome.delay_s)
+                attempt += 1
+
+    return TrustsAttemptHeader(url=ctx.url("mosquitto"), prefix=ctx.prefix, **ctx.options)
+
+
+mqtt_trusts_attempt_header.kind = "event_bridge"  # type: ignore[attr-defined]
+mqtt_trusts_attempt_header.services = ("mosquitto",)  # type: ignore[attr-defined]
+mqtt_trusts_attempt_header.capabilities = EventBridgeCapabilities()  # type: ignore[attr-defined]
+
+
+# broken factory -> the robustness check that must fail for it (test_broken_robustness.py)
+EXPECTED_ROBUSTNESS: dict[str, str] = {
+    "mqtt_trusts_attempt_header": "robustness.retry.forged_attempt_header",
+}
+
+
 # broken factory -> the named check that must fail for it
 EXPECTED: dict[str, str] = {
     "drops": "event_bridge.subscriptions.fan_out",

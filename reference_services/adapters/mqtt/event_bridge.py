@@ -402,10 +402,15 @@ class MqttBridge(EventBridgeBase):
     def _kept_on_destroy(self, route: _Route) -> bool:
         return route.kind == "sub" and route.durable and self.keep_session_on_destroy
 
-    async def publish_raw(self, raw: bytes) -> None:
+    async def publish_raw(
+        self, raw: bytes, *, extra_headers: dict[str, str] | None = None
+    ) -> None:
         """Tests only: put ``raw`` on the wire as a foreign publisher would, on the topic of
         the message it encodes or, when it does not decode, on a topic each of this
-        bridge's subscriptions matches (so malformed input reaches its consumers)."""
+        bridge's subscriptions matches (so malformed input reaches its consumers).
+
+        ``extra_headers`` go out as MQTT 5 user properties, as a foreign publisher could
+        send them (a forged retry attempt, say)."""
         self.core.require_running()
         try:
             targets = [topics.message_topic(self.prefix, decode(raw, max_bytes=None))]
@@ -413,8 +418,12 @@ class MqttBridge(EventBridgeBase):
             targets = sorted(
                 {topics.concrete(r.topic_filter) for r in self._routes.values() if r.kind == "sub"}
             )
+        props = None
+        if extra_headers:
+            props = Properties(PacketTypes.PUBLISH)
+            props.UserProperty = [(str(k), str(v)) for k, v in extra_headers.items()]
         for topic in targets:
-            await self._rpc.publish(topic, bytes(raw), None, self.publish_timeout_s)
+            await self._rpc.publish(topic, bytes(raw), props, self.publish_timeout_s)
 
     async def publish_raw_command(self, raw: bytes, route: Address) -> None:
         """Tests only: put ``raw`` on the topic of the command at ``route``, as a publisher
