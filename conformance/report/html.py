@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from conformance.adapters import KINDS
-from conformance.report import GLYPH, STATUSES, matrix
+from conformance.report import GLYPH, STATUSES, matrix, plots
 from conformance.report.baseline import compare
 
 _CSS = """
@@ -31,6 +31,7 @@ td.c a{color:inherit;text-decoration:none;display:block} td.c a:hover{text-decor
 .baseline{border:2px solid #d6d9dc;border-radius:6px;padding:4px 14px;margin:12px 0}
 dl.fig{display:grid;grid-template-columns:max-content auto;gap:0 10px;margin:0}
 dl.fig dt{font-weight:600} dl.fig dd{margin:0;font-family:ui-monospace,Menlo,monospace}
+div.plot{margin:2px 0 10px} svg.plot{max-width:100%;height:auto;font-family:system-ui,sans-serif}
 """
 
 
@@ -376,6 +377,7 @@ def render(doc: dict[str, Any], baseline: dict[str, Any] | None = None) -> str:
         + _matrix(doc)
         + _details(doc)
         + _observations(doc)
+        + plots.section(doc["results"])
         + _figures(doc)
         + _timings(doc)
         + _capabilities(doc)

@@ -124,6 +124,10 @@ def test_chromium_renders_the_baseline_comparison(
     # the new failure links to its details, and that anchor exists
     assert 'href="#r-event_bridge-beta-event_bridge.commands.timeout"' in new_failures
     assert 'id="r-event_bridge-beta-event_bridge.commands.timeout"' in dom
+    # the passing adapter's timeout figures are plotted inline (beta failed before any)
+    plots = dom.split('<section id="plots">', 1)[1].split("</section>", 1)[0]
+    plot = plots.split(f'data-check="{CHECK}" data-figure="timeout_s"', 1)[1].split("</svg>")[0]
+    assert "event_bridge:alpha" in plot and plot.count("<circle") >= 1, plot
     shot = tmp_path / "report.png"
     subprocess.run(
         [*chromium, f"--screenshot={shot}", page], capture_output=True, timeout=120, check=True
