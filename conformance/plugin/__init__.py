@@ -522,7 +522,33 @@ def pytest_runtest_logfinish(nodeid: str, location: Any) -> None:
 
 def _title(config: pytest.Config, nodeid: str) -> str:
     """``check [kind:adapter]`` (a test's own name for items that are not checks)."""
-    return config.stash[_STATE].titles.get(nodeid) or nodeid.rpartition("::")[2]
+    titles = config.stash[_STATE].titles
+    if nodeid not in titles:  # an xdist controller collects nothing: read the check's mark
+        titles[nodeid] = _title_from_nodeid(nodeid)
+    return titles[nodeid]
+
+
+def _title_from_nodeid(nodeid: str) -> str:
+    """``check [label]`` of ``conformance/checks/x/test_y.py::test_z[label]``, else the
+    test's name."""
+    path, _, test = nodeid.partition("::")
+    name, _, param = test.partition("[")
+    fallback = test or nodeid
+    parts = path.removesuffix(".py").split("/")
+    if "checks" not in parts or not path.endswith(".py"):
+        return fallback
+    dotted = ".".join(["conformance", *parts[parts.index("checks") :]])
+    try:
+        import importlib
+
+        info = getattr(
+            getattr(importlib.import_module(dotted), name, None), "__conformance__", None
+        )
+    except Exception:
+        return fallback
+    if not isinstance(info, CheckInfo):
+        return fallback
+    return f"{info.id} [{param.rstrip(']')}]" if param else info.id
 
 
 @pytest.hookimpl(wrapper=True)
