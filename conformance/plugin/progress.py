@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from reference_services.runtime.redact import redact_text
+
 MODES = ("auto", "rich", "plain")
 
 
@@ -66,7 +68,7 @@ class PlainProgress:
 
     def _line(self, text: str, **markup: bool) -> None:
         with self._lock:
-            self._tr.write_line(text, **markup)
+            self._tr.write_line(redact_text(text), **markup)
 
     def services_starting(self, names: list[str]) -> None:
         # brokers take seconds to start (RabbitMQ ~10 s): say what the wait is for
@@ -227,7 +229,9 @@ class RichProgress:
         self._live.refresh()
 
     def note(self, text: str, *, markup: bool = False, **_: bool) -> None:
-        """A line above the panel (kept in the scrollback)."""
+        """A line above the panel (kept in the scrollback); URL passwords masked, as
+        everywhere (the panel writes to its own descriptor, past the CLI's redaction)."""
+        text = redact_text(text)
         if self._live_on:
             self._live.console.print(text, markup=markup, highlight=False, soft_wrap=True)
         else:

@@ -114,3 +114,23 @@ def test_under_ci_the_terminal_gets_plain_lines(tmp_path: Path) -> None:
     assert re.search(r"services: redis ready in [0-9.]+s", out), out[:3000]
     assert re.search(r"test_commands\.py [.F]+", out), out[:3000]
     assert_header_and_summary(out)
+
+
+def test_the_panel_shows_a_refused_broker_and_no_password(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, raw = run_in_pty(
+        ["--provider", "external", "--adapter", "state_store:redis", "--suite", "contract",
+         "-k", "stores.crud"],
+        tmp_path,
+        REDIS_URL=f"redis://user:hunter2@127.0.0.1:{port}/0",
+    )  # fmt: skip
+    out = plain(raw)
+    assert code == 3, out[-3000:]
+    assert "\x1b[?25l" in raw, "no live display"
+    assert re.search(r"✘ redis", out), out[:3000]
+    assert f"preflight: redis: connection refused at 127.0.0.1:{port}" in out
+    assert "hunter2" not in raw
