@@ -967,3 +967,24 @@ def own_rabbitmq(_module_rabbit: Any) -> Iterator[_Crashable]:
     broker.resume()
     if not broker.is_running():
         broker.start()
+
+
+async def test_non_durable_shared_queue_is_declared_as_purista_and_deleted_with_its_last_member(
+    make_bridge: Any, raw: Raw, namespace: str
+) -> None:
+    """PURISTA declares a shared subscription queue without auto-delete; ours does too (a
+    redeclaration with auto-delete fails with PRECONDITION_FAILED), and the bridge deletes
+    the non-durable queue itself when its last member leaves."""
+    first, second = await make_bridge(), await make_bridge()
+    sub = subscription("cache", "flush", durable=False)
+    await first.register_subscription(sub, _noop)
+    await second.register_subscription(sub, _noop)
+    name = topo.subscription_queue(namespace, sub, first.instance_id)
+    assert raw.conn is not None
+    async with raw.conn.channel() as ch:  # PURISTA's declaration is equivalent: no error
+        await ch.declare_queue(name, durable=False, auto_delete=False)
+    await first.destroy()
+    assert await raw.count(name) == 0  # still there for the other member
+    await second.destroy()
+    with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+        await raw.count(name)

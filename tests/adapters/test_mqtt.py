@@ -1040,3 +1040,13 @@ async def test_event_reaching_nobody_after_broker_restart_waits_for_resubscribe(
     await producer.emit_message(event(producer, "ev", "after restart"))
     assert producer.republished_after_reconnect > 0
     await eventually(lambda: got == ["after restart"], what="delivered once re-subscribed")
+
+
+def test_subscription_share_groups_per_subscriber_or_puristas() -> None:
+    """One group per subscriber by default; PURISTA's single group when asked."""
+    sub = Subscription(subscriber=Address(service_name="email", service_version="1",
+                                          service_target="onSignUp"), event_name="signedUp")
+    assert topics.subscription_group("pfx", sub, False) == "pfx.sub.email.1.on_sign_up"
+    assert topics.subscription_group("pfx", sub, True) == "sharedpurista"
+    assert MqttBridge(prefix="pfx").purista_share_groups is False
+    assert MqttBridge(prefix="pfx", purista_share_groups=True).purista_share_groups is True

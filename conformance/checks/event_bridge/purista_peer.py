@@ -11,7 +11,10 @@ PURISTA TypeScript service. Each peer can
 - ``serve(address, handler)``: serve a command the PURISTA way (its queue /
   subject filter / shared topic, its reply routing);
 - ``invoke(command, ttl)``: send a command the PURISTA way and wait for the
-  response where PURISTA waits for it.
+  response where PURISTA waits for it;
+- ``serve_subscription(subscriber, event_name, handler)``: be a member of a
+  shared, non-durable subscription to ``customMessage`` events named
+  ``event_name`` the PURISTA way (its queue / queue group / share group).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ VECTORS: dict[str, Any] = json.loads(
     (Path(__file__).parent / "data" / "purista_wire.json").read_text("utf-8")
 )
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def snake(value: str) -> str:
@@ -159,6 +163,7 @@ class AmqpPeer(Peer):
         self._aio_pika = aio_pika
         self._conn = await aio_pika.connect(self.url)
         self._ch = await self._conn.channel()
+        self._own_queues: list[str] = []
         self._ex = await self._ch.declare_exchange(
             self.prefix, aio_pika.ExchangeType.HEADERS, durable=True
         )
@@ -167,9 +172,6 @@ class AmqpPeer(Peer):
         await reply.bind(self._ex, "", arguments={"x-match": "all", "replyTo": reply.name})
         self.reply_queue = reply.name
         await reply.consume(self._on_reply, no_ack=True)
-
-    async def close(self) -> None:
-        await self._conn.close()
 
     async def _on_reply(self, incoming: Any) -> None:
         body = json.loads(incoming.body)
@@ -247,6 +249,33 @@ class AmqpPeer(Peer):
 
         await queue.consume(on, no_ack=True)
 
+    async def serve_subscription(
+        self, subscriber: dict[str, str], event_name: str, handler: EventHandler
+    ) -> None:
+        # PURISTA: assertQueue(<prefix>.sub.<svc>.<ver>.<target>, {durable}) -> amqplib
+        # leaves autoDelete false and sends no arguments
+        name = f"{self.prefix}.sub.{subscriber['serviceName']}." \
+               f"{subscriber['serviceVersion']}.{subscriber['serviceTarget']}"
+        queue = await self._ch.declare_queue(name, durable=False, auto_delete=False)
+        await queue.bind(self._ex, "", arguments={
+            "x-match": "all", "messageType": "customMessage", "eventName": event_name,
+        })
+
+        async def on(incoming: Any) -> None:
+            await handler(json.loads(incoming.body))
+
+        await queue.consume(on, no_ack=True)  # PURISTA: noAck = autoacknowledge
+        self._own_queues.append(name)
+
+    async def close(self) -> None:
+        for name in self._own_queues:  # PURISTA leaves them; tests clean up
+            try:
+                await self._ch.queue_delete(name)
+            except Exception as exc:
+                logging.getLogger("conformance.purista_peer").info(
+                    "deleting %s failed: %s", name, exc)
+        await self._conn.close()
+
 
 def nats_subject(prefix: str, msg: dict[str, Any], empty: str) -> str:
     sender, receiver = msg["sender"], msg.get("receiver") or {}
@@ -306,6 +335,22 @@ class NatsPeer(Peer):
         async def on(msg: Any) -> None:
             response = await handler(json.loads(msg.data))
             await msg.respond(json.dumps(response).encode())
+
+        await self._nc.subscribe(flt, queue=group, cb=on)
+        await self._nc.flush()
+
+    async def serve_subscription(
+        self, subscriber: dict[str, str], event_name: str, handler: EventHandler
+    ) -> None:
+        # PURISTA: snake(field ?? '*') per token; a shared core subscription joins the
+        # subscriber's queue group (the command group's name, on the raw values)
+        flt = ".".join([self.prefix, snake("customMessage"), *["*"] * 6, snake(event_name),
+                        *["*"] * 4])
+        group = (f"{self.prefix}_queue_{subscriber['serviceName']}_"
+                 f"{subscriber['serviceVersion']}_{subscriber['serviceTarget']}").upper()
+
+        async def on(msg: Any) -> None:
+            await handler(json.loads(msg.data))
 
         await self._nc.subscribe(flt, queue=group, cb=on)
         await self._nc.flush()
@@ -431,6 +476,19 @@ class MqttPeer(Peer):
                 return
             response = await handler(command)
             self._publish(mqtt_topic(self.prefix, response), response, command["correlationId"])
+
+        await self._subscribe(flt, on)
+
+    async def serve_subscription(
+        self, _subscriber: dict[str, str], event_name: str, handler: EventHandler
+    ) -> None:
+        # PURISTA: snake(field || '+') per level, `$share/sharedpurista/` for every
+        # shared subscription whoever subscribes
+        flt = "/".join(["$share", "sharedpurista", self.prefix, snake("customMessage"),
+                        *["+"] * 6, snake(event_name), *["+"] * 4])
+
+        async def on(msg: Any) -> None:
+            await handler(json.loads(msg.payload))
 
         await self._subscribe(flt, on)
 

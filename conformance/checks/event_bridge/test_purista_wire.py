@@ -376,6 +376,85 @@ async def test_mixed_fleet_command_once(aut: AdapterUnderTest) -> None:
         await peer.close()
 
 
+MIXED_FLEET_OPTION = "purista_share_groups"
+"""A bridge option for joining PURISTA's share groups where they are not the default
+(MQTT: PURISTA's single ``sharedpurista`` group makes different subscribers compete)."""
+
+
+def _mixed_fleet_options(aut: AdapterUnderTest) -> dict[str, Any]:
+    import inspect
+
+    cls = aut.spec.adapter_class
+    if cls is None:
+        return {}
+    return {MIXED_FLEET_OPTION: True} if MIXED_FLEET_OPTION in inspect.signature(
+        cls.__init__).parameters else {}
+
+
+@check("event_bridge.wire.purista.mixed_fleet_subscription_once", kinds=EB, needs=NEEDS)
+async def test_mixed_fleet_subscription_once(aut: AdapterUnderTest) -> None:
+    """A shared, non-durable, auto-acknowledged subscription (PURISTA: a core NATS
+    subscription) with one PURISTA member and one of the adapter's:
+    each event, whether PURISTA or the adapter published it, reaches exactly one of them
+    (PURISTA's queue / queue group / share group), and both get some."""
+    transport = _transport(aut)
+    member = await aut.new(instance_id=INST["py_bridge"], **_mixed_fleet_options(aut))
+    publisher = await aut.new(instance_id=INST["py_caller"])
+    event_name = VECTORS["ts_event"]["message"]["eventName"]
+    subscriber = ["pyService", "1.0.0", "onSignUp"]
+    got: list[tuple[str, str]] = []
+
+    async def on(message: Any) -> None:
+        got.append(("py", message.id))
+
+    async def ts_on(body: dict[str, Any]) -> None:
+        got.append(("ts", body["id"]))
+
+    peer = await peer_for(transport, member, INST["ts_peer"])
+    try:
+        # PURISTA's member first: its declaration is the one already there when ours comes
+        await peer.serve_subscription(address(*subscriber), event_name, ts_on)
+        try:
+            await member.register_subscription(
+                Subscription(subscriber=_addr(subscriber),
+                             message_type=MessageType.CUSTOM_MESSAGE, event_name=event_name,
+                             durable=False, shared=True, autoacknowledge=True),
+                on,
+            )
+        except Exception as exc:
+            raise AssertionError(
+                f"joining PURISTA's shared subscription failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        n = aut.n(40, minimum=10)
+        sent: list[str] = []
+        spec = VECTORS["ts_event"]["message"]
+        for i in range(n):
+            if i % 2:
+                body = purista_event(address(*spec["sender"]), event_name, {"i": i})
+                await peer.publish_event(body)
+                sent.append(body["id"])
+            else:
+                msg = CustomMessage(
+                    sender=_sender(["caller", "1", "run", INST["py_caller"]]),
+                    event_name=event_name, payload={"i": i})
+                await publisher.emit_message(msg)
+                sent.append(msg.id)
+        await wait_for(lambda: {i for _, i in got} >= set(sent), TTL_S)
+        await wait_quiet(lambda: len(got), quiet_s=0.5)  # a second copy would show by now
+        ids = [i for _, i in got]
+        missing = set(sent) - set(ids)
+        assert not missing, f"{len(missing)} of {n} events reached no member of the group"
+        assert len(ids) == len(set(ids)), (
+            f"{n} events were delivered {len(ids)} times ({len(ids) - len(set(ids))} "
+            "duplicates): the PURISTA member and the adapter's are not in one group"
+        )
+        by = {k: sum(1 for r, _ in got if r == k) for k in ("py", "ts")}
+        aut.metric("deliveries_by_runtime", by)
+        assert by["py"] and by["ts"], f"not one group: deliveries by runtime {by}"
+    finally:
+        await peer.close()
+
+
 @check("event_bridge.wire.purista.name_collision_rejected", kinds=EB, needs=NEEDS)
 async def test_name_collision_rejected(aut: AdapterUnderTest) -> None:
     """Two commands (or subscriptions) whose names snake-case alike (``getUser`` and

@@ -713,14 +713,10 @@ class AmqpBridge(EventBridgeBase):
         consumer = self._sub_consumers.get(sub.key)
         if consumer is None or consumer.queue != queue:
             consumer = self._sub_consumers[sub.key] = _Consumer(queue)
-        durable = sub.durable and sub.shared
+        options = topo.subscription_queue_options(sub)
 
         def declare(ch: AbstractRobustChannel) -> Awaitable[AbstractQueue]:
-            if sub.shared:
-                return ch.declare_queue(
-                    queue, durable=durable, auto_delete=not durable, robust=False
-                )
-            return ch.declare_queue(queue, exclusive=True, auto_delete=True, robust=False)
+            return ch.declare_queue(queue, robust=False, **options)
 
         if self.native_dead_letter and consumer.epoch != self._epoch:
             assert self._admin is not None
@@ -968,5 +964,9 @@ class AmqpBridge(EventBridgeBase):
 
     # ------------------------------------------------------------------ intake
     async def _stop_intake(self) -> None:
-        for consumer in [*self._cmd_consumers.values(), *self._sub_consumers.values()]:
+        for consumer in self._cmd_consumers.values():
             await self._cancel(consumer)
+        for key, consumer in self._sub_consumers.items():
+            reg = self.core.subscription(key)
+            gone = reg is not None and topo.deleted_when_unused(reg.subscription)
+            await self._cancel(consumer, delete_if_unused=gone)

@@ -39,6 +39,27 @@ def subscription_queue(prefix: str, sub: Subscription, instance_id: str) -> str:
     return base if sub.shared else f"{base}.{instance_id}"
 
 
+def subscription_queue_options(sub: Subscription) -> dict[str, Any]:
+    """How a subscription queue is declared, as PURISTA declares it.
+
+    Shared: durable as the subscription says, **never auto-delete**, no arguments
+    (PURISTA's ``assertQueue(name, {durable})``; RabbitMQ refuses a second declaration
+    with other properties with PRECONDITION_FAILED, closing the declarer's channel).
+    A non-durable shared queue is therefore deleted by the bridge when its last
+    consumer leaves (:func:`deleted_when_unused`), not by the broker. Not shared: one
+    exclusive auto-delete queue per instance.
+    """
+    if sub.shared:
+        return {"durable": sub.durable, "auto_delete": False}
+    return {"exclusive": True, "auto_delete": True}
+
+
+def deleted_when_unused(sub: Subscription) -> bool:
+    """Whether the bridge deletes the subscription's queue once nobody consumes it:
+    a non-durable shared queue (PURISTA declares it without auto-delete)."""
+    return sub.shared and not sub.durable
+
+
 def dead_letter_queue(prefix: str, sub: Subscription) -> str:
     """The native dead letter queue of a subscription group."""
     return f"{prefix}.sub.{_address_part(sub.subscriber)}.{DEAD_LETTER_SUFFIX}"

@@ -198,6 +198,7 @@ class MqttBridge(EventBridgeBase):
         park_grace_s: float = 30.0,
         no_subscribers_status: int = StatusCode.SERVICE_UNAVAILABLE,
         resubscribe_grace_s: float = 5.0,
+        purista_share_groups: bool = False,
         **kwargs: Any,
     ) -> None:
         """Args:
@@ -218,6 +219,10 @@ class MqttBridge(EventBridgeBase):
         resubscribe_grace_s: for this long after a reconnect, an event that reached no
             subscriber at all (PUBACK 0x10) is published again every 0.1 s, waiting for
             subscribers that are still re-subscribing (0: never).
+        purista_share_groups: shared subscriptions join PURISTA's ``sharedpurista`` group
+            (a PURISTA instance of the same subscriber and this one then share each
+            message) instead of one group per subscriber; with it, *different*
+            subscribers with the same filter compete, as among PURISTA services.
         park_grace_s: messages the event session brings for a subscription not registered
             (yet) wait this long after arriving for it; then they are acked and dropped.
         """
@@ -252,6 +257,7 @@ class MqttBridge(EventBridgeBase):
         self.park_grace_s = park_grace_s
         self.no_subscribers_status = int(no_subscribers_status)
         self.resubscribe_grace_s = resubscribe_grace_s
+        self.purista_share_groups = bool(purista_share_groups)
         self._reconnected_at = float("-inf")
         self.republished_after_reconnect = 0
         self._stale_sids: set[int] = set()
@@ -370,7 +376,8 @@ class MqttBridge(EventBridgeBase):
         routes = []
         for flt in topics.subscription_filters(self.prefix, sub):
             if sub.shared:
-                flt = topics.shared(topics.share_group(self.prefix, "sub", *sub.key), flt)
+                group = topics.subscription_group(self.prefix, sub, self.purista_share_groups)
+                flt = topics.shared(group, flt)
             routes.append(self._route(flt, "sub", durable=sub.durable))
         for old in [r for r in self._routes.values() if r not in routes and sub.key in r.subs]:
             del old.subs[sub.key]  # registered again with other filters or hints

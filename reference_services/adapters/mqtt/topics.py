@@ -177,6 +177,21 @@ def share_group(*parts: str) -> str:
     return ".".join(escape_level(p).replace("%", "~") for p in parts)
 
 
+def subscription_group(prefix: str, sub: Subscription, purista_groups: bool) -> str:
+    """The share group of a shared subscription.
+
+    ``purista_groups``: PURISTA's one group for everything (``sharedpurista``), so a
+    PURISTA instance of the same subscriber and ours compete for each message. It is
+    PURISTA's defect that *different* subscribers with the same filter then compete
+    too (each message reaches one service only). Otherwise one group per
+    subscriber (``<prefix>.sub.<svc>.<ver>.<target>``): every subscriber gets each
+    message once, but a PURISTA member of the same subscriber gets it as well.
+    """
+    if purista_groups:
+        return SHARE_GROUP
+    return share_group(prefix, "sub", *sub.key)
+
+
 def shared(group: str, topic_filter: str) -> str:
     """``$share/<group>/<filter>``."""
     return f"$share/{group}/{topic_filter}"
