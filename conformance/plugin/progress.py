@@ -126,8 +126,14 @@ class RichProgress:
         self._file = os.fdopen(fd, "w", encoding="utf-8", errors="replace", buffering=1)
         width = getattr(tr._tw, "fullwidth", None)
         self.console = Console(file=self._file, force_terminal=True if force else None, width=width)
+        # sys.stdout and sys.stderr stay pytest's (its capture and the CLI's redaction own them)
         self._live = Live(
-            self, console=self.console, refresh_per_second=4, transient=True, redirect_stdout=False
+            self,
+            console=self.console,
+            refresh_per_second=4,
+            transient=True,
+            redirect_stdout=False,
+            redirect_stderr=False,
         )
         self._live_on = False
         self._tw_saved: Any = None
@@ -226,7 +232,8 @@ class RichProgress:
             from rich.markup import escape
 
             self.note(f"[red]✘[/] {escape(title)}  [dim]{seconds:.2f}s[/]", markup=True)
-        self._live.refresh()
+        if self._live_on:
+            self._live.refresh()
 
     def note(self, text: str, *, markup: bool = False, **_: bool) -> None:
         """A line above the panel (kept in the scrollback); URL passwords masked, as
