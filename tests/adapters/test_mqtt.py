@@ -1050,3 +1050,19 @@ def test_subscription_share_groups_per_subscriber_or_puristas() -> None:
     assert topics.subscription_group("pfx", sub, True) == "sharedpurista"
     assert MqttBridge(prefix="pfx").purista_share_groups is False
     assert MqttBridge(prefix="pfx", purista_share_groups=True).purista_share_groups is True
+
+
+def test_message_expiry_as_purista_sets_it() -> None:
+    """30 days for events and anything with an event name; the ttl, rounded up and at
+    least 1 s, for commands and responses (PURISTA's msToSec rounds, possibly to 0)."""
+    sender = SenderAddress(service_name="a", service_version="1", service_target="b",
+                           instance_id="i")
+    cmd = Command(sender=sender, receiver=Address(service_name="c", service_version="1",
+                                                   service_target="d"))
+    assert topics.message_expiry_s(CustomMessage(sender=sender, event_name="e"), 5) == 2_592_000
+    assert topics.message_expiry_s(cmd, 10.0) == 10
+    assert topics.message_expiry_s(cmd, 0.2) == 1
+    assert topics.message_expiry_s(cmd, -3) == 1
+    assert topics.message_expiry_s(cmd.model_copy(update={"event_name": "e"}), 10) == 2_592_000
+    response = success_response(cmd, None)
+    assert topics.message_expiry_s(response, 29.4) == 30

@@ -12,9 +12,10 @@ PURISTA TypeScript service. Each peer can
   subject filter / shared topic, its reply routing);
 - ``invoke(command, ttl)``: send a command the PURISTA way and wait for the
   response where PURISTA waits for it;
-- ``serve_subscription(subscriber, event_name, handler)``: be a member of a
-  shared, non-durable subscription to ``customMessage`` events named
-  ``event_name`` the PURISTA way (its queue / queue group / share group).
+- ``serve_subscription(subscriber, event_name, handler, durable=...)``: be a
+  member of a shared subscription to ``customMessage`` events named
+  ``event_name`` the PURISTA way (its queue / queue group / share group;
+  ``durable`` also means manually acknowledged, as PURISTA's defaults go).
 """
 
 from __future__ import annotations
@@ -250,21 +251,24 @@ class AmqpPeer(Peer):
         await queue.consume(on, no_ack=True)
 
     async def serve_subscription(
-        self, subscriber: dict[str, str], event_name: str, handler: EventHandler
+        self, subscriber: dict[str, str], event_name: str, handler: EventHandler,
+        *, durable: bool = False,
     ) -> None:
         # PURISTA: assertQueue(<prefix>.sub.<svc>.<ver>.<target>, {durable}) -> amqplib
         # leaves autoDelete false and sends no arguments
         name = f"{self.prefix}.sub.{subscriber['serviceName']}." \
                f"{subscriber['serviceVersion']}.{subscriber['serviceTarget']}"
-        queue = await self._ch.declare_queue(name, durable=False, auto_delete=False)
+        queue = await self._ch.declare_queue(name, durable=durable, auto_delete=False)
         await queue.bind(self._ex, "", arguments={
             "x-match": "all", "messageType": "customMessage", "eventName": event_name,
         })
 
         async def on(incoming: Any) -> None:
             await handler(json.loads(incoming.body))
+            if durable:
+                await incoming.ack()
 
-        await queue.consume(on, no_ack=True)  # PURISTA: noAck = autoacknowledge
+        await queue.consume(on, no_ack=not durable)  # PURISTA: noAck = autoacknowledge
         self._own_queues.append(name)
 
     async def close(self) -> None:
@@ -340,8 +344,11 @@ class NatsPeer(Peer):
         await self._nc.flush()
 
     async def serve_subscription(
-        self, subscriber: dict[str, str], event_name: str, handler: EventHandler
+        self, subscriber: dict[str, str], event_name: str, handler: EventHandler,
+        *, durable: bool = False,
     ) -> None:
+        if durable:
+            raise NotImplementedError("PURISTA's JetStream push consumer is not played here")
         # PURISTA: snake(field ?? '*') per token; a shared core subscription joins the
         # subscriber's queue group (the command group's name, on the raw values)
         flt = ".".join([self.prefix, snake("customMessage"), *["*"] * 6, snake(event_name),
@@ -480,10 +487,12 @@ class MqttPeer(Peer):
         await self._subscribe(flt, on)
 
     async def serve_subscription(
-        self, _subscriber: dict[str, str], event_name: str, handler: EventHandler
+        self, _subscriber: dict[str, str], event_name: str, handler: EventHandler,
+        *, durable: bool = False,
     ) -> None:
         # PURISTA: snake(field || '+') per level, `$share/sharedpurista/` for every
-        # shared subscription whoever subscribes
+        # shared subscription whoever subscribes; it has no durable subscriptions on MQTT
+        del durable
         flt = "/".join(["$share", "sharedpurista", self.prefix, snake("customMessage"),
                         *["+"] * 6, snake(event_name), *["+"] * 4])
 

@@ -144,9 +144,20 @@ async def test_event_out(aut: AdapterUnderTest) -> None:
             for name, value in VECTORS["py_event"][key]["value"].items():
                 if carried.get(name) != value:
                     problems.append(f"{key} {name}={carried.get(name)!r}, PURISTA: {value!r}")
+            if transport == "mqtt":
+                problems += _expiry_problems(got, "py_event")
         assert not problems, "; ".join(problems)
     finally:
         await peer.close()
+
+
+def _expiry_problems(got: Landed, case: str) -> list[str]:
+    """The MQTT 5 message expiry PURISTA sets (the broker forwards what is left of it)."""
+    want = VECTORS["mqtt_message_expiry_s"]["value"][case]
+    seen = got.properties.get("MessageExpiryInterval")
+    if seen is None or not want - 2 <= seen <= want:
+        return [f"message expiry {seen!r} s on {got.route}, PURISTA sets {want} s"]
+    return []
 
 
 def _amqp_problems(got: Landed, case: str, message_id: str, stamp: int) -> list[str]:
@@ -262,6 +273,8 @@ def _response_route_problems(
             routes = [m.route for m in response_to(cmd)]
             if want not in routes:
                 problems.append(f"response published on {routes}, PURISTA expects {want!r}")
+            for landed in response_to(cmd)[:1]:
+                problems += _expiry_problems(landed, "ts_command_response")
     if transport == "amqp":
         want = _golden("ts_command", "amqp_response_headers", prefix, reply_queue=peer.reply_queue)
         landed = response_to(ok)
@@ -312,6 +325,8 @@ async def test_command_out(aut: AdapterUnderTest) -> None:
         route = _route_of(transport, "py_command", bridge.prefix)
         if route is not None and [m.route for m in landed] != [route]:
             problems.append(f"command published on {[m.route for m in landed]}, want {route!r}")
+        if transport == "mqtt" and landed:
+            problems += _expiry_problems(landed[0], "py_command")
         if transport == "amqp" and landed:
             want = VECTORS["py_command"]["amqp_headers"]["value"]
             for key, value in want.items():
@@ -394,9 +409,22 @@ def _mixed_fleet_options(aut: AdapterUnderTest) -> dict[str, Any]:
 @check("event_bridge.wire.purista.mixed_fleet_subscription_once", kinds=EB, needs=NEEDS)
 async def test_mixed_fleet_subscription_once(aut: AdapterUnderTest) -> None:
     """A shared, non-durable, auto-acknowledged subscription (PURISTA: a core NATS
-    subscription) with one PURISTA member and one of the adapter's:
-    each event, whether PURISTA or the adapter published it, reaches exactly one of them
-    (PURISTA's queue / queue group / share group), and both get some."""
+    subscription) with one PURISTA member and one of the adapter's: each event, whether
+    PURISTA or the adapter published it, reaches exactly one of them (PURISTA's queue /
+    queue group / share group), and both get some."""
+    await _mixed_fleet_subscription(aut, durable=False)
+
+
+@check("event_bridge.wire.purista.mixed_fleet_durable_subscription_once", kinds=EB,
+       needs=(*NEEDS, "purista_durable_wire"))
+async def test_mixed_fleet_durable_subscription_once(aut: AdapterUnderTest) -> None:
+    """The same with a durable, manually acknowledged subscription (PURISTA: a durable
+    queue declared without arguments, a JetStream push consumer with a deliver group):
+    each event reaches exactly one member, whichever runtime it runs."""
+    await _mixed_fleet_subscription(aut, durable=True)
+
+
+async def _mixed_fleet_subscription(aut: AdapterUnderTest, *, durable: bool) -> None:
     transport = _transport(aut)
     member = await aut.new(instance_id=INST["py_bridge"], **_mixed_fleet_options(aut))
     publisher = await aut.new(instance_id=INST["py_caller"])
@@ -413,12 +441,12 @@ async def test_mixed_fleet_subscription_once(aut: AdapterUnderTest) -> None:
     peer = await peer_for(transport, member, INST["ts_peer"])
     try:
         # PURISTA's member first: its declaration is the one already there when ours comes
-        await peer.serve_subscription(address(*subscriber), event_name, ts_on)
+        await peer.serve_subscription(address(*subscriber), event_name, ts_on, durable=durable)
         try:
             await member.register_subscription(
                 Subscription(subscriber=_addr(subscriber),
                              message_type=MessageType.CUSTOM_MESSAGE, event_name=event_name,
-                             durable=False, shared=True, autoacknowledge=True),
+                             durable=durable, shared=True, autoacknowledge=not durable),
                 on,
             )
         except Exception as exc:

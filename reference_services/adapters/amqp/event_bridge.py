@@ -178,6 +178,7 @@ class AmqpBridge(EventBridgeBase):
         per_sender_order=YES,
         duplicate_ids_dropped=YES,
         purista_wire=YES,
+        purista_durable_wire=YES,
     )
 
     def __init__(

@@ -66,6 +66,7 @@ from reference_services.adapters.mqtt.connection import (
 )
 from reference_services.runtime.codec import MessageDecodeError, decode
 from reference_services.runtime.errors import StatusCode, UnhandledError
+from reference_services.runtime.ids import now_ms
 from reference_services.runtime.messages import (
     Address,
     AnyMessage,
@@ -176,6 +177,7 @@ class MqttBridge(EventBridgeBase):
         per_sender_order=YES,
         duplicate_ids_dropped=YES,
         purista_wire=YES,
+        purista_durable_wire=YES,
     )
 
     def __init__(
@@ -325,6 +327,7 @@ class MqttBridge(EventBridgeBase):
         if reason is not None:
             user.append((DEAD_LETTER_REASON_HEADER, reason[:1024]))
         props.UserProperty = user
+        props.MessageExpiryInterval = topics.message_expiry_s(message, self.default_command_ttl_s)
         topic, raw = topics.message_topic(self.prefix, message), self.core.encode(message)
         code = await self._rpc.publish(topic, raw, props, self.publish_timeout_s)
         loop = asyncio.get_running_loop()
@@ -342,6 +345,7 @@ class MqttBridge(EventBridgeBase):
         props.ContentType = command.content_type
         props.CorrelationData = command.correlation_id.encode("utf-8")
         props.UserProperty = list(routing_headers(command).items())
+        props.MessageExpiryInterval = topics.message_expiry_s(command, self._ttl_left(command))
         code = await self._rpc.publish(
             topics.command_topic(self.prefix, command),
             self.core.encode(command),
@@ -354,6 +358,11 @@ class MqttBridge(EventBridgeBase):
                 "(unknown, or every instance is cut off)",
                 self.no_subscribers_status,
             )
+
+    def _ttl_left(self, command: Command) -> float:
+        if command.expires_at is None:
+            return self.default_command_ttl_s
+        return (command.expires_at - now_ms()) / 1000
 
     async def _bind_command(self, reg: RegisteredCommand) -> None:
         key = reg.address.key
@@ -644,6 +653,8 @@ class MqttBridge(EventBridgeBase):
             props.ContentType = response.content_type
             props.CorrelationData = message.correlation_id.encode("utf-8")
             props.UserProperty = list(routing_headers(response).items())
+            props.MessageExpiryInterval = topics.message_expiry_s(
+                response, self._ttl_left(message))
             try:
                 await self._rpc.publish(
                     topics.message_topic(self.prefix, response),

@@ -17,6 +17,7 @@ invoker's), not on an MQTT 5 response topic.
 
 from __future__ import annotations
 
+import math
 import zlib
 
 from reference_services.runtime.definitions import AddressFilter, Subscription
@@ -211,6 +212,31 @@ def response_filters(prefix: str, instance_id: str) -> list[str]:
         "/".join([prefix, escape_level(str(t)), *[ANY] * 7, escape_level(instance_id), *[ANY] * 3])
         for t in (MessageType.COMMAND_SUCCESS_RESPONSE, MessageType.COMMAND_ERROR_RESPONSE)
     ]
+
+
+MESSAGE_EXPIRY_S = 30 * 86_400
+"""PURISTA's ``defaultMessageExpiryInterval`` (30 days, in seconds)."""
+
+
+def message_expiry_s(message: AnyMessage, ttl_s: float) -> int:
+    """The MQTT 5 Message Expiry Interval of a publish, as PURISTA v3 sets it.
+
+    Events (and everything but commands and responses): 30 days. A command: the
+    invoker's ttl (``ttl_s``, what is left of it) in whole seconds, at least 1 and
+    rounded up, so the broker never drops it while the invoker still waits (PURISTA
+    rounds, which gives 0 below half a second). A response: the command's ttl. A
+    command or response with an event name: 30 days, since subscribers see it as that
+    event. PURISTA converts the 30 days of a response with an event name from ms to s
+    once more (2592 s); we do not repeat that defect: no receiver reads the value,
+    only the broker, and 43 minutes would drop the event for an offline durable
+    subscriber.
+    """
+    kind = message.message_type
+    answers = (MessageType.COMMAND, MessageType.COMMAND_SUCCESS_RESPONSE,
+               MessageType.COMMAND_ERROR_RESPONSE)
+    if kind not in answers or message.event_name:
+        return MESSAGE_EXPIRY_S
+    return max(1, math.ceil(ttl_s))
 
 
 def subscription_id(topic_filter: str) -> int:

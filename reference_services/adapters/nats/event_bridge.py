@@ -105,6 +105,11 @@ class NatsBridge(EventBridgeBase):
         per_sender_order=YES,
         duplicate_ids_dropped=YES,
         purista_wire=YES,
+        purista_durable_wire=unsupported(
+            "durable subscriptions are JetStream pull consumers; PURISTA's are push consumers "
+            "subscription_<svc>_<ver>_<target> with a deliver group, so both runtimes get "
+            "each event (docs/purista-compatibility.md)"
+        ),
     )
 
     def __init__(

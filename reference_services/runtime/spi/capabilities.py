@@ -87,6 +87,9 @@ class EventBridgeCapabilities(_Capabilities):
     - ``purista_wire``: on its transport the bridge speaks PURISTA v3's wire conventions
       (names, headers, subjects/topics, reply routing, envelope), so PURISTA
       TypeScript services and ours form one fleet (checks ``event_bridge.wire.purista.*``).
+    - ``purista_durable_wire``: a *durable* shared subscription (persistent queue /
+      JetStream consumer / session) with a PURISTA member and one of ours reaches one of
+      them per event (check ``event_bridge.wire.purista.mixed_fleet_durable_subscription_once``).
     """
 
     delivery: Delivery = "at_least_once"
@@ -108,6 +111,9 @@ class EventBridgeCapabilities(_Capabilities):
     numbers: Numbers = "exact"
     duplicate_ids_dropped: Support = field(default_factory=lambda: unsupported("not declared"))
     purista_wire: Support = field(
+        default_factory=lambda: unsupported("no PURISTA transport of this kind")
+    )
+    purista_durable_wire: Support = field(
         default_factory=lambda: unsupported("no PURISTA transport of this kind")
     )
     max_message_bytes: int | None = None
