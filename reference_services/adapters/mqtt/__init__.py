@@ -1,4 +1,5 @@
-"""MQTT 5 (Mosquitto) adapters: the event bridge, its connection and topic layout."""
+"""MQTT 5 (Mosquitto) adapters: the event bridge, the MQTT-native queue bridge, their
+connection and topic layout."""
 
 from __future__ import annotations
 
@@ -20,5 +21,14 @@ DESCRIPTORS: tuple[AdapterDescriptor, ...] = (
             "op_timeout_s": 3.0,
             "publish_timeout_s": 3.0,
         },
+    ),
+    AdapterDescriptor(
+        "mqtt",
+        "queue_bridge",
+        "reference_services.adapters.mqtt.queue_bridge:MqttQueueBridge",
+        service="mosquitto",
+        url_var="MQTT_URL",
+        deployable=True,
+        protocol="mqtt",
     ),
 )

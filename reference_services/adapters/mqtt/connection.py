@@ -158,7 +158,13 @@ class MqttConnection:
 
     # ---------------------------------------------------------- operations
     async def publish(
-        self, topic: str, payload: bytes, properties: Properties | None, timeout_s: float
+        self,
+        topic: str,
+        payload: bytes,
+        properties: Properties | None,
+        timeout_s: float,
+        *,
+        retain: bool = False,
     ) -> int:
         """Publish at QoS 1 and wait for the broker's PUBACK (a publisher confirm).
 
@@ -166,7 +172,7 @@ class MqttConnection:
         if not self.client.is_connected():
             raise MqttUnavailableError(f"not connected to the MQTT broker ({self.client_id})")
         loop = asyncio.get_running_loop()
-        info = self.client.publish(topic, payload, qos=1, properties=properties)
+        info = self.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise MqttUnavailableError(f"publish failed: {mqtt.error_string(info.rc)}")
         # The PUBACK callback is queued onto this loop, so it runs after this line.
@@ -185,12 +191,14 @@ class MqttConnection:
             raise MqttUnavailableError(f"broker refused publish to {topic}: {code}")
         return int(getattr(code, "value", code) or 0)
 
-    async def subscribe(self, topic_filter: str, subscription_id: int, timeout_s: float) -> None:
-        """Subscribe at QoS 1 with a subscription identifier and wait for the SUBACK."""
+    async def subscribe(
+        self, topic_filter: str, subscription_id: int, timeout_s: float, qos: int = 1
+    ) -> None:
+        """Subscribe (QoS 1 by default) with a subscription identifier; wait for the SUBACK."""
         props = Properties(PacketTypes.SUBSCRIBE)
         props.SubscriptionIdentifier = subscription_id
         rc, mid = self.client.subscribe(
-            topic_filter, options=SubscribeOptions(qos=1), properties=props
+            topic_filter, options=SubscribeOptions(qos=qos), properties=props
         )
         codes = await self._await_ack(rc, mid, f"subscribe {topic_filter}", timeout_s)
         if any(_failed(c) for c in codes):

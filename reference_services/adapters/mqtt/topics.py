@@ -123,9 +123,11 @@ def subscription_filters(prefix: str, sub: Subscription) -> list[str]:
     A subscription that does not filter on the message type gets one filter per type
     except ``command``: subscriptions never see commands (as in the reference bridge),
     so a command nobody serves matches no subscription and the broker says so."""
-    types = [sub.message_type] if sub.message_type else [
-        t for t in MessageType if t is not MessageType.COMMAND
-    ]
+    types = (
+        [sub.message_type]
+        if sub.message_type
+        else [t for t in MessageType if t is not MessageType.COMMAND]
+    )
     return [_subscription_filter(prefix, sub, str(t)) for t in types]
 
 
@@ -158,8 +160,15 @@ def command_filter(prefix: str, address: Address, instance_id: str | None) -> st
 
 
 def _pinned_topic(prefix: str, address: Address, instance_id: str) -> str:
-    levels = [escape_level(v) for v in (instance_id, address.service_name,
-                                        address.service_version, address.service_target)]
+    levels = [
+        escape_level(v)
+        for v in (
+            instance_id,
+            address.service_name,
+            address.service_version,
+            address.service_target,
+        )
+    ]
     return "/".join([prefix, "_pinned", *levels])
 
 
