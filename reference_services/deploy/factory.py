@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from reference_services.adapters import registry
@@ -15,9 +16,15 @@ def make_event_bridge(cfg: DeploymentConfig, **extra: Any) -> Any:
     return d.build_from_urls(cfg.urls, cfg.prefix, **extra)
 
 
-def make_queue_bridge(cfg: DeploymentConfig, **extra: Any) -> Any:
-    """The configured queue bridge (not started)."""
+def make_queue_bridge(
+    cfg: DeploymentConfig, *, instance_id: str | None = None, **extra: Any
+) -> Any:
+    """The configured queue bridge (not started). ``instance_id`` goes to a queue bridge
+    that takes one (it keeps per-instance state on the broker, as the MQTT queue's
+    session of leased jobs), so a restarted process with the same id gets it back."""
     d = registry.resolve("queue_bridge", cfg.queue_bridge)
+    if instance_id is not None and "instance_id" in inspect.signature(d.load()).parameters:
+        extra.setdefault("instance_id", instance_id)
     return d.build_from_urls(cfg.urls, cfg.prefix, **extra)
 
 

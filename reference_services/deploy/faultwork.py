@@ -118,7 +118,9 @@ async def serve() -> int:
     if os.environ.get("FAULTWORK_INSTANCE_ID"):
         event_opts["instance_id"] = os.environ["FAULTWORK_INSTANCE_ID"]
     bridge = make_event_bridge(cfg, **event_opts)
-    queue = make_queue_bridge(cfg, **_opts("FAULTWORK_QUEUE_OPTS"))
+    queue = make_queue_bridge(
+        cfg, instance_id=os.environ.get("FAULTWORK_INSTANCE_ID"), **_opts("FAULTWORK_QUEUE_OPTS")
+    )
     stores = make_stores(cfg)
     async with ShutdownSignals() as signals:  # before connecting: a SIGTERM now still drains
         started: list[Any] = []

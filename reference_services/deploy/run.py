@@ -40,7 +40,7 @@ async def run(cfg: DeploymentConfig, services: tuple[str, ...], *, ready_line: b
     if unknown:
         raise ValueError(f"unknown service(s) {unknown}; known: {sorted(ALL_SERVICES)}")
     bridge = make_event_bridge(cfg)
-    queue = make_queue_bridge(cfg)
+    queue = make_queue_bridge(cfg, instance_id=bridge.instance_id)
     stores = make_stores(cfg)
     async with ShutdownSignals() as signals:  # before connecting: a SIGTERM now still drains
         started: list[Any] = []

@@ -53,9 +53,7 @@ async def probe(
 ) -> tuple[bool, dict[str, bool | str]]:
     """Ask every component at once, each within ``timeout_s``; one that raises counts as not
     ok, one that does not answer in time as ``"timeout"`` (not ok)."""
-    labels = [
-        f"{i}:{getattr(c, 'name', type(c).__name__)}" for i, c in enumerate(components)
-    ]
+    labels = [f"{i}:{getattr(c, 'name', type(c).__name__)}" for i, c in enumerate(components)]
     answers = await asyncio.gather(*(_ask(c, ready, timeout_s) for c in components))
     results = dict(zip(labels, answers, strict=True))
     return all(v is True for v in results.values()), results

@@ -129,8 +129,11 @@ def routing_headers(message: object) -> dict[str, str]:
         out[f"{side}ServiceTarget"] = address.service_target
         if address.instance_id:
             out[f"{side}InstanceId"] = address.instance_id
-    for key, attr in (("eventName", "event_name"), ("principalId", "principal_id"),
-                      ("tenantId", "tenant_id")):
+    for key, attr in (
+        ("eventName", "event_name"),
+        ("principalId", "principal_id"),
+        ("tenantId", "tenant_id"),
+    ):
         value = getattr(message, attr, None)
         if value:
             out[key] = value

@@ -330,12 +330,31 @@ class ServiceProcesses:
                 self.exit_codes[label] = await proc.wait()
 
 
-def deploy_env(event_bridge: str, urls: dict[str, str], prefix: str) -> dict[str, str]:
+EDGE_QUEUE = "mqtt"
+"""The edge's queue bridge, as in the seed's configuration table: MQTT-native."""
+
+
+def pattern_queue(pattern: str) -> str:
+    """The queue bridge a pattern's processes use: the edge's own, else the process backend's."""
+    return EDGE_QUEUE if pattern == "edge" else PROCESS_BACKEND
+
+
+def pattern_queue_urls(pattern: str, url: Callable[[str], str]) -> dict[str, str]:
+    """The URL variable of the pattern's queue bridge, from a service-to-URL lookup."""
+    from reference_services.adapters import registry
+
+    d = registry.resolve("queue_bridge", pattern_queue(pattern))
+    return {d.url_var: url(d.service)} if d.service and d.url_var else {}
+
+
+def deploy_env(
+    event_bridge: str, urls: dict[str, str], prefix: str, queue_bridge: str = PROCESS_BACKEND
+) -> dict[str, str]:
     """Environment for deployment processes: the given bridge, the process backend's
-    stores and queue."""
+    stores and the given queue (default: the process backend's)."""
     return {
         "EVENT_BRIDGE": event_bridge,
-        "QUEUE_BRIDGE": PROCESS_BACKEND,
+        "QUEUE_BRIDGE": queue_bridge,
         "STORE": PROCESS_BACKEND,
         "PURISTA_PREFIX": prefix,
         "SHUTDOWN_TIMEOUT_S": "20",
@@ -345,11 +364,15 @@ def deploy_env(event_bridge: str, urls: dict[str, str], prefix: str) -> dict[str
     }
 
 
-def backend_outcome_reader(trace: Trace, urls: dict[str, str], prefix: str) -> tuple[Any, Any, Any]:
-    """The process backend's state store and queue bridge on ``prefix``, and a reader
-    filling ``trace``."""
+def backend_outcome_reader(
+    trace: Trace, urls: dict[str, str], prefix: str, queue_bridge: str = PROCESS_BACKEND
+) -> tuple[Any, Any, Any]:
+    """The process backend's state store and the given queue bridge on ``prefix``, and a
+    reader filling ``trace``."""
+    from reference_services.adapters import registry
+
     state = process_backend("state_store").build_from_urls(urls, prefix)
-    queue = process_backend("queue_bridge").build_from_urls(urls, prefix)
+    queue = registry.resolve("queue_bridge", queue_bridge).build_from_urls(urls, prefix)
     return state, queue, lambda: read_outcome(trace, state, queue)
 
 
@@ -370,9 +393,9 @@ async def run_processes(
     with ``service_urls`` (default ``urls``: what the services use to reach the brokers)."""
     trace = Trace(pattern)
     start = time.monotonic()
-    env = deploy_env(event_bridge, service_urls or urls, prefix)
+    env = deploy_env(event_bridge, service_urls or urls, prefix, pattern_queue(pattern))
     procs = (runner or ServiceProcesses)(env, workdir)
-    state, queue, read = backend_outcome_reader(trace, urls, prefix)
+    state, queue, read = backend_outcome_reader(trace, urls, prefix, pattern_queue(pattern))
     await state.start()
     await queue.start()
     try:

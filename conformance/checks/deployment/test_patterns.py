@@ -22,6 +22,7 @@ from conformance.checks.deployment.scenario import (
     STEPS,
     Trace,
     diff,
+    pattern_queue_urls,
     run_monolith,
     run_processes,
     run_serverless,
@@ -93,7 +94,11 @@ async def _processes(
 ) -> None:
     service, var = _deployable(aut)
     reference = await _reference_trace()
-    urls = {var: aut.ctx.url(service), **process_backend_urls(aut.ctx.url)}
+    urls = {
+        var: aut.ctx.url(service),
+        **process_backend_urls(aut.ctx.url),
+        **pattern_queue_urls(pattern, aut.ctx.url),
+    }
     runner, service_urls = None, None
     if containers:
         runner, service_urls = _container_runner(aut, urls)
@@ -150,6 +155,7 @@ async def test_containers_match_the_monolith(aut: AdapterUnderTest, tmp_path: Pa
 
 @check("deployment.edge", kinds=("event_bridge",))
 async def test_edge_matches_the_monolith(aut: AdapterUnderTest, tmp_path: Path) -> None:
-    """All services in one lightweight process over the adapter's broker gives the
-    monolith's trace, and the process exits 0 on SIGTERM."""
+    """All services in one lightweight process over the adapter's broker, with the
+    MQTT-native queue (queue_bridge:mqtt) for its queue worker, gives the monolith's trace,
+    and the process exits 0 on SIGTERM."""
     await _processes(aut, "edge", tmp_path)

@@ -764,9 +764,11 @@ class AmqpBridge(EventBridgeBase):
                 await self._settle(incoming, ack=True)
                 return
             commands_ok = sub.message_type is MessageType.COMMAND
-            if not reg.matches(message) or (
-                message.message_type is MessageType.COMMAND and not commands_ok
-            ) or (message.message_type is not MessageType.COMMAND and not is_event(message)):
+            if (
+                not reg.matches(message)
+                or (message.message_type is MessageType.COMMAND and not commands_ok)
+                or (message.message_type is not MessageType.COMMAND and not is_event(message))
+            ):
                 await self._settle(incoming, ack=True)
                 return
             attempt = self._attempt_of(incoming)

@@ -19,9 +19,15 @@ from reference_services.runtime.messages import Address, AnyMessage, MessageType
 DEAD_LETTER_SUFFIX = "dlq"
 RETRY_SUFFIX = "retry"
 # Headers RabbitMQ adds when it dead-letters a message; dropped when we republish.
-BROKER_DEATH_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue",
-                        "x-first-death-reason", "x-last-death-exchange",
-                        "x-last-death-queue", "x-last-death-reason")
+BROKER_DEATH_HEADERS = (
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+)
 
 
 def _address_part(address: Address) -> str:
@@ -171,8 +177,11 @@ def _filter_headers(side: str, flt: AddressFilter | None) -> dict[str, Any]:
 # are left out on purpose (as with the in-memory bridge), so that a catch-all
 # subscription does not make every command routable and hide an unknown
 # command's fast 404.
-_EVENT_TYPES = tuple(t for t in MessageType if t is not MessageType.COMMAND
-                     and t is not MessageType.COMMAND_ERROR_RESPONSE)
+_EVENT_TYPES = tuple(
+    t
+    for t in MessageType
+    if t is not MessageType.COMMAND and t is not MessageType.COMMAND_ERROR_RESPONSE
+)
 
 
 def subscription_bindings(sub: Subscription) -> list[dict[str, Any]]:

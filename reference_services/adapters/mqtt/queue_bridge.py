@@ -17,7 +17,13 @@ published, whether it is leasing or not, and holds the job in that member's sess
 an instance that buffered a job for longer than ``handoff_after_s`` without leasing it
 hands it back (publishes it again, then acknowledges its copy). An enqueue that no
 subscription matches (PUBACK 0x10, nobody would get the job) makes the enqueuing instance
-a member and publishes again: a job is never published into the void.
+a member and publishes again: a job is never published into the void. Such a *passive*
+member (it never leased from the queue) leaves again as soon as it holds jobs, handing
+them to the workers; a job no other member would take stays in its session.
+
+Leases are global: any instance may settle any lease. An instance that does not hold the
+message forwards the operation to the holder named in the lease record (a request on
+``<prefix>/queuectl/<holder>``), which settles it and answers.
 """
 
 from __future__ import annotations
@@ -83,6 +89,12 @@ class _Delivery:
     generation: int
     arrived: float
     lease: dict[str, Any] | None = None
+    handing_back: bool = False
+
+    @property
+    def free(self) -> bool:
+        """Buffered: neither leased nor being handed back."""
+        return self.lease is None and not self.handing_back
 
 
 class MqttQueueBridge(QueueBridgeBase):
@@ -121,7 +133,7 @@ class MqttQueueBridge(QueueBridgeBase):
         connect_timeout_s: float = 10.0,
         op_timeout_s: float = 10.0,
         session_expiry_s: int = 3600,
-        receive_maximum: int = 10,
+        receive_maximum: int = 50,
         handoff_after_s: float = 0.3,
         drain_timeout_s: float = 10.0,
         **kwargs: Any,
@@ -168,6 +180,9 @@ class MqttQueueBridge(QueueBridgeBase):
         self._delayed: dict[asyncio.Task[Any], Callable[[], Awaitable[None]]] = {}
         self._rebalancer: asyncio.Task[None] | None = None
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._publishing: set[asyncio.Task[None]] = set()
+        self._member_locks: dict[str, asyncio.Lock] = {}
+        self._leasing: set[str] = set()  # queues this instance leased from
         self.handed_back = 0
 
     @classmethod
@@ -249,7 +264,7 @@ class MqttQueueBridge(QueueBridgeBase):
             log.warning("%s: resubscribe failed: %s", self.client_id, exc)
 
     async def _interrupt_waits(self) -> None:
-        self._arrived.set()
+        self._wake()
 
     async def _destroy_transport(self) -> None:
         if self._rebalancer is not None:
@@ -341,11 +356,20 @@ class MqttQueueBridge(QueueBridgeBase):
             return
         held = self._held.setdefault(queue, {})
         known = held.get(job_id)
-        if known is not None:  # the broker resent it after a reconnect: ack the new copy
+        if known is not None and _copy(known.job) == _copy(job):
+            # the broker resent this copy after a reconnect: settle through the new mid
             known.mid, known.generation = message.mid, generation
             return
+        if known is not None:  # another copy of a job held here: keep one, drop this one
+            log.warning("%s: a second copy of job %s; dropped", self.client_id, job_id)
+            self._jobs_conn.ack(message.mid, generation)
+            return
         held[job_id] = _Delivery(job, message.mid, generation, time.monotonic())
-        self._arrived.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        arrived, self._arrived = self._arrived, asyncio.Event()
+        arrived.set()
 
     async def _quarantine(self, message: mqtt.MQTTMessage, generation: int, reason: str) -> None:
         """A job message nothing can use: dead-lettered at once with its raw text."""
@@ -369,6 +393,7 @@ class MqttQueueBridge(QueueBridgeBase):
 
     async def _sync(self, conn: MqttConnection) -> None:
         """Wait until ``conn`` received everything the broker processed before now."""
+        await self._published()
         token = f"{conn.client_id}:{next(self._sync_ids)}"
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._syncs[token] = fut
@@ -390,11 +415,23 @@ class MqttQueueBridge(QueueBridgeBase):
         lease: dict[str, Any] | None = None,
         dead: dict[str, Any] | None = None,
     ) -> None:
+        await self._published()  # after the lease records still under way: broker order
+        await self._send_record(job, status, lease=lease, dead=dead)
+
+    async def _send_record(
+        self,
+        job: dict[str, Any],
+        status: str,
+        *,
+        lease: dict[str, Any] | None = None,
+        dead: dict[str, Any] | None = None,
+    ) -> None:
         record = {"status": status, "job": job, "lease": lease, "dead": dead}
         topic = self._topic(job["queue"], "rec", job["id"])
         await self._view_conn.publish(topic, dumps(record), None, self.op_timeout_s, retain=True)
 
     async def _drop_record(self, queue: str, job_id: str) -> None:
+        await self._published()
         topic = self._topic(queue, "rec", job_id)
         await self._view_conn.publish(topic, b"", None, self.op_timeout_s, retain=True)
 
@@ -411,17 +448,46 @@ class MqttQueueBridge(QueueBridgeBase):
                 raise MqttUnavailableError(f"no worker subscription took the job {job['id']}")
 
     async def _join(self, queue: str) -> None:
-        """Become a worker of ``queue`` (join its shared subscription)."""
-        if queue not in self._workers:
-            share = self._share_filter(queue)
-            await self._jobs_conn.subscribe(share, _SID_JOBS, self.op_timeout_s)
-            self._workers[queue] = share
+        """Become a member of ``queue``'s shared subscription."""
+        async with self._membership(queue):
+            if queue not in self._workers:
+                share = self._share_filter(queue)
+                await self._jobs_conn.subscribe(share, _SID_JOBS, self.op_timeout_s)
+                self._workers[queue] = share
+
+    def _membership(self, queue: str) -> asyncio.Lock:
+        return self._member_locks.setdefault(queue, asyncio.Lock())
+
+    async def _leave_passive(self, queue: str) -> None:
+        """A member that joined only because nobody took its enqueue, and never leased:
+        leave, hand its jobs to the workers; a job nobody else would take (0x10) stays
+        here and the instance joins again (it is the last holder)."""
+        async with self._membership(queue):
+            share = self._workers.pop(queue, None)
+            if share is None:
+                return
+            await self._jobs_conn.unsubscribe(share, self.op_timeout_s)
+        kept = False
+        held = self._held.get(queue, {})
+        for job_id, delivery in list(held.items()):
+            if delivery.free:
+                held.pop(job_id, None)  # a copy that comes back here is a new delivery
+                try:
+                    given = await self._give_back(queue, delivery, require_taker=True)
+                except MqttUnavailableError:
+                    given = False
+                if not given:
+                    held.setdefault(job_id, delivery)
+                    kept = True
+        if kept:
+            await self._join(queue)
 
     async def _give_back(self, queue: str, delivery: _Delivery, require_taker: bool) -> bool:
         """Publish a held job again and acknowledge this copy; False (nothing done) when
         ``require_taker`` and no other subscription would get it."""
         topic = self._topic(queue, "jobs")
-        code = await self._jobs_conn.publish(topic, dumps(delivery.job), None, self.op_timeout_s)
+        copy = {**delivery.job, "copy": new_id()}
+        code = await self._jobs_conn.publish(topic, dumps(copy), None, self.op_timeout_s)
         if code == NO_MATCHING_SUBSCRIBERS and require_taker:
             return False
         self._jobs_conn.ack(delivery.mid, delivery.generation)
@@ -430,17 +496,25 @@ class MqttQueueBridge(QueueBridgeBase):
 
     async def _rebalance(self) -> None:
         """Hand back buffered jobs this instance is not leasing (see the module docstring)."""
+        tick = min(0.05, self.handoff_after_s / 2)
         while True:
-            await asyncio.sleep(self.handoff_after_s / 2)
+            await asyncio.sleep(tick)
             cutoff = time.monotonic() - self.handoff_after_s
             for queue, held in list(self._held.items()):
-                for job_id, delivery in list(held.items()):
-                    if delivery.lease is None and delivery.arrived < cutoff:
-                        held.pop(job_id, None)
-                        try:
-                            await self._give_back(queue, delivery, require_taker=False)
-                        except MqttUnavailableError:
-                            held.setdefault(job_id, delivery)
+                try:
+                    if queue not in self._leasing:
+                        if any(d.free for d in held.values()):
+                            await self._leave_passive(queue)
+                        continue
+                    for job_id, delivery in list(held.items()):
+                        if delivery.free and delivery.arrived < cutoff:
+                            held.pop(job_id, None)
+                            try:
+                                await self._give_back(queue, delivery, require_taker=False)
+                            except MqttUnavailableError:
+                                held.setdefault(job_id, delivery)
+                except MqttUnavailableError as exc:
+                    log.warning("%s: hand-back on %s failed: %s", self.client_id, queue, exc)
 
     # ---- the queue contract -----------------------------------------------------------
 
@@ -492,7 +566,8 @@ class MqttQueueBridge(QueueBridgeBase):
 
     def _later(self, delay_ms: int, send: Callable[[], Awaitable[None]]) -> None:
         async def run() -> None:
-            await asyncio.sleep(delay_ms / 1000)
+            if delay_ms:
+                await asyncio.sleep(delay_ms / 1000)
             self._delayed.pop(task, None)
             try:
                 await send()
@@ -505,23 +580,24 @@ class MqttQueueBridge(QueueBridgeBase):
     async def _lease(
         self, queue: str, batch: int, wait_ms: int, worker_id: str | None
     ) -> list[Job]:
+        self._leasing.add(queue)
         await self._join(queue)
         deadline = time.monotonic() + wait_ms / 1000
         synced = False
         while True:
-            free = [d for d in self._held.get(queue, {}).values() if d.lease is None]
+            arrived = self._arrived  # replaced (and set) on every arrival: no lost wake-up
+            free = [d for d in self._held.get(queue, {}).values() if d.free]
             if free or not self.running:
                 break
-            if not synced:  # a job routed here before now arrives before the echo
+            if not synced and not wait_ms:  # a job routed here before arrives before the echo
                 await self._sync(self._jobs_conn)
                 synced = True
                 continue
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            self._arrived.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), left)
+                await asyncio.wait_for(arrived.wait(), left)
             except TimeoutError:
                 break
         out = []
@@ -536,8 +612,24 @@ class MqttQueueBridge(QueueBridgeBase):
                 "holder": self.client_id,
             }
             out.append(delivery)
-        await asyncio.gather(*(self._put_record(d.job, "leased", lease=d.lease) for d in out))
+        for d in out:  # not awaited: the next sync (and any later record publish) waits
+            self._track(self._send_record(d.job, "leased", lease=d.lease))
         return [job_from(d.job, d.lease) for d in out]
+
+    def _track(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _published(self) -> None:
+        """Wait for the record publishes still under way (one connection: broker order)."""
+        if self._publishing:
+            results = await asyncio.gather(*list(self._publishing), return_exceptions=True)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                log.warning(
+                    "%s: %d record publish(es) failed: %s", self.client_id, len(failed), failed[0]
+                )
 
     # A lease is settled by the instance whose session holds the message; any other
     # instance forwards the operation to it (the lease record names the holder).
@@ -675,17 +767,20 @@ class MqttQueueBridge(QueueBridgeBase):
         if attempt >= int(delivery.job["max_attempts"]):
             await self._dead(job, delivery, reason or f"failed {attempt} time(s)", attempt)
             return "dead_letter"
+        started = time.monotonic()
         retry = {**delivery.job, "attempt": attempt + 1, "last_error": reason}
         self._retries[job.queue] = self._retries.get(job.queue, 0) + 1
         stats = {"queue": job.queue, "retries": self._retries[job.queue]}
-        await self._view_conn.publish(
-            self._topic(job.queue, "stats", self.client_id.replace("/", "-")),
-            dumps(stats),
-            None,
-            self.op_timeout_s,
-            retain=True,
+        await asyncio.gather(
+            self._view_conn.publish(
+                self._topic(job.queue, "stats", self.client_id.replace("/", "-")),
+                dumps(stats),
+                None,
+                self.op_timeout_s,
+                retain=True,
+            ),
+            self._put_record(retry, "pending"),
         )
-        await self._put_record(retry, "pending")
         self._held.get(job.queue, {}).pop(job.id, None)
         self._mark_settled(delivery)
 
@@ -693,8 +788,10 @@ class MqttQueueBridge(QueueBridgeBase):
             await self._publish_job(retry)
             self._jobs_conn.ack(delivery.mid, delivery.generation)  # the old copy, after
 
-        if delay_ms:
-            self._later(delay_ms, send)
+        if delay_ms:  # the retry waits here, not in the session (see delayed_jobs)
+            self._jobs_conn.ack(delivery.mid, delivery.generation)
+            left_ms = delay_ms - int((time.monotonic() - started) * 1000)
+            self._later(max(left_ms, 0), lambda: self._publish_job(retry))
         else:
             await send()
         return "retry"

@@ -509,7 +509,11 @@ class NatsQueueBridge(QueueBridgeBase):
         durable = f"q-{qtok}-{ltok}"
         try:
             return await pull_no_wait(
-                self._io.nc, self._io.js._prefix, self._io.jobs_stream, durable, batch,
+                self._io.nc,
+                self._io.js._prefix,
+                self._io.jobs_stream,
+                durable,
+                batch,
                 self.timings.op_timeout_s,
             )
         except (TimeoutError, nats.errors.NoRespondersError, PullRefused) as exc:

@@ -57,14 +57,10 @@ class QueueIO:
 
     async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> Any:
         try:
-            return await self.js.publish(
-                subject, data, headers=headers, timeout=self.op_timeout_s
-            )
+            return await self.js.publish(subject, data, headers=headers, timeout=self.op_timeout_s)
         except nats.js.errors.NoStreamResponseError:
             await self._redeclare()
-            return await self.js.publish(
-                subject, data, headers=headers, timeout=self.op_timeout_s
-            )
+            return await self.js.publish(subject, data, headers=headers, timeout=self.op_timeout_s)
 
     async def ack_reply(self, reply: str) -> None:
         """Ack (remove) a job message by its ack subject, waiting for the server."""

@@ -11,8 +11,9 @@ class PullRefused(Exception):
     """The server refused a pull (e.g. the consumer does not exist)."""
 
 
-async def pull_no_wait(nc: Any, api_prefix: str, stream: str, durable: str, batch: int,
-                       timeout_s: float) -> list[Any]:
+async def pull_no_wait(
+    nc: Any, api_prefix: str, stream: str, durable: str, batch: int, timeout_s: float
+) -> list[Any]:
     """Fetch up to ``batch`` messages that are ready now; never waits for new ones.
 
     The server answers a ``no_wait`` pull at once: the messages it has, then a

@@ -149,8 +149,14 @@ def command_filter(prefix: str, address: Address, instance_id: str | None) -> st
 
 
 def _pinned_subject(prefix: str, address: Address, instance_id: str) -> str:
-    parts = [prefix, "_pinned", token(instance_id), token(address.service_name),
-             token(address.service_version), token(address.service_target)]
+    parts = [
+        prefix,
+        "_pinned",
+        token(instance_id),
+        token(address.service_name),
+        token(address.service_version),
+        token(address.service_target),
+    ]
     return ".".join(parts)
 
 
@@ -175,8 +181,7 @@ def queue_group(prefix: str, address: Address) -> str:
     ``PURISTA_QUEUE_<SVC>_<VER>_<TARGET>`` upper-cased; PURISTA instances and ours
     serving the same function compete in it, so each message runs once."""
     return (
-        f"{prefix}_queue_{address.service_name}_{address.service_version}_"
-        f"{address.service_target}"
+        f"{prefix}_queue_{address.service_name}_{address.service_version}_{address.service_target}"
     ).upper()
 
 

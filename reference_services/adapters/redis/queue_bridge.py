@@ -397,9 +397,7 @@ class RedisQueueBridge(QueueBridgeBase):
         return result  # type: ignore[no-any-return]
 
     async def _move_to_dead_letter(self, job: Job, reason: str) -> None:
-        result = await self._run(
-            "move_to_dead", job.queue, job.id, job.lease_id, new_id(), reason
-        )
+        result = await self._run("move_to_dead", job.queue, job.id, job.lease_id, new_id(), reason)
         self._check_lease_result(result, job)
 
     #: the corruptions :meth:`corrupt_record` can make (what an operator or a bug did to
