@@ -33,6 +33,8 @@ REFERENCE_ADAPTER = "memory"
 REFERENCE_MODEL = ("event_bridge", REFERENCE_ADAPTER)
 # the queue bridge and stores that connect the processes of a deployment pattern
 PROCESS_BACKEND = "redis"
+# the edge pattern's queue bridge, as in the seed's configuration table: MQTT-native
+EDGE_QUEUE = "mqtt"
 
 
 class UsageError(Exception):

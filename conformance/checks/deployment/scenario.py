@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from conformance.adapters import (
+    EDGE_QUEUE,
     PROCESS_BACKEND,
     REFERENCE_ADAPTER,
     process_backend,
@@ -328,10 +329,6 @@ class ServiceProcesses:
             except TimeoutError:
                 proc.kill()
                 self.exit_codes[label] = await proc.wait()
-
-
-EDGE_QUEUE = "mqtt"
-"""The edge's queue bridge, as in the seed's configuration table: MQTT-native."""
 
 
 def pattern_queue(pattern: str) -> str:
