@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install the brokers the harness runs as local processes (Debian/Ubuntu):
-#   rabbitmq-server nats-server redis-server mosquitto (apt) and toxiproxy-server (go install).
+#   rabbitmq-server nats-server redis-server mosquitto (apt), toxiproxy-server (go install)
+#   and daprd (built from the dapr module's source: `go install` refuses a module with
+#   replace directives; the Go module and build caches make a rebuild take seconds).
 # Idempotent: a fast no-op when every binary exists. Also wanted with a Docker engine: the
 # toxiproxy image copies this toxiproxy-server in, and an engine without the harness images
 # is not selected. Root installs to /usr/local/bin, others to ~/.local/bin (apt needs root).
@@ -8,17 +10,20 @@
 # Options:
 #   --force        run every branch even when everything is present: re-check the apt
 #                  packages (apt-get install, then stop the packaged daemons) and rebuild
-#                  toxiproxy-server into a temporary GOBIN (CI runs this on every run)
-#   --prefix DIR   install toxiproxy-server into DIR and look for it only there
+#                  toxiproxy-server into a temporary GOBIN and daprd in a temporary copy
+#                  of its module (CI runs this on every run)
+#   --prefix DIR   install toxiproxy-server and daprd into DIR and look for them only there
 #                  (default /usr/local/bin for root, else ~/.local/bin)
 set -euo pipefail
 
 TOXIPROXY_VERSION="${TOXIPROXY_VERSION:-v2.12.0}"
+DAPR_VERSION="${DAPR_VERSION:-v1.14.0}"
 APT_PACKAGES=(rabbitmq-server nats-server redis-server mosquitto)
 
 FORCE=0
 PREFIX=""
 TMP_GOBIN=""
+TMP_DAPR=""
 
 log() { printf '[install-local-services] %s\n' "$*" >&2; }
 
@@ -30,6 +35,7 @@ cleanup() {
   # an EXIT trap at the top level: a RETURN trap set in a function fires again when
   # its caller returns, where its local variables are gone (set -u then aborts)
   if [ -n "$TMP_GOBIN" ]; then rm -rf "$TMP_GOBIN"; fi
+  if [ -n "$TMP_DAPR" ]; then rm -rf "$TMP_DAPR"; fi
 }
 trap cleanup EXIT
 
@@ -41,6 +47,10 @@ toxiproxy_dest() {
 
 have_toxiproxy() {
   if [ -n "$PREFIX" ]; then [ -x "$PREFIX/toxiproxy-server" ]; else have toxiproxy-server; fi
+}
+
+have_daprd() {
+  if [ -n "$PREFIX" ]; then [ -x "$PREFIX/daprd" ]; else have daprd; fi
 }
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/local/bin/$1" ] \
@@ -109,6 +119,32 @@ install_toxiproxy() {
   log "installed $dest/toxiproxy-server"
 }
 
+install_daprd() {
+  local dest dir
+  dest=$(toxiproxy_dest)
+  mkdir -p "$dest"
+  if ! command -v go >/dev/null 2>&1; then
+    log "daprd needs Go >= 1.22 to build (apt-get install golang-go, or go.dev/dl)"
+    return 1
+  fi
+  TMP_DAPR=$(mktemp -d)
+  log "building daprd $DAPR_VERSION (stable components)"
+  # the module cache's copy is read-only: build in a writable copy of it
+  dir=$(go mod download -json "github.com/dapr/dapr@${DAPR_VERSION}" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')
+  if [ -z "$dir" ] || [ ! -d "$dir" ]; then
+    log "go mod download gave no module directory"; return 1
+  fi
+  cp -r "$dir" "$TMP_DAPR/src"
+  chmod -R u+w "$TMP_DAPR/src"
+  # without a components build tag daprd panics at start
+  (cd "$TMP_DAPR/src" && go build -tags stablecomponents -o "$TMP_DAPR/daprd" ./cmd/daprd)
+  install -m 0755 "$TMP_DAPR/daprd" "$dest/daprd"
+  rm -rf "$TMP_DAPR"
+  TMP_DAPR=""
+  log "installed $dest/daprd"
+}
+
 parse_args() {
   while [ $# -gt 0 ]; do
     case "$1" in
@@ -129,12 +165,13 @@ main() {
   local apt_missing
   apt_missing=$(missing_apt)
   if [ "$FORCE" = 1 ]; then
-    log "--force: re-checking ${APT_PACKAGES[*]} and rebuilding toxiproxy-server"
+    log "--force: re-checking ${APT_PACKAGES[*]}, rebuilding toxiproxy-server and daprd"
     install_apt "${APT_PACKAGES[@]}"
     install_toxiproxy
+    install_daprd
     log "done"; return 0
   fi
-  if [ -z "$apt_missing" ] && have_toxiproxy; then
+  if [ -z "$apt_missing" ] && have_toxiproxy && have_daprd; then
     log "all services present"; return 0
   fi
   if [ -n "$apt_missing" ]; then
@@ -142,6 +179,7 @@ main() {
     install_apt $apt_missing
   fi
   have_toxiproxy || install_toxiproxy
+  have_daprd || install_daprd
   log "done"
 }
 

@@ -151,6 +151,31 @@ def _context(name: str, dest: Path) -> None:
         if have != want:
             raise ImageBuildError(f"{binary} is toxiproxy {have}, the image needs {want}")
         shutil.copy(binary, dest / "toxiproxy-server")
+    elif name == "moto":
+        _moto_wheels(dest)
+    elif name == "dapr":
+        from harness.services.local_recipes import dapr_component
+
+        binary = which("daprd")
+        if binary is None:
+            raise ImageBuildError(f"daprd is not installed ({install_hint()})")
+        want, have = get_spec(name).image.rsplit(":", 1)[-1], local_version("dapr")
+        if have != want:
+            raise ImageBuildError(f"{binary} is dapr {have}, the image needs {want}")
+        shutil.copy(binary, dest / "daprd")
+        (dest / "statestore.yaml").write_text(dapr_component("127.0.0.1:6379"))
+
+
+def _moto_wheels(dest: Path) -> None:
+    """The wheels of moto's server (the version the spec names) for Debian's python3."""
+    version = get_spec("moto").image.rsplit(":", 1)[-1]
+    requirement = f"moto[server,secretsmanager,ssm]=={version}"
+    (dest / "requirement.txt").write_text(requirement + "\n")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir",
+                           str(dest / "wheels"), requirement],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ImageBuildError(f"pip wheel {requirement} failed: {proc.stderr.strip()[-500:]}")
 
 
 def _recipe_hash(context: Path, base_id: str) -> str:

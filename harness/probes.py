@@ -146,12 +146,92 @@ async def probe_toxiproxy(url: str, step_s: float = 10.0) -> str:
     return await asyncio.to_thread(toxiproxy_round_trip, url, step_s)
 
 
+def _http(method: str, url: str, body: bytes | None, headers: dict[str, str],
+          timeout: float) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def moto_round_trip(url: str, timeout: float = 10.0) -> str:
+    """Create, read and delete a Secrets Manager secret over the AWS JSON protocol."""
+    import json
+
+    from harness.services.local_recipes import local_version
+
+    name = f"harness-probe/{uuid.uuid4().hex[:8]}"
+    value = uuid.uuid4().hex
+
+    def call(target: str, payload: dict[str, object]) -> dict[str, object]:
+        headers = {
+            "Content-Type": "application/x-amz-json-1.1",
+            "X-Amz-Target": f"secretsmanager.{target}",
+            # moto reads the region from the credential scope; the key is a placeholder
+            "Authorization": "AWS4-HMAC-SHA256 Credential=probe/20260101/us-east-1/"
+            "secretsmanager/aws4_request, SignedHeaders=host, Signature=0",
+        }
+        status, data = _http("POST", url.rstrip("/") + "/", json.dumps(payload).encode(),
+                             headers, timeout)
+        if status != 200:
+            raise AssertionError(f"moto: {target} answered {status}")
+        return dict(json.loads(data or b"{}"))
+
+    call("CreateSecret", {"Name": name, "SecretString": value})
+    try:
+        if call("GetSecretValue", {"SecretId": name}).get("SecretString") != value:
+            raise AssertionError("moto returned a different secret")
+    finally:
+        call("DeleteSecret", {"SecretId": name, "ForceDeleteWithoutRecovery": True})
+    return local_version("moto")
+
+
+async def probe_moto(url: str, step_s: float = 10.0) -> str:
+    return await asyncio.to_thread(moto_round_trip, url, step_s)
+
+
+def dapr_round_trip(url: str, timeout: float = 10.0) -> str:
+    """Save, get and delete a key in the sidecar's state store; the version from
+    /v1.0/metadata."""
+    import json
+
+    from harness.services.local_recipes import DAPR_STATE_STORE
+
+    base = url.rstrip("/") + "/v1.0"
+    key = f"harness-probe-{uuid.uuid4().hex[:8]}"
+    json_headers = {"Content-Type": "application/json"}
+    status, _ = _http("POST", f"{base}/state/{DAPR_STATE_STORE}",
+                      json.dumps([{"key": key, "value": "ping"}]).encode(), json_headers,
+                      timeout)
+    if status != 204:
+        raise AssertionError(f"dapr: save answered {status}")
+    status, data = _http("GET", f"{base}/state/{DAPR_STATE_STORE}/{key}", None, {}, timeout)
+    if status != 200 or json.loads(data) != "ping":
+        raise AssertionError(f"dapr: get answered {status}")
+    _http("DELETE", f"{base}/state/{DAPR_STATE_STORE}/{key}", None, {}, timeout)
+    status, data = _http("GET", f"{base}/metadata", None, {}, timeout)
+    info = json.loads(data) if status == 200 else {}
+    return str(info.get("runtimeVersion") or info.get("extended", {}).get("daprRuntimeVersion")
+               or "unknown")
+
+
+async def probe_dapr(url: str, step_s: float = 10.0) -> str:
+    return await asyncio.to_thread(dapr_round_trip, url, step_s)
+
+
 PROBES: dict[str, Callable[[str, float], Awaitable[str]]] = {
     "rabbitmq": probe_rabbitmq,
     "nats": probe_nats,
     "redis": probe_redis,
     "mosquitto": probe_mosquitto,
     "toxiproxy": probe_toxiproxy,
+    "moto": probe_moto,
+    "dapr": probe_dapr,
 }
 
 

@@ -295,6 +295,18 @@ harness_toxiproxy = _service_fixture(
     "def test_cut(harness_toxiproxy, proxied, harness_redis):\n"
     "            proxy = proxied(harness_redis)",
 )
+harness_moto = _service_fixture(
+    "moto", "The session's moto_server (AWS Secrets Manager and SSM on loopback).",
+    "AWS_ENDPOINT_URL",
+    "def test_secret(harness_moto):\n"
+    "            boto3.client('secretsmanager', endpoint_url=harness_moto.url)",
+)
+harness_dapr = _service_fixture(
+    "dapr", "The session's daprd sidecar (state store ``statestore`` on its own Redis).",
+    "DAPR_URL",
+    "def test_state(harness_dapr):\n"
+    "            httpx.get(f'{harness_dapr.url}/v1.0/state/statestore/k')",
+)
 rabbitmq = _deprecated_alias("rabbitmq")
 nats = _deprecated_alias("nats")
 redis = _deprecated_alias("redis")

@@ -97,6 +97,10 @@ def _checks(name: str, url: str, port: int, monitor: int) -> Callable[[], bool]:
         return lambda: ready_probes.redis_pong(port)
     if name == "mosquitto":
         return lambda: ready_probes.mqtt_connack(HOST, port)
+    if name == "moto":
+        return lambda: ready_probes.http_ok(f"http://{HOST}:{port}/moto-api/data.json")
+    if name == "dapr":
+        return lambda: ready_probes.http_ok(f"http://{HOST}:{port}/v1.0/healthz/outbound")
     return lambda: ready_probes.http_ok(f"http://{HOST}:{port}/version")
 
 

@@ -25,7 +25,14 @@ from mirakuru.exceptions import AlreadyRunning, ExecutorError
 from harness import procs, run
 from harness.errors import ServiceStartError, ServiceUnavailable
 from harness.services.base import Provider, ServiceHandle, tcp_open
-from harness.services.local_recipes import RECIPES, Recipe, epmd, local_version, which
+from harness.services.local_recipes import (
+    RECIPES,
+    Recipe,
+    dapr_redis,
+    epmd,
+    local_version,
+    which,
+)
 from harness.services.spec import ServiceSpec, get_spec
 
 START_TIMEOUT = {"rabbitmq": 120.0}
@@ -143,6 +150,12 @@ class LocalHandle(ServiceHandle):
             self._epmd = _Executor(ep, ep.ports["epmd"], self.data_dir / "epmd.log",
                                    self._epmd_marker, 15.0)
             recipe.ports["epmd"] = ep.ports["epmd"]
+        elif self.name == "dapr":
+            # the sidecar's Redis rides in the companion slot: started first, kept over
+            # daprd restarts (state survives them), killed by stop()
+            companion = dapr_redis(self.data_dir, recipe.ports["redis"])
+            self._epmd = _Executor(companion, recipe.ports["redis"],
+                                   self.data_dir / "dapr-redis.log", self._epmd_marker, 15.0)
         self.port = port
         self.ports = dict(recipe.ports)
         self._main = _Executor(recipe, port, self.log_path or Path(os.devnull), self._marker,
@@ -329,7 +342,11 @@ class LocalProvider(Provider):
 
     @staticmethod
     def _binaries(spec: ServiceSpec) -> list[str]:
-        return [spec.binary, "epmd"] if spec.name == "rabbitmq" else [spec.binary]
+        if spec.name == "rabbitmq":
+            return [spec.binary, "epmd"]
+        if spec.name == "dapr":
+            return [spec.binary, "redis-server"]
+        return [spec.binary]
 
     def start(self, service_name: str) -> LocalHandle:
         spec = get_spec(service_name)

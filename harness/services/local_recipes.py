@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import os
@@ -9,6 +10,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,8 +44,10 @@ def which(binary: str) -> str | None:
         binary = override
     if os.path.isabs(binary):
         return binary if os.access(binary, os.X_OK) else None
+    # the running interpreter's bin directory first: moto_server comes with the venv
     extra = os.pathsep.join(
-        ["/usr/local/bin", "/usr/sbin", "/sbin", str(Path.home() / ".local/bin")]
+        [os.path.dirname(sys.executable), "/usr/local/bin", "/usr/sbin", "/sbin",
+         str(Path.home() / ".local/bin")]
     )
     return shutil.which(binary, path=os.environ.get("PATH", "") + os.pathsep + extra)
 
@@ -95,6 +99,15 @@ def local_version(name: str) -> str:
             data = Path(path).read_bytes()
             match = re.search(rb"mod\tgithub.com/Shopify/toxiproxy/v2\tv(\d+\.\d+\.\d+)", data)
             text = match.group(1).decode() if match else _output([path, "-version"])
+    elif name == "moto":
+        with contextlib.suppress(Exception):
+            import importlib.metadata
+
+            text = importlib.metadata.version("moto")
+    elif name == "dapr":
+        path = which("daprd")
+        if path:
+            text = _output([path, "--version"])
     match = re.search(pattern, text)
     return match.group(1) if match else "unknown"
 
@@ -197,10 +210,64 @@ def toxiproxy(d: Path, port: int, free_port: Callable[[], int]) -> Recipe:
     )
 
 
+def moto(d: Path, port: int, free_port: Callable[[], int]) -> Recipe:
+    """moto_server (the venv's) answering the AWS APIs on port; values live in memory."""
+    cmd = [which("moto_server") or "moto_server", "-H", "127.0.0.1", "-p", str(port)]
+    return Recipe(
+        command=cmd,
+        ports={"api": port},
+        ready=lambda: http_ok(f"http://127.0.0.1:{port}/moto-api/data.json"),
+    )
+
+
+DAPR_STATE_STORE = "statestore"
+
+
+def dapr_component(redis_host: str) -> str:
+    """The state.redis component file daprd loads (its state store ``statestore``)."""
+    return (
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n"
+        f"  name: {DAPR_STATE_STORE}\nspec:\n  type: state.redis\n  version: v1\n"
+        "  metadata:\n"
+        f"  - name: redisHost\n    value: \"{redis_host}\"\n"
+        "  - name: redisPassword\n    value: \"\"\n"
+        "  - name: actorStateStore\n    value: \"false\"\n"
+    )
+
+
+def dapr(d: Path, port: int, free_port: Callable[[], int]) -> Recipe:
+    """daprd in standalone mode (no placement, no app) with a state.redis component on
+    the redis-server recipe ``dapr_redis`` (the handle starts that one first)."""
+    resources = d / "components"
+    resources.mkdir(exist_ok=True)
+    redis_port = free_port()
+    (resources / "statestore.yaml").write_text(dapr_component(f"127.0.0.1:{redis_port}"))
+    grpc, metrics, internal = free_port(), free_port(), free_port()
+    cmd = [which("daprd") or "daprd", "--app-id", f"harness{port}", "--mode", "standalone",
+           "--resources-path", str(resources), "--dapr-http-port", str(port),
+           "--dapr-grpc-port", str(grpc), "--dapr-internal-grpc-port", str(internal),
+           "--metrics-port", str(metrics), "--dapr-listen-addresses", "127.0.0.1",
+           "--log-level", "warn"]
+    return Recipe(
+        command=cmd,
+        ports={"http": port, "grpc": grpc, "metrics": metrics, "internal": internal,
+               "redis": redis_port},
+        ready=lambda: http_ok(f"http://127.0.0.1:{port}/v1.0/healthz/outbound"),
+    )
+
+
+def dapr_redis(d: Path, port: int) -> Recipe:
+    """The dapr service's own redis-server (data under d/redis)."""
+    (d / "redis").mkdir(exist_ok=True)
+    return redis(d / "redis", port, lambda: port)
+
+
 RECIPES: dict[str, Callable[[Path, int, Callable[[], int]], Recipe]] = {
     "rabbitmq": rabbitmq,
     "nats": nats,
     "redis": redis,
     "mosquitto": mosquitto,
     "toxiproxy": toxiproxy,
+    "moto": moto,
+    "dapr": dapr,
 }

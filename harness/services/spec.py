@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SERVICE_NAMES: tuple[str, ...] = ("rabbitmq", "nats", "redis", "mosquitto", "toxiproxy")
+SERVICE_NAMES: tuple[str, ...] = (
+    "rabbitmq", "nats", "redis", "mosquitto", "toxiproxy", "moto", "dapr",
+)
+MOTO_VERSION = "5.2.5"
+DAPR_VERSION = "1.14.0"
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,29 @@ SPECS: dict[str, ServiceSpec] = {
         env_vars=("TOXIPROXY_URL",),
         image="purista-harness/toxiproxy:2.12.0",
         container_port=8474,
+        debian_package=None,
+    ),
+    # moto's server answers the AWS HTTP APIs (Secrets Manager, SSM) on loopback
+    "moto": ServiceSpec(
+        name="moto",
+        scheme="http",
+        url_template="http://{host}:{port}",
+        binary="moto_server",
+        env_vars=("MOTO_URL", "AWS_ENDPOINT_URL"),
+        image=f"purista-harness/moto:{MOTO_VERSION}",
+        container_port=5000,
+        debian_package=None,
+    ),
+    # daprd (built from source by the installer) as a sidecar whose state store
+    # "statestore" is a state.redis component on a redis-server of its own
+    "dapr": ServiceSpec(
+        name="dapr",
+        scheme="http",
+        url_template="http://{host}:{port}",
+        binary="daprd",
+        env_vars=("DAPR_URL",),
+        image=f"purista-harness/dapr:{DAPR_VERSION}",
+        container_port=3500,
         debian_package=None,
     ),
 }

@@ -22,7 +22,7 @@ from reference_services.runtime.spi.descriptor import (
 )
 
 ENTRY_POINT_GROUP = "purista_conformance.adapters"
-BUILTIN_PACKAGES = ("memory", "amqp", "nats", "mqtt", "redis")
+BUILTIN_PACKAGES = ("memory", "amqp", "nats", "mqtt", "redis", "aws", "dapr")
 
 
 class UnknownAdapter(LookupError):
