@@ -35,6 +35,10 @@ REFERENCE_MODEL = ("event_bridge", REFERENCE_ADAPTER)
 PROCESS_BACKEND = "redis"
 # the edge pattern's queue bridge, as in the seed's configuration table: MQTT-native
 EDGE_QUEUE = "mqtt"
+# the seed's pattern configurations: the serverless functions read secrets from a cloud
+# secret store, the edge keeps its state through a Dapr sidecar
+SERVERLESS_SECRET_STORE = "aws"
+EDGE_STATE_STORE = "dapr"
 
 
 class UsageError(Exception):
@@ -278,6 +282,12 @@ def process_backend_urls(url: Callable[[str], str]) -> dict[str, str]:
         if d.service and d.url_var:
             out[d.url_var] = url(d.service)
     return out
+
+
+def store_urls(kind: str, selector: str, url: Callable[[str], str]) -> dict[str, str]:
+    """Environment-style URL of the store ``kind:selector`` (from its descriptor)."""
+    d = registry.resolve(kind, selector)  # type: ignore[arg-type]
+    return {d.url_var: url(d.service)} if d.service and d.url_var else {}
 
 
 def process_backend_services() -> tuple[str, ...]:

@@ -6,6 +6,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+STORE_VARS = {
+    "state_store": "STATE_STORE",
+    "config_store": "CONFIG_STORE",
+    "secret_store": "SECRET_STORE",
+}
+
 
 @dataclass(frozen=True)
 class DeploymentConfig:
@@ -13,7 +19,9 @@ class DeploymentConfig:
 
     Environment: ``EVENT_BRIDGE``, ``QUEUE_BRIDGE`` and ``STORE`` name a registered
     adapter (built-in: memory|amqp|nats|mqtt, memory|redis|nats, memory|redis|nats-kv)
-    or reference a descriptor as ``module:ATTRIBUTE``; every ``*_URL`` variable
+    or reference a descriptor as ``module:ATTRIBUTE``; ``STATE_STORE``, ``CONFIG_STORE``
+    and ``SECRET_STORE`` override ``STORE`` for one kind (e.g. ``SECRET_STORE=aws``,
+    ``STATE_STORE=dapr``); every ``*_URL`` variable
     (``AMQP_URL``, ``NATS_URL``, ...) is passed on; ``PURISTA_PREFIX``,
     ``SERVICES`` (comma-separated), ``HEALTH_PORT``, ``HEALTH_HOST`` (default 127.0.0.1;
     0.0.0.0 in a container), ``SHUTDOWN_TIMEOUT_S``,
@@ -23,6 +31,7 @@ class DeploymentConfig:
     event_bridge: str = "memory"
     queue_bridge: str = "memory"
     store: str = "memory"
+    store_overrides: dict[str, str] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)
     prefix: str = "purista"
     services: tuple[str, ...] = ("user", "email", "sensor", "billing")
@@ -30,6 +39,10 @@ class DeploymentConfig:
     health_host: str = "127.0.0.1"
     shutdown_timeout_s: float = 30.0
     service_config: dict[str, str] = field(default_factory=dict)
+
+    def store_for(self, kind: str) -> str:
+        """The store adapter of ``kind`` (its override, else ``STORE``)."""
+        return self.store_overrides.get(kind, self.store)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DeploymentConfig:
@@ -39,6 +52,11 @@ class DeploymentConfig:
             event_bridge=env.get("EVENT_BRIDGE", "memory"),
             queue_bridge=env.get("QUEUE_BRIDGE", "memory"),
             store=env.get("STORE", "memory"),
+            store_overrides={
+                kind: env[var]
+                for kind, var in STORE_VARS.items()
+                if env.get(var)
+            },
             urls={k: v for k, v in env.items() if k.endswith("_URL") and v},
             prefix=env.get("PURISTA_PREFIX", "purista"),
             services=tuple(
@@ -59,7 +77,11 @@ class DeploymentConfig:
         for value, kinds, var in (
             (cfg.event_bridge, ("event_bridge",), "EVENT_BRIDGE"),
             (cfg.queue_bridge, ("queue_bridge",), "QUEUE_BRIDGE"),
-            (cfg.store, ("state_store", "config_store", "secret_store"), "STORE"),
+            *(
+                (cfg.store_for(kind), (kind,), STORE_VARS[kind] if kind in
+                 cfg.store_overrides else "STORE")
+                for kind in STORE_VARS
+            ),
         ):
             for kind in kinds:
                 try:

@@ -31,7 +31,9 @@ def make_queue_bridge(
 def make_stores(cfg: DeploymentConfig, **extra: Any) -> Stores:
     """State, config and secret stores of the configured kind (not started)."""
     built = {
-        kind: registry.resolve(kind, cfg.store).build_from_urls(cfg.urls, cfg.prefix, **extra)
+        kind: registry.resolve(kind, cfg.store_for(kind)).build_from_urls(
+            cfg.urls, cfg.prefix, **extra
+        )
         for kind in ("state_store", "config_store", "secret_store")
     }
     return Stores(

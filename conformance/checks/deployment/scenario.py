@@ -23,13 +23,16 @@ from typing import Any
 
 from conformance.adapters import (
     EDGE_QUEUE,
+    EDGE_STATE_STORE,
     PROCESS_BACKEND,
     REFERENCE_ADAPTER,
-    process_backend,
+    SERVERLESS_SECRET_STORE,
     reference_adapter,
+    store_urls,
     subprocess_env,
 )
 from harness import run as harness_run
+from reference_services.adapters import registry
 from reference_services.runtime.definitions import Subscription
 from reference_services.runtime.errors import PuristaError
 from reference_services.runtime.messages import (
@@ -338,10 +341,20 @@ def pattern_queue(pattern: str) -> str:
 
 def pattern_queue_urls(pattern: str, url: Callable[[str], str]) -> dict[str, str]:
     """The URL variable of the pattern's queue bridge, from a service-to-URL lookup."""
-    from reference_services.adapters import registry
 
     d = registry.resolve("queue_bridge", pattern_queue(pattern))
     return {d.url_var: url(d.service)} if d.service and d.url_var else {}
+
+
+def pattern_state(pattern: str) -> str:
+    """The state store a pattern's processes use: the edge's Dapr sidecar, else the
+    process backend's."""
+    return EDGE_STATE_STORE if pattern == "edge" else PROCESS_BACKEND
+
+
+def pattern_state_urls(pattern: str, url: Callable[[str], str]) -> dict[str, str]:
+    """The URL variable of the pattern's state store, from a service-to-URL lookup."""
+    return store_urls("state_store", pattern_state(pattern), url)
 
 
 def deploy_env(
@@ -362,13 +375,16 @@ def deploy_env(
 
 
 def backend_outcome_reader(
-    trace: Trace, urls: dict[str, str], prefix: str, queue_bridge: str = PROCESS_BACKEND
+    trace: Trace,
+    urls: dict[str, str],
+    prefix: str,
+    queue_bridge: str = PROCESS_BACKEND,
+    state_store: str = PROCESS_BACKEND,
 ) -> tuple[Any, Any, Any]:
-    """The process backend's state store and the given queue bridge on ``prefix``, and a
-    reader filling ``trace``."""
-    from reference_services.adapters import registry
+    """The given state store and queue bridge (default: the process backend's) on
+    ``prefix``, and a reader filling ``trace``."""
 
-    state = process_backend("state_store").build_from_urls(urls, prefix)
+    state = registry.resolve("state_store", state_store).build_from_urls(urls, prefix)
     queue = registry.resolve("queue_bridge", queue_bridge).build_from_urls(urls, prefix)
     return state, queue, lambda: read_outcome(trace, state, queue)
 
@@ -391,8 +407,12 @@ async def run_processes(
     trace = Trace(pattern)
     start = time.monotonic()
     env = deploy_env(event_bridge, service_urls or urls, prefix, pattern_queue(pattern))
+    if pattern_state(pattern) != PROCESS_BACKEND:
+        env["STATE_STORE"] = pattern_state(pattern)
     procs = (runner or ServiceProcesses)(env, workdir)
-    state, queue, read = backend_outcome_reader(trace, urls, prefix, pattern_queue(pattern))
+    state, queue, read = backend_outcome_reader(
+        trace, urls, prefix, pattern_queue(pattern), pattern_state(pattern)
+    )
     await state.start()
     await queue.start()
     try:
@@ -423,7 +443,9 @@ async def run_serverless(urls: dict[str, str], prefix: str, timeout_s: float = 6
 
     trace = Trace("serverless")
     start = time.monotonic()
-    cfg = DeploymentConfig.from_env({**deploy_env(REFERENCE_ADAPTER, urls, prefix)})
+    # the seed's serverless configuration: a cloud secret store beside Redis state
+    env = {**deploy_env(REFERENCE_ADAPTER, urls, prefix), "SECRET_STORE": SERVERLESS_SECRET_STORE}
+    cfg = DeploymentConfig.from_env(env)
     state, queue, read = backend_outcome_reader(trace, urls, prefix)
     await state.start()
     await queue.start()

@@ -17,12 +17,13 @@ from typing import Any
 
 import pytest
 
-from conformance.adapters import process_backend_urls
+from conformance.adapters import SERVERLESS_SECRET_STORE, process_backend_urls, store_urls
 from conformance.checks.deployment.scenario import (
     STEPS,
     Trace,
     diff,
     pattern_queue_urls,
+    pattern_state_urls,
     run_monolith,
     run_processes,
     run_serverless,
@@ -81,11 +82,16 @@ async def test_monolith_gives_the_expected_business_outcome(aut: AdapterUnderTes
 @check("deployment.serverless", kinds=("event_bridge",))
 async def test_serverless_matches_the_monolith(aut: AdapterUnderTest) -> None:
     """Function per trigger (commands, events routed by the platform, queue triggers)
-    with the process backend's stores gives the monolith's trace."""
+    with the process backend's state store and queue and the AWS secret store (Secrets
+    Manager on the harness's moto) gives the monolith's trace."""
     if not aut.is_reference:
         pytest.skip("serverless functions run on a per-invocation in-memory bridge")
     reference = await _reference_trace()
-    trace = await run_serverless(process_backend_urls(aut.ctx.url), aut.ctx.prefix)
+    secret_urls = store_urls("secret_store", SERVERLESS_SECRET_STORE, aut.ctx.url)
+    trace = await run_serverless(
+        {**process_backend_urls(aut.ctx.url), **secret_urls}, aut.ctx.prefix
+    )
+    aut.metric("secret_store", SERVERLESS_SECRET_STORE)
     _judge(aut, trace, reference)
 
 
@@ -98,6 +104,7 @@ async def _processes(
         var: aut.ctx.url(service),
         **process_backend_urls(aut.ctx.url),
         **pattern_queue_urls(pattern, aut.ctx.url),
+        **pattern_state_urls(pattern, aut.ctx.url),
     }
     runner, service_urls = None, None
     if containers:
@@ -156,6 +163,7 @@ async def test_containers_match_the_monolith(aut: AdapterUnderTest, tmp_path: Pa
 @check("deployment.edge", kinds=("event_bridge",))
 async def test_edge_matches_the_monolith(aut: AdapterUnderTest, tmp_path: Path) -> None:
     """All services in one lightweight process over the adapter's broker, with the
-    MQTT-native queue (queue_bridge:mqtt) for its queue worker, gives the monolith's trace,
-    and the process exits 0 on SIGTERM."""
+    MQTT-native queue (queue_bridge:mqtt) for its queue worker and the Dapr state store
+    (a daprd sidecar) for its state, gives the monolith's trace, and the process exits 0
+    on SIGTERM."""
     await _processes(aut, "edge", tmp_path)
