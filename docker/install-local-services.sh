@@ -138,7 +138,10 @@ install_daprd() {
   cp -r "$dir" "$TMP_DAPR/src"
   chmod -R u+w "$TMP_DAPR/src"
   # without a components build tag daprd panics at start
-  (cd "$TMP_DAPR/src" && go build -tags stablecomponents -o "$TMP_DAPR/daprd" ./cmd/daprd)
+  # (and it reports the version only when the linker is told it)
+  (cd "$TMP_DAPR/src" && go build -tags stablecomponents \
+    -ldflags "-X github.com/dapr/dapr/pkg/buildinfo.version=${DAPR_VERSION#v}" \
+    -o "$TMP_DAPR/daprd" ./cmd/daprd)
   install -m 0755 "$TMP_DAPR/daprd" "$dest/daprd"
   rm -rf "$TMP_DAPR"
   TMP_DAPR=""

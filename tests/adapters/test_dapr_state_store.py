@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from reference_services.adapters.dapr.state_store import DaprStateStore, ttl_seconds
+from reference_services.adapters.dapr.state_store import DaprStateStore
 from reference_services.runtime.errors import PuristaError
 from reference_services.runtime.idempotency import Idempotency
 
@@ -34,10 +34,6 @@ async def make_store(
     for store in made:
         with contextlib.suppress(Exception):
             await store.destroy()
-
-
-def test_ttl_rounds_up_to_whole_seconds() -> None:
-    assert [ttl_seconds(t) for t in (None, 0.2, 1.0, 1.5)] == ["-1", "1", "1", "2"]
 
 
 async def test_record_layout_keeps_numbers_as_text(make_store: Any, harness_dapr: Any,
