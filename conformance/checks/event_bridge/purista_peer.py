@@ -343,6 +343,25 @@ class NatsPeer(Peer):
         await self._nc.subscribe(flt, queue=group, cb=on)
         await self._nc.flush()
 
+    @staticmethod
+    def subscription_filter(prefix: str, event_name: str) -> str:
+        """PURISTA's filter of a subscription to customMessage ``event_name``."""
+        return ".".join([prefix, snake("customMessage"), *["*"] * 6, snake(event_name),
+                         *["*"] * 4])
+
+    async def watch_dead_letters(self, subscription_filter: str) -> list[Landed]:
+        """Read PURISTA's dead letters of a subscription the way one reads them from a
+        PURISTA fleet: a JetStream consumer on ``<filter>.dead-letter`` (whichever stream
+        holds that subject; it keeps them only while a consumer reads: Interest)."""
+        got: list[Landed] = []
+
+        async def on(msg: Any) -> None:
+            got.append(Landed(msg.subject, dict(msg.headers or {}), {}, msg.data))
+            await msg.ack()
+
+        await self._nc.jetstream().subscribe(f"{subscription_filter}.dead-letter", cb=on)
+        return got
+
     async def serve_subscription(
         self, subscriber: dict[str, str], event_name: str, handler: EventHandler,
         *, durable: bool = False,
@@ -351,8 +370,7 @@ class NatsPeer(Peer):
             raise NotImplementedError("PURISTA's JetStream push consumer is not played here")
         # PURISTA: snake(field ?? '*') per token; a shared core subscription joins the
         # subscriber's queue group (the command group's name, on the raw values)
-        flt = ".".join([self.prefix, snake("customMessage"), *["*"] * 6, snake(event_name),
-                        *["*"] * 4])
+        flt = self.subscription_filter(self.prefix, event_name)
         group = (f"{self.prefix}_queue_{subscriber['serviceName']}_"
                  f"{subscriber['serviceVersion']}_{subscriber['serviceTarget']}").upper()
 

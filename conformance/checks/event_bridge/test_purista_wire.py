@@ -28,7 +28,7 @@ from conformance.checks.event_bridge.purista_peer import (
 from conformance.kit.marks import check
 from conformance.kit.under_test import AdapterUnderTest
 from conformance.kit.waits import wait_for, wait_quiet
-from reference_services.runtime.definitions import Subscription
+from reference_services.runtime.definitions import FailureHandling, Subscription
 from reference_services.runtime.errors import HandledError, PuristaError
 from reference_services.runtime.messages import (
     Address,
@@ -479,6 +479,56 @@ async def _mixed_fleet_subscription(aut: AdapterUnderTest, *, durable: bool) -> 
         by = {k: sum(1 for r, _ in got if r == k) for k in ("py", "ts")}
         aut.metric("deliveries_by_runtime", by)
         assert by["py"] and by["ts"], f"not one group: deliveries by runtime {by}"
+    finally:
+        await peer.close()
+
+
+@check("event_bridge.wire.purista.dead_letter_out", kinds=EB, needs=(*NEEDS, "dead_letter"))
+async def test_dead_letter_out(aut: AdapterUnderTest) -> None:
+    """A message the adapter gives up on is published where PURISTA publishes dead
+    letters, as PURISTA does (NATS: ``<filter>.dead-letter``, body unchanged,
+    ``x-purista-dead-letter-{reason,attempt,original-subject,subscriber}``), so a reader
+    of a PURISTA fleet's dead letters sees both runtimes'."""
+    transport = _transport(aut)
+    if transport != "nats":
+        pytest.skip(f"PURISTA's {transport} bridge publishes dead letters nowhere by default"
+                    " (AMQP: only to a configured queue; MQTT: none)")
+    bridge = await _bridge(aut)
+    event_name = VECTORS["ts_event"]["message"]["eventName"]
+    subscriber = ["pyService", "1.0.0", "onSignUp"]
+
+    async def failing(_message: Any) -> None:
+        raise RuntimeError("cannot handle it")
+
+    await bridge.register_subscription(
+        Subscription(subscriber=_addr(subscriber), message_type=MessageType.CUSTOM_MESSAGE,
+                     event_name=event_name,
+                     failure=FailureHandling(max_attempts=2, retry_delay_ms=10)),
+        failing,
+    )
+    peer = await peer_for(transport, bridge, INST["ts_peer"])
+    try:
+        flt = peer.subscription_filter(bridge.prefix, event_name)
+        letters = await peer.watch_dead_letters(flt)
+        spec = VECTORS["ts_event"]["message"]
+        body = purista_event(address(*spec["sender"]), event_name, {"user": "ada"})
+        await peer.publish_event(body)
+        assert await wait_for(lambda: letters, TTL_S), (
+            f"no dead letter on {flt}.dead-letter, where PURISTA publishes them"
+        )
+        got = letters[0]
+        problems = [] if got.json().get("id") == body["id"] else ["the body is not the message"]
+        want = {
+            "x-purista-dead-letter-attempt": "2",
+            "x-purista-dead-letter-original-subject": flt,
+            "x-purista-dead-letter-subscriber": "/".join(subscriber),
+        }
+        for key, value in want.items():
+            if got.headers.get(key) != value:
+                problems.append(f"header {key}={got.headers.get(key)!r}, PURISTA: {value!r}")
+        if not got.headers.get("x-purista-dead-letter-reason"):
+            problems.append("no x-purista-dead-letter-reason header")
+        assert not problems, "; ".join(problems)
     finally:
         await peer.close()
 

@@ -218,14 +218,18 @@ class JetStreamConsumer:
                 await msg.in_progress()
 
     async def _keep_dead_letter(self, msg: Msg, reason: str, attempts: int) -> None:
-        """Keep the dead message in the dead-letter stream, its reason in a header."""
+        """Keep the dead message in the dead-letter stream, with PURISTA's dead-letter
+        headers (and the message's own subject and our consumer); then publish it where
+        PURISTA puts dead letters (``<filter>.dead-letter``), for whoever reads those."""
         bridge = self.bridge
-        headers = {
-            DEAD_LETTER_REASON_HEADER: " ".join(reason.split())[:1000] or "unknown",
-            "x-purista-original-subject": msg.subject,
-            "x-purista-attempts": str(attempts),
-            "x-purista-consumer": self.name,
-        }
+        reg = bridge.core.subscription(self.key)
+        reason = " ".join(reason.split())[:1000] or "unknown"
+        headers = {DEAD_LETTER_REASON_HEADER: reason}
+        if reg is not None:
+            headers.update(subjects.purista_dead_letter_headers(
+                reason, attempts, self.filter_subject, reg.subscription.subscriber))
+        headers["x-purista-original-subject"] = msg.subject
+        headers["x-purista-consumer"] = self.name
         seq: int | None = None
         with contextlib.suppress(Exception):
             seq = msg.metadata.sequence.stream
@@ -240,3 +244,14 @@ class JetStreamConsumer:
             bridge.native_dead_letters += 1
         except Exception as exc:
             bridge.log.error("could not keep the dead letter of %s: %s", msg.subject, exc)
+        await self._publish_purista_dead_letter(msg, headers)
+
+    async def _publish_purista_dead_letter(self, msg: Msg, headers: dict[str, str]) -> None:
+        # Core publish: whichever stream holds the subject keeps it (ours covers it when
+        # the subscription names a message type; PURISTA's own stream for it is an
+        # Interest stream, which keeps a message only while some consumer reads it).
+        with contextlib.suppress(Exception):
+            await self.bridge._client().publish(
+                subjects.purista_dead_letter_subject(self.filter_subject), msg.data,
+                headers=headers,
+            )

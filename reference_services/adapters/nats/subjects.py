@@ -195,6 +195,32 @@ def dead_letter_subject(prefix: str, consumer: str) -> str:
     return f"{prefix}._dlq.{consumer}"
 
 
+PURISTA_DEAD_LETTER_SUFFIX = ".dead-letter"
+"""PURISTA's ``defaultConsumerFailureHandling.deadLetterSuffix``."""
+
+
+def purista_dead_letter_subject(subscription_filter: str) -> str:
+    """PURISTA's dead-letter subject of a subscription: its *filter* plus ``.dead-letter``
+    (wildcards and all: JetStream accepts the literal ``*`` tokens, and a consumer on the
+    same subject reads it)."""
+    return subscription_filter + PURISTA_DEAD_LETTER_SUFFIX
+
+
+def purista_dead_letter_headers(
+    reason: str, attempt: int, subscription_filter: str, subscriber: Address
+) -> dict[str, str]:
+    """PURISTA's dead-letter headers (``x-purista-dead-letter-*``); the original subject
+    is the subscription's filter, the subscriber ``<svc>/<ver>/<target>``, raw."""
+    return {
+        "x-purista-dead-letter-reason": reason,
+        "x-purista-dead-letter-attempt": str(attempt),
+        "x-purista-dead-letter-original-subject": subscription_filter,
+        "x-purista-dead-letter-subscriber": (
+            f"{subscriber.service_name}/{subscriber.service_version}/{subscriber.service_target}"
+        ),
+    }
+
+
 def safe_name(*parts: str, limit: int = 64) -> str:
     """A stream/consumer name: readable, only ``[A-Za-z0-9_-]``, unique per ``parts``."""
     digest = hashlib.sha1("\x1f".join(parts).encode("utf-8")).hexdigest()[:10]
