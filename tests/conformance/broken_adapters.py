@@ -594,9 +594,41 @@ mqtt_trusts_attempt_header.services = ("mosquitto",)  # type: ignore[attr-define
 mqtt_trusts_attempt_header.capabilities = EventBridgeCapabilities()  # type: ignore[attr-defined]
 
 
-# broken factory -> the robustness check that must fail for it (test_broken_robustness.py)
-EXPECTED_ROBUSTNESS: dict[str, str] = {
-    "mqtt_trusts_attempt_header": "robustness.retry.forged_attempt_header",
+def nats_keeps_commands(ctx: AdapterContext) -> Any:
+    """The NATS bridge keeping a record of every command it invoked, never pruned (as its
+    table of sent commands once was)."""
+    from reference_services.adapters.nats.event_bridge import NatsBridge
+
+    class KeepsCommands(NatsBridge):
+        sent_log: dict[str, Any] = {}
+
+        async def invoke(self, command: Any, ttl_s: float | None = None) -> Any:
+            self.sent_log[command.correlation_id] = (command, self.core.encode(command))
+            return await super().invoke(command, ttl_s)
+
+    return KeepsCommands(url=ctx.url("nats"), prefix=ctx.prefix, **ctx.options)
+
+
+nats_keeps_commands.kind = "event_bridge"  # type: ignore[attr-defined]
+nats_keeps_commands.services = ("nats",)  # type: ignore[attr-defined]
+nats_keeps_commands.capabilities = EventBridgeCapabilities()  # type: ignore[attr-defined]
+nats_keeps_commands.fault_options = {  # type: ignore[attr-defined]
+    "ping_interval_s": 1.0,
+    "max_outstanding_pings": 2,
+    "reconnect_time_wait_s": 0.2,
+    "ack_wait_s": 3.0,
+    "publish_timeout_s": 2.0,
+}
+
+
+# broken factory -> (the robustness check that must fail for it, what its message must say)
+# (test_broken_robustness.py)
+EXPECTED_ROBUSTNESS: dict[str, tuple[str, str]] = {
+    "mqtt_trusts_attempt_header": (
+        "robustness.retry.forged_attempt_header",
+        "whatever the header says",
+    ),
+    "nats_keeps_commands": ("robustness.burst.paused_broker", "MB kept"),
 }
 
 
