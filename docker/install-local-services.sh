@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install the brokers the harness runs as local processes (Debian/Ubuntu):
 #   rabbitmq-server nats-server redis-server mosquitto (apt), toxiproxy-server (go install)
-#   and daprd (built from the dapr module's source: `go install` refuses a module with
-#   replace directives; the Go module and build caches make a rebuild take seconds).
+#   and daprd (built from the dapr module's source, since `go install` refuses a module with
+#   replace directives; kept in a build cache, ~/.cache/purista-harness or $DAPR_CACHE_DIR,
+#   so that installing it again is a copy).
 # Idempotent: a fast no-op when every binary exists. Also wanted with a Docker engine: the
 # toxiproxy image copies this toxiproxy-server in, and an engine without the harness images
 # is not selected. Root installs to /usr/local/bin, others to ~/.local/bin (apt needs root).
@@ -10,8 +11,9 @@
 # Options:
 #   --force        run every branch even when everything is present: re-check the apt
 #                  packages (apt-get install, then stop the packaged daemons) and rebuild
-#                  toxiproxy-server into a temporary GOBIN and daprd in a temporary copy
-#                  of its module (CI runs this on every run)
+#                  toxiproxy-server into a temporary GOBIN, and install daprd again
+#                  (from its build cache; a missing cache entry is built) (CI runs this
+#                  on every run)
 #   --prefix DIR   install toxiproxy-server and daprd into DIR and look for them only there
 #                  (default /usr/local/bin for root, else ~/.local/bin)
 set -euo pipefail
@@ -119,16 +121,19 @@ install_toxiproxy() {
   log "installed $dest/toxiproxy-server"
 }
 
-install_daprd() {
-  local dest dir
-  dest=$(toxiproxy_dest)
-  mkdir -p "$dest"
+dapr_cache() {
+  echo "${DAPR_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/purista-harness}/daprd-${DAPR_VERSION}"
+}
+
+build_daprd() {
+  # into the cache: a build takes minutes (about 280 modules), a copy milliseconds
+  local cache="$1" dir
   if ! command -v go >/dev/null 2>&1; then
     log "daprd needs Go >= 1.22 to build (apt-get install golang-go, or go.dev/dl)"
     return 1
   fi
   TMP_DAPR=$(mktemp -d)
-  log "building daprd $DAPR_VERSION (stable components)"
+  log "building daprd $DAPR_VERSION (stable components) into $cache"
   # the module cache's copy is read-only: build in a writable copy of it
   dir=$(go mod download -json "github.com/dapr/dapr@${DAPR_VERSION}" \
     | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')
@@ -137,14 +142,28 @@ install_daprd() {
   fi
   cp -r "$dir" "$TMP_DAPR/src"
   chmod -R u+w "$TMP_DAPR/src"
-  # without a components build tag daprd panics at start
-  # (and it reports the version only when the linker is told it)
+  # without a components build tag daprd panics at start; it reports its version only
+  # when the linker is told it
   (cd "$TMP_DAPR/src" && go build -tags stablecomponents \
     -ldflags "-X github.com/dapr/dapr/pkg/buildinfo.version=${DAPR_VERSION#v}" \
     -o "$TMP_DAPR/daprd" ./cmd/daprd)
-  install -m 0755 "$TMP_DAPR/daprd" "$dest/daprd"
+  mkdir -p "$(dirname "$cache")"
+  install -m 0755 "$TMP_DAPR/daprd" "$cache"
   rm -rf "$TMP_DAPR"
   TMP_DAPR=""
+}
+
+install_daprd() {
+  local dest cache
+  dest=$(toxiproxy_dest)
+  cache=$(dapr_cache)
+  mkdir -p "$dest"
+  if [ -x "$cache" ] && [ "$("$cache" --version 2>/dev/null)" = "${DAPR_VERSION#v}" ]; then
+    log "daprd $DAPR_VERSION from the build cache $cache"
+  else
+    build_daprd "$cache"
+  fi
+  install -m 0755 "$cache" "$dest/daprd"
   log "installed $dest/daprd"
 }
 
@@ -168,7 +187,7 @@ main() {
   local apt_missing
   apt_missing=$(missing_apt)
   if [ "$FORCE" = 1 ]; then
-    log "--force: re-checking ${APT_PACKAGES[*]}, rebuilding toxiproxy-server and daprd"
+    log "--force: re-checking ${APT_PACKAGES[*]}, rebuilding toxiproxy-server, installing daprd"
     install_apt "${APT_PACKAGES[@]}"
     install_toxiproxy
     install_daprd

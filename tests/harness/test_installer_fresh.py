@@ -1,4 +1,5 @@
-"""docker/install-local-services.sh on a machine where toxiproxy-server is absent (real runs).
+"""docker/install-local-services.sh on a machine where toxiproxy-server and daprd are absent
+(real runs; daprd comes from the installer's build cache when it holds one).
 
 ``--prefix`` points the installer at an empty directory, so it finds no toxiproxy-server
 and takes the build branch (the one a fresh machine takes, and the one that used to abort
@@ -56,6 +57,12 @@ def test_installer_builds_toxiproxy_into_an_empty_prefix(tmp_path: Path) -> None
     )
     assert version.returncode == 0 and "toxiproxy-server version" in version.stdout
     assert not _new_temp_dirs(before), "temporary GOBIN left behind"
+    daprd = prefix / "daprd"
+    assert daprd.is_file() and "installed " + str(daprd) in proc.stderr
+    dapr_version = subprocess.run(
+        [str(daprd), "--version"], capture_output=True, text=True, timeout=10, check=False
+    )
+    assert dapr_version.stdout.strip() == "1.14.0", dapr_version.stdout
     again = _run("--prefix", str(prefix))
     assert again.returncode == 0 and "all services present" in again.stderr, again.stderr
 
@@ -70,6 +77,7 @@ def test_installer_force_runs_every_branch(tmp_path: Path) -> None:
     assert "re-checking rabbitmq-server nats-server redis-server mosquitto" in proc.stderr
     assert "building toxiproxy-server" in proc.stderr
     assert (prefix / "toxiproxy-server").is_file()
+    assert (prefix / "daprd").is_file() and "installed " + str(prefix / "daprd") in proc.stderr
 
 
 def test_installer_rejects_an_unknown_option() -> None:
