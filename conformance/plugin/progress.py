@@ -49,7 +49,7 @@ def choose(mode: str, config: pytest.Config, stream: Any = None) -> str:
     stream = stream or sys.stdout
     plain = (
         not getattr(stream, "isatty", lambda: False)()
-        or bool(os.environ.get("CI"))
+        or os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
         or os.environ.get("TERM") == "dumb"
         or config.getoption("capture", "fd") == "no"  # -s: checks print into the panel
         or config.getoption("verbose", 0) != 0
