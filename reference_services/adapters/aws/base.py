@@ -8,8 +8,10 @@ from typing import Any, ClassVar
 
 from reference_services.adapters.aws.client import (
     AwsSettings,
+    AwsUnavailableError,
     AwsWorker,
     encode_name,
+    error_code,
     install_redaction,
 )
 from reference_services.runtime.spi.capabilities import YES, Support, unsupported
@@ -95,7 +97,14 @@ class AwsStoreBase(StoreBase):
                     timeout_s=self.health_timeout_s,
                 ),
             )
-        await self._worker.call(self._probe, self._client)
+        try:
+            await self._worker.call(self._probe, self._client)
+        except AwsUnavailableError:
+            raise
+        except Exception as exc:  # botocore's ClientError: the code, not AWS's message
+            raise AwsUnavailableError(
+                f"{self.kind} {self.name!r}: start: {error_code(exc) or type(exc).__name__}"
+            ) from None
         for name, raw in self._initial.items():
             await self._create(name, raw)
         await super().start()
