@@ -191,6 +191,8 @@ def mosquitto(d: Path, port: int, free_port: Callable[[], int]) -> Recipe:
         "log_type notice",
         "log_type information",
         "max_queued_messages 100000",
+        # no Nagle on the broker side of each connection: small publishes leave at once
+        "set_tcp_nodelay true",
     ]
     if os.geteuid() == 0:
         lines.append("user root")

@@ -172,9 +172,14 @@ AnyMessage = Command | CommandSuccessResponse | CommandErrorResponse | CustomMes
 
 
 def success_response(
-    command: Command, payload: Any, *, event_name: str | None = None
+    command: Command,
+    payload: Any,
+    *,
+    event_name: str | None = None,
+    responder_instance_id: str | None = None,
 ) -> CommandSuccessResponse:
-    """The success response to ``command``: same id and correlationId, sender/receiver swapped."""
+    """The success response to ``command``: same id and correlationId, sender/receiver swapped
+    (the sender names ``responder_instance_id`` when given: the bridge then keeps it as is)."""
     return CommandSuccessResponse(
         id=command.id,
         correlation_id=command.correlation_id,
@@ -182,7 +187,7 @@ def success_response(
             service_name=command.receiver.service_name,
             service_version=command.receiver.service_version,
             service_target=command.receiver.service_target,
-            instance_id=command.receiver.instance_id or "",
+            instance_id=responder_instance_id or command.receiver.instance_id or "",
         ),
         receiver=command.sender,
         trace_id=command.trace_id,

@@ -9,9 +9,24 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    NoOpTracerProvider,
+    ProxyTracerProvider,
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+)
 
 TRACER_NAME = "reference_services"
+#: what :func:`span` returns when nothing would record it (reusable, costs no allocation)
+_NO_SPAN: contextlib.AbstractContextManager[Span] = contextlib.nullcontext(INVALID_SPAN)
+
+
+def tracing_configured() -> bool:
+    """Whether a tracer provider is set (the API's default proxy and no-op ones are not)."""
+    return not isinstance(trace.get_tracer_provider(), (ProxyTracerProvider, NoOpTracerProvider))
 
 
 def tracer() -> trace.Tracer:
@@ -21,6 +36,8 @@ def tracer() -> trace.Tracer:
 
 def inject_otp() -> str | None:
     """The current trace context as PURISTA's ``otp`` JSON string, or None."""
+    if not otel_context.get_current() and not tracing_configured():
+        return None  # no span, no baggage, no provider: there is nothing to carry
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return json.dumps(carrier, separators=(",", ":")) if carrier else None
@@ -28,6 +45,8 @@ def inject_otp() -> str | None:
 
 def inject_headers(headers: dict[str, str]) -> dict[str, str]:
     """Add W3C trace headers (``traceparent``/``tracestate``) to broker headers."""
+    if not otel_context.get_current() and not tracing_configured():
+        return headers
     propagate.inject(headers)
     return headers
 
@@ -46,15 +65,32 @@ def extract_otp(otp: str | None) -> otel_context.Context | None:
     return propagate.extract(carrier)
 
 
-@contextlib.contextmanager
 def span(
     name: str,
     kind: SpanKind = SpanKind.INTERNAL,
     *,
     otp: str | None = None,
     attributes: dict[str, Any] | None = None,
+) -> contextlib.AbstractContextManager[Span]:
+    """A span, parented on ``otp`` when given, recording exceptions.
+
+    Without a tracer provider and without an incoming trace context it is a shared no-op
+    (no span, no context switch): tracing that is off costs nothing. An incoming ``otp``
+    is still made current then, so that the handler's own invocations carry it on.
+    """
+    if not otp and not tracing_configured():
+        return _NO_SPAN
+    return _span(name, kind, otp=otp, attributes=attributes)
+
+
+@contextlib.contextmanager
+def _span(
+    name: str,
+    kind: SpanKind,
+    *,
+    otp: str | None,
+    attributes: dict[str, Any] | None,
 ) -> Iterator[Span]:
-    """A span, parented on ``otp`` when given, recording exceptions."""
     parent = extract_otp(otp)
     with tracer().start_as_current_span(
         name, context=parent, kind=kind, attributes=attributes, record_exception=True

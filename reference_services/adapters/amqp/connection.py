@@ -48,6 +48,8 @@ class BackoffRobustConnection(RobustConnection):
 
 async def wait_connected(connection: RobustConnection, timeout_s: float) -> bool:
     """Wait until ``connection`` is connected; False after ``timeout_s``."""
+    if connection.connected.is_set():
+        return True  # the usual case: no timer, no task for every publish
     try:
         await asyncio.wait_for(connection.connected.wait(), timeout_s)
     except TimeoutError:

@@ -11,7 +11,9 @@ ack for an older generation is skipped because the broker resends the message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +32,14 @@ StateCallback = Callable[[int, bool], None]
 
 
 @dataclass(frozen=True)
+def _no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
+    """TCP_NODELAY on the broker socket: without it Nagle holds a small publish back until
+    the previous one is acknowledged, and the peer's delayed ACK makes that ~40 ms, twice
+    per round trip (a command took 88 ms on loopback)."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class MqttSettings:
     """Where and how to connect."""
 
@@ -97,6 +107,7 @@ class MqttConnection:
             client.tls_set()
         client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)  # type: ignore[arg-type]
         client.max_inflight_messages_set(100)
+        client.on_socket_open = _no_delay
         client.on_connect = self._net_connect
         client.on_disconnect = self._net_disconnect
         client.on_message = self._net_message

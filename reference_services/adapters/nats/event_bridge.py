@@ -73,7 +73,7 @@ _NO_RESPONDERS = "503"
 _HEADER_ROOM = 4096  # max_payload counts headers too (dead letters carry a reason header)
 
 
-@dataclass
+@dataclass(slots=True)
 class _SentCommand:
     command: Command
     expires_at: float

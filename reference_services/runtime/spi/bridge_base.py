@@ -146,6 +146,9 @@ class BridgeCore:
         self._subscriptions: dict[tuple[str, str, str], RegisteredSubscription] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._abandoned_sends: set[asyncio.Future[Any]] = set()
+        #: messages being sent now, by id(), with their bytes: the size check in ``invoke``
+        #: and ``emit_message`` encodes once and the transport's ``encode`` reuses it
+        self._encoded: dict[int, tuple[AnyMessage, bytes]] = {}
         self._free_slots: int | None = None
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._gone_waiters = 0
@@ -564,8 +567,26 @@ class BridgeCore:
         return task
 
     def encode(self, message: AnyMessage) -> bytes:
-        """Encode with this bridge's size limit."""
+        """Encode with this bridge's size limit (a message being sent by ``invoke`` or
+        ``emit_message`` was encoded by their size check: those bytes are reused)."""
+        held = self._encoded.get(id(message))
+        if held is not None and held[0] is message:
+            return held[1]
         return encode(message, max_bytes=self._bridge.max_message_bytes)
+
+    def hold_encoded(self, message: AnyMessage) -> None:
+        """Encode ``message`` now (raising MessageEncodeError) and keep its bytes for the
+        transport's :meth:`encode` until :meth:`release_encoded`."""
+        self._encoded[id(message)] = (
+            message,
+            encode(message, max_bytes=self._bridge.max_message_bytes),
+        )
+
+    def release_encoded(self, message: AnyMessage) -> None:
+        """Forget the bytes kept by :meth:`hold_encoded`."""
+        held = self._encoded.get(id(message))
+        if held is not None and held[0] is message:
+            del self._encoded[id(message)]
 
     @property
     def registered_commands(self) -> list[RegisteredCommand]:
@@ -830,8 +851,11 @@ class EventBridgeBase(ABC):
     async def emit_message(self, message: AnyMessage) -> None:
         """Publish a message to every matching subscription."""
         self.core.require_running()
-        self._check_encodable(message)
-        await self._publish(message)
+        self._check_encodable(message, hold=True)
+        try:
+            await self._publish(message)
+        finally:
+            self.core.release_encoded(message)
 
     async def invoke(self, command: Command, ttl_s: float | None = None) -> Any:
         """Send ``command`` and return the result payload, or raise the error the
@@ -861,15 +885,21 @@ class EventBridgeBase(ABC):
                 attributes={"purista.correlation_id": command.correlation_id},
             ):
                 if command.otp is None:
-                    update["otp"] = telemetry.inject_otp()
+                    otp = telemetry.inject_otp()
+                    if otp is not None:
+                        update["otp"] = otp
                 if command.expires_at is None or command.expires_at > deadline:
                     update["expires_at"] = deadline
-                if update:
+                if update:  # one copy with every change (none when nothing changes)
                     command = command.model_copy(update=update)
-                self._check_encodable(command)
-                future = self.core.pending.add(
-                    command.correlation_id, ttl_left, str(command.receiver)
-                )
+                self._check_encodable(command, hold=True)
+                try:
+                    future = self.core.pending.add(
+                        command.correlation_id, ttl_left, str(command.receiver)
+                    )
+                except BaseException:
+                    self.core.release_encoded(command)
+                    raise
                 try:
                     await self.core.send_within(self._send_command(command), ttl_left)
                 except TimeoutError:
@@ -897,6 +927,7 @@ class EventBridgeBase(ABC):
                     ) from exc
                 finally:
                     holding = False
+                    self.core.release_encoded(command)
                     self.core.release_send_slot()
                 response = await future
         finally:
@@ -971,9 +1002,14 @@ class EventBridgeBase(ABC):
     def _own(self, address: Address) -> Address:
         return address.model_copy(update={"instance_id": self.instance_id})
 
-    def _check_encodable(self, message: AnyMessage) -> None:
+    def _check_encodable(self, message: AnyMessage, *, hold: bool = False) -> None:
+        """400 unless ``message`` encodes within the size limit; ``hold`` keeps the bytes
+        for the transport (the caller must ``core.release_encoded`` it)."""
         try:
-            self.core.encode(message)
+            if hold:
+                self.core.hold_encoded(message)
+            else:
+                self.core.encode(message)
         except MessageEncodeError as exc:
             raise HandledError(str(exc), StatusCode.BAD_REQUEST) from exc
 

@@ -10,7 +10,7 @@ from reference_services.runtime.errors import HandledError, PuristaError, Status
 from reference_services.runtime.messages import CommandResponse
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     future: asyncio.Future[CommandResponse]
     timer: asyncio.TimerHandle
