@@ -12,7 +12,7 @@ DOCKER_ENGINE_SOCKET ?= /var/run/docker.sock
 ENGINE := HARNESS_DOCKER_SOCKET=$(DOCKER_ENGINE_SOCKET) bash docker/engine.sh
 
 .PHONY: setup venv services conformance conformance-all faults test lint format clean \
-	docker-engine docker-engine-stop docker-images mutation mutation-summary
+	docker-engine docker-engine-stop docker-images mutation mutation-summary bench
 
 setup: venv services
 
@@ -40,6 +40,18 @@ faults: setup
 ## All tests, with every broker required (a missing one fails the run).
 test: setup
 	$(PY) -m pytest --require-services $(PYTEST_ARGS)
+
+## Benchmarks (benchmarks/bench.py): our adapters against the raw clients and FastStream in
+## one process, interleaved in rounds; writes benchmarks/results.json and results.md.
+## BENCH_ARGS="--rounds 1 --contract none" for a quick look.
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH_ARGS ?=
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: setup $(BENCH_STAMP)
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
 ## Mutation testing (tools/mutation/run.py, mutmut): the contract checks against the in-memory
 ## adapters kill mutants of the adapters and their SPI bases; cached in ./mutants, summary in

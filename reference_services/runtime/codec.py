@@ -50,6 +50,10 @@ class MessageEncodeError(ValueError):
     """A message could not be encoded (e.g. a payload that is not JSON)."""
 
 
+def _to_field(wire_key: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in wire_key)
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -111,12 +115,19 @@ def from_wire(data: Any) -> AnyMessage:
         raise MessageDecodeError(field, problem) from None
 
 
+#: built once (``json.dumps`` with options builds an encoder on every call)
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+#: the fields a message's JSON must name, by messageType, as model field names
+_REQUIRED_FIELDS: dict[str, frozenset[str]] = {
+    t: frozenset(_to_field(k) for k in _REQUIRED_ON_WIRE.get(t, _REQUIRED_DEFAULT))
+    for t in MessageType
+}
+
+
 def encode(message: AnyMessage, *, max_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES) -> bytes:
     """Encode ``message`` to UTF-8 JSON bytes."""
     try:
-        raw = json.dumps(
-            to_wire(message), ensure_ascii=False, allow_nan=False, separators=(",", ":")
-        ).encode("utf-8")
+        raw = _JSON.encode(to_wire(message)).encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError) as exc:
         raise MessageEncodeError(f"message {message.id} is not encodable as JSON: {exc}") from exc
     if max_bytes is not None and len(raw) > max_bytes:
@@ -136,6 +147,9 @@ def decode(
         raw = bytes(raw)
         if max_bytes is not None and len(raw) > max_bytes:
             raise MessageDecodeError("<root>", f"{len(raw)} bytes is over the limit of {max_bytes}")
+        fast = _decode_fast(raw)
+        if fast is not None:
+            return fast
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -151,3 +165,22 @@ def decode(
         raise
     except Exception as exc:
         raise MessageDecodeError("<root>", f"undecodable: {type(exc).__name__}: {exc}") from None
+
+
+def _decode_fast(raw: bytes) -> AnyMessage | None:
+    """Parse and validate in one pass (pydantic-core's JSON parser); None when the bytes need
+    the full path: anything it rejects, and the NaN/Infinity it would accept but JSON
+    does not. The full path then gives the same message or the precise error."""
+    if b"NaN" in raw or b"Infinity" in raw:
+        return None
+    try:
+        message = _ADAPTER.validate_json(raw)
+    except (ValidationError, ValueError, RecursionError):
+        return None
+    if not _REQUIRED_FIELDS[message.message_type] <= message.model_fields_set:
+        return None
+    if message.otp == EMPTY_OTP:  # an empty carrier is no trace context
+        # as the full path does, but in place: nobody holds this new message yet
+        message.__dict__["otp"] = None
+        message.model_fields_set.discard("otp")
+    return message

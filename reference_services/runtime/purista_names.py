@@ -25,6 +25,7 @@ bridge always reads values from the message body, never from the subject.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 _UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -81,6 +82,7 @@ def words(value: str) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=8192)  # pure, and asked for every level of every topic sent
 def snake_case(value: str) -> str:
     """``value`` as PURISTA's ``convertToSnakeCase`` writes it."""
     found = words(value)

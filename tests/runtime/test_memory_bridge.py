@@ -475,3 +475,37 @@ async def test_destroy_waits_for_cancelled_background_tasks_to_clean_up() -> Non
     await asyncio.sleep(0)
     await bridge.destroy()
     assert cleaned == ["cleaned"], "destroy returned before its background task ended"
+
+
+async def test_every_sent_message_is_encoded_once(hub_bridges, monkeypatch) -> None:
+    """The size check of invoke and emit_message encodes; the transport reuses those bytes
+    (a second encode per message was a third of a round trip's codec time)."""
+    from reference_services.runtime.spi import bridge_base
+
+    _hub, (caller, server, _) = hub_bridges
+    delivered = asyncio.Event()
+
+    async def echo(cmd: Command):
+        return success_response(cmd, cmd.payload.payload)
+
+    async def on_event(_msg) -> None:
+        delivered.set()
+
+    await server.register_command(ECHO, echo)
+    await server.register_subscription(_sub("s", "t", event_name="once"), on_event)
+    encoded: list[str] = []
+    real = bridge_base.encode
+
+    def counting(message, **kw):
+        encoded.append(str(message.message_type))
+        return real(message, **kw)
+
+    monkeypatch.setattr(bridge_base, "encode", counting)
+    assert await caller.invoke(command("svc", "echo", 7)) == 7
+    await caller.emit_message(_event("once", 1))
+    await asyncio.wait_for(delivered.wait(), 5)
+    assert Counter(encoded) == {
+        "command": 1,
+        "commandSuccessResponse": 1,
+        "customMessage": 1,
+    }, encoded

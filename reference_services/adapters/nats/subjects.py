@@ -31,6 +31,7 @@ instead; an overlong token is replaced by ``~`` and a hash of the value.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import string
@@ -53,6 +54,7 @@ EVENT_TYPES: tuple[MessageType, ...] = tuple(t for t in MessageType if t is not 
 """Message types kept by the JetStream stream (everything but commands)."""
 
 
+@functools.lru_cache(maxsize=8192)  # a pure function of the value: every send needs 13
 def token(value: str | None) -> str:
     """One subject token for ``value``: ``empty`` when empty, snake-cased otherwise.
 

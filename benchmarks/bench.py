@@ -1,0 +1,450 @@
+"""`make bench`: our adapters against the raw clients and FastStream, side by side.
+
+Brokers come from the harness (``HARNESS_PROVIDER``, local processes by default).
+Contenders of one path live in this one process and take turns, round after round
+(the order rotates each round); each figure is the median of the rounds. Writes
+``benchmarks/results.json`` (per path: ``ours``, ``raw``, ``ratio`` = ours/raw and
+``faststream`` where it has the broker) and ``benchmarks/results.md``. Figures, not
+tests: nothing here fails on a slow machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import contenders as cn  # noqa: E402
+from benchmarks import queues_stores as qs  # noqa: E402
+
+SERVICES = ("rabbitmq", "nats", "redis", "mosquitto")
+EVENT_BRIDGES = ("memory", "amqp", "nats", "mqtt")
+QUEUE_BRIDGES = ("memory", "redis", "nats")
+STORES = ("memory", "redis", "nats-kv")
+
+
+class Results:
+    """Samples per (path, contender); medians and ratios at the end."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, dict[str, list[float]]] = {}
+        self.units: dict[str, tuple[str, str]] = {}
+
+    def add(self, path: str, who: str, value: float, unit: str, better: str) -> None:
+        self.samples.setdefault(path, {}).setdefault(who, []).append(value)
+        self.units[path] = (unit, better)
+
+    def table(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for path, by in self.samples.items():
+            unit, better = self.units[path]
+            row: dict[str, Any] = {"unit": unit, "better": better}
+            for who, values in by.items():
+                row[who] = round(statistics.median(values), 4)
+                row[f"{who}_range"] = [round(min(values), 4), round(max(values), 4)]
+            if row.get("raw"):
+                row["ratio"] = round(row["ours"] / row["raw"], 3)
+            if row.get("faststream"):
+                row["ratio_faststream"] = round(row["ours"] / row["faststream"], 3)
+            out[path] = row
+        return out
+
+
+# ----------------------------------------------------------------- measurements
+async def latency(call: Callable[[], Awaitable[None]], n: int, cap_s: float) -> list[float]:
+    times: list[float] = []
+    end = time.perf_counter() + cap_s
+    while len(times) < n and (len(times) < 20 or time.perf_counter() < end):
+        t0 = time.perf_counter()
+        await call()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+async def throughput(
+    call: Callable[[], Awaitable[None]], inflight: int, window_s: float
+) -> tuple[float, float]:
+    """Calls per second with ``inflight`` callers for about ``window_s``, and CPU s/call."""
+    done = 0
+    stop = time.perf_counter() + window_s
+
+    async def caller() -> None:
+        nonlocal done
+        while True:
+            await call()
+            done += 1
+            if time.perf_counter() >= stop:
+                return
+
+    gc.collect()
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(inflight)))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return done / wall, cpu / max(done, 1)
+
+
+async def events(c: cn.Contender, event: str, window_s: float, max_n: int) -> float:
+    """Events published (one after the other, each awaited) per second until every
+    subscriber received every one of them."""
+    subscribers = cn.EVENT_FANOUT[event]
+    before = c.received[event]
+    t0 = time.perf_counter()
+    n = 0
+    while n < max_n and (n < 20 or time.perf_counter() - t0 < window_s):
+        await c.emit(event)
+        n += 1
+    if not await c.wait_received(event, before + n * subscribers, 60):
+        raise TimeoutError(f"{c.label}: {event} not delivered to every subscriber")
+    return n / (time.perf_counter() - t0)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# ----------------------------------------------------------------- event bridges
+def event_contenders(adapter: str, urls: dict[str, str], faststream: bool) -> list[cn.Contender]:
+    out: list[cn.Contender] = [cn.Ours(adapter, urls)]
+    if adapter == "amqp":
+        out.append(cn.RawAmqp(urls["rabbitmq"]))
+        if faststream:
+            out.append(cn.FastStreamAmqp(urls["rabbitmq"]))
+    elif adapter == "nats":
+        out.append(cn.RawNats(urls["nats"]))
+        if faststream:
+            out.append(cn.FastStreamNats(urls["nats"]))
+    elif adapter == "mqtt":
+        out.append(cn.RawMqtt(urls["mosquitto"]))
+    return out
+
+
+async def bench_event_bridge(adapter: str, urls: dict[str, str], res: Results, args: Any) -> None:
+    cs = event_contenders(adapter, urls, args.faststream)
+    for c in cs:
+        await c.setup()
+    try:
+        for r in range(args.rounds):
+            order = cs[r % len(cs):] + cs[: r % len(cs)]
+            for c in order:
+                times = await latency(c.call, 300, args.window)
+                res.add(f"{adapter} command p50", c.label, pct(times, 0.5) * 1e3, "ms", "lower")
+                res.add(f"{adapter} command p99", c.label, pct(times, 0.99) * 1e3, "ms", "lower")
+                rate, cpu = await throughput(c.call, 64, args.window)
+                res.add(f"{adapter} commands/s, 64 in flight", c.label, rate, "/s", "higher")
+                res.add(f"{adapter} CPU per command", c.label, cpu * 1e6, "µs", "lower")
+                rate, _ = await throughput(c.call, 1000, args.window)
+                res.add(f"{adapter} commands/s, 1000 in flight", c.label, rate, "/s", "higher")
+                for event, subs in cn.EVENT_FANOUT.items():
+                    rate = await events(c, event, args.window, 3000)
+                    label = f"{adapter} events/s, {subs} subscriber{'s' if subs > 1 else ''}"
+                    res.add(label, c.label, rate, "/s", "higher")
+            print(f"  {adapter}: round {r + 1} done", flush=True)
+    finally:
+        for c in cs:
+            try:
+                await c.close()
+            except Exception as exc:
+                print(f"  {adapter} {c.label}: close failed: {exc!r}", flush=True)
+
+
+# ----------------------------------------------------------------- queues, stores
+async def bench_queue(adapter: str, urls: dict[str, str], res: Results, args: Any) -> None:
+    cs: list[qs.QueueContender] = [qs.OursQueue(adapter, urls)]
+    if adapter == "redis":
+        cs.append(qs.RawRedisQueue(urls["redis"]))
+    elif adapter == "nats":
+        cs.append(qs.RawNatsQueue(urls["nats"]))
+    for c in cs:
+        await c.setup()
+    try:
+        for r in range(args.rounds):
+            order = cs[r % len(cs):] + cs[: r % len(cs)]
+            for c in order:
+                queue = f"q{r}"
+                t0, n = time.perf_counter(), 0
+                while n < 20 or (n < 3000 and time.perf_counter() - t0 < args.window):
+                    await c.enqueue(queue)
+                    n += 1
+                res.add(f"{adapter} queue enqueue/s", c.label, n / (time.perf_counter() - t0),
+                        "/s", "higher")
+                t0 = time.perf_counter()
+                await qs.drain_with_workers(c, queue, n)
+                res.add(f"{adapter} queue jobs/s, {qs.WORKERS} workers", c.label,
+                        n / (time.perf_counter() - t0), "/s", "higher")
+            print(f"  queue {adapter}: round {r + 1} done", flush=True)
+    finally:
+        for c in cs:
+            await c.close()
+
+
+async def bench_store(adapter: str, urls: dict[str, str], res: Results, args: Any) -> None:
+    cs: list[qs.StoreContender] = [qs.OursStore(adapter, urls)]
+    if adapter == "redis":
+        cs.append(qs.RawRedisStore(urls["redis"]))
+    elif adapter == "nats-kv":
+        cs.append(qs.RawNatsKV(urls["nats"]))
+    for c in cs:
+        await c.setup()
+    try:
+        for r in range(args.rounds):
+            order = cs[r % len(cs):] + cs[: r % len(cs)]
+            for c in order:
+                for op in ("set", "get"):
+                    fn = getattr(c, op)
+                    t0, n = time.perf_counter(), 0
+                    while n < 20 or (n < 5000 and time.perf_counter() - t0 < args.window / 2):
+                        await fn(f"k{n % 50}")
+                        n += 1
+                    res.add(f"{adapter} store {op}/s", c.label, n / (time.perf_counter() - t0),
+                            "/s", "higher")
+    finally:
+        for c in cs:
+            await c.close()
+
+
+# ----------------------------------------------------------------- memory
+async def poll(condition: Callable[[], bool], timeout_s: float) -> bool:
+    """Whether ``condition`` came true within ``timeout_s`` (checked every 50 ms)."""
+    for _ in range(int(timeout_s / 0.05)):
+        if condition():
+            return True
+        await asyncio.sleep(0.05)
+    return condition()
+
+
+async def pending_memory(adapter: str, urls: dict[str, str], n: int) -> dict[str, float]:
+    """Bytes per invocation with ``n`` waiting for a response (tracemalloc, whole process).
+
+    On NATS nobody answers (a silent core subscriber takes the commands); on the memory
+    bridge the handler waits, so its side is counted too. The raw figure is nats-py's
+    ``request`` with the same silent subscriber."""
+    import nats
+
+    from reference_services.runtime.messages import Command, CommandPayload
+
+    out: dict[str, float] = {}
+    release = asyncio.Event()
+    ours = cn.Ours(adapter, urls)
+    await ours.server.start()
+    await ours.client.start()
+    silent = None
+
+    async def drop(_msg: Any) -> None:
+        return None
+
+    if adapter == "nats":
+        silent = await nats.connect(urls["nats"])
+        await silent.subscribe(f"{ours.client.prefix}.>", cb=drop)
+        await silent.flush()
+    else:
+        async def wait(cmd: Any) -> Any:
+            await release.wait()
+            return cn.success_response(cmd, None)
+
+        await ours.server.register_command(cn.TARGET, wait)
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    tasks = [
+        asyncio.ensure_future(ours.client.invoke(
+            Command(sender=cn.SENDER, receiver=cn.TARGET,
+                    payload=CommandPayload(payload=cn.PAYLOAD)), ttl_s=120))
+        for _ in range(n)
+    ]
+    await poll(lambda: ours.client.pending_invocations >= n, 60)
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    out["ours"] = held / n
+    out["ours_total_mb"] = held / 1e6
+    out["ours_pending_reached"] = ours.client.pending_invocations
+    release.set()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await ours.close()
+    if silent is not None:
+        await silent.close()
+        nc = await nats.connect(urls["nats"])
+        listen = await nats.connect(urls["nats"])
+        subject = cn.prefix("mem") + ".rpc"
+        await listen.subscribe(subject, cb=drop)
+        await listen.flush()
+        gc.collect()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        body = cn._body()
+        tasks = [asyncio.ensure_future(nc.request(subject, body, timeout=120)) for _ in range(n)]
+        await poll(lambda: len(nc._resp_map) >= n, 60)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.stop()
+        out["raw"] = held / n
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await nc.close()
+        await listen.close()
+    return out
+
+
+# ----------------------------------------------------------------- the contract suite
+def contract_wall_time(selection: str) -> dict[str, Any]:
+    cmd = [str(ROOT / ".venv/bin/conformance"), "run", "--suite", "contract", "--quick",
+           "--report-dir", str(ROOT / "reports/bench-contract")]
+    for adapter in selection.split(","):
+        if adapter != "all":
+            cmd += ["--adapter", adapter]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    return {"selection": selection, "seconds": round(time.perf_counter() - t0, 1),
+            "exit_code": proc.returncode}
+
+
+# ----------------------------------------------------------------- output
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
+
+
+def fmt(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, float):
+        if value >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.2f}"
+    return str(value)
+
+
+def write(out_dir: Path, data: dict[str, Any]) -> None:
+    (out_dir / "results.json").write_text(json.dumps(data, indent=2) + "\n")
+    lines = [
+        "# `make bench` results",
+        "",
+        f"{data['date']} on {data['machine']}; brokers: "
+        + ", ".join(f"{k} {v}" for k, v in data["brokers"].items())
+        + f"; {data['rounds']} rounds, median (ratio = ours/raw; < 1 is faster for "
+        "latency and CPU, > 1 is faster for rates).",
+        "",
+        "| path | unit | ours | raw client | FastStream | ours/raw | ours/FastStream |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for path, row in data["paths"].items():
+        lines.append(
+            f"| {path} | {row['unit']} | {fmt(row.get('ours'))} | {fmt(row.get('raw'))} | "
+            f"{fmt(row.get('faststream'))} | {fmt(row.get('ratio'))} | "
+            f"{fmt(row.get('ratio_faststream'))} |"
+        )
+    lines += ["", "Broker start times (s): "
+              + ", ".join(f"{k} {v}" for k, v in data["broker_start_s"].items())]
+    if data.get("contract"):
+        c = data["contract"]
+        lines.append(f"Contract suite (`--quick`, {c['selection']}): {c['seconds']} s, "
+                     f"exit {c['exit_code']}")
+    lines.append(f"Total bench time: {data['total_s']} s")
+    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    from harness.services import select_provider
+
+    t_start = time.perf_counter()
+    provider = select_provider(args.provider) if args.provider else select_provider()
+    handles: dict[str, Any] = {}
+    starts: dict[str, float] = {}
+    res = Results()
+    try:
+        for name in SERVICES:
+            t0 = time.perf_counter()
+            handles[name] = await asyncio.to_thread(provider.start, name)
+            starts[name] = round(time.perf_counter() - t0, 2)
+            print(f"{name} {handles[name].version} up in {starts[name]} s", flush=True)
+        urls = {name: h.url for name, h in handles.items()}
+        for adapter in args.event_bridges:
+            print(f"event bridge {adapter}", flush=True)
+            await bench_event_bridge(adapter, urls, res, args)
+        for adapter in args.queues:
+            print(f"queue bridge {adapter}", flush=True)
+            await bench_queue(adapter, urls, res, args)
+        for adapter in args.stores:
+            print(f"store {adapter}", flush=True)
+            await bench_store(adapter, urls, res, args)
+        for adapter in ("memory", "nats"):
+            print(f"memory per pending invocation, {adapter}", flush=True)
+            mem = await pending_memory(adapter, urls, args.pending)
+            path = f"{adapter} memory per pending invocation ({args.pending:,} pending)"
+            res.add(path, "ours", mem["ours"] / 1024, "KB", "lower")
+            if "raw" in mem:
+                res.add(path, "raw", mem["raw"] / 1024, "KB", "lower")
+            res.add(f"{adapter} memory for {args.pending:,} pending invocations", "ours",
+                    mem["ours_total_mb"], "MB", "lower")
+    finally:
+        for h in handles.values():
+            await asyncio.to_thread(h.stop)
+    contract = contract_wall_time(args.contract) if args.contract != "none" else None
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "rounds": args.rounds,
+        "brokers": {name: h.version for name, h in handles.items()},
+        "broker_start_s": starts,
+        "paths": res.table(),
+        "contract": contract,
+        "total_s": round(time.perf_counter() - t_start, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--window", type=float, default=0.8,
+                        help="seconds per throughput window (and latency cap)")
+    parser.add_argument("--pending", type=int, default=10_000)
+    parser.add_argument("--event-bridges", nargs="*", default=list(EVENT_BRIDGES))
+    parser.add_argument("--queues", nargs="*", default=list(QUEUE_BRIDGES))
+    parser.add_argument("--stores", nargs="*", default=list(STORES))
+    parser.add_argument("--provider", default=os.environ.get("HARNESS_PROVIDER", "local"))
+    parser.add_argument("--contract", default="all",
+                        help="adapters whose contract suite (--quick) is timed: all, none, or "
+                             "a comma-separated list")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
+    parser.add_argument("--no-faststream", dest="faststream", action="store_false")
+    args = parser.parse_args()
+    if args.faststream:
+        try:
+            import faststream  # noqa: F401
+        except ImportError:
+            print("FastStream is not installed (pip install -e '.[bench]'): raw only",
+                  flush=True)
+            args.faststream = False
+    data = asyncio.run(run(args))
+    write(args.out, data)
+    print((args.out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,472 @@
+"""What `make bench` races: our adapters, the raw client libraries and FastStream.
+
+Every contender offers the same small surface (``call`` one command round trip,
+``emit`` one event to the ``e1``/``e4`` names, counters of deliveries), so the
+runner can measure them alike and interleave them in rounds. FastStream is a
+benchmark dependency only (the ``[bench]`` extra); the product never imports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import threading
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from reference_services.adapters.registry import resolve
+from reference_services.runtime.definitions import Subscription
+from reference_services.runtime.messages import (
+    Address,
+    Command,
+    CommandPayload,
+    CustomMessage,
+    SenderAddress,
+    success_response,
+)
+
+PAYLOAD = {"user": {"id": "u" * 32, "name": "Ada Lovelace", "tags": ["a", "b"]}, "n": 1.5}
+SENDER = SenderAddress(service_name="bench", service_version="1", service_target="client",
+                       instance_id="bench-client")
+TARGET = Address(service_name="bench", service_version="1", service_target="echo")
+#: event names: ``e1`` has one subscriber, ``e4`` four
+EVENT_FANOUT = {"e1": 1, "e4": 4}
+
+
+class Ctx:
+    """A :class:`BuildContext` for the bench: broker URLs, a unique prefix, a shared dict."""
+
+    def __init__(self, urls: dict[str, str], prefix: str, shared: dict[str, Any] | None = None,
+                 **options: Any) -> None:
+        self._urls = urls
+        self.prefix = prefix
+        self.shared = shared if shared is not None else {}
+        self.options = options
+
+    def url(self, service: str) -> str:
+        return self._urls[service]
+
+
+def prefix(tag: str) -> str:
+    return f"b{tag}{uuid.uuid4().hex[:8]}"
+
+
+class Contender:
+    """One implementation of the command and event paths."""
+
+    label = "?"
+
+    def __init__(self) -> None:
+        self.received: dict[str, int] = {name: 0 for name in EVENT_FANOUT}
+        self._targets: dict[str, tuple[int, asyncio.Event]] = {}
+
+    async def setup(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def call(self) -> None:
+        raise NotImplementedError
+
+    async def emit(self, event: str) -> None:
+        raise NotImplementedError
+
+    def delivered(self, event: str) -> None:
+        self.received[event] += 1
+        target = self._targets.get(event)
+        if target is not None and self.received[event] >= target[0]:
+            target[1].set()
+
+    async def wait_received(self, event: str, count: int, timeout_s: float) -> bool:
+        done = asyncio.Event()
+        self._targets[event] = (count, done)
+        if self.received[event] >= count:
+            return True
+        try:
+            await asyncio.wait_for(done.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._targets.pop(event, None)
+
+
+# ------------------------------------------------------------------------ ours
+class Ours(Contender):
+    """Two instances of one of our event bridges: a server with the echo command and the
+    subscribers, a client that invokes and emits."""
+
+    label = "ours"
+
+    def __init__(self, adapter: str, urls: dict[str, str], **options: Any) -> None:
+        super().__init__()
+        self.adapter = adapter
+        desc = resolve("event_bridge", adapter)
+        ctx = Ctx(urls, prefix(adapter), **options)
+        self.server = desc.build(ctx)
+        self.client = desc.build(ctx)
+        # as a service's context builds its commands: the sender names the invoking instance
+        self.sender = SENDER.model_copy(update={"instance_id": self.client.instance_id})
+
+    async def setup(self) -> None:
+        await self.server.start()
+        await self.client.start()
+
+        # as a service answers (the responder names itself); an older runtime (the "before"
+        # of a comparison) lacks the keyword and gets its sender rewritten by the bridge
+        named = "responder_instance_id" in inspect.signature(success_response).parameters
+        me = {"responder_instance_id": self.server.instance_id} if named else {}
+
+        async def echo(cmd: Command) -> Any:
+            return success_response(cmd, cmd.payload.payload, **me)
+
+        await self.server.register_command(TARGET, echo)
+        for event, subscribers in EVENT_FANOUT.items():
+            for i in range(subscribers):
+                async def on_event(_msg: Any, event: str = event) -> None:
+                    self.delivered(event)
+
+                await self.server.register_subscription(
+                    Subscription(
+                        subscriber=Address(service_name="bench", service_version="1",
+                                           service_target=f"sub{event}x{i}"),
+                        event_name=event,
+                    ),
+                    on_event,
+                )
+        # a first round trip: every binding is in place before anything is timed
+        await self.call()
+
+    async def close(self) -> None:
+        await self.client.destroy()
+        await self.server.destroy()
+
+    async def call(self) -> None:
+        await self.client.invoke(
+            Command(sender=self.sender, receiver=TARGET, payload=CommandPayload(payload=PAYLOAD)),
+            ttl_s=30,
+        )
+
+    async def emit(self, event: str) -> None:
+        await self.client.emit_message(
+            CustomMessage(sender=self.sender, event_name=event, payload=PAYLOAD)
+        )
+
+
+def _body() -> bytes:
+    return json.dumps(PAYLOAD, separators=(",", ":")).encode()
+
+
+# ------------------------------------------------------------------------ AMQP
+class RawAmqp(Contender):
+    """aio-pika with its defaults (publisher confirms): RPC over a queue and a reply queue,
+    events on a fanout exchange per event name with one queue per subscriber."""
+
+    label = "raw"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self.p = prefix("amqp")
+        self._pending: dict[str, asyncio.Future[Any]] = {}
+
+    async def setup(self) -> None:
+        import aio_pika
+
+        self.server = await aio_pika.connect(self.url)
+        self.conn = await aio_pika.connect(self.url)
+        sch = await self.server.channel()
+        self.ch = await self.conn.channel()
+        self.exchange = self.ch.default_exchange
+        queue = await sch.declare_queue(f"{self.p}.rpc", auto_delete=True)
+
+        async def serve(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
+            await sch.default_exchange.publish(
+                aio_pika.Message(msg.body, correlation_id=msg.correlation_id),
+                routing_key=msg.reply_to or "",
+            )
+            await msg.ack()
+
+        await queue.consume(serve)
+        self.reply = await self.ch.declare_queue(exclusive=True)
+
+        async def on_reply(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
+            fut = self._pending.pop(msg.correlation_id or "", None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg.body)
+
+        await self.reply.consume(on_reply, no_ack=True)
+        self.fanouts: dict[str, Any] = {}
+        for event, subscribers in EVENT_FANOUT.items():
+            self.fanouts[event] = await self.ch.declare_exchange(
+                f"{self.p}.{event}", aio_pika.ExchangeType.FANOUT, auto_delete=True
+            )
+            sx = await sch.get_exchange(f"{self.p}.{event}")
+            for i in range(subscribers):
+                q = await sch.declare_queue(f"{self.p}.{event}.{i}", auto_delete=True)
+                await q.bind(sx)
+
+                async def on_event(msg: Any, event: str = event) -> None:
+                    await msg.ack()
+                    self.delivered(event)
+
+                await q.consume(on_event)
+
+    async def close(self) -> None:
+        await self.conn.close()
+        await self.server.close()
+
+    async def call(self) -> None:
+        import aio_pika
+
+        cid = uuid.uuid4().hex
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[cid] = fut
+        await self.exchange.publish(
+            aio_pika.Message(_body(), correlation_id=cid, reply_to=self.reply.name),
+            routing_key=f"{self.p}.rpc",
+        )
+        await fut
+
+    async def emit(self, event: str) -> None:
+        import aio_pika
+
+        await self.fanouts[event].publish(
+            aio_pika.Message(_body(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key="",
+        )
+
+
+class FastStreamAmqp(Contender):
+    """FastStream's RabbitBroker: ``broker.request`` to a subscriber that returns its
+    input; events published to a fanout exchange consumed by N subscribers."""
+
+    label = "faststream"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
+
+        self.p = prefix("fsamqp")
+        self.broker = RabbitBroker(self.url_or(url), logger=None)
+        self.exchanges = {
+            event: RabbitExchange(f"{self.p}.{event}", type=ExchangeType.FANOUT, auto_delete=True)
+            for event in EVENT_FANOUT
+        }
+
+        @self.broker.subscriber(RabbitQueue(f"{self.p}.rpc", auto_delete=True))
+        async def echo(body: dict[str, Any]) -> dict[str, Any]:
+            return body
+
+        for event, subscribers in EVENT_FANOUT.items():
+            for i in range(subscribers):
+                def make(event: str) -> Callable[[Any], Awaitable[None]]:
+                    async def on_event(_body: dict[str, Any]) -> None:
+                        self.delivered(event)
+
+                    return on_event
+
+                self.broker.subscriber(
+                    RabbitQueue(f"{self.p}.{event}.{i}", auto_delete=True),
+                    self.exchanges[event],
+                )(make(event))
+
+    @staticmethod
+    def url_or(url: str) -> str:
+        return url
+
+    async def setup(self) -> None:
+        await self.broker.start()
+
+    async def close(self) -> None:
+        await self.broker.stop()
+
+    async def call(self) -> None:
+        response = await self.broker.request(PAYLOAD, queue=f"{self.p}.rpc", timeout=30)
+        await response.decode()
+
+    async def emit(self, event: str) -> None:
+        await self.broker.publish(PAYLOAD, exchange=self.exchanges[event])
+
+
+# ------------------------------------------------------------------------ NATS
+class RawNats(Contender):
+    """nats-py: core request/reply, and JetStream publish + push consumers for events."""
+
+    label = "raw"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self.p = prefix("nats")
+
+    async def setup(self) -> None:
+        import nats
+
+        self.server = await nats.connect(self.url)
+        self.nc = await nats.connect(self.url)
+        self.js = self.nc.jetstream()
+
+        async def serve(msg: Any) -> None:
+            await msg.respond(msg.data)
+
+        await self.server.subscribe(f"{self.p}.rpc", cb=serve)
+        await self.server.flush()
+        await self.js.add_stream(name=self.p, subjects=[f"{self.p}.ev.>"])
+        sjs = self.server.jetstream()
+        for event, subscribers in EVENT_FANOUT.items():
+            for i in range(subscribers):
+                async def on_event(msg: Any, event: str = event) -> None:
+                    await msg.ack()
+                    self.delivered(event)
+
+                await sjs.subscribe(f"{self.p}.ev.{event}", durable=f"{event}x{i}", cb=on_event,
+                                    manual_ack=True, stream=self.p)
+
+    async def close(self) -> None:
+        await self.js.delete_stream(self.p)
+        await self.nc.close()
+        await self.server.close()
+
+    async def call(self) -> None:
+        await self.nc.request(f"{self.p}.rpc", _body(), timeout=30)
+
+    async def emit(self, event: str) -> None:
+        await self.js.publish(f"{self.p}.ev.{event}", _body(), stream=self.p)
+
+
+class FastStreamNats(Contender):
+    """FastStream's NatsBroker: core request/reply, JetStream subscribers for events."""
+
+    label = "faststream"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        from faststream.nats import JStream, NatsBroker, PullSub  # noqa: F401
+
+        self.p = prefix("fsnats")
+        self.broker = NatsBroker(url, logger=None)
+        self.stream = JStream(self.p, subjects=[f"{self.p}.ev.>"])
+
+        @self.broker.subscriber(f"{self.p}.rpc")
+        async def echo(body: dict[str, Any]) -> dict[str, Any]:
+            return body
+
+        for event, subscribers in EVENT_FANOUT.items():
+            for i in range(subscribers):
+                def make(event: str) -> Callable[[Any], Awaitable[None]]:
+                    async def on_event(_body: dict[str, Any]) -> None:
+                        self.delivered(event)
+
+                    return on_event
+
+                self.broker.subscriber(
+                    f"{self.p}.ev.{event}", stream=self.stream, durable=f"{event}x{i}"
+                )(make(event))
+
+    async def setup(self) -> None:
+        await self.broker.start()
+
+    async def close(self) -> None:
+        await self.broker.stop()
+
+    async def call(self) -> None:
+        response = await self.broker.request(PAYLOAD, subject=f"{self.p}.rpc", timeout=30)
+        await response.decode()
+
+    async def emit(self, event: str) -> None:
+        await self.broker.publish(PAYLOAD, f"{self.p}.ev.{event}", stream=self.p)
+
+
+# ------------------------------------------------------------------------ MQTT
+class RawMqtt(Contender):
+    """paho-mqtt 2 (its own network thread, as our bridge uses it), MQTT 5, QoS 1:
+    request/response over two topics; events on one topic per name, N subscriber clients."""
+
+    label = "raw"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        host_port = url.split("://", 1)[1].rsplit("@", 1)[-1]
+        self.host, port = host_port.rsplit(":", 1)
+        self.port = int(port)
+        self.p = prefix("mqtt")
+        self._pending: dict[bytes, asyncio.Future[Any]] = {}
+        self._acks: dict[int, asyncio.Future[Any]] = {}
+        self._clients: list[Any] = []
+
+    def _client(self, on_message: Callable[[Any, Any, Any], None]) -> Any:
+        import paho.mqtt.client as mqtt
+
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        c.on_message = on_message
+        up = threading.Event()
+        c.on_connect = lambda *_a: up.set()
+        c.connect(self.host, self.port)
+        c.loop_start()
+        if not up.wait(10):
+            raise RuntimeError("raw MQTT client did not connect")
+        self._clients.append(c)
+        return c
+
+    async def setup(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+
+        def serve(client: Any, _u: Any, msg: Any) -> None:
+            corr, _, body = msg.payload.partition(b"|")
+            client.publish(f"{self.p}/rsp", corr + b"|" + body, qos=1)
+
+        server = await asyncio.to_thread(self._client, serve)
+        server.subscribe(f"{self.p}/req", qos=1)
+
+        def on_response(_c: Any, _u: Any, msg: Any) -> None:
+            corr = msg.payload.partition(b"|")[0]
+            loop.call_soon_threadsafe(self._resolve, corr)
+
+        self.c = await asyncio.to_thread(self._client, on_response)
+        self.c.subscribe(f"{self.p}/rsp", qos=1)
+
+        def on_publish(_c: Any, _u: Any, mid: int, *_a: Any) -> None:
+            loop.call_soon_threadsafe(self._acked, mid)
+
+        self.c.on_publish = on_publish
+        for event, subscribers in EVENT_FANOUT.items():
+            for _ in range(subscribers):
+                def on_event(_c: Any, _u: Any, _m: Any, event: str = event) -> None:
+                    loop.call_soon_threadsafe(self.delivered, event)
+
+                sub = await asyncio.to_thread(self._client, on_event)
+                sub.subscribe(f"{self.p}/ev/{event}", qos=1)
+        await asyncio.sleep(0.5)  # SUBACKs (paho's subscribe does not wait for them)
+
+    def _resolve(self, corr: bytes) -> None:
+        fut = self._pending.pop(corr, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _acked(self, mid: int) -> None:
+        fut = self._acks.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def close(self) -> None:
+        for c in self._clients:
+            c.disconnect()
+            await asyncio.to_thread(c.loop_stop)
+
+    async def call(self) -> None:
+        corr = uuid.uuid4().hex.encode()
+        fut = self.loop.create_future()
+        self._pending[corr] = fut
+        self.c.publish(f"{self.p}/req", corr + b"|" + _body(), qos=1)
+        await fut
+
+    async def emit(self, event: str) -> None:
+        fut = self.loop.create_future()
+        info = self.c.publish(f"{self.p}/ev/{event}", _body(), qos=1)
+        self._acks[info.mid] = fut
+        if info.is_published():
+            self._acked(info.mid)
+        await fut
