@@ -31,7 +31,6 @@ MessageCallback = Callable[[mqtt.MQTTMessage, int], None]
 StateCallback = Callable[[int, bool], None]
 
 
-@dataclass(frozen=True)
 def _no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
     """TCP_NODELAY on the broker socket: without it Nagle holds a small publish back until
     the previous one is acknowledged, and the peer's delayed ACK makes that ~40 ms, twice
@@ -40,6 +39,7 @@ def _no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+@dataclass(frozen=True)
 class MqttSettings:
     """Where and how to connect."""
 
