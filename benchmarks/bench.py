@@ -33,9 +33,22 @@ from benchmarks import contenders as cn  # noqa: E402
 from benchmarks import queues_stores as qs  # noqa: E402
 
 SERVICES = ("rabbitmq", "nats", "redis", "mosquitto")
-EVENT_BRIDGES = ("memory", "amqp", "nats", "mqtt")
-QUEUE_BRIDGES = ("memory", "redis", "nats")
-STORES = ("memory", "redis", "nats-kv")
+STORE_KINDS = ("state_store", "config_store", "secret_store")
+
+
+def adapters(kind: str) -> list[str]:
+    """Every registered adapter of ``kind`` (in-memory and on the brokers started here)."""
+    from reference_services.adapters.registry import every
+
+    return [d.name for d in every() if d.kind == kind and d.service in (None, *SERVICES)]
+
+
+def not_measured() -> list[str]:
+    """Registered adapters whose backing service this bench does not start."""
+    from reference_services.adapters.registry import every
+
+    return [f"{d.label} (needs {d.service})" for d in every()
+            if d.service is not None and d.service not in SERVICES]
 
 
 class Results:
@@ -193,8 +206,9 @@ async def bench_queue(adapter: str, urls: dict[str, str], res: Results, args: An
             await c.close()
 
 
-async def bench_store(adapter: str, urls: dict[str, str], res: Results, args: Any) -> None:
-    cs: list[qs.StoreContender] = [qs.OursStore(adapter, urls)]
+async def bench_store(kind: str, adapter: str, urls: dict[str, str], res: Results,
+                      args: Any) -> None:
+    cs: list[qs.StoreContender] = [qs.OursStore(kind, adapter, urls)]
     if adapter == "redis":
         cs.append(qs.RawRedisStore(urls["redis"]))
     elif adapter == "nats-kv":
@@ -209,10 +223,10 @@ async def bench_store(adapter: str, urls: dict[str, str], res: Results, args: An
                     fn = getattr(c, op)
                     t0, n = time.perf_counter(), 0
                     while n < 20 or (n < 5000 and time.perf_counter() - t0 < args.window / 2):
-                        await fn(f"k{n % 50}")
+                        await fn(f"k{n % 20}")  # the set loop runs at least 20 times
                         n += 1
-                    res.add(f"{adapter} store {op}/s", c.label, n / (time.perf_counter() - t0),
-                            "/s", "higher")
+                    res.add(f"{adapter} {kind.replace('_', ' ')} {op}/s", c.label,
+                            n / (time.perf_counter() - t0), "/s", "higher")
     finally:
         for c in cs:
             await c.close()
@@ -365,6 +379,9 @@ def write(out_dir: Path, data: dict[str, Any]) -> None:
         c = data["contract"]
         lines.append(f"Contract suite (`--quick`, {c['selection']}): {c['seconds']} s, "
                      f"exit {c['exit_code']}")
+    if data.get("not_measured"):
+        lines.append("Not measured (their service is not started by the bench): "
+                     + ", ".join(data["not_measured"]))
     lines.append(f"Total bench time: {data['total_s']} s")
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
 
@@ -384,15 +401,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             starts[name] = round(time.perf_counter() - t0, 2)
             print(f"{name} {handles[name].version} up in {starts[name]} s", flush=True)
         urls = {name: h.url for name, h in handles.items()}
-        for adapter in args.event_bridges:
+        for adapter in adapters("event_bridge") if args.event_bridges is None \
+                else args.event_bridges:
             print(f"event bridge {adapter}", flush=True)
             await bench_event_bridge(adapter, urls, res, args)
-        for adapter in args.queues:
+        for adapter in adapters("queue_bridge") if args.queues is None else args.queues:
             print(f"queue bridge {adapter}", flush=True)
             await bench_queue(adapter, urls, res, args)
-        for adapter in args.stores:
-            print(f"store {adapter}", flush=True)
-            await bench_store(adapter, urls, res, args)
+        for kind in STORE_KINDS:
+            for adapter in args.stores if args.stores is not None else adapters(kind):
+                print(f"{kind} {adapter}", flush=True)
+                await bench_store(kind, adapter, urls, res, args)
         for adapter in ("memory", "nats"):
             print(f"memory per pending invocation, {adapter}", flush=True)
             mem = await pending_memory(adapter, urls, args.pending)
@@ -414,6 +433,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "broker_start_s": starts,
         "paths": res.table(),
         "contract": contract,
+        "not_measured": not_measured(),
         "total_s": round(time.perf_counter() - t_start, 1),
     }
 
@@ -424,9 +444,10 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=0.8,
                         help="seconds per throughput window (and latency cap)")
     parser.add_argument("--pending", type=int, default=10_000)
-    parser.add_argument("--event-bridges", nargs="*", default=list(EVENT_BRIDGES))
-    parser.add_argument("--queues", nargs="*", default=list(QUEUE_BRIDGES))
-    parser.add_argument("--stores", nargs="*", default=list(STORES))
+    parser.add_argument("--event-bridges", nargs="*", default=None,
+                        help="default: every registered one whose broker is started here")
+    parser.add_argument("--queues", nargs="*", default=None)
+    parser.add_argument("--stores", nargs="*", default=None)
     parser.add_argument("--provider", default=os.environ.get("HARNESS_PROVIDER", "local"))
     parser.add_argument("--contract", default="all",
                         help="adapters whose contract suite (--quick) is timed: all, none, or "

@@ -147,8 +147,9 @@ class StoreContender:
 class OursStore(StoreContender):
     label = "ours"
 
-    def __init__(self, adapter: str, urls: dict[str, str]) -> None:
-        self.store = resolve("state_store", adapter).build(Ctx(urls, prefix("s")))
+    def __init__(self, kind: str, adapter: str, urls: dict[str, str]) -> None:
+        # config and secret stores are read-only by default: the bench writes what it reads
+        self.store = resolve(kind, adapter).build(Ctx(urls, prefix("s"), enable_set=True))
 
     async def setup(self) -> None:
         await self.store.start()
