@@ -141,6 +141,23 @@ def _columns(results: list[dict[str, Any]], kind: str) -> list[str]:
     return sorted({r["adapter"] for r in results if r["kind"] == kind})
 
 
+CHECKLIST_GLYPH = {"ok": "[green]✔[/]", "failed": "[red]✘[/]", "not checked": "[dim]·[/]"}
+
+
+def checklist_rows(results: list[dict[str, Any]]) -> list[tuple[str, dict[str, str]]]:
+    """``(pattern (adapter), {item: ok|failed|not checked})`` of every result that carries a
+    production-checklist metric (the deployment suite's pattern checks)."""
+    rows = []
+    for r in sorted(results, key=lambda r: (r["check"], r["adapter"])):
+        checklist = (r.get("metrics") or {}).get("checklist")
+        if not isinstance(checklist, dict):
+            continue
+        pattern = r["check"].removeprefix("deployment.")
+        verdicts = {item: str(v).split(":", 1)[0] for item, v in checklist.items()}
+        rows.append((f"{pattern} ({r['adapter']})", verdicts))
+    return rows
+
+
 def matrix(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
     """``{kind: {check: {adapter: row}}}``."""
     out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
@@ -215,6 +232,18 @@ def print_matrix(
             tested,
         )
     console.print(summary)
+    rows = checklist_rows(results)
+    if rows:
+        from conformance.checks.deployment.checklist import ITEMS
+
+        table = Table(title="production checklist (pattern x item)", title_justify="left")
+        table.add_column("pattern", no_wrap=True)
+        for item in ITEMS:
+            table.add_column(item, justify="center", no_wrap=True)
+        for label, items in rows:
+            table.add_row(label, *(CHECKLIST_GLYPH.get(items.get(i, ""), "") for i in ITEMS))
+        console.print(table)
+        console.print("checklist: ✔ ok  ✘ failed  · not checked (reason in report.json metrics)")
     if verdict is not None:
         console.print(f"verdict: {verdict.status} (exit {verdict.code}): {verdict.reason}")
     console.print(

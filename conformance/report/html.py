@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from conformance.adapters import KINDS
-from conformance.report import GLYPH, STATUSES, matrix, plots
+from conformance.report import GLYPH, STATUSES, checklist_rows, matrix, plots
 from conformance.report.baseline import compare
 
 _CSS = """
@@ -138,6 +138,40 @@ def _matrix(doc: dict[str, Any]) -> str:
             cells = "".join(_cell(grid[kind][check_id].get(a)) for a in adapters)
             out.append(f'<tr><td class="id">{escape(check_id)}</td>{cells}</tr>')
         out.append("</table>")
+    return "".join(out)
+
+
+_CHECKLIST_CELL = {"ok": "✔ ok", "failed": "✘ failed", "not checked": "· not checked"}
+
+
+def _checklist(doc: dict[str, Any]) -> str:
+    """The seed's production checklist: one row per pattern run, one column per item;
+    hover a cell for the evidence or the reason it was not checked."""
+    from conformance.checks.deployment.checklist import ITEMS
+
+    details = {
+        (r["check"], r["adapter"]): (r.get("metrics") or {}).get("checklist") or {}
+        for r in doc["results"]
+    }
+    rows = checklist_rows(doc["results"])
+    if not rows:
+        return ""
+    head = "".join(f'<th title="{escape(t)}">{escape(i)}</th>' for i, t in ITEMS.items())
+    out = [f"<h2>Production checklist</h2><table><tr><th>pattern</th>{head}</tr>"]
+    for r in sorted(doc["results"], key=lambda r: (r["check"], r["adapter"])):
+        items = details.get((r["check"], r["adapter"]))
+        if not items:
+            continue
+        label = f"{r['check'].removeprefix('deployment.')} ({r['adapter']})"
+        cells = []
+        for item in ITEMS:
+            text = str(items.get(item, ""))
+            verdict = text.split(":", 1)[0]
+            cells.append(
+                f'<td title="{escape(text)}">{escape(_CHECKLIST_CELL.get(verdict, verdict))}</td>'
+            )
+        out.append(f"<tr><td>{escape(label)}</td>{''.join(cells)}</tr>")
+    out.append("</table>")
     return "".join(out)
 
 
@@ -375,6 +409,7 @@ def render(doc: dict[str, Any], baseline: dict[str, Any] | None = None) -> str:
         + _summary(doc)
         + _baseline(doc, baseline)
         + _matrix(doc)
+        + _checklist(doc)
         + _details(doc)
         + _observations(doc)
         + plots.section(doc["results"])

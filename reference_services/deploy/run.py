@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from typing import Any
 
 from reference_services.deploy.config import DeploymentConfig
 from reference_services.deploy.factory import make_event_bridge, make_queue_bridge, make_stores
+from reference_services.deploy.telemetry_file import configure
 from reference_services.runtime.health import HealthServer
 from reference_services.runtime.service import ServiceInstance
 from reference_services.runtime.shutdown import (
@@ -26,9 +28,11 @@ log = logging.getLogger("reference_services.deploy")
 def service_config(cfg: DeploymentConfig) -> dict[str, Any]:
     """Service config from ``SERVICE_CONFIG_*`` variables, typed where services need it."""
     out: dict[str, Any] = dict(cfg.service_config)
-    blocked = out.get("gateway_blocked_customers")
-    if isinstance(blocked, str):
-        out["gateway_blocked_customers"] = tuple(x for x in blocked.split(",") if x)
+    for listed in ("gateway_blocked_customers", "gateway_slow_customers"):
+        if isinstance(out.get(listed), str):
+            out[listed] = tuple(x for x in out[listed].split(",") if x)
+    if "gateway_latency_ms" in out:
+        out["gateway_latency_ms"] = int(out["gateway_latency_ms"])
     if "threshold" in out:
         out["threshold"] = float(out["threshold"])
     return out
@@ -39,6 +43,15 @@ async def run(cfg: DeploymentConfig, services: tuple[str, ...], *, ready_line: b
     unknown = [s for s in services if s not in ALL_SERVICES]
     if unknown:
         raise ValueError(f"unknown service(s) {unknown}; known: {sorted(ALL_SERVICES)}")
+    stop_telemetry = configure(os.environ)
+    try:
+        return await _run(cfg, services, ready_line=ready_line)
+    finally:
+        if stop_telemetry is not None:
+            stop_telemetry()
+
+
+async def _run(cfg: DeploymentConfig, services: tuple[str, ...], *, ready_line: bool) -> int:
     bridge = make_event_bridge(cfg)
     queue = make_queue_bridge(cfg, instance_id=bridge.instance_id)
     stores = make_stores(cfg)

@@ -104,6 +104,8 @@ class SubscriptionDefinition:
     failure: FailureHandling = field(default_factory=FailureHandling)
     payload: Any = None
     description: str = ""
+    # whether the service gave ``failure`` (a retry policy of its own) or took the default
+    failure_declared: bool = False
 
 
 @dataclass
@@ -117,6 +119,7 @@ class QueueWorkerDefinition:
     wait_ms: int = 1000
     # how often a running job's lease is extended; None: a third of the lease's ttl
     lease_renew_every_ms: int | None = None
+    retry_declared: bool = False  # the service gave ``retry`` or took the default
 
 
 class ServiceBuilder:
@@ -218,6 +221,7 @@ class ServiceBuilder:
                 failure=failure or FailureHandling(),
                 payload=payload,
                 description=description or (fn.__doc__ or "").strip(),
+                failure_declared=failure is not None,
             )
             return fn
 
@@ -243,7 +247,13 @@ class ServiceBuilder:
 
         def register(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             self.queue_workers[queue] = QueueWorkerDefinition(
-                queue, fn, retry or RetryPolicy(), concurrency, wait_ms, lease_renew_every_ms
+                queue,
+                fn,
+                retry or RetryPolicy(),
+                concurrency,
+                wait_ms,
+                lease_renew_every_ms,
+                retry_declared=retry is not None,
             )
             return fn
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from pydantic import BaseModel, Field
 
 from reference_services.runtime.context import Context
@@ -56,6 +58,8 @@ async def issue_invoice(ctx: Context, job: Job) -> None:
         raise HandledError(
             f"invoice {request.invoice_id}: amount must be positive", StatusCode.BAD_REQUEST
         )
+    if request.customer in ctx.config.get("gateway_slow_customers", ()):
+        await asyncio.sleep(ctx.config.get("gateway_latency_ms", 1000) / 1000)  # a slow gateway
     blocked = ctx.config.get("gateway_blocked_customers", ())
     if request.customer in blocked:
         raise PaymentGatewayDown(f"payment gateway refused customer {request.customer}")

@@ -65,11 +65,19 @@ class ServiceContainers:
         """Start one container (never pulls: the image must exist) and wait for READY."""
         labels = {**run_identity().labels, LABEL_SERVICE: f"deploy-{label}"}
         container = await asyncio.to_thread(
-            self.client.containers.create, service_image(), list(args),
-            environment=self.env, labels=labels, stop_signal="SIGTERM")
+            self.client.containers.create,
+            service_image(),
+            list(args),
+            environment=self.env,
+            labels=labels,
+            stop_signal="SIGTERM",
+        )
         self.containers.append((label, container))
-        self._cleanups.append(harness_run.current().on_cleanup(
-            lambda c=container: c.remove(force=True), f"deploy container {label}"))
+        self._cleanups.append(
+            harness_run.current().on_cleanup(
+                lambda c=container: c.remove(force=True), f"deploy container {label}"
+            )
+        )
         await asyncio.to_thread(container.start)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -81,8 +89,10 @@ class ServiceContainers:
                 break
             await asyncio.sleep(0.1)
         self._save_logs(label, container)
-        raise AssertionError(f"{label} container did not report READY within {timeout_s}s "
-                             f"(status {container.status}); see {self.workdir / label}.log")
+        raise AssertionError(
+            f"{label} container did not report READY within {timeout_s}s "
+            f"(status {container.status}); see {self.workdir / label}.log"
+        )
 
     def _save_logs(self, label: str, container: Any) -> None:
         with contextlib.suppress(Exception):

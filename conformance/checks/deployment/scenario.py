@@ -31,6 +31,12 @@ from conformance.adapters import (
     store_urls,
     subprocess_env,
 )
+from conformance.checks.deployment.checklist import (
+    Checklist,
+    judge_drain,
+    judge_health,
+    judge_telemetry,
+)
 from harness import run as harness_run
 from reference_services.adapters import registry
 from reference_services.runtime.definitions import Subscription
@@ -51,6 +57,8 @@ BLOCKED = "acme"
 SERVICE_ENV = {
     "SERVICE_CONFIG_THRESHOLD": str(THRESHOLD),
     "SERVICE_CONFIG_GATEWAY_BLOCKED_CUSTOMERS": BLOCKED,
+    "SERVICE_CONFIG_GATEWAY_SLOW_CUSTOMERS": "slowpay",
+    "SERVICE_CONFIG_GATEWAY_LATENCY_MS": "1500",
 }
 OBSERVED_EVENTS = ("userSignedUp", "welcomeEmailSent", "thresholdExceeded", "emailDeadLetter")
 USERS = (("ada@example.org", "Ada"), ("bob@example.org", "Bob"))
@@ -119,6 +127,8 @@ class Trace:
 
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
+        self.checklist = Checklist(pattern)
+        self.health: dict[str, dict[str, int | str]] = {}
         self.commands: list[tuple[str, int, Any]] = []
         self.events: Counter[str] = Counter()
         self.state: dict[str, Any] = {}
@@ -294,15 +304,17 @@ class ServiceProcesses:
         self.procs: list[tuple[str, asyncio.subprocess.Process]] = []
         self.exit_codes: dict[str, int | None] = {}
 
-    async def start(self, label: str, *args: str, timeout_s: float = 60.0) -> None:
-        """Start one process and wait for its READY line."""
+    async def start(
+        self, label: str, *args: str, timeout_s: float = 60.0, env: dict[str, str] | None = None
+    ) -> None:
+        """Start one process (``env``: variables of its own) and wait for its READY line."""
         log = (self.workdir / f"{label}.log").open("ab")
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "reference_services.deploy",
             *args,
-            env=harness_run.child_env(subprocess_env(self.env)),
+            env=harness_run.child_env(subprocess_env({**self.env, **(env or {})})),
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
             preexec_fn=harness_run.child_preexec(),  # own session, dies with the runner
@@ -413,25 +425,112 @@ async def run_processes(
     state, queue, read = backend_outcome_reader(
         trace, urls, prefix, pattern_queue(pattern), pattern_state(pattern)
     )
+    # the checklist's evidence: a health port and a span file per process (own processes
+    # only: a container publishes no port to the host and its image has no OTel SDK)
+    local = runner is None
+    labels = list(ALL_SERVICES) if pattern == "microservices" else ["edge"]
+    extra = {label: _checklist_env(label, workdir) if local else {} for label in labels}
     await state.start()
     await queue.start()
+    stopped = False
     try:
         await observe(client, trace)
         if pattern == "microservices":
             await asyncio.gather(
-                *(procs.start(name, "microservice", "--service", name) for name in ALL_SERVICES)
+                *(
+                    _start(procs, name, ("microservice", "--service", name), extra[name])
+                    for name in ALL_SERVICES
+                )
             )
         else:
             args = [a for name in ALL_SERVICES for a in ("--service", name)]
-            await procs.start("edge", "edge", *args)
+            await _start(procs, "edge", ("edge", *args), extra["edge"])
         await run_steps(trace, bridge_invoker(client))
         await settle(trace, read, timeout_s)
+        if local:
+            trace.health = {
+                label: await probe_health(int(e["HEALTH_PORT"])) for label, e in extra.items()
+            }
+        finished = await drain_probe(bridge_invoker(client), queue, state, procs.stop)
+        stopped = True
+        checklist = trace.checklist
+        judge_drain(checklist, procs.exit_codes, finished, DRAIN_INVOICE)
+        if local:
+            judge_health(checklist, trace.health)
+            spans = [Path(e["OTEL_SPANS_FILE"]) for e in extra.values()]
+            judge_telemetry(checklist, spans, ALL_SERVICES)
+        else:
+            why = "a container publishes no health port to the host and has no OTel SDK"
+            checklist.not_checked("health", why)
+            checklist.not_checked("telemetry", why)
     finally:
-        await procs.stop()
+        if not stopped:
+            await procs.stop()
         await state.destroy()
         await queue.destroy()
     trace.duration_s = time.monotonic() - start
     return trace, procs.exit_codes
+
+
+DRAIN_INVOICE = "drain-probe"
+SLOW_CUSTOMER = "slowpay"
+
+
+def _checklist_env(label: str, workdir: Path) -> dict[str, str]:
+    from harness.services.local import free_port
+
+    return {
+        "HEALTH_PORT": str(free_port()),
+        "OTEL_SPANS_FILE": str(workdir / f"spans-{label}.jsonl"),
+        "OTEL_SERVICE_NAME": label,
+    }
+
+
+async def _start(procs: Any, label: str, args: tuple[str, ...], env: dict[str, str]) -> None:
+    if env:
+        await procs.start(label, *args, env=env)
+    else:
+        await procs.start(label, *args)
+
+
+async def probe_health(port: int, timeout_s: float = 5.0) -> dict[str, int | str]:
+    """Status of ``/healthz`` and ``/readyz`` on ``127.0.0.1:port``."""
+    out: dict[str, int | str] = {}
+    for path in ("/healthz", "/readyz"):
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", port), timeout_s
+            )
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: probe\r\n\r\n".encode())
+            await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), timeout_s)
+            writer.close()
+            out[path] = int(line.split()[1])
+        except (OSError, TimeoutError, ValueError, IndexError) as exc:
+            out[path] = f"no answer ({type(exc).__name__})"
+    return out
+
+
+async def drain_probe(
+    invoke: Invoke, queue: Any, state: Any, stop: Callable[[], Awaitable[None]]
+) -> bool:
+    """Request an invoice the slow gateway takes a while for; once its job is leased (the
+    worker is in the middle of it), stop the processes (SIGTERM); True when the invoice was
+    issued anyway, i.e. the shutdown drained the running job."""
+    payload = {"invoice_id": DRAIN_INVOICE, "customer": SLOW_CUSTOMER, "amount_cents": 1}
+    status, _body = await invoke("billing", "requestInvoice", payload, None)
+    leased = False
+    if status == 200:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not leased:
+            leased = bool(await queue.inspect_leases(INVOICE_QUEUE))
+            if not leased:
+                await asyncio.sleep(0.02)
+    await stop()
+    if not leased:
+        return False
+    value = (await state.get(f"invoice:{DRAIN_INVOICE}"))[f"invoice:{DRAIN_INVOICE}"]
+    return isinstance(value, dict) and value.get("status") == "issued"
 
 
 async def run_serverless(urls: dict[str, str], prefix: str, timeout_s: float = 60.0) -> Trace:

@@ -18,6 +18,11 @@ from typing import Any
 import pytest
 
 from conformance.adapters import SERVERLESS_SECRET_STORE, process_backend_urls, store_urls
+from conformance.checks.deployment.checklist import (
+    Checklist,
+    judge_idempotency,
+    judge_retry_policies,
+)
 from conformance.checks.deployment.scenario import (
     STEPS,
     Trace,
@@ -30,6 +35,7 @@ from conformance.checks.deployment.scenario import (
 )
 from conformance.kit.marks import check
 from conformance.kit.under_test import AdapterUnderTest
+from reference_services.services import ALL_SERVICES
 
 EXPECTED_STATUSES = [200, 200, 409, 400, 200, 404, 200, 200, 200, 200, 200, 200]
 _reference: dict[str, Any] = {}
@@ -43,12 +49,36 @@ async def _reference_trace() -> dict[str, Any]:
     return _reference["trace"]
 
 
+IN_PROCESS = {
+    "drain": "in process: no SIGTERM to send (the process patterns check it)",
+    "health": "in process: no health port (the process patterns check it)",
+    "telemetry": "in process: no exporter configured (the process patterns check it)",
+}
+NO_SECRET = "no example service reads a secret yet: nothing to find in a store or environment"
+
+
 def _judge(aut: AdapterUnderTest, trace: Trace, reference: dict[str, Any]) -> None:
     aut.metric("duration_s", round(trace.duration_s, 2))
     aut.metric("events_distinct", len(trace.events))
     aut.metric("event_duplicates", trace.duplicates)
+    checklist = _checklist(trace)
+    aut.metric("checklist", checklist.metric())
     problems = diff(reference, trace.normalised())
     assert not problems, f"{trace.pattern} differs from the monolith: " + "; ".join(problems)
+    failed = checklist.failures()
+    assert not failed, f"{trace.pattern}: production checklist: " + "; ".join(failed)
+
+
+def _checklist(trace: Trace) -> Checklist:
+    """The items every pattern judges the same way, and the reasons for those it cannot."""
+    checklist = trace.checklist
+    judge_retry_policies(checklist, ALL_SERVICES.values())
+    judge_idempotency(checklist, trace.normalised())
+    for item, why in IN_PROCESS.items():
+        if item not in checklist.items:
+            checklist.not_checked(item, why)
+    checklist.not_checked("secrets", NO_SECRET)
+    return checklist
 
 
 def _deployable(aut: AdapterUnderTest) -> tuple[str, str]:
@@ -69,6 +99,9 @@ async def test_monolith_gives_the_expected_business_outcome(aut: AdapterUnderTes
     trace = await run_monolith()
     normal = trace.normalised()
     aut.metric("duration_s", round(trace.duration_s, 2))
+    checklist = _checklist(trace)
+    aut.metric("checklist", checklist.metric())
+    assert not checklist.failures(), f"production checklist: {checklist.failures()}"
     statuses = [status for _label, status, _body in trace.commands]
     assert statuses == EXPECTED_STATUSES, list(zip([s[0] for s in STEPS], statuses, strict=True))
     assert normal["commands"][9][2] == normal["commands"][8][2], "idempotency key: same job"

@@ -364,6 +364,10 @@ class BridgeCore:
                 otp=command.otp,
                 attributes={"purista.correlation_id": command.correlation_id},
             ):
+                if command.otp is None:  # a caller without tracing: this span starts the
+                    otp = telemetry.inject_otp()  # trace its response and events carry on
+                    if otp is not None:
+                        command = command.model_copy(update={"otp": otp})
                 try:
                     response = await reg.handler(command)
                 except Exception as exc:

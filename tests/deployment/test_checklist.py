@@ -1,0 +1,120 @@
+"""The production checklist fails when an item is broken: one broken item per pattern.
+
+- microservices: the drain is cut short (``SHUTDOWN_TIMEOUT_S`` 0.05 s): the invoice job
+  running at SIGTERM never finishes -> ``drain`` fails;
+- edge: the process exposes no health port and exports no spans -> ``health`` and
+  ``telemetry`` fail;
+- serverless: the invoice command enqueues without its idempotency key -> ``idempotency``
+  fails;
+- monolith: a service whose subscription takes the default retry policy ->
+  ``retry_policy`` fails.
+
+Real processes, real brokers (Mosquitto, Redis), as in the deployment suite.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conformance.adapters import process_backend_urls
+from conformance.checks.deployment import scenario
+from conformance.checks.deployment.checklist import (
+    FAILED,
+    OK,
+    Checklist,
+    judge_idempotency,
+    judge_retry_policies,
+)
+from reference_services.adapters import registry
+from reference_services.runtime.service import ServiceBuilder
+from reference_services.services import ALL_SERVICES
+from reference_services.services.billing import INVOICE_QUEUE, billing_v1
+
+
+def _urls(harness_mosquitto: Any, harness_redis: Any) -> dict[str, str]:
+    services = {"mosquitto": harness_mosquitto.url, "redis": harness_redis.url}
+    return {"MQTT_URL": harness_mosquitto.url, **process_backend_urls(services.__getitem__)}
+
+
+async def _run(pattern: str, urls: dict[str, str], tmp_path: Path, prefix: str) -> Checklist:
+    client = registry.resolve("event_bridge", "mqtt").build_from_urls(urls, prefix)
+    await client.start()
+    try:
+        trace, _exits = await scenario.run_processes(
+            pattern, client, "mqtt", urls, prefix, tmp_path, timeout_s=30
+        )
+    finally:
+        await client.destroy()
+    return trace.checklist
+
+
+async def test_microservices_without_a_drain_fail_the_drain_item(
+    harness_mosquitto: Any, harness_redis: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = scenario.deploy_env
+
+    def no_drain(*args: Any, **kwargs: Any) -> dict[str, str]:
+        return {**real(*args, **kwargs), "SHUTDOWN_TIMEOUT_S": "0.05"}
+
+    monkeypatch.setattr(scenario, "deploy_env", no_drain)
+    checklist = await _run(
+        "microservices", _urls(harness_mosquitto, harness_redis), tmp_path, "ckd"
+    )
+    verdict, detail = checklist.items["drain"]
+    assert verdict == FAILED, checklist.metric()
+    assert scenario.DRAIN_INVOICE in detail, detail
+    assert checklist.items["health"][0] == OK, "only the drain was broken"
+
+
+async def test_edge_without_health_or_exporter_fails_those_items(
+    harness_mosquitto: Any, harness_redis: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = scenario.ServiceProcesses.start
+
+    async def bare(self: Any, label: str, *args: str, **kw: Any) -> None:
+        env = dict(kw.pop("env", None) or {})
+        env.update(HEALTH_PORT="", OTEL_SPANS_FILE="")  # the process ignores the probes' port
+        await real(self, label, *args, env=env, **kw)
+
+    monkeypatch.setattr(scenario.ServiceProcesses, "start", bare)
+    checklist = await _run("edge", _urls(harness_mosquitto, harness_redis), tmp_path, "cke")
+    assert checklist.items["health"][0] == FAILED, checklist.metric()
+    assert checklist.items["telemetry"][0] == FAILED, checklist.metric()
+    assert checklist.items["drain"][0] == OK, "only health and telemetry were broken"
+
+
+async def test_serverless_without_an_idempotency_key_fails_the_idempotency_item(
+    harness_redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    definition = billing_v1.commands["requestInvoice"]
+
+    async def enqueue_twice(ctx: Any, payload: Any, parameter: Any) -> dict[str, str]:
+        job_id = await ctx.queue.enqueue(INVOICE_QUEUE, payload.model_dump(), max_attempts=3)
+        return {"job_id": job_id}
+
+    monkeypatch.setattr(definition, "handler", enqueue_twice)
+    urls = process_backend_urls({"redis": harness_redis.url}.__getitem__)
+    trace = await scenario.run_serverless(urls, "cks", timeout_s=30)
+    checklist = Checklist("serverless")
+    judge_idempotency(checklist, trace.normalised())
+    verdict, detail = checklist.items["idempotency"]
+    assert verdict == FAILED and "another job" in detail, checklist.metric()
+
+
+def test_a_subscription_without_its_own_retry_policy_fails_the_retry_item() -> None:
+    careless = ServiceBuilder("careless", "1", "subscribes without a policy")
+
+    @careless.subscription("onAnything", event_name="userSignedUp")
+    async def on_anything(ctx: Any, message: Any) -> None:
+        return None
+
+    checklist = Checklist("monolith")
+    judge_retry_policies(checklist, [*ALL_SERVICES.values(), careless])
+    verdict, detail = checklist.items["retry_policy"]
+    assert verdict == FAILED and "careless.onAnything" in detail, detail
+    good = Checklist("monolith")
+    judge_retry_policies(good, ALL_SERVICES.values())
+    assert good.items["retry_policy"][0] == OK, good.metric()
