@@ -1,7 +1,7 @@
 """The production checklist fails when an item is broken: one broken item per pattern.
 
 - microservices: the drain is cut short (``SHUTDOWN_TIMEOUT_S`` 0.05 s): the invoice job
-  running at SIGTERM never finishes -> ``drain`` fails;
+  running at SIGTERM does not finish, or a process exits 1 -> ``drain`` fails;
 - edge: the process exposes no health port and exports no spans -> ``health`` and
   ``telemetry`` fail;
 - serverless: the invoice command enqueues without its idempotency key -> ``idempotency``
@@ -34,9 +34,18 @@ from reference_services.services import ALL_SERVICES
 from reference_services.services.billing import INVOICE_QUEUE, billing_v1
 
 
-def _urls(harness_mosquitto: Any, harness_redis: Any) -> dict[str, str]:
-    services = {"mosquitto": harness_mosquitto.url, "redis": harness_redis.url}
-    return {"MQTT_URL": harness_mosquitto.url, **process_backend_urls(services.__getitem__)}
+def _urls(request: pytest.FixtureRequest, pattern: str) -> dict[str, str]:
+    """The URLs the pattern's processes need, from the harness's session services."""
+
+    def url(service: str) -> str:
+        return str(request.getfixturevalue(f"harness_{service}").url)
+
+    return {
+        "MQTT_URL": url("mosquitto"),
+        **process_backend_urls(url),
+        **scenario.pattern_queue_urls(pattern, url),
+        **scenario.pattern_state_urls(pattern, url),
+    }
 
 
 async def _run(pattern: str, urls: dict[str, str], tmp_path: Path, prefix: str) -> Checklist:
@@ -52,7 +61,7 @@ async def _run(pattern: str, urls: dict[str, str], tmp_path: Path, prefix: str) 
 
 
 async def test_microservices_without_a_drain_fail_the_drain_item(
-    harness_mosquitto: Any, harness_redis: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = scenario.deploy_env
 
@@ -60,17 +69,15 @@ async def test_microservices_without_a_drain_fail_the_drain_item(
         return {**real(*args, **kwargs), "SHUTDOWN_TIMEOUT_S": "0.05"}
 
     monkeypatch.setattr(scenario, "deploy_env", no_drain)
-    checklist = await _run(
-        "microservices", _urls(harness_mosquitto, harness_redis), tmp_path, "ckd"
-    )
-    verdict, detail = checklist.items["drain"]
-    assert verdict == FAILED, checklist.metric()
-    assert scenario.DRAIN_INVOICE in detail, detail
+    checklist = await _run("microservices", _urls(request, "microservices"), tmp_path, "ckd")
+    # seen both ways: the running invoice job cut off, or a process exiting 1 from the
+    # cut-short drain; either fails the item
+    assert checklist.items["drain"][0] == FAILED, checklist.metric()
     assert checklist.items["health"][0] == OK, "only the drain was broken"
 
 
 async def test_edge_without_health_or_exporter_fails_those_items(
-    harness_mosquitto: Any, harness_redis: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = scenario.ServiceProcesses.start
 
@@ -80,14 +87,14 @@ async def test_edge_without_health_or_exporter_fails_those_items(
         await real(self, label, *args, env=env, **kw)
 
     monkeypatch.setattr(scenario.ServiceProcesses, "start", bare)
-    checklist = await _run("edge", _urls(harness_mosquitto, harness_redis), tmp_path, "cke")
+    checklist = await _run("edge", _urls(request, "edge"), tmp_path, "cke")
     assert checklist.items["health"][0] == FAILED, checklist.metric()
     assert checklist.items["telemetry"][0] == FAILED, checklist.metric()
     assert checklist.items["drain"][0] == OK, "only health and telemetry were broken"
 
 
 async def test_serverless_without_an_idempotency_key_fails_the_idempotency_item(
-    harness_redis: Any, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     definition = billing_v1.commands["requestInvoice"]
 
@@ -96,7 +103,15 @@ async def test_serverless_without_an_idempotency_key_fails_the_idempotency_item(
         return {"job_id": job_id}
 
     monkeypatch.setattr(definition, "handler", enqueue_twice)
-    urls = process_backend_urls({"redis": harness_redis.url}.__getitem__)
+    from conformance.adapters import SERVERLESS_SECRET_STORE, store_urls
+
+    def url(service: str) -> str:
+        return str(request.getfixturevalue(f"harness_{service}").url)
+
+    urls = {
+        **process_backend_urls(url),
+        **store_urls("secret_store", SERVERLESS_SECRET_STORE, url),
+    }
     trace = await scenario.run_serverless(urls, "cks", timeout_s=30)
     checklist = Checklist("serverless")
     judge_idempotency(checklist, trace.normalised())
