@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 
-kubernetes = pytest.importorskip("kubernetes", reason="the [dev] extra holds kubernetes")
-yaml = pytest.importorskip("yaml")
+# the [dev] extra pins kubernetes and pyyaml: without them this module is an error, never a
+# skip (a skip would pass a run in which no manifest was checked)
+import yaml
+from kubernetes import client as k8s
 
-from kubernetes import client as k8s  # noqa: E402
-
-from reference_services.deploy import k8s as gen  # noqa: E402
-from reference_services.deploy.config import DeploymentConfig  # noqa: E402
-from reference_services.runtime.health import HealthServer  # noqa: E402
-from reference_services.services import ALL_SERVICES  # noqa: E402
+from reference_services.deploy import k8s as gen
+from reference_services.deploy.config import DeploymentConfig
+from reference_services.runtime.health import HealthServer
+from reference_services.services import ALL_SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "docker" / "k8s"
