@@ -18,7 +18,8 @@ class DeploymentConfig:
     """Which adapters to use and how to reach them.
 
     Environment: ``EVENT_BRIDGE``, ``QUEUE_BRIDGE`` and ``STORE`` name a registered
-    adapter (built-in: memory|amqp|nats|mqtt, memory|redis|nats, memory|redis|nats-kv)
+    adapter (built-in: memory|amqp|nats|mqtt, memory|redis|nats|mqtt,
+    memory|redis|nats-kv, plus aws for the secret and config stores and dapr for state)
     or reference a descriptor as ``module:ATTRIBUTE``; ``STATE_STORE``, ``CONFIG_STORE``
     and ``SECRET_STORE`` override ``STORE`` for one kind (e.g. ``SECRET_STORE=aws``,
     ``STATE_STORE=dapr``); every ``*_URL`` variable
