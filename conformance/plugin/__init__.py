@@ -662,7 +662,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     report_mod.print_matrix(list(state.results.values()), terminalreporter, state.verdict)
     unexercised = {
-        s.label: caps
+        s.label: report_mod.annotate_unexercised(s.kind, caps)
         for s in state.specs
         if (caps := report_mod.declared_not_exercised(s, list(state.results.values())))
     }

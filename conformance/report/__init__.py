@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import time
@@ -36,6 +37,37 @@ def declared_not_exercised(spec: AdapterSpec, results: list[dict[str, Any]]) -> 
         if isinstance(value, dict) and value.get("supported")
     ]
     return sorted(c for c in declared if c not in exercised)
+
+
+def suites_exercising(kind: str, capability: str) -> list[str]:
+    """The suites holding a check that exercises ``capability`` on adapters of ``kind``
+    (empty: no check exists for it)."""
+    return sorted(_suites_by_capability().get((kind, capability), set()))
+
+
+@functools.cache
+def _suites_by_capability() -> dict[tuple[str, str], set[str]]:
+    from conformance.kit.marks import all_checks
+
+    found: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for info in all_checks("all"):
+        for kind in info.kinds:
+            for cap in (*info.needs_for(kind), *info.exercises):
+                found[(kind, cap)].add(info.suite)
+    return dict(found)
+
+
+def annotate_unexercised(kind: str, capabilities: list[str]) -> list[str]:
+    """``declared_not_exercised`` names with where each would be exercised, for people:
+    ``publisher_confirms (checked in the faults suite)`` or
+    ``native_dead_lettering (no check exists)``."""
+    out = []
+    for cap in capabilities:
+        suites = suites_exercising(kind, cap)
+        plural = "s" if len(suites) > 1 else ""
+        where = f"checked in the {', '.join(suites)} suite{plural}" if suites else "no check exists"
+        out.append(f"{cap} ({where})")
+    return out
 
 
 def build(

@@ -256,6 +256,18 @@ def not_atomic(ctx: AdapterContext) -> Any:
     return NotAtomic(kv=ctx.shared.setdefault("kv", MemoryKV()), **ctx.options)
 
 
+class ConfigNotAtomic(NotAtomic):
+    """A config store with the same broken set_if_absent (a config store's declared
+    set_if_absent is checked too)."""
+
+    name = "config-not-atomic"
+    kind = "config_store"
+
+
+def config_not_atomic(ctx: AdapterContext) -> Any:
+    return ConfigNotAtomic(kv=ctx.shared.setdefault("config-kv", MemoryKV()), **ctx.options)
+
+
 class Reorders(DefaultEventBridge):
     """Holds back one event in seven for a moment, so the next ones overtake it."""
 
@@ -422,6 +434,17 @@ class NotFenced(DefaultStateStore):
 
 def not_fenced(ctx: AdapterContext) -> Any:
     return NotFenced(kv=ctx.shared.setdefault("kv", MemoryKV()), **ctx.options)
+
+
+class SecretNotFenced(NotFenced):
+    """A secret store with the same unfenced replace_if/remove_if."""
+
+    name = "secret-not-fenced"
+    kind = "secret_store"
+
+
+def secret_not_fenced(ctx: AdapterContext) -> Any:
+    return SecretNotFenced(kv=ctx.shared.setdefault("secret-kv", MemoryKV()), **ctx.options)
 
 
 class TornEffects(DefaultStateStore):
@@ -647,6 +670,8 @@ EXPECTED: dict[str, str] = {
     "never_reconnects": "event_bridge.lifecycle.reconnect",
     "double_lease": "queue_bridge.concurrent_workers",
     "not_atomic": "stores.set_if_absent_atomic",
+    "config_not_atomic": "stores.set_if_absent_atomic",
+    "secret_not_fenced": "stores.compare_and_set_fences",
     "reorders": "event_bridge.ordering.per_sender",
     "queue_reorders": "queue_bridge.ordering.fifo_within_priority",
     "fixed_retry_delay": "event_bridge.failures.delayed_retry",

@@ -249,10 +249,10 @@ async def wait_for_value(store: Any, key: str, value: Any, timeout_s: float) -> 
     return None
 
 
-@check("stores.set_if_absent_atomic", kinds=("state_store",), needs=("set_if_absent",))
+@check("stores.set_if_absent_atomic", kinds=STORES, needs=("set_if_absent",))
 async def test_set_if_absent_atomic(aut: AdapterUnderTest) -> None:
     """Twenty concurrent set_if_absent on one key from three instances: exactly one wins."""
-    stores = [await aut.new() for _ in range(3)]
+    stores = [await aut.new(**OPEN) for _ in range(3)]
     rounds = aut.n(10)
     for r in range(rounds):
         wins = await asyncio.gather(
@@ -263,10 +263,10 @@ async def test_set_if_absent_atomic(aut: AdapterUnderTest) -> None:
         assert await stores[0].get(f"claim-{r}") == {f"claim-{r}": {"by": winner}}
 
 
-@check("stores.set_if_absent_ttl", kinds=("state_store",), needs=("set_if_absent", "ttl"))
+@check("stores.set_if_absent_ttl", kinds=STORES, needs=("set_if_absent", "ttl"))
 async def test_set_if_absent_ttl(aut: AdapterUnderTest) -> None:
     """A claim made with a ttl expires: afterwards the key is free to claim again."""
-    s = await aut.new()
+    s = await aut.new(**OPEN)
     assert await s.set_if_absent("lease", "a", ttl_s=1.0)
     assert not await s.set_if_absent("lease", "b", ttl_s=1.0), "claimed twice within the ttl"
     watch = Stopwatch()
@@ -281,11 +281,11 @@ async def test_set_if_absent_ttl(aut: AdapterUnderTest) -> None:
     aut.metric("expired_after_s", round(freed, 3))
 
 
-@check("stores.compare_and_set_fences", kinds=("state_store",), needs=("compare_and_set", "ttl"))
+@check("stores.compare_and_set_fences", kinds=STORES, needs=("compare_and_set", "ttl"))
 async def test_compare_and_set_fences(aut: AdapterUnderTest) -> None:
     """A writer holding an old version cannot replace or remove its successor's value, from
     another instance either; an expired value cannot be renewed."""
-    a, b = await aut.new(), await aut.new()
+    a, b = await aut.new(**OPEN), await aut.new(**OPEN)
     v1 = await a.create_versioned("claim", {"owner": "a", "rev": 0}, ttl_s=0.5)
     assert v1 is not None, "create_versioned on a free key failed"
     assert await b.create_versioned("claim", {"owner": "b", "rev": 0}) is None, "created twice"
@@ -307,11 +307,11 @@ async def test_compare_and_set_fences(aut: AdapterUnderTest) -> None:
     assert await a.get_versioned("claim") is None
 
 
-@check("stores.atomic_effects", kinds=("state_store",), needs=("compare_and_set", "atomic_effects"))
+@check("stores.atomic_effects", kinds=STORES, needs=("compare_and_set", "atomic_effects"))
 async def test_atomic_effects(aut: AdapterUnderTest) -> None:
     """replace_if(..., also=...) writes the record and the extra keys together, and with a
     stale version writes none of them."""
-    a, b = await aut.new(), await aut.new()
+    a, b = await aut.new(**OPEN), await aut.new(**OPEN)
     v1 = await a.create_versioned("job", {"state": "pending"}, ttl_s=5)
     assert v1 is not None
     v2 = await a.replace_if("job", v1, {"state": "pending", "rev": 1}, ttl_s=5)
