@@ -730,3 +730,17 @@ async def test_broker_kill_mid_stream_loses_no_durable_events(
     # every bridge lived through the outage (its reconnect callback may run a little later)
     await wait_for(lambda: all(b.reconnects >= 1 for b in (producer, *consumers)), 15,
                    "every bridge to report its reconnect")
+
+
+def test_reply_tokens_keep_plain_ids_and_never_mix_them_with_escaped_ones() -> None:
+    """A command's reply subject ends in its correlation id when that is a plain token (no
+    snake-casing per send); any other id is escaped and marked, so no two ids share one."""
+    from reference_services.adapters.nats.event_bridge import _reply_token
+
+    assert _reply_token("V1StGXR8_Z5jdHi6B-myT") == "V1StGXR8_Z5jdHi6B-myT"
+    assert _reply_token("ab_c") == "ab_c"
+    assert _reply_token("AbC") == "AbC"  # snake-cased it was ab_c: two ids, one subject
+    for odd in ("Ab C", "a.b", "*", "ü", "x" * 65):
+        tok = _reply_token(odd)
+        assert tok.startswith("%") and "." not in tok and " " not in tok, (odd, tok)
+    assert _reply_token("Ab C") != _reply_token("ab_c")

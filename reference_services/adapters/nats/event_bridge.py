@@ -29,6 +29,7 @@ import heapq
 import inspect
 import os
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,18 @@ from reference_services.runtime.spi.capabilities import YES, EventBridgeCapabili
 
 _NO_RESPONDERS = "503"
 _HEADER_ROOM = 4096  # max_payload counts headers too (dead letters carry a reason header)
+
+
+_PLAIN_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _reply_token(correlation_id: str) -> str:
+    """The last token of a command's reply subject: a plain id as it is (no snake-casing
+    for a value that is new on every send), anything else escaped and marked with ``%``
+    so that the two kinds never meet."""
+    if _PLAIN_TOKEN.fullmatch(correlation_id):
+        return correlation_id
+    return "%" + subjects.token(correlation_id)
 
 
 @dataclass(slots=True)
@@ -429,7 +442,7 @@ class NatsBridge(EventBridgeBase):
             entry = self._sent.get(old)
             if entry is not None and entry.expires_at < now:
                 del self._sent[old]
-        tok = subjects.token(command.correlation_id)
+        tok = _reply_token(command.correlation_id)
         # kept until its invoker gave up (the deadline it carries), plus a margin
         ttl_s = self.default_command_ttl_s
         if command.expires_at is not None:
@@ -455,7 +468,7 @@ class NatsBridge(EventBridgeBase):
         try:
             return await super().invoke(command, ttl_s)
         finally:
-            self._sent.pop(subjects.token(command.correlation_id), None)
+            self._sent.pop(_reply_token(command.correlation_id), None)
 
     async def _on_reply(self, msg: Msg) -> None:
         tok = msg.subject.rsplit(".", 1)[-1]
