@@ -27,6 +27,7 @@ from reference_services.runtime.spi.capabilities import (
     QueueBridgeCapabilities,
     unsupported,
 )
+from reference_services.runtime.spi.numbers import reject_unsafe_integers
 
 
 def _hub(ctx: AdapterContext) -> MemoryHub:
@@ -509,6 +510,38 @@ def rounds_big_ints(ctx: AdapterContext) -> Any:
     return RoundsBigInts(store=ctx.shared.setdefault("queue", MemoryQueueStore()), **ctx.options)
 
 
+class SafeIntegersQueue(RoundsBigInts):
+    """Not broken: keeps numbers as doubles, declares ``numbers="safe_integers"`` and
+    refuses at enqueue, naming the field, every integer a double would round."""
+
+    name = "safe-integers"
+    capabilities = replace(DefaultQueueBridge.capabilities, numbers="safe_integers")
+
+    async def _enqueue(self, request: Any) -> str:
+        reject_unsafe_integers(request.payload, "payload")
+        reject_unsafe_integers(request.parameter, "parameter")
+        return await super()._enqueue(request)
+
+
+def safe_integers_queue(ctx: AdapterContext) -> Any:
+    store = ctx.shared.setdefault("queue", MemoryQueueStore())
+    return SafeIntegersQueue(store=store, **ctx.options)
+
+
+class SafeIntegersUnchecked(RoundsBigInts):
+    """Declares ``numbers="safe_integers"`` but refuses nothing: big integers come back
+    rounded."""
+
+    name = "safe-integers-unchecked"
+    capabilities = replace(DefaultQueueBridge.capabilities, numbers="safe_integers")
+
+
+def safe_integers_unchecked(ctx: AdapterContext) -> Any:
+    return SafeIntegersUnchecked(
+        store=ctx.shared.setdefault("queue", MemoryQueueStore()), **ctx.options
+    )
+
+
 class _ShortFloatsCore(BridgeCore):
     def encode(self, message: Any) -> bytes:
         raw = super().encode(message)
@@ -684,6 +717,7 @@ EXPECTED: dict[str, str] = {
     "torn_effects": "stores.atomic_effects",
     "short_ttls_only": "event_bridge.commands.timeout_range",
     "rounds_big_ints": "queue_bridge.fidelity.numbers",
+    "safe_integers_unchecked": "queue_bridge.fidelity.numbers",
     "short_floats": "event_bridge.fidelity.numbers",
     "store_rounds_big_ints": "stores.numbers",
     "volatile_redis_queue": "queue_bridge.durable_restart",
