@@ -39,6 +39,7 @@ from reference_services.runtime.messages import (
     Command,
     CommandPayload,
     CustomMessage,
+    MessageType,
     SenderAddress,
     success_response,
 )
@@ -1078,3 +1079,15 @@ async def test_both_connections_send_without_nagle(broker: Any, make_bridge: Bri
         sock = conn.client.socket()
         assert sock is not None, "the MQTT connection has no socket"
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_untyped_shared_subscription_in_puristas_group_uses_puristas_filter() -> None:
+    """One ``+`` filter in the type level, as PURISTA's, so both are one shared
+    subscription; otherwise one filter per non-command type."""
+    sub = Subscription(subscriber=addr("s"), event_name="signedUp")
+    assert topics.subscription_filters("p", sub, True) == [
+        "p/+/+/+/+/+/+/+/signed_up/+/+/+/+"
+    ]
+    assert len(topics.subscription_filters("p", sub)) == len(MessageType) - 1
+    not_shared = Subscription(subscriber=addr("s"), event_name="signedUp", shared=False)
+    assert len(topics.subscription_filters("p", not_shared, True)) == len(MessageType) - 1

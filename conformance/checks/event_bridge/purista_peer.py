@@ -252,16 +252,17 @@ class AmqpPeer(Peer):
 
     async def serve_subscription(
         self, subscriber: dict[str, str], event_name: str, handler: EventHandler,
-        *, durable: bool = False,
+        *, durable: bool = False, typed: bool = True,
     ) -> None:
         # PURISTA: assertQueue(<prefix>.sub.<svc>.<ver>.<target>, {durable}) -> amqplib
         # leaves autoDelete false and sends no arguments
         name = f"{self.prefix}.sub.{subscriber['serviceName']}." \
                f"{subscriber['serviceVersion']}.{subscriber['serviceTarget']}"
         queue = await self._ch.declare_queue(name, durable=durable, auto_delete=False)
-        await queue.bind(self._ex, "", arguments={
-            "x-match": "all", "messageType": "customMessage", "eventName": event_name,
-        })
+        binding = {"x-match": "all", "eventName": event_name}
+        if typed:  # undefined keys are left out of PURISTA's binding
+            binding["messageType"] = "customMessage"
+        await queue.bind(self._ex, "", arguments=binding)
 
         async def on(incoming: Any) -> None:
             await handler(json.loads(incoming.body))
@@ -344,10 +345,10 @@ class NatsPeer(Peer):
         await self._nc.flush()
 
     @staticmethod
-    def subscription_filter(prefix: str, event_name: str) -> str:
-        """PURISTA's filter of a subscription to customMessage ``event_name``."""
-        return ".".join([prefix, snake("customMessage"), *["*"] * 6, snake(event_name),
-                         *["*"] * 4])
+    def subscription_filter(prefix: str, event_name: str, typed: bool = True) -> str:
+        """PURISTA's filter of a subscription to (customMessage) ``event_name``."""
+        kind = snake("customMessage") if typed else "*"
+        return ".".join([prefix, kind, *["*"] * 6, snake(event_name), *["*"] * 4])
 
     async def watch_dead_letters(self, subscription_filter: str) -> list[Landed]:
         """Read PURISTA's dead letters of a subscription the way one reads them from a
@@ -364,13 +365,13 @@ class NatsPeer(Peer):
 
     async def serve_subscription(
         self, subscriber: dict[str, str], event_name: str, handler: EventHandler,
-        *, durable: bool = False,
+        *, durable: bool = False, typed: bool = True,
     ) -> None:
         if durable:
             raise NotImplementedError("PURISTA's JetStream push consumer is not played here")
         # PURISTA: snake(field ?? '*') per token; a shared core subscription joins the
         # subscriber's queue group (the command group's name, on the raw values)
-        flt = self.subscription_filter(self.prefix, event_name)
+        flt = self.subscription_filter(self.prefix, event_name, typed)
         group = (f"{self.prefix}_queue_{subscriber['serviceName']}_"
                  f"{subscriber['serviceVersion']}_{subscriber['serviceTarget']}").upper()
 
@@ -506,16 +507,19 @@ class MqttPeer(Peer):
 
     async def serve_subscription(
         self, _subscriber: dict[str, str], event_name: str, handler: EventHandler,
-        *, durable: bool = False,
+        *, durable: bool = False, typed: bool = True,
     ) -> None:
         # PURISTA: snake(field || '+') per level, `$share/sharedpurista/` for every
         # shared subscription whoever subscribes; it has no durable subscriptions on MQTT
         del durable
-        flt = "/".join(["$share", "sharedpurista", self.prefix, snake("customMessage"),
+        kind = snake("customMessage") if typed else "+"
+        flt = "/".join(["$share", "sharedpurista", self.prefix, kind,
                         *["+"] * 6, snake(event_name), *["+"] * 4])
 
         async def on(msg: Any) -> None:
-            await handler(json.loads(msg.payload))
+            body = json.loads(msg.payload)
+            if body.get("messageType") != "command":  # PURISTA's subscriptions skip them
+                await handler(body)
 
         await self._subscribe(flt, on)
 

@@ -424,7 +424,17 @@ async def test_mixed_fleet_durable_subscription_once(aut: AdapterUnderTest) -> N
     await _mixed_fleet_subscription(aut, durable=True)
 
 
-async def _mixed_fleet_subscription(aut: AdapterUnderTest, *, durable: bool) -> None:
+@check("event_bridge.wire.purista.mixed_fleet_untyped_subscription_once", kinds=EB,
+       needs=NEEDS)
+async def test_mixed_fleet_untyped_subscription_once(aut: AdapterUnderTest) -> None:
+    """The non-durable case for a subscription naming no message type (PURISTA: a
+    wildcard in the type slot of its filter or no ``messageType`` in its binding)."""
+    await _mixed_fleet_subscription(aut, durable=False, typed=False)
+
+
+async def _mixed_fleet_subscription(
+    aut: AdapterUnderTest, *, durable: bool, typed: bool = True
+) -> None:
     transport = _transport(aut)
     member = await aut.new(instance_id=INST["py_bridge"], **_mixed_fleet_options(aut))
     publisher = await aut.new(instance_id=INST["py_caller"])
@@ -441,11 +451,13 @@ async def _mixed_fleet_subscription(aut: AdapterUnderTest, *, durable: bool) -> 
     peer = await peer_for(transport, member, INST["ts_peer"])
     try:
         # PURISTA's member first: its declaration is the one already there when ours comes
-        await peer.serve_subscription(address(*subscriber), event_name, ts_on, durable=durable)
+        await peer.serve_subscription(address(*subscriber), event_name, ts_on,
+                                      durable=durable, typed=typed)
         try:
             await member.register_subscription(
                 Subscription(subscriber=_addr(subscriber),
-                             message_type=MessageType.CUSTOM_MESSAGE, event_name=event_name,
+                             message_type=MessageType.CUSTOM_MESSAGE if typed else None,
+                             event_name=event_name,
                              durable=durable, shared=True, autoacknowledge=not durable),
                 on,
             )

@@ -383,7 +383,7 @@ class MqttBridge(EventBridgeBase):
     async def _bind_subscription(self, reg: RegisteredSubscription) -> None:
         sub = reg.subscription
         routes = []
-        for flt in topics.subscription_filters(self.prefix, sub):
+        for flt in topics.subscription_filters(self.prefix, sub, self.purista_share_groups):
             if sub.shared:
                 group = topics.subscription_group(self.prefix, sub, self.purista_share_groups)
                 flt = topics.shared(group, flt)

@@ -117,12 +117,20 @@ def _filter_address(flt: AddressFilter | None) -> list[str]:
     ]
 
 
-def subscription_filters(prefix: str, sub: Subscription) -> list[str]:
+def subscription_filters(
+    prefix: str, sub: Subscription, purista_groups: bool = False
+) -> list[str]:
     """The topic filters for a subscription (the broker-side part of its matching).
 
     A subscription that does not filter on the message type gets one filter per type
     except ``command``: subscriptions never see commands (as in the reference bridge),
-    so a command nobody serves matches no subscription and the broker says so."""
+    so a command nobody serves matches no subscription and the broker says so. A shared
+    one in PURISTA's groups (``purista_groups``) gets PURISTA's single filter instead,
+    ``+`` in the type level (MQTT puts two members in one shared subscription only for
+    the same filter text): commands reaching it are dropped in-process, and a command
+    nobody serves that it matches then waits for its ttl (504) instead of failing fast."""
+    if sub.message_type is None and purista_groups and sub.shared:
+        return [_subscription_filter(prefix, sub, None)]
     types = (
         [sub.message_type]
         if sub.message_type
@@ -131,10 +139,10 @@ def subscription_filters(prefix: str, sub: Subscription) -> list[str]:
     return [_subscription_filter(prefix, sub, str(t)) for t in types]
 
 
-def _subscription_filter(prefix: str, sub: Subscription, message_type: str) -> str:
+def _subscription_filter(prefix: str, sub: Subscription, message_type: str | None) -> str:
     sender = sub.sender
     levels = [
-        escape_level(message_type),
+        _filter_level(message_type),
         _filter_level(sub.principal_id),
         _filter_level(sub.tenant_id),
         *_filter_address(sender),
