@@ -65,7 +65,25 @@ async def issue_invoice(ctx: Context, job: Job) -> None:
         raise PaymentGatewayDown(f"payment gateway refused customer {request.customer}")
     if ctx.stores.state is None:
         raise HandledError("billing needs a state store", StatusCode.SERVICE_UNAVAILABLE)
+    await _gateway_token(ctx)
     await ctx.stores.state.set(
         f"invoice:{request.invoice_id}",
         {**request.model_dump(), "status": "issued", "attempt": job.attempt},
     )
+
+
+GATEWAY_TOKEN_SECRET = "payment_gateway_token"
+
+
+async def _gateway_token(ctx: Context) -> str:
+    """The payment gateway's credential, from the secret store (never from config or env)."""
+    secret = ctx.stores.secret
+    if secret is None:
+        raise HandledError("billing needs a secret store", StatusCode.SERVICE_UNAVAILABLE)
+    token = (await secret.get(GATEWAY_TOKEN_SECRET)).get(GATEWAY_TOKEN_SECRET)
+    if not isinstance(token, str) or not token:
+        raise HandledError(
+            f"secret {GATEWAY_TOKEN_SECRET!r} is missing from the secret store",
+            StatusCode.SERVICE_UNAVAILABLE,
+        )
+    return token

@@ -4,8 +4,8 @@
   running at SIGTERM does not finish, or a process exits 1 -> ``drain`` fails;
 - edge: the process exposes no health port and exports no spans -> ``health`` and
   ``telemetry`` fail;
-- serverless: the invoice command enqueues without its idempotency key -> ``idempotency``
-  fails;
+- serverless: the invoice command enqueues without its idempotency key and the gateway
+  token is also in the environment -> ``idempotency`` and ``secrets`` fail;
 - monolith: a service whose subscription takes the default retry policy ->
   ``retry_policy`` fails.
 
@@ -103,6 +103,7 @@ async def test_serverless_without_an_idempotency_key_fails_the_idempotency_item(
         return {"job_id": job_id}
 
     monkeypatch.setattr(definition, "handler", enqueue_twice)
+    monkeypatch.setenv("PAYMENT_GATEWAY_TOKEN", scenario.GATEWAY_TOKEN)  # a secret in env
     from conformance.adapters import SERVERLESS_SECRET_STORE, store_urls
 
     def url(service: str) -> str:
@@ -113,10 +114,12 @@ async def test_serverless_without_an_idempotency_key_fails_the_idempotency_item(
         **store_urls("secret_store", SERVERLESS_SECRET_STORE, url),
     }
     trace = await scenario.run_serverless(urls, "cks", timeout_s=30)
-    checklist = Checklist("serverless")
+    checklist = trace.checklist
     judge_idempotency(checklist, trace.normalised())
     verdict, detail = checklist.items["idempotency"]
     assert verdict == FAILED and "another job" in detail, checklist.metric()
+    verdict, detail = checklist.items["secrets"]
+    assert verdict == FAILED and "environment of serverless" in detail, checklist.metric()
 
 
 def test_a_subscription_without_its_own_retry_policy_fails_the_retry_item() -> None:

@@ -147,9 +147,15 @@ async def test_reading_over_threshold_emits_threshold_exceeded(stack) -> None:
 
 async def test_invoice_failing_past_max_attempts_lands_in_the_dead_letter(stack) -> None:
     bridge, state, queue = stack
+    from reference_services.adapters.memory.stores import DefaultSecretStore
+    from reference_services.services.billing import GATEWAY_TOKEN_SECRET
+
+    secret = DefaultSecretStore(initial={GATEWAY_TOKEN_SECRET: "tok-test"})
+    await secret.start()
     billing = billing_v1.get_instance(
         bridge,
         state_store=state,
+        secret_store=secret,
         queue_bridge=queue,
         config={"gateway_blocked_customers": ("acme",)},
     )

@@ -159,3 +159,20 @@ def judge_telemetry(checklist: Checklist, files: list[Path], services: Iterable[
             f"{len(traces)} trace(s) exported; {len(crossing)} cross services "
             f"(widest: {sorted(widest)})",
         )
+
+
+def judge_secrets(
+    checklist: Checklist, leaks: Mapping[str, bool], state: Mapping[str, Any]
+) -> None:
+    """The invoice was issued (billing reads its gateway token from the secret store and
+    refuses without it) and no process has the token in its environment."""
+    problems = [f"the gateway token is in the environment of {k}" for k, v in leaks.items() if v]
+    invoice = state.get("invoice:i1")
+    if not (isinstance(invoice, dict) and invoice.get("status") == "issued"):
+        problems.append("invoice i1 was not issued: the token was not read from the store")
+    checklist.record(
+        "secrets",
+        not problems,
+        "; ".join(problems)
+        or f"token read from the secret store; absent from {len(leaks)} environment(s)",
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets as _secrets
 import signal
 import sys
 import time
@@ -35,6 +36,7 @@ from conformance.checks.deployment.checklist import (
     Checklist,
     judge_drain,
     judge_health,
+    judge_secrets,
     judge_telemetry,
 )
 from harness import run as harness_run
@@ -49,7 +51,7 @@ from reference_services.runtime.messages import (
     SenderAddress,
 )
 from reference_services.services import ALL_SERVICES
-from reference_services.services.billing import INVOICE_QUEUE
+from reference_services.services.billing import GATEWAY_TOKEN_SECRET, INVOICE_QUEUE
 from reference_services.services.user import user_id_for
 
 THRESHOLD = 30.0
@@ -268,13 +270,16 @@ async def run_monolith(timeout_s: float = 30.0) -> Trace:
     queue = reference_adapter("queue_bridge").build_from_urls({}, "purista")
     state = reference_adapter("state_store").build_from_urls({}, "purista")
     config = reference_adapter("config_store").build_from_urls({}, "purista")
+    secret = reference_adapter("secret_store").load()(initial={GATEWAY_SECRET: GATEWAY_TOKEN})
     await bridge.start()
     await queue.start()
+    await secret.start()
     instances = [
         svc.get_instance(
             bridge,
             state_store=state,
             config_store=config,
+            secret_store=secret,
             queue_bridge=queue,
             config={"threshold": THRESHOLD, "gateway_blocked_customers": (BLOCKED,)},
         )
@@ -286,11 +291,13 @@ async def run_monolith(timeout_s: float = 30.0) -> Trace:
             await instance.start()
         await run_steps(trace, bridge_invoker(bridge))
         await settle(trace, lambda: read_outcome(trace, state, queue), timeout_s)
+        judge_secrets(trace.checklist, _environment_leaks({"monolith": None}), trace.state)
     finally:
         for instance in instances:
             await instance.destroy()
         await bridge.destroy()
         await queue.destroy()
+        await secret.destroy()
     trace.duration_s = time.monotonic() - start
     return trace
 
@@ -430,6 +437,7 @@ async def run_processes(
     local = runner is None
     labels = list(ALL_SERVICES) if pattern == "microservices" else ["edge"]
     extra = {label: _checklist_env(label, workdir) if local else {} for label in labels}
+    await seed_secret(registry.resolve("secret_store", PROCESS_BACKEND), urls, prefix)
     await state.start()
     await queue.start()
     stopped = False
@@ -451,6 +459,11 @@ async def run_processes(
             trace.health = {
                 label: await probe_health(int(e["HEALTH_PORT"])) for label, e in extra.items()
             }
+        if local:
+            pids = {label: proc.pid for label, proc in procs.procs}
+            judge_secrets(trace.checklist, _environment_leaks(pids), trace.state)
+        else:
+            trace.checklist.not_checked("secrets", "a container's environment is not readable")
         finished = await drain_probe(bridge_invoker(client), queue, state, procs.stop)
         stopped = True
         checklist = trace.checklist
@@ -470,6 +483,34 @@ async def run_processes(
         await queue.destroy()
     trace.duration_s = time.monotonic() - start
     return trace, procs.exit_codes
+
+
+GATEWAY_SECRET = GATEWAY_TOKEN_SECRET
+GATEWAY_TOKEN = f"tok-{_secrets.token_hex(12)}"  # per run: found nowhere but in the store
+
+
+async def seed_secret(descriptor: Any, urls: dict[str, str], prefix: str) -> None:
+    """Put the gateway token into the secret store the pattern's services read (an admin
+    instance: the services' own stores are get-only)."""
+    admin = descriptor.build_from_urls(urls, prefix, enable_set=True)
+    await admin.start()
+    try:
+        await admin.set(GATEWAY_SECRET, GATEWAY_TOKEN)
+    finally:
+        await admin.destroy()
+
+
+def _environment_leaks(pids: dict[str, int | None]) -> dict[str, bool]:
+    """label -> whether the token is in that process's environment (None: this process)."""
+    import os
+
+    out = {}
+    for label, pid in pids.items():
+        if pid is None:
+            out[label] = any(GATEWAY_TOKEN in v for v in os.environ.values())
+        else:
+            out[label] = GATEWAY_TOKEN.encode() in Path(f"/proc/{pid}/environ").read_bytes()
+    return out
 
 
 DRAIN_INVOICE = "drain-probe"
@@ -545,6 +586,7 @@ async def run_serverless(urls: dict[str, str], prefix: str, timeout_s: float = 6
     # the seed's serverless configuration: a cloud secret store beside Redis state
     env = {**deploy_env(REFERENCE_ADAPTER, urls, prefix), "SECRET_STORE": SERVERLESS_SECRET_STORE}
     cfg = DeploymentConfig.from_env(env)
+    await seed_secret(registry.resolve("secret_store", SERVERLESS_SECRET_STORE), urls, prefix)
     state, queue, read = backend_outcome_reader(trace, urls, prefix)
     await state.start()
     await queue.start()
@@ -580,6 +622,7 @@ async def run_serverless(urls: dict[str, str], prefix: str, timeout_s: float = 6
             await route(answer["emitted"])
             if await settle(trace, read, 0):
                 break
+        judge_secrets(trace.checklist, _environment_leaks({"serverless": None}), trace.state)
     finally:
         await state.destroy()
         await queue.destroy()

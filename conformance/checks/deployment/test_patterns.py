@@ -54,7 +54,7 @@ IN_PROCESS = {
     "health": "in process: no health port (the process patterns check it)",
     "telemetry": "in process: no exporter configured (the process patterns check it)",
 }
-NO_SECRET = "no example service reads a secret yet: nothing to find in a store or environment"
+NO_SECRET = "no evidence gathered in this pattern"
 
 
 def _judge(aut: AdapterUnderTest, trace: Trace, reference: dict[str, Any]) -> None:
@@ -77,7 +77,8 @@ def _checklist(trace: Trace) -> Checklist:
     for item, why in IN_PROCESS.items():
         if item not in checklist.items:
             checklist.not_checked(item, why)
-    checklist.not_checked("secrets", NO_SECRET)
+    if "secrets" not in checklist.items:
+        checklist.not_checked("secrets", NO_SECRET)
     return checklist
 
 
