@@ -139,6 +139,8 @@ def rabbitmq(d: Path, port: int, free_port: Callable[[], int]) -> Recipe:
         "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
         "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
         "ERL_EPMD_ADDRESS": "127.0.0.1",
+        # the distribution listener binds every interface unless told otherwise
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
         # not erl_crash.dump in the runner's working directory when a stopped run kills it
         "ERL_CRASH_DUMP": str(d / "erl_crash.dump"),
     }
@@ -152,7 +154,10 @@ def rabbitmq(d: Path, port: int, free_port: Callable[[], int]) -> Recipe:
 
 def epmd(port: int) -> Recipe:
     """A private epmd in the foreground, owned by one RabbitMQ handle."""
-    return Recipe(command=[which("epmd") or "epmd", "-port", str(port)], ports={"epmd": port})
+    return Recipe(
+        command=[which("epmd") or "epmd", "-address", "127.0.0.1", "-port", str(port)],
+        ports={"epmd": port},
+    )
 
 
 def nats(d: Path, port: int, free_port: Callable[[], int]) -> Recipe:
@@ -249,6 +254,10 @@ def dapr(d: Path, port: int, free_port: Callable[[], int]) -> Recipe:
            "--resources-path", str(resources), "--dapr-http-port", str(port),
            "--dapr-grpc-port", str(grpc), "--dapr-internal-grpc-port", str(internal),
            "--metrics-port", str(metrics), "--dapr-listen-addresses", "127.0.0.1",
+           # the internal API and the metrics server listen on every interface by default
+           # (1.14 keeps metrics there even with --metrics-listen-address); nothing reads
+           # the metrics
+           "--dapr-internal-grpc-listen-address", "127.0.0.1", "--enable-metrics=false",
            "--log-level", "warn"]
     return Recipe(
         command=cmd,
