@@ -6,8 +6,8 @@
   ``telemetry`` fail;
 - serverless: the invoice command enqueues without its idempotency key and the gateway
   token is also in the environment -> ``idempotency`` and ``secrets`` fail;
-- monolith: a service whose subscription takes the default retry policy ->
-  ``retry_policy`` fails.
+- monolith: its shutdown does not wait for the running job (0.05 s), and a service whose
+  subscription takes the default retry policy -> ``drain``, ``retry_policy`` fail.
 
 Real processes, real brokers (Mosquitto, Redis), as in the deployment suite.
 """
@@ -136,3 +136,17 @@ def test_a_subscription_without_its_own_retry_policy_fails_the_retry_item() -> N
     good = Checklist("monolith")
     judge_retry_policies(good, ALL_SERVICES.values())
     assert good.items["retry_policy"][0] == OK, good.metric()
+
+
+async def test_a_monolith_whose_shutdown_does_not_wait_fails_the_drain_item(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = scenario.destroy_all
+
+    async def hasty(things: Any, **kw: Any) -> Any:
+        return await real(things, **{**kw, "timeout_s": 0.05})
+
+    monkeypatch.setattr(scenario, "destroy_all", hasty)
+    trace = await scenario.run_monolith()
+    assert trace.checklist.items["drain"][0] == FAILED, trace.checklist.metric()
+    assert trace.checklist.items["health"][0] == OK, "only the drain was broken"

@@ -43,6 +43,7 @@ from harness import run as harness_run
 from reference_services.adapters import registry
 from reference_services.runtime.definitions import Subscription
 from reference_services.runtime.errors import PuristaError
+from reference_services.runtime.health import HealthServer
 from reference_services.runtime.messages import (
     Address,
     AnyMessage,
@@ -50,6 +51,7 @@ from reference_services.runtime.messages import (
     CommandPayload,
     SenderAddress,
 )
+from reference_services.runtime.shutdown import destroy_all
 from reference_services.services import ALL_SERVICES
 from reference_services.services.billing import GATEWAY_TOKEN_SECRET, INVOICE_QUEUE
 from reference_services.services.user import user_id_for
@@ -281,18 +283,35 @@ async def run_monolith(timeout_s: float = 30.0) -> Trace:
             config_store=config,
             secret_store=secret,
             queue_bridge=queue,
-            config={"threshold": THRESHOLD, "gateway_blocked_customers": (BLOCKED,)},
+            config={
+                "threshold": THRESHOLD,
+                "gateway_blocked_customers": (BLOCKED,),
+                "gateway_slow_customers": (SLOW_CUSTOMER,),
+                "gateway_latency_ms": int(SERVICE_ENV["SERVICE_CONFIG_GATEWAY_LATENCY_MS"]),
+            },
         )
         for svc in ALL_SERVICES.values()
     ]
+    health = HealthServer([bridge, queue, *instances], host="127.0.0.1", port=0)
     try:
         await observe(bridge, trace)
         for instance in instances:
             await instance.start()
+        await health.start()
         await run_steps(trace, bridge_invoker(bridge))
         await settle(trace, lambda: read_outcome(trace, state, queue), timeout_s)
         judge_secrets(trace.checklist, _environment_leaks({"monolith": None}), trace.state)
+        judge_health(trace.checklist, {"monolith": await probe_health(health.port)})
+        codes: dict[str, int | None] = {}
+
+        async def shut_down() -> None:  # what the bootstrap does on SIGTERM (deploy/run.py)
+            order = [*reversed(instances), bridge, queue]
+            codes["monolith"] = (await destroy_all(order, timeout_s=20)).code
+
+        finished = await drain_probe(bridge_invoker(bridge), queue, state, shut_down)
+        judge_drain(trace.checklist, codes, finished, DRAIN_INVOICE)
     finally:
+        await health.destroy()
         for instance in instances:
             await instance.destroy()
         await bridge.destroy()

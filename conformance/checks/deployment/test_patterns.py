@@ -50,9 +50,10 @@ async def _reference_trace() -> dict[str, Any]:
 
 
 IN_PROCESS = {
-    "drain": "in process: no SIGTERM to send (the process patterns check it)",
-    "health": "in process: no health port (the process patterns check it)",
-    "telemetry": "in process: no exporter configured (the process patterns check it)",
+    "drain": "a function per trigger: the platform ends it after each invocation",
+    "health": "a function per trigger: the platform owns health",
+    "telemetry": "in process: a global exporter would trace every later check of the run "
+    "(the process patterns check it)",
 }
 NO_SECRET = "no evidence gathered in this pattern"
 
