@@ -967,9 +967,9 @@ class AmqpBridge(EventBridgeBase):
 
     # ------------------------------------------------------------------ intake
     async def _stop_intake(self) -> None:
-        for consumer in self._cmd_consumers.values():
+        for consumer in list(self._cmd_consumers.values()):
             await self._cancel(consumer)
-        for key, consumer in self._sub_consumers.items():
+        for key, consumer in list(self._sub_consumers.items()):
             reg = self.core.subscription(key)
             gone = reg is not None and topo.deleted_when_unused(reg.subscription)
             await self._cancel(consumer, delete_if_unused=gone)
