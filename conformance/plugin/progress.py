@@ -141,6 +141,7 @@ class RichProgress:
     # rich calls this on every refresh
     def __rich__(self) -> Any:
         from rich.console import Group
+        from rich.markup import escape
         from rich.progress_bar import ProgressBar
         from rich.spinner import Spinner
         from rich.table import Table
@@ -155,16 +156,18 @@ class RichProgress:
                 parts = Table.grid(padding=(0, 2))
                 cells: list[Any] = []
                 for svc in sorted(self._services.values(), key=lambda s: s.name):
+                    # a version is what the broker reports: text, never markup
+                    name, detail = escape(svc.name), escape(svc.detail)
                     if svc.state == "starting":
                         cells.append(Spinner("dots", text=f"{svc.name} {now - svc.started:.1f}s"))
                     elif svc.state == "ready":
                         cells.append(
                             Text.from_markup(
-                                f"[green]✔[/] {svc.name} {svc.seconds:.1f}s [dim]{svc.detail}[/]"
+                                f"[green]✔[/] {name} {svc.seconds:.1f}s [dim]{detail}[/]"
                             )
                         )
                     else:
-                        cells.append(Text.from_markup(f"[red]✘[/] {svc.name} {svc.detail}"))
+                        cells.append(Text.from_markup(f"[red]✘[/] {name} {detail}"))
                 for _ in cells:
                     parts.add_column(no_wrap=True)
                 parts.add_row(*cells)

@@ -134,3 +134,28 @@ def test_the_panel_shows_a_refused_broker_and_no_password(tmp_path: Path) -> Non
     assert re.search(r"✘ redis", out), out[:3000]
     assert f"preflight: redis: connection refused at 127.0.0.1:{port}" in out
     assert "hunter2" not in raw
+
+
+def test_the_panel_shows_a_version_as_text_not_markup() -> None:
+    """A broker's version string with brackets (an external server reports its own) is shown
+    as it is; read as markup it raised in the panel's refresh (seen: MarkupError before)."""
+    import io
+
+    from rich.console import Console
+
+    from conformance.plugin.progress import RichProgress
+
+    class Writer:
+        fullwidth = 100
+
+    class Reporter:
+        _tw = Writer()
+
+    panel = RichProgress(Reporter())
+    try:
+        panel.service_done("nats", None, 0.5, "2.10.18 [/beta]")
+        out = io.StringIO()
+        Console(file=out, width=100).print(panel)
+        assert "2.10.18 [/beta]" in out.getvalue()
+    finally:
+        panel.close()
