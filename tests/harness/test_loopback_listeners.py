@@ -48,13 +48,10 @@ def _listening(pids: set[int]) -> list[tuple[int, str, int]]:
 def test_local_services_listen_on_loopback_only(harness_services: ServiceSet, name: str) -> None:
     if harness_services.provider.name != "local":
         pytest.skip("local provider only (containers publish their ports on 127.0.0.1)")
-    handle = harness_services.provider.start(name)
-    try:
-        pids = handle.process_ids()
-        assert pids, f"{name}: no process to inspect"
-        sockets = _listening(pids)
-        assert sockets, f"{name}: no listening socket found for {sorted(pids)}"
-        exposed = [s for s in sockets if not ipaddress.ip_address(s[1]).is_loopback]
-        assert not exposed, f"{name} listens beyond loopback (pid, address, port): {exposed}"
-    finally:
-        handle.stop()
+    handle = harness_services.get(name)  # the session's own (started once, shared)
+    pids = handle.process_ids()
+    assert pids, f"{name}: no process to inspect"
+    sockets = _listening(pids)
+    assert sockets, f"{name}: no listening socket found for {sorted(pids)}"
+    exposed = [s for s in sockets if not ipaddress.ip_address(s[1]).is_loopback]
+    assert not exposed, f"{name} listens beyond loopback (pid, address, port): {exposed}"
