@@ -688,6 +688,25 @@ EXPECTED_ROBUSTNESS: dict[str, tuple[str, str]] = {
 }
 
 
+def amqp_forgets_dead_letters(ctx: AdapterContext) -> Any:
+    """The AMQP bridge, still declaring native dead lettering, keeping no copy of a dead
+    letter in its dead-letter queue."""
+    from reference_services.adapters.amqp.event_bridge import AmqpBridge
+
+    class AmqpForgetsDeadLetters(AmqpBridge):
+        async def _dead_letter_native(self, *args: Any) -> bool:
+            return True
+
+    return AmqpForgetsDeadLetters(url=ctx.url("rabbitmq"), prefix=ctx.prefix, **ctx.options)
+
+
+amqp_forgets_dead_letters.kind = "event_bridge"  # type: ignore[attr-defined]
+amqp_forgets_dead_letters.services = ("rabbitmq",)  # type: ignore[attr-defined]
+amqp_forgets_dead_letters.capabilities = EventBridgeCapabilities(  # type: ignore[attr-defined]
+    native_dead_lettering=YES
+)
+
+
 # broken factory -> the named check that must fail for it
 EXPECTED: dict[str, str] = {
     "drops": "event_bridge.subscriptions.fan_out",
@@ -722,6 +741,7 @@ EXPECTED: dict[str, str] = {
     "store_rounds_big_ints": "stores.numbers",
     "volatile_redis_queue": "queue_bridge.durable_restart",
     "amqp_acks_early": "event_bridge.failures.crash_mid_handler",
+    "amqp_forgets_dead_letters": "event_bridge.failures.native_dead_letter_kept",
 }
 
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from typing import Any
+
+import pytest
 
 from conformance.kit import FailureHandling, Recorder, event, subscription
 from conformance.kit.ledger import Ledger, expect_exactly_once
 from conformance.kit.marks import check
 from conformance.kit.under_test import AdapterUnderTest
-from conformance.kit.waits import wait_for, wait_quiet
+from conformance.kit.waits import wait_for, wait_for_async, wait_quiet
 from reference_services.runtime.errors import HandledError
+from reference_services.runtime.spi.bridge_base import DEAD_LETTER_REASON_HEADER
 
 EB = ("event_bridge",)
 RETRY_LATE_FRACTION = 0.25
@@ -127,6 +131,67 @@ async def test_dead_letter(aut: AdapterUnderTest) -> None:
         if body["message"].get("eventName") != "work":
             bad.append(f"{mid}: original message not carried: {body['message']!r}")
     assert not bad, "dead letters incomplete: " + "; ".join(bad[:10])
+
+
+@check(
+    "event_bridge.failures.native_dead_letter_kept",
+    kinds=EB,
+    needs=("native_dead_lettering", "bounded_retry", "dead_letter"),
+)
+async def test_native_dead_letter_kept(aut: AdapterUnderTest) -> None:
+    """A message dead-lettered after max_attempts is also kept by the broker itself (its
+    native dead-letter store, read through the adapter's ``dead_letters()`` hook): once per
+    message, the message unchanged, with the reason."""
+    handler = Attempts(fail_first=10**6)
+    failure = FailureHandling(
+        max_attempts=2, retry_delay_ms=20, backoff=1.0, dead_letter_target=f"{aut.ctx.prefix}.dead"
+    )
+    consumer = await aut.new()
+    peek = getattr(consumer, "dead_letters", None)
+    if not callable(peek):
+        pytest.skip(
+            f"{type(consumer).__name__} offers no dead_letters() hook: the broker's own "
+            "dead-letter store cannot be read"
+        )
+    await consumer.register_subscription(
+        subscription("fragile", event_name="work", failure=failure), handler
+    )
+    producer = await aut.new()
+    sent = {}
+    for i in range(aut.n(5)):
+        msg = event(producer, "work", {"id": f"job-{i}", "n": i})
+        await producer.emit_message(msg)
+        sent[f"job-{i}"] = msg
+    await wait_for(lambda: all(len(handler.calls.get(k, [])) >= 2 for k in sent), 15)
+    kept: list[tuple[dict[str, str], bytes]] = []
+
+    async def all_kept() -> bool:
+        nonlocal kept
+        kept = list(await peek())
+        return len(kept) >= len(sent)
+
+    await wait_for_async(all_kept, 10, interval_s=0.1)
+    aut.metric("kept", len(kept))
+    seen: dict[str, int] = defaultdict(int)
+    bad = []
+    for headers, data in kept:
+        try:
+            body = json.loads(data)
+            key = str(body["payload"]["id"])
+        except (ValueError, KeyError, TypeError):
+            bad.append(f"not the message: {data[:80]!r}")
+            continue
+        seen[key] += 1
+        original = sent.get(key)
+        if original is None or body.get("id") != original.id:
+            bad.append(f"{key}: not the message sent")
+        if "transient failure of " + key not in headers.get(DEAD_LETTER_REASON_HEADER, ""):
+            bad.append(f"{key}: reason {headers.get(DEAD_LETTER_REASON_HEADER)!r}")
+    missing = sorted(set(sent) - set(seen))
+    assert not missing, f"the broker kept no dead letter for {missing} (kept {len(kept)})"
+    twice = sorted(k for k, n in seen.items() if n > 1)
+    assert not twice, f"kept more than once: {twice}"
+    assert not bad, "native dead letters wrong: " + "; ".join(bad[:6])
 
 
 @check("event_bridge.failures.handled_error_not_redelivered", kinds=EB)

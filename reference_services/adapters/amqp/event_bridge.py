@@ -919,6 +919,29 @@ class AmqpBridge(EventBridgeBase):
             return False
         return True
 
+    async def dead_letters(self, limit: int = 100) -> list[tuple[dict[str, str], bytes]]:
+        """Peek at the native dead letters of this instance's subscriptions: ``(headers,
+        data)`` pairs, oldest first per queue; each is handed back to its queue unchanged."""
+        assert self._admin is not None
+        out: list[tuple[dict[str, str], bytes]] = []
+        names = {topo.dead_letter_queue(self.prefix, r.subscription)
+                 for r in self.core.registered_subscriptions}
+        for name in sorted(names):
+            queue = await self._admin.declare_queue(name, passive=True, robust=False)
+            taken: list[AbstractIncomingMessage] = []
+            try:
+                while len(out) < limit:
+                    msg = await queue.get(no_ack=False, fail=False)
+                    if msg is None:
+                        break
+                    taken.append(msg)
+                    headers = {str(k): str(v) for k, v in (msg.headers or {}).items()}
+                    out.append((headers, bytes(msg.body)))
+            finally:
+                for msg in taken:
+                    await msg.nack(requeue=True)
+        return out
+
     # ------------------------------------------------------------ raw input
     async def publish_raw(
         self,
