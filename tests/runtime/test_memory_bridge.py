@@ -509,3 +509,41 @@ async def test_every_sent_message_is_encoded_once(hub_bridges, monkeypatch) -> N
         "commandSuccessResponse": 1,
         "customMessage": 1,
     }, encoded
+
+
+
+class _SlowSendBridge(DefaultEventBridge):
+    """A transport whose sends wait for a gate (a broker slow to take a publish)."""
+
+    def __init__(self, hub: MemoryHub) -> None:
+        super().__init__(hub)
+        self.gate = asyncio.Event()
+
+    async def _send_command(self, command: Command) -> None:
+        await self.gate.wait()
+        await super()._send_command(command)
+
+
+async def test_an_invocation_cancelled_while_sending_leaves_nothing_pending() -> None:
+    """A caller cancelled while its command is being sent: its pending entry goes at once,
+    not when its ttl ends (then failing a future nobody awaits, and emitting a timeout)."""
+    hub = MemoryHub()
+    caller, server = _SlowSendBridge(hub), DefaultEventBridge(hub)
+    await caller.start()
+    await server.start()
+    try:
+
+        async def echo(cmd: Command):
+            return success_response(cmd, cmd.payload.payload)
+
+        await server.register_command(ECHO, echo)
+        task = asyncio.ensure_future(caller.invoke(command("svc", "echo", 1), ttl_s=60))
+        await wait_for(lambda: caller.pending_invocations == 1, 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert caller.pending_invocations == 0
+    finally:
+        caller.gate.set()
+        await caller.destroy()
+        await server.destroy()

@@ -906,6 +906,9 @@ class EventBridgeBase(ABC):
                     raise
                 try:
                     await self.core.send_within(self._send_command(command), ttl_left)
+                except asyncio.CancelledError:
+                    future.cancel()  # the caller left: nothing waits for a response now
+                    raise
                 except TimeoutError:
                     future.cancel()
                     raise UnhandledError(
