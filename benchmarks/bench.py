@@ -441,7 +441,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--window", type=float, default=0.8,
+    parser.add_argument("--window", type=float, default=0.6,
                         help="seconds per throughput window (and latency cap)")
     parser.add_argument("--pending", type=int, default=10_000)
     parser.add_argument("--event-bridges", nargs="*", default=None,
