@@ -202,7 +202,9 @@ class MqttQueueBridge(QueueBridgeBase):
             self._on_message(holder[0], message, generation)
 
         def on_up(generation: int, session_present: bool) -> None:
-            if not session_present and self.state != "created":
+            # every reconnect subscribes again: a broker restored from its persistence
+            # file may report the session present without its shared subscriptions
+            if self.state != "created":
                 self._spawn(self._resubscribe(holder[0]))
 
         conn = MqttConnection(
@@ -252,7 +254,7 @@ class MqttQueueBridge(QueueBridgeBase):
         await conn.subscribe(self._ctl_topic(self.client_id), _SID_SYNC, self.op_timeout_s)
 
     async def _resubscribe(self, conn: MqttConnection) -> None:
-        """The broker lost the session (restart without persistence): subscribe again."""
+        """After a reconnect: subscribe again (idempotent when the session kept them)."""
         try:
             if conn is self._view_conn:
                 await self._subscribe_view()
@@ -612,8 +614,9 @@ class MqttQueueBridge(QueueBridgeBase):
                 "holder": self.client_id,
             }
             out.append(delivery)
-        for d in out:  # not awaited: the next sync (and any later record publish) waits
-            self._track(self._send_record(d.job, "leased", lease=d.lease))
+        # awaited: another instance's inspect_leases must see a lease once it is returned
+        await self._published()
+        await asyncio.gather(*(self._send_record(d.job, "leased", lease=d.lease) for d in out))
         return [job_from(d.job, d.lease) for d in out]
 
     def _track(self, coro: Awaitable[None]) -> None:
