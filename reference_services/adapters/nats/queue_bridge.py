@@ -983,19 +983,19 @@ class NatsQueueBridge(QueueBridgeBase):
                     return await finish(*cached)
             key = ledger_key(name_token(job.queue), job.id)
             record, rev, settled = await self._io.lget_settled(key)
-            if record is not None and record.state == "done" and record.lease_id == job.lease_id:
-                # an earlier ack of this lease landed but its reply was lost: finish it
+            # an ack that finished released its lease; one still held here was cut short
+            # (its reply or its purge marker lost) and this retry finishes it. A settled
+            # lease acked again is expired, as on every queue bridge.
+            held = self._held.get(job.lease_id or "")
+            if (held is not None and record is not None and record.state == "done"
+                    and record.lease_id == job.lease_id):
                 self._release(job.lease_id)
                 await self._io.ack_reply(record.reply)
                 await self._io.ldel(key, rev, record.seq, record.lease_id)
                 return
-            if record is None and job.lease_id and settled[1] == job.lease_id:
-                # an earlier ack of this lease got as far as its purge marker: ack the
-                # message again if this bridge still knows its ack subject (otherwise the
-                # marker has it acked when it shows up again)
-                held = self._held.get(job.lease_id)
-                if held is not None:
-                    await self._io.ack_reply(held.reply)
+            if held is not None and record is None and settled[1] == job.lease_id:
+                # it got as far as its purge marker: ack the message again
+                await self._io.ack_reply(held.reply)
                 self._release(job.lease_id)
                 return
             try:
