@@ -54,3 +54,20 @@ def pids_with_env(name: str, value: str) -> set[int]:
         if needle in env.split(b"\0") and is_alive(pid):
             found.add(pid)
     return found
+
+
+def descendants(pid: int) -> set[int]:
+    """Live processes below pid in the process tree (children, their children, ...)."""
+    children: dict[int, list[int]] = {}
+    for other in all_pids():
+        fields = _stat_fields(other)
+        if fields and fields[0] not in ("Z", "X"):
+            children.setdefault(int(fields[1]), []).append(other)
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found

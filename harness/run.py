@@ -150,14 +150,19 @@ def run_pids(run_id: str, parent: int | None = None, temp_dir: Path | None = Non
 
 def kill_run_processes(run_id: str, parent: int | None = None, temp_dir: Path | None = None,
                        sessions: dict[int, str] | None = None,
-                       timeout: float = REAP_TIMEOUT_S) -> set[int]:
+                       timeout: float = REAP_TIMEOUT_S, below: int | None = None,
+                       spare: frozenset[int] = frozenset()) -> set[int]:
     """SIGKILL every process of the run until none is left (children started while
-    this runs are caught by the next pass); returns the pids killed."""
+    this runs are caught by the next pass); returns the pids killed. With ``below``,
+    every descendant of that pid counts too (but ``spare``): a process that rewrote its
+    environment block (an xdist worker titled by setproctitle) carries no marker."""
     killed: set[int] = set()
     sessions = {**read_sessions(temp_dir), **(sessions or {})} if parent is None else sessions
     deadline = time.monotonic() + timeout
     while True:
         pids = run_pids(run_id, parent, sessions=sessions)
+        if below is not None:
+            pids |= procs.descendants(below) - spare - _ancestors()
         if not pids or time.monotonic() > deadline:
             return killed
         for pid in pids:
@@ -385,10 +390,13 @@ class Run:
         """The signal path: kill what the run started, run cleanups with a deadline,
         remove the temp dir; returns the exit code (128 + signum)."""
         started = time.monotonic()
+        spare = frozenset([self._reaper.pid] if self._reaper is not None else [])
         if self.owner:
-            killed = kill_run_processes(self.id, temp_dir=self.temp_dir, sessions=self.sessions)
+            killed = kill_run_processes(self.id, temp_dir=self.temp_dir, sessions=self.sessions,
+                                        below=os.getpid(), spare=spare)
         else:
-            killed = kill_run_processes(self.id, parent=os.getpid(), sessions=self.sessions)
+            killed = kill_run_processes(self.id, parent=os.getpid(), sessions=self.sessions,
+                                        below=os.getpid(), spare=spare)
         errors = self._run_cleanups(CLEANUP_TIMEOUT_S)
         if self.owner:
             errors += run_hooks(self.id)
