@@ -70,7 +70,10 @@ def test_compose_brings_up_every_service_ready(
             pytest.fail(f"{name}: {url} not ready in 90 s; its last log lines:\n{logs.stdout}")
     project = cmd[2]
     mine = client.containers.list(filters={"label": f"com.docker.compose.project={project}"})
-    assert len(mine) == 9
+    declared = subprocess.run([*cmd, "config", "--services"], env=env, capture_output=True,
+                              text=True, timeout=60, check=True).stdout.split()
+    assert set(SERVICES) <= set(declared)
+    assert sorted(c.labels["com.docker.compose.service"] for c in mine) == sorted(declared)
     assert all(c.labels.get(LABEL_RUN) == run_identity().run_id for c in mine)
     down = subprocess.run([*cmd, "down", "-v", "-t", "10"], env=env, capture_output=True,
                           text=True, timeout=120, check=False)
