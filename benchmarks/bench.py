@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import gc
 import json
@@ -22,15 +23,17 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import contenders as cn  # noqa: E402
 from benchmarks import queues_stores as qs  # noqa: E402
+
+T = TypeVar("T")
 
 SERVICES = ("rabbitmq", "nats", "redis", "mosquitto")
 STORE_KINDS = ("state_store", "config_store", "secret_store")
@@ -147,13 +150,32 @@ def event_contenders(adapter: str, urls: dict[str, str], faststream: bool) -> li
     return out
 
 
-async def bench_event_bridge(adapter: str, urls: dict[str, str], res: Results, args: Any) -> None:
-    cs = event_contenders(adapter, urls, args.faststream)
+@contextlib.asynccontextmanager
+async def started(cs: Sequence[Any], what: str) -> AsyncIterator[None]:
+    """Set every contender up; close each one after (a failing close is printed)."""
     for c in cs:
         await c.setup()
     try:
-        for r in range(args.rounds):
-            order = cs[r % len(cs):] + cs[: r % len(cs)]
+        yield
+    finally:
+        for c in cs:
+            try:
+                await c.close()
+            except Exception as exc:
+                print(f"  {what} {c.label}: close failed: {exc!r}", flush=True)
+
+
+def rotations(cs: Sequence[T], rounds: int) -> Iterator[tuple[int, list[T]]]:
+    """Round r runs the contenders starting from the r-th, so none is always first."""
+    for r in range(rounds):
+        k = r % len(cs)
+        yield r, [*cs[k:], *cs[:k]]
+
+
+async def bench_event_bridge(adapter: str, urls: dict[str, str], res: Results, args: Any) -> None:
+    cs = event_contenders(adapter, urls, args.faststream)
+    async with started(cs, adapter):
+        for r, order in rotations(cs, args.rounds):
             for c in order:
                 times = await latency(c.call, 300, args.window)
                 res.add(f"{adapter} command p50", c.label, pct(times, 0.5) * 1e3, "ms", "lower")
@@ -168,12 +190,6 @@ async def bench_event_bridge(adapter: str, urls: dict[str, str], res: Results, a
                     label = f"{adapter} events/s, {subs} subscriber{'s' if subs > 1 else ''}"
                     res.add(label, c.label, rate, "/s", "higher")
             print(f"  {adapter}: round {r + 1} done", flush=True)
-    finally:
-        for c in cs:
-            try:
-                await c.close()
-            except Exception as exc:
-                print(f"  {adapter} {c.label}: close failed: {exc!r}", flush=True)
 
 
 # ----------------------------------------------------------------- queues, stores
@@ -183,11 +199,8 @@ async def bench_queue(adapter: str, urls: dict[str, str], res: Results, args: An
         cs.append(qs.RawRedisQueue(urls["redis"]))
     elif adapter == "nats":
         cs.append(qs.RawNatsQueue(urls["nats"]))
-    for c in cs:
-        await c.setup()
-    try:
-        for r in range(args.rounds):
-            order = cs[r % len(cs):] + cs[: r % len(cs)]
+    async with started(cs, adapter):
+        for r, order in rotations(cs, args.rounds):
             for c in order:
                 queue = f"q{r}"
                 t0, n = time.perf_counter(), 0
@@ -201,9 +214,6 @@ async def bench_queue(adapter: str, urls: dict[str, str], res: Results, args: An
                 res.add(f"{adapter} queue jobs/s, {qs.WORKERS} workers", c.label,
                         n / (time.perf_counter() - t0), "/s", "higher")
             print(f"  queue {adapter}: round {r + 1} done", flush=True)
-    finally:
-        for c in cs:
-            await c.close()
 
 
 async def bench_store(kind: str, adapter: str, urls: dict[str, str], res: Results,
@@ -213,11 +223,8 @@ async def bench_store(kind: str, adapter: str, urls: dict[str, str], res: Result
         cs.append(qs.RawRedisStore(urls["redis"]))
     elif adapter == "nats-kv":
         cs.append(qs.RawNatsKV(urls["nats"]))
-    for c in cs:
-        await c.setup()
-    try:
-        for r in range(args.rounds):
-            order = cs[r % len(cs):] + cs[: r % len(cs)]
+    async with started(cs, adapter):
+        for _r, order in rotations(cs, args.rounds):
             for c in order:
                 for op in ("set", "get"):
                     fn = getattr(c, op)
@@ -227,9 +234,6 @@ async def bench_store(kind: str, adapter: str, urls: dict[str, str], res: Result
                         n += 1
                     res.add(f"{adapter} {kind.replace('_', ' ')} {op}/s", c.label,
                             n / (time.perf_counter() - t0), "/s", "higher")
-    finally:
-        for c in cs:
-            await c.close()
 
 
 # ----------------------------------------------------------------- memory

@@ -72,6 +72,14 @@ class Contender:
     async def emit(self, event: str) -> None:
         raise NotImplementedError
 
+    def on_event(self, event: str) -> Callable[[Any], Awaitable[None]]:
+        """A subscriber callback counting deliveries of ``event``."""
+
+        async def handler(_body: Any) -> None:
+            self.delivered(event)
+
+        return handler
+
     def delivered(self, event: str) -> None:
         self.received[event] += 1
         target = self._targets.get(event)
@@ -261,16 +269,10 @@ class FastStreamAmqp(Contender):
 
         for event, subscribers in EVENT_FANOUT.items():
             for i in range(subscribers):
-                def make(event: str) -> Callable[[Any], Awaitable[None]]:
-                    async def on_event(_body: dict[str, Any]) -> None:
-                        self.delivered(event)
-
-                    return on_event
-
                 self.broker.subscriber(
                     RabbitQueue(f"{self.p}.{event}.{i}", auto_delete=True),
                     self.exchanges[event],
-                )(make(event))
+                )(self.on_event(event))
 
     @staticmethod
     def url_or(url: str) -> str:
@@ -355,15 +357,9 @@ class FastStreamNats(Contender):
 
         for event, subscribers in EVENT_FANOUT.items():
             for i in range(subscribers):
-                def make(event: str) -> Callable[[Any], Awaitable[None]]:
-                    async def on_event(_body: dict[str, Any]) -> None:
-                        self.delivered(event)
-
-                    return on_event
-
                 self.broker.subscriber(
                     f"{self.p}.ev.{event}", stream=self.stream, durable=f"{event}x{i}"
-                )(make(event))
+                )(self.on_event(event))
 
     async def setup(self) -> None:
         await self.broker.start()
