@@ -359,6 +359,7 @@ def fmt(value: Any) -> str:
 
 
 def write(out_dir: Path, data: dict[str, Any]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(data, indent=2) + "\n")
     lines = [
         "# `make bench` results",
