@@ -6,8 +6,9 @@
   ``telemetry`` fail;
 - serverless: the invoice command enqueues without its idempotency key and the gateway
   token is also in the environment -> ``idempotency`` and ``secrets`` fail;
-- monolith: its shutdown does not wait for the running job (0.05 s), and a service whose
-  subscription takes the default retry policy -> ``drain``, ``retry_policy`` fail.
+- monolith: its shutdown does not wait for the running job (0.05 s), a service whose
+  subscription takes the default retry policy, and its process without a span exporter
+  -> ``drain``, ``retry_policy``, ``telemetry`` fail.
 
 Real processes, real brokers (Mosquitto, Redis), as in the deployment suite.
 """
@@ -150,3 +151,15 @@ async def test_a_monolith_whose_shutdown_does_not_wait_fails_the_drain_item(
     trace = await scenario.run_monolith()
     assert trace.checklist.items["drain"][0] == FAILED, trace.checklist.metric()
     assert trace.checklist.items["health"][0] == OK, "only the drain was broken"
+
+
+async def test_a_monolith_exporting_no_spans_fails_the_telemetry_item(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conformance.checks.deployment import monolith_process
+
+    monkeypatch.setattr(monolith_process, "span_env", lambda spans: {"OTEL_SPANS_FILE": ""})
+    trace = await monolith_process.run_monolith_process(tmp_path)
+    verdict, detail = trace.checklist.items["telemetry"]
+    assert verdict == FAILED and "no handler spans" in detail, trace.checklist.metric()
+    assert trace.checklist.items["drain"][0] == OK, "only the exporter was taken away"

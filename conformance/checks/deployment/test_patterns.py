@@ -23,6 +23,7 @@ from conformance.checks.deployment.checklist import (
     judge_idempotency,
     judge_retry_policies,
 )
+from conformance.checks.deployment.monolith_process import run_monolith_process
 from conformance.checks.deployment.scenario import (
     STEPS,
     Trace,
@@ -52,8 +53,7 @@ async def _reference_trace() -> dict[str, Any]:
 IN_PROCESS = {
     "drain": "a function per trigger: the platform ends it after each invocation",
     "health": "a function per trigger: the platform owns health",
-    "telemetry": "in process: a global exporter would trace every later check of the run "
-    "(the process patterns check it)",
+    "telemetry": "in process: a global exporter would trace every later check of the run",
 }
 NO_SECRET = "no evidence gathered in this pattern"
 
@@ -92,13 +92,16 @@ def _deployable(aut: AdapterUnderTest) -> tuple[str, str]:
 
 
 @check("deployment.monolith", kinds=("event_bridge",))
-async def test_monolith_gives_the_expected_business_outcome(aut: AdapterUnderTest) -> None:
-    """The reference run itself: every command answers as the services promise, both
-    users get one welcome e-mail, the blocked invoice is dead-lettered after 3 attempts
-    and the negative one at once, the good invoice is issued."""
+async def test_monolith_gives_the_expected_business_outcome(
+    aut: AdapterUnderTest, tmp_path: Path
+) -> None:
+    """The reference run itself, in its own OS process exporting its spans to a file:
+    every command answers as the services promise, both users get one welcome e-mail, the
+    blocked invoice is dead-lettered after 3 attempts and the negative one at once, the
+    good invoice is issued."""
     if not aut.is_reference:
         pytest.skip("the monolith runs on the in-memory adapters only")
-    trace = await run_monolith()
+    trace = await run_monolith_process(tmp_path)
     normal = trace.normalised()
     aut.metric("duration_s", round(trace.duration_s, 2))
     checklist = _checklist(trace)
