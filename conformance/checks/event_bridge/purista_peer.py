@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -306,9 +307,15 @@ class NatsPeer(Peer):
         import nats
 
         self._nc = await nats.connect(self.url)
+        self.deliveries: list[tuple[str, int]] = []  # JetStream: (message id, delivery count)
+        self._tasks: set[asyncio.Future[None]] = set()
 
     async def close(self) -> None:
-        await self._nc.close()
+        """Close the connection (idempotent); handlers still running are abandoned."""
+        for task in list(self._tasks):
+            task.cancel()
+        if not self._nc.is_closed:
+            await self._nc.close()
 
     async def capture(self) -> None:
         async def on(msg: Any) -> None:
@@ -365,10 +372,11 @@ class NatsPeer(Peer):
 
     async def serve_subscription(
         self, subscriber: dict[str, str], event_name: str, handler: EventHandler,
-        *, durable: bool = False, typed: bool = True,
+        *, durable: bool = False, typed: bool = True, ack_wait_s: float = 30.0,
     ) -> None:
         if durable:
-            raise NotImplementedError("PURISTA's JetStream push consumer is not played here")
+            await self._serve_jetstream(subscriber, event_name, handler, typed, ack_wait_s)
+            return
         # PURISTA: snake(field ?? '*') per token; a shared core subscription joins the
         # subscriber's queue group (the command group's name, on the raw values)
         flt = self.subscription_filter(self.prefix, event_name, typed)
@@ -380,6 +388,117 @@ class NatsPeer(Peer):
 
         await self._nc.subscribe(flt, queue=group, cb=on)
         await self._nc.flush()
+
+    # ---- PURISTA's JetStream subscription (durable, manual ack or failure handling)
+    JS_API = "$JS.API"
+
+    async def _js_api(self, what: str, request: dict[str, Any] | None = None) -> dict[str, Any]:
+        reply = await self._nc.request(f"{self.JS_API}.{what}",
+                                       json.dumps(request or {}).encode(), timeout=5)
+        return json.loads(reply.data)  # type: ignore[no-any-return]
+
+    async def _find_stream(self, subject: str) -> str | None:
+        """nats.js ``streams.find``: the name of the one stream holding ``subject``."""
+        names = (await self._js_api("STREAM.NAMES", {"subject": subject})).get("streams") or []
+        return names[0] if len(names) == 1 else None
+
+    async def ensure_stream(self, subject: str) -> str:
+        """PURISTA's ensureJetStreamStream(subject, 'subscription')."""
+        found = await self._find_stream(subject)
+        if found is not None:
+            return found
+        name = purista_sanitize(f"{self.prefix}_subscription_{subject}")
+        # creation may fail (raced, overlapping subjects); PURISTA only logs it
+        await self._js_api(f"STREAM.CREATE.{name}", {
+            "name": name, "subjects": [subject], "retention": "interest", "storage": "file"})
+        found = await self._find_stream(subject)
+        if found is None:
+            raise RuntimeError(f"no stream matches subject {subject}")
+        return found
+
+    async def consumer_info(self, stream: str, name: str) -> dict[str, Any] | None:
+        info = await self._js_api(f"CONSUMER.INFO.{stream}.{name}")
+        if "error" in info:
+            if info["error"].get("code") == 404:
+                return None
+            raise RuntimeError(f"consumer info {stream}/{name}: {info['error']}")
+        return info
+
+    async def _serve_jetstream(
+        self, subscriber: dict[str, str], event_name: str, handler: EventHandler,
+        typed: bool, ack_wait_s: float, max_attempts: int = 5, retry_delay_s: float = 1.0,
+    ) -> None:
+        """registerJetStreamConsumer('subscription', …, shared=true) as nats.js runs it:
+        find the stream, look the durable up and attach to it as it is (its filter must
+        be ours and its deliver group our queue group), or create the push consumer with
+        a new inbox; then a queue subscription on its deliver subject."""
+        flt = self.subscription_filter(self.prefix, event_name, typed)
+        group = (f"{self.prefix}_queue_{subscriber['serviceName']}_"
+                 f"{subscriber['serviceVersion']}_{subscriber['serviceTarget']}").upper()
+        durable = purista_sanitize(f"subscription_{subscriber['serviceName']}_"
+                                   f"{subscriber['serviceVersion']}_{subscriber['serviceTarget']}")
+        stream = await self.ensure_stream(flt)
+        info = await self.consumer_info(stream, durable)
+        create: dict[str, Any] | None = None
+        if info is not None:
+            config = info["config"]
+            if config.get("filter_subject") and config["filter_subject"] != flt:
+                raise RuntimeError("subject does not match consumer")
+            found_group = config.get("deliver_group") or ""
+            if found_group != group:
+                raise RuntimeError(f"durable requires queue group '{found_group}'"
+                                   if found_group else "durable requires no queue group")
+            deliver = config.get("deliver_subject")
+            if not deliver:
+                raise RuntimeError(f"consumer {durable} is a pull consumer")
+        else:
+            deliver = f"_INBOX.{secrets.token_hex(11)}"
+            create = {
+                "durable_name": durable, "deliver_subject": deliver, "deliver_group": group,
+                "deliver_policy": "new", "ack_policy": "explicit",
+                "ack_wait": int(ack_wait_s * 1e9), "max_ack_pending": 10,
+                "filter_subject": flt, "max_deliver": max_attempts + 1,
+            }
+        async def run(msg: Any) -> None:
+            body = json.loads(msg.data)
+            count = msg.metadata.num_delivered
+            self.deliveries.append((body["id"], count))
+            try:
+                await handler(body)
+            except Exception as exc:  # PURISTA: dead letter at maxAttempts, else nak(delay)
+                if count >= max_attempts:
+                    await self._nc.publish(f"{flt}.dead-letter", msg.data, headers={
+                        "x-purista-dead-letter-reason": str(exc),
+                        "x-purista-dead-letter-attempt": str(count),
+                        "x-purista-dead-letter-original-subject": flt,
+                        "x-purista-dead-letter-subscriber": "/".join(
+                            subscriber[k] for k in
+                            ("serviceName", "serviceVersion", "serviceTarget")),
+                    })
+                    await msg.term()
+                else:
+                    await msg.nak(delay=retry_delay_s)
+                return
+            await msg.ack()
+
+        async def on(msg: Any) -> None:
+            # PURISTA's callback starts the handler and returns (no await)
+            task = asyncio.ensure_future(run(msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        await self._nc.subscribe(deliver, queue=group, cb=on)
+        if create is not None:
+            answer = await self._js_api(f"CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+                                        {"stream_name": stream, "config": create})
+            if "error" in answer:
+                raise RuntimeError(f"creating consumer {durable}: {answer['error']}")
+        await self._nc.flush()
+
+
+def purista_sanitize(name: str) -> str:
+    """PURISTA NatsBridge ``sanitizeName``: ``[^a-zA-Z0-9_-]`` to ``_``, 200 characters."""
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", name)[:200]
 
 
 def mqtt_topic(prefix: str, msg: dict[str, Any]) -> str:

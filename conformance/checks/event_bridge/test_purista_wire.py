@@ -495,6 +495,104 @@ async def _mixed_fleet_subscription(
         await peer.close()
 
 
+REDELIVERY_ACK_WAIT_S = 2.0
+
+
+@check("event_bridge.wire.purista.mixed_fleet_durable_redelivery", kinds=EB,
+       needs=(*NEEDS, "purista_durable_wire"))
+async def test_mixed_fleet_durable_redelivery(aut: AdapterUnderTest) -> None:
+    """The adapter's member first: the JetStream consumer it creates for a shared durable
+    subscription is the one PURISTA creates (name, stream, push with PURISTA's deliver
+    group, filter, explicit ack, deliver new, max ack pending, max deliver = attempts + 1,
+    no heartbeats or flow control), so a PURISTA member attaches to it by nats.js's rules.
+    The PURISTA member then hangs on what it gets and dies without acknowledging: those
+    events are redelivered, after the ack wait, to the adapter's member, each handled once."""
+    import asyncio
+
+    transport = _transport(aut)
+    if transport != "nats":
+        pytest.skip(f"PURISTA's {transport} bridge has no ack wait to redeliver after "
+                    "(AMQP: the broker requeues at once; MQTT: no durable subscriptions)")
+    facts = VECTORS["nats_jetstream_subscription"]["value"]
+    member = await aut.new(instance_id=INST["py_bridge"], ack_wait_s=REDELIVERY_ACK_WAIT_S)
+    publisher = await aut.new(instance_id=INST["py_caller"])
+    event_name = VECTORS["ts_event"]["message"]["eventName"]
+    subscriber = ["pyService", "1.0.0", "onSignUp"]
+    handled: list[str] = []
+
+    async def on(message: Any) -> None:
+        handled.append(message.id)
+
+    await member.register_subscription(
+        Subscription(subscriber=_addr(subscriber), message_type=MessageType.CUSTOM_MESSAGE,
+                     event_name=event_name, durable=True, shared=True, autoacknowledge=False,
+                     failure=FailureHandling(max_attempts=5, retry_delay_ms=1000)),
+        on,
+    )
+    peer = await peer_for(transport, member, INST["ts_peer"])
+    hang = asyncio.Event()
+    try:
+        flt = peer.subscription_filter(peer.prefix, event_name)
+        stream = await peer._find_stream(flt)
+        assert stream is not None, f"no single stream holds {flt} (PURISTA's streams.find)"
+        name = "subscription_pyService_1_0_0_onSignUp"
+        info = await peer.consumer_info(stream, name)
+        assert info is not None, f"no consumer {name} on stream {stream} (PURISTA's name)"
+        cfg = info["config"]
+        group = f"{peer.prefix}_queue_pyService_1.0.0_onSignUp".upper()  # raw values
+        want = {
+            "durable_name": name, "deliver_group": group, "filter_subject": flt,
+            "ack_policy": facts["ack_policy"], "deliver_policy": facts["deliver_policy"],
+            "max_ack_pending": facts["max_ack_pending"], "max_deliver": 5 + 1,
+            "idle_heartbeat": None, "flow_control": None,
+            "ack_wait_s": REDELIVERY_ACK_WAIT_S,
+        }
+        got = {k: cfg.get(k) for k in want}
+        got["flow_control"] = cfg.get("flow_control") or None
+        got["ack_wait_s"] = round(cfg.get("ack_wait", 0) / 1e9, 3)
+        assert got == want, f"consumer {name} is not PURISTA's: {got} != {want}"
+        assert cfg.get("deliver_subject"), f"consumer {name} is a pull consumer"
+
+        async def ts_on(_body: dict[str, Any]) -> None:
+            await hang.wait()  # a PURISTA instance stuck on the message, then killed
+
+        try:
+            await peer.serve_subscription(address(*subscriber), event_name, ts_on, durable=True)
+        except Exception as exc:
+            raise AssertionError(
+                f"PURISTA's member cannot attach to the adapter's consumer: {exc}") from exc
+        n = aut.n(20, minimum=6)
+        sent: list[str] = []
+        spec = VECTORS["ts_event"]["message"]
+        for i in range(n):
+            if i % 2:
+                body = purista_event(address(*spec["sender"]), event_name, {"i": i})
+                await peer.publish_event(body)
+                sent.append(body["id"])
+            else:
+                msg = CustomMessage(
+                    sender=_sender(["caller", "1", "run", INST["py_caller"]]),
+                    event_name=event_name, payload={"i": i})
+                await publisher.emit_message(msg)
+                sent.append(msg.id)
+        assert await wait_for(lambda: bool(peer.deliveries), TTL_S), (
+            f"PURISTA's member got none of {n} events: not in the adapter's deliver group")
+        took = {i for i, _ in peer.deliveries}
+        await peer.close()  # dies holding its deliveries, none acknowledged
+        await wait_for(lambda: set(handled) >= set(sent), TTL_S + 3 * REDELIVERY_ACK_WAIT_S)
+        missing = set(sent) - set(handled)
+        assert not missing, (
+            f"{len(missing)} of {n} events never reached the adapter's member (PURISTA's "
+            f"member took {len(took)} and died without acknowledging)")
+        await wait_quiet(lambda: len(handled), quiet_s=0.5)
+        assert len(handled) == len(set(handled)), (
+            f"{n} events were handled {len(handled)} times by the adapter's member")
+        aut.metric("redelivered_from_purista", len(took))
+    finally:
+        hang.set()
+        await peer.close()
+
+
 @check("event_bridge.wire.purista.dead_letter_out", kinds=EB, needs=(*NEEDS, "dead_letter"))
 async def test_dead_letter_out(aut: AdapterUnderTest) -> None:
     """A message the adapter gives up on is published where PURISTA publishes dead
