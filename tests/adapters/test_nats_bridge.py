@@ -744,3 +744,69 @@ def test_reply_tokens_keep_plain_ids_and_never_mix_them_with_escaped_ones() -> N
         tok = _reply_token(odd)
         assert tok.startswith("%") and "." not in tok and " " not in tok, (odd, tok)
     assert _reply_token("Ab C") != _reply_token("ab_c")
+
+
+def _typed(service: str, event_name: str, **kw: Any) -> Subscription:
+    return subscription(service, event_name, message_type=MessageType.CUSTOM_MESSAGE, **kw)
+
+
+async def test_the_consumer_is_purista_s(make_bridge: Any) -> None:
+    """A shared durable subscription reads through PURISTA's push consumer (name, deliver
+    group, filter, acks, limits), whichever instance created it."""
+    bridge = await make_bridge()
+    sub = _typed("mail.Svc", "signUp", failure=FailureHandling(max_attempts=4))
+    await bridge.register_subscription(sub, lambda _m: asyncio.sleep(0))
+    info = await bridge._jsc().consumer_info(bridge.stream, "subscription_mail_Svc_1_on")
+    cfg = info.config
+    assert cfg.deliver_group == f"{bridge.prefix}_QUEUE_MAIL.SVC_1_ON".upper()
+    assert cfg.filter_subject == subjects.subscription_filter(bridge.prefix, sub)
+    assert cfg.deliver_subject and cfg.deliver_subject.startswith("_INBOX.")
+    assert (cfg.ack_policy, cfg.deliver_policy) == ("explicit", "new")
+    assert (cfg.max_deliver, cfg.max_ack_pending, cfg.idle_heartbeat) == (5, 10, None)
+    assert not cfg.flow_control
+
+
+async def test_a_consumer_of_another_shape_is_refused(make_bridge: Any) -> None:
+    """A consumer of the same name with another deliver group (or filter) is not joined:
+    registration fails naming the consumer and what differs, as PURISTA's does."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    from reference_services.adapters.nats.consumers import ConsumerMismatchError
+
+    bridge = await make_bridge()
+    await bridge._jsc().add_consumer(bridge.stream, ConsumerConfig(
+        durable_name="subscription_m_1_on", deliver_subject="_INBOX.elsewhere",
+        deliver_group="OTHER", ack_policy=AckPolicy.EXPLICIT))
+    with pytest.raises(ConsumerMismatchError, match=r"subscription_m_1_on.*'OTHER'") as err:
+        await bridge.register_subscription(_typed("m", "e"), lambda _m: asyncio.sleep(0))
+    assert err.value.status == 409
+
+
+async def test_a_consumer_re_created_elsewhere_is_followed(
+    make_bridge: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PURISTA re-creates the consumer with a new inbox as deliver subject: the bridge
+    follows it (checked while idle) and gets the events again."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    from reference_services.adapters.nats import consumers as nats_consumers
+
+    monkeypatch.setattr(nats_consumers, "HEAL_INTERVAL_S", 0.2)
+    producer, consumer = await make_bridge(), await make_bridge()
+    seen: list[Any] = []
+
+    async def handler(message: AnyMessage) -> None:
+        seen.append(message.payload)
+
+    sub = _typed("f", "e")
+    await consumer.register_subscription(sub, handler)
+    (old,) = consumer._consumers.values()
+    js = consumer._jsc()
+    cfg = (await js.consumer_info(consumer.stream, old.name)).config
+    await js.delete_consumer(consumer.stream, old.name)
+    await js.add_consumer(consumer.stream, ConsumerConfig(
+        durable_name=old.name, deliver_subject="_INBOX.purista1", deliver_group=cfg.deliver_group,
+        filter_subject=cfg.filter_subject, ack_policy=AckPolicy.EXPLICIT, max_ack_pending=10))
+    await wait_for(lambda: old.bound_to == "_INBOX.purista1", what="following the new inbox")
+    await producer.emit_message(event("e", "after"))
+    await wait_for(lambda: seen == ["after"], what="delivery through the re-created consumer")

@@ -1,11 +1,27 @@
-"""JetStream pull consumers behind NatsBridge subscriptions.
+"""JetStream push consumers behind NatsBridge subscriptions, the way PURISTA makes them.
 
-One :class:`JetStreamConsumer` feeds one subscription of one bridge: a fetch
-loop pulls batches (bounded by ``max_inflight_per_subscription``), every
-message is handled in its own task and settled only after the handler:
-``ack``, ``nak(delay)`` for a retry, or a copy in the dead-letter stream
-followed by ``term``. ``metadata.num_delivered`` is the attempt number, and
-``in_progress`` keeps long handlers from being redelivered.
+One :class:`JetStreamConsumer` feeds one subscription of one bridge through the
+durable consumer PURISTA v3's NatsBridge creates for the same subscription, so a
+PURISTA instance and ours can be members of one subscriber group:
+
+- name ``subscription_<svc>_<ver>_<target>`` (``_<instance>`` when not shared), on the
+  stream that holds the filter (ours, ``<prefix>.<type>.>``; PURISTA's
+  ``streams.find(filter)`` finds the same one);
+- a *push* consumer: deliver new, explicit ack, the bridge's ``ack_wait_s``,
+  ``max_ack_pending`` (PURISTA's ``maxMessages``, 10), the subscription filter, at most
+  ``max_attempts + 1`` deliveries; a shared one has PURISTA's queue group as deliver
+  group, and every member (of either runtime) queue-subscribes its deliver subject, so
+  the server hands each message to one of them;
+- no idle heartbeats and no flow control: the server sends those to one member of a
+  deliver group and nats.js refuses them for queue subscriptions;
+- an existing consumer is attached to as it is, by nats.js's rules (its filter must be
+  ours, its deliver group our queue group); one PURISTA made has a random inbox as
+  deliver subject, one we make a subject derived from the names.
+
+Every message is handled in its own task (at most ``max_inflight_per_subscription`` at
+once) and settled only after the handler: ``ack``, ``nak(delay)`` for a retry, or a copy
+in the dead-letter stream followed by ``term``. ``metadata.num_delivered`` is the attempt
+number, and ``in_progress`` keeps long handlers from being redelivered.
 """
 
 from __future__ import annotations
@@ -14,12 +30,15 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
+import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as CoreSubscription
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 
 from reference_services.adapters.nats import subjects
+from reference_services.runtime.errors import StatusCode, UnhandledError
 from reference_services.runtime.ids import new_id
 from reference_services.runtime.spi.bridge_base import (
     DEAD_LETTER_REASON_HEADER,
@@ -31,32 +50,45 @@ from reference_services.runtime.spi.bridge_base import (
 if TYPE_CHECKING:
     from reference_services.adapters.nats.event_bridge import NatsBridge
 
-MAX_DELIVER_MARGIN = 3
-"""Deliveries the server allows beyond ``max_attempts`` (redeliveries after a crash)."""
+MAX_DELIVER_MARGIN = 1
+"""Deliveries the server allows beyond ``max_attempts``: PURISTA's ``maxAttempts + 1``
+(one redelivery after a crash in the last attempt)."""
 
 HEAL_INTERVAL_S = 5.0
-"""How often an idle consumer checks that the server still has it."""
+"""How often an idle consumer checks that the server still has it, unchanged."""
 
-_MAX_BATCH = 16
+
+class ConsumerMismatchError(UnhandledError):
+    """The durable consumer of a subscription exists with a shape we cannot join."""
+
+    default_status = StatusCode.CONFLICT
 
 
 class JetStreamConsumer:
-    """A durable (shared or per-instance) or transient pull consumer for one subscription."""
+    """A durable (shared or per-instance) or transient push consumer for one subscription."""
 
     def __init__(self, bridge: NatsBridge, reg: RegisteredSubscription) -> None:
         sub = reg.subscription
         self.bridge = bridge
         self.key = sub.key
         self.filter_subject = subjects.subscription_filter(bridge.prefix, sub)
+        # nats-server 2.9 allows one filter per consumer, inside one stream subject:
+        # without a message type the consumer reads the whole stream and the bridge
+        # acks what does not match
+        self.consumer_filter = self.filter_subject if sub.message_type is not None else None
         self.per_instance = not sub.shared
         self.durable = sub.durable
-        parts = ["sub", *sub.key, self.filter_subject, "durable" if sub.durable else "transient"]
-        if self.per_instance:
-            parts.append(bridge.instance_id)
-        self.name = subjects.safe_name(*parts)
+        self.group = subjects.queue_group(bridge.prefix, sub.subscriber) if sub.shared else None
+        self.name = subjects.purista_consumer_name(
+            sub.subscriber, bridge.instance_id if self.per_instance else None
+        )
+        self.stream = bridge.stream
         self.config = self._config(reg)
+        self.deliver = self.config.deliver_subject or ""
+        self.ack_wait_s = bridge.ack_wait_s
         self.slots = asyncio.Semaphore(bridge.max_inflight_per_subscription)
-        self.psub: JetStreamContext.PullSubscription | None = None
+        self.sub: CoreSubscription | None = None
+        self.bound_to = ""
         self.task: asyncio.Task[None] | None = None
         self.active = False
         self._next_check = 0.0
@@ -64,19 +96,18 @@ class JetStreamConsumer:
     def _config(self, reg: RegisteredSubscription) -> ConsumerConfig:
         sub, bridge = reg.subscription, self.bridge
         config = ConsumerConfig(
-            name=self.name,
             durable_name=self.name,
-            description=f"PURISTA subscription {sub.subscriber}",
+            deliver_subject=subjects.deliver_subject(self.stream, self.name),
+            deliver_group=self.group,
             deliver_policy=DeliverPolicy.NEW,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=bridge.ack_wait_s,
+            max_ack_pending=bridge.max_ack_pending,
+            filter_subject=self.consumer_filter,
             max_deliver=sub.failure.max_attempts + MAX_DELIVER_MARGIN,
-            # nats-server 2.9 allows one filter per consumer, inside one stream subject:
-            # without a message type the consumer reads the whole stream and the
-            # bridge acks what does not match
-            filter_subject=self.filter_subject if sub.message_type is not None else None,
-            max_ack_pending=max(1000, bridge.max_inflight_per_subscription * 4),
         )
+        # PURISTA keeps every consumer; we let the server drop the ones nobody comes back
+        # to: transient ones, and a per-instance durable one whose instance is gone
         if not sub.durable:
             config.inactive_threshold = bridge.ephemeral_consumer_ttl_s
         elif self.per_instance:
@@ -84,36 +115,80 @@ class JetStreamConsumer:
         return config
 
     async def ensure(self) -> None:
-        """Create the consumer on the server (idempotent; also after a broker restart)."""
+        """Attach to the subscription's consumer, creating it when the server has none
+        (idempotent; also after a broker restart). A consumer that exists with another
+        filter or deliver group, or as a pull consumer, fails with
+        :class:`ConsumerMismatchError`, as PURISTA's own registration fails."""
+        js = self.bridge._jsc()
+        info = await self._info(js)
+        if info is None:
+            try:
+                info = await js.add_consumer(self.stream, self.config)
+            except nats.js.errors.BadRequestError as exc:
+                # created concurrently (by a PURISTA instance, say): attach to that one
+                info = await self._info(js)
+                if info is None:
+                    raise ConsumerMismatchError(
+                        f"cannot create consumer {self.name} on stream {self.stream}: {exc}"
+                    ) from exc
+        self._adopt(info)
+
+    async def _info(self, js: JetStreamContext) -> ConsumerInfo | None:
         try:
-            await self.bridge._jsc().add_consumer(self.bridge.stream, self.config)
-        except nats.js.errors.BadRequestError as exc:
-            # an existing durable consumer with another configuration: keep using it
-            self.bridge.log.warning(
-                "consumer %s exists with another configuration: %s", self.name, exc
+            return await js.consumer_info(self.stream, self.name)
+        except nats.js.errors.NotFoundError:
+            return None
+
+    def _adopt(self, info: ConsumerInfo) -> None:
+        config = info.config
+        where = f"consumer {self.name} on stream {self.stream}"
+        if config.filter_subject and config.filter_subject != self.consumer_filter:
+            raise ConsumerMismatchError(
+                f"{where} filters {config.filter_subject!r}, this subscription "
+                f"{self.consumer_filter or 'everything'!r}: another subscription of "
+                f"{'/'.join(self.key)} uses it (delete it to change the filter)"
             )
+        if (config.deliver_group or None) != self.group:
+            raise ConsumerMismatchError(
+                f"{where} has deliver group {config.deliver_group!r}, this subscription "
+                f"needs {self.group!r}"
+            )
+        if not config.deliver_subject:
+            raise ConsumerMismatchError(f"{where} is a pull consumer; PURISTA's are push")
+        self.deliver = config.deliver_subject
+        if config.ack_wait:
+            self.ack_wait_s = float(config.ack_wait)
 
     async def start(self) -> None:
-        """Bind a pull subscription and start fetching."""
-        self.psub = await self.bridge._jsc().pull_subscribe_bind(
-            self.name, stream=self.bridge.stream
-        )
+        """Subscribe to the deliver subject (in the deliver group) and start taking."""
+        await self._subscribe()
         self.active = True
-        self.task = self.bridge.core.spawn(self._fetch_loop(), name=f"nats-fetch-{self.name}")
+        self.task = self.bridge.core.spawn(self._intake_loop(), name=f"nats-intake-{self.name}")
+
+    async def _subscribe(self) -> None:
+        nc = self.bridge._client()
+        old, self.sub = self.sub, await nc.subscribe(self.deliver, queue=self.group or "")
+        self.bound_to = self.deliver
+        await self.bridge._server_barrier(nc)
+        if old is not None:
+            await self._release(old)
 
     async def stop(self) -> None:
-        """Stop fetching and hand fetched-but-unstarted messages back at once."""
+        """Stop taking and hand taken-but-unstarted messages back at once."""
         self.active = False
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(BaseException):
                 await self.task
-        psub, self.psub = self.psub, None
-        if psub is None:
-            return
+        sub, self.sub = self.sub, None
+        if sub is not None:
+            await self._release(sub)
+
+    @staticmethod
+    async def _release(sub: CoreSubscription) -> None:
         with contextlib.suppress(Exception):
-            await psub.unsubscribe()
-        queue: asyncio.Queue[Msg] = psub._sub._pending_queue  # type: ignore[union-attr]
+            await sub.unsubscribe()
+        queue: asyncio.Queue[Msg] = sub._pending_queue
         while not queue.empty():
             msg = queue.get_nowait()
             if msg.reply and not JetStreamContext.is_status_msg(msg):
@@ -123,53 +198,59 @@ class JetStreamConsumer:
     async def delete(self) -> None:
         """Remove the consumer from the server (per-instance or transient ones)."""
         with contextlib.suppress(Exception):
-            await self.bridge._jsc().delete_consumer(self.bridge.stream, self.name)
+            await self.bridge._jsc().delete_consumer(self.stream, self.name)
 
-    async def _fetch_loop(self) -> None:
+    async def _intake_loop(self) -> None:
         bridge, backoff = self.bridge, 0.05
         while self.active and bridge.core.accepting:
             await self.slots.acquire()
-            batch = 1
-            while batch < _MAX_BATCH and not self.slots.locked():
-                await self.slots.acquire()
-                batch += 1
-            msgs: list[Msg] = []
+            msg: Msg | None = None
             try:
                 nc = bridge._nc
                 if nc is None or nc.is_closed:
                     return
-                if not nc.is_connected or self.psub is None:
+                if not nc.is_connected or self.sub is None:
                     await asyncio.sleep(min(bridge.reconnect_time_wait_s, 0.5))
                     continue
-                msgs = await self.psub.fetch(batch, timeout=bridge.fetch_timeout_s)
+                msg = await self.sub.next_msg(timeout=bridge.fetch_timeout_s)
                 backoff = 0.05
-            except TimeoutError:
+            except nats.errors.TimeoutError:
                 await self._heal()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # consumer gone (re-created by resync), API errors
-                bridge.log.debug("fetch from %s failed: %r", self.name, exc)
+            except Exception as exc:  # subscription replaced by _heal, connection closing
+                bridge.log.debug("taking from %s failed: %r", self.name, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
-                for _ in range(batch - len(msgs)):
+                if msg is None:
                     self.slots.release()
-            for msg in msgs:
-                task = bridge.core.spawn_tracked(self._deliver(msg), "nats-delivery")
-                task.add_done_callback(lambda _t: self.slots.release())
+            if msg is None:
+                continue
+            if not msg.reply or JetStreamContext.is_status_msg(msg):
+                self.slots.release()  # no heartbeats or flow control are asked for
+                continue
+            task = bridge.core.spawn_tracked(self._deliver(msg), "nats-delivery")
+            task.add_done_callback(lambda _t: self.slots.release())
 
     async def _heal(self) -> None:
-        """Re-create the consumer if the server lost it (a pull from a missing consumer
-        just times out); checked at most every ``HEAL_INTERVAL_S`` while idle."""
+        """Re-create the consumer if the server lost it, and follow a new deliver subject
+        (PURISTA re-created it with another inbox); checked at most every
+        ``HEAL_INTERVAL_S`` while idle (a push consumer that is gone just stays quiet)."""
         loop = asyncio.get_running_loop()
         if loop.time() < self._next_check:
             return
         self._next_check = loop.time() + HEAL_INTERVAL_S
         try:
-            await self.bridge._jsc().consumer_info(self.bridge.stream, self.name)
-        except nats.js.errors.NotFoundError:
-            self.bridge.log.warning("consumer %s disappeared; re-creating it", self.name)
+            known = await self._info(self.bridge._jsc())
+            if known is None:
+                self.bridge.log.warning("consumer %s disappeared; re-creating it", self.name)
             await self.ensure()
+            if self.deliver != self.bound_to and self.active:
+                self.bridge.log.warning(
+                    "consumer %s delivers to another subject now; following it", self.name
+                )
+                await self._subscribe()
         except Exception as exc:
             self.bridge.log.debug("consumer check of %s failed: %r", self.name, exc)
 
@@ -213,7 +294,7 @@ class JetStreamConsumer:
 
     async def _keep_alive(self, msg: Msg) -> None:
         while True:
-            await asyncio.sleep(max(self.bridge.ack_wait_s / 3, 0.05))
+            await asyncio.sleep(max(self.ack_wait_s / 3, 0.05))
             with contextlib.suppress(Exception):
                 await msg.in_progress()
 

@@ -11,10 +11,12 @@
   ``Nats-Msg-Id`` = message id deduplicates retried publishes) into one
   interest-retention stream per prefix that captures every message type but
   commands. A subscription that is durable or acknowledges manually reads
-  through a JetStream pull consumer (shared: one durable consumer per
-  subscriber group; not shared: one per instance), acks after its handler,
-  retries with ``nak(delay)``, counts attempts with ``num_delivered`` and, once
-  dead-lettered, keeps a copy in a dead-letter stream and ``term``s the original.
+  through the JetStream push consumer PURISTA creates for it (shared: one
+  durable consumer per subscriber group, PURISTA's queue group as deliver group,
+  so PURISTA instances and ours share it; not shared: one per instance), acks
+  after its handler, retries with ``nak(delay)``, counts attempts with
+  ``num_delivered`` and, once dead-lettered, keeps a copy in a dead-letter
+  stream and ``term``s the original (see :mod:`.consumers`).
   A non-durable auto-acknowledging subscription uses core NATS (at most once).
 - Faults: nats-py reconnects by itself (forever once the first connect
   succeeded); afterwards the stream and every consumer are ensured again and
@@ -118,11 +120,7 @@ class NatsBridge(EventBridgeBase):
         per_sender_order=YES,
         duplicate_ids_dropped=YES,
         purista_wire=YES,
-        purista_durable_wire=unsupported(
-            "durable subscriptions are JetStream pull consumers; PURISTA's are push consumers "
-            "subscription_<svc>_<ver>_<target> with a deliver group, so both runtimes get "
-            "each event (docs/purista-compatibility.md)"
-        ),
+        purista_durable_wire=YES,
     )
 
     def __init__(
@@ -145,6 +143,7 @@ class NatsBridge(EventBridgeBase):
         ack_wait_s: float = 30.0,
         fetch_timeout_s: float = 2.0,
         max_inflight_per_subscription: int = 32,
+        max_ack_pending: int = 10,
         stream_max_age_s: float = 7 * 24 * 3600.0,
         dead_letter_max_age_s: float = 14 * 24 * 3600.0,
         duplicate_window_s: float = 120.0,
@@ -170,6 +169,9 @@ class NatsBridge(EventBridgeBase):
         self.ack_wait_s = ack_wait_s
         self.fetch_timeout_s = fetch_timeout_s
         self.max_inflight_per_subscription = max_inflight_per_subscription
+        if max_ack_pending < 1:
+            raise ValueError(f"max_ack_pending must be >= 1, got {max_ack_pending}")
+        self.max_ack_pending = max_ack_pending
         self.stream_max_age_s = stream_max_age_s
         self.dead_letter_max_age_s = dead_letter_max_age_s
         self.duplicate_window_s = duplicate_window_s
@@ -643,13 +645,18 @@ class NatsBridge(EventBridgeBase):
                 return
             attempt += 1
 
-    # ---- JetStream pull consumers (see nats_consumers)
+    # ---- JetStream push consumers (see .consumers)
     async def _bind_consumer(self, reg: RegisteredSubscription) -> None:
         consumer = JetStreamConsumer(self, reg)
-        await consumer.ensure()
         current = self._consumers.get(consumer.key)
         if current is not None and current.name == consumer.name and current.active:
-            return  # re-bound after a reconnect: the consumer exists again, keep fetching
+            # re-bound after a reconnect: nats-py subscribed the deliver subject again;
+            # the consumer exists again (or anew, maybe delivering elsewhere)
+            await current.ensure()
+            if current.deliver != current.bound_to:
+                await current._subscribe()
+            return
+        await consumer.ensure()
         if current is not None:
             await current.stop()
         await consumer.start()

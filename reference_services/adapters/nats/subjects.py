@@ -223,6 +223,30 @@ def purista_dead_letter_headers(
     }
 
 
+_PURISTA_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def purista_consumer_name(subscriber: Address, instance_id: str | None = None) -> str:
+    """PURISTA's durable JetStream consumer of a subscription,
+    ``subscription_<svc>_<ver>_<target>`` on the raw values (plus ``_<instance>`` when not
+    shared), every character outside ``[A-Za-z0-9_-]`` made ``_``, at most 200 characters.
+    Not injective (``1.0.0`` and ``1_0_0`` meet), as in PURISTA: both runtimes must agree."""
+    base = (
+        f"subscription_{subscriber.service_name}_{subscriber.service_version}_"
+        f"{subscriber.service_target}"
+    )
+    if instance_id is not None:
+        base = f"{base}_{instance_id}"
+    return _PURISTA_UNSAFE.sub("_", base)[:200]
+
+
+def deliver_subject(stream: str, consumer: str) -> str:
+    """The deliver subject of a push consumer this bridge creates: derived from the names,
+    so instances creating it at once agree, and in ``_INBOX`` as PURISTA's own (a new
+    inbox), outside every stream's subjects."""
+    return f"_INBOX.purista-deliver.{stream}.{consumer}"
+
+
 def safe_name(*parts: str, limit: int = 64) -> str:
     """A stream/consumer name: readable, only ``[A-Za-z0-9_-]``, unique per ``parts``."""
     digest = hashlib.sha1("\x1f".join(parts).encode("utf-8")).hexdigest()[:10]
