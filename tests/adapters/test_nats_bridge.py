@@ -179,6 +179,31 @@ async def test_unknown_command_fails_fast_with_no_responders(make_bridge: Any) -
     assert caller.pending_invocations == 0 and caller._sent == {}
 
 
+async def test_settled_invokes_keep_no_record(make_bridge: Any) -> None:
+    """Once every invoke settled (answered, timed out, no responders) the caller keeps no
+    per-command record: a burst's expiry entries stayed until the next send (1 MB kept
+    after 10,000 invokes in robustness.burst.paused_broker)."""
+    caller, server = await make_bridge(), await make_bridge()
+    slow = Address(service_name="user", service_version="1", service_target="slow")
+    nobody = Address(service_name="user", service_version="1", service_target="nobody")
+    await server.register_command(USER, echo_handler([], server))
+
+    async def never(command: Command) -> Any:
+        await asyncio.sleep(5)
+
+    await server.register_command(slow, never)
+    results = await asyncio.gather(
+        *(caller.invoke(Command(sender=CALLER, receiver=USER), 5) for _ in range(200)),
+        *(caller.invoke(Command(sender=CALLER, receiver=slow), 0.3) for _ in range(20)),
+        *(caller.invoke(Command(sender=CALLER, receiver=nobody), 5) for _ in range(20)),
+        return_exceptions=True,
+    )
+    statuses = Counter(getattr(r, "status", "ok") for r in results)
+    assert statuses == {"ok": 200, 504: 20, 503: 20}
+    assert caller.pending_invocations == 0
+    assert (len(caller._sent), len(caller._sent_expiry)) == (0, 0)
+
+
 async def test_handled_error_keeps_its_status(make_bridge: Any) -> None:
     caller, server = await make_bridge(), await make_bridge()
 

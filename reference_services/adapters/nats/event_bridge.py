@@ -188,7 +188,8 @@ class NatsBridge(EventBridgeBase):
         self._core_subs: dict[tuple[str, str, str], CoreSubscription] = {}
         self._consumers: dict[tuple[str, str, str], JetStreamConsumer] = {}
         self._sent: dict[str, _SentCommand] = {}
-        # (expiry, token) of every sent command, oldest first: pruning is O(log n) per send
+        # (expiry, token) of every sent command, oldest first: pruning is O(log n) per send;
+        # at most about twice the records in flight, and emptied once none is
         self._sent_expiry: list[tuple[float, str]] = []
         self._synced = asyncio.Event()
         self._resync_task: asyncio.Task[None] | None = None
@@ -436,14 +437,7 @@ class NatsBridge(EventBridgeBase):
                 ) from None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if len(self._sent_expiry) > 2 * len(self._sent) + 1024:  # mostly settled: rebuild
-            self._sent_expiry = [(s.expires_at, t) for t, s in self._sent.items()]
-            heapq.heapify(self._sent_expiry)
-        while self._sent_expiry and self._sent_expiry[0][0] < now:
-            _, old = heapq.heappop(self._sent_expiry)
-            entry = self._sent.get(old)
-            if entry is not None and entry.expires_at < now:
-                del self._sent[old]
+        self._prune_sent(now)
         tok = _reply_token(command.correlation_id)
         # kept until its invoker gave up (the deadline it carries), plus a margin
         ttl_s = self.default_command_ttl_s
@@ -461,8 +455,30 @@ class NatsBridge(EventBridgeBase):
                 headers=routing_headers(command),
             )
         except Exception:
-            self._sent.pop(tok, None)
+            self._forget_sent(tok)
             raise
+
+    def _prune_sent(self, now: float) -> None:
+        """Drop the records of commands past their expiry (a send slow to cancel may record
+        one after its invoke ended) and keep the heap in step with the records left."""
+        if not self._sent:
+            # nothing in flight: the heap's entries all belong to settled commands (a burst's
+            # 10,000 would otherwise stay until the next send)
+            self._sent_expiry.clear()
+            return
+        if len(self._sent_expiry) > 2 * len(self._sent) + 64:  # mostly settled: rebuild
+            self._sent_expiry = [(s.expires_at, t) for t, s in self._sent.items()]
+            heapq.heapify(self._sent_expiry)
+        while self._sent_expiry and self._sent_expiry[0][0] < now:
+            _, old = heapq.heappop(self._sent_expiry)
+            entry = self._sent.get(old)
+            if entry is not None and entry.expires_at < now:
+                del self._sent[old]
+
+    def _forget_sent(self, tok: str) -> None:
+        """Drop a settled command's record: nothing stays per command once it settled."""
+        self._sent.pop(tok, None)
+        self._prune_sent(asyncio.get_running_loop().time())
 
     async def invoke(self, command: Command, ttl_s: float | None = None) -> Any:
         """See :meth:`EventBridgeBase.invoke`; what was kept to map "no responders" back to
@@ -470,13 +486,14 @@ class NatsBridge(EventBridgeBase):
         try:
             return await super().invoke(command, ttl_s)
         finally:
-            self._sent.pop(_reply_token(command.correlation_id), None)
+            self._forget_sent(_reply_token(command.correlation_id))
 
     async def _on_reply(self, msg: Msg) -> None:
         tok = msg.subject.rsplit(".", 1)[-1]
         if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS and not msg.data:
-            sent = self._sent.pop(tok, None)
+            sent = self._sent.get(tok)
             if sent is not None:
+                self._forget_sent(tok)
                 self.core.resolve_response(
                     error_response(
                         sent.command,
@@ -489,7 +506,7 @@ class NatsBridge(EventBridgeBase):
             return
         response = self.core.decode_or_reject(msg.data, msg.subject)
         if isinstance(response, CommandSuccessResponse | CommandErrorResponse):
-            self._sent.pop(tok, None)
+            self._forget_sent(tok)
             self.core.resolve_response(response)
         elif response is not None:
             self.log.warning("ignored a %s on the reply subject", response.message_type)
