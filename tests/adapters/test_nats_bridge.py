@@ -551,6 +551,34 @@ async def test_malformed_messages_are_dropped_and_the_next_is_served(
     await wait_for(lambda: seen == ["valid", "still served"], what="the next valid event")
 
 
+async def test_a_drain_cut_short_by_the_shutdown_deadline_still_closes(make_bridge: Any) -> None:
+    """The shared shutdown deadline cancels a bridge's destroy while a hung handler keeps its
+    drain waiting: the bridge still rejects its pending invocations and closes its
+    connection (it was left open, with its callers waiting for their ttl)."""
+    from reference_services.runtime.shutdown import destroy_all
+
+    bridge = await make_bridge()
+    started = asyncio.Event()
+
+    async def hangs(command: Command) -> Any:
+        started.set()
+        await asyncio.Event().wait()
+
+    await bridge.register_command(USER, hangs)
+    invocation = asyncio.create_task(bridge.invoke(Command(sender=CALLER, receiver=USER), 30))
+    await asyncio.wait_for(started.wait(), 5)
+    loop = asyncio.get_running_loop()
+    begun = loop.time()
+    result = await destroy_all([bridge], timeout_s=1.0)
+    took = loop.time() - begun
+    assert result.timed_out == [f"NatsBridge({bridge.name})"], result
+    assert took < 1.0 + 2.5, f"the close after the cut drain took {took:.2f}s"
+    assert bridge._nc is not None and bridge._nc.is_closed, "the connection was left open"
+    with pytest.raises(PuristaError) as err:
+        await asyncio.wait_for(invocation, 1)
+    assert err.value.status == 503, err.value
+
+
 async def test_destroy_drains_in_flight_handlers(make_bridge: Any) -> None:
     producer, consumer, caller = await make_bridge(), await make_bridge(), await make_bridge()
     started, finished = asyncio.Event(), []

@@ -11,6 +11,7 @@ malformed-message rejection and telemetry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
@@ -69,6 +70,8 @@ DEAD_LETTER_REASON_HEADER = "x-purista-dead-letter-reason"
 RETRY_ATTEMPT_HEADER = "x-purista-retry-attempt"
 #: how much of an undecodable delivery its dead letter keeps
 RAW_LIMIT = 64 * 1024
+#: how long a destroy whose drain was cut short (cancelled) still takes to reject and close
+CLOSE_AFTER_CUT_S = 1.0
 #: info messages (diagnostics) are best effort: a bounded number in flight, each given up
 #: after a short while, so that an outage never turns them into a backlog
 MAX_INFO_IN_FLIGHT = 64
@@ -820,24 +823,42 @@ class EventBridgeBase(ABC):
             return
         self.core.destroyed = True
         self.core.accepting = False
-        if self.core.started:
-            try:
-                await self._stop_intake()
-            except Exception:
-                self.log.exception("stopping intake failed")
-            if not await self.core.inflight.wait_idle(self.drain_timeout_s):
-                self.drain_timed_out = True
-                self.log.warning(
-                    "%d handler(s) still running after the %.1fs drain timeout",
-                    self.core.inflight.count,
-                    self.drain_timeout_s,
-                )
+        try:
+            await self._drain()
+        except asyncio.CancelledError:
+            # The caller's deadline (one shared by every shutdown step) cut the drain short:
+            # still reject the pending invocations and close, briefly, then let it go on.
+            self.drain_timed_out = True
+            self.log.warning("drain cut short: %d handler(s) running", self.core.inflight.count)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._finish_destroy(0.2), CLOSE_AFTER_CUT_S)
+            raise
+        await self._finish_destroy(min(2.0, max(self.drain_timeout_s, 0.1)))
+
+    async def _drain(self) -> None:
+        """Stop intake and let in-flight handlers finish (up to ``drain_timeout_s``)."""
+        if not self.core.started:
+            return
+        try:
+            await self._stop_intake()
+        except Exception:
+            self.log.exception("stopping intake failed")
+        if not await self.core.inflight.wait_idle(self.drain_timeout_s):
+            self.drain_timed_out = True
+            self.log.warning(
+                "%d handler(s) still running after the %.1fs drain timeout",
+                self.core.inflight.count,
+                self.drain_timeout_s,
+            )
+
+    async def _finish_destroy(self, background_timeout_s: float) -> None:
+        """Reject pending invocations (503), end the background tasks, close."""
         self.core.pending.reject_all(
             BridgeNotRunningError(
                 f"{self.name} bridge is shutting down", StatusCode.SERVICE_UNAVAILABLE
             )
         )
-        await self.core.stop_background(min(2.0, max(self.drain_timeout_s, 0.1)))
+        await self.core.stop_background(background_timeout_s)
         if self.core.started:
             try:
                 await self._close()
