@@ -181,21 +181,7 @@ def success_response(
     """The success response to ``command``: same id and correlationId, sender/receiver swapped
     (the sender names ``responder_instance_id`` when given: the bridge then keeps it as is)."""
     return CommandSuccessResponse(
-        id=command.id,
-        correlation_id=command.correlation_id,
-        sender=SenderAddress(
-            service_name=command.receiver.service_name,
-            service_version=command.receiver.service_version,
-            service_target=command.receiver.service_target,
-            instance_id=responder_instance_id or command.receiver.instance_id or "",
-        ),
-        receiver=command.sender,
-        trace_id=command.trace_id,
-        principal_id=command.principal_id,
-        tenant_id=command.tenant_id,
-        otp=command.otp,
-        event_name=event_name,
-        payload=payload,
+        **_reply_fields(command, responder_instance_id), event_name=event_name, payload=payload
     )
 
 
@@ -210,19 +196,26 @@ def error_response(
 ) -> CommandErrorResponse:
     """Build the error response to ``command`` with an HTTP-like ``status``."""
     return CommandErrorResponse(
-        id=command.id,
-        correlation_id=command.correlation_id,
-        sender=SenderAddress(
+        **_reply_fields(command, responder_instance_id),
+        is_handled_error=is_handled_error,
+        payload=ErrorPayload(status=status, message=message, data=data, trace_id=command.trace_id),
+    )
+
+
+def _reply_fields(command: Command, responder_instance_id: str | None) -> dict[str, Any]:
+    """What every response to ``command`` copies from it, sender and receiver swapped."""
+    return {
+        "id": command.id,
+        "correlation_id": command.correlation_id,
+        "sender": SenderAddress(
             service_name=command.receiver.service_name,
             service_version=command.receiver.service_version,
             service_target=command.receiver.service_target,
             instance_id=responder_instance_id or command.receiver.instance_id or "",
         ),
-        receiver=command.sender,
-        trace_id=command.trace_id,
-        principal_id=command.principal_id,
-        tenant_id=command.tenant_id,
-        otp=command.otp,
-        is_handled_error=is_handled_error,
-        payload=ErrorPayload(status=status, message=message, data=data, trace_id=command.trace_id),
-    )
+        "receiver": command.sender,
+        "trace_id": command.trace_id,
+        "principal_id": command.principal_id,
+        "tenant_id": command.tenant_id,
+        "otp": command.otp,
+    }
