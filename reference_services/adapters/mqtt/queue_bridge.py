@@ -410,15 +410,11 @@ class MqttQueueBridge(QueueBridgeBase):
             self._syncs.pop(token, None)
 
     async def _put_record(
-        self,
-        job: dict[str, Any],
-        status: str,
-        *,
-        lease: dict[str, Any] | None = None,
-        dead: dict[str, Any] | None = None,
+        self, job: dict[str, Any], status: str, **parts: dict[str, Any] | None
     ) -> None:
+        """:meth:`_send_record` (``lease``, ``dead``) after the record publishes under way."""
         await self._published()  # after the lease records still under way: broker order
-        await self._send_record(job, status, lease=lease, dead=dead)
+        await self._send_record(job, status, **parts)
 
     async def _send_record(
         self,
