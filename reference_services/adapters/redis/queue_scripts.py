@@ -184,6 +184,17 @@ local function held(id, lease_id, now)
   end
   return 'ok'
 end
+
+-- Why a settling call (ack, nack, dead letter) of ARGV id, lease_id, request_id stops:
+-- the settled lease's answer, 'stale' or 'expired'; nil when the job is held: go on.
+local function refused(now)
+  local id, lease_id, req = ARGV[1], ARGV[2], ARGV[3]
+  local s = settled(lease_id, req)
+  if s then return s end
+  local h = held(id, lease_id, now)
+  if h ~= 'ok' then return h end
+  return nil
+end
 """.replace("@MARKER_TTL@", str(MARKER_TTL_MS))
 
 # ARGV: id, has_key, key, key_ttl_ms (0 = forever), payload, parameter, headers,
@@ -262,10 +273,8 @@ return out
 # ARGV: id, lease_id, request_id -> 'ok' | 'stale' | 'expired'
 ACK = """
 local id, lease_id, req = ARGV[1], ARGV[2], ARGV[3]
-local s = settled(lease_id, req)
-if s then return s end
-local h = held(id, lease_id, now_ms())
-if h ~= 'ok' then return h end
+local r = refused(now_ms())
+if r then return r end
 redis.call('ZREM', LEASED, id)
 redis.call('DEL', jkey(id))
 mark_settled(lease_id, req, 'ok')
@@ -276,11 +285,9 @@ return 'ok'
 # -> 'retry' | 'dead_letter' | 'stale' | 'expired'
 NACK = """
 local id, lease_id, req = ARGV[1], ARGV[2], ARGV[3]
-local s = settled(lease_id, req)
-if s then return s end
 local now = now_ms()
-local h = held(id, lease_id, now)
-if h ~= 'ok' then return h end
+local r = refused(now)
+if r then return r end
 local k = jkey(id)
 local f = redis.call('HMGET', k, 'deliveries', 'max_attempts')
 if ARGV[4] == '1' then
@@ -306,11 +313,9 @@ return 'retry'
 # ARGV: id, lease_id, request_id, reason -> 'ok' | 'stale' | 'expired'
 MOVE_TO_DEAD = """
 local id, lease_id, req = ARGV[1], ARGV[2], ARGV[3]
-local s = settled(lease_id, req)
-if s then return s end
 local now = now_ms()
-local h = held(id, lease_id, now)
-if h ~= 'ok' then return h end
+local r = refused(now)
+if r then return r end
 to_dead(id, ARGV[4], now)
 mark_settled(lease_id, req, 'ok')
 return 'ok'
