@@ -1,13 +1,24 @@
-"""Helpers shared by the adapter integration tests: waits with deadlines, test addresses."""
+"""Helpers shared by the adapter integration tests: adapter factories, waits with deadlines,
+test addresses and messages."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from reference_services.adapters.nats.connection import NatsTimings
-from reference_services.runtime.messages import Address, SenderAddress
+from reference_services.runtime.definitions import Subscription
+from reference_services.runtime.messages import (
+    Address,
+    Command,
+    CommandPayload,
+    CustomMessage,
+    SenderAddress,
+    success_response,
+)
 
 CALLER = SenderAddress(
     service_name="caller", service_version="1", service_target="t", instance_id="c" * 32
@@ -54,3 +65,68 @@ async def eventually(
 async def is_not(value: Awaitable[bool]) -> bool:
     """Negate an awaitable boolean (for waits on ``not await bridge.is_ready()``)."""
     return not await value
+
+
+class Adapters:
+    """Starts adapters of ``cls`` on ``url`` with ``defaults`` (each call's options win) and
+    destroys every one it made on exit, in creation order.
+
+    A fixture yields ``made.bridge`` (``make(url=None, **options)``) or ``made.store``
+    (``make(store_cls=cls, url=None, **options)``) from ``async with Adapters(...) as made``.
+    ``quiet`` ignores errors of ``destroy`` (for tests that kill the broker under it).
+    """
+
+    def __init__(self, cls: type, url: str | None, *, quiet: bool = False, **defaults: Any) -> None:
+        self.cls, self.url, self.quiet, self.defaults = cls, url, quiet, defaults
+        self.made: list[Any] = []
+
+    async def bridge(self, url: str | None = None, **kw: Any) -> Any:
+        """A started adapter of the class on ``url`` (default: the one given)."""
+        return await self.store(self.cls, url, **kw)
+
+    async def store(self, store_cls: type | None = None, url: str | None = None, **kw: Any) -> Any:
+        """A started ``store_cls`` (default: the class given) on ``url``."""
+        adapter = (store_cls or self.cls)(url or self.url, **{**self.defaults, **kw})
+        self.made.append(adapter)  # destroyed even if its start fails
+        await adapter.start()
+        return adapter
+
+    async def __aenter__(self) -> Adapters:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for adapter in self.made:
+            if self.quiet:
+                with contextlib.suppress(Exception):
+                    await adapter.destroy()
+            else:
+                await adapter.destroy()
+
+
+def event(name: str, payload: Any = None, **kw: Any) -> CustomMessage:
+    """A custom message from the test caller."""
+    return CustomMessage(sender=CALLER, event_name=name, payload=payload, **kw)
+
+
+def subscription(service: str, event_name: str | None = None, **kw: Any) -> Subscription:
+    """A subscription of ``service`` (PURISTA defaults: durable, shared, manual ack)."""
+    return Subscription(
+        subscriber=Address(service_name=service, service_version="1", service_target="on"),
+        event_name=event_name,
+        **kw,
+    )
+
+
+def command(receiver: Address = USER, payload: Any = None, **kw: Any) -> Command:
+    """A command from the test caller."""
+    return Command(sender=CALLER, receiver=receiver, payload=CommandPayload(payload=payload), **kw)
+
+
+def echo_handler(served: list[tuple[str, Command]], bridge: Any) -> Any:
+    """A command handler that records ``(bridge.instance_id, command)`` and echoes the payload."""
+
+    async def handler(cmd: Command) -> Any:
+        served.append((bridge.instance_id, cmd))
+        return success_response(cmd, {"echo": cmd.payload.payload})
+
+    return handler

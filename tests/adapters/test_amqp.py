@@ -21,7 +21,18 @@ from typing import Any
 
 import aio_pika
 import pytest
-from adapter_helpers import CALLER, USER, is_not, wait_async, wait_for
+from adapter_helpers import (
+    CALLER,
+    USER,
+    Adapters,
+    command,
+    echo_handler,
+    event,
+    is_not,
+    subscription,
+    wait_async,
+    wait_for,
+)
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
@@ -32,14 +43,11 @@ from reference_services.runtime.definitions import (
     AddressFilter,
     CommandConfig,
     FailureHandling,
-    Subscription,
 )
 from reference_services.runtime.errors import HandledError, PuristaError
 from reference_services.runtime.messages import (
-    Address,
     AnyMessage,
     Command,
-    CommandPayload,
     CustomMessage,
     MessageType,
     success_response,
@@ -65,33 +73,6 @@ FAST: dict[str, Any] = {
 
 
 # ------------------------------------------------------------------ helpers
-def event(name: str, payload: Any = None, **kw: Any) -> CustomMessage:
-    """A custom message from the test caller."""
-    return CustomMessage(sender=CALLER, event_name=name, payload=payload, **kw)
-
-
-def subscription(service: str, event_name: str | None = None, **kw: Any) -> Subscription:
-    """A subscription of ``service`` (PURISTA defaults: durable, shared, manual ack)."""
-    return Subscription(
-        subscriber=Address(service_name=service, service_version="1", service_target="on"),
-        event_name=event_name,
-        **kw,
-    )
-
-
-def command(receiver: Address = USER, payload: Any = None, **kw: Any) -> Command:
-    return Command(sender=CALLER, receiver=receiver,
-                   payload=CommandPayload(payload=payload), **kw)
-
-
-def echo_handler(served: list[tuple[str, Command]], bridge: AmqpBridge) -> Any:
-    async def handler(cmd: Command) -> Any:
-        served.append((bridge.instance_id, cmd))
-        return success_response(cmd, {"echo": cmd.payload.payload})
-
-    return handler
-
-
 class Raw:
     """A plain aio-pika connection to look at what the broker holds."""
 
@@ -145,18 +126,8 @@ async def make_bridge(
     harness_rabbitmq: Any, namespace: str
 ) -> AsyncIterator[Callable[..., Awaitable[AmqpBridge]]]:
     """Start bridges on a broker under this test's prefix; destroyed after."""
-    made: list[AmqpBridge] = []
-
-    async def make(url: str | None = None, **kw: Any) -> AmqpBridge:
-        options = {**FAST, "prefix": namespace, **kw}
-        bridge = AmqpBridge(url or harness_rabbitmq.url, **options)
-        await bridge.start()
-        made.append(bridge)
-        return bridge
-
-    yield make
-    for bridge in made:
-        await bridge.destroy()
+    async with Adapters(AmqpBridge, harness_rabbitmq.url, **FAST, prefix=namespace) as made:
+        yield made.bridge
 
 
 @pytest.fixture

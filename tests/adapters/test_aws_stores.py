@@ -4,7 +4,6 @@ repr or error."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,6 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
+from adapter_helpers import Adapters
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -29,19 +29,8 @@ OPEN = {"enable_get": True, "enable_set": True, "enable_remove": True}
 async def make_store(
     harness_moto: Any, namespace: str
 ) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
-    made: list[Any] = []
-
-    async def make(cls: type = AwsSecretStore, url: str | None = None, **kw: Any) -> Any:
-        kw.setdefault("prefix", namespace)
-        store = cls(url or harness_moto.url, **kw)
-        await store.start()
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        with contextlib.suppress(Exception):
-            await store.destroy()
+    async with Adapters(AwsSecretStore, harness_moto.url, quiet=True, prefix=namespace) as made:
+        yield made.store
 
 
 def raw_client(url: str, service: str) -> Any:

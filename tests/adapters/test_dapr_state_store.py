@@ -5,12 +5,12 @@ component, and the idempotency helper on it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
+from adapter_helpers import Adapters
 
 from reference_services.adapters.dapr.state_store import DaprStateStore
 from reference_services.runtime.errors import PuristaError
@@ -21,19 +21,8 @@ from reference_services.runtime.idempotency import Idempotency
 async def make_store(
     harness_dapr: Any, namespace: str
 ) -> AsyncIterator[Callable[..., Awaitable[DaprStateStore]]]:
-    made: list[DaprStateStore] = []
-
-    async def make(**kw: Any) -> DaprStateStore:
-        kw.setdefault("prefix", namespace)
-        store = DaprStateStore(harness_dapr.url, **kw)
-        await store.start()
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        with contextlib.suppress(Exception):
-            await store.destroy()
+    async with Adapters(DaprStateStore, harness_dapr.url, quiet=True, prefix=namespace) as made:
+        yield made.store
 
 
 async def test_record_layout_keeps_numbers_as_text(make_store: Any, harness_dapr: Any,

@@ -24,7 +24,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import port_for
 import pytest
-from adapter_helpers import is_not
+from adapter_helpers import Adapters, is_not
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -135,18 +135,9 @@ BridgeFactory = Callable[..., Awaitable[MqttBridge]]
 
 @pytest.fixture
 async def make_bridge(prefix: str) -> AsyncIterator[Callable[..., Awaitable[MqttBridge]]]:
-    made: list[MqttBridge] = []
-
-    async def make(url: str, start: bool = True, **kwargs: Any) -> MqttBridge:
-        bridge = MqttBridge(url, prefix=prefix, **{**FAST, **kwargs})
-        made.append(bridge)
-        if start:
-            await bridge.start()
-        return bridge
-
-    yield make
-    for bridge in made:
-        await bridge.destroy()
+    """Start bridges (each call names its broker's URL) under this test's prefix."""
+    async with Adapters(MqttBridge, None, **FAST, prefix=prefix) as made:
+        yield made.bridge
 
 
 # ------------------------------------------------------------------ helpers

@@ -17,7 +17,17 @@ from typing import Any
 
 import nats as nats_client
 import pytest
-from adapter_helpers import CALLER, USER, is_not, wait_async, wait_for
+from adapter_helpers import (
+    CALLER,
+    USER,
+    Adapters,
+    echo_handler,
+    event,
+    is_not,
+    subscription,
+    wait_async,
+    wait_for,
+)
 
 from harness.history import History
 from reference_services.adapters.nats import subjects
@@ -34,7 +44,6 @@ from reference_services.runtime.messages import (
     AnyMessage,
     Command,
     CommandPayload,
-    CustomMessage,
     MessageType,
     success_response,
 )
@@ -54,45 +63,13 @@ FAST = {
 
 
 
-def event(name: str, payload: Any = None, **kw: Any) -> CustomMessage:
-    """A custom message from the test caller."""
-    return CustomMessage(sender=CALLER, event_name=name, payload=payload, **kw)
-
-
-def subscription(service: str, event_name: str | None = None, **kw: Any) -> Subscription:
-    """A subscription of ``service`` (PURISTA defaults: durable, shared, manual ack)."""
-    return Subscription(
-        subscriber=Address(service_name=service, service_version="1", service_target="on"),
-        event_name=event_name,
-        **kw,
-    )
-
-
-def echo_handler(served: list[tuple[str, Command]], bridge: NatsBridge) -> Any:
-    async def handler(command: Command) -> Any:
-        served.append((bridge.instance_id, command))
-        return success_response(command, {"echo": command.payload.payload})
-
-    return handler
-
-
 @pytest.fixture
 async def make_bridge(
     harness_nats: Any, namespace: str
 ) -> AsyncIterator[Callable[..., Awaitable[NatsBridge]]]:
     """Start bridges on the session broker under this test's prefix; destroyed after."""
-    made: list[NatsBridge] = []
-
-    async def make(url: str | None = None, **kw: Any) -> NatsBridge:
-        options = {**FAST, "prefix": namespace, **kw}
-        bridge = NatsBridge(url or harness_nats.url, **options)
-        await bridge.start()
-        made.append(bridge)
-        return bridge
-
-    yield make
-    for bridge in made:
-        await bridge.destroy()
+    async with Adapters(NatsBridge, harness_nats.url, **FAST, prefix=namespace) as made:
+        yield made.bridge
 
 
 # ------------------------------------------------------------------ subjects

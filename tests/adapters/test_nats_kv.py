@@ -9,14 +9,13 @@ from typing import Any
 
 import pytest
 from adapter_helpers import NATS_FAST as FAST
-from adapter_helpers import is_not
+from adapter_helpers import Adapters, is_not
 
 from reference_services.adapters.nats.connection import NatsTimings, NatsUnavailableError
 from reference_services.adapters.nats.kv_stores import (
     NatsKVConfigStore,
     NatsKVSecretStore,
     NatsKVStateStore,
-    _NatsKVStore,
 )
 from reference_services.adapters.nats.subjects import kv_key
 from reference_services.runtime.idempotency import Idempotency
@@ -28,19 +27,8 @@ Factory = Callable[..., Awaitable[Any]]
 @pytest.fixture
 async def make(harness_nats: Any, namespace: str) -> AsyncIterator[Factory]:
     """Create started stores on the session broker (same prefix = same buckets)."""
-    made: list[_NatsKVStore] = []
-
-    async def factory(cls: type[_NatsKVStore] = NatsKVStateStore, **kw: Any) -> Any:
-        kw.setdefault("prefix", namespace)
-        kw.setdefault("timings", FAST)
-        store = cls(kw.pop("url", harness_nats.url), **kw)
-        await store.start()
-        made.append(store)
-        return store
-
-    yield factory
-    for store in made:
-        await store.destroy()
+    async with Adapters(NatsKVStateStore, harness_nats.url, prefix=namespace, timings=FAST) as made:
+        yield made.store
 
 
 async def test_get_set_remove_and_missing_keys(make: Factory) -> None:

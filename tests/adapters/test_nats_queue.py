@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from adapter_helpers import NATS_FAST as FAST
-from adapter_helpers import is_not, wait_async
+from adapter_helpers import Adapters, is_not, wait_async
 
 from reference_services.adapters.nats.connection import NatsUnavailableError
 from reference_services.adapters.nats.queue_bridge import NatsQueueBridge
@@ -30,19 +30,8 @@ Factory = Callable[..., Awaitable[NatsQueueBridge]]
 @pytest.fixture
 async def make(harness_nats: Any, namespace: str) -> AsyncIterator[Factory]:
     """Create started bridges on the session broker (same prefix = one deployment)."""
-    made: list[NatsQueueBridge] = []
-
-    async def factory(url: str | None = None, **kw: Any) -> NatsQueueBridge:
-        kw.setdefault("prefix", namespace)
-        kw.setdefault("timings", FAST)
-        bridge = NatsQueueBridge(url or harness_nats.url, **kw)
-        await bridge.start()
-        made.append(bridge)
-        return bridge
-
-    yield factory
-    for bridge in made:
-        await bridge.destroy()
+    async with Adapters(NatsQueueBridge, harness_nats.url, prefix=namespace, timings=FAST) as made:
+        yield made.bridge
 
 
 async def lease_one(bridge: NatsQueueBridge, queue: str, wait_ms: int = 3000) -> Job:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from adapter_helpers import eventually, is_not
+from adapter_helpers import Adapters, eventually, is_not
 
 from harness.history import History
 from reference_services.adapters.redis.queue_bridge import RedisQueueBridge, RedisUnavailableError
@@ -27,19 +26,8 @@ from reference_services.runtime.queue import Job, LeaseExpiredError, QueueInputE
 async def make_bridge(
     harness_redis: Any, namespace: str
 ) -> AsyncIterator[Callable[..., Awaitable[RedisQueueBridge]]]:
-    made: list[RedisQueueBridge] = []
-
-    async def make(url: str | None = None, **kwargs: Any) -> RedisQueueBridge:
-        kwargs.setdefault("prefix", namespace)
-        bridge = RedisQueueBridge(url or harness_redis.url, **kwargs)
-        await bridge.start()
-        made.append(bridge)
-        return bridge
-
-    yield make
-    for bridge in made:
-        with contextlib.suppress(Exception):
-            await bridge.destroy()
+    async with Adapters(RedisQueueBridge, harness_redis.url, quiet=True, prefix=namespace) as made:
+        yield made.bridge
 
 
 # --- the queue contract on Redis ----------------------------------------------------------
@@ -494,20 +482,25 @@ async def _truthy(value: bool) -> bool:
 # --- faults: network (Toxiproxy) ----------------------------------------------------------
 
 
-async def test_lost_replies_are_retried_without_acting_twice(
+BehindProxy = tuple[Any, Callable[..., Awaitable[RedisQueueBridge]]]
+
+
+@pytest.fixture
+async def behind_proxy(
     harness_redis: Any, proxied: Callable[..., Any], namespace: str
+) -> AsyncIterator[BehindProxy]:
+    """A Toxiproxy in front of the session Redis, and bridges (one retry) through it."""
+    proxy = proxied(harness_redis)
+    async with Adapters(RedisQueueBridge, proxy.url, prefix=namespace, retry_attempts=1) as made:
+        yield proxy, made.bridge
+
+
+async def test_lost_replies_are_retried_without_acting_twice(
+    harness_redis: Any, behind_proxy: BehindProxy
 ) -> None:
     """Replies swallowed by the network: the retried enqueue/lease/ack acts exactly once."""
-    proxy = proxied(harness_redis)
-    bridge = RedisQueueBridge(
-        proxy.url,
-        prefix=namespace,
-        socket_timeout_s=0.3,
-        retry_attempts=1,
-        retry_backoff_cap_s=0.1,
-        outage_retry_s=20,
-    )
-    await bridge.start()
+    proxy, make_bridge = behind_proxy
+    bridge = await make_bridge(socket_timeout_s=0.3, retry_backoff_cap_s=0.1, outage_retry_s=20)
     direct = aioredis.Redis.from_url(harness_redis.url, decode_responses=True)
     base = bridge._base("q")
 
@@ -537,38 +530,24 @@ async def test_lost_replies_are_retried_without_acting_twice(
         assert rest.id == second
     finally:
         await direct.aclose()
-        await bridge.destroy()
 
 
-async def test_health_detects_a_partition_within_seconds(
-    harness_redis: Any, proxied: Callable[..., Any], namespace: str
-) -> None:
-    proxy = proxied(harness_redis)
-    bridge = RedisQueueBridge(
-        proxy.url,
-        prefix=namespace,
-        socket_timeout_s=0.5,
-        retry_attempts=1,
-        health_timeout_s=0.5,
-        outage_retry_s=0.5,
-    )
-    await bridge.start()
-    try:
-        await bridge.enqueue("q", 1)
-        async with proxy.black_hole():
-            started = time.monotonic()
-            await eventually(lambda: is_not(bridge.is_healthy()), 5, "unhealthy")
-            assert time.monotonic() - started < 3
-            with pytest.raises(RedisUnavailableError):
-                await bridge.enqueue("q", 2)
-        await eventually(bridge.is_healthy, 10, "healthy again")
-        async with proxy.down():
-            await eventually(lambda: is_not(bridge.is_ready()), 5, "not ready")
-        await eventually(bridge.is_ready, 10, "ready again")
-        jobs = await bridge.lease_next("q", batch=5)
-        assert len(jobs) in (1, 2)  # the enqueue during the black hole may have reached Redis
-    finally:
-        await bridge.destroy()
+async def test_health_detects_a_partition_within_seconds(behind_proxy: BehindProxy) -> None:
+    proxy, make_bridge = behind_proxy
+    bridge = await make_bridge(socket_timeout_s=0.5, health_timeout_s=0.5, outage_retry_s=0.5)
+    await bridge.enqueue("q", 1)
+    async with proxy.black_hole():
+        started = time.monotonic()
+        await eventually(lambda: is_not(bridge.is_healthy()), 5, "unhealthy")
+        assert time.monotonic() - started < 3
+        with pytest.raises(RedisUnavailableError):
+            await bridge.enqueue("q", 2)
+    await eventually(bridge.is_healthy, 10, "healthy again")
+    async with proxy.down():
+        await eventually(lambda: is_not(bridge.is_ready()), 5, "not ready")
+    await eventually(bridge.is_ready, 10, "ready again")
+    jobs = await bridge.lease_next("q", batch=5)
+    assert len(jobs) in (1, 2)  # the enqueue during the black hole may have reached Redis
 
 
 async def _equals(value: Awaitable[Any], expected: Any) -> bool:

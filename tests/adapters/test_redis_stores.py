@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from adapter_helpers import eventually
+from adapter_helpers import Adapters, eventually
 
 from reference_services.adapters.redis.stores import (
     RedisConfigStore,
@@ -32,19 +31,8 @@ StoreT = RedisStateStore | RedisConfigStore | RedisSecretStore
 async def make_store(
     harness_redis: Any, namespace: str
 ) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
-    made: list[StoreT] = []
-
-    async def make(cls: type[StoreT] = RedisStateStore, url: str | None = None, **kw: Any) -> Any:
-        kw.setdefault("prefix", namespace)
-        store = cls(url or harness_redis.url, **kw)
-        await store.start()
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        with contextlib.suppress(Exception):
-            await store.destroy()
+    async with Adapters(RedisStateStore, harness_redis.url, quiet=True, prefix=namespace) as made:
+        yield made.store
 
 
 @pytest.fixture
