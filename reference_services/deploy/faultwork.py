@@ -29,19 +29,14 @@ from typing import Any
 
 from reference_services.deploy.config import DeploymentConfig
 from reference_services.deploy.factory import make_event_bridge, make_queue_bridge, make_stores
+from reference_services.deploy.process import Adapters, start_parts, stopped
 from reference_services.runtime.context import Context
 from reference_services.runtime.definitions import FailureHandling
 from reference_services.runtime.messages import AnyMessage
 from reference_services.runtime.queue import Job
 from reference_services.runtime.retry import RetryPolicy
 from reference_services.runtime.service import ServiceBuilder
-from reference_services.runtime.shutdown import (
-    ShutdownResult,
-    ShutdownSignals,
-    StartupInterrupted,
-    destroy_all,
-    start_in_order,
-)
+from reference_services.runtime.shutdown import ShutdownSignals, destroy_all
 
 EVENT = "fault.work"
 QUEUE = "faultjobs"
@@ -117,33 +112,19 @@ async def serve() -> int:
     event_opts = _opts("FAULTWORK_EVENT_OPTS")
     if os.environ.get("FAULTWORK_INSTANCE_ID"):
         event_opts["instance_id"] = os.environ["FAULTWORK_INSTANCE_ID"]
-    bridge = make_event_bridge(cfg, **event_opts)
-    queue = make_queue_bridge(
-        cfg, instance_id=os.environ.get("FAULTWORK_INSTANCE_ID"), **_opts("FAULTWORK_QUEUE_OPTS")
+    queue_opts = _opts("FAULTWORK_QUEUE_OPTS")
+    instance_id = os.environ.get("FAULTWORK_INSTANCE_ID")
+    adapters = Adapters(
+        make_event_bridge(cfg, **event_opts),
+        make_queue_bridge(cfg, instance_id=instance_id, **queue_opts),
+        make_stores(cfg),
     )
-    stores = make_stores(cfg)
+    bridge, queue, stores = adapters.bridge, adapters.queue, adapters.stores
     async with ShutdownSignals() as signals:  # before connecting: a SIGTERM now still drains
-        started: list[Any] = []
-        try:
-            await start_in_order(
-                [bridge, queue, stores.state, stores.config, stores.secret], signals, started
-            )
-        except StartupInterrupted as exc:
-            log.error("%s; shutting down", exc)
-            reason = ShutdownResult(reason=str(exc))
-            result = await destroy_all(
-                list(reversed(started)), timeout_s=cfg.shutdown_timeout_s, logger=log, result=reason
-            )
-            print(f"STOPPED code={result.code} {result.summary()}", flush=True)
-            return result.code
-        instance = faultwork_v1.get_instance(
-            bridge,
-            state_store=stores.state,
-            config_store=stores.config,
-            secret_store=stores.secret,
-            queue_bridge=queue,
-            config=dict(cfg.service_config),
-        )
+        code = await start_parts(adapters, signals, cfg.shutdown_timeout_s, log)
+        if code is not None:
+            return code
+        instance = adapters.instance(faultwork_v1, dict(cfg.service_config))
         if instance.idempotency is not None:
             ttl = float(cfg.service_config.get("claim_ttl_s", 5))
             instance.idempotency.claim_ttl_s = ttl
@@ -154,8 +135,7 @@ async def serve() -> int:
         await signals.stop.wait()
         log.info("shutdown requested by %s", signals.cause)
         result = await destroy_all(order, timeout_s=cfg.shutdown_timeout_s, logger=log)
-    print(f"STOPPED code={result.code} {result.summary()}", flush=True)
-    return result.code
+    return stopped(result)
 
 
 def main() -> int:

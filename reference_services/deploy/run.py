@@ -10,16 +10,11 @@ from typing import Any
 
 from reference_services.deploy.config import DeploymentConfig
 from reference_services.deploy.factory import make_event_bridge, make_queue_bridge, make_stores
+from reference_services.deploy.process import Adapters, start_parts, stopped
 from reference_services.deploy.telemetry_file import configure
 from reference_services.runtime.health import HealthServer
 from reference_services.runtime.service import ServiceInstance
-from reference_services.runtime.shutdown import (
-    ShutdownResult,
-    ShutdownSignals,
-    StartupInterrupted,
-    destroy_all,
-    start_in_order,
-)
+from reference_services.runtime.shutdown import ShutdownSignals, destroy_all
 from reference_services.services import ALL_SERVICES
 
 log = logging.getLogger("reference_services.deploy")
@@ -53,37 +48,17 @@ async def run(cfg: DeploymentConfig, services: tuple[str, ...], *, ready_line: b
 
 async def _run(cfg: DeploymentConfig, services: tuple[str, ...], *, ready_line: bool) -> int:
     bridge = make_event_bridge(cfg)
-    queue = make_queue_bridge(cfg, instance_id=bridge.instance_id)
-    stores = make_stores(cfg)
+    adapters = Adapters(
+        bridge, make_queue_bridge(cfg, instance_id=bridge.instance_id), make_stores(cfg)
+    )
+    queue, stores = adapters.queue, adapters.stores
     async with ShutdownSignals() as signals:  # before connecting: a SIGTERM now still drains
-        started: list[Any] = []
-        try:
-            await start_in_order(
-                [bridge, queue, stores.state, stores.config, stores.secret], signals, started
-            )
-        except StartupInterrupted as exc:
-            log.error("%s; shutting down", exc)
-            result = await destroy_all(
-                list(reversed(started)),
-                timeout_s=cfg.shutdown_timeout_s,
-                logger=log,
-                result=ShutdownResult(reason=str(exc)),
-            )
-            print(f"STOPPED code={result.code} {result.summary()}", flush=True)
-            return result.code
-        except BaseException:
-            await destroy_all(list(reversed(started)), timeout_s=cfg.shutdown_timeout_s, logger=log)
-            raise
+        code = await start_parts(adapters, signals, cfg.shutdown_timeout_s, log)
+        if code is not None:
+            return code
         instances: list[ServiceInstance] = []
         for name in services:
-            instance = ALL_SERVICES[name].get_instance(
-                bridge,
-                state_store=stores.state,
-                config_store=stores.config,
-                secret_store=stores.secret,
-                queue_bridge=queue,
-                config=service_config(cfg),
-            )
+            instance = adapters.instance(ALL_SERVICES[name], service_config(cfg))
             await instance.start()
             instances.append(instance)
         health = None
@@ -108,8 +83,7 @@ async def _run(cfg: DeploymentConfig, services: tuple[str, ...], *, ready_line: 
         await signals.stop.wait()
         log.info("shutdown requested by %s", signals.cause)
         result = await destroy_all(order, timeout_s=cfg.shutdown_timeout_s, logger=log)
-    print(f"STOPPED code={result.code} {result.summary()}", flush=True)
-    return result.code
+    return stopped(result)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 from reference_services.adapters.memory.event_bridge import DefaultEventBridge
 from reference_services.deploy.config import DeploymentConfig
 from reference_services.deploy.factory import make_queue_bridge, make_stores
+from reference_services.deploy.process import Adapters
 from reference_services.deploy.run import service_config
 from reference_services.runtime.codec import from_wire, to_wire
 from reference_services.runtime.errors import PuristaError
@@ -97,17 +98,11 @@ async def handle(event: dict[str, Any], cfg: DeploymentConfig | None = None) -> 
     bridge = _FunctionBridge()
     stores = make_stores(cfg)
     queue = make_queue_bridge(cfg)
-    parts = [bridge, queue, stores.state, stores.config, stores.secret]
+    adapters = Adapters(bridge, queue, stores)
+    parts = adapters.parts
     for part in parts:
         await part.start()
-    instance = builder.get_instance(
-        bridge,
-        state_store=stores.state,
-        config_store=stores.config,
-        secret_store=stores.secret,
-        queue_bridge=queue,
-        config=service_config(cfg),
-    )
+    instance = adapters.instance(builder, service_config(cfg))
     await instance.start()
     status, body = 200, None
     try:
