@@ -25,13 +25,7 @@ from conformance.adapters import (
     process_backend_urls,
     subprocess_env,
 )
-from conformance.checks.faults.workload import (
-    EVENT,
-    LEASE_TTL_MS,
-    QUEUE,
-    adapter_options,
-    new_instance,
-)
+from conformance.checks.faults.workload import adapter_options, new_instance, send_work
 from conformance.kit.under_test import AdapterUnderTest
 from conformance.kit.workdirs import workdir
 from harness import run as harness_run
@@ -210,28 +204,12 @@ class ProcessDeployment:
             self._tasks.append(asyncio.ensure_future(self._produce(f"p{i}", bridge)))
 
     async def _produce(self, label: str, bridge: Any) -> None:
-        from conformance.kit import event
-
         n = 0
         while not self._stop.is_set():
             msg_id = f"{label}-{n}"
             n += 1
             try:
-                if self.aut.kind == "event_bridge":
-                    await asyncio.wait_for(
-                        bridge.emit_message(event(bridge, EVENT, {"id": msg_id})), 8.0
-                    )
-                else:
-                    await asyncio.wait_for(
-                        bridge.enqueue(
-                            QUEUE,
-                            {"id": msg_id},
-                            idempotency_key=msg_id,
-                            max_attempts=50,
-                            lease_ttl_ms=LEASE_TTL_MS,
-                        ),
-                        8.0,
-                    )
+                await asyncio.wait_for(send_work(bridge, self.aut.kind, msg_id), 8.0)
                 self.sent.append((msg_id, "ok"))
             except Exception:
                 self.emit_errors += 1

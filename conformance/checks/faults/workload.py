@@ -55,6 +55,16 @@ ENQUEUE_RETRY_S = 6.0
 ALLOWED_FAILURE_STATUS = (503, 504)
 
 
+def send_work(bridge: Any, kind: str, msg_id: str) -> Awaitable[Any]:
+    """Send work item ``msg_id`` (the histories count it): a ``fault.work`` event on an event
+    bridge, else a ``faultjobs`` job keyed by ``msg_id`` with room for many retries."""
+    if kind == "event_bridge":
+        return bridge.emit_message(event(bridge, EVENT, {"id": msg_id}))
+    return bridge.enqueue(
+        QUEUE, {"id": msg_id}, idempotency_key=msg_id, max_attempts=50, lease_ttl_ms=LEASE_TTL_MS
+    )
+
+
 @dataclass
 class Invocation:
     """One command invocation: its outcome and how long it took."""
@@ -249,9 +259,7 @@ class EventWorkload(Workload):
             n += 1
             started = time.monotonic()
             try:
-                await asyncio.wait_for(
-                    bridge.emit_message(event(bridge, EVENT, {"id": msg_id})), EMIT_TIMEOUT_S
-                )
+                await asyncio.wait_for(send_work(bridge, "event_bridge", msg_id), EMIT_TIMEOUT_S)
                 self.history.sent(msg_id, "ok")
             except Exception as exc:
                 self.history.sent(msg_id, "unknown")
@@ -322,16 +330,7 @@ class QueueWorkload(Workload):
             outcome = "unknown"
             while True:
                 try:
-                    await asyncio.wait_for(
-                        bridge.enqueue(
-                            QUEUE,
-                            {"id": msg_id},
-                            idempotency_key=msg_id,
-                            max_attempts=50,
-                            lease_ttl_ms=LEASE_TTL_MS,
-                        ),
-                        OP_TIMEOUT_S,
-                    )
+                    await asyncio.wait_for(send_work(bridge, "queue_bridge", msg_id), OP_TIMEOUT_S)
                     outcome = "ok"
                     break
                 except Exception as exc:
