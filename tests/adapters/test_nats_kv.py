@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from adapter_helpers import NATS_FAST as FAST
-from adapter_helpers import Adapters, is_not
+from adapter_helpers import Adapters, is_not, wait_async
 
 from reference_services.adapters.nats.connection import NatsTimings, NatsUnavailableError
 from reference_services.adapters.nats.kv_stores import (
@@ -168,13 +168,13 @@ async def test_values_survive_a_broker_kill(fresh_nats: Any, namespace: str) -> 
         for i in range(50):
             await store.set(f"k{i}", {"i": i})
         await asyncio.to_thread(fresh_nats.kill)
-        await _wait(lambda: is_not(store.is_ready()), 10, "not ready while down")
+        await wait_async(lambda: is_not(store.is_ready()), 10, "not ready while down")
         started = time.monotonic()
         with pytest.raises(NatsUnavailableError) as info:
             await store.get("k1")
         assert info.value.status == 503 and time.monotonic() - started < FAST.op_timeout_s + 1.5
         await asyncio.to_thread(fresh_nats.start)
-        await _wait(store.is_ready, 15, "ready again")
+        await wait_async(store.is_ready, 15, "ready again")
         got = await store.get(*(f"k{i}" for i in range(50)))
         assert got == {f"k{i}": {"i": i} for i in range(50)}
     finally:
@@ -194,51 +194,3 @@ async def test_start_fails_fast_when_nats_is_unreachable(namespace: str) -> None
         await store.start()
     assert time.monotonic() - started < 3
     assert not await store.is_ready()
-
-
-async def _wait(condition: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-# ----------------------------------------- fallback brokers (when the harness is absent)
-
-try:
-    import harness.pytest_plugin  # noqa: F401
-
-    HAVE_HARNESS = True
-except ImportError:
-    HAVE_HARNESS = False
-
-if HAVE_HARNESS:
-
-    @pytest.fixture
-    def fresh_nats(fresh_service: Any) -> Any:
-        """A dedicated nats-server this test may kill."""
-        return fresh_service("nats")
-
-else:
-    from tests.adapters.test_nats_queue import LocalNats
-
-    @pytest.fixture(scope="session")
-    def nats(tmp_path_factory: pytest.TempPathFactory) -> Any:
-        server = LocalNats(tmp_path_factory.mktemp("nats"))
-        server.start()
-        yield server
-        server.stop()
-
-    @pytest.fixture
-    def namespace() -> str:
-        import uuid
-
-        return "t" + uuid.uuid4().hex[:10]
-
-    @pytest.fixture
-    def fresh_nats(tmp_path_factory: pytest.TempPathFactory) -> Any:
-        server = LocalNats(tmp_path_factory.mktemp("nats-fresh"))
-        server.start()
-        yield server
-        server.stop()

@@ -1,8 +1,7 @@
 """Integration tests of NatsQueueBridge against a real nats-server with JetStream.
 
-Broker fixtures come from the harness plugin (``nats``, ``namespace``,
-``harness_services``); without the plugin a local nats-server is started on
-free ports by the fallback fixtures at the end of this module.
+Broker fixtures come from the harness plugin (``harness_nats``, ``namespace``,
+``history``) and conftest (``fresh_nats``).
 """
 
 from __future__ import annotations
@@ -447,106 +446,3 @@ def _async(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
         return condition()
 
     return check
-
-
-# ----------------------------------------- fallback brokers (when the harness is absent)
-
-
-class LocalNats:
-    """A nats-server with JetStream on fixed free ports, restartable on the same store."""
-
-    def __init__(self, workdir: Any) -> None:
-        import port_for
-
-        self.workdir = workdir
-        self.port = port_for.select_random()
-        self.monitor_port = port_for.select_random()
-        self.host = "127.0.0.1"
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self.proc: Any = None
-
-    def start(self) -> None:
-        import subprocess
-        import urllib.request
-
-        log = open(self.workdir / "nats.log", "ab")
-        self.proc = subprocess.Popen(
-            ["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-m",
-             str(self.monitor_port), "-js", "-sd", str(self.workdir / "store")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 15
-        url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=1) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("nats-server did not start")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        import signal
-
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def restart(self, kill: bool = True) -> None:
-        self.kill()
-        self.start()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait()
-
-
-try:
-    import harness.pytest_plugin  # noqa: F401
-
-    HAVE_HARNESS = True
-except ImportError:
-    HAVE_HARNESS = False
-
-if not HAVE_HARNESS:
-
-    @pytest.fixture(scope="session")
-    def nats(tmp_path_factory: pytest.TempPathFactory) -> Any:
-        server = LocalNats(tmp_path_factory.mktemp("nats"))
-        server.start()
-        yield server
-        server.stop()
-
-    @pytest.fixture
-    def namespace() -> str:
-        import uuid
-
-        return "t" + uuid.uuid4().hex[:10]
-
-
-if HAVE_HARNESS:
-
-    @pytest.fixture
-    def fresh_nats(fresh_service: Any) -> Any:
-        """A dedicated nats-server this test may kill (``kill()`` then ``start()``, same store)."""
-        return fresh_service("nats")
-
-else:
-
-    @pytest.fixture
-    def fresh_nats(tmp_path_factory: pytest.TempPathFactory) -> Any:
-        """A dedicated nats-server this test may kill (``kill()`` then ``start()``, same store)."""
-        server = LocalNats(tmp_path_factory.mktemp("nats-fresh"))
-        server.start()
-        yield server
-        server.stop()
-
-    @pytest.fixture
-    def history() -> Any:
-        """A minimal stand-in for the harness recorder."""
-        pytest.skip("harness.history is not available")
