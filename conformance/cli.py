@@ -392,17 +392,7 @@ def list_cmd(args: argparse.Namespace) -> int:
         print(
             json.dumps(
                 {
-                    "adapters": [
-                        {
-                            "adapter": s.name,
-                            "kind": s.kind,
-                            "source": s.source,
-                            "reference": s.reference,
-                            "unavailable": s.unavailable,
-                            "capabilities": s.capabilities_dict(),
-                        }
-                        for s in specs
-                    ],
+                    "adapters": [s.describe() for s in specs],
                     "checks": [
                         {
                             "check": c.id,

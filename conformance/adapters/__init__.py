@@ -129,6 +129,18 @@ class AdapterSpec:
             return dict(caps.as_dict())
         return dict(caps)
 
+    def describe(self) -> dict[str, Any]:
+        """Name, kind, source, reference, availability and capabilities as JSON-friendly data
+        (``conformance list --json`` and each adapter's entry in report.json)."""
+        return {
+            "adapter": self.name,
+            "kind": self.kind,
+            "source": self.source,
+            "reference": self.reference,
+            "unavailable": self.unavailable,
+            "capabilities": self.capabilities_dict(),
+        }
+
     def support(self, capability: str) -> tuple[bool, str]:
         """Whether ``capability`` is declared supported, and the declared reason if not."""
         caps = self.capabilities

@@ -101,12 +101,7 @@ def build(
         "environment": environment,
         "adapters": [
             {
-                "adapter": s.name,
-                "kind": s.kind,
-                "source": s.source,
-                "reference": s.reference,
-                "unavailable": s.unavailable,
-                "capabilities": s.capabilities_dict(),
+                **s.describe(),
                 "summary": dict(per_adapter.get(s.label, Counter())),
                 "not_tested": not_tested.get(s.label),
                 "declared_not_exercised": declared_not_exercised(s, results),
