@@ -283,7 +283,9 @@ class AmqpPeer(Peer):
         await self._conn.close()
 
 
-def nats_subject(prefix: str, msg: dict[str, Any], empty: str) -> str:
+def topic_levels(msg: dict[str, Any], empty: str) -> list[str]:
+    """The twelve snake-cased levels PURISTA's NATS subjects and MQTT topics are made of
+    (``empty`` for a missing one)."""
     sender, receiver = msg["sender"], msg.get("receiver") or {}
     parts = [
         msg["messageType"], msg.get("principalId") or empty, msg.get("tenantId") or empty,
@@ -292,7 +294,11 @@ def nats_subject(prefix: str, msg: dict[str, Any], empty: str) -> str:
         receiver.get("instanceId") or empty, receiver.get("serviceName") or empty,
         receiver.get("serviceVersion") or empty, receiver.get("serviceTarget") or empty,
     ]
-    return ".".join([prefix, *(snake(p) for p in parts)])
+    return [snake(p) for p in parts]
+
+
+def nats_subject(prefix: str, msg: dict[str, Any], empty: str) -> str:
+    return ".".join([prefix, *topic_levels(msg, empty)])
 
 
 def nats_headers(msg: dict[str, Any]) -> dict[str, str]:
@@ -519,16 +525,7 @@ def purista_sanitize(name: str) -> str:
 
 
 def mqtt_topic(prefix: str, msg: dict[str, Any]) -> str:
-    sender, receiver = msg["sender"], msg.get("receiver") or {}
-    empty = "__none__"
-    parts = [
-        msg["messageType"], msg.get("principalId") or empty, msg.get("tenantId") or empty,
-        sender["instanceId"], sender["serviceName"], sender["serviceVersion"],
-        sender["serviceTarget"], msg.get("eventName") or empty,
-        receiver.get("instanceId") or empty, receiver.get("serviceName") or empty,
-        receiver.get("serviceVersion") or empty, receiver.get("serviceTarget") or empty,
-    ]
-    return "/".join([prefix, *(snake(p) for p in parts)])
+    return "/".join([prefix, *topic_levels(msg, "__none__")])
 
 
 def _log_failure(done: Any) -> None:
