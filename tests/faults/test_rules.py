@@ -23,7 +23,7 @@ def _aut(kind: str, caps: Any) -> Any:
 
 
 def test_durable_manual_ack_means_no_loss() -> None:
-    exp = expectations(_aut("event_bridge", EventBridgeCapabilities()))
+    exp = expectations(_aut("event_bridge", EventBridgeCapabilities(delivery="at_least_once")))
     assert exp.no_loss and exp.duplicates_allowed
     h = History()
     h.sent("a")
@@ -121,7 +121,14 @@ class _NoDeliveryDeclared:
 
 
 def test_no_declared_delivery_is_judged_at_most_once() -> None:
-    for caps in (_NoDeliveryDeclared(), {"durable_subscriptions": True}, None):
+    # the SPI's own capabilities class without delivery= declares nothing too (its default
+    # must not be a promise that lets duplicates through)
+    for caps in (
+        EventBridgeCapabilities(),
+        _NoDeliveryDeclared(),
+        {"durable_subscriptions": True},
+        None,
+    ):
         exp = expectations(_aut("event_bridge", caps))
         assert not exp.duplicates_allowed, caps
         assert "the adapter declared nothing, judged as at_most_once (no promise)" in exp.why

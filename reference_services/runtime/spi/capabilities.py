@@ -60,7 +60,9 @@ class _Capabilities:
 class EventBridgeCapabilities(_Capabilities):
     """Capabilities of an event bridge.
 
-    - ``delivery``: what a delivered subscription message is promised.
+    - ``delivery``: what a delivered subscription message is promised; None (the
+      default) declares nothing, and the faults suite then judges the adapter as at most
+      once (no promise: a duplicate fails) and says it declared nothing.
     - ``durable_subscriptions``: messages for a durable subscription survive
       subscriber restarts (nothing lost while no instance runs).
     - ``survives_broker_restart``: durable subscriptions lose nothing when the
@@ -92,7 +94,8 @@ class EventBridgeCapabilities(_Capabilities):
       them per event (check ``event_bridge.wire.purista.mixed_fleet_durable_subscription_once``).
     """
 
-    delivery: Delivery = "at_least_once"
+    # not a promise by default: an adapter that leaves it out is allowed no duplicates
+    delivery: Delivery | None = None
     durable_subscriptions: Support = YES
     survives_broker_restart: Support = YES
     durable_commands: Support = field(default_factory=lambda: unsupported("not declared"))
