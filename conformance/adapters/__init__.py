@@ -320,6 +320,11 @@ def builtin_specs() -> list[AdapterSpec]:
     return [descriptor_spec(d, "builtin", d.name) for d in registry.builtin()]
 
 
+def labels_by_selector(selectors: list[str]) -> dict[str, list[str]]:
+    """``{selector: [kind:name, ...]}``: the adapters each ``--adapter`` value names."""
+    return {sel: [s.label for s in resolve([sel])] for sel in selectors}
+
+
 def resolve(selectors: list[str]) -> list[AdapterSpec]:
     """Turn ``--adapter`` values into specs.
 

@@ -26,6 +26,7 @@ from conformance.adapters import (
     AdapterSpec,
     ServiceUnavailable,
     UsageError,
+    labels_by_selector,
     resolve,
 )
 from conformance.kit import waits, workdirs
@@ -63,6 +64,8 @@ class RunState:
     collected: bool = False
     selected: int = 0
     empty_selection: str = ""
+    selectors: dict[str, list[str]] = field(default_factory=dict)  # --adapter -> labels
+    checked: set[str] = field(default_factory=set)  # labels with a selected check
     missing: dict[str, str] = field(default_factory=dict)  # service -> preflight line
     missing_adapters: dict[str, str] = field(default_factory=dict)  # label -> reason
     preflight_s: float = 0.0
@@ -134,6 +137,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     try:
         specs = resolve(list(config.getoption("cf_adapter")))
+        selectors = labels_by_selector(list(config.getoption("cf_adapter")))
     except UsageError as exc:
         raise pytest.UsageError(str(exc)) from exc
     report_dir = config.getoption("cf_report_dir")
@@ -144,6 +148,7 @@ def pytest_configure(config: pytest.Config) -> None:
         report_dir=Path(report_dir) if report_dir else None,
         services=Services(config.getoption("cf_provider")),
         allow_missing=bool(config.getoption("cf_allow_missing_services")),
+        selectors=selectors,
     )
     LAST_VERDICT.clear()
     LAST_REPORT.clear()
@@ -425,6 +430,8 @@ def _preflight(session: pytest.Session) -> None:
     users: dict[str, set[str]] = {}
     for item in session.items:
         spec = getattr(item, "callspec", _NoCallspec).params.get("cf_spec")
+        if isinstance(spec, AdapterSpec):
+            state.checked.add(spec.label)
         if isinstance(spec, AdapterSpec) and not spec.unavailable:
             needs = preflight.services_of(
                 spec.services, getattr(item, "fixturenames", ()), "/faults/" in str(item.path)
@@ -434,6 +441,8 @@ def _preflight(session: pytest.Session) -> None:
                 users.setdefault(service, set()).add(spec.label)
     state.collected = True
     state.selected = len(session.items)
+    if _is_worker(config):
+        config.workeroutput["cf_checked"] = json.dumps(sorted(state.checked))  # type: ignore[attr-defined]
     if not session.items:
         state.empty_selection = _describe_selection(config, state)
         return
@@ -564,6 +573,7 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     """pytest-xdist controller: take in what a worker's preflight found."""
     state = node.config.stash[_STATE]
     state.brokers.update(json.loads(getattr(node, "workeroutput", {}).get("cf_brokers") or "{}"))
+    state.checked.update(json.loads(getattr(node, "workeroutput", {}).get("cf_checked") or "[]"))
     raw = getattr(node, "workeroutput", {}).get("cf_preflight")
     if not raw:
         return
@@ -594,6 +604,20 @@ def _service_getter(config: pytest.Config) -> Any:
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from exc
     return config.stash[_STATE].services.get
+
+
+def _unmatched_selectors(
+    config: pytest.Config, state: RunState, results: list[dict[str, Any]]
+) -> str:
+    """The ``--adapter`` values none of whose adapters has a selected check, described
+    for the usage error ("" when each matched one)."""
+    checked = state.checked | {f"{r['kind']}:{r['adapter']}" for r in results}
+    unmatched = [sel for sel, labels in state.selectors.items() if not checked & set(labels)]
+    if not unmatched:
+        return ""
+    keyword = config.getoption("keyword", "")
+    where = (f"-k {keyword!r} in " if keyword else "") + f"suite {state.suite!r}"
+    return f"--adapter {', '.join(repr(s) for s in unmatched)} ({where})"
 
 
 def _describe_selection(config: pytest.Config, state: RunState) -> str:
@@ -730,6 +754,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         allow_missing=state.allow_missing,
         preflight_missing=state.missing_adapters,
         empty_selection=state.empty_selection,
+        unmatched=_unmatched_selectors(config, state, results),
     )
     LAST_VERDICT["last"] = state.verdict
     doc = report_mod.build(

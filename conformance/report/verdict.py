@@ -93,11 +93,13 @@ def decide(
     allow_missing: bool = False,
     preflight_missing: dict[str, str] | None = None,
     empty_selection: str = "",
+    unmatched: str = "",
 ) -> Verdict:
     """The exit code of a run from pytest's exit code and the result rows.
 
     ``selected`` is how many checks the selection held (before any preflight removed
-    them); ``empty_selection`` describes the selection when it held none.
+    them); ``empty_selection`` describes the selection when it held none; ``unmatched``
+    names the ``--adapter`` values whose adapters got no check (another's did).
     """
     if pytest_code == _PYTEST_USAGE:
         return Verdict(EXIT_USAGE, "pytest rejected the arguments")
@@ -112,6 +114,8 @@ def decide(
         return Verdict(EXIT_NOT_TESTED, "backing services unavailable", missing)
     if selected == 0:
         return Verdict(EXIT_USAGE, f"the selection matches no check: {empty_selection}")
+    if unmatched:
+        return Verdict(EXIT_USAGE, f"the selection matches no check for {unmatched}")
     if missing:
         if allow_missing:
             return Verdict(

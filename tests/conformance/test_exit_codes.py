@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 
@@ -55,6 +57,25 @@ def test_a_selection_matching_no_check_is_a_usage_error(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr
     assert "the selection matches no check: -k 'nosuchcheck'" in proc.stderr
     assert "adapters memory" in proc.stderr
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_an_adapter_matching_no_check_is_a_usage_error(tmp_path: Path, workers: list[str]) -> None:
+    """Another adapter's checks ran, this one's matched nothing: never exit 0."""
+    proc, _ = run(
+        "--suite", "contract", "--quick", "-k", "event_bridge.subscriptions.fan_out",
+        "--adapter", "event_bridge:memory", "--adapter", "state_store:memory", *workers,
+        "--report-dir", str(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr
+    assert (
+        "the selection matches no check for --adapter 'state_store:memory' "
+        "(-k 'event_bridge.subscriptions.fan_out' in suite 'contract')"
+    ) in proc.stderr, proc.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["verdict"]["exit_code"] == 2
+    assert [r["adapter"] for r in report["results"]] == ["memory"]
+    assert report["results"][0]["status"] == "passed"
 
 
 def test_an_unknown_provider_is_a_usage_error_without_pytest_noise() -> None:
