@@ -221,8 +221,26 @@ class _Spawner:
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._pid = 0
+        # held while a job runs: close() waits for a fork in flight (its child is then
+        # visible to the kill that follows)
+        self._busy = threading.Lock()
+        self._closed_in = 0  # pid whose run is stopping: it starts no more children
+
+    def close(self, timeout: float = 2.0) -> None:
+        """No new child from now on (the run is being stopped by a signal): later calls
+        raise, and a job already forking is waited for. Safe in a signal handler (no
+        wait on a lock the interrupted thread may hold, only on the spawner's own)."""
+        self._closed_in = os.getpid()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            if self._busy.acquire(timeout=timeout):
+                self._busy.release()
+
+    def _refuse(self) -> None:
+        if self._closed_in == os.getpid():
+            raise RuntimeError("the run is being stopped: no new process is started")
 
     def call(self, fn: Callable[[], Any]) -> Any:
+        self._refuse()
         if threading.current_thread() is self._thread:
             return fn()
         fut: Future[Any] = Future()
@@ -243,10 +261,14 @@ class _Spawner:
                 while not self._jobs:
                     self._wake.wait()
                 fn, fut = self._jobs.pop(0)
+                self._busy.acquire()
             try:
+                self._refuse()
                 fut.set_result(fn())
             except BaseException as exc:
                 fut.set_exception(exc)
+            finally:
+                self._busy.release()
 
 
 _spawner = _Spawner()
@@ -390,6 +412,10 @@ class Run:
         """The signal path: kill what the run started, run cleanups with a deadline,
         remove the temp dir; returns the exit code (128 + signum)."""
         started = time.monotonic()
+        # another thread may be starting (or restarting) a service right now: nothing new
+        # may start once the kill below has looked, or it outlives the temp dir's removal
+        # (nats-server recreated its JetStream dir under a removed temp dir)
+        _spawner.close()
         spare = frozenset([self._reaper.pid] if self._reaper is not None else [])
         if self.owner:
             killed = kill_run_processes(self.id, temp_dir=self.temp_dir, sessions=self.sessions,

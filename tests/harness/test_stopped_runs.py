@@ -362,3 +362,40 @@ def test_next_run_reaps_a_run_whose_runner_and_reaper_both_died(tmp_path: Path) 
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+STARTING = '''
+import os, sys, threading, time
+from harness import run
+
+r = run.begin()
+store = r.temp_dir / "harness-svc" / "jetstream"
+
+
+def keep_starting() -> None:
+    # a broker being (re)started while the signal arrives: each child creates its store
+    # inside the run's temp dir at once, as nats-server does with its JetStream dir
+    while True:
+        try:
+            run.popen(["sh", "-c", f"mkdir -p {store}; exec sleep 600"])
+        except RuntimeError:
+            return
+        time.sleep(0.005)
+
+
+threading.Thread(target=keep_starting, daemon=True).start()
+print("STARTING", flush=True)
+time.sleep(600)
+'''
+
+
+def test_sigterm_while_services_start_leaves_no_temp_dir(start: Callable[..., Runner],
+                                                         tmp_path: Path) -> None:
+    """A child started by another thread while the signal handler runs (a broker's start
+    or restart) must not outlive the run or recreate its temp dir after its removal."""
+    script = tmp_path / "starting.py"
+    script.write_text(STARTING)
+    runner = start(sys.executable, str(script))
+    before = _wait_started(runner, "sleep 600", marker="STARTING")
+    code, took = runner.signal_and_wait(signal.SIGTERM)
+    _assert_stopped(runner, code, 143, took, before)
