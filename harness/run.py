@@ -346,18 +346,25 @@ class Run:
         with self._lock:
             self._cleanups.pop(token, None)
 
+    def refuse_if_stopping(self) -> None:
+        """Raise when a signal is stopping the run (nothing new may appear in its temp dir)."""
+        if self._signalled and self.pid == os.getpid():
+            raise RuntimeError(f"run {self.id} is being stopped: nothing new is started")
+
     def track(self, pid: int) -> None:
         """Record a child that leads its own session (see :func:`child_preexec`): its
         whole session belongs to the run, also for the reaper and `harness down`."""
         start = _pid_start(pid) or ""
         with self._lock:
             self.sessions[pid] = start
-        self.temp_dir.mkdir(exist_ok=True)
+        if not self._signalled:  # being stopped: the temp dir is going, never recreate it
+            self.temp_dir.mkdir(exist_ok=True)
         with contextlib.suppress(OSError), open(self.temp_dir / SESSIONS_FILE, "a") as fh:
             fh.write(f"{pid} {start}\n")
 
     def mkdtemp(self, prefix: str) -> Path:
         """A new directory inside the run's temp dir."""
+        self.refuse_if_stopping()
         self.temp_dir.mkdir(exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self.temp_dir))
 

@@ -354,6 +354,7 @@ class LocalProvider(Provider):
         if reason:
             raise ServiceUnavailable(service_name, f"local provider: {reason}")
         base = self.base_dir or str(run.current().temp_dir)  # removed when the run ends
+        run.current().refuse_if_stopping()  # a signal is removing that dir right now
         Path(base).mkdir(parents=True, exist_ok=True)
         data_dir = Path(tempfile.mkdtemp(prefix=f"harness-{service_name}-", dir=base))
         if self.base_dir and not os.environ.get("HARNESS_KEEP_DIRS"):
