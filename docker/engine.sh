@@ -7,7 +7,8 @@
 #
 # The daemon runs with --iptables=false --ip-forward=false --ip-masq=false: containers get
 # bridge addresses inside namespaces the daemon creates and cannot reach beyond this machine;
-# published ports work through docker-proxy on 127.0.0.1.
+# published ports work through docker-proxy on 127.0.0.1. A private engine (another socket)
+# gets a bridge device of its own (hdk-<hash>, 10.199.N.0/24), not the shared docker0.
 #
 # HARNESS_DOCKER_SOCKET selects the socket (default /var/run/docker.sock, what every Docker
 # client finds by itself). Any other path gives a private daemon with its own data root,
@@ -38,6 +39,12 @@ else
   EXEC_ROOT="$dir/exec"
   PIDFILE="$dir/dockerd.pid"
   LOGFILE="$dir/dockerd.log"
+  # A bridge of its own: engines sharing docker0 hand out the same 172.17.0.x addresses
+  # to their containers, and a container then answers for another engine's (refused
+  # connections, seen with three engines on one machine).
+  sum=$(printf '%s' "$dir" | cksum | cut -d' ' -f1)
+  BRIDGE="hdk-$(printf '%08x' "$sum" | cut -c1-8)"
+  BRIDGE_NET=$((sum % 250 + 1))
 fi
 export DOCKER_HOST="unix://$SOCKET"
 
@@ -61,6 +68,20 @@ cmd_install() {
   fi
 }
 
+# The private engine's bridge device, on the first 10.199.N.0/24 no other device uses.
+own_bridge() {
+  if ip link show "$BRIDGE" >/dev/null 2>&1; then return; fi
+  local n=$BRIDGE_NET tries=0
+  while ip -4 addr show | grep -q "inet 10\.199\.$n\."; do
+    n=$((n % 250 + 1)); tries=$((tries + 1))
+    [ $tries -lt 250 ] || die "no free 10.199.N.0/24 for bridge $BRIDGE"
+  done
+  ip link add name "$BRIDGE" type bridge
+  ip addr add "10.199.$n.1/24" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+  log "bridge $BRIDGE on 10.199.$n.0/24"
+}
+
 cmd_start() {
   if answers; then log "an engine answers on $SOCKET already"; return; fi
   need_root "starting dockerd"
@@ -69,11 +90,16 @@ cmd_start() {
   [ -x "$dockerd" ] || die "dockerd not found (run: docker/engine.sh install)"
   mkdir -p "$(dirname "$SOCKET")" "$DATA_ROOT" "$EXEC_ROOT" "$(dirname "$LOGFILE")"
   rm -f "$SOCKET"
-  log "starting dockerd on $SOCKET (data $DATA_ROOT, log $LOGFILE)"
+  local bridge_args=()
+  if [ -n "${BRIDGE:-}" ]; then
+    own_bridge
+    bridge_args=(--bridge "$BRIDGE")
+  fi
+  log "starting dockerd on $SOCKET (data $DATA_ROOT, log $LOGFILE${BRIDGE:+, bridge $BRIDGE})"
   # setsid: the daemon outlives this shell and make; it is stopped by `stop` (its pid file).
   setsid "$dockerd" -H "unix://$SOCKET" --data-root "$DATA_ROOT" --exec-root "$EXEC_ROOT" \
     --pidfile "$PIDFILE" --iptables=false --ip-forward=false --ip-masq=false \
-    >>"$LOGFILE" 2>&1 < /dev/null &
+    "${bridge_args[@]}" >>"$LOGFILE" 2>&1 < /dev/null &
   local deadline=$((SECONDS + 30))
   until answers; do
     if ! kill -0 $! 2>/dev/null; then tail -n 20 "$LOGFILE" >&2; die "dockerd exited"; fi
@@ -106,6 +132,9 @@ cmd_stop() {
     sleep 0.2
   done
   rm -f "$PIDFILE" "$SOCKET"
+  if [ -n "${BRIDGE:-}" ] && ip link show "$BRIDGE" >/dev/null 2>&1; then
+    ip link del "$BRIDGE" || log "could not delete bridge $BRIDGE"
+  fi
   log "stopped"
 }
 
