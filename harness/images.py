@@ -37,8 +37,9 @@ SOURCE_DIRS = ("reference_services", "harness", "conformance")
 # Debian's python3 is 3.11.2: redis-py needs async-timeout below 3.11.3, which the host's
 # newer Python does not pull in when it builds the wheels
 IMAGE_ONLY_DEPS = ("async-timeout>=4.0.3,<6",)
-# the project's extra holding every built-in adapter's client library
-SERVICE_EXTRA = "adapters"
+# the project's extras the image holds: every built-in adapter's client library, and the
+# OpenTelemetry SDK for OTEL_SPANS_FILE
+SERVICE_EXTRA = "adapters,telemetry"
 SOURCES_FILES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
 
 

@@ -168,11 +168,16 @@ def _columns(results: list[dict[str, Any]], kind: str) -> list[str]:
     return sorted({r["adapter"] for r in results if r["kind"] == kind})
 
 
-CHECKLIST_GLYPH = {"ok": "[green]✔[/]", "failed": "[red]✘[/]", "not checked": "[dim]·[/]"}
+CHECKLIST_GLYPH = {
+    "ok": "[green]✔[/]",
+    "failed": "[red]✘[/]",
+    "not checked": "[dim]·[/]",
+    "n/a": "[dim]n/a[/]",
+}
 
 
 def checklist_rows(results: list[dict[str, Any]]) -> list[tuple[str, dict[str, str]]]:
-    """``(pattern (adapter), {item: ok|failed|not checked})`` of every result that carries a
+    """``(pattern (adapter), {item: ok|failed|not checked|n/a})`` of every result that carries a
     production-checklist metric (the deployment suite's pattern checks)."""
     rows = []
     for r in sorted(results, key=lambda r: (r["check"], r["adapter"])):
@@ -270,7 +275,10 @@ def print_matrix(
         for label, items in rows:
             table.add_row(label, *(CHECKLIST_GLYPH.get(items.get(i, ""), "") for i in ITEMS))
         console.print(table)
-        console.print("checklist: ✔ ok  ✘ failed  · not checked (reason in report.json metrics)")
+        console.print(
+            "checklist: ✔ ok  ✘ failed  · not checked  n/a does not apply to the pattern "
+            "(reasons in report.json metrics)"
+        )
     if verdict is not None:
         console.print(f"verdict: {verdict.status} (exit {verdict.code}): {verdict.reason}")
     console.print(

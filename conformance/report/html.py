@@ -141,12 +141,17 @@ def _matrix(doc: dict[str, Any]) -> str:
     return "".join(out)
 
 
-_CHECKLIST_CELL = {"ok": "✔ ok", "failed": "✘ failed", "not checked": "· not checked"}
+_CHECKLIST_CELL = {
+    "ok": "✔ ok",
+    "failed": "✘ failed",
+    "not checked": "· not checked",
+    "n/a": "n/a",
+}
 
 
 def _checklist(doc: dict[str, Any]) -> str:
     """The seed's production checklist: one row per pattern run, one column per item;
-    hover a cell for the evidence or the reason it was not checked."""
+    hover a cell for the evidence, or the reason it was not checked or does not apply."""
     from conformance.checks.deployment.checklist import ITEMS
 
     details = {

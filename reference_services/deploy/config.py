@@ -25,8 +25,10 @@ class DeploymentConfig:
     ``STATE_STORE=dapr``); every ``*_URL`` variable
     (``AMQP_URL``, ``NATS_URL``, ...) is passed on; ``PURISTA_PREFIX``,
     ``SERVICES`` (comma-separated), ``HEALTH_PORT``, ``HEALTH_HOST`` (default 127.0.0.1;
-    0.0.0.0 in a container), ``SHUTDOWN_TIMEOUT_S``,
-    ``SERVICE_CONFIG_*`` (passed to services as config).
+    0.0.0.0 in a container), ``SHUTDOWN_TIMEOUT_S``, ``QUEUE_LEASE_TTL_MS`` (how long a
+    job's lease lasts unless renewed, default the queue bridge's 30 s: a serverless
+    platform sets it to about its function timeout, so that a job whose invocation it cut
+    is delivered again soon after), ``SERVICE_CONFIG_*`` (passed to services as config).
     """
 
     event_bridge: str = "memory"
@@ -39,6 +41,7 @@ class DeploymentConfig:
     health_port: int | None = None
     health_host: str = "127.0.0.1"
     shutdown_timeout_s: float = 30.0
+    queue_lease_ttl_ms: int | None = None
     service_config: dict[str, str] = field(default_factory=dict)
 
     def store_for(self, kind: str) -> str:
@@ -66,6 +69,7 @@ class DeploymentConfig:
             health_port=int(env["HEALTH_PORT"]) if env.get("HEALTH_PORT") else None,
             health_host=env.get("HEALTH_HOST") or "127.0.0.1",
             shutdown_timeout_s=float(env.get("SHUTDOWN_TIMEOUT_S", "30")),
+            queue_lease_ttl_ms=_positive_int(env, "QUEUE_LEASE_TTL_MS"),
             service_config={
                 k.removeprefix("SERVICE_CONFIG_").lower(): v
                 for k, v in env.items()
@@ -90,3 +94,17 @@ class DeploymentConfig:
                 except (registry.UnknownAdapter, ImportError, AttributeError, ValueError) as exc:
                     raise ValueError(f"{var}={value!r}: {exc}") from exc
         return cfg
+
+
+def _positive_int(env: Mapping[str, str], var: str) -> int | None:
+    """``env[var]`` as an int > 0, None when unset; a clear error otherwise."""
+    text = env.get(var)
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{var} must be a whole number > 0, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"{var} must be > 0, got {value}")
+    return value

@@ -21,10 +21,19 @@ def make_queue_bridge(
 ) -> Any:
     """The configured queue bridge (not started). ``instance_id`` goes to a queue bridge
     that takes one (it keeps per-instance state on the broker, as the MQTT queue's
-    session of leased jobs), so a restarted process with the same id gets it back."""
+    session of leased jobs), so a restarted process with the same id gets it back.
+    ``QUEUE_LEASE_TTL_MS`` becomes the bridge's ``default_lease_ttl_ms``."""
     d = registry.resolve("queue_bridge", cfg.queue_bridge)
-    if instance_id is not None and "instance_id" in inspect.signature(d.load()).parameters:
+    takes = inspect.signature(d.load()).parameters
+    if instance_id is not None and "instance_id" in takes:
         extra.setdefault("instance_id", instance_id)
+    if cfg.queue_lease_ttl_ms is not None:
+        if "default_lease_ttl_ms" not in takes:
+            raise ValueError(
+                f"QUEUE_LEASE_TTL_MS is set but the {cfg.queue_bridge!r} queue bridge takes "
+                "no default_lease_ttl_ms"
+            )
+        extra.setdefault("default_lease_ttl_ms", cfg.queue_lease_ttl_ms)
     return d.build_from_urls(cfg.urls, cfg.prefix, **extra)
 
 

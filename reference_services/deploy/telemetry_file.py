@@ -2,9 +2,10 @@
 
 The exporter is the SDK's own ``ConsoleSpanExporter`` writing one JSON span per line into
 the file (``OTEL_SERVICE_NAME`` names the resource), through a ``SimpleSpanProcessor`` so
-a span is on disk when it ends. The SDK (``opentelemetry-sdk``, in the ``[dev]`` extra)
-is imported only when the variable is set; without it the process refuses to start with
-a message saying so rather than running without the exporter it was asked for.
+a span is on disk when it ends. The SDK (``opentelemetry-sdk``: the ``[telemetry]``
+extra, which the service image holds) is imported only when the variable is set; without
+it the process refuses to start with a message saying so rather than running without the
+exporter it was asked for.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Each pattern run gathers evidence (exit codes after a SIGTERM in the middle of a job,
 health answers of every process, the spans the processes exported, the normalised trace,
 the services it deployed) and :class:`Checklist` turns it into one verdict per item:
-``ok``, ``failed`` or ``not checked`` (with the reason: an item a pattern cannot show,
-e.g. a health port in a function that the platform runs). A failed item fails the
+``ok``, ``failed``, ``not checked`` (with the reason: evidence this run could not
+gather) or ``n/a`` (with the reason the item cannot apply to the pattern, e.g. broker
+connectivity where there is no broker). A failed item fails the
 pattern's check; the report draws a pattern x item table from the ``checklist`` metric.
 """
 
@@ -18,12 +19,14 @@ from typing import Any
 ITEMS: dict[str, str] = {
     "drain": "graceful shutdown: SIGTERM in the middle of a job lets it finish, exit 0",
     "health": "health exposed: /healthz and /readyz answer 200 on every process",
+    "broker_health": "health follows broker connectivity: not ready while the broker is "
+    "down, ready again once it is back",
     "telemetry": "OpenTelemetry spans exported, one trace crossing services",
     "secrets": "secrets read from a secret store, absent from the environment",
     "retry_policy": "a retry policy declared for every subscription and queue worker",
     "idempotency": "command side effects idempotent: repeated commands change nothing",
 }
-OK, FAILED, NOT_CHECKED = "ok", "failed", "not checked"
+OK, FAILED, NOT_CHECKED, NOT_APPLICABLE = "ok", "failed", "not checked", "n/a"
 
 
 class Checklist:
@@ -43,12 +46,17 @@ class Checklist:
         """An item this pattern gives no evidence for, with the reason."""
         self.items[item] = (NOT_CHECKED, why)
 
+    def not_applicable(self, item: str, why: str) -> None:
+        """An item that cannot apply to this pattern, with the reason."""
+        self.items[item] = (NOT_APPLICABLE, why)
+
     def failures(self) -> list[str]:
         """``item: detail`` of each failed item."""
         return [f"{k}: {d}" for k, (v, d) in self.items.items() if v == FAILED]
 
     def metric(self) -> dict[str, str]:
-        """The report's form: item -> ``ok: ...`` / ``failed: ...`` / ``not checked: ...``."""
+        """The report's form: item -> ``ok: ...`` / ``failed: ...`` / ``not checked: ...`` /
+        ``n/a: ...``."""
         return {k: f"{v}: {d}" for k, (v, d) in sorted(self.items.items())}
 
 
@@ -118,7 +126,9 @@ def judge_health(checklist: Checklist, answers: Mapping[str, Mapping[str, int | 
     checklist.record(
         "health",
         not bad,
-        f"not 200: {bad}" if bad else f"{len(answers)} process(es): /healthz, /readyz 200",
+        f"not 200: {bad}"
+        if bad
+        else f"{len(answers)} process(es) or function(s): /healthz, /readyz 200",
     )
 
 
@@ -175,4 +185,31 @@ def judge_secrets(
         not problems,
         "; ".join(problems)
         or f"token read from the secret store; absent from {len(leaks)} environment(s)",
+    )
+
+
+def judge_broker_health(
+    checklist: Checklist,
+    broker: str,
+    down: Mapping[str, Mapping[str, int | str]],
+    back: Mapping[str, Mapping[str, int | str]],
+) -> None:
+    """While ``broker`` was stopped every process's /readyz left 200 (``down``: the first
+    answers that did, or the last ones seen), and once it ran again every one came back to
+    200 (``back``)."""
+    stayed = {label: a for label, a in down.items() if a.get("/readyz") == 200}
+    stuck = {label: a for label, a in back.items() if a.get("/readyz") != 200}
+    problems = []
+    if not down:
+        problems.append("no process exposes a health port")
+    if stayed:
+        problems.append(f"/readyz stayed 200 with {broker} stopped: {sorted(stayed)}")
+    if stuck:
+        problems.append(f"not ready again after {broker} came back: {stuck}")
+    checklist.record(
+        "broker_health",
+        not problems,
+        "; ".join(problems)
+        or f"{len(down)} process(es) or function(s): /readyz not ready with {broker} stopped, "
+        "200 again after its restart",
     )

@@ -60,17 +60,35 @@ class ServiceContainers:
         self.containers: list[tuple[str, Any]] = []
         self.exit_codes: dict[str, int | None] = {}
         self._cleanups: list[int] = []
+        self.health_ports: dict[str, int] = {}  # label -> the loopback port of its probes
+        # the containers' span files land here (the service runs as nobody: world-writable)
+        self.spans_dir = workdir / "spans"
+        self.spans_dir.mkdir(exist_ok=True)
+        self.spans_dir.chmod(0o777)
 
-    async def start(self, label: str, *args: str, timeout_s: float = 60.0) -> None:
-        """Start one container (never pulls: the image must exist) and wait for READY."""
+    async def start(
+        self, label: str, *args: str, timeout_s: float = 60.0, env: dict[str, str] | None = None
+    ) -> None:
+        """Start one container (never pulls: the image must exist) and wait for READY.
+        ``env``: variables of its own; its ``HEALTH_PORT`` is published on a free port of
+        127.0.0.1, and the directory of its ``OTEL_SPANS_FILE`` is ``spans_dir``."""
         labels = {**run_identity().labels, LABEL_SERVICE: f"deploy-{label}"}
+        own = dict(env or {})
+        ports, volumes = {}, {}
+        if own.get("HEALTH_PORT"):
+            ports[f"{own['HEALTH_PORT']}/tcp"] = ("127.0.0.1", None)
+        if own.get("OTEL_SPANS_FILE"):
+            inside = str(Path(own["OTEL_SPANS_FILE"]).parent)
+            volumes[str(self.spans_dir)] = {"bind": inside, "mode": "rw"}
         container = await asyncio.to_thread(
             self.client.containers.create,
             service_image(),
             list(args),
-            environment=self.env,
+            environment={**self.env, **own},
             labels=labels,
             stop_signal="SIGTERM",
+            ports=ports,
+            volumes=volumes,
         )
         self.containers.append((label, container))
         self._cleanups.append(
@@ -83,6 +101,10 @@ class ServiceContainers:
         while time.monotonic() < deadline:
             out = await asyncio.to_thread(container.logs, stdout=True, stderr=False)
             if b"READY" in out:
+                if ports:
+                    await asyncio.to_thread(container.reload)
+                    published = container.attrs["NetworkSettings"]["Ports"][next(iter(ports))]
+                    self.health_ports[label] = int(published[0]["HostPort"])
                 return
             await asyncio.to_thread(container.reload)
             if container.status not in ("created", "running"):
@@ -97,6 +119,26 @@ class ServiceContainers:
     def _save_logs(self, label: str, container: Any) -> None:
         with contextlib.suppress(Exception):
             (self.workdir / f"{label}.log").write_bytes(container.logs())
+
+    def spans_file(self, label: str, env: dict[str, str]) -> Path | None:
+        """Where the container ``label`` exported its spans, seen from here (None: none)."""
+        path = env.get("OTEL_SPANS_FILE")
+        return self.spans_dir / Path(path).name if path else None
+
+    async def secret_leaks(self, secret: str) -> dict[str, bool]:
+        """label -> whether ``secret`` shows in that container from outside: its
+        environment and labels (``docker inspect``: Config.Env, Config.Labels) or its logs."""
+
+        def leaked(container: Any) -> bool:
+            container.reload()
+            config = container.attrs.get("Config") or {}
+            shown = [*(config.get("Env") or []), *(config.get("Labels") or {}).values()]
+            return any(secret in v for v in shown) or secret.encode() in container.logs()
+
+        return {
+            label: await asyncio.to_thread(leaked, container)
+            for label, container in self.containers
+        }
 
     async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM every container (SIGKILL after timeout_s), record exit codes, remove."""

@@ -34,6 +34,7 @@ from conformance.adapters import (
 )
 from conformance.checks.deployment.checklist import (
     Checklist,
+    judge_broker_health,
     judge_drain,
     judge_health,
     judge_secrets,
@@ -329,6 +330,7 @@ class ServiceProcesses:
         self.workdir = workdir
         self.procs: list[tuple[str, asyncio.subprocess.Process]] = []
         self.exit_codes: dict[str, int | None] = {}
+        self.health_ports: dict[str, int] = {}  # label -> where its probes answer
 
     async def start(
         self, label: str, *args: str, timeout_s: float = 60.0, env: dict[str, str] | None = None
@@ -348,6 +350,9 @@ class ServiceProcesses:
         harness_run.current().track(proc.pid)
         log.close()
         self.procs.append((label, proc))
+        port = (env or {}).get("HEALTH_PORT") or self.env.get("HEALTH_PORT")
+        if port:
+            self.health_ports[label] = int(port)
         assert proc.stdout is not None
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), timeout_s)
@@ -358,6 +363,15 @@ class ServiceProcesses:
                 f"{label} did not report READY within {timeout_s}s "
                 f"(exit {proc.returncode}); see {self.workdir / (label + '.log')}"
             )
+
+    def spans_file(self, label: str, env: dict[str, str]) -> Path | None:
+        """Where the process ``label`` exported its spans (None: no exporter asked)."""
+        path = env.get("OTEL_SPANS_FILE")
+        return Path(path) if path else None
+
+    async def secret_leaks(self, secret: str) -> dict[str, bool]:
+        """label -> whether ``secret`` is in that process's environment."""
+        return _environment_leaks({label: proc.pid for label, proc in self.procs}, secret)
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM every process and record its exit code."""
@@ -437,11 +451,14 @@ async def run_processes(
     timeout_s: float = 60.0,
     runner: Callable[[dict[str, str], Path], Any] | None = None,
     service_urls: dict[str, str] | None = None,
+    broker: Any | None = None,
 ) -> tuple[Trace, dict[str, int | None]]:
     """``microservices`` (one process per service) or ``edge`` (one process for all)
     over a broker, with ``client`` (a started bridge of the same kind and prefix)
     invoking and observing. ``runner`` (default ServiceProcesses) starts the services
-    with ``service_urls`` (default ``urls``: what the services use to reach the brokers)."""
+    with ``service_urls`` (default ``urls``: what the services use to reach the brokers).
+    ``broker`` (a harness handle of the event bridge's broker, dedicated to this run) is
+    stopped and started again to see health follow it."""
     trace = Trace(pattern)
     start = time.monotonic()
     env = deploy_env(event_bridge, service_urls or urls, prefix, pattern_queue(pattern))
@@ -451,11 +468,10 @@ async def run_processes(
     state, queue, read = backend_outcome_reader(
         trace, urls, prefix, pattern_queue(pattern), pattern_state(pattern)
     )
-    # the checklist's evidence: a health port and a span file per process (own processes
-    # only: a container publishes no port to the host and its image has no OTel SDK)
+    # the checklist's evidence: a health port and a span file per process
     local = runner is None
     labels = list(ALL_SERVICES) if pattern == "microservices" else ["edge"]
-    extra = {label: _checklist_env(label, workdir) if local else {} for label in labels}
+    extra = {label: _checklist_env(label, workdir, local) for label in labels}
     await seed_secret(registry.resolve("secret_store", PROCESS_BACKEND), urls, prefix)
     await state.start()
     await queue.start()
@@ -474,27 +490,22 @@ async def run_processes(
             await _start(procs, "edge", ("edge", *args), extra["edge"])
         await run_steps(trace, bridge_invoker(client))
         await settle(trace, read, timeout_s)
-        if local:
-            trace.health = {
-                label: await probe_health(int(e["HEALTH_PORT"])) for label, e in extra.items()
-            }
-        if local:
-            pids = {label: proc.pid for label, proc in procs.procs}
-            judge_secrets(trace.checklist, _environment_leaks(pids), trace.state)
+        trace.health = await probe_all(procs.health_ports)
+        leaks = await procs.secret_leaks(GATEWAY_TOKEN)
+        judge_secrets(trace.checklist, leaks, trace.state)
+        if broker is None:
+            trace.checklist.not_checked("broker_health", "no broker of its own to stop")
         else:
-            trace.checklist.not_checked("secrets", "a container's environment is not readable")
+            down, back = await broker_outage(procs.health_ports, broker)
+            judge_broker_health(trace.checklist, broker.name, down, back)
+            await wait_ready(client, 60)
         finished = await drain_probe(bridge_invoker(client), queue, state, procs.stop)
         stopped = True
         checklist = trace.checklist
         judge_drain(checklist, procs.exit_codes, finished, DRAIN_INVOICE)
-        if local:
-            judge_health(checklist, trace.health)
-            spans = [Path(e["OTEL_SPANS_FILE"]) for e in extra.values()]
-            judge_telemetry(checklist, spans, ALL_SERVICES)
-        else:
-            why = "a container publishes no health port to the host and has no OTel SDK"
-            checklist.not_checked("health", why)
-            checklist.not_checked("telemetry", why)
+        judge_health(checklist, trace.health)
+        spans = [procs.spans_file(label, e) for label, e in extra.items()]
+        judge_telemetry(checklist, [p for p in spans if p is not None], ALL_SERVICES)
     finally:
         if not stopped:
             await procs.stop()
@@ -519,16 +530,18 @@ async def seed_secret(descriptor: Any, urls: dict[str, str], prefix: str) -> Non
         await admin.destroy()
 
 
-def _environment_leaks(pids: dict[str, int | None]) -> dict[str, bool]:
-    """label -> whether the token is in that process's environment (None: this process)."""
+def _environment_leaks(
+    pids: dict[str, int | None], secret: str = GATEWAY_TOKEN
+) -> dict[str, bool]:
+    """label -> whether ``secret`` is in that process's environment (None: this process)."""
     import os
 
     out = {}
     for label, pid in pids.items():
         if pid is None:
-            out[label] = any(GATEWAY_TOKEN in v for v in os.environ.values())
+            out[label] = any(secret in v for v in os.environ.values())
         else:
-            out[label] = GATEWAY_TOKEN.encode() in Path(f"/proc/{pid}/environ").read_bytes()
+            out[label] = secret.encode() in Path(f"/proc/{pid}/environ").read_bytes()
     return out
 
 
@@ -536,14 +549,79 @@ DRAIN_INVOICE = "drain-probe"
 SLOW_CUSTOMER = "slowpay"
 
 
-def _checklist_env(label: str, workdir: Path) -> dict[str, str]:
+CONTAINER_HEALTH_PORT = 8080  # inside the container; published on a free loopback port
+CONTAINER_SPANS_DIR = "/spans"  # a run directory bind-mounted into each container
+
+
+def _checklist_env(label: str, workdir: Path, local: bool) -> dict[str, str]:
     from harness.services.local import free_port
 
+    spans = workdir if local else Path(CONTAINER_SPANS_DIR)
     return {
-        "HEALTH_PORT": str(free_port()),
-        "OTEL_SPANS_FILE": str(workdir / f"spans-{label}.jsonl"),
+        "HEALTH_PORT": str(free_port() if local else CONTAINER_HEALTH_PORT),
+        "OTEL_SPANS_FILE": str(spans / f"spans-{label}.jsonl"),
         "OTEL_SERVICE_NAME": label,
     }
+
+
+async def probe_all(
+    ports: dict[str, int], timeout_s: float = 5.0
+) -> dict[str, dict[str, int | str]]:
+    """``probe_health`` of every process at once: label -> answers."""
+    labels = list(ports)
+    answers = await asyncio.gather(*(probe_health(ports[k], timeout_s) for k in labels))
+    return dict(zip(labels, answers, strict=True))
+
+
+Answers = dict[str, dict[str, int | str]]
+
+
+async def _until(
+    probe: Callable[[], Awaitable[Answers]],
+    ok: Callable[[dict[str, int | str]], bool],
+    timeout_s: float,
+) -> Answers:
+    """Probe until every label has given an answer ``ok`` accepts (kept: the first such),
+    or the deadline passes (then the last answer of those that never did)."""
+    seen: Answers = {}
+    latched: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answers = await probe()
+        for label, answer in answers.items():
+            if label not in latched:
+                seen[label] = answer
+                if ok(answer):
+                    latched.add(label)
+        if latched >= set(answers) or time.monotonic() >= deadline:
+            return seen
+        await asyncio.sleep(0.1)
+
+
+async def broker_outage(
+    ports: dict[str, int], broker: Any, down_s: float = 20.0, back_s: float = 90.0
+) -> tuple[dict[str, dict[str, int | str]], dict[str, dict[str, int | str]]]:
+    """SIGKILL ``broker``, probe until every process's /readyz leaves 200, start it again
+    (same port, same data), probe until every one answers 200; both sets of answers."""
+    async def probe() -> Answers:
+        return await probe_all(ports, 2.0)
+
+    await asyncio.to_thread(broker.kill)
+    try:
+        down = await _until(probe, lambda a: a.get("/readyz") != 200, down_s)
+    finally:
+        await asyncio.to_thread(broker.start)
+    back = await _until(probe, lambda a: a.get("/readyz") == 200, back_s)
+    return down, back
+
+
+async def wait_ready(component: Any, timeout_s: float) -> None:
+    """Until ``component.is_ready()`` (a client bridge reconnecting after an outage)."""
+    deadline = time.monotonic() + timeout_s
+    while not await component.is_ready():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{component!r} not ready again within {timeout_s}s")
+        await asyncio.sleep(0.1)
 
 
 async def _start(procs: Any, label: str, args: tuple[str, ...], env: dict[str, str]) -> None:
@@ -593,8 +671,11 @@ async def drain_probe(
     return isinstance(value, dict) and value.get("status") == "issued"
 
 
-async def run_serverless(urls: dict[str, str], prefix: str, timeout_s: float = 60.0) -> Trace:
-    """Function per trigger: commands, events routed by a tiny platform, queue triggers."""
+async def run_serverless(
+    urls: dict[str, str], prefix: str, workdir: Path, timeout_s: float = 60.0
+) -> Trace:
+    """Function per trigger: commands, events routed by a tiny platform, queue triggers;
+    the platform's health invocations, and an invocation it cuts at its deadline."""
     from reference_services.deploy.config import DeploymentConfig
     from reference_services.deploy.serverless import handle
     from reference_services.runtime.codec import from_wire
@@ -602,8 +683,7 @@ async def run_serverless(urls: dict[str, str], prefix: str, timeout_s: float = 6
 
     trace = Trace("serverless")
     start = time.monotonic()
-    # the seed's serverless configuration: a cloud secret store beside Redis state
-    env = {**deploy_env(REFERENCE_ADAPTER, urls, prefix), "SECRET_STORE": SERVERLESS_SECRET_STORE}
+    env = serverless_env(urls, prefix)
     cfg = DeploymentConfig.from_env(env)
     await seed_secret(registry.resolve("secret_store", SERVERLESS_SECRET_STORE), urls, prefix)
     state, queue, read = backend_outcome_reader(trace, urls, prefix)
@@ -642,8 +722,181 @@ async def run_serverless(urls: dict[str, str], prefix: str, timeout_s: float = 6
             if await settle(trace, read, 0):
                 break
         judge_secrets(trace.checklist, _environment_leaks({"serverless": None}), trace.state)
+        judge_health(trace.checklist, await probe_functions(cfg))
+        cut = await cut_invocation_probe(env, queue, state, workdir)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not cut.settled():
+            await handle({"service": "billing", "queue": INVOICE_QUEUE}, cfg)
+            await cut.read(queue, state)
+        judge_cut_invocation(trace.checklist, cut)
     finally:
         await state.destroy()
         await queue.destroy()
     trace.duration_s = time.monotonic() - start
     return trace
+
+
+FUNCTION_LEASE_TTL_MS = 3000
+
+
+def serverless_env(urls: dict[str, str], prefix: str) -> dict[str, str]:
+    """The seed's serverless configuration: a cloud secret store beside Redis state and
+    queue; a job's lease lasts about the function timeout (a cut invocation's job comes
+    back soon)."""
+    return {
+        **deploy_env(REFERENCE_ADAPTER, urls, prefix),
+        "SECRET_STORE": SERVERLESS_SECRET_STORE,
+        "QUEUE_LEASE_TTL_MS": str(FUNCTION_LEASE_TTL_MS),
+    }
+
+
+async def serverless_broker_health(
+    checklist: Checklist, urls: dict[str, str], prefix: str, broker: Any
+) -> None:
+    """Health follows the broker in the serverless pattern: the platform's readiness
+    invocation of every function answers 503 while ``broker`` (the queue's and state's
+    Redis) is stopped, 200 again once it is back."""
+    from reference_services.deploy.config import DeploymentConfig
+    from reference_services.deploy.serverless import handle
+
+    cfg = DeploymentConfig.from_env(serverless_env(urls, prefix))
+
+    async def ready(service: str) -> dict[str, int | str]:
+        return {"/readyz": (await handle({"service": service, "health": "ready"}, cfg))["status"]}
+
+    async def probe() -> dict[str, dict[str, int | str]]:
+        answers = await asyncio.gather(*(ready(s) for s in ALL_SERVICES))
+        return {f"{s} function": a for s, a in zip(ALL_SERVICES, answers, strict=True)}
+
+    await asyncio.to_thread(broker.kill)
+    try:
+        down = await _until(probe, lambda a: a.get("/readyz") != 200, 40)
+    finally:
+        await asyncio.to_thread(broker.start)
+    back = await _until(probe, lambda a: a.get("/readyz") == 200, 60)
+    judge_broker_health(checklist, broker.name, down, back)
+
+
+async def probe_functions(cfg: Any) -> dict[str, dict[str, int | str]]:
+    """The platform's health invocation of every service's function: live and ready."""
+    from reference_services.deploy.serverless import handle
+
+    async def status(service: str, kind: str) -> int | str:
+        try:
+            return int((await handle({"service": service, "health": kind}, cfg))["status"])
+        except Exception as exc:  # a function without a health invocation
+            return f"no answer ({type(exc).__name__}: {exc})"
+
+    return {
+        f"{service} function": {
+            "/healthz": await status(service, "live"),
+            "/readyz": await status(service, "ready"),
+        }
+        for service in ALL_SERVICES
+    }
+
+
+class CutInvocation:
+    """What became of the job whose invocation the platform killed at its deadline."""
+
+    def __init__(self) -> None:
+        self.leased = False  # the job was running when the platform cut the invocation
+        self.cut_code: int | None = None
+        self.record: Any = None
+        self.dead: list[tuple[str, int, str]] = []
+        self.pending = self.inflight = -1
+
+    def settled(self) -> bool:
+        """Nothing of the queue left to do (the job done, dead or lost)."""
+        return self.pending == 0 and self.inflight == 0
+
+    async def read(self, queue: Any, state: Any) -> None:
+        key = f"invoice:{DRAIN_INVOICE}"
+        self.record = (await state.get(key))[key]
+        self.dead = [
+            (d.payload["invoice_id"], d.attempts, d.reason)
+            for d in await queue.peek_dead_letter(INVOICE_QUEUE)
+            if d.payload.get("invoice_id") == DRAIN_INVOICE
+        ]
+        metrics = await queue.metrics(INVOICE_QUEUE)
+        self.pending, self.inflight = metrics.pending, metrics.inflight
+
+
+def function_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment of a function invocation run in its own process."""
+    return dict(env)
+
+
+async def cut_invocation_probe(
+    env: dict[str, str], queue: Any, state: Any, workdir: Path
+) -> CutInvocation:
+    """A job for the slow gateway's invoice arrives on the queue (as the billing command
+    puts it there); the platform runs the queue trigger as a function process of its own
+    and SIGKILLs it (its deadline) once the job is taken (leased, or gone from pending):
+    the job must come back, be done once by a later invocation, and nothing be left or
+    dead-lettered."""
+    cut = CutInvocation()
+    payload = {"invoice_id": DRAIN_INVOICE, "customer": SLOW_CUSTOMER, "amount_cents": 1}
+    await queue.enqueue(
+        INVOICE_QUEUE,
+        payload,
+        idempotency_key=f"invoice:{DRAIN_INVOICE}",
+        max_attempts=3,
+        lease_ttl_ms=FUNCTION_LEASE_TTL_MS,
+    )
+    trigger = json.dumps({"service": "billing", "queue": INVOICE_QUEUE})
+    log = (workdir / "function-cut.log").open("ab")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "reference_services.deploy.serverless",
+        trigger,
+        env=harness_run.child_env(subprocess_env(function_env(env))),
+        stdout=log,
+        stderr=log,
+        preexec_fn=harness_run.child_preexec(),
+    )
+    harness_run.current().track(proc.pid)
+    log.close()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.returncode is None:
+            if await queue.inspect_leases(INVOICE_QUEUE) or not (
+                await queue.metrics(INVOICE_QUEUE)
+            ).pending:
+                cut.leased = True
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        cut.cut_code = await proc.wait()
+    await cut.read(queue, state)
+    return cut
+
+
+def judge_cut_invocation(checklist: Checklist, cut: CutInvocation) -> None:
+    """The serverless drain: the killed invocation's job was neither lost (issued by a
+    later invocation, once) nor doubled (attempt 2, nothing pending, in flight or dead)."""
+    problems = []
+    record = cut.record if isinstance(cut.record, dict) else {}
+    if not cut.leased:
+        problems.append(
+            f"the job was never taken before the platform's deadline "
+            f"(function exit {cut.cut_code})"
+        )
+    if record.get("status") != "issued":
+        problems.append(f"the cut invocation's job was lost: invoice {cut.record!r}")
+    elif record.get("attempt") != 2:
+        problems.append(f"issued at attempt {record.get('attempt')}, not by the one redelivery")
+    if cut.dead:
+        problems.append(f"dead-lettered: {cut.dead}")
+    if (cut.pending, cut.inflight) != (0, 0):
+        problems.append(f"left in the queue: {cut.pending} pending, {cut.inflight} in flight")
+    checklist.record(
+        "drain",
+        not problems,
+        "; ".join(problems)
+        or f"the invocation running {DRAIN_INVOICE} was killed at the platform's deadline; "
+        "a later one issued it once (attempt 2), nothing left in the queue",
+    )

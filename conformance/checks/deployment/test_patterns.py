@@ -17,13 +17,19 @@ from typing import Any
 
 import pytest
 
-from conformance.adapters import SERVERLESS_SECRET_STORE, process_backend_urls, store_urls
+from conformance.adapters import (
+    PROCESS_BACKEND,
+    SERVERLESS_SECRET_STORE,
+    process_backend_urls,
+    store_urls,
+)
 from conformance.checks.deployment.checklist import (
+    ITEMS,
     Checklist,
     judge_idempotency,
     judge_retry_policies,
 )
-from conformance.checks.deployment.monolith_process import run_monolith_process
+from conformance.checks.deployment.own_process import run_own_process
 from conformance.checks.deployment.scenario import (
     STEPS,
     Trace,
@@ -32,10 +38,11 @@ from conformance.checks.deployment.scenario import (
     pattern_state_urls,
     run_monolith,
     run_processes,
-    run_serverless,
+    serverless_broker_health,
 )
 from conformance.kit.marks import check
 from conformance.kit.under_test import AdapterUnderTest
+from reference_services.adapters import registry
 from reference_services.services import ALL_SERVICES
 
 EXPECTED_STATUSES = [200, 200, 409, 400, 200, 404, 200, 200, 200, 200, 200, 200]
@@ -50,12 +57,10 @@ async def _reference_trace() -> dict[str, Any]:
     return _reference["trace"]
 
 
-IN_PROCESS = {
-    "drain": "a function per trigger: the platform ends it after each invocation",
-    "health": "a function per trigger: the platform owns health",
-    "telemetry": "in process: a global exporter would trace every later check of the run",
-}
-NO_SECRET = "no evidence gathered in this pattern"
+NO_EVIDENCE = "no evidence gathered in this pattern"
+MONOLITH_NO_BROKER = (
+    "every service is in one process on the in-memory bridge: no broker connection to lose"
+)
 
 
 def _judge(aut: AdapterUnderTest, trace: Trace, reference: dict[str, Any]) -> None:
@@ -75,11 +80,11 @@ def _checklist(trace: Trace) -> Checklist:
     checklist = trace.checklist
     judge_retry_policies(checklist, ALL_SERVICES.values())
     judge_idempotency(checklist, trace.normalised())
-    for item, why in IN_PROCESS.items():
+    if "broker_health" not in checklist.items and trace.pattern == "monolith":
+        checklist.not_applicable("broker_health", MONOLITH_NO_BROKER)
+    for item in ITEMS:
         if item not in checklist.items:
-            checklist.not_checked(item, why)
-    if "secrets" not in checklist.items:
-        checklist.not_checked("secrets", NO_SECRET)
+            checklist.not_checked(item, NO_EVIDENCE)
     return checklist
 
 
@@ -101,7 +106,7 @@ async def test_monolith_gives_the_expected_business_outcome(
     good invoice is issued."""
     if not aut.is_reference:
         pytest.skip("the monolith runs on the in-memory adapters only")
-    trace = await run_monolith_process(tmp_path)
+    trace = await run_own_process("monolith", tmp_path)
     normal = trace.normalised()
     aut.metric("duration_s", round(trace.duration_s, 2))
     checklist = _checklist(trace)
@@ -118,17 +123,24 @@ async def test_monolith_gives_the_expected_business_outcome(
 
 
 @check("deployment.serverless", kinds=("event_bridge",))
-async def test_serverless_matches_the_monolith(aut: AdapterUnderTest) -> None:
+async def test_serverless_matches_the_monolith(aut: AdapterUnderTest, tmp_path: Path) -> None:
     """Function per trigger (commands, events routed by the platform, queue triggers)
     with the process backend's state store and queue and the AWS secret store (Secrets
-    Manager on the harness's moto) gives the monolith's trace."""
+    Manager on the harness's moto), in a process of its own exporting spans, gives the
+    monolith's trace; the platform probes each function's health, and cuts one
+    invocation at its deadline in the middle of a job."""
     if not aut.is_reference:
         pytest.skip("serverless functions run on a per-invocation in-memory bridge")
     reference = await _reference_trace()
+    # brokers of this run's own: it stops the queue's and state's Redis to see the
+    # functions' readiness follow it
+    dedicated = {} if aut.no_lifecycle else aut.isolate()
     secret_urls = store_urls("secret_store", SERVERLESS_SECRET_STORE, aut.ctx.url)
-    trace = await run_serverless(
-        {**process_backend_urls(aut.ctx.url), **secret_urls}, aut.ctx.prefix
-    )
+    urls = {**process_backend_urls(aut.ctx.url), **secret_urls}
+    trace = await run_own_process("serverless", tmp_path, urls, aut.ctx.prefix)
+    backend = registry.resolve("queue_bridge", PROCESS_BACKEND).service
+    if backend in dedicated:
+        await serverless_broker_health(trace.checklist, urls, aut.ctx.prefix, dedicated[backend])
     aut.metric("secret_store", SERVERLESS_SECRET_STORE)
     _judge(aut, trace, reference)
 
@@ -139,11 +151,19 @@ async def _processes(
     service, var = _deployable(aut)
     reference = await _reference_trace()
     urls = {
-        var: aut.ctx.url(service),
         **process_backend_urls(aut.ctx.url),
         **pattern_queue_urls(pattern, aut.ctx.url),
         **pattern_state_urls(pattern, aut.ctx.url),
     }
+    # the event bridge's broker is this run's own (the run stops it to see health follow);
+    # a queue on the same broker (the edge's MQTT queue) shares it, as its URL variable does
+    broker = None
+    if aut.no_lifecycle:  # external brokers: nothing of this run's own to stop
+        urls[var] = aut.ctx.url(service)
+    else:
+        dedicated = aut.isolate()
+        urls[var] = aut.ctx.url(service)
+        broker = dedicated[service]
     runner, service_urls = None, None
     if containers:
         runner, service_urls = _container_runner(aut, urls)
@@ -158,6 +178,7 @@ async def _processes(
         tmp_path,
         runner=runner,
         service_urls=service_urls,
+        broker=broker,
     )
     aut.metric("processes", len(exits))
     _judge(aut, trace, reference)
