@@ -320,11 +320,6 @@ def builtin_specs() -> list[AdapterSpec]:
     return [descriptor_spec(d, "builtin", d.name) for d in registry.builtin()]
 
 
-def labels_by_selector(selectors: list[str]) -> dict[str, list[str]]:
-    """``{selector: [kind:name, ...]}``: the adapters each ``--adapter`` value names."""
-    return {sel: [s.label for s in resolve([sel])] for sel in selectors}
-
-
 def resolve(selectors: list[str]) -> list[AdapterSpec]:
     """Turn ``--adapter`` values into specs.
 
@@ -332,13 +327,21 @@ def resolve(selectors: list[str]) -> list[AdapterSpec]:
     or a built-in / installed name: ``memory``, ``event_bridge:amqp``,
     ``redis``. No selector means every built-in and installed adapter.
     """
+    return resolve_by_selector(selectors)[0]
+
+
+def resolve_by_selector(
+    selectors: list[str],
+) -> tuple[list[AdapterSpec], dict[str, list[str]]]:
+    """:func:`resolve`, and ``{selector: [kind:name, ...]}``: the adapters each value names."""
     builtins = builtin_specs()
     if not selectors:
-        return builtins + entry_point_specs()
+        return builtins + entry_point_specs(), {}
     installed: list[AdapterSpec] | None = None
     out: list[AdapterSpec] = []
-    for sel in selectors:
-        sel = sel.strip()
+    named: dict[str, list[str]] = {}
+    for given in selectors:
+        sel = given.strip()
         name, eq, ref = sel.partition("=")
         if not eq:
             name, ref = "", sel
@@ -362,6 +365,7 @@ def resolve(selectors: list[str]) -> list[AdapterSpec]:
             if name and len(specs) == 1:
                 specs[0].name = name
             out.extend(specs)
+            named[given] = [s.label for s in specs]
             continue
         kind, colon, short = sel.rpartition(":")
         if installed is None:
@@ -375,10 +379,11 @@ def resolve(selectors: list[str]) -> list[AdapterSpec]:
                 f"unknown adapter {sel!r}; known: {', '.join(known)} (or give module:factory)"
             )
         out.extend(s for s in found if s.label not in {o.label for o in out})
+        named[given] = [s.label for s in found]
     labels = [s.label for s in out]
     dupes = {x for x in labels if labels.count(x) > 1}
     if dupes:
         raise UsageError(
             f"two adapters are named {', '.join(sorted(dupes))}; name them with name=module:factory"
         )
-    return out
+    return out, named

@@ -26,8 +26,7 @@ from conformance.adapters import (
     AdapterSpec,
     ServiceUnavailable,
     UsageError,
-    labels_by_selector,
-    resolve,
+    resolve_by_selector,
 )
 from conformance.kit import waits, workdirs
 from conformance.kit.marks import SUITES, CheckInfo
@@ -136,8 +135,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "conformance_check(info): a conformance check (set by @conformance.kit.marks.check)",
     )
     try:
-        specs = resolve(list(config.getoption("cf_adapter")))
-        selectors = labels_by_selector(list(config.getoption("cf_adapter")))
+        specs, selectors = resolve_by_selector(list(config.getoption("cf_adapter")))
     except UsageError as exc:
         raise pytest.UsageError(str(exc)) from exc
     report_dir = config.getoption("cf_report_dir")
