@@ -396,6 +396,25 @@ MIXED_FLEET_OPTION = "purista_share_groups"
 (MQTT: PURISTA's single ``sharedpurista`` group makes different subscribers compete)."""
 
 
+async def _emit_from_both(n: int, peer: Any, publisher: Any, event_name: str) -> list[str]:
+    """Emit ``n`` ``event_name`` events, alternately from our publisher and from PURISTA's
+    peer (payload ``{"i": i}``); their ids."""
+    sent: list[str] = []
+    spec = VECTORS["ts_event"]["message"]
+    for i in range(n):
+        if i % 2:
+            body = purista_event(address(*spec["sender"]), event_name, {"i": i})
+            await peer.publish_event(body)
+            sent.append(body["id"])
+        else:
+            msg = CustomMessage(
+                sender=_sender(["caller", "1", "run", INST["py_caller"]]),
+                event_name=event_name, payload={"i": i})
+            await publisher.emit_message(msg)
+            sent.append(msg.id)
+    return sent
+
+
 def _mixed_fleet_options(aut: AdapterUnderTest) -> dict[str, Any]:
     import inspect
 
@@ -466,19 +485,7 @@ async def _mixed_fleet_subscription(
                 f"joining PURISTA's shared subscription failed: {type(exc).__name__}: {exc}"
             ) from exc
         n = aut.n(40, minimum=10)
-        sent: list[str] = []
-        spec = VECTORS["ts_event"]["message"]
-        for i in range(n):
-            if i % 2:
-                body = purista_event(address(*spec["sender"]), event_name, {"i": i})
-                await peer.publish_event(body)
-                sent.append(body["id"])
-            else:
-                msg = CustomMessage(
-                    sender=_sender(["caller", "1", "run", INST["py_caller"]]),
-                    event_name=event_name, payload={"i": i})
-                await publisher.emit_message(msg)
-                sent.append(msg.id)
+        sent = await _emit_from_both(n, peer, publisher, event_name)
         await wait_for(lambda: {i for _, i in got} >= set(sent), TTL_S)
         await wait_quiet(lambda: len(got), quiet_s=0.5)  # a second copy would show by now
         ids = [i for _, i in got]
@@ -562,19 +569,7 @@ async def test_mixed_fleet_durable_redelivery(aut: AdapterUnderTest) -> None:
             raise AssertionError(
                 f"PURISTA's member cannot attach to the adapter's consumer: {exc}") from exc
         n = aut.n(20, minimum=6)
-        sent: list[str] = []
-        spec = VECTORS["ts_event"]["message"]
-        for i in range(n):
-            if i % 2:
-                body = purista_event(address(*spec["sender"]), event_name, {"i": i})
-                await peer.publish_event(body)
-                sent.append(body["id"])
-            else:
-                msg = CustomMessage(
-                    sender=_sender(["caller", "1", "run", INST["py_caller"]]),
-                    event_name=event_name, payload={"i": i})
-                await publisher.emit_message(msg)
-                sent.append(msg.id)
+        sent = await _emit_from_both(n, peer, publisher, event_name)
         assert await wait_for(lambda: bool(peer.deliveries), TTL_S), (
             f"PURISTA's member got none of {n} events: not in the adapter's deliver group")
         took = {i for i, _ in peer.deliveries}
