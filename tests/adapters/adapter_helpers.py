@@ -122,6 +122,15 @@ def command(receiver: Address = USER, payload: Any = None, **kw: Any) -> Command
     return Command(sender=CALLER, receiver=receiver, payload=CommandPayload(payload=payload), **kw)
 
 
+def collect(into: list[Any]) -> Callable[[Any], Awaitable[None]]:
+    """A subscription handler that appends each message's payload to ``into``."""
+
+    async def handler(message: Any) -> None:
+        into.append(message.payload)
+
+    return handler
+
+
 def echo_handler(served: list[tuple[str, Command]], bridge: Any) -> Any:
     """A command handler that records ``(bridge.instance_id, command)`` and echoes the payload."""
 

@@ -25,6 +25,7 @@ from adapter_helpers import (
     CALLER,
     USER,
     Adapters,
+    collect,
     command,
     echo_handler,
     event,
@@ -325,8 +326,7 @@ async def test_filters_on_sender_principal_and_tenant(make_bridge: Any) -> None:
     producer, consumer = await make_bridge(), await make_bridge()
     got: list[Any] = []
 
-    async def handler(message: AnyMessage) -> None:
-        got.append(message.payload)
+    handler = collect(got)
 
     await consumer.register_subscription(
         subscription("audit", "evt", sender=AddressFilter(service_name="caller"),
@@ -380,11 +380,10 @@ async def test_emit_event_name_chains(make_bridge: Any) -> None:
 
     got: list[Any] = []
 
-    async def collect(message: AnyMessage) -> None:
-        got.append(message.payload)
+    sink = collect(got)
 
     await bridge.register_subscription(subscription("doubler", "n", emit_event_name="n2"), double)
-    await bridge.register_subscription(subscription("sink", "n2"), collect)
+    await bridge.register_subscription(subscription("sink", "n2"), sink)
     await bridge.emit_message(event("n", 21))
     await wait_for(lambda: got == [42], 5, "chained event")
 
@@ -400,8 +399,7 @@ async def test_retries_then_dead_letter_with_reason(make_bridge: Any, raw: Raw,
 
     letters: list[Any] = []
 
-    async def on_letter(message: AnyMessage) -> None:
-        letters.append(message.payload)
+    on_letter = collect(letters)
 
     sub = subscription("mailer", "send", failure=FailureHandling(
         max_attempts=3, retry_delay_ms=200, backoff=2.0, dead_letter_target="mailer.dead"))
@@ -448,8 +446,7 @@ async def test_malformed_messages_are_dead_lettered_and_the_next_is_served(
     bridge = await make_bridge()
     got: list[Any] = []
 
-    async def handler(message: AnyMessage) -> None:
-        got.append(message.payload)
+    handler = collect(got)
 
     sub = subscription("audit", "evt")
     await bridge.register_subscription(sub, handler)
@@ -472,8 +469,7 @@ async def test_queue_deleted_under_the_bridge_is_recreated(
     bridge = await make_bridge(consumer_check_interval_s=0.2)
     got: list[Any] = []
 
-    async def handler(message: AnyMessage) -> None:
-        got.append(message.payload)
+    handler = collect(got)
 
     sub = subscription("audit", "evt")
     await bridge.register_subscription(sub, handler)

@@ -24,7 +24,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import port_for
 import pytest
-from adapter_helpers import Adapters, is_not
+from adapter_helpers import Adapters, collect, is_not
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -378,8 +378,7 @@ async def test_malformed_message_is_dropped_and_next_served(
     bridge = await make_bridge(broker.url)
     got: list[Any] = []
 
-    async def on(m: AnyMessage) -> None:
-        got.append(m.payload)
+    on = collect(got)
 
     await bridge.register_subscription(Subscription(subscriber=addr("s"), event_name="ev"), on)
     raw = RawClient(broker.url)
@@ -434,8 +433,7 @@ async def test_retries_then_dead_letter_with_reason(
     # acked after the dead letter: a marker arrives and the failed one is not retried
     ok: list[Any] = []
 
-    async def on_ok(m: AnyMessage) -> None:
-        ok.append(m.payload)
+    on_ok = collect(ok)
 
     await bridge.register_subscription(Subscription(subscriber=addr("ok"), event_name="ev"), on_ok)
     await bridge.emit_message(event(bridge, "ev", "marker"))
@@ -466,8 +464,7 @@ async def test_emit_event_name_chaining(broker: Any, make_bridge: BridgeFactory)
     async def first(m: AnyMessage) -> Any:
         return {"from": m.payload}
 
-    async def second(m: AnyMessage) -> None:
-        chained.append(m.payload)
+    second = collect(chained)
 
     await bridge.register_subscription(
         Subscription(subscriber=addr("a"), event_name="one", emit_event_name="two"), first)
@@ -483,11 +480,9 @@ async def test_unregister_subscription_stops_delivery(
     a: list[Any] = []
     b: list[Any] = []
 
-    async def on_a(m: AnyMessage) -> None:
-        a.append(m.payload)
+    on_a = collect(a)
 
-    async def on_b(m: AnyMessage) -> None:
-        b.append(m.payload)
+    on_b = collect(b)
 
     await bridge.register_subscription(Subscription(subscriber=addr("a"), event_name="ev"), on_a)
     await bridge.register_subscription(Subscription(subscriber=addr("b"), event_name="ev"), on_b)
@@ -522,8 +517,7 @@ async def test_destroy_drains_inflight_and_acks_it(broker: Any, make_bridge: Bri
     await producer.emit_message(event(producer, "ev", "second"))
     again: list[Any] = []
 
-    async def record(m: AnyMessage) -> None:
-        again.append(m.payload)
+    record = collect(again)
 
     back = await make_bridge(broker.url, instance_id=instance)
     await back.register_subscription(sub, record)
@@ -559,8 +553,7 @@ async def test_durable_subscription_survives_subscriber_restart(
     sub = Subscription(subscriber=addr("durable"), event_name="ev")
     got: list[Any] = []
 
-    async def on(m: AnyMessage) -> None:
-        got.append(m.payload)
+    on = collect(got)
 
     first = await make_bridge(broker.url, instance_id=instance)
     await first.register_subscription(sub, on)
@@ -581,8 +574,7 @@ async def _reconnect_scenario(
     client = await make_bridge(url)
     got: list[Any] = []
 
-    async def on(m: AnyMessage) -> None:
-        got.append(m.payload)
+    on = collect(got)
 
     await server.register_command(addr("user"), echo_handler())
     await server.register_subscription(
@@ -770,8 +762,7 @@ async def test_message_waiting_for_a_retry_is_redelivered_after_restart(
         first_attempts.append(m.payload)
         raise RuntimeError("transient")
 
-    async def working(m: AnyMessage) -> None:
-        second.append(m.payload)
+    working = collect(second)
 
     bridge = await make_bridge(broker.url, instance_id=instance)
     await bridge.register_subscription(sub, failing)
@@ -795,8 +786,7 @@ async def test_black_holed_connection_is_detected_and_recovered(
     client = await make_bridge(broker.url)
     got: list[Any] = []
 
-    async def on(m: AnyMessage) -> None:
-        got.append(m.payload)
+    on = collect(got)
 
     await server.register_command(addr("user"), echo_handler())
     await server.register_subscription(Subscription(subscriber=addr("s"), event_name="ev"), on)
@@ -825,11 +815,9 @@ async def test_shared_group_member_going_offline(
     stay: list[Any] = []
     returned: list[Any] = []
 
-    async def on_stay(m: AnyMessage) -> None:
-        stay.append(m.payload)
+    on_stay = collect(stay)
 
-    async def on_returned(m: AnyMessage) -> None:
-        returned.append(m.payload)
+    on_returned = collect(returned)
 
     staying = await make_bridge(broker.url)
     gone = await make_bridge(broker.url, instance_id=gone_id, keep_session_on_destroy=keep_session)
@@ -858,8 +846,7 @@ async def test_non_durable_shared_member_leaves_at_once(
     sub = Subscription(subscriber=addr("workers"), event_name="ev", durable=False)
     stay: list[Any] = []
 
-    async def on(m: AnyMessage) -> None:
-        stay.append(m.payload)
+    on = collect(stay)
 
     staying = await make_bridge(broker.url)
     gone = await make_bridge(broker.url)
@@ -933,8 +920,7 @@ async def test_session_subscription_not_registered_again_is_dropped_after_grace(
     dropped_sub = Subscription(subscriber=addr("gone"), event_name="a")
     got: list[Any] = []
 
-    async def on(m: AnyMessage) -> None:
-        got.append(m.payload)
+    on = collect(got)
 
     first = await make_bridge(broker.url, instance_id=instance)
     await first.register_subscription(kept, on)
@@ -1021,8 +1007,7 @@ async def test_event_reaching_nobody_after_broker_restart_waits_for_resubscribe(
     producer = await make_bridge(own_broker.url)
     got: list[Any] = []
 
-    async def on(m: AnyMessage) -> None:
-        got.append(m.payload)
+    on = collect(got)
 
     await consumer.register_subscription(Subscription(subscriber=addr("late"), event_name="ev"),
                                          on)

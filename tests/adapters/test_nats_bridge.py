@@ -21,6 +21,7 @@ from adapter_helpers import (
     CALLER,
     USER,
     Adapters,
+    collect,
     echo_handler,
     event,
     is_not,
@@ -303,8 +304,7 @@ async def test_filters_on_sender_principal_and_tenant(make_bridge: Any) -> None:
     producer, consumer = await make_bridge(), await make_bridge()
     seen: list[Any] = []
 
-    async def handler(message: AnyMessage) -> None:
-        seen.append(message.payload)
+    handler = collect(seen)
 
     await consumer.register_subscription(
         subscription("f", "ev", sender=AddressFilter(service_name="caller"),
@@ -340,8 +340,7 @@ async def test_non_durable_auto_ack_subscription_uses_core_nats(make_bridge: Any
     producer, consumer = await make_bridge(), await make_bridge()
     seen: list[Any] = []
 
-    async def handler(message: AnyMessage) -> None:
-        seen.append(message.payload)
+    handler = collect(seen)
 
     sub = subscription("live", "tick", durable=False, autoacknowledge=True)
     await consumer.register_subscription(sub, handler)
@@ -360,8 +359,7 @@ async def test_durable_subscription_survives_subscriber_restart(make_bridge: Any
     first = await make_bridge()
     seen: list[Any] = []
 
-    async def handler(message: AnyMessage) -> None:
-        seen.append(message.payload)
+    handler = collect(seen)
 
     sub = subscription("mail", "signup")
     await first.register_subscription(sub, handler)
@@ -378,8 +376,7 @@ async def test_unregister_on_one_instance_keeps_the_shared_consumer(make_bridge:
     producer, leaver, stayer = await make_bridge(), await make_bridge(), await make_bridge()
     seen: list[Any] = []
 
-    async def handler(message: AnyMessage) -> None:
-        seen.append(message.payload)
+    handler = collect(seen)
 
     for durable in (True, False):
         sub = subscription(f"partial{durable}", "tock", durable=durable)
@@ -401,8 +398,7 @@ async def test_a_lost_consumer_is_recreated(
     producer, consumer = await make_bridge(), await make_bridge()
     seen: list[Any] = []
 
-    async def handler(message: AnyMessage) -> None:
-        seen.append(message.payload)
+    handler = collect(seen)
 
     await consumer.register_subscription(subscription("s", "e"), handler)
     (name,) = [c.name for c in consumer._consumers.values()]
@@ -428,11 +424,10 @@ async def test_emit_event_name_chains(make_bridge: Any) -> None:
 
     seen: list[Any] = []
 
-    async def collect(message: AnyMessage) -> None:
-        seen.append(message.payload)
+    sink = collect(seen)
 
     await worker.register_subscription(subscription("w", "in", emit_event_name="out"), double)
-    await listener.register_subscription(subscription("l", "out"), collect)
+    await listener.register_subscription(subscription("l", "out"), sink)
     await producer.emit_message(event("in", 21))
     await wait_for(lambda: seen == [{"doubled": 42}], what="the chained event")
 
@@ -447,8 +442,7 @@ async def test_retries_then_dead_letter_with_reason(make_bridge: Any) -> None:
 
     letters: list[Any] = []
 
-    async def on_letter(message: AnyMessage) -> None:
-        letters.append(message.payload)
+    on_letter = collect(letters)
 
     failure = FailureHandling(max_attempts=3, retry_delay_ms=200, backoff=2.0,
                               dead_letter_target="mailDeadLetter")
@@ -495,8 +489,7 @@ async def test_malformed_messages_are_dropped_and_the_next_is_served(
     consumer = await make_bridge()
     seen: list[Any] = []
 
-    async def handler(message: AnyMessage) -> None:
-        seen.append(message.payload)
+    handler = collect(seen)
 
     served: list[tuple[str, Command]] = []
     await consumer.register_subscription(subscription("s", "e"), handler)
@@ -618,8 +611,7 @@ async def test_reconnect_reregisters_everything_after_broker_restart(
     await server.register_command(USER, echo_handler(served, server))
     seen: list[Any] = []
 
-    async def handler(message: AnyMessage) -> None:
-        seen.append(message.payload)
+    handler = collect(seen)
 
     await consumer.register_subscription(subscription("s", "e"), handler)
     await consumer.register_subscription(
@@ -681,8 +673,7 @@ async def test_black_holed_network_detected_and_recovered(
     await server.register_command(USER, echo_handler(served, server))
     got: list[Any] = []
 
-    async def handler(message: AnyMessage) -> None:
-        got.append(message.payload)
+    handler = collect(got)
 
     await server.register_subscription(subscription("mail", "entry"), handler)
     await server.register_subscription(
@@ -825,8 +816,7 @@ async def test_a_consumer_re_created_elsewhere_is_followed(
     producer, consumer = await make_bridge(), await make_bridge()
     seen: list[Any] = []
 
-    async def handler(message: AnyMessage) -> None:
-        seen.append(message.payload)
+    handler = collect(seen)
 
     sub = _typed("f", "e")
     await consumer.register_subscription(sub, handler)
