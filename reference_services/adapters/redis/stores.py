@@ -42,17 +42,21 @@ __all__ = ["RedisConfigStore", "RedisSecretStore", "RedisStateStore", "RedisUnav
 
 log = logging.getLogger("reference_services.store.redis")
 
+# SET KEYS[1] to ARGV[1] if absent, expiring after ARGV[2] ms (0: never); false if present
+_SET_NX = """
+local function set_nx()
+  if tonumber(ARGV[2]) > 0 then
+    return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+  end
+  return redis.call('SET', KEYS[1], ARGV[1], 'NX')
+end
+"""
+
 # SET NX PX, plus a short-lived marker naming the call, so that the client's retry of a
 # create whose reply was lost answers "created" instead of "someone else has it".
-_CREATE = """
+_CREATE = _SET_NX + """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
-local ok
-if tonumber(ARGV[2]) > 0 then
-  ok = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
-else
-  ok = redis.call('SET', KEYS[1], ARGV[1], 'NX')
-end
-if not ok then return 0 end
+if not set_nx() then return 0 end
 redis.call('SET', KEYS[2], '1', 'PX', 120000)
 return 1
 """
@@ -64,16 +68,10 @@ if not v then return false end
 return {v, redis.sha1hex(v)}
 """
 
-_CREATEV = """
+_CREATEV = _SET_NX + """
 local done = redis.call('GET', KEYS[2])
 if done then return done end
-local ok
-if tonumber(ARGV[2]) > 0 then
-  ok = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
-else
-  ok = redis.call('SET', KEYS[1], ARGV[1], 'NX')
-end
-if not ok then return false end
+if not set_nx() then return false end
 local sha = redis.sha1hex(ARGV[1])
 redis.call('SET', KEYS[2], sha, 'PX', 120000)
 return sha
