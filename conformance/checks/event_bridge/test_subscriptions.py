@@ -239,6 +239,20 @@ async def test_emit_event_chaining(aut: AdapterUnderTest) -> None:
     assert not wrong, "chained events lost fields: " + "; ".join(wrong[:10])
 
 
+async def _emit_batch(
+    aut: AdapterUnderTest, producer: Any, ledger: Ledger, event_name: str, batch: str
+) -> None:
+    """``aut.n(20)`` ``event_name`` events of ``batch`` from two senders on ``producer``,
+    recorded as sent in ``ledger``."""
+    await emit_many(
+        [producer],
+        lambda p, s, i: (event(p, event_name, _payload(s, i, batch)), True),
+        aut.n(20),
+        [ledger],
+        senders=2,
+    )
+
+
 @check("event_bridge.subscriptions.durable_restart", kinds=EB, needs=("durable_subscriptions",))
 async def test_durable_restart(aut: AdapterUnderTest) -> None:
     """Messages for a durable subscription emitted while its only instance is down reach the
@@ -248,22 +262,10 @@ async def test_durable_restart(aut: AdapterUnderTest) -> None:
     first = await aut.new()
     await first.register_subscription(sub, Recorder(ledger, "first"))
     producer = await aut.new()
-    await emit_many(
-        [producer],
-        lambda p, s, i: (event(p, "entry", _payload(s, i, "a")), True),
-        aut.n(20),
-        [ledger],
-        senders=2,
-    )
+    await _emit_batch(aut, producer, ledger, "entry", "a")
     await settle(ledger, quiet_s=0.1)
     await aut.destroy(first)
-    await emit_many(
-        [producer],
-        lambda p, s, i: (event(p, "entry", _payload(s, i, "b")), True),
-        aut.n(20),
-        [ledger],
-        senders=2,
-    )
+    await _emit_batch(aut, producer, ledger, "entry", "b")
     second = await aut.new(instance_id=first.instance_id)
     await second.register_subscription(sub, Recorder(ledger, "second"))
     await settle(ledger)
@@ -279,13 +281,7 @@ async def test_unregister_stops_delivery(aut: AdapterUnderTest) -> None:
     sub = subscription("leaver", event_name="tick", durable=False)
     await consumer.register_subscription(sub, Recorder(ledger, "consumer"))
     producer = await aut.new()
-    await emit_many(
-        [producer],
-        lambda p, s, i: (event(p, "tick", _payload(s, i, "a")), True),
-        aut.n(20),
-        [ledger],
-        senders=2,
-    )
+    await _emit_batch(aut, producer, ledger, "tick", "a")
     await settle(ledger, quiet_s=0.1)
     await consumer.unregister_subscription(sub.subscriber)
     # the second batch is not recorded as sent: any delivery of it counts as unexpected
