@@ -226,16 +226,24 @@ async def test_command_round_trip_and_handled_error(
     assert client.pending_invocations == 0
 
 
+async def _two_servers(
+    make_bridge: BridgeFactory, url: str
+) -> tuple[MqttBridge, MqttBridge, MqttBridge, list[str], list[str]]:
+    """Bridges ``a`` and ``b`` serving ``user`` (recording the ids they ran) and a client."""
+    calls_a: list[str] = []
+    calls_b: list[str] = []
+    a = await make_bridge(url)
+    b = await make_bridge(url)
+    client = await make_bridge(url)
+    await a.register_command(addr("user"), echo_handler(calls_a))
+    await b.register_command(addr("user"), echo_handler(calls_b))
+    return a, b, client, calls_a, calls_b
+
+
 async def test_shared_command_runs_on_exactly_one_instance(
     broker: Any, make_bridge: BridgeFactory
 ) -> None:
-    calls_a: list[str] = []
-    calls_b: list[str] = []
-    a = await make_bridge(broker.url)
-    b = await make_bridge(broker.url)
-    client = await make_bridge(broker.url)
-    await a.register_command(addr("user"), echo_handler(calls_a))
-    await b.register_command(addr("user"), echo_handler(calls_b))
+    _, _, client, calls_a, calls_b = await _two_servers(make_bridge, broker.url)
     cmds = [Command(sender=sender(client), receiver=addr("user"),
                     payload=CommandPayload(payload=i)) for i in range(40)]
     results = await asyncio.gather(*(client.invoke(c, ttl_s=5) for c in cmds))
@@ -246,13 +254,7 @@ async def test_shared_command_runs_on_exactly_one_instance(
 
 
 async def test_command_pinned_to_an_instance(broker: Any, make_bridge: BridgeFactory) -> None:
-    calls_a: list[str] = []
-    calls_b: list[str] = []
-    a = await make_bridge(broker.url)
-    b = await make_bridge(broker.url)
-    client = await make_bridge(broker.url)
-    await a.register_command(addr("user"), echo_handler(calls_a))
-    await b.register_command(addr("user"), echo_handler(calls_b))
+    _, b, client, calls_a, calls_b = await _two_servers(make_bridge, broker.url)
     pinned = addr("user").model_copy(update={"instance_id": b.instance_id})
     for i in range(6):
         await client.invoke(Command(sender=sender(client), receiver=pinned,
