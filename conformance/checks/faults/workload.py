@@ -178,6 +178,23 @@ class Workload:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
+    async def produce(self, label: str, bridge: Any) -> None:
+        """Send work items ``<label>-0``, ``<label>-1``, ... through ``bridge`` until stopped,
+        recording each one's outcome and the longest send."""
+        n = 0
+        while not self.stopping:
+            msg_id = f"{label}-{n}"
+            n += 1
+            started = time.monotonic()
+            outcome = await self.send_one(bridge, msg_id)
+            self.history.sent(msg_id, outcome)  # type: ignore[arg-type]
+            self.stats.max_emit_s = max(self.stats.max_emit_s, time.monotonic() - started)
+            await self.pace(PRODUCER_INTERVAL_S)
+
+    async def send_one(self, bridge: Any, msg_id: str) -> str:
+        """Send work item ``msg_id``: ``"ok"``, or ``"unknown"`` when it may be lost."""
+        raise NotImplementedError
+
     async def stop_producers(self) -> None:
         """Stop producing and wait for the producer tasks to end."""
         self._stop.set()
@@ -248,24 +265,18 @@ class EventWorkload(Workload):
     def start(self) -> None:
         """Start three producers (one behind the fault) and two invokers."""
         for i, bridge in enumerate([self.proxied_producer, *self.producers]):
-            self.spawn(self._produce(f"p{i}", bridge))
+            self.spawn(self.produce(f"p{i}", bridge))
         self.spawn(self._invoke("i0", self.client))
         self.spawn(self._invoke("i1", self.proxied_producer))
 
-    async def _produce(self, label: str, bridge: Any) -> None:
-        n = 0
-        while not self.stopping:
-            msg_id = f"{label}-{n}"
-            n += 1
-            started = time.monotonic()
-            try:
-                await asyncio.wait_for(send_work(bridge, "event_bridge", msg_id), EMIT_TIMEOUT_S)
-                self.history.sent(msg_id, "ok")
-            except Exception as exc:
-                self.history.sent(msg_id, "unknown")
-                self.stats.emit_error(exc)
-            self.stats.max_emit_s = max(self.stats.max_emit_s, time.monotonic() - started)
-            await self.pace(PRODUCER_INTERVAL_S)
+    async def send_one(self, bridge: Any, msg_id: str) -> str:
+        """One emit: unknown if it failed or timed out."""
+        try:
+            await asyncio.wait_for(send_work(bridge, "event_bridge", msg_id), EMIT_TIMEOUT_S)
+        except Exception as exc:
+            self.stats.emit_error(exc)
+            return "unknown"
+        return "ok"
 
     async def _invoke(self, label: str, bridge: Any) -> None:
         n = 0
@@ -316,31 +327,22 @@ class QueueWorkload(Workload):
     def start(self) -> None:
         """Start three producers and two workers."""
         for i, bridge in enumerate([self.proxied_producer, *self.producers]):
-            self.spawn(self._produce(f"p{i}", bridge))
+            self.spawn(self.produce(f"p{i}", bridge))
         for i, bridge in enumerate(self.workers):
             self._workers.append(asyncio.ensure_future(self._work(f"w{i}", bridge)))
 
-    async def _produce(self, label: str, bridge: Any) -> None:
-        n = 0
-        while not self.stopping:
-            msg_id = f"{label}-{n}"
-            n += 1
-            started = time.monotonic()
-            deadline = started + ENQUEUE_RETRY_S
-            outcome = "unknown"
-            while True:
-                try:
-                    await asyncio.wait_for(send_work(bridge, "queue_bridge", msg_id), OP_TIMEOUT_S)
-                    outcome = "ok"
-                    break
-                except Exception as exc:
-                    self.stats.emit_error(exc)
-                    if time.monotonic() >= deadline:
-                        break
-                    await self.pace(0.1)
-            self.history.sent(msg_id, outcome)  # type: ignore[arg-type]
-            self.stats.max_emit_s = max(self.stats.max_emit_s, time.monotonic() - started)
-            await self.pace(PRODUCER_INTERVAL_S)
+    async def send_one(self, bridge: Any, msg_id: str) -> str:
+        """Enqueue, retried (same idempotency key) for up to ENQUEUE_RETRY_S."""
+        deadline = time.monotonic() + ENQUEUE_RETRY_S
+        while True:
+            try:
+                await asyncio.wait_for(send_work(bridge, "queue_bridge", msg_id), OP_TIMEOUT_S)
+                return "ok"
+            except Exception as exc:
+                self.stats.emit_error(exc)
+                if time.monotonic() >= deadline:
+                    return "unknown"
+                await self.pace(0.1)
 
     async def _work(self, label: str, bridge: Any) -> None:
         while not self._work_stop.is_set():
