@@ -4,9 +4,11 @@ One deadline (``timeout_s``) is shared by every step: each step gets what is
 left of it, minus a short ``grace_s`` reserved for every step after it, so a
 slow step cannot eat the time the later ones need to close their connections.
 A step that times out or fails is named and the remaining steps are still
-destroyed. Install the signal handlers (:class:`ShutdownSignals`) *before*
-connecting to anything, so that a signal during a slow start-up still ends in
-a shutdown that closes what was opened.
+destroyed; an event bridge whose destroy is cut short in its drain still rejects
+its pending invocations and closes its connection (``CLOSE_AFTER_CUT_S``).
+Install the signal handlers (:class:`ShutdownSignals`) *before* connecting to
+anything, so that a signal during a slow start-up still ends in a shutdown that
+closes what was opened.
 """
 
 from __future__ import annotations

@@ -818,7 +818,9 @@ class EventBridgeBase(ABC):
 
     async def destroy(self) -> None:
         """Stop intake, let in-flight handlers finish (up to ``drain_timeout_s``),
-        reject pending invocations with 503 and close. Idempotent."""
+        reject pending invocations with 503 and close. Idempotent. Cancelled during the
+        drain (a shutdown deadline ran out), it still rejects and closes, within
+        ``CLOSE_AFTER_CUT_S``, before the cancellation goes on."""
         if self.core.destroyed:
             return
         self.core.destroyed = True
