@@ -138,17 +138,25 @@ async def test_nack_retry_dead_letter(aut: AdapterUnderTest) -> None:
 
 @check("queue_bridge.explicit_dead_letter", kinds=QB)
 async def test_explicit_dead_letter(aut: AdapterUnderTest) -> None:
-    """move_to_dead_letter at the first attempt dead-letters the job with the given reason."""
+    """move_to_dead_letter at the first attempt dead-letters the job with the given reason,
+    stamped with the time it was moved (epoch ms, within 5 s), as a nacked one is."""
     q = await aut.new()
     job_id = await q.enqueue("poison", {"bad": True}, max_attempts=5)
     job = await _lease_one(q, "poison")
     assert job is not None and job.id == job_id
+    before = time.time() * 1000
     await q.move_to_dead_letter(job, "poison message: schema v0")
+    after = time.time() * 1000
     assert await _lease_one(q, "poison", 0.3) is None, "a dead-lettered job was leased"
     dead = await q.peek_dead_letter("poison")
     assert [(d.id, d.reason, d.attempts) for d in dead] == [
         (job_id, "poison message: schema v0", 1)
     ], f"dead letter: {dead}"
+    at = dead[0].dead_lettered_at_ms
+    assert isinstance(at, int) and before - 5000 <= at <= after + 5000, (
+        f"dead_lettered_at_ms {at!r} not within 5 s of move_to_dead_letter "
+        f"[{before:.0f}, {after:.0f}]"
+    )
 
 
 @check("queue_bridge.dead_letter_admin", kinds=QB)
@@ -169,6 +177,24 @@ async def test_dead_letter_admin(aut: AdapterUnderTest) -> None:
     assert await q.peek_dead_letter("admin") == [], "dead letters left after purge"
     m = await _metrics(q, "admin")
     assert m == {"pending": 0, "inflight": 0, "dead_letter": 0}, f"metrics: {m}"
+
+
+@check("queue_bridge.dead_letter_default_limit", kinds=QB)
+async def test_dead_letter_default_limit(aut: AdapterUnderTest) -> None:
+    """peek_dead_letter without a limit lists the 100 oldest dead letters, no more."""
+    q = await aut.new()
+    ids = [await q.enqueue("dl-limit", {"n": i}, max_attempts=1) for i in range(101)]
+    dead: list[str] = []
+    deadline = time.monotonic() + 30
+    while len(dead) < len(ids) and time.monotonic() < deadline:
+        for job in await q.lease_next("dl-limit", 20):
+            await q.move_to_dead_letter(job, "limit")
+            dead.append(job.id)
+    assert sorted(dead) == sorted(ids), f"{len(dead)} of {len(ids)} jobs dead-lettered in 30 s"
+    got = [d.id for d in await q.peek_dead_letter("dl-limit")]
+    assert got == dead[:100], (
+        f"peek without a limit: {len(got)} dead letters, expected the 100 oldest of {len(dead)}"
+    )
 
 
 @check("queue_bridge.lease_expiry", kinds=QB, needs=("lease_recovery",))
@@ -212,19 +238,36 @@ async def test_stale_lease_rejected(aut: AdapterUnderTest) -> None:
 
 @check("queue_bridge.inspect_leases", kinds=QB)
 async def test_inspect_leases(aut: AdapterUnderTest) -> None:
-    """inspect_leases lists each active lease with job, lease id, worker and attempt."""
+    """inspect_leases lists each active lease with job, lease id, worker and attempt, when it
+    was taken (epoch ms, within 5 s of the lease call) and when it expires (the job's lease
+    ttl after it was taken, within 1 s)."""
+    ttl_ms = 20_000
     w1, w2 = await aut.new(), await aut.new()
     for i in range(3):
-        await w1.enqueue("inspect", {"n": i})
+        await w1.enqueue("inspect", {"n": i}, lease_ttl_ms=ttl_ms)
+    before = time.time() * 1000
     jobs = [
         await _lease_one(w1, "inspect", worker_id="w1"),
         await _lease_one(w2, "inspect", worker_id="w2"),
         await _lease_one(w2, "inspect", worker_id="w2"),
     ]
+    after = time.time() * 1000
     leases = {x.job_id: x for x in await w1.inspect_leases("inspect")}
     want = {j.id: (j.lease_id, w, 1) for j, w in zip(jobs, ["w1", "w2", "w2"], strict=True)}
     got = {k: (x.lease_id, x.worker_id, x.attempt) for k, x in leases.items()}
     assert got == want, f"leases: {got} != {want}"
+    for x in leases.values():
+        assert isinstance(x.leased_at_ms, int) and isinstance(x.expires_at_ms, int), (
+            f"lease times are not int epoch ms: {x!r}"
+        )
+        assert before - 5000 <= x.leased_at_ms <= after + 5000, (
+            f"leased_at_ms {x.leased_at_ms} not within 5 s of the lease calls "
+            f"[{before:.0f}, {after:.0f}]"
+        )
+        assert abs(x.expires_at_ms - x.leased_at_ms - ttl_ms) <= 1000, (
+            f"expires_at_ms {x.expires_at_ms} is not leased_at_ms {x.leased_at_ms} + the "
+            f"lease ttl {ttl_ms} (within 1 s)"
+        )
     for job in jobs:
         await w1.ack(job)
     assert await w1.inspect_leases("inspect") == [], "leases left after ack"
@@ -286,11 +329,20 @@ async def test_blocking_lease(aut: AdapterUnderTest) -> None:
 @check("queue_bridge.extend_lease", kinds=QB, needs=("lease_recovery",))
 async def test_extend_lease(aut: AdapterUnderTest) -> None:
     """An extended lease is not recovered at the original expiry, and still expires after the
-    extension (the job comes back at attempt 2); the holder can ack while it holds."""
+    extension (the job comes back at attempt 2); the holder can ack while it holds. The job
+    extend_lease returns carries the new expiry (epoch ms: the extension after the call,
+    within 1 s)."""
     q, other = await aut.new(), await aut.new()
     await q.enqueue("extend", {"x": 1}, lease_ttl_ms=300)
     job = await _lease_one(q, "extend")
+    before = time.time() * 1000
     job = await q.extend_lease(job, 3000)
+    after = time.time() * 1000
+    expires = job.lease_expires_at_ms
+    assert isinstance(expires, int) and before + 2000 <= expires <= after + 4000, (
+        f"the extended job's lease_expires_at_ms {expires!r} is not 3 s after the extension "
+        f"[{before:.0f}, {after:.0f}] (within 1 s)"
+    )
     assert await _lease_one(other, "extend", 0.6) is None, "extended lease was recovered"
     await q.ack(job)
     job_id = await q.enqueue("extend-expires", {"x": 2}, lease_ttl_ms=300)
