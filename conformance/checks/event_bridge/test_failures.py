@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from conformance.kit.marks import check
 from conformance.kit.under_test import AdapterUnderTest
 from conformance.kit.waits import wait_for, wait_for_async, wait_quiet
 from reference_services.runtime.errors import HandledError
+from reference_services.runtime.messages import MessageType
 from reference_services.runtime.spi.bridge_base import DEAD_LETTER_REASON_HEADER
 
 EB = ("event_bridge",)
@@ -192,6 +194,68 @@ async def test_native_dead_letter_kept(aut: AdapterUnderTest) -> None:
     twice = sorted(k for k, n in seen.items() if n > 1)
     assert not twice, f"kept more than once: {twice}"
     assert not bad, "native dead letters wrong: " + "; ".join(bad[:6])
+
+
+@check("event_bridge.failures.info_subscription_error", kinds=EB, needs=("bounded_retry",))
+async def test_info_subscription_error(aut: AdapterUnderTest) -> None:
+    """Each failed delivery is reported once as an infoSubscriptionError from the consuming
+    instance's bridge (sender service eventBridge): a message dead-lettered after its
+    attempts with its id, the subscription, the reason, the attempt count, handled false and
+    deadLettered true; a handled error with its id, status and message and handled true."""
+    handler = Attempts(fail_first=10**6)
+    refusing = Attempts(fail_first=10**6, handled=True)
+    infos: list[Any] = []
+    watcher = await aut.new()
+    await watcher.register_subscription(
+        replace(subscription("info-watch"), message_type=MessageType.INFO_SUBSCRIPTION_ERROR),
+        _collect(infos),
+    )
+    consumer = await aut.new()
+    failure = FailureHandling(max_attempts=2, retry_delay_ms=20, backoff=1.0)
+    await consumer.register_subscription(
+        subscription("info-fragile", event_name="info-work", failure=failure), handler
+    )
+    await consumer.register_subscription(
+        subscription("info-refusing", event_name="info-refused"), refusing
+    )
+    producer = await aut.new()
+    failing = event(producer, "info-work", {"id": "info-failing"})
+    refused = event(producer, "info-refused", {"id": "info-refused"})
+    await producer.emit_message(failing)
+    await producer.emit_message(refused)
+    mine = lambda: [m for m in infos if m.payload.get("messageId") in (failing.id, refused.id)]  # noqa: E731
+    await wait_for(lambda: len(mine()) >= 2, 15, progress=lambda: len(infos))
+    await wait_quiet(lambda: len(infos), quiet_s=0.3)
+    got = {m.payload["messageId"]: m for m in mine()}
+    assert len(mine()) == 2 and set(got) == {failing.id, refused.id}, (
+        f"expected one infoSubscriptionError for each failed message, got "
+        f"{[m.payload for m in mine()]}"
+    )
+    for m in got.values():
+        assert m.sender.service_name == "eventBridge", f"info sender: {m.sender!r}"
+        assert m.sender.instance_id == consumer.instance_id, (
+            f"info from instance {m.sender.instance_id}, the consumer is {consumer.instance_id}"
+        )
+    dead = got[failing.id].payload
+    want_dead = {"attempts": 2, "handled": False, "deadLettered": True}
+    assert {k: dead.get(k) for k in want_dead} == want_dead, f"dead-letter info: {dead}"
+    assert "info-fragile" in str(dead.get("subscription")), f"subscription not named: {dead}"
+    assert "transient failure of info-failing" in str(dead.get("reason")), (
+        f"reason not carried: {dead}"
+    )
+    handled = got[refused.id].payload
+    want_handled = {"status": 422, "message": "rejected info-refused", "handled": True}
+    assert {k: handled.get(k) for k in want_handled} == want_handled, (
+        f"handled-error info: {handled}"
+    )
+    assert "info-refusing" in str(handled.get("subscription")), f"not named: {handled}"
+
+
+def _collect(into: list[Any]) -> Any:
+    async def handler(msg: Any) -> None:
+        into.append(msg)
+
+    return handler
 
 
 @check("event_bridge.failures.handled_error_not_redelivered", kinds=EB)
