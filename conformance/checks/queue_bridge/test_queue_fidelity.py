@@ -128,3 +128,40 @@ async def test_dead_letter_redrive(aut: AdapterUnderTest) -> None:
         assert canon(j.parameter) == canon([i, {"p": True}])
         assert j.headers.get("x-origin") == f"test-{i}", f"headers of a redriven job: {j.headers}"
     assert await q.peek_dead_letter("dl-fid") == []
+
+
+@check("queue_bridge.fidelity.job_fields", kinds=("queue_bridge",))
+async def test_job_fields(aut: AdapterUnderTest) -> None:
+    """A leased job carries what it was enqueued with besides its data: queue, max_attempts,
+    priority, idempotency key, the time it was enqueued (epoch ms, within 5 s of the enqueue)
+    and a lease (id, expiry the lease ttl after the lease, within 1 s); attempt 1."""
+    q = await aut.new()
+    keyed = aut.supports("idempotency_keys")
+    before = time.time() * 1000
+    job_id = await q.enqueue(
+        "job-fields",
+        {"n": 1},
+        max_attempts=4,
+        priority=3 if aut.supports("priorities") else 0,
+        lease_ttl_ms=20_000,
+        idempotency_key="job-fields-1" if keyed else None,
+    )
+    after = time.time() * 1000
+    jobs = await q.lease_next("job-fields", 1)
+    leased = time.time() * 1000
+    assert [j.id for j in jobs] == [job_id], f"leased {jobs}, expected {job_id}"
+    job = jobs[0]
+    await q.ack(job)
+    got = (job.queue, job.attempt, job.max_attempts)
+    assert got == ("job-fields", 1, 4), f"(queue, attempt, max_attempts) = {got}"
+    if aut.supports("priorities"):
+        assert job.priority == 3, f"priority of the leased job: {job.priority!r}"
+    if keyed:
+        assert job.idempotency_key == "job-fields-1", f"idempotency key: {job.idempotency_key!r}"
+    assert isinstance(job.enqueued_at_ms, int) and (
+        before - 5000 <= job.enqueued_at_ms <= after + 5000
+    ), f"enqueued_at_ms {job.enqueued_at_ms!r} not within 5 s of [{before:.0f}, {after:.0f}]"
+    assert job.lease_id, f"a leased job without a lease id: {job!r}"
+    assert isinstance(job.lease_expires_at_ms, int) and (
+        after + 19_000 <= job.lease_expires_at_ms <= leased + 21_000
+    ), f"lease_expires_at_ms {job.lease_expires_at_ms!r}: not 20 s after the lease (within 1 s)"
