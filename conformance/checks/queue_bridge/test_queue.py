@@ -217,8 +217,8 @@ async def test_lease_expiry(aut: AdapterUnderTest) -> None:
 
 @check("queue_bridge.stale_lease_rejected", kinds=QB, needs=("lease_recovery",))
 async def test_stale_lease_rejected(aut: AdapterUnderTest) -> None:
-    """Acking with an expired, re-leased lease fails with 409 naming the job; the new
-    holder's ack works."""
+    """Acking with an expired lease fails with 409 naming the job, whether the job was
+    re-leased meanwhile (the new holder's ack works) or not yet (it comes back, attempt 2)."""
     q = await aut.new()
     await q.enqueue("stale", {"x": 1}, lease_ttl_ms=200)
     old = await _lease_one(q, "stale")
@@ -234,6 +234,22 @@ async def test_stale_lease_rejected(aut: AdapterUnderTest) -> None:
     await q.ack(new)
     m = await _metrics(q, "stale")
     assert m == {"pending": 0, "inflight": 0, "dead_letter": 0}, f"metrics: {m}"
+    # expired but not re-leased yet: still a 409 naming the job, and the job comes back
+    await q.enqueue("stale-expired", {"x": 2}, lease_ttl_ms=200)
+    held = await _lease_one(q, "stale-expired")
+    assert held is not None
+    await asyncio.sleep(max(held.lease_expires_at_ms / 1000 - time.time(), 0) + 0.3)
+    try:
+        await q.ack(held)
+    except PuristaError as exc:
+        assert exc.status == 409, f"ack after the lease expired: expected 409, got {exc.status}"
+        assert held.id in str(exc), f"the 409 of an expired ack does not name job {held.id}: {exc}"
+    else:
+        raise AssertionError(f"ack with expired lease {held.lease_id} was accepted")
+    back = await _lease_one(q, "stale-expired", 5)
+    assert back is not None and back.id == held.id, "the job of the refused ack never came back"
+    assert back.attempt == 2, f"attempt after the expired lease: {back.attempt}"
+    await q.ack(back)
 
 
 @check("queue_bridge.inspect_leases", kinds=QB)
@@ -414,3 +430,6 @@ async def test_metrics(aut: AdapterUnderTest) -> None:
     retried = [j for j in again if j is not None and j.id == job.id]
     assert retried, f"the nacked job did not come back: {again}"
     assert retried[0].last_error == "again", f"last_error of a retry: {retried[0].last_error!r}"
+    assert await q.nack(retried[0], "once more") == "retry"
+    m = await q.metrics("metrics")
+    assert m.retries == 2, f"retries after two retrying nacks: {m.retries}"
