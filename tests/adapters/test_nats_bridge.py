@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -830,3 +831,30 @@ async def test_a_consumer_re_created_elsewhere_is_followed(
     await wait_for(lambda: old.bound_to == "_INBOX.purista1", what="following the new inbox")
     await producer.emit_message(event("e", "after"))
     await wait_for(lambda: seen == ["after"], what="delivery through the re-created consumer")
+
+
+async def test_a_flood_of_malformed_commands_is_counted_but_not_logged_line_by_line(
+    make_bridge: Any, harness_nats: Any, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    consumer = await make_bridge()
+    served: list[tuple[str, Command]] = []
+    await consumer.register_command(USER, echo_handler(served, consumer))
+    caplog.set_level(logging.INFO, logger=consumer.log.name)
+    flood = 500
+    started = time.monotonic()
+    raw = await nats_client.connect(harness_nats.url)
+    try:
+        command_subject = subjects.message_subject(namespace, Command(sender=CALLER, receiver=USER))
+        for i in range(flood):
+            await raw.publish(command_subject, b"[%d," % i)
+        await raw.flush()
+    finally:
+        await raw.close()
+    await wait_for(lambda: consumer.rejected_messages == flood, what="every rejection counted")
+    elapsed = time.monotonic() - started
+    lines = [r for r in caplog.records if "rejected malformed" in r.getMessage()]
+    # one line at once, then at most one per throttle interval (5 s)
+    assert 1 <= len(lines) <= 2 + int(elapsed / 5), [r.getMessage() for r in lines]
+    caller = await make_bridge()
+    assert await caller.invoke(Command(sender=CALLER, receiver=USER, payload=CommandPayload(
+        payload=2)), 5) == {"echo": 2}

@@ -63,6 +63,7 @@ from reference_services.runtime.messages import (
 from reference_services.runtime.purista_names import NameCollisionError, snake_case
 from reference_services.runtime.spi.capabilities import EventBridgeCapabilities
 from reference_services.runtime.spi.inflight import InflightTracker
+from reference_services.runtime.spi.log_throttle import LogThrottle
 from reference_services.runtime.spi.matcher import matches
 from reference_services.runtime.spi.pending import PendingInvocations
 
@@ -148,6 +149,8 @@ class BridgeCore:
         self._commands: dict[tuple[str, str, str], RegisteredCommand] = {}
         self._subscriptions: dict[tuple[str, str, str], RegisteredSubscription] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        #: the per-message lines of bad input (malformed, misrouted, expired): throttled
+        self.bad_input_log = LogThrottle(bridge.log)
         self._abandoned_sends: set[asyncio.Future[Any]] = set()
         #: messages being sent now, by id(), with their bytes: the size check in ``invoke``
         #: and ``emit_message`` encodes once and the transport's ``encode`` reuses it
@@ -231,7 +234,9 @@ class BridgeCore:
             return decode(raw, max_bytes=self._bridge.max_message_bytes)
         except MessageDecodeError as exc:
             self._bridge.rejected_messages += 1
-            self._bridge.log.warning("rejected malformed message from %s: %s", source, exc)
+            self.bad_input_log.log(
+                logging.WARNING, "malformed", "rejected malformed message from %s: %s", source, exc
+            )
             return None
 
     async def decode_for_subscription(
@@ -246,7 +251,9 @@ class BridgeCore:
             return decode(raw, max_bytes=self._bridge.max_message_bytes)
         except MessageDecodeError as exc:
             self._bridge.rejected_messages += 1
-            self._bridge.log.warning("rejected malformed message from %s: %s", source, exc)
+            self.bad_input_log.log(
+                logging.WARNING, "malformed", "rejected malformed message from %s: %s", source, exc
+            )
             await self.quarantine_raw(reg, raw, f"malformed message: {exc}")
             return None
 
@@ -306,7 +313,7 @@ class BridgeCore:
         self.route_rejections += 1
         self._bridge.rejected_messages += 1
         reason = f"command {command.id} for {command.receiver} {why}: rejected"
-        self._bridge.log.warning("%s", reason)
+        self.bad_input_log.log(logging.WARNING, "misrouted", "%s", reason)
         return error_response(
             command,
             StatusCode.BAD_REQUEST,
@@ -321,7 +328,9 @@ class BridgeCore:
         if command.expires_at is None or now_ms() < command.expires_at:
             return False
         self.expired_commands += 1
-        self._bridge.log.info(
+        self.bad_input_log.log(
+            logging.INFO,
+            "expired",
             "command %s for %s expired %d ms ago: not started",
             command.id,
             command.receiver,
