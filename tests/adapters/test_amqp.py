@@ -325,9 +325,7 @@ async def test_shared_and_every_instance_subscriptions(make_bridge: Any) -> None
 async def test_filters_on_sender_principal_and_tenant(make_bridge: Any) -> None:
     producer, consumer = await make_bridge(), await make_bridge()
     got: list[Any] = []
-
     handler = collect(got)
-
     await consumer.register_subscription(
         subscription("audit", "evt", sender=AddressFilter(service_name="caller"),
                      principal_id="alice", tenant_id="acme"), handler)
@@ -379,9 +377,7 @@ async def test_emit_event_name_chains(make_bridge: Any) -> None:
         return message.payload * 2
 
     got: list[Any] = []
-
     sink = collect(got)
-
     await bridge.register_subscription(subscription("doubler", "n", emit_event_name="n2"), double)
     await bridge.register_subscription(subscription("sink", "n2"), sink)
     await bridge.emit_message(event("n", 21))
@@ -398,9 +394,7 @@ async def test_retries_then_dead_letter_with_reason(make_bridge: Any, raw: Raw,
         raise RuntimeError("database down")
 
     letters: list[Any] = []
-
     on_letter = collect(letters)
-
     sub = subscription("mailer", "send", failure=FailureHandling(
         max_attempts=3, retry_delay_ms=200, backoff=2.0, dead_letter_target="mailer.dead"))
     await bridge.register_subscription(sub, failing)
@@ -445,9 +439,7 @@ async def test_malformed_messages_are_dead_lettered_and_the_next_is_served(
 ) -> None:
     bridge = await make_bridge()
     got: list[Any] = []
-
     handler = collect(got)
-
     sub = subscription("audit", "evt")
     await bridge.register_subscription(sub, handler)
     headers = {"messageType": "customMessage", "eventName": "evt"}
@@ -468,9 +460,7 @@ async def test_queue_deleted_under_the_bridge_is_recreated(
 ) -> None:
     bridge = await make_bridge(consumer_check_interval_s=0.2)
     got: list[Any] = []
-
     handler = collect(got)
-
     sub = subscription("audit", "evt")
     await bridge.register_subscription(sub, handler)
     await bridge.register_command(USER, echo_handler([], bridge))

@@ -379,9 +379,7 @@ async def test_malformed_message_is_dropped_and_next_served(
 ) -> None:
     bridge = await make_bridge(broker.url)
     got: list[Any] = []
-
     on = collect(got)
-
     await bridge.register_subscription(Subscription(subscriber=addr("s"), event_name="ev"), on)
     raw = RawClient(broker.url)
     try:
@@ -434,9 +432,7 @@ async def test_retries_then_dead_letter_with_reason(
         raw.close()
     # acked after the dead letter: a marker arrives and the failed one is not retried
     ok: list[Any] = []
-
     on_ok = collect(ok)
-
     await bridge.register_subscription(Subscription(subscriber=addr("ok"), event_name="ev"), on_ok)
     await bridge.emit_message(event(bridge, "ev", "marker"))
     await eventually(lambda: ok == ["marker"])
@@ -467,7 +463,6 @@ async def test_emit_event_name_chaining(broker: Any, make_bridge: BridgeFactory)
         return {"from": m.payload}
 
     second = collect(chained)
-
     await bridge.register_subscription(
         Subscription(subscriber=addr("a"), event_name="one", emit_event_name="two"), first)
     await bridge.register_subscription(Subscription(subscriber=addr("b"), event_name="two"), second)
@@ -481,11 +476,8 @@ async def test_unregister_subscription_stops_delivery(
     bridge = await make_bridge(broker.url)
     a: list[Any] = []
     b: list[Any] = []
-
     on_a = collect(a)
-
     on_b = collect(b)
-
     await bridge.register_subscription(Subscription(subscriber=addr("a"), event_name="ev"), on_a)
     await bridge.register_subscription(Subscription(subscriber=addr("b"), event_name="ev"), on_b)
     await bridge.emit_message(event(bridge, "ev", 1))
@@ -518,9 +510,7 @@ async def test_destroy_drains_inflight_and_acks_it(broker: Any, make_bridge: Bri
     # the same instance comes back: the drained message was acked, only the new one arrives
     await producer.emit_message(event(producer, "ev", "second"))
     again: list[Any] = []
-
     record = collect(again)
-
     back = await make_bridge(broker.url, instance_id=instance)
     await back.register_subscription(sub, record)
     await eventually(lambda: again == ["second"], what="queued message after restart")
@@ -554,9 +544,7 @@ async def test_durable_subscription_survives_subscriber_restart(
     instance = uuid.uuid4().hex
     sub = Subscription(subscriber=addr("durable"), event_name="ev")
     got: list[Any] = []
-
     on = collect(got)
-
     first = await make_bridge(broker.url, instance_id=instance)
     await first.register_subscription(sub, on)
     await first.destroy()
@@ -575,9 +563,7 @@ async def _reconnect_scenario(
     server = await make_bridge(url)
     client = await make_bridge(url)
     got: list[Any] = []
-
     on = collect(got)
-
     await server.register_command(addr("user"), echo_handler())
     await server.register_subscription(
         Subscription(subscriber=addr("s"), event_name="ev", durable=False), on)
@@ -765,7 +751,6 @@ async def test_message_waiting_for_a_retry_is_redelivered_after_restart(
         raise RuntimeError("transient")
 
     working = collect(second)
-
     bridge = await make_bridge(broker.url, instance_id=instance)
     await bridge.register_subscription(sub, failing)
     producer = await make_bridge(broker.url)
@@ -787,9 +772,7 @@ async def test_black_holed_connection_is_detected_and_recovered(
     server = await make_bridge(proxy.url, instance_id=instance, keepalive_s=1)
     client = await make_bridge(broker.url)
     got: list[Any] = []
-
     on = collect(got)
-
     await server.register_command(addr("user"), echo_handler())
     await server.register_subscription(Subscription(subscriber=addr("s"), event_name="ev"), on)
     async with proxy.black_hole():
@@ -816,11 +799,8 @@ async def test_shared_group_member_going_offline(
     sub = Subscription(subscriber=addr("workers"), event_name="ev")
     stay: list[Any] = []
     returned: list[Any] = []
-
     on_stay = collect(stay)
-
     on_returned = collect(returned)
-
     staying = await make_bridge(broker.url)
     gone = await make_bridge(broker.url, instance_id=gone_id, keep_session_on_destroy=keep_session)
     await staying.register_subscription(sub, on_stay)
@@ -847,9 +827,7 @@ async def test_non_durable_shared_member_leaves_at_once(
     leaves the group, nothing waits for it."""
     sub = Subscription(subscriber=addr("workers"), event_name="ev", durable=False)
     stay: list[Any] = []
-
     on = collect(stay)
-
     staying = await make_bridge(broker.url)
     gone = await make_bridge(broker.url)
     await staying.register_subscription(sub, on)
@@ -921,9 +899,7 @@ async def test_session_subscription_not_registered_again_is_dropped_after_grace(
     kept = Subscription(subscriber=addr("kept"), event_name="b")
     dropped_sub = Subscription(subscriber=addr("gone"), event_name="a")
     got: list[Any] = []
-
     on = collect(got)
-
     first = await make_bridge(broker.url, instance_id=instance)
     await first.register_subscription(kept, on)
     await first.register_subscription(dropped_sub, on)
@@ -1008,9 +984,7 @@ async def test_event_reaching_nobody_after_broker_restart_waits_for_resubscribe(
     consumer = await make_bridge(own_broker.url, reconnect_min_s=1.5, reconnect_max_s=1.5)
     producer = await make_bridge(own_broker.url)
     got: list[Any] = []
-
     on = collect(got)
-
     await consumer.register_subscription(Subscription(subscriber=addr("late"), event_name="ev"),
                                          on)
     await asyncio.to_thread(own_broker.restart, kill=False)

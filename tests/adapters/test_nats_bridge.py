@@ -304,9 +304,7 @@ async def test_huge_ids_do_not_break_the_subject(make_bridge: Any) -> None:
 async def test_filters_on_sender_principal_and_tenant(make_bridge: Any) -> None:
     producer, consumer = await make_bridge(), await make_bridge()
     seen: list[Any] = []
-
     handler = collect(seen)
-
     await consumer.register_subscription(
         subscription("f", "ev", sender=AddressFilter(service_name="caller"),
                      principal_id="alice", tenant_id="acme.eu"),
@@ -340,9 +338,7 @@ async def test_subscription_without_message_type_filter_sees_every_type(make_bri
 async def test_non_durable_auto_ack_subscription_uses_core_nats(make_bridge: Any) -> None:
     producer, consumer = await make_bridge(), await make_bridge()
     seen: list[Any] = []
-
     handler = collect(seen)
-
     sub = subscription("live", "tick", durable=False, autoacknowledge=True)
     await consumer.register_subscription(sub, handler)
     for i in range(5):
@@ -359,9 +355,7 @@ async def test_durable_subscription_survives_subscriber_restart(make_bridge: Any
     producer = await make_bridge()
     first = await make_bridge()
     seen: list[Any] = []
-
     handler = collect(seen)
-
     sub = subscription("mail", "signup")
     await first.register_subscription(sub, handler)
     await first.destroy()
@@ -376,9 +370,7 @@ async def test_durable_subscription_survives_subscriber_restart(make_bridge: Any
 async def test_unregister_on_one_instance_keeps_the_shared_consumer(make_bridge: Any) -> None:
     producer, leaver, stayer = await make_bridge(), await make_bridge(), await make_bridge()
     seen: list[Any] = []
-
     handler = collect(seen)
-
     for durable in (True, False):
         sub = subscription(f"partial{durable}", "tock", durable=durable)
         await leaver.register_subscription(sub, handler)
@@ -398,9 +390,7 @@ async def test_a_lost_consumer_is_recreated(
     monkeypatch.setattr(nats_consumers, "HEAL_INTERVAL_S", 0.2)
     producer, consumer = await make_bridge(), await make_bridge()
     seen: list[Any] = []
-
     handler = collect(seen)
-
     await consumer.register_subscription(subscription("s", "e"), handler)
     (name,) = [c.name for c in consumer._consumers.values()]
     await consumer._jsc().delete_consumer(consumer.stream, name)  # e.g. an operator mistake
@@ -424,9 +414,7 @@ async def test_emit_event_name_chains(make_bridge: Any) -> None:
         return {"doubled": message.payload * 2}
 
     seen: list[Any] = []
-
     sink = collect(seen)
-
     await worker.register_subscription(subscription("w", "in", emit_event_name="out"), double)
     await listener.register_subscription(subscription("l", "out"), sink)
     await producer.emit_message(event("in", 21))
@@ -442,9 +430,7 @@ async def test_retries_then_dead_letter_with_reason(make_bridge: Any) -> None:
         raise RuntimeError("database unreachable")
 
     letters: list[Any] = []
-
     on_letter = collect(letters)
-
     failure = FailureHandling(max_attempts=3, retry_delay_ms=200, backoff=2.0,
                               dead_letter_target="mailDeadLetter")
     await watcher.register_subscription(subscription("ops", "mailDeadLetter"), on_letter)
@@ -489,9 +475,7 @@ async def test_malformed_messages_are_dropped_and_the_next_is_served(
 ) -> None:
     consumer = await make_bridge()
     seen: list[Any] = []
-
     handler = collect(seen)
-
     served: list[tuple[str, Command]] = []
     await consumer.register_subscription(subscription("s", "e"), handler)
     await consumer.register_command(USER, echo_handler(served, consumer))
@@ -611,9 +595,7 @@ async def test_reconnect_reregisters_everything_after_broker_restart(
     served: list[tuple[str, Command]] = []
     await server.register_command(USER, echo_handler(served, server))
     seen: list[Any] = []
-
     handler = collect(seen)
-
     await consumer.register_subscription(subscription("s", "e"), handler)
     await consumer.register_subscription(
         subscription("core", "e", durable=False, autoacknowledge=True), handler)
@@ -673,9 +655,7 @@ async def test_black_holed_network_detected_and_recovered(
     served: list[tuple[str, Command]] = []
     await server.register_command(USER, echo_handler(served, server))
     got: list[Any] = []
-
     handler = collect(got)
-
     await server.register_subscription(subscription("mail", "entry"), handler)
     await server.register_subscription(
         subscription("cache", "entry", shared=False, durable=False, autoacknowledge=True), handler)
@@ -816,9 +796,7 @@ async def test_a_consumer_re_created_elsewhere_is_followed(
     monkeypatch.setattr(nats_consumers, "HEAL_INTERVAL_S", 0.2)
     producer, consumer = await make_bridge(), await make_bridge()
     seen: list[Any] = []
-
     handler = collect(seen)
-
     sub = _typed("f", "e")
     await consumer.register_subscription(sub, handler)
     (old,) = consumer._consumers.values()
