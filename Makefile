@@ -12,7 +12,7 @@ DOCKER_ENGINE_SOCKET ?= /var/run/docker.sock
 ENGINE := HARNESS_DOCKER_SOCKET=$(DOCKER_ENGINE_SOCKET) bash docker/engine.sh
 
 .PHONY: setup venv services conformance conformance-all faults test lint format clean \
-	docker-engine docker-engine-stop docker-images mutation mutation-summary bench
+	docker-engine docker-engine-stop docker-engine-purge docker-images mutation mutation-summary bench
 
 setup: venv services
 
@@ -77,6 +77,11 @@ docker-images: venv
 
 docker-engine-stop:
 	$(ENGINE) stop
+
+## Stop a private engine and delete its data (images, build cache): the next
+## `make docker-engine` on that socket builds every image from nothing.
+docker-engine-purge:
+	$(ENGINE) purge
 
 SHELL_SCRIPTS := docker/install-local-services.sh docker/engine.sh .ci/run
 

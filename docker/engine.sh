@@ -4,6 +4,8 @@
 #   docker/engine.sh start     start dockerd in the background (no-op if it answers already)
 #   docker/engine.sh stop      stop the dockerd this script started (its pid file), and its containers
 #   docker/engine.sh status    say whether it answers
+#   docker/engine.sh purge     (private socket only) stop it and delete its data root: images,
+#                              containers and build cache, so the next start builds from nothing
 #
 # The daemon runs with --iptables=false --ip-forward=false --ip-masq=false: containers get
 # bridge addresses inside namespaces the daemon creates and cannot reach beyond this machine;
@@ -138,6 +140,15 @@ cmd_stop() {
   log "stopped"
 }
 
+cmd_purge() {
+  # an engine of its own only: never the system engine's /var/lib/docker
+  [ "$DATA_ROOT" != /var/lib/docker ] || die "purge is for a private socket only (got $SOCKET)"
+  need_root "purge"
+  cmd_stop
+  rm -rf --one-file-system "$DATA_ROOT" "$EXEC_ROOT"
+  log "removed $DATA_ROOT (images, containers, build cache) and $EXEC_ROOT"
+}
+
 cmd_status() {
   if answers; then log "engine answers on $SOCKET"; else log "no engine on $SOCKET"; return 1; fi
 }
@@ -147,5 +158,6 @@ case "${1:-}" in
   start) cmd_start ;;
   stop) cmd_stop ;;
   status) cmd_status ;;
-  *) die "usage: $0 install|start|stop|status (socket: HARNESS_DOCKER_SOCKET, default $DEFAULT_SOCKET)" ;;
+  purge) cmd_purge ;;
+  *) die "usage: $0 install|start|stop|status|purge (socket: HARNESS_DOCKER_SOCKET, default $DEFAULT_SOCKET)" ;;
 esac
