@@ -348,7 +348,8 @@ async def test_containers_showing_the_token_without_probes_or_spans_fail_those_i
     )
     verdict, detail = checklist.items["secrets"]
     assert verdict == FAILED, checklist.metric()
-    assert "environment of user" in detail and "environment of email" in detail, detail
+    assert "environment, labels or logs of user" in detail, detail
+    assert "environment, labels or logs of email" in detail, detail
     assert "sensor" not in detail and "billing" not in detail, detail
     assert checklist.items["health"][0] == FAILED, checklist.metric()
     assert checklist.items["telemetry"][0] == FAILED, checklist.metric()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,9 @@ def test_every_pattern_gives_the_monolith_trace(tmp_path: Path) -> None:
     }
     assert expected <= passed, sorted(expected - passed)
     assert all(r["suite"] == "deployment" for r in report["results"])
+    # the run's gateway token (tok-<24 hex>, made per run, in the secret store only) shows
+    # in none of its reports or its output
+    shown = run.stdout + run.stderr + "".join(
+        p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file()
+    )
+    assert not re.search(r"tok-[0-9a-f]{24}", shown), "the gateway token is in the report"

@@ -172,11 +172,15 @@ def judge_telemetry(checklist: Checklist, files: list[Path], services: Iterable[
 
 
 def judge_secrets(
-    checklist: Checklist, leaks: Mapping[str, bool], state: Mapping[str, Any]
+    checklist: Checklist,
+    leaks: Mapping[str, bool],
+    state: Mapping[str, Any],
+    places: str = "the environment",
 ) -> None:
     """The invoice was issued (billing reads its gateway token from the secret store and
-    refuses without it) and no process has the token in its environment."""
-    problems = [f"the gateway token is in the environment of {k}" for k, v in leaks.items() if v]
+    refuses without it) and no process shows the token in ``places`` (its environment; a
+    container's environment, labels or logs)."""
+    problems = [f"the gateway token is in {places} of {k}" for k, v in leaks.items() if v]
     invoice = state.get("invoice:i1")
     if not (isinstance(invoice, dict) and invoice.get("status") == "issued"):
         problems.append("invoice i1 was not issued: the token was not read from the store")
@@ -184,7 +188,8 @@ def judge_secrets(
         "secrets",
         not problems,
         "; ".join(problems)
-        or f"token read from the secret store; absent from {len(leaks)} environment(s)",
+        or f"token read from the secret store; absent from {places} of {len(leaks)} "
+        "process(es)",
     )
 
 

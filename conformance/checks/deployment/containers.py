@@ -103,8 +103,10 @@ class ServiceContainers:
             if b"READY" in out:
                 if ports:
                     await asyncio.to_thread(container.reload)
-                    published = container.attrs["NetworkSettings"]["Ports"][next(iter(ports))]
-                    self.health_ports[label] = int(published[0]["HostPort"])
+                    bound = container.attrs["NetworkSettings"].get("Ports") or {}
+                    published = bound.get(next(iter(ports))) or []
+                    if published:  # else no probe answers: the health item fails
+                        self.health_ports[label] = int(published[0]["HostPort"])
                 return
             await asyncio.to_thread(container.reload)
             if container.status not in ("created", "running"):
@@ -124,6 +126,8 @@ class ServiceContainers:
         """Where the container ``label`` exported its spans, seen from here (None: none)."""
         path = env.get("OTEL_SPANS_FILE")
         return self.spans_dir / Path(path).name if path else None
+
+    leak_places = "the environment, labels or logs"
 
     async def secret_leaks(self, secret: str) -> dict[str, bool]:
         """label -> whether ``secret`` shows in that container from outside: its

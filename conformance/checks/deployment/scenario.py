@@ -364,6 +364,8 @@ class ServiceProcesses:
                 f"(exit {proc.returncode}); see {self.workdir / (label + '.log')}"
             )
 
+    leak_places = "the environment"
+
     def spans_file(self, label: str, env: dict[str, str]) -> Path | None:
         """Where the process ``label`` exported its spans (None: no exporter asked)."""
         path = env.get("OTEL_SPANS_FILE")
@@ -492,7 +494,7 @@ async def run_processes(
         await settle(trace, read, timeout_s)
         trace.health = await probe_all(procs.health_ports)
         leaks = await procs.secret_leaks(GATEWAY_TOKEN)
-        judge_secrets(trace.checklist, leaks, trace.state)
+        judge_secrets(trace.checklist, leaks, trace.state, procs.leak_places)
         if broker is None:
             trace.checklist.not_checked("broker_health", "no broker of its own to stop")
         else:
