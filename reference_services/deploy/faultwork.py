@@ -120,16 +120,17 @@ async def serve() -> int:
         make_stores(cfg),
     )
     bridge, queue, stores = adapters.bridge, adapters.queue, adapters.stores
+    instance = adapters.instance(faultwork_v1, dict(cfg.service_config))
+    if instance.idempotency is not None:
+        ttl = float(cfg.service_config.get("claim_ttl_s", 5))
+        instance.idempotency.claim_ttl_s = ttl
+        instance.idempotency.wait_s = ttl + 1
     async with ShutdownSignals() as signals:  # before connecting: a SIGTERM now still drains
-        code = await start_parts(adapters, signals, cfg.shutdown_timeout_s, log)
+        code = await start_parts(
+            [*adapters.parts, instance], signals, cfg.shutdown_timeout_s, log
+        )
         if code is not None:
             return code
-        instance = adapters.instance(faultwork_v1, dict(cfg.service_config))
-        if instance.idempotency is not None:
-            ttl = float(cfg.service_config.get("claim_ttl_s", 5))
-            instance.idempotency.claim_ttl_s = ttl
-            instance.idempotency.wait_s = ttl + 1
-        await instance.start()
         print(f"READY faultwork instance={bridge.instance_id} pid={os.getpid()}", flush=True)
         order = [instance, bridge, queue, stores.state, stores.config, stores.secret]
         await signals.stop.wait()

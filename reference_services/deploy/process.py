@@ -1,9 +1,11 @@
-"""What every deployment does around its services: the configured adapters, started in order
-(a shutdown signal meanwhile stops cleanly), and the ``STOPPED`` line a process ends with."""
+"""What every deployment does around its services: the configured adapters, the services and
+their health server, started in order (a shutdown signal or a failed start meanwhile destroys
+what started), and the ``STOPPED`` line a process ends with."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,14 +46,15 @@ class Adapters:
 
 
 async def start_parts(
-    adapters: Adapters, signals: ShutdownSignals, timeout_s: float, log: logging.Logger
+    parts: Sequence[Any], signals: ShutdownSignals, timeout_s: float, log: logging.Logger
 ) -> int | None:
-    """Start the adapters in order: ``None`` once all run. A shutdown signal meanwhile
-    destroys what started, prints the ``STOPPED`` line and returns the exit code; a failed
-    start destroys what started and raises."""
+    """Start ``parts`` (the adapters, then the service instances and the health server) in
+    order: ``None`` once all run. A shutdown signal meanwhile destroys what started, prints
+    the ``STOPPED`` line and returns the exit code; a failed start destroys what started
+    and raises."""
     started: list[Any] = []
     try:
-        await start_in_order(adapters.parts, signals, started)
+        await start_in_order(parts, signals, started)
     except StartupInterrupted as exc:
         log.error("%s; shutting down", exc)
         result = await destroy_all(

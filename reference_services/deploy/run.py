@@ -52,21 +52,20 @@ async def _run(cfg: DeploymentConfig, services: tuple[str, ...], *, ready_line: 
         bridge, make_queue_bridge(cfg, instance_id=bridge.instance_id), make_stores(cfg)
     )
     queue, stores = adapters.queue, adapters.stores
+    instances: list[ServiceInstance] = [
+        adapters.instance(ALL_SERVICES[name], service_config(cfg)) for name in services
+    ]
+    health = None
+    if cfg.health_port is not None:
+        health = HealthServer(
+            [bridge, queue, *instances], host=cfg.health_host, port=cfg.health_port
+        )
     async with ShutdownSignals() as signals:  # before connecting: a SIGTERM now still drains
-        code = await start_parts(adapters, signals, cfg.shutdown_timeout_s, log)
+        # a signal or a failure while the services or the health server start stops too
+        parts = [*adapters.parts, *instances, *([health] if health is not None else [])]
+        code = await start_parts(parts, signals, cfg.shutdown_timeout_s, log)
         if code is not None:
             return code
-        instances: list[ServiceInstance] = []
-        for name in services:
-            instance = adapters.instance(ALL_SERVICES[name], service_config(cfg))
-            await instance.start()
-            instances.append(instance)
-        health = None
-        if cfg.health_port is not None:
-            health = HealthServer(
-                [bridge, queue, *instances], host=cfg.health_host, port=cfg.health_port
-            )
-            await health.start()
         if ready_line:
             print(f"READY {' '.join(services)} instance={bridge.instance_id}", flush=True)
         # services first (stop intake, drain), then the bridge (drain, reject pending), the rest
