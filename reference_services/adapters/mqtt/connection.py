@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -29,6 +31,25 @@ from reference_services.runtime.errors import StatusCode, UnhandledError
 
 MessageCallback = Callable[[mqtt.MQTTMessage, int], None]
 StateCallback = Callable[[int, bool], None]
+DEFAULT_URL = "mqtt://127.0.0.1:1883"
+
+
+def resolve_url(url: str | None) -> str:
+    """``url``, else ``$MQTT_URL``, else the local broker's default port."""
+    return url or os.environ.get("MQTT_URL") or DEFAULT_URL
+
+
+def parse_url(url: str) -> dict[str, Any]:
+    """``mqtt://user:pass@host:port`` (also ``tcp://``, ``mqtts://``, ``ssl://``) as settings."""
+    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
+    tls = parsed.scheme in ("mqtts", "ssl", "tls")
+    return {
+        "host": parsed.hostname or "127.0.0.1",
+        "port": parsed.port or (8883 if tls else 1883),
+        "username": unquote(parsed.username) if parsed.username else None,
+        "password": unquote(parsed.password) if parsed.password else None,
+        "tls": tls,
+    }
 
 
 def _no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
@@ -52,6 +73,11 @@ class MqttSettings:
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 5.0
     receive_maximum: int = 100
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> MqttSettings:
+        """Host, port, credentials and TLS from ``url``; the other settings from ``options``."""
+        return cls(**parse_url(url), **options)
 
 
 class MqttUnavailableError(UnhandledError):

@@ -52,7 +52,6 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import unquote, urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -63,6 +62,7 @@ from reference_services.adapters.mqtt.connection import (
     MqttConnection,
     MqttSettings,
     MqttUnavailableError,
+    resolve_url,
 )
 from reference_services.runtime.codec import MessageDecodeError, decode
 from reference_services.runtime.errors import StatusCode, UnhandledError
@@ -88,7 +88,6 @@ from reference_services.runtime.spi.bridge_base import (
 from reference_services.runtime.spi.capabilities import YES, EventBridgeCapabilities, unsupported
 from reference_services.runtime.spi.matcher import is_event
 
-DEFAULT_URL = "mqtt://127.0.0.1:1883"
 NO_MATCHING_SUBSCRIBERS = 0x10
 _dead_letter_reason: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "mqtt_dead_letter_reason", default=None
@@ -123,19 +122,6 @@ def _malformed_reason(raw: bytes, max_bytes: int | None) -> str:
     except MessageDecodeError as exc:
         return f"malformed message: {exc}"
     return "malformed message"
-
-
-def parse_url(url: str) -> dict[str, Any]:
-    """``mqtt://user:pass@host:port`` (also ``tcp://``, ``mqtts://``, ``ssl://``) as settings."""
-    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
-    tls = parsed.scheme in ("mqtts", "ssl", "tls")
-    return {
-        "host": parsed.hostname or "127.0.0.1",
-        "port": parsed.port or (8883 if tls else 1883),
-        "username": unquote(parsed.username) if parsed.username else None,
-        "password": unquote(parsed.password) if parsed.password else None,
-        "tls": tls,
-    }
 
 
 class MqttBridge(EventBridgeBase):
@@ -229,11 +215,11 @@ class MqttBridge(EventBridgeBase):
             (yet) wait this long after arriving for it; then they are acked and dropped.
         """
         super().__init__(instance_id=instance_id, **kwargs)
-        self.url = url or os.environ.get("MQTT_URL") or DEFAULT_URL
+        self.url = resolve_url(url)
         self.prefix = topics.validate_prefix(prefix)
         self.client_id = client_id or f"{prefix}-{self.instance_id}"
-        self.settings = MqttSettings(
-            **parse_url(self.url),
+        self.settings = MqttSettings.from_url(
+            self.url,
             keepalive_s=keepalive_s,
             reconnect_min_s=reconnect_min_s,
             reconnect_max_s=reconnect_max_s,

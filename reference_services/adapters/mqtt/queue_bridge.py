@@ -44,8 +44,8 @@ from reference_services.adapters.mqtt.connection import (
     MqttConnection,
     MqttSettings,
     MqttUnavailableError,
+    resolve_url,
 )
-from reference_services.adapters.mqtt.event_bridge import parse_url
 from reference_services.adapters.mqtt.queue_view import (
     QueueView,
     dumps,
@@ -67,7 +67,6 @@ from reference_services.runtime.queue import (
 from reference_services.runtime.spi.capabilities import QueueBridgeCapabilities, unsupported
 from reference_services.runtime.spi.queue_base import EnqueueRequest, QueueBridgeBase
 
-DEFAULT_URL = "mqtt://127.0.0.1:1883"
 SHARE = "puristaqueue"
 NO_MATCHING_SUBSCRIBERS = 0x10
 _SID_VIEW, _SID_SYNC, _SID_JOBS = 1, 2, 3
@@ -149,21 +148,22 @@ class MqttQueueBridge(QueueBridgeBase):
         handoff_after_s: a buffered job not leased within this time is handed back.
         """
         super().__init__(drain_timeout_s=drain_timeout_s, **kwargs)
-        self.url = url or os.environ.get("MQTT_URL") or DEFAULT_URL
+        self.url = resolve_url(url)
         self.prefix = validate_prefix(prefix)
         self.instance_id = instance_id or new_id()
         self.client_id = client_id or f"{self.prefix.replace('/', '-')}-q-{self.instance_id}"
         self.root = f"{self.prefix}/queue"
-        base = parse_url(self.url)
         self.op_timeout_s = op_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.handoff_after_s = handoff_after_s
         self.session_expiry_s = session_expiry_s
         self._view_conn = self._connection(
-            MqttSettings(**base, keepalive_s=keepalive_s), f"{self.client_id}-view", 0
+            MqttSettings.from_url(self.url, keepalive_s=keepalive_s), f"{self.client_id}-view", 0
         )
         self._jobs_conn = self._connection(
-            MqttSettings(**base, keepalive_s=keepalive_s, receive_maximum=receive_maximum),
+            MqttSettings.from_url(
+                self.url, keepalive_s=keepalive_s, receive_maximum=receive_maximum
+            ),
             f"{self.client_id}-jobs",
             session_expiry_s,
         )
