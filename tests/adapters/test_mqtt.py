@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from harness.history import History, Verdict
 from reference_services.adapters.mqtt import topics
+from reference_services.adapters.mqtt.connection import MqttSettings
 from reference_services.adapters.mqtt.event_bridge import MqttBridge
 from reference_services.runtime.definitions import FailureHandling, Subscription
 from reference_services.runtime.errors import HandledError, PuristaError
@@ -208,6 +209,14 @@ def sub_topic(prefix: str, event_name: str) -> str:
 
 
 # --------------------------------------------------------------- commands
+def test_settings_from_url_keep_the_password_out_of_repr() -> None:
+    settings = MqttSettings.from_url("mqtts://user:p%40ss-7f1c@broker:8884", keepalive_s=3)
+    assert (settings.host, settings.port, settings.tls) == ("broker", 8884, True)
+    assert (settings.username, settings.password) == ("user", "p@ss-7f1c")
+    assert settings.keepalive_s == 3 and MqttSettings.from_url("h").port == 1883
+    assert "p@ss-7f1c" not in repr(settings) and "user" in repr(settings)
+
+
 async def test_command_round_trip_and_handled_error(
     broker: Any, make_bridge: BridgeFactory
 ) -> None:
