@@ -233,11 +233,14 @@ class BridgeCore:
         try:
             return decode(raw, max_bytes=self._bridge.max_message_bytes)
         except MessageDecodeError as exc:
-            self._bridge.rejected_messages += 1
-            self.bad_input_log.log(
-                logging.WARNING, "malformed", "rejected malformed message from %s: %s", source, exc
-            )
+            self._count_malformed(source, exc)
             return None
+
+    def _count_malformed(self, source: str, exc: MessageDecodeError) -> None:
+        self._bridge.rejected_messages += 1
+        self.bad_input_log.log(
+            logging.WARNING, "malformed", "rejected malformed message from %s: %s", source, exc
+        )
 
     async def decode_for_subscription(
         self,
@@ -250,10 +253,7 @@ class BridgeCore:
         try:
             return decode(raw, max_bytes=self._bridge.max_message_bytes)
         except MessageDecodeError as exc:
-            self._bridge.rejected_messages += 1
-            self.bad_input_log.log(
-                logging.WARNING, "malformed", "rejected malformed message from %s: %s", source, exc
-            )
+            self._count_malformed(source, exc)
             await self.quarantine_raw(reg, raw, f"malformed message: {exc}")
             return None
 
