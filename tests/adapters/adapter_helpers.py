@@ -122,6 +122,17 @@ def command(receiver: Address = USER, payload: Any = None, **kw: Any) -> Command
     return Command(sender=CALLER, receiver=receiver, payload=CommandPayload(payload=payload), **kw)
 
 
+async def echo_servers(
+    make_bridge: Callable[..., Awaitable[Any]], n: int
+) -> tuple[list[Any], list[tuple[str, Command]]]:
+    """``n`` new bridges serving ``USER`` with :func:`echo_handler`, and what they served."""
+    servers = [await make_bridge() for _ in range(n)]
+    served: list[tuple[str, Command]] = []
+    for server in servers:
+        await server.register_command(USER, echo_handler(served, server))
+    return servers, served
+
+
 def collect(into: list[Any]) -> Callable[[Any], Awaitable[None]]:
     """A subscription handler that appends each message's payload to ``into``."""
 

@@ -28,6 +28,7 @@ from adapter_helpers import (
     collect,
     command,
     echo_handler,
+    echo_servers,
     event,
     is_not,
     subscription,
@@ -235,10 +236,7 @@ async def test_handled_error_keeps_its_status(make_bridge: Any) -> None:
 
 async def test_shared_command_runs_on_exactly_one_instance(make_bridge: Any) -> None:
     client = await make_bridge()
-    servers = [await make_bridge() for _ in range(3)]
-    served: list[tuple[str, Command]] = []
-    for server in servers:
-        await server.register_command(USER, echo_handler(served, server))
+    _, served = await echo_servers(make_bridge, 3)
     sent = [command(payload=i) for i in range(30)]
     await asyncio.gather(*(client.invoke(c, ttl_s=5) for c in sent))
     counts = Counter(c.id for _, c in served)
@@ -248,10 +246,7 @@ async def test_shared_command_runs_on_exactly_one_instance(make_bridge: Any) -> 
 
 async def test_pinned_command_reaches_that_instance(make_bridge: Any) -> None:
     client = await make_bridge()
-    servers = [await make_bridge() for _ in range(2)]
-    served: list[tuple[str, Command]] = []
-    for server in servers:
-        await server.register_command(USER, echo_handler(served, server))
+    servers, served = await echo_servers(make_bridge, 2)
     target = servers[1].instance_id
     pinned = USER.model_copy(update={"instance_id": target})
     for i in range(5):

@@ -24,6 +24,7 @@ from adapter_helpers import (
     Adapters,
     collect,
     echo_handler,
+    echo_servers,
     event,
     is_not,
     subscription,
@@ -198,10 +199,7 @@ async def test_handled_error_keeps_its_status(make_bridge: Any) -> None:
 
 async def test_shared_command_runs_on_exactly_one_instance(make_bridge: Any) -> None:
     caller = await make_bridge()
-    servers = [await make_bridge() for _ in range(3)]
-    served: list[tuple[str, Command]] = []
-    for server in servers:
-        await server.register_command(USER, echo_handler(served, server))
+    _, served = await echo_servers(make_bridge, 3)
     commands = [Command(sender=CALLER, receiver=USER, payload=CommandPayload(payload=i))
                 for i in range(60)]
     results = await asyncio.gather(*(caller.invoke(c, 5) for c in commands))
@@ -213,10 +211,7 @@ async def test_shared_command_runs_on_exactly_one_instance(make_bridge: Any) -> 
 
 async def test_pinned_command_reaches_that_instance(make_bridge: Any) -> None:
     caller = await make_bridge()
-    servers = [await make_bridge() for _ in range(3)]
-    served: list[tuple[str, Command]] = []
-    for server in servers:
-        await server.register_command(USER, echo_handler(served, server))
+    servers, served = await echo_servers(make_bridge, 3)
     target = servers[1].instance_id
     pinned = USER.model_copy(update={"instance_id": target})
     for i in range(10):
