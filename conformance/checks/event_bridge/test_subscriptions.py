@@ -196,7 +196,7 @@ async def test_fan_out(aut: AdapterUnderTest) -> None:
 @check("event_bridge.subscriptions.emit_event_chaining", kinds=EB)
 async def test_emit_event_chaining(aut: AdapterUnderTest) -> None:
     """A handler's return value is emitted as ``emitEventName`` (None emits nothing), keeping
-    correlation, principal and tenant."""
+    correlation, principal, tenant, trace id and otp."""
     chained = Ledger("chained")
     first = await aut.new()
 
@@ -222,6 +222,8 @@ async def test_emit_event_chaining(aut: AdapterUnderTest) -> None:
             principal_id=f"user-{s}",
             tenant_id="t-1",
             correlation_id=f"corr-s{s}-m{i}",
+            trace_id=f"trace-s{s}-m{i}",
+            otp=f"00-{s + 1:032x}-{i + 1:016x}-01",
         )
         sent[msg.payload["id"]] = msg
         return msg, i % 3 != 0
@@ -232,8 +234,10 @@ async def test_emit_event_chaining(aut: AdapterUnderTest) -> None:
     wrong = []
     for got in rec.messages:
         src = sent[got.payload["id"]]
-        want = (src.correlation_id, src.principal_id, src.tenant_id, src.payload["seq"] * 2)
-        have = (got.correlation_id, got.principal_id, got.tenant_id, got.payload.get("checked"))
+        want = (src.correlation_id, src.principal_id, src.tenant_id, src.trace_id, src.otp)
+        want += (src.payload["seq"] * 2,)
+        have = (got.correlation_id, got.principal_id, got.tenant_id, got.trace_id, got.otp)
+        have += (got.payload.get("checked"),)
         if want != have:
             wrong.append(f"{got.payload['id']}: {have} != {want}")
     assert not wrong, "chained events lost fields: " + "; ".join(wrong[:10])
