@@ -9,7 +9,7 @@ from typing import Any
 from conformance.kit.ledger import Ledger, expect_exactly_once
 from conformance.kit.marks import check
 from conformance.kit.under_test import AdapterUnderTest
-from conformance.kit.waits import wait_for
+from conformance.kit.waits import wait_for, wait_for_async
 from reference_services.runtime.errors import PuristaError
 
 QB = ("queue_bridge",)
@@ -340,6 +340,48 @@ async def test_blocking_lease(aut: AdapterUnderTest) -> None:
     assert [j.id for j in jobs] == [job_id], f"got {jobs}"
     assert took < 1.0, f"blocking lease returned {took:.3f}s after the enqueue"
     aut.metric("wakeup_ms", round(took * 1000, 1))
+
+
+@check("queue_bridge.blocking_lease_wakes", kinds=QB, needs=("blocking_lease", "delayed_jobs"))
+async def test_blocking_lease_wakes(aut: AdapterUnderTest) -> None:
+    """A blocking lease_next returns a delayed job soon after its delay ends, without another
+    enqueue to wake it, not at the end of its wait (5 s)."""
+    q = await aut.new()
+    job_id = await q.enqueue("block-delayed", {"x": 1}, delay_ms=300)
+    start = time.monotonic()
+    jobs = await asyncio.wait_for(q.lease_next("block-delayed", 1, 5000), 7)
+    took = time.monotonic() - start
+    assert [j.id for j in jobs] == [job_id], f"got {jobs}"
+    assert 0.25 <= took < 2.0, f"the 0.3 s delayed job came to a blocking lease after {took:.3f}s"
+    await q.ack(jobs[0])
+    aut.metric("delayed_wakeup_s", round(took, 3))
+
+
+@check("queue_bridge.lease_expiry_dead_letter", kinds=QB, needs=("lease_recovery",))
+async def test_lease_expiry_dead_letter(aut: AdapterUnderTest) -> None:
+    """A lease that expires on the job's last attempt dead-letters it (never leased again), with
+    a reason, its attempt count and the time (within 5 s of the expiry)."""
+    q = await aut.new()
+    job_id = await q.enqueue("expiry-dl", {"x": 1}, max_attempts=2, lease_ttl_ms=200)
+    first = await _lease_one(q, "expiry-dl")
+    assert first is not None and first.attempt == 1
+    second = await _lease_one(q, "expiry-dl", 5)
+    assert second is not None and second.id == job_id and second.attempt == 2, f"{second}"
+    expiry = second.lease_expires_at_ms
+    assert await _lease_one(q, "expiry-dl", 1.5) is None, "leased again after its last attempt"
+    dead: list[Any] = []
+
+    async def dead_lettered() -> bool:
+        dead[:] = await q.peek_dead_letter("expiry-dl")
+        return bool(dead)
+
+    await wait_for_async(dead_lettered, 5, interval_s=0.05)
+    assert [(d.id, d.attempts) for d in dead] == [(job_id, 2)], f"dead letters: {dead}"
+    assert isinstance(dead[0].reason, str) and dead[0].reason, f"no reason: {dead[0]!r}"
+    at = dead[0].dead_lettered_at_ms
+    assert isinstance(at, int) and abs(at - expiry) <= 5000, (
+        f"dead_lettered_at_ms {at!r} not within 5 s of the lease expiry {expiry}"
+    )
 
 
 @check("queue_bridge.extend_lease", kinds=QB, needs=("lease_recovery",))
