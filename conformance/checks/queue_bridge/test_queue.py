@@ -345,8 +345,14 @@ async def test_blocking_lease(aut: AdapterUnderTest) -> None:
 @check("queue_bridge.blocking_lease_wakes", kinds=QB, needs=("blocking_lease", "delayed_jobs"))
 async def test_blocking_lease_wakes(aut: AdapterUnderTest) -> None:
     """A blocking lease_next returns a delayed job soon after its delay ends, without another
-    enqueue to wake it, not at the end of its wait (5 s)."""
+    enqueue to wake it, not at the end of its wait (5 s); on a queue that stays empty it
+    returns nothing after its wait (0.3 s), not much later."""
     q = await aut.new()
+    start = time.monotonic()
+    empty = await asyncio.wait_for(q.lease_next("block-empty", 1, 300), 10)
+    took = time.monotonic() - start
+    assert empty == [], f"lease_next on an empty queue returned {empty}"
+    assert 0.25 <= took < 1.5, f"a 0.3 s blocking lease on an empty queue took {took:.3f}s"
     job_id = await q.enqueue("block-delayed", {"x": 1}, delay_ms=300)
     start = time.monotonic()
     jobs = await asyncio.wait_for(q.lease_next("block-delayed", 1, 5000), 7)
