@@ -108,7 +108,8 @@ async def test_retry_transient(aut: AdapterUnderTest) -> None:
 @check("event_bridge.failures.dead_letter", kinds=EB, needs=("bounded_retry", "dead_letter"))
 async def test_dead_letter(aut: AdapterUnderTest) -> None:
     """A handler that always fails is tried max_attempts times, then one dead letter per message
-    arrives at the dead letter target with the reason, the attempt count and the message."""
+    arrives at the dead letter target with the reason, the attempt count and the message, its
+    correlation id the message's id."""
     handler = Attempts(fail_first=10**6)
     dead = Ledger("dead letters")
     failure = FailureHandling(
@@ -132,6 +133,8 @@ async def test_dead_letter(aut: AdapterUnderTest) -> None:
             bad.append(f"{mid}: attempts={body.get('attempts')} reason={body.get('reason')!r}")
         if body["message"].get("eventName") != "work":
             bad.append(f"{mid}: original message not carried: {body['message']!r}")
+        if letter.correlation_id != body["message"].get("id"):
+            bad.append(f"{mid}: correlation id {letter.correlation_id!r} is not the message id")
     assert not bad, "dead letters incomplete: " + "; ".join(bad[:10])
 
 
