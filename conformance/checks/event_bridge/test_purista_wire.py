@@ -502,6 +502,58 @@ async def _mixed_fleet_subscription(
         await peer.close()
 
 
+@check("event_bridge.wire.purista.mixed_fleet_durable_peer_first", kinds=EB,
+       needs=(*NEEDS, "purista_durable_wire"))
+async def test_mixed_fleet_durable_peer_first(aut: AdapterUnderTest) -> None:
+    """PURISTA's member starts before any bridge of the adapter's (NATS: it creates its
+    per-filter stream and the consumer; the adapter's own stream would overlap): the
+    adapter's bridges still start, the adapter's member joins the same shared durable
+    subscription, and each event, whichever runtime published it, reaches one member."""
+    transport = _transport(aut)
+    member = aut.build(instance_id=INST["py_bridge"], **_mixed_fleet_options(aut))
+    event_name = VECTORS["ts_event"]["message"]["eventName"]
+    subscriber = ["pyService", "1.0.0", "onSignUp"]
+    got: list[tuple[str, str]] = []
+
+    async def on(message: Any) -> None:
+        got.append(("py", message.id))
+
+    async def ts_on(body: dict[str, Any]) -> None:
+        got.append(("ts", body["id"]))
+
+    peer = await peer_for(transport, member, INST["ts_peer"])
+    try:
+        await peer.serve_subscription(address(*subscriber), event_name, ts_on, durable=True)
+        try:
+            await member.start()
+            publisher = await aut.new(instance_id=INST["py_caller"])
+            await member.register_subscription(
+                Subscription(subscriber=_addr(subscriber),
+                             message_type=MessageType.CUSTOM_MESSAGE, event_name=event_name,
+                             durable=True, shared=True, autoacknowledge=False),
+                on,
+            )
+        except Exception as exc:
+            raise AssertionError(
+                f"after PURISTA's member, the adapter's cannot start or join: "
+                f"{type(exc).__name__}: {exc}") from exc
+        n = aut.n(40, minimum=10)
+        sent = await _emit_from_both(n, peer, publisher, event_name)
+        await wait_for(lambda: {i for _, i in got} >= set(sent), TTL_S)
+        await wait_quiet(lambda: len(got), quiet_s=0.5)
+        ids = [i for _, i in got]
+        missing = set(sent) - set(ids)
+        assert not missing, f"{len(missing)} of {n} events reached no member of the group"
+        assert len(ids) == len(set(ids)), (
+            f"{n} events were delivered {len(ids)} times ({len(ids) - len(set(ids))} "
+            "duplicates)")
+        by = {k: sum(1 for r, _ in got if r == k) for k in ("py", "ts")}
+        aut.metric("deliveries_by_runtime", by)
+        assert by["py"] and by["ts"], f"not one group: deliveries by runtime {by}"
+    finally:
+        await peer.close()
+
+
 REDELIVERY_ACK_WAIT_S = 2.0
 
 
