@@ -5,8 +5,9 @@ durable consumer PURISTA v3's NatsBridge creates for the same subscription, so a
 PURISTA instance and ours can be members of one subscriber group:
 
 - name ``subscription_<svc>_<ver>_<target>`` (``_<instance>`` when not shared), on the
-  stream that holds the filter (ours, ``<prefix>.<type>.>``; PURISTA's
-  ``streams.find(filter)`` finds the same one);
+  one stream that holds the filter, as PURISTA's ``streams.find(filter)`` picks it: ours
+  (``<prefix>.<type>.>``), or the per-filter stream of a PURISTA service that started
+  first (ours then overlaps it and cannot be created);
 - a *push* consumer: deliver new, explicit ack, the bridge's ``ack_wait_s``,
   ``max_ack_pending`` (PURISTA's ``maxMessages``, 10), the subscription filter, at most
   ``max_attempts + 1`` deliveries; a shared one has PURISTA's queue group as deliver
@@ -120,6 +121,10 @@ class JetStreamConsumer:
         filter or deliver group, or as a pull consumer, fails with
         :class:`ConsumerMismatchError`, as PURISTA's own registration fails."""
         js = self.bridge._jsc()
+        stream = await self.bridge._stream_for(self.filter_subject)
+        if stream != self.stream:
+            self.stream = stream
+            self.config.deliver_subject = subjects.deliver_subject(stream, self.name)
         info = await self._info(js)
         if info is None:
             try:

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import heapq
 import inspect
+import json
 import os
 import random
 import re
@@ -97,6 +98,10 @@ class _SentCommand:
 @dataclass
 class _CommandSubs:
     subs: list[CoreSubscription] = field(default_factory=list)
+
+
+_WRONG_STREAM = 10060
+"""JetStream's "expected stream does not match": another stream captures the subject."""
 
 
 class NatsBridge(EventBridgeBase):
@@ -355,6 +360,19 @@ class NatsBridge(EventBridgeBase):
                 # created concurrently by another instance with another config: use it
                 self.log.info("stream %s exists already (%s)", config.name, exc)
 
+    async def _stream_for(self, subject: str) -> str:
+        """The stream a consumer of ``subject`` reads: the one stream already capturing
+        it (PURISTA's ``streams.find``; ours, or the per-filter stream of a PURISTA
+        service that started first and so kept ours from being created), else ours."""
+        js = self._jsc()
+        found = await js._api_request(
+            f"{js._prefix}.STREAM.NAMES",
+            json.dumps({"subject": subject}).encode(),
+            timeout=self.js_api_timeout_s,
+        )
+        names = [n for n in found.get("streams") or [] if n != self.dead_letter_stream]
+        return names[0] if len(names) == 1 else self.stream
+
     async def _server_barrier(self, nc: Client) -> None:
         """Return once the server has processed everything sent so far (e.g. a SUB).
 
@@ -392,9 +410,11 @@ class NatsBridge(EventBridgeBase):
         await self._js_publish(subject, data, {**headers, "Nats-Msg-Id": message.id}, self.stream)
 
     async def _js_publish(
-        self, subject: str, data: bytes, headers: dict[str, str], stream: str
+        self, subject: str, data: bytes, headers: dict[str, str], stream: str | None
     ) -> None:
-        """Publish until the stream confirms, retrying (deduplicated) up to the deadline."""
+        """Publish until the stream confirms, retrying (deduplicated) up to the deadline.
+        A subject another stream captures (a PURISTA service's per-filter stream, made
+        before ours could be) is published to that stream."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_deadline_s
         delay = 0.05
@@ -407,6 +427,11 @@ class NatsBridge(EventBridgeBase):
                     subject, data, self.publish_timeout_s, stream, dict(headers)
                 )
                 return
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != _WRONG_STREAM or stream is None:
+                    raise
+                stream = None
+                continue
             except (nats.js.errors.NoStreamResponseError, nats.js.errors.NotFoundError):
                 with contextlib.suppress(Exception):
                     await self._ensure_streams()
