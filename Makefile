@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REPORT_DIR ?= reports/conformance
+# pytest-xdist workers of `make conformance` (each starts its own brokers); 1 runs in-process
+CONFORMANCE_WORKERS ?= 2
 PYTEST_ARGS ?=
 # The engine `make docker-engine` starts: the standard socket by default (every Docker client
 # finds it); set another path for a private engine and export DOCKER_HOST=unix://<path>.
@@ -27,9 +29,12 @@ $(STAMP): pyproject.toml
 services:
 	bash docker/install-local-services.sh
 
-## The main job: the conformance contract against every built-in adapter.
+## The main job: the conformance contract against every built-in adapter, on
+## $(CONFORMANCE_WORKERS) workers (most checks wait on brokers and timers: 2 workers take
+## 159 s instead of about 280 s on 2 cores).
 conformance: setup
-	$(VENV)/bin/conformance run --suite contract --report-dir $(REPORT_DIR)
+	$(VENV)/bin/conformance run --suite contract --report-dir $(REPORT_DIR) \
+	  $(if $(filter-out 1,$(CONFORMANCE_WORKERS)),-n $(CONFORMANCE_WORKERS))
 
 conformance-all: setup
 	$(VENV)/bin/conformance run --suite all --report-dir $(REPORT_DIR)
