@@ -484,22 +484,31 @@ async def _mixed_fleet_subscription(
             raise AssertionError(
                 f"joining PURISTA's shared subscription failed: {type(exc).__name__}: {exc}"
             ) from exc
-        n = aut.n(40, minimum=10)
-        sent = await _emit_from_both(n, peer, publisher, event_name)
-        await wait_for(lambda: {i for _, i in got} >= set(sent), TTL_S)
-        await wait_quiet(lambda: len(got), quiet_s=0.5)  # a second copy would show by now
-        ids = [i for _, i in got]
-        missing = set(sent) - set(ids)
-        assert not missing, f"{len(missing)} of {n} events reached no member of the group"
-        assert len(ids) == len(set(ids)), (
-            f"{n} events were delivered {len(ids)} times ({len(ids) - len(set(ids))} "
-            "duplicates): the PURISTA member and the adapter's are not in one group"
-        )
-        by = {k: sum(1 for r, _ in got if r == k) for k in ("py", "ts")}
-        aut.metric("deliveries_by_runtime", by)
-        assert by["py"] and by["ts"], f"not one group: deliveries by runtime {by}"
+        await _each_event_reaches_one_member(aut, peer, publisher, event_name, got)
     finally:
         await peer.close()
+
+
+async def _each_event_reaches_one_member(
+    aut: AdapterUnderTest, peer: Any, publisher: Any, event_name: str,
+    got: list[tuple[str, str]],
+) -> None:
+    """Both runtimes publish; every event reaches exactly one member of the group (``got``:
+    (runtime, id) per delivery), and members of both runtimes get some."""
+    n = aut.n(40, minimum=10)
+    sent = await _emit_from_both(n, peer, publisher, event_name)
+    await wait_for(lambda: {i for _, i in got} >= set(sent), TTL_S)
+    await wait_quiet(lambda: len(got), quiet_s=0.5)  # a second copy would show by now
+    ids = [i for _, i in got]
+    missing = set(sent) - set(ids)
+    assert not missing, f"{len(missing)} of {n} events reached no member of the group"
+    assert len(ids) == len(set(ids)), (
+        f"{n} events were delivered {len(ids)} times ({len(ids) - len(set(ids))} "
+        "duplicates): the PURISTA member and the adapter's are not in one group"
+    )
+    by = {k: sum(1 for r, _ in got if r == k) for k in ("py", "ts")}
+    aut.metric("deliveries_by_runtime", by)
+    assert by["py"] and by["ts"], f"not one group: deliveries by runtime {by}"
 
 
 @check("event_bridge.wire.purista.mixed_fleet_durable_peer_first", kinds=EB,
@@ -537,19 +546,7 @@ async def test_mixed_fleet_durable_peer_first(aut: AdapterUnderTest) -> None:
             raise AssertionError(
                 f"after PURISTA's member, the adapter's cannot start or join: "
                 f"{type(exc).__name__}: {exc}") from exc
-        n = aut.n(40, minimum=10)
-        sent = await _emit_from_both(n, peer, publisher, event_name)
-        await wait_for(lambda: {i for _, i in got} >= set(sent), TTL_S)
-        await wait_quiet(lambda: len(got), quiet_s=0.5)
-        ids = [i for _, i in got]
-        missing = set(sent) - set(ids)
-        assert not missing, f"{len(missing)} of {n} events reached no member of the group"
-        assert len(ids) == len(set(ids)), (
-            f"{n} events were delivered {len(ids)} times ({len(ids) - len(set(ids))} "
-            "duplicates)")
-        by = {k: sum(1 for r, _ in got if r == k) for k in ("py", "ts")}
-        aut.metric("deliveries_by_runtime", by)
-        assert by["py"] and by["ts"], f"not one group: deliveries by runtime {by}"
+        await _each_event_reaches_one_member(aut, peer, publisher, event_name, got)
     finally:
         await peer.close()
 
