@@ -8,6 +8,7 @@ server for the tests that kill or pause it) and ``history`` (recorder + checker)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -831,3 +832,35 @@ async def test_a_flood_of_malformed_commands_is_counted_but_not_logged_line_by_l
     caller = await make_bridge()
     assert await caller.invoke(Command(sender=CALLER, receiver=USER, payload=CommandPayload(
         payload=2)), 5) == {"echo": 2}
+
+
+async def test_an_event_no_stream_captures_is_still_published_when_another_stream_keeps_ours_out(
+    make_bridge: Any, harness_nats: Any, namespace: str
+) -> None:
+    # a PURISTA service that started first made a per-filter stream inside our prefix's
+    # subjects, so ours cannot be created (overlapping subjects); PURISTA publishes events
+    # on core NATS, and an event no stream captures must still reach its subscribers
+    captured, uncaptured = event("e", "captured"), event("other", "uncaptured")
+    raw = await nats_client.connect(harness_nats.url)
+    js = raw.jetstream()
+    name = f"{namespace.replace('.', '_')}_purista_first"
+    await js.add_stream(name=name, subjects=[subjects.message_subject(namespace, captured)])
+    try:
+        producer, consumer = await make_bridge(), await make_bridge()
+        seen: list[Any] = []
+        typed = {"message_type": MessageType.CUSTOM_MESSAGE}
+        await consumer.register_subscription(subscription("s", "other", **typed), collect(seen))
+        await consumer.register_subscription(subscription("s2", "e", **typed), collect(seen))
+        started = time.monotonic()
+        await producer.emit_message(uncaptured)
+        assert time.monotonic() - started < producer.publish_deadline_s / 2
+        await producer.emit_message(captured)  # confirmed by the other runtime's stream
+        started = time.monotonic()
+        await producer.emit_message(event("nobody", "held by no stream"))  # not a 503
+        assert time.monotonic() - started < producer.publish_deadline_s / 2
+        await wait_for(lambda: sorted(seen) == ["captured", "uncaptured"], what="both events")
+        assert (await js.stream_info(name)).state.messages == 1
+    finally:
+        with contextlib.suppress(Exception):
+            await js.delete_stream(name)
+        await raw.close()

@@ -30,6 +30,7 @@ import contextlib
 import heapq
 import inspect
 import json
+import logging
 import os
 import random
 import re
@@ -72,6 +73,7 @@ from reference_services.runtime.spi.bridge_base import (
     RegisteredSubscription,
 )
 from reference_services.runtime.spi.capabilities import YES, EventBridgeCapabilities, unsupported
+from reference_services.runtime.spi.log_throttle import LogThrottle
 
 _NO_RESPONDERS = "503"
 _HEADER_ROOM = 4096  # max_payload counts headers too (dead letters carry a reason header)
@@ -184,6 +186,7 @@ class NatsBridge(EventBridgeBase):
         self.ephemeral_consumer_ttl_s = ephemeral_consumer_ttl_s
         self.no_responders_status = int(no_responders_status)
         self.stream = subjects.stream_name(prefix)
+        self._no_stream_log = LogThrottle(self.log)
         self.dead_letter_stream = subjects.dead_letter_stream_name(prefix)
         self._reply_prefix = subjects.reply_subject(prefix, self.instance_id)
         self._nc: Client | None = None
@@ -364,14 +367,54 @@ class NatsBridge(EventBridgeBase):
         """The stream a consumer of ``subject`` reads: the one stream already capturing
         it (PURISTA's ``streams.find``; ours, or the per-filter stream of a PURISTA
         service that started first and so kept ours from being created), else ours."""
+        names = await self._streams_holding(subject)
+        if len(names) == 1:
+            return names[0]
+        if names or not await self._own_stream_missing():
+            return self.stream
+        # no stream holds the filter and ours cannot be made (another runtime's stream
+        # overlaps it): make the per-filter stream PURISTA makes in that case
+        name = subjects.purista_filter_stream_name(self.prefix, subject)
+        try:
+            await self._jsc().add_stream(StreamConfig(
+                name=name, subjects=[subject], retention=RetentionPolicy.INTEREST,
+                storage=StorageType.FILE,
+            ))
+        except nats.js.errors.BadRequestError as exc:
+            names = await self._streams_holding(subject)  # made meanwhile by another one
+            if len(names) != 1:
+                raise UnhandledError(
+                    f"no stream holds {subject}, and neither {self.stream} nor the "
+                    f"per-filter stream {name} can be made: {exc.description}",
+                    StatusCode.SERVICE_UNAVAILABLE,
+                ) from exc
+            return names[0]
+        return name
+
+    async def _streams_holding(self, subject: str) -> list[str]:
+        """The streams whose subjects overlap ``subject`` (nats.js ``streams.find``), but
+        this prefix's dead-letter stream."""
         js = self._jsc()
         found = await js._api_request(
             f"{js._prefix}.STREAM.NAMES",
             json.dumps({"subject": subject}).encode(),
             timeout=self.js_api_timeout_s,
         )
-        names = [n for n in found.get("streams") or [] if n != self.dead_letter_stream]
-        return names[0] if len(names) == 1 else self.stream
+        return [n for n in found.get("streams") or [] if n != self.dead_letter_stream]
+
+    async def _own_stream_missing(self) -> bool:
+        """True only when the server says this prefix's event stream does not exist even
+        after trying to make it (another stream's subjects overlap it); an unanswered
+        question is not a missing stream."""
+        with contextlib.suppress(Exception):
+            await self._ensure_streams()
+        try:
+            await self._jsc().stream_info(self.stream)
+        except nats.js.errors.NotFoundError:
+            return True
+        except Exception:
+            return False
+        return False
 
     async def _server_barrier(self, nc: Client) -> None:
         """Return once the server has processed everything sent so far (e.g. a SUB).
@@ -433,8 +476,17 @@ class NatsBridge(EventBridgeBase):
                 stream = None
                 continue
             except (nats.js.errors.NoStreamResponseError, nats.js.errors.NotFoundError):
-                with contextlib.suppress(Exception):
-                    await self._ensure_streams()
+                if await self._own_stream_missing():
+                    # no stream captures the subject and ours cannot be made: nothing
+                    # would confirm it; publish on core NATS, as PURISTA publishes events
+                    self._no_stream_log.log(
+                        logging.INFO, "no-stream",
+                        "no stream captures %s (another stream keeps %s from being made): "
+                        "published without a stream", subject, self.stream,
+                    )
+                    await nc.publish(subject, data, headers=dict(headers))
+                    await self._server_barrier(nc)
+                    return
                 error: Exception = UnhandledError(f"no stream answers for {subject}")
             except (TimeoutError, nats.errors.Error, OSError) as exc:
                 if isinstance(exc, nats.errors.ConnectionClosedError):

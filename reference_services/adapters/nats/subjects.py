@@ -240,6 +240,12 @@ def purista_consumer_name(subscriber: Address, instance_id: str | None = None) -
     return _PURISTA_UNSAFE.sub("_", base)[:200]
 
 
+def purista_filter_stream_name(prefix: str, subject: str) -> str:
+    """The stream PURISTA makes for a JetStream subscription when no stream holds its
+    filter yet: ``<prefix>_subscription_<filter>``, made safe as consumer names are."""
+    return _PURISTA_UNSAFE.sub("_", f"{prefix}_subscription_{subject}")[:200]
+
+
 def deliver_subject(stream: str, consumer: str) -> str:
     """The deliver subject of a push consumer this bridge creates: derived from the names,
     so instances creating it at once agree, and in ``_INBOX`` as PURISTA's own (a new
