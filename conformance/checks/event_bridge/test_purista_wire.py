@@ -459,18 +459,11 @@ async def _mixed_fleet_subscription(
     publisher = await aut.new(instance_id=INST["py_caller"])
     event_name = VECTORS["ts_event"]["message"]["eventName"]
     subscriber = ["pyService", "1.0.0", "onSignUp"]
-    got: list[tuple[str, str]] = []
-
-    async def on(message: Any) -> None:
-        got.append(("py", message.id))
-
-    async def ts_on(body: dict[str, Any]) -> None:
-        got.append(("ts", body["id"]))
-
+    seen = _Deliveries()
     peer = await peer_for(transport, member, INST["ts_peer"])
     try:
         # PURISTA's member first: its declaration is the one already there when ours comes
-        await peer.serve_subscription(address(*subscriber), event_name, ts_on,
+        await peer.serve_subscription(address(*subscriber), event_name, seen.ts_on,
                                       durable=durable, typed=typed)
         try:
             await member.register_subscription(
@@ -478,15 +471,29 @@ async def _mixed_fleet_subscription(
                              message_type=MessageType.CUSTOM_MESSAGE if typed else None,
                              event_name=event_name,
                              durable=durable, shared=True, autoacknowledge=not durable),
-                on,
+                seen.on,
             )
         except Exception as exc:
             raise AssertionError(
                 f"joining PURISTA's shared subscription failed: {type(exc).__name__}: {exc}"
             ) from exc
-        await _each_event_reaches_one_member(aut, peer, publisher, event_name, got)
+        await _each_event_reaches_one_member(aut, peer, publisher, event_name, seen.got)
     finally:
         await peer.close()
+
+
+class _Deliveries:
+    """Each delivery of a mixed-fleet group as (runtime, message id): ``py`` for the
+    adapter's member, ``ts`` for PURISTA's."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, str]] = []
+
+    async def on(self, message: Any) -> None:
+        self.got.append(("py", message.id))
+
+    async def ts_on(self, body: dict[str, Any]) -> None:
+        self.got.append(("ts", body["id"]))
 
 
 async def _each_event_reaches_one_member(
@@ -522,17 +529,10 @@ async def test_mixed_fleet_durable_peer_first(aut: AdapterUnderTest) -> None:
     member = aut.build(instance_id=INST["py_bridge"], **_mixed_fleet_options(aut))
     event_name = VECTORS["ts_event"]["message"]["eventName"]
     subscriber = ["pyService", "1.0.0", "onSignUp"]
-    got: list[tuple[str, str]] = []
-
-    async def on(message: Any) -> None:
-        got.append(("py", message.id))
-
-    async def ts_on(body: dict[str, Any]) -> None:
-        got.append(("ts", body["id"]))
-
+    seen = _Deliveries()
     peer = await peer_for(transport, member, INST["ts_peer"])
     try:
-        await peer.serve_subscription(address(*subscriber), event_name, ts_on, durable=True)
+        await peer.serve_subscription(address(*subscriber), event_name, seen.ts_on, durable=True)
         try:
             await member.start()
             publisher = await aut.new(instance_id=INST["py_caller"])
@@ -540,13 +540,13 @@ async def test_mixed_fleet_durable_peer_first(aut: AdapterUnderTest) -> None:
                 Subscription(subscriber=_addr(subscriber),
                              message_type=MessageType.CUSTOM_MESSAGE, event_name=event_name,
                              durable=True, shared=True, autoacknowledge=False),
-                on,
+                seen.on,
             )
         except Exception as exc:
             raise AssertionError(
                 f"after PURISTA's member, the adapter's cannot start or join: "
                 f"{type(exc).__name__}: {exc}") from exc
-        await _each_event_reaches_one_member(aut, peer, publisher, event_name, got)
+        await _each_event_reaches_one_member(aut, peer, publisher, event_name, seen.got)
     finally:
         await peer.close()
 
