@@ -145,6 +145,13 @@ cmd_purge() {
   [ "$DATA_ROOT" != /var/lib/docker ] || die "purge is for a private socket only (got $SOCKET)"
   need_root "purge"
   cmd_stop
+  # what a stopped (or killed) dockerd can leave mounted below its roots, e.g. the
+  # exec root's netns/default bind mount: unmounted first, deepest first, or rm fails
+  local mounted
+  awk -v a="$DATA_ROOT/" -v b="$EXEC_ROOT/" 'index($2, a) == 1 || index($2, b) == 1 { print $2 }' \
+    /proc/mounts | sort -r | while read -r mounted; do
+    umount -l "$mounted" || log "could not unmount $mounted"
+  done
   rm -rf --one-file-system "$DATA_ROOT" "$EXEC_ROOT"
   log "removed $DATA_ROOT (images, containers, build cache) and $EXEC_ROOT"
 }
