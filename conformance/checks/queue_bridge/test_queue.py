@@ -215,6 +215,17 @@ async def test_lease_expiry(aut: AdapterUnderTest) -> None:
     aut.metric("recovered_after_s", round(took, 3))
 
 
+
+async def _ack_refused_with_409(q: Any, job: Any, case: str, the_ack: str, lease: str) -> None:
+    """``ack(job)`` must fail with a 409 that names the job."""
+    try:
+        await q.ack(job)
+    except PuristaError as exc:
+        assert exc.status == 409, f"{case}: expected 409, got {exc.status}"
+        assert job.id in str(exc), f"the 409 of {the_ack} does not name job {job.id}: {exc}"
+    else:
+        raise AssertionError(f"ack with {lease} {job.lease_id} was accepted")
+
 @check("queue_bridge.stale_lease_rejected", kinds=QB, needs=("lease_recovery",))
 async def test_stale_lease_rejected(aut: AdapterUnderTest) -> None:
     """Acking with an expired lease fails with 409 naming the job, whether the job was
@@ -224,13 +235,7 @@ async def test_stale_lease_rejected(aut: AdapterUnderTest) -> None:
     old = await _lease_one(q, "stale")
     new = await _lease_one(q, "stale", 5)
     assert old is not None and new is not None and new.id == old.id
-    try:
-        await q.ack(old)
-    except PuristaError as exc:
-        assert exc.status == 409, f"stale ack: expected 409, got {exc.status}"
-        assert old.id in str(exc), f"the 409 of a stale ack does not name job {old.id}: {exc}"
-    else:
-        raise AssertionError(f"ack with stale lease {old.lease_id} was accepted")
+    await _ack_refused_with_409(q, old, "stale ack", "a stale ack", "stale lease")
     await q.ack(new)
     m = await _metrics(q, "stale")
     assert m == {"pending": 0, "inflight": 0, "dead_letter": 0}, f"metrics: {m}"
@@ -239,13 +244,9 @@ async def test_stale_lease_rejected(aut: AdapterUnderTest) -> None:
     held = await _lease_one(q, "stale-expired")
     assert held is not None
     await asyncio.sleep(max(held.lease_expires_at_ms / 1000 - time.time(), 0) + 0.3)
-    try:
-        await q.ack(held)
-    except PuristaError as exc:
-        assert exc.status == 409, f"ack after the lease expired: expected 409, got {exc.status}"
-        assert held.id in str(exc), f"the 409 of an expired ack does not name job {held.id}: {exc}"
-    else:
-        raise AssertionError(f"ack with expired lease {held.lease_id} was accepted")
+    await _ack_refused_with_409(
+        q, held, "ack after the lease expired", "an expired ack", "expired lease"
+    )
     back = await _lease_one(q, "stale-expired", 5)
     assert back is not None and back.id == held.id, "the job of the refused ack never came back"
     assert back.attempt == 2, f"attempt after the expired lease: {back.attempt}"
