@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
+
+import pytest
 
 from reference_services.adapters.nats.connection import NatsTimings
 from reference_services.runtime.definitions import Subscription
@@ -101,6 +103,31 @@ class Adapters:
                     await adapter.destroy()
             else:
                 await adapter.destroy()
+
+
+def adapters_fixture(
+    cls: type,
+    service: str,
+    *,
+    yields: Literal["bridge", "store"] = "bridge",
+    quiet: bool = False,
+    **defaults: Any,
+) -> Any:
+    """A test-scoped fixture: :class:`Adapters` of ``cls`` on the session's ``harness_<service>``
+    under the test's ``namespace`` prefix, yielding ``made.bridge`` or ``made.store``.
+
+    Assign it to the fixture's name in the test module: ``make_store = adapters_fixture(...)``.
+    """
+
+    @pytest.fixture
+    async def fixture(
+        request: pytest.FixtureRequest, namespace: str
+    ) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+        url = request.getfixturevalue(f"harness_{service}").url
+        async with Adapters(cls, url, quiet=quiet, prefix=namespace, **defaults) as made:
+            yield getattr(made, yields)
+
+    return fixture
 
 
 def event(name: str, payload: Any = None, **kw: Any) -> CustomMessage:

@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aio_pika
@@ -24,7 +24,7 @@ import pytest
 from adapter_helpers import (
     CALLER,
     USER,
-    Adapters,
+    adapters_fixture,
     collect,
     command,
     echo_handler,
@@ -123,13 +123,8 @@ class Raw:
         return q
 
 
-@pytest.fixture
-async def make_bridge(
-    harness_rabbitmq: Any, namespace: str
-) -> AsyncIterator[Callable[..., Awaitable[AmqpBridge]]]:
-    """Start bridges on a broker under this test's prefix; destroyed after."""
-    async with Adapters(AmqpBridge, harness_rabbitmq.url, **FAST, prefix=namespace) as made:
-        yield made.bridge
+# Start bridges on a broker under this test's prefix; destroyed after.
+make_bridge = adapters_fixture(AmqpBridge, "rabbitmq", **FAST)
 
 
 @pytest.fixture

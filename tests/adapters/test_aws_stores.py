@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import boto3
 import pytest
-from adapter_helpers import Adapters
+from adapter_helpers import adapters_fixture
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -25,12 +24,7 @@ SECRET = "s3cr3t-value-7f1c2a"
 OPEN = {"enable_get": True, "enable_set": True, "enable_remove": True}
 
 
-@pytest.fixture
-async def make_store(
-    harness_moto: Any, namespace: str
-) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
-    async with Adapters(AwsSecretStore, harness_moto.url, quiet=True, prefix=namespace) as made:
-        yield made.store
+make_store = adapters_fixture(AwsSecretStore, "moto", yields="store", quiet=True)
 
 
 def raw_client(url: str, service: str) -> Any:

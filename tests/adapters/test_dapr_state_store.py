@@ -5,24 +5,18 @@ component, and the idempotency helper on it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
-from adapter_helpers import Adapters
+from adapter_helpers import adapters_fixture
 
 from reference_services.adapters.dapr.state_store import DaprStateStore
 from reference_services.runtime.errors import PuristaError
 from reference_services.runtime.idempotency import Idempotency
 
-
-@pytest.fixture
-async def make_store(
-    harness_dapr: Any, namespace: str
-) -> AsyncIterator[Callable[..., Awaitable[DaprStateStore]]]:
-    async with Adapters(DaprStateStore, harness_dapr.url, quiet=True, prefix=namespace) as made:
-        yield made.store
+make_store = adapters_fixture(DaprStateStore, "dapr", yields="store", quiet=True)
 
 
 async def test_record_layout_keeps_numbers_as_text(make_store: Any, harness_dapr: Any,

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import nats as nats_client
@@ -22,7 +22,7 @@ import pytest
 from adapter_helpers import (
     CALLER,
     USER,
-    Adapters,
+    adapters_fixture,
     collect,
     echo_handler,
     echo_servers,
@@ -67,13 +67,8 @@ FAST = {
 
 
 
-@pytest.fixture
-async def make_bridge(
-    harness_nats: Any, namespace: str
-) -> AsyncIterator[Callable[..., Awaitable[NatsBridge]]]:
-    """Start bridges on the session broker under this test's prefix; destroyed after."""
-    async with Adapters(NatsBridge, harness_nats.url, **FAST, prefix=namespace) as made:
-        yield made.bridge
+# Start bridges on the session broker under this test's prefix; destroyed after.
+make_bridge = adapters_fixture(NatsBridge, "nats", **FAST)
 
 
 # ------------------------------------------------------------------ subjects

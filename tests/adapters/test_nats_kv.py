@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from adapter_helpers import NATS_FAST as FAST
-from adapter_helpers import Adapters, is_not, wait_async
+from adapter_helpers import adapters_fixture, is_not, wait_async
 
 from reference_services.adapters.nats.connection import NatsTimings, NatsUnavailableError
 from reference_services.adapters.nats.kv_stores import (
@@ -24,11 +24,8 @@ from reference_services.runtime.spi.store_base import StoreOperationDisabled, St
 Factory = Callable[..., Awaitable[Any]]
 
 
-@pytest.fixture
-async def make(harness_nats: Any, namespace: str) -> AsyncIterator[Factory]:
-    """Create started stores on the session broker (same prefix = same buckets)."""
-    async with Adapters(NatsKVStateStore, harness_nats.url, prefix=namespace, timings=FAST) as made:
-        yield made.store
+# Create started stores on the session broker (same prefix = same buckets).
+make = adapters_fixture(NatsKVStateStore, "nats", yields="store", timings=FAST)
 
 
 async def test_get_set_remove_and_missing_keys(make: Factory) -> None:

@@ -10,12 +10,12 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from adapter_helpers import NATS_FAST as FAST
-from adapter_helpers import Adapters, is_not, wait_async
+from adapter_helpers import adapters_fixture, is_not, wait_async
 
 from reference_services.adapters.nats.connection import NatsUnavailableError
 from reference_services.adapters.nats.queue_bridge import NatsQueueBridge
@@ -26,11 +26,8 @@ from reference_services.runtime.queue import Job, LeaseExpiredError, QueueInputE
 Factory = Callable[..., Awaitable[NatsQueueBridge]]
 
 
-@pytest.fixture
-async def make(harness_nats: Any, namespace: str) -> AsyncIterator[Factory]:
-    """Create started bridges on the session broker (same prefix = one deployment)."""
-    async with Adapters(NatsQueueBridge, harness_nats.url, prefix=namespace, timings=FAST) as made:
-        yield made.bridge
+# Create started bridges on the session broker (same prefix = one deployment).
+make = adapters_fixture(NatsQueueBridge, "nats", timings=FAST)
 
 
 async def lease_one(bridge: NatsQueueBridge, queue: str, wait_ms: int = 3000) -> Job:

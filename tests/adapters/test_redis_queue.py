@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from adapter_helpers import Adapters, eventually, is_not
+from adapter_helpers import Adapters, adapters_fixture, eventually, is_not
 
 from harness.history import History
 from reference_services.adapters.redis.queue_bridge import RedisQueueBridge, RedisUnavailableError
@@ -22,12 +22,7 @@ from reference_services.runtime.queue import Job, LeaseExpiredError, QueueInputE
 # --- brokers come from the harness plugin: redis, fresh_service, namespace, proxied, history
 
 
-@pytest.fixture
-async def make_bridge(
-    harness_redis: Any, namespace: str
-) -> AsyncIterator[Callable[..., Awaitable[RedisQueueBridge]]]:
-    async with Adapters(RedisQueueBridge, harness_redis.url, quiet=True, prefix=namespace) as made:
-        yield made.bridge
+make_bridge = adapters_fixture(RedisQueueBridge, "redis", quiet=True)
 
 
 # --- the queue contract on Redis ----------------------------------------------------------

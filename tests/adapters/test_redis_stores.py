@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from adapter_helpers import Adapters, eventually
+from adapter_helpers import adapters_fixture, eventually
 
 from reference_services.adapters.redis.stores import (
     RedisConfigStore,
@@ -27,12 +27,7 @@ StoreT = RedisStateStore | RedisConfigStore | RedisSecretStore
 # --- brokers come from the harness plugin: redis, fresh_service, namespace
 
 
-@pytest.fixture
-async def make_store(
-    harness_redis: Any, namespace: str
-) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
-    async with Adapters(RedisStateStore, harness_redis.url, quiet=True, prefix=namespace) as made:
-        yield made.store
+make_store = adapters_fixture(RedisStateStore, "redis", yields="store", quiet=True)
 
 
 @pytest.fixture
