@@ -20,7 +20,10 @@ client then sends through that bridge.
 from __future__ import annotations
 
 import asyncio
+import inspect
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from reference_services.adapters.memory.event_bridge import DefaultEventBridge, MemoryHub
@@ -42,7 +45,28 @@ from reference_services.runtime.messages import (
 from reference_services.runtime.service import ServiceBuilder, ServiceInstance
 from reference_services.runtime.spi.protocols import EventBridge, QueueBridge, Store
 
-__all__ = ["TestClient"]
+__all__ = ["TestClient", "wait_until"]
+
+
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]],
+    within: float = 5.0,
+    what: str = "condition",
+    *,
+    interval_s: float = 0.005,
+) -> None:
+    """Poll ``condition`` (plain or async) until it holds; AssertionError naming ``what``
+    once ``within`` seconds have passed."""
+    deadline = time.monotonic() + within
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(interval_s)
 
 
 class TestClient:

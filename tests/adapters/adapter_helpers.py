@@ -3,9 +3,7 @@ test addresses and messages."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
@@ -21,6 +19,7 @@ from reference_services.runtime.messages import (
     SenderAddress,
     success_response,
 )
+from reference_services.testing import wait_until
 
 CALLER = SenderAddress(
     service_name="caller", service_version="1", service_target="t", instance_id="c" * 32
@@ -39,22 +38,14 @@ NATS_FAST = NatsTimings(
 
 async def wait_for(condition: Callable[[], bool], within: float = 10.0, what: str = "it") -> None:
     """Poll ``condition`` until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.01)
+    await wait_until(condition, within, what, interval_s=0.01)
 
 
 async def wait_async(
     condition: Callable[[], Awaitable[bool]], within: float = 10.0, what: str = "it"
 ) -> None:
     """Like :func:`wait_for` for an async condition."""
-    deadline = time.monotonic() + within
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.05)
+    await wait_until(condition, within, what, interval_s=0.05)
 
 
 async def eventually(

@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 from reference_services.runtime.messages import Address, Command, CommandPayload, SenderAddress
+from reference_services.testing import wait_until
 
 
 async def wait_for(
     condition: Callable[[], bool], within: float = 5.0, what: str = "condition"
 ) -> None:
     """Poll ``condition`` until true; fail with ``what`` after ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.005)
+    await wait_until(condition, within, what)
 
 
 async def wait_for_async(
     condition: Callable[[], Awaitable[bool]], within: float = 5.0, what: str = "condition"
 ) -> None:
     """Like :func:`wait_for` for an async condition."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.005)
+    await wait_until(condition, within, what)
 
 
 CALLER = SenderAddress(

@@ -6,7 +6,7 @@ import pytest
 
 from reference_services.runtime.errors import PuristaError
 from reference_services.services import email_v1, user_v1
-from reference_services.testing import TestClient
+from reference_services.testing import TestClient, wait_until
 
 
 async def test_invoke_returns_the_result_and_records_the_success_event() -> None:
@@ -49,3 +49,26 @@ async def test_waiting_for_an_event_that_never_comes_names_what_was_emitted() ->
 async def test_invoking_before_start_says_so() -> None:
     with pytest.raises(RuntimeError, match="not started"):
         await TestClient(user_v1).invoke("signUp", {})
+
+
+async def test_wait_until_polls_plain_and_async_conditions_and_names_what_timed_out() -> None:
+    calls: list[int] = []
+
+    def third_call() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    async def already() -> bool:
+        return True
+
+    await wait_until(third_call, 2.0)
+    assert len(calls) == 3
+    await wait_until(already, 2.0)
+    with pytest.raises(AssertionError, match=r"timed out after 0.05s waiting for the moon"):
+        await wait_until(lambda: False, 0.05, "the moon")
+
+    async def never() -> bool:
+        return False
+
+    with pytest.raises(AssertionError, match="waiting for an async never"):
+        await wait_until(never, 0.05, "an async never")
