@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from conformance.kit.ledger import Ledger, expect_exactly_once
+from conformance.kit.lifecycle import expect_ready_healthy_cycle
 from conformance.kit.marks import check
 from conformance.kit.under_test import AdapterUnderTest
 from conformance.kit.waits import wait_for, wait_for_async
@@ -428,13 +429,7 @@ async def test_extend_lease(aut: AdapterUnderTest) -> None:
 async def test_ready_healthy(aut: AdapterUnderTest) -> None:
     """Not ready before start, ready and healthy after start, neither ready nor healthy after
     destroy; both answer a bool."""
-    q = aut.build()
-    assert await q.is_ready() is False, "ready before start (is_ready must be False, a bool)"
-    await q.start()
-    assert await q.is_ready() is True, "not ready after start (is_ready must be True)"
-    assert await q.is_healthy() is True, "not healthy after start (is_healthy must be True)"
-    await aut.destroy(q)
-    assert await q.is_ready() is False, "still ready after destroy"
+    q = await expect_ready_healthy_cycle(aut)
     assert await q.is_healthy() is False, "still healthy after destroy"
 
 

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conformance.kit.hyp import json_values_for, session, settings_for
+from conformance.kit.lifecycle import expect_ready_healthy_cycle
 from conformance.kit.marks import check
 from conformance.kit.numbers import expect_numbers
 from conformance.kit.under_test import AdapterUnderTest
@@ -330,13 +331,7 @@ async def test_atomic_effects(aut: AdapterUnderTest) -> None:
 async def test_ready_healthy(aut: AdapterUnderTest) -> None:
     """Not ready before start, ready and healthy after start, not ready after destroy; both
     answer a bool, as the store protocol declares."""
-    s = aut.build()
-    assert await s.is_ready() is False, "ready before start (is_ready must be False, a bool)"
-    await s.start()
-    assert await s.is_ready() is True, "not ready after start (is_ready must be True)"
-    assert await s.is_healthy() is True, "not healthy after start (is_healthy must be True)"
-    await aut.destroy(s)
-    assert await s.is_ready() is False, "still ready after destroy (is_ready must be False)"
+    await expect_ready_healthy_cycle(aut)
 
 
 @check("stores.numbers", kinds=STORES)
