@@ -198,6 +198,21 @@ async def test_dead_letter_default_limit(aut: AdapterUnderTest) -> None:
     )
 
 
+async def _expect_back_at_attempt_2(
+    worker: Any, queue: str, job_id: str, since: float, not_before_s: float, wait_s: float,
+    lease: str, ran_out: str,
+) -> float:
+    """After ``lease`` (held from ``since``) runs out, ``worker`` leases the job again at
+    attempt 2 within ``wait_s`` but not before ``not_before_s``; acks it; the seconds it took."""
+    again = await _lease_one(worker, queue, wait_s)
+    took = time.monotonic() - since
+    assert again is not None and again.id == job_id, f"{lease} never ran out (job not back)"
+    assert again.attempt == 2, f"attempt after {lease} ran out: {again.attempt}"
+    assert took >= not_before_s, f"back after {took:.3f}s, before {ran_out}"
+    await worker.ack(again)
+    return took
+
+
 @check("queue_bridge.lease_expiry", kinds=QB, needs=("lease_recovery",))
 async def test_lease_expiry(aut: AdapterUnderTest) -> None:
     """A lease that expires (worker died) makes the job leasable again with attempt + 1."""
@@ -207,12 +222,9 @@ async def test_lease_expiry(aut: AdapterUnderTest) -> None:
     first = await _lease_one(crashed, "recover")
     assert first is not None and first.attempt == 1
     assert await _lease_one(worker, "recover", 0.1) is None, "leased twice while the lease held"
-    again = await _lease_one(worker, "recover", 5)
-    took = time.monotonic() - start
-    assert again is not None and again.id == job_id, "expired lease was never recovered"
-    assert again.attempt == 2, f"attempt after expiry: {again.attempt}"
-    assert took >= 0.28, f"re-leased after {took:.3f}s, before the 0.3s lease expired"
-    await worker.ack(again)
+    took = await _expect_back_at_attempt_2(
+        worker, "recover", job_id, start, 0.28, 5, "the expired lease", "the 0.3s lease expired"
+    )
     aut.metric("recovered_after_s", round(took, 3))
 
 
@@ -417,12 +429,10 @@ async def test_extend_lease(aut: AdapterUnderTest) -> None:
     watch = time.monotonic()
     await q.extend_lease(job, 900)
     assert await _lease_one(other, "extend-expires", 0.5) is None, "extended lease recovered"
-    again = await _lease_one(other, "extend-expires", 10)
-    took = time.monotonic() - watch
-    assert again is not None and again.id == job_id, "an extended lease never expired"
-    assert again.attempt == 2, f"attempt after the extended lease expired: {again.attempt}"
-    assert took >= 0.85, f"recovered after {took:.3f}s, before the 0.9s extension ran out"
-    await other.ack(again)
+    await _expect_back_at_attempt_2(
+        other, "extend-expires", job_id, watch, 0.85, 10, "the extended lease",
+        "the 0.9s extension ran out",
+    )
 
 
 @check("queue_bridge.lifecycle.ready_healthy", kinds=QB)
