@@ -153,8 +153,11 @@ def _wait_started(runner: Runner, *names: str, marker: str | None = None,
     return runner.processes()
 
 
-def _assert_stopped(runner: Runner, code: int | None, expected: int, took: float,
-                    before: dict[int, str], within: float = 5.0) -> None:
+def _signal_and_assert_stopped(runner: Runner, before: dict[int, str],
+                               sig: int = signal.SIGTERM, expected: int = 143,
+                               within: float = 5.0) -> None:
+    """Send ``sig``; the run must exit ``expected`` and leave no process, temp entry or file."""
+    code, took = runner.signal_and_wait(sig)
     left: dict[int, str] = {}
 
     def gone() -> bool:
@@ -198,8 +201,7 @@ def test_sigterm_stops_conformance_run(start: Callable[..., Runner]) -> None:
                                  "contract"))
     before = _wait_started(runner, "beam.smp", "nats-server", "epmd",
                            marker="test_")
-    code, took = runner.signal_and_wait(signal.SIGTERM)
-    _assert_stopped(runner, code, 143, took, before)
+    _signal_and_assert_stopped(runner, before)
 
 
 @_needs("redis-server", "nats-server")
@@ -217,8 +219,7 @@ def test_sigterm_stops_conformance_run_with_xdist_workers(start: Callable[..., R
     # when setproctitle is installed (mutmut, a dev dependency, brings it)
     worker = "pytest-xdist" if importlib.util.find_spec("setproctitle") else "exec(eval("
     before = _wait_started(runner, worker)
-    code, took = runner.signal_and_wait(signal.SIGTERM)
-    _assert_stopped(runner, code, 143, took, before)
+    _signal_and_assert_stopped(runner, before)
 
 
 @_needs("redis-server", "nats-server", "mosquitto", "toxiproxy-server")
@@ -229,16 +230,14 @@ def test_signals_stop_harness_up(start: Callable[..., Runner], sig: int, code: i
                    "mosquitto", "toxiproxy")
     before = _wait_started(runner, "redis-server", "nats-server", "mosquitto",
                            "toxiproxy-server", marker="running;")
-    got, took = runner.signal_and_wait(sig)
-    _assert_stopped(runner, got, code, took, before)
+    _signal_and_assert_stopped(runner, before, sig, code)
 
 
 @_needs("rabbitmq-server", "nats-server", "epmd")
 def test_sigterm_stops_harness_doctor(start: Callable[..., Runner]) -> None:
     runner = start(str(BIN / "harness"), "doctor", "--provider", "local", "rabbitmq", "nats")
     before = _wait_started(runner, "beam.smp", "epmd")
-    code, took = runner.signal_and_wait(signal.SIGTERM)
-    _assert_stopped(runner, code, 143, took, before)
+    _signal_and_assert_stopped(runner, before)
 
 
 SESSION = '''
@@ -260,16 +259,14 @@ def test_sigterm_stops_a_pytest_session(start: Callable[..., Runner], tmp_path: 
                    str(tmp_path / "test_hold.py"))
     before = _wait_started(runner, "redis-server", "nats-server", "toxiproxy-server",
                            marker="HOLDING")
-    code, took = runner.signal_and_wait(signal.SIGTERM)
-    _assert_stopped(runner, code, 143, took, before)
+    _signal_and_assert_stopped(runner, before)
 
 
 @_needs("redis-server", "nats-server")
 def test_sigterm_stops_deployment_service_processes(start: Callable[..., Runner]) -> None:
     runner = start(*_conformance("--adapter", "nats", "--suite", "deployment"))
     before = _wait_started(runner, "reference_services.deploy", "redis-server", "nats-server")
-    code, took = runner.signal_and_wait(signal.SIGTERM)
-    _assert_stopped(runner, code, 143, took, before)
+    _signal_and_assert_stopped(runner, before)
 
 
 @_needs("rabbitmq-server", "nats-server", "epmd")
@@ -279,8 +276,7 @@ def test_sigkill_of_conformance_run_takes_its_processes_along(
                                  "contract"))
     before = _wait_started(runner, "beam.smp", "nats-server", "epmd",
                            marker="test_")
-    code, took = runner.signal_and_wait(signal.SIGKILL)
-    _assert_stopped(runner, code, -signal.SIGKILL, took, before, within=10.0)
+    _signal_and_assert_stopped(runner, before, signal.SIGKILL, -signal.SIGKILL, within=10.0)
 
 
 @_needs("redis-server", "nats-server", "toxiproxy-server")
@@ -288,8 +284,7 @@ def test_sigkill_takes_faults_service_processes_along(start: Callable[..., Runne
     runner = start(*_conformance("--adapter", "queue_bridge:nats", "--suite", "faults",
                                  "-k", "service"))
     before = _wait_started(runner, "reference_services.deploy.faultwork", "nats-server")
-    code, took = runner.signal_and_wait(signal.SIGKILL)
-    _assert_stopped(runner, code, -signal.SIGKILL, took, before, within=10.0)
+    _signal_and_assert_stopped(runner, before, signal.SIGKILL, -signal.SIGKILL, within=10.0)
 
 
 @_needs("redis-server")
@@ -397,5 +392,4 @@ def test_sigterm_while_services_start_leaves_no_temp_dir(start: Callable[..., Ru
     script.write_text(STARTING)
     runner = start(sys.executable, str(script))
     before = _wait_started(runner, "sleep 600", marker="STARTING")
-    code, took = runner.signal_and_wait(signal.SIGTERM)
-    _assert_stopped(runner, code, 143, took, before)
+    _signal_and_assert_stopped(runner, before)
