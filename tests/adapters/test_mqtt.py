@@ -46,6 +46,7 @@ from reference_services.runtime.messages import (
 )
 from reference_services.runtime.purista_names import snake_case
 from reference_services.runtime.spi.bridge_base import DEAD_LETTER_REASON_HEADER
+from reference_services.testing import wait_until
 
 FAST = {"keepalive_s": 2, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0,
         "connect_timeout_s": 5.0, "op_timeout_s": 5.0, "publish_timeout_s": 5.0,
@@ -142,18 +143,9 @@ async def make_bridge(prefix: str) -> AsyncIterator[Callable[..., Awaitable[Mqtt
 
 
 # ------------------------------------------------------------------ helpers
-async def eventually(cond: Callable[[], Any], within: float = 10.0, what: str = "") -> None:
+async def eventually(cond: Callable[[], Any], within: float = 10.0, what: str = "it") -> None:
     """Wait until ``cond()`` (sync or async) is truthy, failing after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        value = cond()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s: {what}")
-        await asyncio.sleep(0.02)
+    await wait_until(cond, within, what, interval_s=0.02)
 
 
 def addr(name: str, target: str = "run") -> Address:
