@@ -192,17 +192,24 @@ class SqliteQueueBridge(QueueBridgeBase):
                 self._count_retry(db, queue)
 
     @staticmethod
-    def _job(row: tuple[Any, ...]) -> Job:
+    def _message(row: tuple[Any, ...]) -> dict[str, Any]:
+        """The fields a job and its dead letter share, decoded from a ``COLUMNS`` row."""
+        return {
+            "id": row[0],
+            "queue": row[1],
+            "payload": json.loads(row[2]),
+            "parameter": json.loads(row[3]),
+            "headers": json.loads(row[4]),
+            "idempotency_key": row[8],
+        }
+
+    @classmethod
+    def _job(cls, row: tuple[Any, ...]) -> Job:
         return Job(
-            id=row[0],
-            queue=row[1],
-            payload=json.loads(row[2]),
-            parameter=json.loads(row[3]),
-            headers=json.loads(row[4]),
+            **cls._message(row),
             max_attempts=row[5],
             priority=row[6],
             enqueued_at_ms=row[7],
-            idempotency_key=row[8],
             attempt=row[9],
             lease_id=row[10] or "",
             lease_expires_at_ms=row[11],
@@ -366,15 +373,7 @@ class SqliteQueueBridge(QueueBridgeBase):
             ).fetchall()
             return [
                 DeadLetterJob(
-                    id=r[0],
-                    queue=r[1],
-                    payload=json.loads(r[2]),
-                    parameter=json.loads(r[3]),
-                    headers=json.loads(r[4]),
-                    attempts=r[9],
-                    reason=r[15],
-                    dead_lettered_at_ms=r[16],
-                    idempotency_key=r[8],
+                    **self._message(r), attempts=r[9], reason=r[15], dead_lettered_at_ms=r[16]
                 )
                 for r in rows
             ]
