@@ -207,11 +207,7 @@ def _details(doc: dict[str, Any]) -> str:
     else:
         out.append("<table><tr><th>adapter</th><th>check</th><th>outcome</th></tr>")
         for r in unsupported:
-            out.append(
-                f'<tr id="{anchor(r)}"><td>{escape(r["kind"])}:{escape(r["adapter"])}</td>'
-                f'<td class="id">{escape(r["check"])}</td>'
-                f"<td>{escape(r['message'])}</td></tr>"
-            )
+            out.append(_check_row(r, escape(r["message"]), anchor(r)))
         out.append("</table>")
     skipped = _rows_with(doc, "skipped")
     if skipped:
@@ -221,6 +217,15 @@ def _details(doc: dict[str, Any]) -> str:
             out.append(f"<tr><td>{escape(label)}</td><td>{n}</td><td>{escape(msg)}</td></tr>")
         out.append("</table>")
     return "".join(out)
+
+
+def _check_row(r: dict[str, Any], cell: str, row_id: str | None = None) -> str:
+    """A table row: ``kind:adapter``, the check id, then ``cell`` (HTML, escaped by the caller)."""
+    attr = f' id="{row_id}"' if row_id else ""
+    return (
+        f"<tr{attr}><td>{escape(r['kind'])}:{escape(r['adapter'])}</td>"
+        f'<td class="id">{escape(r["check"])}</td><td>{cell}</td></tr>'
+    )
 
 
 def _observations(doc: dict[str, Any]) -> str:
@@ -234,10 +239,7 @@ def _observations(doc: dict[str, Any]) -> str:
             f"<b>{escape(str(k))}</b>: {escape(json.dumps(v, default=str))}"
             for k, v in o["observations"].items()
         )
-        out.append(
-            f"<tr><td>{escape(o['kind'])}:{escape(o['adapter'])}</td>"
-            f'<td class="id">{escape(o["check"])}</td><td>{items}</td></tr>'
-        )
+        out.append(_check_row(o, items))
     out.append("</table>")
     return "".join(out)
 
@@ -251,10 +253,7 @@ def _figures(doc: dict[str, Any]) -> str:
         "</p><table><tr><th>adapter</th><th>check</th><th>metrics</th></tr>"
     ]
     for r in rows:
-        out.append(
-            f'<tr id="{anchor(r)}"><td>{escape(r["kind"])}:{escape(r["adapter"])}</td>'
-            f'<td class="id">{escape(r["check"])}</td><td>{_figure_list(r["metrics"])}</td></tr>'
-        )
+        out.append(_check_row(r, _figure_list(r["metrics"]), anchor(r)))
     out.append("</table>")
     return "".join(out)
 
@@ -270,11 +269,7 @@ def _timings(doc: dict[str, Any]) -> str:
         "</table><h3>Slowest checks</h3><table><tr><th>adapter</th><th>check</th>"
         "<th>duration</th></tr>"
     )
-    out += [
-        f"<tr><td>{escape(r['kind'])}:{escape(r['adapter'])}</td>"
-        f'<td class="id">{escape(r["check"])}</td><td>{r["duration_s"]:.2f}s</td></tr>'
-        for r in slow
-    ]
+    out += [_check_row(r, f"{r['duration_s']:.2f}s") for r in slow]
     out.append("</table>")
     return "".join(out)
 
