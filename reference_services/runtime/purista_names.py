@@ -27,6 +27,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from reference_services.runtime.messages import Address
 
 _UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _LOWER = frozenset("abcdefghijklmnopqrstuvwxyz")
@@ -114,6 +118,22 @@ def check_collisions(kind: str, names: Iterable[tuple[str, str]]) -> None:
         seen.setdefault(token, (label, value))
 
 
+def address_headers(side: str, address: Address | None) -> dict[str, str]:
+    """PURISTA's headers for one address of a message: ``{side}ServiceName``,
+    ``{side}ServiceVersion``, ``{side}ServiceTarget`` and, when set, ``{side}InstanceId``
+    (``side`` is ``sender`` or ``receiver``); none for a missing address."""
+    if address is None:
+        return {}
+    out = {
+        f"{side}ServiceName": address.service_name,
+        f"{side}ServiceVersion": address.service_version,
+        f"{side}ServiceTarget": address.service_target,
+    }
+    if address.instance_id:
+        out[f"{side}InstanceId"] = address.instance_id
+    return out
+
+
 def routing_headers(message: object) -> dict[str, str]:
     """PURISTA's routing headers of a message (NATS headers, MQTT user properties):
     ``messageType``, ``sender*``, ``receiver*``, ``eventName``, ``principalId``,
@@ -123,14 +143,7 @@ def routing_headers(message: object) -> dict[str, str]:
 
     out: dict[str, str] = {"messageType": str(getattr(message, "message_type", ""))}
     for side in ("sender", "receiver"):
-        address = getattr(message, side, None)
-        if address is None:
-            continue
-        out[f"{side}ServiceName"] = address.service_name
-        out[f"{side}ServiceVersion"] = address.service_version
-        out[f"{side}ServiceTarget"] = address.service_target
-        if address.instance_id:
-            out[f"{side}InstanceId"] = address.instance_id
+        out.update(address_headers(side, getattr(message, side, None)))
     for key, attr in (
         ("eventName", "event_name"),
         ("principalId", "principal_id"),

@@ -15,6 +15,7 @@ from typing import Any
 from reference_services.runtime import telemetry
 from reference_services.runtime.definitions import AddressFilter, Subscription
 from reference_services.runtime.messages import Address, AnyMessage, MessageType
+from reference_services.runtime.purista_names import address_headers
 
 DEAD_LETTER_SUFFIX = "dlq"
 RETRY_SUFFIX = "retry"
@@ -107,21 +108,11 @@ def response_headers(response: AnyMessage, reply_to: str) -> dict[str, Any]:
     return headers
 
 
-def _put_address(headers: dict[str, Any], side: str, address: Address | None) -> None:
-    if address is None:
-        return
-    headers[f"{side}ServiceName"] = address.service_name
-    headers[f"{side}ServiceVersion"] = address.service_version
-    headers[f"{side}ServiceTarget"] = address.service_target
-    if address.instance_id:
-        headers[f"{side}InstanceId"] = address.instance_id
-
-
 def message_headers(message: AnyMessage) -> dict[str, Any]:
     """The routing headers of a message, plus W3C trace context."""
     headers: dict[str, Any] = {"messageType": str(message.message_type)}
-    _put_address(headers, "sender", message.sender)
-    _put_address(headers, "receiver", getattr(message, "receiver", None))
+    headers.update(address_headers("sender", message.sender))
+    headers.update(address_headers("receiver", getattr(message, "receiver", None)))
     for key, value in (
         ("eventName", message.event_name),
         ("principalId", message.principal_id),
