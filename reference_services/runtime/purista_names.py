@@ -26,10 +26,11 @@ bridge always reads values from the message body, never from the subject.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from reference_services.runtime.definitions import AddressFilter
     from reference_services.runtime.messages import Address
 
 _UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -116,6 +117,24 @@ def check_collisions(kind: str, names: Iterable[tuple[str, str]]) -> None:
                 "so a PURISTA fleet cannot tell them apart; rename one of them"
             )
         seen.setdefault(token, (label, value))
+
+
+def address_levels(
+    address: Address | AddressFilter | None,
+    encode: Callable[[str | None], str],
+    missing: str,
+) -> list[str]:
+    """The four subject/topic levels of an address (or an address filter) in PURISTA's
+    order: instance id, service name, version, target, each through ``encode``;
+    ``missing`` four times when there is no address."""
+    if address is None:
+        return [missing] * 4
+    return [
+        encode(address.instance_id),
+        encode(address.service_name),
+        encode(address.service_version),
+        encode(address.service_target),
+    ]
 
 
 def address_headers(side: str, address: Address | None) -> dict[str, str]:

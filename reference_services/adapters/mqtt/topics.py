@@ -20,9 +20,9 @@ from __future__ import annotations
 import math
 import zlib
 
-from reference_services.runtime.definitions import AddressFilter, Subscription
+from reference_services.runtime.definitions import Subscription
 from reference_services.runtime.messages import Address, AnyMessage, MessageType
-from reference_services.runtime.purista_names import snake_case
+from reference_services.runtime.purista_names import address_levels, snake_case
 
 EMPTY_MARKER = "__none__"
 """PURISTA's MQTT ``emptyTopicPartString`` default; on the wire it is snake-cased."""
@@ -74,47 +74,21 @@ def validate_prefix(prefix: str) -> str:
     return prefix
 
 
-def _address_levels(address: Address | None) -> list[str]:
-    if address is None:
-        return [EMPTY] * 4
-    return [
-        escape_level(address.instance_id),
-        escape_level(address.service_name),
-        escape_level(address.service_version),
-        escape_level(address.service_target),
-    ]
-
-
 def message_topic(prefix: str, message: AnyMessage) -> str:
     """The topic ``message`` is published on."""
-    sender = message.sender
     levels = [
         escape_level(str(message.message_type)),
         escape_level(message.principal_id),
         escape_level(message.tenant_id),
-        escape_level(sender.instance_id),
-        escape_level(sender.service_name),
-        escape_level(sender.service_version),
-        escape_level(sender.service_target),
+        *address_levels(message.sender, escape_level, EMPTY),
         escape_level(message.event_name),
-        *_address_levels(getattr(message, "receiver", None)),
+        *address_levels(getattr(message, "receiver", None), escape_level, EMPTY),
     ]
     return "/".join([prefix, *levels])
 
 
 def _filter_level(value: str | None) -> str:
     return ANY if value is None else escape_level(value)
-
-
-def _filter_address(flt: AddressFilter | None) -> list[str]:
-    if flt is None:
-        return [ANY] * 4
-    return [
-        _filter_level(flt.instance_id),
-        _filter_level(flt.service_name),
-        _filter_level(flt.service_version),
-        _filter_level(flt.service_target),
-    ]
 
 
 def subscription_filters(
@@ -145,9 +119,9 @@ def _subscription_filter(prefix: str, sub: Subscription, message_type: str | Non
         _filter_level(message_type),
         _filter_level(sub.principal_id),
         _filter_level(sub.tenant_id),
-        *_filter_address(sender),
+        *address_levels(sender, _filter_level, ANY),
         _filter_level(sub.event_name),
-        *_filter_address(sub.receiver),
+        *address_levels(sub.receiver, _filter_level, ANY),
     ]
     return "/".join([prefix, *levels])
 

@@ -36,9 +36,9 @@ import hashlib
 import re
 import string
 
-from reference_services.runtime.definitions import AddressFilter, Subscription
+from reference_services.runtime.definitions import Subscription
 from reference_services.runtime.messages import Address, AnyMessage, MessageType
-from reference_services.runtime.purista_names import snake_case
+from reference_services.runtime.purista_names import address_levels, snake_case
 
 EMPTY_MARKER = "__empty__"
 """PURISTA's ``emptyTopicPartString`` default; it goes on the wire snake-cased."""
@@ -84,28 +84,6 @@ def _filter_token(value: str | None) -> str:
     return ANY if value is None else token(value)
 
 
-def _address_tokens(address: Address | None) -> list[str]:
-    if address is None:
-        return [EMPTY] * 4
-    return [
-        token(address.instance_id),
-        token(address.service_name),
-        token(address.service_version),
-        token(address.service_target),
-    ]
-
-
-def _filter_tokens(flt: AddressFilter | None) -> list[str]:
-    if flt is None:
-        return [ANY] * 4
-    return [
-        _filter_token(flt.instance_id),
-        _filter_token(flt.service_name),
-        _filter_token(flt.service_version),
-        _filter_token(flt.service_target),
-    ]
-
-
 def message_subject(prefix: str, message: AnyMessage) -> str:
     """The subject ``message`` is published on."""
     parts = [
@@ -113,9 +91,9 @@ def message_subject(prefix: str, message: AnyMessage) -> str:
         token(str(message.message_type)),
         token(message.principal_id),
         token(message.tenant_id),
-        *_address_tokens(message.sender),
+        *address_levels(message.sender, token, EMPTY),
         token(message.event_name),
-        *_address_tokens(getattr(message, "receiver", None)),
+        *address_levels(getattr(message, "receiver", None), token, EMPTY),
     ]
     return ".".join(parts)
 
@@ -127,9 +105,9 @@ def subscription_filter(prefix: str, sub: Subscription) -> str:
         _filter_token(str(sub.message_type) if sub.message_type else None),
         _filter_token(sub.principal_id),
         _filter_token(sub.tenant_id),
-        *_filter_tokens(sub.sender),
+        *address_levels(sub.sender, _filter_token, ANY),
         _filter_token(sub.event_name),
-        *_filter_tokens(sub.receiver),
+        *address_levels(sub.receiver, _filter_token, ANY),
     ]
     return ".".join(parts)
 
