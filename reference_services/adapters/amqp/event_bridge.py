@@ -376,20 +376,28 @@ class AmqpBridge(EventBridgeBase):
                 self._reply_consumer.epoch = -1
                 await self._setup_link()
                 self.consumers_recovered += 1
-            for key, consumer in list(self._cmd_consumers.items()):
-                cmd = self.core.command(key)
-                if cmd is not None and consumer.tag and not _alive(consumer):
-                    self.log.warning("consumer of %s lost; re-establishing", consumer.queue)
-                    consumer.epoch = -1
-                    await self._bind_command_locked(cmd)
-                    self.consumers_recovered += 1
-            for key, consumer in list(self._sub_consumers.items()):
-                sub = self.core.subscription(key)
-                if sub is not None and consumer.tag and not _alive(consumer):
-                    self.log.warning("consumer of %s lost; re-establishing", consumer.queue)
-                    consumer.epoch = -1
-                    await self._bind_subscription_locked(sub)
-                    self.consumers_recovered += 1
+            await self._rebind_lost(
+                self._cmd_consumers, self.core.command, self._bind_command_locked
+            )
+            await self._rebind_lost(
+                self._sub_consumers, self.core.subscription, self._bind_subscription_locked
+            )
+
+    async def _rebind_lost(
+        self,
+        consumers: dict[tuple[str, str, str], _Consumer],
+        registered: Callable[[tuple[str, str, str]], Any],
+        bind: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        """Bind again every consumer the broker lost whose command or subscription still
+        stands (under the lock)."""
+        for key, consumer in list(consumers.items()):
+            definition = registered(key)
+            if definition is not None and consumer.tag and not _alive(consumer):
+                self.log.warning("consumer of %s lost; re-establishing", consumer.queue)
+                consumer.epoch = -1
+                await bind(definition)
+                self.consumers_recovered += 1
 
     async def _close(self) -> None:
         conn, self._conn = self._conn, None
