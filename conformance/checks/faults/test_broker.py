@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
@@ -31,23 +32,23 @@ PAUSE_S = 5.0
 
 
 @contextlib.asynccontextmanager
-async def _killed(handle: Any) -> AsyncIterator[None]:
+async def _outage(stop: Callable[[], object], restore: Callable[[], object]) -> AsyncIterator[None]:
+    """``stop()`` the broker (in a thread) for the block; ``restore()`` it when the block ends."""
+    await asyncio.to_thread(stop)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(restore)
+
+
+def _killed(handle: Any) -> AbstractAsyncContextManager[None]:
     """SIGKILL the broker; start it again (same port, same data) when the block ends."""
-    await asyncio.to_thread(handle.kill)
-    try:
-        yield
-    finally:
-        await asyncio.to_thread(handle.start)
+    return _outage(handle.kill, handle.start)
 
 
-@contextlib.asynccontextmanager
-async def _paused(handle: Any) -> AsyncIterator[None]:
+def _paused(handle: Any) -> AbstractAsyncContextManager[None]:
     """SIGSTOP the broker's process group; SIGCONT when the block ends."""
-    await asyncio.to_thread(handle.pause)
-    try:
-        yield
-    finally:
-        await asyncio.to_thread(handle.resume)
+    return _outage(handle.pause, handle.resume)
 
 
 async def _run(
