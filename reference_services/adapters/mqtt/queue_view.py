@@ -46,20 +46,27 @@ def dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
+def _message_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The fields a job and its dead letter share, from a job dict."""
+    return {
+        "id": data["id"],
+        "queue": data["queue"],
+        "payload": data.get("payload"),
+        "parameter": data.get("parameter"),
+        "headers": dict(data.get("headers") or {}),
+        "idempotency_key": data.get("idempotency_key"),
+    }
+
+
 def job_from(data: dict[str, Any], lease: dict[str, Any] | None = None) -> Job:
     """A :class:`Job` from a job dict (and its lease)."""
     lease = lease or {}
     return Job(
-        id=data["id"],
-        queue=data["queue"],
-        payload=data.get("payload"),
-        parameter=data.get("parameter"),
-        headers=dict(data.get("headers") or {}),
+        **_message_fields(data),
         attempt=int(data["attempt"]),
         max_attempts=int(data["max_attempts"]),
         priority=int(data.get("priority", 0)),
         enqueued_at_ms=int(data["enqueued_at_ms"]),
-        idempotency_key=data.get("idempotency_key"),
         lease_id=lease.get("lease_id", ""),
         lease_expires_at_ms=int(lease.get("expires_at_ms", 0)),
         last_error=data.get("last_error"),
@@ -149,15 +156,10 @@ class QueueView:
             job, dead = rec["job"], rec["dead"]
             out.append(
                 DeadLetterJob(
-                    id=job["id"],
-                    queue=job["queue"],
-                    payload=job.get("payload"),
-                    parameter=job.get("parameter"),
-                    headers=dict(job.get("headers") or {}),
+                    **_message_fields(job),
                     attempts=int(dead["attempts"]),
                     reason=dead["reason"],
                     dead_lettered_at_ms=int(dead["at_ms"]),
-                    idempotency_key=job.get("idempotency_key"),
                 )
             )
         return out
