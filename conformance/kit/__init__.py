@@ -192,6 +192,15 @@ class Gate:
         with self._inside():
             await asyncio.wait_for(self._event.wait(), timeout_s)
 
+    def stalled(self, answer: Any = "too late") -> Callable[[Command], Awaitable[CommandResponse]]:
+        """A command handler that waits on the gate, then answers ``answer``."""
+
+        async def stall(cmd: Command) -> Any:
+            await self.wait()
+            return answer
+
+        return responder(stall)
+
 
 def pending_invocations(bridge: Any) -> int:
     """``bridge.pending_invocations``, which the EventBridge protocol requires to be an int.

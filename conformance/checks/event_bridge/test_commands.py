@@ -185,12 +185,7 @@ async def test_timeout(aut: AdapterUnderTest) -> None:
     """A handler slower than the ttl gives 504 within ttl + 0.5 s, for every concurrent caller."""
     gate = Gate()
     server = await aut.new()
-
-    async def stall(cmd: Any) -> Any:
-        await gate.wait()
-        return "too late"
-
-    await server.register_command(addr("slow"), responder(stall))
+    await server.register_command(addr("slow"), gate.stalled())
     client = await aut.new()
     ttl = 0.3
     try:

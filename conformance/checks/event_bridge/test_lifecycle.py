@@ -97,12 +97,8 @@ async def test_destroy_drain_is_bounded(aut: AdapterUnderTest) -> None:
     async def stuck_sub(msg: Any) -> None:
         await gate.wait()
 
-    async def stuck_cmd(cmd: Any) -> Any:
-        await gate.wait()
-        return "never"
-
     await server.register_subscription(subscription("stuck", event_name="stuck"), stuck_sub)
-    await server.register_command(addr("stuck-cmd"), responder(stuck_cmd))
+    await server.register_command(addr("stuck-cmd"), gate.stalled("never"))
     client = await aut.new()
     await client.emit_message(event(client, "stuck", {"id": 0}))
     call = asyncio.ensure_future(invoke_status(client, command(client, addr("stuck-cmd"), 0), 20))
@@ -131,12 +127,7 @@ async def test_destroy_rejects_pending(aut: AdapterUnderTest) -> None:
     """Destroying the invoking bridge fails its pending invocations with 503 at once."""
     gate = Gate()
     server = await aut.new()
-
-    async def never(cmd: Any) -> Any:
-        await gate.wait()
-        return "too late"
-
-    await server.register_command(addr("hang"), responder(never))
+    await server.register_command(addr("hang"), gate.stalled())
     client = await aut.new()
     calls = [
         asyncio.ensure_future(invoke_status(client, command(client, addr("hang"), i), 20))
