@@ -202,6 +202,15 @@ class Gate:
         return responder(stall)
 
 
+async def stalled_command(aut: Any, target: str) -> tuple[Any, Gate]:
+    """A new client, and the gate on which a new server's ``addr(target)`` handler waits
+    (answering "too late" once the check opens it)."""
+    gate = Gate()
+    server = await aut.new()
+    await server.register_command(addr(target), gate.stalled())
+    return await aut.new(), gate
+
+
 def pending_invocations(bridge: Any) -> int:
     """``bridge.pending_invocations``, which the EventBridge protocol requires to be an int.
 

@@ -16,6 +16,7 @@ from conformance.kit import (
     invoke_status,
     pending_invocations,
     responder,
+    stalled_command,
 )
 from conformance.kit.ledger import Ledger, expect_exactly_once
 from conformance.kit.marks import check
@@ -183,10 +184,7 @@ async def test_unknown_fails_fast(aut: AdapterUnderTest) -> None:
 @check("event_bridge.commands.timeout", kinds=EB)
 async def test_timeout(aut: AdapterUnderTest) -> None:
     """A handler slower than the ttl gives 504 within ttl + 0.5 s, for every concurrent caller."""
-    gate = Gate()
-    server = await aut.new()
-    await server.register_command(addr("slow"), gate.stalled())
-    client = await aut.new()
+    client, gate = await stalled_command(aut, "slow")
     ttl = 0.3
     try:
         outcomes = await asyncio.wait_for(

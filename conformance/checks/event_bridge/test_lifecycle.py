@@ -16,6 +16,7 @@ from conformance.kit import (
     event,
     invoke_status,
     responder,
+    stalled_command,
     subscription,
 )
 from conformance.kit.ledger import Ledger, expect_at_least_once
@@ -125,10 +126,7 @@ def _takes_drain(aut: AdapterUnderTest) -> bool:
 @check("event_bridge.lifecycle.destroy_rejects_pending", kinds=EB)
 async def test_destroy_rejects_pending(aut: AdapterUnderTest) -> None:
     """Destroying the invoking bridge fails its pending invocations with 503 at once."""
-    gate = Gate()
-    server = await aut.new()
-    await server.register_command(addr("hang"), gate.stalled())
-    client = await aut.new()
+    client, gate = await stalled_command(aut, "hang")
     calls = [
         asyncio.ensure_future(invoke_status(client, command(client, addr("hang"), i), 20))
         for i in range(5)
