@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from reference_services.adapters.aws.client import (
+    AwsRequestError,
     AwsSettings,
     AwsUnavailableError,
     AwsWorker,
@@ -14,6 +15,7 @@ from reference_services.adapters.aws.client import (
     error_code,
     install_redaction,
 )
+from reference_services.runtime.errors import UnhandledError
 from reference_services.runtime.spi.capabilities import YES, Support, unsupported
 from reference_services.runtime.spi.store_base import StoreBase, StoreCapabilityMissing, dump_value
 
@@ -22,6 +24,10 @@ class AwsStoreBase(StoreBase):
     """Shared life cycle of the Secrets Manager and Parameter Store stores."""
 
     service: ClassVar[str]
+    #: error codes that are the caller's fault (a HandledError); any other is a runtime error
+    client_faults: ClassVar[tuple[str, ...]]
+    #: the error code of a create whose name is taken
+    exists_code: ClassVar[str]
 
     def __init__(
         self,
@@ -78,6 +84,29 @@ class AwsStoreBase(StoreBase):
         segments = [encode_name(s) for s in self.prefix.split("/") if s]
         return "/".join([*segments, encode_name(name)])
 
+    def _fail(self, op: str, name: str, exc: BaseException) -> Exception:
+        """A runtime error for a failed call: the AWS error code and the key, never the
+        value nor AWS's message text."""
+        code = error_code(exc) or type(exc).__name__
+        text = f"{self.kind} {self.name!r}: {op} {name!r} failed: {code}"
+        return AwsRequestError(text) if code in self.client_faults else UnhandledError(text)
+
+    async def _create_new(self, name: str, raw_json: str) -> None:
+        """Write ``name`` only if it does not exist (ClientError ``exists_code`` if it does)."""
+        raise NotImplementedError
+
+    async def _create(self, name: str, raw_json: str) -> bool:
+        """Create ``name`` if absent; True if created."""
+        from botocore.exceptions import ClientError
+
+        try:
+            await self._create_new(name, raw_json)
+        except ClientError as exc:
+            if error_code(exc) == self.exists_code:
+                return False
+            raise self._fail("create", name, exc) from None
+        return True
+
     def _no_ttl(self, ttl_s: float | None) -> None:
         if ttl_s:
             raise StoreCapabilityMissing(
@@ -132,8 +161,4 @@ class AwsStoreBase(StoreBase):
 
     def _probe(self, client: Any) -> None:
         """One cheap call that needs the endpoint to answer (raises otherwise)."""
-        raise NotImplementedError
-
-    async def _create(self, name: str, raw_json: str) -> bool:
-        """Create ``name`` if absent; True if created."""
         raise NotImplementedError

@@ -15,7 +15,7 @@ import asyncio
 from typing import Any
 
 from reference_services.adapters.aws.base import AwsStoreBase
-from reference_services.adapters.aws.client import AwsRequestError, error_code
+from reference_services.adapters.aws.client import error_code
 from reference_services.runtime.errors import UnhandledError
 from reference_services.runtime.spi.capabilities import StoreCapabilities, unsupported
 from reference_services.runtime.spi.store_base import StoreValueError, load_value
@@ -40,6 +40,8 @@ class AwsConfigStore(AwsStoreBase):
     kind = "config_store"
     name = "aws"
     service = "ssm"
+    client_faults = _CLIENT_FAULTS
+    exists_code = "ParameterAlreadyExists"
     capabilities = StoreCapabilities(
         ttl=unsupported("Standard parameters do not expire (expiry policies need the "
                         "Advanced tier and act on the hour)"),
@@ -59,11 +61,6 @@ class AwsConfigStore(AwsStoreBase):
 
     def qualified(self, name: str) -> str:
         return "/" + super().qualified(name)
-
-    def _fail(self, op: str, name: str, exc: BaseException) -> Exception:
-        code = error_code(exc) or type(exc).__name__
-        text = f"{self.kind} {self.name!r}: {op} {name!r} failed: {code}"
-        return AwsRequestError(text) if code in _CLIENT_FAULTS else UnhandledError(text)
 
     def _probe(self, client: Any) -> None:
         client.describe_parameters(MaxResults=1)
@@ -118,16 +115,8 @@ class AwsConfigStore(AwsStoreBase):
             Tier=self.tier,
         )
 
-    async def _create(self, name: str, raw_json: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        try:
-            await self._put(self._once, "create", name, raw_json, overwrite=False)
-        except ClientError as exc:
-            if error_code(exc) == "ParameterAlreadyExists":
-                return False
-            raise self._fail("create", name, exc) from None
-        return True
+    async def _create_new(self, name: str, raw_json: str) -> None:
+        await self._put(self._once, "create", name, raw_json, overwrite=False)
 
     async def _set(self, name: str, raw_json: str) -> None:
         from botocore.exceptions import ClientError

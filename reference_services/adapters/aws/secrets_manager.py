@@ -18,7 +18,7 @@ import asyncio
 from typing import Any
 
 from reference_services.adapters.aws.base import AwsStoreBase
-from reference_services.adapters.aws.client import AwsRequestError, error_code
+from reference_services.adapters.aws.client import error_code
 from reference_services.runtime.errors import UnhandledError
 from reference_services.runtime.spi.capabilities import YES, StoreCapabilities, unsupported
 from reference_services.runtime.spi.store_base import load_value
@@ -35,6 +35,8 @@ class AwsSecretStore(AwsStoreBase):
     kind = "secret_store"
     name = "aws"
     service = "secretsmanager"
+    client_faults = _CLIENT_FAULTS
+    exists_code = "ResourceExistsException"
     capabilities = StoreCapabilities(
         cache=YES,
         ttl=unsupported("Secrets Manager secrets do not expire"),
@@ -44,13 +46,6 @@ class AwsSecretStore(AwsStoreBase):
         ),
         atomic_effects=unsupported("Secrets Manager has no multi-secret transaction"),
     )
-
-    def _fail(self, op: str, name: str, exc: BaseException) -> Exception:
-        """A runtime error for a failed call: the AWS error code and the key, never the
-        value nor AWS's message text."""
-        code = error_code(exc) or type(exc).__name__
-        text = f"{self.kind} {self.name!r}: {op} {name!r} failed: {code}"
-        return AwsRequestError(text) if code in _CLIENT_FAULTS else UnhandledError(text)
 
     def _probe(self, client: Any) -> None:
         client.list_secrets(MaxResults=1)
@@ -77,18 +72,10 @@ class AwsSecretStore(AwsStoreBase):
         values = await asyncio.gather(*(self._read(n) for n in names))
         return dict(zip(names, values, strict=True))
 
-    async def _create(self, name: str, raw_json: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        try:
-            await self._worker.call(
-                self._client.create_secret, Name=self.qualified(name), SecretString=raw_json
-            )
-        except ClientError as exc:
-            if error_code(exc) == "ResourceExistsException":
-                return False
-            raise self._fail("create", name, exc) from None
-        return True
+    async def _create_new(self, name: str, raw_json: str) -> None:
+        await self._worker.call(
+            self._client.create_secret, Name=self.qualified(name), SecretString=raw_json
+        )
 
     async def _set(self, name: str, raw_json: str) -> None:
         from botocore.exceptions import ClientError
