@@ -121,6 +121,22 @@ def adapters_fixture(
     return fixture
 
 
+async def nacked_into_dead_letter(bridge: Any, payload: Any, delay_ms: int = 0) -> str:
+    """Enqueue ``payload`` on queue ``q`` with 3 attempts and nack each lease ("boom N"):
+    two retries, then the dead letter with the last reason. Returns the job id."""
+    job_id: str = await bridge.enqueue("q", payload, max_attempts=3)
+    outcomes = []
+    for attempt in (1, 2, 3):
+        (job,) = await bridge.lease_next("q", wait_ms=3000)
+        assert (job.id, job.attempt) == (job_id, attempt)
+        outcomes.append(await bridge.nack(job, f"boom {attempt}", delay_ms=delay_ms))
+    assert outcomes == ["retry", "retry", "dead_letter"]
+    assert await bridge.lease_next("q") == []
+    (dead,) = await bridge.peek_dead_letter("q")
+    assert (dead.id, dead.attempts, dead.reason, dead.payload) == (job_id, 3, "boom 3", payload)
+    return job_id
+
+
 def event(name: str, payload: Any = None, **kw: Any) -> CustomMessage:
     """A custom message from the test caller."""
     return CustomMessage(sender=CALLER, event_name=name, payload=payload, **kw)

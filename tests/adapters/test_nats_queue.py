@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from adapter_helpers import NATS_FAST as FAST
-from adapter_helpers import adapters_fixture, is_not, wait_async
+from adapter_helpers import adapters_fixture, is_not, nacked_into_dead_letter, wait_async
 
 from reference_services.adapters.nats.connection import NatsUnavailableError
 from reference_services.adapters.nats.queue_bridge import NatsQueueBridge
@@ -79,16 +79,7 @@ async def test_idempotency_key_returns_the_original_job_across_instances(make: F
 
 async def test_nack_retries_then_dead_letters_with_reason(make: Factory) -> None:
     bridge = await make()
-    job_id = await bridge.enqueue("q", "work", max_attempts=3)
-    outcomes = []
-    for attempt in (1, 2, 3):
-        job = await lease_one(bridge, "q")
-        assert (job.id, job.attempt) == (job_id, attempt)
-        outcomes.append(await bridge.nack(job, f"boom {attempt}"))
-    assert outcomes == ["retry", "retry", "dead_letter"]
-    assert await bridge.lease_next("q") == []
-    [dead] = await bridge.peek_dead_letter("q")
-    assert (dead.id, dead.attempts, dead.reason, dead.payload) == (job_id, 3, "boom 3", "work")
+    await nacked_into_dead_letter(bridge, "work")
     metrics = await bridge.metrics("q")
     assert (metrics.pending, metrics.dead_letter, metrics.retries) == (0, 1, 2)
     # the native dead letter carries the reason header

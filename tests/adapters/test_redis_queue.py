@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from adapter_helpers import Adapters, adapters_fixture, eventually, is_not
+from adapter_helpers import Adapters, adapters_fixture, eventually, is_not, nacked_into_dead_letter
 
 from harness.history import History
 from reference_services.adapters.redis.queue_bridge import RedisQueueBridge, RedisUnavailableError
@@ -93,15 +93,7 @@ async def test_idempotency_key_returns_original_id(make_bridge: Any) -> None:
 
 async def test_nack_retries_then_dead_letters_with_reason(make_bridge: Any) -> None:
     bridge = await make_bridge()
-    job_id = await bridge.enqueue("q", "flaky", max_attempts=3)
-    outcomes = []
-    for attempt in (1, 2, 3):
-        (job,) = await bridge.lease_next("q", wait_ms=2000)
-        assert (job.id, job.attempt) == (job_id, attempt)
-        outcomes.append(await bridge.nack(job, f"boom {attempt}", delay_ms=50))
-    assert outcomes == ["retry", "retry", "dead_letter"]
-    (dead,) = await bridge.peek_dead_letter("q")
-    assert (dead.id, dead.attempts, dead.reason, dead.payload) == (job_id, 3, "boom 3", "flaky")
+    await nacked_into_dead_letter(bridge, "flaky", delay_ms=50)
     m = await bridge.metrics("q")
     assert (m.pending, m.inflight, m.dead_letter, m.retries) == (0, 0, 1, 2)
 
