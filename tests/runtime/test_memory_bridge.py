@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from typing import TypeVar
 
 import pytest
 
@@ -195,12 +196,19 @@ async def test_handled_error_is_not_redelivered(hub_bridges) -> None:
     assert calls == [1, 2]
 
 
+B = TypeVar("B", bound=DefaultEventBridge)
+
+
+async def _started(*bridges: B) -> tuple[B, ...]:
+    """Start ``bridges`` in order; the same bridges."""
+    for bridge in bridges:
+        await bridge.start()
+    return bridges
+
+
 async def test_durable_shared_subscription_buffers_while_no_instance_runs() -> None:
     hub = MemoryHub()
-    producer = DefaultEventBridge(hub)
-    consumer = DefaultEventBridge(hub)
-    await producer.start()
-    await consumer.start()
+    producer, consumer = await _started(DefaultEventBridge(hub), DefaultEventBridge(hub))
     got: list[object] = []
 
     async def handler(msg):
@@ -221,10 +229,9 @@ async def test_durable_shared_subscription_buffers_while_no_instance_runs() -> N
 
 async def test_destroy_drains_in_flight_and_rejects_pending_with_503() -> None:
     hub = MemoryHub()
-    caller = DefaultEventBridge(hub)
-    server = DefaultEventBridge(hub, drain_timeout_s=5)
-    await caller.start()
-    await server.start()
+    caller, server = await _started(
+        DefaultEventBridge(hub), DefaultEventBridge(hub, drain_timeout_s=5)
+    )
     release = asyncio.Event()
     finished: list[str] = []
     started: list[str] = []
@@ -267,10 +274,7 @@ async def test_destroy_drains_in_flight_and_rejects_pending_with_503() -> None:
 
 async def test_ten_thousand_mixed_invocations_leave_no_pending_entry() -> None:
     hub = MemoryHub()
-    caller = DefaultEventBridge(hub)
-    server = DefaultEventBridge(hub)
-    await caller.start()
-    await server.start()
+    caller, server = await _started(DefaultEventBridge(hub), DefaultEventBridge(hub))
     release = asyncio.Event()
 
     async def handler(cmd: Command):
@@ -423,9 +427,9 @@ class _CountingBinds(DefaultEventBridge):
 
 async def test_re_registering_replaces_the_binding_instead_of_adding_one() -> None:
     hub = MemoryHub()
-    server, caller = _CountingBinds(hub), DefaultEventBridge(hub, drain_timeout_s=2)
-    await server.start()
-    await caller.start()
+    server, caller = await _started(
+        _CountingBinds(hub), DefaultEventBridge(hub, drain_timeout_s=2)
+    )
     seen: list[str] = []
 
     async def old(cmd: Command):
@@ -528,9 +532,7 @@ async def test_an_invocation_cancelled_while_sending_leaves_nothing_pending() ->
     """A caller cancelled while its command is being sent: its pending entry goes at once,
     not when its ttl ends (then failing a future nobody awaits, and emitting a timeout)."""
     hub = MemoryHub()
-    caller, server = _SlowSendBridge(hub), DefaultEventBridge(hub)
-    await caller.start()
-    await server.start()
+    caller, server = await _started(_SlowSendBridge(hub), DefaultEventBridge(hub))
     try:
 
         async def echo(cmd: Command):
