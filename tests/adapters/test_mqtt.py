@@ -148,6 +148,14 @@ async def eventually(cond: Callable[[], Any], within: float = 10.0, what: str = 
     await wait_until(cond, within, what, interval_s=0.02)
 
 
+async def _echo_server_and_client(make_bridge: BridgeFactory, url: str) -> tuple[Any, Any]:
+    """A server answering ``addr("user")`` with :func:`echo_handler`, and a client, on ``url``."""
+    server = await make_bridge(url)
+    client = await make_bridge(url)
+    await server.register_command(addr("user"), echo_handler())
+    return server, client
+
+
 def addr(name: str, target: str = "run") -> Address:
     return Address(service_name=name, service_version="1", service_target=target)
 
@@ -212,9 +220,7 @@ def test_settings_from_url_keep_the_password_out_of_repr() -> None:
 async def test_command_round_trip_and_handled_error(
     broker: Any, make_bridge: BridgeFactory
 ) -> None:
-    server = await make_bridge(broker.url)
-    client = await make_bridge(broker.url)
-    await server.register_command(addr("user"), echo_handler())
+    _, client = await _echo_server_and_client(make_bridge, broker.url)
     payload = {"name": "Zoë", "nested": {"list": [1, 2.5, None, "✓"]}}
     cmd = Command(sender=sender(client), receiver=addr("user"), tenant_id="t1",
                   principal_id="p1", payload=CommandPayload(payload=payload, parameter={"a": 1}))
@@ -306,9 +312,7 @@ async def test_command_hidden_by_a_foreign_wildcard_subscriber_times_out(
 
 
 async def test_unregister_command_stops_serving(broker: Any, make_bridge: BridgeFactory) -> None:
-    server = await make_bridge(broker.url)
-    client = await make_bridge(broker.url)
-    await server.register_command(addr("user"), echo_handler())
+    server, client = await _echo_server_and_client(make_bridge, broker.url)
     await client.invoke(Command(sender=sender(client), receiver=addr("user")), ttl_s=5)
     await server.unregister_command(addr("user"))
     with pytest.raises(PuristaError) as err:
@@ -614,9 +618,7 @@ async def test_reconnect_re_subscribes_when_the_broker_lost_its_state(
 async def test_invoke_while_broker_down_fails_within_ttl(
     own_broker: Any, make_bridge: BridgeFactory
 ) -> None:
-    server = await make_bridge(own_broker.url)
-    client = await make_bridge(own_broker.url)
-    await server.register_command(addr("user"), echo_handler())
+    _, client = await _echo_server_and_client(make_bridge, own_broker.url)
     own_broker.kill()
     await eventually(lambda: is_not(client.is_ready()), what="client notices the outage")
     start = time.monotonic()
