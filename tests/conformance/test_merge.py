@@ -34,6 +34,13 @@ def _merge(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _merge_runs(
+    runs: dict[str, Path], names: list[str], out: Path
+) -> subprocess.CompletedProcess[str]:
+    """``conformance merge`` of the named runs' report.json files into ``out``."""
+    return _merge(*(str(runs[name] / "report.json") for name in names), "--report-dir", str(out))
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {}
@@ -50,12 +57,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_merge_gives_the_matrix_of_one_run_over_both(runs: dict[str, Path], tmp_path: Path) -> None:
-    proc = _merge(
-        str(runs["memory"] / "report.json"),
-        str(runs["broken"] / "report.json"),
-        "--report-dir",
-        str(tmp_path),
-    )
+    proc = _merge_runs(runs, ["memory", "broken"], tmp_path)
     one = Report.load(runs["both"] / "report.json")
     merged = Report.load(tmp_path / "report.json")
     assert _matrix(merged) == _matrix(one)
@@ -70,12 +72,7 @@ def test_merge_gives_the_matrix_of_one_run_over_both(runs: dict[str, Path], tmp_
 
 
 def test_merging_the_same_check_twice_is_refused(runs: dict[str, Path], tmp_path: Path) -> None:
-    proc = _merge(
-        str(runs["memory"] / "report.json"),
-        str(runs["both"] / "report.json"),
-        "--report-dir",
-        str(tmp_path),
-    )
+    proc = _merge_runs(runs, ["memory", "both"], tmp_path)
     assert proc.returncode == 2
     assert "both hold event_bridge.commands" in proc.stderr and "event_bridge:memory" in proc.stderr
     assert not (tmp_path / "report.json").exists()
