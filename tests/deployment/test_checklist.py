@@ -271,14 +271,7 @@ def _bridge_urls_or_skip(urls: dict[str, str]) -> dict[str, str]:
     no service image built from this source."""
     from conformance.checks.deployment import containers as dc
 
-    try:
-        service_urls = dc.bridge_urls(urls)
-    except ValueError as exc:
-        pytest.skip(f"needs the brokers as containers (--provider docker): {exc}")
-    missing = dc.image_missing()
-    if missing:
-        pytest.skip(missing)
-    return service_urls
+    return dc.container_urls(urls, pytest.skip)
 
 
 async def _run_containers(

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from harness import run as harness_run
 from harness.services.docker_engine import LABEL_SERVICE, bridge_url, docker_client, run_identity
@@ -47,6 +48,22 @@ def image_missing() -> str | None:
         return service_image_stale(client)
     finally:
         client.close()
+
+
+def container_urls(urls: dict[str, str], no_image: Callable[[str], NoReturn]) -> dict[str, str]:
+    """The brokers' URLs as containers on the bridge reach them. Skips when the brokers are
+    not containers (not the docker provider); calls ``no_image(why)`` when the service image
+    is missing or stale (a check marks that "not tested", a project test skips)."""
+    import pytest
+
+    try:
+        service_urls = bridge_urls(urls)
+    except ValueError as exc:
+        pytest.skip(f"needs the brokers as containers (--provider docker): {exc}")
+    missing = image_missing()
+    if missing:
+        no_image(missing)
+    return service_urls
 
 
 class ServiceContainers:

@@ -201,14 +201,7 @@ def _container_runner(aut: AdapterUnderTest, urls: dict[str, str]) -> tuple[Any,
 
     if aut.spec.source != "builtin":
         pytest.skip("the service image holds the built-in adapters only")
-    try:
-        service_urls = dc.bridge_urls(urls)
-    except ValueError as exc:
-        pytest.skip(f"needs the brokers as containers (--provider docker): {exc}")
-    missing = dc.image_missing()
-    if missing:
-        not_tested(missing)
-    return dc.ServiceContainers, service_urls
+    return dc.ServiceContainers, dc.container_urls(urls, not_tested)
 
 
 @check("deployment.containers", kinds=("event_bridge",))
