@@ -197,6 +197,19 @@ local function refused(now)
 end
 """.replace("@MARKER_TTL@", str(MARKER_TTL_MS))
 
+
+def _settling(body: str) -> str:
+    """A settling script (ack, nack, dead letter): ARGV starts id, lease_id, request_id, and
+    ``body`` runs only while the job is still held under that lease (``refused`` answers
+    otherwise); ``body`` may use ``id``, ``lease_id``, ``req`` and ``now``."""
+    return (
+        "\nlocal id, lease_id, req = ARGV[1], ARGV[2], ARGV[3]\n"
+        "local now = now_ms()\n"
+        "local r = refused(now)\n"
+        "if r then return r end" + body
+    )
+
+
 # ARGV: id, has_key, key, key_ttl_ms (0 = forever), payload, parameter, headers,
 #       max_attempts, priority, lease_ttl_ms, delay_ms, channel, queue
 ENQUEUE = """
@@ -271,23 +284,16 @@ return out
 """
 
 # ARGV: id, lease_id, request_id -> 'ok' | 'stale' | 'expired'
-ACK = """
-local id, lease_id, req = ARGV[1], ARGV[2], ARGV[3]
-local r = refused(now_ms())
-if r then return r end
+ACK = _settling("""
 redis.call('ZREM', LEASED, id)
 redis.call('DEL', jkey(id))
 mark_settled(lease_id, req, 'ok')
 return 'ok'
-"""
+""")
 
 # ARGV: id, lease_id, request_id, has_reason, reason, delay_ms, channel, queue
 # -> 'retry' | 'dead_letter' | 'stale' | 'expired'
-NACK = """
-local id, lease_id, req = ARGV[1], ARGV[2], ARGV[3]
-local now = now_ms()
-local r = refused(now)
-if r then return r end
+NACK = _settling("""
 local k = jkey(id)
 local f = redis.call('HMGET', k, 'deliveries', 'max_attempts')
 if ARGV[4] == '1' then
@@ -308,18 +314,14 @@ make_pending(id, now + math.max(tonumber(ARGV[6]), 0), now)
 mark_settled(lease_id, req, 'retry')
 redis.call('PUBLISH', ARGV[7], ARGV[8])
 return 'retry'
-"""
+""")
 
 # ARGV: id, lease_id, request_id, reason -> 'ok' | 'stale' | 'expired'
-MOVE_TO_DEAD = """
-local id, lease_id, req = ARGV[1], ARGV[2], ARGV[3]
-local now = now_ms()
-local r = refused(now)
-if r then return r end
+MOVE_TO_DEAD = _settling("""
 to_dead(id, ARGV[4], now)
 mark_settled(lease_id, req, 'ok')
 return 'ok'
-"""
+""")
 
 # ARGV: id, lease_id, ttl_ms (0 = the job's own lease ttl) -> new expiry ms | 'stale' | 'expired'
 EXTEND = """
