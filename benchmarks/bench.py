@@ -193,22 +193,43 @@ async def bench_event_bridge(adapter: str, urls: dict[str, str], res: Results, a
 
 
 # ----------------------------------------------------------------- queues, stores
+# the raw client each adapter is compared with: (harness service, contender class)
+RAW_QUEUES: dict[str, tuple[str, Any]] = {
+    "redis": ("redis", qs.RawRedisQueue), "nats": ("nats", qs.RawNatsQueue),
+}
+RAW_STORES: dict[str, tuple[str, Any]] = {
+    "redis": ("redis", qs.RawRedisStore), "nats-kv": ("nats", qs.RawNatsKV),
+}
+
+
+def _raw(table: dict[str, tuple[str, Any]], adapter: str, urls: dict[str, str]) -> list[Any]:
+    """The raw-client contender for ``adapter``, if it has one."""
+    if adapter not in table:
+        return []
+    service, contender = table[adapter]
+    return [contender(urls[service])]
+
+
+async def _rate(
+    op: Callable[[int], Awaitable[Any]], most: int, window_s: float
+) -> tuple[float, int]:
+    """Calls per second of ``op(n)`` run one after another: at least 20 calls, then until
+    ``window_s`` passed or ``most`` calls were made; the rate and the number of calls."""
+    t0, n = time.perf_counter(), 0
+    while n < 20 or (n < most and time.perf_counter() - t0 < window_s):
+        await op(n)
+        n += 1
+    return n / (time.perf_counter() - t0), n
+
+
 async def bench_queue(adapter: str, urls: dict[str, str], res: Results, args: Any) -> None:
-    cs: list[qs.QueueContender] = [qs.OursQueue(adapter, urls)]
-    if adapter == "redis":
-        cs.append(qs.RawRedisQueue(urls["redis"]))
-    elif adapter == "nats":
-        cs.append(qs.RawNatsQueue(urls["nats"]))
+    cs: list[qs.QueueContender] = [qs.OursQueue(adapter, urls), *_raw(RAW_QUEUES, adapter, urls)]
     async with started(cs, adapter):
         for r, order in rotations(cs, args.rounds):
             for c in order:
                 queue = f"q{r}"
-                t0, n = time.perf_counter(), 0
-                while n < 20 or (n < 3000 and time.perf_counter() - t0 < args.window):
-                    await c.enqueue(queue)
-                    n += 1
-                res.add(f"{adapter} queue enqueue/s", c.label, n / (time.perf_counter() - t0),
-                        "/s", "higher")
+                rate, n = await _rate(lambda _n, c=c, q=queue: c.enqueue(q), 3000, args.window)
+                res.add(f"{adapter} queue enqueue/s", c.label, rate, "/s", "higher")
                 t0 = time.perf_counter()
                 await qs.drain_with_workers(c, queue, n)
                 res.add(f"{adapter} queue jobs/s, {qs.WORKERS} workers", c.label,
@@ -218,22 +239,18 @@ async def bench_queue(adapter: str, urls: dict[str, str], res: Results, args: An
 
 async def bench_store(kind: str, adapter: str, urls: dict[str, str], res: Results,
                       args: Any) -> None:
-    cs: list[qs.StoreContender] = [qs.OursStore(kind, adapter, urls)]
-    if adapter == "redis":
-        cs.append(qs.RawRedisStore(urls["redis"]))
-    elif adapter == "nats-kv":
-        cs.append(qs.RawNatsKV(urls["nats"]))
+    cs: list[qs.StoreContender] = [
+        qs.OursStore(kind, adapter, urls), *_raw(RAW_STORES, adapter, urls)
+    ]
     async with started(cs, adapter):
         for _r, order in rotations(cs, args.rounds):
             for c in order:
                 for op in ("set", "get"):
                     fn = getattr(c, op)
-                    t0, n = time.perf_counter(), 0
-                    while n < 20 or (n < 5000 and time.perf_counter() - t0 < args.window / 2):
-                        await fn(f"k{n % 20}")  # the set loop runs at least 20 times
-                        n += 1
-                    res.add(f"{adapter} {kind.replace('_', ' ')} {op}/s", c.label,
-                            n / (time.perf_counter() - t0), "/s", "higher")
+                    # the set loop runs at least 20 times: every key the get loop reads is set
+                    rate, _ = await _rate(lambda n, fn=fn: fn(f"k{n % 20}"), 5000, args.window / 2)
+                    res.add(f"{adapter} {kind.replace('_', ' ')} {op}/s", c.label, rate, "/s",
+                            "higher")
 
 
 # ----------------------------------------------------------------- memory
