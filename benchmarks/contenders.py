@@ -246,11 +246,31 @@ class RawAmqp(Contender):
         )
 
 
-class FastStreamAmqp(Contender):
-    """FastStream's RabbitBroker: ``broker.request`` to a subscriber that returns its
-    input; events published to a fanout exchange consumed by N subscribers."""
+class _FastStream(Contender):
+    """What the FastStream contenders share: the broker's life cycle, and ``call`` as
+    ``broker.request`` to the ``<prefix>.rpc`` subscriber that returns its input."""
 
     label = "faststream"
+    #: the keyword of ``broker.request`` that names the subscriber (``queue``, ``subject``)
+    rpc_keyword = "queue"
+    broker: Any
+    p: str
+
+    async def setup(self) -> None:
+        await self.broker.start()
+
+    async def close(self) -> None:
+        await self.broker.stop()
+
+    async def call(self) -> None:
+        target = {self.rpc_keyword: f"{self.p}.rpc"}
+        response = await self.broker.request(PAYLOAD, timeout=30, **target)
+        await response.decode()
+
+
+class FastStreamAmqp(_FastStream):
+    """FastStream's RabbitBroker: ``broker.request`` to a subscriber that returns its
+    input; events published to a fanout exchange consumed by N subscribers."""
 
     def __init__(self, url: str) -> None:
         super().__init__()
@@ -277,16 +297,6 @@ class FastStreamAmqp(Contender):
     @staticmethod
     def url_or(url: str) -> str:
         return url
-
-    async def setup(self) -> None:
-        await self.broker.start()
-
-    async def close(self) -> None:
-        await self.broker.stop()
-
-    async def call(self) -> None:
-        response = await self.broker.request(PAYLOAD, queue=f"{self.p}.rpc", timeout=30)
-        await response.decode()
 
     async def emit(self, event: str) -> None:
         await self.broker.publish(PAYLOAD, exchange=self.exchanges[event])
@@ -338,10 +348,10 @@ class RawNats(Contender):
         await self.js.publish(f"{self.p}.ev.{event}", _body(), stream=self.p)
 
 
-class FastStreamNats(Contender):
+class FastStreamNats(_FastStream):
     """FastStream's NatsBroker: core request/reply, JetStream subscribers for events."""
 
-    label = "faststream"
+    rpc_keyword = "subject"
 
     def __init__(self, url: str) -> None:
         super().__init__()
@@ -360,16 +370,6 @@ class FastStreamNats(Contender):
                 self.broker.subscriber(
                     f"{self.p}.ev.{event}", stream=self.stream, durable=f"{event}x{i}"
                 )(self.on_event(event))
-
-    async def setup(self) -> None:
-        await self.broker.start()
-
-    async def close(self) -> None:
-        await self.broker.stop()
-
-    async def call(self) -> None:
-        response = await self.broker.request(PAYLOAD, subject=f"{self.p}.rpc", timeout=30)
-        await response.decode()
 
     async def emit(self, event: str) -> None:
         await self.broker.publish(PAYLOAD, f"{self.p}.ev.{event}", stream=self.p)
