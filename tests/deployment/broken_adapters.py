@@ -5,13 +5,24 @@ on the children's import path)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+from reference_services.adapters import mqtt, redis
 from reference_services.adapters.mqtt.event_bridge import MqttBridge
 from reference_services.adapters.mqtt.queue_bridge import MqttQueueBridge
 from reference_services.adapters.redis.queue_bridge import RedisQueueBridge
 from reference_services.runtime.queue import Job
 from reference_services.runtime.spi.descriptor import AdapterDescriptor
+
+
+def _broken(
+    builtins: tuple[AdapterDescriptor, ...], kind: str, name: str, cls: str
+) -> AdapterDescriptor:
+    """The built-in ``kind`` descriptor of a broker package (its service, URL variable and
+    protocol) naming the broken subclass ``cls`` of this module instead, untuned."""
+    (builtin,) = (d for d in builtins if d.kind == kind)
+    return replace(builtin, name=name, reference=f"broken_adapters:{cls}", fault_options={})
 
 
 class BlindHealthMqttBridge(MqttBridge):
@@ -24,14 +35,8 @@ class BlindHealthMqttBridge(MqttBridge):
         return self.core.started
 
 
-BLIND_HEALTH = AdapterDescriptor(
-    "mqtt-blind-health",
-    "event_bridge",
-    "broken_adapters:BlindHealthMqttBridge",
-    service="mosquitto",
-    url_var="MQTT_URL",
-    deployable=True,
-    protocol="mqtt",
+BLIND_HEALTH = _broken(
+    mqtt.DESCRIPTORS, "event_bridge", "mqtt-blind-health", "BlindHealthMqttBridge"
 )
 
 
@@ -45,15 +50,7 @@ class BlindHealthMqttQueue(MqttQueueBridge):
         return self._state != "destroyed"
 
 
-BLIND_QUEUE = AdapterDescriptor(
-    "mqtt-blind-health",
-    "queue_bridge",
-    "broken_adapters:BlindHealthMqttQueue",
-    service="mosquitto",
-    url_var="MQTT_URL",
-    deployable=True,
-    protocol="mqtt",
-)
+BLIND_QUEUE = _broken(mqtt.DESCRIPTORS, "queue_bridge", "mqtt-blind-health", "BlindHealthMqttQueue")
 
 
 class AckOnLeaseRedisQueue(RedisQueueBridge):
@@ -66,11 +63,6 @@ class AckOnLeaseRedisQueue(RedisQueueBridge):
         return jobs
 
 
-ACK_ON_LEASE = AdapterDescriptor(
-    "redis-ack-on-lease",
-    "queue_bridge",
-    "broken_adapters:AckOnLeaseRedisQueue",
-    service="redis",
-    url_var="REDIS_URL",
-    deployable=True,
+ACK_ON_LEASE = _broken(
+    redis.DESCRIPTORS, "queue_bridge", "redis-ack-on-lease", "AckOnLeaseRedisQueue"
 )
