@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from conformance_cli import conformance_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "conformance", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    return conformance_cli(*args, timeout=timeout)
 
 
 def test_memory_run_writes_three_reports(tmp_path: Path) -> None:
@@ -116,28 +109,16 @@ def test_list_json_names_checks_and_adapters() -> None:
 
 
 def test_better_than_declared_is_reported(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "conformance",
-            "run",
-            "--adapter",
-            "broken_adapters:modest",
-            "-k",
-            "shared_exactly_once or unknown_fails_fast",
-            "--quick",
-            "--report-dir",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "conformance"), str(ROOT)]),
-        },
+    proc = conformance_cli(
+        "run",
+        "--adapter",
+        "broken_adapters:modest",
+        "-k",
+        "shared_exactly_once or unknown_fails_fast",
+        "--quick",
+        "--report-dir",
+        str(tmp_path),
+        paths=[ROOT / "tests" / "conformance"],
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
     rows = {r["check"]: r for r in json.loads((tmp_path / "report.json").read_text())["results"]}
@@ -148,12 +129,10 @@ def test_better_than_declared_is_reported(tmp_path: Path) -> None:
 
 
 def test_reports_go_to_reports_conformance_by_default(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "conformance", "run", "--adapter", "event_bridge:memory",
-         "-k", "event_bridge.commands.round_trip"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+    proc = conformance_cli(
+        "run", "--adapter", "event_bridge:memory", "-k", "event_bridge.commands.round_trip",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
     out = tmp_path / "reports" / "conformance"
     assert {p.name for p in out.iterdir()} >= {"junit.xml", "report.json", "report.html"}

@@ -8,15 +8,14 @@ could not be provided (``--allow-missing-services`` reports it and exits 0).
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conformance_cli import conformance_cli
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -26,18 +25,7 @@ def run(
     *args: str, env: dict[str, str] | None = None, timeout: float = 300
 ) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "conformance", "run", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
-            **(env or {}),
-        },
-    )
+    proc = conformance_cli("run", *args, timeout=timeout, paths=[HERE], env=env)
     return proc, time.monotonic() - started
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conformance_cli import conformance_cli
 
 import conformance
 from conformance.report.model import Report
@@ -24,14 +23,7 @@ def _matrix(report: Report) -> dict[tuple[str, str, str], str]:
 
 
 def _merge(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "conformance", "merge", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    return conformance_cli("merge", *args, timeout=120)
 
 
 def _merge_runs(

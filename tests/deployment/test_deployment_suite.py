@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+from conformance_cli import conformance_cli
 
 
 def test_every_pattern_gives_the_monolith_trace(tmp_path: Path) -> None:
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "conformance",
-            "run",
-            "--suite",
-            "deployment",
-            "--report-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    run = conformance_cli(
+        "run", "--suite", "deployment", "--report-dir", str(tmp_path), timeout=600
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())
