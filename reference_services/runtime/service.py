@@ -47,6 +47,7 @@ from reference_services.runtime.spi.protocols import EventBridge, QueueBridge, S
 
 Guard = Callable[..., Awaitable[None]]
 Transform = Callable[..., Awaitable[Any]]
+Handler = Callable[..., Awaitable[Any]]
 
 
 class DefinitionError(ValueError):
@@ -155,11 +156,11 @@ class ServiceBuilder:
         description: str = "",
     ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
         """Decorate ``async def handler(ctx, payload, parameter)`` as a command."""
-
-        def register(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            if name in self.commands:
-                raise DefinitionError(f"command {name!r} is defined twice on {self.name}")
-            self.commands[name] = CommandDefinition(
+        return self._define(
+            self.commands,
+            "command",
+            name,
+            lambda fn: CommandDefinition(
                 name=name,
                 handler=fn,
                 payload=payload,
@@ -177,10 +178,8 @@ class ServiceBuilder:
                     success_event_name=success_event,
                 ),
                 description=description or (fn.__doc__ or "").strip(),
-            )
-            return fn
-
-        return register
+            ),
+        )
 
     def subscription(
         self,
@@ -201,11 +200,11 @@ class ServiceBuilder:
         description: str = "",
     ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
         """Decorate ``async def handler(ctx, message)`` as a subscription."""
-
-        def register(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            if name in self.subscriptions:
-                raise DefinitionError(f"subscription {name!r} is defined twice on {self.name}")
-            self.subscriptions[name] = SubscriptionDefinition(
+        return self._define(
+            self.subscriptions,
+            "subscription",
+            name,
+            lambda fn: SubscriptionDefinition(
                 name=name,
                 handler=fn,
                 event_name=event_name,
@@ -222,7 +221,19 @@ class ServiceBuilder:
                 payload=payload,
                 description=description or (fn.__doc__ or "").strip(),
                 failure_declared=failure is not None,
-            )
+            ),
+        )
+
+    def _define(
+        self, table: dict[str, Any], what: str, name: str, build: Callable[[Handler], Any]
+    ) -> Callable[[Handler], Handler]:
+        """A decorator storing ``build(fn)`` as ``table[name]``; a second ``what`` of the same
+        name on this service is a DefinitionError."""
+
+        def register(fn: Handler) -> Handler:
+            if name in table:
+                raise DefinitionError(f"{what} {name!r} is defined twice on {self.name}")
+            table[name] = build(fn)
             return fn
 
         return register

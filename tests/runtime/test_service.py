@@ -320,3 +320,22 @@ async def test_concurrent_start_and_destroy_do_not_interleave() -> None:
     assert bridge.core.registered_commands == []
     await asyncio.gather(instance.destroy(), instance.destroy())
     await bridge.destroy()
+
+
+def test_a_command_or_subscription_defined_twice_is_refused_and_the_first_kept() -> None:
+    svc = ServiceBuilder("twice", "1")
+
+    @svc.command("add")
+    async def first(ctx, payload, parameter):  # type: ignore[no-untyped-def]
+        return 1
+
+    @svc.subscription("audit", event_name="e")
+    async def watch(ctx, message):  # type: ignore[no-untyped-def]
+        return None
+
+    with pytest.raises(DefinitionError, match="command 'add' is defined twice on twice"):
+        svc.command("add")(first)
+    with pytest.raises(DefinitionError, match="subscription 'audit' is defined twice on twice"):
+        svc.subscription("audit")(watch)
+    assert svc.commands["add"].handler is first and svc.commands["add"].name == "add"
+    assert svc.subscriptions["audit"].event_name == "e"
