@@ -13,14 +13,52 @@ from reference_services.adapters.registry import resolve
 WORKERS = 4
 
 
-# ------------------------------------------------------------------------ queues
-class QueueContender:
+class _Contender:
+    """One side of a comparison: set up, measured, closed."""
+
     label = "?"
 
     async def setup(self) -> None: ...
 
     async def close(self) -> None: ...
 
+
+class _RawRedis:
+    """A redis-py client under a key prefix of its own (the raw Redis contenders)."""
+
+    label = "raw"
+
+    def __init__(self, url: str, tag: str) -> None:
+        self.url = url
+        self.p = prefix(tag)
+
+    async def setup(self) -> None:
+        import redis.asyncio as redis
+
+        self.r = redis.from_url(self.url)
+
+    async def close(self) -> None:
+        await self.r.aclose()
+
+
+class _RawNats:
+    """A nats-py connection and its JetStream context (the raw NATS contenders)."""
+
+    label = "raw"
+
+    def __init__(self, url: str, tag: str) -> None:
+        self.url = url
+        self.p = prefix(tag)
+
+    async def _connect(self) -> None:
+        import nats
+
+        self.nc = await nats.connect(self.url)
+        self.js = self.nc.jetstream()
+
+
+# ------------------------------------------------------------------------ queues
+class QueueContender(_Contender):
     async def enqueue(self, queue: str) -> None:
         raise NotImplementedError
 
@@ -51,22 +89,11 @@ class OursQueue(QueueContender):
         return bool(jobs)
 
 
-class RawRedisQueue(QueueContender):
+class RawRedisQueue(_RawRedis, QueueContender):
     """redis-py: the reliable-queue pattern (LPUSH; LMOVE to a processing list; LREM)."""
 
-    label = "raw"
-
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.p = prefix("rq")
-
-    async def setup(self) -> None:
-        import redis.asyncio as redis
-
-        self.r = redis.from_url(self.url)
-
-    async def close(self) -> None:
-        await self.r.aclose()
+        super().__init__(url, "rq")
 
     async def enqueue(self, queue: str) -> None:
         job = json.dumps({"id": uuid.uuid4().hex, "payload": PAYLOAD}, separators=(",", ":"))
@@ -81,22 +108,17 @@ class RawRedisQueue(QueueContender):
         return True
 
 
-class RawNatsQueue(QueueContender):
+class RawNatsQueue(_RawNats, QueueContender):
     """nats-py: a JetStream work-queue stream, one durable pull consumer, fetch(1) + ack."""
 
-    label = "raw"
-
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.p = prefix("nq")
+        super().__init__(url, "nq")
         self._subs: dict[str, Any] = {}
 
     async def setup(self) -> None:
-        import nats
         from nats.js.api import RetentionPolicy
 
-        self.nc = await nats.connect(self.url)
-        self.js = self.nc.jetstream()
+        await self._connect()
         await self.js.add_stream(name=self.p, subjects=[f"{self.p}.>"],
                                  retention=RetentionPolicy.WORK_QUEUE)
 
@@ -130,13 +152,7 @@ class RawNatsQueue(QueueContender):
 
 
 # ------------------------------------------------------------------------ stores
-class StoreContender:
-    label = "?"
-
-    async def setup(self) -> None: ...
-
-    async def close(self) -> None: ...
-
+class StoreContender(_Contender):
     async def set(self, key: str) -> None:
         raise NotImplementedError
 
@@ -164,20 +180,9 @@ class OursStore(StoreContender):
         await self.store.get(key)
 
 
-class RawRedisStore(StoreContender):
-    label = "raw"
-
+class RawRedisStore(_RawRedis, StoreContender):
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.p = prefix("rs")
-
-    async def setup(self) -> None:
-        import redis.asyncio as redis
-
-        self.r = redis.from_url(self.url)
-
-    async def close(self) -> None:
-        await self.r.aclose()
+        super().__init__(url, "rs")
 
     async def set(self, key: str) -> None:
         await self.r.set(f"{self.p}:{key}", json.dumps(PAYLOAD, separators=(",", ":")))
@@ -188,18 +193,12 @@ class RawRedisStore(StoreContender):
             json.loads(raw)
 
 
-class RawNatsKV(StoreContender):
-    label = "raw"
-
+class RawNatsKV(_RawNats, StoreContender):
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.p = prefix("kv")
+        super().__init__(url, "kv")
 
     async def setup(self) -> None:
-        import nats
-
-        self.nc = await nats.connect(self.url)
-        self.js = self.nc.jetstream()
+        await self._connect()
         self.kv = await self.js.create_key_value(bucket=self.p)
 
     async def close(self) -> None:
