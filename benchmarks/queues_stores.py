@@ -23,14 +23,31 @@ class _Contender:
     async def close(self) -> None: ...
 
 
-class _RawRedis:
-    """A redis-py client under a key prefix of its own (the raw Redis contenders)."""
+class _Ours:
+    """Our adapter (built unstarted): started at set-up, destroyed at close."""
+
+    label = "ours"
+    adapter: Any
+
+    async def setup(self) -> None:
+        await self.adapter.start()
+
+    async def close(self) -> None:
+        await self.adapter.destroy()
+
+
+class _Raw:
+    """A raw client of the broker under a key/subject prefix of its own."""
 
     label = "raw"
 
     def __init__(self, url: str, tag: str) -> None:
         self.url = url
         self.p = prefix(tag)
+
+
+class _RawRedis(_Raw):
+    """A redis-py client (the raw Redis contenders)."""
 
     async def setup(self) -> None:
         import redis.asyncio as redis
@@ -41,14 +58,8 @@ class _RawRedis:
         await self.r.aclose()
 
 
-class _RawNats:
+class _RawNats(_Raw):
     """A nats-py connection and its JetStream context (the raw NATS contenders)."""
-
-    label = "raw"
-
-    def __init__(self, url: str, tag: str) -> None:
-        self.url = url
-        self.p = prefix(tag)
 
     async def _connect(self) -> None:
         import nats
@@ -67,17 +78,11 @@ class QueueContender(_Contender):
         raise NotImplementedError
 
 
-class OursQueue(QueueContender):
-    label = "ours"
-
+class OursQueue(_Ours, QueueContender):
     def __init__(self, adapter: str, urls: dict[str, str]) -> None:
-        self.bridge = resolve("queue_bridge", adapter).build(Ctx(urls, prefix(adapter)))
-
-    async def setup(self) -> None:
-        await self.bridge.start()
-
-    async def close(self) -> None:
-        await self.bridge.destroy()
+        self.adapter = self.bridge = resolve("queue_bridge", adapter).build(
+            Ctx(urls, prefix(adapter))
+        )
 
     async def enqueue(self, queue: str) -> None:
         await self.bridge.enqueue(queue, PAYLOAD)
@@ -160,18 +165,12 @@ class StoreContender(_Contender):
         raise NotImplementedError
 
 
-class OursStore(StoreContender):
-    label = "ours"
-
+class OursStore(_Ours, StoreContender):
     def __init__(self, kind: str, adapter: str, urls: dict[str, str]) -> None:
         # config and secret stores are read-only by default: the bench writes what it reads
-        self.store = resolve(kind, adapter).build(Ctx(urls, prefix("s"), enable_set=True))
-
-    async def setup(self) -> None:
-        await self.store.start()
-
-    async def close(self) -> None:
-        await self.store.destroy()
+        self.adapter = self.store = resolve(kind, adapter).build(
+            Ctx(urls, prefix("s"), enable_set=True)
+        )
 
     async def set(self, key: str) -> None:
         await self.store.set(key, PAYLOAD)
