@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,12 +22,30 @@ from opentelemetry.trace import (
 
 TRACER_NAME = "reference_services"
 #: what :func:`span` returns when nothing would record it (reusable, costs no allocation)
-_NO_SPAN: contextlib.AbstractContextManager[Span] = contextlib.nullcontext(INVALID_SPAN)
+NO_SPAN: contextlib.AbstractContextManager[Span] = contextlib.nullcontext(INVALID_SPAN)
+_NO_SPAN = NO_SPAN
+
+
+#: a tracer provider, once set, stays (the API sets one once): then the check is skipped
+_configured = False
+#: the API's global, read directly while it is unset (its getter looks the environment up on
+#: each call, ~2 us); without it (another API version) the getter decides every time. A
+#: provider named in the environment is loaded by the API's getter: then it decides.
+_UNSET = object()
+_PROVIDER_FROM_ENV = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
 
 
 def tracing_configured() -> bool:
     """Whether a tracer provider is set (the API's default proxy and no-op ones are not)."""
-    return not isinstance(trace.get_tracer_provider(), (ProxyTracerProvider, NoOpTracerProvider))
+    global _configured
+    if _configured:
+        return True
+    if getattr(trace, "_TRACER_PROVIDER", _UNSET) is None and not _PROVIDER_FROM_ENV:
+        return False
+    _configured = not isinstance(
+        trace.get_tracer_provider(), (ProxyTracerProvider, NoOpTracerProvider)
+    )
+    return _configured
 
 
 def tracer() -> trace.Tracer:

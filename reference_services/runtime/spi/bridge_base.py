@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
+import types
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -117,6 +119,33 @@ class RegisteredSubscription:
     def matches(self, message: AnyMessage) -> bool:
         """Whether ``message`` is for this subscription."""
         return matches(self.subscription, message)
+
+
+async def _continue(coro: Coroutine[Any, Any, Any], waiting: Any) -> Any:
+    """Finish ``coro``, whose first step already ran and suspended on ``waiting``."""
+    return await _resume(coro, waiting)
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, Any], waiting: Any) -> Generator[Any, Any, Any]:
+    """Hand what ``coro`` waits on to the task running this, and pass back to ``coro`` what
+    the task sends or throws (its cancellation), until ``coro`` returns."""
+    while True:
+        try:
+            sent = yield waiting
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # thrown in by the task (its cancellation): forwarded
+            try:
+                waiting = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                waiting = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
 
 
 def _expire_waiter(waiter: asyncio.Future[None]) -> None:
@@ -370,11 +399,15 @@ class BridgeCore:
                 responder_instance_id=self._bridge.instance_id,
             )
         with self.inflight.track(), self.handlers.track():
-            with telemetry.span(
-                f"command {command.receiver}",
-                SpanKind.SERVER,
-                otp=command.otp,
-                attributes={"purista.correlation_id": command.correlation_id},
+            with (
+                telemetry.span(
+                    f"command {command.receiver}",
+                    SpanKind.SERVER,
+                    otp=command.otp,
+                    attributes={"purista.correlation_id": command.correlation_id},
+                )
+                if command.otp or telemetry.tracing_configured()
+                else telemetry.NO_SPAN
             ):
                 if command.otp is None:  # a caller without tracing: this span starts the
                     otp = telemetry.inject_otp()  # trace its response and events carry on
@@ -466,11 +499,15 @@ class BridgeCore:
     ) -> DeliveryOutcome:
         sub = reg.subscription
         with self.inflight.track(), self.handlers.track():
-            with telemetry.span(
-                f"subscription {sub.subscriber}",
-                SpanKind.CONSUMER,
-                otp=message.otp,
-                attributes={"purista.message_id": message.id, "purista.attempt": attempt},
+            with (
+                telemetry.span(
+                    f"subscription {sub.subscriber}",
+                    SpanKind.CONSUMER,
+                    otp=message.otp,
+                    attributes={"purista.message_id": message.id, "purista.attempt": attempt},
+                )
+                if message.otp or telemetry.tracing_configured()
+                else telemetry.NO_SPAN
             ):
                 try:
                     result = await reg.handler(message)
@@ -745,8 +782,21 @@ class BridgeCore:
         Unlike ``asyncio.wait_for`` this does not wait for a send that is slow to cancel
         (a client library blocked on a frozen broker's full socket): the caller's deadline
         holds whatever the transport does; the cancelled send finishes in the background.
+
+        The send's first step runs at once, in the caller: most sends hand their bytes to
+        the client's buffer and end without suspending, and then cost no task and no timer.
+        Only a send that suspends continues in a task, under the deadline.
         """
-        task = asyncio.ensure_future(send)
+        if inspect.iscoroutine(send):
+            try:
+                waiting = send.send(None)
+            except StopIteration:
+                return  # done without suspending
+            task: asyncio.Future[Any] = asyncio.get_running_loop().create_task(
+                _continue(send, waiting)
+            )
+        else:
+            task = asyncio.ensure_future(send)
         try:
             done, _ = await asyncio.wait({task}, timeout=ttl_s)
         except asyncio.CancelledError:
@@ -915,10 +965,14 @@ class EventBridgeBase(ABC):
                 update["sender"] = command.sender.model_copy(
                     update={"instance_id": self.instance_id}
                 )
-            with telemetry.span(
-                f"invoke {command.receiver}",
-                SpanKind.CLIENT,
-                attributes={"purista.correlation_id": command.correlation_id},
+            with (
+                telemetry.span(
+                    f"invoke {command.receiver}",
+                    SpanKind.CLIENT,
+                    attributes={"purista.correlation_id": command.correlation_id},
+                )
+                if telemetry.tracing_configured()
+                else telemetry.NO_SPAN
             ):
                 if command.otp is None:
                     otp = telemetry.inject_otp()
@@ -929,26 +983,26 @@ class EventBridgeBase(ABC):
                 if update:  # one copy with every change (none when nothing changes)
                     command = command.model_copy(update=update)
                 self._check_encodable(command, hold=True)
+                pending = self.core.pending
+                cid = command.correlation_id
                 try:
-                    future = self.core.pending.add(
-                        command.correlation_id, ttl_left, str(command.receiver)
-                    )
+                    future = pending.add(cid, ttl_left, command.receiver)
                 except BaseException:
                     self.core.release_encoded(command)
                     raise
                 try:
                     await self.core.send_within(self._send_command(command), ttl_left)
                 except asyncio.CancelledError:
-                    future.cancel()  # the caller left: nothing waits for a response now
+                    pending.discard(cid, future)  # the caller left: nobody waits now
                     raise
                 except TimeoutError:
-                    future.cancel()
+                    pending.discard(cid, future)
                     raise UnhandledError(
                         f"could not send command to {command.receiver} within {ttl:.3f}s",
                         StatusCode.GATEWAY_TIMEOUT,
                     ) from None
                 except PuristaError as exc:
-                    future.cancel()
+                    pending.discard(cid, future)
                     if now_ms() >= deadline and exc.status == StatusCode.SERVICE_UNAVAILABLE:
                         # the send gave up because the ttl ran out: the caller's deadline
                         raise UnhandledError(
@@ -958,7 +1012,7 @@ class EventBridgeBase(ABC):
                         ) from exc
                     raise
                 except Exception as exc:
-                    future.cancel()
+                    pending.discard(cid, future)
                     raise UnhandledError(
                         f"could not send command to {command.receiver}: "
                         f"{type(exc).__name__}: {exc}",
@@ -968,7 +1022,11 @@ class EventBridgeBase(ABC):
                     holding = False
                     self.core.release_encoded(command)
                     self.core.release_send_slot()
-                response = await future
+                try:
+                    response = await future
+                except BaseException:  # cancelled while waiting, or timed out (gone already)
+                    pending.discard(cid, future)
+                    raise
         finally:
             if holding:
                 self.core.release_send_slot()

@@ -14,7 +14,8 @@ from reference_services.runtime.messages import CommandResponse
 class _Pending:
     future: asyncio.Future[CommandResponse]
     timer: asyncio.TimerHandle
-    description: str
+    #: what is invoked (str() of it names it in errors); an object the caller holds anyway
+    description: object
 
 
 class DuplicateCorrelationId(HandledError):
@@ -43,9 +44,12 @@ class PendingInvocations:
         return correlation_id in self._entries
 
     def add(
-        self, correlation_id: str, ttl_s: float, description: str = ""
+        self, correlation_id: str, ttl_s: float, description: object = ""
     ) -> asyncio.Future[CommandResponse]:
-        """Register a waiter that fails with a 504 error after ``ttl_s`` seconds."""
+        """Register a waiter that fails with a 504 error after ``ttl_s`` seconds.
+
+        A waiter given up on (cancelled, or its caller gone) must be handed to
+        :meth:`discard`: the entry keeps no callback of its own (no closure per waiter)."""
         if correlation_id in self._entries:
             raise DuplicateCorrelationId(
                 f"correlation id {correlation_id!r} is already pending: "
@@ -55,7 +59,6 @@ class PendingInvocations:
         future: asyncio.Future[CommandResponse] = loop.create_future()
         timer = loop.call_later(ttl_s, self._expire, correlation_id, ttl_s)
         self._entries[correlation_id] = _Pending(future, timer, description)
-        future.add_done_callback(lambda _f: self._discard(correlation_id, _f))
         return future
 
     def resolve(self, response: CommandResponse) -> bool:
@@ -84,15 +87,19 @@ class PendingInvocations:
             return
         entry.future.set_exception(
             UnhandledError(
-                f"invocation {entry.description or correlation_id} timed out after {ttl_s:.3f}s",
+                f"invocation {str(entry.description) or correlation_id} timed out after "
+                f"{ttl_s:.3f}s",
                 StatusCode.GATEWAY_TIMEOUT,
             )
         )
         if self._on_timeout is not None:
-            self._on_timeout(correlation_id, entry.description)
+            self._on_timeout(correlation_id, str(entry.description))
 
-    def _discard(self, correlation_id: str, future: asyncio.Future[CommandResponse]) -> None:
+    def discard(self, correlation_id: str, future: asyncio.Future[CommandResponse]) -> None:
+        """Give up on the waiter ``future`` (returned by :meth:`add`): cancel it and remove
+        its entry and timer now (nothing of it stays until its ttl)."""
         entry = self._entries.get(correlation_id)
         if entry is not None and entry.future is future:
             entry.timer.cancel()
             del self._entries[correlation_id]
+        future.cancel()

@@ -1,0 +1,97 @@
+"""BridgeCore.send_within: a send that does not suspend costs no task; one that does keeps
+the deadline, its result, its error and the caller's cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from reference_services.adapters.memory.event_bridge import DefaultEventBridge
+
+
+@pytest.fixture
+def core() -> object:
+    return DefaultEventBridge().core
+
+
+async def test_a_send_that_does_not_suspend_runs_without_a_task(core) -> None:
+    ran: list[asyncio.Task | None] = []
+
+    async def send() -> None:
+        ran.append(asyncio.current_task())
+
+    before = len(asyncio.all_tasks())
+    await core.send_within(send(), 1.0)
+    assert ran == [asyncio.current_task()]  # ran in the caller, no task of its own
+    assert len(asyncio.all_tasks()) == before
+
+
+async def test_a_suspending_send_finishes_with_its_result_and_errors(core) -> None:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[str] = loop.create_future()
+    got: list[str] = []
+
+    async def send() -> None:
+        await asyncio.sleep(0)
+        got.append(await fut)
+
+    loop.call_later(0.01, fut.set_result, "value")
+    await core.send_within(send(), 1.0)
+    assert got == ["value"]
+
+    async def fails_later() -> None:
+        await asyncio.sleep(0.01)
+        raise ValueError("late failure")
+
+    async def fails_now() -> None:
+        raise KeyError("at once")
+
+    with pytest.raises(ValueError, match="late failure"):
+        await core.send_within(fails_later(), 1.0)
+    with pytest.raises(KeyError):
+        await core.send_within(fails_now(), 1.0)
+
+
+async def test_the_deadline_holds_for_a_send_slow_to_cancel(core) -> None:
+    events: list[str] = []
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.3)  # ignores its cancellation for a while
+            events.append("finished late")
+
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(TimeoutError):
+        await core.send_within(stubborn(), 0.05)
+    assert loop.time() - t0 < 0.25
+    for _ in range(100):
+        if events:
+            break
+        await asyncio.sleep(0.01)
+    assert events == ["finished late"]
+
+
+async def test_a_cancelled_caller_cancels_its_send(core) -> None:
+    events: list[str] = []
+
+    async def waits() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+
+    caller = asyncio.ensure_future(core.send_within(waits(), 10.0))
+    await asyncio.sleep(0.02)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    for _ in range(100):
+        if events:
+            break
+        await asyncio.sleep(0.01)
+    assert events == ["cancelled"]
