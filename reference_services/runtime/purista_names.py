@@ -26,6 +26,8 @@ bridge always reads values from the message body, never from the subject.
 from __future__ import annotations
 
 import functools
+import json
+import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -153,13 +155,14 @@ def address_headers(side: str, address: Address | None) -> dict[str, str]:
     return out
 
 
+_LINE_BREAK = re.compile("[\r\n]")
+
+
 def routing_headers(message: object) -> dict[str, str]:
     """PURISTA's routing headers of a message (NATS headers, MQTT user properties):
     ``messageType``, ``sender*``, ``receiver*``, ``eventName``, ``principalId``,
     ``tenantId`` when set, and the W3C ``traceparent``/``tracestate`` of its ``otp``.
     Values a header cannot carry (line breaks) are left out."""
-    import json
-
     out: dict[str, str] = {"messageType": str(getattr(message, "message_type", ""))}
     for side in ("sender", "receiver"):
         out.update(address_headers(side, getattr(message, side, None)))
@@ -181,4 +184,7 @@ def routing_headers(message: object) -> dict[str, str]:
             for key in ("traceparent", "tracestate"):
                 if isinstance(carrier.get(key), str):
                     out[key] = carrier[key]
+    values = out.values()
+    if all(values) and not _LINE_BREAK.search("".join(values)):
+        return out  # the usual case: nothing to leave out, no second dict
     return {k: v for k, v in out.items() if v and "\r" not in v and "\n" not in v}

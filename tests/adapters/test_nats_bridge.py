@@ -142,6 +142,13 @@ async def test_command_round_trip_keeps_every_field(make_bridge: Any) -> None:
     assert got.sender.instance_id == caller.instance_id
 
 
+async def test_the_connection_parses_headers_with_the_fast_parser(make_bridge: Any) -> None:
+    from reference_services.adapters.nats.connection import parse_header_lines
+
+    bridge = await make_bridge()
+    assert bridge._client()._parse_header_lines is parse_header_lines
+
+
 async def test_unknown_command_fails_fast_with_no_responders(make_bridge: Any) -> None:
     caller = await make_bridge()
     strict = await make_bridge(no_responders_status=404)
