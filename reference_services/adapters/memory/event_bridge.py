@@ -156,7 +156,11 @@ class MemoryHub:
             self.route_response(encode(reply))
             return
         bridge = self._pick(("cmd", key), candidates)
-        self._spawn(bridge.serve_raw_command(raw, key))
+        limit = bridge.max_message_bytes
+        if limit is not None and len(raw) > limit:  # that instance rejects it, as it decodes
+            self._spawn(bridge.serve_raw_command(raw, key))
+        else:  # decoded here from the bytes: the instance gets its own object, decoded once
+            self._spawn(bridge.serve_decoded_command(command, key))
 
     def route_response(self, raw: bytes) -> None:
         """Deliver an encoded response to the instance that invoked."""
@@ -293,8 +297,11 @@ class DefaultEventBridge(EventBridgeBase):
         command = self.core.decode_or_reject(raw, "hub")
         if not isinstance(command, Command):
             return
+        await self.core.serve_command(command, self._send_response, route=route)
 
-        async def send(response: CommandResponse) -> None:
-            self.hub.route_response(self.core.encode(response))
+    async def serve_decoded_command(self, command: Command, route: tuple[str, str, str]) -> None:
+        """Serve a command the hub decoded from the bytes it routed (nothing else holds it)."""
+        await self.core.serve_command(command, self._send_response, route=route)
 
-        await self.core.serve_command(command, send, route=route)
+    async def _send_response(self, response: CommandResponse) -> None:
+        self.hub.route_response(self.core.encode(response))

@@ -77,6 +77,9 @@ class JetStreamConsumer:
         # without a message type the consumer reads the whole stream and the bridge
         # acks what does not match
         self.consumer_filter = self.filter_subject if sub.message_type is not None else None
+        #: the filter's tokens, to skip what it does not select before decoding (when the
+        #: consumer reads the whole stream, each delivery is mostly someone else's event)
+        self._filter_tokens = None if self.consumer_filter else self.filter_subject.split(".")
         self.per_instance = not sub.shared
         self.durable = sub.durable
         self.group = subjects.queue_group(bridge.prefix, sub.subscriber) if sub.shared else None
@@ -266,6 +269,9 @@ class JetStreamConsumer:
             if reg is None or not self.active:
                 await msg.nak()
                 return
+            if self._filter_tokens is not None and not self._subject_selected(msg.subject):
+                await msg.ack()  # not ours: as reg.matches would say after decoding it
+                return
             message = await bridge.core.decode_for_subscription(reg, msg.data, msg.subject)
             if message is None:
                 await self._keep_dead_letter(msg, "malformed message", 1)
@@ -279,7 +285,7 @@ class JetStreamConsumer:
                 await bridge._run_locally(reg, message, 1)
                 return
             attempt = msg.metadata.num_delivered
-            keepalive = bridge.core.spawn(self._keep_alive(msg), name="nats-in-progress")
+            keepalive = _KeepAlive(self, msg)
             try:
                 outcome: DeliveryOutcome = await bridge.core.handle_subscription(
                     reg, message, attempt
@@ -297,11 +303,18 @@ class JetStreamConsumer:
             # not settled: the server redelivers after ack_wait, nothing is lost
             bridge.log.warning("delivery on %s not settled: %r", self.name, exc)
 
-    async def _keep_alive(self, msg: Msg) -> None:
-        while True:
-            await asyncio.sleep(max(self.ack_wait_s / 3, 0.05))
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
+    def _subject_selected(self, subject: str) -> bool:
+        """Whether the subscription filter selects ``subject``; a subject of another layout
+        (a foreign publisher's) counts as selected: its body decides."""
+        want = self._filter_tokens
+        got = subject.split(".")
+        if want is None or len(got) != len(want):
+            return True
+        return all(w == subjects.ANY or w == g for w, g in zip(want, got, strict=True))
+
+    async def _in_progress(self, msg: Msg) -> None:
+        with contextlib.suppress(Exception):
+            await msg.in_progress()
 
     async def _keep_dead_letter(self, msg: Msg, reason: str, attempts: int) -> None:
         """Keep the dead message in the dead-letter stream, with PURISTA's dead-letter
@@ -341,3 +354,30 @@ class JetStreamConsumer:
                 subjects.purista_dead_letter_subject(self.filter_subject), msg.data,
                 headers=headers,
             )
+
+
+class _KeepAlive:
+    """While a handler runs, tell the server every ``ack_wait_s / 3`` that the delivery is
+    in progress: a timer (no task per delivery; one only when a signal is due)."""
+
+    __slots__ = ("_consumer", "_msg", "_period", "_timer")
+
+    def __init__(self, consumer: JetStreamConsumer, msg: Msg) -> None:
+        self._consumer = consumer
+        self._msg = msg
+        self._period = max(consumer.ack_wait_s / 3, 0.05)
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            self._period, self._due
+        )
+
+    def _due(self) -> None:
+        if self._timer is None:
+            return
+        consumer = self._consumer
+        consumer.bridge.core.spawn(consumer._in_progress(self._msg), name="nats-in-progress")
+        self._timer = asyncio.get_running_loop().call_later(self._period, self._due)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

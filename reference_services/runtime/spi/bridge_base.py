@@ -980,18 +980,20 @@ class EventBridgeBase(ABC):
                         update["otp"] = otp
                 if command.expires_at is None or command.expires_at > deadline:
                     update["expires_at"] = deadline
-                if update:  # one copy with every change (none when nothing changes)
-                    command = command.model_copy(update=update)
-                self._check_encodable(command, hold=True)
+                # one copy with every change (none when nothing changes), dropped once sent:
+                # a pending invocation keeps no copy of what its caller holds
+                outgoing = command.model_copy(update=update) if update else command
+                del update
+                self._check_encodable(outgoing, hold=True)
                 pending = self.core.pending
                 cid = command.correlation_id
                 try:
                     future = pending.add(cid, ttl_left, command.receiver)
                 except BaseException:
-                    self.core.release_encoded(command)
+                    self.core.release_encoded(outgoing)
                     raise
                 try:
-                    await self.core.send_within(self._send_command(command), ttl_left)
+                    await self.core.send_within(self._send_command(outgoing), ttl_left)
                 except asyncio.CancelledError:
                     pending.discard(cid, future)  # the caller left: nobody waits now
                     raise
@@ -1020,8 +1022,9 @@ class EventBridgeBase(ABC):
                     ) from exc
                 finally:
                     holding = False
-                    self.core.release_encoded(command)
+                    self.core.release_encoded(outgoing)
                     self.core.release_send_slot()
+                    del outgoing
                 try:
                     response = await future
                 except BaseException:  # cancelled while waiting, or timed out (gone already)
