@@ -66,7 +66,8 @@ def to_wire(message: AnyMessage) -> dict[str, Any]:
     """The message as the camelCase dict that goes on the wire, shaped as PURISTA's
     ``JSON.stringify`` shapes it: a field without a value is left out (never
     ``null``), and ``otp`` is always there."""
-    data = _ADAPTER.dump_python(message, by_alias=True, mode="python")
+    # the message's own serializer: the union's would first pick it by messageType
+    data = type(message).__pydantic_serializer__.to_python(message, by_alias=True, mode="python")
     for key in _OPTIONAL_ENVELOPE:
         if data.get(key, 0) is None:
             del data[key]
