@@ -3,7 +3,9 @@ test addresses and messages."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
@@ -11,6 +13,7 @@ import pytest
 
 from reference_services.adapters.nats.connection import NatsTimings
 from reference_services.runtime.definitions import Subscription
+from reference_services.runtime.errors import PuristaError
 from reference_services.runtime.messages import (
     Address,
     Command,
@@ -135,6 +138,38 @@ async def nacked_into_dead_letter(bridge: Any, payload: Any, delay_ms: int = 0) 
     (dead,) = await bridge.peek_dead_letter("q")
     assert (dead.id, dead.attempts, dead.reason, dead.payload) == (job_id, 3, "boom 3", payload)
     return job_id
+
+
+async def expect_values_survive_a_kill(
+    store: Any, broker: Any, values: int, fails_within_s: float, down_s: float = 10.0
+) -> None:
+    """Write ``values`` keys, SIGKILL ``broker``: the store turns not ready and not healthy,
+    and a read fails with 503 within ``fails_within_s``; start the broker again: the store
+    turns ready and healthy, and every value is back."""
+    for i in range(values):
+        await store.set(f"k{i}", {"i": i})
+    await asyncio.to_thread(broker.kill)
+
+    async def down() -> bool:
+        return not await store.is_ready() and not await store.is_healthy()
+
+    await wait_async(down, down_s, "not ready and not healthy while the broker is down")
+    started = time.monotonic()
+    try:
+        await store.get("k1")
+    except PuristaError as exc:
+        took = time.monotonic() - started
+        assert exc.status == 503 and took < fails_within_s, (exc.status, took)
+    else:
+        raise AssertionError("a read while the broker is down succeeded")
+    await asyncio.to_thread(broker.start)
+
+    async def up() -> bool:
+        return await store.is_ready() and await store.is_healthy()
+
+    await wait_async(up, 20, "ready and healthy after the restart")
+    got = await store.get(*(f"k{i}" for i in range(values)))
+    assert got == {f"k{i}": {"i": i} for i in range(values)}
 
 
 def event(name: str, payload: Any = None, **kw: Any) -> CustomMessage:

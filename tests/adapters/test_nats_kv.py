@@ -9,7 +9,11 @@ from typing import Any
 
 import pytest
 from adapter_helpers import NATS_FAST as FAST
-from adapter_helpers import adapters_fixture, is_not, wait_async
+from adapter_helpers import (
+    Adapters,
+    adapters_fixture,
+    expect_values_survive_a_kill,
+)
 
 from reference_services.adapters.nats.connection import NatsTimings, NatsUnavailableError
 from reference_services.adapters.nats.kv_stores import (
@@ -159,23 +163,9 @@ async def test_a_lost_bucket_is_created_again(make: Factory) -> None:
 
 
 async def test_values_survive_a_broker_kill(fresh_nats: Any, namespace: str) -> None:
-    store = NatsKVStateStore(fresh_nats.url, prefix=namespace, timings=FAST)
-    await store.start()
-    try:
-        for i in range(50):
-            await store.set(f"k{i}", {"i": i})
-        await asyncio.to_thread(fresh_nats.kill)
-        await wait_async(lambda: is_not(store.is_ready()), 10, "not ready while down")
-        started = time.monotonic()
-        with pytest.raises(NatsUnavailableError) as info:
-            await store.get("k1")
-        assert info.value.status == 503 and time.monotonic() - started < FAST.op_timeout_s + 1.5
-        await asyncio.to_thread(fresh_nats.start)
-        await wait_async(store.is_ready, 15, "ready again")
-        got = await store.get(*(f"k{i}" for i in range(50)))
-        assert got == {f"k{i}": {"i": i} for i in range(50)}
-    finally:
-        await store.destroy()
+    async with Adapters(NatsKVStateStore, fresh_nats.url, prefix=namespace, timings=FAST) as made:
+        store = await made.store()
+        await expect_values_survive_a_kill(store, fresh_nats, 50, FAST.op_timeout_s + 1.5)
 
 
 async def test_start_fails_fast_when_nats_is_unreachable(namespace: str) -> None:

@@ -9,13 +9,12 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from adapter_helpers import adapters_fixture, eventually
+from adapter_helpers import Adapters, adapters_fixture, eventually, expect_values_survive_a_kill
 
 from reference_services.adapters.redis.stores import (
     RedisConfigStore,
     RedisSecretStore,
     RedisStateStore,
-    RedisUnavailableError,
 )
 from reference_services.runtime.errors import PuristaError
 from reference_services.runtime.idempotency import Idempotency
@@ -160,25 +159,12 @@ async def test_durability_is_declared_from_server_settings(
 
 
 async def test_values_survive_sigkill_and_health_follows(fresh_redis: Any, namespace: str) -> None:
-    store = RedisStateStore(fresh_redis.url, prefix=namespace, retry_attempts=1,
-                            retry_backoff_cap_s=0.1)
-    await store.start()
-    try:
-        for n in range(100):
-            await store.set(f"k{n}", {"n": n})
-        await asyncio.to_thread(fresh_redis.kill)
-        await eventually(lambda: _equals(store.is_healthy(), False), 5, "unhealthy")
-        assert not await store.is_ready()
-        started = time.monotonic()
-        with pytest.raises(RedisUnavailableError) as err:
-            await store.get("k1")
-        assert err.value.status == 503 and time.monotonic() - started < 5
-        await asyncio.to_thread(fresh_redis.start)
-        await eventually(store.is_healthy, 10, "healthy again")
-        values = await store.get(*(f"k{n}" for n in range(100)))
-        assert values == {f"k{n}": {"n": n} for n in range(100)}
-    finally:
-        await store.destroy()
+    async with Adapters(
+        RedisStateStore, fresh_redis.url, prefix=namespace, retry_attempts=1,
+        retry_backoff_cap_s=0.1,
+    ) as made:
+        store = await made.store()
+        await expect_values_survive_a_kill(store, fresh_redis, 100, 5, down_s=5)
 
 
 async def test_set_if_absent_retried_after_lost_reply_still_reports_created(
