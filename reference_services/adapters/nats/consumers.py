@@ -238,6 +238,13 @@ class JetStreamConsumer:
             if not msg.reply or JetStreamContext.is_status_msg(msg):
                 self.slots.release()  # no heartbeats or flow control are asked for
                 continue
+            if self._filter_tokens is not None and not self._subject_selected(msg.subject):
+                # not ours (as reg.matches would say after decoding it): settled here,
+                # without a task
+                self.slots.release()
+                with contextlib.suppress(Exception):
+                    await msg.ack()
+                continue
             task = bridge.core.spawn_tracked(self._deliver(msg), "nats-delivery")
             task.add_done_callback(lambda _t: self.slots.release())
 
