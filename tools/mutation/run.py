@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fnmatch
 import hashlib
 import json
 import os
+import sys
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -232,14 +234,26 @@ def _drop_stale_stats(root: Path) -> str:
     return now
 
 
-def run_mutmut(paths: Sequence[str], root: Path, workers: int, rerun_survivors: bool) -> None:
+def run_mutmut(
+    paths: Sequence[str],
+    root: Path,
+    workers: int,
+    rerun_survivors: bool,
+    only: Sequence[str] = (),
+    limit: int | None = None,
+    runner: str = "session",
+) -> None:
     """Run mutmut (in this process, from ``root``) on the mutants of ``paths`` only.
 
     ``mutmut run NAME...`` reruns every named mutant, cached or not; so all mutants are
     generated (cheap; a changed function's cached results are dropped by mutmut) and the
     list it walks is narrowed to ``paths``, keeping the cached results of killed mutants.
-    Survivors are run again (a check may have been added since). This relies on mutmut
-    internals, hence the pin to 3.8.x; tests/tools/test_mutation_tooling.py guards it.
+    Survivors are run again (a check may have been added since). ``only`` (fnmatch
+    patterns of mutant names) narrows further and runs the matching mutants again, cached
+    or not; ``limit`` stops after that many mutants. ``runner="session"`` forks each
+    mutant from one collected pytest session (session_runner.py), ``"pytest"`` is mutmut's
+    own pytest.main per mutant. This relies on mutmut internals, hence the pin to 3.8.x;
+    tests/tools/test_mutation_tooling.py guards it.
     """
     os.chdir(root)
     os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(root / "mutants" / ".hypothesis"))
@@ -249,6 +263,7 @@ def run_mutmut(paths: Sequence[str], root: Path, workers: int, rerun_survivors: 
 
     wanted = set(paths)
     original = mm.collect_source_file_mutation_data
+    original_runner = mm.get_mutant_runner
 
     def narrowed(*, mutant_names: Sequence[str]) -> tuple[list[Any], dict[str, Any]]:
         mutants, by_path = original(mutant_names=())
@@ -256,17 +271,31 @@ def run_mutmut(paths: Sequence[str], root: Path, workers: int, rerun_survivors: 
         for data, name, result in mutants:
             if str(data.path) not in wanted:
                 continue
-            if rerun_survivors and status_by_exit_code[result] in ("survived", "no tests"):
+            if only:
+                if not any(fnmatch.fnmatchcase(name, pat) for pat in only):
+                    continue
+                result = None
+            elif rerun_survivors and status_by_exit_code[result] in ("survived", "no tests"):
                 result = None
             keep.append((data, name, result))
+        if limit is not None:
+            todo = [m for m in keep if m[2] is None][:limit]
+            keep = [m for m in keep if m[2] is not None] + todo
         return keep, by_path
 
     mm.collect_source_file_mutation_data = narrowed  # type: ignore[assignment]
+    if runner == "session":
+        if str(HERE) not in sys.path:
+            sys.path.insert(0, str(HERE))
+        from session_runner import make_runner
+
+        mm.get_mutant_runner = make_runner  # type: ignore[assignment]
     try:
         mm._run((), workers)
         (root / "mutants" / "tests.sha256").write_text(tests_hash)
     finally:
         mm.collect_source_file_mutation_data = original  # type: ignore[assignment]
+        mm.get_mutant_runner = original_runner  # type: ignore[assignment]
 
 
 def record(results: list[ModuleResult], when: str, path: Path) -> None:
@@ -308,6 +337,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--keep-survivors", action="store_true", help="do not run cached survivors again"
     )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="run only the mutants whose name matches (fnmatch; repeatable), cached or not",
+    )
+    p.add_argument("--limit", type=int, default=None, help="run at most this many mutants")
+    p.add_argument(
+        "--runner",
+        choices=("session", "pytest"),
+        default="session",
+        help="session: fork each mutant from one collected pytest session (default); "
+        "pytest: mutmut's own pytest.main per mutant",
+    )
     args = p.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES and not m.endswith(".py")]
     if unknown:
@@ -318,7 +362,15 @@ def main(argv: list[str] | None = None) -> int:
     root = args.root.resolve()
     equivalents = load_equivalents(args.equivalents.resolve())
     if args.cmd == "run":
-        run_mutmut(list(paths.values()), root, args.workers, not args.keep_survivors)
+        run_mutmut(
+            list(paths.values()),
+            root,
+            args.workers,
+            not args.keep_survivors,
+            only=args.only,
+            limit=args.limit,
+            runner=args.runner,
+        )
     os.chdir(root)  # mutmut reads ./mutants and pyproject.toml from the cwd
     results = summarise(paths, root, equivalents)
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
