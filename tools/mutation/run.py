@@ -242,6 +242,7 @@ def run_mutmut(
     only: Sequence[str] = (),
     limit: int | None = None,
     runner: str = "session",
+    lines: bool = True,
 ) -> None:
     """Run mutmut (in this process, from ``root``) on the mutants of ``paths`` only.
 
@@ -287,9 +288,17 @@ def run_mutmut(
     if runner == "session":
         if str(HERE) not in sys.path:
             sys.path.insert(0, str(HERE))
-        from session_runner import make_runner
+        import session_runner
 
-        mm.get_mutant_runner = make_runner  # type: ignore[assignment]
+        if lines:
+            import line_cover
+            from mutmut.configuration import config
+
+            cfg = config()
+            args = [*cfg.pytest_add_cli_args_test_selection, *cfg.pytest_add_cli_args]
+            coverage = line_cover.collect(root, list(MODULES.values()), args, tests_hash)
+            session_runner.SELECTOR = line_cover.Selector(root, coverage)
+        mm.get_mutant_runner = session_runner.make_runner  # type: ignore[assignment]
     try:
         mm._run((), workers)
         (root / "mutants" / "tests.sha256").write_text(tests_hash)
@@ -352,6 +361,12 @@ def main(argv: list[str] | None = None) -> int:
         help="session: fork each mutant from one collected pytest session (default); "
         "pytest: mutmut's own pytest.main per mutant",
     )
+    p.add_argument(
+        "--function-level",
+        action="store_true",
+        help="run every check that calls the mutated function (mutmut's selection), not only "
+        "those that execute the mutated statement",
+    )
     args = p.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES and not m.endswith(".py")]
     if unknown:
@@ -370,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             only=args.only,
             limit=args.limit,
             runner=args.runner,
+            lines=not args.function_level,
         )
     os.chdir(root)  # mutmut reads ./mutants and pyproject.toml from the cwd
     results = summarise(paths, root, equivalents)

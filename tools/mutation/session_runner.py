@@ -95,15 +95,17 @@ class CollectedSessionRunner(PytestRunner):
                 if self.failed:
                     self.session._setupstate.teardown_exact(None)
                     return KILLED
-        except BaseException:  # noqa: BLE001 - any crash of a check run kills the mutant
+        except BaseException:
             return INTERNAL_ERROR
         return SURVIVED
 
 
 class CollectedSessionForkRunner(ForkRunner):
-    """mutmut's ForkRunner, opening the kept session before the first mutant is forked."""
+    """mutmut's ForkRunner, opening the kept session before the first mutant is forked;
+    with a line_cover.Selector, each mutant runs only the checks that execute its change."""
 
     test_runner: CollectedSessionRunner
+    selector: Any = None
 
     def startup(self) -> None:
         self.test_runner.open_session()
@@ -113,7 +115,16 @@ class CollectedSessionForkRunner(ForkRunner):
             self._devnull = os.open(os.devnull, os.O_WRONLY)
         super().startup()
 
-    def submit(self, mutant_name: str, tests: list[str], cpu_time_limit: int, estimated_time: float) -> None:
+    def submit(
+        self, mutant_name: str, tests: list[str], cpu_time_limit: int, estimated_time: float
+    ) -> None:
+        if self.selector is not None and tests:
+            from mutmut.state import state
+
+            path = mutant_name.rsplit(".", 1)[0].replace(".", "/") + ".py"
+            tests = self.selector.select(mutant_name, path, tests)
+            durations = state().duration_by_test
+            estimated_time = sum(durations.get(t, 0.0) for t in tests)
         devnull = getattr(self, "_devnull", None)
         if devnull is None or not tests:
             return super().submit(mutant_name, tests, cpu_time_limit, estimated_time)
@@ -131,6 +142,11 @@ class CollectedSessionForkRunner(ForkRunner):
             os.close(saved[1])
 
 
+#: set by run.py before mutmut's ``_run``: a line_cover.Selector, or None for mutmut's
+#: function-level selection alone
+SELECTOR: Any = None
+
+
 def make_runner(max_workers: int) -> CollectedSessionForkRunner:
     """The runner for mutmut's ``_run`` (replaces ``get_mutant_runner``)."""
     if max_workers < 1:
@@ -139,4 +155,8 @@ def make_runner(max_workers: int) -> CollectedSessionForkRunner:
 
     runner = CollectedSessionRunner()
     runner.prepare_main_test_run()
-    return CollectedSessionForkRunner(max_workers=max_workers, test_runner=runner, debug=config().debug)
+    fork_runner = CollectedSessionForkRunner(
+        max_workers=max_workers, test_runner=runner, debug=config().debug
+    )
+    fork_runner.selector = SELECTOR
+    return fork_runner
