@@ -102,8 +102,9 @@ def _names(text: str, word: str) -> bool:
 
 @check("stores.disabled_operations", kinds=STORES)
 async def test_disabled_operations(aut: AdapterUnderTest) -> None:
-    """A disabled get/set/remove raises 401 and changes nothing; config and secret stores are
-    get-only by default."""
+    """A disabled get/set/remove raises 401 and changes nothing, on the versioned operations
+    too (get_versioned is a get, create_versioned and replace_if a set, remove_if a remove);
+    config and secret stores are get-only by default."""
     writer = await aut.new(**OPEN)
     await writer.set("k", "v")
     closed = await aut.new(enable_get=False, enable_set=False, enable_remove=False)
@@ -127,6 +128,26 @@ async def test_disabled_operations(aut: AdapterUnderTest) -> None:
             f"the 401 of a disabled {op} does not name the operation {name!r} and the "
             f"store kind {aut.kind!r}: {err}"
         )
+    if aut.supports("compare_and_set"):
+        version = await writer.create_versioned("fenced", "v")
+        assert version is not None, "create_versioned on a free key failed"
+        for op, name, coro in (
+            ("get_versioned", "get", closed.get_versioned("fenced")),
+            ("create_versioned", "set", closed.create_versioned("fresh", "x")),
+            ("replace_if", "set", closed.replace_if("fenced", version, "x")),
+            ("remove_if", "remove", closed.remove_if("fenced", version)),
+        ):
+            err = await _error(coro)
+            assert err is not None and err.status == 401, f"disabled {op}: {err!r}"
+            assert _names(str(err), name) and _names(str(err), aut.kind), (
+                f"the 401 of a disabled {op} does not name the operation {name!r} and the "
+                f"store kind {aut.kind!r}: {err}"
+            )
+        got = await writer.get_versioned("fenced")
+        assert got is not None and (got.value, got.version) == ("v", version), (
+            f"a disabled versioned operation changed the store: {got!r}"
+        )
+        assert await writer.get("fresh") == {"fresh": None}, "a disabled create_versioned wrote"
     if aut.kind == "state_store":
         default = await aut.new()
         await default.set("d", 1)
@@ -174,7 +195,9 @@ NOT_JSON: tuple[Any, ...] = (
 @check("stores.bad_values", kinds=STORES)
 async def test_bad_values(aut: AdapterUnderTest) -> None:
     """A value that is not strict JSON (NaN, infinities, objects, sets) is a 400 naming the key
-    on set and set_if_absent, and the key keeps its old value (or stays absent)."""
+    on set, set_if_absent, create_versioned and replace_if (an extra key of an atomic write
+    too, and an extra key that is the record itself), and the key keeps its old value (or
+    stays absent)."""
     s = await aut.new(**OPEN)
     await s.set("kept", "old")
     for value in NOT_JSON:
@@ -186,6 +209,27 @@ async def test_bad_values(aut: AdapterUnderTest) -> None:
             key = "kept" if op == "set" else "never"
             assert err is not None and err.status == 400, f"{op} of {value!r}: {err!r}, not 400"
             assert repr(key) in str(err), f"{op} of {value!r}: the 400 does not name {key!r}: {err}"
+    if aut.supports("compare_and_set"):
+        got = await s.get_versioned("kept")
+        assert got is not None, "get_versioned of a set value gave nothing"
+        atomic = aut.supports("atomic_effects")
+        for value in NOT_JSON:
+            cases = [
+                ("create_versioned", "never", s.create_versioned("never", value)),
+                ("replace_if", "kept", s.replace_if("kept", got.version, value)),
+            ]
+            if atomic:
+                also = s.replace_if("kept", got.version, "new", also={"extra": value})
+                cases.append(("replace_if also=", "extra", also))
+            for op, key, coro in cases:
+                err = await _error(coro)
+                assert err is not None and err.status == 400, f"{op} of {value!r}: {err!r}"
+                assert repr(key) in str(err), f"{op} of {value!r}: the 400 does not name {key!r}"
+        if atomic:
+            err = await _error(s.replace_if("kept", got.version, "new", also={"kept": 1}))
+            assert err is not None and err.status == 400, f"also= naming the record: {err!r}"
+            assert repr("kept") in str(err), f"also= naming the record: 400 without 'kept': {err}"
+        assert await s.get("extra") == {"extra": None}, "a refused atomic write wrote its extra key"
     assert await s.get("kept", "never") == {"kept": "old", "never": None}
 
 
@@ -221,6 +265,18 @@ async def test_cache_own_writes(aut: AdapterUnderTest) -> None:
     if aut.supports("set_if_absent"):
         assert await s.set_if_absent("own", "v3")
         assert await s.get("own") == {"own": "v3"}, "own set_if_absent served stale"
+    if aut.supports("compare_and_set"):
+        await s.set("fenced", "v4")
+        assert await s.get("fenced") == {"fenced": "v4"}
+        got = await s.get_versioned("fenced")
+        assert got is not None
+        v5 = await s.replace_if("fenced", got.version, "v5")
+        assert v5 is not None
+        assert await s.get("fenced") == {"fenced": "v5"}, "own replace_if served stale"
+        assert await s.remove_if("fenced", v5)
+        assert await s.get("fenced") == {"fenced": None}, "own remove_if served stale"
+        assert await s.create_versioned("fenced", "v6") is not None
+        assert await s.get("fenced") == {"fenced": "v6"}, "own create_versioned served stale"
 
 
 @check("stores.secret_cache_ttl", kinds=("secret_store",), needs=("cache",))
@@ -285,10 +341,16 @@ async def test_set_if_absent_ttl(aut: AdapterUnderTest) -> None:
 @check("stores.compare_and_set_fences", kinds=STORES, needs=("compare_and_set", "ttl"))
 async def test_compare_and_set_fences(aut: AdapterUnderTest) -> None:
     """A writer holding an old version cannot replace or remove its successor's value, from
-    another instance either; an expired value cannot be renewed."""
+    another instance either; an expired value cannot be renewed. Another instance reads what
+    create_versioned wrote, with its version, and a created value's ttl_s expires it."""
     a, b = await aut.new(**OPEN), await aut.new(**OPEN)
     v1 = await a.create_versioned("claim", {"owner": "a", "rev": 0}, ttl_s=0.5)
     assert v1 is not None, "create_versioned on a free key failed"
+    got = await b.get_versioned("claim")
+    assert got is not None and (got.value, got.version) == ({"owner": "a", "rev": 0}, v1), (
+        f"another instance read {got!r} after create_versioned, not its value and version"
+    )
+    assert await a.create_versioned("short", {"owner": "a"}, ttl_s=0.5) is not None
     assert await b.create_versioned("claim", {"owner": "b", "rev": 0}) is None, "created twice"
     v2 = await a.replace_if("claim", v1, {"owner": "a", "rev": 1}, ttl_s=0.5)
     assert v2 is not None and v2 != v1, "renewal with the current version failed"
@@ -299,6 +361,9 @@ async def test_compare_and_set_fences(aut: AdapterUnderTest) -> None:
     watch = Stopwatch()
     while await a.get_versioned("claim") is not None:
         assert watch.elapsed < 5, "the versioned value never expired"
+        await asyncio.sleep(0.05)
+    while await b.get_versioned("short") is not None:  # created before claim's renewal
+        assert watch.elapsed < 5, "a value created with ttl_s never expired"
         await asyncio.sleep(0.05)
     assert await a.replace_if("claim", v2, {"owner": "a", "rev": 2}) is None, "renewed expired"
     v3 = await b.create_versioned("claim", {"owner": "b", "rev": 0}, ttl_s=5)
