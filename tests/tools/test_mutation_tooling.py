@@ -104,3 +104,44 @@ def test_report_quotes_recorded_scores(tmp_path: Path) -> None:
     path.write_text(json.dumps({"modules": [row]}))
     html = _mutation_score(path)
     assert "memory.stores" in html and "2026-12-01" in html and "95.1 %" in html
+
+
+BRANCHY = """def label(age):
+    if age < 0:
+        raise ValueError("negative age")
+    return "adult" if age >= 18 else "minor"
+"""
+
+
+def test_statement_range_and_line_selection() -> None:
+    """A mutant runs only the checks that execute its statement: a compound statement's
+    header is its own statement, a signature change keeps every check."""
+    import ast
+
+    sys.path.insert(0, str(RUN.parent))
+    import line_cover
+
+    func = ast.parse(BRANCHY).body[0]
+    assert line_cover.statement_range(func, 2) == (2, 2)  # the if header, not its body
+    assert line_cover.statement_range(func, 3) == (3, 3)
+    assert line_cover.statement_range(func, 4) == (4, 4)
+    assert line_cover.statement_range(func, 1) is None  # the signature
+
+
+def test_line_selection_keeps_the_kills(tmp_path: Path) -> None:
+    """With line-level selection the boundary test still kills every mutant it did, and a
+    mutant on a line no test executes survives as run by no check."""
+    root = _project(tmp_path, BRANCHY)
+    (root / "tests" / "test_calc.py").write_text(
+        "from tiny.calc import label\n\n\ndef test_boundary():\n"
+        "    assert label(18) == 'adult'\n    assert label(17) == 'minor'\n"
+    )
+    mod = _run(root, "run")
+    assert mod["killed"] > 0
+    survivors = "\n".join(s["diff"] for s in mod["survivors"])
+    assert "negative age" in survivors or "age < 0" in survivors or "age <= 0" in survivors
+    changed = [
+        ln for s in mod["survivors"] for ln in s["diff"].splitlines()
+        if ln.startswith("+") and not ln.startswith("+++")
+    ]
+    assert changed and not any("return" in ln for ln in changed), survivors

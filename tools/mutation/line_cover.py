@@ -116,6 +116,7 @@ def collect(
     except (OSError, ValueError, KeyError):
         pass
     out = root / "mutants" / "line-coverage.tmp.json"
+    out.parent.mkdir(exist_ok=True)
     env = {
         **os.environ,
         ENV_OUT: str(out),

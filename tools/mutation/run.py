@@ -296,7 +296,8 @@ def run_mutmut(
 
             cfg = config()
             args = [*cfg.pytest_add_cli_args_test_selection, *cfg.pytest_add_cli_args]
-            coverage = line_cover.collect(root, list(MODULES.values()), args, tests_hash)
+            files = sorted({*(m for m in MODULES.values() if (root / m).is_file()), *paths})
+            coverage = line_cover.collect(root, files, args, tests_hash)
             session_runner.SELECTOR = line_cover.Selector(root, coverage)
         mm.get_mutant_runner = session_runner.make_runner  # type: ignore[assignment]
     try:
