@@ -105,6 +105,29 @@ async def test_retry_transient(aut: AdapterUnderTest) -> None:
     )
 
 
+@check("event_bridge.failures.retry_every_instance", kinds=EB, needs=("bounded_retry",))
+async def test_retry_every_instance(aut: AdapterUnderTest) -> None:
+    """On a subscription that is not shared (each instance gets every message), a handler
+    failing twice then succeeding runs exactly three times on each instance: a retry goes
+    back to the instance whose handler failed, not to the group."""
+    failure = FailureHandling(max_attempts=3, retry_delay_ms=20, backoff=1.0)
+    handlers = [Attempts(fail_first=2), Attempts(fail_first=2)]
+    for handler in handlers:
+        consumer = await aut.new()
+        await consumer.register_subscription(
+            subscription("fragile", event_name="work", shared=False, failure=failure), handler
+        )
+    producer = await aut.new()
+    ids = await _emit(producer, aut.n(10), *(h.succeeded for h in handlers))
+    for handler in handlers:
+        await wait_for(handler.succeeded.all_arrived, 15, progress=handler.total)
+    await wait_quiet(lambda: sum(h.total() for h in handlers), quiet_s=0.3)
+    for n, handler in enumerate(handlers):
+        expect_exactly_once(handler.succeeded)
+        wrong = _wrong_counts(handler, ids, 3)
+        assert not wrong, f"instance {n}: expected exactly 3 attempts per message, got {wrong[:10]}"
+
+
 @check("event_bridge.failures.dead_letter", kinds=EB, needs=("bounded_retry", "dead_letter"))
 async def test_dead_letter(aut: AdapterUnderTest) -> None:
     """A handler that always fails is tried max_attempts times, then one dead letter per message
