@@ -98,6 +98,41 @@ async def test_round_trip(aut: AdapterUnderTest) -> None:
     _latency_metrics(aut, latencies)
 
 
+@check("event_bridge.commands.invoker_instance", kinds=EB)
+async def test_invoker_instance(aut: AdapterUnderTest) -> None:
+    """A command whose sender names another instance (forwarded, or built elsewhere) goes
+    out from the invoking instance: the handler sees the invoker's instance id with the
+    sender's service and target kept, and the answer comes back to the invoker."""
+    seen: list[Any] = []
+    server = await aut.new()
+
+    async def record(cmd: Any) -> Any:
+        seen.append(cmd.sender)
+        return {"answered": cmd.payload.payload}
+
+    await server.register_command(addr("calc"), responder(record))
+    client = await aut.new()
+    built = command(client, addr("calc"), {"x": 1})
+    foreign = built.model_copy(
+        update={"sender": built.sender.model_copy(update={"instance_id": "elsewhere-1"})}
+    )
+    status, result, _ = await invoke_status(client, foreign, 5)
+    assert status == "ok" and result == {"answered": {"x": 1}}, (
+        f"a command naming another sender instance was not answered to the invoker: {result!r}"
+    )
+    assert len(seen) == 1, f"the handler ran {len(seen)} times"
+    got, want = seen[0], built.sender
+    assert got.instance_id == client.instance_id, (
+        f"the handler saw sender instance {got.instance_id!r}, not the invoker's "
+        f"{client.instance_id!r}"
+    )
+    assert (got.service_name, got.service_version, got.service_target) == (
+        want.service_name,
+        want.service_version,
+        want.service_target,
+    ), f"the sender's service or target changed on the way: {got!r}"
+
+
 @check("event_bridge.commands.handled_error", kinds=EB)
 async def test_handled_error(aut: AdapterUnderTest) -> None:
     """A handled error reaches the caller with its status, message and data intact."""
