@@ -584,19 +584,28 @@ def own_nats(fresh_service: Callable[[str], Any]) -> Any:
     return fresh_service("nats")
 
 
+async def _echo_and_two_subscriptions(
+    server: Any, subscriber: Any, durable: Subscription, volatile: Subscription
+) -> list[Any]:
+    """``server`` answers ``USER`` with an echo; ``subscriber`` has a durable and a core-NATS
+    subscription collecting payloads into the returned list (for the outage tests)."""
+    await server.register_command(USER, echo_handler([], server))
+    seen: list[Any] = []
+    handler = collect(seen)
+    await subscriber.register_subscription(durable, handler)
+    await subscriber.register_subscription(volatile, handler)
+    return seen
+
+
 async def test_reconnect_reregisters_everything_after_broker_restart(
     make_bridge: Any, own_nats: Any
 ) -> None:
     caller = await make_bridge(own_nats.url)
     server = await make_bridge(own_nats.url)
     consumer = await make_bridge(own_nats.url)
-    served: list[tuple[str, Command]] = []
-    await server.register_command(USER, echo_handler(served, server))
-    seen: list[Any] = []
-    handler = collect(seen)
-    await consumer.register_subscription(subscription("s", "e"), handler)
-    await consumer.register_subscription(
-        subscription("core", "e", durable=False, autoacknowledge=True), handler)
+    seen = await _echo_and_two_subscriptions(
+        server, consumer, subscription("s", "e"),
+        subscription("core", "e", durable=False, autoacknowledge=True))
     assert await caller.invoke(Command(sender=CALLER, receiver=USER), 5) == {"echo": None}
 
     await asyncio.to_thread(own_nats.kill)
@@ -650,13 +659,9 @@ async def test_black_holed_network_detected_and_recovered(
     proxy = await asyncio.to_thread(proxied, harness_nats)
     caller = await make_bridge()  # direct connection
     server = await make_bridge(proxy.url)
-    served: list[tuple[str, Command]] = []
-    await server.register_command(USER, echo_handler(served, server))
-    got: list[Any] = []
-    handler = collect(got)
-    await server.register_subscription(subscription("mail", "entry"), handler)
-    await server.register_subscription(
-        subscription("cache", "entry", shared=False, durable=False, autoacknowledge=True), handler)
+    got = await _echo_and_two_subscriptions(
+        server, server, subscription("mail", "entry"),
+        subscription("cache", "entry", shared=False, durable=False, autoacknowledge=True))
     async with proxy.black_hole("downstream"), proxy.black_hole("upstream"):
         started = time.monotonic()
         await wait_async(lambda: is_not(server.is_ready()), 15, "dead link detected by pings")
