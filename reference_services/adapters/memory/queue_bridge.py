@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 from reference_services.runtime.ids import new_id, now_ms
@@ -25,6 +25,12 @@ from reference_services.runtime.spi.capabilities import (
     unsupported,
 )
 from reference_services.runtime.spi.queue_base import EnqueueRequest, QueueBridgeBase, json_copy
+
+
+def _kept(request: EnqueueRequest) -> dict[str, Any]:
+    """The request's fields a record keeps as they are (all but ``delay_ms``, which
+    becomes ``available_at_ms``)."""
+    return {f.name: getattr(request, f.name) for f in fields(request) if f.name != "delay_ms"}
 
 
 @dataclass
@@ -117,17 +123,10 @@ class DefaultQueueBridge(QueueBridgeBase):
         now = now_ms()
         record = _Record(
             id=new_id(),
-            queue=request.queue,
-            payload=request.payload,
-            parameter=request.parameter,
-            headers=request.headers,
-            max_attempts=request.max_attempts,
-            priority=request.priority,
-            lease_ttl_ms=request.lease_ttl_ms,
             enqueued_at_ms=now,
             available_at_ms=now + request.delay_ms,
             seq=next(self.store.seq),
-            idempotency_key=key,
+            **_kept(request),
         )
         q.jobs[record.id] = record
         if key is not None:
