@@ -23,7 +23,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 Outcome = Literal["ok", "failed", "unknown"]
 Kind = Literal["sent", "acknowledged", "delivered", "effect"]
@@ -102,6 +102,26 @@ class History:
         return check(self, **expect)
 
 
+class _ClassCount:
+    """A read-only :class:`Verdict` attribute: how many ids fell in the class it is named
+    after (``lost = _ClassCount()`` counts ``classes["lost"]``)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.cls = name
+
+    @overload
+    def __get__(self, verdict: None, owner: type) -> _ClassCount: ...
+
+    @overload
+    def __get__(self, verdict: Verdict, owner: type | None = None) -> int: ...
+
+    def __get__(self, verdict: Verdict | None, owner: type | None = None) -> int | _ClassCount:
+        return self if verdict is None else verdict.count(self.cls)
+
+    def __set__(self, verdict: Verdict, value: object) -> None:
+        raise AttributeError(f"{self.cls} is counted from the classes, not set")
+
+
 @dataclass
 class Verdict:
     """The classification of a history, with counts, rates and expectations."""
@@ -124,25 +144,11 @@ class Verdict:
     def count(self, cls: str) -> int:
         return len(self.classes[cls])
 
-    @property
-    def lost(self) -> int:
-        return self.count("lost")
-
-    @property
-    def duplicated(self) -> int:
-        return self.count("duplicated")
-
-    @property
-    def unexpected(self) -> int:
-        return self.count("unexpected")
-
-    @property
-    def recovered(self) -> int:
-        return self.count("recovered")
-
-    @property
-    def delivered_once(self) -> int:
-        return self.count("delivered_once")
+    lost = _ClassCount()
+    duplicated = _ClassCount()
+    unexpected = _ClassCount()
+    recovered = _ClassCount()
+    delivered_once = _ClassCount()
 
     @property
     def lost_rate(self) -> float:
