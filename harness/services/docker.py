@@ -143,13 +143,10 @@ class DockerHandle(ServiceHandle):
             raise ServiceStartError(self.name, str(exc), self._save_logs()) from None
 
     def _save_logs(self) -> str | None:
-        with contextlib.suppress(Exception):
-            fd, path = tempfile.mkstemp(prefix=f"harness-{self.name}-", suffix=".log")
-            with os.fdopen(fd, "wb") as out:
-                out.write(self._wrapped.logs())
+        path = _write_log(self.name, self._wrapped.logs)
+        if path:
             self.log_path = Path(path)
-            return path
-        return None
+        return path
 
     def restart(self, kill: bool = True) -> None:
         before = self.started_at()
@@ -289,9 +286,16 @@ def _ensure_image(client: Any, spec: ServiceSpec) -> None:
 
 
 def _failed_start_logs(container: Any, name: str) -> str | None:
+    return _write_log(name, lambda: container.get_wrapped_container().logs())
+
+
+def _write_log(name: str, logs: Callable[[], bytes]) -> str | None:
+    """A container's logs in a file inside the run's temp dir (removed with the run, like
+    a local service's log), for the error that names it; None if they cannot be read."""
     with contextlib.suppress(Exception):
-        data = container.get_wrapped_container().logs()
-        fd, path = tempfile.mkstemp(prefix=f"harness-{name}-", suffix=".log")
+        data = logs()
+        fd, path = tempfile.mkstemp(prefix=f"{name}-", suffix=".log",
+                                    dir=run.current().mkdtemp("docker-logs-"))
         with os.fdopen(fd, "wb") as out:
             out.write(data)
         return path

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import pytest
 from docker_helpers import containers_of, engine_or_skip, recording_proxy
 from harness_helpers import wait_until
 
+from harness import run
 from harness.errors import ServiceUnavailable
 from harness.probes import probe
 from harness.services import docker as docker_mod
@@ -146,6 +148,8 @@ def test_a_failed_start_leaves_no_container(
     taken = holder.getsockname()[1]
     monkeypatch.setattr(docker_mod, "free_port", lambda: taken)
     before = {c.id for c in containers_of(engine, pid=os.getpid())}
+    tmp = Path(tempfile.gettempdir())
+    logs_before = set(tmp.glob("harness-redis-*.log"))
     try:
         with pytest.raises(Exception, match=r"address already in use|port is already"):
             provider.start("redis")
@@ -153,6 +157,9 @@ def test_a_failed_start_leaves_no_container(
         holder.close()
     left = [c for c in containers_of(engine, pid=os.getpid()) if c.id not in before]
     assert not left, [(c.name, c.status) for c in left]
+    # the failed container's log goes where the run's end removes it, not loose in TMPDIR
+    assert set(tmp.glob("harness-redis-*.log")) == logs_before
+    assert list(run.current().temp_dir.glob("docker-logs-*/redis-*.log"))
 
 
 def test_auto_selection_needs_engine_and_images(
