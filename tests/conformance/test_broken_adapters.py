@@ -40,7 +40,10 @@ def run_conformance(args: list[str], report_dir: Path, timeout: float = 900) -> 
 
 @pytest.fixture(scope="module")
 def broken_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict]:
-    args = ["--suite", "contract", "-n", "2", "-k", " or ".join(sorted(set(EXPECTED.values())))]
+    # each broken adapter against its own check only (-k matches substrings, so a few
+    # neighbours run too): the whole selection for every adapter took ten times as long
+    pairs = " or ".join(f"({check} and {name})" for name, check in sorted(EXPECTED.items()))
+    args = ["--suite", "contract", "-n", "2", "-k", pairs]
     for name in EXPECTED:
         args += ["--adapter", f"{name}=broken_adapters:{name}"]
     return run_conformance(args, tmp_path_factory.mktemp("broken"))
