@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 REPORT_DIR ?= reports/conformance
 # pytest-xdist workers of `make conformance` (each starts its own brokers); 1 runs in-process
 CONFORMANCE_WORKERS ?= 2
+# pytest-xdist workers of `make test`, whole files per worker (a file's module fixtures run
+# once); most tests wait on brokers and timers, so 4 workers suit 2 cores; 1 runs in-process
+TEST_WORKERS ?= 4
 PYTEST_ARGS ?=
 # The engine `make docker-engine` starts: the standard socket by default (every Docker client
 # finds it); set another path for a private engine and export DOCKER_HOST=unix://<path>.
@@ -44,7 +47,8 @@ faults: setup
 
 ## All tests, with every broker required (a missing one fails the run).
 test: setup
-	$(PY) -m pytest --require-services $(PYTEST_ARGS)
+	$(PY) -m pytest --require-services $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) \
+	  --dist loadfile --no-loadscope-reorder) $(PYTEST_ARGS)
 
 ## Benchmarks (benchmarks/bench.py): our adapters against the raw clients and FastStream in
 ## one process, interleaved in rounds; writes benchmarks/results.json and results.md.
@@ -88,7 +92,7 @@ docker-engine-stop:
 docker-engine-purge:
 	$(ENGINE) purge
 
-SHELL_SCRIPTS := docker/install-local-services.sh docker/engine.sh .ci/run
+SHELL_SCRIPTS := docker/install-local-services.sh docker/engine.sh .ci/run .ci/docker-part .ci/steps.sh
 
 lint: venv
 	$(VENV)/bin/ruff check .
