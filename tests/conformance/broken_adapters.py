@@ -679,12 +679,43 @@ nats_keeps_commands.fault_options = {  # type: ignore[attr-defined]
 
 # broken factory -> (the robustness check that must fail for it, what its message must say)
 # (test_broken_robustness.py)
+_FIRST_URL: dict[str, str] = {}
+
+
+def nats_caches_its_url(ctx: AdapterContext) -> Any:
+    """The NATS bridge connecting every instance to the first URL its context gave (a
+    module-level connection setting): later instances never ask for theirs."""
+    from reference_services.adapters.nats.event_bridge import NatsBridge
+
+    if "nats" not in _FIRST_URL:
+        _FIRST_URL["nats"] = ctx.url("nats")
+    return NatsBridge(url=_FIRST_URL["nats"], prefix=ctx.prefix, **ctx.options)
+
+
+def nats_ignores_its_url(ctx: AdapterContext) -> Any:
+    """The NATS bridge asking its context for a URL every time but connecting to the first
+    one it got: a check that stops "its" broker stops one the adapter does not use."""
+    from reference_services.adapters.nats.event_bridge import NatsBridge
+
+    url = _FIRST_URL.setdefault("nats-asked", ctx.url("nats"))
+    return NatsBridge(url=url, prefix=ctx.prefix, **ctx.options)
+
+
+for _factory in (nats_caches_its_url, nats_ignores_its_url):
+    _factory.kind = "event_bridge"  # type: ignore[attr-defined]
+    _factory.services = ("nats",)  # type: ignore[attr-defined]
+    _factory.capabilities = EventBridgeCapabilities()  # type: ignore[attr-defined]
+    _factory.fault_options = nats_keeps_commands.fault_options  # type: ignore[attr-defined]
+
+
 EXPECTED_ROBUSTNESS: dict[str, tuple[str, str]] = {
     "mqtt_trusts_attempt_header": (
         "robustness.retry.forged_attempt_header",
         "whatever the header says",
     ),
     "nats_keeps_commands": ("robustness.burst.paused_broker", "MB kept"),
+    "nats_caches_its_url": ("robustness.burst.paused_broker", "never asked their context"),
+    "nats_ignores_its_url": ("robustness.burst.paused_broker", "while the broker was frozen"),
 }
 
 

@@ -17,8 +17,10 @@ from test_broken_adapters import run_conformance  # noqa: E402
 
 @pytest.fixture(scope="module")
 def broken_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict]:
+    # a contract check first (the whole suite runs contract before robustness): the
+    # adapters that keep the first URL they got must have got one before a check isolates
     checks = sorted({check for check, _ in EXPECTED_ROBUSTNESS.values()})
-    args = ["--suite", "robustness", "-k", " or ".join(checks)]
+    args = ["--suite", "all", "-k", " or ".join(["event_bridge.subscriptions.fan_out", *checks])]
     for name in EXPECTED_ROBUSTNESS:
         args += ["--adapter", f"{name}=broken_adapters:{name}"]
     return run_conformance(args, tmp_path_factory.mktemp("broken-robustness"), timeout=300)
