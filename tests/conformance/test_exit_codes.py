@@ -95,7 +95,9 @@ def test_refused_brokers_end_the_run_fast_with_one_line_per_service(tmp_path: Pa
              "AMQP_URL": f"amqp://127.0.0.1:{amqp_port}/"},
     )  # fmt: skip
     assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr
-    assert took < 10, f"took {took:.1f}s"
+    # before the preflight: 51 failures in 3 min 20 s; now no check runs (start-up and
+    # collection only: about 4 s here, up to 15 s with CI's two halves side by side)
+    assert took < 30, f"took {took:.1f}s"
     assert sorted(preflight_lines(proc.stdout)) == [
         f"preflight: nats: connection refused at 127.0.0.1:{nats_port}",
         f"preflight: rabbitmq: connection refused at 127.0.0.1:{amqp_port}",
