@@ -133,6 +133,22 @@ async def test_invoker_instance(aut: AdapterUnderTest) -> None:
     ), f"the sender's service or target changed on the way: {got!r}"
 
 
+@check("event_bridge.commands.default_ttl", kinds=EB)
+async def test_default_ttl(aut: AdapterUnderTest) -> None:
+    """``invoke`` without a ttl (the bridge's default command ttl applies) is answered like
+    one with a ttl."""
+    await _echo_server(aut, "calc")
+    client = await aut.new()
+    cmd = command(client, addr("calc"), {"x": 2}, {"p": 1})
+    try:
+        result = await asyncio.wait_for(client.invoke(cmd), 10)
+    except Exception as exc:  # a crash here is the finding, whatever its type
+        raise AssertionError(f"invoke without a ttl failed: {exc!r}") from exc
+    assert result.get("echo") == {"x": 2} and result.get("parameter") == {"p": 1}, (
+        f"invoke without a ttl answered {result!r}"
+    )
+
+
 @check("event_bridge.commands.handled_error", kinds=EB)
 async def test_handled_error(aut: AdapterUnderTest) -> None:
     """A handled error reaches the caller with its status, message and data intact."""
