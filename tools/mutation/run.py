@@ -158,7 +158,10 @@ def summarise(
                     continue
                 if eq is not None:
                     res.stale.append(name)
-                res.survivors.append({"name": name, "diff": diff})
+                survivor = {"name": name, "diff": diff}
+                if codes[name] in (5, 33):  # mutmut's "no tests": no check executes it
+                    survivor["note"] = "no check executes the mutated statement"
+                res.survivors.append(survivor)
             res.counts[cat] += 1
         results.append(res)
     return results
@@ -205,6 +208,8 @@ def write_summary(results: list[ModuleResult], out_dir: Path, when: str) -> Path
             lines += ["", f"## Survivors in {r.name} ({r.path})", ""]
             for s in r.survivors:
                 why = " (stale equivalent entry)" if s["name"] in r.stale else ""
+                if s.get("note"):
+                    why += f" ({s['note']})"
                 lines += [f"### {s['name']}{why}", "", "```diff", s["diff"], "```", ""]
         if r.equivalents:
             lines += ["", f"## Equivalent in {r.name}", ""]
