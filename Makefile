@@ -97,7 +97,7 @@ SHELL_SCRIPTS := docker/install-local-services.sh docker/engine.sh .ci/run .ci/d
 lint: venv
 	$(VENV)/bin/ruff check .
 	@command -v shellcheck >/dev/null || { echo "make lint: shellcheck is not installed (apt-get install shellcheck)" >&2; exit 1; }
-	shellcheck $(SHELL_SCRIPTS)
+	shellcheck -x $(SHELL_SCRIPTS)
 
 format: venv
 	$(VENV)/bin/ruff format .
