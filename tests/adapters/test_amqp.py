@@ -394,7 +394,9 @@ async def test_retries_then_dead_letter_with_reason(make_bridge: Any, raw: Raw,
     await wait_for(lambda: len(letters) == 1, 10, "dead letter event")
     assert len(attempts) == 3
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
-    assert 0.19 <= gaps[0] < 0.7 and 0.39 <= gaps[1] < 0.9, gaps  # 200 ms then 400 ms
+    # 200 ms then 400 ms: the floors judge the delays and the backoff; the ceilings only
+    # catch a delay gone wrong by far (0.7 s failed at load 6 on 2 cores)
+    assert 0.19 <= gaps[0] < 1.5 and 0.39 <= gaps[1] < 2.0, gaps
     assert letters[0]["reason"] == "RuntimeError: database down"
     assert letters[0]["attempts"] == 3 and letters[0]["message"]["id"] == sent.id
     [kept] = await raw.take_all(topo.dead_letter_queue(namespace, sub))

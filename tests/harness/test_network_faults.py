@@ -36,10 +36,11 @@ def test_proxy_url_keeps_scheme_credentials_and_path(
 
 
 def test_latency_adds_at_least_its_delay_and_stops_when_removed(proxy: Proxy) -> None:
-    base = _baseline(proxy)
     with proxy.latency(200):
         slow = round_trip(proxy.host, proxy.port)
-    assert slow >= base + 0.2
+    # the toxic holds the reply 200 ms: no round trip through it can be shorter (comparing
+    # with base + 0.2 judged two separate round trips' jitter and failed by 0.3 ms)
+    assert slow >= 0.2
     assert proxy.toxics() == []
     assert round_trip(proxy.host, proxy.port) < 0.2
 
