@@ -15,6 +15,11 @@ from pathlib import Path
 
 import pytest
 
+# at collection, not inside the test: Python 3.11.7's ast.parse (pytest's assertion rewriting
+# of conformance.plugin on first import) raised "SystemError: AST constructor recursion
+# depth mismatch" when that first import came late in an xdist worker
+from conformance.plugin.progress import RichProgress
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -140,8 +145,6 @@ def test_the_panel_shows_a_version_as_text_not_markup() -> None:
     import io
 
     from rich.console import Console
-
-    from conformance.plugin.progress import RichProgress
 
     class Writer:
         fullwidth = 100
