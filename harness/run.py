@@ -320,6 +320,8 @@ class Run:
         self._lock = threading.RLock()
         self._reaper: subprocess.Popen[bytes] | None = None
         self._signalled = False
+        self.stopper = ""  # who stops the run on a signal: "main thread" or "signal watcher"
+        self._stop_lock = threading.RLock()  # reentrant: taken in the main thread's handler
         self.sessions: dict[int, str] = {}  # the session leaders this process started
         if owner:
             self._write_owner()
@@ -345,6 +347,15 @@ class Run:
         """Forget a cleanup (its thing is gone already)."""
         with self._lock:
             self._cleanups.pop(token, None)
+
+    def claim_stop(self, by: str) -> bool:
+        """True when ``by`` is the first to stop the run on a signal (and now does)."""
+        with self._stop_lock:
+            if self.stopper:
+                return False
+            self.stopper = by
+            self._signalled = True
+            return True
 
     def refuse_if_stopping(self) -> None:
         """Raise when a signal is stopping the run (nothing new may appear in its temp dir)."""
@@ -581,9 +592,14 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     run = _current
     if run is None or run.pid != os.getpid():
         os._exit(128 + signum)
-    if run._signalled:  # a second signal while stopping: leave at once
-        os._exit(128 + signum)
-    run._signalled = True
+    if not run.claim_stop("main thread"):
+        if run.stopper == "main thread":  # a second signal while stopping: leave at once
+            os._exit(128 + signum)
+        return  # the watcher took this signal first, and stops the run
+    _stop_and_exit(run, signum)
+
+
+def _stop_and_exit(run: Run, signum: int) -> None:
     for sig in STOP_SIGNALS:
         with contextlib.suppress(ValueError, OSError):
             signal.signal(sig, _second_signal)
@@ -597,12 +613,106 @@ def _second_signal(signum: int, frame: FrameType | None) -> None:
     os._exit(128 + signum)
 
 
+class _SignalWatcher:
+    """Stops the run when the main thread cannot: the kernel may deliver a signal to any
+    thread, and Python then runs its handler only once the main thread next executes
+    bytecode, which a main thread blocked in a sleep or a wait does not do (seen: 5 %
+    of SIGTERMs under load never handled). The signal's C handler writes its number to
+    Python's wakeup fd, whatever the thread; this thread reads it, gives the main thread
+    MAIN_THREAD_GRACE_S to start stopping, then stops the run itself."""
+
+    MAIN_THREAD_GRACE_S = 0.5
+
+    def __init__(self) -> None:
+        self._pipe: tuple[int, int] | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def install(self) -> bool:
+        """Take Python's wakeup fd (main thread only); False when someone else holds it
+        (an asyncio loop with signal handlers): the main thread's handler alone then."""
+        if self._pid != os.getpid() or self._pipe is None:
+            self._pipe = os.pipe()
+            os.set_blocking(self._pipe[1], False)
+            self._pid = os.getpid()
+            self._thread = None
+        try:
+            previous = signal.set_wakeup_fd(self._pipe[1], warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            return False
+        if previous not in (-1, self._pipe[1]):
+            signal.set_wakeup_fd(previous)
+            return False
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, args=(self._pipe[0],),
+                                            name="harness-signals", daemon=True)
+            self._thread.start()
+        return True
+
+    def _loop(self, fd: int) -> None:
+        # never the thread a stop signal is delivered to: the main thread or another is
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        seen = 0
+        while True:
+            try:
+                data = os.read(fd, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            for signum in data:
+                run = _current
+                if (signum not in STOP_SIGNALS or run is None or run.pid != os.getpid()
+                        or signal.getsignal(signum) not in (_on_signal, _second_signal)):
+                    continue
+                seen += 1
+                if seen > 1 and run.stopper:  # a second signal while stopping
+                    os._exit(128 + signum)
+                deadline = time.monotonic() + self.MAIN_THREAD_GRACE_S
+                while not run.stopper and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                if run.claim_stop("signal watcher"):
+                    self._stop_in_thread(run, signum)
+
+    @staticmethod
+    def _stop_in_thread(run: Run, signum: int) -> None:
+        # the stop starts processes' cleanups: their threads (and what they start) must
+        # not inherit this thread's blocked stop signals
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        try:
+            threading.Thread(target=_stop_and_exit, args=(run, signum),
+                             name="harness-stop", daemon=True).start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: its signals are its own, not the parent's to read."""
+        if self._pipe is None or self._pid == os.getpid():
+            return
+        pipe, self._pipe, self._thread = self._pipe, None, None
+        try:
+            previous = signal.set_wakeup_fd(-1)
+        except (ValueError, OSError):  # forked by another thread: the exec ends it all
+            return
+        if previous not in (-1, pipe[1]):  # not ours: leave it as it was
+            signal.set_wakeup_fd(previous)
+            return
+        for fd in pipe:  # a reused number would get the child's signal bytes
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+_watcher = _SignalWatcher()
+os.register_at_fork(after_in_child=_watcher.forget_after_fork)
+
+
 def install_signal_handlers() -> bool:
     """SIGTERM, SIGINT and SIGHUP stop the run and exit 128 + signal (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         return False
     for sig in STOP_SIGNALS:
         signal.signal(sig, _on_signal)
+    _watcher.install()
     return True
 
 
