@@ -319,7 +319,6 @@ class Run:
         # reentrant: the signal handler runs in the main thread, which may hold it
         self._lock = threading.RLock()
         self._reaper: subprocess.Popen[bytes] | None = None
-        self._signalled = False
         self.stopper = ""  # who stops the run on a signal: "main thread" or "signal watcher"
         self._stop_lock = threading.RLock()  # reentrant: taken in the main thread's handler
         self.sessions: dict[int, str] = {}  # the session leaders this process started
@@ -354,8 +353,11 @@ class Run:
             if self.stopper:
                 return False
             self.stopper = by
-            self._signalled = True
             return True
+
+    @property
+    def _signalled(self) -> bool:
+        return bool(self.stopper)
 
     def refuse_if_stopping(self) -> None:
         """Raise when a signal is stopping the run (nothing new may appear in its temp dir)."""
