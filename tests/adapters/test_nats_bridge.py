@@ -143,7 +143,7 @@ async def test_command_round_trip_keeps_every_field(make_bridge: Any) -> None:
 
 
 async def test_the_connection_parses_headers_with_the_fast_parser(make_bridge: Any) -> None:
-    from reference_services.adapters.nats.connection import parse_header_lines
+    from reference_services.adapters.nats.headers import parse_header_lines
 
     bridge = await make_bridge()
     assert bridge._client()._parse_header_lines is parse_header_lines

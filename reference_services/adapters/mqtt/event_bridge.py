@@ -54,8 +54,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from reference_services.adapters.mqtt import topics
 from reference_services.adapters.mqtt.connection import (
@@ -64,6 +62,7 @@ from reference_services.adapters.mqtt.connection import (
     MqttUnavailableError,
     resolve_url,
 )
+from reference_services.adapters.mqtt.properties import PublishProperties
 from reference_services.runtime.codec import MessageDecodeError, decode
 from reference_services.runtime.errors import StatusCode, UnhandledError
 from reference_services.runtime.ids import now_ms
@@ -306,7 +305,7 @@ class MqttBridge(EventBridgeBase):
         )
 
     async def _publish(self, message: AnyMessage) -> None:
-        props = Properties(PacketTypes.PUBLISH)
+        props = PublishProperties()
         props.ContentType = message.content_type
         user = list(routing_headers(message).items())
         reason = _dead_letter_reason.get()
@@ -327,7 +326,7 @@ class MqttBridge(EventBridgeBase):
             code = await self._rpc.publish(topic, raw, props, self.publish_timeout_s)
 
     async def _send_command(self, command: Command) -> None:
-        props = Properties(PacketTypes.PUBLISH)
+        props = PublishProperties()
         props.ContentType = command.content_type
         props.CorrelationData = command.correlation_id.encode("utf-8")
         props.UserProperty = list(routing_headers(command).items())
@@ -422,7 +421,7 @@ class MqttBridge(EventBridgeBase):
             )
         props = None
         if extra_headers:
-            props = Properties(PacketTypes.PUBLISH)
+            props = PublishProperties()
             props.UserProperty = [(str(k), str(v)) for k, v in extra_headers.items()]
         for topic in targets:
             await self._rpc.publish(topic, bytes(raw), props, self.publish_timeout_s)
@@ -635,7 +634,7 @@ class MqttBridge(EventBridgeBase):
             return True
 
         async def send(response: CommandResponse) -> None:
-            props = Properties(PacketTypes.PUBLISH)
+            props = PublishProperties()
             props.ContentType = response.content_type
             props.CorrelationData = message.correlation_id.encode("utf-8")
             props.UserProperty = list(routing_headers(response).items())
