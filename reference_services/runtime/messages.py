@@ -8,7 +8,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 from pydantic.alias_generators import to_camel
 
 from reference_services.runtime.ids import new_id, now_ms
@@ -96,6 +96,11 @@ class _Envelope(_Model):
     tenant_id: str | None = None
     event_name: str | None = None
     otp: str | None = None
+
+    @field_serializer("otp", when_used="json")
+    def _otp_on_the_wire(self, otp: str | None) -> str:
+        # PURISTA always sends otp: "{}" without a span (see codec.EMPTY_OTP)
+        return "{}" if otp is None else otp
 
 
 class Command(_Envelope):

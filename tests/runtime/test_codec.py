@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference_services.runtime.codec import MessageDecodeError, decode, encode, to_wire
+from reference_services.runtime.codec import (
+    MessageDecodeError,
+    MessageEncodeError,
+    decode,
+    encode,
+    to_wire,
+)
 from reference_services.runtime.messages import (
     Address,
     Command,
@@ -221,3 +227,71 @@ def test_decoding_keeps_nothing_of_the_messages() -> None:
     gc.collect()
     kept = sys.getallocatedblocks() - before
     assert kept < 200, f"{kept} blocks kept after decoding {len(raws)} messages"
+
+
+def _full_path(message: object) -> bytes:
+    """The wire text by to_wire and the standard library (what encode gives when the payload
+    holds other types than JSON's own)."""
+    return json.dumps(
+        to_wire(message), ensure_ascii=False, allow_nan=False, separators=(",", ":")  # type: ignore[arg-type]
+    ).encode("utf-8")
+
+
+def _no_exponent(value: object) -> bool:
+    if isinstance(value, float):
+        return "e" not in repr(value)
+    if isinstance(value, dict):
+        return all(_no_exponent(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(_no_exponent(v) for v in value)
+    return True
+
+
+@settings(max_examples=400)
+@given(any_message)
+def test_encode_writes_what_to_wire_and_json_write(message: object) -> None:
+    """The one-pass encoder: the same keys, in the same order, with the same values; the
+    same bytes unless a float has an exponent (``1e-7``, as JavaScript writes it)."""
+    ours, full = encode(message), _full_path(message)  # type: ignore[arg-type]
+    assert json.loads(ours) == json.loads(full)
+    assert list(json.loads(ours)) == list(json.loads(full))
+    if _no_exponent(json.loads(full)):
+        assert ours == full
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"at": __import__("datetime").datetime(2020, 1, 1)},
+        {1, 2},
+        b"bytes",
+        {"n": float("nan")},
+        [float("inf")],
+        {None: 1},
+        {1: "int key"},
+        "\ud800",
+        [{"deep": [[{"x": __import__("decimal").Decimal("1.5")}]]}],
+    ],
+)
+def test_payloads_outside_json_encode_as_the_standard_library_says(payload: object) -> None:
+    """What JSON cannot say exactly is the standard library's to decide, as before the
+    one-pass encoder: refused, or (int or None keys) written as it writes them."""
+    sender = SenderAddress(service_name="a", service_version="1", service_target="t",
+                           instance_id="i")
+    message = CustomMessage(sender=sender, event_name="e", payload=payload)
+    try:
+        full = _full_path(message)
+    except (TypeError, ValueError, UnicodeEncodeError):
+        with pytest.raises(MessageEncodeError):
+            encode(message)
+        return
+    assert encode(message) == full
+
+
+def test_a_cyclic_payload_is_refused() -> None:
+    cyclic: list[object] = []
+    cyclic.append(cyclic)
+    sender = SenderAddress(service_name="a", service_version="1", service_target="t",
+                           instance_id="i")
+    with pytest.raises(MessageEncodeError):
+        encode(CustomMessage(sender=sender, event_name="e", payload=cyclic))
