@@ -29,7 +29,7 @@ import functools
 import json
 import re
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from reference_services.runtime.definitions import AddressFilter
@@ -158,11 +158,45 @@ def address_headers(side: str, address: Address | None) -> dict[str, str]:
 _LINE_BREAK = re.compile("[\r\n]")
 
 
+def _address_key(address: Address | None) -> tuple[str | None, ...] | None:
+    if address is None:
+        return None
+    return (address.service_name, address.service_version, address.service_target,
+            address.instance_id)
+
+
+# one fleet's sender/receiver pairs repeat: their headers are worked out once
+_ROUTING_MEMO_SIZE = 4096
+_routing_memo: dict[tuple[Any, ...], dict[str, str]] = {}
+
+
 def routing_headers(message: object) -> dict[str, str]:
     """PURISTA's routing headers of a message (NATS headers, MQTT user properties):
     ``messageType``, ``sender*``, ``receiver*``, ``eventName``, ``principalId``,
     ``tenantId`` when set, and the W3C ``traceparent``/``tracestate`` of its ``otp``.
-    Values a header cannot carry (line breaks) are left out."""
+    Values a header cannot carry (line breaks) are left out. A new dict on every call."""
+    key = (
+        getattr(message, "message_type", ""),
+        _address_key(getattr(message, "sender", None)),
+        _address_key(getattr(message, "receiver", None)),
+        getattr(message, "event_name", None),
+        getattr(message, "principal_id", None),
+        getattr(message, "tenant_id", None),
+        getattr(message, "otp", None),
+    )
+    try:
+        hit = _routing_memo.get(key)
+    except TypeError:  # an unhashable value where a string belongs: work it out
+        return _routing_headers(message)
+    if hit is None:
+        hit = _routing_headers(message)
+        if len(_routing_memo) >= _ROUTING_MEMO_SIZE:
+            _routing_memo.clear()
+        _routing_memo[key] = hit
+    return dict(hit)
+
+
+def _routing_headers(message: object) -> dict[str, str]:
     out: dict[str, str] = {"messageType": str(getattr(message, "message_type", ""))}
     for side in ("sender", "receiver"):
         out.update(address_headers(side, getattr(message, side, None)))

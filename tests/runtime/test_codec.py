@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reference_services.runtime import purista_names
 from reference_services.runtime.codec import (
     MessageDecodeError,
     MessageEncodeError,
@@ -295,3 +296,15 @@ def test_a_cyclic_payload_is_refused() -> None:
                            instance_id="i")
     with pytest.raises(MessageEncodeError):
         encode(CustomMessage(sender=sender, event_name="e", payload=cyclic))
+
+
+@given(any_message)
+def test_routing_headers_are_worked_out_afresh_or_remembered_alike(message: object) -> None:
+    """The routing headers (NATS headers, MQTT user properties) of a message whose addresses
+    were seen before come from a memo: the same as worked out afresh, and a new dict each
+    call (what one caller changes, the next does not see)."""
+    fresh = purista_names._routing_headers(message)
+    first = purista_names.routing_headers(message)
+    assert first == fresh
+    first["messageType"] = "changed by a caller"
+    assert purista_names.routing_headers(message) == fresh
