@@ -48,7 +48,8 @@ class _Parser(argparse.ArgumentParser):
 
 EXIT_CODES = """exit codes:
   0    every selected adapter was tested; every check that ran passed (or is declared
-       unsupported)
+       unsupported); adapters of a broad --adapter value that -k kept no check of are
+       named as not tested
   1    a check failed
   2    usage error: bad option, adapter, provider, -k, or a selection matching no check
   3    not tested: a backing service could not be provided (--allow-missing-services: 0)

@@ -65,6 +65,7 @@ class RunState:
     empty_selection: str = ""
     selectors: dict[str, list[str]] = field(default_factory=dict)  # --adapter -> labels
     checked: set[str] = field(default_factory=set)  # labels with a selected check
+    in_suite: set[str] = field(default_factory=set)  # labels with a check in the suite (pre -k)
     missing: dict[str, str] = field(default_factory=dict)  # service -> preflight line
     missing_adapters: dict[str, str] = field(default_factory=dict)  # label -> reason
     preflight_s: float = 0.0
@@ -193,6 +194,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         item.extra_keyword_matches.add(info.id)
         state.titles[item.nodeid] = f"{info.id} [{spec.label}]"
+        state.in_suite.add(spec.label)  # -k deselects later (this hook runs first)
         keep.append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
@@ -441,6 +443,7 @@ def _preflight(session: pytest.Session) -> None:
     state.selected = len(session.items)
     if _is_worker(config):
         config.workeroutput["cf_checked"] = json.dumps(sorted(state.checked))  # type: ignore[attr-defined]
+        config.workeroutput["cf_in_suite"] = json.dumps(sorted(state.in_suite))  # type: ignore[attr-defined]
     if not session.items:
         state.empty_selection = _describe_selection(config, state)
         return
@@ -572,6 +575,9 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     state = node.config.stash[_STATE]
     state.brokers.update(json.loads(getattr(node, "workeroutput", {}).get("cf_brokers") or "{}"))
     state.checked.update(json.loads(getattr(node, "workeroutput", {}).get("cf_checked") or "[]"))
+    state.in_suite.update(
+        json.loads(getattr(node, "workeroutput", {}).get("cf_in_suite") or "[]")
+    )
     raw = getattr(node, "workeroutput", {}).get("cf_preflight")
     if not raw:
         return
@@ -616,6 +622,23 @@ def _unmatched_selectors(
     keyword = config.getoption("keyword", "")
     where = (f"-k {keyword!r} in " if keyword else "") + f"suite {state.suite!r}"
     return f"--adapter {', '.join(repr(s) for s in unmatched)} ({where})"
+
+
+def _left_out_by_keyword(
+    config: pytest.Config, state: RunState, results: list[dict[str, Any]]
+) -> str:
+    """The adapters an ``--adapter`` value selected that have checks in the suite but none
+    that ``-k`` kept (another adapter of that value had some), described for the verdict
+    ("" when there are none): they were not tested, and the verdict must not say they were."""
+    keyword = config.getoption("keyword", "")
+    if not keyword:
+        return ""
+    checked = state.checked | {f"{r['kind']}:{r['adapter']}" for r in results}
+    left = sorted(
+        {label for labels in state.selectors.values() for label in labels
+         if label in state.in_suite and label not in checked}
+    )
+    return f"-k {keyword!r} keeps no check of {', '.join(left)}" if left else ""
 
 
 def _describe_selection(config: pytest.Config, state: RunState) -> str:
@@ -753,6 +776,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         preflight_missing=state.missing_adapters,
         empty_selection=state.empty_selection,
         unmatched=_unmatched_selectors(config, state, results),
+        left_out=_left_out_by_keyword(config, state, results),
     )
     LAST_VERDICT["last"] = state.verdict
     doc = report_mod.build(

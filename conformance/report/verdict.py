@@ -3,7 +3,8 @@
 Every exit code is decided here (:func:`decide`), so that callers extend one table:
 
 - 0 ``passed``: every selected adapter ran at least one check and every check that
-  ran passed or was declared unsupported;
+  ran passed or was declared unsupported (an adapter of a broad ``--adapter`` value,
+  such as ``memory``, whose checks ``-k`` all deselected is named as not tested);
 - 1 ``failed``: a check failed (or pytest hit an internal error);
 - 2 ``usage``: a bad option, provider, suite or adapter, or a selection that
   matches no check;
@@ -94,12 +95,15 @@ def decide(
     preflight_missing: dict[str, str] | None = None,
     empty_selection: str = "",
     unmatched: str = "",
+    left_out: str = "",
 ) -> Verdict:
     """The exit code of a run from pytest's exit code and the result rows.
 
     ``selected`` is how many checks the selection held (before any preflight removed
     them); ``empty_selection`` describes the selection when it held none; ``unmatched``
-    names the ``--adapter`` values whose adapters got no check (another's did).
+    names the ``--adapter`` values whose adapters got no check (another's did);
+    ``left_out`` names the selected adapters ``-k`` kept no check of (a passing run says
+    so instead of "every selected adapter was tested").
     """
     if pytest_code == _PYTEST_USAGE:
         return Verdict(EXIT_USAGE, "pytest rejected the arguments")
@@ -125,4 +129,9 @@ def decide(
                 allowed_missing=True,
             )
         return Verdict(EXIT_NOT_TESTED, f"{len(missing)} adapter(s) not tested", missing)
+    if left_out:
+        return Verdict(
+            EXIT_PASSED, f"no check failed; not tested: {left_out} (a narrower --adapter "
+            "names only what -k checks)"
+        )
     return Verdict(EXIT_PASSED, "every selected adapter was tested; no check failed")

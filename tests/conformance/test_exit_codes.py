@@ -66,6 +66,28 @@ def test_an_adapter_matching_no_check_is_a_usage_error(tmp_path: Path, workers: 
     assert report["results"][0]["status"] == "passed"
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_a_pass_names_the_adapters_k_left_without_a_check(
+    tmp_path: Path, workers: list[str]
+) -> None:
+    """``--adapter memory`` selects the in-memory bridge, queue and stores; ``-k`` keeping
+    only an event bridge check passes, but never as "every selected adapter was tested":
+    the others are named as not tested, on the terminal and in report.json."""
+    proc, _ = run(
+        "--suite", "contract", "--quick", "-k", "event_bridge.subscriptions.fan_out",
+        "--adapter", "memory", *workers, "--report-dir", str(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    left = "config_store:memory, queue_bridge:memory, secret_store:memory, state_store:memory"
+    want = f"not tested: -k 'event_bridge.subscriptions.fan_out' keeps no check of {left}"
+    assert want in proc.stderr, proc.stderr
+    assert "every selected adapter was tested" not in proc.stdout + proc.stderr
+    verdict = json.loads((tmp_path / "report.json").read_text())["verdict"]
+    assert want in verdict["reason"]
+    assert [r["adapter"] for r in json.loads((tmp_path / "report.json").read_text())["results"]
+            ] == ["memory"]
+
+
 def test_an_unknown_provider_is_a_usage_error_without_pytest_noise() -> None:
     proc, _ = run("--provider", "nope")
     assert proc.returncode == 2
