@@ -257,6 +257,11 @@ class ServiceBuilder:
             raise DefinitionError(f"lease_renew_every_ms must be > 0, got {lease_renew_every_ms}")
 
         def register(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            if queue in self.queue_workers:
+                raise DefinitionError(
+                    f"queue worker for {queue!r} is defined twice on {self.name} (one worker "
+                    "per queue and service: raise its concurrency instead)"
+                )
             self.queue_workers[queue] = QueueWorkerDefinition(
                 queue,
                 fn,

@@ -339,3 +339,19 @@ def test_a_command_or_subscription_defined_twice_is_refused_and_the_first_kept()
         svc.subscription("audit")(watch)
     assert svc.commands["add"].handler is first and svc.commands["add"].name == "add"
     assert svc.subscriptions["audit"].event_name == "e"
+
+
+def test_a_second_worker_for_one_queue_is_refused_and_the_first_kept() -> None:
+    svc = ServiceBuilder("twice", "1")
+
+    @svc.queue_worker("jobs", concurrency=2)
+    async def first(ctx, job):  # type: ignore[no-untyped-def]
+        return None
+
+    async def second(ctx, job):  # type: ignore[no-untyped-def]
+        return None
+
+    with pytest.raises(DefinitionError, match="queue worker for 'jobs' is defined twice on twice"):
+        svc.queue_worker("jobs")(second)
+    assert svc.queue_workers["jobs"].handler is first
+    assert svc.queue_workers["jobs"].concurrency == 2
