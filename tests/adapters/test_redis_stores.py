@@ -183,3 +183,14 @@ async def test_set_if_absent_retried_after_lost_reply_still_reports_created(
         assert await store.set_if_absent("claim", {"owner": "other"}) is False
     finally:
         await store.destroy()
+
+
+async def test_no_socket_timeout_is_a_setting_too(make_store: Any) -> None:
+    """``socket_timeout_s=None`` (wait as long as Redis takes) reaches the client: it was
+    dropped for the 5 s default. The store still works with it."""
+    store = await make_store(socket_timeout_s=None)
+    assert store.settings.socket_timeout_s is None
+    pool_kwargs = store._client.connection_pool.connection_kwargs
+    assert pool_kwargs["socket_timeout"] is None
+    await store.set("k", {"v": 1})
+    assert await store.get("k") == {"k": {"v": 1}}

@@ -47,9 +47,10 @@ class RedisSettings:
 
     @classmethod
     def resolve(cls, url: str | None, **overrides: Any) -> RedisSettings:
-        """Settings for ``url``, falling back to ``REDIS_URL`` then localhost."""
+        """Settings for ``url``, falling back to ``REDIS_URL`` then localhost; ``overrides``
+        are fields, taken as given (``socket_timeout_s=None`` is no timeout)."""
         chosen = url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
-        return cls(url=chosen, **{k: v for k, v in overrides.items() if v is not None})
+        return cls(url=chosen, **overrides)
 
     def client(self) -> aioredis.Redis:
         """A new client (connections are made lazily, per command, and remade after loss)."""
