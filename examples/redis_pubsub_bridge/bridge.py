@@ -21,6 +21,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from reference_services.runtime.codec import MessageDecodeError, decode
 from reference_services.runtime.errors import StatusCode
 from reference_services.runtime.messages import AnyMessage, Command, CommandResponse, error_response
 from reference_services.runtime.spi.bridge_base import (
@@ -140,6 +141,8 @@ class RedisPubSubBridge(EventBridgeBase):
             channel = item["channel"].decode()
             message = self.core.decode_or_reject(item["data"], channel)
             if message is None:
+                if channel == self._events:
+                    self._quarantine(item["data"])
                 continue
             if channel == self._events:
                 for reg in self.core.matching_subscriptions(message):
@@ -149,6 +152,20 @@ class RedisPubSubBridge(EventBridgeBase):
                 self.core.spawn_tracked(self._serve(message, route), name="redis-pubsub-command")
             elif channel == self._reply_channel(self.instance_id):
                 self.core.resolve_response(message)  # type: ignore[arg-type]
+
+    def _quarantine(self, raw: bytes) -> None:
+        """Undecodable bytes on the events channel could have been for any subscription held
+        here (matching needs the decoded message): each of them quarantines them, dead letter
+        and infoSubscriptionError, as the SPI asks; they are never dropped silently."""
+        try:
+            decode(raw, max_bytes=self.max_message_bytes)
+            reason = "malformed message"
+        except MessageDecodeError as exc:
+            reason = f"malformed message: {exc}"
+        for reg in self.core.registered_subscriptions:
+            self.core.spawn_tracked(
+                self.core.quarantine_raw(reg, raw, reason), name="redis-pubsub-quarantine"
+            )
 
     async def _deliver(
         self, reg: RegisteredSubscription, message: AnyMessage, attempt: int

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from conformance.kit import Recorder, event, subscription
+from conformance.kit import FailureHandling, Recorder, event, subscription
 from conformance.kit.ledger import Ledger, expect_exactly_once
 from conformance.kit.marks import check
 from conformance.kit.under_test import AdapterUnderTest
 from conformance.kit.waits import wait_for, wait_quiet
 from reference_services.runtime.codec import encode
+from reference_services.runtime.messages import MessageType
 
 EB = ("event_bridge",)
 
@@ -83,3 +85,108 @@ async def test_malformed_rejected(aut: AdapterUnderTest) -> None:
     for obj in (consumer, getattr(consumer, "hub", None)):
         if obj is not None and hasattr(obj, "rejected_messages"):
             aut.metric("rejected_messages", obj.rejected_messages)
+
+
+# undecodable bytes, each with the word its reason must name (what is wrong with them)
+QUARANTINE_CASES = {
+    "not json": (b"wire-quarantine-not-json {", "json"),
+    "not utf-8": (b"wire-quarantine-\xff\xfe", "utf-8"),
+    "json array": (b'["wire-quarantine-array"]', "object"),
+    "unknown messageType": (
+        b'{"messageType": "gossip", "id": "wire-quarantine-gossip"}',
+        "messagetype",
+    ),
+}
+
+
+@check("event_bridge.wire.malformed_quarantined", kinds=EB, needs=("dead_letter",))
+async def test_malformed_quarantined(aut: AdapterUnderTest) -> None:
+    """Each undecodable delivery to a subscription with a dead letter target is quarantined at
+    once, exactly once, and never retried: one dead letter with attempts 0, the raw bytes and
+    their size, and a reason naming what is wrong with them; one infoSubscriptionError from
+    the consuming instance naming the subscription (attempts 0, deadLettered); nothing reaches
+    the handler, and the bridge keeps delivering."""
+    target = f"{aut.ctx.prefix}.wire-quarantine"
+    handled = Ledger("handler")
+    consumer = await aut.new()
+    sub = subscription(
+        "wire-quarantine",
+        event_name="wq",
+        failure=FailureHandling(max_attempts=3, retry_delay_ms=10, dead_letter_target=target),
+    )
+    await consumer.register_subscription(sub, Recorder(handled, "handler"))
+    watcher = await aut.new()
+    letters: list[Any] = []
+    infos: list[Any] = []
+
+    async def keep_letter(msg: Any) -> None:
+        letters.append(msg)
+
+    async def keep_info(msg: Any) -> None:
+        infos.append(msg)
+
+    await watcher.register_subscription(subscription("wq-letters", event_name=target), keep_letter)
+    await watcher.register_subscription(
+        replace(subscription("wq-infos"), message_type=MessageType.INFO_SUBSCRIPTION_ERROR),
+        keep_info,
+    )
+    injected: dict[str, tuple[bytes, str]] = {}
+    for name, (raw, word) in QUARANTINE_CASES.items():
+        try:
+            if not await aut.inject_raw(consumer, raw):
+                pytest.skip("the adapter offers no raw-injection hook (publish_raw)")
+        except Exception as exc:  # refused by the transport: nothing to quarantine
+            aut.metric(f"refused_{name}", type(exc).__name__)
+            continue
+        injected[name] = (raw, word)
+    by_raw = {raw.decode("utf-8", "replace"): name for name, (raw, _) in injected.items()}
+    mine = lambda: [  # noqa: E731
+        m for m in infos if str(sub.subscriber) in str(m.payload.get("subscription"))
+    ]
+    await wait_for(
+        lambda: len(letters) >= len(injected) and len(mine()) >= len(injected),
+        10,
+        progress=lambda: (len(letters), len(infos)),
+    )
+    probe = event(watcher, "wq", {"id": "wq-after"})
+    await watcher.emit_message(probe)
+    handled.sent("wq-after")
+    await wait_for(handled.all_arrived, 10)
+    await wait_quiet(lambda: (len(letters), len(infos), handled.total_delivered), quiet_s=0.3)
+    aut.metric("injected", sorted(injected))
+    expect_exactly_once(handled)
+    seen: dict[str, int] = {}
+    bad = []
+    for letter in letters:
+        body = letter.payload if isinstance(letter.payload, dict) else {}
+        name = by_raw.get(str(body.get("raw")))
+        if name is None:
+            bad.append(f"a dead letter without the raw bytes of any case: {body!r:.160}")
+            continue
+        seen[name] = seen.get(name, 0) + 1
+        raw, word = injected[name]
+        if body.get("rawBytes") != len(raw):
+            bad.append(f"{name}: rawBytes {body.get('rawBytes')!r}, sent {len(raw)} bytes")
+        if body.get("attempts") != 0:
+            bad.append(f"{name}: attempts {body.get('attempts')!r} (quarantine is not a retry)")
+        reason = body.get("reason")
+        if not isinstance(reason, str) or word not in reason.lower():
+            bad.append(f"{name}: reason {reason!r} does not say what is wrong ({word})")
+    missing = sorted(set(injected) - set(seen))
+    assert not missing, f"undecodable deliveries without a dead letter: {missing}"
+    twice = sorted(n for n, k in seen.items() if k > 1)
+    assert not twice, f"quarantined more than once: {twice}"
+    assert not bad, "quarantine letters wrong: " + "; ".join(bad[:6])
+    reports = mine()
+    assert len(reports) == len(injected), (
+        f"{len(injected)} undecodable deliveries, {len(reports)} infoSubscriptionError "
+        f"naming {sub.subscriber}: {[m.payload for m in reports][:6]}"
+    )
+    for m in reports:
+        assert m.sender.instance_id == consumer.instance_id, (
+            f"quarantine reported by instance {m.sender.instance_id}, the consumer is "
+            f"{consumer.instance_id}"
+        )
+        want = {"attempts": 0, "deadLettered": True}
+        assert {k: m.payload.get(k) for k in want} == want, f"quarantine info: {m.payload}"
+        assert m.payload.get("reason"), f"quarantine info without a reason: {m.payload}"
