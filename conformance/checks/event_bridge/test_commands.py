@@ -308,6 +308,42 @@ async def test_shared_exactly_once(aut: AdapterUnderTest) -> None:
     aut.metric("executions_per_instance", dict(sorted(spread.items())))
 
 
+@check("event_bridge.commands.pinned_instance", kinds=EB, needs=("shared_commands",))
+async def test_pinned_instance(aut: AdapterUnderTest) -> None:
+    """A command whose receiver names an instance (receiver instanceId) runs on that instance
+    only, although three instances serve it, and its answer comes back: each of the three
+    pinned in turn, several times."""
+    runs: list[tuple[str, str]] = []  # (pinned instance, instance that ran it)
+    servers = []
+    for _ in range(3):
+        server = await aut.new()
+
+        def handler(me: str) -> Any:
+            async def run(cmd: Any) -> Any:
+                runs.append((str(cmd.payload.payload["pinned"]), me))
+                return {"ranOn": me}
+
+            return responder(run)
+
+        await server.register_command(addr("pinned"), handler(server.instance_id))
+        servers.append(server)
+    client = await aut.new()
+    wrong = []
+    rounds = 4
+    for i in range(rounds * len(servers)):
+        target = servers[i % len(servers)].instance_id
+        receiver = addr("pinned").model_copy(update={"instance_id": target})
+        cmd = command(client, receiver, {"pinned": target, "i": i})
+        status, result, _ = await invoke_status(client, cmd, 10)
+        if status != "ok" or result != {"ranOn": target}:
+            wrong.append(f"pinned to {target}: {status} {result!r}")
+    await wait_quiet(lambda: len(runs), quiet_s=0.2)
+    assert not wrong, "pinned commands not answered by their instance: " + "; ".join(wrong[:6])
+    elsewhere = [r for r in runs if r[0] != r[1]]
+    assert not elsewhere, f"pinned commands ran on another instance: {elsewhere[:6]}"
+    assert len(runs) == rounds * len(servers), f"{len(runs)} executions of {rounds * 3} commands"
+
+
 @check("event_bridge.commands.success_event", kinds=EB)
 async def test_success_event(aut: AdapterUnderTest) -> None:
     """A success response that carries an event name also reaches that event's subscribers,
