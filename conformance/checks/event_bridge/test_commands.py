@@ -344,6 +344,37 @@ async def test_pinned_instance(aut: AdapterUnderTest) -> None:
     assert len(runs) == rounds * len(servers), f"{len(runs)} executions of {rounds * 3} commands"
 
 
+SERVER_LIMIT_BYTES = 64 * 1024  # the least every adapter must carry (fidelity.large_payload)
+
+
+@check("event_bridge.commands.oversize_not_executed", kinds=EB)
+async def test_oversize_not_executed(aut: AdapterUnderTest) -> None:
+    """A command larger than the serving instance accepts (its max_message_bytes, smaller than
+    the invoker's) is not executed: the invoker gets an error, by its ttl at the latest;
+    a command within the limit then still runs there."""
+    runs: list[Any] = []
+    server = await aut.new(max_message_bytes=SERVER_LIMIT_BYTES)
+
+    async def run(cmd: Any) -> Any:
+        runs.append(cmd.payload.payload["size"])
+        return {"ran": cmd.payload.payload["size"]}
+
+    await server.register_command(addr("bounded"), responder(run))
+    client = await aut.new()
+    ttl = 1.5
+    pad = "x" * (SERVER_LIMIT_BYTES + 1024)
+    big = command(client, addr("bounded"), {"size": "big", "pad": pad})
+    status, result, took = await invoke_status(client, big, ttl)
+    aut.metric("oversize_outcome", [status, getattr(result, "status", None), round(took, 3)])
+    assert status == "error", f"a command over the server's limit was answered: {result!r:.120}"
+    assert took <= ttl + TIMEOUT_MARGIN_S, f"the oversize command failed after {took:.2f}s"
+    small = command(client, addr("bounded"), {"size": "small"})
+    status, result, _ = await invoke_status(client, small, 10)
+    assert status == "ok" and result == {"ran": "small"}, f"then a small command: {result!r}"
+    await wait_quiet(lambda: len(runs), quiet_s=0.2)
+    assert runs == ["small"], f"executions: {runs} (the oversize command must not run)"
+
+
 @check("event_bridge.commands.success_event", kinds=EB)
 async def test_success_event(aut: AdapterUnderTest) -> None:
     """A success response that carries an event name also reaches that event's subscribers,
