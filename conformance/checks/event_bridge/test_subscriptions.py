@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from conformance.kit import AddressFilter, Recorder, event, subscription
+from conformance.kit import AddressFilter, FailureHandling, Recorder, event, subscription
 from conformance.kit.ledger import Ledger, expect_exactly_once
 from conformance.kit.marks import check
 from conformance.kit.under_test import AdapterUnderTest
@@ -253,13 +253,32 @@ async def _emit_batch(
     )
 
 
+class _FailsFirst:
+    """Fails the first attempt of each message, then hands it to ``inner``."""
+
+    def __init__(self, inner: Recorder) -> None:
+        self.inner = inner
+        self.failed: set[str] = set()
+
+    async def __call__(self, msg: Any) -> None:
+        key = str(msg.payload["id"])
+        if key not in self.failed:
+            self.failed.add(key)
+            raise RuntimeError(f"first attempt of {key} fails")
+        await self.inner(msg)
+
+
 @check("event_bridge.subscriptions.durable_restart", kinds=EB, needs=("durable_subscriptions",))
 async def test_durable_restart(aut: AdapterUnderTest) -> None:
     """Messages for a durable subscription emitted while its only instance is down reach the
     instance when it restarts (same instance id, as a restarted process would be configured);
-    what was emitted meanwhile that its filter does not match is not kept for it."""
+    what was emitted meanwhile that its filter does not match is not kept for it. A kept
+    message starts its attempts afresh: where retries are supported, the restarted handler
+    fails each once (max_attempts 2) and each still arrives on its retry."""
     ledger = Ledger("durable")
-    sub = subscription("ledger-keeper", event_name="entry", durable=True)
+    retries = aut.supports("bounded_retry")
+    failure = FailureHandling(max_attempts=2, retry_delay_ms=20, backoff=1.0) if retries else None
+    sub = subscription("ledger-keeper", event_name="entry", durable=True, failure=failure)
     first = await aut.new()
     await first.register_subscription(sub, Recorder(ledger, "first"))
     producer = await aut.new()
@@ -276,7 +295,8 @@ async def test_durable_restart(aut: AdapterUnderTest) -> None:
         senders=2,
     )
     second = await aut.new(instance_id=first.instance_id)
-    await second.register_subscription(sub, Recorder(ledger, "second"))
+    rec = Recorder(ledger, "second")
+    await second.register_subscription(sub, _FailsFirst(rec) if retries else rec)
     await settle(ledger)
     expect_exactly_once(ledger)
     aut.metric("while_down", 2 * aut.n(20))

@@ -52,7 +52,9 @@ def _message_limit(aut: AdapterUnderTest, bridge: Any) -> int | None:
 @check("event_bridge.wire.malformed_rejected", kinds=EB)
 async def test_malformed_rejected(aut: AdapterUnderTest) -> None:
     """Malformed bytes (not JSON, not UTF-8, wrong fields, oversize) are dropped with a logged
-    reason; valid raw input and later messages are still delivered."""
+    reason, each counted once where the adapter counts rejections (``rejected_messages`` of
+    the consumer, and of its hub where it has one); valid raw input and later messages are
+    still delivered."""
     ledger = Ledger("subscriber")
     consumer = await aut.new()
     await consumer.register_subscription(
@@ -82,9 +84,18 @@ async def test_malformed_rejected(aut: AdapterUnderTest) -> None:
     await wait_quiet(lambda: ledger.total_delivered, quiet_s=0.2)
     expect_exactly_once(ledger)
     assert await consumer.is_healthy(), "bridge unhealthy after malformed input"
-    for obj in (consumer, getattr(consumer, "hub", None)):
-        if obj is not None and hasattr(obj, "rejected_messages"):
-            aut.metric("rejected_messages", obj.rejected_messages)
+    counters = {
+        name: obj.rejected_messages
+        for name, obj in (("bridge", consumer), ("hub", getattr(consumer, "hub", None)))
+        if obj is not None and hasattr(obj, "rejected_messages")
+    }
+    aut.metric("rejected_messages", counters)
+    if counters:  # the adapter counts what it rejects: each refused input once
+        accepted = len(_bad_inputs(valid, limit)) - len(refused)
+        assert sum(counters.values()) == accepted, (
+            f"{accepted} malformed inputs reached the consumer, rejected_messages counts "
+            f"{counters}"
+        )
 
 
 # undecodable bytes, each with the word its reason must name (what is wrong with them)
@@ -105,7 +116,8 @@ async def test_malformed_quarantined(aut: AdapterUnderTest) -> None:
     once, exactly once, and never retried: one dead letter with attempts 0, the raw bytes and
     their size, and a reason naming what is wrong with them; one infoSubscriptionError from
     the consuming instance naming the subscription (attempts 0, deadLettered); nothing reaches
-    the handler, and the bridge keeps delivering."""
+    the handler. Valid bytes put on the wire the same way are delivered, not quarantined, and
+    the bridge keeps delivering."""
     target = f"{aut.ctx.prefix}.wire-quarantine"
     handled = Ledger("handler")
     consumer = await aut.new()
@@ -148,6 +160,9 @@ async def test_malformed_quarantined(aut: AdapterUnderTest) -> None:
         10,
         progress=lambda: (len(letters), len(infos)),
     )
+    # valid bytes on the same hook are delivered, not quarantined
+    await aut.inject_raw(consumer, encode(event(watcher, "wq", {"id": "wq-raw-valid"})))
+    handled.sent("wq-raw-valid")
     probe = event(watcher, "wq", {"id": "wq-after"})
     await watcher.emit_message(probe)
     handled.sent("wq-after")
