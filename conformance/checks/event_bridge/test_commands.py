@@ -212,13 +212,13 @@ async def test_unhandled_error(aut: AdapterUnderTest) -> None:
 
 @check("event_bridge.commands.unknown_fails_fast", kinds=EB, needs=("unknown_command_fails_fast",))
 async def test_unknown_fails_fast(aut: AdapterUnderTest) -> None:
-    """Invoking a command nobody serves fails with 404/502/503 well before the ttl."""
+    """Invoking a command nobody serves fails with 404/502/503 well before the ttl; the error
+    carries the command's trace id, as every error a response brings back does."""
     client = await aut.new()
     await _echo_server(aut, "known")
     ttl = 2.0
-    outcomes = await asyncio.gather(
-        *(invoke_status(client, command(client, addr(f"nobody-{i}")), ttl) for i in range(5))
-    )
+    cmds = [command(client, addr(f"nobody-{i}"), trace_id=f"trace-nobody-{i}") for i in range(5)]
+    outcomes = await asyncio.gather(*(invoke_status(client, cmd, ttl) for cmd in cmds))
     slow = [
         (round(took, 3), getattr(err, "status", err)) for _, err, took in outcomes if took >= 1.0
     ]
@@ -229,6 +229,12 @@ async def test_unknown_fails_fast(aut: AdapterUnderTest) -> None:
     ]
     assert not wrong, f"expected 404/502/503, got {wrong}"
     assert not slow, f"unknown command took >= 1s to fail (ttl {ttl}s): {slow}"
+    untraced = [
+        (cmd.trace_id, getattr(err, "trace_id", None))
+        for cmd, (_, err, _) in zip(cmds, outcomes, strict=True)
+        if getattr(err, "trace_id", None) != cmd.trace_id
+    ]
+    assert not untraced, f"the error lost the command's trace id (sent, got): {untraced}"
     aut.metric("fail_ms", [round(took * 1000, 1) for _, _, took in outcomes])
 
 

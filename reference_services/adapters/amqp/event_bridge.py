@@ -584,7 +584,9 @@ class AmqpBridge(EventBridgeBase):
                 await self._publish_amqp(msg, mandatory=True, timeout_s=ttl)
         except _Unroutable:
             raise UnhandledError(
-                f"no instance serves command {command.receiver}", StatusCode.NOT_FOUND
+                f"no instance serves command {command.receiver}",
+                StatusCode.NOT_FOUND,
+                trace_id=command.trace_id,
             ) from None
 
     async def _reply(self, incoming: AbstractIncomingMessage, response: CommandResponse) -> bool:

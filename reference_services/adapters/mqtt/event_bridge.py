@@ -342,6 +342,7 @@ class MqttBridge(EventBridgeBase):
                 f"no instance serves command {command.receiver} right now "
                 "(unknown, or every instance is cut off)",
                 self.no_subscribers_status,
+                trace_id=command.trace_id,
             )
 
     def _ttl_left(self, command: Command) -> float:
