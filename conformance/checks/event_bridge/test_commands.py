@@ -356,8 +356,9 @@ SERVER_LIMIT_BYTES = 64 * 1024  # the least every adapter must carry (fidelity.l
 @check("event_bridge.commands.oversize_not_executed", kinds=EB)
 async def test_oversize_not_executed(aut: AdapterUnderTest) -> None:
     """A command larger than the serving instance accepts (its max_message_bytes, smaller than
-    the invoker's) is not executed: the invoker gets an error, by its ttl at the latest;
-    a command within the limit then still runs there."""
+    the invoker's) is not executed: the invoker gets an error, by its ttl at the latest, and
+    the server counts it once in rejected_messages where it counts rejections; a command
+    within the limit then still runs there."""
     runs: list[Any] = []
     server = await aut.new(max_message_bytes=SERVER_LIMIT_BYTES)
 
@@ -374,6 +375,10 @@ async def test_oversize_not_executed(aut: AdapterUnderTest) -> None:
     aut.metric("oversize_outcome", [status, getattr(result, "status", None), round(took, 3)])
     assert status == "error", f"a command over the server's limit was answered: {result!r:.120}"
     assert took <= ttl + TIMEOUT_MARGIN_S, f"the oversize command failed after {took:.2f}s"
+    rejected = getattr(server, "rejected_messages", None)
+    aut.metric("server_rejected_messages", rejected)
+    if rejected is not None:  # the server counts what it refuses: this command, once
+        assert rejected == 1, f"the server counted {rejected} rejected messages, not 1"
     small = command(client, addr("bounded"), {"size": "small"})
     status, result, _ = await invoke_status(client, small, 10)
     assert status == "ok" and result == {"ran": "small"}, f"then a small command: {result!r}"
