@@ -57,6 +57,7 @@ class ServiceStartError(HarnessError):
 
     def __init__(self, service: str, reason: str, log_path: str | None = None) -> None:
         self.service = service
+        self.reason = reason
         self.log_path = log_path
         tail = ""
         if log_path:

@@ -10,6 +10,19 @@ from harness.errors import LifecycleFaultsUnavailable
 from harness.services.spec import ServiceSpec
 from reference_services.runtime.redact import redact_url
 
+START_ATTEMPTS = 3  # a first start on fresh ports, again when another process took one
+PORT_TAKEN_MARKERS = ("address already in use", "eaddrinuse", "dist_port_already_used",
+                      "address in use", "port is already allocated")
+
+
+def port_taken(text: str) -> str | None:
+    """The marker in a broker's output (or an engine's error) saying that a port it was
+    given is taken: rabbitmq ``eaddrinuse`` (``dist_port_already_used`` for its
+    distribution port), nats/redis/mosquitto/toxiproxy ``address already in use``, docker
+    ``port is already allocated``; None when there is none."""
+    low = text.lower()
+    return next((m for m in PORT_TAKEN_MARKERS if m in low), None)
+
 
 def tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
     """True when a TCP connection to host:port succeeds."""

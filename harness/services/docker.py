@@ -9,6 +9,7 @@ Redis PONG, Toxiproxy /version) from a container started after the latest (re)st
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import time
@@ -23,7 +24,7 @@ from testcontainers.core.wait_strategies import WaitStrategy
 from harness import run
 from harness.errors import ServiceStartError, ServiceUnavailable
 from harness.services import ready_probes
-from harness.services.base import Provider, ServiceHandle
+from harness.services.base import START_ATTEMPTS, Provider, ServiceHandle, port_taken
 from harness.services.docker_engine import (
     KEPT_PREFIX,
     LABEL_INSTANCE,
@@ -41,6 +42,8 @@ STOP_TIMEOUT = 30
 HOST = "127.0.0.1"
 PULL_ENV = "HARNESS_DOCKER_PULL"
 BUILD_HINT = "build the images with `harness images build` (or `make docker-engine`)"
+
+log = logging.getLogger("harness.services")
 
 __all__ = ["DockerHandle", "DockerProvider", "ProtocolReady", "docker_ping", "pull_allowed"]
 
@@ -219,8 +222,6 @@ class DockerProvider(Provider):
             client.close()
 
     def start(self, service_name: str) -> DockerHandle:
-        from testcontainers.core.container import DockerContainer
-
         spec = get_spec(service_name)
         reason = docker_ping()
         if reason:
@@ -232,34 +233,65 @@ class DockerProvider(Provider):
         finally:
             client.close()
         _configure_testcontainers()
-        instance = uuid.uuid4().hex
-        labels = {**run_identity().labels, LABEL_SERVICE: service_name, LABEL_INSTANCE: instance}
-        container = DockerContainer(spec.image).with_kwargs(labels=labels)
-        port, monitor = free_port(), 0
-        if service_name == "toxiproxy":
-            # host network: its proxies listen on 127.0.0.1 and reach the brokers' published
-            # ports there, as with the local provider
-            container.with_kwargs(network_mode="host", labels=labels)  # replaces kwargs
-            container.with_command(["-host", HOST, "-port", str(port)])
-        else:
-            container.ports[str(spec.container_port)] = (HOST, port)  # type: ignore[assignment]
-        if service_name == "nats":
-            monitor = free_port()
-            container.ports["8222"] = (HOST, monitor)  # type: ignore[assignment]
-        check = _checks(service_name, spec.url_for(HOST, port), port, monitor)
-        container.waiting_for(ProtocolReady(check))
-        try:
-            container.start()
-        except BaseException as exc:
-            log = _failed_start_logs(container, service_name)
-            _remove_instance(instance)
-            if isinstance(exc, TimeoutError):
-                raise ServiceStartError(service_name, str(exc), log) from None
-            raise
+        for attempt in range(1, START_ATTEMPTS + 1):
+            instance = uuid.uuid4().hex
+            container, port, check = _container(spec, instance)
+            try:
+                container.start()
+                break
+            except BaseException as exc:
+                log_path = _failed_start_logs(container, service_name)
+                _remove_instance(instance)
+                taken = _port_taken(exc, log_path)
+                if taken is not None and attempt < START_ATTEMPTS:
+                    # another process bound a host port between free_port() and the engine
+                    log.warning("%s: container start attempt %d of %d failed: a port was "
+                                "taken by another process (%s; host port %d); retrying on "
+                                "freshly picked ports", service_name, attempt,
+                                START_ATTEMPTS, taken, port)
+                    continue
+                if isinstance(exc, TimeoutError):
+                    raise ServiceStartError(service_name, str(exc), log_path) from None
+                raise
         handle = DockerHandle(spec, container, port, check, instance)
         # the run's end or a signal removes it even when nobody calls stop()
         handle._cleanup = run.current().on_cleanup(handle.stop, f"docker {service_name}")
         return handle
+
+
+def _container(spec: ServiceSpec, instance: str) -> tuple[Any, int, Callable[[], bool]]:
+    """A container of the spec's image on freshly picked host ports: (container, port,
+    readiness check)."""
+    from testcontainers.core.container import DockerContainer
+
+    labels = {**run_identity().labels, LABEL_SERVICE: spec.name, LABEL_INSTANCE: instance}
+    container = DockerContainer(spec.image).with_kwargs(labels=labels)
+    port, monitor = free_port(), 0
+    if spec.name == "toxiproxy":
+        # host network: its proxies listen on 127.0.0.1 and reach the brokers' published
+        # ports there, as with the local provider
+        container.with_kwargs(network_mode="host", labels=labels)  # replaces kwargs
+        container.with_command(["-host", HOST, "-port", str(port)])
+    else:
+        container.ports[str(spec.container_port)] = (HOST, port)  # type: ignore[assignment]
+    if spec.name == "nats":
+        monitor = free_port()
+        container.ports["8222"] = (HOST, monitor)  # type: ignore[assignment]
+    check = _checks(spec.name, spec.url_for(HOST, port), port, monitor)
+    container.waiting_for(ProtocolReady(check))
+    return container, port, check
+
+
+def _port_taken(exc: BaseException, log_path: str | None) -> str | None:
+    """What says a failed container start lost a host port to another process: the
+    engine's error (publishing it), or the container's log (toxiproxy's host network)."""
+    if not isinstance(exc, Exception):
+        return None
+    found = port_taken(str(exc))
+    if found is None and isinstance(exc, TimeoutError) and log_path:
+        with contextlib.suppress(OSError):
+            found = port_taken(Path(log_path).read_text(errors="replace"))
+    return found
 
 
 def _has_image(client: Any, image: str) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
+import logging
 import os
 import random
 import shutil
@@ -24,7 +26,13 @@ from mirakuru.exceptions import AlreadyRunning, ExecutorError
 
 from harness import procs, run
 from harness.errors import ServiceStartError, ServiceUnavailable
-from harness.services.base import Provider, ServiceHandle, tcp_open
+from harness.services.base import (
+    START_ATTEMPTS,
+    Provider,
+    ServiceHandle,
+    port_taken,
+    tcp_open,
+)
 from harness.services.local_recipes import (
     RECIPES,
     Recipe,
@@ -39,20 +47,49 @@ START_TIMEOUT = {"rabbitmq": 120.0}
 DEFAULT_START_TIMEOUT = 45.0
 STOP_TIMEOUT = 30.0
 
+log = logging.getLogger("harness.services")
 _ports_lock = threading.Lock()
 _ports_given: set[int] = set()
 _live_handles: weakref.WeakSet[LocalHandle] = weakref.WeakSet()
 
 
+@functools.cache
+def _pickable_ports() -> tuple[int, ...]:
+    """port_for's good ports (below the kernel's ephemeral range); under pytest-xdist only
+    this worker's share (port % workers == worker index), so that two workers never pick
+    the same port at the same time."""
+    ports = sorted(port_for.available_good_ports())
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 1:
+        index, workers = int(worker[2:]) % int(count), int(count)
+        ports = [p for p in ports if p % workers == index]
+    return tuple(ports)
+
+
 def free_port() -> int:
-    """A free TCP port never handed out before by this process."""
+    """A free TCP port never handed out before by this process. Free only when asked:
+    another process may take it before the broker binds it (a first start retries)."""
+    pool = _pickable_ports()
     with _ports_lock:
         for _ in range(200):
-            port = port_for.select_random()
-            if port not in _ports_given and not tcp_open("127.0.0.1", port, 0.2):
+            port = random.choice(pool)
+            if port not in _ports_given and not port_for.port_is_used(port):
                 _ports_given.add(port)
                 return port
     raise RuntimeError("no free port found")
+
+
+class PortTaken(ExecutorError):
+    """The process said that a port it was given is taken by another process."""
+
+    def __init__(self, executor: _Executor, marker: str) -> None:
+        super().__init__(executor)
+        self.marker = marker
+
+    def __str__(self) -> str:
+        return (f"a port it was given is taken by another process ({self.marker!r} in "
+                f"{os.path.basename(self.executor._log_path)})")  # type: ignore[attr-defined]
 
 
 def _marker() -> str:
@@ -98,15 +135,28 @@ class _Executor(TCPExecutor):
             raise
         return self
 
+    def output(self) -> str:
+        """What the process wrote to its log since this start began."""
+        try:
+            with open(self._log_path, errors="replace") as fh:
+                fh.seek(self._offset)
+                return fh.read()
+        except OSError:
+            return ""
+
+    def check_subprocess(self) -> bool:
+        # a taken port fails the start at once: rabbitmq and toxiproxy keep running
+        taken = port_taken(self.output())
+        if taken:
+            raise PortTaken(self, taken)
+        return super().check_subprocess()
+
     def after_start_check(self) -> bool:
         if not super().after_start_check():
             return False
         marker = self._recipe.ready_marker
-        if marker:
-            with open(self._log_path, errors="replace") as fh:
-                fh.seek(self._offset)
-                if marker not in fh.read():
-                    return False
+        if marker and marker not in self.output():
+            return False
         return self._recipe.ready()
 
     def _close_log(self) -> None:
@@ -138,6 +188,8 @@ class LocalHandle(ServiceHandle):
         self._epmd: _Executor | None = None
         self._paused = False
         self._lock = threading.RLock()
+        self._attempt = 0  # failed first starts so far
+        self._note = ""  # written at the top of the next attempt's log
 
     # -- lifecycle -------------------------------------------------------------------------
     def _build(self) -> None:
@@ -163,6 +215,10 @@ class LocalHandle(ServiceHandle):
 
     def _start_processes(self) -> None:
         assert self._main is not None
+        if self._note and self.log_path is not None:
+            with contextlib.suppress(OSError), open(self.log_path, "a") as fh:
+                fh.write(self._note)
+            self._note = ""
         try:
             if self._epmd is not None and not self._epmd.running():
                 self._epmd.start()
@@ -175,43 +231,68 @@ class LocalHandle(ServiceHandle):
         """Start (first time on fresh ports, later on the same ports and data)."""
         with self._lock:
             if self._main is None:
-                for attempt in range(3):
-                    self._build()
-                    try:
-                        self._start_processes()
-                        break
-                    except ServiceStartError as exc:
-                        self._discard()
-                        if attempt == 2 or not self._port_conflict(exc):
-                            raise
+                self._first_start()
             else:
                 self._start_processes()
             _live_handles.add(self)
 
-    def _port_conflict(self, exc: ServiceStartError) -> bool:
-        """True when a start failed because another process took one of our ports."""
-        if isinstance(exc.__cause__, AlreadyRunning):
-            return True
-        try:
-            text = (self.log_path or Path(os.devnull)).read_text(errors="replace").lower()
-        except OSError:
-            return False
-        return any(s in text for s in ("address already in use", "eaddrinuse", "address in use"))
+    def _first_start(self) -> None:
+        """Start on freshly picked ports; when the broker says another process took one of
+        them, again on new ones (START_ATTEMPTS in all). Other failures raise at once."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self._build()
+            try:
+                self._start_processes()
+                return
+            except ServiceStartError as exc:
+                taken = self._port_taken(exc)
+                ports = dict(self.ports)
+                self._discard(keep_log=taken is None or attempt == START_ATTEMPTS)
+                if taken is None:
+                    raise
+                if attempt == START_ATTEMPTS:
+                    raise ServiceStartError(
+                        self.name, f"{exc.reason}; ports taken on each of {attempt} attempts, "
+                        "freshly picked each time", exc.log_path) from exc.__cause__
+                note = (f"{self.name}: start attempt {attempt} of {START_ATTEMPTS} failed: a "
+                        f"port was taken by another process ({taken}; ports {ports}); "
+                        "retrying on freshly picked ports")
+                log.warning(note)
+                self._note = f"harness: {note}\n"
 
-    def _discard(self) -> None:
-        """Kill everything of a failed first start so that it can be rebuilt."""
-        self._halt(signal.SIGKILL)
+    def _port_taken(self, exc: ServiceStartError) -> str | None:
+        """What says that another process took one of our ports (None if nothing does)."""
+        cause = exc.__cause__
+        if isinstance(cause, PortTaken):
+            return cause.marker
+        if isinstance(cause, AlreadyRunning):
+            return f"port {getattr(cause.executor, 'port', '?')} already accepted connections"
+        for ex in (self._epmd, self._main):
+            found = port_taken(ex.output()) if ex is not None else None
+            if found:
+                return found
+        return None
+
+    def _discard(self, keep_log: bool) -> None:
+        """Kill everything of a failed first start so that it can be rebuilt; its logs
+        move aside (``<name>.attempt<n>.log``) unless keep_log (the error names them)."""
+        # not waiting for the port to close: another process may be the one listening there
+        self._halt(signal.SIGKILL, wait_port=False)
         if self._epmd is not None:
             with contextlib.suppress(ExecutorError, OSError):
                 self._epmd.kill()
+        logs = [ex._log_path for ex in (self._main, self._epmd) if ex is not None]
         self._main = self._epmd = None
-        if self.log_path is not None:
+        self._attempt += 1
+        if keep_log:
+            return
+        for path in logs:
             with contextlib.suppress(OSError):
-                self.log_path.rename(self.log_path.with_suffix(".failed.log"))
+                path.rename(path.with_suffix(f".attempt{self._attempt}.log"))
 
-    def _halt(self, sig: int | None) -> None:
+    def _halt(self, sig: int | None, wait_port: bool = True) -> None:
         """Stop the main process (SIGKILL when sig is SIGKILL, else graceful) and wait
-        until every process of it is gone and its port is closed."""
+        until every process of it is gone and (when wait_port) its port is closed."""
         ex = self._main
         if ex is None:
             return
@@ -230,7 +311,8 @@ class LocalHandle(ServiceHandle):
                 os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + STOP_TIMEOUT
         while time.monotonic() < deadline:
-            if not any(procs.is_alive(p) for p in doomed) and not tcp_open(self.host, self.port):
+            if not any(procs.is_alive(p) for p in doomed) and not (
+                    wait_port and tcp_open(self.host, self.port)):
                 return
             time.sleep(0.02)
         raise ServiceStartError(self.name, f"processes {sorted(doomed)} or port {self.port} "

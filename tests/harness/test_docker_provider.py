@@ -162,6 +162,33 @@ def test_a_failed_start_leaves_no_container(
     assert list(run.current().temp_dir.glob("docker-logs-*/redis-*.log"))
 
 
+def test_a_host_port_taken_before_the_engine_binds_it_is_picked_again(
+        engine: Any, provider: DockerProvider, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    taken = holder.getsockname()[1]
+    original, handed = docker_mod.free_port, []
+
+    def first_taken() -> int:  # the race: the first pick is bound before the engine binds it
+        handed.append(original() if handed else taken)
+        return handed[-1]
+
+    monkeypatch.setattr(docker_mod, "free_port", first_taken)
+    caplog.set_level("WARNING", logger="harness.services")
+    try:
+        handle = provider.start("redis")
+        try:
+            assert handle.port != taken and ready_probes.redis_pong(handle.port)
+        finally:
+            handle.stop()
+    finally:
+        holder.close()
+    notes = [r.getMessage() for r in caplog.records if "freshly picked" in r.getMessage()]
+    assert len(notes) == 1 and f"host port {taken}" in notes[0], notes
+
+
 def test_auto_selection_needs_engine_and_images(
         engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HARNESS_PROVIDER", raising=False)
