@@ -8,6 +8,7 @@ before ``start`` and after ``destroy`` fail with the same 503 error type;
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,13 +20,16 @@ QB = ("queue_bridge",)
 
 
 async def _rejected(call: Awaitable[Any], status: int, names: str | None = None) -> PuristaError:
-    """Await ``call``: it must raise a PuristaError with ``status``, naming ``names``."""
+    """Await ``call``: it must raise a PuristaError with ``status``, naming ``names`` (as a
+    whole word: an error about some other field that merely contains the name does not
+    name it)."""
     try:
         result = await call
     except PuristaError as exc:
         assert exc.status == status, f"status {exc.status} ({exc!r}), expected {status}"
         if names is not None:
-            assert names in str(exc), f"error {str(exc)!r} does not name {names!r}"
+            word = rf"(?<![A-Za-z0-9_]){re.escape(names)}(?![A-Za-z0-9_])"
+            assert re.search(word, str(exc)), f"error {str(exc)!r} does not name {names!r}"
         return exc
     raise AssertionError(f"accepted (returned {result!r}), expected a {status} error")
 
@@ -69,7 +73,8 @@ async def test_bad_arguments(aut: AdapterUnderTest) -> None:
 
 @check("queue_bridge.lifecycle.not_running", kinds=QB)
 async def test_not_running(aut: AdapterUnderTest) -> None:
-    """Before start and after destroy: the same 503 error type; start/destroy are idempotent."""
+    """Before start and after destroy: the same 503 error type, whose message says which (not
+    started / destroyed); start/destroy are idempotent."""
     q = aut.build()
     before = await _rejected(q.enqueue("life", 1), 503)
     await _rejected(q.lease_next("life", 1), 503)
@@ -86,3 +91,5 @@ async def test_not_running(aut: AdapterUnderTest) -> None:
     assert type(before) is type(after), (
         f"before start {type(before).__name__}, after destroy {type(after).__name__}"
     )
+    assert "start" in str(before).lower(), f"the 503 before start does not say so: {before}"
+    assert "destroy" in str(after).lower(), f"the 503 after destroy does not say so: {after}"
