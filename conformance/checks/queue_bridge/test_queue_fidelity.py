@@ -165,3 +165,36 @@ async def test_job_fields(aut: AdapterUnderTest) -> None:
     assert isinstance(job.lease_expires_at_ms, int) and (
         after + 19_000 <= job.lease_expires_at_ms <= leased + 21_000
     ), f"lease_expires_at_ms {job.lease_expires_at_ms!r}: not 20 s after the lease (within 1 s)"
+
+
+@check("queue_bridge.fidelity.defaults", kinds=("queue_bridge",))
+async def test_defaults(aut: AdapterUnderTest) -> None:
+    """A job enqueued without max_attempts, lease ttl or priority gets the bridge's configured
+    defaults (``default_max_attempts``, ``default_lease_ttl_ms``, as a deployment sets them)
+    and priority 0: its lease runs the default ttl (within 1 s) and a nack at the default's
+    last attempt dead-letters it. lease_next without a batch leases one job."""
+    q = await aut.new(default_max_attempts=2, default_lease_ttl_ms=25_000)
+    ids = [await q.enqueue("defaults", {"n": i}) for i in range(2)]
+    before = time.time() * 1000
+    jobs = await q.lease_next("defaults")
+    after = time.time() * 1000
+    assert len(jobs) == 1 and jobs[0].id in ids, f"lease_next without a batch leased {jobs}"
+    job = jobs[0]
+    assert job.max_attempts == 2, f"max_attempts {job.max_attempts!r}, configured default 2"
+    if aut.supports("priorities"):
+        assert job.priority == 0, f"priority of a job enqueued without one: {job.priority!r}"
+    assert isinstance(job.lease_expires_at_ms, int) and (
+        before + 24_000 <= job.lease_expires_at_ms <= after + 26_000
+    ), f"lease_expires_at_ms {job.lease_expires_at_ms!r}: not the default 25 s ttl after the lease"
+    assert await q.nack(job, "first") == "retry", "nack at attempt 1 of the default 2"
+    while True:
+        again = await q.lease_next("defaults", 1)
+        assert again, f"the nacked job {job.id} did not come back"
+        if again[0].id == job.id:
+            break
+        await q.ack(again[0])
+    assert again[0].attempt == 2, f"attempt of the retried job: {again[0].attempt}"
+    outcome = await q.nack(again[0], "second")
+    assert outcome == "dead_letter", f"nack at attempt 2 of the default 2 gave {outcome!r}"
+    for rest in await q.lease_next("defaults", 10):
+        await q.ack(rest)
