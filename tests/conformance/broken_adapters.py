@@ -414,6 +414,36 @@ def caps_delays(ctx: AdapterContext) -> Any:
     return CapsDelays(store=ctx.shared.setdefault("queue", MemoryQueueStore()), **ctx.options)
 
 
+class BuiltInDefaults(DefaultQueueBridge):
+    """Accepts default_max_attempts / default_lease_ttl_ms and uses the built-in ones."""
+
+    name = "built-in-defaults"
+
+    def __init__(self, store: MemoryQueueStore | None = None, **kwargs: Any) -> None:
+        kwargs.pop("default_max_attempts", None)
+        kwargs.pop("default_lease_ttl_ms", None)
+        super().__init__(store, **kwargs)
+
+
+def builtin_defaults(ctx: AdapterContext) -> Any:
+    return BuiltInDefaults(store=ctx.shared.setdefault("queue", MemoryQueueStore()), **ctx.options)
+
+
+class ExpiryNotARetry(DefaultQueueBridge):
+    """Counts the retries of nacks but not the lease expiries that give a job back."""
+
+    name = "expiry-not-a-retry"
+
+    def _recover_expired(self, q: Any, now: int) -> None:
+        before = q.retries
+        super()._recover_expired(q, now)
+        q.retries = before
+
+
+def expiry_not_a_retry(ctx: AdapterContext) -> Any:
+    return ExpiryNotARetry(store=ctx.shared.setdefault("queue", MemoryQueueStore()), **ctx.options)
+
+
 class NotFenced(DefaultStateStore):
     """replace_if/remove_if only check that the key exists: a stale owner overwrites."""
 
@@ -763,6 +793,8 @@ EXPECTED: dict[str, str] = {
     "tiny_limit": "event_bridge.fidelity.large_payload",
     "nack_ignores_delay": "queue_bridge.delays.nack",
     "caps_delays": "queue_bridge.delays.enqueue",
+    "builtin_defaults": "queue_bridge.fidelity.defaults",
+    "expiry_not_a_retry": "queue_bridge.metrics.lease_expiry_retries",
     "not_fenced": "stores.compare_and_set_fences",
     "torn_effects": "stores.atomic_effects",
     "short_ttls_only": "event_bridge.commands.timeout_range",
