@@ -629,6 +629,7 @@ class _SignalWatcher:
         self._pipe: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
         self._pid = 0
+        self._held = threading.local()  # the mask a forking thread had (hold_for_fork)
 
     def install(self) -> bool:
         """Take Python's wakeup fd (main thread only); False when someone else holds it
@@ -687,6 +688,30 @@ class _SignalWatcher:
         finally:
             signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
+    def hold_for_fork(self) -> None:
+        """Before a fork: the forking thread takes no stop signal until the child has let
+        go of the wakeup fd (a signal that reached the child before then was written to the
+        parent's pipe, and its watcher stopped the parent: seen under load)."""
+        if self._pipe is not None and self._pid == os.getpid():
+            self._held.mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+    def _unhold(self) -> None:
+        mask = getattr(self._held, "mask", None)
+        if mask is not None:
+            self._held.mask = None
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    def after_fork_in_parent(self) -> None:
+        """After a fork, in the parent: the stop signals as they were."""
+        self._unhold()
+
+    def after_fork_in_child(self) -> None:
+        """After a fork, in the child: forget the parent's pipe, then take signals again."""
+        try:
+            self.forget_after_fork()
+        finally:
+            self._unhold()
+
     def forget_after_fork(self) -> None:
         """In a forked child: its signals are its own, not the parent's to read."""
         if self._pipe is None or self._pid == os.getpid():
@@ -705,7 +730,11 @@ class _SignalWatcher:
 
 
 _watcher = _SignalWatcher()
-os.register_at_fork(after_in_child=_watcher.forget_after_fork)
+os.register_at_fork(
+    before=_watcher.hold_for_fork,
+    after_in_parent=_watcher.after_fork_in_parent,
+    after_in_child=_watcher.after_fork_in_child,
+)
 
 
 def install_signal_handlers() -> bool:
