@@ -27,20 +27,14 @@ def test_packs_what_paho_packs(content_type: str | None, correlation: bytes | No
                                user: list[tuple[str, str]] | None,
                                more_user: tuple[str, str] | None) -> None:
     ours, theirs = PublishProperties(), Properties(PacketTypes.PUBLISH)
+    # set in an order other than paho's packing order, and a user property appended
+    given = [("UserProperty", user), ("MessageExpiryInterval", expiry),
+             ("CorrelationData", correlation), ("ContentType", content_type),
+             ("ResponseTopic", response_topic), ("UserProperty", more_user)]
     for props in (ours, theirs):
-        # set in an order other than paho's packing order, and a user property appended
-        if user is not None:
-            props.UserProperty = user
-        if expiry is not None:
-            props.MessageExpiryInterval = expiry
-        if correlation is not None:
-            props.CorrelationData = correlation
-        if content_type is not None:
-            props.ContentType = content_type
-        if response_topic is not None:
-            props.ResponseTopic = response_topic
-        if more_user is not None:
-            props.UserProperty = more_user
+        for name, value in given:
+            if value is not None:
+                setattr(props, name, value)
     assert ours.pack() == theirs.pack()
     assert ours.isEmpty() == theirs.isEmpty()
     assert ours.json() == theirs.json()
