@@ -98,6 +98,8 @@ async def test_malformed_rejected(aut: AdapterUnderTest) -> None:
         )
 
 
+# the consumer's max_message_bytes: its dead letters (up to 64 KiB of raw bytes) fit under it
+QUARANTINE_LIMIT_BYTES = 256 * 1024
 # undecodable bytes, each with the word its reason must name (what is wrong with them)
 QUARANTINE_CASES = {
     "not json": (b"wire-quarantine-not-json {", "json"),
@@ -112,7 +114,8 @@ QUARANTINE_CASES = {
 
 @check("event_bridge.wire.malformed_quarantined", kinds=EB, needs=("dead_letter",))
 async def test_malformed_quarantined(aut: AdapterUnderTest) -> None:
-    """Each undecodable delivery to a subscription with a dead letter target is quarantined at
+    """Each undecodable delivery (bytes that are no message, or a message over the consumer's
+    max_message_bytes) to a subscription with a dead letter target is quarantined at
     once, exactly once, and never retried: one dead letter with attempts 0, the raw bytes and
     their size, and a reason naming what is wrong with them; one infoSubscriptionError from
     the consuming instance naming the subscription (attempts 0, deadLettered); nothing reaches
@@ -120,7 +123,7 @@ async def test_malformed_quarantined(aut: AdapterUnderTest) -> None:
     the bridge keeps delivering."""
     target = f"{aut.ctx.prefix}.wire-quarantine"
     handled = Ledger("handler")
-    consumer = await aut.new()
+    consumer = await aut.new(max_message_bytes=QUARANTINE_LIMIT_BYTES)
     sub = subscription(
         "wire-quarantine",
         event_name="wq",
@@ -142,8 +145,13 @@ async def test_malformed_quarantined(aut: AdapterUnderTest) -> None:
         replace(subscription("wq-infos"), message_type=MessageType.INFO_SUBSCRIPTION_ERROR),
         keep_info,
     )
+    # well-formed but over the consumer's limit: it decodes for the broker and the
+    # publisher, not for the consumer
+    pad = "x" * (QUARANTINE_LIMIT_BYTES + 1024)
+    oversize = encode(event(watcher, "wq", {"id": "wq-oversize", "pad": pad}), max_bytes=None)
+    cases = {**QUARANTINE_CASES, "oversize": (oversize, "limit")}
     injected: dict[str, tuple[bytes, str]] = {}
-    for name, (raw, word) in QUARANTINE_CASES.items():
+    for name, (raw, word) in cases.items():
         try:
             if not await aut.inject_raw(consumer, raw):
                 pytest.skip("the adapter offers no raw-injection hook (publish_raw)")
@@ -151,7 +159,8 @@ async def test_malformed_quarantined(aut: AdapterUnderTest) -> None:
             aut.metric(f"refused_{name}", type(exc).__name__)
             continue
         injected[name] = (raw, word)
-    by_raw = {raw.decode("utf-8", "replace"): name for name, (raw, _) in injected.items()}
+    # a letter carries the raw bytes up to a limit (64 KiB): matched on their first 4 KiB
+    by_raw = {raw[:4096].decode("utf-8", "replace"): name for name, (raw, _) in injected.items()}
     mine = lambda: [  # noqa: E731
         m for m in infos if str(sub.subscriber) in str(m.payload.get("subscription"))
     ]
@@ -174,7 +183,7 @@ async def test_malformed_quarantined(aut: AdapterUnderTest) -> None:
     bad = []
     for letter in letters:
         body = letter.payload if isinstance(letter.payload, dict) else {}
-        name = by_raw.get(str(body.get("raw")))
+        name = by_raw.get(str(body.get("raw"))[:4096])
         if name is None:
             bad.append(f"a dead letter without the raw bytes of any case: {body!r:.160}")
             continue
