@@ -88,6 +88,15 @@ def test_killed_survived_and_equivalent(tmp_path: Path) -> None:
     assert again["equivalent"] == got["survived"], again
     assert again["survived"] == 0 and again["score"] == 1.0, again
 
+    # a survivor with a reason still counts as survived, the summary says why
+    name = got["survivors"][0]["name"]
+    (root / "eq.toml").write_text(f'[survivor."{name}"]\nreason = "open: left free"\n')
+    known = _run(root, "summary")
+    assert known["survived"] == got["survived"], known
+    assert [s.get("reason") for s in known["survivors"] if s["name"] == name] == [
+        "open: left free"
+    ], known
+
     # an entry whose line no longer matches the mutant is stale: the mutant survives
     (root / "eq.toml").write_text(lines[0].replace('line = "', 'line = "stale '))
     stale = _run(root, "summary")

@@ -92,6 +92,21 @@ def load_equivalents(path: Path = EQUIVALENTS) -> dict[str, Equivalent]:
     return out
 
 
+def load_survivor_reasons(path: Path = EQUIVALENTS) -> dict[str, str]:
+    """``[survivor."NAME"]`` tables of the equivalents file: why a mutant that is NOT
+    equivalent still survives (an open property, a behaviour the contract leaves free). It
+    still counts as survived; the summary lists the reason beside it."""
+    if not path.is_file():
+        return {}
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    out: dict[str, str] = {}
+    for name, entry in data.get("survivor", {}).items():
+        if not isinstance(entry, dict) or not entry.get("reason"):
+            raise ValueError(f"{path}: survivor {name!r} needs a one-line 'reason'")
+        out[name] = str(entry["reason"]).strip()
+    return out
+
+
 def mutant_diff(name: str, path: str) -> str:
     """The unified diff of one mutant (read from ./mutants)."""
     from mutmut.mutation.diff_apply import get_diff_for_mutant
@@ -136,7 +151,10 @@ class ModuleResult:
 
 
 def summarise(
-    modules: dict[str, str], root: Path, equivalents: dict[str, Equivalent]
+    modules: dict[str, str],
+    root: Path,
+    equivalents: dict[str, Equivalent],
+    reasons: dict[str, str] | None = None,
 ) -> list[ModuleResult]:
     """Read mutmut's cached results for ``modules`` (name -> path; run from ``root``)."""
     results = []
@@ -161,6 +179,8 @@ def summarise(
                 survivor = {"name": name, "diff": diff}
                 if codes[name] in (5, 33):  # mutmut's "no tests": no check executes it
                     survivor["note"] = "no check executes the mutated statement"
+                if reasons and name in reasons:
+                    survivor["reason"] = reasons[name]
                 res.survivors.append(survivor)
             res.counts[cat] += 1
         results.append(res)
@@ -210,6 +230,8 @@ def write_summary(results: list[ModuleResult], out_dir: Path, when: str) -> Path
                 why = " (stale equivalent entry)" if s["name"] in r.stale else ""
                 if s.get("note"):
                     why += f" ({s['note']})"
+                if s.get("reason"):
+                    why += f"; survives because: {s['reason']}"
                 lines += [f"### {s['name']}{why}", "", "```diff", s["diff"], "```", ""]
         if r.equivalents:
             lines += ["", f"## Equivalent in {r.name}", ""]
@@ -394,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             lines=not args.function_level,
         )
     os.chdir(root)  # mutmut reads ./mutants and pyproject.toml from the cwd
-    results = summarise(paths, root, equivalents)
+    results = summarise(paths, root, equivalents, load_survivor_reasons(args.equivalents.resolve()))
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     md = write_summary(results, args.out if args.out.is_absolute() else root / args.out, when)
     if args.record:
