@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
+
+import pytest
 
 from conformance.adapters import AdapterContext, AdapterSpec, ServiceUnavailable
 from conformance.kit.skips import no_lifecycle
@@ -103,6 +105,21 @@ class AdapterUnderTest:
         if asyncio.iscoroutine(result):
             await result
         return True
+
+    async def inject_each(self, bridge: Any, cases: Mapping[str, bytes]) -> list[str]:
+        """Put each case's raw bytes on the wire towards ``bridge``; the names the transport
+        took, in order (a refusal is recorded as metric ``refused_<name>``). Skips the check
+        when the adapter has no raw-injection hook."""
+        taken = []
+        for name, raw in cases.items():
+            try:
+                if not await self.inject_raw(bridge, raw):
+                    pytest.skip("the adapter offers no raw-injection hook (publish_raw)")
+            except Exception as exc:  # refused by the transport: nothing to quarantine
+                self.metric(f"refused_{name}", type(exc).__name__)
+                continue
+            taken.append(name)
+        return taken
 
     def metric(self, key: str, value: Any) -> None:
         """Record a figure for the report."""
