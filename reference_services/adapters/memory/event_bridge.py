@@ -180,6 +180,8 @@ class DefaultEventBridge(EventBridgeBase):
     subscriptions buffer while no instance runs; failed deliveries are retried
     per the subscription's policy, then dead-lettered.
     """
+    #: a send hands the bytes to the hub, synchronously
+    sends_run_in_caller = True
 
     name = "memory"
     capabilities = EventBridgeCapabilities(

@@ -125,6 +125,8 @@ def _malformed_reason(raw: bytes, max_bytes: int | None) -> str:
 
 class MqttBridge(EventBridgeBase):
     """PURISTA event bridge over MQTT 5; see the module docstring."""
+    #: the PUBACK wait is ``wait_for`` on a future, which on 3.11 binds to no task
+    sends_run_in_caller = True
 
     name = "mqtt"
     snake_cased_wire = True

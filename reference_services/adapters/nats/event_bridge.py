@@ -112,6 +112,9 @@ class NatsBridge(EventBridgeBase):
     Several bridges with the same ``url`` and ``prefix`` are several instances
     of one deployment.
     """
+    #: nats-py's publish appends to its buffer; its only wait is ``wait_for`` on a future,
+    #: which on 3.11 binds to no task
+    sends_run_in_caller = True
 
     name = "nats"
     snake_cased_wire = True

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import sys
 import types
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
@@ -119,6 +120,10 @@ class RegisteredSubscription:
     def matches(self, message: AnyMessage) -> bool:
         """Whether ``message`` is for this subscription."""
         return matches(self.subscription, message)
+
+
+#: asyncio runs a task's first step at its creation (``eager_start``) from Python 3.12
+_EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 async def _continue(coro: Coroutine[Any, Any, Any], waiting: Any) -> Any:
@@ -783,20 +788,29 @@ class BridgeCore:
         (a client library blocked on a frozen broker's full socket): the caller's deadline
         holds whatever the transport does; the cancelled send finishes in the background.
 
-        The send's first step runs at once, in the caller: most sends hand their bytes to
-        the client's buffer and end without suspending, and then cost no task and no timer.
-        Only a send that suspends continues in a task, under the deadline.
+        The send's first step runs at once: most sends hand their bytes to the client's
+        buffer and end without suspending, and then cost no timer (and no task where they
+        can run in the caller's). Only a send that suspends continues under the deadline.
+        On Python 3.12+ the first step runs in an eager task of its own; on 3.11 it runs in
+        the caller's task only for a bridge declaring ``sends_run_in_caller`` (a library
+        that binds a timeout to the current task there, as aiormq's publish does, would
+        otherwise cancel the caller later), and every other send is a task.
         """
-        if inspect.iscoroutine(send):
+        if not inspect.iscoroutine(send):
+            task: asyncio.Future[Any] = asyncio.ensure_future(send)
+        elif _EAGER_TASKS:
+            task = asyncio.Task(send, loop=asyncio.get_running_loop(), eager_start=True)
+            if task.done():
+                task.result()
+                return
+        elif self._bridge.sends_run_in_caller:
             try:
                 waiting = send.send(None)
             except StopIteration:
                 return  # done without suspending
-            task: asyncio.Future[Any] = asyncio.get_running_loop().create_task(
-                _continue(send, waiting)
-            )
+            task = asyncio.get_running_loop().create_task(_continue(send, waiting))
         else:
-            task = asyncio.ensure_future(send)
+            task = asyncio.get_running_loop().create_task(send)
         try:
             done, _ = await asyncio.wait({task}, timeout=ttl_s)
         except asyncio.CancelledError:
@@ -835,6 +849,11 @@ class EventBridgeBase(ABC):
     snake_cased_wire: ClassVar[bool] = False
     """The transport writes addresses snake-cased (PURISTA's NATS/MQTT): names that
     snake-case alike would share a subject, so registering both fails."""
+    sends_run_in_caller: ClassVar[bool] = False
+    """On Python 3.11, ``_send_command``'s first step may run in the invoker's task (no task
+    per send): true only where nothing the send calls binds to the current task (no
+    ``asyncio.timeout``, cancel scope or ``current_task()``) before it first suspends.
+    Python 3.12+ runs that step in an eager task of its own whatever this says."""
 
     def __init__(
         self,
