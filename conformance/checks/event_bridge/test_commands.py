@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 from conformance.kit import (
@@ -17,6 +18,7 @@ from conformance.kit import (
     pending_invocations,
     responder,
     stalled_command,
+    subscription,
 )
 from conformance.kit.ledger import Ledger, expect_exactly_once
 from conformance.kit.marks import check
@@ -265,6 +267,82 @@ async def test_timeout(aut: AdapterUnderTest) -> None:
     aut.metric("timeout_s", sorted(round(t, 3) for _, _, t in outcomes))
     pending = pending_invocations(client)
     assert pending == 0, f"{pending} pending invocation(s) leaked after timeouts"
+
+
+@check("event_bridge.commands.info_on_timeout", kinds=EB)
+async def test_info_on_timeout(aut: AdapterUnderTest) -> None:
+    """Each invoke that times out is reported once as an infoInvokeTimeout from the invoking
+    instance's bridge (sender service eventBridge) with the command's correlation id and its
+    receiver (``service.version.function``); an invoke answered in time is not reported."""
+    infos: list[Any] = []
+
+    async def collect(msg: Any) -> None:
+        infos.append(msg)
+
+    watcher = await aut.new()
+    await watcher.register_subscription(
+        replace(subscription("timeout-watch"), message_type=MessageType.INFO_INVOKE_TIMEOUT),
+        collect,
+    )
+    client, gate = await stalled_command(aut, "timeout-info-slow")
+    await _echo_server(aut, "timeout-info-fast")
+    slow = [command(client, addr("timeout-info-slow"), i) for i in range(3)]
+    fast = command(client, addr("timeout-info-fast"), "in time")
+    try:
+        outcomes = await asyncio.gather(
+            *(invoke_status(client, cmd, 0.3) for cmd in slow), invoke_status(client, fast, 10)
+        )
+    finally:
+        gate.open()
+    statuses = [kind if kind == "ok" else getattr(err, "status", err) for kind, err, _ in outcomes]
+    assert statuses == [504, 504, 504, "ok"], f"expected three 504 and one answer: {statuses}"
+    ids = {cmd.correlation_id for cmd in [*slow, fast]}
+    mine = lambda: [m for m in infos if m.payload.get("correlationId") in ids]  # noqa: E731
+    await wait_for(lambda: len(mine()) >= len(slow), 10, progress=lambda: len(infos))
+    await wait_quiet(lambda: len(infos), quiet_s=0.3)
+    got = Counter(m.payload.get("correlationId") for m in mine())
+    assert got == Counter(cmd.correlation_id for cmd in slow), (
+        f"expected one infoInvokeTimeout per timed-out invoke ({[c.correlation_id for c in slow]})"
+        f" and none for {fast.correlation_id}, got {[m.payload for m in mine()]}"
+    )
+    for m in mine():
+        assert m.sender.service_name == "eventBridge", f"info sender: {m.sender!r}"
+        assert m.sender.instance_id == client.instance_id, (
+            f"info from instance {m.sender.instance_id}, the invoker is {client.instance_id}"
+        )
+        assert m.payload.get("receiver") == str(addr("timeout-info-slow")), (
+            f"receiver not named: {m.payload}"
+        )
+
+
+@check("event_bridge.commands.unregistered_not_served", kinds=EB)
+async def test_unregistered_not_served(aut: AdapterUnderTest) -> None:
+    """A command unregistered is no longer served: an invoke after ``unregister_command`` runs
+    no handler and fails (404/502/503, or 504 at its ttl where unknown commands do not fail
+    fast); registered again, the command is served again, and only the invokes made while
+    it was registered ever ran."""
+    ran: list[Any] = []
+
+    async def handler(cmd: Any) -> Any:
+        ran.append(cmd.payload.payload)
+        return {"ran": cmd.payload.payload}
+
+    server = await aut.new()
+    client = await aut.new()
+    target = addr("unregistered")
+    await server.register_command(target, responder(handler))
+    kind, result, _ = await invoke_status(client, command(client, target, "before"), 10)
+    assert (kind, result) == ("ok", {"ran": "before"}), f"registered command: {kind} {result!r}"
+    await server.unregister_command(target)
+    kind, err, _ = await invoke_status(client, command(client, target, "while-unregistered"), 1.0)
+    assert kind == "error" and err.status in (404, 502, 503, 504), (
+        f"an invoke of an unregistered command gave {kind} {err!r}"
+    )
+    await server.register_command(target, responder(handler))
+    kind, result, _ = await invoke_status(client, command(client, target, "again"), 10)
+    assert (kind, result) == ("ok", {"ran": "again"}), f"registered again: {kind} {result!r}"
+    await wait_quiet(lambda: len(ran), quiet_s=0.3)
+    assert ran == ["before", "again"], f"handler runs: {ran}"
 
 
 @check("event_bridge.commands.late_response_ignored", kinds=EB)
