@@ -242,14 +242,14 @@ async def test_unknown_fails_fast(aut: AdapterUnderTest) -> None:
 
 @check("event_bridge.commands.timeout", kinds=EB)
 async def test_timeout(aut: AdapterUnderTest) -> None:
-    """A handler slower than the ttl gives 504 within ttl + 0.5 s, for every concurrent caller."""
+    """A handler slower than the ttl gives 504 within ttl + 0.5 s, for every concurrent caller;
+    each 504 carries its command's trace id."""
     client, gate = await stalled_command(aut, "slow")
     ttl = 0.3
+    cmds = [command(client, addr("slow"), i, trace_id=f"trace-slow-{i}") for i in range(10)]
     try:
         outcomes = await asyncio.wait_for(
-            asyncio.gather(
-                *(invoke_status(client, command(client, addr("slow"), i), ttl) for i in range(10))
-            ),
+            asyncio.gather(*(invoke_status(client, cmd, ttl) for cmd in cmds)),
             ttl + TIMEOUT_MARGIN_S + 2,
         )
     except TimeoutError:
@@ -264,6 +264,12 @@ async def test_timeout(aut: AdapterUnderTest) -> None:
         if kind != "error" or err.status != 504 or not ttl * 0.95 <= took <= ttl + TIMEOUT_MARGIN_S
     ]
     assert not bad, f"expected 504 after {ttl}s (+{TIMEOUT_MARGIN_S}s), got {bad}"
+    untraced = [
+        (cmd.trace_id, getattr(err, "trace_id", None))
+        for cmd, (_, err, _) in zip(cmds, outcomes, strict=True)
+        if getattr(err, "trace_id", None) != cmd.trace_id
+    ]
+    assert not untraced, f"a 504 lost its command's trace id (sent, got): {untraced}"
     aut.metric("timeout_s", sorted(round(t, 3) for _, _, t in outcomes))
     pending = pending_invocations(client)
     assert pending == 0, f"{pending} pending invocation(s) leaked after timeouts"

@@ -125,12 +125,11 @@ def _takes_drain(aut: AdapterUnderTest) -> bool:
 
 @check("event_bridge.lifecycle.destroy_rejects_pending", kinds=EB)
 async def test_destroy_rejects_pending(aut: AdapterUnderTest) -> None:
-    """Destroying the invoking bridge fails its pending invocations with 503 at once."""
+    """Destroying the invoking bridge fails its pending invocations with 503 at once, and an
+    invoke after it with 503 too; each 503 carries its command's trace id."""
     client, gate = await stalled_command(aut, "hang")
-    calls = [
-        asyncio.ensure_future(invoke_status(client, command(client, addr("hang"), i), 20))
-        for i in range(5)
-    ]
+    cmds = [command(client, addr("hang"), i, trace_id=f"trace-hang-{i}") for i in range(5)]
+    calls = [asyncio.ensure_future(invoke_status(client, cmd, 20)) for cmd in cmds]
     try:
         assert await wait_for(lambda: gate.entered == 5, 10), f"{gate.entered}/5 handlers started"
         watch = Stopwatch()
@@ -141,10 +140,17 @@ async def test_destroy_rejects_pending(aut: AdapterUnderTest) -> None:
     bad = [(k, getattr(e, "status", e)) for k, e, _ in outcomes if k != "error" or e.status != 503]
     assert not bad, f"pending invocations not rejected with 503: {bad}"
     assert watch.elapsed < 2.0, f"rejection took {watch.elapsed:.2f}s"
+    untraced = [
+        (cmd.trace_id, getattr(err, "trace_id", None))
+        for cmd, (_, err, _) in zip(cmds, outcomes, strict=True)
+        if getattr(err, "trace_id", None) != cmd.trace_id
+    ]
+    assert not untraced, f"a 503 lost its command's trace id (sent, got): {untraced}"
     try:
-        await client.invoke(command(client, addr("hang"), "after"), 1)
+        await client.invoke(command(client, addr("hang"), "after", trace_id="trace-after"), 1)
     except PuristaError as exc:
         assert exc.status == 503, f"invoke after destroy: expected 503, got {exc.status}"
+        assert exc.trace_id == "trace-after", f"invoke after destroy: trace id {exc.trace_id!r}"
     else:
         raise AssertionError("invoke after destroy succeeded")
 

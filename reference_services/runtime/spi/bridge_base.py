@@ -754,6 +754,7 @@ class BridgeCore:
                 f"invocation {command.receiver} timed out after {ttl_s:.3f}s: not sent "
                 f"({self._bridge.max_sends_in_flight} sends in flight the whole time)",
                 StatusCode.GATEWAY_TIMEOUT,
+                trace_id=command.trace_id,
             ) from None
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
@@ -828,12 +829,16 @@ class BridgeCore:
         if not task.cancelled():
             task.exception()  # retrieved: a late failure of a send nobody waits for
 
-    def require_running(self) -> None:
-        """Raise 503 unless the bridge is started and accepting work."""
+    def require_running(self, trace_id: str | None = None) -> None:
+        """Raise 503 (carrying ``trace_id``) unless the bridge is started and accepting work."""
         if not self.started:
-            raise BridgeNotRunningError(f"{self._bridge.name} bridge is not started")
+            raise BridgeNotRunningError(
+                f"{self._bridge.name} bridge is not started", trace_id=trace_id
+            )
         if not self.accepting:
-            raise BridgeNotRunningError(f"{self._bridge.name} bridge is shutting down")
+            raise BridgeNotRunningError(
+                f"{self._bridge.name} bridge is shutting down", trace_id=trace_id
+            )
 
 
 class EventBridgeBase(ABC):
@@ -970,7 +975,7 @@ class EventBridgeBase(ABC):
         wait for a slot, and one that gets none before its ttl ends 504 without sending:
         a burst costs its callers no more than their ttl, and nothing is sent late.
         """
-        self.core.require_running()
+        self.core.require_running(command.trace_id)
         ttl = self.default_command_ttl_s if ttl_s is None else ttl_s
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -1007,7 +1012,7 @@ class EventBridgeBase(ABC):
                 pending = self.core.pending
                 cid = command.correlation_id
                 try:
-                    future = pending.add(cid, ttl_left, command.receiver)
+                    future = pending.add(cid, ttl_left, command.receiver, command.trace_id)
                 except BaseException:
                     self.core.release_encoded(outgoing)
                     raise
@@ -1021,6 +1026,7 @@ class EventBridgeBase(ABC):
                     raise UnhandledError(
                         f"could not send command to {command.receiver} within {ttl:.3f}s",
                         StatusCode.GATEWAY_TIMEOUT,
+                        trace_id=command.trace_id,
                     ) from None
                 except PuristaError as exc:
                     pending.discard(cid, future)
@@ -1030,7 +1036,10 @@ class EventBridgeBase(ABC):
                             f"could not send command to {command.receiver} within "
                             f"{ttl:.3f}s: {exc.message}",
                             StatusCode.GATEWAY_TIMEOUT,
+                            trace_id=command.trace_id,
                         ) from exc
+                    if exc.trace_id is None:
+                        exc.trace_id = command.trace_id
                     raise
                 except Exception as exc:
                     pending.discard(cid, future)
@@ -1038,6 +1047,7 @@ class EventBridgeBase(ABC):
                         f"could not send command to {command.receiver}: "
                         f"{type(exc).__name__}: {exc}",
                         StatusCode.SERVICE_UNAVAILABLE,
+                        trace_id=command.trace_id,
                     ) from exc
                 finally:
                     holding = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ class _Pending:
     timer: asyncio.TimerHandle
     #: what is invoked (str() of it names it in errors); an object the caller holds anyway
     description: object
+    #: the command's trace id, which every error failing this waiter carries
+    trace_id: str | None = None
 
 
 class DuplicateCorrelationId(HandledError):
@@ -44,7 +47,11 @@ class PendingInvocations:
         return correlation_id in self._entries
 
     def add(
-        self, correlation_id: str, ttl_s: float, description: object = ""
+        self,
+        correlation_id: str,
+        ttl_s: float,
+        description: object = "",
+        trace_id: str | None = None,
     ) -> asyncio.Future[CommandResponse]:
         """Register a waiter that fails with a 504 error after ``ttl_s`` seconds.
 
@@ -58,7 +65,7 @@ class PendingInvocations:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[CommandResponse] = loop.create_future()
         timer = loop.call_later(ttl_s, self._expire, correlation_id, ttl_s)
-        self._entries[correlation_id] = _Pending(future, timer, description)
+        self._entries[correlation_id] = _Pending(future, timer, description, trace_id)
         return future
 
     def resolve(self, response: CommandResponse) -> bool:
@@ -72,13 +79,16 @@ class PendingInvocations:
         return True
 
     def reject_all(self, error: PuristaError) -> int:
-        """Fail every waiter with ``error`` (used by destroy: 503)."""
+        """Fail every waiter with ``error`` (used by destroy: 503), each with a copy that
+        carries its command's trace id."""
         entries = list(self._entries.values())
         self._entries.clear()
         for entry in entries:
             entry.timer.cancel()
             if not entry.future.done():
-                entry.future.set_exception(error)
+                own = copy.copy(error)
+                own.trace_id = entry.trace_id
+                entry.future.set_exception(own)
         return len(entries)
 
     def _expire(self, correlation_id: str, ttl_s: float) -> None:
@@ -90,6 +100,7 @@ class PendingInvocations:
                 f"invocation {str(entry.description) or correlation_id} timed out after "
                 f"{ttl_s:.3f}s",
                 StatusCode.GATEWAY_TIMEOUT,
+                trace_id=entry.trace_id,
             )
         )
         if self._on_timeout is not None:
