@@ -35,10 +35,27 @@ _UNSET = object()
 _PROVIDER_FROM_ENV = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
 
 
+#: the provider :func:`traced_by` routes the runtime's spans to while its block runs
+_override: trace.TracerProvider | None = None
+
+
+@contextlib.contextmanager
+def traced_by(provider: trace.TracerProvider) -> Iterator[None]:
+    """Route the runtime's spans to ``provider`` while the block runs, whatever the global
+    provider is (the API sets that one once per process); for tests that judge spans
+    without turning tracing on for the rest of the process."""
+    global _override
+    previous, _override = _override, provider
+    try:
+        yield
+    finally:
+        _override = previous
+
+
 def tracing_configured() -> bool:
     """Whether a tracer provider is set (the API's default proxy and no-op ones are not)."""
     global _configured
-    if _configured:
+    if _configured or _override is not None:
         return True
     if getattr(trace, "_TRACER_PROVIDER", _UNSET) is None and not _PROVIDER_FROM_ENV:
         return False
@@ -50,6 +67,8 @@ def tracing_configured() -> bool:
 
 def tracer() -> trace.Tracer:
     """The runtime's tracer (resolved each time, so a provider set later is used)."""
+    if _override is not None:
+        return _override.get_tracer(TRACER_NAME)
     return trace.get_tracer(TRACER_NAME)
 
 
