@@ -26,6 +26,7 @@ from conformance.kit.under_test import AdapterUnderTest
 from conformance.kit.waits import wait_for, wait_quiet
 from reference_services.runtime.definitions import Subscription
 from reference_services.runtime.errors import HandledError, PuristaError, UnhandledError
+from reference_services.runtime.ids import now_ms
 from reference_services.runtime.messages import MessageType, success_response
 
 EB = ("event_bridge",)
@@ -349,6 +350,52 @@ async def test_unregistered_not_served(aut: AdapterUnderTest) -> None:
     assert (kind, result) == ("ok", {"ran": "again"}), f"registered again: {kind} {result!r}"
     await wait_quiet(lambda: len(ran), quiet_s=0.3)
     assert ran == ["before", "again"], f"handler runs: {ran}"
+
+
+@check("event_bridge.commands.deadline_stamped", kinds=EB)
+async def test_deadline_stamped(aut: AdapterUnderTest) -> None:
+    """The command a server receives carries the invoker's deadline (``expiresAt``, ms since
+    the epoch): the invoke's start plus its ttl; a deadline the caller set earlier is kept,
+    one set later is brought down to the ttl's."""
+    seen: dict[str, Any] = {}
+
+    async def handler(cmd: Any) -> Any:
+        seen[cmd.payload.payload] = cmd.expires_at
+        return {"ok": True}
+
+    server = await aut.new()
+    await server.register_command(addr("deadline"), responder(handler))
+    client = await aut.new()
+    ttl_s = 10.0
+    bounds: dict[str, tuple[int, int]] = {}
+    cases = {
+        "unset": None,
+        "earlier": lambda now: now + 4_000,  # kept: sooner than now + ttl
+        "later": lambda now: now + 600_000,  # lowered to now + ttl
+    }
+    for name, stamp in cases.items():
+        cmd = command(client, addr("deadline"), name)
+        before = now_ms()
+        if stamp is not None:
+            cmd = cmd.model_copy(update={"expires_at": stamp(before)})
+        assert await client.invoke(cmd, ttl_s) == {"ok": True}
+        after = now_ms()
+        ttl_ms = round(ttl_s * 1000)
+        if name == "earlier":
+            bounds[name] = (before + 4_000, before + 4_000)
+        else:
+            bounds[name] = (before + ttl_ms, after + ttl_ms)
+    aut.metric(
+        "expires_at_minus_low_bound_ms",
+        {name: None if seen.get(name) is None else seen[name] - low
+         for name, (low, _) in bounds.items()},
+    )
+    wrong = {
+        name: (seen.get(name), low, high)
+        for name, (low, high) in bounds.items()
+        if seen.get(name) is None or not low <= seen[name] <= high
+    }
+    assert not wrong, f"expiresAt the server saw, outside (low, high): {wrong}"
 
 
 @check("event_bridge.commands.late_response_ignored", kinds=EB)
