@@ -97,6 +97,117 @@ class SharedToAll(DefaultEventBridge):
     core_class = _SharedToAllCore
 
 
+class _EmitsInHandlerCore(BridgeCore):
+    async def _run_subscription(self, reg: Any, message: Any, attempt: int) -> Any:
+        sub = reg.subscription
+        if not sub.emit_event_name:
+            return await super()._run_subscription(reg, message, attempt)
+
+        async def handle_then_emit(msg: Any) -> None:
+            result = await reg.handler(msg)
+            if result is not None:
+                await self._bridge._publish(self.chained_event(sub, msg, result))
+
+        inner = replace(sub, emit_event_name=None)
+        return await super()._run_subscription(
+            replace(reg, subscription=inner, handler=handle_then_emit), message, attempt
+        )
+
+
+class EmitsInHandler(DefaultEventBridge):
+    """Publishes a subscription's emitEventName event as part of its handler, so a failed
+    emit counts as a failed handler: the delivery is retried and the handler runs again."""
+
+    name = "emits-in-handler"
+    core_class = _EmitsInHandlerCore
+
+
+class _SilentTimeoutsCore(BridgeCore):
+    def invoke_timed_out(self, correlation_id: str, description: str) -> None:
+        return None
+
+
+class SilentTimeouts(DefaultEventBridge):
+    """Never reports an invocation that timed out (no infoInvokeTimeout)."""
+
+    name = "silent-timeouts"
+    core_class = _SilentTimeoutsCore
+
+
+class KeepsServing(DefaultEventBridge):
+    """unregister_command unbinds nothing: the instance goes on running the command."""
+
+    name = "keeps-serving"
+
+    async def unregister_command(self, address: Any) -> None:
+        return None
+
+
+class ReadyWhileDraining(DefaultEventBridge):
+    """Reports ready as long as it is connected, draining included."""
+
+    name = "ready-while-draining"
+
+    async def is_ready(self) -> bool:
+        return self.core.started and await self._is_connected()
+
+
+class _LeaksInfoSlotsCore(BridgeCore):
+    def emit_info_soon(self, message_type: Any, payload: Any) -> None:
+        super().emit_info_soon(message_type, payload)
+        self.info_in_flight += 1  # never given back: after 64 reports, nothing is reported
+
+
+class LeaksInfoSlots(DefaultEventBridge):
+    """Keeps an info message's in-flight slot after publishing it, so after its first 64
+    info messages a bridge reports nothing more."""
+
+    name = "leaks-info-slots"
+    core_class = _LeaksInfoSlotsCore
+
+
+class _UnboundedSendsCore(BridgeCore):
+    async def acquire_send_slot(self, command: Any, ttl_s: float) -> None:
+        return None
+
+    def release_send_slot(self) -> None:
+        return None
+
+
+class UnboundedSends(DefaultEventBridge):
+    """Ignores max_sends_in_flight: every invocation sends at once, however many sends are
+    still in flight."""
+
+    name = "unbounded-sends"
+    core_class = _UnboundedSendsCore
+
+
+class _AwaitsSendsCore(BridgeCore):
+    async def send_within(self, send: Any, ttl_s: float) -> None:
+        await send  # as long as the transport takes
+
+
+class AwaitsSends(DefaultEventBridge):
+    """Waits for a send however long it takes: a stuck send holds its caller past the ttl."""
+
+    name = "awaits-sends"
+    core_class = _AwaitsSendsCore
+
+
+class _LosesTraceCore(BridgeCore):
+    async def _run_subscription(self, reg: Any, message: Any, attempt: int) -> Any:
+        untraced = message.model_copy(update={"otp": None})
+        return await super()._run_subscription(reg, untraced, attempt)
+
+
+class LosesTrace(DefaultEventBridge):
+    """Runs subscription handlers outside the delivered message's trace context: what they
+    invoke starts no trace or a new one."""
+
+    name = "loses-trace"
+    core_class = _LosesTraceCore
+
+
 class _AcksEarlyCore(BridgeCore):
     async def handle_subscription(self, reg: Any, message: Any, attempt: int = 1) -> Any:
         parent = super().handle_subscription
@@ -186,6 +297,38 @@ def shared_to_all(ctx: AdapterContext) -> Any:
 
 def acks_early(ctx: AdapterContext) -> Any:
     return AcksEarly(hub=_hub(ctx), **ctx.options)
+
+
+def emits_in_handler(ctx: AdapterContext) -> Any:
+    return EmitsInHandler(hub=_hub(ctx), **ctx.options)
+
+
+def silent_timeouts(ctx: AdapterContext) -> Any:
+    return SilentTimeouts(hub=_hub(ctx), **ctx.options)
+
+
+def keeps_serving(ctx: AdapterContext) -> Any:
+    return KeepsServing(hub=_hub(ctx), **ctx.options)
+
+
+def ready_while_draining(ctx: AdapterContext) -> Any:
+    return ReadyWhileDraining(hub=_hub(ctx), **ctx.options)
+
+
+def leaks_info_slots(ctx: AdapterContext) -> Any:
+    return LeaksInfoSlots(hub=_hub(ctx), **ctx.options)
+
+
+def unbounded_sends(ctx: AdapterContext) -> Any:
+    return UnboundedSends(hub=_hub(ctx), **ctx.options)
+
+
+def awaits_sends(ctx: AdapterContext) -> Any:
+    return AwaitsSends(hub=_hub(ctx), **ctx.options)
+
+
+def loses_trace(ctx: AdapterContext) -> Any:
+    return LosesTrace(hub=_hub(ctx), **ctx.options)
 
 
 def skips_drain(ctx: AdapterContext) -> Any:
@@ -778,6 +921,14 @@ EXPECTED: dict[str, str] = {
     "past_filter": "event_bridge.subscriptions.filter.principal",
     "shared_to_all": "event_bridge.subscriptions.shared_one_per_group",
     "acks_early": "event_bridge.failures.retry_transient",
+    "emits_in_handler": "event_bridge.failures.chained_emit_dead_letter",
+    "silent_timeouts": "event_bridge.commands.info_on_timeout",
+    "keeps_serving": "event_bridge.commands.unregistered_not_served",
+    "ready_while_draining": "event_bridge.lifecycle.destroy_drains",
+    "leaks_info_slots": "event_bridge.failures.info_every_failure",
+    "unbounded_sends": "event_bridge.commands.send_slots",
+    "awaits_sends": "event_bridge.commands.slow_send_timeout",
+    "loses_trace": "event_bridge.subscriptions.trace_continues",
     "skips_drain": "event_bridge.lifecycle.destroy_drains",
     "mangles": "event_bridge.fidelity.unicode",
     "never_reconnects": "event_bridge.lifecycle.reconnect",

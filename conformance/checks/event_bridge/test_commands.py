@@ -8,6 +8,8 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from conformance.kit import (
     CommandConfig,
     Gate,
@@ -327,7 +329,8 @@ async def test_unregistered_not_served(aut: AdapterUnderTest) -> None:
     """A command unregistered is no longer served: an invoke after ``unregister_command`` runs
     no handler and fails (404/502/503, or 504 at its ttl where unknown commands do not fail
     fast); registered again, the command is served again, and only the invokes made while
-    it was registered ever ran."""
+    it was registered ever ran. Unregistering it twice, or a command or subscription never
+    registered, is a no-op."""
     ran: list[Any] = []
 
     async def handler(cmd: Any) -> Any:
@@ -345,6 +348,9 @@ async def test_unregistered_not_served(aut: AdapterUnderTest) -> None:
     assert kind == "error" and err.status in (404, 502, 503, 504), (
         f"an invoke of an unregistered command gave {kind} {err!r}"
     )
+    await server.unregister_command(target)  # twice, and what was never registered: no-ops
+    await server.unregister_command(addr("never-registered"))
+    await server.unregister_subscription(addr("never-subscribed", target="on"))
     await server.register_command(target, responder(handler))
     kind, result, _ = await invoke_status(client, command(client, target, "again"), 10)
     assert (kind, result) == ("ok", {"ran": "again"}), f"registered again: {kind} {result!r}"
@@ -488,8 +494,8 @@ SERVER_LIMIT_BYTES = 64 * 1024  # the least every adapter must carry (fidelity.l
 async def test_oversize_not_executed(aut: AdapterUnderTest) -> None:
     """A command larger than the serving instance accepts (its max_message_bytes, smaller than
     the invoker's) is not executed: the invoker gets an error, by its ttl at the latest, and
-    the server counts it once in rejected_messages where it counts rejections; a command
-    within the limit then still runs there."""
+    the server counts each such command once in rejected_messages where it counts
+    rejections (two here); a command within the limit then still runs there."""
     runs: list[Any] = []
     server = await aut.new(max_message_bytes=SERVER_LIMIT_BYTES)
 
@@ -501,15 +507,24 @@ async def test_oversize_not_executed(aut: AdapterUnderTest) -> None:
     client = await aut.new()
     ttl = 1.5
     pad = "x" * (SERVER_LIMIT_BYTES + 1024)
-    big = command(client, addr("bounded"), {"size": "big", "pad": pad})
-    status, result, took = await invoke_status(client, big, ttl)
-    aut.metric("oversize_outcome", [status, getattr(result, "status", None), round(took, 3)])
-    assert status == "error", f"a command over the server's limit was answered: {result!r:.120}"
-    assert took <= ttl + TIMEOUT_MARGIN_S, f"the oversize command failed after {took:.2f}s"
+    bigs = [command(client, addr("bounded"), {"size": "big", "pad": pad}) for _ in range(2)]
+    outcomes = await asyncio.gather(*(invoke_status(client, big, ttl) for big in bigs))
+    aut.metric(
+        "oversize_outcome",
+        [
+            [status, getattr(result, "status", None), round(took, 3)]
+            for status, result, took in outcomes
+        ],
+    )
+    for status, result, took in outcomes:
+        assert status == "error", f"a command over the server's limit was answered: {result!r:.120}"
+        assert took <= ttl + TIMEOUT_MARGIN_S, f"the oversize command failed after {took:.2f}s"
     rejected = getattr(server, "rejected_messages", None)
     aut.metric("server_rejected_messages", rejected)
-    if rejected is not None:  # the server counts what it refuses: this command, once
-        assert rejected == 1, f"the server counted {rejected} rejected messages, not 1"
+    if rejected is not None:  # the server counts what it refuses: these commands, once each
+        assert rejected == len(bigs), (
+            f"the server counted {rejected} rejected messages, not {len(bigs)}"
+        )
     small = command(client, addr("bounded"), {"size": "small"})
     status, result, _ = await invoke_status(client, small, 10)
     assert status == "ok" and result == {"ran": "small"}, f"then a small command: {result!r}"
@@ -610,3 +625,170 @@ async def test_timeout_range(aut: AdapterUnderTest) -> None:
     aut.metric("took_s", [round(t, 2) for _, _, t in outcomes])
     pending = pending_invocations(client)
     assert pending == 0, f"{pending} pending invocation(s) leaked after timeouts"
+
+
+class HeldSends:
+    """Holds every command ``bridge`` sends until :meth:`release`: a transport that takes its
+    time to accept a send (a congested connection). It wraps the ``_send_command`` hook of the
+    shared base, so it skips an adapter not built on it."""
+
+    def __init__(self, bridge: Any) -> None:
+        send = getattr(bridge, "_send_command", None)
+        if not callable(send) or not hasattr(bridge, "max_sends_in_flight"):
+            pytest.skip(f"{type(bridge).__name__} has no _send_command hook to slow down")
+        self._open = asyncio.Event()
+        self.held = 0
+        self.sent: list[Any] = []
+
+        async def held_send(cmd: Any) -> None:
+            self.held += 1
+            await self._open.wait()
+            self.sent.append(cmd.payload.payload)
+            await send(cmd)
+
+        bridge._send_command = held_send
+
+    def release(self) -> None:
+        """Let every held send (and every later one) through."""
+        self._open.set()
+
+    def hold(self) -> None:
+        """Hold the sends from now on again."""
+        self._open.clear()
+
+
+def _collector(into: list[Any]) -> Any:
+    async def keep(msg: Any) -> None:
+        into.append(msg)
+
+    return keep
+
+
+@check("event_bridge.commands.send_slots", kinds=EB)
+async def test_send_slots(aut: AdapterUnderTest) -> None:
+    """At most ``max_sends_in_flight`` invocations send at once. While sends that take their
+    time hold every slot, a further invocation waits in line: one whose ttl ends first fails
+    504 at its ttl without being sent (counted in ``unsent_timeouts`` and reported as an
+    infoInvokeTimeout naming it), as one whose caller left is never sent and takes no slot
+    with it; those still in line when many before them gave up get the slots as the sends
+    end, and are answered. Once the line is empty the slots are all back: again exactly
+    ``max_sends_in_flight`` sends at once."""
+    runs: list[Any] = []
+    server = await aut.new()
+
+    async def run(cmd: Any) -> Any:
+        runs.append(cmd.payload.payload)
+        return {"ran": cmd.payload.payload}
+
+    await server.register_command(addr("slots"), responder(run))
+    infos: list[Any] = []
+    watcher = await aut.new()
+    await watcher.register_subscription(
+        Subscription(
+            subscriber=addr("slots-watch", target="on"),
+            message_type=MessageType.INFO_INVOKE_TIMEOUT,
+        ),
+        _collector(infos),
+    )
+    client = await aut.new()
+    sends = HeldSends(client)
+    client.max_sends_in_flight = 2
+
+    def call(tag: str, ttl: float) -> tuple[Any, asyncio.Future[Any]]:
+        cmd = command(client, addr("slots"), tag)
+        return cmd, asyncio.ensure_future(invoke_status(client, cmd, ttl))
+
+    first = [call(f"first-{i}", 10) for i in range(2)]
+    try:
+        assert await wait_for(lambda: sends.held == 2, 5), f"{sends.held} of 2 sends started"
+        short_ttl = 0.4
+        gave_up = [call(f"gave-up-{i}", short_ttl) for i in range(6)]
+        left = call("left-line", 10)
+        waiting = [call(f"waiting-{i}", 10) for i in range(2)]
+        outcomes = await asyncio.gather(*(f for _, f in gave_up))
+        left[1].cancel()  # its caller leaves the line
+        await asyncio.wait({left[1]})
+        await wait_quiet(lambda: sends.held, quiet_s=0.2)
+        assert sends.held == 2, f"{sends.held} sends at once with max_sends_in_flight 2"
+    finally:
+        sends.release()
+    later = await asyncio.gather(*(f for _, f in first + waiting))
+    bad = [
+        (kind, getattr(err, "status", err), round(took, 3))
+        for kind, err, took in outcomes
+        if kind != "error"
+        or err.status != 504
+        or not short_ttl * 0.95 <= took <= short_ttl + TIMEOUT_MARGIN_S
+    ]
+    assert not bad, f"waiting for a slot past the ttl: expected 504 after {short_ttl}s, got {bad}"
+    wrong = [
+        (cmd.payload.payload, o[:2])
+        for (cmd, _), o in zip(first + waiting, later, strict=True)
+        if o[:2] != ("ok", {"ran": cmd.payload.payload})
+    ]
+    assert not wrong, f"invocations that kept their place in line: {wrong}"
+    await wait_quiet(lambda: (len(runs), len(infos)), quiet_s=0.3)
+    sent = sorted(sends.sent)
+    assert not [s for s in sent if s.startswith(("gave-up", "left"))], (
+        f"sent after giving up: {sent}"
+    )
+    assert sorted(runs) == sorted(cmd.payload.payload for cmd, _ in first + waiting), (
+        f"executions: {sorted(runs)}"
+    )
+    unsent = getattr(getattr(client, "core", None), "unsent_timeouts", None)
+    aut.metric("unsent_timeouts", unsent)
+    if isinstance(unsent, int):
+        assert unsent == len(gave_up), f"unsent_timeouts {unsent}, {len(gave_up)} gave up"
+    want = {cmd.correlation_id: cmd for cmd, _ in gave_up}
+    reported = [m for m in infos if m.payload.get("correlationId") in want]
+    assert len(reported) == len(want), (
+        f"{len(reported)} infoInvokeTimeout for {len(want)} invocations that were never sent"
+    )
+    unnamed = [m.payload for m in reported if "slots" not in str(m.payload.get("receiver"))]
+    assert not unnamed, f"the receiver is not named: {unnamed}"
+    sends.hold()
+    base = sends.held
+    again = [call(f"again-{i}", 10) for i in range(3)]
+    try:
+        await wait_for(lambda: sends.held >= base + 2, 5)
+        await wait_quiet(lambda: sends.held, quiet_s=0.2)
+        in_flight = sends.held - base
+    finally:
+        sends.release()
+    assert in_flight == 2, f"{in_flight} sends at once once the line was empty (max 2)"
+    again_out = await asyncio.gather(*(f for _, f in again))
+    assert [o[0] for o in again_out] == ["ok"] * 3, f"after the line emptied: {again_out}"
+    assert pending_invocations(client) == 0, "pending invocations leaked"
+
+
+@check("event_bridge.commands.slow_send_timeout", kinds=EB)
+async def test_slow_send_timeout(aut: AdapterUnderTest) -> None:
+    """A send that has not completed when the ttl ends fails the invocation with 504 at the
+    ttl, not when the send ends; the command is not sent later, and the next invocation,
+    sent at once, is answered."""
+    runs: list[Any] = []
+    server = await aut.new()
+
+    async def run(cmd: Any) -> Any:
+        runs.append(cmd.payload.payload)
+        return {"ran": cmd.payload.payload}
+
+    await server.register_command(addr("slow-send"), responder(run))
+    client = await aut.new()
+    sends = HeldSends(client)
+    ttl = 0.4
+    call = asyncio.ensure_future(
+        invoke_status(client, command(client, addr("slow-send"), "held"), ttl)
+    )
+    await asyncio.wait({call}, timeout=ttl + 2)
+    sends.release()
+    assert call.done(), f"the invocation was still waiting for its send {ttl + 2:.1f}s later"
+    status, err, took = call.result()
+    aut.metric("held_send", [status, getattr(err, "status", None), round(took, 3)])
+    assert status == "error" and err.status == 504, f"a send held past its ttl: {err!r}"
+    assert ttl * 0.95 <= took <= ttl + TIMEOUT_MARGIN_S, f"it failed after {took:.2f}s (ttl {ttl})"
+    status, result, _ = await invoke_status(client, command(client, addr("slow-send"), "next"), 10)
+    assert status == "ok" and result == {"ran": "next"}, f"the next invocation: {result!r}"
+    await wait_quiet(lambda: len(runs), quiet_s=0.3)
+    assert runs == ["next"], f"executions: {runs} (the held send must not go out late)"
+    assert pending_invocations(client) == 0, "pending invocations leaked"

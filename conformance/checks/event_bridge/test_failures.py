@@ -277,6 +277,40 @@ async def test_info_subscription_error(aut: AdapterUnderTest) -> None:
     assert "info-refusing" in str(handled.get("subscription")), f"not named: {handled}"
 
 
+@check("event_bridge.failures.info_every_failure", kinds=EB)
+async def test_info_every_failure(aut: AdapterUnderTest) -> None:
+    """A bridge reports every failure of its life, not only its first few dozen: 100 handled
+    errors, ten at a time (each ten reported before the next), give one
+    infoSubscriptionError each."""
+    infos: list[Any] = []
+    watcher = await aut.new()
+    await watcher.register_subscription(
+        replace(subscription("info-all-watch"), message_type=MessageType.INFO_SUBSCRIPTION_ERROR),
+        _collect(infos),
+    )
+    consumer = await aut.new()
+    refusing = Attempts(fail_first=10**6, handled=True)
+    await consumer.register_subscription(
+        subscription("info-all-refusing", event_name="info-all"), refusing
+    )
+    producer = await aut.new()
+    sent: set[str] = set()
+    mine = lambda: {m.payload.get("messageId") for m in infos} & sent  # noqa: E731
+    for batch in range(10):
+        for i in range(10):
+            msg = event(producer, "info-all", {"id": f"info-all-{batch}-{i}"})
+            sent.add(msg.id)
+            await producer.emit_message(msg)
+        await wait_for(lambda: len(mine()) == len(sent), 10)
+        assert len(mine()) == len(sent), (
+            f"{len(sent) - len(mine())} of the failures {batch * 10 + 1}-{len(sent)} were not "
+            f"reported ({len(mine())} of {len(sent)} so far)"
+        )
+    await wait_quiet(lambda: len(infos), quiet_s=0.3)
+    reported = [m for m in infos if m.payload.get("messageId") in sent]
+    assert len(reported) == len(sent), f"{len(reported)} reports of {len(sent)} failures"
+
+
 def _collect(into: list[Any]) -> Any:
     async def handler(msg: Any) -> None:
         into.append(msg)
@@ -319,3 +353,81 @@ async def test_delayed_retry(aut: AdapterUnderTest) -> None:
     assert len(gaps) == len(ids), f"not every message was retried: {sorted(gaps)}"
     assert not early, f"retried sooner than {delay_ms} ms: {early}"
     assert not late, f"retried later than {late_ms:.0f} ms after a {delay_ms} ms delay: {late}"
+
+
+CHAINED_LIMIT_BYTES = 64 * 1024
+
+
+@check(
+    "event_bridge.failures.chained_emit_dead_letter",
+    kinds=EB,
+    needs=("bounded_retry", "dead_letter"),
+)
+async def test_chained_emit_dead_letter(aut: AdapterUnderTest) -> None:
+    """A handler whose result cannot be emitted as its emitEventName event (larger than the
+    consuming instance's max_message_bytes) runs once: its side effects happened, so only
+    the emit is retried, after the failure policy's delays (backoff included), and then the
+    message is dead-lettered once, with max_attempts as its attempts and a reason naming
+    the chained event. The oversize event reaches nobody; a result within the limit on the
+    same subscription is still emitted."""
+    delays_ms = (100, 200)  # retry_delay_ms 100, backoff 2: before attempts 2 and 3
+    failure = FailureHandling(
+        max_attempts=3,
+        retry_delay_ms=delays_ms[0],
+        backoff=2.0,
+        dead_letter_target=f"{aut.ctx.prefix}.dead",
+    )
+    runs: dict[str, list[float]] = defaultdict(list)
+
+    async def enrich(msg: Any) -> Any:
+        key = msg.payload["id"]
+        runs[key].append(time.monotonic())
+        pad = "x" * (CHAINED_LIMIT_BYTES + 1024) if msg.payload["big"] else "small"
+        return {"id": key, "pad": pad}
+
+    consumer = await aut.new(max_message_bytes=CHAINED_LIMIT_BYTES)
+    await consumer.register_subscription(
+        subscription("enricher", event_name="raw", emit_event_name="enriched", failure=failure),
+        enrich,
+    )
+    watcher = await aut.new()
+    chained, dead = Ledger("chained"), Ledger("dead letters")
+    events = Recorder(chained, "listener")
+    await watcher.register_subscription(subscription("listener", event_name="enriched"), events)
+    letters = Recorder(dead, "dead-letter", key=lambda m: m.payload["message"]["payload"]["id"])
+    await watcher.register_subscription(
+        subscription("dlq-watch", event_name=failure.dead_letter_target), letters
+    )
+    producer = await aut.new()
+    big = event(producer, "raw", {"id": "big", "big": True})
+    small = event(producer, "raw", {"id": "small", "big": False})
+    chained.sent("small")
+    dead.sent("big")
+    await producer.emit_message(big)
+    await producer.emit_message(small)
+    arrived = lambda: (chained.total_delivered, dead.total_delivered)  # noqa: E731
+    await wait_for(lambda: chained.all_arrived() and dead.all_arrived(), 15)
+    got_at = time.monotonic()
+    await wait_quiet(lambda: (arrived(), sum(len(v) for v in runs.values())), quiet_s=0.3)
+    assert {k: len(v) for k, v in runs.items()} == {"big": 1, "small": 1}, (
+        f"handler runs {dict((k, len(v)) for k, v in runs.items())}: each message must run "
+        "once (a failed emit is retried without running the handler again)"
+    )
+    expect_exactly_once(chained, dead)
+    assert [m.payload["id"] for m in events.messages] == ["small"], (
+        "the oversize chained event was delivered"
+    )
+    body = letters.messages[0].payload
+    assert body.get("attempts") == failure.max_attempts, (
+        f"dead letter attempts {body.get('attempts')}, the policy allows {failure.max_attempts}"
+    )
+    assert "'enriched'" in str(body.get("reason")), (
+        f"the reason does not name the chained event: {body.get('reason')!r}"
+    )
+    assert body["message"].get("id") == big.id, f"not the original message: {body['message']!r}"
+    took_ms = (got_at - runs["big"][0]) * 1000
+    aut.metric("emit_retry_to_dead_letter_ms", round(took_ms))
+    assert took_ms >= 0.9 * sum(delays_ms), (
+        f"dead-lettered {took_ms:.0f} ms after the handler ran: the two emit retries wait "
+        f"{' + '.join(map(str, delays_ms))} ms"
+    )

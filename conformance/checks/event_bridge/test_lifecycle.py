@@ -45,7 +45,8 @@ async def test_ready_healthy(aut: AdapterUnderTest) -> None:
 
 @check("event_bridge.lifecycle.destroy_drains", kinds=EB, needs=("graceful_drain",))
 async def test_destroy_drains(aut: AdapterUnderTest) -> None:
-    """destroy() waits for running subscription and command handlers; their results still count."""
+    """destroy() waits for running subscription and command handlers; their results still
+    count; while it waits, the bridge is not ready (it takes no new work)."""
     gate = Gate()
     finished: list[str] = []
     server = await aut.new(drain_timeout_s=10.0) if _takes_drain(aut) else await aut.new()
@@ -73,9 +74,11 @@ async def test_destroy_drains(aut: AdapterUnderTest) -> None:
     await asyncio.wait({destroying}, timeout=0.3)
     early = destroying.done()
     running_at_return = 8 - len(finished) if early else None
+    ready_while_draining = None if early else await server.is_ready()
     gate.open()
     await destroying
     assert not early, f"destroy returned while {running_at_return} handler(s) were still running"
+    assert ready_while_draining is False, "ready while draining (it takes no new work)"
     assert len(finished) == 8, f"only {len(finished)}/8 in-flight handlers finished: {finished}"
     outcomes = await asyncio.gather(*calls)
     lost = [(i, o[1]) for i, o in enumerate(outcomes) if o[:2] != ("ok", {"done": i})]

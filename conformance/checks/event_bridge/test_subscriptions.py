@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
-from conformance.kit import AddressFilter, FailureHandling, Recorder, event, subscription
+from conformance.kit import (
+    AddressFilter,
+    FailureHandling,
+    Recorder,
+    addr,
+    command,
+    event,
+    responder,
+    subscription,
+)
 from conformance.kit.ledger import Ledger, expect_exactly_once
 from conformance.kit.marks import check
 from conformance.kit.under_test import AdapterUnderTest
@@ -350,3 +360,34 @@ async def test_unregister_keeps_other_instances(aut: AdapterUnderTest) -> None:
     await settle(*ledgers)
     expect_exactly_once(*ledgers)
     assert left.total_delivered == 0, f"{left.total_delivered} delivered after unregister"
+
+
+@check("event_bridge.subscriptions.trace_continues", kinds=EB)
+async def test_trace_continues(aut: AdapterUnderTest) -> None:
+    """A subscription handler's invocations continue the trace of the message it handles:
+    the command it invokes carries an ``otp`` with the message's trace id (W3C
+    traceparent), with or without a tracer provider."""
+    seen: dict[str, str | None] = {}
+
+    async def record(cmd: Any) -> Any:
+        seen[cmd.payload.payload] = cmd.otp
+        return "noted"
+
+    server = await aut.new()
+    await server.register_command(addr("trace-sink"), responder(record))
+    consumer = await aut.new()
+
+    async def forward(msg: Any) -> None:
+        await consumer.invoke(command(consumer, addr("trace-sink"), msg.payload["id"]), 10)
+
+    await consumer.register_subscription(subscription("tracer", event_name="traced"), forward)
+    producer = await aut.new()
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traced = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+    await producer.emit_message(event(producer, "traced", {"id": "with"}, otp=json.dumps(traced)))
+    await wait_for(lambda: len(seen) == 1, 10)
+    assert set(seen) == {"with"}, f"the handler invoked for {sorted(seen)}"
+    carried = json.loads(seen["with"] or "{}").get("traceparent", "")
+    assert carried.split("-")[1:2] == [trace_id], (
+        f"the invoked command's otp {seen['with']!r} does not continue trace {trace_id}"
+    )

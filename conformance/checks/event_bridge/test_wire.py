@@ -118,9 +118,10 @@ async def test_malformed_quarantined(aut: AdapterUnderTest) -> None:
     max_message_bytes) to a subscription with a dead letter target is quarantined at
     once, exactly once, and never retried: one dead letter with attempts 0, the raw bytes and
     their size, and a reason naming what is wrong with them; one infoSubscriptionError from
-    the consuming instance naming the subscription (attempts 0, deadLettered); nothing reaches
-    the handler. Valid bytes put on the wire the same way are delivered, not quarantined, and
-    the bridge keeps delivering."""
+    the consuming instance naming the subscription (attempts 0, not handled, deadLettered);
+    nothing reaches the handler; the bridge counts each once (``quarantined_messages``, where
+    it is built on the shared base). Valid bytes put on the wire the same way are delivered, not
+    quarantined, and the bridge keeps delivering."""
     target = f"{aut.ctx.prefix}.wire-quarantine"
     handled = Ledger("handler")
     consumer = await aut.new(max_message_bytes=QUARANTINE_LIMIT_BYTES)
@@ -194,6 +195,12 @@ async def test_malformed_quarantined(aut: AdapterUnderTest) -> None:
     twice = sorted(n for n, k in seen.items() if k > 1)
     assert not twice, f"quarantined more than once: {twice}"
     assert not bad, "quarantine letters wrong: " + "; ".join(bad[:6])
+    counted = getattr(getattr(consumer, "core", None), "quarantined_messages", None)
+    aut.metric("quarantined_messages", counted)
+    if isinstance(counted, int):  # built on the shared base: it counts what it quarantines
+        assert counted == len(injected), (
+            f"{len(injected)} deliveries quarantined, quarantined_messages counts {counted}"
+        )
     reports = mine()
     assert len(reports) == len(injected), (
         f"{len(injected)} undecodable deliveries, {len(reports)} infoSubscriptionError "
@@ -204,6 +211,6 @@ async def test_malformed_quarantined(aut: AdapterUnderTest) -> None:
             f"quarantine reported by instance {m.sender.instance_id}, the consumer is "
             f"{consumer.instance_id}"
         )
-        want = {"attempts": 0, "deadLettered": True}
+        want = {"attempts": 0, "handled": False, "deadLettered": True}
         assert {k: m.payload.get(k) for k in want} == want, f"quarantine info: {m.payload}"
         assert m.payload.get("reason"), f"quarantine info without a reason: {m.payload}"
