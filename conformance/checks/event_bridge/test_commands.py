@@ -393,8 +393,10 @@ async def test_deadline_stamped(aut: AdapterUnderTest) -> None:
             bounds[name] = (before + ttl_ms, after + ttl_ms)
     aut.metric(
         "expires_at_minus_low_bound_ms",
-        {name: None if seen.get(name) is None else seen[name] - low
-         for name, (low, _) in bounds.items()},
+        {
+            name: None if seen.get(name) is None else seen[name] - low
+            for name, (low, _) in bounds.items()
+        },
     )
     wrong = {
         name: (seen.get(name), low, high)
@@ -672,7 +674,8 @@ async def test_send_slots(aut: AdapterUnderTest) -> None:
     infoInvokeTimeout naming it), as one whose caller left is never sent and takes no slot
     with it; those still in line when many before them gave up get the slots as the sends
     end, and are answered. Once the line is empty the slots are all back: again exactly
-    ``max_sends_in_flight`` sends at once."""
+    ``max_sends_in_flight`` sends at once; an invocation refused before it is sent (over the
+    client's size limit: 400) gives its slot back. Each 504 carries its command's trace id."""
     runs: list[Any] = []
     server = await aut.new()
 
@@ -690,12 +693,13 @@ async def test_send_slots(aut: AdapterUnderTest) -> None:
         ),
         _collector(infos),
     )
-    client = await aut.new()
+    client = await aut.new(max_message_bytes=SERVER_LIMIT_BYTES)
     sends = HeldSends(client)
     client.max_sends_in_flight = 2
 
-    def call(tag: str, ttl: float) -> tuple[Any, asyncio.Future[Any]]:
-        cmd = command(client, addr("slots"), tag)
+    def call(tag: str, ttl: float, pad: str = "") -> tuple[Any, asyncio.Future[Any]]:
+        payload = {"tag": tag, "pad": pad} if pad else tag
+        cmd = command(client, addr("slots"), payload, trace_id=f"trace-{tag}")
         return cmd, asyncio.ensure_future(invoke_status(client, cmd, ttl))
 
     first = [call(f"first-{i}", 10) for i in range(2)]
@@ -714,13 +718,17 @@ async def test_send_slots(aut: AdapterUnderTest) -> None:
         sends.release()
     later = await asyncio.gather(*(f for _, f in first + waiting))
     bad = [
-        (kind, getattr(err, "status", err), round(took, 3))
-        for kind, err, took in outcomes
+        (kind, getattr(err, "status", err), getattr(err, "trace_id", None), round(took, 3))
+        for (cmd, _), (kind, err, took) in zip(gave_up, outcomes, strict=True)
         if kind != "error"
         or err.status != 504
+        or err.trace_id != cmd.trace_id
         or not short_ttl * 0.95 <= took <= short_ttl + TIMEOUT_MARGIN_S
     ]
-    assert not bad, f"waiting for a slot past the ttl: expected 504 after {short_ttl}s, got {bad}"
+    assert not bad, (
+        f"waiting for a slot past the ttl: expected 504 after {short_ttl}s with the command's "
+        f"trace id, got {bad}"
+    )
     wrong = [
         (cmd.payload.payload, o[:2])
         for (cmd, _), o in zip(first + waiting, later, strict=True)
@@ -758,6 +766,14 @@ async def test_send_slots(aut: AdapterUnderTest) -> None:
     assert in_flight == 2, f"{in_flight} sends at once once the line was empty (max 2)"
     again_out = await asyncio.gather(*(f for _, f in again))
     assert [o[0] for o in again_out] == ["ok"] * 3, f"after the line emptied: {again_out}"
+    pad = "x" * (SERVER_LIMIT_BYTES + 1024)  # over the client's own limit: refused, never sent
+    refused = await asyncio.gather(*(f for _, f in [call(f"big-{i}", 5, pad) for i in range(3)]))
+    assert [getattr(o[1], "status", o[1]) for o in refused] == [400] * 3, f"oversize: {refused}"
+    kind, result, took = await call("after-refusals", 2)[1]
+    assert kind == "ok", (
+        f"after three invocations refused before sending, the next one got {result!r} after "
+        f"{took:.2f}s: the refused ones kept their send slots"
+    )
     assert pending_invocations(client) == 0, "pending invocations leaked"
 
 
