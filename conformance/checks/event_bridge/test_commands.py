@@ -537,7 +537,8 @@ async def test_oversize_not_executed(aut: AdapterUnderTest) -> None:
 @check("event_bridge.commands.success_event", kinds=EB)
 async def test_success_event(aut: AdapterUnderTest) -> None:
     """A success response that carries an event name also reaches that event's subscribers,
-    once per invocation, with the result as payload."""
+    once per invocation, with the result as payload, from the serving instance (its sender
+    names the instance that ran the handler, whatever the handler's response said)."""
     server = await aut.new()
 
     async def create(cmd: Any) -> Any:
@@ -555,8 +556,9 @@ async def test_success_event(aut: AdapterUnderTest) -> None:
             event_name="user.created",
             durable=False,
         ),
-        Recorder(events, "audit", key=lambda m: str(m.payload["user"])),
+        Recorder(events, "audit", key=lambda m: _sent_by(m, senders)),
     )
+    senders: list[Any] = []
     client = await aut.new()
     n = aut.n(20)
     results = await asyncio.gather(
@@ -572,6 +574,16 @@ async def test_success_event(aut: AdapterUnderTest) -> None:
     await wait_for(events.all_arrived, 10, progress=lambda: events.total_delivered)
     await wait_quiet(lambda: events.total_delivered, quiet_s=0.2)
     expect_exactly_once(events)
+    strangers = [s for s in senders if s.instance_id != server.instance_id]
+    assert not strangers, (
+        f"success events not from the serving instance {server.instance_id}: {strangers[:3]}"
+    )
+
+
+def _sent_by(message: Any, senders: list[Any]) -> str:
+    """The success event's key (its user), noting who sent it."""
+    senders.append(message.sender)
+    return str(message.payload["user"])
 
 
 TTL_RANGE_S = (0.25, 0.8, 1.6, 2.5)
