@@ -208,6 +208,22 @@ class LosesTrace(DefaultEventBridge):
     core_class = _LosesTraceCore
 
 
+class UntracedSendErrors(DefaultEventBridge):
+    """Re-raises the error of an invocation whose send failed without its trace id."""
+
+    name = "untraced-send-errors"
+
+    async def invoke(self, command: Any, ttl_s: float | None = None) -> Any:
+        from reference_services.runtime.errors import PuristaError, UnhandledError
+
+        try:
+            return await super().invoke(command, ttl_s)
+        except PuristaError as exc:
+            if "could not send" in exc.message or "refused" in exc.message:
+                raise UnhandledError(exc.message, exc.status) from exc
+            raise
+
+
 class _AcksEarlyCore(BridgeCore):
     async def handle_subscription(self, reg: Any, message: Any, attempt: int = 1) -> Any:
         parent = super().handle_subscription
@@ -329,6 +345,10 @@ def awaits_sends(ctx: AdapterContext) -> Any:
 
 def loses_trace(ctx: AdapterContext) -> Any:
     return LosesTrace(hub=_hub(ctx), **ctx.options)
+
+
+def untraced_send_errors(ctx: AdapterContext) -> Any:
+    return UntracedSendErrors(hub=_hub(ctx), **ctx.options)
 
 
 def skips_drain(ctx: AdapterContext) -> Any:
@@ -929,6 +949,7 @@ EXPECTED: dict[str, str] = {
     "unbounded_sends": "event_bridge.commands.send_slots",
     "awaits_sends": "event_bridge.commands.slow_send_timeout",
     "loses_trace": "event_bridge.subscriptions.trace_continues",
+    "untraced_send_errors": "event_bridge.commands.send_failure",
     "skips_drain": "event_bridge.lifecycle.destroy_drains",
     "mangles": "event_bridge.fidelity.unicode",
     "never_reconnects": "event_bridge.lifecycle.reconnect",

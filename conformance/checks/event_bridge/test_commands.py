@@ -27,7 +27,7 @@ from conformance.kit.marks import check
 from conformance.kit.under_test import AdapterUnderTest
 from conformance.kit.waits import wait_for, wait_quiet
 from reference_services.runtime.definitions import Subscription
-from reference_services.runtime.errors import HandledError, PuristaError, UnhandledError
+from reference_services.runtime.errors import HandledError, PuristaError, StatusCode, UnhandledError
 from reference_services.runtime.ids import now_ms
 from reference_services.runtime.messages import MessageType, success_response
 
@@ -820,3 +820,49 @@ async def test_slow_send_timeout(aut: AdapterUnderTest) -> None:
     await wait_quiet(lambda: len(runs), quiet_s=0.3)
     assert runs == ["next"], f"executions: {runs} (the held send must not go out late)"
     assert pending_invocations(client) == 0, "pending invocations leaked"
+
+
+@check("event_bridge.commands.send_failure", kinds=EB)
+async def test_send_failure(aut: AdapterUnderTest) -> None:
+    """A send that fails (the transport raises: a connection lost) fails the invocation at
+    once with 503 and the command's trace id, a PuristaError from the transport keeps its
+    status and gets the trace id, and an invocation whose caller leaves while its send is
+    under way ends; none of them leaves a pending invocation, and the next one is answered."""
+    await _echo_server(aut, "send-fail")
+    client = await aut.new()
+    send = getattr(client, "_send_command", None)
+    if not callable(send):
+        pytest.skip(f"{type(client).__name__} has no _send_command hook to break")
+    failure: list[BaseException] = []
+
+    async def failing_send(cmd: Any) -> None:
+        if failure:
+            raise failure[0]
+        await send(cmd)
+
+    client._send_command = failing_send
+    failure[:] = [ConnectionError("connection lost")]
+    lost = command(client, addr("send-fail"), "lost", trace_id="trace-lost")
+    kind, err, took = await invoke_status(client, lost, 5)
+    assert kind == "error" and err.status == 503, f"a send that raised: {kind} {err!r}"
+    assert err.trace_id == "trace-lost", f"its error lost the trace id: {err.trace_id!r}"
+    assert took < 1.0, f"a failed send took {took:.2f}s to fail the invocation"
+    assert pending_invocations(client) == 0, "a failed send left a pending invocation"
+    failure[:] = [UnhandledError("broker refused", StatusCode.SERVICE_UNAVAILABLE)]
+    refused = command(client, addr("send-fail"), "refused", trace_id="trace-refused")
+    kind, err, _ = await invoke_status(client, refused, 5)
+    assert kind == "error" and err.status == 503, f"a send that refused: {kind} {err!r}"
+    assert err.trace_id == "trace-refused", f"its error lost the trace id: {err.trace_id!r}"
+    assert pending_invocations(client) == 0, "a refused send left a pending invocation"
+    failure.clear()
+    sends = HeldSends(client)
+    leaving = asyncio.ensure_future(
+        invoke_status(client, command(client, addr("send-fail"), "leaving"), 5)
+    )
+    assert await wait_for(lambda: sends.held == 1, 5), "the held send never started"
+    leaving.cancel()
+    await asyncio.wait({leaving})
+    assert pending_invocations(client) == 0, "a caller that left during its send stays pending"
+    sends.release()
+    kind, result, _ = await invoke_status(client, command(client, addr("send-fail"), "next"), 10)
+    assert kind == "ok", f"after the failed sends the next invocation got {result!r}"
