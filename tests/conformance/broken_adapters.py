@@ -224,6 +224,17 @@ class UntracedSendErrors(DefaultEventBridge):
             raise
 
 
+class ReadyAnswersNone(DefaultEventBridge):
+    """Answers is_ready() with None (not False) before start."""
+
+    name = "ready-answers-none"
+
+    async def is_ready(self) -> Any:
+        if not self.core.started:
+            return None
+        return await super().is_ready()
+
+
 class _AcksEarlyCore(BridgeCore):
     async def handle_subscription(self, reg: Any, message: Any, attempt: int = 1) -> Any:
         parent = super().handle_subscription
@@ -349,6 +360,10 @@ def loses_trace(ctx: AdapterContext) -> Any:
 
 def untraced_send_errors(ctx: AdapterContext) -> Any:
     return UntracedSendErrors(hub=_hub(ctx), **ctx.options)
+
+
+def ready_answers_none(ctx: AdapterContext) -> Any:
+    return ReadyAnswersNone(hub=_hub(ctx), **ctx.options)
 
 
 def skips_drain(ctx: AdapterContext) -> Any:
@@ -950,6 +965,7 @@ EXPECTED: dict[str, str] = {
     "awaits_sends": "event_bridge.commands.slow_send_timeout",
     "loses_trace": "event_bridge.subscriptions.trace_continues",
     "untraced_send_errors": "event_bridge.commands.send_failure",
+    "ready_answers_none": "event_bridge.lifecycle.ready_healthy",
     "skips_drain": "event_bridge.lifecycle.destroy_drains",
     "mangles": "event_bridge.fidelity.unicode",
     "never_reconnects": "event_bridge.lifecycle.reconnect",

@@ -32,12 +32,16 @@ EB = ("event_bridge",)
 
 @check("event_bridge.lifecycle.ready_healthy", kinds=EB)
 async def test_ready_healthy(aut: AdapterUnderTest) -> None:
-    """Not ready before start, ready and healthy after, not ready after destroy (twice is fine)."""
+    """Not ready (nor healthy) before start, ready and healthy after, not ready after destroy
+    (twice is fine); each answer a bool."""
     bridge = aut.build()
-    assert not await bridge.is_ready(), "ready before start"
+    ready, healthy = await bridge.is_ready(), await bridge.is_healthy()
+    assert ready is False and healthy is False, (
+        f"before start: ready {ready!r}, healthy {healthy!r} (bools, both False)"
+    )
     await bridge.start()
-    assert await bridge.is_ready(), "not ready after start"
-    assert await bridge.is_healthy(), "not healthy after start"
+    assert await bridge.is_ready() is True, "not ready after start"
+    assert await bridge.is_healthy() is True, "not healthy after start"
     await aut.destroy(bridge)
     assert not await bridge.is_ready(), "still ready after destroy"
     await asyncio.wait_for(bridge.destroy(), 10)
