@@ -791,9 +791,9 @@ async def test_send_slots(aut: AdapterUnderTest) -> None:
 
 @check("event_bridge.commands.slow_send_timeout", kinds=EB)
 async def test_slow_send_timeout(aut: AdapterUnderTest) -> None:
-    """A send that has not completed when the ttl ends fails the invocation with 504 at the
-    ttl, not when the send ends; the command is not sent later, and the next invocation,
-    sent at once, is answered."""
+    """A send that has not completed when the ttl ends fails the invocation with 504 (with
+    the command's trace id) at the ttl, not when the send ends; the command is not sent
+    later, and the next invocation, sent at once, is answered."""
     runs: list[Any] = []
     server = await aut.new()
 
@@ -806,7 +806,9 @@ async def test_slow_send_timeout(aut: AdapterUnderTest) -> None:
     sends = HeldSends(client)
     ttl = 0.4
     call = asyncio.ensure_future(
-        invoke_status(client, command(client, addr("slow-send"), "held"), ttl)
+        invoke_status(
+            client, command(client, addr("slow-send"), "held", trace_id="trace-held"), ttl
+        )
     )
     await asyncio.wait({call}, timeout=ttl + 2)
     sends.release()
@@ -814,6 +816,7 @@ async def test_slow_send_timeout(aut: AdapterUnderTest) -> None:
     status, err, took = call.result()
     aut.metric("held_send", [status, getattr(err, "status", None), round(took, 3)])
     assert status == "error" and err.status == 504, f"a send held past its ttl: {err!r}"
+    assert err.trace_id == "trace-held", f"its 504 lost the trace id: {err.trace_id!r}"
     assert ttl * 0.95 <= took <= ttl + TIMEOUT_MARGIN_S, f"it failed after {took:.2f}s (ttl {ttl})"
     status, result, _ = await invoke_status(client, command(client, addr("slow-send"), "next"), 10)
     assert status == "ok" and result == {"ran": "next"}, f"the next invocation: {result!r}"
