@@ -128,6 +128,15 @@ def subscription(
     )
 
 
+def collect(into: list[Any]) -> Callable[[Any], Awaitable[None]]:
+    """A subscription handler that appends every message it gets to ``into``."""
+
+    async def keep(msg: Any) -> None:
+        into.append(msg)
+
+    return keep
+
+
 def responder(
     fn: Callable[[Command], Awaitable[Any]],
 ) -> Callable[[Command], Awaitable[CommandResponse]]:

@@ -15,6 +15,7 @@ from conformance.kit import (
     Gate,
     Recorder,
     addr,
+    collect,
     command,
     invoke_status,
     pending_invocations,
@@ -284,14 +285,10 @@ async def test_info_on_timeout(aut: AdapterUnderTest) -> None:
     instance's bridge (sender service eventBridge) with the command's correlation id and its
     receiver (``service.version.function``); an invoke answered in time is not reported."""
     infos: list[Any] = []
-
-    async def collect(msg: Any) -> None:
-        infos.append(msg)
-
     watcher = await aut.new()
     await watcher.register_subscription(
         replace(subscription("timeout-watch"), message_type=MessageType.INFO_INVOKE_TIMEOUT),
-        collect,
+        collect(infos),
     )
     client, gate = await stalled_command(aut, "timeout-info-slow")
     await _echo_server(aut, "timeout-info-fast")
@@ -671,13 +668,6 @@ class HeldSends:
         self._open.clear()
 
 
-def _collector(into: list[Any]) -> Any:
-    async def keep(msg: Any) -> None:
-        into.append(msg)
-
-    return keep
-
-
 @check("event_bridge.commands.send_slots", kinds=EB)
 async def test_send_slots(aut: AdapterUnderTest) -> None:
     """At most ``max_sends_in_flight`` invocations send at once. While sends that take their
@@ -703,7 +693,7 @@ async def test_send_slots(aut: AdapterUnderTest) -> None:
             subscriber=addr("slots-watch", target="on"),
             message_type=MessageType.INFO_INVOKE_TIMEOUT,
         ),
-        _collector(infos),
+        collect(infos),
     )
     client = await aut.new(max_message_bytes=SERVER_LIMIT_BYTES)
     sends = HeldSends(client)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conformance.kit import FailureHandling, Recorder, event, subscription
+from conformance.kit import FailureHandling, Recorder, collect, event, subscription
 from conformance.kit.ledger import Ledger, expect_exactly_once
 from conformance.kit.marks import check
 from conformance.kit.under_test import AdapterUnderTest
@@ -234,7 +234,7 @@ async def test_info_subscription_error(aut: AdapterUnderTest) -> None:
     watcher = await aut.new()
     await watcher.register_subscription(
         replace(subscription("info-watch"), message_type=MessageType.INFO_SUBSCRIPTION_ERROR),
-        _collect(infos),
+        collect(infos),
     )
     consumer = await aut.new()
     failure = FailureHandling(max_attempts=2, retry_delay_ms=20, backoff=1.0)
@@ -286,7 +286,7 @@ async def test_info_every_failure(aut: AdapterUnderTest) -> None:
     watcher = await aut.new()
     await watcher.register_subscription(
         replace(subscription("info-all-watch"), message_type=MessageType.INFO_SUBSCRIPTION_ERROR),
-        _collect(infos),
+        collect(infos),
     )
     consumer = await aut.new()
     refusing = Attempts(fail_first=10**6, handled=True)
@@ -309,13 +309,6 @@ async def test_info_every_failure(aut: AdapterUnderTest) -> None:
     await wait_quiet(lambda: len(infos), quiet_s=0.3)
     reported = [m for m in infos if m.payload.get("messageId") in sent]
     assert len(reported) == len(sent), f"{len(reported)} reports of {len(sent)} failures"
-
-
-def _collect(into: list[Any]) -> Any:
-    async def handler(msg: Any) -> None:
-        into.append(msg)
-
-    return handler
 
 
 @check("event_bridge.failures.handled_error_not_redelivered", kinds=EB)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from conformance.kit import addr, command, event, responder, subscription
+from conformance.kit import addr, collect, command, event, responder, subscription
 from conformance.kit.marks import check
 from conformance.kit.under_test import AdapterUnderTest
 from conformance.kit.waits import wait_for
@@ -48,11 +48,7 @@ async def test_spans(aut: AdapterUnderTest) -> None:
         server = await aut.new()
         await server.register_command(target, responder(_echo))
         delivered: list[Any] = []
-
-        async def on_event(msg: Any) -> None:
-            delivered.append(msg)
-
-        await server.register_subscription(subscriber, on_event)
+        await server.register_subscription(subscriber, collect(delivered))
         client = await aut.new()
         cmd = command(client, target, "traced")
         assert await client.invoke(cmd, 10) == {"echo": "traced"}
