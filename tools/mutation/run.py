@@ -79,32 +79,35 @@ class Equivalent:
     reason: str
 
 
-def load_equivalents(path: Path = EQUIVALENTS) -> dict[str, Equivalent]:
-    """Entries by mutant name; each needs ``line`` (the mutant's + line) and ``reason``."""
+def _tables(path: Path, kind: str, needs: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """The ``[KIND."NAME"]`` tables of the equivalents file, each checked for ``needs``."""
     if not path.is_file():
         return {}
     data = tomllib.loads(path.read_text(encoding="utf-8"))
-    out: dict[str, Equivalent] = {}
-    for name, entry in data.get("mutant", {}).items():
-        if not isinstance(entry, dict) or not entry.get("reason") or not entry.get("line"):
-            raise ValueError(f"{path}: mutant {name!r} needs a 'line' and a one-line 'reason'")
-        out[name] = Equivalent(name, str(entry["line"]).strip(), str(entry["reason"]).strip())
-    return out
+    tables = data.get(kind, {})
+    for name, entry in tables.items():
+        if not isinstance(entry, dict) or not all(entry.get(key) for key in needs):
+            wants = " and ".join(f"a '{key}'" for key in needs)
+            raise ValueError(f"{path}: {kind} {name!r} needs {wants} (the reason one line)")
+    return tables
+
+
+def load_equivalents(path: Path = EQUIVALENTS) -> dict[str, Equivalent]:
+    """Entries by mutant name; each needs ``line`` (the mutant's + line) and ``reason``."""
+    return {
+        name: Equivalent(name, str(entry["line"]).strip(), str(entry["reason"]).strip())
+        for name, entry in _tables(path, "mutant", ("line", "reason")).items()
+    }
 
 
 def load_survivor_reasons(path: Path = EQUIVALENTS) -> dict[str, str]:
     """``[survivor."NAME"]`` tables of the equivalents file: why a mutant that is NOT
     equivalent still survives (an open property, a behaviour the contract leaves free). It
     still counts as survived; the summary lists the reason beside it."""
-    if not path.is_file():
-        return {}
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
-    out: dict[str, str] = {}
-    for name, entry in data.get("survivor", {}).items():
-        if not isinstance(entry, dict) or not entry.get("reason"):
-            raise ValueError(f"{path}: survivor {name!r} needs a one-line 'reason'")
-        out[name] = str(entry["reason"]).strip()
-    return out
+    return {
+        name: str(entry["reason"]).strip()
+        for name, entry in _tables(path, "survivor", ("reason",)).items()
+    }
 
 
 def mutant_diff(name: str, path: str) -> str:
