@@ -90,12 +90,22 @@ def test_killed_survived_and_equivalent(tmp_path: Path) -> None:
 
     # a survivor with a reason still counts as survived, the summary says why
     name = got["survivors"][0]["name"]
-    (root / "eq.toml").write_text(f'[survivor."{name}"]\nreason = "open: left free"\n')
+    first = lines[0].split("\n")[1]  # the first survivor's line = "..."
+    (root / "eq.toml").write_text(f'[survivor."{name}"]\n{first}\nreason = "open: left free"\n')
     known = _run(root, "summary")
     assert known["survived"] == got["survived"], known
     assert [s.get("reason") for s in known["survivors"] if s["name"] == name] == [
         "open: left free"
     ], known
+    assert known["stale_survivor_reasons"] == [], known
+
+    # a reason whose line no longer matches (the name now means another mutant) is stale:
+    # the summary does not print it beside the other mutant
+    wrong = first.replace('line = "', 'line = "renumbered ')
+    (root / "eq.toml").write_text(f'[survivor."{name}"]\n{wrong}\nreason = "open: left free"\n')
+    renamed = _run(root, "summary")
+    assert renamed["stale_survivor_reasons"] == [name], renamed
+    assert not [s for s in renamed["survivors"] if s.get("reason")], renamed
 
     # an entry whose line no longer matches the mutant is stale: the mutant survives
     (root / "eq.toml").write_text(lines[0].replace('line = "', 'line = "stale '))
@@ -150,7 +160,19 @@ def test_line_selection_keeps_the_kills(tmp_path: Path) -> None:
     survivors = "\n".join(s["diff"] for s in mod["survivors"])
     assert "negative age" in survivors or "age < 0" in survivors or "age <= 0" in survivors
     changed = [
-        ln for s in mod["survivors"] for ln in s["diff"].splitlines()
+        ln
+        for s in mod["survivors"]
+        for ln in s["diff"].splitlines()
         if ln.startswith("+") and not ln.startswith("+++")
     ]
     assert changed and not any("return" in ln for ln in changed), survivors
+
+
+def test_changed_lines_names_a_pure_deletion_by_its_removed_line() -> None:
+    sys.path.insert(0, str(RUN.parent))
+    import run
+
+    swapped = "--- a.py\n+++ a.py\n@@ -1,2 +1,2 @@\n-    x = 1\n+    x = 2\n"
+    deleted = "--- a.py\n+++ a.py\n@@ -1,3 +1,2 @@\n     f(\n-        y,\n     )\n"
+    assert run.changed_lines(swapped) == ["x = 2"]
+    assert run.changed_lines(deleted) == ["-y,"]

@@ -100,13 +100,15 @@ def load_equivalents(path: Path = EQUIVALENTS) -> dict[str, Equivalent]:
     }
 
 
-def load_survivor_reasons(path: Path = EQUIVALENTS) -> dict[str, str]:
+def load_survivor_reasons(path: Path = EQUIVALENTS) -> dict[str, Equivalent]:
     """``[survivor."NAME"]`` tables of the equivalents file: why a mutant that is NOT
     equivalent still survives (an open property, a behaviour the contract leaves free). It
-    still counts as survived; the summary lists the reason beside it."""
+    still counts as survived; the summary lists the reason beside it. Each carries the
+    mutated ``line`` as well: mutmut numbers a function's mutants in order, so a name can
+    come to mean another mutant, and a reason whose line no longer matches is stale."""
     return {
-        name: str(entry["reason"]).strip()
-        for name, entry in _tables(path, "survivor", ("reason",)).items()
+        name: Equivalent(name, str(entry["line"]).strip(), str(entry["reason"]).strip())
+        for name, entry in _tables(path, "survivor", ("line", "reason")).items()
     }
 
 
@@ -118,12 +120,13 @@ def mutant_diff(name: str, path: str) -> str:
 
 
 def changed_lines(diff: str) -> list[str]:
-    """The ``+`` lines of a diff, stripped (what the mutant changed to)."""
-    return [
-        ln[1:].strip()
-        for ln in diff.splitlines()
-        if ln.startswith("+") and not ln.startswith("+++")
-    ]
+    """The ``+`` lines of a diff, stripped (what the mutant changed to); for a mutant that
+    only deletes (an argument on a line of its own), its removed lines, each as ``-TEXT``."""
+    lines = diff.splitlines()
+    added = [ln[1:].strip() for ln in lines if ln.startswith("+") and not ln.startswith("+++")]
+    if added:
+        return added
+    return ["-" + ln[1:].strip() for ln in lines if ln.startswith("-") and not ln.startswith("---")]
 
 
 @dataclass
@@ -136,6 +139,7 @@ class ModuleResult:
     survivors: list[dict[str, str]] = field(default_factory=list)
     equivalents: list[dict[str, str]] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)
+    stale_reasons: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -157,7 +161,7 @@ def summarise(
     modules: dict[str, str],
     root: Path,
     equivalents: dict[str, Equivalent],
-    reasons: dict[str, str] | None = None,
+    reasons: dict[str, Equivalent] | None = None,
 ) -> list[ModuleResult]:
     """Read mutmut's cached results for ``modules`` (name -> path; run from ``root``)."""
     results = []
@@ -182,8 +186,11 @@ def summarise(
                 survivor = {"name": name, "diff": diff}
                 if codes[name] in (5, 33):  # mutmut's "no tests": no check executes it
                     survivor["note"] = "no check executes the mutated statement"
-                if reasons and name in reasons:
-                    survivor["reason"] = reasons[name]
+                why = (reasons or {}).get(name)
+                if why is not None and why.line in changed_lines(diff):
+                    survivor["reason"] = why.reason
+                elif why is not None:
+                    res.stale_reasons.append(name)
                 res.survivors.append(survivor)
             res.counts[cat] += 1
         results.append(res)
@@ -206,6 +213,7 @@ def write_summary(results: list[ModuleResult], out_dir: Path, when: str) -> Path
                 "survivors": r.survivors,
                 "equivalents": r.equivalents,
                 "stale_equivalents": r.stale,
+                "stale_survivor_reasons": r.stale_reasons,
             }
         )
     (out_dir / "summary.json").write_text(
@@ -231,6 +239,8 @@ def write_summary(results: list[ModuleResult], out_dir: Path, when: str) -> Path
             lines += ["", f"## Survivors in {r.name} ({r.path})", ""]
             for s in r.survivors:
                 why = " (stale equivalent entry)" if s["name"] in r.stale else ""
+                if s["name"] in r.stale_reasons:
+                    why += " (stale survivor reason: its line no longer matches)"
                 if s.get("note"):
                     why += f" ({s['note']})"
                 if s.get("reason"):
