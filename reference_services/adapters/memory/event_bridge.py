@@ -8,6 +8,7 @@ encoded, exactly as it would cross a wire, so handlers never share objects.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import logging
 from collections import defaultdict, deque
@@ -71,7 +72,9 @@ class MemoryHub:
         return candidates[next(self._round_robin[key]) % len(candidates)]
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        # an empty context, as after a real wire: nothing of the sender's task (its current
+        # span above all) reaches the receiver except what the message itself carries
+        task = asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
