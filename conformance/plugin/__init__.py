@@ -575,9 +575,7 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     state = node.config.stash[_STATE]
     state.brokers.update(json.loads(getattr(node, "workeroutput", {}).get("cf_brokers") or "{}"))
     state.checked.update(json.loads(getattr(node, "workeroutput", {}).get("cf_checked") or "[]"))
-    state.in_suite.update(
-        json.loads(getattr(node, "workeroutput", {}).get("cf_in_suite") or "[]")
-    )
+    state.in_suite.update(json.loads(getattr(node, "workeroutput", {}).get("cf_in_suite") or "[]"))
     raw = getattr(node, "workeroutput", {}).get("cf_preflight")
     if not raw:
         return
@@ -635,8 +633,12 @@ def _left_out_by_keyword(
         return ""
     checked = state.checked | {f"{r['kind']}:{r['adapter']}" for r in results}
     left = sorted(
-        {label for labels in state.selectors.values() for label in labels
-         if label in state.in_suite and label not in checked}
+        {
+            label
+            for labels in state.selectors.values()
+            for label in labels
+            if label in state.in_suite and label not in checked
+        }
     )
     return f"-k {keyword!r} keeps no check of {', '.join(left)}" if left else ""
 

@@ -131,7 +131,8 @@ def decide(
         return Verdict(EXIT_NOT_TESTED, f"{len(missing)} adapter(s) not tested", missing)
     if left_out:
         return Verdict(
-            EXIT_PASSED, f"no check failed; not tested: {left_out} (a narrower --adapter "
-            "names only what -k checks)"
+            EXIT_PASSED,
+            f"no check failed; not tested: {left_out} (a narrower --adapter "
+            "names only what -k checks)",
         )
     return Verdict(EXIT_PASSED, "every selected adapter was tested; no check failed")

@@ -188,8 +188,7 @@ def judge_secrets(
         "secrets",
         not problems,
         "; ".join(problems)
-        or f"token read from the secret store; absent from {places} of {len(leaks)} "
-        "process(es)",
+        or f"token read from the secret store; absent from {places} of {len(leaks)} process(es)",
     )
 
 

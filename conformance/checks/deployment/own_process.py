@@ -67,8 +67,11 @@ async def run_own_process(
     it exported."""
     spans, result = workdir / f"spans-{pattern}.jsonl", workdir / f"{pattern}.json"
     log = (workdir / f"{pattern}.log").open("ab")
-    env = {**span_env(spans, pattern), "DEPLOY_URLS": json.dumps(urls or {}),
-           "DEPLOY_PREFIX": prefix}
+    env = {
+        **span_env(spans, pattern),
+        "DEPLOY_URLS": json.dumps(urls or {}),
+        "DEPLOY_PREFIX": prefix,
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -532,9 +532,7 @@ async def seed_secret(descriptor: Any, urls: dict[str, str], prefix: str) -> Non
         await admin.destroy()
 
 
-def _environment_leaks(
-    pids: dict[str, int | None], secret: str = GATEWAY_TOKEN
-) -> dict[str, bool]:
+def _environment_leaks(pids: dict[str, int | None], secret: str = GATEWAY_TOKEN) -> dict[str, bool]:
     """label -> whether ``secret`` is in that process's environment (None: this process)."""
     import os
 
@@ -605,6 +603,7 @@ async def broker_outage(
 ) -> tuple[dict[str, dict[str, int | str]], dict[str, dict[str, int | str]]]:
     """SIGKILL ``broker``, probe until every process's /readyz leaves 200, start it again
     (same port, same data), probe until every one answers 200; both sets of answers."""
+
     async def probe() -> Answers:
         return await probe_all(ports, 2.0)
 
@@ -868,9 +867,10 @@ async def cut_invocation_probe(
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and proc.returncode is None:
-            if await queue.inspect_leases(INVOICE_QUEUE) or not (
-                await queue.metrics(INVOICE_QUEUE)
-            ).pending:
+            if (
+                await queue.inspect_leases(INVOICE_QUEUE)
+                or not (await queue.metrics(INVOICE_QUEUE)).pending
+            ):
                 cut.leased = True
                 break
             await asyncio.sleep(0.02)
@@ -898,8 +898,7 @@ def judge_cut_invocation(checklist: Checklist, cut: CutInvocation) -> None:
     record = cut.record if isinstance(cut.record, dict) else {}
     if not cut.leased:
         problems.append(
-            f"the job was never taken before the platform's deadline "
-            f"(function exit {cut.cut_code})"
+            f"the job was never taken before the platform's deadline (function exit {cut.cut_code})"
         )
     if record.get("status") != "issued":
         problems.append(f"the cut invocation's job was lost: invoice {cut.record!r}")

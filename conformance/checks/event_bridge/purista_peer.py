@@ -67,36 +67,61 @@ def address(service: str, version: str, target: str, instance: str | None = None
 def purista_event(sender: dict, event_name: str, payload: Any) -> dict[str, Any]:
     """A custom message as PURISTA's ``JSON.stringify`` writes it."""
     return {
-        "id": new_id(), "timestamp": now_ms(), "messageType": "customMessage",
-        "contentType": "application/json", "contentEncoding": "utf-8", "otp": "{}",
-        "traceId": new_id(), "sender": sender, "eventName": event_name, "payload": payload,
+        "id": new_id(),
+        "timestamp": now_ms(),
+        "messageType": "customMessage",
+        "contentType": "application/json",
+        "contentEncoding": "utf-8",
+        "otp": "{}",
+        "traceId": new_id(),
+        "sender": sender,
+        "eventName": event_name,
+        "payload": payload,
     }
 
 
 def purista_command(sender: dict, receiver: dict, payload: Any, parameter: Any) -> dict:
     return {
-        "id": new_id(), "timestamp": now_ms(), "messageType": "command",
-        "contentType": "application/json", "contentEncoding": "utf-8", "otp": "{}",
-        "traceId": new_id(), "correlationId": new_id(), "sender": sender,
-        "receiver": receiver, "payload": {"payload": payload, "parameter": parameter},
+        "id": new_id(),
+        "timestamp": now_ms(),
+        "messageType": "command",
+        "contentType": "application/json",
+        "contentEncoding": "utf-8",
+        "otp": "{}",
+        "traceId": new_id(),
+        "correlationId": new_id(),
+        "sender": sender,
+        "receiver": receiver,
+        "payload": {"payload": payload, "parameter": parameter},
     }
 
 
 def purista_success(command: dict, instance: str, result: Any) -> dict[str, Any]:
     return {
-        "id": command["id"], "timestamp": now_ms(), "messageType": "commandSuccessResponse",
-        "contentType": "application/json", "contentEncoding": "utf-8", "otp": "{}",
-        "traceId": command.get("traceId"), "correlationId": command["correlationId"],
+        "id": command["id"],
+        "timestamp": now_ms(),
+        "messageType": "commandSuccessResponse",
+        "contentType": "application/json",
+        "contentEncoding": "utf-8",
+        "otp": "{}",
+        "traceId": command.get("traceId"),
+        "correlationId": command["correlationId"],
         "sender": {**command["receiver"], "instanceId": instance},
-        "receiver": command["sender"], "payload": result,
+        "receiver": command["sender"],
+        "payload": result,
     }
 
 
 def purista_error(command: dict, instance: str, status: int, message: str) -> dict[str, Any]:
     return {
-        "id": command["id"], "timestamp": now_ms(), "messageType": "commandErrorResponse",
-        "contentType": "application/json", "contentEncoding": "utf-8", "otp": "{}",
-        "traceId": command.get("traceId"), "correlationId": command["correlationId"],
+        "id": command["id"],
+        "timestamp": now_ms(),
+        "messageType": "commandErrorResponse",
+        "contentType": "application/json",
+        "contentEncoding": "utf-8",
+        "otp": "{}",
+        "traceId": command.get("traceId"),
+        "correlationId": command["correlationId"],
         "isHandledError": True,
         "sender": {**command["receiver"], "instanceId": instance},
         "receiver": command["sender"],
@@ -187,10 +212,13 @@ class AmqpPeer(Peer):
 
         async def on(incoming: Any) -> None:
             props = {
-                "message_id": incoming.message_id, "correlation_id": incoming.correlation_id,
+                "message_id": incoming.message_id,
+                "correlation_id": incoming.correlation_id,
                 "content_type": incoming.content_type,
-                "content_encoding": incoming.content_encoding, "type": incoming.type,
-                "reply_to": incoming.reply_to, "expiration": incoming.expiration,
+                "content_encoding": incoming.content_encoding,
+                "type": incoming.type,
+                "reply_to": incoming.reply_to,
+                "expiration": incoming.expiration,
                 "delivery_mode": int(incoming.delivery_mode or 0),
                 "timestamp_raw": self._raw_timestamp(incoming),
             }
@@ -211,9 +239,13 @@ class AmqpPeer(Peer):
     def _message(self, body: dict[str, Any], **props: Any) -> Any:
         aio_pika = self._aio_pika
         return aio_pika.Message(
-            json.dumps(body).encode(), content_type="application/json",
-            content_encoding="utf-8", message_id=body["id"], type=body["messageType"],
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT, **props,
+            json.dumps(body).encode(),
+            content_type="application/json",
+            content_encoding="utf-8",
+            message_id=body["id"],
+            type=body["messageType"],
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            **props,
         )
 
     async def publish_event(self, body: dict[str, Any]) -> None:
@@ -223,22 +255,32 @@ class AmqpPeer(Peer):
         future = asyncio.get_running_loop().create_future()
         self._pending[command["correlationId"]] = future
         msg = self._message(
-            command, headers=amqp_headers(command), correlation_id=command["correlationId"],
-            reply_to=self.reply_queue, expiration=ttl_s,
+            command,
+            headers=amqp_headers(command),
+            correlation_id=command["correlationId"],
+            reply_to=self.reply_queue,
+            expiration=ttl_s,
         )
         await self._ex.publish(msg, "")
         return await asyncio.wait_for(future, ttl_s)
 
     async def serve(self, addr: dict[str, str], handler: Handler) -> None:
-        name = f"{self.prefix}.cmd.{addr['serviceName']}.{addr['serviceVersion']}." \
-               f"{addr['serviceTarget']}"
+        name = (
+            f"{self.prefix}.cmd.{addr['serviceName']}.{addr['serviceVersion']}."
+            f"{addr['serviceTarget']}"
+        )
         queue = await self._ch.declare_queue(name, durable=False, auto_delete=True)
-        await queue.bind(self._ex, "", arguments={
-            "x-match": "all", "messageType": "command",
-            "receiverServiceName": addr["serviceName"],
-            "receiverServiceVersion": addr["serviceVersion"],
-            "receiverServiceTarget": addr["serviceTarget"],
-        })
+        await queue.bind(
+            self._ex,
+            "",
+            arguments={
+                "x-match": "all",
+                "messageType": "command",
+                "receiverServiceName": addr["serviceName"],
+                "receiverServiceVersion": addr["serviceVersion"],
+                "receiverServiceTarget": addr["serviceTarget"],
+            },
+        )
 
         async def on(incoming: Any) -> None:
             command = json.loads(incoming.body)
@@ -252,13 +294,20 @@ class AmqpPeer(Peer):
         await queue.consume(on, no_ack=True)
 
     async def serve_subscription(
-        self, subscriber: dict[str, str], event_name: str, handler: EventHandler,
-        *, durable: bool = False, typed: bool = True,
+        self,
+        subscriber: dict[str, str],
+        event_name: str,
+        handler: EventHandler,
+        *,
+        durable: bool = False,
+        typed: bool = True,
     ) -> None:
         # PURISTA: assertQueue(<prefix>.sub.<svc>.<ver>.<target>, {durable}) -> amqplib
         # leaves autoDelete false and sends no arguments
-        name = f"{self.prefix}.sub.{subscriber['serviceName']}." \
-               f"{subscriber['serviceVersion']}.{subscriber['serviceTarget']}"
+        name = (
+            f"{self.prefix}.sub.{subscriber['serviceName']}."
+            f"{subscriber['serviceVersion']}.{subscriber['serviceTarget']}"
+        )
         queue = await self._ch.declare_queue(name, durable=durable, auto_delete=False)
         binding = {"x-match": "all", "eventName": event_name}
         if typed:  # undefined keys are left out of PURISTA's binding
@@ -279,7 +328,8 @@ class AmqpPeer(Peer):
                 await self._ch.queue_delete(name)
             except Exception as exc:
                 logging.getLogger("conformance.purista_peer").info(
-                    "deleting %s failed: %s", name, exc)
+                    "deleting %s failed: %s", name, exc
+                )
         await self._conn.close()
 
 
@@ -288,11 +338,18 @@ def topic_levels(msg: dict[str, Any], empty: str) -> list[str]:
     (``empty`` for a missing one)."""
     sender, receiver = msg["sender"], msg.get("receiver") or {}
     parts = [
-        msg["messageType"], msg.get("principalId") or empty, msg.get("tenantId") or empty,
-        sender["instanceId"], sender["serviceName"], sender["serviceVersion"],
-        sender["serviceTarget"], msg.get("eventName") or empty,
-        receiver.get("instanceId") or empty, receiver.get("serviceName") or empty,
-        receiver.get("serviceVersion") or empty, receiver.get("serviceTarget") or empty,
+        msg["messageType"],
+        msg.get("principalId") or empty,
+        msg.get("tenantId") or empty,
+        sender["instanceId"],
+        sender["serviceName"],
+        sender["serviceVersion"],
+        sender["serviceTarget"],
+        msg.get("eventName") or empty,
+        receiver.get("instanceId") or empty,
+        receiver.get("serviceName") or empty,
+        receiver.get("serviceVersion") or empty,
+        receiver.get("serviceTarget") or empty,
     ]
     return [snake(p) for p in parts]
 
@@ -349,23 +406,36 @@ class NatsPeer(Peer):
 
     async def publish_event(self, body: dict[str, Any]) -> None:
         await self._nc.publish(
-            nats_subject(self.prefix, body, "__empty__"), json.dumps(body).encode(),
+            nats_subject(self.prefix, body, "__empty__"),
+            json.dumps(body).encode(),
             headers=nats_headers(body),
         )
         await self._fence()
 
     async def invoke(self, command: dict[str, Any], ttl_s: float) -> dict[str, Any]:
         reply = await self._nc.request(
-            nats_subject(self.prefix, command, "__empty__"), json.dumps(command).encode(),
-            timeout=ttl_s, headers=nats_headers(command),
+            nats_subject(self.prefix, command, "__empty__"),
+            json.dumps(command).encode(),
+            timeout=ttl_s,
+            headers=nats_headers(command),
         )
         return json.loads(reply.data)  # type: ignore[no-any-return]
 
     async def serve(self, addr: dict[str, str], handler: Handler) -> None:
-        flt = ".".join([self.prefix, "command", *["*"] * 8, snake(addr["serviceName"]),
-                        snake(addr["serviceVersion"]), snake(addr["serviceTarget"])])
-        group = (f"{self.prefix}_queue_{addr['serviceName']}_{addr['serviceVersion']}_"
-                 f"{addr['serviceTarget']}").upper()
+        flt = ".".join(
+            [
+                self.prefix,
+                "command",
+                *["*"] * 8,
+                snake(addr["serviceName"]),
+                snake(addr["serviceVersion"]),
+                snake(addr["serviceTarget"]),
+            ]
+        )
+        group = (
+            f"{self.prefix}_queue_{addr['serviceName']}_{addr['serviceVersion']}_"
+            f"{addr['serviceTarget']}"
+        ).upper()
 
         async def on(msg: Any) -> None:
             response = await handler(json.loads(msg.data))
@@ -394,8 +464,14 @@ class NatsPeer(Peer):
         return got
 
     async def serve_subscription(
-        self, subscriber: dict[str, str], event_name: str, handler: EventHandler,
-        *, durable: bool = False, typed: bool = True, ack_wait_s: float = 30.0,
+        self,
+        subscriber: dict[str, str],
+        event_name: str,
+        handler: EventHandler,
+        *,
+        durable: bool = False,
+        typed: bool = True,
+        ack_wait_s: float = 30.0,
     ) -> None:
         if durable:
             await self._serve_jetstream(subscriber, event_name, handler, typed, ack_wait_s)
@@ -403,8 +479,10 @@ class NatsPeer(Peer):
         # PURISTA: snake(field ?? '*') per token; a shared core subscription joins the
         # subscriber's queue group (the command group's name, on the raw values)
         flt = self.subscription_filter(self.prefix, event_name, typed)
-        group = (f"{self.prefix}_queue_{subscriber['serviceName']}_"
-                 f"{subscriber['serviceVersion']}_{subscriber['serviceTarget']}").upper()
+        group = (
+            f"{self.prefix}_queue_{subscriber['serviceName']}_"
+            f"{subscriber['serviceVersion']}_{subscriber['serviceTarget']}"
+        ).upper()
 
         async def on(msg: Any) -> None:
             await handler(json.loads(msg.data))
@@ -416,8 +494,9 @@ class NatsPeer(Peer):
     JS_API = "$JS.API"
 
     async def _js_api(self, what: str, request: dict[str, Any] | None = None) -> dict[str, Any]:
-        reply = await self._nc.request(f"{self.JS_API}.{what}",
-                                       json.dumps(request or {}).encode(), timeout=5)
+        reply = await self._nc.request(
+            f"{self.JS_API}.{what}", json.dumps(request or {}).encode(), timeout=5
+        )
         return json.loads(reply.data)  # type: ignore[no-any-return]
 
     async def _find_stream(self, subject: str) -> str | None:
@@ -432,8 +511,10 @@ class NatsPeer(Peer):
             return found
         name = purista_sanitize(f"{self.prefix}_subscription_{subject}")
         # creation may fail (raced, overlapping subjects); PURISTA only logs it
-        await self._js_api(f"STREAM.CREATE.{name}", {
-            "name": name, "subjects": [subject], "retention": "interest", "storage": "file"})
+        await self._js_api(
+            f"STREAM.CREATE.{name}",
+            {"name": name, "subjects": [subject], "retention": "interest", "storage": "file"},
+        )
         found = await self._find_stream(subject)
         if found is None:
             raise RuntimeError(f"no stream matches subject {subject}")
@@ -448,18 +529,28 @@ class NatsPeer(Peer):
         return info
 
     async def _serve_jetstream(
-        self, subscriber: dict[str, str], event_name: str, handler: EventHandler,
-        typed: bool, ack_wait_s: float, max_attempts: int = 5, retry_delay_s: float = 1.0,
+        self,
+        subscriber: dict[str, str],
+        event_name: str,
+        handler: EventHandler,
+        typed: bool,
+        ack_wait_s: float,
+        max_attempts: int = 5,
+        retry_delay_s: float = 1.0,
     ) -> None:
         """registerJetStreamConsumer('subscription', …, shared=true) as nats.js runs it:
         find the stream, look the durable up and attach to it as it is (its filter must
         be ours and its deliver group our queue group), or create the push consumer with
         a new inbox; then a queue subscription on its deliver subject."""
         flt = self.subscription_filter(self.prefix, event_name, typed)
-        group = (f"{self.prefix}_queue_{subscriber['serviceName']}_"
-                 f"{subscriber['serviceVersion']}_{subscriber['serviceTarget']}").upper()
-        durable = purista_sanitize(f"subscription_{subscriber['serviceName']}_"
-                                   f"{subscriber['serviceVersion']}_{subscriber['serviceTarget']}")
+        group = (
+            f"{self.prefix}_queue_{subscriber['serviceName']}_"
+            f"{subscriber['serviceVersion']}_{subscriber['serviceTarget']}"
+        ).upper()
+        durable = purista_sanitize(
+            f"subscription_{subscriber['serviceName']}_"
+            f"{subscriber['serviceVersion']}_{subscriber['serviceTarget']}"
+        )
         stream = await self.ensure_stream(flt)
         info = await self.consumer_info(stream, durable)
         create: dict[str, Any] | None = None
@@ -469,19 +560,28 @@ class NatsPeer(Peer):
                 raise RuntimeError("subject does not match consumer")
             found_group = config.get("deliver_group") or ""
             if found_group != group:
-                raise RuntimeError(f"durable requires queue group '{found_group}'"
-                                   if found_group else "durable requires no queue group")
+                raise RuntimeError(
+                    f"durable requires queue group '{found_group}'"
+                    if found_group
+                    else "durable requires no queue group"
+                )
             deliver = config.get("deliver_subject")
             if not deliver:
                 raise RuntimeError(f"consumer {durable} is a pull consumer")
         else:
             deliver = f"_INBOX.{secrets.token_hex(11)}"
             create = {
-                "durable_name": durable, "deliver_subject": deliver, "deliver_group": group,
-                "deliver_policy": "new", "ack_policy": "explicit",
-                "ack_wait": int(ack_wait_s * 1e9), "max_ack_pending": 10,
-                "filter_subject": flt, "max_deliver": max_attempts + 1,
+                "durable_name": durable,
+                "deliver_subject": deliver,
+                "deliver_group": group,
+                "deliver_policy": "new",
+                "ack_policy": "explicit",
+                "ack_wait": int(ack_wait_s * 1e9),
+                "max_ack_pending": 10,
+                "filter_subject": flt,
+                "max_deliver": max_attempts + 1,
             }
+
         async def run(msg: Any) -> None:
             body = json.loads(msg.data)
             count = msg.metadata.num_delivered
@@ -490,14 +590,19 @@ class NatsPeer(Peer):
                 await handler(body)
             except Exception as exc:  # PURISTA: dead letter at maxAttempts, else nak(delay)
                 if count >= max_attempts:
-                    await self._nc.publish(f"{flt}.dead-letter", msg.data, headers={
-                        "x-purista-dead-letter-reason": str(exc),
-                        "x-purista-dead-letter-attempt": str(count),
-                        "x-purista-dead-letter-original-subject": flt,
-                        "x-purista-dead-letter-subscriber": "/".join(
-                            subscriber[k] for k in
-                            ("serviceName", "serviceVersion", "serviceTarget")),
-                    })
+                    await self._nc.publish(
+                        f"{flt}.dead-letter",
+                        msg.data,
+                        headers={
+                            "x-purista-dead-letter-reason": str(exc),
+                            "x-purista-dead-letter-attempt": str(count),
+                            "x-purista-dead-letter-original-subject": flt,
+                            "x-purista-dead-letter-subscriber": "/".join(
+                                subscriber[k]
+                                for k in ("serviceName", "serviceVersion", "serviceTarget")
+                            ),
+                        },
+                    )
                     await msg.term()
                 else:
                     await msg.nak(delay=retry_delay_s)
@@ -512,8 +617,10 @@ class NatsPeer(Peer):
 
         await self._nc.subscribe(deliver, queue=group, cb=on)
         if create is not None:
-            answer = await self._js_api(f"CONSUMER.DURABLE.CREATE.{stream}.{durable}",
-                                        {"stream_name": stream, "config": create})
+            answer = await self._js_api(
+                f"CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+                {"stream_name": stream, "config": create},
+            )
             if "error" in answer:
                 raise RuntimeError(f"creating consumer {durable}: {answer['error']}")
         await self._fence()
@@ -550,8 +657,11 @@ class MqttPeer(Peer):
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._handlers: list[tuple[str, Callable[[Any], Awaitable[None]]]] = []
         parts = urlsplit(self.url)
-        client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                             client_id=f"{self.prefix}-{self.instance_id}", protocol=mqtt.MQTTv5)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"{self.prefix}-{self.instance_id}",
+            protocol=mqtt.MQTTv5,
+        )
         if parts.username:
             client.username_pw_set(parts.username, parts.password)
         connected = threading.Event()
@@ -561,8 +671,7 @@ class MqttPeer(Peer):
         client.loop_start()
         self._client = client
         await asyncio.to_thread(connected.wait, 10)
-        response_filter = "/".join([self.prefix, *["+"] * 8, snake(self.instance_id),
-                                    *["+"] * 3])
+        response_filter = "/".join([self.prefix, *["+"] * 8, snake(self.instance_id), *["+"] * 3])
         await self._subscribe(response_filter, self._on_response)
 
     async def close(self) -> None:
@@ -600,9 +709,17 @@ class MqttPeer(Peer):
         async def on(msg: Any) -> None:
             props = {}
             if msg.properties is not None:
-                props = {k: getattr(msg.properties, k) for k in (
-                    "ContentType", "CorrelationData", "ResponseTopic", "MessageExpiryInterval",
-                    "UserProperty") if hasattr(msg.properties, k)}
+                props = {
+                    k: getattr(msg.properties, k)
+                    for k in (
+                        "ContentType",
+                        "CorrelationData",
+                        "ResponseTopic",
+                        "MessageExpiryInterval",
+                        "UserProperty",
+                    )
+                    if hasattr(msg.properties, k)
+                }
             self.landed.append(Landed(msg.topic, {}, props, msg.payload))
 
         await self._subscribe(f"{self.prefix}/#", on)
@@ -625,9 +742,18 @@ class MqttPeer(Peer):
         return await asyncio.wait_for(future, ttl_s)
 
     async def serve(self, addr: dict[str, str], handler: Handler) -> None:
-        flt = "/".join(["$share", "sharedpurista", self.prefix, "command", *["+"] * 8,
-                        snake(addr["serviceName"]), snake(addr["serviceVersion"]),
-                        snake(addr["serviceTarget"])])
+        flt = "/".join(
+            [
+                "$share",
+                "sharedpurista",
+                self.prefix,
+                "command",
+                *["+"] * 8,
+                snake(addr["serviceName"]),
+                snake(addr["serviceVersion"]),
+                snake(addr["serviceTarget"]),
+            ]
+        )
 
         async def on(msg: Any) -> None:
             command = json.loads(msg.payload)
@@ -639,15 +765,29 @@ class MqttPeer(Peer):
         await self._subscribe(flt, on)
 
     async def serve_subscription(
-        self, _subscriber: dict[str, str], event_name: str, handler: EventHandler,
-        *, durable: bool = False, typed: bool = True,
+        self,
+        _subscriber: dict[str, str],
+        event_name: str,
+        handler: EventHandler,
+        *,
+        durable: bool = False,
+        typed: bool = True,
     ) -> None:
         # PURISTA: snake(field || '+') per level, `$share/sharedpurista/` for every
         # shared subscription whoever subscribes; it has no durable subscriptions on MQTT
         del durable
         kind = snake("customMessage") if typed else "+"
-        flt = "/".join(["$share", "sharedpurista", self.prefix, kind,
-                        *["+"] * 6, snake(event_name), *["+"] * 4])
+        flt = "/".join(
+            [
+                "$share",
+                "sharedpurista",
+                self.prefix,
+                kind,
+                *["+"] * 6,
+                snake(event_name),
+                *["+"] * 4,
+            ]
+        )
 
         async def on(msg: Any) -> None:
             body = json.loads(msg.payload)

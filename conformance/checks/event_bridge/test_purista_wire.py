@@ -63,8 +63,12 @@ def _addr(parts: list[str]) -> Address:
 
 
 def _sender(parts: list[str]) -> SenderAddress:
-    return SenderAddress(service_name=parts[0], service_version=parts[1],
-                         service_target=parts[2], instance_id=parts[3])
+    return SenderAddress(
+        service_name=parts[0],
+        service_version=parts[1],
+        service_target=parts[2],
+        instance_id=parts[3],
+    )
 
 
 def _golden(case: str, key: str, prefix: str, **extra: str) -> Any:
@@ -129,8 +133,12 @@ async def test_event_out(aut: AdapterUnderTest) -> None:
         await peer.capture()
         spec = VECTORS["py_event"]["message"]
         stamp = _odd_ms()
-        msg = CustomMessage(sender=_sender(spec["sender"]), event_name=spec["eventName"],
-                            timestamp=stamp, payload={"n": 1})
+        msg = CustomMessage(
+            sender=_sender(spec["sender"]),
+            event_name=spec["eventName"],
+            timestamp=stamp,
+            payload={"n": 1},
+        )
         await bridge.emit_message(msg)
         mine = lambda m: m.json().get("id") == msg.id  # noqa: E731
         assert await wait_for(lambda: _landed(peer, mine), TTL_S), "the event never landed"
@@ -142,8 +150,10 @@ async def test_event_out(aut: AdapterUnderTest) -> None:
         if transport == "amqp":
             problems += _amqp_problems(got, "py_event", msg.id, stamp)
         else:
-            carried = got.headers if transport == "nats" else dict(
-                got.properties.get("UserProperty") or []
+            carried = (
+                got.headers
+                if transport == "nats"
+                else dict(got.properties.get("UserProperty") or [])
             )
             key = "nats_headers" if transport == "nats" else "mqtt_user_properties"
             for name, value in VECTORS["py_event"][key]["value"].items():
@@ -196,8 +206,11 @@ async def test_event_in(aut: AdapterUnderTest) -> None:
 
     spec = VECTORS["ts_event"]["message"]
     await bridge.register_subscription(
-        Subscription(subscriber=_addr(["pyService", "1.0.0", "onSignUp"]),
-                     message_type=MessageType.CUSTOM_MESSAGE, event_name=spec["eventName"]),
+        Subscription(
+            subscriber=_addr(["pyService", "1.0.0", "onSignUp"]),
+            message_type=MessageType.CUSTOM_MESSAGE,
+            event_name=spec["eventName"],
+        ),
         on,
     )
     peer = await peer_for(transport, bridge, INST["ts_peer"])
@@ -251,10 +264,17 @@ async def test_command_in(aut: AdapterUnderTest) -> None:
         if transport in ("amqp", "mqtt"):  # the captured copy may trail the delivery
             ids = {ok["correlationId"], bad["correlationId"]}
             kinds = ("commandSuccessResponse", "commandErrorResponse")
-            await wait_for(lambda: ids <= {
-                m.json().get("correlationId") for m in peer.landed
-                if m.json().get("messageType") in kinds
-            }, 5)
+            await wait_for(
+                lambda: (
+                    ids
+                    <= {
+                        m.json().get("correlationId")
+                        for m in peer.landed
+                        if m.json().get("messageType") in kinds
+                    }
+                ),
+                5,
+            )
         problems += _response_route_problems(transport, peer, bridge.prefix, ok, bad)
         assert not problems, "; ".join(problems)
     finally:
@@ -269,8 +289,13 @@ def _response_route_problems(
     kinds = ("commandSuccessResponse", "commandErrorResponse")
 
     def response_to(cmd: dict[str, Any]) -> list[Landed]:
-        return _landed(peer, lambda m: m.json().get("correlationId") == cmd["correlationId"]
-                       and m.json().get("messageType") in kinds)
+        return _landed(
+            peer,
+            lambda m: (
+                m.json().get("correlationId") == cmd["correlationId"]
+                and m.json().get("messageType") in kinds
+            ),
+        )
 
     if transport == "mqtt":
         for cmd, key in ((ok, "mqtt_response_topic"), (bad, "mqtt_error_topic")):
@@ -313,8 +338,11 @@ async def test_command_out(aut: AdapterUnderTest) -> None:
     try:
         await peer.capture()
         await peer.serve(address(*spec["receiver"]), handler)
-        cmd = Command(sender=_sender(spec["sender"]), receiver=_addr(spec["receiver"]),
-                      payload=CommandPayload(payload="hi"))
+        cmd = Command(
+            sender=_sender(spec["sender"]),
+            receiver=_addr(spec["receiver"]),
+            payload=CommandPayload(payload="hi"),
+        )
         try:
             result = await bridge.invoke(cmd, TTL_S)
         except PuristaError as exc:
@@ -325,8 +353,10 @@ async def test_command_out(aut: AdapterUnderTest) -> None:
         assert result == {"pong": "hi"}
         assert len(served) == 1
         problems = _envelope_problems(served[0])
-        landed = _landed(peer, lambda m: m.json().get("id") == cmd.id
-                         and m.json().get("messageType") == "command")
+        landed = _landed(
+            peer,
+            lambda m: m.json().get("id") == cmd.id and m.json().get("messageType") == "command",
+        )
         route = _route_of(transport, "py_command", bridge.prefix)
         if route is not None and [m.route for m in landed] != [route]:
             problems.append(f"command published on {[m.route for m in landed]}, want {route!r}")
@@ -341,8 +371,11 @@ async def test_command_out(aut: AdapterUnderTest) -> None:
                 problems.append("correlationId property is not the command's")
             if not landed[0].properties.get("reply_to"):
                 problems.append("no replyTo property")
-        bad = Command(sender=_sender(spec["sender"]), receiver=_addr(spec["receiver"]),
-                      payload=CommandPayload(payload="bad"))
+        bad = Command(
+            sender=_sender(spec["sender"]),
+            receiver=_addr(spec["receiver"]),
+            payload=CommandPayload(payload="bad"),
+        )
         with pytest.raises(PuristaError) as info:
             await bridge.invoke(bad, TTL_S)
         assert info.value.status == 409, f"handled error came back as {info.value.status}"
@@ -375,15 +408,18 @@ async def test_mixed_fleet_command_once(aut: AdapterUnderTest) -> None:
 
     try:
         await peer.serve(address(*spec["receiver"]), ts_handler)
+
         def by_runtime() -> dict[str, int]:
             return {k: sum(1 for r, _ in ran if r == k) for k in ("py", "ts")}
 
         results: list[Any] = []
         for _ in range(GROUP_ROUNDS):  # NATS picks a random member: see GROUP_ROUNDS
             for i in range(aut.n(20)):
-                cmd = Command(sender=_sender(["caller", "1", "run", INST["py_caller"]]),
-                              receiver=_addr(spec["receiver"]),
-                              payload=CommandPayload(payload=i))
+                cmd = Command(
+                    sender=_sender(["caller", "1", "run", INST["py_caller"]]),
+                    receiver=_addr(spec["receiver"]),
+                    payload=CommandPayload(payload=i),
+                )
                 results.append(await caller.invoke(cmd, TTL_S))
             if all(by_runtime().values()):
                 break
@@ -421,7 +457,9 @@ async def _emit_from_both(n: int, peer: Any, publisher: Any, event_name: str) ->
         else:
             msg = CustomMessage(
                 sender=_sender(["caller", "1", "run", INST["py_caller"]]),
-                event_name=event_name, payload={"i": i})
+                event_name=event_name,
+                payload={"i": i},
+            )
             await publisher.emit_message(msg)
             sent.append(msg.id)
     return sent
@@ -433,8 +471,11 @@ def _mixed_fleet_options(aut: AdapterUnderTest) -> dict[str, Any]:
     cls = aut.spec.adapter_class
     if cls is None:
         return {}
-    return {MIXED_FLEET_OPTION: True} if MIXED_FLEET_OPTION in inspect.signature(
-        cls.__init__).parameters else {}
+    return (
+        {MIXED_FLEET_OPTION: True}
+        if MIXED_FLEET_OPTION in inspect.signature(cls.__init__).parameters
+        else {}
+    )
 
 
 @check("event_bridge.wire.purista.mixed_fleet_subscription_once", kinds=EB, needs=NEEDS)
@@ -446,8 +487,11 @@ async def test_mixed_fleet_subscription_once(aut: AdapterUnderTest) -> None:
     await _mixed_fleet_subscription(aut, durable=False)
 
 
-@check("event_bridge.wire.purista.mixed_fleet_durable_subscription_once", kinds=EB,
-       needs=(*NEEDS, "purista_durable_wire"))
+@check(
+    "event_bridge.wire.purista.mixed_fleet_durable_subscription_once",
+    kinds=EB,
+    needs=(*NEEDS, "purista_durable_wire"),
+)
 async def test_mixed_fleet_durable_subscription_once(aut: AdapterUnderTest) -> None:
     """The same with a durable, manually acknowledged subscription (PURISTA: a durable
     queue declared without arguments, a JetStream push consumer with a deliver group):
@@ -455,8 +499,7 @@ async def test_mixed_fleet_durable_subscription_once(aut: AdapterUnderTest) -> N
     await _mixed_fleet_subscription(aut, durable=True)
 
 
-@check("event_bridge.wire.purista.mixed_fleet_untyped_subscription_once", kinds=EB,
-       needs=NEEDS)
+@check("event_bridge.wire.purista.mixed_fleet_untyped_subscription_once", kinds=EB, needs=NEEDS)
 async def test_mixed_fleet_untyped_subscription_once(aut: AdapterUnderTest) -> None:
     """The non-durable case for a subscription naming no message type (PURISTA: a
     wildcard in the type slot of its filter or no ``messageType`` in its binding)."""
@@ -475,14 +518,19 @@ async def _mixed_fleet_subscription(
     peer = await peer_for(transport, member, INST["ts_peer"])
     try:
         # PURISTA's member first: its declaration is the one already there when ours comes
-        await peer.serve_subscription(address(*subscriber), event_name, seen.ts_on,
-                                      durable=durable, typed=typed)
+        await peer.serve_subscription(
+            address(*subscriber), event_name, seen.ts_on, durable=durable, typed=typed
+        )
         try:
             await member.register_subscription(
-                Subscription(subscriber=_addr(subscriber),
-                             message_type=MessageType.CUSTOM_MESSAGE if typed else None,
-                             event_name=event_name,
-                             durable=durable, shared=True, autoacknowledge=not durable),
+                Subscription(
+                    subscriber=_addr(subscriber),
+                    message_type=MessageType.CUSTOM_MESSAGE if typed else None,
+                    event_name=event_name,
+                    durable=durable,
+                    shared=True,
+                    autoacknowledge=not durable,
+                ),
                 seen.on,
             )
         except Exception as exc:
@@ -509,11 +557,15 @@ class _Deliveries:
 
 
 async def _each_event_reaches_one_member(
-    aut: AdapterUnderTest, peer: Any, publisher: Any, event_name: str,
+    aut: AdapterUnderTest,
+    peer: Any,
+    publisher: Any,
+    event_name: str,
     got: list[tuple[str, str]],
 ) -> None:
     """Both runtimes publish; every event reaches exactly one member of the group (``got``:
     (runtime, id) per delivery), and members of both runtimes get some."""
+
     def by_runtime() -> dict[str, int]:
         return {k: sum(1 for r, _ in got if r == k) for k in ("py", "ts")}
 
@@ -536,8 +588,11 @@ async def _each_event_reaches_one_member(
     assert by["py"] and by["ts"], f"not one group: deliveries by runtime {by}"
 
 
-@check("event_bridge.wire.purista.mixed_fleet_durable_peer_first", kinds=EB,
-       needs=(*NEEDS, "purista_durable_wire"))
+@check(
+    "event_bridge.wire.purista.mixed_fleet_durable_peer_first",
+    kinds=EB,
+    needs=(*NEEDS, "purista_durable_wire"),
+)
 async def test_mixed_fleet_durable_peer_first(aut: AdapterUnderTest) -> None:
     """PURISTA's member starts before any bridge of the adapter's (NATS: it creates its
     per-filter stream and the consumer; the adapter's own stream would overlap): the
@@ -555,15 +610,21 @@ async def test_mixed_fleet_durable_peer_first(aut: AdapterUnderTest) -> None:
             await member.start()
             publisher = await aut.new(instance_id=INST["py_caller"])
             await member.register_subscription(
-                Subscription(subscriber=_addr(subscriber),
-                             message_type=MessageType.CUSTOM_MESSAGE, event_name=event_name,
-                             durable=True, shared=True, autoacknowledge=False),
+                Subscription(
+                    subscriber=_addr(subscriber),
+                    message_type=MessageType.CUSTOM_MESSAGE,
+                    event_name=event_name,
+                    durable=True,
+                    shared=True,
+                    autoacknowledge=False,
+                ),
                 seen.on,
             )
         except Exception as exc:
             raise AssertionError(
                 f"after PURISTA's member, the adapter's cannot start or join: "
-                f"{type(exc).__name__}: {exc}") from exc
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         await _each_event_reaches_one_member(aut, peer, publisher, event_name, seen.got)
     finally:
         await peer.close()
@@ -572,8 +633,11 @@ async def test_mixed_fleet_durable_peer_first(aut: AdapterUnderTest) -> None:
 REDELIVERY_ACK_WAIT_S = 2.0
 
 
-@check("event_bridge.wire.purista.mixed_fleet_durable_redelivery", kinds=EB,
-       needs=(*NEEDS, "purista_durable_wire"))
+@check(
+    "event_bridge.wire.purista.mixed_fleet_durable_redelivery",
+    kinds=EB,
+    needs=(*NEEDS, "purista_durable_wire"),
+)
 async def test_mixed_fleet_durable_redelivery(aut: AdapterUnderTest) -> None:
     """The adapter's member first: the JetStream consumer it creates for a shared durable
     subscription is the one PURISTA creates (name, stream, push with PURISTA's deliver
@@ -585,8 +649,10 @@ async def test_mixed_fleet_durable_redelivery(aut: AdapterUnderTest) -> None:
 
     transport = _transport(aut)
     if transport != "nats":
-        pytest.skip(f"PURISTA's {transport} bridge has no ack wait to redeliver after "
-                    "(AMQP: the broker requeues at once; MQTT: no durable subscriptions)")
+        pytest.skip(
+            f"PURISTA's {transport} bridge has no ack wait to redeliver after "
+            "(AMQP: the broker requeues at once; MQTT: no durable subscriptions)"
+        )
     facts = VECTORS["nats_jetstream_subscription"]["value"]
     member = await aut.new(instance_id=INST["py_bridge"], ack_wait_s=REDELIVERY_ACK_WAIT_S)
     publisher = await aut.new(instance_id=INST["py_caller"])
@@ -598,9 +664,15 @@ async def test_mixed_fleet_durable_redelivery(aut: AdapterUnderTest) -> None:
         handled.append(message.id)
 
     await member.register_subscription(
-        Subscription(subscriber=_addr(subscriber), message_type=MessageType.CUSTOM_MESSAGE,
-                     event_name=event_name, durable=True, shared=True, autoacknowledge=False,
-                     failure=FailureHandling(max_attempts=5, retry_delay_ms=1000)),
+        Subscription(
+            subscriber=_addr(subscriber),
+            message_type=MessageType.CUSTOM_MESSAGE,
+            event_name=event_name,
+            durable=True,
+            shared=True,
+            autoacknowledge=False,
+            failure=FailureHandling(max_attempts=5, retry_delay_ms=1000),
+        ),
         on,
     )
     peer = await peer_for(transport, member, INST["ts_peer"])
@@ -615,10 +687,15 @@ async def test_mixed_fleet_durable_redelivery(aut: AdapterUnderTest) -> None:
         cfg = info["config"]
         group = f"{peer.prefix}_queue_pyService_1.0.0_onSignUp".upper()  # raw values
         want = {
-            "durable_name": name, "deliver_group": group, "filter_subject": flt,
-            "ack_policy": facts["ack_policy"], "deliver_policy": facts["deliver_policy"],
-            "max_ack_pending": facts["max_ack_pending"], "max_deliver": 5 + 1,
-            "idle_heartbeat": None, "flow_control": None,
+            "durable_name": name,
+            "deliver_group": group,
+            "filter_subject": flt,
+            "ack_policy": facts["ack_policy"],
+            "deliver_policy": facts["deliver_policy"],
+            "max_ack_pending": facts["max_ack_pending"],
+            "max_deliver": 5 + 1,
+            "idle_heartbeat": None,
+            "flow_control": None,
             "ack_wait_s": REDELIVERY_ACK_WAIT_S,
         }
         got = {k: cfg.get(k) for k in want}
@@ -634,27 +711,32 @@ async def test_mixed_fleet_durable_redelivery(aut: AdapterUnderTest) -> None:
             await peer.serve_subscription(address(*subscriber), event_name, ts_on, durable=True)
         except Exception as exc:
             raise AssertionError(
-                f"PURISTA's member cannot attach to the adapter's consumer: {exc}") from exc
+                f"PURISTA's member cannot attach to the adapter's consumer: {exc}"
+            ) from exc
         sent: list[str] = []
         for _ in range(GROUP_ROUNDS):
             sent.extend(await _emit_from_both(aut.n(20, minimum=6), peer, publisher, event_name))
             await wait_for(
-                lambda: set(handled) | {i for i, _ in peer.deliveries} >= set(sent), TTL_S)
+                lambda: set(handled) | {i for i, _ in peer.deliveries} >= set(sent), TTL_S
+            )
             if peer.deliveries:
                 break
         n = len(sent)
         assert peer.deliveries, (
-            f"PURISTA's member got none of {n} events: not in the adapter's deliver group")
+            f"PURISTA's member got none of {n} events: not in the adapter's deliver group"
+        )
         took = {i for i, _ in peer.deliveries}
         await peer.close()  # dies holding its deliveries, none acknowledged
         await wait_for(lambda: set(handled) >= set(sent), TTL_S + 3 * REDELIVERY_ACK_WAIT_S)
         missing = set(sent) - set(handled)
         assert not missing, (
             f"{len(missing)} of {n} events never reached the adapter's member (PURISTA's "
-            f"member took {len(took)} and died without acknowledging)")
+            f"member took {len(took)} and died without acknowledging)"
+        )
         await wait_quiet(lambda: len(handled), quiet_s=0.5)
         assert len(handled) == len(set(handled)), (
-            f"{n} events were handled {len(handled)} times by the adapter's member")
+            f"{n} events were handled {len(handled)} times by the adapter's member"
+        )
         aut.metric("redelivered_from_purista", len(took))
     finally:
         hang.set()
@@ -669,8 +751,10 @@ async def test_dead_letter_out(aut: AdapterUnderTest) -> None:
     of a PURISTA fleet's dead letters sees both runtimes'."""
     transport = _transport(aut)
     if transport != "nats":
-        pytest.skip(f"PURISTA's {transport} bridge publishes dead letters nowhere by default"
-                    " (AMQP: only to a configured queue; MQTT: none)")
+        pytest.skip(
+            f"PURISTA's {transport} bridge publishes dead letters nowhere by default"
+            " (AMQP: only to a configured queue; MQTT: none)"
+        )
     bridge = await _bridge(aut)
     event_name = VECTORS["ts_event"]["message"]["eventName"]
     subscriber = ["pyService", "1.0.0", "onSignUp"]
@@ -679,9 +763,12 @@ async def test_dead_letter_out(aut: AdapterUnderTest) -> None:
         raise RuntimeError("cannot handle it")
 
     await bridge.register_subscription(
-        Subscription(subscriber=_addr(subscriber), message_type=MessageType.CUSTOM_MESSAGE,
-                     event_name=event_name,
-                     failure=FailureHandling(max_attempts=2, retry_delay_ms=10)),
+        Subscription(
+            subscriber=_addr(subscriber),
+            message_type=MessageType.CUSTOM_MESSAGE,
+            event_name=event_name,
+            failure=FailureHandling(max_attempts=2, retry_delay_ms=10),
+        ),
         failing,
     )
     peer = await peer_for(transport, bridge, INST["ts_peer"])
@@ -726,11 +813,16 @@ async def test_name_collision_rejected(aut: AdapterUnderTest) -> None:
         await bridge.register_command(_addr(["py_service", "1.0.0", "get_user"]), _echo)
     with pytest.raises(ValueError, match=r"onSignUp.*on_sign_up|on_sign_up.*onSignUp"):
         await bridge.register_subscription(
-            Subscription(subscriber=_addr(["pyService", "1.0.0", "onSignUp"])), _ignore)
+            Subscription(subscriber=_addr(["pyService", "1.0.0", "onSignUp"])), _ignore
+        )
         await bridge.register_subscription(
-            Subscription(subscriber=_addr(["pyService", "1.0.0", "on_sign_up"])), _ignore)
-    cmd = Command(sender=_sender(["caller", "1", "run", INST["py_caller"]]), receiver=first,
-                  payload=CommandPayload(payload="still"))
+            Subscription(subscriber=_addr(["pyService", "1.0.0", "on_sign_up"])), _ignore
+        )
+    cmd = Command(
+        sender=_sender(["caller", "1", "run", INST["py_caller"]]),
+        receiver=first,
+        payload=CommandPayload(payload="still"),
+    )
     assert await bridge.invoke(cmd, TTL_S) == "still"
 
 

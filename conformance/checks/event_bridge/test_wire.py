@@ -93,8 +93,7 @@ async def test_malformed_rejected(aut: AdapterUnderTest) -> None:
     if counters:  # the adapter counts what it rejects: each refused input once
         accepted = len(_bad_inputs(valid, limit)) - len(refused)
         assert sum(counters.values()) == accepted, (
-            f"{accepted} malformed inputs reached the consumer, rejected_messages counts "
-            f"{counters}"
+            f"{accepted} malformed inputs reached the consumer, rejected_messages counts {counters}"
         )
 
 

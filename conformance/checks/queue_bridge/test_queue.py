@@ -199,8 +199,14 @@ async def test_dead_letter_default_limit(aut: AdapterUnderTest) -> None:
 
 
 async def _expect_back_at_attempt_2(
-    worker: Any, queue: str, job_id: str, since: float, not_before_s: float, wait_s: float,
-    lease: str, ran_out: str,
+    worker: Any,
+    queue: str,
+    job_id: str,
+    since: float,
+    not_before_s: float,
+    wait_s: float,
+    lease: str,
+    ran_out: str,
 ) -> float:
     """After ``lease`` (held from ``since``) runs out, ``worker`` leases the job again at
     attempt 2 within ``wait_s`` but not before ``not_before_s``; acks it; the seconds it took."""
@@ -228,7 +234,6 @@ async def test_lease_expiry(aut: AdapterUnderTest) -> None:
     aut.metric("recovered_after_s", round(took, 3))
 
 
-
 async def _ack_refused_with_409(q: Any, job: Any, case: str, the_ack: str, lease: str) -> None:
     """``ack(job)`` must fail with a 409 that names the job."""
     try:
@@ -238,6 +243,7 @@ async def _ack_refused_with_409(q: Any, job: Any, case: str, the_ack: str, lease
         assert job.id in str(exc), f"the 409 of {the_ack} does not name job {job.id}: {exc}"
     else:
         raise AssertionError(f"ack with {lease} {job.lease_id} was accepted")
+
 
 @check("queue_bridge.stale_lease_rejected", kinds=QB, needs=("lease_recovery",))
 async def test_stale_lease_rejected(aut: AdapterUnderTest) -> None:
@@ -488,7 +494,13 @@ async def test_extend_lease(aut: AdapterUnderTest) -> None:
     await q.extend_lease(job, 900)
     assert await _lease_one(other, "extend-expires", 0.5) is None, "extended lease recovered"
     await _expect_back_at_attempt_2(
-        other, "extend-expires", job_id, watch, 0.85, 10, "the extended lease",
+        other,
+        "extend-expires",
+        job_id,
+        watch,
+        0.85,
+        10,
+        "the extended lease",
         "the 0.9s extension ran out",
     )
 

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from reference_services.runtime.messages import Address
+from reference_services.runtime.codec import encode
+from reference_services.runtime.messages import Address, Command, CommandResponse
+from reference_services.runtime.spi.bridge_base import EventBridgeBase
 
 
 def raw_command_hook(bridge: Any) -> Callable[[bytes, Address], Awaitable[None]]:
@@ -20,6 +22,33 @@ def raw_command_hook(bridge: Any) -> Callable[[bytes, Address], Awaitable[None]]
             "forged route/body cases need raw bytes on a command's route"
         )
     return hook  # type: ignore[no-any-return]
+
+
+async def invoke_forged(
+    bridge: Any, forged: Command, route: Address, ttl_s: float
+) -> CommandResponse:
+    """Send the bytes of ``forged`` on the route of ``route`` as ``bridge``'s own invocation
+    (with its reply address) and return the response the server sent back: a peer that
+    misroutes a command and reads the answer. Only for bridges built on EventBridgeBase
+    (the bytes ride on the transport's own ``_send_command``); 504 after ``ttl_s``."""
+    if not isinstance(bridge, EventBridgeBase):
+        pytest.skip(
+            f"{type(bridge).__name__} is not built on EventBridgeBase: a forged command's "
+            "answer is read through its pending invocations"
+        )
+    raw = encode(forged)
+    carrier = forged.model_copy(update={"receiver": route})
+    core = bridge.core
+    plain = core.encode
+    # the transport encodes the carrier (its route, its reply properties) as the forged bytes
+    core.encode = lambda message: raw if message is carrier else plain(message)  # type: ignore[method-assign]
+    future = core.pending.add(forged.correlation_id, ttl_s, route, forged.trace_id)
+    try:
+        await bridge._send_command(carrier)
+        return await future
+    finally:
+        del core.encode
+        core.pending.discard(forged.correlation_id, future)
 
 
 def raw_headers_hook(bridge: Any) -> Callable[..., Awaitable[None]]:

@@ -109,7 +109,8 @@ async def test_burst_paused_broker(aut: AdapterUnderTest) -> None:
     # here: that is the adapter's fault, not the provider's, and a skip would hide it
     assert handle is not None, (
         f"the adapter declares service {service!r} but its instances never asked their "
-        f"context for the URL of {service!r}: the broker they use cannot be frozen")
+        f"context for the URL of {service!r}: the broker they use cannot be frozen"
+    )
     if not handle.supports_lifecycle_faults:
         no_lifecycle(handle.provider)
     n = aut.n(BURST, 500)
@@ -164,7 +165,8 @@ async def test_burst_paused_broker(aut: AdapterUnderTest) -> None:
         await asyncio.to_thread(handle.resume)
     assert not answered_frozen, (
         "an invoke was answered while the broker was frozen: the instances do not use the "
-        "broker their context gave them")
+        "broker their context gave them"
+    )
     # thawed: whatever was queued reaches the server now; let it run (or not) to the end
     await wait_for(lambda: client.pending_invocations == 0, 30)
     await wait_quiet(lambda: (runs, len(late)), quiet_s=3.0, timeout_s=60)
@@ -208,8 +210,10 @@ async def test_burst_paused_broker(aut: AdapterUnderTest) -> None:
     problems = []
     if statuses["ok"]:
         # every invoke starts after the freeze and none can be answered through it
-        problems.append(f"{statuses['ok']} of {n} invokes succeeded while the broker was "
-                        "frozen: the instances do not use the broker their context gave them")
+        problems.append(
+            f"{statuses['ok']} of {n} invokes succeeded while the broker was "
+            "frozen: the instances do not use the broker their context gave them"
+        )
     if slowest > TTL_S + SLACK_S:
         problems.append(f"the slowest invoke took {slowest:.2f}s (ttl {TTL_S}s + {SLACK_S}s)")
     if late:
@@ -219,8 +223,7 @@ async def test_burst_paused_broker(aut: AdapterUnderTest) -> None:
         aut.metric("heap_retained_mb", round(heap_after - heap_before, 2))
         aut.metric("heap_retained_allowed_mb", round(retained_allowed, 2))
     if judged and (
-        heap_after > heap_before * MEMORY_FACTOR
-        or heap_after - heap_before > retained_allowed
+        heap_after > heap_before * MEMORY_FACTOR or heap_after - heap_before > retained_allowed
     ):
         problems.append(
             f"live heap {heap_before:.1f} MB before, {heap_after:.1f} MB after the burst "

@@ -7,13 +7,14 @@ import asyncio
 import time
 from typing import Any
 
-from conformance.checks.robustness.hooks import core_counter, raw_command_hook
+from conformance.checks.robustness.hooks import core_counter, invoke_forged, raw_command_hook
 from conformance.kit import addr, command, responder
 from conformance.kit.marks import check
 from conformance.kit.under_test import AdapterUnderTest
-from conformance.kit.waits import wait_for
+from conformance.kit.waits import Stopwatch, wait_for
 from reference_services.runtime.codec import encode
 from reference_services.runtime.ids import now_ms
+from reference_services.runtime.messages import CommandErrorResponse
 
 EB = ("event_bridge",)
 #: an idle bridge after one rejected message uses next to no CPU; a requeue loop uses most
@@ -80,9 +81,7 @@ async def test_unserved_receiver_not_requeued(aut: AdapterUnderTest) -> None:
     aut.metric("cpu_fraction_after_forged", round(cpu, 3))
     aut.metric("route_rejections", rejections)
     aut.metric("rejected_messages", rejected)
-    aut.metric(
-        "rejections_per_s", None if rejections is None else round(rejections / WATCH_S, 1)
-    )
+    aut.metric("rejections_per_s", None if rejections is None else round(rejections / WATCH_S, 1))
     assert cpu < MAX_CPU_FRACTION, (
         f"the bridge used {cpu:.0%} of a core for {WATCH_S}s after {len(forged)} forged "
         "commands: they are redelivered in a loop"
@@ -126,6 +125,44 @@ async def test_body_cannot_pick_handler(aut: AdapterUnderTest) -> None:
     )
     assert runs.by_target.get("echo", 0) == 1, f"unexpected executions {runs.by_target}"
     assert await client.invoke(command(client, addr("other"), {"ok": 2}), 10) == {"ran": "other"}
+
+
+@check("robustness.route.misrouted_answered", kinds=EB)
+async def test_misrouted_answered(aut: AdapterUnderTest) -> None:
+    """A peer that sends a command on the route of ``echo`` whose body names another
+    function (served by the same instance, or by nobody) and waits for the answer gets a
+    handled 400 from the serving instance, at once, with its correlation id and trace id,
+    whose message names the command, the function its body names and the route it arrived
+    on; nothing runs, and the route serves on."""
+    runs = Runs()
+    server = await _served(aut, runs, "echo", "other")
+    client = await aut.new()
+    route = addr("echo")
+    for receiver in (addr("other"), addr("nobody", target="serves-this")):
+        forged = command(client, receiver, {"x": 1}, trace_id=f"trace-{receiver.service_name}")
+        watch = Stopwatch()
+        response = await invoke_forged(client, forged, route, 10)
+        took = watch.elapsed
+        aut.metric(f"answer_s_{receiver.service_name}", round(took, 3))
+        assert isinstance(response, CommandErrorResponse), (
+            f"a body naming {receiver} on the route of {route} was answered {response!r}"
+        )
+        err = response.payload
+        assert err.status == 400, f"misrouted {receiver}: status {err.status}, expected 400"
+        assert response.is_handled_error is True, f"misrouted {receiver}: 400 not handled"
+        assert response.correlation_id == forged.correlation_id
+        assert err.trace_id == forged.trace_id, f"misrouted {receiver}: trace id {err.trace_id!r}"
+        assert response.sender.instance_id == server.instance_id, (
+            f"the 400 came from {response.sender.instance_id!r}, not the serving instance"
+        )
+        route_name = ".".join(route.key)
+        missing = [
+            part for part in (forged.id, str(receiver), route_name) if part not in err.message
+        ]
+        assert not missing, f"the 400's message {err.message!r} does not name {missing}"
+        assert took < 5, f"the 400 to a misrouted command took {took:.2f}s"
+    assert runs.by_target == {}, f"a misrouted command ran {runs.by_target}"
+    assert await client.invoke(command(client, route, {"ok": 1}), 10) == {"ran": "echo"}
 
 
 @check("robustness.deadline.expired_not_started", kinds=EB)

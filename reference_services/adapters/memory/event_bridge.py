@@ -140,13 +140,18 @@ class MemoryHub:
         self._backlog.pop(key, None)
 
     # ---- commands
-    def send_command(self, raw: bytes) -> None:
-        """Route an encoded command to one serving instance, or answer 404 at once."""
+    def send_command(self, raw: bytes, route: Address | None = None) -> None:
+        """Route an encoded command to one serving instance, or answer 404 at once.
+
+        ``route`` is the address the publisher sent it to (a broker's subject or queue; the
+        command's own receiver when None): like a broker, the hub routes by it, not by the
+        body, and the instance judges a body that disagrees."""
         command = decode(raw)
         assert isinstance(command, Command)
-        key = command.receiver.key
+        route = command.receiver if route is None else route
+        key = route.key
         candidates = [b for b in self._live() if b.core.command(key) is not None]
-        pinned = command.receiver.instance_id
+        pinned = route.instance_id
         if pinned:
             candidates = [b for b in candidates if b.instance_id == pinned]
         if not candidates:
@@ -224,7 +229,7 @@ class DefaultEventBridge(EventBridgeBase):
         self.hub.publish_raw(self.core.encode(message), source=self.instance_id)
 
     async def _send_command(self, command: Command) -> None:
-        self.hub.send_command(self.core.encode(command))
+        self.hub.send_command(self.core.encode(command), command.receiver)
 
     async def _bind_command(self, reg: RegisteredCommand) -> None:
         return None
