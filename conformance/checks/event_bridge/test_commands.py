@@ -17,6 +17,7 @@ from conformance.kit import (
     addr,
     collect,
     command,
+    event,
     invoke_status,
     pending_invocations,
     responder,
@@ -26,7 +27,7 @@ from conformance.kit import (
 from conformance.kit.ledger import Ledger, expect_exactly_once
 from conformance.kit.marks import check
 from conformance.kit.under_test import AdapterUnderTest
-from conformance.kit.waits import wait_for, wait_quiet
+from conformance.kit.waits import Stopwatch, wait_for, wait_quiet
 from reference_services.runtime.definitions import Subscription
 from reference_services.runtime.errors import HandledError, PuristaError, StatusCode, UnhandledError
 from reference_services.runtime.ids import now_ms
@@ -531,6 +532,56 @@ async def test_oversize_not_executed(aut: AdapterUnderTest) -> None:
     assert runs == ["small"], f"executions: {runs} (the oversize command must not run)"
 
 
+@check("event_bridge.commands.oversize_refused_at_sender", kinds=EB)
+async def test_oversize_refused_at_sender(aut: AdapterUnderTest) -> None:
+    """An invoke or an emit over the sender's own max_message_bytes fails at once with a
+    handled 400 whose message names the message, its size and the limit; nothing is sent
+    (no handler runs, no subscriber gets it), and the next message within the limit goes
+    through."""
+    runs: list[Any] = []
+    server = await aut.new()
+
+    async def run(cmd: Any) -> Any:
+        runs.append(cmd.payload.payload["size"])
+        return {"ran": cmd.payload.payload["size"]}
+
+    await server.register_command(addr("refused-big"), responder(run))
+    got: list[Any] = []
+    await server.register_subscription(subscription("big-events", event_name="big"), collect(got))
+    client = await aut.new(max_message_bytes=SERVER_LIMIT_BYTES)
+    pad = "x" * (SERVER_LIMIT_BYTES + 1024)
+    refusals = []
+    big_cmd = command(client, addr("refused-big"), {"size": "big", "pad": pad}, trace_id="t-big")
+    kind, err, took = await invoke_status(client, big_cmd, 5)
+    refusals.append(("invoke", big_cmd.id, kind, err, took))
+    big_event = event(client, "big", {"size": "big", "pad": pad})
+    watch = Stopwatch()
+    try:
+        await client.emit_message(big_event)
+    except PuristaError as exc:
+        refusals.append(("emit", big_event.id, "error", exc, watch.elapsed))
+    else:
+        refusals.append(("emit", big_event.id, "ok", None, watch.elapsed))
+    for what, message_id, kind, err, took in refusals:
+        assert kind == "error" and isinstance(err, PuristaError), f"{what} over the limit: {err!r}"
+        assert err.status == 400 and err.is_handled, (
+            f"{what} over the limit: {err!r} (a handled 400)"
+        )
+        assert took < 1.0, f"{what} over the limit failed after {took:.2f}s, not at once"
+        unnamed = [p for p in (message_id, str(SERVER_LIMIT_BYTES)) if p not in err.message]
+        assert not unnamed, f"{what} over the limit: {err.message!r} does not name {unnamed}"
+    status, result, _ = await invoke_status(
+        client, command(client, addr("refused-big"), {"size": "small"}), 10
+    )
+    assert status == "ok" and result == {"ran": "small"}, f"then a small command: {result!r}"
+    await client.emit_message(event(client, "big", {"size": "small"}))
+    assert await wait_for(lambda: len(got) >= 1, 10), "the event within the limit never arrived"
+    await wait_quiet(lambda: len(got), quiet_s=0.2)
+    assert runs == ["small"], f"executions: {runs} (the oversize command must not be sent)"
+    sizes = [m.payload["size"] for m in got]
+    assert sizes == ["small"], f"deliveries: {sizes} (the oversize event must not be sent)"
+
+
 @check("event_bridge.commands.success_event", kinds=EB)
 async def test_success_event(aut: AdapterUnderTest) -> None:
     """A success response that carries an event name also reaches that event's subscribers,
@@ -807,6 +858,7 @@ async def test_slow_send_timeout(aut: AdapterUnderTest) -> None:
     aut.metric("held_send", [status, getattr(err, "status", None), round(took, 3)])
     assert status == "error" and err.status == 504, f"a send held past its ttl: {err!r}"
     assert err.trace_id == "trace-held", f"its 504 lost the trace id: {err.trace_id!r}"
+    assert str(addr("slow-send")) in err.message, f"its 504 does not name the receiver: {err!r}"
     assert ttl * 0.95 <= took <= ttl + TIMEOUT_MARGIN_S, f"it failed after {took:.2f}s (ttl {ttl})"
     status, result, _ = await invoke_status(client, command(client, addr("slow-send"), "next"), 10)
     assert status == "ok" and result == {"ran": "next"}, f"the next invocation: {result!r}"
@@ -840,6 +892,12 @@ async def test_send_failure(aut: AdapterUnderTest) -> None:
     assert kind == "error" and err.status == 503, f"a send that raised: {kind} {err!r}"
     assert err.trace_id == "trace-lost", f"its error lost the trace id: {err.trace_id!r}"
     assert took < 1.0, f"a failed send took {took:.2f}s to fail the invocation"
+    unnamed = [
+        p
+        for p in (str(lost.receiver), "ConnectionError", "connection lost")
+        if p not in err.message
+    ]
+    assert not unnamed, f"the 503 of a lost send ({err.message!r}) does not name {unnamed}"
     assert pending_invocations(client) == 0, "a failed send left a pending invocation"
     failure[:] = [UnhandledError("broker refused", StatusCode.SERVICE_UNAVAILABLE)]
     refused = command(client, addr("send-fail"), "refused", trace_id="trace-refused")

@@ -961,7 +961,7 @@ class EventBridgeBase(ABC):
     async def emit_message(self, message: AnyMessage) -> None:
         """Publish a message to every matching subscription."""
         self.core.require_running()
-        self._check_encodable(message, hold=True)
+        self._check_encodable(message)
         try:
             await self._publish(message)
         finally:
@@ -1008,7 +1008,7 @@ class EventBridgeBase(ABC):
                 # a pending invocation keeps no copy of what its caller holds
                 outgoing = command.model_copy(update=update) if update else command
                 del update
-                self._check_encodable(outgoing, hold=True)
+                self._check_encodable(outgoing)
                 pending = self.core.pending
                 cid = command.correlation_id
                 try:
@@ -1131,14 +1131,11 @@ class EventBridgeBase(ABC):
     def _own(self, address: Address) -> Address:
         return address.model_copy(update={"instance_id": self.instance_id})
 
-    def _check_encodable(self, message: AnyMessage, *, hold: bool = False) -> None:
-        """400 unless ``message`` encodes within the size limit; ``hold`` keeps the bytes
-        for the transport (the caller must ``core.release_encoded`` it)."""
+    def _check_encodable(self, message: AnyMessage) -> None:
+        """400 unless ``message`` encodes within the size limit; its bytes are kept for the
+        transport (the caller must ``core.release_encoded`` it)."""
         try:
-            if hold:
-                self.core.hold_encoded(message)
-            else:
-                self.core.encode(message)
+            self.core.hold_encoded(message)
         except MessageEncodeError as exc:
             raise HandledError(str(exc), StatusCode.BAD_REQUEST) from exc
 
