@@ -8,11 +8,13 @@ from typing import Any
 
 import pytest
 
+from conformance.checks.robustness.hooks import raw_command_hook
 from conformance.kit import addr, collect, command, event, responder, subscription
 from conformance.kit.marks import check
 from conformance.kit.under_test import AdapterUnderTest
 from conformance.kit.waits import wait_for
 from reference_services.runtime import telemetry
+from reference_services.runtime.codec import encode
 
 EB = ("event_bridge",)
 
@@ -96,6 +98,47 @@ async def test_spans(aut: AdapterUnderTest) -> None:
     got = {k: consumed.attributes.get(k) for k in want}
     assert got == want, f"subscription span attributes {dict(consumed.attributes)}"
     assert json.loads(otp).get("traceparent"), f"otp without a traceparent: {otp}"
+
+
+@check("event_bridge.tracing.untraced_caller", kinds=EB)
+async def test_untraced_caller(aut: AdapterUnderTest) -> None:
+    """A command from a peer that does not trace (no ``otp``) reaching a traced server starts
+    a trace there: one SERVER span ``command <receiver>`` with no parent, and the command its
+    handler gets carries that span's context (``otp``), so what the handler invokes and
+    emits continues the trace. The command goes through the raw-command hook: every invoke
+    of ours puts an otp on what it sends."""
+    provider, exporter = _recording()
+    target = addr("untraced")
+    seen: list[Any] = []
+
+    async def run(cmd: Any) -> Any:
+        seen.append(cmd.otp)
+        return {"ok": True}
+
+    with telemetry.traced_by(provider):
+        server = await aut.new()
+        await server.register_command(target, responder(run))
+        publish = raw_command_hook(server)
+        client = await aut.new()
+        bare = command(client, target, "bare")
+        assert bare.otp is None
+        await publish(encode(bare), target)
+        await wait_for(lambda: seen, 10)
+        await wait_for(lambda: _named(exporter, f"command {target}"), 5)
+    servers = _named(exporter, f"command {target}")
+    assert len(servers) == 1, f"expected one 'command {target}' span, got {len(servers)}"
+    (served,) = servers
+    assert served.parent is None, f"an untraced command's span has a parent: {served.parent}"
+    assert seen[0] is not None, "the handler's command carries no trace context (otp)"
+    parent = json.loads(seen[0]).get("traceparent", "")
+    parts = parent.split("-")
+    assert len(parts) == 4 and parts[1] == f"{served.context.trace_id:032x}", (
+        f"the handler's otp {seen[0]} is not in the server span's trace "
+        f"{served.context.trace_id:032x}"
+    )
+    assert parts[2] == f"{served.context.span_id:016x}", (
+        f"the handler's otp {seen[0]} does not name the server span as its parent"
+    )
 
 
 async def _echo(cmd: Any) -> Any:
