@@ -63,9 +63,29 @@ def raw_headers_hook(bridge: Any) -> Callable[..., Awaitable[None]]:
 
 
 def core_counter(bridge: Any, name: str) -> int | None:
-    """A counter of the bridge's SPI core, when it is built on the shared base."""
-    value = getattr(getattr(bridge, "core", None), name, None)
-    return value if isinstance(value, int) else None
+    """A counter of the bridge's SPI core; None for a bridge not built on EventBridgeBase.
+    A bridge built on it must count (an int): a missing or broken counter fails the check
+    rather than turning it off."""
+    if not isinstance(bridge, EventBridgeBase):
+        return None
+    return _int_counter(bridge.core, name, f"{type(bridge).__name__}.core")
+
+
+def bridge_counter(bridge: Any, name: str) -> int | None:
+    """A counter of the bridge itself (``rejected_messages``): required, as an int, of a
+    bridge built on EventBridgeBase; otherwise read where the bridge has it."""
+    if not isinstance(bridge, EventBridgeBase) and not hasattr(bridge, name):
+        return None
+    return _int_counter(bridge, name, type(bridge).__name__)
+
+
+def _int_counter(owner: Any, name: str, where: str) -> int:
+    if not hasattr(owner, name):
+        raise AssertionError(f"{where} has no counter {name!r}")
+    value = getattr(owner, name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise AssertionError(f"{where}.{name} is {value!r}, not a count")
+    return value
 
 
 def corruption_hook(queue_bridge: Any) -> tuple[Callable[..., Awaitable[str | None]], list[str]]:

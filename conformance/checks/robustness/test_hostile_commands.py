@@ -7,7 +7,12 @@ import asyncio
 import time
 from typing import Any
 
-from conformance.checks.robustness.hooks import core_counter, invoke_forged, raw_command_hook
+from conformance.checks.robustness.hooks import (
+    bridge_counter,
+    core_counter,
+    invoke_forged,
+    raw_command_hook,
+)
 from conformance.kit import addr, command, responder
 from conformance.kit.marks import check
 from conformance.kit.under_test import AdapterUnderTest
@@ -44,14 +49,6 @@ async def _served(aut: AdapterUnderTest, runs: Runs, *targets: str) -> Any:
     return server
 
 
-def _rejected(bridge: Any) -> int | None:
-    """The bridge's ``rejected_messages`` where it counts rejections (None where not)."""
-    if not hasattr(bridge, "rejected_messages"):
-        return None
-    value = bridge.rejected_messages
-    return value if isinstance(value, int) else None
-
-
 async def _cpu_fraction(seconds: float) -> float:
     """The share of one core this process used over ``seconds`` of wall time."""
     cpu0, wall0 = time.process_time(), time.monotonic()
@@ -71,13 +68,17 @@ async def test_unserved_receiver_not_requeued(aut: AdapterUnderTest) -> None:
     client = await aut.new()
     forged = [command(client, addr("nobody", target="serves-this"), {"x": i}) for i in range(3)]
     before = core_counter(server, "route_rejections")
-    rejected_before = _rejected(server)
+    rejected_before = bridge_counter(server, "rejected_messages")
     for cmd in forged:
         await publish(encode(cmd), addr("echo"))
     cpu = await _cpu_fraction(WATCH_S)
     after = core_counter(server, "route_rejections")
     rejections = None if before is None or after is None else after - before
-    rejected = None if rejected_before is None else _rejected(server) - rejected_before
+    rejected = (
+        None
+        if rejected_before is None
+        else bridge_counter(server, "rejected_messages") - rejected_before
+    )
     aut.metric("cpu_fraction_after_forged", round(cpu, 3))
     aut.metric("route_rejections", rejections)
     aut.metric("rejected_messages", rejected)
