@@ -868,6 +868,36 @@ async def test_slow_send_timeout(aut: AdapterUnderTest) -> None:
     assert pending_invocations(client) == 0, "pending invocations leaked"
 
 
+@check("event_bridge.commands.slot_wait_within_ttl", kinds=EB)
+async def test_slot_wait_within_ttl(aut: AdapterUnderTest) -> None:
+    """The time an invocation waits for a send slot counts against its ttl: one that got its
+    slot after 0.9 s of a 1.2 s ttl, was sent and is never answered fails 504 at its ttl,
+    not 0.9 s later."""
+    client, gate = await stalled_command(aut, "slot-wait")
+    sends = HeldSends(client)
+    client.max_sends_in_flight = 1
+    first = asyncio.ensure_future(invoke_status(client, command(client, addr("slot-wait"), 0), 5))
+    try:
+        assert await wait_for(lambda: sends.held == 1, 5), "the first send never started"
+        ttl, line_s = 1.2, 0.9
+        waiter = command(client, addr("slot-wait"), 1, trace_id="trace-slot-wait")
+        second = asyncio.ensure_future(invoke_status(client, waiter, ttl))
+        await asyncio.sleep(line_s)  # the congestion lasts this long, then the sends go out
+        sends.release()
+        kind, err, took = await asyncio.wait_for(second, ttl + 5)
+    finally:
+        sends.release()
+        gate.open()
+        await asyncio.wait({first}, timeout=5)
+    aut.metric("slot_wait_504_s", round(took, 3))
+    assert gate.entered >= 1, "nothing reached the server once the sends were let through"
+    assert kind == "error" and err.status == 504, f"never answered after its slot wait: {err!r}"
+    assert err.trace_id == "trace-slot-wait", f"its 504 lost the trace id: {err.trace_id!r}"
+    assert ttl * 0.95 <= took <= ttl + TIMEOUT_MARGIN_S, (
+        f"it failed after {took:.2f}s for a ttl of {ttl}s, {line_s}s of it in line for a slot"
+    )
+
+
 @check("event_bridge.commands.send_failure", kinds=EB)
 async def test_send_failure(aut: AdapterUnderTest) -> None:
     """A send that fails (the transport raises: a connection lost) fails the invocation at
