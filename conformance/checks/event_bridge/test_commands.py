@@ -860,6 +860,7 @@ async def test_slow_send_timeout(aut: AdapterUnderTest) -> None:
     assert status == "error" and err.status == 504, f"a send held past its ttl: {err!r}"
     assert err.trace_id == "trace-held", f"its 504 lost the trace id: {err.trace_id!r}"
     assert str(addr("slow-send")) in err.message, f"its 504 does not name the receiver: {err!r}"
+    assert pending_invocations(client) == 0, "a send that timed out is still pending after its 504"
     assert ttl * 0.95 <= took <= ttl + TIMEOUT_MARGIN_S, f"it failed after {took:.2f}s (ttl {ttl})"
     status, result, _ = await invoke_status(client, command(client, addr("slow-send"), "next"), 10)
     assert status == "ok" and result == {"ran": "next"}, f"the next invocation: {result!r}"
@@ -896,6 +897,47 @@ async def test_slot_wait_within_ttl(aut: AdapterUnderTest) -> None:
     assert ttl * 0.95 <= took <= ttl + TIMEOUT_MARGIN_S, (
         f"it failed after {took:.2f}s for a ttl of {ttl}s, {line_s}s of it in line for a slot"
     )
+
+
+@check("event_bridge.commands.duplicate_correlation_refused", kinds=EB)
+async def test_duplicate_correlation_refused(aut: AdapterUnderTest) -> None:
+    """An invocation that reuses the correlation id of one still waiting is refused at once
+    with a handled 409 naming that id, and is not sent; the first still gets its own answer,
+    and once it has, the id can be used again."""
+    gate = Gate()
+    runs: list[Any] = []
+    server = await aut.new()
+
+    async def run(cmd: Any) -> Any:
+        runs.append(cmd.payload.payload)
+        await gate.wait(10)
+        return {"ran": cmd.payload.payload}
+
+    await server.register_command(addr("dup-corr"), responder(run))
+    client = await aut.new()
+    first = command(client, addr("dup-corr"), "first")
+    call = asyncio.ensure_future(invoke_status(client, first, 10))
+    try:
+        assert await wait_for(lambda: gate.entered == 1, 5), "the first invocation never ran"
+        twin = command(client, addr("dup-corr"), "twin").model_copy(
+            update={"correlation_id": first.correlation_id}
+        )
+        kind, err, took = await invoke_status(client, twin, 5)
+    finally:
+        gate.open()
+    assert kind == "error" and isinstance(err, PuristaError), f"a reused correlation id: {err!r}"
+    assert err.status == 409 and err.is_handled, f"a reused correlation id: {err!r} (handled 409)"
+    assert first.correlation_id in err.message, f"the 409 does not name the id: {err.message!r}"
+    assert took < 1.0, f"the 409 took {took:.2f}s"
+    first_kind, first_result, _ = await call
+    assert first_kind == "ok" and first_result == {"ran": "first"}, f"the first: {first_result!r}"
+    again = command(client, addr("dup-corr"), "again").model_copy(
+        update={"correlation_id": first.correlation_id}
+    )
+    kind, result, _ = await invoke_status(client, again, 10)
+    assert kind == "ok" and result == {"ran": "again"}, f"the id once free again: {result!r}"
+    assert runs == ["first", "again"], f"executions: {runs} (the refused twin must not be sent)"
+    assert pending_invocations(client) == 0, "invocations left pending"
 
 
 @check("event_bridge.commands.send_failure", kinds=EB)
