@@ -176,3 +176,23 @@ def test_changed_lines_names_a_pure_deletion_by_its_removed_line() -> None:
     deleted = "--- a.py\n+++ a.py\n@@ -1,3 +1,2 @@\n     f(\n-        y,\n     )\n"
     assert run.changed_lines(swapped) == ["x = 2"]
     assert run.changed_lines(deleted) == ["-y,"]
+
+
+def test_rekey_follows_renumbered_mutants(tmp_path: Path) -> None:
+    # survivors marked by their line; a statement added in front renumbers them
+    root = _project(tmp_path, TINY + "\n\ndef unused(x):\n    return x + 1\n")
+    got = _run(root, "run")
+    entries = []
+    for s in got["survivors"]:
+        plus = [ln[1:].strip() for ln in s["diff"].splitlines() if ln.startswith("+ ")]
+        entries.append(f'[mutant."{s["name"]}"]\nline = {json.dumps(plus[0])}\nreason = "t"\n')
+    (root / "eq.toml").write_text("\n".join(entries))
+    assert _run(root, "summary")["equivalent"] == got["survived"]
+    (root / "tiny" / "calc.py").write_text(
+        TINY + "\n\ndef unused(x):\n    y = 'first'\n    return x + 1\n"
+    )
+    moved = _run(root, "run")
+    assert moved["stale_equivalents"], moved  # the old names now mean other mutants
+    fixed = _run(root, "rekey")
+    assert fixed["stale_equivalents"] == [], fixed
+    assert fixed["equivalent"] == got["survived"], fixed

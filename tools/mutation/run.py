@@ -4,7 +4,8 @@
 (mutmut 3, configured in ``[tool.mutmut]`` of pyproject.toml: the contract checks against
 the in-memory adapters are the tests, each mutant runs only the checks that call the
 mutated function, results are cached in ./mutants per function hash) and then writes the
-summary; ``summary [MODULE...]`` only writes it from the cached results.
+summary; ``summary [MODULE...]`` only writes it from the cached results; ``rekey
+[MODULE...]`` renames the equivalents file's entries whose mutant mutmut renumbered.
 
 The summary (``reports/mutation/summary.md`` and ``summary.json``) has, per module,
 killed / survived / timed out / equivalent / not run, the score
@@ -22,6 +23,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -348,6 +350,59 @@ def run_mutmut(
         mm.get_mutant_runner = original_runner  # type: ignore[assignment]
 
 
+def _function_of(name: str) -> str:
+    """The function part of a mutant name (``...ǁf__mutmut_12`` -> ``...ǁf``)."""
+    return name.rsplit("__mutmut_", 1)[0]
+
+
+def rekey(modules: dict[str, str], root: Path, path: Path = EQUIVALENTS) -> list[str]:
+    """Rename the entries of the equivalents file whose mutant name came to mean another
+    mutant (mutmut renumbers a function's mutants when the function changes): an entry whose
+    ``line`` no longer matches its mutant moves to the one mutant of the same function whose
+    diff has that line, if exactly one has. Returns what it did, one line per entry."""
+    codes: dict[str, str] = {}
+    for mod_path in modules.values():
+        meta = root / "mutants" / (mod_path + ".meta")
+        if meta.is_file():
+            for name in json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"]:
+                codes[name] = mod_path
+    lines_of = {name: changed_lines(mutant_diff(name, mp)) for name, mp in codes.items()}
+    text = path.read_text(encoding="utf-8")
+    entries = {**_tables(path, "mutant", ("line", "reason")), **_tables(path, "survivor", ())}
+    line = {name: str(entry.get("line", "")).strip() for name, entry in entries.items()}
+    mine = [n for n in entries if any(_function_of(n) == _function_of(c) for c in codes)]
+    valid = {n for n in mine if line[n] and line[n] in lines_of.get(n, [])}
+
+    def candidates(name: str) -> list[str]:
+        return [
+            n
+            for n, got in lines_of.items()
+            if _function_of(n) == _function_of(name) and line[name] in got and n not in valid
+        ]
+
+    stale = [n for n in mine if n not in valid]
+    gone = [n for n in stale if not candidates(n)]  # its mutant is no longer made
+    unsure = {n for n in stale if len(candidates(n)) > 1}
+    moves: dict[str, str] = {}
+    for name in stale:
+        found = [n for n in candidates(name) if n not in unsure and n not in moves.values()]
+        if name not in unsure and len(found) == 1:
+            moves[name] = found[0]
+    done = [f"{old} -> {new}" for old, new in moves.items()]
+    done += [f"{n}: dropped (no mutant of its function has its line now)" for n in gone]
+    done += [f"{n}: stale, left as it is (several mutants have its line)" for n in unsure]
+    for name in gone:
+        text = re.sub(
+            rf'^\[(?:mutant|survivor)\."{re.escape(name)}"\]\n(?:(?![\[#]).*\n)*', "", text, flags=re.M
+        )
+    for i, name in enumerate(moves):  # two steps: a chain of renames must not collide
+        text = text.replace(f'."{name}"]', f'."@rekey{i}@"]', 1)
+    for i, new in enumerate(moves.values()):
+        text = text.replace(f'."@rekey{i}@"]', f'."{new}"]', 1)
+    path.write_text(text, encoding="utf-8")
+    return done
+
+
 def record(results: list[ModuleResult], when: str, path: Path) -> None:
     """Merge the fully measured modules into the recorded scores (others keep their entry)."""
     try:
@@ -372,7 +427,7 @@ def record(results: list[ModuleResult], when: str, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mutation", description=__doc__.splitlines()[0])
-    p.add_argument("cmd", choices=("run", "summary"))
+    p.add_argument("cmd", choices=("run", "summary", "rekey"))
     p.add_argument("modules", nargs="*", help=f"default: all of {', '.join(MODULES)}")
     p.add_argument("--workers", type=int, default=2, help="parallel mutants (default 2)")
     p.add_argument("--root", type=Path, default=Path.cwd(), help="the project (default: cwd)")
@@ -429,6 +484,10 @@ def main(argv: list[str] | None = None) -> int:
             lines=not args.function_level,
         )
     os.chdir(root)  # mutmut reads ./mutants and pyproject.toml from the cwd
+    if args.cmd == "rekey":
+        for line in rekey(paths, root, args.equivalents.resolve()):
+            print(line)
+        equivalents = load_equivalents(args.equivalents.resolve())
     results = summarise(paths, root, equivalents, load_survivor_reasons(args.equivalents.resolve()))
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     md = write_summary(results, args.out if args.out.is_absolute() else root / args.out, when)
