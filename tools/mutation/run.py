@@ -355,6 +355,10 @@ def _function_of(name: str) -> str:
     return name.rsplit("__mutmut_", 1)[0]
 
 
+def _number(name: str) -> int:
+    return int(name.rsplit("__mutmut_", 1)[1])
+
+
 def rekey(modules: dict[str, str], root: Path, path: Path = EQUIVALENTS) -> list[str]:
     """Rename the entries of the equivalents file whose mutant name came to mean another
     mutant (mutmut renumbers a function's mutants when the function changes): an entry whose
@@ -388,12 +392,30 @@ def rekey(modules: dict[str, str], root: Path, path: Path = EQUIVALENTS) -> list
         found = [n for n in candidates(name) if n not in unsure and n not in moves.values()]
         if name not in unsure and len(found) == 1:
             moves[name] = found[0]
+    # mutmut keeps a function's mutants in order: where the sure moves of a function all
+    # shift its numbers alike, an entry with several candidates takes the one so shifted
+    shifts: dict[str, set[int]] = {}
+    for old, new in moves.items():
+        shifts.setdefault(_function_of(old), set()).add(_number(new) - _number(old))
+    for name in sorted(unsure, key=_number):
+        shift = shifts.get(_function_of(name), set())
+        want = (
+            f"{_function_of(name)}__mutmut_{_number(name) + next(iter(shift))}"
+            if len(shift) == 1
+            else None
+        )
+        if want in candidates(name) and want not in moves.values():
+            moves[name] = want
+            unsure.discard(name)
     done = [f"{old} -> {new}" for old, new in moves.items()]
     done += [f"{n}: dropped (no mutant of its function has its line now)" for n in gone]
     done += [f"{n}: stale, left as it is (several mutants have its line)" for n in unsure]
     for name in gone:
         text = re.sub(
-            rf'^\[(?:mutant|survivor)\."{re.escape(name)}"\]\n(?:(?![\[#]).*\n)*', "", text, flags=re.M
+            rf'^\[(?:mutant|survivor)\."{re.escape(name)}"\]\n(?:(?![\[#]).*\n)*',
+            "",
+            text,
+            flags=re.M,
         )
     for i, name in enumerate(moves):  # two steps: a chain of renames must not collide
         text = text.replace(f'."{name}"]', f'."@rekey{i}@"]', 1)
