@@ -39,6 +39,10 @@ from harness.services.spec import ServiceSpec, get_spec
 
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 30
+# how long the engine may answer "No such container" for a container it has just created
+# or (re)started before the harness calls it gone (seen in CI: one of twelve containers that
+# two workers started at once, 404 on inspect, while it ran on until the run's end)
+VANISHED_AFTER_S = 10.0
 HOST = "127.0.0.1"
 PULL_ENV = "HARNESS_DOCKER_PULL"
 BUILD_HINT = "build the images with `harness images build` (or `make docker-engine`)"
@@ -66,16 +70,34 @@ def _configure_testcontainers() -> None:
 class ProtocolReady(WaitStrategy):
     """Ready when the container runs, was (re)started after `after`, and check() is true."""
 
-    def __init__(self, check: Callable[[], bool], after: str = "") -> None:
+    def __init__(self, check: Callable[[], bool], after: str = "", service: str = "") -> None:
         super().__init__()
         self.check = check
         self.after = after
+        self.service = service or "container"
+        self._unseen_since = 0.0
         self.with_poll_interval(0.1).with_startup_timeout(int(START_TIMEOUT))
 
     def started_now(self, container: Any) -> bool:
-        """The engine says: running, not paused, started after `after`."""
+        """The engine says: running, not paused, started after `after`.
+
+        A "No such container" answer is taken for "not yet" until it has lasted
+        VANISHED_AFTER_S; then ServiceStartError says the container is gone."""
+        import docker.errors
+
         wrapped = container.get_wrapped_container()
-        wrapped.reload()
+        try:
+            wrapped.reload()
+        except docker.errors.NotFound:
+            now = time.monotonic()
+            self._unseen_since = self._unseen_since or now
+            if now - self._unseen_since >= VANISHED_AFTER_S:
+                raise ServiceStartError(
+                    self.service, f"container {wrapped.short_id} is no longer in the engine "
+                    f"(\"No such container\" for {now - self._unseen_since:.0f} s): removed "
+                    "by something outside this run's handle") from None
+            return False
+        self._unseen_since = 0.0
         state = wrapped.attrs.get("State", {})
         return (bool(state.get("Running")) and not state.get("Paused")
                 and not state.get("Restarting") and state.get("StartedAt", "") != self.after)
@@ -135,11 +157,12 @@ class DockerHandle(ServiceHandle):
 
     def ready(self) -> bool:
         """One look: running since its latest start and answering its protocol."""
-        return ProtocolReady(self.check).started_now(self.container) and self.check()
+        return (ProtocolReady(self.check, service=self.name).started_now(self.container)
+                and self.check())
 
     def wait_ready(self, timeout: float = START_TIMEOUT, after: str = "") -> None:
         """Poll until ready (started after `after`, answering) or raise ServiceStartError."""
-        strategy = ProtocolReady(self.check, after).with_startup_timeout(int(timeout))
+        strategy = ProtocolReady(self.check, after, self.name).with_startup_timeout(int(timeout))
         try:
             strategy.wait_until_ready(self.container)
         except TimeoutError as exc:
@@ -278,7 +301,7 @@ def _container(spec: ServiceSpec, instance: str) -> tuple[Any, int, Callable[[],
         monitor = free_port()
         container.ports["8222"] = (HOST, monitor)  # type: ignore[assignment]
     check = _checks(spec.name, spec.url_for(HOST, port), port, monitor)
-    container.waiting_for(ProtocolReady(check))
+    container.waiting_for(ProtocolReady(check, service=spec.name))
     return container, port, check
 
 

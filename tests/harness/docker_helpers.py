@@ -62,12 +62,29 @@ def engine_socket() -> str:
 REQUEST_LINE = re.compile(rb"(GET|POST|PUT|DELETE|HEAD) (\S+) HTTP/1\.[01]\r\n")
 
 
+INSPECT = re.compile(rb"GET /v[\d.]+/containers/([0-9a-f]{64})/json HTTP/1\.1\r\n")
+START = re.compile(rb"POST /v[\d.]+/containers/([0-9a-f]{64})/start HTTP/1\.1\r\n")
+
+
+def _not_found(container_id: bytes) -> bytes:
+    """The engine's own answer to an inspect of a container it does not know."""
+    body = b'{"message":"No such container: ' + container_id + b'"}\n'
+    return (b"HTTP/1.1 404 Not Found\r\nApi-Version: 1.41\r\nContent-Type: application/json"
+            b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
 class RecordingProxy:
-    """A unix socket forwarding to the engine and recording every API request line."""
+    """A unix socket forwarding to the engine and recording every API request line.
+
+    With ``not_found = N`` it answers the first N inspects of each container after its
+    start with the engine's "No such container" 404 (as a busy engine was seen to)."""
 
     def __init__(self, path: Path, upstream: str) -> None:
         self.path, self.upstream = path, upstream
         self.requests: list[str] = []
+        self.not_found = 0
+        self.refused: list[str] = []
+        self._started: dict[bytes, int] = {}
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(str(path))
         self._server.listen(16)
@@ -90,6 +107,8 @@ class RecordingProxy:
         tail = b""
         with contextlib.suppress(OSError):
             while chunk := src.recv(65536):
+                if record and self._refuse(chunk, dst, src):
+                    continue
                 if record:
                     data = tail + chunk
                     with self._lock:
@@ -99,6 +118,24 @@ class RecordingProxy:
                 dst.sendall(chunk)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
+
+    def _refuse(self, chunk: bytes, engine: socket.socket, client: socket.socket) -> bool:
+        """Answer an inspect of a just-started container with a 404 instead of the engine."""
+        if started := START.match(chunk):
+            with self._lock:
+                self._started[started[1]] = self.not_found
+            return False
+        inspect = INSPECT.match(chunk)
+        if not inspect or not chunk.endswith(b"\r\n\r\n"):
+            return False
+        with self._lock:
+            left = self._started.get(inspect[1], 0)
+            if left <= 0:
+                return False
+            self._started[inspect[1]] = left - 1
+            self.refused.append(inspect[1].decode())
+        client.sendall(_not_found(inspect[1]))
+        return True
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

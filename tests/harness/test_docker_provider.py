@@ -21,7 +21,7 @@ from docker_helpers import containers_of, engine_or_skip, recording_proxy
 from harness_helpers import wait_until
 
 from harness import run
-from harness.errors import ServiceUnavailable
+from harness.errors import ServiceStartError, ServiceUnavailable
 from harness.probes import probe
 from harness.services import docker as docker_mod
 from harness.services import ready_probes
@@ -187,6 +187,42 @@ def test_a_host_port_taken_before_the_engine_binds_it_is_picked_again(
         holder.close()
     notes = [r.getMessage() for r in caplog.records if "freshly picked" in r.getMessage()]
     assert len(notes) == 1 and f"host port {taken}" in notes[0], notes
+
+
+def test_an_engine_briefly_not_knowing_a_started_container_does_not_fail_its_start(
+        engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # CI saw one of twelve containers, started by two workers at once, answer "No such
+    # container" on inspect while it ran on: its service was reported not provided
+    with recording_proxy(tmp_path) as proxy:
+        proxy.not_found = 3
+        monkeypatch.setenv("DOCKER_HOST", f"unix://{proxy.path}")
+        handle = DockerProvider().start("redis")
+        try:
+            assert len(proxy.refused) == 3, proxy.refused
+            assert set(proxy.refused) == {handle.container.get_wrapped_container().id}
+            assert probe("redis", handle.url, 5.0) == "7.0.15"
+        finally:
+            handle.stop()
+
+
+def test_a_container_removed_behind_the_handle_fails_its_wait_naming_it(
+        engine: Any, provider: DockerProvider, monkeypatch: pytest.MonkeyPatch) -> None:
+    handle = provider.start("redis")
+    wrapped = handle.container.get_wrapped_container()
+    before = handle.started_at()
+    engine.api.remove_container(wrapped.id, force=True)
+    monkeypatch.setattr(docker_mod, "VANISHED_AFTER_S", 1.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ServiceStartError) as err:
+            handle.wait_ready(timeout=30, after=before)
+    finally:
+        handle.stop()
+    waited = time.monotonic() - started
+    assert f"container {wrapped.short_id} is no longer in the engine" in str(err.value)
+    assert err.value.service == "redis"
+    assert 1.0 <= waited < 10.0, waited  # the grace, not the 30 s start timeout
+    assert not handle.ready()
 
 
 def test_auto_selection_needs_engine_and_images(
