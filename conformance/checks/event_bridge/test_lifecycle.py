@@ -87,6 +87,8 @@ async def test_destroy_drains(aut: AdapterUnderTest) -> None:
     outcomes = await asyncio.gather(*calls)
     lost = [(i, o[1]) for i, o in enumerate(outcomes) if o[:2] != ("ok", {"done": i})]
     assert not lost, f"commands in flight during destroy got no result: {lost}"
+    if _takes_drain(aut):
+        assert server.drain_timed_out is False, "drain_timed_out is set after a drain that ended"
 
 
 DRAIN_S = 1.0
@@ -123,6 +125,7 @@ async def test_destroy_drain_is_bounded(aut: AdapterUnderTest) -> None:
     assert took < DRAIN_S + CLOSE_MARGIN_S, (
         f"destroy took {took:.2f}s with drain_timeout_s={DRAIN_S}: it waited more than once"
     )
+    assert server.drain_timed_out is True, "drain_timed_out is not True after a timed-out drain"
 
 
 def _takes_drain(aut: AdapterUnderTest) -> bool:

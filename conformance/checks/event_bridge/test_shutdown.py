@@ -1,0 +1,181 @@
+"""Shutdown past the happy path: a destroy cut short by its caller, work offered while the
+bridge drains, handlers that ignore cancellation, and a destroyed bridge staying down."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from conformance.kit import Gate, addr, command, event, invoke_status, responder, subscription
+from conformance.kit.marks import check
+from conformance.kit.under_test import AdapterUnderTest
+from conformance.kit.waits import Stopwatch, wait_for
+from reference_services.runtime.errors import PuristaError
+from reference_services.runtime.spi.bridge_base import EventBridgeBase
+
+EB = ("event_bridge",)
+# what a destroy cut short may still take to reject its pending invocations and close
+CLOSE_AFTER_CUT_S = 1.0
+MARGIN_S = 0.8
+
+
+def _on_base(aut: AdapterUnderTest) -> bool:
+    cls = aut.spec.adapter_class
+    return cls is not None and issubclass(cls, EventBridgeBase)
+
+
+async def _refused(call: Any) -> tuple[int | None, str]:
+    """The status and message a refused call raised; (None, "") when it was accepted."""
+    try:
+        await asyncio.wait_for(call, 5)
+    except PuristaError as exc:
+        return exc.status, str(exc)
+    return None, ""
+
+
+@check("event_bridge.lifecycle.destroy_cut_short", kinds=EB, needs=("graceful_drain",))
+async def test_destroy_cut_short(aut: AdapterUnderTest) -> None:
+    """A destroy whose caller cancels it during the drain (a shutdown deadline ran out) still
+    rejects the pending invocations with 503 and closes, within a second, and then ends
+    cancelled: the cancellation goes on, it is not swallowed."""
+    if not _on_base(aut):
+        pytest.skip("the adapter does not take drain_timeout_s")
+    gate = Gate()
+    server = await aut.new()
+    await server.register_command(addr("stuck"), gate.stalled("never"))
+    bridge = await aut.new(drain_timeout_s=30.0)
+    await bridge.register_command(addr("held"), gate.stalled("never"))
+    caller = await aut.new()
+    held = asyncio.ensure_future(invoke_status(caller, command(caller, addr("held"), 0), 30))
+    pending = asyncio.ensure_future(invoke_status(bridge, command(bridge, addr("stuck"), 1), 30))
+    try:
+        assert await wait_for(lambda: gate.entered == 2, 10), f"{gate.entered}/2 handlers started"
+        destroying = asyncio.ensure_future(bridge.destroy())
+        await asyncio.wait({destroying}, timeout=0.3)
+        assert not destroying.done(), "destroy returned while a handler still ran"
+        watch = Stopwatch()
+        destroying.cancel()
+        await asyncio.wait({destroying}, timeout=CLOSE_AFTER_CUT_S + 3)
+        ended_s = watch.elapsed
+        kind, err, _ = await asyncio.wait_for(pending, 3)
+        rejected_s = watch.elapsed
+        healthy = await bridge.is_healthy()
+    finally:
+        gate.open()
+        held.cancel()  # its answer went with the destroyed bridge
+    aut.metric("cut_to_end_s", round(ended_s, 3))
+    assert destroying.done(), f"destroy still running {ended_s:.2f}s after it was cancelled"
+    assert destroying.cancelled(), (
+        "a destroy cancelled during its drain returned normally: the cancellation was swallowed"
+    )
+    assert ended_s < CLOSE_AFTER_CUT_S + MARGIN_S, (
+        f"a cancelled destroy took {ended_s:.2f}s to end (rejecting and closing is bounded "
+        f"by {CLOSE_AFTER_CUT_S:g}s)"
+    )
+    assert kind == "error" and err.status == 503, (
+        f"a pending invocation of a bridge whose destroy was cut short: {kind} {err!r} "
+        "(expected 503)"
+    )
+    assert rejected_s < CLOSE_AFTER_CUT_S + MARGIN_S, f"rejected only after {rejected_s:.2f}s"
+    assert healthy is False, "still healthy (connected) after a destroy cut short"
+    assert bridge.drain_timed_out is True, "drain_timed_out is not True after a cut-short drain"
+
+
+@check("event_bridge.lifecycle.draining_refuses_work", kinds=EB, needs=("graceful_drain",))
+async def test_draining_refuses_work(aut: AdapterUnderTest) -> None:
+    """While destroy() waits for a running handler, the bridge refuses new work of its own
+    with 503 (an invoke, an emit) and starts no new handler for a command sent to it."""
+    gate = Gate()
+    bridge = await aut.new(drain_timeout_s=10.0) if _on_base(aut) else await aut.new()
+    await bridge.register_command(addr("busy"), gate.stalled("done"))
+    other = await aut.new()
+    await other.register_command(addr("elsewhere"), responder(_echo))
+    client = await aut.new()
+    first = asyncio.ensure_future(invoke_status(client, command(client, addr("busy"), 0), 20))
+    assert await wait_for(lambda: gate.entered == 1, 10), "the first handler did not start"
+    destroying = asyncio.ensure_future(aut.destroy(bridge))
+    try:
+        await asyncio.wait({destroying}, timeout=0.3)
+        assert not destroying.done(), "destroy returned while a handler still ran"
+        invoked = await _refused(bridge.invoke(command(bridge, addr("elsewhere"), 1), 3))
+        emitted = await _refused(bridge.emit_message(event(bridge, "late", {"id": 1})))
+        late = asyncio.ensure_future(invoke_status(client, command(client, addr("busy"), 2), 1.5))
+        await asyncio.wait({late}, timeout=3)
+        entered = gate.entered
+    finally:
+        gate.open()
+        await asyncio.wait({destroying, first}, timeout=10)
+    assert invoked[0] == 503, f"an invoke from a draining bridge: {invoked} (expected 503)"
+    assert emitted[0] == 503, f"an emit from a draining bridge: {emitted} (expected 503)"
+    assert entered == 1, f"{entered - 1} new handler(s) started on a draining bridge"
+    assert first.result()[:2] == ("ok", "done"), f"the running handler's call: {first.result()}"
+
+
+async def _echo(cmd: Any) -> Any:
+    return cmd.payload.payload
+
+
+@check("event_bridge.lifecycle.destroy_past_stuck_handler", kinds=EB, needs=("graceful_drain",))
+async def test_destroy_past_stuck_handler(aut: AdapterUnderTest) -> None:
+    """A handler that ignores cancellation holds destroy() for the drain timeout and then at
+    most that long again (at most 2 s, for the bridge's own tasks to end when cancelled):
+    destroy returns and the bridge is closed."""
+    if not _on_base(aut):
+        pytest.skip("the adapter does not take drain_timeout_s")
+    drain_s = 1.0
+    release = asyncio.Event()
+    cancelled: list[int] = []  # whether a bridge cancels a straggler is its own affair
+
+    async def stubborn(msg: Any) -> None:
+        while not release.is_set():
+            try:
+                await asyncio.wait_for(release.wait(), 30)
+            except asyncio.CancelledError:
+                cancelled.append(1)  # ignored: the handler runs on
+
+    bridge = await aut.new(drain_timeout_s=drain_s)
+    await bridge.register_subscription(subscription("stubborn", event_name="stub"), stubborn)
+    client = await aut.new()
+    await client.emit_message(event(client, "stub", {"id": 0}))
+    try:
+        assert await wait_for(lambda: bridge.inflight == 1, 10), "the handler did not start"
+        watch = Stopwatch()
+        await aut.destroy(bridge, timeout_s=15)
+        took = watch.elapsed
+        healthy = await bridge.is_healthy()
+    finally:
+        release.set()
+    aut.metric("destroy_s", round(took, 3))
+    bound = drain_s + min(2.0, drain_s) + MARGIN_S
+    assert took < bound, (
+        f"destroy took {took:.2f}s past a handler ignoring cancellation (drain_timeout_s="
+        f"{drain_s:g}: bounded by {bound:.1f}s)"
+    )
+    assert took >= drain_s * 0.9, f"destroy returned after {took:.2f}s, before the drain timeout"
+    assert healthy is False, "still healthy (connected) after destroy"
+    assert bridge.drain_timed_out is True, "drain_timed_out is not True after a timed-out drain"
+
+
+@check("event_bridge.lifecycle.destroyed_stays_down", kinds=EB)
+async def test_destroyed_stays_down(aut: AdapterUnderTest) -> None:
+    """A destroyed bridge stays down: start() again is refused with 503 and leaves it not
+    ready and not healthy; invoke and emit get 503; a second destroy returns at once."""
+    bridge = await aut.new()
+    await bridge.register_command(addr("gone"), responder(_echo))
+    await aut.destroy(bridge)
+    restart = await _refused(bridge.start())
+    ready, healthy = await bridge.is_ready(), await bridge.is_healthy()
+    invoked = await _refused(bridge.invoke(command(bridge, addr("gone"), 1), 2))
+    emitted = await _refused(bridge.emit_message(event(bridge, "after", {"id": 1})))
+    watch = Stopwatch()
+    await asyncio.wait_for(bridge.destroy(), 5)
+    again_s = watch.elapsed
+    assert restart[0] == 503, f"start() after destroy: {restart} (expected a 503 refusal)"
+    assert ready is False and healthy is False, (
+        f"after destroy and a refused start: ready {ready!r}, healthy {healthy!r}"
+    )
+    assert invoked[0] == 503, f"invoke after destroy and start(): {invoked} (expected 503)"
+    assert emitted[0] == 503, f"emit after destroy and start(): {emitted} (expected 503)"
+    assert again_s < 0.5, f"a second destroy took {again_s:.2f}s"
