@@ -4,6 +4,7 @@ bridge drains, handlers that ignore cancellation, and a destroyed bridge staying
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import pytest
@@ -26,13 +27,29 @@ def _on_base(aut: AdapterUnderTest) -> bool:
     return cls is not None and issubclass(cls, EventBridgeBase)
 
 
-async def _refused(call: Any) -> tuple[int | None, str]:
-    """The status and message a refused call raised; (None, "") when it was accepted."""
+SAYS_SHUTDOWN = re.compile(r"shut|drain|destroy|stop|clos", re.IGNORECASE)
+
+
+async def _refused(call: Any) -> tuple[int | None, str, str | None]:
+    """The status, message and trace id a refused call raised; (None, "", None) when it
+    was accepted."""
     try:
         await asyncio.wait_for(call, 5)
     except PuristaError as exc:
-        return exc.status, str(exc)
-    return None, ""
+        return exc.status, exc.message, exc.trace_id
+    return None, "", None
+
+
+def _clear_refusal(
+    what: str, got: tuple[int | None, str, str | None], trace_id: str | None
+) -> None:
+    status, message, traced = got
+    assert status == 503, f"{what}: {got} (expected 503)"
+    assert SAYS_SHUTDOWN.search(message or ""), (
+        f"{what}: the 503 says {message!r}, not that the bridge is shutting down or destroyed"
+    )
+    if trace_id is not None:
+        assert traced == trace_id, f"{what}: the 503 carries trace id {traced!r}, not {trace_id!r}"
 
 
 @check("event_bridge.lifecycle.destroy_cut_short", kinds=EB, needs=("graceful_drain",))
@@ -99,7 +116,8 @@ async def test_draining_refuses_work(aut: AdapterUnderTest) -> None:
     try:
         await asyncio.wait({destroying}, timeout=0.3)
         assert not destroying.done(), "destroy returned while a handler still ran"
-        invoked = await _refused(bridge.invoke(command(bridge, addr("elsewhere"), 1), 3))
+        cmd = command(bridge, addr("elsewhere"), 1, trace_id="trace-draining")
+        invoked = await _refused(bridge.invoke(cmd, 3))
         emitted = await _refused(bridge.emit_message(event(bridge, "late", {"id": 1})))
         late = asyncio.ensure_future(invoke_status(client, command(client, addr("busy"), 2), 1.5))
         await asyncio.wait({late}, timeout=3)
@@ -107,8 +125,8 @@ async def test_draining_refuses_work(aut: AdapterUnderTest) -> None:
     finally:
         gate.open()
         await asyncio.wait({destroying, first}, timeout=10)
-    assert invoked[0] == 503, f"an invoke from a draining bridge: {invoked} (expected 503)"
-    assert emitted[0] == 503, f"an emit from a draining bridge: {emitted} (expected 503)"
+    _clear_refusal("an invoke from a draining bridge", invoked, "trace-draining")
+    _clear_refusal("an emit from a draining bridge", emitted, None)
     assert entered == 1, f"{entered - 1} new handler(s) started on a draining bridge"
     assert first.result()[:2] == ("ok", "done"), f"the running handler's call: {first.result()}"
 
@@ -167,15 +185,15 @@ async def test_destroyed_stays_down(aut: AdapterUnderTest) -> None:
     await aut.destroy(bridge)
     restart = await _refused(bridge.start())
     ready, healthy = await bridge.is_ready(), await bridge.is_healthy()
-    invoked = await _refused(bridge.invoke(command(bridge, addr("gone"), 1), 2))
+    invoked = await _refused(bridge.invoke(command(bridge, addr("gone"), 1, trace_id="t-gone"), 2))
     emitted = await _refused(bridge.emit_message(event(bridge, "after", {"id": 1})))
     watch = Stopwatch()
     await asyncio.wait_for(bridge.destroy(), 5)
     again_s = watch.elapsed
-    assert restart[0] == 503, f"start() after destroy: {restart} (expected a 503 refusal)"
+    _clear_refusal("start() after destroy", restart, None)
     assert ready is False and healthy is False, (
         f"after destroy and a refused start: ready {ready!r}, healthy {healthy!r}"
     )
-    assert invoked[0] == 503, f"invoke after destroy and start(): {invoked} (expected 503)"
-    assert emitted[0] == 503, f"emit after destroy and start(): {emitted} (expected 503)"
+    _clear_refusal("invoke after destroy and start()", invoked, "t-gone")
+    _clear_refusal("emit after destroy and start()", emitted, None)
     assert again_s < 0.5, f"a second destroy took {again_s:.2f}s"

@@ -831,6 +831,10 @@ class BridgeCore:
 
     def require_running(self, trace_id: str | None = None) -> None:
         """Raise 503 (carrying ``trace_id``) unless the bridge is started and accepting work."""
+        if self.destroyed and not self.started:
+            raise BridgeNotRunningError(
+                f"{self._bridge.name} bridge was destroyed; create a new one", trace_id=trace_id
+            )
         if not self.started:
             raise BridgeNotRunningError(
                 f"{self._bridge.name} bridge is not started", trace_id=trace_id
