@@ -1,0 +1,115 @@
+"""Bounds on the bridge's own reports: info messages (infoInvokeTimeout and the like) while
+the broker does not take them."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from conformance.checks.robustness.hooks import core_counter
+from conformance.kit import Gate, addr, command, invoke_status
+from conformance.kit.marks import check
+from conformance.kit.under_test import AdapterUnderTest
+from conformance.kit.waits import Stopwatch, wait_for
+from reference_services.runtime.messages import MessageType
+
+EB = ("event_bridge",)
+MAX_IN_FLIGHT = 64  # info publishes a bridge on EventBridgeBase keeps going at once
+GIVE_UP_S = 2.0  # after which a publish that hangs is given up
+TIMEOUTS = 100
+TTL_S = 0.3
+
+
+class InfoHold:
+    """Holds the bridge's info publishes (its commands and events go through) until
+    released, recording how many were held at once and how many got through."""
+
+    def __init__(self, bridge: Any) -> None:
+        self.held = 0
+        self.peak = 0
+        self.published = 0
+        self.release = asyncio.Event()
+        original = bridge._publish
+
+        async def publish(message: Any) -> None:
+            if message.message_type != MessageType.INFO_INVOKE_TIMEOUT:
+                return await original(message)
+            self.held += 1
+            self.peak = max(self.peak, self.held)
+            try:
+                await self.release.wait()
+            finally:
+                self.held -= 1
+            await original(message)
+            self.published += 1
+
+        bridge._publish = publish  # shadows the class's, on this instance only
+
+
+@check("event_bridge.info.bounded", kinds=EB)
+async def test_info_bounded(aut: AdapterUnderTest) -> None:
+    """While the broker takes no info message, a burst of 100 invoke timeouts keeps at most
+    64 info publishes going and counts the other 36 as dropped; a publish that hangs is
+    given up after 2 s (counted too) and frees its place; once the broker takes them again,
+    the next timeout's info is published."""
+    gate = Gate()
+    server = await aut.new()
+    await server.register_command(addr("never"), gate.stalled("too late"))
+    client = await aut.new()
+    if core_counter(client, "info_dropped") is None:
+        pytest.skip("info bookkeeping is EventBridgeBase's (the adapter is not built on it)")
+    hold = InfoHold(client)
+    try:
+        cmds = [command(client, addr("never"), i) for i in range(TIMEOUTS)]
+        outcomes = await asyncio.gather(*(invoke_status(client, c, TTL_S) for c in cmds))
+        statuses = sorted({getattr(o[1], "status", o[0]) for o in outcomes})
+        assert statuses == [504], f"the burst's invokes ended with {statuses}, not only 504"
+        watch = Stopwatch()
+        # the 504 and the timeout's info need not come in the same step: wait for all 100
+        reported = await wait_for(
+            lambda: hold.held + core_counter(client, "info_dropped") >= TIMEOUTS, 5
+        )
+        assert reported, (
+            f"of {TIMEOUTS} timeouts' infos, {hold.held} are held and "
+            f"{core_counter(client, 'info_dropped')} counted in info_dropped after 5 s: the "
+            "rest went unaccounted"
+        )
+        assert hold.held == MAX_IN_FLIGHT, (
+            f"{hold.held} info publishes held after {TIMEOUTS} timeouts (expected "
+            f"{MAX_IN_FLIGHT}: the cap)"
+        )
+        in_flight = core_counter(client, "info_in_flight")
+        dropped = core_counter(client, "info_dropped")
+        assert await wait_for(lambda: core_counter(client, "info_in_flight") == 0, GIVE_UP_S + 3), (
+            f"info_in_flight {core_counter(client, 'info_in_flight')} "
+            f"{watch.elapsed:.1f}s after the burst (the held publishes were never given up)"
+        )
+        gave_up_s = watch.elapsed
+        held_after = hold.held
+        dropped_after = core_counter(client, "info_dropped")
+        hold.release.set()
+        late = await invoke_status(client, command(client, addr("never"), "late"), TTL_S)
+        published = await wait_for(lambda: hold.published == 1, 5)
+    finally:
+        gate.open()
+        hold.release.set()
+    aut.metric("held_peak", hold.peak)
+    aut.metric("gave_up_after_s", round(gave_up_s, 2))
+    assert hold.peak == MAX_IN_FLIGHT, (
+        f"{hold.peak} info publishes went at once (cap {MAX_IN_FLIGHT})"
+    )
+    assert in_flight == MAX_IN_FLIGHT, f"info_in_flight {in_flight} with {MAX_IN_FLIGHT} held"
+    assert dropped == TIMEOUTS - MAX_IN_FLIGHT, (
+        f"info_dropped {dropped} over the cap (expected {TIMEOUTS - MAX_IN_FLIGHT})"
+    )
+    assert GIVE_UP_S * 0.8 <= gave_up_s < GIVE_UP_S + 1.0, (
+        f"hanging info publishes given up after {gave_up_s:.2f}s (expected {GIVE_UP_S:g}s)"
+    )
+    assert held_after == 0, f"{held_after} info publishes still held with none in flight"
+    assert dropped_after == TIMEOUTS, (
+        f"info_dropped {dropped_after} once the held ones were given up (expected {TIMEOUTS})"
+    )
+    assert late[0] == "error" and late[1].status == 504, f"the late invoke: {late[:2]}"
+    assert published, "after the broker took infos again, the next timeout's info never went out"
