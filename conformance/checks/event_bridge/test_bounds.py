@@ -113,3 +113,38 @@ async def test_info_bounded(aut: AdapterUnderTest) -> None:
     )
     assert late[0] == "error" and late[1].status == 504, f"the late invoke: {late[:2]}"
     assert published, "after the broker took infos again, the next timeout's info never went out"
+
+
+@check("event_bridge.bounds.cancelled_caller_forgotten", kinds=EB)
+async def test_cancelled_caller_forgotten(aut: AdapterUnderTest) -> None:
+    """An invoke whose caller is cancelled (a request aborted upstream) leaves nothing
+    pending: the entry goes at once, not at its ttl; the others keep theirs."""
+    gate = Gate()
+    server = await aut.new()
+    await server.register_command(addr("slow"), gate.stalled("late"))
+    client = await aut.new()
+    calls = [
+        asyncio.ensure_future(client.invoke(command(client, addr("slow"), i), 30)) for i in range(3)
+    ]
+    try:
+        assert await wait_for(lambda: gate.entered == 3, 10), f"{gate.entered}/3 handlers started"
+        pending_before = client.pending_invocations
+        calls[0].cancel()
+        await asyncio.wait({calls[0]}, timeout=1)
+        forgotten = await wait_for(lambda: client.pending_invocations == 2, 1.0)
+        pending_after = client.pending_invocations
+        gate.open()
+        answers = await asyncio.wait_for(asyncio.gather(*calls[1:]), 10)
+    finally:
+        gate.open()
+        for call in calls:
+            call.cancel()
+    assert pending_before == 3, f"{pending_before} invocations pending with 3 in flight"
+    assert forgotten, (
+        f"{pending_after} invocations pending 1 s after one of 3 callers was cancelled "
+        "(expected 2: its entry waits for its ttl)"
+    )
+    assert answers == ["late", "late"], f"the other callers got {answers}"
+    assert await wait_for(lambda: client.pending_invocations == 0, 2), (
+        f"{client.pending_invocations} pending after every call ended"
+    )
