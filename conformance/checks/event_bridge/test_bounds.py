@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 
 from conformance.checks.robustness.hooks import core_counter
-from conformance.kit import Gate, addr, command, invoke_status
+from conformance.kit import Gate, addr, command, event, invoke_status, responder
 from conformance.kit.marks import check
 from conformance.kit.under_test import AdapterUnderTest
 from conformance.kit.waits import Stopwatch, wait_for
 from reference_services.runtime.messages import MessageType
+from reference_services.runtime.spi.bridge_base import EventBridgeBase
 
 EB = ("event_bridge",)
 MAX_IN_FLIGHT = 64  # info publishes a bridge on EventBridgeBase keeps going at once
@@ -148,3 +149,57 @@ async def test_cancelled_caller_forgotten(aut: AdapterUnderTest) -> None:
     assert await wait_for(lambda: client.pending_invocations == 0, 2), (
         f"{client.pending_invocations} pending after every call ended"
     )
+
+
+@check("event_bridge.bounds.destroy_ends_own_tasks", kinds=EB)
+async def test_destroy_ends_own_tasks(aut: AdapterUnderTest) -> None:
+    """destroy() ends the bridge's own background work (here: info publishes the broker
+    does not take) before it returns, promptly: none is left running after it."""
+    gate = Gate()
+    server = await aut.new()
+    await server.register_command(addr("never"), gate.stalled("too late"))
+    client = await aut.new()
+    if core_counter(client, "info_dropped") is None:
+        pytest.skip("info bookkeeping is EventBridgeBase's (the adapter is not built on it)")
+    hold = InfoHold(client)
+    try:
+        cmds = [command(client, addr("never"), i) for i in range(10)]
+        await asyncio.gather(*(invoke_status(client, c, TTL_S) for c in cmds))
+        assert await wait_for(lambda: hold.held == 10, 5), f"{hold.held}/10 info publishes held"
+        watch = Stopwatch()
+        await aut.destroy(client, timeout_s=10)
+        took = watch.elapsed
+        left = hold.held
+    finally:
+        gate.open()
+        hold.release.set()
+    aut.metric("destroy_s", round(took, 3))
+    assert left == 0, f"{left} of the bridge's info publishes still ran after destroy returned"
+    assert took < 1.0, f"destroy took {took:.2f}s to end 10 cancellable publishes"
+
+
+@check("event_bridge.bounds.no_bytes_held", kinds=EB)
+async def test_no_bytes_held(aut: AdapterUnderTest) -> None:
+    """The encoded bytes a bridge keeps while it sends a message are gone once the send is
+    over, whatever its outcome (answered, failed, refused, an event): nothing accumulates."""
+    server = await aut.new()
+    await server.register_command(addr("echo"), responder(_echo))
+    client = await aut.new()
+    if not isinstance(client, EventBridgeBase):
+        pytest.skip("the held bytes are EventBridgeBase's (the adapter is not built on it)")
+    outcomes = await asyncio.gather(
+        *(invoke_status(client, command(client, addr("echo"), i), 5) for i in range(20)),
+        *(invoke_status(client, command(client, addr("nobody"), i), 0.5) for i in range(5)),
+    )
+    for i in range(20):
+        await client.emit_message(event(client, "noted", {"id": i}))
+    answered = sum(1 for o in outcomes if o[0] == "ok")
+    assert answered == 20, f"{answered}/20 invokes answered"
+    assert await wait_for(lambda: not client.core._encoded and not server.core._encoded, 3), (
+        f"bytes still held after every send ended: {len(client.core._encoded)} by the "
+        f"sender, {len(server.core._encoded)} by the server"
+    )
+
+
+async def _echo(cmd: Any) -> Any:
+    return cmd.payload.payload

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from reference_services.runtime.errors import PuristaError
 from reference_services.runtime.spi.bridge_base import EventBridgeBase
 
 EB = ("event_bridge",)
+SAYS_SHUTDOWN = re.compile(r"shut|drain|destroy|stop|clos", re.IGNORECASE)
 
 
 @check("event_bridge.lifecycle.ready_healthy", kinds=EB)
@@ -149,6 +151,8 @@ async def test_destroy_rejects_pending(aut: AdapterUnderTest) -> None:
         gate.open()
     bad = [(k, getattr(e, "status", e)) for k, e, _ in outcomes if k != "error" or e.status != 503]
     assert not bad, f"pending invocations not rejected with 503: {bad}"
+    unclear = [e.message for _, e, _ in outcomes if not SAYS_SHUTDOWN.search(e.message or "")]
+    assert not unclear, f"a pending invocation's 503 does not say the bridge shuts down: {unclear}"
     assert watch.elapsed < 2.0, f"rejection took {watch.elapsed:.2f}s"
     untraced = [
         (cmd.trace_id, getattr(err, "trace_id", None))

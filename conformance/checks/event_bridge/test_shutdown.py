@@ -197,3 +197,19 @@ async def test_destroyed_stays_down(aut: AdapterUnderTest) -> None:
     _clear_refusal("invoke after destroy and start()", invoked, "t-gone")
     _clear_refusal("emit after destroy and start()", emitted, None)
     assert again_s < 0.5, f"a second destroy took {again_s:.2f}s"
+
+
+@check("event_bridge.lifecycle.not_started_refuses", kinds=EB)
+async def test_not_started_refuses(aut: AdapterUnderTest) -> None:
+    """Before start(), invoke and emit are refused with a 503 that says the bridge is not
+    started (not that it was destroyed), carrying the command's trace id."""
+    bridge = aut.build()
+    invoked = await _refused(bridge.invoke(command(bridge, addr("x"), 1, trace_id="t-early"), 2))
+    emitted = await _refused(bridge.emit_message(event(bridge, "early", {"id": 1})))
+    for what, got in (("invoke before start", invoked), ("emit before start", emitted)):
+        status, message, _ = got
+        assert status == 503, f"{what}: {got} (expected 503)"
+        assert "start" in (message or "").lower() and not SAYS_SHUTDOWN.search(message), (
+            f"{what}: the 503 says {message!r}, not that the bridge is not started"
+        )
+    assert invoked[2] == "t-early", f"invoke before start: the 503 carries {invoked[2]!r}"
