@@ -49,19 +49,25 @@ class InfoHold:
         bridge._publish = publish  # shadows the class's, on this instance only
 
 
-@check("event_bridge.info.bounded", kinds=EB)
-async def test_info_bounded(aut: AdapterUnderTest) -> None:
-    """While the broker takes no info message, a burst of 100 invoke timeouts keeps at most
-    64 info publishes going and counts the other 36 as dropped; a publish that hangs is
-    given up after 2 s (counted too) and frees its place; once the broker takes them again,
-    the next timeout's info is published."""
+async def _held_infos(aut: AdapterUnderTest) -> tuple[Gate, Any, InfoHold]:
+    """A server whose ``never`` command stalls on the gate, and a client whose info
+    publishes are held (skips an adapter not built on EventBridgeBase)."""
     gate = Gate()
     server = await aut.new()
     await server.register_command(addr("never"), gate.stalled("too late"))
     client = await aut.new()
     if core_counter(client, "info_dropped") is None:
         pytest.skip("info bookkeeping is EventBridgeBase's (the adapter is not built on it)")
-    hold = InfoHold(client)
+    return gate, client, InfoHold(client)
+
+
+@check("event_bridge.info.bounded", kinds=EB)
+async def test_info_bounded(aut: AdapterUnderTest) -> None:
+    """While the broker takes no info message, a burst of 100 invoke timeouts keeps at most
+    64 info publishes going and counts the other 36 as dropped; a publish that hangs is
+    given up after 2 s (counted too) and frees its place; once the broker takes them again,
+    the next timeout's info is published."""
+    gate, client, hold = await _held_infos(aut)
     try:
         cmds = [command(client, addr("never"), i) for i in range(TIMEOUTS)]
         outcomes = await asyncio.gather(*(invoke_status(client, c, TTL_S) for c in cmds))
@@ -155,13 +161,7 @@ async def test_cancelled_caller_forgotten(aut: AdapterUnderTest) -> None:
 async def test_destroy_ends_own_tasks(aut: AdapterUnderTest) -> None:
     """destroy() ends the bridge's own background work (here: info publishes the broker
     does not take) before it returns, promptly: none is left running after it."""
-    gate = Gate()
-    server = await aut.new()
-    await server.register_command(addr("never"), gate.stalled("too late"))
-    client = await aut.new()
-    if core_counter(client, "info_dropped") is None:
-        pytest.skip("info bookkeeping is EventBridgeBase's (the adapter is not built on it)")
-    hold = InfoHold(client)
+    gate, client, hold = await _held_infos(aut)
     try:
         cmds = [command(client, addr("never"), i) for i in range(10)]
         await asyncio.gather(*(invoke_status(client, c, TTL_S) for c in cmds))
