@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -146,6 +147,24 @@ def responder(
         return success_response(cmd, await fn(cmd))
 
     return handler
+
+
+def built_on_base(aut: Any) -> bool:
+    """Whether the event bridge under test is built on EventBridgeBase (it takes
+    ``drain_timeout_s`` and keeps its bookkeeping in ``core``)."""
+    from reference_services.runtime.spi.bridge_base import EventBridgeBase
+
+    cls = aut.spec.adapter_class
+    return cls is not None and issubclass(cls, EventBridgeBase)
+
+
+async def echo_payload(cmd: Command) -> Any:
+    """A command handler body (for :func:`responder`) answering the command's payload."""
+    return cmd.payload.payload
+
+
+#: what the 503 of a draining or destroyed bridge should say
+SAYS_SHUTDOWN = re.compile(r"shut|drain|destroy|stop|clos", re.IGNORECASE)
 
 
 async def invoke_status(bridge: Any, cmd: Command, ttl_s: float) -> tuple[str, Any, float]:

@@ -69,8 +69,10 @@ START = re.compile(rb"POST /v[\d.]+/containers/([0-9a-f]{64})/start HTTP/1\.1\r\
 def _not_found(container_id: bytes) -> bytes:
     """The engine's own answer to an inspect of a container it does not know."""
     body = b'{"message":"No such container: ' + container_id + b'"}\n'
-    return (b"HTTP/1.1 404 Not Found\r\nApi-Version: 1.41\r\nContent-Type: application/json"
-            b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return (
+        b"HTTP/1.1 404 Not Found\r\nApi-Version: 1.41\r\nContent-Type: application/json"
+        b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
 
 
 class RecordingProxy:
@@ -107,19 +109,20 @@ class RecordingProxy:
         tail = b""
         with contextlib.suppress(OSError):
             while chunk := src.recv(65536):
-                if record and self._refuse(chunk, dst, src):
+                if record and self._refuse(chunk, src):
                     continue
                 if record:
                     data = tail + chunk
                     with self._lock:
-                        self.requests += [f"{m[1].decode()} {m[2].decode()}"
-                                          for m in REQUEST_LINE.finditer(data)]
+                        self.requests += [
+                            f"{m[1].decode()} {m[2].decode()}" for m in REQUEST_LINE.finditer(data)
+                        ]
                     tail = data[-200:] if not REQUEST_LINE.search(data[-200:]) else b""
                 dst.sendall(chunk)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
 
-    def _refuse(self, chunk: bytes, engine: socket.socket, client: socket.socket) -> bool:
+    def _refuse(self, chunk: bytes, client: socket.socket) -> bool:
         """Answer an inspect of a just-started container with a 404 instead of the engine."""
         if started := START.match(chunk):
             with self._lock:

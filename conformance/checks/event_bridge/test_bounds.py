@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from conformance.checks.robustness.hooks import core_counter
-from conformance.kit import Gate, addr, command, event, invoke_status, responder
+from conformance.kit import Gate, addr, command, echo_payload, event, invoke_status, responder
 from conformance.kit.marks import check
 from conformance.kit.under_test import AdapterUnderTest
 from conformance.kit.waits import Stopwatch, wait_for
@@ -183,7 +183,7 @@ async def test_no_bytes_held(aut: AdapterUnderTest) -> None:
     """The encoded bytes a bridge keeps while it sends a message are gone once the send is
     over, whatever its outcome (answered, failed, refused, an event): nothing accumulates."""
     server = await aut.new()
-    await server.register_command(addr("echo"), responder(_echo))
+    await server.register_command(addr("echo"), responder(echo_payload))
     client = await aut.new()
     if not isinstance(client, EventBridgeBase):
         pytest.skip("the held bytes are EventBridgeBase's (the adapter is not built on it)")
@@ -199,7 +199,3 @@ async def test_no_bytes_held(aut: AdapterUnderTest) -> None:
         f"bytes still held after every send ended: {len(client.core._encoded)} by the "
         f"sender, {len(server.core._encoded)} by the server"
     )
-
-
-async def _echo(cmd: Any) -> Any:
-    return cmd.payload.payload

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 import pytest
 
 from conformance.adapters import ServiceUnavailable
 from conformance.kit import (
+    SAYS_SHUTDOWN,
     Gate,
     Recorder,
     addr,
+    built_on_base,
     command,
     event,
     invoke_status,
@@ -26,10 +27,8 @@ from conformance.kit.skips import not_tested
 from conformance.kit.under_test import AdapterUnderTest
 from conformance.kit.waits import Stopwatch, wait_for, wait_for_async
 from reference_services.runtime.errors import PuristaError
-from reference_services.runtime.spi.bridge_base import EventBridgeBase
 
 EB = ("event_bridge",)
-SAYS_SHUTDOWN = re.compile(r"shut|drain|destroy|stop|clos", re.IGNORECASE)
 
 
 @check("event_bridge.lifecycle.ready_healthy", kinds=EB)
@@ -55,7 +54,7 @@ async def test_destroy_drains(aut: AdapterUnderTest) -> None:
     count; while it waits, the bridge is not ready (it takes no new work)."""
     gate = Gate()
     finished: list[str] = []
-    server = await aut.new(drain_timeout_s=10.0) if _takes_drain(aut) else await aut.new()
+    server = await aut.new(drain_timeout_s=10.0) if built_on_base(aut) else await aut.new()
 
     async def slow_sub(msg: Any) -> None:
         await gate.wait()
@@ -89,7 +88,7 @@ async def test_destroy_drains(aut: AdapterUnderTest) -> None:
     outcomes = await asyncio.gather(*calls)
     lost = [(i, o[1]) for i, o in enumerate(outcomes) if o[:2] != ("ok", {"done": i})]
     assert not lost, f"commands in flight during destroy got no result: {lost}"
-    if _takes_drain(aut):
+    if built_on_base(aut):
         assert server.drain_timed_out is False, "drain_timed_out is set after a drain that ended"
 
 
@@ -101,7 +100,7 @@ CLOSE_MARGIN_S = 0.8
 async def test_destroy_drain_is_bounded(aut: AdapterUnderTest) -> None:
     """destroy() waits for handlers that never finish at most ``drain_timeout_s``, once:
     not once per phase (commands, subscriptions, responses) or per connection."""
-    if not _takes_drain(aut):
+    if not built_on_base(aut):
         pytest.skip("the adapter does not take drain_timeout_s")
     gate = Gate()
     server = await aut.new(drain_timeout_s=DRAIN_S)
@@ -128,11 +127,6 @@ async def test_destroy_drain_is_bounded(aut: AdapterUnderTest) -> None:
         f"destroy took {took:.2f}s with drain_timeout_s={DRAIN_S}: it waited more than once"
     )
     assert server.drain_timed_out is True, "drain_timed_out is not True after a timed-out drain"
-
-
-def _takes_drain(aut: AdapterUnderTest) -> bool:
-    cls = aut.spec.adapter_class
-    return cls is not None and issubclass(cls, EventBridgeBase)
 
 
 @check("event_bridge.lifecycle.destroy_rejects_pending", kinds=EB)

@@ -4,30 +4,31 @@ bridge drains, handlers that ignore cancellation, and a destroyed bridge staying
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 import pytest
 
-from conformance.kit import Gate, addr, command, event, invoke_status, responder, subscription
+from conformance.kit import (
+    SAYS_SHUTDOWN,
+    Gate,
+    addr,
+    built_on_base,
+    command,
+    echo_payload,
+    event,
+    invoke_status,
+    responder,
+    subscription,
+)
 from conformance.kit.marks import check
 from conformance.kit.under_test import AdapterUnderTest
 from conformance.kit.waits import Stopwatch, wait_for
 from reference_services.runtime.errors import PuristaError
-from reference_services.runtime.spi.bridge_base import EventBridgeBase
 
 EB = ("event_bridge",)
 # what a destroy cut short may still take to reject its pending invocations and close
 CLOSE_AFTER_CUT_S = 1.0
 MARGIN_S = 0.8
-
-
-def _on_base(aut: AdapterUnderTest) -> bool:
-    cls = aut.spec.adapter_class
-    return cls is not None and issubclass(cls, EventBridgeBase)
-
-
-SAYS_SHUTDOWN = re.compile(r"shut|drain|destroy|stop|clos", re.IGNORECASE)
 
 
 async def _refused(call: Any) -> tuple[int | None, str, str | None]:
@@ -57,7 +58,7 @@ async def test_destroy_cut_short(aut: AdapterUnderTest) -> None:
     """A destroy whose caller cancels it during the drain (a shutdown deadline ran out) still
     rejects the pending invocations with 503 and closes, within a second, and then ends
     cancelled: the cancellation goes on, it is not swallowed."""
-    if not _on_base(aut):
+    if not built_on_base(aut):
         pytest.skip("the adapter does not take drain_timeout_s")
     gate = Gate()
     server = await aut.new()
@@ -105,10 +106,10 @@ async def test_draining_refuses_work(aut: AdapterUnderTest) -> None:
     """While destroy() waits for a running handler, the bridge refuses new work of its own
     with 503 (an invoke, an emit) and starts no new handler for a command sent to it."""
     gate = Gate()
-    bridge = await aut.new(drain_timeout_s=10.0) if _on_base(aut) else await aut.new()
+    bridge = await aut.new(drain_timeout_s=10.0) if built_on_base(aut) else await aut.new()
     await bridge.register_command(addr("busy"), gate.stalled("done"))
     other = await aut.new()
-    await other.register_command(addr("elsewhere"), responder(_echo))
+    await other.register_command(addr("elsewhere"), responder(echo_payload))
     client = await aut.new()
     first = asyncio.ensure_future(invoke_status(client, command(client, addr("busy"), 0), 20))
     assert await wait_for(lambda: gate.entered == 1, 10), "the first handler did not start"
@@ -131,16 +132,12 @@ async def test_draining_refuses_work(aut: AdapterUnderTest) -> None:
     assert first.result()[:2] == ("ok", "done"), f"the running handler's call: {first.result()}"
 
 
-async def _echo(cmd: Any) -> Any:
-    return cmd.payload.payload
-
-
 @check("event_bridge.lifecycle.destroy_past_stuck_handler", kinds=EB, needs=("graceful_drain",))
 async def test_destroy_past_stuck_handler(aut: AdapterUnderTest) -> None:
     """A handler that ignores cancellation holds destroy() for the drain timeout and then at
     most that long again (at most 2 s, for the bridge's own tasks to end when cancelled):
     destroy returns and the bridge is closed."""
-    if not _on_base(aut):
+    if not built_on_base(aut):
         pytest.skip("the adapter does not take drain_timeout_s")
     drain_s = 1.0
     release = asyncio.Event()
@@ -181,7 +178,7 @@ async def test_destroyed_stays_down(aut: AdapterUnderTest) -> None:
     """A destroyed bridge stays down: start() again is refused with 503 and leaves it not
     ready and not healthy; invoke and emit get 503; a second destroy returns at once."""
     bridge = await aut.new()
-    await bridge.register_command(addr("gone"), responder(_echo))
+    await bridge.register_command(addr("gone"), responder(echo_payload))
     await aut.destroy(bridge)
     restart = await _refused(bridge.start())
     ready, healthy = await bridge.is_ready(), await bridge.is_healthy()
