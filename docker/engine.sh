@@ -119,7 +119,13 @@ cmd_stop() {
   fi
   local pid
   pid=$(cat "$PIDFILE")
-  if ! kill -0 "$pid" 2>/dev/null; then log "dockerd $pid is gone"; rm -f "$PIDFILE"; return; fi
+  if ! kill -0 "$pid" 2>/dev/null; then
+    # killed, not stopped: what it would have removed on its way out is still here
+    log "dockerd $pid is gone"
+    rm -f "$PIDFILE" "$SOCKET"
+    drop_bridge
+    return
+  fi
   if answers; then
     local ids
     ids=$(docker ps -aq --filter label=org.purista-harness.run 2>/dev/null || true)
@@ -134,10 +140,14 @@ cmd_stop() {
     sleep 0.2
   done
   rm -f "$PIDFILE" "$SOCKET"
+  drop_bridge
+  log "stopped"
+}
+
+drop_bridge() {
   if [ -n "${BRIDGE:-}" ] && ip link show "$BRIDGE" >/dev/null 2>&1; then
     ip link del "$BRIDGE" || log "could not delete bridge $BRIDGE"
   fi
-  log "stopped"
 }
 
 cmd_purge() {
@@ -145,10 +155,13 @@ cmd_purge() {
   [ "$DATA_ROOT" != /var/lib/docker ] || die "purge is for a private socket only (got $SOCKET)"
   need_root "purge"
   cmd_stop
-  # what a stopped (or killed) dockerd can leave mounted below its roots, e.g. the
-  # exec root's netns/default bind mount: unmounted first, deepest first, or rm fails
+  # what a stopped (or killed) dockerd can leave mounted at or below its roots: the exec
+  # root's netns/default bind mount, and the data root bound onto itself (dockerd makes its
+  # root a private mount and undoes that only on a clean shutdown; a killed one leaves it
+  # and rm then fails with "Device or resource busy"). Unmounted deepest first.
   local mounted
-  awk -v a="$DATA_ROOT/" -v b="$EXEC_ROOT/" 'index($2, a) == 1 || index($2, b) == 1 { print $2 }' \
+  awk -v a="$DATA_ROOT" -v b="$EXEC_ROOT" '
+    $2 == a || $2 == b || index($2, a "/") == 1 || index($2, b "/") == 1 { print $2 }' \
     /proc/mounts | sort -r | while read -r mounted; do
     umount -l "$mounted" || log "could not unmount $mounted"
   done
