@@ -50,7 +50,7 @@ safe_json_values: st.SearchStrategy[Any] = _json(st.integers(-MAX_SAFE_INT, MAX_
 
 def json_values_for(aut: AdapterUnderTest) -> st.SearchStrategy[Any]:
     """The JSON values the adapter promises to carry unchanged (its ``numbers`` capability)."""
-    mode = getattr(aut.spec.capabilities, "numbers", "exact")
+    mode = aut.spec.capabilities.numbers
     return json_values if mode == "exact" else safe_json_values
 
 

@@ -220,8 +220,12 @@ async def test_unhandled_error(aut: AdapterUnderTest) -> None:
 
 @check("event_bridge.commands.unknown_fails_fast", kinds=EB, needs=("unknown_command_fails_fast",))
 async def test_unknown_fails_fast(aut: AdapterUnderTest) -> None:
-    """Invoking a command nobody serves fails with 404/502/503 well before the ttl; the error
-    carries the command's trace id, as every error a response brings back does."""
+    """Invoking a command nobody serves fails well before the ttl with the status the adapter
+    declares (``unknown_command_status``: 404 "nobody serves it", 503 "nobody answered";
+    any of 404/502/503 when it declares none) and a message that names the command; the
+    error carries the command's trace id, as every error a response brings back does."""
+    declared = aut.spec.capabilities.unknown_command_status
+    allowed = (404, 502, 503) if declared is None else (declared,)
     client = await aut.new()
     await _echo_server(aut, "known")
     ttl = 2.0
@@ -233,9 +237,19 @@ async def test_unknown_fails_fast(aut: AdapterUnderTest) -> None:
     wrong = [
         (kind, getattr(err, "status", err))
         for kind, err, _ in outcomes
-        if kind != "error" or err.status not in (404, 502, 503)
+        if kind != "error" or err.status not in allowed
     ]
-    assert not wrong, f"expected 404/502/503, got {wrong}"
+    assert not wrong, (
+        f"expected {'/'.join(map(str, allowed))}"
+        f"{' (declared unknown_command_status)' if declared else ''}, got {wrong}: "
+        f"{[getattr(err, 'message', err) for _, err, _ in outcomes][:2]}"
+    )
+    unnamed = [
+        (str(cmd.receiver), err.message)
+        for cmd, (_, err, _) in zip(cmds, outcomes, strict=True)
+        if str(cmd.receiver) not in err.message
+    ]
+    assert not unnamed, f"the error does not name the command (sent to, message): {unnamed}"
     assert not slow, f"unknown command took >= 1s to fail (ttl {ttl}s): {slow}"
     untraced = [
         (cmd.trace_id, getattr(err, "trace_id", None))

@@ -187,7 +187,7 @@ def sized_payload(size: int) -> dict[str, Any]:
 async def test_large_payload(aut: AdapterUnderTest) -> None:
     """A large payload (512 KiB of mixed text, nested; at least 256 KiB or the declared
     limit; a declared limit under 64 KiB fails) survives events and commands."""
-    limit = getattr(aut.spec.capabilities, "max_message_bytes", None)
+    limit = aut.spec.capabilities.max_message_bytes
     size = large_payload_size(limit, aut.quick)
     producer, _, inbox = await _pair(aut)
     payload = sized_payload(size)
@@ -204,7 +204,7 @@ async def test_numbers(aut: AdapterUnderTest) -> None:
     -0.0) survive events and commands, or are refused at encode as the adapter declares
     (``numbers``: exact, or safe_integers with MessageEncodeError naming the field)."""
     producer, _, inbox = await _pair(aut)
-    mode = getattr(aut.spec.capabilities, "numbers", "exact")
+    mode = aut.spec.capabilities.numbers
 
     async def by_event(value: Any) -> Any:
         _, got = await _event_round_trip(producer, inbox, value)

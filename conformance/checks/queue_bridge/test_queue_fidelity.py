@@ -53,7 +53,7 @@ async def test_numbers(aut: AdapterUnderTest) -> None:
     """Integers beyond 2**53 and doubles at full precision survive enqueue/lease (payload
     and parameter), or are refused at enqueue as the adapter declares (``numbers``)."""
     q = await aut.new()
-    mode = getattr(aut.spec.capabilities, "numbers", "exact")
+    mode = aut.spec.capabilities.numbers
 
     async def round_trip(value: Any) -> Any:
         job_id = await q.enqueue("numbers", value, value)

@@ -171,6 +171,7 @@ class AmqpBridge(EventBridgeBase):
         dead_letter=YES,
         native_dead_lettering=YES,
         unknown_command_fails_fast=YES,
+        unknown_command_status=404,  # the broker returns the mandatory publish: no queue
         graceful_drain=YES,
         reconnect=YES,
         publisher_confirms=YES,

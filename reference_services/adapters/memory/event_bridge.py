@@ -140,15 +140,14 @@ class MemoryHub:
         self._backlog.pop(key, None)
 
     # ---- commands
-    def send_command(self, raw: bytes, route: Address | None = None) -> None:
+    def send_command(self, raw: bytes, route: Address) -> None:
         """Route an encoded command to one serving instance, or answer 404 at once.
 
-        ``route`` is the address the publisher sent it to (a broker's subject or queue; the
-        command's own receiver when None): like a broker, the hub routes by it, not by the
-        body, and the instance judges a body that disagrees."""
+        ``route`` is the address the publisher sent it to (a broker's subject or queue): like
+        a broker, the hub routes by it, not by the body, and the instance judges a body that
+        disagrees."""
         command = decode(raw)
         assert isinstance(command, Command)
-        route = command.receiver if route is None else route
         key = route.key
         candidates = [b for b in self._live() if b.core.command(key) is not None]
         pinned = route.instance_id
@@ -200,6 +199,7 @@ class DefaultEventBridge(EventBridgeBase):
         reconnect=unsupported("in-process: there is no connection to lose"),
         per_sender_order=YES,
         duplicate_ids_dropped=YES,
+        unknown_command_status=404,
     )
 
     def __init__(self, hub: MemoryHub | None = None, **kwargs: Any) -> None:

@@ -157,6 +157,7 @@ class MqttBridge(EventBridgeBase):
             "dead_letter_target event (with the x-purista-dead-letter-reason user property)"
         ),
         unknown_command_fails_fast=YES,
+        unknown_command_status=503,  # no connected consumer: unknown, or every one cut off
         graceful_drain=YES,
         reconnect=YES,
         publisher_confirms=YES,

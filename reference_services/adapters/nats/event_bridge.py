@@ -126,6 +126,7 @@ class NatsBridge(EventBridgeBase):
         ),
         native_dead_lettering=YES,
         max_message_bytes=1024 * 1024,
+        unknown_command_status=503,  # "no responders": no instance, or none reachable
         # one stream per deployment: a consumer sees messages in stream order
         per_sender_order=YES,
         duplicate_ids_dropped=YES,

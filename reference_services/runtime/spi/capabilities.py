@@ -77,6 +77,11 @@ class EventBridgeCapabilities(_Capabilities):
     - ``native_dead_lettering``: the broker itself keeps dead letters.
     - ``unknown_command_fails_fast``: invoking an unregistered command fails
       before the ttl instead of timing out.
+    - ``unknown_command_status``: the status that invoke fails with: 404 where the bridge
+      knows nobody serves the command (the in-memory hub, AMQP's returned mandatory
+      publish), 503 where it sees only that nobody answered (NATS "no responders", MQTT's
+      missing consumer); a caller may retry a 503, not a 404. None declares nothing, and
+      any of 404, 502 and 503 passes.
     - ``graceful_drain``: ``destroy`` lets in-flight handlers finish.
     - ``reconnect``: the bridge reconnects and re-registers after a broker outage.
     - ``publisher_confirms``: ``emit_message`` returns only once the broker has the message.
@@ -107,6 +112,7 @@ class EventBridgeCapabilities(_Capabilities):
     dead_letter: Support = YES
     native_dead_lettering: Support = field(default_factory=lambda: unsupported("not declared"))
     unknown_command_fails_fast: Support = YES
+    unknown_command_status: int | None = None
     graceful_drain: Support = YES
     reconnect: Support = YES
     publisher_confirms: Support = YES
