@@ -100,20 +100,22 @@ def judge_idempotency(checklist: Checklist, normal: Mapping[str, Any]) -> None:
     )
 
 
-def judge_drain(
-    checklist: Checklist, exits: Mapping[str, int | None], finished: bool, job: str
-) -> None:
-    """SIGTERM came while ``job`` ran: it must have finished and every process exited 0."""
+def judge_drain(checklist: Checklist, exits: Mapping[str, int | None], probe: Any) -> None:
+    """SIGTERM came while the probe's job ran (a ``scenario.DrainProbe``): it must have
+    finished and every process exited 0; a probe that could not time its SIGTERM fails."""
     bad = {label: code for label, code in exits.items() if code != 0}
     problems = []
-    if not finished:
-        problems.append(f"the job {job} running at SIGTERM did not finish")
+    if probe.inconclusive:
+        problems.append(f"no drain shown: {probe.inconclusive}")
+    elif not probe.finished:
+        problems.append(f"the job {probe.invoice} running at SIGTERM did not finish")
     if bad:
         problems.append(f"exit codes after SIGTERM {bad}")
     checklist.record(
         "drain",
         not problems,
-        "; ".join(problems) or f"{job} finished after SIGTERM, {len(exits)} process(es) exit 0",
+        "; ".join(problems)
+        or f"{probe.invoice} finished after SIGTERM, {len(exits)} process(es) exit 0",
     )
 
 

@@ -19,6 +19,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -309,8 +310,8 @@ async def run_monolith(timeout_s: float = 30.0) -> Trace:
             order = [*reversed(instances), bridge, queue]
             codes["monolith"] = (await destroy_all(order, timeout_s=20)).code
 
-        finished = await drain_probe(bridge_invoker(bridge), queue, state, shut_down)
-        judge_drain(trace.checklist, codes, finished, DRAIN_INVOICE)
+        probe = await drain_probe(bridge_invoker(bridge), queue, state, shut_down)
+        judge_drain(trace.checklist, codes, probe)
     finally:
         await health.destroy()
         for instance in instances:
@@ -501,10 +502,10 @@ async def run_processes(
             down, back = await broker_outage(procs.health_ports, broker)
             judge_broker_health(trace.checklist, broker.name, down, back)
             await wait_ready(client, 60)
-        finished = await drain_probe(bridge_invoker(client), queue, state, procs.stop)
+        probe = await drain_probe(bridge_invoker(client), queue, state, procs.stop)
         stopped = True
         checklist = trace.checklist
-        judge_drain(checklist, procs.exit_codes, finished, DRAIN_INVOICE)
+        judge_drain(checklist, procs.exit_codes, probe)
         judge_health(checklist, trace.health)
         spans = [procs.spans_file(label, e) for label, e in extra.items()]
         judge_telemetry(checklist, [p for p in spans if p is not None], ALL_SERVICES)
@@ -650,26 +651,88 @@ async def probe_health(port: int, timeout_s: float = 5.0) -> dict[str, int | str
     return out
 
 
+#: a lease this much younger than the slow gateway's latency still has most of the job
+#: ahead of it: SIGTERM sent then lands while the handler runs
+FRESH_LEASE_MS = int(SERVICE_ENV["SERVICE_CONFIG_GATEWAY_LATENCY_MS"]) // 2
+DRAIN_TRIES = 3
+
+
+@dataclass
+class DrainProbe:
+    """What the drain probe saw: the invoice it stopped the processes on, whether it was
+    issued anyway, and why the probe could not show a drain (empty when it could)."""
+
+    invoice: str
+    finished: bool = False
+    inconclusive: str = ""
+
+
 async def drain_probe(
     invoke: Invoke, queue: Any, state: Any, stop: Callable[[], Awaitable[None]]
-) -> bool:
+) -> DrainProbe:
     """Request an invoice the slow gateway takes a while for; once its job is leased (the
-    worker is in the middle of it), stop the processes (SIGTERM); True when the invoice was
-    issued anyway, i.e. the shutdown drained the running job."""
-    payload = {"invoice_id": DRAIN_INVOICE, "customer": SLOW_CUSTOMER, "amount_cents": 1}
-    status, _body = await invoke("billing", "requestInvoice", payload, None)
-    leased = False
-    if status == 200:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not leased:
-            leased = bool(await queue.inspect_leases(INVOICE_QUEUE))
-            if not leased:
-                await asyncio.sleep(0.02)
+    worker is in the middle of it), stop the processes (SIGTERM); ``finished`` when the
+    invoice was issued anyway, i.e. the shutdown drained the running job.
+
+    The lease must be fresh when SIGTERM goes (younger than ``FRESH_LEASE_MS``): a reply or
+    a poll late by the gateway's latency would send it after the job had already finished,
+    and a shutdown that drains nothing would pass. A stale lease is let finish and the
+    probe tried again with another invoice, up to ``DRAIN_TRIES`` times."""
+    stale: list[int] = []
+    for attempt in range(DRAIN_TRIES):
+        invoice = DRAIN_INVOICE if attempt == 0 else f"{DRAIN_INVOICE}-{attempt + 1}"
+        probe = DrainProbe(invoice)
+        payload = {"invoice_id": invoice, "customer": SLOW_CUSTOMER, "amount_cents": 1}
+        status, body = await invoke("billing", "requestInvoice", payload, None)
+        if status != 200:
+            probe.inconclusive = f"requestInvoice answered {status}: {body}"
+            break
+        age_ms = await _lease_age_ms(queue, state, invoice, body["job_id"], 10.0)
+        if age_ms is None:
+            probe.inconclusive = f"the job of {invoice} was not leased within 10 s"
+            break
+        if age_ms < FRESH_LEASE_MS:
+            await stop()
+            probe.finished = await _issued(state, invoice)
+            return probe
+        stale.append(age_ms)
+        await _until_issued(state, invoice, 10.0)
+    else:
+        probe.inconclusive = (
+            f"the job's lease was already {stale} ms old when seen, on each of {DRAIN_TRIES} "
+            f"tries (SIGTERM must come within {FRESH_LEASE_MS} ms of it)"
+        )
     await stop()
-    if not leased:
-        return False
-    value = (await state.get(f"invoice:{DRAIN_INVOICE}"))[f"invoice:{DRAIN_INVOICE}"]
+    return probe
+
+
+async def _lease_age_ms(
+    queue: Any, state: Any, invoice: str, job_id: str, timeout_s: float
+) -> int | None:
+    """How long ago ``job_id``'s lease was taken, once it is seen; None if it never is.
+    A job already done when first looked for counts as stale as the gateway's latency."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for lease in await queue.inspect_leases(INVOICE_QUEUE):
+            if lease.job_id == job_id:
+                return int(time.time() * 1000) - lease.leased_at_ms
+        if await _issued(state, invoice):
+            return int(SERVICE_ENV["SERVICE_CONFIG_GATEWAY_LATENCY_MS"])
+        await asyncio.sleep(0.02)
+    return None
+
+
+async def _issued(state: Any, invoice: str) -> bool:
+    value = (await state.get(f"invoice:{invoice}"))[f"invoice:{invoice}"]
     return isinstance(value, dict) and value.get("status") == "issued"
+
+
+async def _until_issued(state: Any, invoice: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await _issued(state, invoice):
+            return
+        await asyncio.sleep(0.05)
 
 
 async def run_serverless(
