@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
 from reference_services.adapters.nats.queue_ledger import LeaseRecord, parse_job
@@ -159,19 +161,46 @@ class QueueIO:
         return dict(info.state.subjects or {})
 
     async def scan(self, qtok: str) -> list[tuple[str, LeaseRecord, int]]:
-        """Every ledger record of a queue, with key and revision."""
-        watcher = await self.ledger.watch(f"L.{qtok}.*", ignore_deletes=True)
+        """Every ledger record of a queue, with key and revision.
+
+        A snapshot through a pull consumer of its own (the last value of each key), read
+        up to the count the consumer had when it was created. Not nats-py's KV watch: it
+        may signal the end of its initial values before delivering them (its consumer
+        info can count them delivered already), and a scan then came back empty while
+        leases were held (seen in the contract suite, queue_bridge.inspect_leases)."""
+        assert self.js is not None
+        stream, pre = f"KV_{self.ledger_bucket}", f"$KV.{self.ledger_bucket}."
+        name = f"scan-{uuid.uuid4().hex}"
+        info = await self.js.add_consumer(
+            stream,
+            config=ConsumerConfig(
+                name=name,
+                filter_subject=f"{pre}L.{qtok}.*",
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=60.0,  # the server drops it should we fail to
+                mem_storage=True,
+            ),
+        )
         out = []
         try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                record = LeaseRecord.loads(entry.value)
-                if record is not None:
-                    out.append((entry.key, record, entry.revision))
+            left = int(info.num_pending or 0)
+            sub = await self.js.pull_subscribe_bind(consumer=name, stream=stream)
+            while left > 0:
+                for msg in await sub.fetch(min(left, 256), timeout=self.op_timeout_s):
+                    left -= 1
+                    if msg.headers and (
+                        msg.headers.get("KV-Operation") in ("DEL", "PURGE")
+                        or "Nats-Marker-Reason" in msg.headers  # a 2.11+ server's marker
+                    ):
+                        continue
+                    record = LeaseRecord.loads(msg.data)
+                    if record is not None:
+                        out.append((msg.subject[len(pre) :], record, msg.metadata.sequence.stream))
+            await sub.unsubscribe()
         finally:
             with contextlib.suppress(Exception):
-                await watcher.stop()
+                await self.js.delete_consumer(stream, name)
         return out
 
     async def publish_job(self, qtok: str, body: dict[str, Any], msg_id: str) -> Any:
