@@ -135,12 +135,16 @@ def pct(values: list[float], q: float) -> float:
 
 
 # ----------------------------------------------------------------- event bridges
-def event_contenders(adapter: str, urls: dict[str, str], faststream: bool) -> list[cn.Contender]:
-    out: list[cn.Contender] = [cn.Ours(adapter, urls)]
+def event_contenders(
+    adapter: str, urls: dict[str, str], faststream: bool, durable: bool = True
+) -> list[cn.Contender]:
+    """Ours and its peers on ``adapter``; ``durable``: the subscribers' queues (AMQP: the
+    raw client and FastStream alike)."""
+    out: list[cn.Contender] = [cn.Ours(adapter, urls, durable=durable)]
     if adapter == "amqp":
-        out.append(cn.RawAmqp(urls["rabbitmq"]))
+        out.append(cn.RawAmqp(urls["rabbitmq"], durable=durable))
         if faststream:
-            out.append(cn.FastStreamAmqp(urls["rabbitmq"]))
+            out.append(cn.FastStreamAmqp(urls["rabbitmq"], durable=durable))
     elif adapter == "nats":
         out.append(cn.RawNats(urls["nats"]))
         if faststream:
@@ -185,11 +189,29 @@ async def bench_event_bridge(adapter: str, urls: dict[str, str], res: Results, a
                 res.add(f"{adapter} CPU per command", c.label, cpu * 1e6, "µs", "lower")
                 rate, _ = await throughput(c.call, 1000, args.window)
                 res.add(f"{adapter} commands/s, 1000 in flight", c.label, rate, "/s", "higher")
-                for event, subs in cn.EVENT_FANOUT.items():
-                    rate = await events(c, event, args.window, 3000)
-                    label = f"{adapter} events/s, {subs} subscriber{'s' if subs > 1 else ''}"
-                    res.add(label, c.label, rate, "/s", "higher")
+                await bench_events(c, adapter, res, args, DURABLE_ROWS.get(adapter, ""))
             print(f"  {adapter}: round {r + 1} done", flush=True)
+    if adapter in TRANSIENT_ROWS:  # the same events into queues the broker keeps off disk
+        cs = event_contenders(adapter, urls, args.faststream, durable=False)
+        async with started(cs, f"{adapter} transient"):
+            for r, order in rotations(cs, args.rounds):
+                for c in order:
+                    await bench_events(c, adapter, res, args, TRANSIENT_ROWS[adapter])
+                print(f"  {adapter} transient queues: round {r + 1} done", flush=True)
+
+
+#: AMQP's events are measured twice: durable queues and persistent events (our default:
+#: the broker confirms once the event is on disk), and transient queues (``durable=False``
+#: subscriptions; the raw client and FastStream with auto-delete queues)
+DURABLE_ROWS = {"amqp": ", durable queues"}
+TRANSIENT_ROWS = {"amqp": ", transient queues"}
+
+
+async def bench_events(c: cn.Contender, adapter: str, res: Results, args: Any, tag: str) -> None:
+    for event, subs in cn.EVENT_FANOUT.items():
+        rate = await events(c, event, args.window, 3000)
+        label = f"{adapter} events/s, {subs} subscriber{'s' if subs > 1 else ''}{tag}"
+        res.add(label, c.label, rate, "/s", "higher")
 
 
 # ----------------------------------------------------------------- queues, stores

@@ -107,9 +107,12 @@ class Ours(Contender):
 
     label = "ours"
 
-    def __init__(self, adapter: str, urls: dict[str, str], **options: Any) -> None:
+    def __init__(
+        self, adapter: str, urls: dict[str, str], *, durable: bool = True, **options: Any
+    ) -> None:
         super().__init__()
         self.adapter = adapter
+        self.durable = durable  # the subscriptions' (a durable one outlives its instance)
         desc = resolve("event_bridge", adapter)
         ctx = Ctx(urls, prefix(adapter), **options)
         self.server = desc.build(ctx)
@@ -140,6 +143,7 @@ class Ours(Contender):
                         subscriber=Address(service_name="bench", service_version="1",
                                            service_target=f"sub{event}x{i}"),
                         event_name=event,
+                        durable=self.durable,
                     ),
                     on_event,
                 )
@@ -169,13 +173,18 @@ def _body() -> bytes:
 # ------------------------------------------------------------------------ AMQP
 class RawAmqp(Contender):
     """aio-pika with its defaults (publisher confirms): RPC over a queue and a reply queue,
-    events on a fanout exchange per event name with one queue per subscriber."""
+    events on a fanout exchange per event name with one queue per subscriber.
+
+    ``durable``: the subscribers' queues are durable and the events persistent (as our
+    durable subscriptions are: the broker confirms an event once it is on disk); else
+    auto-delete queues, where the broker keeps nothing on disk."""
 
     label = "raw"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, durable: bool = True) -> None:
         super().__init__()
         self.url = url
+        self.durable = durable
         self.p = prefix("amqp")
         self._pending: dict[str, asyncio.Future[Any]] = {}
 
@@ -212,7 +221,9 @@ class RawAmqp(Contender):
             )
             sx = await sch.get_exchange(f"{self.p}.{event}")
             for i in range(subscribers):
-                q = await sch.declare_queue(f"{self.p}.{event}.{i}", auto_delete=True)
+                q = await sch.declare_queue(
+                    f"{self.p}.{event}.{i}", durable=self.durable, auto_delete=not self.durable
+                )
                 await q.bind(sx)
 
                 async def on_event(msg: Any, event: str = event) -> None:
@@ -222,6 +233,8 @@ class RawAmqp(Contender):
                 await q.consume(on_event)
 
     async def close(self) -> None:
+        if self.durable:
+            await _delete_event_queues(self.url, self.p)
         await self.conn.close()
         await self.server.close()
 
@@ -241,9 +254,28 @@ class RawAmqp(Contender):
         import aio_pika
 
         await self.fanouts[event].publish(
-            aio_pika.Message(_body(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            aio_pika.Message(
+                _body(),
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+                if self.durable
+                else aio_pika.DeliveryMode.NOT_PERSISTENT,
+            ),
             routing_key="",
         )
+
+
+async def _delete_event_queues(url: str, p: str) -> None:
+    """Delete the ``<p>.<event>.<i>`` queues (durable ones outlive their connection)."""
+    import aio_pika
+
+    conn = await aio_pika.connect(url)
+    try:
+        ch = await conn.channel()
+        for event, subscribers in EVENT_FANOUT.items():
+            for i in range(subscribers):
+                await ch.queue_delete(f"{p}.{event}.{i}")
+    finally:
+        await conn.close()
 
 
 class _FastStream(Contender):
@@ -270,10 +302,12 @@ class _FastStream(Contender):
 
 class FastStreamAmqp(_FastStream):
     """FastStream's RabbitBroker: ``broker.request`` to a subscriber that returns its
-    input; events published to a fanout exchange consumed by N subscribers."""
+    input; events published to a fanout exchange consumed by N subscribers (``durable``:
+    durable queues and persistent events, as :class:`RawAmqp`)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, durable: bool = True) -> None:
         super().__init__()
+        self.url, self.durable = url, durable
         from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
 
         self.p = prefix("fsamqp")
@@ -290,7 +324,9 @@ class FastStreamAmqp(_FastStream):
         for event, subscribers in EVENT_FANOUT.items():
             for i in range(subscribers):
                 self.broker.subscriber(
-                    RabbitQueue(f"{self.p}.{event}.{i}", auto_delete=True),
+                    RabbitQueue(
+                        f"{self.p}.{event}.{i}", durable=durable, auto_delete=not durable
+                    ),
                     self.exchanges[event],
                 )(self.on_event(event))
 
@@ -298,8 +334,13 @@ class FastStreamAmqp(_FastStream):
     def url_or(url: str) -> str:
         return url
 
+    async def close(self) -> None:
+        await super().close()
+        if self.durable:
+            await _delete_event_queues(self.url, self.p)
+
     async def emit(self, event: str) -> None:
-        await self.broker.publish(PAYLOAD, exchange=self.exchanges[event])
+        await self.broker.publish(PAYLOAD, exchange=self.exchanges[event], persist=self.durable)
 
 
 # ------------------------------------------------------------------------ NATS
