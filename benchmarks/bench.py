@@ -136,11 +136,12 @@ def pct(values: list[float], q: float) -> float:
 
 # ----------------------------------------------------------------- event bridges
 def event_contenders(
-    adapter: str, urls: dict[str, str], faststream: bool, durable: bool = True
+    adapter: str, urls: dict[str, str], faststream: bool, durable: bool = True,
+    typed: bool = False,
 ) -> list[cn.Contender]:
     """Ours and its peers on ``adapter``; ``durable``: the subscribers' queues (AMQP: the
-    raw client and FastStream alike)."""
-    out: list[cn.Contender] = [cn.Ours(adapter, urls, durable=durable)]
+    raw client and FastStream alike); ``typed``: our subscriptions name the message type."""
+    out: list[cn.Contender] = [cn.Ours(adapter, urls, durable=durable, typed=typed)]
     if adapter == "amqp":
         out.append(cn.RawAmqp(urls["rabbitmq"], durable=durable))
         if faststream:
@@ -191,20 +192,27 @@ async def bench_event_bridge(adapter: str, urls: dict[str, str], res: Results, a
                 res.add(f"{adapter} commands/s, 1000 in flight", c.label, rate, "/s", "higher")
                 await bench_events(c, adapter, res, args, DURABLE_ROWS.get(adapter, ""))
             print(f"  {adapter}: round {r + 1} done", flush=True)
-    if adapter in TRANSIENT_ROWS:  # the same events into queues the broker keeps off disk
-        cs = event_contenders(adapter, urls, args.faststream, durable=False)
-        async with started(cs, f"{adapter} transient"):
+    for tag, variant in EVENT_VARIANTS.get(adapter, []):  # the same events, set up otherwise
+        cs = event_contenders(adapter, urls, args.faststream, **variant)
+        async with started(cs, f"{adapter}{tag}"):
             for r, order in rotations(cs, args.rounds):
                 for c in order:
-                    await bench_events(c, adapter, res, args, TRANSIENT_ROWS[adapter])
-                print(f"  {adapter} transient queues: round {r + 1} done", flush=True)
+                    await bench_events(c, adapter, res, args, tag)
+                print(f"  {adapter}{tag}: round {r + 1} done", flush=True)
 
 
 #: AMQP's events are measured twice: durable queues and persistent events (our default:
 #: the broker confirms once the event is on disk), and transient queues (``durable=False``
-#: subscriptions; the raw client and FastStream with auto-delete queues)
+#: subscriptions; the raw client and FastStream with auto-delete queues). NATS's too: our
+#: subscriptions as PURISTA's name only the event (nats-server 2.9 allows a consumer one
+#: filter inside one stream subject, so each reads the whole stream and settles the others'
+#: events unread), and typed ones (customMessage: the consumer filters by subject, as the
+#: raw client's and FastStream's do)
 DURABLE_ROWS = {"amqp": ", durable queues"}
-TRANSIENT_ROWS = {"amqp": ", transient queues"}
+EVENT_VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "amqp": [(", transient queues", {"durable": False})],
+    "nats": [(", typed subscriptions", {"typed": True})],
+}
 
 
 async def bench_events(c: cn.Contender, adapter: str, res: Results, args: Any, tag: str) -> None:

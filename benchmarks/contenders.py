@@ -23,6 +23,7 @@ from reference_services.runtime.messages import (
     Command,
     CommandPayload,
     CustomMessage,
+    MessageType,
     SenderAddress,
     success_response,
 )
@@ -108,11 +109,19 @@ class Ours(Contender):
     label = "ours"
 
     def __init__(
-        self, adapter: str, urls: dict[str, str], *, durable: bool = True, **options: Any
+        self,
+        adapter: str,
+        urls: dict[str, str],
+        *,
+        durable: bool = True,
+        typed: bool = False,
+        **options: Any,
     ) -> None:
         super().__init__()
         self.adapter = adapter
         self.durable = durable  # the subscriptions' (a durable one outlives its instance)
+        #: the subscriptions name the message type (customMessage), not only the event
+        self.message_type = MessageType.CUSTOM_MESSAGE if typed else None
         desc = resolve("event_bridge", adapter)
         ctx = Ctx(urls, prefix(adapter), **options)
         self.server = desc.build(ctx)
@@ -143,6 +152,7 @@ class Ours(Contender):
                         subscriber=Address(service_name="bench", service_version="1",
                                            service_target=f"sub{event}x{i}"),
                         event_name=event,
+                        message_type=self.message_type,
                         durable=self.durable,
                     ),
                     on_event,
