@@ -30,3 +30,17 @@ def test_compose_file_uses_the_locally_built_images() -> None:
     for name in SERVICE_NAMES:
         assert f"image: {SPECS[name].image}" in text
         assert (SCRIPT.parent / "images" / name / "Dockerfile").is_file()
+
+
+def test_the_harness_installs_the_moto_its_image_runs() -> None:
+    """The moto the harness extra installs (the local provider's moto_server) is the one the
+    image is built with: with a range, a new release made them differ (the docker provider's
+    moto reported 5.2.6 for an image of 5.2.5)."""
+    import tomllib
+
+    from harness.services.spec import MOTO_VERSION
+
+    pyproject = tomllib.loads((SCRIPT.parents[1] / "pyproject.toml").read_text())
+    harness_extra = pyproject["project"]["optional-dependencies"]["harness"]
+    (moto,) = [r for r in harness_extra if r.startswith("moto[")]
+    assert moto.endswith(f"=={MOTO_VERSION}"), f"{moto} does not pin moto {MOTO_VERSION}"
