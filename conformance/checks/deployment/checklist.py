@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +101,19 @@ def judge_idempotency(checklist: Checklist, normal: Mapping[str, Any]) -> None:
     )
 
 
-def judge_drain(checklist: Checklist, exits: Mapping[str, int | None], probe: Any) -> None:
-    """SIGTERM came while the probe's job ran (a ``scenario.DrainProbe``): it must have
-    finished and every process exited 0; a probe that could not time its SIGTERM fails."""
+@dataclass
+class DrainProbe:
+    """What the drain probe saw: the invoice it stopped the processes on, whether it was
+    issued anyway, and why the probe could not show a drain (empty when it could)."""
+
+    invoice: str
+    finished: bool = False
+    inconclusive: str = ""
+
+
+def judge_drain(checklist: Checklist, exits: Mapping[str, int | None], probe: DrainProbe) -> None:
+    """SIGTERM came while the probe's job ran: it must have finished and every process
+    exited 0; a probe that could not time its SIGTERM fails."""
     bad = {label: code for label, code in exits.items() if code != 0}
     problems = []
     if probe.inconclusive:

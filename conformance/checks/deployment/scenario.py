@@ -19,7 +19,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +34,14 @@ from conformance.adapters import (
 )
 from conformance.checks.deployment.checklist import (
     Checklist,
+    DrainProbe,
     judge_broker_health,
     judge_drain,
     judge_health,
     judge_secrets,
     judge_telemetry,
 )
+from conformance.kit.waits import wait_for_async
 from harness import run as harness_run
 from reference_services.adapters import registry
 from reference_services.runtime.definitions import Subscription
@@ -60,11 +61,12 @@ from reference_services.services.user import user_id_for
 
 THRESHOLD = 30.0
 BLOCKED = "acme"
+GATEWAY_LATENCY_MS = 1500  # the slow gateway's, for the slow customer's invoices
 SERVICE_ENV = {
     "SERVICE_CONFIG_THRESHOLD": str(THRESHOLD),
     "SERVICE_CONFIG_GATEWAY_BLOCKED_CUSTOMERS": BLOCKED,
     "SERVICE_CONFIG_GATEWAY_SLOW_CUSTOMERS": "slowpay",
-    "SERVICE_CONFIG_GATEWAY_LATENCY_MS": "1500",
+    "SERVICE_CONFIG_GATEWAY_LATENCY_MS": str(GATEWAY_LATENCY_MS),
 }
 OBSERVED_EVENTS = ("userSignedUp", "welcomeEmailSent", "thresholdExceeded", "emailDeadLetter")
 USERS = (("ada@example.org", "Ada"), ("bob@example.org", "Bob"))
@@ -289,7 +291,7 @@ async def run_monolith(timeout_s: float = 30.0) -> Trace:
                 "threshold": THRESHOLD,
                 "gateway_blocked_customers": (BLOCKED,),
                 "gateway_slow_customers": (SLOW_CUSTOMER,),
-                "gateway_latency_ms": int(SERVICE_ENV["SERVICE_CONFIG_GATEWAY_LATENCY_MS"]),
+                "gateway_latency_ms": GATEWAY_LATENCY_MS,
             },
         )
         for svc in ALL_SERVICES.values()
@@ -653,18 +655,8 @@ async def probe_health(port: int, timeout_s: float = 5.0) -> dict[str, int | str
 
 #: a lease this much younger than the slow gateway's latency still has most of the job
 #: ahead of it: SIGTERM sent then lands while the handler runs
-FRESH_LEASE_MS = int(SERVICE_ENV["SERVICE_CONFIG_GATEWAY_LATENCY_MS"]) // 2
+FRESH_LEASE_MS = GATEWAY_LATENCY_MS // 2
 DRAIN_TRIES = 3
-
-
-@dataclass
-class DrainProbe:
-    """What the drain probe saw: the invoice it stopped the processes on, whether it was
-    issued anyway, and why the probe could not show a drain (empty when it could)."""
-
-    invoice: str
-    finished: bool = False
-    inconclusive: str = ""
 
 
 async def drain_probe(
@@ -696,7 +688,7 @@ async def drain_probe(
             probe.finished = await _issued(state, invoice)
             return probe
         stale.append(age_ms)
-        await _until_issued(state, invoice, 10.0)
+        await wait_for_async(lambda invoice=invoice: _issued(state, invoice), 10.0)
     else:
         probe.inconclusive = (
             f"the job's lease was already {stale} ms old when seen, on each of {DRAIN_TRIES} "
@@ -717,7 +709,7 @@ async def _lease_age_ms(
             if lease.job_id == job_id:
                 return int(time.time() * 1000) - lease.leased_at_ms
         if await _issued(state, invoice):
-            return int(SERVICE_ENV["SERVICE_CONFIG_GATEWAY_LATENCY_MS"])
+            return GATEWAY_LATENCY_MS
         await asyncio.sleep(0.02)
     return None
 
@@ -725,14 +717,6 @@ async def _lease_age_ms(
 async def _issued(state: Any, invoice: str) -> bool:
     value = (await state.get(f"invoice:{invoice}"))[f"invoice:{invoice}"]
     return isinstance(value, dict) and value.get("status") == "issued"
-
-
-async def _until_issued(state: Any, invoice: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await _issued(state, invoice):
-            return
-        await asyncio.sleep(0.05)
 
 
 async def run_serverless(

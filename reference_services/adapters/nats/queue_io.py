@@ -183,6 +183,7 @@ class QueueIO:
             ),
         )
         out = []
+        sub = None
         try:
             left = int(info.num_pending or 0)
             sub = await self.js.pull_subscribe_bind(consumer=name, stream=stream)
@@ -197,8 +198,10 @@ class QueueIO:
                     record = LeaseRecord.loads(msg.data)
                     if record is not None:
                         out.append((msg.subject[len(pre) :], record, msg.metadata.sequence.stream))
-            await sub.unsubscribe()
         finally:
+            with contextlib.suppress(Exception):
+                if sub is not None:
+                    await sub.unsubscribe()
             with contextlib.suppress(Exception):
                 await self.js.delete_consumer(stream, name)
         return out
