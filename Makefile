@@ -36,7 +36,7 @@ services:
 
 ## The main job: the conformance contract against every built-in adapter, on
 ## $(CONFORMANCE_WORKERS) workers (most checks wait on brokers and timers: on 2 cores,
-## 2026-12-07, 4 workers took 109 s, 2 workers 165 s).
+## 2026-12-07, 4 workers took 108-119 s, 2 workers 165 s).
 conformance: setup
 	$(VENV)/bin/conformance run --suite contract --report-dir $(REPORT_DIR) \
 	  $(if $(filter-out 1,$(CONFORMANCE_WORKERS)),-n $(CONFORMANCE_WORKERS))
