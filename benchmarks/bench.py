@@ -192,6 +192,8 @@ async def bench_event_bridge(adapter: str, urls: dict[str, str], res: Results, a
                 res.add(f"{adapter} commands/s, 1000 in flight", c.label, rate, "/s", "higher")
                 await bench_events(c, adapter, res, args, DURABLE_ROWS.get(adapter, ""))
             print(f"  {adapter}: round {r + 1} done", flush=True)
+    if adapter == "amqp":  # the round trip against a raw client speaking PURISTA's wire too
+        await bench_wire_commands(urls, res, args)
     for tag, variant in EVENT_VARIANTS.get(adapter, []):  # the same events, set up otherwise
         cs = event_contenders(adapter, urls, args.faststream, **variant)
         async with started(cs, f"{adapter}{tag}"):
@@ -199,6 +201,22 @@ async def bench_event_bridge(adapter: str, urls: dict[str, str], res: Results, a
                 for c in order:
                     await bench_events(c, adapter, res, args, tag)
                 print(f"  {adapter}{tag}: round {r + 1} done", flush=True)
+
+
+async def bench_wire_commands(urls: dict[str, str], res: Results, args: Any) -> None:
+    """AMQP command rows against :class:`RawAmqpPuristaWire`: how much of the gap to the
+    plain RPC is the wire itself (header tables, headers-exchange routing, properties)."""
+    tag = ", raw on PURISTA's wire"
+    cs: list[cn.Contender] = [cn.Ours("amqp", urls), cn.RawAmqpPuristaWire(urls["rabbitmq"])]
+    async with started(cs, f"amqp{tag}"):
+        for r, order in rotations(cs, args.rounds):
+            for c in order:
+                times = await latency(c.call, 300, args.window)
+                res.add(f"amqp command p50{tag}", c.label, pct(times, 0.5) * 1e3, "ms", "lower")
+                rate, cpu = await throughput(c.call, 64, args.window)
+                res.add(f"amqp commands/s, 64 in flight{tag}", c.label, rate, "/s", "higher")
+                res.add(f"amqp CPU per command{tag}", c.label, cpu * 1e6, "µs", "lower")
+            print(f"  amqp{tag}: round {r + 1} done", flush=True)
 
 
 #: AMQP's events are measured twice: durable queues and persistent events (our default:

@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import json
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -272,6 +273,114 @@ class RawAmqp(Contender):
             ),
             routing_key="",
         )
+
+
+class RawAmqpPuristaWire(RawAmqp):
+    """aio-pika doing a command round trip as PURISTA's wire has it (the events are
+    :class:`RawAmqp`'s): the command goes to a headers exchange with PURISTA's routing
+    header table, persistent, mandatory, with a message id, timestamp, type and
+    expiration; the command queue is bound by messageType and receiver, the reply queue by
+    ``replyTo``, and the response goes back through the exchange with its own header
+    table. No runtime, no codec (the bodies are ready-made bytes of an envelope's size):
+    what a PURISTA-speaking client cannot avoid, to set against the plain RPC above."""
+
+    async def setup(self) -> None:
+        import aio_pika
+
+        await super().setup()
+        self.wire_server = await aio_pika.connect(self.url)
+        sch = await self.wire_server.channel(on_return_raises=True)
+        self.wire_ch = await self.conn.channel(on_return_raises=True)
+        self.wire_x = await self.wire_ch.declare_exchange(
+            f"{self.p}.purista", aio_pika.ExchangeType.HEADERS, auto_delete=True
+        )
+        sx = await sch.get_exchange(f"{self.p}.purista")
+        queue = await sch.declare_queue(f"{self.p}.wire-rpc", auto_delete=True)
+        await queue.bind(sx, arguments={"x-match": "all", **_COMMAND_ROUTE})
+        response_body = json.dumps(_envelope("commandSuccessResponse"), separators=(",", ":"))
+
+        async def serve(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
+            headers = {**_RESPONSE_HEADERS, "replyTo": msg.reply_to or ""}
+            await sx.publish(
+                aio_pika.Message(
+                    response_body.encode(), headers=headers, correlation_id=msg.correlation_id,
+                    content_type="application/json", content_encoding="utf-8",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    message_id=uuid.uuid4().hex, timestamp=time.time(),
+                    type="commandSuccessResponse",
+                ),
+                routing_key="",
+                mandatory=False,
+            )
+            await msg.ack()
+
+        await queue.consume(serve)
+        self.wire_reply = await self.wire_ch.declare_queue(exclusive=True)
+        await self.wire_reply.bind(
+            self.wire_x, arguments={"x-match": "all", "replyTo": self.wire_reply.name}
+        )
+
+        async def on_reply(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
+            fut = self._pending.pop(msg.correlation_id or "", None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg.body)
+
+        await self.wire_reply.consume(on_reply, no_ack=True)
+        self.command_body = json.dumps(_envelope("command"), separators=(",", ":")).encode()
+
+    async def close(self) -> None:
+        await self.wire_server.close()
+        await super().close()
+
+    async def call(self) -> None:
+        import aio_pika
+
+        cid = uuid.uuid4().hex
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[cid] = fut
+        await self.wire_x.publish(
+            aio_pika.Message(
+                self.command_body, headers=_COMMAND_HEADERS, correlation_id=cid,
+                reply_to=self.wire_reply.name, content_type="application/json",
+                content_encoding="utf-8", delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=uuid.uuid4().hex, timestamp=time.time(), type="command",
+                expiration=30,
+            ),
+            routing_key="",
+            mandatory=True,
+        )
+        await fut
+
+
+_COMMAND_ROUTE = {
+    "messageType": "command", "receiverServiceName": "bench",
+    "receiverServiceVersion": "1", "receiverServiceTarget": "echo",
+}
+_COMMAND_HEADERS = {
+    **_COMMAND_ROUTE, "senderServiceName": "bench", "senderServiceVersion": "1",
+    "senderServiceTarget": "client", "senderInstanceId": "c" * 32,
+}
+_RESPONSE_HEADERS = {
+    "messageType": "commandSuccessResponse", "senderServiceName": "bench",
+    "senderServiceVersion": "1", "senderServiceTarget": "echo", "senderInstanceId": "s" * 32,
+    "receiverServiceName": "bench", "receiverServiceVersion": "1",
+    "receiverServiceTarget": "client", "receiverInstanceId": "c" * 32,
+    "receiverServiceInstanceId": "c" * 32,
+}
+
+
+def _envelope(message_type: str) -> dict[str, Any]:
+    """A PURISTA envelope of the bench's payload (ids and times fixed: the bytes' size is
+    what matters here)."""
+    return {
+        "id": "i" * 32, "timestamp": 1_700_000_000_000, "contentType": "application/json",
+        "contentEncoding": "utf-8", "correlationId": "k" * 32, "messageType": message_type,
+        "sender": {"serviceName": "bench", "serviceVersion": "1", "serviceTarget": "client",
+                   "instanceId": "c" * 32},
+        "receiver": {"serviceName": "bench", "serviceVersion": "1", "serviceTarget": "echo"},
+        "payload": {"payload": PAYLOAD} if message_type == "command" else PAYLOAD,
+        "expiresAt": 1_700_000_030_000,
+    }
 
 
 async def _delete_event_queues(url: str, p: str) -> None:
