@@ -182,14 +182,7 @@ async def bench_event_bridge(adapter: str, urls: dict[str, str], res: Results, a
     async with started(cs, adapter):
         for r, order in rotations(cs, args.rounds):
             for c in order:
-                times = await latency(c.call, 300, args.window)
-                res.add(f"{adapter} command p50", c.label, pct(times, 0.5) * 1e3, "ms", "lower")
-                res.add(f"{adapter} command p99", c.label, pct(times, 0.99) * 1e3, "ms", "lower")
-                rate, cpu = await throughput(c.call, 64, args.window)
-                res.add(f"{adapter} commands/s, 64 in flight", c.label, rate, "/s", "higher")
-                res.add(f"{adapter} CPU per command", c.label, cpu * 1e6, "µs", "lower")
-                rate, _ = await throughput(c.call, 1000, args.window)
-                res.add(f"{adapter} commands/s, 1000 in flight", c.label, rate, "/s", "higher")
+                await bench_commands(c, adapter, res, args)
                 await bench_events(c, adapter, res, args, DURABLE_ROWS.get(adapter, ""))
             print(f"  {adapter}: round {r + 1} done", flush=True)
     if adapter == "amqp":  # the round trip against a raw client speaking PURISTA's wire too
@@ -211,12 +204,25 @@ async def bench_wire_commands(urls: dict[str, str], res: Results, args: Any) -> 
     async with started(cs, f"amqp{tag}"):
         for r, order in rotations(cs, args.rounds):
             for c in order:
-                times = await latency(c.call, 300, args.window)
-                res.add(f"amqp command p50{tag}", c.label, pct(times, 0.5) * 1e3, "ms", "lower")
-                rate, cpu = await throughput(c.call, 64, args.window)
-                res.add(f"amqp commands/s, 64 in flight{tag}", c.label, rate, "/s", "higher")
-                res.add(f"amqp CPU per command{tag}", c.label, cpu * 1e6, "µs", "lower")
+                await bench_commands(c, "amqp", res, args, tag, tails=False)
             print(f"  amqp{tag}: round {r + 1} done", flush=True)
+
+
+async def bench_commands(
+    c: cn.Contender, adapter: str, res: Results, args: Any, tag: str = "", *, tails: bool = True
+) -> None:
+    """Command p50 (and p99), commands/s with 64 (and 1,000) in flight, CPU per command;
+    ``tails``: the p99 and 1,000-in-flight rows too."""
+    times = await latency(c.call, 300, args.window)
+    res.add(f"{adapter} command p50{tag}", c.label, pct(times, 0.5) * 1e3, "ms", "lower")
+    if tails:
+        res.add(f"{adapter} command p99{tag}", c.label, pct(times, 0.99) * 1e3, "ms", "lower")
+    rate, cpu = await throughput(c.call, 64, args.window)
+    res.add(f"{adapter} commands/s, 64 in flight{tag}", c.label, rate, "/s", "higher")
+    res.add(f"{adapter} CPU per command{tag}", c.label, cpu * 1e6, "µs", "lower")
+    if tails:
+        rate, _ = await throughput(c.call, 1000, args.window)
+        res.add(f"{adapter} commands/s, 1000 in flight{tag}", c.label, rate, "/s", "higher")
 
 
 #: AMQP's events are measured twice: durable queues and persistent events (our default:

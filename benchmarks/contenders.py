@@ -218,13 +218,7 @@ class RawAmqp(Contender):
 
         await queue.consume(serve)
         self.reply = await self.ch.declare_queue(exclusive=True)
-
-        async def on_reply(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
-            fut = self._pending.pop(msg.correlation_id or "", None)
-            if fut is not None and not fut.done():
-                fut.set_result(msg.body)
-
-        await self.reply.consume(on_reply, no_ack=True)
+        await self.reply.consume(self._on_reply, no_ack=True)
         self.fanouts: dict[str, Any] = {}
         for event, subscribers in EVENT_FANOUT.items():
             self.fanouts[event] = await self.ch.declare_exchange(
@@ -242,6 +236,11 @@ class RawAmqp(Contender):
                     self.delivered(event)
 
                 await q.consume(on_event)
+
+    async def _on_reply(self, msg: Any) -> None:
+        fut = self._pending.pop(msg.correlation_id or "", None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg.body)
 
     async def close(self) -> None:
         if self.durable:
@@ -288,8 +287,7 @@ class RawAmqpPuristaWire(RawAmqp):
         import aio_pika
 
         await super().setup()
-        self.wire_server = await aio_pika.connect(self.url)
-        sch = await self.wire_server.channel(on_return_raises=True)
+        sch = await self.server.channel(on_return_raises=True)
         self.wire_ch = await self.conn.channel(on_return_raises=True)
         self.wire_x = await self.wire_ch.declare_exchange(
             f"{self.p}.purista", aio_pika.ExchangeType.HEADERS, auto_delete=True
@@ -297,13 +295,15 @@ class RawAmqpPuristaWire(RawAmqp):
         sx = await sch.get_exchange(f"{self.p}.purista")
         queue = await sch.declare_queue(f"{self.p}.wire-rpc", auto_delete=True)
         await queue.bind(sx, arguments={"x-match": "all", **_COMMAND_ROUTE})
-        response_body = json.dumps(_envelope("commandSuccessResponse"), separators=(",", ":"))
+        response_body = json.dumps(
+            _envelope("commandSuccessResponse"), separators=(",", ":")
+        ).encode()
 
         async def serve(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
             headers = {**_RESPONSE_HEADERS, "replyTo": msg.reply_to or ""}
             await sx.publish(
                 aio_pika.Message(
-                    response_body.encode(), headers=headers, correlation_id=msg.correlation_id,
+                    response_body, headers=headers, correlation_id=msg.correlation_id,
                     content_type="application/json", content_encoding="utf-8",
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                     message_id=uuid.uuid4().hex, timestamp=time.time(),
@@ -319,18 +319,8 @@ class RawAmqpPuristaWire(RawAmqp):
         await self.wire_reply.bind(
             self.wire_x, arguments={"x-match": "all", "replyTo": self.wire_reply.name}
         )
-
-        async def on_reply(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
-            fut = self._pending.pop(msg.correlation_id or "", None)
-            if fut is not None and not fut.done():
-                fut.set_result(msg.body)
-
-        await self.wire_reply.consume(on_reply, no_ack=True)
+        await self.wire_reply.consume(self._on_reply, no_ack=True)
         self.command_body = json.dumps(_envelope("command"), separators=(",", ":")).encode()
-
-    async def close(self) -> None:
-        await self.wire_server.close()
-        await super().close()
 
     async def call(self) -> None:
         import aio_pika
