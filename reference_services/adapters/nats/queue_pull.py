@@ -6,14 +6,6 @@ import json
 import time
 from typing import Any
 
-#: how long the server may hold a no-wait pull it cannot answer at once. nats-server before
-#: 2.11.11 / 2.12.2 leaves a no-wait pull without an expiry unanswered when concurrent pulls
-#: took the messages its pending count still counts (nats-server issue 7457): the puller
-#: waited for its whole op timeout (5 s) at the end of every drained queue. With an expiry
-#: the server answers 408 by then; an empty consumer then holds the pull this long too
-#: (instead of a 404 at once), which a lease with wait_ms=0 can afford.
-NO_WAIT_EXPIRES_S = 0.05
-
 
 class PullRefused(Exception):
     """The server refused a pull (e.g. the consumer does not exist)."""
@@ -24,8 +16,8 @@ async def pull_no_wait(
 ) -> list[Any]:
     """Fetch up to ``batch`` messages that are ready now; never waits for new ones.
 
-    The server answers a ``no_wait`` pull at once with the messages it has, then a 404/408
-    status when it has no more; at the latest after :data:`NO_WAIT_EXPIRES_S`.
+    The server answers a ``no_wait`` pull at once: the messages it has, then a
+    404/408 status when it has no more.
     """
     from nats.js.client import JetStreamContext
 
@@ -33,9 +25,7 @@ async def pull_no_wait(
     sub = await nc.subscribe(inbox, max_msgs=0)
     out: list[Any] = []
     try:
-        request = json.dumps(
-            {"batch": batch, "no_wait": True, "expires": int(NO_WAIT_EXPIRES_S * 1e9)}
-        ).encode()
+        request = json.dumps({"batch": batch, "no_wait": True}).encode()
         await nc.publish(f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}", request, inbox)
         deadline = time.monotonic() + timeout_s
         while len(out) < batch:
