@@ -414,6 +414,13 @@ async def test_sigkill_mid_way_through_1000_jobs_loses_none(
     started = time.monotonic()
     try:
         await asyncio.wait_for(asyncio.gather(produce(), chaos(), *(work(w) for w in workers)), 180)
+    except TimeoutError:
+        left = sorted(set(range(total)) - set(done))
+        metrics = await producer.metrics("load")
+        pytest.fail(
+            f"after 180 s, {len(left)} of {total} jobs not done (first: {left[:10]}); "
+            f"enqueued {len(enqueued)}, errors {dict(errors)}, queue metrics {metrics}"
+        )
     finally:
         for bridge in (producer, *workers):
             await bridge.destroy()

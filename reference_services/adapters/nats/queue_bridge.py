@@ -13,6 +13,10 @@ Design (names use ``p`` = the encoded prefix, ``q`` = the encoded queue name):
   leased: higher priorities first, FIFO within a level. A blocked
   ``lease_next`` wakes on a core ``<p>_q.wake.<q>`` signal sent after each
   enqueue/redrive, and polls every ``poll_s`` for delayed and nak'ed jobs.
+  A pull waits for its first answer a bounded time (``pull_answer_s`` or three
+  times the slowest recent answer) on an inbox that outlives it, because
+  nats-server 2.9 leaves some concurrent no-wait pulls unanswered
+  (:mod:`~reference_services.adapters.nats.queue_pull`).
 * **Leases** are recorded in the KV bucket ``<p>_qledger`` (key
   ``L.<q>.<job id>``): attempt count, lease id, worker, expiry, last error and
   the message's ack subject. Every transition (lease, extend, ack, nack, dead
@@ -89,7 +93,7 @@ from reference_services.adapters.nats.queue_ledger import (
     parse_job,
     record_problem,
 )
-from reference_services.adapters.nats.queue_pull import PullRefused, pull_no_wait
+from reference_services.adapters.nats.queue_pull import NoWaitPuller, PullRefused
 from reference_services.adapters.nats.subjects import level_token, name_token
 from reference_services.runtime.errors import PuristaError
 from reference_services.runtime.ids import new_id, now_ms
@@ -165,6 +169,7 @@ class NatsQueueBridge(QueueBridgeBase):
         timings: NatsTimings | Mapping[str, Any] | None = None,
         drain_timeout_s: float = 10.0,
         poll_s: float = 0.2,
+        pull_answer_s: float = 0.25,
         client_name: str = "purista-queue",
     ) -> None:
         super().__init__(
@@ -184,7 +189,9 @@ class NatsQueueBridge(QueueBridgeBase):
         self._consumers: dict[tuple[str, str], float] = {}
         self._checked: dict[tuple[str, str], float] = {}
         self._wakers: dict[str, tuple[Any, asyncio.Event]] = {}
+        self._pullers: dict[str, NoWaitPuller] = {}
         self.poll_s = poll_s
+        self.pull_answer_s = pull_answer_s
         self._setup_lock = asyncio.Lock()
         self._needs_setup = True
         self._held: dict[str, _Held] = {}
@@ -233,6 +240,10 @@ class NatsQueueBridge(QueueBridgeBase):
         self._held.clear()
         for task in list(self._tasks):
             task.cancel()
+        for puller in self._pullers.values():
+            with contextlib.suppress(Exception):
+                await puller.close()
+        self._pullers.clear()
         if self._io.nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._io.nc.flush(), self.timings.op_timeout_s)
@@ -507,14 +518,22 @@ class NatsQueueBridge(QueueBridgeBase):
 
     async def _pull(self, qtok: str, ltok: str, batch: int) -> list[Msg]:
         durable = f"q-{qtok}-{ltok}"
-        try:
-            return await pull_no_wait(
+        puller = self._pullers.get(durable)
+        if puller is None:
+            waker = self._wakers.get(qtok)
+            puller = self._pullers[durable] = NoWaitPuller(
                 self._io.nc,
                 self._io.js._prefix,
                 self._io.jobs_stream,
                 durable,
+                waker[1].set if waker is not None else lambda: None,
+            )
+        try:
+            return await puller.pull(
                 batch,
+                min(self.pull_answer_s, self.timings.op_timeout_s),
                 self.timings.op_timeout_s,
+                self._consumers.get((qtok, ltok), self.ack_wait_s) / 2,
             )
         except (TimeoutError, nats.errors.NoRespondersError, PullRefused) as exc:
             log.debug("nats queue: pull on %s failed: %r", durable, exc)
