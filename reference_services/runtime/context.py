@@ -90,7 +90,9 @@ class Context:
             payload=CommandPayload(payload=payload, parameter=parameter),
             **self._carry(),
         )
-        return await self.bridge.invoke(command, ttl_s)
+        call = self.bridge.invoke(command, ttl_s)
+        del command, payload, parameter  # the bridge drops them once sent: so does this frame
+        return await call
 
     @property
     def command(self) -> Command:

@@ -308,3 +308,51 @@ def test_routing_headers_are_worked_out_afresh_or_remembered_alike(message: obje
     assert first == fresh
     first["messageType"] = "changed by a caller"
     assert purista_names.routing_headers(message) == fresh
+
+
+def test_decoded_messages_share_equal_addresses_and_stay_independent() -> None:
+    """Held decoded messages from one sender to one receiver share one (frozen) instance of
+    each address; every message still equals what was sent, a copy with another sender
+    changes no other message, and an address that left a field to its default is not
+    merged with one that set it (their ``exclude_unset`` dumps differ)."""
+    sender = SenderAddress(
+        service_name="caller", service_version="1", service_target="fn", instance_id="i-1"
+    )
+    receiver = Address(service_name="user", service_version="1", service_target="get",
+                       instance_id=None)
+    sent = [Command(sender=sender, receiver=receiver, payload=CommandPayload(payload=i))
+            for i in range(3)]
+    held = [decode(encode(m)) for m in sent]
+    assert held == sent
+    assert len({id(m.sender) for m in held}) == 1
+    assert len({id(m.receiver) for m in held}) == 1  # type: ignore[attr-defined]
+    moved = held[0].model_copy(update={"sender": sender.model_copy(update={"instance_id": "i-2"})})
+    assert moved.sender.instance_id == "i-2"
+    assert [m.sender.instance_id for m in held] == ["i-1"] * 3
+    assert decode(encode(held[1])) == sent[1]
+    # a custom message without a receiver, and a sender of another type, are not confused
+    custom = decode(encode(CustomMessage(sender=sender, event_name="e")))
+    assert custom.receiver is None  # type: ignore[attr-defined]
+    assert type(custom.sender) is SenderAddress
+    # the wire leaves a null instanceId out; one that writes it is another fields-set
+    wire = json.loads(encode(sent[0]))
+    wire["receiver"]["instanceId"] = None
+    written = decode(json.dumps(wire).encode())
+    assert written == sent[0]
+    assert "instance_id" in written.receiver.model_fields_set  # type: ignore[attr-defined]
+    assert "instance_id" not in held[0].receiver.model_fields_set  # type: ignore[attr-defined]
+
+
+def test_the_shared_address_table_is_bounded() -> None:
+    """Made-up senders cannot grow the table of shared addresses without end."""
+    from reference_services.runtime import codec
+
+    receiver = Address(service_name="user", service_version="1", service_target="get")
+    for i in range(3000):
+        sender = SenderAddress(
+            service_name="caller", service_version="1", service_target="fn", instance_id=f"i{i}"
+        )
+        decoded = decode(encode(Command(sender=sender, receiver=receiver,
+                                        payload=CommandPayload(payload=i))))
+        assert decoded.sender.instance_id == f"i{i}"
+    assert len(codec._SHARED_ADDRESSES) <= codec._SHARED_ADDRESSES_MAX

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections import Counter
 from typing import TypeVar
@@ -16,6 +17,7 @@ from reference_services.runtime.errors import HandledError, PuristaError
 from reference_services.runtime.messages import (
     Address,
     Command,
+    CommandPayload,
     CustomMessage,
     SenderAddress,
     success_response,
@@ -549,3 +551,33 @@ async def test_an_invocation_cancelled_while_sending_leaves_nothing_pending() ->
         caller.gate.set()
         await caller.destroy()
         await server.destroy()
+
+
+def _commands_alive(correlation_id: str) -> int:
+    gc.collect()
+    return sum(
+        1 for o in gc.get_objects() if isinstance(o, Command) and o.correlation_id == correlation_id
+    )
+
+
+async def test_a_waiting_invocation_keeps_no_copy_of_its_command(hub_bridges) -> None:
+    """While the handler works, the process holds one copy of the command (the handler's):
+    the invoker dropped the one it sent, so 10,000 pending invocations do not hold 20,000."""
+    _hub, (server, client, _) = hub_bridges
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def wait(cmd: Command) -> object:
+        started.set()
+        await release.wait()
+        return success_response(cmd, cmd.payload.payload)
+
+    await server.register_command(ECHO, wait)
+    sent = Command(sender=CALLER, receiver=ECHO, payload=CommandPayload(payload={"n": 1}))
+    correlation_id = sent.correlation_id
+    call = asyncio.ensure_future(client.invoke(sent, ttl_s=10))
+    del sent
+    await asyncio.wait_for(started.wait(), 5)
+    assert _commands_alive(correlation_id) == 1
+    release.set()
+    assert await asyncio.wait_for(call, 5) == {"n": 1}

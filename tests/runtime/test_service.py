@@ -355,3 +355,35 @@ def test_a_second_worker_for_one_queue_is_refused_and_the_first_kept() -> None:
         svc.queue_worker("jobs")(second)
     assert svc.queue_workers["jobs"].handler is first
     assert svc.queue_workers["jobs"].concurrency == 2
+
+
+async def test_a_context_invoke_keeps_no_copy_of_its_command_while_it_waits(bridge) -> None:
+    import gc
+
+    from reference_services.runtime.messages import Command
+
+    front = ServiceBuilder("front", "1")
+    back = ServiceBuilder("back", "1")
+    waiting: list[str] = []
+    release = asyncio.Event()
+
+    @front.command("go")
+    async def go(ctx, payload, parameter):
+        return await ctx.invoke(back.address("slow"), {"big": "x" * 1000})
+
+    @back.command("slow")
+    async def slow(ctx, payload, parameter):
+        waiting.append(ctx.message.correlation_id)
+        await release.wait()
+        return len(payload["big"])
+
+    for svc in (front, back):
+        await svc.get_instance(bridge, state_store=DefaultStateStore()).start()
+    call = asyncio.ensure_future(bridge.invoke(command("front", "go")))
+    await wait_for(lambda: bool(waiting))
+    gc.collect()
+    copies = [o for o in gc.get_objects() if isinstance(o, Command)
+              and o.correlation_id == waiting[0]]
+    assert len(copies) == 1, f"{len(copies)} copies of the command held while its handler runs"
+    release.set()
+    assert await asyncio.wait_for(call, 5) == 1000

@@ -167,7 +167,8 @@ class MemoryHub:
         if limit is not None and len(raw) > limit:  # that instance rejects it, as it decodes
             self._spawn(bridge.serve_raw_command(raw, key))
         else:  # decoded here from the bytes: the instance gets its own object, decoded once
-            self._spawn(bridge.serve_decoded_command(command, key))
+            # (served by the core's coroutine itself: one frame less per waiting handler)
+            self._spawn(bridge.core.serve_command(command, bridge._send_response, route=key))
 
     def route_response(self, raw: bytes) -> None:
         """Deliver an encoded response to the instance that invoked."""
@@ -307,10 +308,6 @@ class DefaultEventBridge(EventBridgeBase):
         command = self.core.decode_or_reject(raw, "hub")
         if not isinstance(command, Command):
             return
-        await self.core.serve_command(command, self._send_response, route=route)
-
-    async def serve_decoded_command(self, command: Command, route: tuple[str, str, str]) -> None:
-        """Serve a command the hub decoded from the bytes it routed (nothing else holds it)."""
         await self.core.serve_command(command, self._send_response, route=route)
 
     async def _send_response(self, response: CommandResponse) -> None:

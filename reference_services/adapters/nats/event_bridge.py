@@ -564,10 +564,13 @@ class NatsBridge(EventBridgeBase):
     async def invoke(self, command: Command, ttl_s: float | None = None) -> Any:
         """See :meth:`EventBridgeBase.invoke`; what was kept to map "no responders" back to
         the command is dropped once the invocation ends."""
+        token = _reply_token(command.correlation_id)
+        call = super().invoke(command, ttl_s)
+        del command  # not kept while the response is awaited (see the base's invoke)
         try:
-            return await super().invoke(command, ttl_s)
+            return await call
         finally:
-            self._forget_sent(_reply_token(command.correlation_id))
+            self._forget_sent(token)
 
     async def _on_reply(self, msg: Msg) -> None:
         tok = msg.subject.rsplit(".", 1)[-1]

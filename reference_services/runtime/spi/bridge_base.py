@@ -1015,8 +1015,12 @@ class EventBridgeBase(ABC):
                 self._check_encodable(outgoing)
                 pending = self.core.pending
                 cid = command.correlation_id
+                receiver, trace_id = command.receiver, command.trace_id
+                # the caller's command is not kept while the response is awaited (a caller
+                # that passes it inline, as the service context does, holds none either)
+                del command
                 try:
-                    future = pending.add(cid, ttl_left, command.receiver, command.trace_id)
+                    future = pending.add(cid, ttl_left, receiver, trace_id)
                 except BaseException:
                     self.core.release_encoded(outgoing)
                     raise
@@ -1028,30 +1032,30 @@ class EventBridgeBase(ABC):
                 except TimeoutError:
                     pending.discard(cid, future)
                     raise UnhandledError(
-                        f"could not send command to {command.receiver} within {ttl:.3f}s",
+                        f"could not send command to {receiver} within {ttl:.3f}s",
                         StatusCode.GATEWAY_TIMEOUT,
-                        trace_id=command.trace_id,
+                        trace_id=trace_id,
                     ) from None
                 except PuristaError as exc:
                     pending.discard(cid, future)
                     if now_ms() >= deadline and exc.status == StatusCode.SERVICE_UNAVAILABLE:
                         # the send gave up because the ttl ran out: the caller's deadline
                         raise UnhandledError(
-                            f"could not send command to {command.receiver} within "
+                            f"could not send command to {receiver} within "
                             f"{ttl:.3f}s: {exc.message}",
                             StatusCode.GATEWAY_TIMEOUT,
-                            trace_id=command.trace_id,
+                            trace_id=trace_id,
                         ) from exc
                     if exc.trace_id is None:
-                        exc.trace_id = command.trace_id
+                        exc.trace_id = trace_id
                     raise
                 except Exception as exc:
                     pending.discard(cid, future)
                     raise UnhandledError(
-                        f"could not send command to {command.receiver}: "
+                        f"could not send command to {receiver}: "
                         f"{type(exc).__name__}: {exc}",
                         StatusCode.SERVICE_UNAVAILABLE,
-                        trace_id=command.trace_id,
+                        trace_id=trace_id,
                     ) from exc
                 finally:
                     holding = False
