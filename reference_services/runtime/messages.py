@@ -6,7 +6,7 @@ Python attributes are snake_case; the wire (see :mod:`codec`) uses camelCase.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 from pydantic.alias_generators import to_camel
@@ -190,8 +190,30 @@ def success_response(
     )
 
 
+class Answerable(Protocol):
+    """What a response copies from the command it answers (a :class:`Command` is one; a
+    bridge may keep just these instead of the whole command and its payload)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def correlation_id(self) -> str | None: ...
+    @property
+    def sender(self) -> SenderAddress: ...
+    @property
+    def receiver(self) -> Address: ...
+    @property
+    def trace_id(self) -> str | None: ...
+    @property
+    def principal_id(self) -> str | None: ...
+    @property
+    def tenant_id(self) -> str | None: ...
+    @property
+    def otp(self) -> str | None: ...
+
+
 def error_response(
-    command: Command,
+    command: Answerable,
     status: int,
     message: str,
     *,
@@ -207,7 +229,7 @@ def error_response(
     )
 
 
-def _reply_fields(command: Command, responder_instance_id: str | None) -> dict[str, Any]:
+def _reply_fields(command: Answerable, responder_instance_id: str | None) -> dict[str, Any]:
     """What every response to ``command`` copies from it, sender and receiver swapped."""
     return {
         "id": command.id,

@@ -187,6 +187,31 @@ async def test_settled_invokes_keep_no_record(make_bridge: Any) -> None:
     assert (len(caller._sent), len(caller._sent_expiry)) == (0, 0)
 
 
+async def test_a_waiting_invocation_keeps_no_copy_of_its_command(make_bridge: Any) -> None:
+    """While the handler works, the process holds one copy of the command: the handler's
+    (the invoker, the NATS bridge's own invoke included, dropped the one it sent)."""
+    import gc
+
+    caller, server = await make_bridge(), await make_bridge()
+    started: list[str] = []
+    release = asyncio.Event()
+
+    async def wait(command: Command) -> Any:
+        started.append(command.correlation_id or "")
+        await release.wait()
+        return success_response(command, "done")
+
+    await server.register_command(USER, wait)
+    call = asyncio.ensure_future(caller.invoke(Command(sender=CALLER, receiver=USER), 10))
+    await wait_for(lambda: bool(started))
+    gc.collect()
+    copies = [o for o in gc.get_objects()
+              if isinstance(o, Command) and o.correlation_id == started[0]]
+    assert len(copies) == 1, f"{len(copies)} copies of the command held while its handler runs"
+    release.set()
+    assert await asyncio.wait_for(call, 5) == "done"
+
+
 async def test_handled_error_keeps_its_status(make_bridge: Any) -> None:
     caller, server = await make_bridge(), await make_bridge()
 

@@ -93,8 +93,24 @@ def _reply_token(correlation_id: str) -> str:
 
 @dataclass(slots=True)
 class _SentCommand:
-    command: Command
+    """What answering "no responders" takes of a sent command (an :class:`Answerable`): not
+    the command, whose payload would stay held while its invoker waits."""
+
+    id: str
+    correlation_id: str | None
+    sender: SenderAddress
+    receiver: Address
+    trace_id: str | None
+    principal_id: str | None
+    tenant_id: str | None
+    otp: str | None
     expires_at: float
+
+    @classmethod
+    def of(cls, command: Command, expires_at: float) -> _SentCommand:
+        return cls(command.id, command.correlation_id, command.sender, command.receiver,
+                   command.trace_id, command.principal_id, command.tenant_id, command.otp,
+                   expires_at)
 
 
 @dataclass
@@ -525,7 +541,7 @@ class NatsBridge(EventBridgeBase):
         if command.expires_at is not None:
             ttl_s = max((command.expires_at - now_ms()) / 1000, 0.0)
         expires_at = now + ttl_s + 1.0
-        self._sent[tok] = _SentCommand(command, expires_at)
+        self._sent[tok] = _SentCommand.of(command, expires_at)
         heapq.heappush(self._sent_expiry, (expires_at, tok))
         subject = subjects.command_subject(self.prefix, command)
         try:
@@ -580,9 +596,9 @@ class NatsBridge(EventBridgeBase):
                 self._forget_sent(tok)
                 self.core.resolve_response(
                     error_response(
-                        sent.command,
+                        sent,
                         self.no_responders_status,
-                        f"no instance of {sent.command.receiver} is reachable (NATS: no "
+                        f"no instance of {sent.receiver} is reachable (NATS: no "
                         "responders): the command is unknown or every instance is down",
                         responder_instance_id="",
                     )
