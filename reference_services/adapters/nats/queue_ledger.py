@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 LeaseState = Literal["leased", "idle", "done", "dead"]
@@ -33,7 +33,10 @@ class LeaseRecord:
 
     def dumps(self) -> bytes:
         """JSON bytes for the KV value."""
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        # every field is a scalar: no deep copy (asdict's) needed
+        return json.dumps(
+            {name: getattr(self, name) for name in _RECORD_FIELDS}, separators=(",", ":")
+        ).encode()
 
     @classmethod
     def loads(cls, raw: bytes | None) -> LeaseRecord | None:
@@ -51,6 +54,7 @@ class LeaseRecord:
         return self.state == "leased" and self.expires_at_ms <= now_ms
 
 
+_RECORD_FIELDS = tuple(f.name for f in fields(LeaseRecord))
 _RECORD_INTS = (
     "seq",
     "deliveries",
@@ -71,7 +75,7 @@ def record_problem(raw: bytes | None) -> str | None:
         return f"not JSON: {type(exc).__name__}"
     if not isinstance(data, dict):
         return "not an object"
-    unknown = set(data) - {f.name for f in fields(LeaseRecord)}
+    unknown = set(data).difference(_RECORD_FIELDS)
     if unknown:
         return f"unknown fields {sorted(unknown)}"
     for name in ("seq", "deliveries", "max_attempts", "lease_ttl_ms", "state"):
