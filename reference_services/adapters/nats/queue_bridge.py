@@ -985,14 +985,11 @@ class NatsQueueBridge(QueueBridgeBase):
 
     async def _ack(self, job: Job) -> None:
         async def finish(_qtok: str, key: str, record: LeaseRecord, rev: int) -> None:
-            done_rev = await self._io.lput(key, replace(record, state="done"), rev)
-            # together: the purge marker names the settled lease and message, so an ack
-            # whose reply is lost is finished by a retried ack (below) or when the message
-            # shows up again
-            await asyncio.gather(
-                self._io.ack_reply(record.reply),
-                self._io.ldel(key, done_rev, record.seq, record.lease_id),
-            )
+            # the revision-checked purge marker settles the lease (one write: it names the
+            # settled message and lease), then the message is acked: an ack whose reply is
+            # lost is finished by a retried ack (below) or when the message shows up again
+            await self._io.lsettle(key, rev, record.seq, record.lease_id)
+            await self._io.ack_reply(record.reply)
             self._release(job.lease_id)
 
         async with self._op():

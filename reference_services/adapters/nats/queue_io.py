@@ -127,7 +127,15 @@ class QueueIO:
         raise AssertionError("unreachable")
 
     async def ldel(self, key: str, rev: int, seq: int, lease_id: str | None = None) -> None:
-        """Remove a settled ledger record with a purge marker, if it is still at ``rev``.
+        """Remove a settled ledger record with a purge marker, if it is still at ``rev``
+        (best effort: the job is settled already; a record left behind is cleaned up when
+        its message shows up again)."""
+        with contextlib.suppress(nats.js.errors.APIError, nats.errors.Error, TimeoutError):
+            await self.lsettle(key, rev, seq, lease_id)
+
+    async def lsettle(self, key: str, rev: int, seq: int, lease_id: str | None) -> None:
+        """Settle the lease at ``rev``: replace the record with a purge marker naming the
+        message and lease it settled; KeyWrongLastSequenceError when the key moved on.
 
         A marker rather than a message delete: nats-server 2.9 can resurrect
         messages removed by limits after a SIGKILL, and the newer marker keeps
@@ -138,11 +146,15 @@ class QueueIO:
             "Nats-Rollup": "sub",
             "Nats-Expected-Last-Subject-Sequence": str(rev),
         }
-        # best effort: the job is settled already; a record left behind is cleaned
-        # up when its message shows up again
-        with contextlib.suppress(nats.js.errors.APIError, nats.errors.Error, TimeoutError):
-            marker = json.dumps({"settled_seq": seq, "lease_id": lease_id}).encode()
+        marker = json.dumps({"settled_seq": seq, "lease_id": lease_id}).encode()
+        try:
             await self.publish(f"$KV.{self.ledger_bucket}.{key}", marker, headers)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in (10071, 10164):  # wrong last sequence, as nats-py's KV maps it
+                raise nats.js.errors.KeyWrongLastSequenceError(
+                    description=exc.description
+                ) from None
+            raise
 
     async def count_retry(self, qtok: str, job_id: str, seq: int, attempt: int) -> None:
         await self.publish(
