@@ -61,6 +61,28 @@ async def test_round_trip_keeps_every_field_and_empties_metrics(make: Factory) -
         await bridge.ack(job)
 
 
+async def test_an_ack_loses_to_a_ledger_write_it_did_not_see(make: Factory) -> None:
+    """Settling is revision-checked: a lease record written after this bridge leased (by
+    another bridge that recovered the job meanwhile) stands, the late ack is refused and
+    the message stays for the lease that holds it."""
+    from reference_services.adapters.nats.queue_ledger import ledger_key
+
+    bridge = await make()
+    await bridge.enqueue("q", {"n": 1})
+    job = await lease_one(bridge, "q")
+    ledger = bridge._io.ledger
+    key = ledger_key(name_token("q"), job.id)
+    entry = await ledger.get(key)
+    theirs = json.loads(entry.value)
+    theirs.update(lease_id="another-lease", deliveries=2)
+    await ledger.update(key, json.dumps(theirs).encode(), last=entry.revision)
+    with pytest.raises(LeaseExpiredError):
+        await bridge.ack(job)
+    assert json.loads((await ledger.get(key)).value)["lease_id"] == "another-lease"
+    metrics = await bridge.metrics("q")
+    assert (metrics.pending + metrics.inflight, metrics.dead_letter) == (1, 0)
+
+
 async def test_idempotency_key_returns_the_original_job_across_instances(make: Factory) -> None:
     a, b = await make(), await make()
     first = await a.enqueue("q", {"n": 1}, idempotency_key="order-1")
