@@ -278,13 +278,37 @@ def _shared(address: Address) -> Address:
     return address
 
 
+# Likewise the sets naming the fields a message set (pydantic keeps one per model: 730
+# bytes for a command's): equal ones are shared. Safe because the models are frozen
+# (pydantic adds to the set only on assignment, which they refuse; model_copy copies the
+# set before it changes it). Nothing else may change a decoded message's model_fields_set.
+# One set kept per model type and size (bounded by the schema); a set of that size that
+# differs takes its place.
+_SHARED_FIELD_SETS: dict[tuple[type, int], set[str]] = {}
+
+
+def _share_fields_set(model: Any) -> None:
+    own = model.__pydantic_fields_set__
+    key = (type(model), len(own))
+    shared = _SHARED_FIELD_SETS.get(key)
+    if shared is not None and shared == own:
+        object.__setattr__(model, "__pydantic_fields_set__", shared)
+    else:
+        _SHARED_FIELD_SETS[key] = own
+
+
 def _share_addresses(message: AnyMessage) -> AnyMessage:
-    """``message`` (new: nobody holds it yet) with its sender and receiver shared."""
+    """``message`` (new: nobody holds it yet) with its sender and receiver, and the sets
+    naming the fields it and its payload set, shared with equal ones."""
     fields = message.__dict__
     fields["sender"] = _shared(fields["sender"])
     receiver = fields.get("receiver")
     if receiver is not None:
         fields["receiver"] = _shared(receiver)
+    _share_fields_set(message)
+    payload = fields.get("payload")
+    if isinstance(payload, CommandPayload | ErrorPayload):
+        _share_fields_set(payload)
     return message
 
 

@@ -7,6 +7,7 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from reference_services.runtime import purista_names
 from reference_services.runtime.codec import (
@@ -356,3 +357,39 @@ def test_the_shared_address_table_is_bounded() -> None:
                                         payload=CommandPayload(payload=i))))
         assert decoded.sender.instance_id == f"i{i}"
     assert len(codec._SHARED_ADDRESSES) <= codec._SHARED_ADDRESSES_MAX
+
+
+def test_decoded_messages_share_equal_field_sets_and_never_mix_them() -> None:
+    """The sets naming the fields a decoded message set are shared between equal ones
+    (frozen models: nobody changes them); two shapes of one size keep their own, and a
+    copy with changes changes only the copy's."""
+    sender = SenderAddress(
+        service_name="caller", service_version="1", service_target="fn", instance_id="i-1"
+    )
+    receiver = Address(service_name="user", service_version="1", service_target="get")
+    with_receiver = CustomMessage(sender=sender, event_name="e", receiver=receiver)
+    with_correlation = CustomMessage(sender=sender, event_name="e", correlation_id="c-1")
+    first, second, third = (
+        decode(encode(m)) for m in (with_receiver, with_correlation, with_receiver)
+    )
+    assert len(first.model_fields_set) == len(second.model_fields_set)
+    assert "receiver" in first.model_fields_set and "receiver" not in second.model_fields_set
+    assert "correlation_id" in second.model_fields_set
+    assert "correlation_id" not in first.model_fields_set
+    assert third.model_fields_set == first.model_fields_set
+    assert (first, second, third) == (with_receiver, with_correlation, with_receiver)
+    commands = [decode(encode(Command(sender=sender, receiver=receiver,
+                                      payload=CommandPayload(payload=i)))) for i in range(3)]
+    assert len({id(c.model_fields_set) for c in commands}) == 1
+    assert len({id(c.payload.model_fields_set) for c in commands}) == 1  # type: ignore[attr-defined]
+    before = set(commands[1].model_fields_set)
+    changed = commands[0].model_copy(update={"event_name": "renamed", "nonsense": 1})
+    assert "nonsense" in changed.model_fields_set
+    assert changed.model_fields_set is not commands[1].model_fields_set
+    assert commands[1].model_fields_set == before
+    assert commands[1].model_dump(exclude_unset=True) == decode(
+        encode(commands[1])
+    ).model_dump(exclude_unset=True)
+    with pytest.raises(ValidationError):
+        commands[1].event_name = "x"  # type: ignore[misc]
+    assert commands[2].model_fields_set == before
