@@ -263,6 +263,8 @@ def decode(
 # made-up addresses only empties the table.
 _SHARED_ADDRESSES: dict[tuple[Any, ...], Address] = {}
 _SHARED_ADDRESSES_MAX = 1024
+_JSON_CONTENT_TYPE = "application/json"
+_UTF8 = "utf-8"
 
 
 def _shared(address: Address) -> Address:
@@ -298,13 +300,19 @@ def _share_fields_set(model: Any) -> None:
 
 
 def _share_addresses(message: AnyMessage) -> AnyMessage:
-    """``message`` (new: nobody holds it yet) with its sender and receiver, and the sets
-    naming the fields it and its payload set, shared with equal ones."""
+    """``message`` (new: nobody holds it yet) with its sender and receiver, the sets
+    naming the fields it and its payload set, and its usual content type and encoding
+    shared with equal ones."""
     fields = message.__dict__
     fields["sender"] = _shared(fields["sender"])
     receiver = fields.get("receiver")
     if receiver is not None:
         fields["receiver"] = _shared(receiver)
+    # the usual content type and encoding as one string each (a decoded one is new)
+    if fields["content_type"] == _JSON_CONTENT_TYPE:
+        fields["content_type"] = _JSON_CONTENT_TYPE
+    if fields["content_encoding"] == _UTF8:
+        fields["content_encoding"] = _UTF8
     _share_fields_set(message)
     payload = fields.get("payload")
     if isinstance(payload, CommandPayload | ErrorPayload):
