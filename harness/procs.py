@@ -42,6 +42,25 @@ def pids_in_group(pgid: int) -> set[int]:
     return found
 
 
+def running_threads_in_group(pgid: int) -> list[int]:
+    """Threads of the group's live processes not stopped yet (a SIGSTOP takes effect
+    thread by thread: a thread busy on another core stops when it is interrupted)."""
+    running = []
+    for pid in pids_in_group(pgid):
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            except OSError:
+                continue
+            if raw[raw.rindex(")") + 2 :].split()[0] not in ("T", "t", "Z", "X"):
+                running.append(tid)
+    return running
+
+
 def pids_with_env(name: str, value: str) -> set[int]:
     """Live processes whose environment has name=value (readable ones only)."""
     needle = f"{name}={value}".encode()

@@ -46,6 +46,8 @@ from harness.services.spec import ServiceSpec, get_spec
 START_TIMEOUT = {"rabbitmq": 120.0}
 DEFAULT_START_TIMEOUT = 45.0
 STOP_TIMEOUT = 30.0
+#: how long pause() waits for every thread of a SIGSTOPped broker to stop
+PAUSE_TIMEOUT_S = 5.0
 
 log = logging.getLogger("harness.services")
 _ports_lock = threading.Lock()
@@ -361,9 +363,20 @@ class LocalHandle(ServiceHandle):
             self._paused = False
 
     def pause(self) -> None:
+        """SIGSTOP the broker's process group; returns once every one of its threads is
+        stopped (until then a thread still running could answer a request sent after
+        pause returned: robustness.burst.paused_broker saw one answered, once, in CI)."""
         with self._lock:
             self._signal_group(signal.SIGSTOP)
             self._paused = True
+            pgid = self._main.pgid if self._main else None
+            deadline = time.monotonic() + PAUSE_TIMEOUT_S
+            while pgid is not None and procs.running_threads_in_group(pgid):
+                if time.monotonic() > deadline:
+                    raise ServiceStartError(
+                        self.name, f"still running {PAUSE_TIMEOUT_S:.0f} s after SIGSTOP"
+                    )
+                time.sleep(0.001)
 
     def resume(self) -> None:
         with self._lock:

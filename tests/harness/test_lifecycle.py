@@ -9,9 +9,11 @@ from collections.abc import Callable, Iterator
 import pytest
 from harness_helpers import alive, wait_until
 
+from harness import procs
 from harness.faults.process import crash_and_restart, paused
 from harness.probes import probe
 from harness.services import ServiceHandle, ServiceSet
+from harness.services.local import LocalHandle
 
 BROKERS = ("rabbitmq", "nats", "redis", "mosquitto")
 
@@ -201,6 +203,10 @@ def test_pause_makes_short_timeout_client_fail_and_resume_heals(
     handle = victim(name)
     assert probe(name, handle.url, 5.0)
     with paused(handle):
+        if isinstance(handle, LocalHandle):
+            # frozen when pause returns: no thread left to answer what is sent next
+            assert handle.pid is not None
+            assert procs.running_threads_in_group(handle.pid) == []
         with pytest.raises(Exception):  # noqa: B017 - each client raises its own timeout
             probe(name, handle.url, 0.5)
     assert probe(name, handle.url, 5.0)
