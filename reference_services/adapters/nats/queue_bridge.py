@@ -503,9 +503,21 @@ class NatsQueueBridge(QueueBridgeBase):
             levels = await self._io.levels(qtok)
             self._top_level[qtok] = levels[0] if levels else None
             return levels, None
-        got_levels, got_msgs = await asyncio.gather(
-            self._io.levels(qtok), self._pull(qtok, guess, batch), return_exceptions=True
-        )
+        # the pull in a task of its own, the levels in this one: both in flight at once
+        pulling = asyncio.ensure_future(self._pull(qtok, guess, batch))
+        got_levels: list[str] | BaseException
+        got_msgs: list[Msg] | BaseException
+        try:
+            got_levels = await self._io.levels(qtok)
+        except asyncio.CancelledError:
+            pulling.cancel()
+            raise
+        except Exception as exc:
+            got_levels = exc
+        try:
+            got_msgs = await pulling  # a cancelled caller cancels the pull with it
+        except Exception as exc:
+            got_msgs = exc
         if isinstance(got_levels, BaseException):
             for msg in got_msgs if isinstance(got_msgs, list) else ():
                 with contextlib.suppress(Exception):
@@ -552,10 +564,17 @@ class NatsQueueBridge(QueueBridgeBase):
         """Claim fetched messages into ``out`` (concurrently: one ledger round trip for the
         batch, not one per job; ``out`` keeps the fetch order); False when a broker error
         cut the batch short (the jobs claimed are returned, the error is raised if none)."""
-        results = await asyncio.gather(
-            *(self._claim(queue, qtok, msg, worker_id, ack_wait) for msg in msgs),
-            return_exceptions=True,
-        )
+        results: list[Any]
+        if len(msgs) == 1:  # as gather would give it, without a task for the one claim
+            try:
+                results = [await self._claim(queue, qtok, msgs[0], worker_id, ack_wait)]
+            except BaseException as exc:  # judged below, as gather's result would be
+                results = [exc]
+        else:
+            results = await asyncio.gather(
+                *(self._claim(queue, qtok, msg, worker_id, ack_wait) for msg in msgs),
+                return_exceptions=True,
+            )
         failure: BaseException | None = None
         for result in results:
             if isinstance(result, BaseException):
