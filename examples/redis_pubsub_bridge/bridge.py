@@ -34,6 +34,8 @@ from reference_services.runtime.spi.bridge_base import (
 from reference_services.runtime.spi.capabilities import EventBridgeCapabilities, unsupported
 
 NO_STORAGE = "Redis Pub/Sub stores nothing: absent subscribers miss messages"
+#: how long registering a command waits for Redis to confirm its subscription
+SUBSCRIBE_TIMEOUT_S = 5.0
 
 
 class RedisPubSubBridge(EventBridgeBase):
@@ -60,6 +62,8 @@ class RedisPubSubBridge(EventBridgeBase):
         self._redis: aioredis.Redis | None = None
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
+        #: command channels subscribed to, waiting for Redis to confirm
+        self._confirming: dict[str, asyncio.Event] = {}
 
     # ---- channels
     @property
@@ -121,7 +125,17 @@ class RedisPubSubBridge(EventBridgeBase):
             )
 
     async def _bind_command(self, reg: RegisteredCommand) -> None:
-        await self._pubsub.subscribe(self._command_channel(reg.address.key))
+        # served once Redis confirms the subscription: subscribe() returns once it is sent,
+        # and a PUBLISH from another connection right after can reach Redis first and find
+        # nobody (event_bridge.commands.unregistered_not_served caught it: a 404 for a
+        # command registered again a moment before)
+        channel = self._command_channel(reg.address.key)
+        confirmed = self._confirming[channel] = asyncio.Event()
+        await self._pubsub.subscribe(channel)
+        try:
+            await asyncio.wait_for(confirmed.wait(), SUBSCRIBE_TIMEOUT_S)
+        finally:
+            self._confirming.pop(channel, None)
 
     async def _unbind_command(self, reg: RegisteredCommand) -> None:
         await self._pubsub.unsubscribe(self._command_channel(reg.address.key))
@@ -135,10 +149,17 @@ class RedisPubSubBridge(EventBridgeBase):
     # ---- receiving
     async def _read(self) -> None:
         while True:
-            item = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            item = await self._pubsub.get_message(timeout=1.0)
             if item is None:
                 continue
             channel = item["channel"].decode()
+            if item["type"] == "subscribe":
+                confirmed = self._confirming.get(channel)
+                if confirmed is not None:
+                    confirmed.set()
+                continue
+            if item["type"] != "message":
+                continue  # unsubscribe confirmations
             message = self.core.decode_or_reject(item["data"], channel)
             if message is None:
                 if channel == self._events:
