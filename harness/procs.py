@@ -6,9 +6,11 @@ import os
 from pathlib import Path
 
 
-def _stat_fields(pid: int) -> list[str] | None:
+def _stat_fields(pid: int, tid: int | None = None) -> list[str] | None:
+    """The fields after the command name of a process's (or one of its threads') stat."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
+        raw = Path(path).read_text()
     except OSError:
         return None
     # the command name may contain spaces and parentheses: split after the last ')'
@@ -52,11 +54,8 @@ def running_threads_in_group(pgid: int) -> list[int]:
         except OSError:
             continue
         for tid in tids:
-            try:
-                raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-            except OSError:
-                continue
-            if raw[raw.rindex(")") + 2 :].split()[0] not in ("T", "t", "Z", "X"):
+            fields = _stat_fields(pid, tid)
+            if fields is not None and fields[0] not in ("T", "t", "Z", "X"):
                 running.append(tid)
     return running
 

@@ -350,11 +350,13 @@ class LocalHandle(ServiceHandle):
             _live_handles.discard(self)
 
     # -- pause ----------------------------------------------------------------------------
-    def _signal_group(self, sig: int) -> None:
+    def _signal_group(self, sig: int) -> int:
+        """Send ``sig`` to the main process's group; returns the group id."""
         pgid = self._main.pgid if self._main else None
         if pgid is None:
             raise ServiceStartError(self.name, "not running")
         os.killpg(pgid, sig)
+        return pgid
 
     def _resume_group(self) -> None:
         if self._paused:
@@ -367,11 +369,10 @@ class LocalHandle(ServiceHandle):
         stopped (until then a thread still running could answer a request sent after
         pause returned: robustness.burst.paused_broker saw one answered, once, in CI)."""
         with self._lock:
-            self._signal_group(signal.SIGSTOP)
+            pgid = self._signal_group(signal.SIGSTOP)
             self._paused = True
-            pgid = self._main.pgid if self._main else None
             deadline = time.monotonic() + PAUSE_TIMEOUT_S
-            while pgid is not None and procs.running_threads_in_group(pgid):
+            while procs.running_threads_in_group(pgid):
                 if time.monotonic() > deadline:
                     raise ServiceStartError(
                         self.name, f"still running {PAUSE_TIMEOUT_S:.0f} s after SIGSTOP"

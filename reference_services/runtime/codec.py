@@ -239,7 +239,7 @@ def decode(
             raise MessageDecodeError("<root>", f"{len(raw)} bytes is over the limit of {max_bytes}")
         fast = _decode_fast(raw)
         if fast is not None:
-            return _share_addresses(fast)
+            return _share_parts(fast)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -250,7 +250,7 @@ def decode(
             data = json.loads(text, parse_constant=_reject_constant)
         except (ValueError, RecursionError) as exc:
             raise MessageDecodeError("<root>", f"not JSON: {exc}") from None
-        return _share_addresses(from_wire(data))
+        return _share_parts(from_wire(data))
     except MessageDecodeError:
         raise
     except Exception as exc:
@@ -299,7 +299,7 @@ def _share_fields_set(model: Any) -> None:
         _SHARED_FIELD_SETS[key] = own
 
 
-def _share_addresses(message: AnyMessage) -> AnyMessage:
+def _share_parts(message: AnyMessage) -> AnyMessage:
     """``message`` (new: nobody holds it yet) with its sender and receiver, the sets
     naming the fields it and its payload set, and its usual content type and encoding
     shared with equal ones."""
